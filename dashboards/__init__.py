@@ -1,0 +1,1 @@
+"""Dashboards: the aiohttp edge that shows readings, alerts and the ledger to people."""

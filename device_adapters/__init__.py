@@ -1,0 +1,1 @@
+"""Device adapters: bytes from devices in, `gateway.model` readings out (BLE, MQTT, virtual)."""

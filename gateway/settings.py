@@ -1,0 +1,261 @@
+"""One frozen `Settings`, built once from a TOML file plus environment overrides.
+
+Every key is optional. Environment variables `GLUCOHUB_<SECTION>__<KEY>` override the
+file (e.g. `GLUCOHUB_DASHBOARD__PORT=9000`). Unknown keys and bad values are refused
+with a `ConfigError` naming the key. No other module reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "GLUCOHUB_"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubSettings:
+    hub_id: str = "glucohub-local"  # names the ledger origin and upstream topics
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageSettings:
+    data_dir: Path = Path("var/data")
+    commit_max_readings: int = 2000  # readings per SQLite transaction at most
+    commit_max_delay_ms: int = 50  # how long a commit may wait to fill up
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineSettings:
+    queue_size: int = 10_000  # bound of every inter-stage queue (back-pressure beyond)
+    viewer_queue_size: int = 1_000  # per dashboard viewer; oldest dropped beyond
+    max_future_skew_s: int = 300  # readings further in the future are impossible
+    max_past_age_days: int = 365  # older readings are refused (device clock unset)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerSettings:
+    batch_max_readings: int = 1000
+    batch_max_seconds: float = 10.0
+    key_passphrase: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DashboardSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttSettings:
+    url: str = ""  # mqtt://host:1883 or mqtts://host:8883; empty turns MQTT off
+    client_id: str = "glucohub-hub"
+    topics: tuple[str, ...] = ("glucohub/v1/+/+/readings",)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamSettings:
+    url: str = ""  # the clinic broker; empty turns forwarding off
+    client_id: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    max_inflight: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BleSettings:
+    enabled: bool = False
+    adapter: str = ""  # e.g. hci0; empty is the system default
+    silence_watchdog_s: int = 900
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertSettings:
+    urgent_low_mg_dl: float = 54.0  # International Consensus on TIR (Battelino 2019)
+    low_mg_dl: float = 70.0
+    high_mg_dl: float = 180.0
+    urgent_high_mg_dl: float = 250.0
+    sustained_high_min: int = 120
+    escalation_min: int = 15
+    escalation_target: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoSettings:
+    patients: int = 3
+    history_days: int = 14
+    speedup: float = 1.0  # simulated minutes per real minute for live readings
+    seed: int = 7
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    hub: HubSettings = HubSettings()
+    storage: StorageSettings = StorageSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    mqtt: MqttSettings = MqttSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    ble: BleSettings = BleSettings()
+    alerts: AlertSettings = AlertSettings()
+    demo: DemoSettings = DemoSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.storage.data_dir
+
+    def replace(self, section: str, **changes: Any) -> Settings:
+        """A copy with some keys of one section changed (used by CLI flags)."""
+        current = getattr(self, section)
+        return dataclasses.replace(self, **{section: dataclasses.replace(current, **changes)})
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build `Settings` from an optional TOML file and environment overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                raw = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    merged: dict[str, dict[str, Any]] = {}
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(section, "must be a [section] table")
+        merged[section] = dict(values)
+    for name, text in (environ or {}).items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
+            continue
+        section, key = name[len(ENV_PREFIX) :].lower().split("__", 1)
+        merged.setdefault(section, {})[key] = _EnvText(text)
+    return _build(merged)
+
+
+class _EnvText(str):
+    """A value that came from the environment: a string to be coerced to the key's type."""
+
+
+
+
+def _build(merged: dict[str, dict[str, Any]]) -> Settings:
+    hints = typing.get_type_hints(Settings)
+    sections: dict[str, Any] = {}
+    for section, values in merged.items():
+        if section not in hints:
+            raise ConfigError(section, f"unknown section; known: {', '.join(sorted(hints))}")
+        cls = hints[section]
+        key_types = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in key_types:
+                raise ConfigError(
+                    f"{section}.{key}", f"unknown key; known: {', '.join(sorted(key_types))}"
+                )
+            kwargs[key] = _coerce(f"{section}.{key}", value, key_types[key])
+        sections[section] = cls(**kwargs)
+    settings = Settings(**sections)
+    _check(settings)
+    return settings
+
+
+def _coerce(key: str, value: Any, wanted: Any) -> Any:
+    from_env = isinstance(value, _EnvText)
+    origin = typing.get_origin(wanted)
+    if wanted is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    if wanted is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if wanted is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    if wanted is str:
+        if isinstance(value, str):
+            return str(value)
+        raise ConfigError(key, f"must be a string, got {value!r}")
+    if wanted is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        raise ConfigError(key, f"must be a non-empty path, got {value!r}")
+    if origin is tuple:
+        items = value.split(",") if from_env else value
+        if isinstance(items, list | tuple) and all(isinstance(i, str) for i in items):
+            return tuple(i.strip() for i in items if i.strip())
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
+    if isinstance(wanted, types.UnionType):  # pragma: no cover - no such keys yet
+        raise ConfigError(key, "unsupported type")
+    raise ConfigError(key, f"unsupported type {wanted!r}")  # pragma: no cover
+
+
+def _check(settings: Settings) -> None:
+    """Range checks that a type alone cannot express."""
+    positive = {
+        "storage.commit_max_readings": settings.storage.commit_max_readings,
+        "pipeline.queue_size": settings.pipeline.queue_size,
+        "pipeline.viewer_queue_size": settings.pipeline.viewer_queue_size,
+        "ledger.batch_max_readings": settings.ledger.batch_max_readings,
+        "ledger.batch_max_seconds": settings.ledger.batch_max_seconds,
+        "demo.speedup": settings.demo.speedup,
+        "upstream.max_inflight": settings.upstream.max_inflight,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(key, f"must be > 0, got {value}")
+    if not 0 <= settings.dashboard.port <= 65535:
+        raise ConfigError("dashboard.port", f"must be 0..65535, got {settings.dashboard.port}")
+    if settings.demo.patients < 0 or settings.demo.history_days < 0:
+        raise ConfigError("demo.patients", "patients and history_days must be >= 0")
+    for key, url in (("mqtt.url", settings.mqtt.url), ("upstream.url", settings.upstream.url)):
+        if url and not url.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(key, f"must start with mqtt:// or mqtts://, got {url!r}")
+    if settings.hub.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("hub.log_level", f"must be DEBUG, INFO, WARNING or ERROR")
+    a = settings.alerts
+    if not a.urgent_low_mg_dl < a.low_mg_dl < a.high_mg_dl < a.urgent_high_mg_dl:
+        raise ConfigError("alerts", "thresholds must satisfy urgent_low < low < high < urgent_high")
+    if bool(settings.dashboard.tls_cert) != bool(settings.dashboard.tls_key):
+        raise ConfigError("dashboard.tls_cert", "tls_cert and tls_key go together")

@@ -1,0 +1,1 @@
+"""Glucohub ledger: a standalone library (imports nothing else from the project)."""
