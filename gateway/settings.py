@@ -12,7 +12,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +133,7 @@ class Settings:
         return dataclasses.replace(self, **{section: dataclasses.replace(current, **changes)})
 
 
-def load_settings(
-    path: Path | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build `Settings` from an optional TOML file and environment overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
@@ -161,8 +159,6 @@ def load_settings(
 
 class _EnvText(str):
     """A value that came from the environment: a string to be coerced to the key's type."""
-
-
 
 
 def _build(merged: dict[str, dict[str, Any]]) -> Settings:
@@ -253,7 +249,7 @@ def _check(settings: Settings) -> None:
         if url and not url.startswith(("mqtt://", "mqtts://")):
             raise ConfigError(key, f"must start with mqtt:// or mqtts://, got {url!r}")
     if settings.hub.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("hub.log_level", f"must be DEBUG, INFO, WARNING or ERROR")
+        raise ConfigError("hub.log_level", "must be DEBUG, INFO, WARNING or ERROR")
     a = settings.alerts
     if not a.urgent_low_mg_dl < a.low_mg_dl < a.high_mg_dl < a.urgent_high_mg_dl:
         raise ConfigError("alerts", "thresholds must satisfy urgent_low < low < high < urgent_high")

@@ -1,0 +1,153 @@
+"""The contracts between the gateway's pipeline and its edges (adapters, dashboards).
+
+Adapters hand readings to a `ReadingSink`; dashboards read through a `ReadModel` and
+listen to a `LiveFeed`. Each is implemented once in the gateway and faked in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from gateway.clock import require_utc
+from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, Source
+
+
+class RejectReason(StrEnum):
+    """Why an input was refused; each is a `reason` label in /metrics and a dead letter."""
+
+    MALFORMED = "malformed"  # not parseable at all (bad JSON, truncated bytes)
+    SCHEMA = "schema"  # parseable but not the documented shape
+    OVERSIZED = "oversized"
+    UNKNOWN_UNIT = "unknown_unit"
+    UNKNOWN_KIND = "unknown_kind"
+    OUT_OF_RANGE = "out_of_range"  # physiologically impossible value
+    FUTURE_TIME = "future_time"
+    TOO_OLD = "too_old"
+    UNKNOWN_DEVICE = "unknown_device"
+    WRONG_PATIENT = "wrong_patient"  # device registered to another patient
+    INACTIVE_DEVICE = "inactive_device"
+    CRC_MISMATCH = "crc_mismatch"
+    DUPLICATE = "duplicate"  # counted, never dead-lettered: replays are normal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Origin:
+    """Where an input came from, kept so a refused input is stored with its raw bytes."""
+
+    source: Source
+    topic: str = ""  # MQTT topic, BLE characteristic UUID, HTTP path
+    raw: bytes = b""
+    device_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    received_at: datetime
+    origin: Origin
+    reason: RejectReason
+    detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "received_at", require_utc(self.received_at, "received_at"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestOutcome:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+DurableCallback = Callable[[IngestOutcome], None]
+
+
+class ReadingSink(Protocol):
+    """Where sources deliver. `enqueue` waits only for queue space (back-pressure);
+    `on_durable` runs on the event loop once everything in the call is committed
+    (readings stored or dead-lettered) — the moment an MQTT PUBACK may be sent.
+    `submit` is the convenience that waits for durability itself."""
+
+    async def enqueue(
+        self,
+        *,
+        origin: Origin,
+        readings: Sequence[Reading] = (),
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+        on_durable: DurableCallback | None = None,
+    ) -> None: ...
+
+    async def submit(
+        self,
+        *,
+        origin: Origin,
+        readings: Sequence[Reading] = (),
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> IngestOutcome: ...
+
+
+class DeviceRegistry(Protocol):
+    def get_device(self, device_id: str) -> Device | None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadingsStored:
+    readings: tuple[Reading, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertChanged:
+    alert: Alert
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchSealed:
+    batch: Batch
+    tree_size: int
+    root_hash: bytes
+
+
+LiveEvent = ReadingsStored | AlertChanged | BatchSealed
+
+
+class LiveFeed(Protocol):
+    """Fan-out to dashboard viewers; each subscription has its own bounded queue
+    that drops its oldest events when the viewer is slow."""
+
+    def subscribe(self) -> AsyncIterator[LiveEvent]: ...
+
+
+class ReadModel(Protocol):
+    """What dashboards may read. Implementations run blocking I/O off the event loop."""
+
+    async def list_patients(self) -> list[Patient]: ...
+
+    async def list_devices(self, patient_id: str | None = None) -> list[Device]: ...
+
+    async def readings(
+        self, patient_id: str, *, since: datetime, until: datetime | None = None
+    ) -> list[Reading]: ...
+
+    async def latest_batches(self, limit: int) -> list[Batch]: ...
+
+
+__all__ = [
+    "AlertChanged",
+    "BatchSealed",
+    "DeadLetter",
+    "DeviceRegistry",
+    "DurableCallback",
+    "IngestOutcome",
+    "LiveEvent",
+    "LiveFeed",
+    "Origin",
+    "ReadModel",
+    "ReadingSink",
+    "ReadingsStored",
+    "RejectReason",
+]
