@@ -73,3 +73,25 @@ class WitnessAlarm(LedgerError):
         super().__init__(f"WITNESS ALARM {kind}: {detail}")
         self.kind: WitnessAlarmKind = kind
         self.detail = detail
+
+
+class CanonicalizationError(LedgerError):
+    """A value has no RFC 8785 canonical JSON form; path locates it ("$.readings[3].value")."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class KeyFileError(LedgerError):
+    """A key file cannot be written or read (exists already, wrong passphrase, not Ed25519)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"key file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class MalformedKey(LedgerError):
+    """A JWK (or raw public key) is not a well-formed Ed25519 public key."""
