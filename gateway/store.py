@@ -1,0 +1,716 @@
+"""The durable store: one SQLite file in WAL mode with synchronous=FULL.
+
+`Store` is synchronous and owns one connection; the pipeline runs it on a single
+dedicated thread so commits never block the event loop. Readings are de-duplicated
+by a UNIQUE (device_id, dedupe_key) index, so a replayed message is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.clock import to_rfc3339
+from gateway.errors import RegistryError, StorageError
+from gateway.model import (
+    Batch,
+    Device,
+    DeviceEvent,
+    DeviceEventKind,
+    DeviceKind,
+    Patient,
+    Reading,
+    ReadingKind,
+    Source,
+    Transport,
+)
+from gateway.protocols import DeadLetter, RejectReason
+from gateway.units import Unit
+
+DB_FILENAME = "glucohub.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    simulated INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL REFERENCES patients(patient_id),
+    kind TEXT NOT NULL,
+    transport TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    address TEXT NOT NULL DEFAULT '',
+    simulated INTEGER NOT NULL DEFAULT 0,
+    active INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value REAL NOT NULL,
+    unit TEXT NOT NULL,
+    time TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    seq INTEGER,
+    source TEXT NOT NULL,
+    original_value REAL,
+    original_unit TEXT,
+    status TEXT NOT NULL DEFAULT '',
+    dedupe_key TEXT NOT NULL,
+    batch_seq INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_dedupe ON readings (device_id, dedupe_key);
+CREATE INDEX IF NOT EXISTS readings_patient_time ON readings (patient_id, time_ms);
+CREATE INDEX IF NOT EXISTS readings_unsealed ON readings (id) WHERE batch_seq IS NULL;
+CREATE INDEX IF NOT EXISTS readings_batch ON readings (batch_seq);
+CREATE TABLE IF NOT EXISTS device_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    time TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    seq INTEGER
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    device_id TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    reading_count INTEGER NOT NULL,
+    first_time TEXT NOT NULL,
+    last_time TEXT NOT NULL,
+    sealed_at TEXT NOT NULL,
+    jws BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tree_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size INTEGER NOT NULL,
+    compact BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    root_hash BLOB NOT NULL,
+    note TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cosignatures (
+    size INTEGER NOT NULL,
+    witness TEXT NOT NULL,
+    line TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (size, witness)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE sent_at IS NULL;
+"""
+
+_READING_COLUMNS = (
+    "id, patient_id, device_id, kind, value, unit, time, seq, source, "
+    "original_value, original_unit, status"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredReading:
+    row_id: int
+    reading: Reading
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteResult:
+    stored: tuple[StoredReading, ...]
+    duplicates: int
+    dead_letters: int
+    events: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredDeadLetter:
+    row_id: int
+    received_at: str
+    source: str
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes
+
+
+def _time_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def reading_to_row(reading: Reading) -> tuple[object, ...]:
+    return (
+        reading.patient_id,
+        reading.device_id,
+        reading.kind.value,
+        reading.value,
+        reading.unit.value,
+        to_rfc3339(reading.time),
+        _time_ms(reading.time),
+        reading.seq,
+        reading.source.value,
+        reading.original_value,
+        reading.original_unit.value if reading.original_unit else None,
+        ",".join(reading.status),
+        reading.dedupe_key(),
+    )
+
+
+def reading_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Reading:
+    (_, patient_id, device_id, kind, value, unit, time, seq, source, ov, ou, status) = row
+    return Reading(
+        patient_id=str(patient_id),
+        device_id=str(device_id),
+        kind=ReadingKind(str(kind)),
+        value=float(value),
+        unit=Unit(str(unit)),
+        time=datetime.fromisoformat(str(time).replace("Z", "+00:00")),
+        seq=None if seq is None else int(seq),
+        source=Source(str(source)),
+        original_value=None if ov is None else float(ov),
+        original_unit=None if ou is None else Unit(str(ou)),
+        status=tuple(s for s in str(status).split(",") if s),
+    )
+
+
+def reading_to_json(reading: Reading) -> dict[str, object]:
+    """The one JSON shape of a reading: export lines, ledger batches, the API."""
+    return {
+        "patient_id": reading.patient_id,
+        "device_id": reading.device_id,
+        "kind": reading.kind.value,
+        "time": to_rfc3339(reading.time),
+        "value": reading.value,
+        "unit": reading.unit.value,
+        "seq": reading.seq,
+        "source": reading.source.value,
+        "original_value": reading.original_value,
+        "original_unit": reading.original_unit.value if reading.original_unit else None,
+        "status": list(reading.status),
+    }
+
+
+class Store:
+    """All durable state of one hub. Not thread-safe: one thread per `Store`."""
+
+    def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / DB_FILENAME
+        if read_only:
+            if not self.path.exists():
+                raise StorageError(f"no Glucohub database at {self.path}")
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        else:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute("PRAGMA foreign_keys=ON")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- transactions -------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- registry -----------------------------------------------------------------------
+
+    def add_patient(self, patient: Patient) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO patients (patient_id, display_name, timezone, simulated) "
+                "VALUES (?, ?, ?, ?)",
+                (patient.patient_id, patient.display_name, patient.timezone, patient.simulated),
+            )
+        except sqlite3.IntegrityError:
+            raise RegistryError(f"patient {patient.patient_id!r} already exists") from None
+
+    def get_patient(self, patient_id: str) -> Patient | None:
+        row = self._db.execute(
+            "SELECT patient_id, display_name, timezone, simulated FROM patients "
+            "WHERE patient_id = ?",
+            (patient_id,),
+        ).fetchone()
+        return None if row is None else _patient(row)
+
+    def list_patients(self) -> list[Patient]:
+        rows = self._db.execute(
+            "SELECT patient_id, display_name, timezone, simulated FROM patients ORDER BY patient_id"
+        )
+        return [_patient(row) for row in rows]
+
+    def add_device(self, device: Device) -> None:
+        if self.get_patient(device.patient_id) is None:
+            raise RegistryError(f"unknown patient {device.patient_id!r}; add the patient first")
+        try:
+            self._db.execute(
+                "INSERT INTO devices (device_id, patient_id, kind, transport, name, address, "
+                "simulated, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    device.device_id,
+                    device.patient_id,
+                    device.kind.value,
+                    device.transport.value,
+                    device.name,
+                    device.address,
+                    device.simulated,
+                    device.active,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise RegistryError(f"device {device.device_id!r} already exists") from None
+
+    def remove_device(self, device_id: str) -> None:
+        """Deactivate (never delete: stored readings still name it)."""
+        cursor = self._db.execute(
+            "UPDATE devices SET active = 0 WHERE device_id = ? AND active = 1", (device_id,)
+        )
+        if cursor.rowcount == 0:
+            raise RegistryError(f"no active device {device_id!r}")
+
+    def get_device(self, device_id: str) -> Device | None:
+        row = self._db.execute(
+            "SELECT device_id, patient_id, kind, transport, name, address, simulated, active "
+            "FROM devices WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        return None if row is None else _device(row)
+
+    def list_devices(self, patient_id: str | None = None) -> list[Device]:
+        query = (
+            "SELECT device_id, patient_id, kind, transport, name, address, simulated, active "
+            "FROM devices"
+        )
+        params: tuple[str, ...] = ()
+        if patient_id is not None:
+            query += " WHERE patient_id = ?"
+            params = (patient_id,)
+        return [_device(row) for row in self._db.execute(query + " ORDER BY device_id", params)]
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def write(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> WriteResult:
+        """Store everything in one transaction; duplicates are skipped and counted."""
+        stored: list[StoredReading] = []
+        duplicates = 0
+        self._begin()
+        try:
+            insert = (
+                "INSERT INTO readings (patient_id, device_id, kind, value, unit, time, time_ms, "
+                "seq, source, original_value, original_unit, status, dedupe_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id, dedupe_key) DO NOTHING"
+            )
+            for reading in readings:
+                cursor = self._db.execute(insert, reading_to_row(reading))
+                if cursor.rowcount == 1:
+                    assert cursor.lastrowid is not None
+                    stored.append(StoredReading(row_id=cursor.lastrowid, reading=reading))
+                else:
+                    duplicates += 1
+            self._db.executemany(
+                "INSERT INTO device_events (patient_id, device_id, kind, time, detail, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (e.patient_id, e.device_id, e.kind.value, to_rfc3339(e.time), e.detail, e.seq)
+                    for e in events
+                ],
+            )
+            self._db.executemany(
+                "INSERT INTO dead_letters (received_at, source, topic, device_id, reason, "
+                "detail, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        to_rfc3339(d.received_at),
+                        d.origin.source.value,
+                        d.origin.topic,
+                        d.origin.device_id,
+                        d.reason.value,
+                        d.detail,
+                        d.origin.raw,
+                    )
+                    for d in dead_letters
+                ],
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return WriteResult(
+            stored=tuple(stored),
+            duplicates=duplicates,
+            dead_letters=len(dead_letters),
+            events=len(events),
+        )
+
+    # -- queries ------------------------------------------------------------------------
+
+    def readings(
+        self,
+        *,
+        patient_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        kinds: Sequence[ReadingKind] = (),
+    ) -> Iterator[Reading]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if patient_id is not None:
+            clauses.append("patient_id = ?")
+            params.append(patient_id)
+        if since is not None:
+            clauses.append("time_ms >= ?")
+            params.append(_time_ms(since))
+        if until is not None:
+            clauses.append("time_ms < ?")
+            params.append(_time_ms(until))
+        if kinds:
+            clauses.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(k.value for k in kinds)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT {_READING_COLUMNS} FROM readings{where} ORDER BY time_ms, id"
+        for row in self._db.execute(query, params):
+            yield reading_from_row(row)
+
+    def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
+        marks = ",".join("?" * len(kinds))
+        row = self._db.execute(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE patient_id = ? AND kind IN ({marks}) "
+            "ORDER BY time_ms DESC, id DESC LIMIT 1",
+            (patient_id, *(k.value for k in kinds)),
+        ).fetchone()
+        return None if row is None else reading_from_row(row)
+
+    def last_seq(self, device_id: str) -> int | None:
+        row = self._db.execute(
+            "SELECT MAX(seq) FROM readings WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def count_readings(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        rows = self._db.execute(
+            "SELECT id, received_at, source, topic, device_id, reason, detail, payload "
+            "FROM dead_letters ORDER BY id"
+        )
+        return [
+            StoredDeadLetter(
+                row_id=int(r[0]),
+                received_at=str(r[1]),
+                source=str(r[2]),
+                topic=str(r[3]),
+                device_id=None if r[4] is None else str(r[4]),
+                reason=str(r[5]),
+                detail=str(r[6]),
+                payload=bytes(r[7]),
+            )
+            for r in rows
+        ]
+
+    def dead_letter_counts(self) -> dict[RejectReason, int]:
+        rows = self._db.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason")
+        return {RejectReason(str(r[0])): int(r[1]) for r in rows}
+
+    def device_events(self, patient_id: str | None = None) -> list[DeviceEvent]:
+        query = "SELECT patient_id, device_id, kind, time, detail, seq FROM device_events"
+        params: tuple[str, ...] = ()
+        if patient_id is not None:
+            query += " WHERE patient_id = ?"
+            params = (patient_id,)
+        return [
+            DeviceEvent(
+                patient_id=str(r[0]),
+                device_id=str(r[1]),
+                kind=DeviceEventKind(str(r[2])),
+                time=datetime.fromisoformat(str(r[3]).replace("Z", "+00:00")),
+                detail=str(r[4]),
+                seq=None if r[5] is None else int(r[5]),
+            )
+            for r in self._db.execute(query + " ORDER BY id", params)
+        ]
+
+    # -- ledger -------------------------------------------------------------------------
+
+    def unsealed_readings(self, limit: int) -> list[StoredReading]:
+        rows = self._db.execute(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [StoredReading(row_id=int(r[0]), reading=reading_from_row(r)) for r in rows]
+
+    def count_unsealed(self) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL").fetchone()
+        return int(row[0])
+
+    def batch_readings(self, batch_seq: int) -> list[Reading]:
+        rows = self._db.execute(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq = ? ORDER BY id",
+            (batch_seq,),
+        )
+        return [reading_from_row(r) for r in rows]
+
+    def tree_state(self) -> tuple[int, bytes] | None:
+        row = self._db.execute("SELECT size, compact FROM tree_state WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def last_batch(self) -> Batch | None:
+        row = self._db.execute(
+            "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "
+            "FROM batches ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _batch(row)
+
+    def batches(self, *, since_seq: int = 0, limit: int | None = None) -> Iterator[Batch]:
+        query = (
+            "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "
+            "FROM batches WHERE seq >= ? ORDER BY seq"
+        )
+        params: tuple[int, ...] = (since_seq,)
+        if limit is not None:
+            query += " LIMIT ?"
+            params = (since_seq, limit)
+        for row in self._db.execute(query, params):
+            yield _batch(row)
+
+    def latest_batches(self, limit: int) -> list[Batch]:
+        rows = self._db.execute(
+            "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "
+            "FROM batches ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [_batch(r) for r in rows]
+
+    def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]:
+        if end is None:
+            rows = self._db.execute(
+                "SELECT leaf_hash FROM batches WHERE seq >= ? ORDER BY seq", (start,)
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT leaf_hash FROM batches WHERE seq >= ? AND seq < ? ORDER BY seq",
+                (start, end),
+            )
+        return [bytes(r[0]) for r in rows]
+
+    def record_sealed_batch(
+        self,
+        *,
+        batch: Batch,
+        last_row_id: int,
+        tree_size: int,
+        compact_tree: bytes,
+        root_hash: bytes,
+        outbox_topic: str | None,
+    ) -> None:
+        """Seal atomically: the batch, its readings' batch_seq, the tree and an unsigned
+        checkpoint row (size and root persisted before any signature exists)."""
+        self._begin()
+        try:
+            self._db.execute(
+                "INSERT INTO batches (seq, reading_count, first_time, last_time, sealed_at, "
+                "jws, leaf_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    batch.seq,
+                    batch.reading_count,
+                    to_rfc3339(batch.first_time),
+                    to_rfc3339(batch.last_time),
+                    to_rfc3339(batch.sealed_at),
+                    batch.jws,
+                    batch.leaf_hash,
+                ),
+            )
+            cursor = self._db.execute(
+                "UPDATE readings SET batch_seq = ? WHERE batch_seq IS NULL AND id <= ?",
+                (batch.seq, last_row_id),
+            )
+            if cursor.rowcount != batch.reading_count:
+                raise StorageError(
+                    f"batch {batch.seq}: sealed {batch.reading_count} readings but "
+                    f"{cursor.rowcount} rows were unsealed up to id {last_row_id}"
+                )
+            self._db.execute(
+                "INSERT INTO tree_state (id, size, compact) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
+                (tree_size, compact_tree),
+            )
+            self._db.execute(
+                "INSERT INTO checkpoints (size, root_hash, note, created_at) "
+                "VALUES (?, ?, NULL, ?)",
+                (tree_size, root_hash, to_rfc3339(batch.sealed_at)),
+            )
+            if outbox_topic is not None:
+                self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
+                    (outbox_topic, batch.jws, to_rfc3339(batch.sealed_at)),
+                )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def unsigned_checkpoints(self) -> list[tuple[int, bytes]]:
+        rows = self._db.execute(
+            "SELECT size, root_hash FROM checkpoints WHERE note IS NULL ORDER BY size"
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    def checkpoint_root(self, size: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT root_hash FROM checkpoints WHERE size = ?", (size,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def record_checkpoint_note(self, size: int, note: str, outbox_topic: str | None) -> None:
+        """Attach the signed note to its persisted (size, root); never replace one."""
+        self._begin()
+        try:
+            cursor = self._db.execute(
+                "UPDATE checkpoints SET note = ? WHERE size = ? AND note IS NULL", (note, size)
+            )
+            if cursor.rowcount != 1:
+                raise StorageError(f"checkpoint {size} is missing or already signed")
+            if outbox_topic is not None:
+                self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
+                    (outbox_topic, note.encode(), to_rfc3339(datetime.now(UTC))),
+                )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def latest_checkpoint(self) -> tuple[int, bytes, str] | None:
+        row = self._db.execute(
+            "SELECT size, root_hash, note FROM checkpoints WHERE note IS NOT NULL "
+            "ORDER BY size DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]), str(row[2]))
+
+    def add_cosignature(self, size: int, witness: str, line: str, received_at: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO cosignatures (size, witness, line, received_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, "
+            "received_at = excluded.received_at",
+            (size, witness, line, to_rfc3339(received_at)),
+        )
+
+    def cosignatures(self, size: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,)
+        )
+        return [str(r[0]) for r in rows]
+
+    # -- outbox -------------------------------------------------------------------------
+
+    def outbox_pending(self, limit: int) -> list[tuple[int, str, bytes]]:
+        rows = self._db.execute(
+            "SELECT id, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def outbox_mark_sent(self, item_id: int, now: datetime) -> None:
+        self._db.execute(
+            "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
+            (to_rfc3339(now), item_id),
+        )
+
+
+def _patient(row: tuple[Any, ...]) -> Patient:
+    return Patient(
+        patient_id=str(row[0]),
+        display_name=str(row[1]),
+        timezone=str(row[2]),
+        simulated=bool(row[3]),
+    )
+
+
+def _device(row: tuple[Any, ...]) -> Device:
+    return Device(
+        device_id=str(row[0]),
+        patient_id=str(row[1]),
+        kind=DeviceKind(str(row[2])),
+        transport=Transport(str(row[3])),
+        name=str(row[4]),
+        address=str(row[5]),
+        simulated=bool(row[6]),
+        active=bool(row[7]),
+    )
+
+
+def _batch(row: tuple[Any, ...]) -> Batch:
+    def when(value: object) -> datetime:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+    return Batch(
+        seq=int(row[0]),
+        reading_count=int(row[1]),
+        first_time=when(row[2]),
+        last_time=when(row[3]),
+        sealed_at=when(row[4]),
+        jws=bytes(row[5]),
+        leaf_hash=bytes(row[6]),
+    )
+
+
+def json_line(obj: dict[str, object]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
