@@ -13,7 +13,17 @@ from enum import StrEnum
 from typing import Protocol
 
 from gateway.clock import require_utc
-from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, Source
+from gateway.model import (
+    Alert,
+    AlertKind,
+    Batch,
+    Device,
+    DeviceEvent,
+    Patient,
+    Reading,
+    ReadingKind,
+    Source,
+)
 
 
 class RejectReason(StrEnum):
@@ -123,26 +133,95 @@ class LiveFeed(Protocol):
 
 
 class ReadModel(Protocol):
-    """What dashboards may read. Implementations run blocking I/O off the event loop."""
+    """What dashboards may read. Implementations run blocking I/O off the event loop.
+    Access control is the caller's job: these return whatever is asked for."""
 
     async def list_patients(self) -> list[Patient]: ...
+
+    async def get_patient(self, patient_id: str) -> Patient | None: ...
 
     async def list_devices(self, patient_id: str | None = None) -> list[Device]: ...
 
     async def readings(
-        self, patient_id: str, *, since: datetime, until: datetime | None = None
+        self,
+        patient_id: str,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        kinds: Sequence[ReadingKind] = (),
     ) -> list[Reading]: ...
 
+    async def latest_reading(
+        self, patient_id: str, kinds: Sequence[ReadingKind]
+    ) -> Reading | None: ...
+
+    async def device_events(self, patient_id: str) -> list[DeviceEvent]: ...
+
+    async def alerts(
+        self, patient_id: str | None = None, *, open_only: bool = False
+    ) -> list[Alert]: ...
+
     async def latest_batches(self, limit: int) -> list[Batch]: ...
+
+    async def batch(self, seq: int) -> Batch | None: ...
+
+    async def batch_readings(self, seq: int) -> list[Reading]: ...
+
+
+class AlertControl(Protocol):
+    """Clinician actions on alerts; each is stored and recorded in the ledger stream."""
+
+    async def acknowledge(self, alert_id: str, *, by: str) -> Alert | None: ...
+
+    async def snooze(self, patient_id: str, kind: AlertKind, *, minutes: int, by: str) -> None: ...
+
+
+class LedgerView(Protocol):
+    """The public, read-only transparency log plus the private batch bodies."""
+
+    def verifier_key(self) -> str:
+        """The signed-note verifier key string of the log key."""
+        ...
+
+    def batch_public_jwk(self) -> dict[str, str]: ...
+
+    async def checkpoint_note(self) -> str | None:
+        """The latest signed checkpoint with collected cosignatures, or None if empty."""
+        ...
+
+    async def tile(self, path: str) -> bytes | None:
+        """C2SP tlog-tiles resource at `path` (e.g. "tile/0/000"), or None if absent."""
+        ...
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]: ...
+
+    async def inclusion_proof(self, seq: int) -> tuple[int, list[bytes]]:
+        """(tree size of the latest checkpoint, audit path) for batch `seq`."""
+        ...
+
+    async def add_cosignature(self, text: str) -> None:
+        """Verify a witness cosignature and keep it; raise InputError when it is bad."""
+        ...
+
+
+class HubStatus(Protocol):
+    def health(self) -> dict[str, object]:
+        """status ("ok"/"degraded"), uptime_s, queue depths, source states."""
+        ...
+
+    def prometheus_text(self) -> str: ...
 
 
 __all__ = [
     "AlertChanged",
+    "AlertControl",
     "BatchSealed",
     "DeadLetter",
     "DeviceRegistry",
     "DurableCallback",
+    "HubStatus",
     "IngestOutcome",
+    "LedgerView",
     "LiveEvent",
     "LiveFeed",
     "Origin",
