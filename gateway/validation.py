@@ -1,0 +1,78 @@
+"""Pure validation of readings against the device registry, physiology and the clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gateway.model import Device, Reading, ReadingKind
+from gateway.protocols import RejectReason
+
+# Plausible ranges in canonical units. Glucose 10-1000 mg/dL: meters report 20-600,
+# anything outside 10-1000 is a decoding or unit error, not a patient.
+PLAUSIBLE_RANGE: dict[ReadingKind, tuple[float, float]] = {
+    ReadingKind.GLUCOSE: (10.0, 1000.0),
+    ReadingKind.CGM_GLUCOSE: (10.0, 1000.0),
+    ReadingKind.HEART_RATE: (20.0, 300.0),
+    ReadingKind.PULSE_RATE: (20.0, 300.0),
+    ReadingKind.RR_INTERVAL: (150.0, 3000.0),
+    ReadingKind.ENERGY_EXPENDED: (0.0, 65535.0),
+    ReadingKind.BLOOD_PRESSURE_SYSTOLIC: (40.0, 300.0),
+    ReadingKind.BLOOD_PRESSURE_DIASTOLIC: (20.0, 200.0),
+    ReadingKind.BLOOD_PRESSURE_MEAN: (30.0, 250.0),
+    ReadingKind.BODY_WEIGHT: (0.5, 500.0),
+    ReadingKind.BODY_TEMPERATURE: (25.0, 45.0),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidationRules:
+    max_future_skew: timedelta = timedelta(minutes=5)
+    max_past_age: timedelta = timedelta(days=365)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    reason: RejectReason
+    detail: str
+
+
+def validate(
+    reading: Reading, device: Device | None, *, now: datetime, rules: ValidationRules
+) -> Verdict | None:
+    """None when the reading may be stored, else why not. Duplicates are the store's job."""
+    if device is None:
+        return Verdict(
+            reason=RejectReason.UNKNOWN_DEVICE,
+            detail=f"device {reading.device_id!r} is not registered",
+        )
+    if not device.active:
+        return Verdict(
+            reason=RejectReason.INACTIVE_DEVICE,
+            detail=f"device {reading.device_id!r} was removed",
+        )
+    if device.patient_id != reading.patient_id:
+        return Verdict(
+            reason=RejectReason.WRONG_PATIENT,
+            detail=f"device {reading.device_id!r} belongs to another patient, "
+            f"not {reading.patient_id!r}",
+        )
+    low, high = PLAUSIBLE_RANGE[reading.kind]
+    if not low <= reading.value <= high:
+        return Verdict(
+            reason=RejectReason.OUT_OF_RANGE,
+            detail=f"{reading.kind} {reading.value:g} {reading.unit} outside "
+            f"{low:g}-{high:g} {reading.unit}",
+        )
+    if reading.time > now + rules.max_future_skew:
+        ahead = (reading.time - now).total_seconds()
+        return Verdict(
+            reason=RejectReason.FUTURE_TIME,
+            detail=f"time {reading.time.isoformat()} is {ahead:.0f} s in the future",
+        )
+    if reading.time < now - rules.max_past_age:
+        return Verdict(
+            reason=RejectReason.TOO_OLD,
+            detail=f"time {reading.time.isoformat()} is older than {rules.max_past_age.days} days",
+        )
+    return None
