@@ -95,3 +95,12 @@ class KeyFileError(LedgerError):
 
 class MalformedKey(LedgerError):
     """A JWK (or raw public key) is not a well-formed Ed25519 public key."""
+
+
+class TileError(LedgerError):
+    """A tlog-tiles path, tile or entry bundle is malformed or outside the tree (A1)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"tile {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
