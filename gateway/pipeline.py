@@ -1,0 +1,394 @@
+"""The running hub: bounded queues between stages, one TaskGroup, clean shutdown.
+
+    sources --ingest queue--> validate + store (one SQLite transaction per chunk)
+            --> seal stage (batch every N readings or T seconds, sign, checkpoint)
+            --> alert stage (per-patient engines) --> fan-out to dashboard viewers
+
+Overflow policy: the ingest and alert queues block their producers (back-pressure
+towards sources: an MQTT message stays unacknowledged, a BLE transfer waits); only the
+per-viewer fan-out queues drop, oldest first. All SQLite work runs on one dedicated
+writer thread so commits never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from gateway.batcher import Batcher, BatchPolicy
+from gateway.clock import Clock
+from gateway.fanout import FanOut
+from gateway.model import Alert, Device, DeviceEvent, Reading
+from gateway.protocols import (
+    AlertChanged,
+    BatchSealed,
+    DeadLetter,
+    DurableCallback,
+    IngestOutcome,
+    Origin,
+    ReadingsStored,
+)
+from gateway.sealing import Sealer
+from gateway.settings import Settings
+from gateway.store import Store, WriteResult
+from gateway.telemetry import Telemetry
+from gateway.validation import ValidationRules, validate
+
+log = logging.getLogger("glucohub.pipeline")
+
+P = ParamSpec("P")
+Source = Callable[[], Coroutine[Any, Any, None]]  # a long-lived producer task
+T = TypeVar("T")
+
+
+@dataclass(slots=True, kw_only=True)
+class _Envelope:
+    origin: Origin
+    readings: Sequence[Reading]
+    events: Sequence[DeviceEvent]
+    dead_letters: Sequence[DeadLetter]
+    on_durable: DurableCallback | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Written:
+    result: WriteResult
+    outcomes: list[IngestOutcome]
+    rejected_reasons: list[str]
+
+
+class AlertStage:
+    """What the pipeline asks of the alert engine (gateway.alerting implements it)."""
+
+    def on_stored(self, readings: Sequence[Reading], events: Sequence[DeviceEvent]) -> list[Alert]:
+        return []
+
+    def tick(self) -> list[Alert]:
+        return []
+
+
+class Writer:
+    """The single thread that owns the writable `Store` (and the `Sealer`)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glucohub-writer")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.submit(self.store.close).result()
+        self._executor.shutdown(wait=True)
+
+
+class Hub:
+    """Implements `ReadingSink`; owns the ingest, seal and alert stages."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        writer: Writer,
+        sealer: Sealer,
+        clock: Clock,
+        telemetry: Telemetry,
+        fanout: FanOut,
+        alerts: AlertStage | None = None,
+    ) -> None:
+        self.settings = settings
+        self._writer = writer
+        self._sealer = sealer
+        self._clock = clock
+        self.telemetry = telemetry
+        self.fanout = fanout
+        self._alerts = alerts or AlertStage()
+        size = settings.pipeline.queue_size
+        self._ingest: asyncio.Queue[_Envelope | None] = asyncio.Queue(size)
+        self._alert_queue: asyncio.Queue[WriteResult | None] = asyncio.Queue(max(1, size // 100))
+        self._new_readings = asyncio.Event()
+        self._batcher = Batcher(
+            BatchPolicy(
+                max_readings=settings.ledger.batch_max_readings,
+                max_seconds=settings.ledger.batch_max_seconds,
+            )
+        )
+        self._rules = ValidationRules(
+            max_future_skew=timedelta(seconds=settings.pipeline.max_future_skew_s),
+            max_past_age=timedelta(days=settings.pipeline.max_past_age_days),
+        )
+        self._stopping = False
+        self._ingest_finished = False
+        self._started = time.monotonic()
+        self.sources_state: dict[str, str] = {}
+        telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
+        telemetry.gauge("glucohub_unsealed_readings", lambda: self._batcher.pending)
+        telemetry.gauge("glucohub_dashboard_viewers", lambda: self.fanout.viewers)
+
+    # -- ReadingSink ----------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        *,
+        origin: Origin,
+        readings: Sequence[Reading] = (),
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+        on_durable: DurableCallback | None = None,
+    ) -> None:
+        if self._stopping:
+            raise RuntimeError("the hub is shutting down; nothing more is accepted")
+        await self._ingest.put(
+            _Envelope(
+                origin=origin,
+                readings=readings,
+                events=events,
+                dead_letters=dead_letters,
+                on_durable=on_durable,
+            )
+        )
+
+    async def submit(
+        self,
+        *,
+        origin: Origin,
+        readings: Sequence[Reading] = (),
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> IngestOutcome:
+        done: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        await self.enqueue(
+            origin=origin,
+            readings=readings,
+            events=events,
+            dead_letters=dead_letters,
+            on_durable=functools.partial(_resolve, done),
+        )
+        return await done
+
+    # -- status -------------------------------------------------------------------------
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "stopping" if self._stopping else "ok",
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "queues": {
+                "ingest": self._ingest.qsize(),
+                "ingest_capacity": self._ingest.maxsize,
+                "alerts": self._alert_queue.qsize(),
+                "unsealed_readings": self._batcher.pending,
+            },
+            "ledger": {"tree_size": self._sealer.tree_size},
+            "sources": dict(self.sources_state),
+            "dashboard_viewers": self.fanout.viewers,
+        }
+
+    def prometheus_text(self) -> str:
+        return self.telemetry.render()
+
+    # -- stages -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, sources: Sequence[Source]) -> None:
+        """Run until `stop` is set, then stop sources, drain, seal everything and return."""
+        unsealed = await self._writer.run(self._writer.store.count_unsealed)
+        self._batcher.add(unsealed, self._clock.monotonic())
+        if unsealed:
+            log.info("resuming: %d stored readings await sealing", unsealed)
+            self._new_readings.set()
+        async with asyncio.TaskGroup() as core:
+            core.create_task(self._ingest_loop(), name="ingest")
+            core.create_task(self._seal_loop(), name="seal")
+            core.create_task(self._alert_loop(), name="alerts")
+            try:
+                async with asyncio.TaskGroup() as edge:
+                    for index, source in enumerate(sources):
+                        edge.create_task(source(), name=f"source-{index}")
+                    edge.create_task(_raise_when_set(stop), name="stop-watch")
+            except* _Stop:
+                pass
+            log.info("stopping: sources stopped, draining %d queued inputs", self._ingest.qsize())
+            self._stopping = True
+            await self._ingest.put(None)  # the ingest loop passes the sentinel on
+        self.fanout.close()
+        log.info(
+            "stopped cleanly: %d readings sealed in %d-leaf log",
+            self.telemetry.value("glucohub_ledger_readings_sealed_total"),
+            self._sealer.tree_size,
+        )
+
+    async def _ingest_loop(self) -> None:
+        limit = self.settings.storage.commit_max_readings
+        delay = self.settings.storage.commit_max_delay_ms / 1000.0
+        while True:
+            first = await self._ingest.get()
+            if first is None:
+                break
+            chunk = [first]
+            count = len(first.readings)
+            deadline = self._clock.monotonic() + delay
+            finished = False
+            while count < limit:
+                try:
+                    item = self._ingest.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - self._clock.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._ingest.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item is None:
+                    finished = True
+                    break
+                chunk.append(item)
+                count += len(item.readings)
+            await self._process(chunk)
+            if finished:
+                break
+        self._ingest_finished = True
+        self._new_readings.set()
+        await self._alert_queue.put(None)
+
+    def _validate_and_write(self, chunk: list[_Envelope]) -> _Written:
+        store = self._writer.store
+        now = self._clock.now()
+        devices: dict[str, Device | None] = {}
+        accepted: list[Reading] = []
+        events: list[DeviceEvent] = []
+        dead: list[DeadLetter] = []
+        per_envelope: list[tuple[int, int]] = []  # (accepted, rejected) per envelope
+        for envelope in chunk:
+            ok = bad = 0
+            for reading in envelope.readings:
+                if reading.device_id not in devices:
+                    devices[reading.device_id] = store.get_device(reading.device_id)
+                verdict = validate(reading, devices[reading.device_id], now=now, rules=self._rules)
+                if verdict is None:
+                    accepted.append(reading)
+                    ok += 1
+                else:
+                    bad += 1
+                    dead.append(
+                        DeadLetter(
+                            received_at=now,
+                            origin=Origin(
+                                source=envelope.origin.source,
+                                topic=envelope.origin.topic,
+                                raw=envelope.origin.raw,
+                                device_id=reading.device_id,
+                            ),
+                            reason=verdict.reason,
+                            detail=verdict.detail,
+                        )
+                    )
+            events.extend(envelope.events)
+            dead.extend(envelope.dead_letters)
+            per_envelope.append((ok, bad + len(envelope.dead_letters)))
+        result = store.write(accepted, events, dead)
+        # Attribute duplicates back to envelopes in order (stored rows keep input order).
+        stored_ids = {id(s.reading) for s in result.stored}
+        outcomes: list[IngestOutcome] = []
+        for envelope, (ok, bad) in zip(chunk, per_envelope, strict=True):
+            new = sum(1 for reading in envelope.readings if id(reading) in stored_ids)
+            outcomes.append(IngestOutcome(accepted=new, duplicates=ok - new, rejected=bad))
+        return _Written(
+            result=result, outcomes=outcomes, rejected_reasons=[d.reason.value for d in dead]
+        )
+
+    async def _process(self, chunk: list[_Envelope]) -> None:
+        written = await self._writer.run(self._validate_and_write, chunk)
+        result = written.result
+        for envelope, outcome in zip(chunk, written.outcomes, strict=True):
+            if envelope.on_durable is not None:
+                envelope.on_durable(outcome)
+        t = self.telemetry
+        t.inc("glucohub_readings_ingested_total", len(result.stored))
+        t.inc("glucohub_readings_duplicate_total", result.duplicates)
+        t.inc("glucohub_device_events_total", result.events)
+        for reason in written.rejected_reasons:
+            t.inc("glucohub_readings_rejected_total", reason=reason)
+        for letter_reason in set(written.rejected_reasons):
+            log.warning("rejected input: %s", letter_reason)
+        if result.stored:
+            self._batcher.add(len(result.stored), self._clock.monotonic())
+            self._new_readings.set()
+            self.fanout.publish(ReadingsStored(readings=tuple(s.reading for s in result.stored)))
+        if result.stored or result.events:
+            await self._alert_queue.put(result)
+
+    async def _seal_loop(self) -> None:
+        limit = self._batcher.policy.max_readings
+        while True:
+            now = self._clock.monotonic()
+            if self._batcher.due(now):
+                if not await self._seal_one(limit):
+                    self._batcher.sealed(self._batcher.pending, now)  # counted ones were dupes
+                continue
+            if self._ingest_finished:
+                await self._seal_all(limit)
+                return
+            self._new_readings.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._new_readings.wait(), timeout=self._batcher.seconds_until_due(now)
+                )
+
+    async def _seal_one(self, limit: int) -> bool:
+        outcome = await self._writer.run(self._sealer.seal, limit, self._clock.now())
+        if outcome is None:
+            return False
+        self._batcher.sealed(outcome.batch.reading_count, self._clock.monotonic())
+        self.telemetry.inc("glucohub_ledger_batches_total")
+        self.telemetry.inc("glucohub_ledger_readings_sealed_total", outcome.batch.reading_count)
+        self.fanout.publish(
+            BatchSealed(
+                batch=outcome.batch, tree_size=outcome.tree_size, root_hash=outcome.root_hash
+            )
+        )
+        return True
+
+    async def _seal_all(self, limit: int) -> None:
+        while await self._seal_one(limit):
+            pass
+        self._batcher.sealed(self._batcher.pending, self._clock.monotonic())
+
+    async def _alert_loop(self) -> None:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._alert_queue.get(), timeout=30.0)
+            except TimeoutError:
+                self._publish_alerts(self._alerts.tick())
+                continue
+            if item is None:
+                return
+            alerts = self._alerts.on_stored([s.reading for s in item.stored], ())
+            self._publish_alerts(alerts)
+
+    def _publish_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.telemetry.inc("glucohub_alerts_total", kind=alert.kind.value)
+            self.fanout.publish(AlertChanged(alert=alert))
+
+
+def _resolve(future: asyncio.Future[IngestOutcome], outcome: IngestOutcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+class _Stop(Exception):
+    """Raised inside the sources' task group to cancel every source at once."""
+
+
+async def _raise_when_set(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Stop

@@ -1,0 +1,156 @@
+"""Sealing stored readings into the ledger: signed batches, the Merkle tree, checkpoints.
+
+Synchronous; the pipeline runs it on the store's thread. The order of effects makes a
+crash at any point safe: the batch, its readings' batch_seq, the tree state and the
+checkpoint's (size, root) commit in one transaction; the checkpoint is signed after,
+and an unsigned checkpoint found at start-up is signed then. Ed25519 is deterministic,
+so re-signing the persisted (size, root) yields the same note: two different
+checkpoints for one size cannot exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ledger.batch import seal_batch
+
+from gateway.errors import ConfigError
+from gateway.model import Batch
+from gateway.store import Store, reading_to_json
+from ledger import keys as ledger_keys
+from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.note import NoteSigner, verifier_key
+from ledger.rfc6962 import CompactTree
+
+KEYS_DIR = "keys"
+BATCH_KEY_FILE = "batch-key.pem"
+LOG_KEY_FILE = "log-key.pem"
+
+
+def log_origin(hub_id: str) -> str:
+    """The checkpoint origin line and signed-note key name of this hub's log."""
+    return f"glucohub.local/{hub_id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubKeys:
+    batch_key: Ed25519PrivateKey
+    batch_kid: str
+    log_key: Ed25519PrivateKey
+    log_name: str
+
+    @property
+    def log_verifier_key(self) -> str:
+        return verifier_key(self.log_name, self.log_key.public_key())
+
+    @property
+    def batch_jwk(self) -> dict[str, str]:
+        return ledger_keys.public_jwk(self.batch_key.public_key(), kid=self.batch_kid)
+
+
+def init_keys(data_dir: Path, passphrase: str | None) -> list[Path]:
+    """Create the batch and log keys (0600) if missing; return the files created."""
+    directory = data_dir / KEYS_DIR
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created: list[Path] = []
+    for name in (BATCH_KEY_FILE, LOG_KEY_FILE):
+        path = directory / name
+        if not path.exists():
+            ledger_keys.save_private_key(path, ledger_keys.generate_key(), passphrase or None)
+            created.append(path)
+    return created
+
+
+def load_keys(data_dir: Path, hub_id: str, passphrase: str | None) -> HubKeys:
+    directory = data_dir / KEYS_DIR
+    try:
+        batch_key = ledger_keys.load_private_key(directory / BATCH_KEY_FILE, passphrase or None)
+        log_key = ledger_keys.load_private_key(directory / LOG_KEY_FILE, passphrase or None)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            "storage.data_dir",
+            f"no ledger keys in {directory} ({exc.filename}); run `glucohub keys init`",
+        ) from None
+    kid = ledger_keys.jwk_thumbprint(ledger_keys.public_jwk(batch_key.public_key()))
+    return HubKeys(batch_key=batch_key, batch_kid=kid, log_key=log_key, log_name=log_origin(hub_id))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SealOutcome:
+    batch: Batch
+    tree_size: int
+    root_hash: bytes
+
+
+class Sealer:
+    def __init__(self, store: Store, keys: HubKeys, *, hub_id: str, forward: bool) -> None:
+        self._store = store
+        self._keys = keys
+        self._hub_id = hub_id
+        self._signer = NoteSigner(keys.log_name, keys.log_key)
+        self._forward = forward
+        state = store.tree_state()
+        self._tree = CompactTree() if state is None else CompactTree.from_bytes(state[1])
+        self.sign_pending_checkpoints()
+
+    @property
+    def tree_size(self) -> int:
+        return self._tree.size
+
+    def _topic(self, kind: str) -> str | None:
+        return f"glucohub/v1/hubs/{self._hub_id}/{kind}" if self._forward else None
+
+    def seal(self, limit: int, now: datetime) -> SealOutcome | None:
+        """Seal up to `limit` of the oldest unsealed readings into one batch."""
+        rows = self._store.unsealed_readings(limit)
+        if not rows:
+            return None
+        previous = self._store.last_batch()
+        seq = 0 if previous is None else previous.seq + 1
+        readings = [r.reading for r in rows]
+        times = [r.time for r in readings]
+        sealed = seal_batch(
+            hub_id=self._hub_id,
+            batch_seq=seq,
+            start=min(times),
+            end=max(times),
+            readings=[reading_to_json(r) for r in readings],
+            prev_jws=None if previous is None else previous.jws,
+            signing_key=self._keys.batch_key,
+            kid=self._keys.batch_kid,
+        )
+        batch = Batch(
+            seq=seq,
+            reading_count=len(readings),
+            first_time=min(times),
+            last_time=max(times),
+            sealed_at=now,
+            jws=sealed.jws,
+            leaf_hash=sealed.leaf_hash,
+        )
+        tree = CompactTree.from_bytes(self._tree.to_bytes())
+        tree.append(sealed.leaf_hash)
+        root = tree.root()
+        self._store.record_sealed_batch(
+            batch=batch,
+            last_row_id=rows[-1].row_id,
+            tree_size=tree.size,
+            compact_tree=tree.to_bytes(),
+            root_hash=root,
+            outbox_topic=self._topic("batches"),
+        )
+        self._tree = tree
+        self.sign_pending_checkpoints()
+        return SealOutcome(batch=batch, tree_size=tree.size, root_hash=root)
+
+    def sign_pending_checkpoints(self) -> int:
+        signed = 0
+        for size, root in self._store.unsigned_checkpoints():
+            checkpoint = Checkpoint(origin=self._keys.log_name, size=size, root_hash=root)
+            note = sign_checkpoint(checkpoint, self._signer)
+            self._store.record_checkpoint_note(size, note, self._topic("checkpoints"))
+            signed += 1
+        return signed
