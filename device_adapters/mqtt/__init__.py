@@ -1,0 +1,1 @@
+"""MQTT edge: decode uploaders' readings from a broker, forward the hub's outbox upstream."""
