@@ -1,0 +1,293 @@
+"""`glucohub` command line: the composition root's front door."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.clock import parse_rfc3339
+from gateway.errors import GlucohubError
+from gateway.model import Device, DeviceKind, Patient, Transport
+from gateway.settings import Settings, load_settings
+from gateway.store import Store, json_line, reading_to_json
+
+log = logging.getLogger("glucohub")
+
+EXPORT_FIELDS = ("patient_id", "device_id", "kind", "time", "value", "unit", "seq", "source")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "config", None), os.environ)
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        settings = settings.replace("storage", data_dir=data_dir)
+    return settings
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    return Store(_settings(args).storage.data_dir)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.runtime import run_hub
+
+    settings = _settings(args)
+    _setup_logging(settings.hub.log_level)
+    asyncio.run(run_hub(settings))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    settings = _settings(args)
+    if args.port is not None:
+        settings = settings.replace("dashboard", port=args.port)
+    if args.patients is not None:
+        settings = settings.replace("demo", patients=args.patients)
+    if args.history_days is not None:
+        settings = settings.replace("demo", history_days=args.history_days)
+    _setup_logging(settings.hub.log_level)
+    asyncio.run(run_demo(settings))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    since = parse_rfc3339(args.since) if args.since else None
+    out = sys.stdout
+    writer = csv.writer(out) if args.format == "csv" else None
+    if writer is not None:
+        writer.writerow(EXPORT_FIELDS)
+    for reading in store.readings(patient_id=args.patient, since=since):
+        row = reading_to_json(reading)
+        if writer is not None:
+            writer.writerow(["" if row[f] is None else row[f] for f in EXPORT_FIELDS])
+        else:
+            out.write(json_line({f: row[f] for f in EXPORT_FIELDS}) + "\n")
+    store.close()
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from gateway.verify import verify_data_dir
+
+    settings = _settings(args)
+    report = verify_data_dir(settings.storage.data_dir, settings.hub.hub_id)
+    print(report.message)
+    return 0 if report.ok else 1
+
+
+def cmd_patients_add(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    store.add_patient(
+        Patient(
+            patient_id=args.patient_id,
+            display_name=args.name or args.patient_id,
+            timezone=args.timezone,
+        )
+    )
+    print(f"added patient {args.patient_id}")
+    return 0
+
+
+def cmd_patients_list(args: argparse.Namespace) -> int:
+    for patient in _open_store(args).list_patients():
+        print(f"{patient.patient_id}\t{patient.display_name}\t{patient.timezone}")
+    return 0
+
+
+def cmd_devices_add(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    store.add_device(
+        Device(
+            device_id=args.device_id,
+            patient_id=args.patient,
+            kind=DeviceKind(args.kind),
+            transport=Transport(args.transport),
+            name=args.name or "",
+            address=args.address or "",
+        )
+    )
+    print(f"added device {args.device_id} for patient {args.patient}")
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    for d in _open_store(args).list_devices(args.patient):
+        state = "active" if d.active else "removed"
+        print(f"{d.device_id}\t{d.patient_id}\t{d.kind}\t{d.transport}\t{state}\t{d.name}")
+    return 0
+
+
+def cmd_devices_remove(args: argparse.Namespace) -> int:
+    _open_store(args).remove_device(args.device_id)
+    print(f"removed device {args.device_id} (its stored readings are kept)")
+    return 0
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    for letter in _open_store(args).dead_letters():
+        record = {
+            "id": letter.row_id,
+            "received_at": letter.received_at,
+            "source": letter.source,
+            "topic": letter.topic,
+            "device_id": letter.device_id,
+            "reason": letter.reason,
+            "detail": letter.detail,
+            "payload": letter.payload.decode("utf-8", errors="backslashreplace"),
+        }
+        if args.format == "jsonl":
+            print(json_line(record))
+        else:
+            print(f"{letter.received_at}\t{letter.reason}\t{letter.topic}\t{letter.detail}")
+    return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from gateway.sealing import init_keys
+
+    settings = _settings(args)
+    created = init_keys(settings.storage.data_dir, settings.ledger.key_passphrase or None)
+    for path in created:
+        print(f"created {path} (mode 0600)")
+    if not created:
+        print("keys already exist; nothing changed")
+    return 0
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    from gateway.sealing import load_keys
+
+    settings = _settings(args)
+    keys = load_keys(
+        settings.storage.data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None
+    )
+    print(f"log-key: {keys.log_verifier_key}")
+    print(f"batch-key: {json.dumps(keys.batch_jwk, separators=(',', ':'), sort_keys=True)}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--data-dir", type=Path, help="data directory (overrides the config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glucohub",
+        description="Home diabetes monitoring hub: readings, signed ledger, alerts, dashboard.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway from a configuration file")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the whole gateway on simulated patients and devices")
+    _common(p)
+    p.add_argument("--port", type=int, help="dashboard port (default 8080)")
+    p.add_argument("--patients", type=int, help="number of simulated patients (default 3)")
+    p.add_argument("--history-days", type=int, help="days of history to seed (default 14)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="print every stored reading")
+    _common(p)
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--patient", help="only this patient")
+    p.add_argument("--since", help="only readings at or after this RFC 3339 time")
+    p.set_defaults(func=cmd_export)
+
+    ledger = sub.add_parser("ledger", help="verify the signed ledger").add_subparsers(
+        dest="ledger_command", required=True, metavar="ACTION"
+    )
+    p = ledger.add_parser("verify", help="recompute and check every batch and the tree root")
+    _common(p)
+    p.set_defaults(func=cmd_ledger_verify)
+
+    patients = sub.add_parser("patients", help="the patient registry").add_subparsers(
+        dest="patients_command", required=True, metavar="ACTION"
+    )
+    p = patients.add_parser("add", help="register a patient")
+    _common(p)
+    p.add_argument("patient_id")
+    p.add_argument("--name", help="display name")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
+    p.set_defaults(func=cmd_patients_add)
+    p = patients.add_parser("list", help="list patients")
+    _common(p)
+    p.set_defaults(func=cmd_patients_list)
+
+    devices = sub.add_parser("devices", help="the device registry").add_subparsers(
+        dest="devices_command", required=True, metavar="ACTION"
+    )
+    p = devices.add_parser("add", help="register a device for a patient")
+    _common(p)
+    p.add_argument("device_id")
+    p.add_argument("--patient", required=True)
+    p.add_argument("--kind", required=True, choices=[k.value for k in DeviceKind])
+    p.add_argument("--transport", required=True, choices=[t.value for t in Transport])
+    p.add_argument("--name")
+    p.add_argument("--address", help="BLE address")
+    p.set_defaults(func=cmd_devices_add)
+    p = devices.add_parser("list", help="list devices")
+    _common(p)
+    p.add_argument("--patient")
+    p.set_defaults(func=cmd_devices_list)
+    p = devices.add_parser("remove", help="deactivate a device (readings are kept)")
+    _common(p)
+    p.add_argument("device_id")
+    p.set_defaults(func=cmd_devices_remove)
+
+    p = sub.add_parser("deadletters", help="list refused inputs with their reasons")
+    _common(p)
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.set_defaults(func=cmd_deadletters)
+
+    keys = sub.add_parser("keys", help="the hub's signing keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    p = keys.add_parser("init", help="create the batch and log keys (0600)")
+    _common(p)
+    p.set_defaults(func=cmd_keys_init)
+    p = keys.add_parser("show", help="print the public keys to hand to verifying sites")
+    _common(p)
+    p.set_defaults(func=cmd_keys_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except GlucohubError as exc:
+        print(f"glucohub: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The hub's read side for dashboards: `ReadModel` and `LedgerView` over the store.
+
+Reads use their own SQLite connection on their own thread (WAL lets them run while
+the writer commits), so a dashboard query never blocks ingestion or the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from gateway.errors import InputError
+from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
+from gateway.sealing import HubKeys
+from gateway.store import Store
+from ledger import rfc6962, tiles
+from ledger.checkpoint import open_checkpoint
+from ledger.cosignature import verify_cosignature
+from ledger.errors import LedgerError
+from ledger.note import NoteVerifier
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Reader:
+    """One read connection on one thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glucohub-reader")
+        self._store: Store | None = None
+        self._data_dir = data_dir
+
+    def _open(self) -> Store:
+        if self._store is None:
+            self._store = Store(self._data_dir)
+        return self._store
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._open()))
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self._store is not None:
+                self._store.close()
+
+        self._executor.submit(shut).result()
+        self._executor.shutdown(wait=True)
+
+
+class StoreReadModel:
+    def __init__(self, reader: Reader, alerts: Callable[[str | None, bool], list[Alert]]) -> None:
+        self._reader = reader
+        self._alerts = alerts
+
+    async def list_patients(self) -> list[Patient]:
+        return await self._reader.run(lambda s: s.list_patients())
+
+    async def get_patient(self, patient_id: str) -> Patient | None:
+        return await self._reader.run(lambda s: s.get_patient(patient_id))
+
+    async def list_devices(self, patient_id: str | None = None) -> list[Device]:
+        return await self._reader.run(lambda s: s.list_devices(patient_id))
+
+    async def readings(
+        self,
+        patient_id: str,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        kinds: Sequence[ReadingKind] = (),
+    ) -> list[Reading]:
+        return await self._reader.run(
+            lambda s: list(s.readings(patient_id=patient_id, since=since, until=until, kinds=kinds))
+        )
+
+    async def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
+        return await self._reader.run(lambda s: s.latest_reading(patient_id, kinds))
+
+    async def device_events(self, patient_id: str) -> list[DeviceEvent]:
+        return await self._reader.run(lambda s: s.device_events(patient_id))
+
+    async def alerts(
+        self, patient_id: str | None = None, *, open_only: bool = False
+    ) -> list[Alert]:
+        return self._alerts(patient_id, open_only)
+
+    async def latest_batches(self, limit: int) -> list[Batch]:
+        return await self._reader.run(lambda s: s.latest_batches(limit))
+
+    async def batch(self, seq: int) -> Batch | None:
+        found = await self._reader.run(lambda s: list(s.batches(since_seq=seq, limit=1)))
+        return found[0] if found and found[0].seq == seq else None
+
+    async def batch_readings(self, seq: int) -> list[Reading]:
+        return await self._reader.run(lambda s: s.batch_readings(seq))
+
+
+class StoreLedgerView:
+    """Serves the log: checkpoint with cosignatures, tiles, proofs; takes cosignatures."""
+
+    def __init__(self, reader: Reader, keys: HubKeys, witness_keys: Sequence[str] = ()) -> None:
+        self._reader = reader
+        self._keys = keys
+        self._log_verifier = NoteVerifier.parse(keys.log_verifier_key)
+        self._witnesses = [NoteVerifier.parse(k) for k in witness_keys]
+
+    def verifier_key(self) -> str:
+        return self._keys.log_verifier_key
+
+    def batch_public_jwk(self) -> dict[str, str]:
+        return self._keys.batch_jwk
+
+    async def checkpoint_note(self) -> str | None:
+        def read(store: Store) -> str | None:
+            latest = store.latest_checkpoint()
+            if latest is None:
+                return None
+            size, _, note = latest
+            cosigs = store.cosignatures(size)
+            return note + "".join(line if line.endswith("\n") else line + "\n" for line in cosigs)
+
+        return await self._reader.run(read)
+
+    async def tile(self, path: str) -> bytes | None:
+        try:
+            ref = tiles.parse_tile_path(path)
+        except LedgerError:
+            return None
+
+        def read(store: Store) -> bytes | None:
+            latest = store.latest_checkpoint()
+            if latest is None:
+                return None
+            leaves = store.leaf_hashes(0, latest[0])
+            return tiles.tile_from_leaf_hashes(ref, leaves)
+
+        return await self._reader.run(read)
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        def read(store: Store) -> list[bytes]:
+            leaves = store.leaf_hashes(0, new_size)
+            if len(leaves) < new_size or not 0 <= old_size <= new_size:
+                raise InputError(f"no consistency proof from {old_size} to {new_size}")
+            return rfc6962.consistency_proof_from_hashes(leaves, old_size)
+
+        return await self._reader.run(read)
+
+    async def inclusion_proof(self, seq: int) -> tuple[int, list[bytes]]:
+        def read(store: Store) -> tuple[int, list[bytes]]:
+            latest = store.latest_checkpoint()
+            if latest is None or seq >= latest[0]:
+                raise InputError(f"batch {seq} is not in a signed checkpoint yet")
+            leaves = store.leaf_hashes(0, latest[0])
+            return latest[0], rfc6962.inclusion_proof_from_hashes(leaves, seq)
+
+        return await self._reader.run(read)
+
+    async def add_cosignature(self, text: str) -> None:
+        """Body: the signed checkpoint note the witness saw plus its cosignature line(s)."""
+        raise InputError("cosignature collection is not configured")
+
+
+_unused = (base64, open_checkpoint, verify_cosignature)
