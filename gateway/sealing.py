@@ -10,11 +10,12 @@ checkpoints for one size cannot exist.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from ledger.batch import seal_batch
 
 from gateway.errors import ConfigError
@@ -28,6 +29,9 @@ from ledger.rfc6962 import CompactTree
 KEYS_DIR = "keys"
 BATCH_KEY_FILE = "batch-key.pem"
 LOG_KEY_FILE = "log-key.pem"
+# Public halves, written beside the private keys so `ledger verify` needs no passphrase.
+BATCH_PUBLIC_FILE = "batch-key.jwk"
+LOG_PUBLIC_FILE = "log-key.vkey"
 
 
 def log_origin(hub_id: str) -> str:
@@ -75,7 +79,30 @@ def load_keys(data_dir: Path, hub_id: str, passphrase: str | None) -> HubKeys:
             f"no ledger keys in {directory} ({exc.filename}); run `glucohub keys init`",
         ) from None
     kid = ledger_keys.jwk_thumbprint(ledger_keys.public_jwk(batch_key.public_key()))
-    return HubKeys(batch_key=batch_key, batch_kid=kid, log_key=log_key, log_name=log_origin(hub_id))
+    keys = HubKeys(batch_key=batch_key, batch_kid=kid, log_key=log_key, log_name=log_origin(hub_id))
+    _write_public(directory / BATCH_PUBLIC_FILE, json.dumps(keys.batch_jwk, sort_keys=True))
+    _write_public(directory / LOG_PUBLIC_FILE, keys.log_verifier_key)
+    return keys
+
+
+def _write_public(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text().strip() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(path)
+
+
+def load_public_keys(data_dir: Path, hub_id: str) -> tuple[Ed25519PublicKey, str] | None:
+    """The batch public key and the log verifier key string, or None if never created."""
+    directory = data_dir / KEYS_DIR
+    try:
+        jwk = json.loads((directory / BATCH_PUBLIC_FILE).read_text())
+        vkey = (directory / LOG_PUBLIC_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not vkey.startswith(log_origin(hub_id) + "+"):
+        raise ConfigError("hub.hub_id", f"the log key in {directory} belongs to another hub id")
+    return ledger_keys.jwk_public_key(jwk), vkey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
