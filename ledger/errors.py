@@ -104,3 +104,7 @@ class TileError(LedgerError):
         super().__init__(f"tile {path!r}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class MalformedBatch(LedgerError):
+    """A signed batch payload is not the JSON object the batch format defines (A2)."""
