@@ -1,0 +1,31 @@
+"""Shared fixtures: temporary data dirs and registered patients/devices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.model import Device, DeviceKind, Patient, Transport
+from gateway.store import Store
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def store(data_dir: Path) -> Iterator[Store]:
+    s = Store(data_dir)
+    s.add_patient(Patient(patient_id="p1", display_name="Patient One", timezone="Europe/London"))
+    s.add_patient(Patient(patient_id="p2", display_name="Patient Two"))
+    s.add_device(
+        Device(device_id="cgm-1", patient_id="p1", kind=DeviceKind.CGM, transport=Transport.MQTT)
+    )
+    s.add_device(
+        Device(device_id="meter-2", patient_id="p2", kind=DeviceKind.METER, transport=Transport.BLE)
+    )
+    yield s
+    s.close()

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.settings import Settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "glucohub.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_key_is_optional() -> None:
+    assert load_settings(None, {}) == Settings()
+
+
+def test_file_values_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[storage]\ndata_dir = "/srv/hub"\n[dashboard]\nport = 9000\n'
+        "[ledger]\nbatch_max_readings = 50\nbatch_max_seconds = 2.5\n"
+        '[mqtt]\nurl = "mqtt://broker:1883"\ntopics = ["a/#", "b/+"]\n',
+    )
+    s = load_settings(path, {})
+    assert s.storage.data_dir == Path("/srv/hub")
+    assert s.dashboard.port == 9000
+    assert s.ledger.batch_max_readings == 50
+    assert s.ledger.batch_max_seconds == 2.5
+    assert s.mqtt.topics == ("a/#", "b/+")
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[dashboard]\nport = 9000\n")
+    s = load_settings(
+        path, {"GLUCOHUB_DASHBOARD__PORT": "9100", "GLUCOHUB_DASHBOARD__ENABLED": "false"}
+    )
+    assert s.dashboard.port == 9100
+    assert s.dashboard.enabled is False
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    assert load_settings(None, {"GLUCOHUB": "x", "HOME": "/root"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ("[dashboard]\nprot = 1\n", {}, "dashboard.prot"),
+        ("[dashbord]\nport = 1\n", {}, "dashbord"),
+        ('[dashboard]\nport = "eighty"\n', {}, "dashboard.port"),
+        ("[dashboard]\nport = 70000\n", {}, "dashboard.port"),
+        ("[ledger]\nbatch_max_readings = 0\n", {}, "ledger.batch_max_readings"),
+        ('[mqtt]\nurl = "http://x"\n', {}, "mqtt.url"),
+        ("", {"GLUCOHUB_STORAGE__COMMIT_MAX_READINGS": "many"}, "storage.commit_max_readings"),
+        ("[alerts]\nlow_mg_dl = 50.0\n", {}, "alerts"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env)
+    assert info.value.key == key
+    assert repr(key) in str(info.value)
+
+
+def test_broken_toml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[dashboard\n"), {})
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    s = load_settings(None, {"GLUCOHUB_MQTT__PASSWORD": "hunter2"})
+    assert s.mqtt.password == "hunter2"
+    assert "hunter2" not in repr(s)

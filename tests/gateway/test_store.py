@@ -1,0 +1,111 @@
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import RegistryError
+from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
+from gateway.protocols import DeadLetter, Origin, RejectReason
+from gateway.store import Store
+from gateway.units import Unit
+
+T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+def cgm(seq: int | None, value: float = 100.0, minutes: int = 0) -> Reading:
+    return Reading(
+        patient_id="p1",
+        device_id="cgm-1",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=value,
+        unit=Unit.MG_DL,
+        time=T0 + timedelta(minutes=minutes),
+        source=Source.MQTT,
+        seq=seq,
+        original_value=round(value / 18.01559, 2),
+        original_unit=Unit.MMOL_L,
+    )
+
+
+def test_readings_round_trip_with_original_unit(store: Store) -> None:
+    store.write([cgm(1, 99.0)])
+    [back] = store.readings(patient_id="p1")
+    assert back == cgm(1, 99.0)
+    assert back.original_unit is Unit.MMOL_L
+
+
+def test_replayed_sequence_numbers_are_dropped(store: Store) -> None:
+    first = store.write([cgm(1), cgm(2)])
+    again = store.write([cgm(2), cgm(3)])
+    assert len(first.stored) == 2 and first.duplicates == 0
+    assert len(again.stored) == 1 and again.duplicates == 1
+    assert [r.seq for r in store.readings()] == [1, 2, 3]
+
+
+def test_without_seq_time_kind_and_value_identify_a_reading(store: Store) -> None:
+    store.write([cgm(None, 100.0), cgm(None, 100.0), cgm(None, 101.0)])
+    assert store.count_readings() == 2
+
+
+def test_dead_letters_keep_raw_bytes(store: Store) -> None:
+    letter = DeadLetter(
+        received_at=T0,
+        origin=Origin(source=Source.MQTT, topic="glucohub/v1/p1/x/readings", raw=b"\xff{bad"),
+        reason=RejectReason.MALFORMED,
+        detail="not JSON",
+    )
+    store.write([], dead_letters=[letter])
+    [stored] = store.dead_letters()
+    assert stored.payload == b"\xff{bad"
+    assert stored.reason == "malformed"
+    assert store.dead_letter_counts() == {RejectReason.MALFORMED: 1}
+
+
+def test_data_survives_reopening(data_dir: Path, store: Store) -> None:
+    store.write([cgm(7)])
+    store.close()
+    reopened = Store(data_dir)
+    assert [r.seq for r in reopened.readings()] == [7]
+    reopened.close()
+
+
+def test_database_is_in_wal_mode_with_full_sync(store: Store) -> None:
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_registry_refuses_duplicates_and_unknown_patients(store: Store) -> None:
+    with pytest.raises(RegistryError, match="already exists"):
+        store.add_patient(Patient(patient_id="p1", display_name="again"))
+    with pytest.raises(RegistryError, match="unknown patient"):
+        store.add_device(
+            Device(device_id="x", patient_id="nobody", kind=DeviceKind.CGM, transport=Transport.BLE)
+        )
+
+
+def test_removing_a_device_keeps_it_listed_as_removed(store: Store) -> None:
+    store.remove_device("cgm-1")
+    device = store.get_device("cgm-1")
+    assert device is not None and not device.active
+    with pytest.raises(RegistryError):
+        store.remove_device("cgm-1")
+
+
+def test_time_window_queries(store: Store) -> None:
+    store.write([cgm(i, minutes=5 * i) for i in range(12)])
+    window = list(
+        store.readings(
+            patient_id="p1", since=T0 + timedelta(minutes=10), until=T0 + timedelta(minutes=30)
+        )
+    )
+    assert [r.seq for r in window] == [2, 3, 4, 5]
+    latest = store.latest_reading("p1", [ReadingKind.CGM_GLUCOSE])
+    assert latest is not None and latest.seq == 11
+    assert store.last_seq("cgm-1") == 11
+
+
+def test_database_file_is_not_world_readable(data_dir: Path, store: Store) -> None:
+    mode = stat.S_IMODE(os.stat(store.path).st_mode)
+    assert mode & stat.S_IROTH == 0, oct(mode)
