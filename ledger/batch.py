@@ -1,0 +1,267 @@
+"""Signed batches: readings sealed as a JWS over RFC 8785 JSON, hash-chained in order.
+
+A batch payload is the canonical JSON object
+
+    {"batch_seq": N, "end": RFC3339, "events": [...], "hub_id": ..., "nonce": b64url(32 bytes),
+     "prev_batch_hash": b64url(SHA-256(JWS of batch N-1)) or "" for batch 0,
+     "readings": [...], "start": RFC3339}
+
+signed as a compact JWS (alg EdDSA, kid = the key's RFC 7638 thumbprint). The log's leaf data
+for the batch is D = SHA-256(JWS bytes), so the public log reveals nothing about the readings:
+the 32 random nonce bytes make D unguessable even for a batch whose readings one could guess.
+Readings and events are opaque JSON objects to this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from ledger._b64 import b64url_decode, b64url_encode
+from ledger.errors import BadSignature, BatchVerificationError, MalformedBatch, MalformedJws
+from ledger.jcs import canonicalize
+from ledger.jws import sign_compact, verify_compact
+from ledger.rfc6962 import leaf_hash as rfc6962_leaf_hash
+
+__all__ = [
+    "BatchPayload",
+    "ChainSummary",
+    "SealedBatch",
+    "batch_hash",
+    "open_batch",
+    "seal_batch",
+    "verify_batch_chain",
+]
+
+NONCE_BYTES = 32
+_FIELDS = frozenset(
+    {"hub_id", "batch_seq", "start", "end", "readings", "events", "prev_batch_hash", "nonce"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPayload:
+    """The signed content of one batch (readings and events as parsed JSON objects)."""
+
+    hub_id: str
+    batch_seq: int
+    start: str
+    end: str
+    readings: tuple[dict[str, Any], ...]
+    events: tuple[dict[str, Any], ...]
+    prev_batch_hash: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SealedBatch:
+    jws: bytes
+    leaf_data: bytes  # D = SHA-256(jws): what the RFC 6962 log stores for this batch
+    leaf_hash: bytes  # SHA-256(0x00 || D)
+    payload: BatchPayload
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainSummary:
+    batches: int
+    readings: int
+    leaf_hashes: tuple[bytes, ...]
+    last_jws: bytes | None
+
+
+def batch_hash(jws: bytes) -> bytes:
+    """SHA-256 of a batch's JWS bytes: its leaf data D, and (base64url) the next prev hash."""
+    return hashlib.sha256(jws).digest()
+
+
+def _rfc3339(value: str | datetime, what: str) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{what} must be timezone-aware")
+        # Same spelling as the hub's readings: UTC, milliseconds, "Z".
+        text = value.astimezone(UTC).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be an RFC 3339 string or a datetime")
+    return value
+
+
+def seal_batch(
+    *,
+    hub_id: str,
+    batch_seq: int,
+    start: str | datetime,
+    end: str | datetime,
+    readings: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]] = (),
+    prev_jws: bytes | None,
+    signing_key: Ed25519PrivateKey,
+    kid: str,
+    nonce: bytes | None = None,
+) -> SealedBatch:
+    """Canonicalise, sign and hash one batch.
+
+    `prev_jws` is the previous batch's JWS (None exactly for batch 0); `nonce` defaults to 32
+    bytes from os.urandom (pass one only to reproduce a batch in a test). Raises ValueError on
+    arguments that break the format and CanonicalizationError for non-JSON readings.
+    """
+    if not isinstance(hub_id, str) or not hub_id:
+        raise ValueError("hub_id must be a non-empty string")
+    if isinstance(batch_seq, bool) or not isinstance(batch_seq, int) or batch_seq < 0:
+        raise ValueError(f"batch_seq must be an int >= 0, not {batch_seq!r}")
+    if (batch_seq == 0) != (prev_jws is None):
+        raise ValueError("prev_jws is None exactly for batch 0")
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    elif len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    payload = BatchPayload(
+        hub_id=hub_id,
+        batch_seq=batch_seq,
+        start=_rfc3339(start, "start"),
+        end=_rfc3339(end, "end"),
+        readings=tuple(readings),  # type: ignore[arg-type]  # JSON objects, checked by jcs
+        events=tuple(events),  # type: ignore[arg-type]
+        prev_batch_hash="" if prev_jws is None else b64url_encode(batch_hash(prev_jws)),
+        nonce=b64url_encode(nonce),
+    )
+    for what, items in (("readings", payload.readings), ("events", payload.events)):
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise ValueError(f"{what}[{index}] is not a JSON object")
+    body = canonicalize(
+        {
+            "hub_id": payload.hub_id,
+            "batch_seq": payload.batch_seq,
+            "start": payload.start,
+            "end": payload.end,
+            "readings": payload.readings,
+            "events": payload.events,
+            "prev_batch_hash": payload.prev_batch_hash,
+            "nonce": payload.nonce,
+        }
+    )
+    jws = sign_compact(body, signing_key, kid)
+    leaf_data = batch_hash(jws)
+    return SealedBatch(
+        jws=jws, leaf_data=leaf_data, leaf_hash=rfc6962_leaf_hash(leaf_data), payload=payload
+    )
+
+
+def open_batch(jws: bytes | str, public_key: Ed25519PublicKey) -> BatchPayload:
+    """Verify a batch's signature and return its payload.
+
+    Raises MalformedJws / BadSignature (from the JWS layer) or MalformedBatch when the signed
+    payload is not a batch object. Sequence and chain checks are verify_batch_chain's job.
+    """
+    body = verify_compact(jws, public_key)
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedBatch(f"payload is not UTF-8 JSON: {exc}") from None
+    return _payload_from_json(obj)
+
+
+def _payload_from_json(obj: object) -> BatchPayload:
+    if not isinstance(obj, dict):
+        raise MalformedBatch("payload is not a JSON object")
+    if obj.keys() != _FIELDS:
+        missing = sorted(_FIELDS - obj.keys())
+        extra = sorted(obj.keys() - _FIELDS)
+        raise MalformedBatch(f"payload fields: missing {missing}, unexpected {extra}")
+    for name in ("hub_id", "start", "end", "prev_batch_hash", "nonce"):
+        if not isinstance(obj[name], str):
+            raise MalformedBatch(f"{name} is not a string")
+    seq = obj["batch_seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise MalformedBatch(f"batch_seq {seq!r} is not an int >= 0")
+    for name in ("readings", "events"):
+        items = obj[name]
+        if not isinstance(items, list) or not all(type(item) is dict for item in items):
+            raise MalformedBatch(f"{name} is not a list of JSON objects")
+    try:
+        nonce = b64url_decode(obj["nonce"])
+    except ValueError:
+        nonce = b""
+    if len(nonce) != NONCE_BYTES:
+        raise MalformedBatch(f"nonce is not {NONCE_BYTES} base64url bytes")
+    return BatchPayload(
+        hub_id=obj["hub_id"],
+        batch_seq=seq,
+        start=obj["start"],
+        end=obj["end"],
+        readings=tuple(obj["readings"]),
+        events=tuple(obj["events"]),
+        prev_batch_hash=obj["prev_batch_hash"],
+        nonce=obj["nonce"],
+    )
+
+
+def verify_batch_chain(
+    jws_iter: Iterable[bytes | str],
+    public_key: Ed25519PublicKey,
+    *,
+    hub_id: str | None = None,
+    first_seq: int = 0,
+    prev_jws: bytes | None = None,
+) -> ChainSummary:
+    """Check that `jws_iter` is batches first_seq, first_seq+1, ... of one hub, each signed by
+    `public_key` and naming the SHA-256 of the one before.
+
+    Raises BatchVerificationError(batch_seq, reason) for the first position that fails, where
+    batch_seq is the number the batch at that position must have: a changed reading or a
+    wrong key fails its own signature; a swapped, missing or duplicated batch fails the
+    sequence number (and the prev hash). To resume mid-chain pass first_seq and the JWS of
+    batch first_seq - 1 as prev_jws. With hub_id None, every batch must carry the first's.
+    """
+    if (first_seq == 0) != (prev_jws is None):
+        raise ValueError("prev_jws is None exactly when the chain starts at batch 0")
+    expected_seq = first_seq
+    previous = prev_jws
+    leaf_hashes: list[bytes] = []
+    readings = 0
+    for token in jws_iter:
+        jws = token.encode("ascii", "replace") if isinstance(token, str) else bytes(token)
+        try:
+            payload = open_batch(jws, public_key)
+        except BadSignature as exc:
+            raise BatchVerificationError(expected_seq, f"signature: {exc}") from None
+        except (MalformedJws, MalformedBatch) as exc:
+            raise BatchVerificationError(expected_seq, f"malformed: {exc}") from None
+        if payload.batch_seq != expected_seq:
+            raise BatchVerificationError(
+                expected_seq,
+                f"found batch_seq {payload.batch_seq} where batch {expected_seq} belongs "
+                "(missing, reordered or duplicated batch)",
+            )
+        if hub_id is None:
+            hub_id = payload.hub_id
+        elif payload.hub_id != hub_id:
+            raise BatchVerificationError(
+                expected_seq, f"hub_id {payload.hub_id!r} is not {hub_id!r}"
+            )
+        expected_prev = "" if previous is None else b64url_encode(batch_hash(previous))
+        if payload.prev_batch_hash != expected_prev:
+            raise BatchVerificationError(
+                expected_seq, "prev_batch_hash is not the SHA-256 of the previous batch's JWS"
+            )
+        leaf_hashes.append(rfc6962_leaf_hash(batch_hash(jws)))
+        readings += len(payload.readings)
+        previous = jws
+        expected_seq += 1
+    return ChainSummary(
+        batches=len(leaf_hashes),
+        readings=readings,
+        leaf_hashes=tuple(leaf_hashes),
+        last_jws=previous if leaf_hashes else None,
+    )
