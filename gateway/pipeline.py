@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from gateway.batcher import Batcher, BatchPolicy
@@ -78,17 +79,24 @@ class AlertStage:
 class Writer:
     """The single thread that owns the writable `Store` (and the `Sealer`)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, store: Store) -> None:
+        self._executor = executor
         self.store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glucohub-writer")
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> Writer:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glucohub-writer")
+        loop = asyncio.get_running_loop()
+        store = await loop.run_in_executor(executor, Store, data_dir)
+        return cls(executor, store)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    def close(self) -> None:
-        self._executor.submit(self.store.close).result()
-        self._executor.shutdown(wait=True)
+    async def close(self) -> None:
+        await self.run(self.store.close)
+        self._executor.shutdown(wait=False)
 
 
 class Hub:

@@ -22,7 +22,6 @@ from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
 from gateway.services import Reader, StoreLedgerView, StoreReadModel
 from gateway.settings import Settings
-from gateway.store import Store
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("glucohub")
@@ -84,8 +83,8 @@ async def run_hub(
     data_dir = settings.storage.data_dir
     init_keys(data_dir, settings.ledger.key_passphrase or None)
     keys = load_keys(data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None)
-    store = Store(data_dir)
-    writer = Writer(store)
+    writer = await Writer.open(data_dir)
+    store = writer.store
     telemetry = Telemetry()
     fanout = FanOut(
         settings.pipeline.viewer_queue_size,
@@ -126,5 +125,5 @@ async def run_hub(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        reader.close()
-        writer.close()
+        await asyncio.to_thread(reader.close)
+        await writer.close()
