@@ -77,6 +77,7 @@ class ChainSummary:
     readings: int
     leaf_hashes: tuple[bytes, ...]
     last_jws: bytes | None
+    hub_id: str | None = None  # the hub every batch names; None for an empty chain
 
 
 def batch_hash(jws: bytes) -> bytes:
@@ -264,4 +265,5 @@ def verify_batch_chain(
         readings=readings,
         leaf_hashes=tuple(leaf_hashes),
         last_jws=previous if leaf_hashes else None,
+        hub_id=hub_id if leaf_hashes else None,
     )
