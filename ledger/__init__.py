@@ -1,1 +1,232 @@
-"""Glucohub ledger: a standalone library (imports nothing else from the project)."""
+"""Glucohub ledger: signed reading batches in an RFC 6962 transparency log.
+
+A standalone library (it imports nothing else of the project, only `cryptography`):
+
+- `jcs`, `keys`, `jws`, `batch`: RFC 8785 canonical JSON, Ed25519 keys and JWKs, RFC 7515
+  compact EdDSA, and signed, hash-chained batches of readings;
+- `rfc6962`, `note`, `checkpoint`, `cosignature`, `tiles`: the Merkle tree and the C2SP
+  signed-note, tlog-checkpoint, tlog-cosignature and tlog-tiles formats;
+- `bundle`, `proof`: offline exports anyone can verify with the two public keys;
+- `witness` (import `ledger.witness` itself; it brings urllib): a witness process another
+  site runs against the hub's log.
+
+Every error the library raises on purpose is a `LedgerError`.
+"""
+
+from __future__ import annotations
+
+from ledger.batch import (
+    BatchPayload,
+    ChainSummary,
+    SealedBatch,
+    batch_hash,
+    open_batch,
+    seal_batch,
+    verify_batch_chain,
+)
+from ledger.bundle import (
+    BUNDLE_FORMAT,
+    BundleReport,
+    bundle_lines,
+    verify_bundle,
+    write_bundle,
+)
+from ledger.checkpoint import (
+    Checkpoint,
+    open_checkpoint,
+    parse_checkpoint,
+    sign_checkpoint,
+)
+from ledger.cosignature import (
+    COSIGNATURE_V1,
+    CosignatureLine,
+    CosignatureVerifier,
+    WitnessSigner,
+    cosign,
+    cosignature_message,
+    cosignature_verifier_key,
+    parse_cosignature_line,
+    verify_cosignature,
+)
+from ledger.errors import (
+    BadSignature,
+    BatchVerificationError,
+    BundleError,
+    CanonicalizationError,
+    KeyFileError,
+    LedgerError,
+    MalformedBatch,
+    MalformedJws,
+    MalformedKey,
+    MalformedNote,
+    ProofError,
+    RootMismatch,
+    TileError,
+    WitnessAlarm,
+)
+from ledger.jcs import (
+    canonicalize,
+    es6_number,
+)
+from ledger.jws import (
+    compact_header,
+    sign_compact,
+    verify_compact,
+)
+from ledger.keys import (
+    generate_key,
+    jwk_public_key,
+    jwk_thumbprint,
+    load_private_key,
+    public_jwk,
+    save_private_key,
+)
+from ledger.note import (
+    ED25519,
+    MAX_SIGNATURES,
+    NoteSigner,
+    NoteVerifier,
+    OpenedNote,
+    Verifier,
+    add_signatures,
+    b64decode_strict,
+    check_key_name,
+    key_id,
+    open_note,
+    parse_signature_line,
+    parse_verifier_key,
+    raw_public_key,
+    sign_note,
+    verifier_key,
+)
+from ledger.proof import (
+    PROOF_FORMAT,
+    ProofReport,
+    check_inclusion_bundle,
+    make_inclusion_bundle,
+)
+from ledger.rfc6962 import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    CompactTree,
+    consistency_proof,
+    consistency_proof_from_hashes,
+    inclusion_proof,
+    inclusion_proof_from_hashes,
+    leaf_hash,
+    node_hash,
+    root,
+    root_from_hashes,
+    subtree_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from ledger.tiles import (
+    TILE_WIDTH,
+    TileRef,
+    entry_bundle,
+    entry_bundle_path,
+    hash_at_from_leaf_hashes,
+    parse_entry_bundle,
+    parse_tile_path,
+    tile_hashes,
+    tile_path,
+    tiles_for_tree,
+)
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "COSIGNATURE_V1",
+    "ED25519",
+    "EMPTY_ROOT",
+    "HASH_SIZE",
+    "MAX_SIGNATURES",
+    "PROOF_FORMAT",
+    "TILE_WIDTH",
+    "BadSignature",
+    "BatchPayload",
+    "BatchVerificationError",
+    "BundleError",
+    "BundleReport",
+    "CanonicalizationError",
+    "ChainSummary",
+    "Checkpoint",
+    "CompactTree",
+    "CosignatureLine",
+    "CosignatureVerifier",
+    "KeyFileError",
+    "LedgerError",
+    "MalformedBatch",
+    "MalformedJws",
+    "MalformedKey",
+    "MalformedNote",
+    "NoteSigner",
+    "NoteVerifier",
+    "OpenedNote",
+    "ProofError",
+    "ProofReport",
+    "RootMismatch",
+    "SealedBatch",
+    "TileError",
+    "TileRef",
+    "Verifier",
+    "WitnessAlarm",
+    "WitnessSigner",
+    "add_signatures",
+    "b64decode_strict",
+    "batch_hash",
+    "bundle_lines",
+    "canonicalize",
+    "check_inclusion_bundle",
+    "check_key_name",
+    "compact_header",
+    "consistency_proof",
+    "consistency_proof_from_hashes",
+    "cosign",
+    "cosignature_message",
+    "cosignature_verifier_key",
+    "entry_bundle",
+    "entry_bundle_path",
+    "es6_number",
+    "generate_key",
+    "hash_at_from_leaf_hashes",
+    "inclusion_proof",
+    "inclusion_proof_from_hashes",
+    "jwk_public_key",
+    "jwk_thumbprint",
+    "key_id",
+    "leaf_hash",
+    "load_private_key",
+    "make_inclusion_bundle",
+    "node_hash",
+    "open_batch",
+    "open_checkpoint",
+    "open_note",
+    "parse_checkpoint",
+    "parse_cosignature_line",
+    "parse_entry_bundle",
+    "parse_signature_line",
+    "parse_tile_path",
+    "parse_verifier_key",
+    "public_jwk",
+    "raw_public_key",
+    "root",
+    "root_from_hashes",
+    "save_private_key",
+    "seal_batch",
+    "sign_checkpoint",
+    "sign_compact",
+    "sign_note",
+    "subtree_hash",
+    "tile_hashes",
+    "tile_path",
+    "tiles_for_tree",
+    "verifier_key",
+    "verify_batch_chain",
+    "verify_bundle",
+    "verify_compact",
+    "verify_consistency",
+    "verify_cosignature",
+    "verify_inclusion",
+    "write_bundle",
+]
