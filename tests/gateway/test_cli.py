@@ -1,0 +1,225 @@
+"""The `glucohub` command line against real data directories."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sqlite3
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.model import Reading, ReadingKind, Source
+from gateway.protocols import Origin
+from gateway.runtime import run_hub
+from gateway.settings import load_settings
+from gateway.store import DB_FILENAME
+from gateway.units import Unit
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A data dir with two patients, their devices and 12 sealed CGM readings."""
+    d = tmp_path / "hub"
+    assert run(capsys, "patients", "add", "p1", "--name", "One", "--data-dir", str(d))[0] == 0
+    assert run(capsys, "patients", "add", "p2", "--data-dir", str(d))[0] == 0
+    for device, patient in (("cgm-1", "p1"), ("cgm-2", "p2")):
+        code, _, err = run(
+            capsys,
+            "devices",
+            "add",
+            device,
+            "--patient",
+            patient,
+            "--kind",
+            "cgm",
+            "--transport",
+            "mqtt",
+            "--data-dir",
+            str(d),
+        )
+        assert code == 0, err
+    now = datetime.now(UTC).replace(microsecond=0)
+    readings = [
+        Reading(
+            patient_id=p,
+            device_id=dev,
+            kind=ReadingKind.CGM_GLUCOSE,
+            value=100.0 + i,
+            unit=Unit.MG_DL,
+            time=now - timedelta(minutes=5 * (6 - i)),
+            source=Source.MQTT,
+            seq=i,
+        )
+        for i in range(6)
+        for p, dev in (("p1", "cgm-1"), ("p2", "cgm-2"))
+    ]
+    settings = load_settings(
+        None,
+        {
+            "GLUCOHUB_STORAGE__DATA_DIR": str(d),
+            "GLUCOHUB_DASHBOARD__ENABLED": "false",
+            "GLUCOHUB_LEDGER__BATCH_MAX_READINGS": "5",
+        },
+    )
+
+    async def ingest() -> None:
+        stop = asyncio.Event()
+
+        async def source(sink, clock) -> None:  # type: ignore[no-untyped-def]
+            await sink.submit(origin=Origin(source=Source.MQTT), readings=readings)
+            stop.set()
+
+        await run_hub(settings, sources=[source], stop=stop)
+
+    asyncio.run(ingest())
+    return d
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in (
+        "run",
+        "demo",
+        "export",
+        "ledger",
+        "patients",
+        "devices",
+        "keys",
+        "deadletters",
+    ):
+        assert command in out
+
+
+def test_export_jsonl_lists_every_reading(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "export", "--data-dir", str(hub_dir))
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 12
+    assert set(rows[0]) == {
+        "patient_id",
+        "device_id",
+        "kind",
+        "time",
+        "value",
+        "unit",
+        "seq",
+        "source",
+    }
+    assert {(r["device_id"], r["seq"]) for r in rows} == {
+        (d, i) for i in range(6) for d in ("cgm-1", "cgm-2")
+    }
+
+
+def test_export_csv_filters_by_patient_and_time(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(
+        capsys, "export", "--data-dir", str(hub_dir), "--format", "csv", "--patient", "p2"
+    )
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 6 and {r["patient_id"] for r in rows} == {"p2"}
+    since = rows[3]["time"]
+    _, out, _ = run(
+        capsys, "export", "--data-dir", str(hub_dir), "--patient", "p2", "--since", since
+    )
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [3, 4, 5]
+
+
+def test_ledger_verify_passes_then_catches_an_edited_reading(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "ledger", "verify", "--data-dir", str(hub_dir))
+    assert code == 0, out
+    assert "OK: 3 batches, 12 readings" in out
+    db = sqlite3.connect(hub_dir / DB_FILENAME)
+    db.execute("UPDATE readings SET value = 250 WHERE device_id = 'cgm-2' AND seq = 4")
+    db.commit()
+    db.close()
+    code, out, _ = run(capsys, "ledger", "verify", "--data-dir", str(hub_dir))
+    assert code == 1
+    assert "FAIL" in out and "batch" in out and "cgm-2" in out
+
+
+def test_ledger_verify_catches_a_deleted_batch(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = sqlite3.connect(hub_dir / DB_FILENAME)
+    db.execute("DELETE FROM batches WHERE seq = 1")
+    db.commit()
+    db.close()
+    code, out, _ = run(capsys, "ledger", "verify", "--data-dir", str(hub_dir))
+    assert code == 1 and "batch 1 is missing" in out
+
+
+def test_devices_remove_and_list(hub_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "devices", "remove", "cgm-1", "--data-dir", str(hub_dir))[0] == 0
+    code, out, _ = run(capsys, "devices", "list", "--data-dir", str(hub_dir))
+    lines = {line.split("\t")[0]: line for line in out.splitlines()}
+    assert "removed" in lines["cgm-1"] and "active" in lines["cgm-2"]
+
+
+def test_registry_errors_are_one_line_with_exit_2(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys,
+        "devices",
+        "add",
+        "cgm-9",
+        "--patient",
+        "nobody",
+        "--kind",
+        "cgm",
+        "--transport",
+        "ble",
+        "--data-dir",
+        str(hub_dir),
+    )
+    assert code == 2
+    assert err.count("\n") == 1 and "unknown patient 'nobody'" in err
+
+
+def test_bad_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[dashboard]\nport = 'x'\n")
+    code, _, err = run(capsys, "patients", "list", "--config", str(config))
+    assert code == 2 and "dashboard.port" in err
+
+
+def test_keys_are_private_and_show_prints_public_halves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "keys-hub"
+    code, out, _ = run(capsys, "keys", "init", "--data-dir", str(d))
+    assert code == 0 and out.count("created") == 2
+    for pem in (d / "keys").glob("*.pem"):
+        assert stat.S_IMODE(os.stat(pem).st_mode) == 0o600
+    code, out, _ = run(capsys, "keys", "show", "--data-dir", str(d))
+    log_line, batch_line = out.splitlines()
+    assert log_line.startswith("log-key: glucohub.local/glucohub-local+")
+    jwk = json.loads(batch_line.removeprefix("batch-key: "))
+    assert jwk["kty"] == "OKP" and jwk["crv"] == "Ed25519" and "d" not in jwk
+    assert "PRIVATE" not in out
+
+
+def test_deadletters_lists_reasons(hub_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "deadletters", "--data-dir", str(hub_dir), "--format", "jsonl")
+    assert code == 0 and out == ""  # nothing was refused in the fixture

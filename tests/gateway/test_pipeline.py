@@ -1,0 +1,198 @@
+"""The running pipeline in-process: validation, durability callbacks, sealing, fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import SystemClock
+from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
+from gateway.protocols import (
+    BatchSealed,
+    IngestOutcome,
+    LiveEvent,
+    Origin,
+    ReadingSink,
+    ReadingsStored,
+    RejectReason,
+)
+from gateway.runtime import Running, run_hub
+from gateway.settings import Settings, load_settings
+from gateway.store import Store
+from gateway.units import Unit
+from gateway.verify import verify_data_dir
+
+ORIGIN = Origin(source=Source.MQTT, topic="glucohub/v1/p1/cgm-1/readings", raw=b"{}")
+
+
+def settings_for(data_dir: Path, **env: str) -> Settings:
+    base = {
+        "GLUCOHUB_STORAGE__DATA_DIR": str(data_dir),
+        "GLUCOHUB_DASHBOARD__ENABLED": "false",
+        "GLUCOHUB_LEDGER__BATCH_MAX_READINGS": "100",
+        "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "0.2",
+    }
+    base.update({f"GLUCOHUB_{k.upper()}": v for k, v in env.items()})
+    return load_settings(None, base)
+
+
+def register(data_dir: Path) -> None:
+    store = Store(data_dir)
+    store.add_patient(Patient(patient_id="p1", display_name="One"))
+    store.add_device(
+        Device(device_id="cgm-1", patient_id="p1", kind=DeviceKind.CGM, transport=Transport.MQTT)
+    )
+    store.close()
+
+
+def cgm(seq: int, value: float = 110.0, at: datetime | None = None) -> Reading:
+    return Reading(
+        patient_id="p1",
+        device_id="cgm-1",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=value,
+        unit=Unit.MG_DL,
+        time=at or datetime.now(UTC) - timedelta(minutes=1000 - seq),
+        source=Source.MQTT,
+        seq=seq,
+    )
+
+
+class HubUnderTest:
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.running: Running | None = None
+
+    def on_ready(self, running: Running) -> None:
+        self.running = running
+        self.ready.set()
+
+    @property
+    def sink(self) -> ReadingSink:
+        assert self.running is not None
+        return self.running.hub
+
+
+@pytest.fixture
+async def hub(data_dir: Path) -> AsyncIterator[HubUnderTest]:
+    register(data_dir)
+    under_test = HubUnderTest()
+    task = asyncio.create_task(
+        run_hub(settings_for(data_dir), stop=under_test.stop, on_ready=under_test.on_ready)
+    )
+    await asyncio.wait_for(under_test.ready.wait(), 10)
+    yield under_test
+    under_test.stop.set()
+    await asyncio.wait_for(task, 20)
+
+
+async def test_good_readings_are_stored_and_sealed(hub: HubUnderTest, data_dir: Path) -> None:
+    outcome = await hub.sink.submit(origin=ORIGIN, readings=[cgm(i) for i in range(250)])
+    assert outcome == IngestOutcome(accepted=250)
+    hub.stop.set()
+    await asyncio.sleep(0.5)
+    for _ in range(100):
+        report = verify_data_dir(data_dir, "glucohub-local")
+        if report.readings == 250:
+            break
+        await asyncio.sleep(0.1)
+    assert report.ok, report.message
+    assert report.readings == 250
+    assert report.batches == 3  # 100 + 100 + 50: batch_max_readings is 100
+
+
+async def test_bad_readings_become_dead_letters_with_reasons(
+    hub: HubUnderTest, data_dir: Path
+) -> None:
+    stranger = Reading(
+        patient_id="p1",
+        device_id="unknown-9",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=100.0,
+        unit=Unit.MG_DL,
+        time=datetime.now(UTC),
+        source=Source.MQTT,
+        seq=1,
+    )
+    future = cgm(2, at=datetime.now(UTC) + timedelta(hours=1))
+    outcome = await hub.sink.submit(
+        origin=ORIGIN, readings=[cgm(1), cgm(3, value=5.0), stranger, future]
+    )
+    assert outcome == IngestOutcome(accepted=1, rejected=3)
+    assert hub.running is not None
+    text = hub.running.hub.prometheus_text()
+    for reason in ("out_of_range", "unknown_device", "future_time"):
+        assert f'glucohub_readings_rejected_total{{reason="{reason}"}} 1' in text
+    assert "glucohub_readings_ingested_total 1" in text
+    store = Store(data_dir)
+    reasons = sorted(letter.reason for letter in store.dead_letters())
+    store.close()
+    assert reasons == sorted(
+        r.value
+        for r in (RejectReason.OUT_OF_RANGE, RejectReason.UNKNOWN_DEVICE, RejectReason.FUTURE_TIME)
+    )
+
+
+async def test_replays_are_counted_not_stored_twice(hub: HubUnderTest) -> None:
+    first = await hub.sink.submit(origin=ORIGIN, readings=[cgm(1), cgm(2)])
+    again = await hub.sink.submit(origin=ORIGIN, readings=[cgm(2), cgm(3)])
+    assert first == IngestOutcome(accepted=2)
+    assert again == IngestOutcome(accepted=1, duplicates=1)
+
+
+async def test_on_durable_runs_only_after_commit(hub: HubUnderTest, data_dir: Path) -> None:
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    def durable(outcome: IngestOutcome) -> None:
+        # At this moment another connection must already see the rows.
+        store = Store(data_dir)
+        seen.append(store.count_readings())
+        store.close()
+        done.set()
+
+    await hub.sink.enqueue(origin=ORIGIN, readings=[cgm(i) for i in range(5)], on_durable=durable)
+    await asyncio.wait_for(done.wait(), 10)
+    assert seen == [5]
+
+
+async def test_live_events_reach_a_viewer(hub: HubUnderTest) -> None:
+    assert hub.running is not None
+    events: list[LiveEvent] = []
+
+    async def watch() -> None:
+        async for event in hub.running.hub.fanout.subscribe():  # type: ignore[union-attr]
+            events.append(event)
+            if isinstance(event, BatchSealed):
+                return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.05)
+    await hub.sink.submit(origin=ORIGIN, readings=[cgm(i) for i in range(3)])
+    await asyncio.wait_for(watcher, 10)
+    stored = [e for e in events if isinstance(e, ReadingsStored)]
+    assert [r.seq for e in stored for r in e.readings] == [0, 1, 2]
+    sealed = [e for e in events if isinstance(e, BatchSealed)]
+    assert sealed[0].batch.reading_count == 3 and sealed[0].tree_size == 1
+
+
+async def test_sealing_resumes_after_a_crash_before_sealing(data_dir: Path) -> None:
+    register(data_dir)
+    store = Store(data_dir)
+    store.write([cgm(i) for i in range(30)])  # stored, never sealed: as after a SIGKILL
+    store.close()
+    stop = asyncio.Event()
+    stop.set()  # start, then shut down at once: the shutdown must seal what is stored
+    await asyncio.wait_for(run_hub(settings_for(data_dir), stop=stop), 20)
+    report = verify_data_dir(data_dir, "glucohub-local")
+    assert report.ok, report.message
+    assert report.readings == 30
+
+
+def test_clock_is_utc() -> None:
+    assert SystemClock().now().utcoffset() == timedelta(0)
