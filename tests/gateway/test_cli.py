@@ -171,7 +171,7 @@ def test_ledger_verify_catches_a_deleted_batch(
 
 def test_devices_remove_and_list(hub_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "devices", "remove", "cgm-1", "--data-dir", str(hub_dir))[0] == 0
-    code, out, _ = run(capsys, "devices", "list", "--data-dir", str(hub_dir))
+    _, out, _ = run(capsys, "devices", "list", "--data-dir", str(hub_dir))
     lines = {line.split("\t")[0]: line for line in out.splitlines()}
     assert "removed" in lines["cgm-1"] and "active" in lines["cgm-2"]
 
