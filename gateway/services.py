@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from gateway.errors import InputError
+from gateway.errors import ConfigError, InputError
 from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
 from gateway.sealing import HubKeys
 from gateway.store import Store
 from ledger import rfc6962, tiles
+from ledger.checkpoint import Checkpoint
+from ledger.cosignature import CosignatureVerifier, verify_cosignature
 from ledger.errors import LedgerError
-from ledger.note import NoteVerifier
+from ledger.note import add_signatures
+
+_RECENT_CHECKPOINTS = 16
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -103,11 +107,20 @@ class StoreReadModel:
 class StoreLedgerView:
     """Serves the log: checkpoint with cosignatures, tiles, proofs; takes cosignatures."""
 
-    def __init__(self, reader: Reader, keys: HubKeys, witness_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        keys: HubKeys,
+        writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
+        witness_keys: Sequence[str] = (),
+    ) -> None:
         self._reader = reader
         self._keys = keys
-        self._log_verifier = NoteVerifier.parse(keys.log_verifier_key)
-        self._witnesses = [NoteVerifier.parse(k) for k in witness_keys]
+        self._writer_run = writer_run
+        try:
+            self._witnesses = [CosignatureVerifier.parse(k) for k in witness_keys]
+        except LedgerError as exc:
+            raise ConfigError("ledger.witness_keys", str(exc)) from None
 
     def verifier_key(self) -> str:
         return self._keys.log_verifier_key
@@ -121,8 +134,7 @@ class StoreLedgerView:
             if latest is None:
                 return None
             size, _, note = latest
-            cosigs = store.cosignatures(size)
-            return note + "".join(line if line.endswith("\n") else line + "\n" for line in cosigs)
+            return add_signatures(note, store.cosignatures(size))
 
         return await self._reader.run(read)
 
@@ -166,5 +178,26 @@ class StoreLedgerView:
         return await self._reader.run(read)
 
     async def add_cosignature(self, text: str) -> None:
-        """Body: the signed checkpoint note the witness saw plus its cosignature line(s)."""
-        raise InputError("cosignature collection is not configured")
+        """Keep a witness's cosignature line if it verifies for one of the recent checkpoints.
+
+        The log may have grown since the witness fetched its checkpoint, so the line is
+        checked against the last few signed sizes, newest first."""
+        line = text.strip("\n")
+        if not self._witnesses:
+            raise InputError("this hub has no witness keys configured ([ledger] witness_keys)")
+        if "\n" in line or not line:
+            raise InputError("send exactly one cosignature line")
+
+        def accept(store: Store) -> None:
+            for size, root in store.recent_checkpoints(_RECENT_CHECKPOINTS):
+                checkpoint = Checkpoint(origin=self._keys.log_name, size=size, root_hash=root)
+                for witness in self._witnesses:
+                    try:
+                        verify_cosignature(checkpoint, line, witness)
+                    except LedgerError:
+                        continue
+                    store.add_cosignature(size, witness.name, line + "\n", datetime.now(UTC))
+                    return
+            raise InputError("cosignature does not verify for a recent checkpoint")
+
+        await self._writer_run(accept)

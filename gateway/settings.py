@@ -47,6 +47,7 @@ class LedgerSettings:
     batch_max_readings: int = 1000
     batch_max_seconds: float = 10.0
     key_passphrase: str = field(default="", repr=False)
+    witness_keys: tuple[str, ...] = ()  # cosignature/v1 verifier keys of trusted witnesses
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

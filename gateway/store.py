@@ -649,6 +649,14 @@ class Store:
         ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]), str(row[2]))
 
+    def recent_checkpoints(self, limit: int) -> list[tuple[int, bytes]]:
+        rows = self._db.execute(
+            "SELECT size, root_hash FROM checkpoints WHERE note IS NOT NULL "
+            "ORDER BY size DESC LIMIT ?",
+            (limit,),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
     def add_cosignature(self, size: int, witness: str, line: str, received_at: datetime) -> None:
         self._db.execute(
             "INSERT INTO cosignatures (size, witness, line, received_at) VALUES (?, ?, ?, ?) "
