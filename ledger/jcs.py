@@ -35,6 +35,9 @@ _MAX_EXACT_INT = 2**53
 # every integral float below 2**53 prints identically as a Python int.
 _REPR_FIXED_MIN = 1e-4
 
+# Values the C encoder writes exactly as RFC 8785 does, with no rewriting.
+_PASS_THROUGH = frozenset({str, bool, type(None)})
+
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 )
@@ -54,29 +57,23 @@ def canonicalize(obj: object) -> bytes:
     try:
         prepared = _prepare(obj)
         return _encode(prepared).encode("utf-8")
-    except (_NeedsExactPath, UnicodeEncodeError):
-        # UnicodeEncodeError: a lone surrogate, which the exact path reports with its path.
+    except (_NeedsExactPath, UnicodeEncodeError, TypeError):
+        # UnicodeEncodeError: a lone surrogate; TypeError: a non-str key. The exact path
+        # reports either with its path.
         return "".join(_exact(obj, "$")).encode("utf-8")
 
 
 def _prepare(obj: object) -> object:
-    """Copy `obj` with integral floats as ints; raise _NeedsExactPath for anything unusual."""
+    """Copy `obj` with integral floats as ints; raise _NeedsExactPath for anything unusual.
+
+    A non-str key raises TypeError (from str.isascii), which also selects the exact path.
+    """
     t = type(obj)
     if t is dict:
-        out: dict[str, object] = {}
-        for k, v in obj.items():  # type: ignore[attr-defined]
-            if type(k) is not str or (not k.isascii() and max(k) > "\uffff"):
-                raise _NeedsExactPath
-            tv = type(v)
-            if tv is str or v is None or tv is bool:
-                out[k] = v
-            elif tv is int:
-                if not -_MAX_EXACT_INT <= v <= _MAX_EXACT_INT:
-                    raise _NeedsExactPath
-                out[k] = v
-            else:
-                out[k] = _prepare(v)
-        return out
+        d: dict[str, object] = obj  # type: ignore[assignment]
+        if not all(map(str.isascii, d)) and max("".join(d)) > "\uffff":
+            raise _NeedsExactPath  # a key above the BMP: code point order != UTF-16 order
+        return {k: v if type(v) in _PASS_THROUGH else _prepare(v) for k, v in d.items()}
     if t is float:
         x: float = obj  # type: ignore[assignment]
         if -_MAX_EXACT_INT < x < _MAX_EXACT_INT:  # False for NaN and infinities
@@ -86,14 +83,13 @@ def _prepare(obj: object) -> object:
             if x >= _REPR_FIXED_MIN or x <= -_REPR_FIXED_MIN:
                 return x
         raise _NeedsExactPath
-    if t is str or obj is None or t is bool:
-        return obj
     if t is int:
         if -_MAX_EXACT_INT <= obj <= _MAX_EXACT_INT:  # type: ignore[operator]
             return obj
         raise _NeedsExactPath
     if t is list or t is tuple:
-        return [_prepare(v) for v in obj]  # type: ignore[attr-defined]
+        items: list[object] = obj  # type: ignore[assignment]
+        return [v if type(v) in _PASS_THROUGH else _prepare(v) for v in items]
     if isinstance(obj, str):  # a StrEnum value: the C encoder writes its str content
         return obj
     raise _NeedsExactPath
