@@ -1,0 +1,82 @@
+import json
+import os
+
+import pytest
+
+from device_adapters.ble import bleak_transport, cli
+from device_adapters.ble.errors import BluetoothUnavailable
+from gateway.model import Device
+
+NO_DBUS = not os.path.exists("/run/dbus/system_bus_socket") and not os.path.exists(
+    "/var/run/dbus/system_bus_socket"
+)
+
+
+def test_gatt_decode_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # 72 bpm with RR 820/1024 s and 1024/1024 s (see gatt_vectors.json)
+    assert cli.gatt_decode("2A37", "16 48 34 03 00 04") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["heart_rate_bpm"] == 72
+    assert out["rr_intervals_s"] == [0.80078125, 1.0]
+    assert out["characteristic"] == "heart_rate_measurement"
+
+
+@pytest.mark.parametrize(
+    ("uuid", "hex_text", "says"),
+    [
+        ("2A18", "0B0201", "truncated"),
+        ("2A18", "zz", "not hexadecimal"),
+        ("2BFF", "00", "no decoder"),
+    ],
+)
+def test_gatt_decode_malformed_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], uuid: str, hex_text: str, says: str
+) -> None:
+    assert cli.gatt_decode(uuid, hex_text) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not NO_DBUS, reason="this machine has D-Bus; the no-Bluetooth path needs none")
+async def test_scan_without_bluetooth_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert await cli.scan(0.5) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Bluetooth is not available" in err
+
+
+@pytest.mark.skipif(not NO_DBUS, reason="this machine has D-Bus; the no-Bluetooth path needs none")
+async def test_pair_without_bluetooth_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registered: list[Device] = []
+    code = await cli.pair("AA:BB:CC:DD:EE:FF", "p1", "meter", registered.append)
+    assert code == 2 and registered == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Bluetooth is not available" in err
+
+
+async def test_scan_unavailable_anywhere(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def unavailable(timeout_s: float) -> list[bleak_transport.ScanResult]:
+        raise BluetoothUnavailable("no adapter")
+
+    monkeypatch.setattr(bleak_transport, "scan", unavailable)
+    assert await cli.scan(1.0) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_translate_maps_missing_dbus_socket_to_unavailable() -> None:
+    exc = bleak_transport.translate(FileNotFoundError(2, "No such file"), "-", "scan")
+    assert isinstance(exc, BluetoothUnavailable)
+
+
+def test_device_kind_from_services() -> None:
+    from device_adapters.ble.uuids import Service
+    from gateway.model import DeviceKind
+
+    assert cli.kind_from_services(frozenset({str(Service.GLUCOSE)})) is DeviceKind.METER
+    assert cli.kind_from_services(frozenset()) is None
+    assert cli.device_id_for("AA:BB:CC:DD:EE:FF") == "ble-aabbccddeeff"
