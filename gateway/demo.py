@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from gateway.model import ReadingKind
 from gateway.protocols import ReadingSink
 from gateway.runtime import Running, SourceFactory, run_hub
 from gateway.settings import Settings, StorageSettings
-from gateway.store import Store
+from gateway.store import DB_FILENAME, Store
 
 log = logging.getLogger("glucohub.demo")
 
 DEMO_DATA_DIR = Path("var/demo")
+DEMO_CLINICIAN = "demo-clinician"
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -65,9 +67,8 @@ async def run_demo(settings: Settings, clock: Clock | None = None) -> None:
     login = ensure_demo_clinician(settings, [vp.patient.patient_id for vp in patients])
 
     def ready(running: Running) -> None:
-        url = f"http://{settings.dashboard.host}:{running.port}/"
         print(f"Glucohub demo running with {len(patients)} simulated patients.", flush=True)
-        print(f"Dashboard: {url}", flush=True)
+        print(f"Dashboard: {running.url or 'disabled'}/", flush=True)
         if login is not None:
             print(f"Demo clinician login: {login[0]} / {login[1]}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
@@ -77,5 +78,31 @@ async def run_demo(settings: Settings, clock: Clock | None = None) -> None:
 
 
 def ensure_demo_clinician(settings: Settings, patient_ids: list[str]) -> tuple[str, str] | None:
-    """Create (or reset) the demo clinician and grant it every demo patient."""
-    return None
+    """Create (or reset the password of) the demo clinician and grant it every demo patient.
+
+    A fresh random password each start: the demo never ships a known credential."""
+    if not settings.dashboard.enabled:
+        return None
+    from dashboards import accounts
+
+    db_path = settings.storage.data_dir / DB_FILENAME
+    password = secrets.token_urlsafe(12)
+    try:
+        accounts.users_add(db_path, DEMO_CLINICIAN, "clinician", password)
+    except accounts.AccountError:
+        accounts.users_passwd(db_path, DEMO_CLINICIAN, password)
+    store = Store(settings.storage.data_dir)
+    try:
+        for patient_id in patient_ids:
+            accounts.grant(
+                db_path,
+                patient_id,
+                DEMO_CLINICIAN,
+                by="demo",
+                on_consent_change=lambda event: store.add_ledger_event(
+                    event.get("patient_id", ""), {"type": "consent", **event}
+                ),
+            )
+    finally:
+        store.close()
+    return DEMO_CLINICIAN, password

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.clock import Clock
@@ -45,6 +45,8 @@ from gateway.validation import ValidationRules, validate
 
 log = logging.getLogger("glucohub.pipeline")
 
+ALERT_TICK_S = 15.0  # stale data, escalation and snooze expiry are checked this often
+
 P = ParamSpec("P")
 Source = Callable[[], Coroutine[Any, Any, None]]  # a long-lived producer task
 T = TypeVar("T")
@@ -66,14 +68,31 @@ class _Written:
     rejected_reasons: list[str]
 
 
-class AlertStage:
-    """What the pipeline asks of the alert engine (gateway.alerting implements it)."""
+class AlertStage(Protocol):
+    """What the pipeline asks of the alert engine (`gateway.alerting` implements it):
+    both persist the transitions they return before returning."""
 
-    def on_stored(self, readings: Sequence[Reading], events: Sequence[DeviceEvent]) -> list[Alert]:
+    async def on_stored(
+        self, readings: Sequence[Reading], events: Sequence[DeviceEvent]
+    ) -> list[Alert]: ...
+
+    async def tick(self) -> list[Alert]: ...
+
+
+class NoAlerts:
+    async def on_stored(
+        self, readings: Sequence[Reading], events: Sequence[DeviceEvent]
+    ) -> list[Alert]:
         return []
 
-    def tick(self) -> list[Alert]:
+    async def tick(self) -> list[Alert]:
         return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Stored:
+    readings: tuple[Reading, ...]
+    events: tuple[DeviceEvent, ...]
 
 
 class Writer:
@@ -119,10 +138,10 @@ class Hub:
         self._clock = clock
         self.telemetry = telemetry
         self.fanout = fanout
-        self._alerts = alerts or AlertStage()
+        self._alerts: AlertStage = alerts or NoAlerts()
         size = settings.pipeline.queue_size
         self._ingest: asyncio.Queue[_Envelope | None] = asyncio.Queue(size)
-        self._alert_queue: asyncio.Queue[WriteResult | None] = asyncio.Queue(max(1, size // 100))
+        self._alert_queue: asyncio.Queue[_Stored | None] = asyncio.Queue(max(1, size // 100))
         self._new_readings = asyncio.Event()
         self._batcher = Batcher(
             BatchPolicy(
@@ -136,6 +155,8 @@ class Hub:
         )
         self._stopping = False
         self._ingest_finished = False
+        # Consent grants/revocations from the dashboard: rare, human-made, never dropped.
+        self._pending_ledger_events: list[tuple[str, dict[str, object]]] = []
         self._started = time.monotonic()
         self.sources_state: dict[str, str] = {}
         telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
@@ -182,6 +203,16 @@ class Hub:
             on_durable=functools.partial(_resolve, done),
         )
         return await done
+
+    def note_ledger_event(self, patient_id: str, body: dict[str, object]) -> None:
+        """Queue an event (e.g. a consent grant) for the next sealed batch."""
+        self._pending_ledger_events.append((patient_id, body))
+        self._batcher.add(1, self._clock.monotonic())
+        self._new_readings.set()
+
+    def _flush_ledger_events(self, events: list[tuple[str, dict[str, object]]]) -> None:
+        for patient_id, body in events:
+            self._writer.store.add_ledger_event(patient_id, body)
 
     # -- status -------------------------------------------------------------------------
 
@@ -331,8 +362,11 @@ class Hub:
             self._batcher.add(len(result.stored), self._clock.monotonic())
             self._new_readings.set()
             self.fanout.publish(ReadingsStored(readings=tuple(s.reading for s in result.stored)))
-        if result.stored or result.events:
-            await self._alert_queue.put(result)
+        events = tuple(e for envelope in chunk for e in envelope.events)
+        if result.stored or events:
+            await self._alert_queue.put(
+                _Stored(readings=tuple(s.reading for s in result.stored), events=events)
+            )
 
     async def _seal_loop(self) -> None:
         limit = self._batcher.policy.max_readings
@@ -352,6 +386,9 @@ class Hub:
                 )
 
     async def _seal_one(self, limit: int) -> bool:
+        if self._pending_ledger_events:
+            pending, self._pending_ledger_events = self._pending_ledger_events, []
+            await self._writer.run(self._flush_ledger_events, pending)
         outcome = await self._writer.run(self._sealer.seal, limit, self._clock.now())
         if outcome is None:
             return False
@@ -371,21 +408,26 @@ class Hub:
         self._batcher.sealed(self._batcher.pending, self._clock.monotonic())
 
     async def _alert_loop(self) -> None:
+        next_tick = self._clock.monotonic() + ALERT_TICK_S
         while True:
             try:
-                item = await asyncio.wait_for(self._alert_queue.get(), timeout=30.0)
+                timeout = max(0.0, next_tick - self._clock.monotonic())
+                item = await asyncio.wait_for(self._alert_queue.get(), timeout=timeout)
             except TimeoutError:
-                self._publish_alerts(self._alerts.tick())
+                self._publish_alerts(await self._alerts.tick())
+                next_tick = self._clock.monotonic() + ALERT_TICK_S
                 continue
             if item is None:
                 return
-            alerts = self._alerts.on_stored([s.reading for s in item.stored], ())
-            self._publish_alerts(alerts)
+            self._publish_alerts(await self._alerts.on_stored(item.readings, item.events))
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             self.telemetry.inc("glucohub_alerts_total", kind=alert.kind.value)
             self.fanout.publish(AlertChanged(alert=alert))
+        if alerts:  # transitions are sealed into the ledger like readings
+            self._batcher.add(len(alerts), self._clock.monotonic())
+            self._new_readings.set()
 
 
 def _resolve(future: asyncio.Future[IngestOutcome], outcome: IngestOutcome) -> None:

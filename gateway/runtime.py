@@ -14,14 +14,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.alerting import AlertService, thresholds_from
 from gateway.clock import Clock, SystemClock
 from gateway.fanout import FanOut
-from gateway.model import Alert
 from gateway.pipeline import Hub, Source, Writer
 from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
 from gateway.services import Reader, StoreLedgerView, StoreReadModel
 from gateway.settings import Settings
+from gateway.store import DB_FILENAME
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("glucohub")
@@ -36,37 +37,43 @@ class Running:
     reader: Reader
     read_model: StoreReadModel
     ledger_view: StoreLedgerView
-    port: int | None = None
+    alerts: AlertService
+    url: str | None = None
+
+    @property
+    def port(self) -> int | None:
+        return None if self.url is None else int(self.url.rsplit(":", 1)[1])
 
 
-class _NoAlerts:
-    def list(self, patient_id: str | None, open_only: bool) -> list[Alert]:
-        return []
-
-
-async def _serve_dashboard(settings: Settings, running: Running) -> AsyncIterator[int | None]:
+@contextlib.asynccontextmanager
+async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str | None]:
     if not settings.dashboard.enabled:
         yield None
         return
-    from aiohttp import web
-    from dashboards.app import create_app
+    from dashboards.accounts import Accounts
+    from dashboards.app import create_app, serve
 
-    app = create_app(
-        settings=settings.dashboard,
-        read_model=running.read_model,
-        live=running.hub.fanout,
-        ledger=running.ledger_view,
-        status=running.hub,
+    def on_consent(event: dict[str, str]) -> None:
+        running.hub.note_ledger_event(event.get("patient_id", ""), {"type": "consent", **event})
+
+    accounts = await asyncio.to_thread(
+        Accounts.open, settings.storage.data_dir / DB_FILENAME, on_consent_change=on_consent
     )
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.dashboard.host, settings.dashboard.port)
-    await site.start()
-    port = int(runner.addresses[0][1])
     try:
-        yield port
+        app = create_app(
+            settings=settings.dashboard,
+            read_model=running.read_model,
+            live=running.hub.fanout,
+            alerts=running.alerts,
+            ledger=running.ledger_view,
+            status=running.hub,
+            accounts=accounts,
+            viewer_queue_size=settings.pipeline.viewer_queue_size,
+        )
+        async with serve(app, settings.dashboard) as url:
+            yield url
     finally:
-        await runner.cleanup()
+        await asyncio.to_thread(accounts.close)
 
 
 async def run_hub(
@@ -93,6 +100,12 @@ async def run_hub(
     sealer = await writer.run(
         Sealer, store, keys, hub_id=settings.hub.hub_id, forward=bool(settings.upstream.url)
     )
+    alerts = AlertService(
+        thresholds=thresholds_from(settings.alerts, settings.ble),
+        clock=clock,
+        writer_run=lambda fn: writer.run(fn, store),
+        states=await writer.run(store.alert_engine_states),
+    )
     hub = Hub(
         settings=settings,
         writer=writer,
@@ -100,23 +113,29 @@ async def run_hub(
         clock=clock,
         telemetry=telemetry,
         fanout=fanout,
+        alerts=alerts,
     )
     reader = Reader(data_dir)
-    alerts = _NoAlerts()
     running = Running(
         hub=hub,
         keys=keys,
         reader=reader,
-        read_model=StoreReadModel(reader, alerts.list),
-        ledger_view=StoreLedgerView(reader, keys),
+        alerts=alerts,
+        read_model=StoreReadModel(reader),
+        ledger_view=StoreLedgerView(
+            reader,
+            keys,
+            lambda fn: writer.run(fn, store),
+            witness_keys=settings.ledger.witness_keys,
+        ),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        async with contextlib.asynccontextmanager(_serve_dashboard)(settings, running) as port:
-            running.port = port
+        async with _dashboard(settings, running) as url:
+            running.url = url
             if on_ready is not None:
                 on_ready(running)
             bound: list[Source] = [functools.partial(make, hub, clock) for make in sources]

@@ -16,13 +16,14 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from ledger.batch import seal_batch
 
 from gateway.errors import ConfigError
 from gateway.model import Batch
 from gateway.store import Store, reading_to_json
 from ledger import keys as ledger_keys
+from ledger.batch import seal_batch
 from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.errors import KeyFileError
 from ledger.note import NoteSigner, verifier_key
 from ledger.rfc6962 import CompactTree
 
@@ -73,10 +74,11 @@ def load_keys(data_dir: Path, hub_id: str, passphrase: str | None) -> HubKeys:
     try:
         batch_key = ledger_keys.load_private_key(directory / BATCH_KEY_FILE, passphrase or None)
         log_key = ledger_keys.load_private_key(directory / LOG_KEY_FILE, passphrase or None)
-    except FileNotFoundError as exc:
+    except KeyFileError as exc:
         raise ConfigError(
             "storage.data_dir",
-            f"no ledger keys in {directory} ({exc.filename}); run `glucohub keys init`",
+            f"ledger keys unusable ({exc}); run `glucohub keys init` "
+            "or check ledger.key_passphrase",
         ) from None
     kid = ledger_keys.jwk_thumbprint(ledger_keys.public_jwk(batch_key.public_key()))
     keys = HubKeys(batch_key=batch_key, batch_kid=kid, log_key=log_key, log_name=log_origin(hub_id))
@@ -133,18 +135,20 @@ class Sealer:
     def seal(self, limit: int, now: datetime) -> SealOutcome | None:
         """Seal up to `limit` of the oldest unsealed readings into one batch."""
         rows = self._store.unsealed_readings(limit)
-        if not rows:
+        events = self._store.unsealed_events(limit)
+        if not rows and not events:
             return None
         previous = self._store.last_batch()
         seq = 0 if previous is None else previous.seq + 1
         readings = [r.reading for r in rows]
-        times = [r.time for r in readings]
+        times = [r.time for r in readings] or [now]
         sealed = seal_batch(
             hub_id=self._hub_id,
             batch_seq=seq,
             start=min(times),
             end=max(times),
             readings=[reading_to_json(r) for r in readings],
+            events=[body for _, body in events],
             prev_jws=None if previous is None else previous.jws,
             signing_key=self._keys.batch_key,
             kid=self._keys.batch_kid,
@@ -163,7 +167,9 @@ class Sealer:
         root = tree.root()
         self._store.record_sealed_batch(
             batch=batch,
-            last_row_id=rows[-1].row_id,
+            last_row_id=rows[-1].row_id if rows else 0,
+            last_event_id=events[-1][0] if events else None,
+            event_count=len(events),
             tree_size=tree.size,
             compact_tree=tree.to_bytes(),
             root_hash=root,

@@ -57,9 +57,8 @@ class Reader:
 
 
 class StoreReadModel:
-    def __init__(self, reader: Reader, alerts: Callable[[str | None, bool], list[Alert]]) -> None:
+    def __init__(self, reader: Reader) -> None:
         self._reader = reader
-        self._alerts = alerts
 
     async def list_patients(self) -> list[Patient]:
         return await self._reader.run(lambda s: s.list_patients())
@@ -91,7 +90,7 @@ class StoreReadModel:
     async def alerts(
         self, patient_id: str | None = None, *, open_only: bool = False
     ) -> list[Alert]:
-        return self._alerts(patient_id, open_only)
+        return await self._reader.run(lambda s: s.alerts(patient_id, open_only=open_only))
 
     async def latest_batches(self, limit: int) -> list[Batch]:
         return await self._reader.run(lambda s: s.latest_batches(limit))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,10 @@ from typing import Any
 from gateway.clock import to_rfc3339
 from gateway.errors import RegistryError, StorageError
 from gateway.model import (
+    Alert,
+    AlertKind,
+    AlertLevel,
+    AlertState,
     Batch,
     Device,
     DeviceEvent,
@@ -119,6 +123,33 @@ CREATE TABLE IF NOT EXISTS cosignatures (
     line TEXT NOT NULL,
     received_at TEXT NOT NULL,
     PRIMARY KEY (size, witness)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    level TEXT NOT NULL,
+    state TEXT NOT NULL,
+    raised_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    message TEXT NOT NULL,
+    glucose_mg_dl REAL,
+    acknowledged_by TEXT,
+    acknowledged_at TEXT,
+    resolved_at TEXT
+);
+CREATE INDEX IF NOT EXISTS alerts_patient ON alerts (patient_id, state);
+-- Every alert transition and consent change, in order; sealed into ledger batches.
+CREATE TABLE IF NOT EXISTS ledger_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    batch_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS ledger_events_unsealed ON ledger_events (id) WHERE batch_seq IS NULL;
+CREATE TABLE IF NOT EXISTS alert_engine_state (
+    patient_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -560,6 +591,8 @@ class Store:
         *,
         batch: Batch,
         last_row_id: int,
+        last_event_id: int | None,
+        event_count: int,
         tree_size: int,
         compact_tree: bytes,
         root_hash: bytes,
@@ -591,6 +624,13 @@ class Store:
                     f"batch {batch.seq}: sealed {batch.reading_count} readings but "
                     f"{cursor.rowcount} rows were unsealed up to id {last_row_id}"
                 )
+            if last_event_id is not None:
+                cursor = self._db.execute(
+                    "UPDATE ledger_events SET batch_seq = ? WHERE batch_seq IS NULL AND id <= ?",
+                    (batch.seq, last_event_id),
+                )
+                if cursor.rowcount != event_count:
+                    raise StorageError(f"batch {batch.seq}: event count changed while sealing")
             self._db.execute(
                 "INSERT INTO tree_state (id, size, compact) VALUES (1, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
@@ -671,6 +711,83 @@ class Store:
         )
         return [str(r[0]) for r in rows]
 
+    # -- alerts and ledger events ---------------------------------------------------------
+
+    def record_alerts(self, alerts: Sequence[Alert], engine_states: Mapping[str, str]) -> None:
+        """Upsert alert values, log each transition as a ledger event, save engine states."""
+        self._begin()
+        try:
+            for alert in alerts:
+                row = alert_to_json(alert)
+                self._db.execute(
+                    "INSERT INTO alerts (alert_id, patient_id, kind, level, state, raised_at, "
+                    "updated_at, message, glucose_mg_dl, acknowledged_by, acknowledged_at, "
+                    "resolved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (alert_id) DO UPDATE SET level = excluded.level, "
+                    "state = excluded.state, updated_at = excluded.updated_at, "
+                    "message = excluded.message, glucose_mg_dl = excluded.glucose_mg_dl, "
+                    "acknowledged_by = excluded.acknowledged_by, "
+                    "acknowledged_at = excluded.acknowledged_at, "
+                    "resolved_at = excluded.resolved_at",
+                    tuple(row[c] for c in _ALERT_COLUMNS),
+                )
+                self._db.execute(
+                    "INSERT INTO ledger_events (patient_id, body) VALUES (?, ?)",
+                    (alert.patient_id, json_line({"type": "alert", **row})),
+                )
+            self._db.executemany(
+                "INSERT INTO alert_engine_state (patient_id, state) VALUES (?, ?) "
+                "ON CONFLICT (patient_id) DO UPDATE SET state = excluded.state",
+                list(engine_states.items()),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None:
+        self._db.execute(
+            "INSERT INTO ledger_events (patient_id, body) VALUES (?, ?)",
+            (patient_id, json_line(dict(body))),
+        )
+
+    def alert_engine_states(self) -> dict[str, str]:
+        rows = self._db.execute("SELECT patient_id, state FROM alert_engine_state")
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def alerts(self, patient_id: str | None = None, *, open_only: bool = False) -> list[Alert]:
+        clauses, params = [], []
+        if patient_id is not None:
+            clauses.append("patient_id = ?")
+            params.append(patient_id)
+        if open_only:
+            clauses.append("state != 'resolved'")
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts{where} ORDER BY updated_at DESC",
+            params,
+        )
+        return [alert_from_row(r) for r in rows]
+
+    def unsealed_events(self, limit: int) -> list[tuple[int, dict[str, object]]]:
+        rows = self._db.execute(
+            "SELECT id, body FROM ledger_events WHERE batch_seq IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
+
+    def batch_events(self, batch_seq: int) -> list[dict[str, object]]:
+        rows = self._db.execute(
+            "SELECT body FROM ledger_events WHERE batch_seq = ? ORDER BY id", (batch_seq,)
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def count_unsealed_events(self) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM ledger_events WHERE batch_seq IS NULL"
+        ).fetchone()
+        return int(row[0])
+
     # -- outbox -------------------------------------------------------------------------
 
     def outbox_pending(self, limit: int) -> list[tuple[int, str, bytes]]:
@@ -685,6 +802,66 @@ class Store:
             "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
             (to_rfc3339(now), item_id),
         )
+
+
+_ALERT_COLUMNS = (
+    "alert_id",
+    "patient_id",
+    "kind",
+    "level",
+    "state",
+    "raised_at",
+    "updated_at",
+    "message",
+    "glucose_mg_dl",
+    "acknowledged_by",
+    "acknowledged_at",
+    "resolved_at",
+)
+
+
+def alert_to_json(alert: Alert) -> dict[str, Any]:
+    def ts(value: datetime | None) -> str | None:
+        return None if value is None else to_rfc3339(value)
+
+    return {
+        "alert_id": alert.alert_id,
+        "patient_id": alert.patient_id,
+        "kind": alert.kind.value,
+        "level": alert.level.value,
+        "state": alert.state.value,
+        "raised_at": ts(alert.raised_at),
+        "updated_at": ts(alert.updated_at),
+        "message": alert.message,
+        "glucose_mg_dl": alert.glucose_mg_dl,
+        "acknowledged_by": alert.acknowledged_by,
+        "acknowledged_at": ts(alert.acknowledged_at),
+        "resolved_at": ts(alert.resolved_at),
+    }
+
+
+def alert_from_row(row: tuple[Any, ...]) -> Alert:
+    def when(value: Any) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+    values = dict(zip(_ALERT_COLUMNS, row, strict=True))
+    raised = when(values["raised_at"])
+    updated = when(values["updated_at"])
+    assert raised is not None and updated is not None
+    return Alert(
+        alert_id=str(values["alert_id"]),
+        patient_id=str(values["patient_id"]),
+        kind=AlertKind(values["kind"]),
+        level=AlertLevel(values["level"]),
+        state=AlertState(values["state"]),
+        raised_at=raised,
+        updated_at=updated,
+        message=str(values["message"]),
+        glucose_mg_dl=values["glucose_mg_dl"],
+        acknowledged_by=values["acknowledged_by"],
+        acknowledged_at=when(values["acknowledged_at"]),
+        resolved_at=when(values["resolved_at"]),
+    )
 
 
 def _patient(row: tuple[Any, ...]) -> Patient:

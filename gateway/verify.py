@@ -70,6 +70,12 @@ def _verify(store: Store, data_dir: Path, hub_id: str) -> VerifyReport:
                     expected_seq,
                     total,
                 )
+        if store.batch_events(batch.seq) != list(payload.events):
+            return _fail(
+                f"{where}: stored alert/consent events differ from the signed ones",
+                expected_seq,
+                total,
+            )
         leaf = rfc6962.leaf_hash(rfc6962_leaf_data(batch.jws))
         if leaf != batch.leaf_hash:
             return _fail(f"{where}: stored leaf hash does not match its JWS", expected_seq, total)

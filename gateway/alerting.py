@@ -1,0 +1,139 @@
+"""The alert stage: one `PatientAlertEngine` per patient, persisted through the writer.
+
+Engines are pure; this module feeds them stored readings and device events, saves every
+transition (alerts table + the ledger event stream) and the engines' state, so snoozes
+and open alerts survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+
+from gateway.clinical.alerts import PatientAlertEngine, Thresholds
+from gateway.clinical.errors import ClinicalError
+from gateway.clock import Clock
+from gateway.errors import InputError
+from gateway.model import Alert, AlertKind, DeviceEvent, Reading
+from gateway.settings import AlertSettings, BleSettings
+from gateway.store import Store
+
+log = logging.getLogger("glucohub.alerts")
+
+
+def thresholds_from(settings: AlertSettings, ble: BleSettings) -> Thresholds:
+    return Thresholds(
+        urgent_low_mg_dl=settings.urgent_low_mg_dl,
+        low_mg_dl=settings.low_mg_dl,
+        high_mg_dl=settings.high_mg_dl,
+        urgent_high_mg_dl=settings.urgent_high_mg_dl,
+        sustained_high_min=float(settings.sustained_high_min),
+        escalation_min=float(settings.escalation_min),
+        escalation_target=settings.escalation_target,
+        disconnect_watchdog_min=ble.silence_watchdog_s / 60.0,
+    )
+
+
+class AlertService:
+    """Implements the pipeline's alert stage and `AlertControl` for dashboards."""
+
+    def __init__(
+        self,
+        *,
+        thresholds: Thresholds,
+        clock: Clock,
+        writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
+        states: dict[str, str],
+    ) -> None:
+        self._thresholds = thresholds
+        self._clock = clock
+        self._writer_run = writer_run
+        self._engines: dict[str, PatientAlertEngine] = {}
+        self.on_change: Callable[[list[Alert]], None] | None = None
+        for patient_id, text in states.items():
+            try:
+                self._engines[patient_id] = PatientAlertEngine.from_state(
+                    json.loads(text), thresholds
+                )
+            except (ClinicalError, ValueError) as exc:
+                log.error("alert state of %s unusable, starting afresh: %s", patient_id, exc)
+
+    def _engine(self, patient_id: str) -> PatientAlertEngine:
+        engine = self._engines.get(patient_id)
+        if engine is None:
+            engine = self._engines[patient_id] = PatientAlertEngine(patient_id, self._thresholds)
+        return engine
+
+    async def _persist(self, alerts: list[Alert], patients: set[str]) -> list[Alert]:
+        if not alerts and not patients:
+            return alerts
+        states = {p: json.dumps(self._engines[p].state_to_json()) for p in patients}
+        await self._writer_run(lambda store: store.record_alerts(alerts, states))
+        if alerts and self.on_change is not None:
+            self.on_change(alerts)
+        return alerts
+
+    async def on_stored(
+        self, readings: Sequence[Reading], events: Sequence[DeviceEvent]
+    ) -> list[Alert]:
+        now = self._clock.now()
+        changed: list[Alert] = []
+        by_patient: dict[str, list[Reading | DeviceEvent]] = defaultdict(list)
+        for reading in readings:
+            by_patient[reading.patient_id].append(reading)
+        for event in events:
+            by_patient[event.patient_id].append(event)
+        for patient_id, items in by_patient.items():
+            engine = self._engine(patient_id)
+            for item in sorted(items, key=lambda i: i.time):
+                if isinstance(item, Reading):
+                    changed.extend(engine.on_reading(item, now))
+                else:
+                    changed.extend(engine.on_event(item, now))
+        return await self._persist(changed, set(by_patient))
+
+    async def tick(self) -> list[Alert]:
+        now = self._clock.now()
+        changed: list[Alert] = []
+        touched: set[str] = set()
+        for patient_id, engine in self._engines.items():
+            alerts = engine.tick(now)
+            if alerts:
+                touched.add(patient_id)
+                changed.extend(alerts)
+        return await self._persist(changed, touched)
+
+    def open_alerts(self, patient_id: str | None = None) -> list[Alert]:
+        engines = (
+            self._engines.values()
+            if patient_id is None
+            else [e for p, e in self._engines.items() if p == patient_id]
+        )
+        return [alert for engine in engines for alert in engine.open_alerts()]
+
+    # -- AlertControl ---------------------------------------------------------------------
+
+    async def acknowledge(self, alert_id: str, *, by: str) -> Alert | None:
+        for patient_id, engine in self._engines.items():
+            if any(a.alert_id == alert_id for a in engine.open_alerts()):
+                try:
+                    alert = engine.acknowledge(alert_id, by, self._clock.now())
+                except ClinicalError as exc:
+                    raise InputError(str(exc)) from None
+                await self._persist([alert], {patient_id})
+                return alert
+        return None
+
+    async def snooze(self, patient_id: str, kind: AlertKind, *, minutes: int, by: str) -> None:
+        if not 1 <= minutes <= 24 * 60:
+            raise InputError("snooze between 1 minute and 24 hours")
+        now = self._clock.now()
+        engine = self._engine(patient_id)
+        try:
+            alerts = engine.snooze(kind, now + timedelta(minutes=minutes), by, now)
+        except ClinicalError as exc:
+            raise InputError(str(exc)) from None
+        await self._persist(alerts, {patient_id})
