@@ -479,6 +479,8 @@ def daily_profiles(
 ) -> list[tuple[date, list[tuple[float, float | None]]]]:
     """Each local day of the window: `(minute of local day, mg/dL)` points, oldest day first.
 
+    The window usually touches `days + 1` local days; an edge day without readings is left out.
+
     A gap > 15 minutes is marked by a `(minute, None)` point so a chart breaks its line.
     """
     _zone(timezone)
@@ -502,6 +504,11 @@ def daily_profiles(
                 points.append((m, None))
             points.append((m, v))
         out.append((date(1970, 1, 1) + timedelta(days=day), points))
+    # The window usually touches a sliver of one more local day at an edge; drop it when empty.
+    while out and not out[-1][1] and len(out) > days:
+        out.pop()
+    while out and not out[0][1] and len(out) > days:
+        out.pop(0)
     return out
 
 

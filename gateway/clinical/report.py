@@ -1,0 +1,357 @@
+"""The one-page Ambulatory Glucose Profile (AGP) report, as JSON, self-contained HTML or PDF.
+
+Layout follows the consensus AGP report: the metrics with their targets, the time-in-ranges
+stacked bar, the AGP percentile chart (5–95 %, 25–75 %, median per time of day) and the daily
+profiles. Charts are server-side SVG drawn with `gateway.clinical.drawing` — no JavaScript, no
+external assets — and the dashboard reuses `agp_svg`, `tir_bar_svg` and `daily_profiles_svg`.
+The PDF is the same drawing written by the stdlib-only PDF writer in `drawing` (no dependency).
+Glucose is shown in mg/dL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from html import escape
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from gateway.clinical.drawing import Canvas, pdf_document
+from gateway.clinical.errors import ClinicalError
+from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, daily_profiles
+from gateway.clock import require_utc, to_rfc3339
+from gateway.model import Patient, Reading
+
+ReportFormat = Literal["json", "html", "pdf"]
+DailyProfiles = Sequence[tuple[date, Sequence[tuple[float, float | None]]]]
+
+Y_MAX = 350.0  # the AGP chart's glucose axis, mg/dL (higher values are drawn at the top)
+
+BAND_COLOURS = {
+    "very_high": "#e8710a",
+    "high": "#f9bf3b",
+    "in_range": "#3c9d4f",
+    "low": "#e53935",
+    "very_low": "#8e1b1b",
+}
+_AGP_OUTER = "#c9dcf2"  # 5–95 %
+_AGP_INNER = "#6f9fd8"  # 25–75 %
+_AGP_MEDIAN = "#15427a"
+_TARGET = "#3c9d4f"
+_GRID = "#d0d0d0"
+_INK = "#222222"
+_MUTED = "#666666"
+
+
+class UnknownReportFormat(ClinicalError):
+    def __init__(self, fmt: str) -> None:
+        super().__init__(f"report format must be json, html or pdf, got {fmt!r}")
+        self.fmt = fmt
+
+
+# ---------------------------------------------------------------------- chart canvases
+
+
+def _y(g: float, top: float, height: float) -> float:
+    return top + (1 - min(max(g, 0.0), Y_MAX) / Y_MAX) * height
+
+
+def agp_canvas(metrics: GlucoseMetrics, *, width: float = 720, height: float = 260) -> Canvas:
+    canvas = Canvas(width, height, title="Ambulatory glucose profile")
+    left, right, top, bottom = 44.0, 12.0, 22.0, 24.0
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(minute: float) -> float:
+        return left + minute / 1440 * pw
+
+    canvas.text(left, 14, "Ambulatory Glucose Profile (AGP)", size=12, bold=True)
+    canvas.text(
+        width - right,
+        14,
+        f"{metrics.days} days pooled, {metrics.agp_bin_min}-min bins",
+        size=9,
+        anchor="end",
+        fill=_MUTED,
+    )
+    canvas.rect(left, top, pw, ph, fill="#ffffff", stroke=_GRID, width=0.5)
+    for hour in range(0, 25, 3):
+        canvas.polyline([(x(hour * 60), top), (x(hour * 60), top + ph)], stroke=_GRID, width=0.5)
+        canvas.text(x(hour * 60), height - 8, f"{hour:02d}:00", size=8, anchor="middle")
+    size = metrics.agp_bin_min
+    runs: list[list[tuple[float, float, float, float, float, float]]] = [[]]
+    for b in metrics.agp:
+        if b.count == 0 or b.p5 is None or b.p25 is None or b.p50 is None:
+            runs.append([])
+            continue
+        assert b.p75 is not None and b.p95 is not None
+        runs[-1].append((b.minute + size / 2, b.p5, b.p25, b.p50, b.p75, b.p95))
+    for run in (r for r in runs if r):
+        if len(run) == 1:  # a lone bin: give it its own width so it shows
+            m = run[0][0]
+            run = [(m - size / 2, *run[0][1:]), (m + size / 2, *run[0][1:])]
+        xs = [x(r[0]) for r in run]
+        for lo, hi, colour in ((1, 5, _AGP_OUTER), (2, 4, _AGP_INNER)):
+            upper = [(xi, _y(r[hi], top, ph)) for xi, r in zip(xs, run, strict=True)]
+            lower = [(xi, _y(r[lo], top, ph)) for xi, r in zip(xs, run, strict=True)]
+            canvas.polygon(upper + lower[::-1], fill=colour)
+        median = [(xi, _y(r[3], top, ph)) for xi, r in zip(xs, run, strict=True)]
+        canvas.polyline(median, stroke=_AGP_MEDIAN, width=2)
+    for g, colour, dash in ((70, _TARGET, False), (180, _TARGET, False), (54, _MUTED, True),
+                            (250, _MUTED, True)):  # fmt: skip
+        canvas.polyline([(left, _y(g, top, ph)), (left + pw, _y(g, top, ph))], stroke=colour,
+                        width=1.2 if not dash else 0.8, dash=dash)  # fmt: skip
+        canvas.text(left - 4, _y(g, top, ph) + 3, f"{g}", size=8, anchor="end")
+    canvas.text(left - 4, top + 3, f"{Y_MAX:.0f}", size=8, anchor="end", fill=_MUTED)
+    canvas.text(4, top + 3, "mg/dL", size=7, fill=_MUTED)
+    if not any(b.count for b in metrics.agp):
+        canvas.text(left + pw / 2, top + ph / 2, "No glucose data", size=11, anchor="middle")
+    return canvas
+
+
+def tir_bar_canvas(metrics: GlucoseMetrics, *, width: float = 250, height: float = 260) -> Canvas:
+    canvas = Canvas(width, height, title="Time in ranges")
+    canvas.text(8, 14, "Time in Ranges", size=12, bold=True)
+    top, bar_h, bar_x, bar_w = 26.0, height - 40.0, 10.0, 36.0
+    y = top + bar_h
+    shares = list(metrics.ranges)  # very low first
+    total = sum(s.percent for s in shares) or 1.0
+    for share in shares:
+        h = bar_h * share.percent / total
+        if share.percent > 0:
+            h = max(h, 1.5)
+        canvas.rect(bar_x, y - h, bar_w, h, fill=BAND_COLOURS[share.name])
+        y -= h
+    canvas.rect(bar_x, top, bar_w, bar_h, stroke=_INK, width=0.5)
+    row_h = bar_h / 5
+    for i, share in enumerate(reversed(shares)):  # very high at the top
+        ty = top + row_h * i + row_h / 2
+        canvas.rect(bar_x + bar_w + 8, ty - 8, 10, 10, fill=BAND_COLOURS[share.name])
+        canvas.text(bar_x + bar_w + 24, ty, share.label, size=9)
+        canvas.text(width - 6, ty, f"{share.percent:.0f}%", size=11, anchor="end", bold=True)
+        # Green when the target is met, red when not, grey without data.
+        colour = _MUTED if not metrics.readings else _TARGET if share.meets_target else "#c62828"
+        canvas.text(bar_x + bar_w + 24, ty + 11, f"target {share.target}", size=7.5, fill=colour)
+    return canvas
+
+
+def daily_profiles_canvas(
+    profiles: DailyProfiles, *, width: float = 720, columns: int = 7, cell_height: float = 80
+) -> Canvas:
+    rows = max(1, -(-len(profiles) // columns))
+    title_h = 20.0
+    height = title_h + rows * cell_height
+    canvas = Canvas(width, height, title="Daily glucose profiles")
+    canvas.text(0, 14, "Daily Glucose Profiles", size=12, bold=True)
+    cw = width / columns
+    for i, (day, points) in enumerate(profiles):
+        cx = (i % columns) * cw
+        cy = title_h + (i // columns) * cell_height
+        top, ph, pw = cy + 14, cell_height - 20, cw - 6
+        canvas.text(cx + 2, cy + 10, day.strftime("%a %d %b"), size=8, fill=_MUTED)
+        canvas.rect(cx + 2, top, pw, ph, fill="#ffffff", stroke=_GRID, width=0.5)
+        band_top, band_bottom = _y(180, top, ph), _y(70, top, ph)
+        canvas.rect(cx + 2, band_top, pw, band_bottom - band_top, fill="#e3f1e5")
+        segment: list[tuple[float, float]] = []
+        segments = [segment]
+        for minute, value in points:
+            if value is None:
+                segment = []
+                segments.append(segment)
+                continue
+            segment.append((cx + 2 + minute / 1440 * pw, _y(value, top, ph)))
+        for seg in segments:
+            if len(seg) == 1:
+                px, py = seg[0]
+                canvas.rect(px - 0.75, py - 0.75, 1.5, 1.5, fill=_AGP_MEDIAN)
+            else:
+                canvas.polyline(seg, stroke=_AGP_MEDIAN, width=0.9)
+    return canvas
+
+
+def agp_svg(metrics: GlucoseMetrics, *, width: float = 720, height: float = 260) -> str:
+    """The AGP percentile chart (5–95, 25–75, median by local time of day) as an `<svg>`."""
+    return agp_canvas(metrics, width=width, height=height).to_svg()
+
+
+def tir_bar_svg(metrics: GlucoseMetrics, *, width: float = 250, height: float = 260) -> str:
+    """The five-band time-in-ranges stacked bar with percentages and targets, as an `<svg>`."""
+    return tir_bar_canvas(metrics, width=width, height=height).to_svg()
+
+
+def daily_profiles_svg(
+    profiles: DailyProfiles, *, width: float = 720, columns: int = 7, cell_height: float = 80
+) -> str:
+    """One small chart per local day (from `metrics.daily_profiles`), as an `<svg>`."""
+    return daily_profiles_canvas(
+        profiles, width=width, columns=columns, cell_height=cell_height
+    ).to_svg()
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def _fmt(value: float | None, digits: int = 0, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}{unit}"
+
+
+def gri_zone(gri: float | None) -> str:
+    """Klonoff 2022: zones A (0–20) to E (80–100)."""
+    if gri is None:
+        return ""
+    return "ABCDE"[min(4, int(gri // 20))]
+
+
+def metrics_rows(metrics: GlucoseMetrics, timezone: str) -> list[tuple[str, str, str]]:
+    """(label, value, target) rows of the metrics table, shared by HTML and PDF."""
+    zone = ZoneInfo(timezone)
+    start = metrics.start.astimezone(zone).strftime("%d %b %Y")
+    end = metrics.end.astimezone(zone).strftime("%d %b %Y")
+    e = metrics.episodes
+    return [
+        ("Time range", f"{start} – {end} ({metrics.days} days)", ""),
+        ("Days with data", str(metrics.days_with_data), ""),
+        ("Time CGM active", _fmt(metrics.active_percent, 1, " %"), "≥ 70 %"),
+        ("Mean glucose", _fmt(metrics.mean_mg_dl, 0, " mg/dL"), ""),
+        ("Glucose Management Indicator", _fmt(metrics.gmi_percent, 1, " %"), ""),
+        ("Glucose variability (CV)", _fmt(metrics.cv_percent, 1, " %"), "≤ 36 %"),
+        ("Standard deviation", _fmt(metrics.sd_mg_dl, 0, " mg/dL"), ""),
+        ("LBGI / HBGI", f"{_fmt(metrics.lbgi, 1)} / {_fmt(metrics.hbgi, 1)}", ""),
+        (
+            "Glycemia Risk Index",
+            f"{_fmt(metrics.gri, 0)} {gri_zone(metrics.gri)}".strip(),
+            "zone A–B",
+        ),
+        (
+            "Episodes ≥ 15 min",
+            f"<54: {e.below_54} · <70: {e.below_70} · >180: {e.above_180} · >250: {e.above_250}",
+            "",
+        ),
+    ]
+
+
+def _sufficiency_note(metrics: GlucoseMetrics) -> str:
+    if metrics.sufficient:
+        return ""
+    return (
+        "Insufficient data for a reliable profile: the consensus asks for 14 days with the "
+        "CGM active at least 70 % of the time."
+    )
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def render_report(
+    patient: Patient,
+    readings: Iterable[Reading | tuple[datetime, float]],
+    *,
+    days: int = 14,
+    now: datetime,
+    fmt: ReportFormat = "html",
+    agp_bin_min: int = 15,
+) -> bytes:
+    """The AGP report of `patient` over `[now − days, now]` in the patient's time zone."""
+    if fmt not in ("json", "html", "pdf"):
+        raise UnknownReportFormat(str(fmt))
+    now = require_utc(now)
+    samples = list(readings)
+    metrics = compute_metrics(
+        samples,
+        now=now,
+        days=days,
+        timezone=patient.timezone,
+        patient_id=patient.patient_id,
+        agp_bin_min=agp_bin_min,
+    )
+    profiles = daily_profiles(samples, now=now, days=days, timezone=patient.timezone)
+    if fmt == "json":
+        document = {
+            "patient": {
+                "patient_id": patient.patient_id,
+                "display_name": patient.display_name,
+                "timezone": patient.timezone,
+            },
+            "generated_at": to_rfc3339(now),
+            "metrics": metrics.to_dict(),
+            "daily_profiles": [
+                {"date": d.isoformat(), "points": [[m, g] for m, g in points]}
+                for d, points in profiles
+            ],
+        }
+        return json.dumps(document, allow_nan=False, ensure_ascii=False).encode()
+    if fmt == "html":
+        return _html(patient, metrics, profiles, now).encode()
+    return pdf_document(_pdf_page(patient, metrics, profiles, now))
+
+
+_CSS = """
+body{font-family:Helvetica,Arial,sans-serif;color:#222;margin:24px auto;max-width:760px}
+h1{font-size:20px;margin:0 0 4px}
+.sub{color:#666;font-size:13px;margin-bottom:12px}
+.top{display:flex;gap:16px;align-items:flex-start}
+table{border-collapse:collapse;font-size:13px;flex:1}
+td{padding:3px 6px;border-bottom:1px solid #eee;vertical-align:top}
+td.v{font-weight:bold;white-space:nowrap}
+td.t{color:#666;white-space:nowrap}
+.warn{background:#fff4e5;border:1px solid #f9bf3b;padding:6px 10px;font-size:13px;margin:8px 0}
+svg{display:block;margin-top:12px;max-width:100%;height:auto}
+@media print{body{margin:0}}
+"""
+
+
+def _header(patient: Patient, now: datetime) -> tuple[str, str]:
+    generated = now.astimezone(ZoneInfo(patient.timezone)).strftime("%d %b %Y %H:%M")
+    title = f"AGP Report: {patient.display_name}"
+    sub = f"Patient {patient.patient_id} · time zone {patient.timezone} · generated {generated}"
+    return title, sub
+
+
+def _html(patient: Patient, metrics: GlucoseMetrics, profiles: DailyProfiles, now: datetime) -> str:
+    title, sub = _header(patient, now)
+    rows = "".join(
+        f"<tr><td>{escape(label)}</td><td class='v'>{escape(value)}</td>"
+        f"<td class='t'>{escape(target)}</td></tr>"
+        for label, value, target in metrics_rows(metrics, patient.timezone)
+    )
+    note = _sufficiency_note(metrics)
+    warn = f"<div class='warn'>{escape(note)}</div>" if note else ""
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{escape(title)}</h1><div class='sub'>{escape(sub)}</div>{warn}"
+        f"<div class='top'><table>{rows}</table>{tir_bar_svg(metrics)}</div>"
+        f"{agp_svg(metrics)}{daily_profiles_svg(profiles)}"
+        "</body></html>"
+    )
+
+
+def _pdf_page(
+    patient: Patient, metrics: GlucoseMetrics, profiles: DailyProfiles, now: datetime
+) -> Canvas:
+    page = Canvas(595, 842, title=f"AGP Report {patient.patient_id}")  # A4 in points
+    margin = 30.0
+    title, sub = _header(patient, now)
+    page.text(margin, 44, title, size=16, bold=True)
+    page.text(margin, 60, sub, size=8.5, fill=_MUTED)
+    y = 82.0
+    note = _sufficiency_note(metrics)
+    if note:
+        page.rect(margin, y - 10, 535, 14, fill="#fff4e5")
+        page.text(margin + 4, y, note, size=7.5)
+        y += 16
+    for label, value, target in metrics_rows(metrics, patient.timezone):
+        page.text(margin, y, label, size=8.5)
+        page.text(margin + 140, y, value, size=8.5, bold=True)
+        if target:
+            page.text(margin + 315, y, target, size=8, anchor="end", fill=_MUTED)
+        page.polyline([(margin, y + 4), (margin + 318, y + 4)], stroke="#eeeeee", width=0.5)
+        y += 15
+    page.place(tir_bar_canvas(metrics, width=210, height=y - 70), 355, 70)
+    y += 6
+    page.place(agp_canvas(metrics, width=720, height=260), margin, y, scale=535 / 720)
+    y += 260 * 535 / 720 + 8
+    page.place(daily_profiles_canvas(profiles, width=720), margin, y, scale=535 / 720)
+    return page
