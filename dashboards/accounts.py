@@ -1,0 +1,640 @@
+"""Dashboard accounts: users, password hashes, sessions, consent grants, audit log, API tokens.
+
+The tables live in the hub's SQLite file (prefixed `dash_`) behind this module's own
+connection. `Accounts` runs every query on one thread it owns, so the event loop never
+blocks; the module-level functions (`users_add`, `grant`, ...) are the synchronous entry
+points the CLI calls while the hub may be running (WAL lets both write).
+
+Secrets at rest are never stored in a usable form: passwords as salted scrypt hashes with
+their cost parameters, session ids and API tokens as SHA-256 digests (a copied database
+file does not let anyone log in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
+from gateway.errors import InputError
+from gateway.units import Unit
+
+_T = TypeVar("_T")
+
+SESSION_LIFETIME = timedelta(hours=12)
+MIN_PASSWORD_LENGTH = 8
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+# scrypt cost: N=2^15, r=8, p=1 uses 32 MiB and ~0.1 s per guess (RFC 7914 §2 parameters;
+# OWASP's password storage cheat sheet recommends at least N=2^17 for new systems on
+# servers; a home hub on a small board uses 2^15 and stores N so it can be raised later).
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+_SCRYPT_DKLEN = 32
+
+ConsentCallback = Callable[[dict[str, str]], None]
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # manages the hub; sees no health data (none was consented to)
+    CLINICIAN = "clinician"  # sees the patients who granted consent
+    PATIENT = "patient"  # sees their own record only
+
+
+class AccountError(InputError):
+    """A user or the CLI asked for something the account rules refuse."""
+
+    def __init__(self, message: str, *, username: str | None = None) -> None:
+        super().__init__(message)
+        self.username = username
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    username: str
+    role: Role
+    patient_id: str | None = None  # set exactly when role is PATIENT
+    unit: Unit = Unit.MG_DL  # display preference: mg/dL or mmol/L
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """A logged-in browser. `session_id` exists only in the cookie; the table keeps its hash."""
+
+    session_id: str
+    csrf_token: str
+    username: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    patient_id: str
+    clinician: str
+    granted_by: str
+    granted_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    time: datetime
+    viewer: str
+    role: Role
+    patient_id: str
+    action: str  # e.g. "page", "api.readings", "report", "batch:12", "ws"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dash_users (
+    username TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    patient_id TEXT,
+    password_hash TEXT NOT NULL,
+    unit TEXT NOT NULL DEFAULT 'mg/dL',
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dash_sessions (
+    session_hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    csrf_token TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dash_grants (
+    patient_id TEXT NOT NULL,
+    clinician TEXT NOT NULL,
+    granted_by TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    PRIMARY KEY (patient_id, clinician)
+);
+CREATE TABLE IF NOT EXISTS dash_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    viewer TEXT NOT NULL,
+    role TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    action TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dash_audit_patient ON dash_audit (patient_id, id);
+CREATE TABLE IF NOT EXISTS dash_tokens (
+    token_hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    label TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+# -- password hashing -----------------------------------------------------------------------
+
+
+def hash_password(password: str, *, n: int | None = None) -> str:
+    """`scrypt$N$r$p$salt$hash` (base64): the parameters travel with the hash."""
+    n = SCRYPT_N if n is None else n
+    r, p = SCRYPT_R, SCRYPT_P
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, n, r, p)
+    return "$".join(("scrypt", str(n), str(r), str(p), _b64(salt), _b64(digest)))
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True when `password` matches `stored`; False for any malformed stored hash."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return False
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+        salt = base64.b64decode(parts[4], validate=True)
+        expected = base64.b64decode(parts[5], validate=True)
+    except ValueError:
+        return False
+    return hmac.compare_digest(_scrypt(password, salt, n, r, p), expected)
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    # maxmem must exceed 128·N·r bytes (RFC 7914 §2) or OpenSSL refuses.
+    return hashlib.scrypt(
+        password.encode(),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        maxmem=256 * n * r + 1024 * 1024,
+        dklen=_SCRYPT_DKLEN,
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# A hash of a random password, checked when the username is unknown so that a login for a
+# missing user costs the same time as one for a real user (no user enumeration by timing).
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+# -- the synchronous store -------------------------------------------------------------------
+
+
+class _Tables:
+    """Synchronous access to the `dash_` tables over one connection (one thread)."""
+
+    def __init__(self, db_path: Path, clock: Clock) -> None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._clock = clock
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _now(self) -> str:
+        return to_rfc3339(self._clock.now())
+
+    # users
+
+    def add_user(self, username: str, role: Role, password: str, patient_id: str | None) -> User:
+        if not _USERNAME.fullmatch(username):
+            raise AccountError(
+                "username must be 1-64 of a-z 0-9 . _ - starting with a letter or digit",
+                username=username,
+            )
+        if (role is Role.PATIENT) != bool(patient_id):
+            raise AccountError(
+                "a patient user needs --patient-id; other roles must not have one",
+                username=username,
+            )
+        _check_password(password, username)
+        try:
+            self._db.execute(
+                "INSERT INTO dash_users (username, role, patient_id, password_hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (username, role.value, patient_id, hash_password(password), self._now()),
+            )
+        except sqlite3.IntegrityError:
+            raise AccountError(f"user {username!r} already exists", username=username) from None
+        return User(username=username, role=role, patient_id=patient_id)
+
+    def get_user(self, username: str) -> User | None:
+        row = self._db.execute(
+            "SELECT username, role, patient_id, unit, disabled FROM dash_users WHERE username = ?",
+            (username,),
+        ).fetchone()
+        if row is None:
+            return None
+        return User(
+            username=row[0],
+            role=Role(row[1]),
+            patient_id=row[2],
+            unit=Unit(row[3]),
+            disabled=bool(row[4]),
+        )
+
+    def _require_user(self, username: str) -> User:
+        user = self.get_user(username)
+        if user is None:
+            raise AccountError(f"no user {username!r}", username=username)
+        return user
+
+    def set_password(self, username: str, password: str) -> None:
+        self._require_user(username)
+        _check_password(password, username)
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            "UPDATE dash_users SET password_hash = ? WHERE username = ?",
+            (hash_password(password), username),
+        )
+        # A new password ends every session: whoever knew the old one is logged out.
+        self._db.execute("DELETE FROM dash_sessions WHERE username = ?", (username,))
+        self._db.execute("COMMIT")
+
+    def set_disabled(self, username: str, disabled: bool) -> None:
+        self._require_user(username)
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            "UPDATE dash_users SET disabled = ? WHERE username = ?", (int(disabled), username)
+        )
+        if disabled:
+            self._db.execute("DELETE FROM dash_sessions WHERE username = ?", (username,))
+            self._db.execute("UPDATE dash_tokens SET revoked = 1 WHERE username = ?", (username,))
+        self._db.execute("COMMIT")
+
+    def set_unit(self, username: str, unit: Unit) -> None:
+        if unit not in (Unit.MG_DL, Unit.MMOL_L):
+            raise AccountError(f"glucose unit must be mg/dL or mmol/L, not {unit}")
+        self._db.execute(
+            "UPDATE dash_users SET unit = ? WHERE username = ?", (unit.value, username)
+        )
+
+    def check_password(self, username: str, password: str) -> User | None:
+        row = self._db.execute(
+            "SELECT password_hash FROM dash_users WHERE username = ?", (username,)
+        ).fetchone()
+        if row is None:
+            verify_password(password, _DUMMY_HASH)
+            return None
+        if not verify_password(password, row[0]):
+            return None
+        user = self.get_user(username)
+        return None if user is None or user.disabled else user
+
+    # sessions
+
+    def new_session(self, username: str, replaces: str | None) -> Session:
+        session_id = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        expires = now + SESSION_LIFETIME
+        self._db.execute("BEGIN IMMEDIATE")
+        if replaces:
+            # No fixation: a session id that existed before login never becomes logged in.
+            self._db.execute(
+                "DELETE FROM dash_sessions WHERE session_hash = ?", (_digest(replaces),)
+            )
+        self._db.execute("DELETE FROM dash_sessions WHERE expires_at < ?", (to_rfc3339(now),))
+        self._db.execute(
+            "INSERT INTO dash_sessions (session_hash, username, csrf_token, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (_digest(session_id), username, csrf, to_rfc3339(now), to_rfc3339(expires)),
+        )
+        self._db.execute("COMMIT")
+        return Session(
+            session_id=session_id, csrf_token=csrf, username=username, expires_at=expires
+        )
+
+    def session(self, session_id: str) -> tuple[Session, User] | None:
+        row = self._db.execute(
+            "SELECT username, csrf_token, expires_at FROM dash_sessions WHERE session_hash = ?",
+            (_digest(session_id),),
+        ).fetchone()
+        if row is None:
+            return None
+        expires = parse_rfc3339(row[2])
+        if expires <= self._clock.now():
+            return None
+        user = self.get_user(row[0])
+        if user is None or user.disabled:
+            return None
+        return (
+            Session(session_id=session_id, csrf_token=row[1], username=row[0], expires_at=expires),
+            user,
+        )
+
+    def end_session(self, session_id: str) -> None:
+        self._db.execute("DELETE FROM dash_sessions WHERE session_hash = ?", (_digest(session_id),))
+
+    # consent
+
+    def grant(self, patient_id: str, clinician: str, by: str) -> dict[str, str] | None:
+        target = self._require_user(clinician)
+        if target.role is not Role.CLINICIAN:
+            raise AccountError(f"{clinician!r} is not a clinician", username=clinician)
+        if not patient_id:
+            raise AccountError("patient_id must not be empty")
+        now = self._now()
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO dash_grants (patient_id, clinician, granted_by, granted_at)"
+            " VALUES (?, ?, ?, ?)",
+            (patient_id, clinician, by, now),
+        )
+        if cursor.rowcount == 0:
+            return None  # already granted: no new event
+        return _consent_event("consent_granted", patient_id, clinician, by, now)
+
+    def revoke(self, patient_id: str, clinician: str, by: str) -> dict[str, str] | None:
+        cursor = self._db.execute(
+            "DELETE FROM dash_grants WHERE patient_id = ? AND clinician = ?",
+            (patient_id, clinician),
+        )
+        if cursor.rowcount == 0:
+            return None
+        return _consent_event("consent_revoked", patient_id, clinician, by, self._now())
+
+    def grants_for_patient(self, patient_id: str) -> list[Grant]:
+        rows = self._db.execute(
+            "SELECT patient_id, clinician, granted_by, granted_at FROM dash_grants"
+            " WHERE patient_id = ? ORDER BY clinician",
+            (patient_id,),
+        ).fetchall()
+        return [
+            Grant(patient_id=r[0], clinician=r[1], granted_by=r[2], granted_at=parse_rfc3339(r[3]))
+            for r in rows
+        ]
+
+    def visible_patients(self, user: User) -> frozenset[str]:
+        if user.disabled:
+            return frozenset()
+        if user.role is Role.PATIENT:
+            return frozenset((user.patient_id,)) if user.patient_id else frozenset()
+        if user.role is Role.CLINICIAN:
+            rows = self._db.execute(
+                "SELECT patient_id FROM dash_grants WHERE clinician = ?", (user.username,)
+            ).fetchall()
+            return frozenset(str(r[0]) for r in rows)
+        return frozenset()
+
+    # audit
+
+    def record_view(self, user: User, patient_id: str, action: str) -> None:
+        self._db.execute(
+            "INSERT INTO dash_audit (time, viewer, role, patient_id, action)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (self._now(), user.username, user.role.value, patient_id, action),
+        )
+
+    def access_log(self, patient_id: str, limit: int) -> list[AuditEntry]:
+        rows = self._db.execute(
+            "SELECT time, viewer, role, patient_id, action FROM dash_audit"
+            " WHERE patient_id = ? ORDER BY id DESC LIMIT ?",
+            (patient_id, limit),
+        ).fetchall()
+        return [
+            AuditEntry(
+                time=parse_rfc3339(r[0]), viewer=r[1], role=Role(r[2]), patient_id=r[3], action=r[4]
+            )
+            for r in rows
+        ]
+
+    # API tokens
+
+    def create_token(self, username: str, label: str) -> str:
+        self._require_user(username)
+        token = "ghk_" + secrets.token_urlsafe(32)
+        self._db.execute(
+            "INSERT INTO dash_tokens (token_hash, username, label, created_at) VALUES (?, ?, ?, ?)",
+            (_digest(token), username, label, self._now()),
+        )
+        return token
+
+    def token_user(self, token: str) -> User | None:
+        row = self._db.execute(
+            "SELECT username FROM dash_tokens WHERE token_hash = ? AND revoked = 0",
+            (_digest(token),),
+        ).fetchone()
+        if row is None:
+            return None
+        user = self.get_user(row[0])
+        return None if user is None or user.disabled else user
+
+    def revoke_token(self, token: str) -> None:
+        self._db.execute(
+            "UPDATE dash_tokens SET revoked = 1 WHERE token_hash = ?", (_digest(token),)
+        )
+
+
+def _check_password(password: str, username: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(
+            f"password must have at least {MIN_PASSWORD_LENGTH} characters", username=username
+        )
+
+
+def _consent_event(kind: str, patient_id: str, clinician: str, by: str, at: str) -> dict[str, str]:
+    return {"event": kind, "patient_id": patient_id, "clinician": clinician, "by": by, "time": at}
+
+
+# -- the asynchronous face used by the web app --------------------------------------------
+
+
+class Accounts:
+    """The web app's view of the account tables; every call runs on one private thread."""
+
+    def __init__(
+        self,
+        tables: _Tables,
+        *,
+        on_consent_change: ConsentCallback | None,
+    ) -> None:
+        self._tables = tables
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accounts")
+        self._on_consent_change = on_consent_change
+        # Bumped on every in-process grant/revoke so live viewers refresh their patient set.
+        self.consent_version = 0
+
+    @classmethod
+    def open(
+        cls,
+        db_path: Path,
+        *,
+        on_consent_change: ConsentCallback | None = None,
+        clock: Clock | None = None,
+    ) -> Accounts:
+        """Open (and create if needed) the account tables in the SQLite file at `db_path`."""
+        return cls(_Tables(db_path, clock or SystemClock()), on_consent_change=on_consent_change)
+
+    def close(self) -> None:
+        self._executor.submit(self._tables.close).result()
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # users
+
+    async def add_user(
+        self, username: str, role: Role, password: str, patient_id: str | None = None
+    ) -> User:
+        return await self._run(lambda: self._tables.add_user(username, role, password, patient_id))
+
+    async def get_user(self, username: str) -> User | None:
+        return await self._run(lambda: self._tables.get_user(username))
+
+    async def set_unit(self, username: str, unit: Unit) -> None:
+        await self._run(lambda: self._tables.set_unit(username, unit))
+
+    # login and sessions
+
+    async def login(
+        self, username: str, password: str, *, replaces: str | None = None
+    ) -> tuple[Session, User] | None:
+        """Check the password; on success start a fresh session (and end `replaces`)."""
+
+        def work() -> tuple[Session, User] | None:
+            user = self._tables.check_password(username, password)
+            if user is None:
+                return None
+            return self._tables.new_session(user.username, replaces), user
+
+        return await self._run(work)
+
+    async def session(self, session_id: str) -> tuple[Session, User] | None:
+        return await self._run(lambda: self._tables.session(session_id))
+
+    async def logout(self, session_id: str) -> None:
+        await self._run(lambda: self._tables.end_session(session_id))
+
+    # consent
+
+    async def grant(self, patient_id: str, clinician: str, *, by: str) -> bool:
+        """Let `clinician` see `patient_id`; False when the grant already existed."""
+        event = await self._run(lambda: self._tables.grant(patient_id, clinician, by))
+        return self._consent_changed(event)
+
+    async def revoke(self, patient_id: str, clinician: str, *, by: str) -> bool:
+        event = await self._run(lambda: self._tables.revoke(patient_id, clinician, by))
+        return self._consent_changed(event)
+
+    def _consent_changed(self, event: dict[str, str] | None) -> bool:
+        if event is None:
+            return False
+        self.consent_version += 1
+        if self._on_consent_change is not None:
+            self._on_consent_change(event)
+        return True
+
+    async def grants_for_patient(self, patient_id: str) -> list[Grant]:
+        return await self._run(lambda: self._tables.grants_for_patient(patient_id))
+
+    async def visible_patients(self, user: User) -> frozenset[str]:
+        """The patient ids `user` may see: own id for a patient, granted ids for a clinician."""
+        return await self._run(lambda: self._tables.visible_patients(user))
+
+    # audit
+
+    async def record_view(self, user: User, patient_id: str, action: str) -> None:
+        await self._run(lambda: self._tables.record_view(user, patient_id, action))
+
+    async def access_log(self, patient_id: str, limit: int = 200) -> list[AuditEntry]:
+        return await self._run(lambda: self._tables.access_log(patient_id, limit))
+
+    # API tokens
+
+    async def create_token(self, username: str, label: str) -> str:
+        return await self._run(lambda: self._tables.create_token(username, label))
+
+    async def token_user(self, token: str) -> User | None:
+        return await self._run(lambda: self._tables.token_user(token))
+
+    async def revoke_token(self, token: str) -> None:
+        await self._run(lambda: self._tables.revoke_token(token))
+
+
+# -- synchronous functions for the CLI ----------------------------------------------------
+
+
+def _with_tables(db_path: Path, fn: Callable[[_Tables], _T]) -> _T:
+    tables = _Tables(db_path, SystemClock())
+    try:
+        return fn(tables)
+    finally:
+        tables.close()
+
+
+def users_add(
+    db_path: Path, username: str, role: str, password: str, patient_id: str | None = None
+) -> User:
+    """`glucohub users add`: raise AccountError on a bad role, name, password or duplicate."""
+    try:
+        parsed = Role(role)
+    except ValueError:
+        raise AccountError(
+            f"role must be one of {', '.join(r.value for r in Role)}, not {role!r}",
+            username=username,
+        ) from None
+    return _with_tables(db_path, lambda t: t.add_user(username, parsed, password, patient_id))
+
+
+def users_passwd(db_path: Path, username: str, password: str) -> None:
+    """Set a new password and end the user's sessions."""
+    _with_tables(db_path, lambda t: t.set_password(username, password))
+
+
+def users_disable(db_path: Path, username: str, *, disabled: bool = True) -> None:
+    """Disable (or re-enable) a user; disabling ends their sessions and revokes their tokens."""
+    _with_tables(db_path, lambda t: t.set_disabled(username, disabled))
+
+
+def grant(
+    db_path: Path,
+    patient_id: str,
+    clinician: str,
+    *,
+    by: str = "cli",
+    on_consent_change: ConsentCallback | None = None,
+) -> bool:
+    """Let `clinician` see `patient_id`; False when already granted (no event then)."""
+    event = _with_tables(db_path, lambda t: t.grant(patient_id, clinician, by))
+    if event is not None and on_consent_change is not None:
+        on_consent_change(event)
+    return event is not None
+
+
+def revoke(
+    db_path: Path,
+    patient_id: str,
+    clinician: str,
+    *,
+    by: str = "cli",
+    on_consent_change: ConsentCallback | None = None,
+) -> bool:
+    event = _with_tables(db_path, lambda t: t.revoke(patient_id, clinician, by))
+    if event is not None and on_consent_change is not None:
+        on_consent_change(event)
+    return event is not None
+
+
+def tokens_create(db_path: Path, username: str, label: str) -> str:
+    """Create an API token for `username`; the token is shown once and stored hashed."""
+    return _with_tables(db_path, lambda t: t.create_token(username, label))

@@ -1,0 +1,220 @@
+"""Server-side SVG charts: a 3-hour sparkline, the 24-hour chart, a simple AGP and a TIR bar.
+
+Pure functions from numbers to SVG text; no style attributes (the page's Content Security
+Policy forbids inline styles), only presentation attributes and classes from style.css.
+Glucose is drawn on a fixed 40–400 mg/dL axis so charts of different patients compare.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from html import escape
+from zoneinfo import ZoneInfo
+
+from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, Summary, format_glucose
+from gateway.model import Alert, AlertLevel
+from gateway.units import Unit
+
+Y_MIN = 40.0
+Y_MAX = 400.0
+
+Point = tuple[datetime, float]
+
+
+def _y(value: float, top: float, height: float) -> float:
+    clamped = min(max(value, Y_MIN), Y_MAX)
+    return top + height * (1.0 - (clamped - Y_MIN) / (Y_MAX - Y_MIN))
+
+
+def _x(t: datetime, start: datetime, end: datetime, left: float, width: float) -> float:
+    span = (end - start).total_seconds() or 1.0
+    return left + width * (t - start).total_seconds() / span
+
+
+def _polyline(coords: Sequence[tuple[float, float]], cls: str) -> str:
+    text = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+    return f'<polyline class="{cls}" fill="none" points="{text}"/>'
+
+
+def sparkline_svg(
+    points: Sequence[Point], *, start: datetime, end: datetime, width: int = 120, height: int = 32
+) -> str:
+    """The last hours as a line over a shaded 70–180 band; gaps over 15 min break the line."""
+    band_top = _y(HIGH_ABOVE, 2, height - 4)
+    band_bottom = _y(LOW_BELOW, 2, height - 4)
+    parts = [
+        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
+        ' role="img" aria-label="glucose, last 3 hours">',
+        f'<rect class="band" x="0" y="{band_top:.1f}" width="{width}"'
+        f' height="{band_bottom - band_top:.1f}"/>',
+    ]
+    for segment in _segments([p for p in points if start <= p[0] <= end]):
+        coords = [(_x(t, start, end, 1, width - 2), _y(v, 2, height - 4)) for t, v in segment]
+        if len(coords) == 1:
+            x, y = coords[0]
+            parts.append(f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="1.5"/>')
+        else:
+            parts.append(_polyline(coords, "line"))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _segments(points: Sequence[Point], gap: timedelta = timedelta(minutes=15)) -> list[list[Point]]:
+    segments: list[list[Point]] = []
+    for point in points:
+        if segments and point[0] - segments[-1][-1][0] <= gap:
+            segments[-1].append(point)
+        else:
+            segments.append([point])
+    return segments
+
+
+def day_chart_svg(
+    points: Sequence[Point],
+    alerts: Sequence[Alert],
+    *,
+    start: datetime,
+    end: datetime,
+    unit: Unit,
+    tz: ZoneInfo,
+    width: int = 720,
+    height: int = 260,
+) -> str:
+    """Glucose over [start, end] with the target band, hour ticks in `tz` and alert markers."""
+    left, top, plot_w, plot_h = 44.0, 10.0, width - 54.0, height - 40.0
+    parts = [
+        f'<svg class="chart day" viewBox="0 0 {width} {height}" role="img"'
+        ' aria-label="glucose, last 24 hours">',
+    ]
+    band_top = _y(HIGH_ABOVE, top, plot_h)
+    band_bottom = _y(LOW_BELOW, top, plot_h)
+    parts.append(
+        f'<rect class="band" x="{left}" y="{band_top:.1f}" width="{plot_w}"'
+        f' height="{band_bottom - band_top:.1f}"/>'
+    )
+    for level in (54.0, 70.0, 180.0, 250.0, 350.0):
+        y = _y(level, top, plot_h)
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<text class="tick" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">'
+            f"{format_glucose(level, unit)}</text>"
+        )
+    hour = start.astimezone(tz).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    while hour < end:
+        if hour.hour % 3 == 0:
+            x = _x(hour, start, end, left, plot_w)
+            parts.append(
+                f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}"/>'
+                f'<text class="tick" x="{x:.1f}" y="{height - 12}" text-anchor="middle">'
+                f"{hour.hour:02d}:00</text>"
+            )
+        hour += timedelta(hours=1)
+    for segment in _segments([p for p in points if start <= p[0] <= end]):
+        coords = [(_x(t, start, end, left, plot_w), _y(v, top, plot_h)) for t, v in segment]
+        if len(coords) == 1:
+            x, y = coords[0]
+            parts.append(f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="2"/>')
+        else:
+            parts.append(_polyline(coords, "line"))
+    for alert in alerts:
+        if not start <= alert.raised_at <= end:
+            continue
+        x = _x(alert.raised_at, start, end, left, plot_w)
+        y = top + plot_h
+        cls = (
+            "marker urgent"
+            if alert.level in (AlertLevel.URGENT, AlertLevel.ESCALATED)
+            else "marker"
+        )
+        label = escape(f"{alert.kind.value} at {alert.raised_at.astimezone(tz):%H:%M}")
+        parts.append(
+            f'<path class="{cls}" d="M{x:.1f},{y - 10:.1f} l-5,10 h10 z">'
+            f"<title>{label}</title></path>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def agp_svg(
+    points: Sequence[Point], *, unit: Unit, tz: ZoneInfo, width: int = 720, height: int = 260
+) -> str:
+    """Ambulatory Glucose Profile: hourly 5/25/50/75/95th percentiles over every day, in `tz`.
+
+    Hours with fewer than 5 readings are left out (no band drawn from one or two points).
+    """
+    left, top, plot_w, plot_h = 44.0, 10.0, width - 54.0, height - 40.0
+    by_hour: list[list[float]] = [[] for _ in range(24)]
+    for t, v in points:
+        by_hour[t.astimezone(tz).hour].append(v)
+    rows: list[tuple[float, list[float]]] = []
+    for hour, values in enumerate(by_hour):
+        if len(values) >= 5:
+            # Percentiles 5, 25, 50, 75, 95 from the 20-quantiles ("inclusive": AGP software
+            # interpolates between readings rather than extrapolating beyond them).
+            q = statistics.quantiles(values, n=20, method="inclusive")
+            rows.append((left + plot_w * (hour + 0.5) / 24.0, [q[0], q[4], q[9], q[14], q[18]]))
+    parts = [
+        f'<svg class="chart agp" viewBox="0 0 {width} {height}" role="img"'
+        ' aria-label="ambulatory glucose profile">',
+    ]
+    band_top = _y(HIGH_ABOVE, top, plot_h)
+    band_bottom = _y(LOW_BELOW, top, plot_h)
+    parts.append(
+        f'<rect class="band" x="{left}" y="{band_top:.1f}" width="{plot_w}"'
+        f' height="{band_bottom - band_top:.1f}"/>'
+    )
+    for level in (54.0, 70.0, 180.0, 250.0):
+        y = _y(level, top, plot_h)
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<text class="tick" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">'
+            f"{format_glucose(level, unit)}</text>"
+        )
+    for hour in range(0, 25, 3):
+        x = left + plot_w * hour / 24.0
+        parts.append(
+            f'<text class="tick" x="{x:.1f}" y="{height - 12}" text-anchor="middle">'
+            f"{hour:02d}:00</text>"
+        )
+    if rows:
+        for lo, hi, cls in ((0, 4, "p5"), (1, 3, "p25")):
+            upper = [(x, _y(q[hi], top, plot_h)) for x, q in rows]
+            lower = [(x, _y(q[lo], top, plot_h)) for x, q in reversed(rows)]
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in upper + lower)
+            parts.append(f'<polygon class="{cls}" points="{path}"/>')
+        parts.append(_polyline([(x, _y(q[2], top, plot_h)) for x, q in rows], "median"))
+    else:
+        parts.append(
+            f'<text class="empty" x="{width / 2}" y="{height / 2}" text-anchor="middle">'
+            "not enough readings</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def tir_bar_svg(summary: Summary, *, width: int = 60, height: int = 200) -> str:
+    """A stacked bar of the five consensus bands, very high at the top."""
+    bands = (
+        ("very-high", summary.very_high_pct, "> 250"),
+        ("high", summary.high_pct, "181–250"),
+        ("in-range", summary.in_range_pct, "70–180"),
+        ("low", summary.low_pct, "54–69"),
+        ("very-low", summary.very_low_pct, "< 54"),
+    )
+    parts = [
+        f'<svg class="tir" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
+        f' role="img" aria-label="time in ranges, {summary.days} days">'
+    ]
+    y = 0.0
+    for cls, pct, label in bands:
+        h = height * pct / 100.0
+        if h > 0:
+            parts.append(
+                f'<rect class="{cls}" x="0" y="{y:.1f}" width="{width}" height="{h:.1f}">'
+                f"<title>{escape(label)} mg/dL: {pct:.0f}%</title></rect>"
+            )
+        y += h
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,135 @@
+"""Live events for browsers: one subscription to the hub's `LiveFeed`, fanned out per viewer.
+
+Each viewer (one open WebSocket) has its own bounded queue that drops its OLDEST message
+when full, so a slow tablet never holds up the hub or other viewers; the browser refetches
+server-rendered fragments on each message, so losing old messages loses nothing that
+matters. Filtering happens here: a viewer only ever receives events of patients it may see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from dashboards.accounts import Role, User
+from gateway.clock import to_rfc3339
+from gateway.model import Alert
+from gateway.protocols import AlertChanged, BatchSealed, LiveEvent, ReadingsStored
+
+DEFAULT_VIEWER_QUEUE = 1000
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    return {
+        "alert_id": alert.alert_id,
+        "patient_id": alert.patient_id,
+        "kind": alert.kind.value,
+        "level": alert.level.value,
+        "state": alert.state.value,
+        "raised_at": to_rfc3339(alert.raised_at),
+        "updated_at": to_rfc3339(alert.updated_at),
+        "message": alert.message,
+        "glucose_mg_dl": alert.glucose_mg_dl,
+        "acknowledged_by": alert.acknowledged_by,
+        "acknowledged_at": to_rfc3339(alert.acknowledged_at) if alert.acknowledged_at else None,
+        "resolved_at": to_rfc3339(alert.resolved_at) if alert.resolved_at else None,
+    }
+
+
+def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Iterator[dict[str, Any]]:
+    """The JSON messages `user` (who may see `visible`) receives for `event`; maybe none."""
+    if isinstance(event, ReadingsStored):
+        by_patient: dict[str, list[dict[str, Any]]] = {}
+        for r in event.readings:
+            if r.patient_id in visible:
+                by_patient.setdefault(r.patient_id, []).append(
+                    {"time": to_rfc3339(r.time), "kind": r.kind.value, "value": r.value}
+                )
+        for patient_id, readings in by_patient.items():
+            yield {"type": "readings", "patient_id": patient_id, "readings": readings}
+    elif isinstance(event, AlertChanged):
+        if event.alert.patient_id in visible:
+            yield {"type": "alert", "alert": alert_json(event.alert)}
+    elif isinstance(event, BatchSealed) and user.role is not Role.PATIENT:
+        # Batch metadata (counts, times, root) is in the public log anyway; patients' pages
+        # do not show the ledger, so they are not sent it.
+        yield {
+            "type": "batch",
+            "seq": event.batch.seq,
+            "reading_count": event.batch.reading_count,
+            "tree_size": event.tree_size,
+            "root_hash": base64.b64encode(event.root_hash).decode("ascii"),
+        }
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class Viewer:
+    """One open live channel: who is watching, what they may see, and their pending messages."""
+
+    user: User
+    session_id: str | None
+    visible: frozenset[str]
+    maxlen: int = DEFAULT_VIEWER_QUEUE
+    dropped: int = 0
+    closed: bool = False
+    _queue: deque[dict[str, Any]] = field(init=False)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._queue = deque(maxlen=self.maxlen)
+
+    def offer(self, message: dict[str, Any]) -> None:
+        """Queue without waiting; the oldest pending message goes when the queue is full."""
+        if len(self._queue) == self.maxlen:
+            self.dropped += 1
+        self._queue.append(message)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def next(self) -> dict[str, Any] | None:
+        """The next message, or None once the viewer is closed."""
+        while not self._queue:
+            if self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self.closed:
+            return None
+        return self._queue.popleft()
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+
+@dataclass(slots=True)
+class Broadcaster:
+    viewers: set[Viewer] = field(default_factory=set)
+    events_seen: int = 0
+
+    def publish(self, event: LiveEvent) -> None:
+        self.events_seen += 1
+        for viewer in list(self.viewers):
+            for message in messages_for(event, viewer.user, viewer.visible):
+                viewer.offer(message)
+
+    def add(self, viewer: Viewer) -> None:
+        self.viewers.add(viewer)
+
+    def remove(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    def close_session(self, session_id: str) -> None:
+        for viewer in list(self.viewers):
+            if viewer.session_id == session_id:
+                viewer.close()
+
+    def close_all(self) -> None:
+        for viewer in list(self.viewers):
+            viewer.close()

@@ -1,0 +1,397 @@
+"""Server-rendered HTML. Every interpolated value goes through `esc` (SVG from charts.py is
+built from numbers and escaped labels). No inline scripts or styles: the CSP forbids them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+from zoneinfo import ZoneInfo
+
+from dashboards.accounts import AuditEntry, Grant, Role, User
+from dashboards.glycemia import Summary, format_glucose
+from dashboards.triage import PatientState
+from gateway.model import Alert, AlertKind, AlertLevel, AlertState, Batch, Device, Patient
+from gateway.units import Unit
+
+
+def esc(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _time(t: datetime | None, tz: ZoneInfo | None = None) -> str:
+    if t is None:
+        return "—"
+    local = t.astimezone(tz) if tz is not None else t
+    return f'<time datetime="{esc(t.isoformat())}">{local:%Y-%m-%d %H:%M}</time>'
+
+
+def layout(
+    title: str,
+    body: str,
+    *,
+    user: User | None,
+    csrf: str = "",
+    live: str = "",
+    live_patient: str = "",
+) -> str:
+    nav = ""
+    if user is not None:
+        links = []
+        if user.role is Role.PATIENT and user.patient_id:
+            links.append(f'<a href="/patients/{esc(user.patient_id)}">My record</a>')
+            links.append('<a href="/consent">Sharing &amp; access log</a>')
+        else:
+            links.append('<a href="/">Patients</a>')
+        links.append('<a href="/alerts">Alerts</a>')
+        links.append('<a href="/ledger">Ledger</a>')
+        other = Unit.MMOL_L if user.unit is Unit.MG_DL else Unit.MG_DL
+        nav = (
+            '<nav class="top">'
+            + " ".join(links)
+            + '<span class="spacer"></span>'
+            + '<form method="post" action="/prefs" class="inline">'
+            + _csrf_field(csrf)
+            + f'<input type="hidden" name="unit" value="{esc(other.value)}">'
+            + f'<button type="submit" class="link">Show {esc(other.value)}</button></form>'
+            + f'<span class="who">{esc(user.username)} ({esc(user.role.value)})</span>'
+            + '<form method="post" action="/logout" class="inline">'
+            + _csrf_field(csrf)
+            + '<button type="submit" id="logout">Log out</button></form></nav>'
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="csrf-token" content="{esc(csrf)}">'
+        f"<title>{esc(title)} · Glucohub</title>"
+        '<link rel="stylesheet" href="/static/style.css">'
+        '<script src="/static/app.js" defer></script>'
+        f'</head><body data-live="{esc(live)}" data-patient="{esc(live_patient)}">'
+        f"{nav}<main><h1>{esc(title)}</h1>{body}</main></body></html>"
+    )
+
+
+def _csrf_field(csrf: str) -> str:
+    return f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
+
+
+def login_page(*, csrf: str, error: str = "", username: str = "", next_path: str = "") -> str:
+    message = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
+    hidden = f'<input type="hidden" name="next" value="{esc(next_path)}">' if next_path else ""
+    body = (
+        f'{message}<form method="post" action="/login" class="login">{_csrf_field(csrf)}'
+        '<label>Username <input name="username" autocomplete="username" required '
+        f'value="{esc(username)}"></label>'
+        '<label>Password <input name="password" type="password" '
+        'autocomplete="current-password" required></label>'
+        f'{hidden}<button type="submit" id="login">Log in</button></form>'
+    )
+    return layout("Log in", body, user=None)
+
+
+def error_page(status: int, reason: str, user: User | None = None, csrf: str = "") -> str:
+    return layout(f"{status} {reason}", '<p><a href="/">Back</a></p>', user=user, csrf=csrf)
+
+
+# -- triage --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriageRow:
+    state: PatientState
+    trend: str
+    sparkline: str
+
+
+def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
+    if not rows:
+        return '<tr><td colspan="7">No patients have shared their data with you.</td></tr>'
+    out = []
+    for row in rows:
+        s = row.state
+        p = s.patient
+        minutes = s.minutes_since(now)
+        latest = (
+            f"{format_glucose(s.latest.value, unit)} <small>{esc(unit.value)}</small>"
+            if s.latest is not None
+            else "—"
+        )
+        since = "never" if minutes is None else f"{minutes:.0f} min"
+        reasons = " ".join(
+            f'<span class="tag {esc(r.replace(" ", "-"))}">{esc(r)}</span>' for r in s.reasons(now)
+        )
+        tir = "—" if s.in_range_pct is None else f"{s.in_range_pct:.0f}%"
+        tbr = "—" if s.below_range_pct is None else f"{s.below_range_pct:.1f}%"
+        out.append(
+            f'<tr class="patient" data-patient="{esc(p.patient_id)}">'
+            f'<td><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a> {reasons}</td>'
+            f'<td class="glucose">{latest} <span class="trend">{esc(row.trend)}</span></td>'
+            f"<td>{esc(since)}</td><td>{row.sparkline}</td>"
+            f'<td class="tir">{esc(tir)}</td><td>{esc(tbr)}</td>'
+            f"<td>{len(s.open_alerts)}</td></tr>"
+        )
+    return "".join(out)
+
+
+def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
+    body = (
+        '<div class="scroll"><table class="triage"><thead><tr><th>Patient</th><th>Latest</th>'
+        "<th>Since</th><th>Last 3 h</th><th>TIR 14 d</th><th>&lt;70 14 d</th><th>Open alerts</th>"
+        f'</tr></thead><tbody id="triage-rows">{rows_html}</tbody></table></div>'
+    )
+    return layout("Patients", body, user=user, csrf=csrf, live="triage")
+
+
+# -- patient --------------------------------------------------------------------------------
+
+
+def alert_rows(alerts: Sequence[Alert], *, unit: Unit, names: dict[str, str], csrf: str) -> str:
+    if not alerts:
+        return '<tr><td colspan="6">No alerts.</td></tr>'
+    out = []
+    for a in alerts:
+        value = "" if a.glucose_mg_dl is None else format_glucose(a.glucose_mg_dl, unit)
+        actions = ""
+        if a.state is AlertState.RAISED:
+            actions = (
+                f'<form method="post" action="/alerts/{esc(a.alert_id)}/ack" class="inline">'
+                f"{_csrf_field(csrf)}"
+                f'<button type="submit" class="ack" data-ack="{esc(a.alert_id)}">'
+                "Acknowledge</button>"
+                "</form>"
+            )
+        if a.state is not AlertState.RESOLVED:
+            actions += (
+                f'<form method="post" action="/patients/{esc(a.patient_id)}/snooze" class="inline">'
+                f'{_csrf_field(csrf)}<input type="hidden" name="kind" value="{esc(a.kind.value)}">'
+                '<select name="minutes"><option>30</option><option>60</option>'
+                "<option>120</option></select>"
+                '<button type="submit">Snooze</button></form>'
+            )
+        level = "urgent" if a.level in (AlertLevel.URGENT, AlertLevel.ESCALATED) else a.level.value
+        by = f" by {esc(a.acknowledged_by)}" if a.acknowledged_by else ""
+        out.append(
+            f'<tr class="alert {esc(level)} {esc(a.state.value)}" data-alert="{esc(a.alert_id)}"'
+            f' data-level="{esc(a.level.value)}">'
+            f'<td><a href="/patients/{esc(a.patient_id)}">'
+            f"{esc(names.get(a.patient_id, a.patient_id))}</a></td>"
+            f"<td>{esc(a.kind.value)}</td><td>{esc(a.message)} {esc(value)}</td>"
+            f"<td>{_time(a.raised_at)}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
+        )
+    return "".join(out)
+
+
+def alerts_table(rows_html: str) -> str:
+    return (
+        '<div class="scroll"><table class="alerts"><thead><tr><th>Patient</th><th>Kind</th>'
+        "<th>Message</th><th>Raised</th><th>State</th><th></th></tr></thead>"
+        f'<tbody id="alert-rows">{rows_html}</tbody></table></div>'
+    )
+
+
+def alerts_page(rows_html: str, *, user: User, csrf: str) -> str:
+    body = (
+        '<p class="controls"><label><input type="checkbox" id="sound"> Sound for urgent alerts'
+        '</label> <label><input type="checkbox" id="notify"> Browser notifications</label></p>'
+        + alerts_table(rows_html)
+    )
+    return layout("Alerts", body, user=user, csrf=csrf, live="alerts")
+
+
+def metrics_table(summaries: Sequence[Summary], unit: Unit) -> str:
+    def cell(value: float | None, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    head = "".join(f"<th>{s.days} days</th>" for s in summaries)
+    rows = [
+        ("Readings", [f"{s.count}" for s in summaries]),
+        ("Data captured", [f"{s.coverage_pct:.0f}%" for s in summaries]),
+        (
+            f"Mean glucose ({unit.value})",
+            [
+                "—" if s.mean_mg_dl is None else format_glucose(s.mean_mg_dl, unit)
+                for s in summaries
+            ],
+        ),
+        (
+            "GMI",
+            [cell(s.gmi_pct, ".1f") + ("%" if s.gmi_pct is not None else "") for s in summaries],
+        ),
+        (
+            "CV (target ≤ 36%)",
+            [cell(s.cv_pct, ".1f") + ("%" if s.cv_pct else "") for s in summaries],
+        ),
+        ("Very high > 250 (< 5%)", [f"{s.very_high_pct:.1f}%" for s in summaries]),
+        ("High 181–250", [f"{s.high_pct:.1f}%" for s in summaries]),
+        ("In range 70–180 (> 70%)", [f"{s.in_range_pct:.1f}%" for s in summaries]),
+        ("Low 54–69", [f"{s.low_pct:.1f}%" for s in summaries]),
+        ("Very low < 54 (< 1%)", [f"{s.very_low_pct:.1f}%" for s in summaries]),
+    ]
+    body = "".join(
+        f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{esc(v)}</td>" for v in values) + "</tr>"
+        for label, values in rows
+    )
+    return (
+        f'<table class="metrics"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PatientView:
+    patient: Patient
+    latest_html: str
+    day_chart: str
+    agp: str
+    agp_days: int
+    tir_bar: str
+    metrics: str
+    devices: Sequence[tuple[Device, datetime | None]]
+    alerts_html: str
+
+
+def patient_live(view: PatientView) -> str:
+    """The part of the patient page that live updates refetch."""
+    return (
+        f'<section class="now">{view.latest_html}</section>'
+        f"<section><h2>Last 24 hours</h2>{view.day_chart}</section>"
+        f"<section><h2>Alerts</h2>{alerts_table(view.alerts_html)}</section>"
+    )
+
+
+def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> str:
+    p = view.patient
+    choices = "".join(
+        f'<a href="?days={d}" class="{"on" if d == view.agp_days else ""}">{d} days</a> '
+        for d in (7, 14, 30)
+    )
+    devices = (
+        "".join(
+            f"<tr><td>{esc(d.name or d.device_id)}</td><td>{esc(d.kind.value)}</td>"
+            f"<td>{esc(d.transport.value)}</td><td>{'active' if d.active else 'inactive'}</td>"
+            f"<td>{_time(seen, tz)}</td></tr>"
+            for d, seen in view.devices
+        )
+        or '<tr><td colspan="5">No devices.</td></tr>'
+    )
+    body = (
+        f'<p class="sub">{esc(p.patient_id)} · {esc(p.timezone)}'
+        f"{' · simulated' if p.simulated else ''} · "
+        f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}">'
+        "Printable report</a></p>"
+        f'<div id="patient-live">{patient_live(view)}</div>'
+        f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
+        f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
+        f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
+        '<section><h2>Devices</h2><div class="scroll"><table><thead><tr><th>Device</th>'
+        "<th>Kind</th><th>Transport</th><th>State</th><th>Last seen</th></tr></thead>"
+        f"<tbody>{devices}</tbody></table></div></section>"
+    )
+    return layout(
+        p.display_name, body, user=user, csrf=csrf, live="patient", live_patient=p.patient_id
+    )
+
+
+def report_page(
+    patient: Patient, *, days: int, agp: str, tir_bar: str, metrics: str, user: User
+) -> str:
+    body = (
+        f'<p class="sub">{esc(patient.patient_id)} · last {days} days</p>'
+        f'<div class="agp-row"><div class="agp-chart">{agp}</div>'
+        f'<div class="tir-bar">{tir_bar}</div></div>'
+        f"{metrics}"
+    )
+    return layout(f"Glucose report: {patient.display_name}", body, user=user)
+
+
+# -- consent and access log (the patient's own view) ----------------------------------------
+
+
+def consent_page(
+    grants: Sequence[Grant], log: Sequence[AuditEntry], *, user: User, csrf: str, message: str = ""
+) -> str:
+    note = f'<p class="note" role="status">{esc(message)}</p>' if message else ""
+    grant_rows = (
+        "".join(
+            f"<tr><td>{esc(g.clinician)}</td><td>{_time(g.granted_at)}</td><td>{esc(g.granted_by)}</td>"
+            f'<td><form method="post" action="/consent/revoke" class="inline">{_csrf_field(csrf)}'
+            f'<input type="hidden" name="clinician" value="{esc(g.clinician)}">'
+            '<button type="submit">Revoke</button></form></td></tr>'
+            for g in grants
+        )
+        or '<tr><td colspan="4">Nobody else can see your data.</td></tr>'
+    )
+    log_rows = (
+        "".join(
+            f"<tr><td>{_time(e.time)}</td><td>{esc(e.viewer)}</td><td>{esc(e.role.value)}</td>"
+            f"<td>{esc(e.action)}</td></tr>"
+            for e in log
+        )
+        or '<tr><td colspan="4">No views yet.</td></tr>'
+    )
+    body = (
+        f"{note}<section><h2>Clinicians who can see your data</h2><table><thead><tr>"
+        "<th>Clinician</th><th>Since</th><th>Granted by</th><th></th></tr></thead>"
+        f"<tbody>{grant_rows}</tbody></table>"
+        f'<form method="post" action="/consent/grant" class="grant">{_csrf_field(csrf)}'
+        '<label>Clinician username <input name="clinician" required></label>'
+        '<button type="submit">Share my data</button></form></section>'
+        "<section><h2>Who looked at your record</h2><table><thead><tr><th>When</th><th>Who</th>"
+        f"<th>Role</th><th>What</th></tr></thead><tbody>{log_rows}</tbody></table></section>"
+    )
+    return layout("Sharing and access log", body, user=user, csrf=csrf)
+
+
+# -- ledger ---------------------------------------------------------------------------------
+
+
+def ledger_page(
+    batches: Sequence[Batch],
+    *,
+    checkpoint: str | None,
+    verifier_key: str,
+    user: User,
+    csrf: str,
+) -> str:
+    rows = (
+        "".join(
+            f"<tr><td>{b.seq}</td><td>{b.reading_count}</td><td>{_time(b.first_time)}</td>"
+            f"<td>{_time(b.last_time)}</td><td>{_time(b.sealed_at)}</td>"
+            f"<td><code>{esc(b.leaf_hash.hex()[:16])}…</code></td>"
+            + (
+                f'<td><a href="/log/batch/{b.seq}">JWS</a></td>'
+                if user.role is Role.CLINICIAN
+                else "<td></td>"
+            )
+            + "</tr>"
+            for b in batches
+        )
+        or '<tr><td colspan="7">No batches sealed yet.</td></tr>'
+    )
+    note = (
+        f'<pre class="note" id="checkpoint">{esc(checkpoint)}</pre>'
+        if checkpoint
+        else "<p>No checkpoint yet.</p>"
+    )
+    body = (
+        f"<section><h2>Latest checkpoint</h2>{note}"
+        f"<p>Verifier key: <code>{esc(verifier_key)}</code>"
+        '</p><p>Public endpoints: <a href="/log/checkpoint">/log/checkpoint</a>, '
+        '<a href="/log/key">/log/key</a>, /log/tile/…, /log/consistency</p></section>'
+        '<section><h2>Batches</h2><div class="scroll"><table><thead><tr><th>Seq</th>'
+        "<th>Readings</th><th>First</th><th>Last</th><th>Sealed</th><th>Leaf hash</th><th></th>"
+        f'</tr></thead><tbody id="batch-rows">{rows}</tbody></table></div></section>'
+    )
+    return layout("Ledger", body, user=user, csrf=csrf, live="ledger")
+
+
+def latest_html(value: str, unit: Unit, trend: str, minutes: float | None) -> str:
+    since = "no readings" if minutes is None else f"{minutes:.0f} min ago"
+    return (
+        f'<span class="big">{esc(value)}</span> <small>{esc(unit.value)}</small> '
+        f'<span class="trend">{esc(trend)}</span> <span class="since">{esc(since)}</span>'
+    )
+
+
+SNOOZABLE = frozenset(AlertKind)

@@ -1,0 +1,95 @@
+// Glucohub dashboard: live updates over /ws, one-click acknowledge, opt-in sound/notifications.
+// Dependency-free; the server renders every fragment, this file only fetches and swaps them.
+"use strict";
+(function () {
+  const body = document.body;
+  const live = body.dataset.live || "";
+  const patient = body.dataset.patient || "";
+  const csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = csrfMeta ? csrfMeta.content : "";
+  const fragments = {
+    triage: ["/partials/triage", "triage-rows"],
+    alerts: ["/partials/alerts", "alert-rows"],
+    patient: ["/patients/" + encodeURIComponent(patient) + "/live", "patient-live"],
+  };
+  let timer = null;
+
+  function refresh() {
+    const spec = fragments[live];
+    if (!spec) return;
+    clearTimeout(timer);
+    timer = setTimeout(async function () {
+      const response = await fetch(spec[0], { credentials: "same-origin" });
+      if (response.status === 401 || response.redirected) { window.location = "/login"; return; }
+      if (!response.ok) return;
+      const target = document.getElementById(spec[1]);
+      if (target) {
+        target.innerHTML = await response.text();
+        body.dataset.refreshed = String(Number(body.dataset.refreshed || "0") + 1);
+      }
+    }, 250);
+  }
+
+  function beep() {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!Ctx) return;
+    const ctx = new Ctx();
+    const osc = ctx.createOscillator();
+    osc.frequency.value = 880;
+    osc.connect(ctx.destination);
+    osc.start();
+    osc.stop(ctx.currentTime + 0.4);
+  }
+
+  function announce(alert) {
+    if (alert.state !== "raised" || (alert.level !== "urgent" && alert.level !== "escalated")) return;
+    const sound = document.getElementById("sound");
+    const notify = document.getElementById("notify");
+    if (sound && sound.checked) beep();
+    if (notify && notify.checked && "Notification" in window && Notification.permission === "granted") {
+      new Notification("Glucohub: " + alert.kind.replace(/_/g, " "), { body: alert.message });
+    }
+  }
+
+  function connect(delay) {
+    if (!live) return;
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(scheme + window.location.host + "/ws");
+    ws.onopen = function () { delay = 1000; body.dataset.ws = "open"; };
+    ws.onmessage = function (msg) {
+      const event = JSON.parse(msg.data);
+      if (event.type === "alert") announce(event.alert);
+      if (event.type === "batch") { if (live === "ledger") window.location.reload(); return; }
+      const pid = event.patient_id || (event.alert && event.alert.patient_id);
+      if (live === "patient" && pid !== patient) return;
+      refresh();
+    };
+    ws.onclose = function () {
+      body.dataset.ws = "closed";
+      setTimeout(function () { connect(Math.min(delay * 2, 30000)); }, delay);
+    };
+  }
+
+  // One-click acknowledge without a page reload; the form still works without JavaScript.
+  document.addEventListener("click", async function (e) {
+    const button = e.target.closest("button[data-ack]");
+    if (!button) return;
+    e.preventDefault();
+    button.disabled = true;
+    const response = await fetch("/alerts/" + encodeURIComponent(button.dataset.ack) + "/ack", {
+      method: "POST", credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf, "Accept": "application/json" },
+    });
+    if (response.ok) { button.textContent = "Acknowledged"; refresh(); } else { button.disabled = false; }
+  });
+
+  const notify = document.getElementById("notify");
+  if (notify) {
+    notify.addEventListener("change", function () {
+      if (notify.checked && "Notification" in window && Notification.permission === "default") {
+        Notification.requestPermission();
+      }
+    });
+  }
+  connect(1000);
+})();

@@ -1,0 +1,543 @@
+"""HTML pages: login, triage, patient, report, alerts, ledger, consent, and their live fragments."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiohttp import web
+
+from dashboards import charts, pages
+from dashboards.access import Access, Rule
+from dashboards.accounts import AccountError, Role, User
+from dashboards.context import (
+    CSRF_FIELD,
+    LOGIN_COOKIE,
+    SESSION,
+    SESSION_COOKIE,
+    Deps,
+    add_route,
+    csrf_token,
+    current_user,
+    deps,
+    visible,
+)
+from dashboards.glycemia import Summary, format_glucose, slope_mg_dl_per_min, summarize, trend_arrow
+from dashboards.triage import PatientState, rank
+from gateway.model import (
+    Alert,
+    AlertKind,
+    AlertState,
+    Device,
+    DeviceKind,
+    Patient,
+    Reading,
+    ReadingKind,
+)
+from gateway.units import Unit
+
+GLUCOSE_KINDS = (ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE)
+AGP_CHOICES = (7, 14, 30)
+
+_DEVICE_KINDS: dict[DeviceKind, tuple[ReadingKind, ...]] = {
+    DeviceKind.CGM: (ReadingKind.CGM_GLUCOSE,),
+    DeviceKind.METER: (ReadingKind.GLUCOSE,),
+    DeviceKind.HEART_RATE: (ReadingKind.HEART_RATE,),
+    DeviceKind.BLOOD_PRESSURE: (ReadingKind.BLOOD_PRESSURE_SYSTOLIC,),
+    DeviceKind.SCALE: (ReadingKind.BODY_WEIGHT,),
+    DeviceKind.THERMOMETER: (ReadingKind.BODY_TEMPERATURE,),
+    DeviceKind.UPLOADER: tuple(ReadingKind),
+}
+
+
+def html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def wants_json(request: web.Request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def local_path(target: str | None, default: str = "/") -> str:
+    """Only same-site paths may be redirect targets (no open redirect via //host or scheme)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
+
+
+def patient_tz(patient: Patient) -> ZoneInfo:
+    try:
+        return ZoneInfo(patient.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def glucose_points(readings: list[Reading]) -> list[tuple[datetime, float]]:
+    """CGM points when the patient has any, else meter points; in time order."""
+    cgm = [(r.time, r.value) for r in readings if r.kind is ReadingKind.CGM_GLUCOSE]
+    chosen = cgm or [(r.time, r.value) for r in readings if r.kind is ReadingKind.GLUCOSE]
+    return sorted(chosen)
+
+
+# -- login and logout ---------------------------------------------------------------------
+
+
+def _login_form(
+    request: web.Request, *, error: str = "", username: str = "", status: int = 200
+) -> web.Response:
+    token = secrets.token_urlsafe(32)
+    next_path = local_path(request.query.get("next"), "")
+    body = pages.login_page(csrf=token, error=error, username=username, next_path=next_path)
+    response = html(body, status)
+    response.set_cookie(
+        LOGIN_COOKIE,
+        token,
+        path="/login",
+        max_age=3600,
+        httponly=True,
+        samesite="Strict",
+        secure=deps(request).secure_cookies,
+    )
+    return response
+
+
+async def login_get(request: web.Request) -> web.StreamResponse:
+    return _login_form(request)
+
+
+async def login_post(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    form = await request.post()
+    username = str(form.get("username", "")).strip().lower()
+    password = str(form.get("password", ""))
+    sent = str(form.get(CSRF_FIELD, ""))
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        return _login_form(request, error="The form expired; please log in again.", status=403)
+    now = d.clock.monotonic()
+    keys = (f"ip:{request.remote}", f"user:{username}")
+    wait = max(d.login_failures.retry_after(k, now) for k in keys)
+    if wait > 0:
+        response = _login_form(
+            request,
+            error="Too many failed attempts; try again later.",
+            username=username,
+            status=429,
+        )
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    result = await d.accounts.login(
+        username, password, replaces=request.cookies.get(SESSION_COOKIE)
+    )
+    if result is None:
+        for key in keys:
+            d.login_failures.fail(key, now)
+        return _login_form(
+            request, error="Wrong username or password.", username=username, status=401
+        )
+    session, user = result
+    default = f"/patients/{user.patient_id}" if user.role is Role.PATIENT else "/"
+    target = local_path(str(form.get("next", "")), default)
+    response = web.HTTPSeeOther(target)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.session_id,
+        path="/",
+        max_age=int((session.expires_at - d.clock.now()).total_seconds()),
+        httponly=True,
+        samesite="Strict",
+        secure=d.secure_cookies,
+    )
+    response.del_cookie(LOGIN_COOKIE, path="/login")
+    raise response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    session = request[SESSION]
+    await d.accounts.logout(session.session_id)
+    d.broadcaster.close_session(session.session_id)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(SESSION_COOKIE, path="/")
+    raise response
+
+
+async def prefs(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    try:
+        unit = Unit(str(form.get("unit", "")))
+        await deps(request).accounts.set_unit(current_user(request).username, unit)
+    except (ValueError, AccountError):
+        raise web.HTTPBadRequest() from None
+    raise web.HTTPSeeOther(local_path(_referer_path(request)))
+
+
+def _referer_path(request: web.Request) -> str | None:
+    referer = request.headers.get("Referer")
+    if not referer:
+        return None
+    url = request.url.with_path("/")
+    if not referer.startswith(str(url.origin())):
+        return None
+    return referer[len(str(url.origin())) :] or "/"
+
+
+# -- triage -------------------------------------------------------------------------------
+
+
+async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageRow:
+    rm = d.read_model
+    readings, latest, open_alerts = await asyncio.gather(
+        rm.readings(patient.patient_id, since=now - timedelta(days=14), kinds=GLUCOSE_KINDS),
+        rm.latest_reading(patient.patient_id, GLUCOSE_KINDS),
+        rm.alerts(patient.patient_id, open_only=True),
+    )
+    points = glucose_points(readings)
+    summary = summarize([v for _, v in points], days=14) if points else None
+    spark_start = now - timedelta(hours=3)
+    spark = charts.sparkline_svg(
+        [p for p in points if p[0] >= spark_start], start=spark_start, end=now
+    )
+    state = PatientState(
+        patient=patient,
+        latest=latest,
+        open_alerts=tuple(a for a in open_alerts if a.state is not AlertState.RESOLVED),
+        below_range_pct=summary.below_range_pct if summary else None,
+        in_range_pct=summary.in_range_pct if summary else None,
+    )
+    recent = [
+        p for p in points if latest is not None and p[0] >= latest.time - timedelta(minutes=15)
+    ]
+    return pages.TriageRow(
+        state=state, trend=trend_arrow(slope_mg_dl_per_min(recent)), sparkline=spark
+    )
+
+
+async def _visible_patients(request: web.Request) -> list[Patient]:
+    allowed = visible(request)
+    return [p for p in await deps(request).read_model.list_patients() if p.patient_id in allowed]
+
+
+async def _triage_rows_html(request: web.Request) -> tuple[str, list[Patient]]:
+    d = deps(request)
+    now = d.clock.now()
+    patients = await _visible_patients(request)
+    rows = await asyncio.gather(*(_triage_row(d, p, now) for p in patients))
+    by_id = {r.state.patient.patient_id: r for r in rows}
+    ordered = [by_id[s.patient.patient_id] for s in rank([r.state for r in rows], now)]
+    return pages.triage_rows(ordered, now=now, unit=current_user(request).unit), patients
+
+
+async def triage(request: web.Request) -> web.StreamResponse:
+    user = current_user(request)
+    if user.role is Role.PATIENT and user.patient_id:
+        raise web.HTTPSeeOther(f"/patients/{user.patient_id}")
+    rows_html, patients = await _triage_rows_html(request)
+    for p in patients:  # the list shows each patient's latest glucose: a view of their record
+        await deps(request).accounts.record_view(user, p.patient_id, "triage")
+    return html(pages.triage_page(rows_html, user=user, csrf=csrf_token(request)))
+
+
+async def triage_partial(request: web.Request) -> web.StreamResponse:
+    rows_html, _ = await _triage_rows_html(request)
+    return html(rows_html)
+
+
+# -- patient ------------------------------------------------------------------------------
+
+
+def _days(request: web.Request) -> int:
+    try:
+        days = int(request.query.get("days", "14"))
+    except ValueError:
+        return 14
+    return days if days in AGP_CHOICES else 14
+
+
+async def _patient(request: web.Request) -> Patient:
+    patient = await deps(request).read_model.get_patient(request.match_info["id"])
+    if patient is None:
+        raise web.HTTPNotFound()
+    return patient
+
+
+async def _patient_view(request: web.Request, patient: Patient) -> pages.PatientView:
+    d = deps(request)
+    rm = d.read_model
+    user = current_user(request)
+    now = d.clock.now()
+    tz = patient_tz(patient)
+    pid = patient.patient_id
+    days = _days(request)
+    readings, latest, alerts, devices = await asyncio.gather(
+        rm.readings(pid, since=now - timedelta(days=30), kinds=GLUCOSE_KINDS),
+        rm.latest_reading(pid, GLUCOSE_KINDS),
+        rm.alerts(pid),
+        rm.list_devices(pid),
+    )
+    points = glucose_points(readings)
+    summaries = [
+        summarize([v for t, v in points if t >= now - timedelta(days=n)], days=n)
+        for n in AGP_CHOICES
+    ]
+    chosen = summaries[AGP_CHOICES.index(days)]
+    day_start = now - timedelta(hours=24)
+    recent_alerts = [
+        a for a in alerts if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
+    ]
+    recent_alerts.sort(key=lambda a: a.raised_at, reverse=True)
+    trend = trend_arrow(
+        slope_mg_dl_per_min(
+            [p for p in points if latest and p[0] >= latest.time - timedelta(minutes=15)]
+        )
+    )
+    minutes = None if latest is None else max(0.0, (now - latest.time).total_seconds() / 60)
+    value = "—" if latest is None else format_glucose(latest.value, user.unit)
+    return pages.PatientView(
+        patient=patient,
+        latest_html=pages.latest_html(value, user.unit, trend, minutes),
+        day_chart=charts.day_chart_svg(
+            [p for p in points if p[0] >= day_start],
+            [a for a in alerts if a.raised_at >= day_start],
+            start=day_start,
+            end=now,
+            unit=user.unit,
+            tz=tz,
+        ),
+        agp=charts.agp_svg(
+            [p for p in points if p[0] >= now - timedelta(days=days)], unit=user.unit, tz=tz
+        ),
+        agp_days=days,
+        tir_bar=charts.tir_bar_svg(chosen),
+        metrics=pages.metrics_table(summaries, user.unit),
+        devices=[(dev, await _last_seen(d, dev, readings)) for dev in devices],
+        alerts_html=pages.alert_rows(
+            recent_alerts,
+            unit=user.unit,
+            names={pid: patient.display_name},
+            csrf=csrf_token(request),
+        ),
+    )
+
+
+async def _last_seen(d: Deps, device: Device, glucose: list[Reading]) -> datetime | None:
+    own = [r.time for r in glucose if r.device_id == device.device_id]
+    if own:
+        return max(own)
+    latest = await d.read_model.latest_reading(device.patient_id, _DEVICE_KINDS[device.kind])
+    return latest.time if latest is not None and latest.device_id == device.device_id else None
+
+
+async def patient_page(request: web.Request) -> web.StreamResponse:
+    patient = await _patient(request)
+    view = await _patient_view(request, patient)
+    return html(
+        pages.patient_page(
+            view, user=current_user(request), csrf=csrf_token(request), tz=patient_tz(patient)
+        )
+    )
+
+
+async def patient_partial(request: web.Request) -> web.StreamResponse:
+    patient = await _patient(request)
+    return html(pages.patient_live(await _patient_view(request, patient)))
+
+
+async def report(request: web.Request) -> web.StreamResponse:
+    patient = await _patient(request)
+    d = deps(request)
+    user = current_user(request)
+    now = d.clock.now()
+    days = _days(request)
+    readings = await d.read_model.readings(
+        patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
+    )
+    points = glucose_points(readings)
+    summary: Summary = summarize([v for _, v in points], days=days)
+    return html(
+        pages.report_page(
+            patient,
+            days=days,
+            agp=charts.agp_svg(points, unit=user.unit, tz=patient_tz(patient)),
+            tir_bar=charts.tir_bar_svg(summary),
+            metrics=pages.metrics_table([summary], user.unit),
+            user=user,
+        )
+    )
+
+
+async def snooze(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    try:
+        kind = AlertKind(str(form.get("kind", "")))
+        minutes = int(str(form.get("minutes", "")))
+    except ValueError:
+        raise web.HTTPBadRequest() from None
+    if not 1 <= minutes <= 24 * 60:
+        raise web.HTTPBadRequest()
+    pid = request.match_info["id"]
+    await deps(request).alerts.snooze(pid, kind, minutes=minutes, by=current_user(request).username)
+    if wants_json(request):
+        return web.json_response({"snoozed": kind.value, "minutes": minutes})
+    raise web.HTTPSeeOther(local_path(_referer_path(request), f"/patients/{pid}"))
+
+
+# -- alerts -------------------------------------------------------------------------------
+
+
+async def visible_open_alerts(request: web.Request) -> list[Alert]:
+    allowed = visible(request)
+    if not allowed:
+        return []
+    found = await deps(request).read_model.alerts(None, open_only=True)
+    mine = [a for a in found if a.patient_id in allowed and a.state is not AlertState.RESOLVED]
+    mine.sort(
+        key=lambda a: (a.state is not AlertState.RAISED, a.level.value != "urgent", a.raised_at)
+    )
+    return mine
+
+
+async def _alert_rows_html(request: web.Request) -> str:
+    alerts = await visible_open_alerts(request)
+    names = {p.patient_id: p.display_name for p in await _visible_patients(request)}
+    return pages.alert_rows(
+        alerts, unit=current_user(request).unit, names=names, csrf=csrf_token(request)
+    )
+
+
+async def alerts_page(request: web.Request) -> web.StreamResponse:
+    rows = await _alert_rows_html(request)
+    return html(pages.alerts_page(rows, user=current_user(request), csrf=csrf_token(request)))
+
+
+async def alerts_partial(request: web.Request) -> web.StreamResponse:
+    return html(await _alert_rows_html(request))
+
+
+async def acknowledge_visible(request: web.Request, alert_id: str) -> Alert:
+    """Acknowledge an open alert of a patient the user may see; 404 for any other id."""
+    if not any(a.alert_id == alert_id for a in await visible_open_alerts(request)):
+        raise web.HTTPNotFound()
+    updated = await deps(request).alerts.acknowledge(alert_id, by=current_user(request).username)
+    if updated is None:
+        raise web.HTTPNotFound()
+    return updated
+
+
+async def acknowledge(request: web.Request) -> web.StreamResponse:
+    updated = await acknowledge_visible(request, request.match_info["alert_id"])
+    if wants_json(request):
+        return web.json_response({"alert_id": updated.alert_id, "state": updated.state.value})
+    raise web.HTTPSeeOther(local_path(_referer_path(request), "/alerts"))
+
+
+# -- ledger -------------------------------------------------------------------------------
+
+
+async def ledger_page(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    batches = await d.read_model.latest_batches(50)
+    checkpoint = await d.ledger.checkpoint_note()
+    return html(
+        pages.ledger_page(
+            batches,
+            checkpoint=checkpoint,
+            verifier_key=d.ledger.verifier_key(),
+            user=current_user(request),
+            csrf=csrf_token(request),
+        )
+    )
+
+
+async def batch_body(request: web.Request) -> web.StreamResponse:
+    """The signed batch (JWS): only for a clinician allowed to see every patient in it."""
+    d = deps(request)
+    try:
+        seq = int(request.match_info["seq"])
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    batch = await d.read_model.batch(seq)
+    if batch is None:
+        raise web.HTTPNotFound()
+    patients = {r.patient_id for r in await d.read_model.batch_readings(seq)}
+    if not patients <= visible(request):
+        raise web.HTTPNotFound()
+    user = current_user(request)
+    for pid in sorted(patients):
+        await d.accounts.record_view(user, pid, f"batch:{seq}")
+    return web.Response(body=batch.jws, content_type="application/jose")
+
+
+# -- consent (patient's own view) ------------------------------------------------------------
+
+
+async def consent_page(
+    request: web.Request, message: str = "", status: int = 200
+) -> web.StreamResponse:
+    user = current_user(request)
+    assert user.patient_id is not None  # Access.PATIENT guarantees it
+    d = deps(request)
+    grants = await d.accounts.grants_for_patient(user.patient_id)
+    log = await d.accounts.access_log(user.patient_id)
+    return html(
+        pages.consent_page(grants, log, user=user, csrf=csrf_token(request), message=message),
+        status,
+    )
+
+
+async def consent_get(request: web.Request) -> web.StreamResponse:
+    return await consent_page(request)
+
+
+async def consent_change(request: web.Request) -> web.StreamResponse:
+    user: User = current_user(request)
+    assert user.patient_id is not None
+    form = await request.post()
+    clinician = str(form.get("clinician", "")).strip().lower()
+    accounts = deps(request).accounts
+    granting = request.path.endswith("/grant")
+    try:
+        if granting:
+            changed = await accounts.grant(user.patient_id, clinician, by=user.username)
+        else:
+            changed = await accounts.revoke(user.patient_id, clinician, by=user.username)
+    except AccountError:
+        # The same words whether the name is unknown or not a clinician.
+        return await consent_page(request, "No clinician with that username.", 400)
+    verb = "can now see" if granting else "can no longer see"
+    message = f"{clinician} {verb} your data." if changed else "Nothing changed."
+    return await consent_page(request, message)
+
+
+def add_routes(app: web.Application) -> None:
+    public = Rule(access=Access.PUBLIC)
+    user = Rule(access=Access.USER)
+    own = Rule(access=Access.PATIENT)
+    scoped = Rule(access=Access.USER, patient_from="match:id")
+    add_route(app, "GET", "/login", login_get, public)
+    add_route(app, "POST", "/login", login_post, public)
+    add_route(app, "POST", "/logout", logout, user)
+    add_route(app, "POST", "/prefs", prefs, user)
+    add_route(app, "GET", "/", triage, user)
+    add_route(app, "GET", "/partials/triage", triage_partial, user)
+    add_route(app, "GET", "/alerts", alerts_page, user)
+    add_route(app, "GET", "/partials/alerts", alerts_partial, user)
+    add_route(app, "POST", "/alerts/{alert_id}/ack", acknowledge, user)
+    add_route(
+        app, "GET", "/patients/{id}", patient_page,
+        Rule(access=Access.USER, patient_from="match:id", audit="page"),
+    )  # fmt: skip
+    add_route(app, "GET", "/patients/{id}/live", patient_partial, scoped)
+    add_route(
+        app, "GET", "/patients/{id}/report", report,
+        Rule(access=Access.USER, patient_from="match:id", audit="report"),
+    )  # fmt: skip
+    add_route(app, "POST", "/patients/{id}/snooze", snooze, scoped)
+    add_route(app, "GET", "/ledger", ledger_page, user)
+    add_route(app, "GET", "/log/batch/{seq}", batch_body, Rule(access=Access.CLINICIAN))
+    add_route(app, "GET", "/consent", consent_get, own)
+    add_route(app, "POST", "/consent/grant", consent_change, own)
+    add_route(app, "POST", "/consent/revoke", consent_change, own)

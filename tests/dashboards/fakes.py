@@ -1,0 +1,352 @@
+"""Faithful in-memory fakes of the hub protocols the dashboard reads, plus a small world.
+
+Each fake does what the protocol's docstring promises (ReadModel returns whatever is asked,
+LiveFeed gives each subscriber its own bounded drop-oldest queue, AlertControl stores the
+change and publishes it), so the dashboard's own access control is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from dashboards.accounts import Accounts, Role
+from gateway.errors import InputError
+from gateway.model import (
+    Alert,
+    AlertKind,
+    AlertLevel,
+    AlertState,
+    Batch,
+    Device,
+    DeviceEvent,
+    DeviceKind,
+    Patient,
+    Reading,
+    ReadingKind,
+    Source,
+    Transport,
+)
+from gateway.protocols import AlertChanged, LiveEvent, ReadingsStored
+from gateway.units import Unit
+
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+PASSWORD = "correct horse battery"
+
+
+class FakeClock:
+    def __init__(self, now: datetime = NOW) -> None:
+        self.current = now
+        self.mono = 1000.0
+
+    def now(self) -> datetime:
+        return self.current
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+class FakeLiveFeed:
+    def __init__(self, maxlen: int = 1000) -> None:
+        self._subscribers: list[tuple[deque[LiveEvent], asyncio.Event]] = []
+        self._maxlen = maxlen
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def push(self, event: LiveEvent) -> None:
+        for queue, ready in self._subscribers:
+            queue.append(event)
+            ready.set()
+
+    async def _iterate(self) -> AsyncIterator[LiveEvent]:
+        entry: tuple[deque[LiveEvent], asyncio.Event] = (
+            deque(maxlen=self._maxlen),
+            asyncio.Event(),
+        )
+        self._subscribers.append(entry)
+        queue, ready = entry
+        try:
+            while True:
+                while queue:
+                    yield queue.popleft()
+                ready.clear()
+                await ready.wait()
+        finally:
+            self._subscribers.remove(entry)
+
+    def subscribe(self) -> AsyncIterator[LiveEvent]:
+        return self._iterate()
+
+
+class FakeReadModel:
+    def __init__(self) -> None:
+        self.patients: dict[str, Patient] = {}
+        self.devices: list[Device] = []
+        self.readings_list: list[Reading] = []
+        self.alerts_by_id: dict[str, Alert] = {}
+        self.batches: dict[int, Batch] = {}
+        self.batch_members: dict[int, list[Reading]] = {}
+        self.calls: list[str] = []
+
+    async def list_patients(self) -> list[Patient]:
+        return list(self.patients.values())
+
+    async def get_patient(self, patient_id: str) -> Patient | None:
+        return self.patients.get(patient_id)
+
+    async def list_devices(self, patient_id: str | None = None) -> list[Device]:
+        return [d for d in self.devices if patient_id is None or d.patient_id == patient_id]
+
+    async def readings(
+        self,
+        patient_id: str,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        kinds: Sequence[ReadingKind] = (),
+    ) -> list[Reading]:
+        self.calls.append(f"readings:{patient_id}")
+        return sorted(
+            (
+                r
+                for r in self.readings_list
+                if r.patient_id == patient_id
+                and r.time >= since
+                and (until is None or r.time <= until)
+                and (not kinds or r.kind in kinds)
+            ),
+            key=lambda r: r.time,
+        )
+
+    async def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
+        found = [r for r in self.readings_list if r.patient_id == patient_id and r.kind in kinds]
+        return max(found, key=lambda r: r.time) if found else None
+
+    async def device_events(self, patient_id: str) -> list[DeviceEvent]:
+        return []
+
+    async def alerts(
+        self, patient_id: str | None = None, *, open_only: bool = False
+    ) -> list[Alert]:
+        return [
+            a
+            for a in self.alerts_by_id.values()
+            if (patient_id is None or a.patient_id == patient_id)
+            and (not open_only or a.state is not AlertState.RESOLVED)
+        ]
+
+    async def latest_batches(self, limit: int) -> list[Batch]:
+        return sorted(self.batches.values(), key=lambda b: -b.seq)[:limit]
+
+    async def batch(self, seq: int) -> Batch | None:
+        return self.batches.get(seq)
+
+    async def batch_readings(self, seq: int) -> list[Reading]:
+        return list(self.batch_members.get(seq, []))
+
+
+class FakeAlertControl:
+    def __init__(self, model: FakeReadModel, live: FakeLiveFeed, clock: FakeClock) -> None:
+        self.model = model
+        self.live = live
+        self.clock = clock
+        self.snoozes: list[tuple[str, AlertKind, int, str]] = []
+
+    async def acknowledge(self, alert_id: str, *, by: str) -> Alert | None:
+        alert = self.model.alerts_by_id.get(alert_id)
+        if alert is None:
+            return None
+        updated = dataclasses.replace(
+            alert,
+            state=AlertState.ACKNOWLEDGED,
+            acknowledged_by=by,
+            acknowledged_at=self.clock.now(),
+            updated_at=self.clock.now(),
+        )
+        self.model.alerts_by_id[alert_id] = updated
+        self.live.push(AlertChanged(alert=updated))
+        return updated
+
+    async def snooze(self, patient_id: str, kind: AlertKind, *, minutes: int, by: str) -> None:
+        self.snoozes.append((patient_id, kind, minutes, by))
+
+
+class FakeLedger:
+    def __init__(self) -> None:
+        self.note: str | None = (
+            "glucohub-local\n2\nq83ZbH6ZHQm1w2sCbyV5zYkXN6n8V3OQ4vJrgIh6mrU=\n"
+            "\n— glucohub-local AAAA\n"
+        )
+        self.tiles: dict[str, bytes] = {"tile/0/000.p/2": b"\x01" * 64}
+        self.cosignatures: list[str] = []
+
+    def verifier_key(self) -> str:
+        return "glucohub-local+0badc0de+AQID"
+
+    def batch_public_jwk(self) -> dict[str, str]:
+        return {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}
+
+    async def checkpoint_note(self) -> str | None:
+        return self.note
+
+    async def tile(self, path: str) -> bytes | None:
+        return self.tiles.get(path)
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        if new_size > 2:
+            raise InputError(f"tree has only 2 entries, asked for {new_size}")
+        return [b"\xaa" * 32] if old_size not in (0, new_size) else []
+
+    async def inclusion_proof(self, seq: int) -> tuple[int, list[bytes]]:
+        return 2, [b"\xbb" * 32]
+
+    async def add_cosignature(self, text: str) -> None:
+        if not text.startswith("— "):
+            raise InputError("not a signature line")
+        self.cosignatures.append(text)
+
+
+class FakeStatus:
+    def health(self) -> dict[str, object]:
+        return {"status": "ok", "uptime_s": 12.5, "queues": {"ingest": 0}}
+
+    def prometheus_text(self) -> str:
+        return "# TYPE glucohub_readings_total counter\nglucohub_readings_total 42\n"
+
+
+def cgm(patient_id: str, time: datetime, value: float) -> Reading:
+    return Reading(
+        patient_id=patient_id,
+        device_id=f"cgm-{patient_id}",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=value,
+        unit=Unit.MG_DL,
+        time=time,
+        source=Source.VIRTUAL,
+        seq=int(time.timestamp()) // 300,
+    )
+
+
+def alert(
+    alert_id: str,
+    patient_id: str,
+    kind: AlertKind,
+    level: AlertLevel,
+    *,
+    at: datetime = NOW - timedelta(minutes=10),
+    glucose: float | None = None,
+) -> Alert:
+    return Alert(
+        alert_id=alert_id,
+        patient_id=patient_id,
+        kind=kind,
+        level=level,
+        state=AlertState.RAISED,
+        raised_at=at,
+        updated_at=at,
+        message=f"{kind.value.replace('_', ' ')}",
+        glucose_mg_dl=glucose,
+    )
+
+
+@dataclasses.dataclass
+class World:
+    clock: FakeClock
+    model: FakeReadModel
+    live: FakeLiveFeed
+    alerts: FakeAlertControl
+    ledger: FakeLedger
+    status: FakeStatus
+    accounts: Accounts
+    consent_events: list[dict[str, str]]
+
+
+def build_world(db_path: Path) -> World:
+    """Three patients: A (steady, in range), B (runs low), C (stale: last reading 2 h ago).
+
+    Users: alice (patient A), bob (patient B), dr-grant (clinician, granted A and C),
+    dr-none (clinician, no grants), root (admin).
+    """
+    clock = FakeClock()
+    model = FakeReadModel()
+    live = FakeLiveFeed()
+    model.patients = {
+        "pat-a": Patient(
+            patient_id="pat-a", display_name="Alice Example", timezone="Europe/Berlin"
+        ),
+        "pat-b": Patient(patient_id="pat-b", display_name="Bob Example"),
+        "pat-c": Patient(patient_id="pat-c", display_name="Carol <script>x</script>"),
+    }
+    for pid in model.patients:
+        model.devices.append(
+            Device(
+                device_id=f"cgm-{pid}",
+                patient_id=pid,
+                kind=DeviceKind.CGM,
+                transport=Transport.VIRTUAL,
+                name=f"Virtual CGM {pid}",
+                simulated=True,
+            )
+        )
+    start = NOW - timedelta(days=14)
+    for i in range(14 * 288 + 1):
+        t = start + timedelta(minutes=5 * i)
+        phase = 2 * math.pi * i / 288
+        model.readings_list.append(cgm("pat-a", t, 130 + 30 * math.sin(phase)))
+        model.readings_list.append(cgm("pat-b", t, 95 + 40 * math.sin(phase)))
+        if t <= NOW - timedelta(hours=2):
+            model.readings_list.append(cgm("pat-c", t, 150 + 60 * math.sin(phase)))
+    batch_time = NOW - timedelta(hours=1)
+    for seq, members in ((1, ["pat-a"]), (2, ["pat-a", "pat-b"])):
+        model.batches[seq] = Batch(
+            seq=seq,
+            reading_count=len(members),
+            first_time=batch_time,
+            last_time=batch_time,
+            sealed_at=batch_time,
+            jws=f"eyJhbGciOiJFZERTQSJ9.batch{seq}.sig".encode(),
+            leaf_hash=bytes([seq]) * 32,
+        )
+        model.batch_members[seq] = [cgm(p, batch_time, 100.0) for p in members]
+    events: list[dict[str, str]] = []
+    accounts = Accounts.open(db_path, on_consent_change=events.append, clock=clock)
+    from dashboards.accounts import _Tables
+
+    tables = _Tables(db_path, clock)
+    try:
+        tables.add_user("alice", Role.PATIENT, PASSWORD, "pat-a")
+        tables.add_user("bob", Role.PATIENT, PASSWORD, "pat-b")
+        tables.add_user("dr-grant", Role.CLINICIAN, PASSWORD, None)
+        tables.add_user("dr-none", Role.CLINICIAN, PASSWORD, None)
+        tables.add_user("root", Role.ADMIN, PASSWORD, None)
+        tables.grant("pat-a", "dr-grant", "seed")
+        tables.grant("pat-c", "dr-grant", "seed")
+    finally:
+        tables.close()
+    return World(
+        clock=clock,
+        model=model,
+        live=live,
+        alerts=FakeAlertControl(model, live, clock),
+        ledger=FakeLedger(),
+        status=FakeStatus(),
+        accounts=accounts,
+        consent_events=events,
+    )
+
+
+def push_readings(world: World, readings: Sequence[Reading]) -> None:
+    world.model.readings_list.extend(readings)
+    world.live.push(ReadingsStored(readings=tuple(readings)))
+
+
+def push_alert(world: World, new: Alert) -> None:
+    world.model.alerts_by_id[new.alert_id] = new
+    world.live.push(AlertChanged(alert=new))
