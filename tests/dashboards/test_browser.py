@@ -1,0 +1,119 @@
+"""A real headless Chromium drives the dashboard: log in, watch triage reorder live, acknowledge,
+open the AGP, log out. Screenshots of every page go to test-artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from dashboards.app import serve
+from gateway.model import AlertKind, AlertLevel
+from gateway.settings import DashboardSettings
+from tests.dashboards.conftest import make_app
+from tests.dashboards.fakes import NOW, PASSWORD, World, alert, cgm, push_alert, push_readings
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("install chromium: apt-get install chromium")
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def base_url(world: World) -> AsyncIterator[str]:
+    app = make_app(world)
+    async with serve(app, DashboardSettings(host="127.0.0.1", port=0)) as url:
+        yield url
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_clinician_flow(browser: Browser, base_url: str, world: World) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{base_url}/")
+    assert page.url.startswith(f"{base_url}/login")
+    await shot(page, "01-login")
+    await page.fill('input[name="username"]', "dr-grant")
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await expect(page.locator("h1")).to_have_text("Patients")
+    rows = page.locator("#triage-rows tr.patient")
+    # Carol (C) has had no reading for 2 h: stale ranks above Alice (A), who is in range.
+    await expect(rows.first).to_have_attribute("data-patient", "pat-c")
+    await expect(page.locator("body")).to_have_attribute("data-ws", "open")
+    await shot(page, "02-triage")
+
+    # Alice goes low: new readings and an urgent-low alert arrive over the live feed.
+    await page.evaluate("window.__noReload = true")
+    t = NOW + timedelta(minutes=5)
+    push_readings(world, [cgm("pat-a", t, 52.0)])
+    push_alert(world, alert("al-1", "pat-a", AlertKind.URGENT_LOW, AlertLevel.URGENT, glucose=52))
+    await expect(rows.first).to_have_attribute("data-patient", "pat-a")
+    await expect(rows.first.locator(".tag.urgent")).to_have_count(1)
+    assert await page.evaluate("window.__noReload === true")  # reordered without a reload
+    await shot(page, "03-triage-alice-low")
+
+    await page.click('nav a[href="/alerts"]')
+    alert_row = page.locator('tr[data-alert="al-1"]')
+    await expect(alert_row).to_have_class("alert urgent raised")
+    await shot(page, "04-alerts")
+    await alert_row.locator("button.ack").click()
+    await expect(alert_row).to_have_class("alert urgent acknowledged")
+    assert world.model.alerts_by_id["al-1"].acknowledged_by == "dr-grant"
+    await shot(page, "05-alert-acknowledged")
+
+    await page.click('a[href="/patients/pat-a"]')
+    await expect(page.locator("h1")).to_have_text("Alice Example")
+    await page.click('.choices a[href="?days=30"]')
+    await expect(page.locator("svg.agp polygon.p25")).to_have_count(1)
+    await expect(page.locator("table.metrics")).to_contain_text("30 days")
+    await shot(page, "06-patient-agp")
+
+    await page.set_viewport_size({"width": 800, "height": 1100})  # tablet width
+    await shot(page, "07-patient-tablet")
+
+    await page.click("#logout")
+    await expect(page.locator("h1")).to_have_text("Log in")
+    await page.goto(f"{base_url}/patients/pat-a")
+    assert page.url.startswith(f"{base_url}/login")
+    await shot(page, "08-logged-out")
+
+
+async def test_patient_sees_only_their_record(browser: Browser, base_url: str) -> None:
+    page = await browser.new_page(viewport={"width": 1024, "height": 900})
+    await page.goto(f"{base_url}/login")
+    await page.fill('input[name="username"]', "bob")
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await expect(page.locator("h1")).to_have_text("Bob Example")
+    response = await page.goto(f"{base_url}/patients/pat-a")
+    assert response is not None and response.status == 404
+    await page.goto(f"{base_url}/consent")
+    await expect(page.locator("h1")).to_have_text("Sharing and access log")
+    await shot(page, "09-patient-consent")
