@@ -87,12 +87,107 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        return _verify_bundle(args)
     from gateway.verify import verify_data_dir
 
     settings = _settings(args)
     report = verify_data_dir(settings.storage.data_dir, settings.hub.hub_id)
     print(report.message)
     return 0 if report.ok else 1
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from gateway.ledger_tools import read_batch_key
+    from ledger.bundle import verify_bundle
+    from ledger.errors import LedgerError
+
+    if not args.log_key or not args.batch_key:
+        print("glucohub: --bundle needs --log-key and --batch-key", file=sys.stderr)
+        return 2
+    try:
+        with Path(args.bundle).open("rb") as handle:
+            report = verify_bundle(
+                handle,
+                log_vkey=args.log_key,
+                batch_jwk=read_batch_key(args.batch_key),
+                witness_vkeys=args.witness_key or (),
+            )
+    except LedgerError as exc:
+        print(f"FAIL: {exc}")
+        return 1
+    except OSError as exc:
+        print(f"glucohub: cannot read bundle: {exc}", file=sys.stderr)
+        return 2
+    witnesses = f"; cosigned by {', '.join(report.witnessed_by)}" if report.witnessed_by else ""
+    print(
+        f"OK: {report.batches} batches, {report.readings} readings, "
+        f"checkpoint {report.tree_size} verifies{witnesses}"
+    )
+    return 0
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    from gateway.ledger_tools import export_bundle
+
+    settings = _settings(args)
+    count = export_bundle(settings.storage.data_dir, settings.hub.hub_id, args.out)
+    print(f"wrote {count} batches and the latest checkpoint to {args.out}")
+    return 0
+
+
+def cmd_ledger_prove(args: argparse.Namespace) -> int:
+    from gateway.ledger_tools import prove_batch
+
+    settings = _settings(args)
+    size = prove_batch(settings.storage.data_dir, settings.hub.hub_id, args.batch, args.out)
+    print(f"wrote the inclusion proof of batch {args.batch} in a tree of {size} to {args.out}")
+    return 0
+
+
+def cmd_ledger_check_proof(args: argparse.Namespace) -> int:
+    from gateway.ledger_tools import read_batch_key
+    from ledger.errors import LedgerError
+    from ledger.proof import check_inclusion_bundle
+
+    try:
+        report = check_inclusion_bundle(
+            Path(args.file).read_bytes(),
+            args.log_key,
+            batch_jwk=read_batch_key(args.batch_key) if args.batch_key else None,
+        )
+    except LedgerError as exc:
+        print(f"FAIL: {exc}")
+        return 1
+    readings = f", {len(report.payload.readings)} readings" if report.payload else ""
+    print(
+        f"OK: batch {report.batch_seq} is in the checkpointed log of {report.tree_size}{readings}"
+    )
+    return 0
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    from ledger import witness
+
+    argv = [
+        "--log-url",
+        args.log_url,
+        "--log-key",
+        args.log_key,
+        "--state-dir",
+        str(args.state_dir),
+        "--key-file",
+        str(args.key_file),
+        "--name",
+        args.name,
+        "--interval",
+        str(args.interval),
+    ]
+    if args.once:
+        argv.append("--once")
+    if args.print_vkey:
+        argv.append("--print-vkey")
+    return witness.main(argv)
 
 
 def cmd_patients_add(args: argparse.Namespace) -> int:
@@ -166,7 +261,15 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     from gateway.sealing import init_keys
 
     settings = _settings(args)
-    created = init_keys(settings.storage.data_dir, settings.ledger.key_passphrase or None)
+    passphrase = settings.ledger.key_passphrase or None
+    if args.passphrase:
+        import getpass
+
+        passphrase = getpass.getpass("key passphrase: ")
+        if passphrase != getpass.getpass("again: ") or not passphrase:
+            print("glucohub: passphrases differ or are empty; nothing created", file=sys.stderr)
+            return 2
+    created = init_keys(settings.storage.data_dir, passphrase)
     for path in created:
         print(f"created {path} (mode 0600)")
     if not created:
@@ -224,7 +327,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = ledger.add_parser("verify", help="recompute and check every batch and the tree root")
     _common(p)
+    p.add_argument("--bundle", type=Path, help="verify an exported bundle instead of a data dir")
+    p.add_argument("--log-key", help="with --bundle: the log's signed-note verifier key")
+    p.add_argument("--batch-key", help="with --bundle: the batch key JWK (JSON or a file)")
+    p.add_argument("--witness-key", action="append", help="a witness cosignature key to check")
     p.set_defaults(func=cmd_ledger_verify)
+    p = ledger.add_parser("export", help="write a self-contained bundle a third party verifies")
+    _common(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_ledger_export)
+    p = ledger.add_parser("prove", help="write an offline inclusion proof for one batch")
+    _common(p)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_ledger_prove)
+    p = ledger.add_parser("check-proof", help="check an inclusion proof file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--log-key", required=True)
+    p.add_argument("--batch-key", help="also open the batch with this JWK (JSON or a file)")
+    p.set_defaults(func=cmd_ledger_check_proof)
+
+    p = sub.add_parser("witness", help="witness another hub's log: check, cosign, alarm")
+    p.add_argument("--log-url", required=True, help="e.g. http://hub:8080/log")
+    p.add_argument("--log-key", required=True, help="the log's verifier key")
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--key-file", type=Path, required=True, help="witness key, created 0600")
+    p.add_argument("--name", default="witness.local/glucohub", help="witness key name")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
+    p.add_argument("--once", action="store_true", help="poll once and exit")
+    p.add_argument("--print-vkey", action="store_true", help="print the witness key and exit")
+    p.set_defaults(func=cmd_witness)
 
     patients = sub.add_parser("patients", help="the patient registry").add_subparsers(
         dest="patients_command", required=True, metavar="ACTION"
@@ -270,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = keys.add_parser("init", help="create the batch and log keys (0600)")
     _common(p)
+    p.add_argument(
+        "--passphrase",
+        action="store_true",
+        help="encrypt the keys; asks for the passphrase (the hub reads ledger.key_passphrase)",
+    )
     p.set_defaults(func=cmd_keys_init)
     p = keys.add_parser("show", help="print the public keys to hand to verifying sites")
     _common(p)

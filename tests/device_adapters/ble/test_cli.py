@@ -7,9 +7,11 @@ from device_adapters.ble import bleak_transport, cli
 from device_adapters.ble.errors import BluetoothUnavailable
 from gateway.model import Device
 
-NO_DBUS = not os.path.exists("/run/dbus/system_bus_socket") and not os.path.exists(
-    "/var/run/dbus/system_bus_socket"
-)
+
+@pytest.fixture
+def no_system_bus(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> None:
+    """A machine without BlueZ: point D-Bus at a socket that does not exist."""
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-such-bus")
 
 
 def test_gatt_decode_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,7 +39,7 @@ def test_gatt_decode_malformed_exits_2_with_one_line(
     assert err.count("\n") == 1 and says in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(not NO_DBUS, reason="this machine has D-Bus; the no-Bluetooth path needs none")
+@pytest.mark.usefixtures("no_system_bus")
 async def test_scan_without_bluetooth_is_one_line_exit_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -46,7 +48,7 @@ async def test_scan_without_bluetooth_is_one_line_exit_2(
     assert err.count("\n") == 1 and "Bluetooth is not available" in err
 
 
-@pytest.mark.skipif(not NO_DBUS, reason="this machine has D-Bus; the no-Bluetooth path needs none")
+@pytest.mark.usefixtures("no_system_bus")
 async def test_pair_without_bluetooth_is_one_line_exit_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -39,13 +39,15 @@ def test_vector(vector: dict[str, Any]) -> None:
     _subset(vector["expected"], decode(vector["uuid"], data))
 
 
+# CGM Measurement and Heart Rate end in variable-length lists (records, RR intervals), so one
+# trailing byte there is a truncated next item, covered by the truncation test instead.
 @pytest.mark.parametrize(
-    "vector", [v for v in VECTORS if not v.get("malformed")], ids=lambda v: v["name"]
+    "vector",
+    [v for v in VECTORS if not v.get("malformed") and v["uuid"] not in ("2AA7", "2A37")],
+    ids=lambda v: v["name"],
 )
 def test_trailing_garbage_is_refused(vector: dict[str, Any]) -> None:
     data = bytes.fromhex(vector["hex"]) + b"\x00"
-    if vector["uuid"] in ("2AA7", "2A37"):
-        pytest.skip("a trailing byte is a truncated next record / a truncated RR interval")
     with pytest.raises(MalformedPayload):
         decode(vector["uuid"], data)
 

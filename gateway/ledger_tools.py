@@ -1,0 +1,82 @@
+"""Ledger exports for third parties: the self-contained bundle and one-batch proofs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import InputError, StorageError
+from gateway.sealing import load_public_keys
+from gateway.store import Store
+from ledger import rfc6962
+from ledger.bundle import write_bundle
+from ledger.note import add_signatures
+from ledger.proof import make_inclusion_bundle
+
+
+def _public(data_dir: Path, hub_id: str) -> tuple[dict[str, Any], str]:
+    keys = load_public_keys(data_dir, hub_id)
+    if keys is None:
+        raise StorageError(f"no ledger keys in {data_dir}; nothing was ever sealed")
+    jwk = json.loads((data_dir / "keys" / "batch-key.jwk").read_text())
+    return jwk, keys[1]
+
+
+def _latest_checkpoint(store: Store) -> tuple[int, str]:
+    latest = store.latest_checkpoint()
+    if latest is None:
+        raise StorageError("the ledger has no signed checkpoint yet")
+    size, _, note = latest
+    return size, add_signatures(note, store.cosignatures(size))
+
+
+def export_bundle(data_dir: Path, hub_id: str, out: Path) -> int:
+    """Write every batch covered by the latest checkpoint; return the number of batches."""
+    jwk, vkey = _public(data_dir, hub_id)
+    store = Store(data_dir, read_only=True)
+    try:
+        size, note = _latest_checkpoint(store)
+        jws_list = (b.jws for b in store.batches(limit=size))
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            write_bundle(
+                handle.write, log_vkey=vkey, batch_jwk=jwk, jws_list=jws_list, checkpoint_note=note
+            )
+        tmp.replace(out)
+    finally:
+        store.close()
+    return size
+
+
+def prove_batch(data_dir: Path, hub_id: str, seq: int, out: Path) -> int:
+    """Write an offline inclusion proof for batch `seq`; return the tree size it proves to."""
+    store = Store(data_dir, read_only=True)
+    try:
+        size, note = _latest_checkpoint(store)
+        if not 0 <= seq < size:
+            raise InputError(f"batch {seq} is not covered by the latest checkpoint (size {size})")
+        leaves = store.leaf_hashes(0, size)
+        batch = next(iter(store.batches(since_seq=seq, limit=1)))
+        proof = rfc6962.inclusion_proof_from_hashes(leaves, seq)
+        out.write_text(make_inclusion_bundle(batch.jws, seq, size, proof, note))
+    finally:
+        store.close()
+    return size
+
+
+def read_batch_key(text: str) -> dict[str, Any]:
+    """A batch key given on the command line: the JWK JSON itself, or a file holding it."""
+    candidate = text.strip()
+    if not candidate.startswith("{"):
+        path = Path(candidate)
+        if not path.exists():
+            raise InputError(f"--batch-key is neither JWK JSON nor an existing file: {text!r}")
+        candidate = path.read_text().strip().removeprefix("batch-key:").strip()
+    try:
+        jwk = json.loads(candidate)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--batch-key is not valid JSON: {exc}") from None
+    if not isinstance(jwk, dict):
+        raise InputError("--batch-key must be a JSON object (an Ed25519 JWK)")
+    return jwk

@@ -1,0 +1,159 @@
+"""Issue 3's command line: bundles and proofs a third party verifies without the database,
+and a witness process cosigning the live hub's log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.runtime import Running, run_hub
+from gateway.settings import load_settings
+from tests.gateway.test_cli import hub_dir as hub_dir  # noqa: F401  (fixture)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def public_keys(capsys: pytest.CaptureFixture[str], data_dir: Path) -> tuple[str, str]:
+    _, out = run(capsys, "keys", "show", "--data-dir", str(data_dir))
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    return lines["log-key"], lines["batch-key"]
+
+
+def test_bundle_verifies_without_the_database(
+    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_key, batch_key = public_keys(capsys, hub_dir)
+    bundle = tmp_path / "ledger.jsonl"
+    code, out = run(capsys, "ledger", "export", "--data-dir", str(hub_dir), "--out", str(bundle))
+    assert code == 0, out
+    (hub_dir / "glucohub.sqlite3").rename(tmp_path / "moved-away.sqlite3")
+    code, out = run(capsys, "ledger", "verify", "--bundle", str(bundle), "--log-key", log_key,
+                    "--batch-key", batch_key)
+    assert code == 0, out
+    assert "OK: 3 batches, 12 readings" in out
+
+
+def tamper(bundle: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    lines = bundle.read_text().splitlines(keepends=True)
+    edited = bundle.with_name("edited.jsonl")
+    edited.write_text("".join(edit(lines)))
+    return edited
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "expect"),
+    [
+        ("delete a batch", lambda ls: ls[:2] + ls[3:], "batch 1"),
+        ("duplicate a batch", lambda ls: ls[:2] + [ls[1]] + ls[2:], "batch 1"),
+        ("reorder batches", lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], "batch 0"),
+    ],
+)
+def test_tampered_bundles_fail_naming_the_batch(
+    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, edit, expect: str  # type: ignore[no-untyped-def]
+) -> None:
+    log_key, batch_key = public_keys(capsys, hub_dir)
+    bundle = tmp_path / "ledger.jsonl"
+    run(capsys, "ledger", "export", "--data-dir", str(hub_dir), "--out", str(bundle))
+    code, out = run(capsys, "ledger", "verify", "--bundle", str(tamper(bundle, edit)),
+                    "--log-key", log_key, "--batch-key", batch_key)
+    assert code == 1, name
+    assert "FAIL" in out and expect in out, out
+
+
+def test_edited_reading_in_a_bundle_fails(
+    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_key, batch_key = public_keys(capsys, hub_dir)
+    bundle = tmp_path / "ledger.jsonl"
+    run(capsys, "ledger", "export", "--data-dir", str(hub_dir), "--out", str(bundle))
+
+    def edit(lines: list[str]) -> list[str]:
+        record = json.loads(lines[2])
+        header, payload, signature = record["jws"].split(".")
+        import base64
+
+        body = json.loads(base64.urlsafe_b64decode(payload + "=="))
+        body["readings"][0]["value"] = 42
+        forged = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
+        record["jws"] = ".".join((header, forged, signature))
+        return [lines[0], lines[1], json.dumps(record) + "\n", *lines[3:]]
+
+    code, out = run(capsys, "ledger", "verify", "--bundle", str(tamper(bundle, edit)),
+                    "--log-key", log_key, "--batch-key", batch_key)
+    assert code == 1 and "batch 1" in out
+
+
+def test_inclusion_proof_round_trip(
+    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_key, batch_key = public_keys(capsys, hub_dir)
+    proof = tmp_path / "proof.json"
+    code, out = run(capsys, "ledger", "prove", "--data-dir", str(hub_dir), "--batch", "2",
+                    "--out", str(proof))
+    assert code == 0, out
+    code, out = run(capsys, "ledger", "check-proof", str(proof), "--log-key", log_key,
+                    "--batch-key", batch_key)
+    assert code == 0 and "batch 2 is in the checkpointed log of 3, 2 readings" in out
+    doc = json.loads(proof.read_text())
+    doc["leaf_index"] = 1
+    proof.write_text(json.dumps(doc))
+    code, out = run(capsys, "ledger", "check-proof", str(proof), "--log-key", log_key)
+    assert code == 1 and "FAIL" in out
+
+
+def test_proof_for_a_missing_batch_is_refused(
+    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(capsys, "ledger", "prove", "--data-dir", str(hub_dir), "--batch", "9",
+                    "--out", str(tmp_path / "p.json"))
+    assert code == 2 and "not covered" in out
+
+
+async def test_a_witness_process_cosigns_the_live_hub(
+    hub_dir: Path, tmp_path: Path
+) -> None:
+    witness_dir = tmp_path / "witness"
+    key_file = tmp_path / "witness.pem"
+    vkey = subprocess.run(
+        [sys.executable, "-m", "gateway", "witness", "--log-url", "x", "--log-key", "x",
+         "--state-dir", str(witness_dir), "--key-file", str(key_file), "--print-vkey"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    settings = load_settings(None, {
+        "GLUCOHUB_STORAGE__DATA_DIR": str(hub_dir),
+        "GLUCOHUB_DASHBOARD__PORT": "0",
+        "GLUCOHUB_LEDGER__WITNESS_KEYS": vkey,
+    })
+    ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    hub = asyncio.create_task(run_hub(settings, stop=stop, on_ready=ready.set_result))
+    running = await asyncio.wait_for(ready, 20)
+    try:
+        log_url = f"{running.url}/log"
+        log_key = running.keys.log_verifier_key
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "witness", "--log-url", log_url, "--log-key", log_key,
+            "--state-dir", str(witness_dir), "--key-file", str(key_file), "--once",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, output.decode()
+        note = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{log_url}/checkpoint", timeout=10).read().decode()
+        )
+        signers = [line.split(" ")[1] for line in note.splitlines() if line.startswith("— ")]
+        assert signers == [running.keys.log_name, "witness.local/glucohub"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(hub, 30)
