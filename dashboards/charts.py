@@ -1,4 +1,5 @@
-"""Server-side SVG charts: a 3-hour sparkline, the 24-hour chart, a simple AGP and a TIR bar.
+"""Server-side SVG charts: the 3-hour sparkline and the 24-hour chart (the AGP and the TIR bar
+come from `gateway.clinical.report`).
 
 Pure functions from numbers to SVG text; no style attributes (the page's Content Security
 Policy forbids inline styles), only presentation attributes and classes from style.css.
@@ -7,13 +8,12 @@ Glucose is drawn on a fixed 40–400 mg/dL axis so charts of different patients 
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from html import escape
 from zoneinfo import ZoneInfo
 
-from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, Summary, format_glucose
+from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose
 from gateway.model import Alert, AlertLevel
 from gateway.units import Unit
 
@@ -133,88 +133,5 @@ def day_chart_svg(
             f'<path class="{cls}" d="M{x:.1f},{y - 10:.1f} l-5,10 h10 z">'
             f"<title>{label}</title></path>"
         )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def agp_svg(
-    points: Sequence[Point], *, unit: Unit, tz: ZoneInfo, width: int = 720, height: int = 260
-) -> str:
-    """Ambulatory Glucose Profile: hourly 5/25/50/75/95th percentiles over every day, in `tz`.
-
-    Hours with fewer than 5 readings are left out (no band drawn from one or two points).
-    """
-    left, top, plot_w, plot_h = 44.0, 10.0, width - 54.0, height - 40.0
-    by_hour: list[list[float]] = [[] for _ in range(24)]
-    for t, v in points:
-        by_hour[t.astimezone(tz).hour].append(v)
-    rows: list[tuple[float, list[float]]] = []
-    for hour, values in enumerate(by_hour):
-        if len(values) >= 5:
-            # Percentiles 5, 25, 50, 75, 95 from the 20-quantiles ("inclusive": AGP software
-            # interpolates between readings rather than extrapolating beyond them).
-            q = statistics.quantiles(values, n=20, method="inclusive")
-            rows.append((left + plot_w * (hour + 0.5) / 24.0, [q[0], q[4], q[9], q[14], q[18]]))
-    parts = [
-        f'<svg class="chart agp" viewBox="0 0 {width} {height}" role="img"'
-        ' aria-label="ambulatory glucose profile">',
-    ]
-    band_top = _y(HIGH_ABOVE, top, plot_h)
-    band_bottom = _y(LOW_BELOW, top, plot_h)
-    parts.append(
-        f'<rect class="band" x="{left}" y="{band_top:.1f}" width="{plot_w}"'
-        f' height="{band_bottom - band_top:.1f}"/>'
-    )
-    for level in (54.0, 70.0, 180.0, 250.0):
-        y = _y(level, top, plot_h)
-        parts.append(
-            f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>'
-            f'<text class="tick" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{format_glucose(level, unit)}</text>"
-        )
-    for hour in range(0, 25, 3):
-        x = left + plot_w * hour / 24.0
-        parts.append(
-            f'<text class="tick" x="{x:.1f}" y="{height - 12}" text-anchor="middle">'
-            f"{hour:02d}:00</text>"
-        )
-    if rows:
-        for lo, hi, cls in ((0, 4, "p5"), (1, 3, "p25")):
-            upper = [(x, _y(q[hi], top, plot_h)) for x, q in rows]
-            lower = [(x, _y(q[lo], top, plot_h)) for x, q in reversed(rows)]
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in upper + lower)
-            parts.append(f'<polygon class="{cls}" points="{path}"/>')
-        parts.append(_polyline([(x, _y(q[2], top, plot_h)) for x, q in rows], "median"))
-    else:
-        parts.append(
-            f'<text class="empty" x="{width / 2}" y="{height / 2}" text-anchor="middle">'
-            "not enough readings</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def tir_bar_svg(summary: Summary, *, width: int = 60, height: int = 200) -> str:
-    """A stacked bar of the five consensus bands, very high at the top."""
-    bands = (
-        ("very-high", summary.very_high_pct, "> 250"),
-        ("high", summary.high_pct, "181–250"),
-        ("in-range", summary.in_range_pct, "70–180"),
-        ("low", summary.low_pct, "54–69"),
-        ("very-low", summary.very_low_pct, "< 54"),
-    )
-    parts = [
-        f'<svg class="tir" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
-        f' role="img" aria-label="time in ranges, {summary.days} days">'
-    ]
-    y = 0.0
-    for cls, pct, label in bands:
-        h = height * pct / 100.0
-        if h > 0:
-            parts.append(
-                f'<rect class="{cls}" x="0" y="{y:.1f}" width="{width}" height="{h:.1f}">'
-                f"<title>{escape(label)} mg/dL: {pct:.0f}%</title></rect>"
-            )
-        y += h
     parts.append("</svg>")
     return "".join(parts)

@@ -1,25 +1,17 @@
-"""Pure glucose arithmetic the pages show: trend arrow, summary metrics, display units.
+"""Pure glucose arithmetic the pages show: display units and the trend arrow.
 
-Bands and targets follow the International Consensus on Time in Range (Battelino 2019):
-very low < 54, low 54–69, in range 70–180, high 181–250, very high > 250 mg/dL.
-GMI (%) = 3.31 + 0.02392 × mean mg/dL (Bergenstal 2018). CV = SD / mean.
+Summary metrics (TIR, GMI, CV, AGP percentiles) come from `gateway.clinical.metrics`.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway.units import Unit, mg_dl_to_mmol_l
 
-VERY_LOW_BELOW = 54.0
 LOW_BELOW = 70.0
 HIGH_ABOVE = 180.0
-VERY_HIGH_ABOVE = 250.0
-CGM_INTERVAL_MIN = 5.0  # the expected spacing used for "% of readings captured"
 
 
 def format_glucose(mg_dl: float, unit: Unit) -> str:
@@ -70,75 +62,3 @@ def trend_arrow(slope: float | None) -> str:
     if slope > -3:
         return "↓"
     return "⇊"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Summary:
-    """Consensus CGM metrics over `days` days; percentages are of readings present."""
-
-    days: int
-    count: int
-    coverage_pct: float  # readings present / readings a 5-minute CGM would give
-    mean_mg_dl: float | None
-    gmi_pct: float | None
-    cv_pct: float | None
-    very_low_pct: float
-    low_pct: float
-    in_range_pct: float
-    high_pct: float
-    very_high_pct: float
-
-    @property
-    def below_range_pct(self) -> float:
-        return self.very_low_pct + self.low_pct
-
-
-def summarize(values_mg_dl: Sequence[float], *, days: int) -> Summary:
-    n = len(values_mg_dl)
-    expected = days * 24 * 60 / CGM_INTERVAL_MIN
-    coverage = min(100.0, 100.0 * n / expected) if expected else 0.0
-    if n == 0:
-        return Summary(
-            days=days,
-            count=0,
-            coverage_pct=0.0,
-            mean_mg_dl=None,
-            gmi_pct=None,
-            cv_pct=None,
-            very_low_pct=0.0,
-            low_pct=0.0,
-            in_range_pct=0.0,
-            high_pct=0.0,
-            very_high_pct=0.0,
-        )
-    counts = [0, 0, 0, 0, 0]
-    for v in values_mg_dl:
-        counts[_band(v)] += 1
-    mean = math.fsum(values_mg_dl) / n
-    cv = 100.0 * statistics.stdev(values_mg_dl) / mean if n >= 2 and mean > 0 else None
-    pct = [100.0 * c / n for c in counts]
-    return Summary(
-        days=days,
-        count=n,
-        coverage_pct=coverage,
-        mean_mg_dl=mean,
-        gmi_pct=3.31 + 0.02392 * mean,
-        cv_pct=cv,
-        very_low_pct=pct[0],
-        low_pct=pct[1],
-        in_range_pct=pct[2],
-        high_pct=pct[3],
-        very_high_pct=pct[4],
-    )
-
-
-def _band(v: float) -> int:
-    if v < VERY_LOW_BELOW:
-        return 0
-    if v < LOW_BELOW:
-        return 1
-    if v <= HIGH_ABOVE:
-        return 2
-    if v <= VERY_HIGH_ABOVE:
-        return 3
-    return 4

@@ -10,8 +10,9 @@ from html import escape
 from zoneinfo import ZoneInfo
 
 from dashboards.accounts import AuditEntry, Grant, Role, User
-from dashboards.glycemia import Summary, format_glucose
+from dashboards.glycemia import format_glucose
 from dashboards.triage import PatientState
+from gateway.clinical.metrics import BANDS, GlucoseMetrics
 from gateway.model import Alert, AlertKind, AlertLevel, AlertState, Batch, Device, Patient
 from gateway.units import Unit
 
@@ -199,35 +200,26 @@ def alerts_page(rows_html: str, *, user: User, csrf: str) -> str:
     return layout("Alerts", body, user=user, csrf=csrf, live="alerts")
 
 
-def metrics_table(summaries: Sequence[Summary], unit: Unit) -> str:
-    def cell(value: float | None, fmt: str) -> str:
-        return "—" if value is None else format(value, fmt)
+def metrics_table(metrics: Sequence[GlucoseMetrics], unit: Unit) -> str:
+    """Consensus metrics side by side (e.g. 7/14/30 days), glucose in the viewer's unit."""
 
-    head = "".join(f"<th>{s.days} days</th>" for s in summaries)
+    def pct(value: float | None, digits: int = 1) -> str:
+        return "—" if value is None else f"{value:.{digits}f}%"
+
+    def glucose(value: float | None) -> str:
+        return "—" if value is None else format_glucose(value, unit)
+
+    head = "".join(f"<th>{m.days} days</th>" for m in metrics)
     rows = [
-        ("Readings", [f"{s.count}" for s in summaries]),
-        ("Data captured", [f"{s.coverage_pct:.0f}%" for s in summaries]),
-        (
-            f"Mean glucose ({unit.value})",
-            [
-                "—" if s.mean_mg_dl is None else format_glucose(s.mean_mg_dl, unit)
-                for s in summaries
-            ],
-        ),
-        (
-            "GMI",
-            [cell(s.gmi_pct, ".1f") + ("%" if s.gmi_pct is not None else "") for s in summaries],
-        ),
-        (
-            "CV (target ≤ 36%)",
-            [cell(s.cv_pct, ".1f") + ("%" if s.cv_pct else "") for s in summaries],
-        ),
-        ("Very high > 250 (< 5%)", [f"{s.very_high_pct:.1f}%" for s in summaries]),
-        ("High 181–250", [f"{s.high_pct:.1f}%" for s in summaries]),
-        ("In range 70–180 (> 70%)", [f"{s.in_range_pct:.1f}%" for s in summaries]),
-        ("Low 54–69", [f"{s.low_pct:.1f}%" for s in summaries]),
-        ("Very low < 54 (< 1%)", [f"{s.very_low_pct:.1f}%" for s in summaries]),
+        ("Readings", [f"{m.readings}" for m in metrics]),
+        ("CGM active (≥ 70%)", [pct(m.active_percent, 0) for m in metrics]),
+        (f"Mean glucose ({unit.value})", [glucose(m.mean_mg_dl) for m in metrics]),
+        ("GMI", [pct(m.gmi_percent) for m in metrics]),
+        ("CV (≤ 36%)", [pct(m.cv_percent) for m in metrics]),
     ]
+    for band in BANDS[::-1]:
+        label = f"{_band_label(band.name, unit)} ({band.target})"
+        rows.append((label, [pct(m.range_percent(band.name)) for m in metrics]))
     body = "".join(
         f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{esc(v)}</td>" for v in values) + "</tr>"
         for label, values in rows
@@ -236,6 +228,17 @@ def metrics_table(summaries: Sequence[Summary], unit: Unit) -> str:
         f'<table class="metrics"><thead><tr><th></th>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table>"
     )
+
+
+def _band_label(name: str, unit: Unit) -> str:
+    g = {v: format_glucose(v, unit) for v in (54.0, 69.0, 70.0, 180.0, 181.0, 250.0)}
+    return {
+        "very_low": f"Very low < {g[54.0]}",
+        "low": f"Low {g[54.0]}–{g[69.0]}",
+        "in_range": f"In range {g[70.0]}–{g[180.0]}",
+        "high": f"High {g[181.0]}–{g[250.0]}",
+        "very_high": f"Very high > {g[250.0]}",
+    }[name]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,7 +282,9 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> s
         f'<p class="sub">{esc(p.patient_id)} · {esc(p.timezone)}'
         f"{' · simulated' if p.simulated else ''} · "
         f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}">'
-        "Printable report</a></p>"
+        "AGP report</a> ("
+        f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}&amp;format=pdf">'
+        "PDF</a>)</p>"
         f'<div id="patient-live">{patient_live(view)}</div>'
         f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
         f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
@@ -291,18 +296,6 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> s
     return layout(
         p.display_name, body, user=user, csrf=csrf, live="patient", live_patient=p.patient_id
     )
-
-
-def report_page(
-    patient: Patient, *, days: int, agp: str, tir_bar: str, metrics: str, user: User
-) -> str:
-    body = (
-        f'<p class="sub">{esc(patient.patient_id)} · last {days} days</p>'
-        f'<div class="agp-row"><div class="agp-chart">{agp}</div>'
-        f'<div class="tir-bar">{tir_bar}</div></div>'
-        f"{metrics}"
-    )
-    return layout(f"Glucose report: {patient.display_name}", body, user=user)
 
 
 # -- consent and access log (the patient's own view) ----------------------------------------

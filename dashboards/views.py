@@ -25,8 +25,11 @@ from dashboards.context import (
     deps,
     visible,
 )
-from dashboards.glycemia import Summary, format_glucose, slope_mg_dl_per_min, summarize, trend_arrow
+from dashboards.glycemia import format_glucose, slope_mg_dl_per_min, trend_arrow
 from dashboards.triage import PatientState, rank
+from gateway.clinical.errors import ClinicalError
+from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
+from gateway.clinical.report import agp_svg, render_report, tir_bar_svg
 from gateway.model import (
     Alert,
     AlertKind,
@@ -196,7 +199,7 @@ async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageR
         rm.alerts(patient.patient_id, open_only=True),
     )
     points = glucose_points(readings)
-    summary = summarize([v for _, v in points], days=14) if points else None
+    metrics = _metrics(points, now=now, days=14, patient=patient) if points else None
     spark_start = now - timedelta(hours=3)
     spark = charts.sparkline_svg(
         [p for p in points if p[0] >= spark_start], start=spark_start, end=now
@@ -205,8 +208,8 @@ async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageR
         patient=patient,
         latest=latest,
         open_alerts=tuple(a for a in open_alerts if a.state is not AlertState.RESOLVED),
-        below_range_pct=summary.below_range_pct if summary else None,
-        in_range_pct=summary.in_range_pct if summary else None,
+        below_range_pct=metrics.below_70_percent if metrics else None,
+        in_range_pct=metrics.range_percent("in_range") if metrics and metrics.readings else None,
     )
     recent = [
         p for p in points if latest is not None and p[0] >= latest.time - timedelta(minutes=15)
@@ -279,11 +282,8 @@ async def _patient_view(request: web.Request, patient: Patient) -> pages.Patient
         rm.list_devices(pid),
     )
     points = glucose_points(readings)
-    summaries = [
-        summarize([v for t, v in points if t >= now - timedelta(days=n)], days=n)
-        for n in AGP_CHOICES
-    ]
-    chosen = summaries[AGP_CHOICES.index(days)]
+    metrics = [_metrics(points, now=now, days=n, patient=patient) for n in AGP_CHOICES]
+    chosen = metrics[AGP_CHOICES.index(days)]
     day_start = now - timedelta(hours=24)
     recent_alerts = [
         a for a in alerts if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
@@ -307,12 +307,10 @@ async def _patient_view(request: web.Request, patient: Patient) -> pages.Patient
             unit=user.unit,
             tz=tz,
         ),
-        agp=charts.agp_svg(
-            [p for p in points if p[0] >= now - timedelta(days=days)], unit=user.unit, tz=tz
-        ),
+        agp=agp_svg(chosen),
         agp_days=days,
-        tir_bar=charts.tir_bar_svg(chosen),
-        metrics=pages.metrics_table(summaries, user.unit),
+        tir_bar=tir_bar_svg(chosen),
+        metrics=pages.metrics_table(metrics, user.unit),
         devices=[(dev, await _last_seen(d, dev, readings)) for dev in devices],
         alerts_html=pages.alert_rows(
             recent_alerts,
@@ -346,27 +344,49 @@ async def patient_partial(request: web.Request) -> web.StreamResponse:
     return html(pages.patient_live(await _patient_view(request, patient)))
 
 
+def _metrics(
+    points: list[tuple[datetime, float]], *, now: datetime, days: int, patient: Patient
+) -> GlucoseMetrics:
+    return compute_metrics(
+        points, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
+    )
+
+
+# The report is a standalone document with its own <style> element and no script at all.
+_REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
+_REPORT_TYPES = {"html": "text/html", "pdf": "application/pdf", "json": "application/json"}
+
+
 async def report(request: web.Request) -> web.StreamResponse:
+    """The one-page AGP report (gateway.clinical.report) as HTML, PDF or JSON."""
     patient = await _patient(request)
     d = deps(request)
-    user = current_user(request)
     now = d.clock.now()
     days = _days(request)
+    fmt = request.query.get("format", "html")
+    if fmt not in _REPORT_TYPES:
+        raise web.HTTPBadRequest()
     readings = await d.read_model.readings(
         patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
     )
-    points = glucose_points(readings)
-    summary: Summary = summarize([v for _, v in points], days=days)
-    return html(
-        pages.report_page(
+    try:
+        body = render_report(
             patient,
+            glucose_points(readings),
             days=days,
-            agp=charts.agp_svg(points, unit=user.unit, tz=patient_tz(patient)),
-            tir_bar=charts.tir_bar_svg(summary),
-            metrics=pages.metrics_table([summary], user.unit),
-            user=user,
+            now=now,
+            fmt=fmt,  # type: ignore[arg-type]
         )
-    )
+    except ClinicalError:
+        raise web.HTTPInternalServerError() from None
+    response = web.Response(body=body, content_type=_REPORT_TYPES[fmt])
+    if fmt == "html":
+        response.charset = "utf-8"
+        response.headers["Content-Security-Policy"] = _REPORT_CSP
+    if fmt == "pdf":
+        name = f"glucohub-{patient.patient_id}-{days}d.pdf".replace('"', "")
+        response.headers["Content-Disposition"] = f'inline; filename="{name}"'
+    return response
 
 
 async def snooze(request: web.Request) -> web.StreamResponse:

@@ -326,7 +326,9 @@ async def test_triage_orders_by_urgency(world: World, login: Login) -> None:
 async def test_patient_page_shows_units_charts_and_devices(world: World, login: Login) -> None:
     alice = await login("alice")
     page = await (await alice.get("/patients/pat-a")).text()
-    assert 'class="chart day"' in page and 'class="chart agp"' in page and 'class="tir"' in page
+    assert 'class="chart day"' in page
+    assert 'aria-label="Ambulatory glucose profile"' in page
+    assert 'aria-label="Time in ranges"' in page
     assert "Virtual CGM pat-a" in page and "mg/dL" in page
     # The latest reading is at NOW: 130 + 30·sin(2π·4032/288) = 130 + 30·sin(28π) = 130.
     assert '<span class="big">130</span>' in page
@@ -463,3 +465,18 @@ async def test_shutdown_closes_websockets(world: World) -> None:
     msg = await asyncio.wait_for(ws.receive(), 2.0)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
     assert world.live.subscribers == 0  # the pump's subscription ended with the app
+
+
+async def test_report_comes_in_three_formats(login: Login) -> None:
+    dr = await login("dr-grant")
+    page = await dr.get("/patients/pat-a/report?days=14")
+    assert page.content_type == "text/html"
+    assert "script-src" not in page.headers["Content-Security-Policy"]  # default-src 'none'
+    assert "Ambulatory glucose profile" in await page.text()
+    pdf = await dr.get("/patients/pat-a/report?days=14&format=pdf")
+    assert pdf.content_type == "application/pdf"
+    assert (await pdf.read()).startswith(b"%PDF-")
+    doc = await (await dr.get("/patients/pat-a/report?days=7&format=json")).json()
+    assert doc["patient"]["patient_id"] == "pat-a" and doc["metrics"]["days"] == 7
+    bad = await dr.get("/patients/pat-a/report?format=docx")
+    assert bad.status == 400
