@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
-from device_adapters.virtual.sources import VirtualPatient, backfill, demo_patients, stream_live
+from device_adapters.ble.adapter import BleAdapter
+from device_adapters.ble.transport import GattTransport
+from device_adapters.ble.virtual import VirtualCgm, VirtualHeartRateStrap, VirtualMeter
+from device_adapters.virtual.sources import VirtualPatient, demo_patients, seed_history
 from gateway.clock import Clock, SystemClock
-from gateway.model import ReadingKind
+from gateway.model import Device, ReadingKind
 from gateway.protocols import ReadingSink
 from gateway.runtime import Running, SourceFactory, run_hub
+from gateway.services import Reader, StoreResume
 from gateway.settings import Settings, StorageSettings
 from gateway.store import DB_FILENAME, Store
 
@@ -19,6 +25,8 @@ log = logging.getLogger("glucohub.demo")
 
 DEMO_DATA_DIR = Path("var/demo")
 DEMO_CLINICIAN = "demo-clinician"
+CGM_SESSION_SO_FAR = timedelta(hours=24)  # the current sensor's data comes over BLE
+HEART_RATE_INTERVAL_S = 5.0
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -45,12 +53,66 @@ def prepare(
     return resume
 
 
-def _patient_source(vp: VirtualPatient, since: datetime) -> SourceFactory:
+def _patient_source(
+    vp: VirtualPatient, resume_from: datetime, data_dir: Path, live_poll_s: float
+) -> SourceFactory:
+    """Seed history older than the CGM's current session, then run the patient's three
+    simulated devices through the real BLE adapters (the same bytes a device sends)."""
+
     async def run(sink: ReadingSink, clock: Clock) -> None:
         now = clock.now()
-        count = await backfill(sink, vp, start=since, end=now)
-        log.info("%s: %d historical readings delivered", vp.patient.patient_id, count)
-        await stream_live(sink, vp, clock, since=now)
+        session_start = max(resume_from, now - CGM_SESSION_SO_FAR)
+        seeded = await seed_history(sink, vp, start=resume_from, cgm_until=session_start, end=now)
+        log.info("%s: %d historical readings seeded", vp.patient.patient_id, seeded)
+        reader = Reader(data_dir)
+        resume = StoreResume(reader)
+        devices: list[tuple[Device, GattTransport]] = [
+            (
+                vp.meter,
+                VirtualMeter.for_patient(
+                    vp.profile, start=resume_from, now=now, clock=clock, live_poll_s=live_poll_s
+                ),
+            ),
+            (
+                vp.cgm,
+                VirtualCgm.for_patient(
+                    vp.profile,
+                    now=now,
+                    session_start=session_start,
+                    clock=clock,
+                    live_poll_s=live_poll_s,
+                ),
+            ),
+            (
+                vp.heart_rate,
+                VirtualHeartRateStrap.for_patient(
+                    vp.profile,
+                    now=now,
+                    clock=clock,
+                    live_poll_s=live_poll_s,
+                    interval_s=HEART_RATE_INTERVAL_S,
+                ),
+            ),
+        ]
+        adapters = [
+            BleAdapter(
+                device=device,
+                transport=transport,
+                sink=sink,
+                resume=resume,
+                clock=clock,
+                tz=ZoneInfo(vp.patient.timezone),
+            )
+            for device, transport in devices
+        ]
+        try:
+            async with asyncio.TaskGroup() as group:
+                for adapter in adapters:
+                    group.create_task(adapter.run(), name=f"ble-{adapter.device.device_id}")
+        finally:
+            for adapter in adapters:
+                adapter.stop()
+            await asyncio.to_thread(reader.close)
 
     return run
 
@@ -73,7 +135,10 @@ async def run_demo(settings: Settings, clock: Clock | None = None) -> None:
             print(f"Demo clinician login: {login[0]} / {login[1]}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
 
-    sources = [_patient_source(vp, resume[vp.patient.patient_id]) for vp in patients]
+    sources = [
+        _patient_source(vp, resume[vp.patient.patient_id], settings.storage.data_dir, 1.0)
+        for vp in patients
+    ]
     await run_hub(settings, sources=sources, clock=clock, on_ready=ready)
 
 

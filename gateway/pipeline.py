@@ -281,7 +281,7 @@ class Hub:
                 except asyncio.QueueEmpty:
                     remaining = deadline - self._clock.monotonic()
                     if remaining <= 0:
-                        break
+                        break  # group commit: take what is queued, more arrives meanwhile
                     try:
                         item = await asyncio.wait_for(self._ingest.get(), remaining)
                     except TimeoutError:

@@ -56,6 +56,19 @@ class Reader:
         self._executor.shutdown(wait=True)
 
 
+class StoreResume:
+    """Where a device's stored data ends: the BLE adapters' resume point."""
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+
+    async def last_seq(self, device_id: str) -> int | None:
+        return await self._reader.run(lambda s: s.last_seq(device_id))
+
+    async def last_time(self, device_id: str) -> datetime | None:
+        return await self._reader.run(lambda s: s.last_time(device_id))
+
+
 class StoreReadModel:
     def __init__(self, reader: Reader) -> None:
         self._reader = reader

@@ -31,7 +31,9 @@ class HubSettings:
 class StorageSettings:
     data_dir: Path = Path("var/data")
     commit_max_readings: int = 2000  # readings per SQLite transaction at most
-    commit_max_delay_ms: int = 50  # how long a commit may wait to fill up
+    # Group commit: a transaction takes whatever is queued when the previous one ends; a
+    # delay > 0 waits that long for more (fewer, larger commits on a slow SD card).
+    commit_max_delay_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

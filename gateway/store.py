@@ -479,6 +479,13 @@ class Store:
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
+    def last_time(self, device_id: str) -> datetime | None:
+        row = self._db.execute(
+            "SELECT time FROM readings WHERE device_id = ? ORDER BY time_ms DESC LIMIT 1",
+            (device_id,),
+        ).fetchone()
+        return None if row is None else datetime.fromisoformat(str(row[0]).replace("Z", "+00:00"))
+
     def count_readings(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
 

@@ -8,11 +8,10 @@ real device's.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from device_adapters.virtual.physiology import (
     EPOCH,
@@ -22,7 +21,6 @@ from device_adapters.virtual.physiology import (
     heart_rate_samples,
     meter_samples,
 )
-from gateway.clock import Clock
 from gateway.model import (
     Device,
     DeviceEvent,
@@ -40,6 +38,7 @@ from gateway.units import Unit
 log = logging.getLogger("glucohub.virtual")
 
 CHUNK = 2000
+HISTORY_HR_INTERVAL_S = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,35 +167,24 @@ async def _deliver(
         await sink.submit(origin=origin, readings=chunk, events=events if start == 0 else ())
 
 
-async def backfill(sink: ReadingSink, vp: VirtualPatient, *, start: datetime, end: datetime) -> int:
-    readings, events = simulated_readings(vp, start, end, cgm_interval_min=5.0, hr_interval_s=300.0)
-    await _deliver(sink, readings, events)
-    return len(readings)
-
-
-async def stream_live(
+async def seed_history(
     sink: ReadingSink,
     vp: VirtualPatient,
-    clock: Clock,
     *,
-    since: datetime,
-    cgm_interval_min: float = 1.0,
-    hr_interval_s: float = 5.0,
-    tick_s: float = 1.0,
-) -> None:
-    """Emit each simulated value once its time has passed, until cancelled."""
-    cursor = since
-    while True:
-        now = clock.now()
-        if now > cursor:
-            readings, events = simulated_readings(
-                vp, cursor, now, cgm_interval_min=cgm_interval_min, hr_interval_s=hr_interval_s
-            )
-            if readings or events:
-                await _deliver(sink, readings, events)
-            cursor = now
-        await asyncio.sleep(tick_s)
-
-
-def history_start(now: datetime, days: int) -> datetime:
-    return now - timedelta(days=days)
+    start: datetime,
+    cgm_until: datetime,
+    end: datetime,
+) -> int:
+    """History from before the devices were paired with this hub (an earlier sensor's CGM
+    data, heart rate every 5 minutes); the paired devices deliver the rest over BLE."""
+    cgm, events = simulated_readings(
+        vp, start, cgm_until, cgm_interval_min=5.0, hr_interval_s=HISTORY_HR_INTERVAL_S
+    )
+    cgm = [r for r in cgm if r.kind is ReadingKind.CGM_GLUCOSE]
+    heart, _ = simulated_readings(
+        vp, start, end, cgm_interval_min=5.0, hr_interval_s=HISTORY_HR_INTERVAL_S
+    )
+    heart = [r for r in heart if r.kind is ReadingKind.HEART_RATE]
+    readings = sorted(cgm + heart, key=lambda r: r.time)
+    await _deliver(sink, readings, events)
+    return len(readings)
