@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -662,7 +661,9 @@ def test_at_most_one_open_alert_per_kind_and_every_update_keeps_its_id(
             assert seen.setdefault(alert.alert_id, alert.kind) is alert.kind
         kinds = [a.kind for a in engine.open_alerts()]
         assert len(kinds) == len(set(kinds))
-        assert all(not math.isnan(v) for v in values)
+        # Never both an alert and its milder sibling (e.g. LOW beside URGENT_LOW).
+        assert not ({AlertKind.LOW, AlertKind.URGENT_LOW} <= set(kinds))
+        assert not ({AlertKind.HIGH, AlertKind.URGENT_HIGH} <= set(kinds))
 
 
 def test_alert_engine_stays_light_no_pandas_no_asyncio() -> None:

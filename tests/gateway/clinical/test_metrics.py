@@ -405,8 +405,9 @@ def naive_reference(minutes: list[float], values: list[float]) -> tuple[float, f
 def test_vectorised_weights_match_a_plain_loop(steps: list[int], values: list[float]) -> None:
     minutes = [float(sum(steps[:i])) for i in range(len(steps))]
     vals = values[: len(minutes)]
-    m = compute_metrics(trace(list(zip(minutes, vals, strict=True))), now=at(2000), days=2)
+    # 40 steps of at most 300 min end by minute 12,000: inside a 14-day (20,160-min) window.
+    m = compute_metrics(trace(list(zip(minutes, vals, strict=True))), now=at(20000), days=14)
     total, mean, tir = naive_reference(minutes, vals)
-    assert m.active_percent == pytest.approx(min(100.0, 100 * total / 2880))
+    assert m.active_percent == pytest.approx(100 * total / 20160)
     assert m.mean_mg_dl == pytest.approx(mean)
     assert m.range_percent("in_range") == pytest.approx(tir, abs=1e-9)
