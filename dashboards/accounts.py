@@ -164,7 +164,13 @@ def verify_password(password: str, stored: str) -> bool:
         expected = base64.b64decode(parts[5], validate=True)
     except ValueError:
         return False
-    return hmac.compare_digest(_scrypt(password, salt, n, r, p), expected)
+    # Refuse costs we would never have written (a tampered row must not exhaust memory).
+    if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+        return False
+    try:
+        return hmac.compare_digest(_scrypt(password, salt, n, r, p), expected)
+    except (ValueError, MemoryError):
+        return False
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
