@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.clock import parse_rfc3339
-from gateway.errors import GlucohubError
+from gateway.clock import parse_rfc3339, utc_now
+from gateway.errors import GlucohubError, InputError
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.settings import Settings, load_settings
 from gateway.store import Store, json_line, reading_to_json
@@ -289,6 +289,123 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from gateway.store import alert_to_json
+
+    store = _open_store(args)
+    alerts = store.alerts(args.patient, open_only=args.open)
+    store.close()
+    for alert in reversed(alerts):  # oldest first
+        if args.format == "jsonl":
+            print(json_line(alert_to_json(alert)))
+        else:
+            who = f" (ack {alert.acknowledged_by})" if alert.acknowledged_by else ""
+            print(
+                f"{alert.updated_at.isoformat()}\t{alert.patient_id}\t{alert.kind}\t"
+                f"{alert.level}\t{alert.state}{who}\t{alert.message}"
+            )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from gateway.clinical.report import render_report
+    from gateway.model import ReadingKind
+
+    store = _open_store(args)
+    patient = store.get_patient(args.patient)
+    if patient is None:
+        store.close()
+        print(f"glucohub: unknown patient {args.patient!r}", file=sys.stderr)
+        return 2
+    now = utc_now()
+    readings = list(
+        store.readings(
+            patient_id=args.patient,
+            since=now - timedelta(days=args.days),
+            kinds=[ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE],
+        )
+    )
+    store.close()
+    body = render_report(patient, readings, days=args.days, now=now, fmt=args.format)
+    if args.out is not None:
+        args.out.write_bytes(body)
+        print(f"wrote {args.format} report for {args.patient} to {args.out}")
+    else:
+        sys.stdout.buffer.write(body)
+    return 0
+
+
+def _password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("again: "):
+        raise InputError("passwords differ")
+    return first
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    from gateway.store import DB_FILENAME
+
+    data_dir = _settings(args).storage.data_dir
+    Store(data_dir).close()  # creates the database (0600) if this is a new hub
+    return data_dir / DB_FILENAME
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    accounts.users_add(_db_path(args), args.username, args.role, _password(args), args.patient)
+    print(f"added {args.role} {args.username}")
+    return 0
+
+
+def cmd_users_passwd(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    accounts.users_passwd(_db_path(args), args.username, _password(args))
+    print(f"password changed for {args.username}; their sessions were ended")
+    return 0
+
+
+def cmd_users_disable(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    accounts.users_disable(_db_path(args), args.username, disabled=not args.enable)
+    print(f"{'enabled' if args.enable else 'disabled'} {args.username}")
+    return 0
+
+
+def cmd_gatt_decode(args: argparse.Namespace) -> int:
+    from device_adapters.ble.cli import gatt_decode
+
+    return gatt_decode(args.uuid, args.hex)
+
+
+def cmd_ble_scan(args: argparse.Namespace) -> int:
+    from device_adapters.ble.cli import scan
+
+    return asyncio.run(scan(args.timeout))
+
+
+def cmd_ble_pair(args: argparse.Namespace) -> int:
+    from device_adapters.ble.cli import pair
+
+    store = _open_store(args)
+    if store.get_patient(args.patient) is None:
+        store.close()
+        print(f"glucohub: unknown patient {args.patient!r}; add the patient first", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(pair(args.address, args.patient, args.name or "", store.add_device))
+    finally:
+        store.close()
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -411,6 +528,63 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("show", help="print the public keys to hand to verifying sites")
     _common(p)
     p.set_defaults(func=cmd_keys_show)
+
+    p = sub.add_parser("alerts", help="list alerts and their transitions")
+    _common(p)
+    p.add_argument("--patient")
+    p.add_argument("--open", action="store_true", help="only alerts not yet resolved")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("report", help="the one-page AGP report of a patient")
+    _common(p)
+    p.add_argument("--patient", required=True)
+    p.add_argument("--days", type=int, default=14)
+    p.add_argument("--format", choices=("json", "html", "pdf"), default="html")
+    p.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_report)
+
+    users = sub.add_parser("users", help="dashboard accounts").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION"
+    )
+    p = users.add_parser("add", help="create an account (asks for the password)")
+    _common(p)
+    p.add_argument("username")
+    p.add_argument("--role", required=True, choices=("admin", "clinician", "patient"))
+    p.add_argument("--patient", help="the patient record a patient account may see")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_users_add)
+    p = users.add_parser("passwd", help="set a new password (ends the user's sessions)")
+    _common(p)
+    p.add_argument("username")
+    p.add_argument("--password-stdin", action="store_true")
+    p.set_defaults(func=cmd_users_passwd)
+    p = users.add_parser("disable", help="disable an account (or --enable it again)")
+    _common(p)
+    p.add_argument("username")
+    p.add_argument("--enable", action="store_true")
+    p.set_defaults(func=cmd_users_disable)
+
+    gatt = sub.add_parser("gatt", help="Bluetooth GATT debugging").add_subparsers(
+        dest="gatt_command", required=True, metavar="ACTION"
+    )
+    p = gatt.add_parser("decode", help="decode one captured characteristic value as JSON")
+    p.add_argument("uuid", help="e.g. 2A18, 0x2A37 or a full UUID")
+    p.add_argument("hex", help="the value's bytes in hex")
+    p.set_defaults(func=cmd_gatt_decode)
+
+    ble = sub.add_parser("ble", help="Bluetooth LE devices").add_subparsers(
+        dest="ble_command", required=True, metavar="ACTION"
+    )
+    p = ble.add_parser("scan", help="list nearby devices with a supported health service")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_ble_scan)
+    p = ble.add_parser("pair", help="connect, bond and register a device for a patient")
+    _common(p)
+    p.add_argument("address")
+    p.add_argument("--patient", required=True)
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_ble_pair)
     return parser
 
 

@@ -223,3 +223,79 @@ def test_keys_are_private_and_show_prints_public_halves(
 def test_deadletters_lists_reasons(hub_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "deadletters", "--data-dir", str(hub_dir), "--format", "jsonl")
     assert code == 0 and out == ""  # nothing was refused in the fixture
+
+
+def test_gatt_decode_prints_the_heart_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    # flags 0x16: uint8 rate, contact detected, RR present; 0x48 = 72 bpm; RR 0x0334 = 820/1024 s
+    code, out, _ = run(capsys, "gatt", "decode", "2A37", "16 48 34 03 00 04")
+    assert code == 0
+    decoded = json.loads(out)
+    assert decoded["heart_rate_bpm"] == 72
+    assert decoded["rr_intervals_s"] == [820 / 1024, 1.0]
+
+
+def test_ble_scan_without_bluetooth_is_one_clear_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/none")
+    code, _, err = run(capsys, "ble", "scan", "--timeout", "0.5")
+    assert code == 2
+    assert err.count("\n") == 1 and "Bluetooth is not available" in err
+
+
+def test_users_add_reads_the_password_from_stdin(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    code, out, err = run(
+        capsys,
+        "users",
+        "add",
+        "nurse1",
+        "--role",
+        "clinician",
+        "--password-stdin",
+        "--data-dir",
+        str(hub_dir),
+    )
+    assert code == 0, err
+    assert "correct horse" not in out + err
+    monkeypatch.setattr("sys.stdin", io.StringIO("another one here\n"))
+    code, _, err = run(
+        capsys,
+        "users",
+        "add",
+        "nurse1",
+        "--role",
+        "clinician",
+        "--password-stdin",
+        "--data-dir",
+        str(hub_dir),
+    )
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_report_html_has_the_agp_chart(
+    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_file = tmp_path / "report.html"
+    code, _, err = run(
+        capsys,
+        "report",
+        "--data-dir",
+        str(hub_dir),
+        "--patient",
+        "p1",
+        "--format",
+        "html",
+        "--out",
+        str(out_file),
+    )
+    assert code == 0, err
+    html = out_file.read_text()
+    assert ("<svg" in html and "Time in Ranges" in html) or "time in range" in html.lower()
+
+
+def test_report_for_an_unknown_patient(hub_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "report", "--data-dir", str(hub_dir), "--patient", "nobody")
+    assert code == 2 and "unknown patient" in err
