@@ -1,0 +1,184 @@
+"""The dashboard on the real hub: run_hub with the dashboard enabled, real SQLite, real ledger,
+real alert engine, talked to over HTTP and a WebSocket like a browser would."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from dashboards import accounts
+from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
+from gateway.protocols import Origin
+from gateway.runtime import Running, run_hub
+from gateway.settings import load_settings
+from gateway.store import DB_FILENAME, Store
+from gateway.units import Unit
+
+PASSWORD = "a long enough password"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+META_RE = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
+ORIGIN = Origin(source=Source.MQTT, topic="test")
+
+
+def cgm(pid: str, seq: int, value: float, at: datetime) -> Reading:
+    return Reading(
+        patient_id=pid,
+        device_id=f"cgm-{pid}",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=value,
+        unit=Unit.MG_DL,
+        time=at,
+        source=Source.MQTT,
+        seq=seq,
+    )
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.running: Running | None = None
+
+    def on_ready(self, running: Running) -> None:
+        self.running = running
+        self.ready.set()
+
+    @property
+    def url(self) -> str:
+        assert self.running is not None and self.running.url is not None
+        return self.running.url
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    store = Store(tmp_path)
+    for pid, name in (("p1", "Ann"), ("p2", "Ben")):
+        store.add_patient(Patient(patient_id=pid, display_name=name))
+        store.add_device(
+            Device(
+                device_id=f"cgm-{pid}",
+                patient_id=pid,
+                kind=DeviceKind.CGM,
+                transport=Transport.MQTT,
+            )
+        )
+    store.close()
+    db = tmp_path / DB_FILENAME
+    accounts.users_add(db, "dr", "clinician", PASSWORD)
+    accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p1")
+    accounts.grant(db, "p1", "dr")
+    settings = load_settings(
+        None,
+        {
+            "GLUCOHUB_STORAGE__DATA_DIR": str(tmp_path),
+            "GLUCOHUB_DASHBOARD__PORT": "0",
+            "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "0.2",
+        },
+    )
+    under_test = Hub()
+    task = asyncio.create_task(
+        run_hub(settings, stop=under_test.stop, on_ready=under_test.on_ready)
+    )
+    await asyncio.wait_for(under_test.ready.wait(), 20)
+    yield under_test
+    under_test.stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+async def login(session: aiohttp.ClientSession, base: str, username: str) -> str:
+    async with session.get(f"{base}/login") as page:
+        token = CSRF_RE.search(await page.text())
+    assert token is not None
+    form = {"username": username, "password": PASSWORD, "csrf_token": token.group(1)}
+    async with session.post(f"{base}/login", data=form) as response:
+        found = META_RE.search(await response.text())
+        assert response.status == 200 and found is not None
+        return found.group(1)
+
+
+async def test_dashboard_on_the_real_hub(hub: Hub) -> None:
+    base = hub.url
+    assert hub.running is not None
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
+    async with aiohttp.ClientSession(cookie_jar=jar) as dr:
+        csrf = await login(dr, base, "dr")
+        async with dr.ws_connect(f"{base}/ws") as ws:
+            await asyncio.sleep(0.2)  # let the viewer register before publishing
+            now = datetime.now(UTC).replace(microsecond=0)
+            readings = [
+                cgm(pid, i, value, now - timedelta(minutes=5 * (3 - i)))
+                for i, value in enumerate((90.0, 70.0, 58.0, 48.0))
+                for pid in ("p1", "p2")
+            ]
+            outcome = await hub.running.hub.submit(origin=ORIGIN, readings=readings)
+            assert outcome.accepted == 8
+            seen: set[str] = set()
+            types: set[str] = set()
+            async with asyncio.timeout(10):
+                while not {"readings", "alert"} <= types:
+                    message = await ws.receive_json()
+                    types.add(message["type"])
+                    pid = message.get("patient_id") or message.get("alert", {}).get("patient_id")
+                    if pid:
+                        seen.add(pid)
+            assert seen == {"p1"}  # Ben's readings and alerts never reach this clinician
+
+        async with dr.get(f"{base}/api/v1/patients/p1/readings") as response:
+            assert len((await response.json())["readings"]) == 4
+        async with dr.get(f"{base}/api/v1/patients/p2/readings") as response:
+            assert response.status == 404
+        async with dr.get(f"{base}/patients/p1") as response:
+            assert response.status == 200 and "Ann" in await response.text()
+        async with dr.get(f"{base}/") as response:
+            assert "Ann" in await response.text() and "Ben" not in await response.text()
+
+        async with dr.get(f"{base}/api/v1/alerts") as response:
+            alerts = (await response.json())["alerts"]
+        assert alerts and {a["patient_id"] for a in alerts} == {"p1"}
+        raised = next(a for a in alerts if a["state"] == "raised")
+        async with dr.post(
+            f"{base}/api/v1/alerts/{raised['alert_id']}/ack", headers={"X-CSRF-Token": csrf}
+        ) as response:
+            assert response.status == 200
+            assert (await response.json())["acknowledged_by"] == "dr"
+
+        for _ in range(100):  # the batch seals within batch_max_seconds
+            async with dr.get(f"{base}/log/checkpoint") as response:
+                if response.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+        assert response.status == 200
+        async with dr.get(f"{base}/ledger") as response:
+            assert "Batches" in await response.text()
+        # The first batch holds Ann's and Ben's readings: dr may not see Ben, so not the batch.
+        model = hub.running.read_model
+        (mixed,) = await model.latest_batches(5)
+        assert {r.patient_id for r in await model.batch_readings(mixed.seq)} == {"p1", "p2"}
+        async with dr.get(f"{base}/log/batch/{mixed.seq}") as response:
+            assert response.status == 404
+        # A batch of Ann's readings only is hers to show to dr: the signed JWS comes back.
+        later = [cgm("p1", 10 + i, 100.0, now + timedelta(seconds=i)) for i in range(3)]
+        assert (await hub.running.hub.submit(origin=ORIGIN, readings=later)).accepted == 3
+        for _ in range(100):
+            batches = await model.latest_batches(5)
+            if len(batches) == 2:
+                break
+            await asyncio.sleep(0.1)
+        own = max(b.seq for b in batches)
+        async with dr.get(f"{base}/log/batch/{own}") as response:
+            assert response.status == 200 and response.content_type == "application/jose"
+            assert (await response.read()) == next(b.jws for b in batches if b.seq == own)
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as ann:
+        await login(ann, base, "ann")
+        async with ann.get(f"{base}/consent") as response:
+            text = await response.text()
+        assert ">dr<" in text and ">page<" in text  # Ann sees that dr looked at her record
+        async with ann.get(f"{base}/patients/p2") as response:
+            assert response.status == 404
