@@ -5,6 +5,11 @@ Glucose readings become Observations with LOINC codes and UCUM units:
   meter (capillary)  41653-7 "Glucose [Mass/volume] in Capillary blood by Glucometer",
 values in mg/dL (UCUM code "mg/dL"). Search parameters follow FHIR R4 §3.1.1.4 (search
 prefixes ge, gt, le, lt on `date`); other prefixes are refused with 400 rather than guessed.
+
+`code=cgm-summary` asks for the CGM summary of the period instead (default: 14 days), shaped
+after the HL7 CGM IG (STU 1): one `cgm-summary` Observation whose `hasMember` points at one
+Observation per metric, coded in the IG's temporary code system plus the LOINC code where the
+IG's ConceptMap gives a published one (97507-8 mean glucose, 97510-2 time in target).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from dashboards.context import deps
+from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.model import Reading, ReadingKind
 
@@ -31,11 +37,35 @@ CODES: dict[ReadingKind, tuple[str, str]] = {
 }
 
 
+CGM_IG = "http://hl7.org/fhir/uv/cgm/CodeSystem/cgm-summary-codes-temporary"
+SUMMARY_CODE = "cgm-summary"
+# (IG code, display, LOINC or "", UCUM unit)
+SUMMARY_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("mean-glucose-mass-per-volume", "Mean Glucose (Mass per Volume)", "97507-8", "mg/dL"),
+    ("time-in-very-low", "Time in Very Low Range (%)", "", "%"),
+    ("time-in-low", "Time in Low Range (%)", "", "%"),
+    ("time-in-target", "Time in Target Range (%)", "97510-2", "%"),
+    ("time-in-high", "Time in High Range (%)", "", "%"),
+    ("time-in-very-high", "Time in Very High Range (%)", "", "%"),
+    ("gmi", "Glucose Management Indicator (GMI)", "", "%"),
+    ("cv", "Coefficient of Variation (CV)", "", "%"),
+)
+_BAND_OF = {
+    "time-in-very-low": "very_low",
+    "time-in-low": "low",
+    "time-in-target": "in_range",
+    "time-in-high": "high",
+    "time-in-very-high": "very_high",
+}
+
+
 class DateFilterError(ValueError):
     """A `date` search parameter this server does not understand."""
 
 
-def parse_date_filters(values: Sequence[str], now: datetime) -> tuple[datetime, datetime]:
+def parse_date_filters(
+    values: Sequence[str], now: datetime, *, default: timedelta = timedelta(hours=24)
+) -> tuple[datetime, datetime]:
     """[since, until) from FHIR date parameters; default the last 24 hours."""
     since: datetime | None = None
     until: datetime | None = None
@@ -52,7 +82,7 @@ def parse_date_filters(values: Sequence[str], now: datetime) -> tuple[datetime, 
         else:
             until = when + timedelta(microseconds=1) if prefix == "le" else when
     until = until or now
-    since = since or until - timedelta(hours=24)
+    since = since or until - default
     if since > until or until - since > MAX_RANGE:
         raise DateFilterError("date range must be ordered and at most 90 days")
     return since, until
@@ -98,6 +128,68 @@ def bundle(readings: Sequence[Reading], *, self_url: str) -> dict[str, Any]:
     }
 
 
+def _metric_value(metrics: GlucoseMetrics, code: str) -> float | None:
+    if code == "mean-glucose-mass-per-volume":
+        return metrics.mean_mg_dl
+    if code == "gmi":
+        return metrics.gmi_percent
+    if code == "cv":
+        return metrics.cv_percent
+    return metrics.range_percent(_BAND_OF[code]) if metrics.readings else None
+
+
+def summary_bundle(metrics: GlucoseMetrics, *, patient_id: str, self_url: str) -> dict[str, Any]:
+    """The CGM summary of `metrics` as a searchset: the summary plus one Observation per metric."""
+    period = {"start": to_rfc3339(metrics.start), "end": to_rfc3339(metrics.end)}
+    key = f"{patient_id}|{period['start']}|{period['end']}"
+    members: list[dict[str, Any]] = []
+    for code, display, loinc, unit in SUMMARY_METRICS:
+        value = _metric_value(metrics, code)
+        if value is None:
+            continue
+        coding = [{"system": CGM_IG, "code": code, "display": display}]
+        if loinc:
+            coding.append({"system": LOINC, "code": loinc})
+        members.append(
+            {
+                "resourceType": "Observation",
+                "id": hashlib.sha256(f"{key}|{code}".encode()).hexdigest()[:32],
+                "status": "final",
+                "code": {"coding": coding},
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "effectivePeriod": period,
+                "valueQuantity": {
+                    "value": round(value, 1),
+                    "unit": unit,
+                    "system": UCUM,
+                    "code": unit,
+                },
+            }
+        )
+    summary = {
+        "resourceType": "Observation",
+        "id": hashlib.sha256(f"{key}|{SUMMARY_CODE}".encode()).hexdigest()[:32],
+        "status": "final",
+        "code": {
+            "coding": [{"system": CGM_IG, "code": SUMMARY_CODE, "display": "CGM Summary Report"}]
+        },
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectivePeriod": period,
+        "hasMember": [{"reference": f"Observation/{m['id']}"} for m in members],
+    }
+    entries = [
+        {"fullUrl": f"Observation/{r['id']}", "resource": r, "search": {"mode": "match"}}
+        for r in (summary, *members)
+    ]
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(entries),
+        "link": [{"relation": "self", "url": self_url}],
+        "entry": entries,
+    }
+
+
 def _outcome(message: str) -> dict[str, Any]:
     return {
         "resourceType": "OperationOutcome",
@@ -105,19 +197,43 @@ def _outcome(message: str) -> dict[str, Any]:
     }
 
 
+def _fhir_json(document: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(document, status=status, content_type="application/fhir+json")
+
+
 async def observations(request: web.Request) -> web.StreamResponse:
     """The patient scope (query `patient`) was checked by the guard before this runs."""
     d = deps(request)
+    code = request.query.get("code", "")
+    summary = code.rpartition("|")[2] == SUMMARY_CODE
+    if code and not summary:
+        return _fhir_json(_outcome("only code=cgm-summary is supported"), 400)
     try:
-        since, until = parse_date_filters(request.query.getall("date", []), d.clock.now())
-    except DateFilterError as exc:
-        return web.json_response(
-            _outcome(str(exc)), status=400, content_type="application/fhir+json"
+        since, until = parse_date_filters(
+            request.query.getall("date", []),
+            d.clock.now(),
+            default=timedelta(days=14) if summary else timedelta(hours=24),
         )
-    found = await d.read_model.readings(
-        request.query["patient"], since=since, until=until, kinds=tuple(CODES)
-    )
+    except DateFilterError as exc:
+        return _fhir_json(_outcome(str(exc)), 400)
+    patient_id = request.query["patient"]
+    if summary:
+        patient = await d.read_model.get_patient(patient_id)
+        if patient is None:
+            raise web.HTTPNotFound()
+        days = max(1, round((until - since) / timedelta(days=1)))
+        readings = await d.read_model.readings(
+            patient_id,
+            since=until - timedelta(days=days),
+            until=until,
+            kinds=(ReadingKind.CGM_GLUCOSE,),
+        )
+        metrics = compute_metrics(
+            readings, now=until, days=days, timezone=patient.timezone, patient_id=patient_id
+        )
+        return _fhir_json(
+            summary_bundle(metrics, patient_id=patient_id, self_url=str(request.rel_url))
+        )
+    found = await d.read_model.readings(patient_id, since=since, until=until, kinds=tuple(CODES))
     in_range = [r for r in found if since <= r.time < until]
-    return web.json_response(
-        bundle(in_range, self_url=str(request.rel_url)), content_type="application/fhir+json"
-    )
+    return _fhir_json(bundle(in_range, self_url=str(request.rel_url)))

@@ -83,3 +83,37 @@ async def test_fhir_search_over_http(login: Login) -> None:
     assert {e["resource"]["subject"]["reference"] for e in doc["entry"]} == {"Patient/pat-a"}
     bad = await dr.get("/fhir/Observation", params={"patient": "pat-a", "date": "sa2026"})
     assert bad.status == 400 and (await bad.json())["resourceType"] == "OperationOutcome"
+
+
+async def test_cgm_summary_of_fourteen_days(login: Login) -> None:
+    dr = await login("dr-grant")
+    response = await dr.get("/fhir/Observation", params={"patient": "pat-a", "code": "cgm-summary"})
+    assert response.status == 200
+    doc = await response.json()
+    resources = [e["resource"] for e in doc["entry"]]
+    summary = resources[0]
+    assert summary["code"]["coding"][0]["code"] == "cgm-summary"
+    assert summary["effectivePeriod"] == {
+        "start": "2026-01-01T12:00:00.000Z",  # 14 days before NOW
+        "end": "2026-01-15T12:00:00.000Z",
+    }
+    by_code = {r["code"]["coding"][0]["code"]: r for r in resources[1:]}
+    assert [m["reference"] for m in summary["hasMember"]] == [
+        f"Observation/{r['id']}" for r in resources[1:]
+    ]
+    # Patient A's fake trace is 130 + 30·sin(...) sampled uniformly over whole days:
+    # the mean is 130 mg/dL, every value is within 100..160, so 100 % in target;
+    # GMI = 3.31 + 0.02392 × 130 = 6.42 %.
+    mean = by_code["mean-glucose-mass-per-volume"]
+    assert mean["valueQuantity"]["value"] == pytest.approx(130.0, abs=0.1)
+    assert {"system": "http://loinc.org", "code": "97507-8"} in mean["code"]["coding"]
+    assert by_code["time-in-target"]["valueQuantity"] == {
+        "value": 100.0,
+        "unit": "%",
+        "system": "http://unitsofmeasure.org",
+        "code": "%",
+    }
+    assert by_code["time-in-very-low"]["valueQuantity"]["value"] == 0.0
+    assert by_code["gmi"]["valueQuantity"]["value"] == pytest.approx(6.4, abs=0.05)
+    other = await dr.get("/fhir/Observation", params={"patient": "pat-a", "code": "1234-5"})
+    assert other.status == 400
