@@ -138,3 +138,6 @@ class UpstreamForwarder:
         finally:
             if waiter is not None:
                 waiter.cancel()
+            for _item, future in inflight:  # resent next time; their errors are known
+                if future.done() and not future.cancelled():
+                    future.exception()

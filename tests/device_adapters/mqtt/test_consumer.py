@@ -65,7 +65,7 @@ async def test_good_payload_arrives_as_readings_and_is_acked_only_when_durable(
 
     # 1. A hub that never commits: it receives the reading but must not ack it.
     never = RecordingSink(durable=False)
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, never)
+    _conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, never)
     await pub.publish(topic, reading(1))
     await never.wait_for(lambda: len(never.readings) == 1)
     assert never.readings[0].patient_id == patient
@@ -76,7 +76,7 @@ async def test_good_payload_arrives_as_readings_and_is_acked_only_when_durable(
 
     # 2. Same client id again: the broker redelivers seq 1 (it was never acked).
     sink = RecordingSink()
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
+    _conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
     await sink.wait_for(lambda: len(sink.readings) >= 1)
     assert sink.readings[0].seq == 1
     await sink.wait_for(lambda: consumer.stats().acked == 1)
@@ -85,7 +85,7 @@ async def test_good_payload_arrives_as_readings_and_is_acked_only_when_durable(
 
     # 3. Now it was acked after on_durable: a third session sees only the new seq 2.
     third = RecordingSink()
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, third)
+    _conn, _consumer, _conn_task, _cons_task = await start_consumer(running, broker, patient, third)
     await pub.publish(topic, reading(2))
     await third.wait_for(lambda: len(third.readings) >= 1)
     assert [r.seq for r in third.readings] == [2]
@@ -114,7 +114,7 @@ async def test_every_bad_input_is_a_dead_letter_and_the_next_good_message_arrive
     ]
     pub = await publisher(broker, running)
     sink = RecordingSink()
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
+    _conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
     for bad_topic, payload, _reason in bad:
         await pub.publish(bad_topic, payload)
     await pub.publish(topic, reading(7, value=123.0))
@@ -148,7 +148,7 @@ async def test_broker_restart_mid_stream_reconnects_resubscribes_and_loses_nothi
     acked before, what was queued while the hub was away, what is published after."""
     topic = f"glucohub/v1/{patient}/cgm-1/readings"
     sink = RecordingSink()
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
+    conn, _consumer, _conn_task, _cons_task = await start_consumer(running, broker, patient, sink)
     pub = await publisher(broker, running)
     for seq in range(200):
         await publish_reliably(pub, topic, reading(seq))
@@ -171,7 +171,7 @@ async def test_messages_queued_for_an_offline_hub_survive_a_broker_restart(
 ) -> None:
     topic = f"glucohub/v1/{patient}/cgm-1/readings"
     first = RecordingSink()
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, first)
+    _conn, _consumer, conn_task, cons_task = await start_consumer(running, broker, patient, first)
     await stop(cons_task)
     await stop(conn_task)
     pub = await publisher(broker, running)
@@ -189,7 +189,7 @@ async def test_messages_in_flight_to_the_hub_survive_a_broker_restart(
 ) -> None:
     topic = f"glucohub/v1/{patient}/cgm-1/readings"
     never = RecordingSink(durable=False)  # received, never acked: in flight at the restart
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, never)
+    _conn, _consumer, conn_task, cons_task = await start_consumer(running, broker, patient, never)
     pub = await publisher(broker, running)
     for seq in range(5):
         await publish_reliably(pub, topic, reading(seq))
@@ -209,7 +209,7 @@ async def test_messages_queued_while_the_hub_is_away_arrive_after_it_returns(
 ) -> None:
     topic = f"glucohub/v1/{patient}/cgm-1/readings"
     sink = RecordingSink()
-    conn, consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
+    _conn, _consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
     await stop(cons_task)
     await stop(conn_task)  # clean DISCONNECT: the session (and subscription) stay
     pub = await publisher(broker, running)
