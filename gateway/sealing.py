@@ -17,9 +17,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import ConfigError
 from gateway.model import Batch
-from gateway.store import Store, reading_to_json
+from gateway.store import Store
 from ledger import keys as ledger_keys
 from ledger.batch import seal_batch
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -134,20 +135,22 @@ class Sealer:
 
     def seal(self, limit: int, now: datetime) -> SealOutcome | None:
         """Seal up to `limit` of the oldest unsealed readings into one batch."""
-        rows = self._store.unsealed_readings(limit)
+        rows = self._store.unsealed_reading_json(limit)
         events = self._store.unsealed_events(limit)
         if not rows and not events:
             return None
         previous = self._store.last_batch()
         seq = 0 if previous is None else previous.seq + 1
-        readings = [r.reading for r in rows]
-        times = [r.time for r in readings] or [now]
+        readings = [reading for _, reading in rows]
+        # Stored times are RFC 3339 UTC with milliseconds and "Z": they sort as text.
+        times = [str(r["time"]) for r in readings] or [to_rfc3339(now)]
+        first, last = min(times), max(times)
         sealed = seal_batch(
             hub_id=self._hub_id,
             batch_seq=seq,
-            start=min(times),
-            end=max(times),
-            readings=[reading_to_json(r) for r in readings],
+            start=first,
+            end=last,
+            readings=readings,
             events=[body for _, body in events],
             prev_jws=None if previous is None else previous.jws,
             signing_key=self._keys.batch_key,
@@ -156,8 +159,8 @@ class Sealer:
         batch = Batch(
             seq=seq,
             reading_count=len(readings),
-            first_time=min(times),
-            last_time=max(times),
+            first_time=parse_rfc3339(first),
+            last_time=parse_rfc3339(last),
             sealed_at=now,
             jws=sealed.jws,
             leaf_hash=sealed.leaf_hash,
@@ -167,7 +170,7 @@ class Sealer:
         root = tree.root()
         self._store.record_sealed_batch(
             batch=batch,
-            last_row_id=rows[-1].row_id if rows else 0,
+            last_row_id=rows[-1][0] if rows else 0,
             last_event_id=events[-1][0] if events else None,
             event_count=len(events),
             tree_size=tree.size,

@@ -232,6 +232,31 @@ def reading_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Reading:
     )
 
 
+def _number(value: float | None) -> float | int | None:
+    """Integral floats as ints: the JSON text is the same in every canonical form."""
+    if value is not None and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def reading_json_from_row(row: tuple[Any, ...]) -> dict[str, object]:
+    """`reading_to_json` straight from a stored row (the sealing and verify hot path)."""
+    (_, patient_id, device_id, kind, value, unit, time, seq, source, ov, ou, status) = row
+    return {
+        "patient_id": patient_id,
+        "device_id": device_id,
+        "kind": kind,
+        "time": time,
+        "value": _number(value),
+        "unit": unit,
+        "seq": seq,
+        "source": source,
+        "original_value": _number(ov),
+        "original_unit": ou,
+        "status": status.split(",") if status else [],
+    }
+
+
 def reading_to_json(reading: Reading) -> dict[str, object]:
     """The one JSON shape of a reading: export lines, ledger batches, the API."""
     return {
@@ -239,11 +264,11 @@ def reading_to_json(reading: Reading) -> dict[str, object]:
         "device_id": reading.device_id,
         "kind": reading.kind.value,
         "time": to_rfc3339(reading.time),
-        "value": reading.value,
+        "value": _number(reading.value),
         "unit": reading.unit.value,
         "seq": reading.seq,
         "source": reading.source.value,
-        "original_value": reading.original_value,
+        "original_value": _number(reading.original_value),
         "original_unit": reading.original_unit.value if reading.original_unit else None,
         "status": list(reading.status),
     }
@@ -531,6 +556,20 @@ class Store:
         ]
 
     # -- ledger -------------------------------------------------------------------------
+
+    def unsealed_reading_json(self, limit: int) -> list[tuple[int, dict[str, object]]]:
+        rows = self._db.execute(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(int(r[0]), reading_json_from_row(r)) for r in rows]
+
+    def batch_reading_json(self, batch_seq: int) -> list[dict[str, object]]:
+        rows = self._db.execute(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq = ? ORDER BY id",
+            (batch_seq,),
+        )
+        return [reading_json_from_row(r) for r in rows]
 
     def unsealed_readings(self, limit: int) -> list[StoredReading]:
         rows = self._db.execute(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.sealing import KEYS_DIR, LOG_KEY_FILE, load_public_keys
-from gateway.store import Store, reading_to_json
+from gateway.store import Store
 from ledger import rfc6962
 from ledger.batch import open_batch
 from ledger.checkpoint import open_checkpoint
@@ -55,7 +55,7 @@ def _verify(store: Store, data_dir: Path, hub_id: str) -> VerifyReport:
         expected_prev = "" if previous_jws is None else _b64_sha256(previous_jws)
         if payload.prev_batch_hash != expected_prev:
             return _fail(f"{where}: previous-batch hash breaks the chain", expected_seq, total)
-        stored = [reading_to_json(r) for r in store.batch_readings(batch.seq)]
+        stored = store.batch_reading_json(batch.seq)
         if len(stored) != len(payload.readings) or len(stored) != batch.reading_count:
             return _fail(
                 f"{where}: {len(stored)} stored readings but {len(payload.readings)} signed",
