@@ -14,6 +14,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from urllib.parse import urlencode
 
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
@@ -168,7 +169,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if user is None:
             if request.method == "GET" and not _wants_json(request) and request.path != "/ws":
                 raise web.HTTPSeeOther(
-                    f"/login?next={request.path_qs}" if request.path != "/" else "/login"
+                    "/login?" + urlencode({"next": request.path_qs})
+                    if request.path != "/"
+                    else "/login"
                 )
             raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="glucohub"'})
         raise web.HTTPForbidden()

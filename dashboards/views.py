@@ -89,10 +89,15 @@ def glucose_points(readings: list[Reading]) -> list[tuple[datetime, float]]:
 
 
 def _login_form(
-    request: web.Request, *, error: str = "", username: str = "", status: int = 200
+    request: web.Request,
+    *,
+    error: str = "",
+    username: str = "",
+    status: int = 200,
+    next_path: str | None = None,
 ) -> web.Response:
     token = secrets.token_urlsafe(32)
-    next_path = local_path(request.query.get("next"), "")
+    next_path = local_path(request.query.get("next") if next_path is None else next_path, "")
     body = pages.login_page(csrf=token, error=error, username=username, next_path=next_path)
     response = html(body, status)
     response.set_cookie(
@@ -117,9 +122,12 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username", "")).strip().lower()
     password = str(form.get("password", ""))
     sent = str(form.get(CSRF_FIELD, ""))
+    next_path = str(form.get("next", ""))
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-        return _login_form(request, error="The form expired; please log in again.", status=403)
+        return _login_form(
+            request, error="The form expired; please log in again.", status=403, next_path=next_path
+        )
     now = d.clock.monotonic()
     keys = (f"ip:{request.remote}", f"user:{username}")
     wait = max(d.login_failures.retry_after(k, now) for k in keys)
@@ -129,6 +137,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             error="Too many failed attempts; try again later.",
             username=username,
             status=429,
+            next_path=next_path,
         )
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
@@ -139,11 +148,15 @@ async def login_post(request: web.Request) -> web.StreamResponse:
         for key in keys:
             d.login_failures.fail(key, now)
         return _login_form(
-            request, error="Wrong username or password.", username=username, status=401
+            request,
+            error="Wrong username or password.",
+            username=username,
+            status=401,
+            next_path=next_path,
         )
     session, user = result
     default = f"/patients/{user.patient_id}" if user.role is Role.PATIENT else "/"
-    target = local_path(str(form.get("next", "")), default)
+    target = local_path(next_path, default)
     response = web.HTTPSeeOther(target)
     response.set_cookie(
         SESSION_COOKIE,

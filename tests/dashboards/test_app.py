@@ -8,12 +8,13 @@ from datetime import timedelta
 
 import pytest
 from aiohttp import WSMsgType, web
+from yarl import URL
 
 from dashboards.access import Access
 from dashboards.context import DEPS
 from gateway.model import AlertKind, AlertLevel, AlertState
-from tests.dashboards.conftest import Login, csrf_of, login_as
-from tests.dashboards.fakes import NOW, World, alert, cgm, push_alert, push_readings
+from tests.dashboards.conftest import CSRF_RE, Login, csrf_of, login_as
+from tests.dashboards.fakes import NOW, PASSWORD, World, alert, cgm, push_alert, push_readings
 
 ROLES = ("", "alice", "bob", "dr-grant", "dr-none", "root")
 
@@ -480,3 +481,37 @@ async def test_report_comes_in_three_formats(login: Login) -> None:
     assert doc["patient"]["patient_id"] == "pat-a" and doc["metrics"]["days"] == 7
     bad = await dr.get("/patients/pat-a/report?format=docx")
     assert bad.status == 400
+
+
+@pytest.mark.parametrize(
+    ("next_path", "landing"),
+    [
+        ("/patients/pat-a?days=30", "/patients/pat-a?days=30"),
+        ("//evil.example/x", "/"),  # protocol-relative: another site
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+    ],
+)
+async def test_login_returns_only_to_local_pages(
+    login: Login, next_path: str, landing: str
+) -> None:
+    client = await login("")
+    page = await client.get("/login", params={"next": next_path})
+    token = CSRF_RE.search(await page.text())
+    assert token is not None
+    form = {
+        "username": "dr-grant",
+        "password": PASSWORD,
+        "csrf_token": token.group(1),
+        "next": next_path,
+    }
+    response = await client.post("/login", data=form, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == landing
+
+
+async def test_anonymous_page_visit_redirects_to_login_with_next(login: Login) -> None:
+    client = await login("")
+    response = await client.get("/patients/pat-a?days=7", allow_redirects=False)
+    location = URL(response.headers["Location"])
+    assert location.path == "/login"
+    assert location.query.getall("next") == ["/patients/pat-a?days=7"]  # one value, "=" escaped
