@@ -44,6 +44,7 @@ from gateway.units import Unit
 
 GLUCOSE_KINDS = (ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE)
 AGP_CHOICES = (7, 14, 30)
+RANGES_CACHE_S = 300.0
 
 _DEVICE_KINDS: dict[DeviceKind, tuple[ReadingKind, ...]] = {
     DeviceKind.CGM: (ReadingKind.CGM_GLUCOSE,),
@@ -204,16 +205,41 @@ def _referer_path(request: web.Request) -> str | None:
 # -- triage -------------------------------------------------------------------------------
 
 
-async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageRow:
-    rm = d.read_model
-    readings, latest, open_alerts = await asyncio.gather(
-        rm.readings(patient.patient_id, since=now - timedelta(days=14), kinds=GLUCOSE_KINDS),
-        rm.latest_reading(patient.patient_id, GLUCOSE_KINDS),
-        rm.alerts(patient.patient_id, open_only=True),
+async def _ranges_14d(
+    d: Deps, patient: Patient, now: datetime
+) -> tuple[float | None, float | None]:
+    """(% below 70, % in range) over 14 days, cached for RANGES_CACHE_S per patient.
+
+    A 14-day share moves by well under a percentage point in a few minutes, and the live
+    triage list is refetched on every new reading: recomputing it each time is waste.
+    """
+    cached = d.ranges_cache.get(patient.patient_id)
+    mono = d.clock.monotonic()
+    if cached is not None and mono - cached[0] < RANGES_CACHE_S:
+        return cached[1], cached[2]
+    readings = await d.read_model.readings(
+        patient.patient_id, since=now - timedelta(days=14), kinds=GLUCOSE_KINDS
     )
     points = glucose_points(readings)
-    metrics = _metrics(points, now=now, days=14, patient=patient) if points else None
+    result: tuple[float | None, float | None] = (None, None)
+    if points:
+        metrics = await asyncio.to_thread(_metrics, points, now=now, days=14, patient=patient)
+        if metrics.readings:
+            result = (metrics.below_70_percent, metrics.range_percent("in_range"))
+    d.ranges_cache[patient.patient_id] = (mono, *result)
+    return result
+
+
+async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageRow:
+    rm = d.read_model
     spark_start = now - timedelta(hours=3)
+    readings, latest, open_alerts, (below, in_range) = await asyncio.gather(
+        rm.readings(patient.patient_id, since=spark_start, kinds=GLUCOSE_KINDS),
+        rm.latest_reading(patient.patient_id, GLUCOSE_KINDS),
+        rm.alerts(patient.patient_id, open_only=True),
+        _ranges_14d(d, patient, now),
+    )
+    points = glucose_points(readings)
     spark = charts.sparkline_svg(
         [p for p in points if p[0] >= spark_start], start=spark_start, end=now
     )
@@ -221,8 +247,8 @@ async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageR
         patient=patient,
         latest=latest,
         open_alerts=tuple(a for a in open_alerts if a.state is not AlertState.RESOLVED),
-        below_range_pct=metrics.below_70_percent if metrics else None,
-        in_range_pct=metrics.range_percent("in_range") if metrics and metrics.readings else None,
+        below_range_pct=below,
+        in_range_pct=in_range,
     )
     recent = [
         p for p in points if latest is not None and p[0] >= latest.time - timedelta(minutes=15)
@@ -280,7 +306,10 @@ async def _patient(request: web.Request) -> Patient:
     return patient
 
 
-async def _patient_view(request: web.Request, patient: Patient) -> pages.PatientView:
+async def _patient_view(
+    request: web.Request, patient: Patient, *, full: bool = True
+) -> pages.PatientView:
+    """Everything on the patient page; `full=False` only what the live fragment shows."""
     d = deps(request)
     rm = d.read_model
     user = current_user(request)
@@ -288,16 +317,26 @@ async def _patient_view(request: web.Request, patient: Patient) -> pages.Patient
     tz = patient_tz(patient)
     pid = patient.patient_id
     days = _days(request)
+    day_start = now - timedelta(hours=24)
     readings, latest, alerts, devices = await asyncio.gather(
-        rm.readings(pid, since=now - timedelta(days=30), kinds=GLUCOSE_KINDS),
+        rm.readings(pid, since=now - timedelta(days=30 if full else 1), kinds=GLUCOSE_KINDS),
         rm.latest_reading(pid, GLUCOSE_KINDS),
         rm.alerts(pid),
         rm.list_devices(pid),
     )
     points = glucose_points(readings)
-    metrics = [_metrics(points, now=now, days=n, patient=patient) for n in AGP_CHOICES]
-    chosen = metrics[AGP_CHOICES.index(days)]
-    day_start = now - timedelta(hours=24)
+    agp = tir_bar = metrics_html = ""
+    seen: list[tuple[Device, datetime | None]] = []
+    if full:
+
+        def all_metrics() -> list[GlucoseMetrics]:
+            return [_metrics(points, now=now, days=n, patient=patient) for n in AGP_CHOICES]
+
+        metrics = await asyncio.to_thread(all_metrics)
+        chosen = metrics[AGP_CHOICES.index(days)]
+        agp, tir_bar = agp_svg(chosen), tir_bar_svg(chosen)
+        metrics_html = pages.metrics_table(metrics, user.unit)
+        seen = [(dev, await _last_seen(d, dev, readings)) for dev in devices]
     recent_alerts = [
         a for a in alerts if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
     ]
@@ -320,11 +359,11 @@ async def _patient_view(request: web.Request, patient: Patient) -> pages.Patient
             unit=user.unit,
             tz=tz,
         ),
-        agp=agp_svg(chosen),
+        agp=agp,
         agp_days=days,
-        tir_bar=tir_bar_svg(chosen),
-        metrics=pages.metrics_table(metrics, user.unit),
-        devices=[(dev, await _last_seen(d, dev, readings)) for dev in devices],
+        tir_bar=tir_bar,
+        metrics=metrics_html,
+        devices=seen,
         alerts_html=pages.alert_rows(
             recent_alerts,
             unit=user.unit,
@@ -354,7 +393,7 @@ async def patient_page(request: web.Request) -> web.StreamResponse:
 
 async def patient_partial(request: web.Request) -> web.StreamResponse:
     patient = await _patient(request)
-    return html(pages.patient_live(await _patient_view(request, patient)))
+    return html(pages.patient_live(await _patient_view(request, patient, full=False)))
 
 
 def _metrics(
