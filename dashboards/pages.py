@@ -367,6 +367,12 @@ def ledger_page(
         if checkpoint
         else "<p>No checkpoint yet.</p>"
     )
+    signers = signature_names(checkpoint or "")
+    names = "".join(
+        f"<li>{esc(name)}{' (this log)' if i == 0 else ' (witness cosignature)'}</li>"
+        for i, name in enumerate(signers)
+    )
+    note += f'<h3>Signatures</h3><ul id="signers">{names or "<li>none</li>"}</ul>'
     body = (
         f"<section><h2>Latest checkpoint</h2>{note}"
         f"<p>Verifier key: <code>{esc(verifier_key)}</code>"
@@ -376,7 +382,21 @@ def ledger_page(
         "<th>Readings</th><th>First</th><th>Last</th><th>Sealed</th><th>Leaf hash</th><th></th>"
         f'</tr></thead><tbody id="batch-rows">{rows}</tbody></table></div></section>'
     )
+    body = '<p id="ledger-news" class="note" hidden></p>' + body
     return layout("Ledger", body, user=user, csrf=csrf, live="ledger")
+
+
+def signature_names(note: str) -> list[str]:
+    """Key names of a signed note's signature lines, in order (C2SP signed-note: after the
+    blank line, each line is "— NAME BASE64"); the first is the log's own signature."""
+    _, sep, signatures = note.partition("\n\n")
+    if not sep:
+        return []
+    return [
+        line[2:].rsplit(" ", 1)[0]
+        for line in signatures.splitlines()
+        if line.startswith("— ") and " " in line[2:]
+    ]
 
 
 def latest_html(value: str, unit: Unit, trend: str, minutes: float | None) -> str:

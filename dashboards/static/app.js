@@ -51,6 +51,22 @@
     }
   }
 
+  // New batches are announced, not reloaded: a page that reloads every few seconds cannot
+  // be read. The notice links to a reload.
+  let newBatches = 0;
+  function announceBatch(event) {
+    const news = document.getElementById("ledger-news");
+    if (!news) return;
+    newBatches += 1;
+    news.hidden = false;
+    news.textContent = newBatches + " new batch(es) sealed, latest #" + event.seq +
+      ", tree size " + event.tree_size + ". ";
+    const link = document.createElement("a");
+    link.href = "/ledger";
+    link.textContent = "Reload";
+    news.appendChild(link);
+  }
+
   function connect(delay) {
     if (!live) return;
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -59,7 +75,7 @@
     ws.onmessage = function (msg) {
       const event = JSON.parse(msg.data);
       if (event.type === "alert") announce(event.alert);
-      if (event.type === "batch") { if (live === "ledger") window.location.reload(); return; }
+      if (event.type === "batch") { if (live === "ledger") announceBatch(event); return; }
       const pid = event.patient_id || (event.alert && event.alert.patient_id);
       if (live === "patient" && pid !== patient) return;
       refresh();

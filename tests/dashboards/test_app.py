@@ -515,3 +515,17 @@ async def test_anonymous_page_visit_redirects_to_login_with_next(login: Login) -
     location = URL(response.headers["Location"])
     assert location.path == "/login"
     assert location.query.getall("next") == ["/patients/pat-a?days=7"]  # one value, "=" escaped
+
+
+async def test_ledger_page_lists_signers_and_batches(world: World, login: Login) -> None:
+    world.ledger.note = (
+        "glucohub-local\n2\nq83ZbH6ZHQm1w2sCbyV5zYkXN6n8V3OQ4vJrgIh6mrU=\n\n"
+        "— glucohub-local AAAA\n— witness.example/w1 BBBB\n"
+    )
+    dr = await login("dr-grant")
+    page = await (await dr.get("/ledger")).text()
+    assert "<li>glucohub-local (this log)</li>" in page
+    assert "<li>witness.example/w1 (witness cosignature)</li>" in page
+    assert 'href="/log/batch/2"' in page and 'href="/log/batch/1"' in page
+    alice = await login("alice")
+    assert 'href="/log/batch/' not in await (await alice.get("/ledger")).text()

@@ -3,6 +3,7 @@ open the AGP, log out. Screenshots of every page go to test-artifacts/screenshot
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -13,6 +14,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from dashboards.app import serve
 from gateway.model import AlertKind, AlertLevel
+from gateway.protocols import BatchSealed
 from gateway.settings import DashboardSettings
 from tests.dashboards.conftest import make_app
 from tests.dashboards.fakes import NOW, PASSWORD, World, alert, cgm, push_alert, push_readings
@@ -88,6 +90,16 @@ async def test_clinician_flow(browser: Browser, base_url: str, world: World) -> 
     assert world.model.alerts_by_id["al-1"].acknowledged_by == "dr-grant"
     await shot(page, "05-alert-acknowledged")
 
+    await page.click('nav a[href="/ledger"]')
+    await expect(page.locator("body")).to_have_attribute("data-ws", "open")
+    batch = world.model.batches[2]
+    world.live.push(
+        BatchSealed(batch=dataclasses.replace(batch, seq=3), tree_size=4, root_hash=b"\x00" * 32)
+    )
+    await expect(page.locator("#ledger-news")).to_contain_text("latest #3, tree size 4")
+    await shot(page, "05b-ledger")
+
+    await page.click('nav a[href="/"]')
     await page.click('a[href="/patients/pat-a"]')
     await expect(page.locator("h1")).to_have_text("Alice Example")
     await page.click('.choices a[href="?days=30"]')
