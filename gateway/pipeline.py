@@ -158,7 +158,10 @@ class Hub:
         # Consent grants/revocations from the dashboard: rare, human-made, never dropped.
         self._pending_ledger_events: list[tuple[str, dict[str, object]]] = []
         self._started = time.monotonic()
-        self.sources_state: dict[str, str] = {}
+        # Probes for /healthz (e.g. the MQTT connection state), read at request time.
+        self.status_probes: dict[str, Callable[[], object]] = {}
+        # Set whenever a batch or checkpoint lands in the outbox (the upstream forwarder waits).
+        self.outbox_added = asyncio.Event()
         telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
         telemetry.gauge("glucohub_unsealed_readings", lambda: self._batcher.pending)
         telemetry.gauge("glucohub_dashboard_viewers", lambda: self.fanout.viewers)
@@ -227,7 +230,7 @@ class Hub:
                 "unsealed_readings": self._batcher.pending,
             },
             "ledger": {"tree_size": self._sealer.tree_size},
-            "sources": dict(self.sources_state),
+            "sources": {name: probe() for name, probe in self.status_probes.items()},
             "dashboard_viewers": self.fanout.viewers,
         }
 
@@ -393,6 +396,7 @@ class Hub:
         if outcome is None:
             return False
         self._batcher.sealed(outcome.batch.reading_count, self._clock.monotonic())
+        self.outbox_added.set()
         self.telemetry.inc("glucohub_ledger_batches_total")
         self.telemetry.inc("glucohub_ledger_readings_sealed_total", outcome.batch.reading_count)
         self.fanout.publish(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -20,7 +21,7 @@ from gateway.fanout import FanOut
 from gateway.pipeline import Hub, Source, Writer
 from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
-from gateway.services import Reader, StoreLedgerView, StoreReadModel
+from gateway.services import Reader, StoreLedgerView, StoreOutbox, StoreReadModel
 from gateway.settings import Settings
 from gateway.store import DB_FILENAME
 from gateway.telemetry import Telemetry
@@ -38,6 +39,7 @@ class Running:
     read_model: StoreReadModel
     ledger_view: StoreLedgerView
     alerts: AlertService
+    writer: Writer
     url: str | None = None
 
     @property
@@ -74,6 +76,40 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
             yield url
     finally:
         await asyncio.to_thread(accounts.close)
+
+
+def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[Source]:
+    """The MQTT consumer and the upstream forwarder, when their URLs are configured."""
+    from device_adapters.mqtt.client import MqttConnection, consumer_config, upstream_config
+    from device_adapters.mqtt.consumer import MqttConsumer
+    from device_adapters.mqtt.upstream import UpstreamForwarder
+
+    sources: list[Source] = []
+    if settings.mqtt.url:
+        inbound = MqttConnection(consumer_config(settings.mqtt))
+        consumer = MqttConsumer(connection=inbound, sink=running.hub, clock=clock)
+        running.hub.status_probes["mqtt"] = lambda: {
+            "state": inbound.state.value,
+            **dataclasses.asdict(consumer.stats()),
+        }
+        sources += [inbound.run, consumer.run]
+    if settings.upstream.url:
+        outbound = MqttConnection(upstream_config(settings.upstream, hub_id=settings.hub.hub_id))
+        outbox = StoreOutbox(
+            running.reader,
+            lambda fn: running.writer.run(fn, running.writer.store),
+            running.hub.outbox_added,
+        )
+        forwarder = UpstreamForwarder(
+            connection=outbound, outbox=outbox, window=settings.upstream.max_inflight
+        )
+        running.hub.status_probes["upstream"] = lambda: {
+            "state": outbound.state.value,
+            "sent": forwarder.sent,
+            "last_error": forwarder.last_error,
+        }
+        sources += [outbound.run, forwarder.run]
+    return sources
 
 
 async def run_hub(
@@ -121,6 +157,7 @@ async def run_hub(
         keys=keys,
         reader=reader,
         alerts=alerts,
+        writer=writer,
         read_model=StoreReadModel(reader),
         ledger_view=StoreLedgerView(
             reader,
@@ -139,6 +176,7 @@ async def run_hub(
             if on_ready is not None:
                 on_ready(running)
             bound: list[Source] = [functools.partial(make, hub, clock) for make in sources]
+            bound += _mqtt_sources(settings, running, clock)
             await hub.run(stop, bound)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

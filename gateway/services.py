@@ -7,9 +7,11 @@ the writer commits), so a dashboard query never blocks ingestion or the event lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -54,6 +56,42 @@ class Reader:
 
         self._executor.submit(shut).result()
         self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxRow:
+    item_id: int
+    topic: str
+    payload: bytes
+
+
+class StoreOutbox:
+    """The upstream outbox: rows the seal stage adds in the same transaction as the batch."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
+        added: asyncio.Event,
+    ) -> None:
+        self._reader = reader
+        self._writer_run = writer_run
+        self._added = added
+
+    async def pending(self, limit: int) -> list[OutboxRow]:
+        self._added.clear()
+        rows = await self._reader.run(lambda s: s.outbox_pending(limit))
+        return [OutboxRow(item_id=i, topic=t, payload=p) for i, t, p in rows]
+
+    async def mark_sent(self, item_id: int) -> None:
+        now = datetime.now(UTC)
+        await self._writer_run(lambda s: s.outbox_mark_sent(item_id, now))
+
+    async def wait_for_new(self) -> None:
+        # Level-triggered (cleared by `pending`); the timeout covers rows added by another
+        # process, e.g. `glucohub` commands run beside the hub.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._added.wait(), timeout=5.0)
 
 
 class StoreResume:
