@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from gateway.cli import main
 from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
-from tests.gateway.test_cli import hub_dir as hub_dir  # noqa: F401  (fixture)
+from tests.gateway.test_cli import hub_dir as hub_dir  # the fixture, re-exported
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -38,8 +37,17 @@ def test_bundle_verifies_without_the_database(
     code, out = run(capsys, "ledger", "export", "--data-dir", str(hub_dir), "--out", str(bundle))
     assert code == 0, out
     (hub_dir / "glucohub.sqlite3").rename(tmp_path / "moved-away.sqlite3")
-    code, out = run(capsys, "ledger", "verify", "--bundle", str(bundle), "--log-key", log_key,
-                    "--batch-key", batch_key)
+    code, out = run(
+        capsys,
+        "ledger",
+        "verify",
+        "--bundle",
+        str(bundle),
+        "--log-key",
+        log_key,
+        "--batch-key",
+        batch_key,
+    )
     assert code == 0, out
     assert "OK: 3 batches, 12 readings" in out
 
@@ -55,18 +63,32 @@ def tamper(bundle: Path, edit) -> Path:  # type: ignore[no-untyped-def]
     ("name", "edit", "expect"),
     [
         ("delete a batch", lambda ls: ls[:2] + ls[3:], "batch 1"),
-        ("duplicate a batch", lambda ls: ls[:2] + [ls[1]] + ls[2:], "batch 1"),
+        ("duplicate a batch", lambda ls: [*ls[:2], ls[1], *ls[2:]], "batch 1"),
         ("reorder batches", lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], "batch 0"),
     ],
 )
 def test_tampered_bundles_fail_naming_the_batch(
-    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, edit, expect: str  # type: ignore[no-untyped-def]
+    hub_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    edit,
+    expect: str,  # type: ignore[no-untyped-def]
 ) -> None:
     log_key, batch_key = public_keys(capsys, hub_dir)
     bundle = tmp_path / "ledger.jsonl"
     run(capsys, "ledger", "export", "--data-dir", str(hub_dir), "--out", str(bundle))
-    code, out = run(capsys, "ledger", "verify", "--bundle", str(tamper(bundle, edit)),
-                    "--log-key", log_key, "--batch-key", batch_key)
+    code, out = run(
+        capsys,
+        "ledger",
+        "verify",
+        "--bundle",
+        str(tamper(bundle, edit)),
+        "--log-key",
+        log_key,
+        "--batch-key",
+        batch_key,
+    )
     assert code == 1, name
     assert "FAIL" in out and expect in out, out
 
@@ -89,8 +111,17 @@ def test_edited_reading_in_a_bundle_fails(
         record["jws"] = ".".join((header, forged, signature))
         return [lines[0], lines[1], json.dumps(record) + "\n", *lines[3:]]
 
-    code, out = run(capsys, "ledger", "verify", "--bundle", str(tamper(bundle, edit)),
-                    "--log-key", log_key, "--batch-key", batch_key)
+    code, out = run(
+        capsys,
+        "ledger",
+        "verify",
+        "--bundle",
+        str(tamper(bundle, edit)),
+        "--log-key",
+        log_key,
+        "--batch-key",
+        batch_key,
+    )
     assert code == 1 and "batch 1" in out
 
 
@@ -99,11 +130,13 @@ def test_inclusion_proof_round_trip(
 ) -> None:
     log_key, batch_key = public_keys(capsys, hub_dir)
     proof = tmp_path / "proof.json"
-    code, out = run(capsys, "ledger", "prove", "--data-dir", str(hub_dir), "--batch", "2",
-                    "--out", str(proof))
+    code, out = run(
+        capsys, "ledger", "prove", "--data-dir", str(hub_dir), "--batch", "2", "--out", str(proof)
+    )
     assert code == 0, out
-    code, out = run(capsys, "ledger", "check-proof", str(proof), "--log-key", log_key,
-                    "--batch-key", batch_key)
+    code, out = run(
+        capsys, "ledger", "check-proof", str(proof), "--log-key", log_key, "--batch-key", batch_key
+    )
     assert code == 0 and "batch 2 is in the checkpointed log of 3, 2 readings" in out
     doc = json.loads(proof.read_text())
     doc["leaf_index"] = 1
@@ -115,26 +148,50 @@ def test_inclusion_proof_round_trip(
 def test_proof_for_a_missing_batch_is_refused(
     hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out = run(capsys, "ledger", "prove", "--data-dir", str(hub_dir), "--batch", "9",
-                    "--out", str(tmp_path / "p.json"))
+    code, out = run(
+        capsys,
+        "ledger",
+        "prove",
+        "--data-dir",
+        str(hub_dir),
+        "--batch",
+        "9",
+        "--out",
+        str(tmp_path / "p.json"),
+    )
     assert code == 2 and "not covered" in out
 
 
-async def test_a_witness_process_cosigns_the_live_hub(
-    hub_dir: Path, tmp_path: Path
-) -> None:
+async def test_a_witness_process_cosigns_the_live_hub(hub_dir: Path, tmp_path: Path) -> None:
     witness_dir = tmp_path / "witness"
     key_file = tmp_path / "witness.pem"
-    vkey = subprocess.run(
-        [sys.executable, "-m", "gateway", "witness", "--log-url", "x", "--log-key", "x",
-         "--state-dir", str(witness_dir), "--key-file", str(key_file), "--print-vkey"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    settings = load_settings(None, {
-        "GLUCOHUB_STORAGE__DATA_DIR": str(hub_dir),
-        "GLUCOHUB_DASHBOARD__PORT": "0",
-        "GLUCOHUB_LEDGER__WITNESS_KEYS": vkey,
-    })
+    printer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "witness",
+        "--log-url",
+        "x",
+        "--log-key",
+        "x",
+        "--state-dir",
+        str(witness_dir),
+        "--key-file",
+        str(key_file),
+        "--print-vkey",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await printer.communicate()
+    assert printer.returncode == 0
+    vkey = out.decode().strip()
+    settings = load_settings(
+        None,
+        {
+            "GLUCOHUB_STORAGE__DATA_DIR": str(hub_dir),
+            "GLUCOHUB_DASHBOARD__PORT": "0",
+            "GLUCOHUB_LEDGER__WITNESS_KEYS": vkey,
+        },
+    )
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     hub = asyncio.create_task(run_hub(settings, stop=stop, on_ready=ready.set_result))
@@ -143,9 +200,21 @@ async def test_a_witness_process_cosigns_the_live_hub(
         log_url = f"{running.url}/log"
         log_key = running.keys.log_verifier_key
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "witness", "--log-url", log_url, "--log-key", log_key,
-            "--state-dir", str(witness_dir), "--key-file", str(key_file), "--once",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "gateway",
+            "witness",
+            "--log-url",
+            log_url,
+            "--log-key",
+            log_key,
+            "--state-dir",
+            str(witness_dir),
+            "--key-file",
+            str(key_file),
+            "--once",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, output.decode()
