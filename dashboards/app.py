@@ -114,6 +114,13 @@ async def serve(
         await runner.cleanup()
 
 
+def live_stats(app: web.Application) -> dict[str, int]:
+    """Live-channel figures for the hub's /metrics: open viewers and messages dropped from
+    slow viewers' queues (the hub's own LiveFeed sees one subscriber: this app)."""
+    broadcaster = app[DEPS].broadcaster
+    return {"viewers": len(broadcaster.viewers), "dropped_total": broadcaster.dropped_total}
+
+
 # -- middleware ---------------------------------------------------------------------------
 
 

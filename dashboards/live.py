@@ -112,6 +112,12 @@ class Viewer:
 class Broadcaster:
     viewers: set[Viewer] = field(default_factory=set)
     events_seen: int = 0
+    dropped_closed: int = 0  # drops of viewers that have gone, so the total never goes down
+
+    @property
+    def dropped_total(self) -> int:
+        """Messages dropped (oldest first) from slow viewers' queues since start."""
+        return self.dropped_closed + sum(v.dropped for v in self.viewers)
 
     def publish(self, event: LiveEvent) -> None:
         self.events_seen += 1
@@ -123,7 +129,9 @@ class Broadcaster:
         self.viewers.add(viewer)
 
     def remove(self, viewer: Viewer) -> None:
-        self.viewers.discard(viewer)
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            self.dropped_closed += viewer.dropped
 
     def close_session(self, session_id: str) -> None:
         for viewer in list(self.viewers):

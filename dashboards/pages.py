@@ -13,7 +13,7 @@ from dashboards.accounts import AuditEntry, Grant, Role, User
 from dashboards.glycemia import format_glucose
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
-from gateway.model import Alert, AlertKind, AlertLevel, AlertState, Batch, Device, Patient
+from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient
 from gateway.units import Unit
 
 
@@ -405,6 +405,3 @@ def latest_html(value: str, unit: Unit, trend: str, minutes: float | None) -> st
         f'<span class="big">{esc(value)}</span> <small>{esc(unit.value)}</small> '
         f'<span class="trend">{esc(trend)}</span> <span class="since">{esc(since)}</span>'
     )
-
-
-SNOOZABLE = frozenset(AlertKind)

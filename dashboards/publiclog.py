@@ -24,7 +24,10 @@ def _text(body: str) -> web.Response:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     health = deps(request).status.health()
-    return web.json_response(health, status=200 if health.get("status") == "ok" else 503)
+    # 503 only when the hub says it is neither ok nor degraded (e.g. "stopping"): a degraded
+    # hub (one source down) still stores and serves, and restarting it would not help.
+    healthy = health.get("status") in ("ok", "degraded")
+    return web.json_response(health, status=200 if healthy else 503)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

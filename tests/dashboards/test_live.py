@@ -96,3 +96,14 @@ def test_broadcaster_closes_only_the_logged_out_session() -> None:
     assert one.pending() == two.pending() == 1
     hub.close_session("s1")
     assert one.closed and not two.closed
+
+
+def test_dropped_total_survives_viewers_leaving() -> None:
+    hub = Broadcaster()
+    slow = Viewer(user=CLINICIAN, session_id="s", visible=frozenset({"a"}), maxlen=1)
+    hub.add(slow)
+    for i in range(3):
+        hub.publish(ReadingsStored(readings=(cgm("a", NOW + timedelta(minutes=5 * i), 90.0),)))
+    assert hub.dropped_total == 2  # three messages into a queue of one
+    hub.remove(slow)
+    assert hub.dropped_total == 2

@@ -71,3 +71,11 @@ async def test_cosignature_submission(world: World, login: Login) -> None:
     assert bad.status == 400 and "not a signature line" in await bad.text()
     huge = await client.post("/log/cosignature", data="— " + "A" * 9000)
     assert huge.status == 413
+
+
+@pytest.mark.parametrize(("status", "code"), [("ok", 200), ("degraded", 200), ("stopping", 503)])
+async def test_health_status_codes(world: World, login: Login, status: str, code: int) -> None:
+    world.status.health = lambda: {"status": status}  # type: ignore[method-assign]
+    client = await login("")
+    response = await client.get("/healthz")
+    assert response.status == code and (await response.json())["status"] == status
