@@ -90,10 +90,14 @@ def main() -> None:
     sign_s, check_s = _baseline(payloads)
     seal_rate, verify_rate = total / seal_s, total / verify_s
     base_seal, base_verify = total / sign_s, total / check_s
-    print(f"seal   : {seal_rate:>10,.0f} readings/s  (target >= 100,000)  "
-          f"baseline SHA-256+sign {base_seal:>12,.0f}/s  ratio {seal_rate / base_seal:.3f}")
-    print(f"verify : {verify_rate:>10,.0f} readings/s  (target >= 200,000)  "
-          f"baseline SHA-256+verify {base_verify:>10,.0f}/s  ratio {verify_rate / base_verify:.3f}")
+    print(
+        f"seal   : {seal_rate:>10,.0f} readings/s  (target >= 100,000)  "
+        f"baseline SHA-256+sign {base_seal:>12,.0f}/s  ratio {seal_rate / base_seal:.3f}"
+    )
+    print(
+        f"verify : {verify_rate:>10,.0f} readings/s  (target >= 200,000)  "
+        f"baseline SHA-256+verify {base_verify:>10,.0f}/s  ratio {verify_rate / base_verify:.3f}"
+    )
 
 
 if __name__ == "__main__":
