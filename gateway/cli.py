@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.clock import parse_rfc3339, utc_now
@@ -380,6 +380,58 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consent_to_ledger(data_dir: Path) -> Callable[[dict[str, str]], None]:
+    """Consent changes made from the CLI are ledger events too (sealed by the running hub)."""
+
+    def record(event: dict[str, str]) -> None:
+        store = Store(data_dir)
+        try:
+            store.add_ledger_event(event.get("patient_id", ""), {"type": "consent", **event})
+        finally:
+            store.close()
+
+    return record
+
+
+def cmd_users_grant(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    settings = _settings(args)
+    changed = accounts.grant(
+        _db_path(args),
+        args.patient,
+        args.clinician,
+        by="cli",
+        on_consent_change=_consent_to_ledger(settings.storage.data_dir),
+    )
+    print(f"{args.clinician} may see {args.patient}" + ("" if changed else " (already)"))
+    return 0
+
+
+def cmd_users_revoke(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    settings = _settings(args)
+    changed = accounts.revoke(
+        _db_path(args),
+        args.patient,
+        args.clinician,
+        by="cli",
+        on_consent_change=_consent_to_ledger(settings.storage.data_dir),
+    )
+    print(f"{args.clinician} may no longer see {args.patient}" + ("" if changed else " (was not)"))
+    return 0
+
+
+def cmd_users_token(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    token = accounts.tokens_create(_db_path(args), args.username, args.label)
+    print(token)
+    print("(shown once: store it now; use it as 'Authorization: Bearer <token>')", file=sys.stderr)
+    return 0
+
+
 def cmd_gatt_decode(args: argparse.Namespace) -> int:
     from device_adapters.ble.cli import gatt_decode
 
@@ -564,6 +616,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("username")
     p.add_argument("--enable", action="store_true")
     p.set_defaults(func=cmd_users_disable)
+
+    p = users.add_parser("grant", help="let a clinician see a patient (a ledger event)")
+    _common(p)
+    p.add_argument("clinician")
+    p.add_argument("--patient", required=True)
+    p.set_defaults(func=cmd_users_grant)
+    p = users.add_parser("revoke", help="withdraw a clinician's access to a patient")
+    _common(p)
+    p.add_argument("clinician")
+    p.add_argument("--patient", required=True)
+    p.set_defaults(func=cmd_users_revoke)
+    p = users.add_parser("token", help="create an API token for integrations")
+    _common(p)
+    p.add_argument("username")
+    p.add_argument("--label", default="integration")
+    p.set_defaults(func=cmd_users_token)
 
     gatt = sub.add_parser("gatt", help="Bluetooth GATT debugging").add_subparsers(
         dest="gatt_command", required=True, metavar="ACTION"

@@ -164,7 +164,6 @@ class Hub:
         self.outbox_added = asyncio.Event()
         telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
         telemetry.gauge("glucohub_unsealed_readings", lambda: self._batcher.pending)
-        telemetry.gauge("glucohub_dashboard_viewers", lambda: self.fanout.viewers)
 
     # -- ReadingSink ----------------------------------------------------------------------
 
@@ -231,7 +230,6 @@ class Hub:
             },
             "ledger": {"tree_size": self._sealer.tree_size},
             "sources": {name: probe() for name, probe in self.status_probes.items()},
-            "dashboard_viewers": self.fanout.viewers,
         }
 
     def prometheus_text(self) -> str:
@@ -241,7 +239,10 @@ class Hub:
 
     async def run(self, stop: asyncio.Event, sources: Sequence[Source]) -> None:
         """Run until `stop` is set, then stop sources, drain, seal everything and return."""
-        unsealed = await self._writer.run(self._writer.store.count_unsealed)
+        store = self._writer.store
+        unsealed = await self._writer.run(
+            lambda: store.count_unsealed() + store.count_unsealed_events()
+        )
         self._batcher.add(unsealed, self._clock.monotonic())
         if unsealed:
             log.info("resuming: %d stored readings await sealing", unsealed)

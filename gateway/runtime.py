@@ -53,7 +53,7 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
         yield None
         return
     from dashboards.accounts import Accounts
-    from dashboards.app import create_app, serve
+    from dashboards.app import create_app, live_stats, serve
 
     def on_consent(event: dict[str, str]) -> None:
         running.hub.note_ledger_event(event.get("patient_id", ""), {"type": "consent", **event})
@@ -71,6 +71,10 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
             status=running.hub,
             accounts=accounts,
             viewer_queue_size=settings.pipeline.viewer_queue_size,
+        )
+        running.hub.status_probes["dashboard"] = lambda: live_stats(app)
+        running.hub.telemetry.gauge(
+            "glucohub_dashboard_viewers", lambda: live_stats(app)["viewers"]
         )
         async with serve(app, settings.dashboard) as url:
             yield url

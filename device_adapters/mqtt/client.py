@@ -20,6 +20,7 @@ paho's return codes and exceptions become `device_adapters.mqtt.errors` exceptio
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -211,6 +212,7 @@ class _Generation:
         self.misc: asyncio.TimerHandle | None = None
         self.events = 0  # callbacks seen; tells the reader when a read made progress
         self.closed = False
+        self.reading_paused = False  # socket reads stopped: the inbound queue is full
 
 
 class MqttConnection:
@@ -226,6 +228,8 @@ class MqttConnection:
         self._rng = rng or random.Random()
         self._tls = _build_tls(config)
         self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue(config.receive_maximum)
+        # Messages beyond Receive Maximum, held while socket reads are paused (a few at most).
+        self._overflow: collections.deque[InboundMessage] = collections.deque()
         self._connected = asyncio.Event()
         self._gen: _Generation | None = None
         self._numbers = 0
@@ -446,6 +450,8 @@ class MqttConnection:
         while not self._queue.empty():
             self._queue.get_nowait()
             dropped += 1
+        dropped += len(self._overflow)
+        self._overflow.clear()
         if dropped:
             log.info("dropped %d unacked inbound messages of a dead connection", dropped)
         for future in (gen.connack,):
@@ -500,11 +506,13 @@ class MqttConnection:
         try:
             self._queue.put_nowait(inbound)
         except asyncio.QueueFull:
-            # The broker ignored our Receive Maximum. Dropping silently would strand the
-            # message until some later reconnect; disconnecting gets it redelivered now.
+            # The broker sent more than our Receive Maximum (Mosquitto 2.0 does so when it
+            # resends a persisted session after a restart). Keep the message and stop
+            # reading the socket until the consumer catches up: TCP back-pressure, bounded
+            # memory, and no reconnect loop (a reconnect would be flooded the same way).
             self.overflows += 1
-            log.error("MQTT inbound queue full (broker ignores Receive Maximum); reconnecting")
-            client.disconnect()
+            self._overflow.append(inbound)
+            self._pause_reading(gen)
 
     def _on_subscribe(
         self,
@@ -593,7 +601,7 @@ class MqttConnection:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._lose(gen, f"read: {rc.name}")
                 return
-            if gen.events == before or gen.client.socket() is None:
+            if gen.events == before or gen.client.socket() is None or gen.reading_paused:
                 return
 
     def _writable(self, gen: _Generation) -> None:
@@ -619,7 +627,27 @@ class MqttConnection:
 
     async def receive(self) -> InboundMessage:
         """The next inbound message (waits across reconnects)."""
-        return await self._queue.get()
+        message = await self._queue.get()
+        while self._overflow and not self._queue.full():
+            self._queue.put_nowait(self._overflow.popleft())
+        gen = self._gen
+        if not self._overflow and gen is not None and gen.reading_paused:
+            self._resume_reading(gen)
+        return message
+
+    def _pause_reading(self, gen: _Generation) -> None:
+        if not gen.reading_paused and gen.fd is not None and self._loop is not None:
+            gen.reading_paused = True
+            self._loop.remove_reader(gen.fd)
+            log.warning(
+                "MQTT broker sent more than Receive Maximum (%d); pausing reads",
+                self.config.receive_maximum,
+            )
+
+    def _resume_reading(self, gen: _Generation) -> None:
+        gen.reading_paused = False
+        if not gen.closed and gen.fd is not None and self._loop is not None:
+            self._loop.add_reader(gen.fd, self._readable, gen)
 
     def ack(self, message: InboundMessage) -> bool:
         """Send the PUBACK; False when its connection is gone (the broker will redeliver)."""

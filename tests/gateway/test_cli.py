@@ -300,3 +300,49 @@ def test_report_html_has_the_agp_chart(
 def test_report_for_an_unknown_patient(hub_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "report", "--data-dir", str(hub_dir), "--patient", "nobody")
     assert code == 2 and "unknown patient" in err
+
+
+def test_consent_from_the_cli_is_sealed_into_the_ledger(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    run(
+        capsys,
+        "users",
+        "add",
+        "dr-who",
+        "--role",
+        "clinician",
+        "--password-stdin",
+        "--data-dir",
+        str(hub_dir),
+    )
+    code, out, _ = run(
+        capsys, "users", "grant", "dr-who", "--patient", "p1", "--data-dir", str(hub_dir)
+    )
+    assert code == 0 and "dr-who may see p1" in out
+    code, out, _ = run(
+        capsys, "users", "revoke", "dr-who", "--patient", "p1", "--data-dir", str(hub_dir)
+    )
+    assert code == 0
+    # The next run of the hub seals the two consent events; verify checks them.
+    settings = load_settings(
+        None, {"GLUCOHUB_STORAGE__DATA_DIR": str(hub_dir), "GLUCOHUB_DASHBOARD__ENABLED": "false"}
+    )
+    stop = asyncio.Event()
+    stop.set()
+    asyncio.run(run_hub(settings, stop=stop))
+    db = sqlite3.connect(hub_dir / DB_FILENAME)
+    bodies = [
+        json.loads(r[0])
+        for r in db.execute(
+            "SELECT body FROM ledger_events WHERE batch_seq IS NOT NULL ORDER BY id"
+        )
+    ]
+    db.close()
+    assert [(b["type"], b["event"], b["clinician"]) for b in bodies] == [
+        ("consent", "consent_granted", "dr-who"),
+        ("consent", "consent_revoked", "dr-who"),
+    ]
+    code, out, _ = run(capsys, "ledger", "verify", "--data-dir", str(hub_dir))
+    assert code == 0, out

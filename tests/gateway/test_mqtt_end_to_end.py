@@ -49,13 +49,14 @@ class Hub:
             "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "0.5",
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = (data_dir.parent / "hub.log").open("ab")
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--data-dir", str(self.data_dir)],
             env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def sigkill(self) -> None:
@@ -179,6 +180,8 @@ def test_nothing_acknowledged_is_lost_through_kills_and_a_broker_restart(tmp_pat
             publisher.close()
             if hub.proc is not None and hub.proc.poll() is None:
                 hub.proc.kill()
+                hub.proc.wait()
+            hub.log.close()
     exported = subprocess.run(
         [sys.executable, "-m", "gateway", "export", "--data-dir", str(data_dir)],
         capture_output=True,

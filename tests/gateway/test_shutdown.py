@@ -93,11 +93,13 @@ def test_sigterm_mid_batch_seals_the_open_batch(tmp_path: Path) -> None:
 def test_sigkill_loses_nothing_stored(tmp_path: Path) -> None:
     data_dir = tmp_path / "hub"
     proc = start_demo(data_dir, batch_seconds="0.5")
-    wait_for_readings(data_dir, 300, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    if proc.stdout:
-        proc.stdout.close()
+    try:
+        wait_for_readings(data_dir, 300, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.stdout:
+            proc.stdout.close()
     stored_at_kill, _ = counts(data_dir)
 
     again = start_demo(data_dir, batch_seconds="0.5")
