@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import ConfigError
 from gateway.model import Batch
-from gateway.store import Store
+from gateway.store import TIME_COLUMN, Store, reading_canonical_from_row
 from ledger import keys as ledger_keys
-from ledger.batch import seal_batch
+from ledger.batch import seal_batch_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.errors import KeyFileError
 from ledger.note import NoteSigner, verifier_key
@@ -135,22 +135,21 @@ class Sealer:
 
     def seal(self, limit: int, now: datetime) -> SealOutcome | None:
         """Seal up to `limit` of the oldest unsealed readings into one batch."""
-        rows = self._store.unsealed_reading_json(limit)
+        rows = self._store.unsealed_reading_rows(limit)
         events = self._store.unsealed_events(limit)
         if not rows and not events:
             return None
         previous = self._store.last_batch()
         seq = 0 if previous is None else previous.seq + 1
-        readings = [reading for _, reading in rows]
         # Stored times are RFC 3339 UTC with milliseconds and "Z": they sort as text.
-        times = [str(r["time"]) for r in readings] or [to_rfc3339(now)]
+        times = [str(row[TIME_COLUMN]) for row in rows] or [to_rfc3339(now)]
         first, last = min(times), max(times)
-        sealed = seal_batch(
+        sealed = seal_batch_json(
             hub_id=self._hub_id,
             batch_seq=seq,
             start=first,
             end=last,
-            readings=readings,
+            readings_json="[" + ",".join(reading_canonical_from_row(r) for r in rows) + "]",
             events=[body for _, body in events],
             prev_jws=None if previous is None else previous.jws,
             signing_key=self._keys.batch_key,
@@ -158,7 +157,7 @@ class Sealer:
         )
         batch = Batch(
             seq=seq,
-            reading_count=len(readings),
+            reading_count=len(rows),
             first_time=parse_rfc3339(first),
             last_time=parse_rfc3339(last),
             sealed_at=now,

@@ -7,8 +7,10 @@ by a UNIQUE (device_id, dedupe_key) index, so a replayed message is a no-op.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from gateway.model import (
 )
 from gateway.protocols import DeadLetter, RejectReason
 from gateway.units import Unit
+from ledger.jcs import canonicalize
 
 DB_FILENAME = "glucohub.sqlite3"
 
@@ -161,6 +164,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE sent_at IS NULL;
 """
 
+TIME_COLUMN = 6  # index of `time` in _READING_COLUMNS rows
 _READING_COLUMNS = (
     "id, patient_id, device_id, kind, value, unit, time, seq, source, "
     "original_value, original_unit, status"
@@ -255,6 +259,51 @@ def reading_json_from_row(row: tuple[Any, ...]) -> dict[str, object]:
         "original_unit": ou,
         "status": status.split(",") if status else [],
     }
+
+
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
+_MAX_EXACT = 2**53
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_str(text: str) -> str:
+    """Ids, kinds and units repeat across rows: each is escaped once."""
+    if _NEEDS_ESCAPE.search(text) is None:
+        return '"' + text + '"'
+    return canonicalize(text).decode("utf-8")
+
+
+def _canonical_number(value: float | int | None) -> str:
+    if value is None:
+        return "null"
+    if type(value) is float:
+        magnitude = abs(value)
+        if magnitude < _MAX_EXACT and value.is_integer():
+            return str(int(value))
+        # In this range Python's shortest repr and ECMAScript's Number-to-String agree.
+        if 1e-4 <= magnitude < 1e16:
+            return repr(value)
+    elif type(value) is int and -_MAX_EXACT <= value <= _MAX_EXACT:
+        return str(value)
+    return canonicalize(value).decode("utf-8")  # the general rules (or their error)
+
+
+def reading_canonical_from_row(row: tuple[Any, ...]) -> str:
+    """RFC 8785 text of `reading_json_from_row(row)`, written directly for this fixed
+    schema (keys in sorted order): the sealing and verification hot path. A property test
+    holds it equal to `ledger.jcs.canonicalize`."""
+    (_, patient_id, device_id, kind, value, unit, time, seq, source, ov, ou, status) = row
+    q = _canonical_str
+    n = _canonical_number
+    status_json = "[" + ",".join(q(s) for s in status.split(",")) + "]" if status else "[]"
+    # `time` is always our own RFC 3339 spelling (digits, "-", ":", ".", "T", "Z").
+    return (
+        f'{{"device_id":{q(device_id)},"kind":{q(kind)},'
+        f'"original_unit":{"null" if ou is None else q(ou)},"original_value":{n(ov)},'
+        f'"patient_id":{q(patient_id)},"seq":{"null" if seq is None else n(seq)},'
+        f'"source":{q(source)},"status":{status_json},"time":"{time}",'
+        f'"unit":{q(unit)},"value":{n(value)}}}'
+    )
 
 
 def reading_to_json(reading: Reading) -> dict[str, object]:
@@ -556,6 +605,18 @@ class Store:
         ]
 
     # -- ledger -------------------------------------------------------------------------
+
+    def unsealed_reading_rows(self, limit: int) -> list[tuple[Any, ...]]:
+        return self._db.execute(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def batch_reading_rows(self, batch_seq: int) -> list[tuple[Any, ...]]:
+        return self._db.execute(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq = ? ORDER BY id",
+            (batch_seq,),
+        ).fetchall()
 
     def unsealed_reading_json(self, limit: int) -> list[tuple[int, dict[str, object]]]:
         rows = self._db.execute(

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.sealing import KEYS_DIR, LOG_KEY_FILE, load_public_keys
-from gateway.store import Store
+from gateway.store import (
+    TIME_COLUMN,
+    Store,
+    reading_canonical_from_row,
+    reading_json_from_row,
+)
 from ledger import rfc6962
-from ledger.batch import open_batch
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import LedgerError
+from ledger.jws import verify_compact
 from ledger.note import NoteVerifier
 
 
@@ -47,30 +54,28 @@ def _verify(store: Store, data_dir: Path, hub_id: str) -> VerifyReport:
         if batch.seq != expected_seq:
             return _fail(f"batch {expected_seq} is missing (found {batch.seq} next)", expected_seq)
         try:
-            payload = open_batch(batch.jws, batch_key)
+            body = verify_compact(batch.jws, batch_key)
         except LedgerError as exc:
             return _fail(f"{where}: signature does not verify ({exc})", expected_seq, total)
-        if payload.batch_seq != batch.seq or payload.hub_id != hub_id:
-            return _fail(f"{where}: signed as batch {payload.batch_seq} of hub {payload.hub_id}")
-        expected_prev = "" if previous_jws is None else _b64_sha256(previous_jws)
-        if payload.prev_batch_hash != expected_prev:
-            return _fail(f"{where}: previous-batch hash breaks the chain", expected_seq, total)
-        stored = store.batch_reading_json(batch.seq)
-        if len(stored) != len(payload.readings) or len(stored) != batch.reading_count:
+        rows = store.batch_reading_rows(batch.seq)
+        signed, problem = _signed_fields(body, rows)
+        if problem is not None:
+            return _fail(f"{where}: {problem}", expected_seq, total)
+        if signed.get("batch_seq") != batch.seq or signed.get("hub_id") != hub_id:
             return _fail(
-                f"{where}: {len(stored)} stored readings but {len(payload.readings)} signed",
+                f"{where}: signed as batch {signed.get('batch_seq')} of hub {signed.get('hub_id')}"
+            )
+        expected_prev = "" if previous_jws is None else _b64_sha256(previous_jws)
+        if signed.get("prev_batch_hash") != expected_prev:
+            return _fail(f"{where}: previous-batch hash breaks the chain", expected_seq, total)
+        if len(rows) != batch.reading_count:
+            return _fail(
+                f"{where}: {len(rows)} stored readings, the batch record says "
+                f"{batch.reading_count}",
                 expected_seq,
                 total,
             )
-        for index, (mine, signed) in enumerate(zip(stored, payload.readings, strict=True)):
-            if mine != signed:
-                return _fail(
-                    f"{where}: stored reading {index} differs from the signed one "
-                    f"({mine['device_id']} at {mine['time']})",
-                    expected_seq,
-                    total,
-                )
-        if store.batch_events(batch.seq) != list(payload.events):
+        if store.batch_events(batch.seq) != signed.get("events"):
             return _fail(
                 f"{where}: stored alert/consent events differ from the signed ones",
                 expected_seq,
@@ -81,7 +86,7 @@ def _verify(store: Store, data_dir: Path, hub_id: str) -> VerifyReport:
             return _fail(f"{where}: stored leaf hash does not match its JWS", expected_seq, total)
         leaf_hashes.append(leaf)
         previous_jws = batch.jws
-        total += len(stored)
+        total += len(rows)
     latest = store.latest_checkpoint()
     if latest is None:
         if leaf_hashes:
@@ -118,3 +123,39 @@ def _b64_sha256(data: bytes) -> str:
     import hashlib
 
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _signed_fields(body: bytes, rows: list[Any]) -> tuple[dict[str, Any], str | None]:
+    """The signed batch fields, checking the signed readings against the stored rows.
+
+    Fast path: the stored rows, serialised canonically, must be exactly the signed bytes
+    of the readings array, so only the small head of the payload is parsed. Otherwise the
+    whole payload is parsed to name the first reading that differs."""
+    if rows:
+        readings_json = "[" + ",".join(reading_canonical_from_row(r) for r in rows) + "]"
+        first = min(str(r[TIME_COLUMN]) for r in rows)
+        tail = f',"readings":{readings_json},"start":"{first}"}}'.encode()
+        if body.endswith(tail):
+            try:
+                head = json.loads(body[: -len(tail)] + b"}")
+            except ValueError:
+                return {}, "signed payload is not JSON"
+            last = max(str(r[TIME_COLUMN]) for r in rows)
+            if head.get("end") != last:
+                return head, "signed time range differs from the stored readings"
+            return head, None
+    try:
+        signed = json.loads(body)
+    except ValueError:
+        return {}, "signed payload is not JSON"
+    signed_readings = signed.get("readings", [])
+    mine = [reading_json_from_row(r) for r in rows]
+    if len(mine) != len(signed_readings):
+        return signed, f"{len(mine)} stored readings but {len(signed_readings)} signed"
+    for index, (stored, original) in enumerate(zip(mine, signed_readings, strict=True)):
+        if stored != original:
+            return signed, (
+                f"stored reading {index} differs from the signed one "
+                f"({stored['device_id']} at {stored['time']})"
+            )
+    return signed, None

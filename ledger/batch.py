@@ -37,9 +37,12 @@ __all__ = [
     "BatchPayload",
     "ChainSummary",
     "SealedBatch",
+    "SealedJws",
+    "batch_body",
     "batch_hash",
     "open_batch",
     "seal_batch",
+    "seal_batch_json",
     "verify_batch_chain",
 ]
 
@@ -69,6 +72,15 @@ class SealedBatch:
     leaf_data: bytes  # D = SHA-256(jws): what the RFC 6962 log stores for this batch
     leaf_hash: bytes  # SHA-256(0x00 || D)
     payload: BatchPayload
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SealedJws:
+    """A batch sealed from pre-canonicalised readings (`seal_batch_json`)."""
+
+    jws: bytes
+    leaf_data: bytes
+    leaf_hash: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,3 +279,80 @@ def verify_batch_chain(
         last_jws=previous if leaf_hashes else None,
         hub_id=hub_id if leaf_hashes else None,
     )
+
+
+def batch_body(
+    *,
+    hub_id: str,
+    batch_seq: int,
+    start: str,
+    end: str,
+    readings_json: str,
+    events: Sequence[Mapping[str, Any]],
+    prev_batch_hash: str,
+    nonce: str,
+) -> bytes:
+    """The canonical payload bytes of a batch whose readings array is given as JSON text.
+
+    `readings_json` must itself be the RFC 8785 text of the readings array: the caller
+    vouches for it (the hub serialises its fixed reading schema directly, and tests that
+    the result equals `canonicalize`). Everything else is canonicalised here.
+    """
+    if not (readings_json.startswith("[") and readings_json.endswith("]")):
+        raise ValueError("readings_json must be a JSON array")
+    # A control character is always escaped in canonical JSON, so this token's canonical
+    # text cannot occur anywhere but in the one place we put it.
+    token = "\x00" + nonce
+    marker = canonicalize([token]).decode("utf-8")
+    body = canonicalize(
+        {
+            "hub_id": hub_id,
+            "batch_seq": batch_seq,
+            "start": start,
+            "end": end,
+            "readings": [token],
+            "events": list(events),
+            "prev_batch_hash": prev_batch_hash,
+            "nonce": nonce,
+        }
+    ).decode("utf-8")
+    head, found, tail = body.partition(marker)
+    if not found or marker in tail:
+        raise ValueError("could not place the readings in the batch body")
+    return (head + readings_json + tail).encode("utf-8")
+
+
+def seal_batch_json(
+    *,
+    hub_id: str,
+    batch_seq: int,
+    start: str | datetime,
+    end: str | datetime,
+    readings_json: str,
+    events: Sequence[Mapping[str, Any]] = (),
+    prev_jws: bytes | None,
+    signing_key: Ed25519PrivateKey,
+    kid: str,
+    nonce: bytes | None = None,
+) -> SealedJws:
+    """`seal_batch` for a caller that already holds the readings as canonical JSON text
+    (see `batch_body`): the same signed bytes, without re-walking every reading."""
+    if (batch_seq == 0) != (prev_jws is None):
+        raise ValueError("prev_jws is None exactly for batch 0")
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    elif len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    body = batch_body(
+        hub_id=hub_id,
+        batch_seq=batch_seq,
+        start=_rfc3339(start, "start"),
+        end=_rfc3339(end, "end"),
+        readings_json=readings_json,
+        events=events,
+        prev_batch_hash="" if prev_jws is None else b64url_encode(batch_hash(prev_jws)),
+        nonce=b64url_encode(nonce),
+    )
+    jws = sign_compact(body, signing_key, kid)
+    leaf_data = batch_hash(jws)
+    return SealedJws(jws=jws, leaf_data=leaf_data, leaf_hash=rfc6962_leaf_hash(leaf_data))

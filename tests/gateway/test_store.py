@@ -4,12 +4,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.errors import RegistryError
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import DeadLetter, Origin, RejectReason
-from gateway.store import Store
+from gateway.store import (
+    Store,
+    reading_canonical_from_row,
+    reading_json_from_row,
+    reading_to_json,
+    reading_to_row,
+)
 from gateway.units import Unit
+from ledger.jcs import canonicalize
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 
@@ -109,3 +118,44 @@ def test_time_window_queries(store: Store) -> None:
 def test_database_file_is_not_world_readable(data_dir: Path, store: Store) -> None:
     mode = stat.S_IMODE(os.stat(store.path).st_mode)
     assert mode & stat.S_IROTH == 0, oct(mode)
+
+
+# The sealing hot path writes canonical JSON for stored rows directly; it must equal the
+# generic RFC 8785 canonicalisation of the same reading, for any value a reading can hold.
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@given(
+    device=texts,
+    value=st.floats(min_value=10, max_value=1000, allow_nan=False),
+    original=st.one_of(
+        st.none(),
+        st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: abs(v) < 1e300),
+    ),
+    seq=st.one_of(st.none(), st.integers(min_value=0, max_value=2**53)),
+    status=st.lists(texts.filter(lambda t: "," not in t), max_size=3),
+)
+def test_fast_canonical_rows_equal_rfc8785(
+    tmp_path_factory: pytest.TempPathFactory,
+    device: str,
+    value: float,
+    original: float | None,
+    seq: int | None,
+    status: list[str],
+) -> None:
+    reading = Reading(
+        patient_id='p"1\\',
+        device_id=device,
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=value,
+        unit=Unit.MG_DL,
+        time=T0,
+        source=Source.MQTT,
+        seq=seq,
+        original_value=original,
+        original_unit=Unit.MMOL_L if original is not None else None,
+        status=tuple(status),
+    )
+    row = (1, *reading_to_row(reading)[:6], *reading_to_row(reading)[7:12])
+    assert reading_canonical_from_row(row) == canonicalize(reading_json_from_row(row)).decode()
+    assert reading_json_from_row(row) == reading_to_json(reading)
