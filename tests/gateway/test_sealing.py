@@ -1,0 +1,116 @@
+"""Crash safety of sealing: a crash between persisting a checkpoint's (size, root) and
+signing it must leave exactly one, correct, signed checkpoint per size after restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
+from gateway.sealing import Sealer, init_keys, load_keys
+from gateway.store import Store
+from gateway.units import Unit
+from gateway.verify import verify_data_dir
+from ledger import rfc6962
+from ledger.checkpoint import open_checkpoint
+from ledger.note import NoteVerifier
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+class Crash(Exception):
+    """Stands for the process dying at this point."""
+
+
+def readings(start: int, count: int) -> list[Reading]:
+    return [
+        Reading(
+            patient_id="p1",
+            device_id="cgm-1",
+            kind=ReadingKind.CGM_GLUCOSE,
+            value=100.0 + i % 50,
+            unit=Unit.MG_DL,
+            time=NOW - timedelta(minutes=5 * (1000 - i)),
+            source=Source.BLE,
+            seq=i,
+        )
+        for i in range(start, start + count)
+    ]
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Path:
+    data_dir = tmp_path / "hub"
+    store = Store(data_dir)
+    store.add_patient(Patient(patient_id="p1", display_name="One"))
+    store.add_device(
+        Device(device_id="cgm-1", patient_id="p1", kind=DeviceKind.CGM, transport=Transport.BLE)
+    )
+    store.close()
+    init_keys(data_dir, None)
+    return data_dir
+
+
+def test_crash_between_persisting_and_signing_a_checkpoint(
+    hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = load_keys(hub, "glucohub-local", None)
+    store = Store(hub)
+    store.write(readings(0, 30))
+    sealer = Sealer(store, keys, hub_id="glucohub-local", forward=False)
+    assert sealer.seal(10, NOW) is not None  # batch 0, checkpoint 1 signed
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(Store, "record_checkpoint_note", die)
+    with pytest.raises(Crash):
+        sealer.seal(10, NOW)  # batch 1 and checkpoint (2, root) persisted; never signed
+    store.close()
+    monkeypatch.undo()
+
+    store = Store(hub)
+    assert [size for size, _ in store.unsigned_checkpoints()] == [2]
+    persisted_root = store.checkpoint_root(2)
+    Sealer(store, keys, hub_id="glucohub-local", forward=False)  # restart signs what waits
+    assert store.unsigned_checkpoints() == []
+    latest = store.latest_checkpoint()
+    assert latest is not None
+    size, root, note = latest
+    assert (size, root) == (2, persisted_root)
+    checkpoint = open_checkpoint(note, NoteVerifier.parse(keys.log_verifier_key))
+    assert checkpoint.root_hash == rfc6962.root_from_hashes(store.leaf_hashes(0, 2))
+    rows = store._db.execute("SELECT COUNT(*) FROM checkpoints WHERE size = 2").fetchone()
+    assert rows[0] == 1  # never two checkpoints for one size
+    store.close()
+    report = verify_data_dir(hub, "glucohub-local")
+    assert report.ok and report.batches == 2 and report.readings == 20, report.message
+
+
+def test_crash_before_the_batch_commits_loses_no_reading(
+    hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = load_keys(hub, "glucohub-local", None)
+    store = Store(hub)
+    store.write(readings(0, 25))
+    sealer = Sealer(store, keys, hub_id="glucohub-local", forward=False)
+
+    original = Store.record_sealed_batch
+
+    def commit_then_die(self: Store, **kwargs: object) -> None:
+        raise Crash  # before the transaction: nothing of this batch is written
+
+    monkeypatch.setattr(Store, "record_sealed_batch", commit_then_die)
+    with pytest.raises(Crash):
+        sealer.seal(10, NOW)
+    monkeypatch.setattr(Store, "record_sealed_batch", original)
+    assert store.count_unsealed() == 25 and store.last_batch() is None
+
+    sealer = Sealer(store, keys, hub_id="glucohub-local", forward=False)
+    while sealer.seal(10, NOW) is not None:
+        pass
+    store.close()
+    report = verify_data_dir(hub, "glucohub-local")
+    assert report.ok and report.batches == 3 and report.readings == 25, report.message
