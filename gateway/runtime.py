@@ -18,10 +18,11 @@ from typing import Any
 from gateway.alerting import AlertService, thresholds_from
 from gateway.clock import Clock, SystemClock
 from gateway.fanout import FanOut
+from gateway.model import Transport
 from gateway.pipeline import Hub, Source, Writer
 from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
-from gateway.services import Reader, StoreLedgerView, StoreOutbox, StoreReadModel
+from gateway.services import Reader, StoreLedgerView, StoreOutbox, StoreReadModel, StoreResume
 from gateway.settings import Settings
 from gateway.store import DB_FILENAME
 from gateway.telemetry import Telemetry
@@ -116,6 +117,54 @@ def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[So
     return sources
 
 
+def _ble_status(adapter: Any) -> dict[str, object]:
+    stats = adapter.stats
+    return {
+        "connects": stats.connects,
+        "link_drops": stats.link_drops,
+        "readings": stats.readings,
+        "last_error": stats.errors[-1] if stats.errors else "",
+    }
+
+
+async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> list[Source]:
+    """A BLE adapter per active registered BLE device (`glucohub ble pair` registers them)."""
+    if not settings.ble.enabled:
+        return []
+    from zoneinfo import ZoneInfo
+
+    from device_adapters.ble.adapter import BleAdapter
+    from device_adapters.ble.bleak_transport import BleakTransport
+
+    resume = StoreResume(running.reader)
+    sources: list[Source] = []
+    for device in await running.read_model.list_devices():
+        if device.transport is not Transport.BLE or not device.active or not device.address:
+            continue
+        patient = await running.read_model.get_patient(device.patient_id)
+        adapter = BleAdapter(
+            device=device,
+            transport=BleakTransport(
+                device.address, name=device.name, adapter=settings.ble.adapter or "default"
+            ),
+            sink=running.hub,
+            resume=resume,
+            clock=clock,
+            tz=ZoneInfo(patient.timezone if patient else "UTC"),
+            silence_timeout_s=float(settings.ble.silence_watchdog_s),
+        )
+        running.hub.status_probes[f"ble:{device.device_id}"] = functools.partial(
+            _ble_status, adapter
+        )
+
+        async def serve(a: BleAdapter = adapter) -> None:
+            await a.run()
+
+        sources.append(serve)
+    log.info("BLE: %d registered devices", len(sources))
+    return sources
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -181,6 +230,7 @@ async def run_hub(
                 on_ready(running)
             bound: list[Source] = [functools.partial(make, hub, clock) for make in sources]
             bound += _mqtt_sources(settings, running, clock)
+            bound += await _ble_sources(settings, running, clock)
             await hub.run(stop, bound)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
