@@ -45,6 +45,7 @@ from gateway.validation import ValidationRules, validate
 
 log = logging.getLogger("glucohub.pipeline")
 
+CHECKPOINT_EVERY_S = 5.0  # under a sealing backlog, sign a checkpoint at least this often
 ALERT_TICK_S = 15.0  # stale data, escalation and snooze expiry are checked this often
 
 P = ParamSpec("P")
@@ -155,6 +156,7 @@ class Hub:
         )
         self._stopping = False
         self._ingest_finished = False
+        self._unsigned_batches = False
         # Consent grants/revocations from the dashboard: rare, human-made, never dropped.
         self._pending_ledger_events: list[tuple[str, dict[str, object]]] = []
         self._started = time.monotonic()
@@ -374,14 +376,21 @@ class Hub:
 
     async def _seal_loop(self) -> None:
         limit = self._batcher.policy.max_readings
+        last_signed = self._clock.monotonic()
         while True:
             now = self._clock.monotonic()
             if self._batcher.due(now):
                 if not await self._seal_one(limit):
                     self._batcher.sealed(self._batcher.pending, now)  # counted ones were dupes
+                if now - last_signed >= CHECKPOINT_EVERY_S:  # a long backlog: sign meanwhile
+                    await self._sign_checkpoint()
+                    last_signed = now
                 continue
+            await self._sign_checkpoint()  # the backlog is sealed: one checkpoint for it
+            last_signed = now
             if self._ingest_finished:
                 await self._seal_all(limit)
+                await self._sign_checkpoint()
                 return
             self._new_readings.clear()
             with contextlib.suppress(TimeoutError):
@@ -393,9 +402,10 @@ class Hub:
         if self._pending_ledger_events:
             pending, self._pending_ledger_events = self._pending_ledger_events, []
             await self._writer.run(self._flush_ledger_events, pending)
-        outcome = await self._writer.run(self._sealer.seal, limit, self._clock.now())
+        outcome = await self._writer.run(self._sealer.seal, limit, self._clock.now(), sign=False)
         if outcome is None:
             return False
+        self._unsigned_batches = True
         self._batcher.sealed(outcome.batch.reading_count, self._clock.monotonic())
         self.outbox_added.set()
         self.telemetry.inc("glucohub_ledger_batches_total")
@@ -406,6 +416,12 @@ class Hub:
             )
         )
         return True
+
+    async def _sign_checkpoint(self) -> None:
+        if self._unsigned_batches:
+            self._unsigned_batches = False
+            await self._writer.run(self._sealer.sign_checkpoint, self._clock.now())
+            self.outbox_added.set()
 
     async def _seal_all(self, limit: int) -> None:
         while await self._seal_one(limit):

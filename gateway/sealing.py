@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -124,7 +124,7 @@ class Sealer:
         self._forward = forward
         state = store.tree_state()
         self._tree = CompactTree() if state is None else CompactTree.from_bytes(state[1])
-        self.sign_pending_checkpoints()
+        self.sign_checkpoint(datetime.now(UTC))  # finishes whatever a crash interrupted
 
     @property
     def tree_size(self) -> int:
@@ -133,8 +133,9 @@ class Sealer:
     def _topic(self, kind: str) -> str | None:
         return f"glucohub/v1/hubs/{self._hub_id}/{kind}" if self._forward else None
 
-    def seal(self, limit: int, now: datetime) -> SealOutcome | None:
-        """Seal up to `limit` of the oldest unsealed readings into one batch."""
+    def seal(self, limit: int, now: datetime, *, sign: bool = True) -> SealOutcome | None:
+        """Seal up to `limit` of the oldest unsealed readings into one batch; with `sign`,
+        sign a checkpoint of the new tree too (a backlog signs once, at its end)."""
         rows = self._store.unsealed_reading_rows(limit)
         events = self._store.unsealed_events(limit)
         if not rows and not events:
@@ -174,12 +175,20 @@ class Sealer:
             event_count=len(events),
             tree_size=tree.size,
             compact_tree=tree.to_bytes(),
-            root_hash=root,
             outbox_topic=self._topic("batches"),
         )
         self._tree = tree
-        self.sign_pending_checkpoints()
+        if sign:
+            self.sign_checkpoint(now)
         return SealOutcome(batch=batch, tree_size=tree.size, root_hash=root)
+
+    def sign_checkpoint(self, now: datetime) -> int:
+        """Sign a checkpoint of the current tree. Its (size, root) is committed first and
+        only then signed, so a crash in between leaves a row that the next start signs —
+        the same bytes, since Ed25519 is deterministic: one checkpoint per size, ever."""
+        if self._tree.size > 0:
+            self._store.persist_checkpoint(self._tree.size, self._tree.root(), now)
+        return self.sign_pending_checkpoints()
 
     def sign_pending_checkpoints(self) -> int:
         signed = 0

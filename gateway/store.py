@@ -702,11 +702,10 @@ class Store:
         event_count: int,
         tree_size: int,
         compact_tree: bytes,
-        root_hash: bytes,
         outbox_topic: str | None,
     ) -> None:
-        """Seal atomically: the batch, its readings' batch_seq, the tree and an unsigned
-        checkpoint row (size and root persisted before any signature exists)."""
+        """Seal atomically: the batch, its readings' and events' batch_seq, the tree state
+        and the batch's outbox row."""
         self._begin()
         try:
             self._db.execute(
@@ -743,11 +742,6 @@ class Store:
                 "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
                 (tree_size, compact_tree),
             )
-            self._db.execute(
-                "INSERT INTO checkpoints (size, root_hash, note, created_at) "
-                "VALUES (?, ?, NULL, ?)",
-                (tree_size, root_hash, to_rfc3339(batch.sealed_at)),
-            )
             if outbox_topic is not None:
                 self._db.execute(
                     "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
@@ -757,6 +751,20 @@ class Store:
         except BaseException:
             self._rollback()
             raise
+
+    def persist_checkpoint(self, size: int, root_hash: bytes, now: datetime) -> None:
+        """Record the (size, root) about to be signed; refuse a second root for a size."""
+        row = self._db.execute(
+            "SELECT root_hash FROM checkpoints WHERE size = ?", (size,)
+        ).fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO checkpoints (size, root_hash, note, created_at) "
+                "VALUES (?, ?, NULL, ?)",
+                (size, root_hash, to_rfc3339(now)),
+            )
+        elif bytes(row[0]) != root_hash:
+            raise StorageError(f"checkpoint {size}: a different root is already recorded")
 
     def unsigned_checkpoints(self) -> list[tuple[int, bytes]]:
         rows = self._db.execute(

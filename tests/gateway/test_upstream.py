@@ -137,8 +137,12 @@ async def test_batches_wait_in_the_outbox_and_arrive_in_order(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.1)
         assert clinic.batches() == list(range(BATCHES))
-        checkpoints = [t for t, _ in clinic.messages if t.endswith("/checkpoints")]
-        assert len(checkpoints) == BATCHES  # one signed checkpoint per sealed batch
+        sizes = [
+            int(note.decode().splitlines()[1])
+            for topic, note in clinic.messages
+            if topic.endswith("/checkpoints")
+        ]
+        assert sizes == sorted(sizes) and sizes[-1] == BATCHES  # the log's growth, in order
     finally:
         stop.set()
         await asyncio.wait_for(hub, 30)

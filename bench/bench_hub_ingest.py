@@ -1,0 +1,555 @@
+"""The whole hub process under MQTT load (issue 4): throughput, memory, live latency.
+
+Runs the real `python -m gateway run` against its own Mosquitto and prints, each against a
+baseline measured in the same run:
+
+1. publish -> validated -> durable -> sealed throughput. The hub's persistent session is
+   pre-filled with N readings while it is down (a paho publisher tops out near 7.6k msg/s,
+   so publishing live would measure the publisher), then the hub is started and timed from
+   its MQTT connection until all N rows have a `batch_seq` in SQLite (polled read-only).
+   Baseline: a bare paho subscriber draining its own pre-filled session of the same N.
+2. the hub's peak resident memory (VmHWM), against its own idle RSS right after startup.
+3. publish -> dashboard WebSocket latency at a paced 1,000 readings/s, against a bare paho
+   subscriber on the same broker receiving the same messages at the same time.
+
+    .venv/bin/python -m bench bench_hub_ingest          (or: python bench/bench_hub_ingest.py [N])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from yarl import URL
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.clock import to_rfc3339
+from gateway.store import DB_FILENAME
+from tests.support.mosquitto import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PATIENT = "bench-p"
+DEVICE = "bench-cgm"
+TOPIC = f"glucohub/v1/{PATIENT}/{DEVICE}/readings"
+HUB_CLIENT_ID = "bench-hub"
+BARE_CLIENT_ID = "bench-bare"
+CLINICIAN = "bench-clin"
+PASSWORD = "pw-long-enough"
+
+DEFAULT_COUNT = 20_000
+LIVE_RATE = 1000  # readings/s
+LIVE_SECONDS = 10.0
+MIB = 1024 * 1024
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# -- readings ------------------------------------------------------------------------------
+
+# Every reading has its own millisecond, so the dashboard's {"time": ...} names its seq.
+BASE_TIME = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
+
+
+def reading_time(seq: int) -> str:
+    return to_rfc3339(BASE_TIME + timedelta(milliseconds=seq))
+
+
+def payload(seq: int) -> bytes:
+    body = {"kind": "cgm_glucose", "value": 123, "unit": "mg/dL", "time": reading_time(seq)}
+    return json.dumps({**body, "seq": seq}, separators=(",", ":")).encode()
+
+
+# -- bare paho -----------------------------------------------------------------------------
+
+
+def _session_props() -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    return props
+
+
+def _client(client_id: str) -> paho.Client:
+    return paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+
+
+def make_session(port: int, client_id: str) -> None:
+    """Create a persistent session subscribed to TOPIC (QoS 1), then leave."""
+    done = threading.Event()
+    client = _client(client_id)
+    client.on_connect = lambda c, *_: c.subscribe(TOPIC, qos=1)
+    client.on_subscribe = lambda *_: done.set()
+    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
+    client.loop_start()
+    try:
+        if not done.wait(10):
+            raise BenchError(f"{client_id}: no SUBACK within 10 s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def prefill(port: int, first: int, count: int) -> float:
+    """Publish seqs first..first+count-1 at QoS 1, all PUBACKed; returns msg/s."""
+    client = _client("bench-prefill")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    start = time.perf_counter()
+    try:
+        infos = [client.publish(TOPIC, payload(seq), qos=1) for seq in range(first, first + count)]
+        for info in infos:
+            info.wait_for_publish(60)
+            if not info.is_published():
+                raise BenchError("pre-fill: a publish was not acknowledged within 60 s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return count / (time.perf_counter() - start)
+
+
+def bare_drain(port: int, client_id: str, count: int, timeout_s: float) -> float:
+    """Reconnect to a pre-filled session and count its messages (auto-ack); msg/s."""
+    received = 0
+    start = 0.0
+    finished = threading.Event()
+
+    def on_connect(*_: object) -> None:
+        nonlocal start
+        start = time.perf_counter()
+
+    def on_message(*_: object) -> None:
+        nonlocal received
+        received += 1
+        if received == count:
+            finished.set()
+
+    client = _client(client_id)
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
+    client.loop_start()
+    try:
+        if not finished.wait(timeout_s):
+            raise BenchError(f"bare paho drained {received}/{count} in {timeout_s:.0f} s")
+        elapsed = time.perf_counter() - start
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return count / elapsed
+
+
+# -- the hub process -----------------------------------------------------------------------
+
+
+def cli(data_dir: Path, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"glucohub {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass(slots=True)
+class HubProcess:
+    data_dir: Path
+    broker_url: str
+    dashboard_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    peak_kib: int = 0
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GLUCOHUB_")}
+        env |= {
+            "GLUCOHUB_MQTT__URL": self.broker_url,
+            "GLUCOHUB_MQTT__CLIENT_ID": HUB_CLIENT_ID,
+            "GLUCOHUB_DASHBOARD__PORT": str(self.dashboard_port),
+            "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "1",
+        }
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--data-dir", str(self.data_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise BenchError("hub not started")
+        return self.process.pid
+
+    def sample_memory(self) -> int:
+        """VmHWM (peak RSS) of the hub so far, KiB; also kept in `peak_kib`."""
+        self.peak_kib = max(self.peak_kib, proc_status_kib(self.pid, "VmHWM"))
+        return self.peak_kib
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise BenchError(
+                f"hub exited with {self.process.returncode}; log tail:\n{self.log_tail()}"
+            )
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.base_url + "/healthz", timeout=2) as response:
+                body: dict[str, Any] = json.load(response)
+                return body
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def wait_mqtt_connected(self, timeout_s: float = 60.0) -> float:
+        """Poll /healthz until the MQTT source says connected (subscribed). Returns a
+        perf_counter time at or before the connection: the send time of the last poll that
+        still said otherwise (so a throughput timed from it is, if anything, understated)."""
+        deadline = time.monotonic() + timeout_s
+        before = time.perf_counter()
+        while time.monotonic() < deadline:
+            self.check_alive()
+            sent = time.perf_counter()
+            health = self.health()
+            mqtt = (health or {}).get("sources", {}).get("mqtt", {})
+            if mqtt.get("state") == "connected":
+                return before
+            before = sent
+            time.sleep(0.01)
+        raise BenchError(f"hub not connected to MQTT in {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM (the hub drains and seals), SIGKILL if it does not exit in time."""
+        process, self.process = self.process, None
+        code: int | None = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            code = process.returncode
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+
+def counts(db: sqlite3.Connection) -> tuple[int, int]:
+    """(stored readings, sealed readings)."""
+    row = db.execute(
+        "SELECT COUNT(*), COUNT(batch_seq) FROM readings WHERE device_id = ?", (DEVICE,)
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ingest:
+    durable_rate: float
+    sealed_rate: float
+    sealed_s: float
+    from_spawn_s: float
+
+
+def timed_ingest(hub: HubProcess, count: int, timeout_s: float) -> Ingest:
+    spawned = time.perf_counter()
+    hub.start()
+    connected = hub.wait_mqtt_connected()
+    durable_at: float | None = None
+    deadline = time.monotonic() + timeout_s
+    with read_only(hub.data_dir / DB_FILENAME) as db:
+        while True:
+            stored, sealed = counts(db)
+            now = time.perf_counter()
+            hub.sample_memory()
+            if durable_at is None and stored >= count:
+                durable_at = now
+            if sealed >= count:
+                break
+            hub.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"hub stored {stored} and sealed {sealed} of {count} in {timeout_s:.0f} s"
+                )
+            time.sleep(0.02)
+    assert durable_at is not None
+    return Ingest(
+        durable_rate=count / (durable_at - connected),
+        sealed_rate=count / (now - connected),
+        sealed_s=now - connected,
+        from_spawn_s=now - spawned,
+    )
+
+
+# -- live latency --------------------------------------------------------------------------
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+@dataclass(slots=True)
+class Live:
+    published: dict[int, float] = field(default_factory=dict)
+    bare: dict[int, float] = field(default_factory=dict)
+    dashboard: dict[int, float] = field(default_factory=dict)
+    publish_rate: float = 0.0
+
+
+async def login(session: aiohttp.ClientSession, base: str) -> None:
+    async with session.get(base + "/login") as response:
+        if response.status != 200:
+            raise BenchError(f"GET /login: HTTP {response.status}")
+    cookie = session.cookie_jar.filter_cookies(URL(base + "/login")).get("gh_login")
+    if cookie is None:
+        raise BenchError("GET /login set no gh_login cookie")
+    form = {"username": CLINICIAN, "password": PASSWORD, "csrf_token": cookie.value, "next": "/"}
+    async with session.post(base + "/login", data=form, allow_redirects=False) as response:
+        if response.status != 303:
+            raise BenchError(f"POST /login: HTTP {response.status} (expected 303)")
+    if session.cookie_jar.filter_cookies(URL(base + "/")).get("gh_session") is None:
+        raise BenchError("POST /login set no gh_session cookie")
+
+
+def paced_publisher(port: int, first: int, count: int, rate: float, live: Live) -> None:
+    client = _client("bench-live-pub")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        bodies = [(seq, payload(seq)) for seq in range(first, first + count)]
+        start = time.perf_counter()
+        for i, (seq, body) in enumerate(bodies):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            live.published[seq] = time.perf_counter()
+            client.publish(TOPIC, body, qos=1)
+        live.publish_rate = count / (time.perf_counter() - start)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def live_latency(hub: HubProcess, port: int, first: int, count: int) -> Live:
+    live = Live()
+    by_time = {reading_time(seq): seq for seq in range(first, first + count)}
+
+    bare_ready = threading.Event()
+    bare = _client("bench-live-bare")
+
+    def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
+        at = time.perf_counter()
+        live.bare[json.loads(message.payload)["seq"]] = at
+
+    bare.on_connect = lambda c, *_: c.subscribe(TOPIC, qos=1)
+    bare.on_subscribe = lambda *_: bare_ready.set()
+    bare.on_message = on_message
+    bare.connect("127.0.0.1", port)
+    bare.loop_start()
+
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1 (an IP address)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=jar) as session:
+            await login(session, hub.base_url)
+            async with session.ws_connect(hub.base_url + "/ws", heartbeat=30) as ws:
+
+                async def receive() -> None:
+                    async for message in ws:
+                        at = time.perf_counter()
+                        if message.type is not aiohttp.WSMsgType.TEXT:
+                            break
+                        data = json.loads(message.data)
+                        if data.get("type") != "readings" or data.get("patient_id") != PATIENT:
+                            continue
+                        for reading in data["readings"]:
+                            seq = by_time.get(reading["time"])
+                            if seq is not None:
+                                live.dashboard.setdefault(seq, at)
+
+                receiver = asyncio.create_task(receive())
+                if not await asyncio.to_thread(bare_ready.wait, 10):
+                    raise BenchError("bare paho live subscriber: no SUBACK within 10 s")
+                await asyncio.sleep(0.2)  # the viewer is registered once the upgrade is done
+                await asyncio.to_thread(paced_publisher, port, first, count, LIVE_RATE, live)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and (
+                    len(live.dashboard) < count or len(live.bare) < count
+                ):
+                    hub.check_alive()
+                    hub.sample_memory()
+                    await asyncio.sleep(0.05)
+                hub.sample_memory()
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiver
+    finally:
+        bare.disconnect()
+        bare.loop_stop()
+    return live
+
+
+def latencies_ms(published: dict[int, float], received: dict[int, float]) -> list[float]:
+    return [(received[s] - published[s]) * 1000 for s in published if s in received]
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_COUNT
+    live_count = int(LIVE_RATE * LIVE_SECONDS)
+    with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
+        data_dir = Path(tmp) / "data"
+        broker = Mosquitto(Path(tmp) / "broker")
+        hub = HubProcess(data_dir, broker.url, free_port(), Path(tmp) / "hub.log")
+        try:
+            broker.start()
+            cli(data_dir, "patients", "add", PATIENT)
+            cli(
+                data_dir,
+                "devices",
+                "add",
+                DEVICE,
+                "--patient",
+                PATIENT,
+                "--kind",
+                "cgm",
+                "--transport",
+                "mqtt",
+            )
+            cli(
+                data_dir,
+                "users",
+                "add",
+                CLINICIAN,
+                "--role",
+                "clinician",
+                "--password-stdin",
+                stdin=PASSWORD + "\n",
+            )
+            cli(data_dir, "users", "grant", CLINICIAN, "--patient", PATIENT)
+
+            # Sessions first: the hub's (a real start, which also creates keys and the
+            # database) and the bare subscriber's; then one pre-fill queues N for both.
+            make_session(broker.port, BARE_CLIENT_ID)
+            hub.start()
+            hub.wait_mqtt_connected()
+            idle_kib = hub.sample_memory()
+            if hub.stop() != 0:
+                raise BenchError(f"hub did not stop cleanly:\n{hub.log_tail()}")
+            publish_rate = prefill(broker.port, 0, count)
+
+            bare_rate = bare_drain(broker.port, BARE_CLIENT_ID, count, timeout_s=120)
+            ingest = timed_ingest(hub, count, timeout_s=max(60.0, count / 200))
+            ingest_kib = hub.peak_kib
+
+            live = asyncio.run(live_latency(hub, broker.port, count, live_count))
+        finally:
+            hub.stop()
+            broker.kill()
+
+    print(f"ingest: {count} readings, 1 per message, QoS 1, pre-filled persistent sessions")
+    print(f"  pre-fill publisher (paho): {publish_rate:8.0f} msg/s (not part of the figures)")
+    print(f"  baseline bare paho subscriber drain: {bare_rate:8.0f} msg/s")
+    print(
+        f"  hub publish->durable:  {ingest.durable_rate:8.0f} readings/s   "
+        f"ratio to bare paho {ingest.durable_rate / bare_rate:.2f}"
+    )
+    print(
+        f"  hub publish->sealed:   {ingest.sealed_rate:8.0f} readings/s   "
+        f"ratio to bare paho {ingest.sealed_rate / bare_rate:.2f} (target >= 0.50); "
+        f"{ingest.sealed_s:.2f} s from MQTT connect, {ingest.from_spawn_s:.2f} s from spawn"
+    )
+    peak_kib = hub.peak_kib
+    print(
+        f"memory: hub peak RSS (VmHWM) {peak_kib / 1024:6.1f} MiB (target < 150 MiB); "
+        f"after the ingest {ingest_kib / 1024:.1f} MiB; "
+        f"ratio to its idle RSS ({idle_kib / 1024:.1f} MiB) {peak_kib / max(idle_kib, 1):.2f}"
+    )
+    bare_ms = latencies_ms(live.published, live.bare)
+    dash_ms = latencies_ms(live.published, live.dashboard)
+    print(
+        f"live: {live_count} readings paced at {LIVE_RATE}/s "
+        f"(achieved {live.publish_rate:.0f}/s); received by bare paho {len(bare_ms)}, "
+        f"on the dashboard WebSocket {len(dash_ms)}"
+    )
+    if not bare_ms or not dash_ms:
+        raise BenchError("no latency samples")
+    b50, b99 = percentile(bare_ms, 50), percentile(bare_ms, 99)
+    d50, d99 = percentile(dash_ms, 50), percentile(dash_ms, 99)
+    print(f"  baseline publish->bare paho:   p50 {b50:7.2f} ms  p99 {b99:7.2f} ms")
+    print(
+        f"  hub publish->dashboard WS:     p50 {d50:7.2f} ms  p99 {d99:7.2f} ms (target p99 < 100)"
+        f"   ratio to bare paho p50 {d50 / b50:.1f}  p99 {d99 / b99:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
