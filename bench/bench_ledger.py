@@ -84,7 +84,7 @@ def main() -> None:
         store.close()
 
         t0 = time.perf_counter()
-        report = verify_data_dir(data_dir, "bench")
+        report = verify_data_dir(data_dir, "bench", workers=os.cpu_count() or 1)
         verify_s = time.perf_counter() - t0
         assert report.ok and report.readings == total, report.message
 

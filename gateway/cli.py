@@ -92,7 +92,9 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     from gateway.verify import verify_data_dir
 
     settings = _settings(args)
-    report = verify_data_dir(settings.storage.data_dir, settings.hub.hub_id)
+    report = verify_data_dir(
+        settings.storage.data_dir, settings.hub.hub_id, workers=os.cpu_count() or 1
+    )
     print(report.message)
     return 0 if report.ok else 1
 

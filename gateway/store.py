@@ -654,6 +654,9 @@ class Store:
         row = self._db.execute("SELECT size, compact FROM tree_state WHERE id = 1").fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    def batch_seqs(self) -> list[int]:
+        return [int(r[0]) for r in self._db.execute("SELECT seq FROM batches ORDER BY seq")]
+
     def last_batch(self) -> Batch | None:
         row = self._db.execute(
             "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from gateway.store import (
     reading_json_from_row,
 )
 from ledger import rfc6962
+from ledger.batch import batch_hash
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import LedgerError
 from ledger.jws import verify_compact
@@ -29,10 +33,20 @@ class VerifyReport:
     readings: int = 0
 
 
-def verify_data_dir(data_dir: Path, hub_id: str) -> VerifyReport:
+# Ledgers with at least this many batches are checked by one worker process per core.
+PARALLEL_FROM_BATCHES = 64
+_CHUNK_BATCHES = 32
+
+
+def verify_data_dir(data_dir: Path, hub_id: str, *, workers: int = 1) -> VerifyReport:
+    """Recompute every batch signature, the stored readings against the signed ones, the
+    hash chain, the leaves and the tree root against the latest signed checkpoint.
+
+    `workers` > 1 checks batch ranges in that many spawned processes (the caller's main
+    module must be import-safe, as a console script is)."""
     store = Store(data_dir, read_only=True)
     try:
-        return _verify(store, data_dir, hub_id)
+        return _verify(store, data_dir, hub_id, workers)
     finally:
         store.close()
 
@@ -41,52 +55,126 @@ def _fail(message: str, batches: int = 0, readings: int = 0) -> VerifyReport:
     return VerifyReport(ok=False, message=f"FAIL: {message}", batches=batches, readings=readings)
 
 
-def _verify(store: Store, data_dir: Path, hub_id: str) -> VerifyReport:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Checked:
+    """One batch verified on its own; the chain is checked afterwards, in order."""
+
+    seq: int
+    leaf_hash: bytes
+    jws_hash: str  # base64url SHA-256 of the JWS: the next batch's prev_batch_hash
+    signed_prev: str
+    readings: int
+    problem: str | None = None
+
+
+def _check_range(data_dir: Path, hub_id: str, first: int, end: int) -> list[_Checked]:
+    """Verify batches [first, end) alone: what does not depend on the batch before."""
+    keys = load_public_keys(data_dir, hub_id)
+    assert keys is not None
+    batch_key = keys[0]
+    store = Store(data_dir, read_only=True)
+    out: list[_Checked] = []
+    try:
+        for batch in store.batches(since_seq=first, limit=end - first):
+            out.append(
+                _check_batch(
+                    store,
+                    batch.seq,
+                    batch.jws,
+                    batch.leaf_hash,
+                    batch.reading_count,
+                    batch_key,
+                    hub_id,
+                )
+            )
+            if out[-1].problem is not None:
+                break
+    finally:
+        store.close()
+    return out
+
+
+def _check_batch(
+    store: Store,
+    seq: int,
+    jws: bytes,
+    stored_leaf: bytes,
+    reading_count: int,
+    batch_key: Any,
+    hub_id: str,
+) -> _Checked:
+    def bad(problem: str) -> _Checked:
+        return _Checked(
+            seq=seq, leaf_hash=b"", jws_hash="", signed_prev="", readings=0, problem=problem
+        )
+
+    try:
+        body = verify_compact(jws, batch_key)
+    except LedgerError as exc:
+        return bad(f"signature does not verify ({exc})")
+    rows = store.batch_reading_rows(seq)
+    signed, problem = _signed_fields(body, rows)
+    if problem is not None:
+        return bad(problem)
+    if signed.get("batch_seq") != seq or signed.get("hub_id") != hub_id:
+        return bad(f"signed as batch {signed.get('batch_seq')} of hub {signed.get('hub_id')}")
+    if len(rows) != reading_count:
+        return bad(f"{len(rows)} stored readings, the batch record says {reading_count}")
+    if store.batch_events(seq) != signed.get("events"):
+        return bad("stored alert/consent events differ from the signed ones")
+    leaf = rfc6962.leaf_hash(batch_hash(jws))
+    if leaf != stored_leaf:
+        return bad("stored leaf hash does not match its JWS")
+    return _Checked(
+        seq=seq,
+        leaf_hash=leaf,
+        jws_hash=base64.urlsafe_b64encode(batch_hash(jws)).rstrip(b"=").decode(),
+        signed_prev=str(signed.get("prev_batch_hash")),
+        readings=len(rows),
+    )
+
+
+def _check_all(
+    store: Store, data_dir: Path, hub_id: str, count: int, workers: int
+) -> list[_Checked]:
+    ranges = [(a, min(count, a + _CHUNK_BATCHES)) for a in range(0, count, _CHUNK_BATCHES)]
+    if workers > 1 and count >= PARALLEL_FROM_BATCHES:
+        # spawn, not fork: the caller may have threads (an asyncio executor, SQLite).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            parts = pool.map(
+                _check_range, *zip(*[(data_dir, hub_id, a, b) for a, b in ranges], strict=True)
+            )
+            return [checked for part in parts for checked in part]
+    return [c for a, b in ranges for c in _check_range(data_dir, hub_id, a, b)]
+
+
+def _verify(store: Store, data_dir: Path, hub_id: str, workers: int) -> VerifyReport:
     keys = load_public_keys(data_dir, hub_id)
     if keys is None:
         return _fail(f"no ledger keys in {data_dir / KEYS_DIR} ({LOG_KEY_FILE})")
-    batch_key, log_vkey = keys
+    log_vkey = keys[1]
+    seqs = store.batch_seqs()
+    for expected_seq, seq in enumerate(seqs):
+        if seq != expected_seq:
+            return _fail(f"batch {expected_seq} is missing (found {seq} next)", expected_seq)
+    checked = _check_all(store, data_dir, hub_id, len(seqs), workers)
     leaf_hashes: list[bytes] = []
-    previous_jws: bytes | None = None
+    previous = ""
     total = 0
-    for expected_seq, batch in enumerate(store.batches()):
-        where = f"batch {batch.seq}"
-        if batch.seq != expected_seq:
-            return _fail(f"batch {expected_seq} is missing (found {batch.seq} next)", expected_seq)
-        try:
-            body = verify_compact(batch.jws, batch_key)
-        except LedgerError as exc:
-            return _fail(f"{where}: signature does not verify ({exc})", expected_seq, total)
-        rows = store.batch_reading_rows(batch.seq)
-        signed, problem = _signed_fields(body, rows)
-        if problem is not None:
-            return _fail(f"{where}: {problem}", expected_seq, total)
-        if signed.get("batch_seq") != batch.seq or signed.get("hub_id") != hub_id:
-            return _fail(
-                f"{where}: signed as batch {signed.get('batch_seq')} of hub {signed.get('hub_id')}"
-            )
-        expected_prev = "" if previous_jws is None else _b64_sha256(previous_jws)
-        if signed.get("prev_batch_hash") != expected_prev:
+    for expected_seq, item in enumerate(checked):
+        where = f"batch {item.seq}"
+        if item.seq != expected_seq:
+            return _fail(f"batch {expected_seq} is missing", expected_seq, total)
+        if item.problem is not None:
+            return _fail(f"{where}: {item.problem}", expected_seq, total)
+        if item.signed_prev != previous:
             return _fail(f"{where}: previous-batch hash breaks the chain", expected_seq, total)
-        if len(rows) != batch.reading_count:
-            return _fail(
-                f"{where}: {len(rows)} stored readings, the batch record says "
-                f"{batch.reading_count}",
-                expected_seq,
-                total,
-            )
-        if store.batch_events(batch.seq) != signed.get("events"):
-            return _fail(
-                f"{where}: stored alert/consent events differ from the signed ones",
-                expected_seq,
-                total,
-            )
-        leaf = rfc6962.leaf_hash(rfc6962_leaf_data(batch.jws))
-        if leaf != batch.leaf_hash:
-            return _fail(f"{where}: stored leaf hash does not match its JWS", expected_seq, total)
-        leaf_hashes.append(leaf)
-        previous_jws = batch.jws
-        total += len(rows)
+        leaf_hashes.append(item.leaf_hash)
+        previous = item.jws_hash
+        total += item.readings
+    if len(checked) != len(seqs):
+        return _fail(f"batch {len(checked)} could not be read", len(checked), total)
     latest = store.latest_checkpoint()
     if latest is None:
         if leaf_hashes:
@@ -99,7 +187,6 @@ def _verify(store: Store, data_dir: Path, hub_id: str) -> VerifyReport:
         return _fail(f"checkpoint {size}: signature does not verify ({exc})")
     if checkpoint.size != size or size > len(leaf_hashes):
         return _fail(f"checkpoint claims {checkpoint.size} batches, {len(leaf_hashes)} stored")
-
     if rfc6962.root_from_hashes(leaf_hashes[:size]) != checkpoint.root_hash:
         return _fail(f"checkpoint {size}: tree root does not match the stored batches")
     unsealed = store.count_unsealed()
@@ -113,19 +200,6 @@ def _verify(store: Store, data_dir: Path, hub_id: str) -> VerifyReport:
         batches=len(leaf_hashes),
         readings=total,
     )
-
-
-def rfc6962_leaf_data(jws: bytes) -> bytes:
-    import hashlib
-
-    return hashlib.sha256(jws).digest()
-
-
-def _b64_sha256(data: bytes) -> str:
-    import base64
-    import hashlib
-
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def _signed_fields(body: bytes, rows: list[Any]) -> tuple[dict[str, Any], str | None]:

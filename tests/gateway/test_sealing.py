@@ -3,6 +3,7 @@ signing it must leave exactly one, correct, signed checkpoint per size after res
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -114,3 +115,26 @@ def test_crash_before_the_batch_commits_loses_no_reading(
     store.close()
     report = verify_data_dir(hub, "glucohub-local")
     assert report.ok and report.batches == 3 and report.readings == 25, report.message
+
+
+def test_parallel_verification_names_the_first_bad_batch(hub: Path) -> None:
+    keys = load_keys(hub, "glucohub-local", None)
+    store = Store(hub)
+    store.write(readings(0, 700))
+    sealer = Sealer(store, keys, hub_id="glucohub-local", forward=False)
+    while sealer.seal(10, NOW, sign=False) is not None:
+        pass
+    sealer.sign_checkpoint(NOW)
+    store.close()
+    sequential = verify_data_dir(hub, "glucohub-local")
+    parallel = verify_data_dir(hub, "glucohub-local", workers=2)  # 70 batches: two processes
+    assert sequential == parallel
+    assert parallel.ok and parallel.batches == 70 and parallel.readings == 700
+
+    db = sqlite3.connect(hub / "glucohub.sqlite3")
+    db.execute("UPDATE readings SET value = 42 WHERE seq IN (405, 655)")  # batches 40 and 65
+    db.commit()
+    db.close()
+    report = verify_data_dir(hub, "glucohub-local", workers=2)
+    assert not report.ok
+    assert "batch 40:" in report.message and "cgm-1" in report.message
