@@ -396,32 +396,26 @@ def _consent_to_ledger(data_dir: Path) -> Callable[[dict[str, str]], None]:
 
 
 def cmd_users_grant(args: argparse.Namespace) -> int:
-    from dashboards import accounts
-
-    settings = _settings(args)
-    changed = accounts.grant(
-        _db_path(args),
-        args.patient,
-        args.clinician,
-        by="cli",
-        on_consent_change=_consent_to_ledger(settings.storage.data_dir),
-    )
-    print(f"{args.clinician} may see {args.patient}" + ("" if changed else " (already)"))
-    return 0
+    return _consent_change(args, grant=True)
 
 
 def cmd_users_revoke(args: argparse.Namespace) -> int:
+    return _consent_change(args, grant=False)
+
+
+def _consent_change(args: argparse.Namespace, *, grant: bool) -> int:
     from dashboards import accounts
 
-    settings = _settings(args)
-    changed = accounts.revoke(
+    change = accounts.grant if grant else accounts.revoke
+    changed = change(
         _db_path(args),
         args.patient,
         args.clinician,
         by="cli",
-        on_consent_change=_consent_to_ledger(settings.storage.data_dir),
+        on_consent_change=_consent_to_ledger(_settings(args).storage.data_dir),
     )
-    print(f"{args.clinician} may no longer see {args.patient}" + ("" if changed else " (was not)"))
+    verb = "may see" if grant else "may no longer see"
+    print(f"{args.clinician} {verb} {args.patient}" + ("" if changed else " (unchanged)"))
     return 0
 
 

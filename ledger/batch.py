@@ -97,6 +97,23 @@ def batch_hash(jws: bytes) -> bytes:
     return hashlib.sha256(jws).digest()
 
 
+def _checked_header(
+    hub_id: str, batch_seq: int, prev_jws: bytes | None, nonce: bytes | None
+) -> bytes:
+    """Validate what every batch carries; return the nonce (fresh random when None)."""
+    if not isinstance(hub_id, str) or not hub_id:
+        raise ValueError("hub_id must be a non-empty string")
+    if isinstance(batch_seq, bool) or not isinstance(batch_seq, int) or batch_seq < 0:
+        raise ValueError(f"batch_seq must be an int >= 0, not {batch_seq!r}")
+    if (batch_seq == 0) != (prev_jws is None):
+        raise ValueError("prev_jws is None exactly for batch 0")
+    if nonce is None:
+        return os.urandom(NONCE_BYTES)
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    return nonce
+
+
 def _rfc3339(value: str | datetime, what: str) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
@@ -128,16 +145,7 @@ def seal_batch(
     bytes from os.urandom (pass one only to reproduce a batch in a test). Raises ValueError on
     arguments that break the format and CanonicalizationError for non-JSON readings.
     """
-    if not isinstance(hub_id, str) or not hub_id:
-        raise ValueError("hub_id must be a non-empty string")
-    if isinstance(batch_seq, bool) or not isinstance(batch_seq, int) or batch_seq < 0:
-        raise ValueError(f"batch_seq must be an int >= 0, not {batch_seq!r}")
-    if (batch_seq == 0) != (prev_jws is None):
-        raise ValueError("prev_jws is None exactly for batch 0")
-    if nonce is None:
-        nonce = os.urandom(NONCE_BYTES)
-    elif len(nonce) != NONCE_BYTES:
-        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    nonce = _checked_header(hub_id, batch_seq, prev_jws, nonce)
     payload = BatchPayload(
         hub_id=hub_id,
         batch_seq=batch_seq,
@@ -337,12 +345,7 @@ def seal_batch_json(
 ) -> SealedJws:
     """`seal_batch` for a caller that already holds the readings as canonical JSON text
     (see `batch_body`): the same signed bytes, without re-walking every reading."""
-    if (batch_seq == 0) != (prev_jws is None):
-        raise ValueError("prev_jws is None exactly for batch 0")
-    if nonce is None:
-        nonce = os.urandom(NONCE_BYTES)
-    elif len(nonce) != NONCE_BYTES:
-        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    nonce = _checked_header(hub_id, batch_seq, prev_jws, nonce)
     body = batch_body(
         hub_id=hub_id,
         batch_seq=batch_seq,
