@@ -1,0 +1,67 @@
+"""Issue 7: FHIR output validates against the FHIR structure definitions.
+
+fhir.resources ships pydantic models generated from the official FHIR JSON schema; its R4B
+models are used (Observation, Bundle and OperationOutcome are unchanged between R4 4.0.1
+and R4B 4.3.0 in every element we emit)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
+from pydantic import ValidationError
+
+from dashboards.fhir import bundle, observation, summary_bundle
+from gateway.clinical.metrics import compute_metrics
+from gateway.model import Reading, ReadingKind, Source
+from gateway.units import Unit
+from tests.dashboards.fakes import NOW, cgm
+
+
+def readings() -> list[Reading]:
+    trace = [cgm("pat-a", NOW - timedelta(minutes=5 * i), 60.0 + (i * 7) % 200) for i in range(400)]
+    meter = Reading(
+        patient_id="pat-a",
+        device_id="meter-1",
+        kind=ReadingKind.GLUCOSE,
+        value=92.0,
+        unit=Unit.MG_DL,
+        time=NOW,
+        source=Source.BLE,
+    )
+    return [*trace, meter]
+
+
+def test_each_observation_is_a_valid_fhir_observation() -> None:
+    for reading in readings()[:5] + readings()[-1:]:
+        Observation.model_validate(observation(reading))
+
+
+def test_the_searchset_bundle_is_valid() -> None:
+    doc = bundle(readings(), self_url="/fhir/Observation?patient=pat-a")
+    parsed = Bundle.model_validate(doc)
+    assert parsed.type == "searchset" and parsed.total == len(doc["entry"]) == 401
+
+
+def test_the_14_day_summary_bundle_is_valid() -> None:
+    metrics = compute_metrics(readings(), now=NOW, days=14, timezone="UTC", patient_id="pat-a")
+    doc = summary_bundle(metrics, patient_id="pat-a", self_url="/fhir/Observation?code=x")
+    Bundle.model_validate(doc)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda o: o["valueQuantity"].update(value="a lot"),  # not a decimal
+        lambda o: o.pop("code"),  # Observation.code is required (1..1)
+        lambda o: o.update(effectiveDateTime="yesterday"),  # not a FHIR dateTime
+    ],
+)
+def test_the_validator_does_reject_a_broken_observation(breakage: Any) -> None:
+    broken: dict[str, Any] = observation(readings()[0])
+    breakage(broken)
+    with pytest.raises(ValidationError):
+        Observation.model_validate(broken)
