@@ -3,6 +3,12 @@
 Runs the real `python -m gateway run` against its own Mosquitto and prints, each against a
 baseline measured in the same run:
 
+The load is DEVICES patients (default 50), each with one CGM sending a reading a minute (as
+Libre 2/3 do), all times within the last day. Why not one device with readings milliseconds
+apart: the alert engine keeps each patient's last 35 minutes of CGM points and re-sorts and
+filters them on every reading, so a single device with thousands of readings inside 35 minutes
+costs O(n) per reading (20,000 such readings: ~350 readings/s). `[N] 1 0.001` reproduces it.
+
 1. publish -> validated -> durable -> sealed throughput. The hub's persistent session is
    pre-filled with N readings while it is down (a paho publisher tops out near 7.6k msg/s,
    so publishing live would measure the publisher), then the hub is started and timed from
@@ -12,13 +18,15 @@ baseline measured in the same run:
 3. publish -> dashboard WebSocket latency at a paced 1,000 readings/s, against a bare paho
    subscriber on the same broker receiving the same messages at the same time.
 
-    .venv/bin/python -m bench bench_hub_ingest          (or: python bench/bench_hub_ingest.py [N])
+    .venv/bin/python -m bench bench_hub_ingest
+    .venv/bin/python bench/bench_hub_ingest.py [N [DEVICES [SPACING_S]]]
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -45,20 +53,21 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway import cli as glucohub_cli
 from gateway.clock import to_rfc3339
 from gateway.store import DB_FILENAME
 from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-PATIENT = "bench-p"
-DEVICE = "bench-cgm"
-TOPIC = f"glucohub/v1/{PATIENT}/{DEVICE}/readings"
+TOPIC_FILTER = "glucohub/v1/+/+/readings"  # the hub's default subscription
 HUB_CLIENT_ID = "bench-hub"
 BARE_CLIENT_ID = "bench-bare"
 CLINICIAN = "bench-clin"
 PASSWORD = "pw-long-enough"
 
 DEFAULT_COUNT = 20_000
+DEFAULT_DEVICES = 50
+DEFAULT_SPACING_S = 60.0  # between one device's readings (a Libre 2/3 streams every minute)
 LIVE_RATE = 1000  # readings/s
 LIVE_SECONDS = 10.0
 MIB = 1024 * 1024
@@ -70,17 +79,52 @@ class BenchError(RuntimeError):
 
 # -- readings ------------------------------------------------------------------------------
 
-# Every reading has its own millisecond, so the dashboard's {"time": ...} names its seq.
-BASE_TIME = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
+
+def patient_id(device: int) -> str:
+    return f"bench-p{device:03d}"
 
 
-def reading_time(seq: int) -> str:
-    return to_rfc3339(BASE_TIME + timedelta(milliseconds=seq))
+def device_id(device: int) -> str:
+    return f"bench-cgm{device:03d}"
 
 
-def payload(seq: int) -> bytes:
-    body = {"kind": "cgm_glucose", "value": 123, "unit": "mg/dL", "time": reading_time(seq)}
-    return json.dumps({**body, "seq": seq}, separators=(",", ":")).encode()
+def topic(device: int) -> str:
+    return f"glucohub/v1/{patient_id(device)}/{device_id(device)}/readings"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Load:
+    """Which readings are published: `rounds` rounds of one reading per device, in the
+    interleaved order a broker backlog of many devices has. Device d's reading `seq` is at
+    start + seq * spacing + d ms: unique, so the time the dashboard shows names the reading."""
+
+    devices: int
+    spacing: timedelta
+    start: datetime
+
+    def time(self, device: int, seq: int) -> str:
+        return to_rfc3339(self.start + seq * self.spacing + timedelta(milliseconds=device))
+
+    def messages(self, first_round: int, rounds: int) -> list[tuple[str, str, bytes]]:
+        """(key = reading time, topic, payload) for rounds first_round.. of every device."""
+        out = []
+        for seq in range(first_round, first_round + rounds):
+            for device in range(self.devices):
+                at = self.time(device, seq)
+                body = {"kind": "cgm_glucose", "value": 123, "unit": "mg/dL", "time": at}
+                data = json.dumps({**body, "seq": seq}, separators=(",", ":")).encode()
+                out.append((at, topic(device), data))
+        return out
+
+
+def make_load(devices: int, spacing_s: float, rounds: int) -> Load:
+    """All `rounds` readings of every device end at least an hour ago, within the last day."""
+    spacing = timedelta(seconds=spacing_s)
+    span = rounds * spacing + timedelta(milliseconds=devices)
+    if span > timedelta(hours=22):
+        raise BenchError(f"{rounds} readings {spacing_s:g} s apart do not fit in the last day")
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1) - span
+    return Load(devices=devices, spacing=spacing, start=start)
 
 
 # -- bare paho -----------------------------------------------------------------------------
@@ -100,7 +144,7 @@ def make_session(port: int, client_id: str) -> None:
     """Create a persistent session subscribed to TOPIC (QoS 1), then leave."""
     done = threading.Event()
     client = _client(client_id)
-    client.on_connect = lambda c, *_: c.subscribe(TOPIC, qos=1)
+    client.on_connect = lambda c, *_: c.subscribe(TOPIC_FILTER, qos=1)
     client.on_subscribe = lambda *_: done.set()
     client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
     client.loop_start()
@@ -112,15 +156,15 @@ def make_session(port: int, client_id: str) -> None:
         client.loop_stop()
 
 
-def prefill(port: int, first: int, count: int) -> float:
-    """Publish seqs first..first+count-1 at QoS 1, all PUBACKed; returns msg/s."""
+def prefill(port: int, messages: list[tuple[str, str, bytes]]) -> float:
+    """Publish `messages` at QoS 1 and wait for every PUBACK; returns msg/s."""
     client = _client("bench-prefill")
     client.max_inflight_messages_set(1000)
     client.connect("127.0.0.1", port)
     client.loop_start()
     start = time.perf_counter()
     try:
-        infos = [client.publish(TOPIC, payload(seq), qos=1) for seq in range(first, first + count)]
+        infos = [client.publish(where, body, qos=1) for _, where, body in messages]
         for info in infos:
             info.wait_for_publish(60)
             if not info.is_published():
@@ -128,7 +172,7 @@ def prefill(port: int, first: int, count: int) -> float:
     finally:
         client.disconnect()
         client.loop_stop()
-    return count / (time.perf_counter() - start)
+    return len(messages) / (time.perf_counter() - start)
 
 
 def bare_drain(port: int, client_id: str, count: int, timeout_s: float) -> float:
@@ -166,6 +210,7 @@ def bare_drain(port: int, client_id: str, count: int, timeout_s: float) -> float
 
 
 def cli(data_dir: Path, *args: str, stdin: str | None = None) -> str:
+    """One `python -m gateway ...` command in its own process."""
     result = subprocess.run(
         [sys.executable, "-m", "gateway", *args, "--data-dir", str(data_dir)],
         cwd=ROOT,
@@ -178,6 +223,46 @@ def cli(data_dir: Path, *args: str, stdin: str | None = None) -> str:
     if result.returncode != 0:
         raise BenchError(f"glucohub {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def cli_in_process(data_dir: Path, *args: str) -> None:
+    """The same command through `gateway.cli.main`, without a process start (for the many
+    patient, device and grant registrations)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as e:
+        code = glucohub_cli.main([*args, "--data-dir", str(data_dir)])
+    if code != 0:
+        raise BenchError(f"glucohub {' '.join(args)} failed: {e.getvalue().strip()}")
+
+
+def register(data_dir: Path, devices: int) -> None:
+    """Patients with one MQTT CGM each, and a clinician who may see them all."""
+    for device in range(devices):
+        patient = patient_id(device)
+        cli_in_process(data_dir, "patients", "add", patient)
+        cli_in_process(
+            data_dir,
+            "devices",
+            "add",
+            device_id(device),
+            "--patient",
+            patient,
+            "--kind",
+            "cgm",
+            "--transport",
+            "mqtt",
+        )
+    cli(
+        data_dir,
+        "users",
+        "add",
+        CLINICIAN,
+        "--role",
+        "clinician",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    for device in range(devices):
+        cli_in_process(data_dir, "users", "grant", CLINICIAN, "--patient", patient_id(device))
 
 
 def proc_status_kib(pid: int, key: str) -> int:
@@ -291,9 +376,7 @@ class HubProcess:
 
 def counts(db: sqlite3.Connection) -> tuple[int, int]:
     """(stored readings, sealed readings)."""
-    row = db.execute(
-        "SELECT COUNT(*), COUNT(batch_seq) FROM readings WHERE device_id = ?", (DEVICE,)
-    ).fetchone()
+    row = db.execute("SELECT COUNT(*), COUNT(batch_seq) FROM readings").fetchone()
     return int(row[0]), int(row[1])
 
 
@@ -356,9 +439,12 @@ def percentile(values: list[float], pct: float) -> float:
 
 @dataclass(slots=True)
 class Live:
-    published: dict[int, float] = field(default_factory=dict)
-    bare: dict[int, float] = field(default_factory=dict)
-    dashboard: dict[int, float] = field(default_factory=dict)
+    """perf_counter times by reading time (the key): published, received by bare paho, shown
+    on the dashboard WebSocket."""
+
+    published: dict[str, float] = field(default_factory=dict)
+    bare: dict[str, float] = field(default_factory=dict)
+    dashboard: dict[str, float] = field(default_factory=dict)
     publish_rate: float = 0.0
 
 
@@ -377,38 +463,40 @@ async def login(session: aiohttp.ClientSession, base: str) -> None:
         raise BenchError("POST /login set no gh_session cookie")
 
 
-def paced_publisher(port: int, first: int, count: int, rate: float, live: Live) -> None:
+def paced_publisher(
+    port: int, messages: list[tuple[str, str, bytes]], rate: float, live: Live
+) -> None:
     client = _client("bench-live-pub")
     client.max_inflight_messages_set(1000)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        bodies = [(seq, payload(seq)) for seq in range(first, first + count)]
         start = time.perf_counter()
-        for i, (seq, body) in enumerate(bodies):
+        for i, (key, where, body) in enumerate(messages):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            live.published[seq] = time.perf_counter()
-            client.publish(TOPIC, body, qos=1)
-        live.publish_rate = count / (time.perf_counter() - start)
+            live.published[key] = time.perf_counter()
+            client.publish(where, body, qos=1)
+        live.publish_rate = len(messages) / (time.perf_counter() - start)
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-async def live_latency(hub: HubProcess, port: int, first: int, count: int) -> Live:
+async def live_latency(hub: HubProcess, port: int, messages: list[tuple[str, str, bytes]]) -> Live:
     live = Live()
-    by_time = {reading_time(seq): seq for seq in range(first, first + count)}
+    keys = {key for key, _, _ in messages}
+    count = len(messages)
 
     bare_ready = threading.Event()
     bare = _client("bench-live-bare")
 
     def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
         at = time.perf_counter()
-        live.bare[json.loads(message.payload)["seq"]] = at
+        live.bare[json.loads(message.payload)["time"]] = at
 
-    bare.on_connect = lambda c, *_: c.subscribe(TOPIC, qos=1)
+    bare.on_connect = lambda c, *_: c.subscribe(TOPIC_FILTER, qos=1)
     bare.on_subscribe = lambda *_: bare_ready.set()
     bare.on_message = on_message
     bare.connect("127.0.0.1", port)
@@ -426,18 +514,17 @@ async def live_latency(hub: HubProcess, port: int, first: int, count: int) -> Li
                         if message.type is not aiohttp.WSMsgType.TEXT:
                             break
                         data = json.loads(message.data)
-                        if data.get("type") != "readings" or data.get("patient_id") != PATIENT:
+                        if data.get("type") != "readings":
                             continue
                         for reading in data["readings"]:
-                            seq = by_time.get(reading["time"])
-                            if seq is not None:
-                                live.dashboard.setdefault(seq, at)
+                            if reading["time"] in keys:
+                                live.dashboard.setdefault(reading["time"], at)
 
                 receiver = asyncio.create_task(receive())
                 if not await asyncio.to_thread(bare_ready.wait, 10):
                     raise BenchError("bare paho live subscriber: no SUBACK within 10 s")
                 await asyncio.sleep(0.2)  # the viewer is registered once the upgrade is done
-                await asyncio.to_thread(paced_publisher, port, first, count, LIVE_RATE, live)
+                await asyncio.to_thread(paced_publisher, port, messages, LIVE_RATE, live)
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline and (
                     len(live.dashboard) < count or len(live.bare) < count
@@ -455,7 +542,7 @@ async def live_latency(hub: HubProcess, port: int, first: int, count: int) -> Li
     return live
 
 
-def latencies_ms(published: dict[int, float], received: dict[int, float]) -> list[float]:
+def latencies_ms(published: dict[str, float], received: dict[str, float]) -> list[float]:
     return [(received[s] - published[s]) * 1000 for s in published if s in received]
 
 
@@ -464,38 +551,21 @@ def latencies_ms(published: dict[int, float], received: dict[int, float]) -> lis
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_COUNT
-    live_count = int(LIVE_RATE * LIVE_SECONDS)
+    devices = int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_DEVICES
+    spacing_s = float(sys.argv[3]) if len(sys.argv) > 3 else DEFAULT_SPACING_S
+    rounds = max(1, count // devices)
+    count = rounds * devices
+    live_rounds = max(1, int(LIVE_RATE * LIVE_SECONDS) // devices)
+    live_count = live_rounds * devices
+    load = make_load(devices, spacing_s, rounds + live_rounds)
+    backlog = load.messages(0, rounds)
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         data_dir = Path(tmp) / "data"
         broker = Mosquitto(Path(tmp) / "broker")
         hub = HubProcess(data_dir, broker.url, free_port(), Path(tmp) / "hub.log")
         try:
             broker.start()
-            cli(data_dir, "patients", "add", PATIENT)
-            cli(
-                data_dir,
-                "devices",
-                "add",
-                DEVICE,
-                "--patient",
-                PATIENT,
-                "--kind",
-                "cgm",
-                "--transport",
-                "mqtt",
-            )
-            cli(
-                data_dir,
-                "users",
-                "add",
-                CLINICIAN,
-                "--role",
-                "clinician",
-                "--password-stdin",
-                stdin=PASSWORD + "\n",
-            )
-            cli(data_dir, "users", "grant", CLINICIAN, "--patient", PATIENT)
-
+            register(data_dir, devices)
             # Sessions first: the hub's (a real start, which also creates keys and the
             # database) and the bare subscriber's; then one pre-fill queues N for both.
             make_session(broker.port, BARE_CLIENT_ID)
@@ -504,18 +574,21 @@ def main() -> None:
             idle_kib = hub.sample_memory()
             if hub.stop() != 0:
                 raise BenchError(f"hub did not stop cleanly:\n{hub.log_tail()}")
-            publish_rate = prefill(broker.port, 0, count)
+            publish_rate = prefill(broker.port, backlog)
 
             bare_rate = bare_drain(broker.port, BARE_CLIENT_ID, count, timeout_s=120)
             ingest = timed_ingest(hub, count, timeout_s=max(60.0, count / 200))
             ingest_kib = hub.peak_kib
 
-            live = asyncio.run(live_latency(hub, broker.port, count, live_count))
+            live = asyncio.run(live_latency(hub, broker.port, load.messages(rounds, live_rounds)))
         finally:
             hub.stop()
             broker.kill()
 
-    print(f"ingest: {count} readings, 1 per message, QoS 1, pre-filled persistent sessions")
+    print(
+        f"ingest: {count} readings of {devices} patients' CGMs ({spacing_s:g} s apart), "
+        "1 per message, QoS 1, pre-filled persistent sessions"
+    )
     print(f"  pre-fill publisher (paho): {publish_rate:8.0f} msg/s (not part of the figures)")
     print(f"  baseline bare paho subscriber drain: {bare_rate:8.0f} msg/s")
     print(
