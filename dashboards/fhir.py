@@ -47,7 +47,7 @@ SUMMARY_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("time-in-target", "Time in Target Range (%)", "97510-2", "%"),
     ("time-in-high", "Time in High Range (%)", "", "%"),
     ("time-in-very-high", "Time in Very High Range (%)", "", "%"),
-    ("gmi", "Glucose Management Indicator (GMI)", "", "%"),
+    ("gmi", "Glucose Management Indicator (GMI)", "97506-0", "%"),  # IG GMI example
     ("cv", "Coefficient of Variation (CV)", "", "%"),
 )
 _BAND_OF = {

@@ -65,3 +65,25 @@ def test_the_validator_does_reject_a_broken_observation(breakage: Any) -> None:
     breakage(broken)
     with pytest.raises(ValidationError):
         Observation.model_validate(broken)
+
+
+def test_summary_codes_follow_the_cgm_ig() -> None:
+    metrics = compute_metrics(readings(), now=NOW, days=14, timezone="UTC", patient_id="pat-a")
+    doc = summary_bundle(metrics, patient_id="pat-a", self_url="/fhir/Observation?code=x")
+    loinc = {
+        c["code"]
+        for entry in doc["entry"]
+        for c in entry["resource"]["code"]["coding"]
+        if c["system"] == "http://loinc.org"
+    }
+    # Mean glucose and GMI as the HL7 CGM IG (1.0.0) concept map and GMI example code them.
+    assert {"97507-8", "97506-0"} <= loinc
+    gmi = next(
+        e["resource"]
+        for e in doc["entry"]
+        if any(c.get("code") == "97506-0" for c in e["resource"]["code"]["coding"])
+    )
+    # GMI (%) = 3.31 + 0.02392 x mean glucose (mg/dL)
+    assert gmi["valueQuantity"]["value"] == pytest.approx(
+        3.31 + 0.02392 * metrics.mean_mg_dl, abs=0.05
+    )
