@@ -247,7 +247,7 @@ class Hub:
         )
         self._batcher.add(unsealed, self._clock.monotonic())
         if unsealed:
-            log.info("resuming: %d stored readings await sealing", unsealed)
+            log.info("resuming: %d stored readings and ledger events await sealing", unsealed)
             self._new_readings.set()
         async with asyncio.TaskGroup() as core:
             core.create_task(self._ingest_loop(), name="ingest")
