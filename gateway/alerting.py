@@ -52,6 +52,9 @@ class AlertService:
         self._clock = clock
         self._writer_run = writer_run
         self._engines: dict[str, PatientAlertEngine] = {}
+        # Patients whose engine state changed without an alert transition: saved on the next
+        # tick or flush (open alerts and snoozes are always saved with their transition).
+        self._dirty: set[str] = set()
         self.on_change: Callable[[list[Alert]], None] | None = None
         for patient_id, text in states.items():
             try:
@@ -67,9 +70,14 @@ class AlertService:
             engine = self._engines[patient_id] = PatientAlertEngine(patient_id, self._thresholds)
         return engine
 
-    async def _persist(self, alerts: list[Alert], patients: set[str]) -> list[Alert]:
-        if not alerts and not patients:
+    async def _persist(
+        self, alerts: list[Alert], patients: set[str], *, force: bool = False
+    ) -> list[Alert]:
+        if not alerts and not force:
+            self._dirty |= patients
             return alerts
+        patients = patients | self._dirty
+        self._dirty.clear()
         states = {p: json.dumps(self._engines[p].state_to_json()) for p in patients}
         await self._writer_run(lambda store: store.record_alerts(alerts, states))
         if alerts and self.on_change is not None:
@@ -95,7 +103,15 @@ class AlertService:
                     changed.extend(engine.on_event(item, now))
         return await self._persist(changed, set(by_patient))
 
+    async def flush(self) -> None:
+        """Save the engine state of every patient changed since the last save."""
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            states = {p: json.dumps(self._engines[p].state_to_json()) for p in dirty}
+            await self._writer_run(lambda store: store.record_alerts([], states))
+
     async def tick(self) -> list[Alert]:
+        await self.flush()
         now = self._clock.now()
         changed: list[Alert] = []
         touched: set[str] = set()
@@ -123,7 +139,7 @@ class AlertService:
                     alert = engine.acknowledge(alert_id, by, self._clock.now())
                 except ClinicalError as exc:
                     raise InputError(str(exc)) from None
-                await self._persist([alert], {patient_id})
+                await self._persist([alert], {patient_id}, force=True)
                 return alert
         return None
 
@@ -136,4 +152,4 @@ class AlertService:
             alerts = engine.snooze(kind, now + timedelta(minutes=minutes), by, now)
         except ClinicalError as exc:
             raise InputError(str(exc)) from None
-        await self._persist(alerts, {patient_id})
+        await self._persist(alerts, {patient_id}, force=True)  # a snooze must outlive a crash

@@ -79,6 +79,10 @@ class AlertStage(Protocol):
 
     async def tick(self) -> list[Alert]: ...
 
+    async def flush(self) -> None:
+        """Persist any state not yet saved (called at shutdown)."""
+        ...
+
 
 class NoAlerts:
     async def on_stored(
@@ -88,6 +92,9 @@ class NoAlerts:
 
     async def tick(self) -> list[Alert]:
         return []
+
+    async def flush(self) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -439,6 +446,7 @@ class Hub:
                 next_tick = self._clock.monotonic() + ALERT_TICK_S
                 continue
             if item is None:
+                await self._alerts.flush()
                 return
             self._publish_alerts(await self._alerts.on_stored(item.readings, item.events))
 

@@ -45,6 +45,7 @@ snoozes and the short history across a restart.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -201,6 +202,10 @@ class _Open:
 class _Snooze:
     until: datetime
     by: str
+
+
+def _point_time(point: tuple[datetime, float]) -> datetime:
+    return point[0]
 
 
 def _minutes(delta: timedelta) -> float:
@@ -513,11 +518,17 @@ class PatientAlertEngine:
         last = self._last_cgm_time
         if last is not None and _minutes(t - last) > self.thresholds.run_gap_min:
             self._low_since = self._high_since = None  # a gap breaks a sustained run
-        if all(ti != t for ti, _ in self._cgm):
-            self._cgm.append((t, g))
-            self._cgm.sort(key=lambda p: p[0])
+        # Sorted by time, unique times; insertion and trimming stay O(log n) + the trim, so
+        # a dense backfill (one device, readings seconds apart) is not quadratic.
+        i = bisect.bisect_left(self._cgm, t, key=_point_time)
+        if i == len(self._cgm) or self._cgm[i][0] != t:
+            self._cgm.insert(i, (t, g))
         newest = self._cgm[-1][0]
-        self._cgm = [p for p in self._cgm if _minutes(newest - p[0]) <= _HISTORY_MIN]
+        cut = bisect.bisect_left(
+            self._cgm, newest - timedelta(minutes=_HISTORY_MIN), key=_point_time
+        )
+        if cut:
+            del self._cgm[:cut]
         self._last_cgm_time = newest
 
     def _subsumed(self, kind: AlertKind) -> bool:

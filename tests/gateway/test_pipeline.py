@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,3 +197,37 @@ async def test_sealing_resumes_after_a_crash_before_sealing(data_dir: Path) -> N
 
 def test_clock_is_utc() -> None:
     assert SystemClock().now().utcoffset() == timedelta(0)
+
+
+async def test_a_snooze_survives_a_restart(data_dir: Path) -> None:
+    from gateway.model import AlertKind
+
+    register(data_dir)
+    under_test = HubUnderTest()
+    settings = settings_for(data_dir)
+    task = asyncio.create_task(
+        run_hub(settings, stop=under_test.stop, on_ready=under_test.on_ready)
+    )
+    await asyncio.wait_for(under_test.ready.wait(), 10)
+    assert under_test.running is not None
+    await under_test.running.alerts.snooze("p1", AlertKind.HIGH, minutes=60, by="dr-who")
+    # Crash: no orderly shutdown of the alert stage (the snooze was persisted at once).
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+    again = HubUnderTest()
+    task = asyncio.create_task(run_hub(settings, stop=again.stop, on_ready=again.on_ready))
+    await asyncio.wait_for(again.ready.wait(), 10)
+    try:
+        assert again.running is not None
+        engine = again.running.alerts._engines["p1"]
+        assert engine.snoozed_until(AlertKind.HIGH) is not None  # restored from the store
+        now = datetime.now(UTC)
+        high = cgm(900, value=200.0, at=now - timedelta(seconds=30))  # high, not urgent
+        await again.sink.submit(origin=ORIGIN, readings=[high])
+        await asyncio.sleep(0.3)
+        assert AlertKind.HIGH not in {a.kind for a in again.running.alerts.open_alerts("p1")}
+    finally:
+        again.stop.set()
+        await asyncio.wait_for(task, 20)
