@@ -196,3 +196,20 @@ def test_no_import_cycles() -> None:
     for module in sorted(graph):
         visit(module)
     assert cycles == []
+
+
+def test_starting_the_hub_does_not_load_pandas() -> None:
+    # The hub's composition root and the dashboard app import without pandas (~45 MiB);
+    # it is loaded the first time metrics are computed.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gateway.runtime, gateway.cli, dashboards.app, "
+        "device_adapters.mqtt.consumer, device_adapters.ble.adapter\n"
+        "print('pandas' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "False"

@@ -41,16 +41,18 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from gateway.clinical.errors import MetricsInputError
 from gateway.clock import require_utc, to_rfc3339
 from gateway.model import Reading
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GAP_MIN = 15.0  # a longer silence is a gap: not filled
 DEFAULT_INTERVAL_MIN = 5.0  # nominal interval when a patient has no interval <= GAP_MIN
@@ -238,6 +240,8 @@ class _Core:
 
 def _weights(codes: Ints, t_ns: Ints, groups: int) -> tuple[Floats, Bools]:
     """Time weights in minutes (module docstring) and the 'next reading is near' links."""
+    import pandas as pd  # ~45 MiB: loaded only when metrics are computed
+
     n = codes.size
     dt_next = np.full(n, np.inf)
     if n > 1:
@@ -329,6 +333,8 @@ def _sort_dedupe(codes: Ints, t_ns: Ints, g: Floats) -> tuple[Ints, Ints, Floats
 
 def _local_wall_ns(t_ns: Ints, zone: str) -> Ints:
     """Local wall-clock time as naive nanoseconds (for day and time-of-day arithmetic)."""
+    import pandas as pd  # ~45 MiB: loaded only when metrics are computed
+
     index = pd.DatetimeIndex(pd.to_datetime(t_ns, unit="ns", utc=True)).tz_convert(zone)
     return np.asarray(index.tz_localize(None).asi8, dtype=np.int64)
 
@@ -552,6 +558,8 @@ def metrics_for_many(
     `compute_metrics` gives patient by patient. `timezones` maps patient → IANA zone (UTC when
     missing); it only changes `days_with_data`.
     """
+    import pandas as pd  # ~45 MiB: loaded only when metrics are computed
+
     missing = {"patient_id", "time", "glucose_mg_dl"} - set(frame.columns)
     if missing:
         raise MetricsInputError(f"frame lacks columns {sorted(missing)}")
