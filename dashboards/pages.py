@@ -252,6 +252,8 @@ class PatientView:
     metrics: str
     devices: Sequence[tuple[Device, datetime | None]]
     alerts_html: str
+    batches: Sequence[Batch] = ()
+    signed_size: int = 0  # tree size of the latest signed checkpoint
 
 
 def patient_live(view: PatientView) -> str:
@@ -292,9 +294,41 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> s
         '<section><h2>Devices</h2><div class="scroll"><table><thead><tr><th>Device</th>'
         "<th>Kind</th><th>Transport</th><th>State</th><th>Last seen</th></tr></thead>"
         f"<tbody>{devices}</tbody></table></div></section>"
+        f"{_patient_ledger(view, user, tz)}"
     )
     return layout(
         p.display_name, body, user=user, csrf=csrf, live="patient", live_patient=p.patient_id
+    )
+
+
+def _patient_ledger(view: PatientView, user: User, tz: ZoneInfo) -> str:
+    """The patient's sealed batches: each either inside the signed tree (with its offline
+    inclusion proof for clinicians) or waiting for the next checkpoint."""
+    clinician = user.role is Role.CLINICIAN
+    rows = (
+        "".join(
+            f"<tr><td>{b.seq}</td><td>{b.reading_count}</td><td>{_time(b.sealed_at, tz)}</td>"
+            + (
+                f"<td>in signed checkpoint {view.signed_size}</td>"
+                if b.seq < view.signed_size
+                else "<td>awaiting checkpoint</td>"
+            )
+            + (
+                f'<td><a href="/log/batch/{b.seq}">JWS</a> · '
+                f'<a href="/log/batch/{b.seq}/proof">inclusion proof</a></td>'
+                if clinician and b.seq < view.signed_size
+                else "<td></td>"
+            )
+            + "</tr>"
+            for b in view.batches
+        )
+        or '<tr><td colspan="5">No sealed batches yet.</td></tr>'
+    )
+    return (
+        '<section id="patient-ledger"><h2>Ledger</h2><p class="sub">Check a proof offline with '
+        "<code>glucohub ledger check-proof FILE --log-key KEY</code>.</p>"
+        '<div class="scroll"><table><thead><tr><th>Batch</th><th>Readings</th><th>Sealed</th>'
+        f"<th>Status</th><th></th></tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
 

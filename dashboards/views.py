@@ -30,10 +30,12 @@ from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.clinical.report import agp_svg, render_report, tir_bar_svg
+from gateway.errors import InputError
 from gateway.model import (
     Alert,
     AlertKind,
     AlertState,
+    Batch,
     Device,
     DeviceKind,
     Patient,
@@ -306,6 +308,9 @@ async def _patient(request: web.Request) -> Patient:
     return patient
 
 
+LEDGER_ROWS = 20  # the patient's newest batches on their page
+
+
 async def _patient_view(
     request: web.Request, patient: Patient, *, full: bool = True
 ) -> pages.PatientView:
@@ -327,6 +332,8 @@ async def _patient_view(
     points = glucose_points(readings)
     agp = tir_bar = metrics_html = ""
     seen: list[tuple[Device, datetime | None]] = []
+    batches: list[Batch] = []
+    signed_size = 0
     if full:
 
         def all_metrics() -> list[GlucoseMetrics]:
@@ -337,6 +344,10 @@ async def _patient_view(
         agp, tir_bar = agp_svg(chosen), tir_bar_svg(chosen)
         metrics_html = pages.metrics_table(metrics, user.unit)
         seen = [(dev, await _last_seen(d, dev, readings)) for dev in devices]
+        batches = await rm.patient_batches(pid, LEDGER_ROWS)
+        note = await d.ledger.checkpoint_note()
+        # C2SP tlog-checkpoint: origin, then the tree size, then the root.
+        signed_size = int(note.splitlines()[1]) if note else 0
     recent_alerts = [
         a for a in alerts if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
     ]
@@ -363,6 +374,8 @@ async def _patient_view(
         agp_days=days,
         tir_bar=tir_bar,
         metrics=metrics_html,
+        batches=batches,
+        signed_size=signed_size,
         devices=seen,
         alerts_html=pages.alert_rows(
             recent_alerts,
@@ -543,6 +556,33 @@ async def batch_body(request: web.Request) -> web.StreamResponse:
     return web.Response(body=batch.jws, content_type="application/jose")
 
 
+async def batch_proof(request: web.Request) -> web.StreamResponse:
+    """The offline inclusion proof of a batch; it embeds the JWS, so the same rule as
+    the batch body applies (a clinician allowed to see every patient in the batch)."""
+    d = deps(request)
+    try:
+        seq = int(request.match_info["seq"])
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    if await d.read_model.batch(seq) is None:
+        raise web.HTTPNotFound()
+    patients = {r.patient_id for r in await d.read_model.batch_readings(seq)}
+    if not patients <= visible(request):
+        raise web.HTTPNotFound()
+    try:
+        proof = await d.ledger.inclusion_proof_file(seq)
+    except InputError:
+        raise web.HTTPConflict(text="batch not yet covered by a signed checkpoint") from None
+    user = current_user(request)
+    for pid in sorted(patients):
+        await d.accounts.record_view(user, pid, f"proof:{seq}")
+    return web.Response(
+        text=proof,
+        content_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="glucohub-batch-{seq}-proof.json"'},
+    )
+
+
 # -- consent (patient's own view) ------------------------------------------------------------
 
 
@@ -610,6 +650,7 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "POST", "/patients/{id}/snooze", snooze, scoped)
     add_route(app, "GET", "/ledger", ledger_page, user)
     add_route(app, "GET", "/log/batch/{seq}", batch_body, Rule(access=Access.CLINICIAN))
+    add_route(app, "GET", "/log/batch/{seq}/proof", batch_proof, Rule(access=Access.CLINICIAN))
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)

@@ -167,6 +167,10 @@ class ReadModel(Protocol):
 
     async def batch_readings(self, seq: int) -> list[Reading]: ...
 
+    async def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
+        """The newest batches that hold readings of this patient."""
+        ...
+
 
 class AlertControl(Protocol):
     """Clinician actions on alerts; each is stored and recorded in the ledger stream."""
@@ -197,6 +201,12 @@ class LedgerView(Protocol):
 
     async def inclusion_proof(self, seq: int) -> tuple[int, list[bytes]]:
         """(tree size of the latest checkpoint, audit path) for batch `seq`."""
+        ...
+
+    async def inclusion_proof_file(self, seq: int) -> str:
+        """The offline inclusion proof of batch `seq` (JWS, leaf index, tree size, audit
+        path, signed checkpoint) as `glucohub ledger check-proof` reads it; verified
+        before it is returned. InputError when no signed checkpoint covers the batch."""
         ...
 
     async def add_cosignature(self, text: str) -> None:

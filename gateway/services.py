@@ -25,6 +25,7 @@ from ledger.checkpoint import Checkpoint
 from ledger.cosignature import CosignatureVerifier, verify_cosignature
 from ledger.errors import LedgerError
 from ledger.note import add_signatures
+from ledger.proof import make_inclusion_bundle
 
 _RECENT_CHECKPOINTS = 16
 
@@ -150,6 +151,9 @@ class StoreReadModel:
         found = await self._reader.run(lambda s: list(s.batches(since_seq=seq, limit=1)))
         return found[0] if found and found[0].seq == seq else None
 
+    async def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
+        return await self._reader.run(lambda s: s.patient_batches(patient_id, limit))
+
     async def batch_readings(self, seq: int) -> list[Reading]:
         return await self._reader.run(lambda s: s.batch_readings(seq))
 
@@ -224,6 +228,21 @@ class StoreLedgerView:
                 raise InputError(f"batch {seq} is not in a signed checkpoint yet")
             leaves = store.leaf_hashes(0, latest[0])
             return latest[0], rfc6962.inclusion_proof_from_hashes(leaves, seq)
+
+        return await self._reader.run(read)
+
+    async def inclusion_proof_file(self, seq: int) -> str:
+        def read(store: Store) -> str:
+            latest = store.latest_checkpoint()
+            if latest is None or not 0 <= seq < latest[0]:
+                raise InputError(f"batch {seq} is not in a signed checkpoint yet")
+            size, root, note = latest
+            leaves = store.leaf_hashes(0, size)
+            batch = next(iter(store.batches(since_seq=seq, limit=1)))
+            path = rfc6962.inclusion_proof_from_hashes(leaves, seq)
+            rfc6962.verify_inclusion(leaves[seq], seq, size, path, root)  # never serve a bad one
+            note = add_signatures(note, store.cosignatures(size))
+            return make_inclusion_bundle(batch.jws, seq, size, path, note)
 
         return await self._reader.run(read)
 

@@ -654,6 +654,15 @@ class Store:
         row = self._db.execute("SELECT size, compact FROM tree_state WHERE id = 1").fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
+        rows = self._db.execute(
+            "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "
+            "FROM batches WHERE seq IN (SELECT DISTINCT batch_seq FROM readings "
+            "WHERE patient_id = ? AND batch_seq IS NOT NULL) ORDER BY seq DESC LIMIT ?",
+            (patient_id, limit),
+        )
+        return [_batch(r) for r in rows]
+
     def batch_seqs(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT seq FROM batches ORDER BY seq")]
 

@@ -151,6 +151,12 @@ class FakeReadModel:
     async def batch_readings(self, seq: int) -> list[Reading]:
         return list(self.batch_members.get(seq, []))
 
+    async def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
+        seqs = {
+            s for s, rs in self.batch_members.items() if any(r.patient_id == patient_id for r in rs)
+        }
+        return sorted((self.batches[s] for s in seqs), key=lambda b: -b.seq)[:limit]
+
 
 class FakeAlertControl:
     def __init__(self, model: FakeReadModel, live: FakeLiveFeed, clock: FakeClock) -> None:
@@ -206,6 +212,11 @@ class FakeLedger:
 
     async def inclusion_proof(self, seq: int) -> tuple[int, list[bytes]]:
         return 2, [b"\xbb" * 32]
+
+    async def inclusion_proof_file(self, seq: int) -> str:
+        if seq >= 2:
+            raise InputError(f"batch {seq} is not in a signed checkpoint yet")
+        return f'{{"format":"fake-proof","leaf_index":{seq}}}\n'
 
     async def add_cosignature(self, text: str) -> None:
         if not text.startswith("— "):

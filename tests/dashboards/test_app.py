@@ -34,6 +34,9 @@ MATRIX: list[tuple[str, tuple[int, ...]]] = [
     ("/log/batch/1", (303, 403, 403, 200, 404, 403)),
     # batch 2 mixes A and B: dr-grant may not see B, so not the batch either.
     ("/log/batch/2", (303, 403, 403, 404, 404, 403)),
+    # an inclusion proof embeds the batch's JWS: the same rule as the batch body
+    ("/log/batch/1/proof", (303, 403, 403, 200, 404, 403)),
+    ("/log/batch/2/proof", (303, 403, 403, 404, 404, 403)),
     ("/consent", (303, 200, 200, 403, 403, 403)),
     ("/", (303, 303, 303, 200, 200, 200)),
     ("/alerts", (303, 200, 200, 200, 200, 200)),

@@ -226,3 +226,24 @@ async def test_a_witness_process_cosigns_the_live_hub(hub_dir: Path, tmp_path: P
     finally:
         stop.set()
         await asyncio.wait_for(hub, 30)
+
+
+async def test_the_dashboard_proof_file_checks_offline(hub_dir: Path) -> None:
+    from gateway.pipeline import Writer
+    from gateway.sealing import load_keys
+    from gateway.services import Reader, StoreLedgerView
+    from ledger.proof import check_inclusion_bundle
+
+    keys = load_keys(hub_dir, "glucohub-local", None)
+    reader = Reader(hub_dir)
+    writer = await Writer.open(hub_dir)
+    try:
+        view = StoreLedgerView(reader, keys, lambda fn: writer.run(fn, writer.store))
+        report = check_inclusion_bundle(
+            await view.inclusion_proof_file(1), keys.log_verifier_key, batch_jwk=keys.batch_jwk
+        )
+        assert report.batch_seq == 1 and report.tree_size == 3
+        assert report.payload is not None and len(report.payload.readings) == 5
+    finally:
+        await asyncio.to_thread(reader.close)
+        await writer.close()
