@@ -48,7 +48,16 @@ SUMMARY_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("time-in-high", "Time in High Range (%)", "", "%"),
     ("time-in-very-high", "Time in Very High Range (%)", "", "%"),
     ("gmi", "Glucose Management Indicator (GMI)", "97506-0", "%"),  # IG GMI example
-    ("cv", "Coefficient of Variation (CV)", "", "%"),
+    ("cv", "Coefficient of Variation (CV)", "104638-2", "%"),
+)
+# The times-in-ranges panel and its components (consensus bands, Battelino 2019).
+TIR_PANEL = ("times-in-ranges", "Times in Glucose Ranges", "106793-3")
+TIR_COMPONENTS = (
+    "time-in-very-low",
+    "time-in-low",
+    "time-in-target",
+    "time-in-high",
+    "time-in-very-high",
 )
 _BAND_OF = {
     "time-in-very-low": "very_low",
@@ -166,6 +175,8 @@ def summary_bundle(metrics: GlucoseMetrics, *, patient_id: str, self_url: str) -
                 },
             }
         )
+    if metrics.readings:
+        members.append(_tir_panel(metrics, key=key, patient_id=patient_id, period=period))
     summary = {
         "resourceType": "Observation",
         "id": hashlib.sha256(f"{key}|{SUMMARY_CODE}".encode()).hexdigest()[:32],
@@ -187,6 +198,46 @@ def summary_bundle(metrics: GlucoseMetrics, *, patient_id: str, self_url: str) -
         "total": len(entries),
         "link": [{"relation": "self", "url": self_url}],
         "entry": entries,
+    }
+
+
+def _tir_panel(
+    metrics: GlucoseMetrics, *, key: str, patient_id: str, period: dict[str, str]
+) -> dict[str, Any]:
+    """One Observation holding the five consensus bands as components (the IG's panel)."""
+    code, display, loinc = TIR_PANEL
+    displays = {c: d for c, d, _, _ in SUMMARY_METRICS}
+    loincs = {c: lo for c, _, lo, _ in SUMMARY_METRICS}
+    components = []
+    for band in TIR_COMPONENTS:
+        coding = [{"system": CGM_IG, "code": band, "display": displays[band]}]
+        if loincs[band]:
+            coding.append({"system": LOINC, "code": loincs[band]})
+        value = _metric_value(metrics, band) or 0.0
+        components.append(
+            {
+                "code": {"coding": coding},
+                "valueQuantity": {
+                    "value": round(value, 1),
+                    "unit": "%",
+                    "system": UCUM,
+                    "code": "%",
+                },
+            }
+        )
+    return {
+        "resourceType": "Observation",
+        "id": hashlib.sha256(f"{key}|{code}".encode()).hexdigest()[:32],
+        "status": "final",
+        "code": {
+            "coding": [
+                {"system": CGM_IG, "code": code, "display": display},
+                {"system": LOINC, "code": loinc},
+            ]
+        },
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectivePeriod": period,
+        "component": components,
     }
 
 

@@ -76,8 +76,15 @@ def test_summary_codes_follow_the_cgm_ig() -> None:
         for c in entry["resource"]["code"]["coding"]
         if c["system"] == "http://loinc.org"
     }
-    # Mean glucose and GMI as the HL7 CGM IG (1.0.0) concept map and GMI example code them.
-    assert {"97507-8", "97506-0"} <= loinc
+    # Mean glucose, GMI, CV and the times-in-ranges panel, as issue 7 and the HL7 CGM IG code them.
+    assert {"97507-8", "97506-0", "104638-2", "106793-3"} <= loinc
+    panel = next(
+        e["resource"]
+        for e in doc["entry"]
+        if any(c.get("code") == "106793-3" for c in e["resource"]["code"]["coding"])
+    )
+    shares = [c["valueQuantity"]["value"] for c in panel["component"]]
+    assert len(shares) == 5 and sum(shares) == pytest.approx(100.0, abs=0.3)
     gmi = next(
         e["resource"]
         for e in doc["entry"]
