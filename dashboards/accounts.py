@@ -90,6 +90,21 @@ class Grant:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Note:
+    """One entry of a patient's clinical notes thread."""
+
+    note_id: int
+    patient_id: str
+    author: str
+    role: str
+    created_at: str
+    body: str
+
+
+MAX_NOTE_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditEntry:
     time: datetime
     viewer: str
@@ -131,6 +146,15 @@ CREATE TABLE IF NOT EXISTS dash_audit (
     action TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dash_audit_patient ON dash_audit (patient_id, id);
+CREATE TABLE IF NOT EXISTS dash_notes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id TEXT NOT NULL,
+    author TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dash_notes_patient ON dash_notes (patient_id, id);
 CREATE TABLE IF NOT EXISTS dash_tokens (
     token_hash TEXT PRIMARY KEY,
     username TEXT NOT NULL,
@@ -401,6 +425,48 @@ class _Tables:
             return frozenset(str(r[0]) for r in rows)
         return frozenset()
 
+    # clinical notes
+
+    def add_note(self, user: User, patient_id: str, body: str) -> Note:
+        text = body.strip()
+        if not 1 <= len(text) <= MAX_NOTE_CHARS:
+            raise AccountError(
+                f"a note has 1 to {MAX_NOTE_CHARS} characters", username=user.username
+            )
+        now = self._now()
+        cursor = self._db.execute(
+            "INSERT INTO dash_notes (patient_id, author, role, created_at, body)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (patient_id, user.username, user.role.value, now, text),
+        )
+        assert cursor.lastrowid is not None
+        return Note(
+            note_id=cursor.lastrowid,
+            patient_id=patient_id,
+            author=user.username,
+            role=user.role.value,
+            created_at=now,
+            body=text,
+        )
+
+    def notes(self, patient_id: str, limit: int) -> list[Note]:
+        rows = self._db.execute(
+            "SELECT id, patient_id, author, role, created_at, body FROM dash_notes"
+            " WHERE patient_id = ? ORDER BY id DESC LIMIT ?",
+            (patient_id, limit),
+        ).fetchall()
+        return [
+            Note(
+                note_id=int(r[0]),
+                patient_id=str(r[1]),
+                author=str(r[2]),
+                role=str(r[3]),
+                created_at=str(r[4]),
+                body=str(r[5]),
+            )
+            for r in rows
+        ]
+
     # audit
 
     def record_view(self, user: User, patient_id: str, action: str) -> None:
@@ -558,6 +624,12 @@ class Accounts:
         return await self._run(lambda: self._tables.visible_patients(user))
 
     # audit
+
+    async def add_note(self, user: User, patient_id: str, body: str) -> Note:
+        return await self._run(lambda: self._tables.add_note(user, patient_id, body))
+
+    async def notes(self, patient_id: str, limit: int = 100) -> list[Note]:
+        return await self._run(lambda: self._tables.notes(patient_id, limit))
 
     async def record_view(self, user: User, patient_id: str, action: str) -> None:
         await self._run(lambda: self._tables.record_view(user, patient_id, action))

@@ -3,13 +3,13 @@ built from numbers and escaped labels). No inline scripts or styles: the CSP for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
 from zoneinfo import ZoneInfo
 
-from dashboards.accounts import AuditEntry, Grant, Role, User
+from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.glycemia import format_glucose
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
@@ -254,6 +254,8 @@ class PatientView:
     alerts_html: str
     batches: Sequence[Batch] = ()
     signed_size: int = 0  # tree size of the latest signed checkpoint
+    notes: Sequence[Note] = ()
+    battery_low: Mapping[str, datetime] = field(default_factory=dict)
 
 
 def patient_live(view: PatientView) -> str:
@@ -275,10 +277,11 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> s
         "".join(
             f"<tr><td>{esc(d.name or d.device_id)}</td><td>{esc(d.kind.value)}</td>"
             f"<td>{esc(d.transport.value)}</td><td>{'active' if d.active else 'inactive'}</td>"
+            f"<td>{_battery(view.battery_low.get(d.device_id), tz)}</td>"
             f"<td>{_time(seen, tz)}</td></tr>"
             for d, seen in view.devices
         )
-        or '<tr><td colspan="5">No devices.</td></tr>'
+        or '<tr><td colspan="6">No devices.</td></tr>'
     )
     body = (
         f'<p class="sub">{esc(p.patient_id)} · {esc(p.timezone)}'
@@ -292,12 +295,44 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> s
         f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
         f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
         '<section><h2>Devices</h2><div class="scroll"><table><thead><tr><th>Device</th>'
-        "<th>Kind</th><th>Transport</th><th>State</th><th>Last seen</th></tr></thead>"
-        f"<tbody>{devices}</tbody></table></div></section>"
+        "<th>Kind</th><th>Transport</th><th>State</th><th>Battery</th><th>Last seen</th>"
+        f"</tr></thead><tbody>{devices}</tbody></table></div></section>"
+        f"{_notes(view, user, csrf)}"
         f"{_patient_ledger(view, user, tz)}"
     )
     return layout(
         p.display_name, body, user=user, csrf=csrf, live="patient", live_patient=p.patient_id
+    )
+
+
+def _battery(low_since: datetime | None, tz: ZoneInfo) -> str:
+    return (
+        "no warning"
+        if low_since is None
+        else f'<span class="warn">low ({_time(low_since, tz)})</span>'
+    )
+
+
+def _notes(view: PatientView, user: User, csrf: str) -> str:
+    """The clinical notes thread, newest first; clinicians add to it."""
+    items = (
+        "".join(
+            f'<li><p class="sub">{esc(n.author)} ({esc(n.role)}) · {esc(n.created_at)}</p>'
+            f"<p>{esc(n.body)}</p></li>"
+            for n in view.notes
+        )
+        or "<li>No notes yet.</li>"
+    )
+    form = (
+        f'<form method="post" action="/patients/{esc(view.patient.patient_id)}/notes">'
+        f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
+        '<textarea name="body" rows="3" maxlength="4000" required></textarea>'
+        '<button type="submit">Add note</button></form>'
+        if user.role is Role.CLINICIAN
+        else ""
+    )
+    return (
+        f'<section id="notes"><h2>Clinical notes</h2>{form}<ul class="notes">{items}</ul></section>'
     )
 
 

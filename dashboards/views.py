@@ -12,7 +12,7 @@ from aiohttp import web
 
 from dashboards import charts, pages
 from dashboards.access import Access, Rule
-from dashboards.accounts import AccountError, Role, User
+from dashboards.accounts import AccountError, Note, Role, User
 from dashboards.context import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -37,6 +37,8 @@ from gateway.model import (
     AlertState,
     Batch,
     Device,
+    DeviceEvent,
+    DeviceEventKind,
     DeviceKind,
     Patient,
     Reading,
@@ -309,6 +311,17 @@ async def _patient(request: web.Request) -> Patient:
 
 
 LEDGER_ROWS = 20  # the patient's newest batches on their page
+BATTERY_WARNING_DAYS = 7  # a device's battery-low report is shown this long
+
+
+def _battery_warnings(events: list[DeviceEvent], now: datetime) -> dict[str, datetime]:
+    """device_id -> when it last reported a low battery (within the last week)."""
+    since = now - timedelta(days=BATTERY_WARNING_DAYS)
+    found: dict[str, datetime] = {}
+    for event in events:
+        if event.kind is DeviceEventKind.BATTERY_LOW and event.time >= since:
+            found[event.device_id] = max(event.time, found.get(event.device_id, event.time))
+    return found
 
 
 async def _patient_view(
@@ -334,6 +347,8 @@ async def _patient_view(
     seen: list[tuple[Device, datetime | None]] = []
     batches: list[Batch] = []
     signed_size = 0
+    notes: list[Note] = []
+    battery: dict[str, datetime] = {}
     if full:
 
         def all_metrics() -> list[GlucoseMetrics]:
@@ -345,6 +360,8 @@ async def _patient_view(
         metrics_html = pages.metrics_table(metrics, user.unit)
         seen = [(dev, await _last_seen(d, dev, readings)) for dev in devices]
         batches = await rm.patient_batches(pid, LEDGER_ROWS)
+        notes = await d.accounts.notes(pid)
+        battery = _battery_warnings(await rm.device_events(pid), now)
         note = await d.ledger.checkpoint_note()
         # C2SP tlog-checkpoint: origin, then the tree size, then the root.
         signed_size = int(note.splitlines()[1]) if note else 0
@@ -376,6 +393,8 @@ async def _patient_view(
         metrics=metrics_html,
         batches=batches,
         signed_size=signed_size,
+        notes=notes,
+        battery_low=battery,
         devices=seen,
         alerts_html=pages.alert_rows(
             recent_alerts,
@@ -468,6 +487,17 @@ async def snooze(request: web.Request) -> web.StreamResponse:
     if wants_json(request):
         return web.json_response({"snoozed": kind.value, "minutes": minutes})
     raise web.HTTPSeeOther(local_path(_referer_path(request), f"/patients/{pid}"))
+
+
+async def add_note(request: web.Request) -> web.StreamResponse:
+    """A clinician's entry in the patient's notes thread."""
+    form = await request.post()
+    pid = request.match_info["id"]
+    try:
+        await deps(request).accounts.add_note(current_user(request), pid, str(form.get("body", "")))
+    except AccountError:
+        raise web.HTTPBadRequest(text="a note has 1 to 4000 characters") from None
+    raise web.HTTPSeeOther(f"/patients/{pid}#notes")
 
 
 # -- alerts -------------------------------------------------------------------------------
@@ -648,6 +678,10 @@ def add_routes(app: web.Application) -> None:
         Rule(access=Access.USER, patient_from="match:id", audit="report"),
     )  # fmt: skip
     add_route(app, "POST", "/patients/{id}/snooze", snooze, scoped)
+    add_route(
+        app, "POST", "/patients/{id}/notes", add_note,
+        Rule(access=Access.CLINICIAN, patient_from="match:id"),
+    )  # fmt: skip
     add_route(app, "GET", "/ledger", ledger_page, user)
     add_route(app, "GET", "/log/batch/{seq}", batch_body, Rule(access=Access.CLINICIAN))
     add_route(app, "GET", "/log/batch/{seq}/proof", batch_proof, Rule(access=Access.CLINICIAN))

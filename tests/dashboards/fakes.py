@@ -93,6 +93,7 @@ class FakeReadModel:
         self.alerts_by_id: dict[str, Alert] = {}
         self.batches: dict[int, Batch] = {}
         self.batch_members: dict[int, list[Reading]] = {}
+        self.events: list[DeviceEvent] = []
         self.calls: list[str] = []
 
     async def list_patients(self) -> list[Patient]:
@@ -130,7 +131,7 @@ class FakeReadModel:
         return max(found, key=lambda r: r.time) if found else None
 
     async def device_events(self, patient_id: str) -> list[DeviceEvent]:
-        return []
+        return [e for e in self.events if e.patient_id == patient_id]
 
     async def alerts(
         self, patient_id: str | None = None, *, open_only: bool = False
