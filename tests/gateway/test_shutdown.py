@@ -104,7 +104,8 @@ def test_sigkill_loses_nothing_stored(tmp_path: Path) -> None:
 
     again = start_demo(data_dir, batch_seconds="0.5")
     try:
-        wait_for_readings(data_dir, stored_at_kill, again)
+        # New readings prove the restarted hub is up (and its signal handlers installed).
+        wait_for_readings(data_dir, stored_at_kill + 1, again)
         time.sleep(1.0)
         again.send_signal(signal.SIGTERM)
         output, _ = again.communicate(timeout=60)
