@@ -693,10 +693,7 @@ def grant(
     on_consent_change: ConsentCallback | None = None,
 ) -> bool:
     """Let `clinician` see `patient_id`; False when already granted (no event then)."""
-    event = _with_tables(db_path, lambda t: t.grant(patient_id, clinician, by))
-    if event is not None and on_consent_change is not None:
-        on_consent_change(event)
-    return event is not None
+    return _change_consent(db_path, lambda t: t.grant(patient_id, clinician, by), on_consent_change)
 
 
 def revoke(
@@ -707,7 +704,18 @@ def revoke(
     by: str = "cli",
     on_consent_change: ConsentCallback | None = None,
 ) -> bool:
-    event = _with_tables(db_path, lambda t: t.revoke(patient_id, clinician, by))
+    """Withdraw the grant; False when there was none (no event then)."""
+    return _change_consent(
+        db_path, lambda t: t.revoke(patient_id, clinician, by), on_consent_change
+    )
+
+
+def _change_consent(
+    db_path: Path,
+    change: Callable[[_Tables], dict[str, str] | None],
+    on_consent_change: ConsentCallback | None,
+) -> bool:
+    event = _with_tables(db_path, change)
     if event is not None and on_consent_change is not None:
         on_consent_change(event)
     return event is not None

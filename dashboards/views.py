@@ -567,28 +567,9 @@ async def ledger_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def batch_body(request: web.Request) -> web.StreamResponse:
-    """The signed batch (JWS): only for a clinician allowed to see every patient in it."""
-    d = deps(request)
-    try:
-        seq = int(request.match_info["seq"])
-    except ValueError:
-        raise web.HTTPNotFound() from None
-    batch = await d.read_model.batch(seq)
-    if batch is None:
-        raise web.HTTPNotFound()
-    patients = {r.patient_id for r in await d.read_model.batch_readings(seq)}
-    if not patients <= visible(request):
-        raise web.HTTPNotFound()
-    user = current_user(request)
-    for pid in sorted(patients):
-        await d.accounts.record_view(user, pid, f"batch:{seq}")
-    return web.Response(body=batch.jws, content_type="application/jose")
-
-
-async def batch_proof(request: web.Request) -> web.StreamResponse:
-    """The offline inclusion proof of a batch; it embeds the JWS, so the same rule as
-    the batch body applies (a clinician allowed to see every patient in the batch)."""
+async def _visible_batch(request: web.Request) -> tuple[int, set[str]]:
+    """The batch in the path and its patients, if the user may see every one of them (a
+    batch body or proof holds all their readings); 404 otherwise, as for a missing batch."""
     d = deps(request)
     try:
         seq = int(request.match_info["seq"])
@@ -599,13 +580,33 @@ async def batch_proof(request: web.Request) -> web.StreamResponse:
     patients = {r.patient_id for r in await d.read_model.batch_readings(seq)}
     if not patients <= visible(request):
         raise web.HTTPNotFound()
-    try:
-        proof = await d.ledger.inclusion_proof_file(seq)
-    except InputError:
-        raise web.HTTPConflict(text="batch not yet covered by a signed checkpoint") from None
+    return seq, patients
+
+
+async def _audit(request: web.Request, patients: set[str], action: str) -> None:
     user = current_user(request)
     for pid in sorted(patients):
-        await d.accounts.record_view(user, pid, f"proof:{seq}")
+        await deps(request).accounts.record_view(user, pid, action)
+
+
+async def batch_body(request: web.Request) -> web.StreamResponse:
+    """The signed batch (JWS): only for a clinician allowed to see every patient in it."""
+    seq, patients = await _visible_batch(request)
+    batch = await deps(request).read_model.batch(seq)
+    assert batch is not None
+    await _audit(request, patients, f"batch:{seq}")
+    return web.Response(body=batch.jws, content_type="application/jose")
+
+
+async def batch_proof(request: web.Request) -> web.StreamResponse:
+    """The offline inclusion proof of a batch; it embeds the JWS, so the same rule as
+    the batch body applies."""
+    seq, patients = await _visible_batch(request)
+    try:
+        proof = await deps(request).ledger.inclusion_proof_file(seq)
+    except InputError:
+        raise web.HTTPConflict(text="batch not yet covered by a signed checkpoint") from None
+    await _audit(request, patients, f"proof:{seq}")
     return web.Response(
         text=proof,
         content_type="application/json",

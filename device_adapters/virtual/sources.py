@@ -102,6 +102,26 @@ def simulated_readings(
     pid = vp.patient.patient_id
     readings: list[Reading] = []
     events: list[DeviceEvent] = []
+
+    def reading(
+        device: Device,
+        kind: ReadingKind,
+        value: float,
+        unit: Unit,
+        at: datetime,
+        seq: int | None = None,
+    ) -> Reading:
+        return Reading(
+            patient_id=pid,
+            device_id=device.device_id,
+            kind=kind,
+            value=value,
+            unit=unit,
+            time=at,
+            seq=seq,
+            source=Source.VIRTUAL,
+        )
+
     warming = False
     for sample in cgm_trace(vp.profile, start, end, interval_min=cgm_interval_min):
         if sample.warmup and not warming:
@@ -118,42 +138,28 @@ def simulated_readings(
         if sample.glucose_mg_dl is None:
             continue
         readings.append(
-            Reading(
-                patient_id=pid,
-                device_id=vp.cgm.device_id,
-                kind=ReadingKind.CGM_GLUCOSE,
-                value=sample.glucose_mg_dl,
-                unit=Unit.MG_DL,
-                time=sample.time,
-                seq=_cgm_seq(sample.time),
-                source=Source.VIRTUAL,
+            reading(
+                vp.cgm,
+                ReadingKind.CGM_GLUCOSE,
+                sample.glucose_mg_dl,
+                Unit.MG_DL,
+                sample.time,
+                _cgm_seq(sample.time),
             )
         )
     for meter in meter_samples(vp.profile, start, end):
         readings.append(
-            Reading(
-                patient_id=pid,
-                device_id=vp.meter.device_id,
-                kind=ReadingKind.GLUCOSE,
-                value=meter.glucose_mg_dl,
-                unit=Unit.MG_DL,
-                time=meter.time,
-                seq=meter.seq,
-                source=Source.VIRTUAL,
+            reading(
+                vp.meter,
+                ReadingKind.GLUCOSE,
+                meter.glucose_mg_dl,
+                Unit.MG_DL,
+                meter.time,
+                meter.seq,
             )
         )
     for hr in heart_rate_samples(vp.profile, start, end, interval_s=hr_interval_s):
-        readings.append(
-            Reading(
-                patient_id=pid,
-                device_id=vp.heart_rate.device_id,
-                kind=ReadingKind.HEART_RATE,
-                value=hr.bpm,
-                unit=Unit.BPM,
-                time=hr.time,
-                source=Source.VIRTUAL,
-            )
-        )
+        readings.append(reading(vp.heart_rate, ReadingKind.HEART_RATE, hr.bpm, Unit.BPM, hr.time))
     readings.sort(key=lambda r: r.time)
     return readings, events
 
