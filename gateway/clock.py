@@ -31,6 +31,8 @@ def utc_now() -> datetime:
 
 def require_utc(value: datetime, name: str = "time") -> datetime:
     """Return `value` converted to UTC; refuse naive datetimes (they have no meaning here)."""
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware, got naive {value!r}")
     return value.astimezone(UTC)

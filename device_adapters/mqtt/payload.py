@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from device_adapters.mqtt.errors import PayloadRejected
 from device_adapters.mqtt.topics import parse_readings_topic
@@ -90,29 +90,28 @@ def decode_readings(topic: str, payload: bytes, *, received_at: datetime) -> Dec
         )
     address = parse_readings_topic(topic)
     document = _parse_json(topic, payload)
-    elements = document if isinstance(document, list) else [document]
-    if not elements:
-        raise PayloadRejected(RejectReason.SCHEMA, "empty array", topic=topic)
-    index: int | None
-    shapes: list[_Shape] = []
-    for position, element in enumerate(elements):
-        index = position if isinstance(document, list) else None
-        shapes.append(_check_shape(element, topic=topic, index=index))
-    readings: list[Reading] = []
-    for position, shape in enumerate(shapes):
-        index = position if isinstance(document, list) else None
-        readings.append(
-            _to_reading(
-                shape,
-                patient_id=address.patient_id,
-                device_id=address.device_id,
-                received_at=received_at,
-                topic=topic,
-                index=index,
-            )
+    if isinstance(document, list):
+        if not document:
+            raise PayloadRejected(RejectReason.SCHEMA, "empty array", topic=topic)
+        indexed: list[tuple[_Shape, int | None]] = [
+            (_check_shape(element, topic, position), position)
+            for position, element in enumerate(document)
+        ]
+    else:
+        indexed = [(_check_shape(document, topic, None), None)]
+    readings = tuple(
+        _to_reading(
+            shape,
+            patient_id=address.patient_id,
+            device_id=address.device_id,
+            received_at=received_at,
+            topic=topic,
+            index=index,
         )
+        for shape, index in indexed
+    )
     return DecodedMessage(
-        patient_id=address.patient_id, device_id=address.device_id, readings=tuple(readings)
+        patient_id=address.patient_id, device_id=address.device_id, readings=readings
     )
 
 
@@ -125,12 +124,18 @@ def _reject_constant(name: str) -> Any:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _NotJson(f"duplicate key {key!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _NotJson(f"duplicate key {key!r}")
+            seen.add(key)
     return result
+
+
+# One decoder for every message (`json.loads` with options would build one per call).
+_JSON = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
 
 
 def _parse_json(topic: str, payload: bytes) -> Any:
@@ -141,15 +146,14 @@ def _parse_json(topic: str, payload: bytes) -> Any:
             RejectReason.MALFORMED, f"not UTF-8 at byte {exc.start}", topic=topic
         ) from None
     try:
-        document = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        document = _JSON.decode(text)
     except (_NotJson, ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and Python's int-digits limit.
         raise PayloadRejected(RejectReason.MALFORMED, f"not JSON: {exc}", topic=topic) from None
     return document
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Shape:
+class _Shape(NamedTuple):
     kind: ReadingKind
     value: float | int
     unit: str
@@ -159,75 +163,84 @@ class _Shape:
     status: tuple[str, ...]
 
 
+_REQUIRED_SET = frozenset(REQUIRED)
+_KINDS: Mapping[str, ReadingKind] = {kind.value: kind for kind in ReadingKind}
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_shape(element: object, *, topic: str, index: int | None) -> _Shape:
-    def bad(detail: str, reason: RejectReason = RejectReason.SCHEMA) -> PayloadRejected:
-        return PayloadRejected(reason, detail, topic=topic, index=index)
+def _bad(
+    detail: str, topic: str, index: int | None, reason: RejectReason = RejectReason.SCHEMA
+) -> PayloadRejected:
+    return PayloadRejected(reason, detail, topic=topic, index=index)
 
+
+def _check_shape(element: object, topic: str, index: int | None) -> _Shape:
     if not isinstance(element, dict):
-        raise bad(f"a reading must be a JSON object, got {type(element).__name__}")
-    extra = sorted(set(element) - FIELDS)
-    if extra:
-        raise bad(f"unknown field(s) {', '.join(map(repr, extra))}")
-    missing = [name for name in REQUIRED if name not in element]
-    if missing:
-        raise bad(f"missing field(s) {', '.join(map(repr, missing))}")
-    if ("time" in element) == ("time_offset_s" in element):
-        raise bad("exactly one of 'time' and 'time_offset_s' is required")
+        raise _bad(f"a reading must be a JSON object, got {type(element).__name__}", topic, index)
+    keys = element.keys()
+    if not keys <= FIELDS:
+        extra = sorted(keys - FIELDS)
+        raise _bad(f"unknown field(s) {', '.join(map(repr, extra))}", topic, index)
+    if not keys >= _REQUIRED_SET:
+        missing = [name for name in REQUIRED if name not in element]
+        raise _bad(f"missing field(s) {', '.join(map(repr, missing))}", topic, index)
+    has_time = "time" in element
+    if has_time == ("time_offset_s" in element):
+        raise _bad("exactly one of 'time' and 'time_offset_s' is required", topic, index)
 
     raw_kind = element["kind"]
     if not isinstance(raw_kind, str):
-        raise bad("'kind' must be a string")
-    try:
-        kind = ReadingKind(raw_kind)
-    except ValueError:
-        raise bad(f"unknown kind {raw_kind!r}", RejectReason.UNKNOWN_KIND) from None
+        raise _bad("'kind' must be a string", topic, index)
+    kind = _KINDS.get(raw_kind)
+    if kind is None:
+        raise _bad(f"unknown kind {raw_kind!r}", topic, index, RejectReason.UNKNOWN_KIND)
 
     value = element["value"]
     if not _is_number(value) or not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
-        raise bad(f"'value' must be a number within ±{MAX_ABS_VALUE:g}, got {value!r}")
+        raise _bad(
+            f"'value' must be a number within ±{MAX_ABS_VALUE:g}, got {value!r}", topic, index
+        )
     # Integers compare exactly above, so float() below cannot overflow.
     if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - bounded
-        raise bad("'value' must be finite")
+        raise _bad("'value' must be finite", topic, index)
 
     unit = element["unit"]
     if not isinstance(unit, str):
-        raise bad("'unit' must be a string")
+        raise _bad("'unit' must be a string", topic, index)
 
     seq = element["seq"]
     if isinstance(seq, float) and seq.is_integer():
         seq = int(seq)  # JSON Schema: 3.0 is an integer
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
-        raise bad(f"'seq' must be an integer 0..{MAX_SEQ}, got {element['seq']!r}")
+        raise _bad(f"'seq' must be an integer 0..{MAX_SEQ}, got {element['seq']!r}", topic, index)
 
     time: datetime | None = None
     offset: float | int | None = None
-    if "time" in element:
-        time = _parse_time(element["time"], bad)
+    if has_time:
+        time = _parse_time(element["time"], topic, index)
     else:
         offset = element["time_offset_s"]
         if not _is_number(offset) or not -MAX_ABS_TIME_OFFSET_S <= offset <= MAX_ABS_TIME_OFFSET_S:
-            raise bad(f"'time_offset_s' must be a number within ±{MAX_ABS_TIME_OFFSET_S:g}")
+            raise _bad(
+                f"'time_offset_s' must be a number within ±{MAX_ABS_TIME_OFFSET_S:g}", topic, index
+            )
 
-    status = element.get("status", [])
-    if not isinstance(status, list) or not all(isinstance(s, str) for s in status):
-        raise bad("'status' must be an array of strings")
-    for text in [unit, *status]:
+    status: tuple[str, ...] = ()
+    if "status" in element:
+        flags = element["status"]
+        if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags):
+            raise _bad("'status' must be an array of strings", topic, index)
+        status = tuple(flags)
+    for text in (unit, *status):
         if not _encodable(text):
-            raise bad("string holds a lone surrogate (not UTF-8)", RejectReason.MALFORMED)
+            raise _bad(
+                "string holds a lone surrogate (not UTF-8)", topic, index, RejectReason.MALFORMED
+            )
 
-    return _Shape(
-        kind=kind,
-        value=value,
-        unit=unit,
-        time=time,
-        time_offset_s=offset,
-        seq=seq,
-        status=tuple(status),
-    )
+    return _Shape(kind, value, unit, time, offset, seq, status)
 
 
 def _encodable(text: str) -> bool:
@@ -238,12 +251,23 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _parse_time(raw: object, bad: Any) -> datetime:
+def _parse_time(raw: object, topic: str, index: int | None) -> datetime:
     if not isinstance(raw, str):
-        raise bad("'time' must be an RFC 3339 string")
+        raise _bad("'time' must be an RFC 3339 string", topic, index)
     match = _TIME.match(raw)
     if match is None:
-        raise bad(f"'time' {raw!r} is not RFC 3339 with an offset")
+        raise _bad(f"'time' {raw!r} is not RFC 3339 with an offset", topic, index)
+    # The pattern admits only RFC 3339; for it, `fromisoformat` (C) gives what the fields
+    # say (tests compare it with `_time_from_fields` on generated strings). It does not
+    # take a lower-case "z" and may refuse a very long fraction: the fields handle those.
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        parsed = _time_from_fields(match, raw, topic, index)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+
+
+def _time_from_fields(match: re.Match[str], raw: str, topic: str, index: int | None) -> datetime:
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     fraction = match.group(7)
     micro = int((fraction[1:] + "000000")[:6]) if fraction else 0
@@ -254,10 +278,9 @@ def _parse_time(raw: object, bad: Any) -> datetime:
         sign = 1 if zone[0] == "+" else -1
         tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
     try:
-        parsed = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
     except ValueError as exc:  # 2024-02-30: the pattern cannot know month lengths
-        raise bad(f"'time' {raw!r}: {exc}") from None
-    return parsed.astimezone(UTC)
+        raise _bad(f"'time' {raw!r}: {exc}", topic, index) from None
 
 
 def _to_reading(

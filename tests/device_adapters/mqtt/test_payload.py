@@ -238,3 +238,40 @@ def test_every_accepted_document_validates(doc: list[dict[str, Any]]) -> None:
         return
     VALIDATOR.validate(doc)
     assert len(readings) == len(doc)
+
+
+@settings(max_examples=400)
+@given(
+    st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(2999, 12, 30)),
+    st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+    st.text("0123456789", min_size=0, max_size=12),
+    st.sampled_from(["T", "t", " "]),
+    st.sampled_from(["Z", "z", "offset"]),
+)
+def test_time_is_the_instant_the_text_names(
+    moment: datetime, offset_min: int, digits: str, sep: str, zone: str
+) -> None:
+    """Whatever spelling RFC 3339 allows: every offset, a fraction of any length (cut to
+    microseconds), T/t/space, Z/z."""
+    if zone == "offset":
+        sign = "+" if offset_min >= 0 else "-"
+        suffix = f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+    else:
+        suffix, offset_min = zone, 0
+    fraction = f".{digits}" if digits else ""
+    text = moment.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + fraction + suffix
+    micro = int((digits + "000000")[:6])
+    expected = moment.replace(microsecond=micro, tzinfo=UTC) - timedelta(minutes=offset_min)
+    doc = {"kind": "glucose", "value": 100, "unit": "mg/dL", "time": text, "seq": 1}
+    (reading,) = _decode(json.dumps(doc).encode()).readings
+    assert reading.time == expected
+    assert reading.time.tzinfo is UTC
+
+
+@pytest.mark.parametrize("text", ["2024-02-30T08:00:00Z", "2023-02-29T08:00:00+01:00"])
+def test_a_day_the_month_does_not_have_is_a_schema_rejection(text: str) -> None:
+    doc = {"kind": "glucose", "value": 100, "unit": "mg/dL", "time": text, "seq": 1}
+    with pytest.raises(PayloadRejected) as caught:
+        _decode(json.dumps(doc).encode())
+    assert caught.value.reason is RejectReason.SCHEMA
+    assert text in caught.value.detail
