@@ -92,7 +92,12 @@ def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[So
     sources: list[Source] = []
     if settings.mqtt.url:
         inbound = MqttConnection(consumer_config(settings.mqtt))
-        consumer = MqttConsumer(connection=inbound, sink=running.hub, clock=clock)
+        consumer = MqttConsumer(
+            connection=inbound,
+            sink=running.hub,
+            clock=clock,
+            max_unacked=settings.mqtt.receive_maximum,
+        )
         running.hub.status_probes["mqtt"] = lambda: {
             "state": inbound.state.value,
             **dataclasses.asdict(consumer.stats()),

@@ -73,6 +73,10 @@ class MqttSettings:
     key_file: str = ""
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
+    # Unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum): the
+    # window that keeps ingest busy while commits are under way. Bounds memory: each can
+    # be up to 64 KiB.
+    receive_maximum: int = 2000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +248,10 @@ def _check(settings: Settings) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be > 0, got {value}")
+    if not 1 <= settings.mqtt.receive_maximum <= 65535:
+        raise ConfigError(
+            "mqtt.receive_maximum", f"must be 1..65535, got {settings.mqtt.receive_maximum}"
+        )
     if not 0 <= settings.dashboard.port <= 65535:
         raise ConfigError("dashboard.port", f"must be 0..65535, got {settings.dashboard.port}")
     if settings.demo.patients < 0 or settings.demo.history_days < 0:

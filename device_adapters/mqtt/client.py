@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 MAX_PACKET_ID = 65_535  # MQTT 5 §2.2.1: 16-bit packet identifiers
 _READS_PER_WAKEUP = 64  # packets handled per readable event before yielding to the loop
 _MISC_INTERVAL_S = 1.0
+_RECV_BYTES = 64 * 1024
 
 
 class ConnectionState(StrEnum):
@@ -116,7 +117,7 @@ def parse_broker_url(url: str, key: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
-def consumer_config(settings: MqttSettings, *, receive_maximum: int = 1000) -> BrokerConfig:
+def consumer_config(settings: MqttSettings) -> BrokerConfig:
     """The hub's subscriber: fixed client id, persistent session, QoS 1 subscriptions."""
     host, port, tls = parse_broker_url(settings.url, "mqtt.url")
     return BrokerConfig(
@@ -133,7 +134,7 @@ def consumer_config(settings: MqttSettings, *, receive_maximum: int = 1000) -> B
         clean_start=False,
         session_expiry_s=settings.session_expiry_s,
         subscriptions=settings.topics,
-        receive_maximum=receive_maximum,
+        receive_maximum=settings.receive_maximum,
     )
 
 
@@ -198,10 +199,38 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+class _BufferedClient(paho.Client):
+    """paho reads each packet with a recv() per header byte and one for the rest (several
+    system calls per message). This client takes whatever the socket holds, up to
+    `_RECV_BYTES`, in one call and serves paho's small reads from it. The reader must ask
+    `buffered()` before waiting for the socket again: the next packet may be here already.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rx = b""
+        self._rx_pos = 0
+
+    def buffered(self) -> bool:
+        return self._rx_pos < len(self._rx)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rx_pos >= len(self._rx):
+            data = super()._sock_recv(max(bufsize, _RECV_BYTES))
+            if len(data) <= bufsize:
+                return data  # also b"": the connection closed
+            self._rx, self._rx_pos = data, 0
+        start = self._rx_pos
+        self._rx_pos = min(start + bufsize, len(self._rx))
+        return self._rx[start : self._rx_pos]
+
+
 class _Generation:
     """One paho client and one connection attempt; dies with its socket."""
 
-    def __init__(self, number: int, client: paho.Client, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, number: int, client: _BufferedClient, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.number = number
         self.client = client
         self.connack: asyncio.Future[bool] = loop.create_future()  # -> session_present
@@ -314,7 +343,7 @@ class MqttConnection:
     def _new_generation(self) -> _Generation:
         assert self._loop is not None
         self._numbers += 1
-        client = paho.Client(
+        client = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.config.client_id,
             protocol=paho.MQTTv5,
@@ -601,8 +630,16 @@ class MqttConnection:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._lose(gen, f"read: {rc.name}")
                 return
-            if gen.events == before or gen.client.socket() is None or gen.reading_paused:
+            if gen.client.socket() is None or gen.reading_paused:
                 return
+            if gen.events == before and not gen.client.buffered():
+                return
+        self._read_buffered_soon(gen)
+
+    def _read_buffered_soon(self, gen: _Generation) -> None:
+        """Packets already read off the socket will not make it readable again."""
+        if gen.client.buffered() and not gen.closed and self._loop is not None:
+            self._loop.call_soon(self._readable, gen)
 
     def _writable(self, gen: _Generation) -> None:
         try:
@@ -648,6 +685,7 @@ class MqttConnection:
         gen.reading_paused = False
         if not gen.closed and gen.fd is not None and self._loop is not None:
             self._loop.add_reader(gen.fd, self._readable, gen)
+            self._read_buffered_soon(gen)
 
     def ack(self, message: InboundMessage) -> bool:
         """Send the PUBACK; False when its connection is gone (the broker will redeliver)."""
