@@ -70,7 +70,9 @@ def main() -> None:
         store = Store(data_dir)
         t0 = time.perf_counter()
         _fill(store, total)
+        store.close()
         print(f"stored {total:,} readings in {time.perf_counter() - t0:.1f} s (setup, not timed)")
+        store = Store(data_dir)  # a fresh connection: every reading is read back to be sealed
         init_keys(data_dir, None)
         keys = load_keys(data_dir, "bench", None)
         sealer = Sealer(store, keys, hub_id="bench", forward=False)

@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.clock import Clock
 from gateway.fanout import FanOut
-from gateway.model import Alert, Device, DeviceEvent, Reading
+from gateway.model import Alert, DeviceEvent, Reading
 from gateway.protocols import (
     AlertChanged,
     BatchSealed,
@@ -314,7 +314,7 @@ class Hub:
     def _validate_and_write(self, chunk: list[_Envelope]) -> _Written:
         store = self._writer.store
         now = self._clock.now()
-        devices: dict[str, Device | None] = {}
+        devices = store.device_map()
         accepted: list[Reading] = []
         events: list[DeviceEvent] = []
         dead: list[DeadLetter] = []
@@ -322,9 +322,8 @@ class Hub:
         for envelope in chunk:
             ok = bad = 0
             for reading in envelope.readings:
-                if reading.device_id not in devices:
-                    devices[reading.device_id] = store.get_device(reading.device_id)
-                verdict = validate(reading, devices[reading.device_id], now=now, rules=self._rules)
+                device = devices.get(reading.device_id)
+                verdict = validate(reading, device, now=now, rules=self._rules)
                 if verdict is None:
                     accepted.append(reading)
                     ok += 1
@@ -347,12 +346,15 @@ class Hub:
             dead.extend(envelope.dead_letters)
             per_envelope.append((ok, bad + len(envelope.dead_letters)))
         result = store.write(accepted, events, dead)
-        # Attribute duplicates back to envelopes in order (stored rows keep input order).
-        stored_ids = {id(s.reading) for s in result.stored}
         outcomes: list[IngestOutcome] = []
-        for envelope, (ok, bad) in zip(chunk, per_envelope, strict=True):
-            new = sum(1 for reading in envelope.readings if id(reading) in stored_ids)
-            outcomes.append(IngestOutcome(accepted=new, duplicates=ok - new, rejected=bad))
+        if result.duplicates == 0:
+            for ok, bad in per_envelope:
+                outcomes.append(IngestOutcome(accepted=ok, rejected=bad))
+        else:  # attribute them to their envelopes
+            stored_ids = {id(reading) for reading in result.stored}
+            for envelope, (ok, bad) in zip(chunk, per_envelope, strict=True):
+                new = sum(1 for reading in envelope.readings if id(reading) in stored_ids)
+                outcomes.append(IngestOutcome(accepted=new, duplicates=ok - new, rejected=bad))
         return _Written(
             result=result, outcomes=outcomes, rejected_reasons=[d.reason.value for d in dead]
         )
@@ -374,17 +376,17 @@ class Hub:
         if result.stored:
             self._batcher.add(len(result.stored), self._clock.monotonic())
             self._new_readings.set()
-            self.fanout.publish(ReadingsStored(readings=tuple(s.reading for s in result.stored)))
+            self.fanout.publish(ReadingsStored(readings=result.stored))
         events = tuple(e for envelope in chunk for e in envelope.events)
         if result.stored or events:
-            await self._alert_queue.put(
-                _Stored(readings=tuple(s.reading for s in result.stored), events=events)
-            )
+            await self._alert_queue.put(_Stored(readings=result.stored, events=events))
 
     async def _seal_loop(self) -> None:
         limit = self._batcher.policy.max_readings
         last_signed = self._clock.monotonic()
         while True:
+            # Cleared before looking, so readings stored during any await below wake us.
+            self._new_readings.clear()
             now = self._clock.monotonic()
             if self._batcher.due(now):
                 if not await self._seal_one(limit):
@@ -399,10 +401,10 @@ class Hub:
                 await self._seal_all(limit)
                 await self._sign_checkpoint()
                 return
-            self._new_readings.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._new_readings.wait(), timeout=self._batcher.seconds_until_due(now)
+                    self._new_readings.wait(),
+                    timeout=self._batcher.seconds_until_due(self._clock.monotonic()),
                 )
 
     async def _seal_one(self, limit: int) -> bool:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import ConfigError
 from gateway.model import Batch
-from gateway.store import TIME_COLUMN, Store, reading_canonical_from_row
+from gateway.store import Store
 from ledger import keys as ledger_keys
 from ledger.batch import seal_batch_json
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -136,21 +136,21 @@ class Sealer:
     def seal(self, limit: int, now: datetime, *, sign: bool = True) -> SealOutcome | None:
         """Seal up to `limit` of the oldest unsealed readings into one batch; with `sign`,
         sign a checkpoint of the new tree too (a backlog signs once, at its end)."""
-        rows = self._store.unsealed_reading_rows(limit)
+        rows = self._store.unsealed_for_seal(limit)
         events = self._store.unsealed_events(limit)
         if not rows and not events:
             return None
         previous = self._store.last_batch()
         seq = 0 if previous is None else previous.seq + 1
         # Stored times are RFC 3339 UTC with milliseconds and "Z": they sort as text.
-        times = [str(row[TIME_COLUMN]) for row in rows] or [to_rfc3339(now)]
+        times = [row.time for row in rows] or [to_rfc3339(now)]
         first, last = min(times), max(times)
         sealed = seal_batch_json(
             hub_id=self._hub_id,
             batch_seq=seq,
             start=first,
             end=last,
-            readings_json="[" + ",".join(reading_canonical_from_row(r) for r in rows) + "]",
+            readings_json="[" + ",".join(row.canonical for row in rows) + "]",
             events=[body for _, body in events],
             prev_jws=None if previous is None else previous.jws,
             signing_key=self._keys.batch_key,
@@ -170,7 +170,7 @@ class Sealer:
         root = tree.root()
         self._store.record_sealed_batch(
             batch=batch,
-            last_row_id=rows[-1][0] if rows else 0,
+            last_row_id=rows[-1].row_id if rows else 0,
             last_event_id=events[-1][0] if events else None,
             event_count=len(events),
             tree_size=tree.size,

@@ -8,15 +8,17 @@ by a UNIQUE (device_id, dedupe_key) index, so a replayed message is a no-op.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
 import sqlite3
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.clock import to_rfc3339
 from gateway.errors import RegistryError, StorageError
@@ -172,14 +174,8 @@ _READING_COLUMNS = (
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StoredReading:
-    row_id: int
-    reading: Reading
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class WriteResult:
-    stored: tuple[StoredReading, ...]
+    stored: tuple[Reading, ...]  # the readings that were new, in input order
     duplicates: int
     dead_letters: int
     events: int
@@ -199,6 +195,26 @@ class StoredDeadLetter:
 
 def _time_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
+
+
+class UnsealedReading(NamedTuple):
+    """What sealing needs of one stored reading."""
+
+    row_id: int
+    time: str  # as stored: RFC 3339 UTC, milliseconds, "Z" (sorts as text)
+    canonical: str  # RFC 8785 text of the reading's JSON
+
+
+# The unsealed readings a `Store` remembers having written (see `unsealed_for_seal`); at
+# most this many, a few MiB: enough for sealing to keep up without reading them back.
+_TAIL_MAX = 10_000
+
+_INSERT_READING = (
+    "INSERT INTO readings (patient_id, device_id, kind, value, unit, time, time_ms, "
+    "seq, source, original_value, original_unit, status, dedupe_key) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id, dedupe_key) DO NOTHING"
+)
 
 
 def reading_to_row(reading: Reading) -> tuple[object, ...]:
@@ -306,6 +322,21 @@ def reading_canonical_from_row(row: tuple[Any, ...]) -> str:
     )
 
 
+def _tail_entries(ids: Sequence[int], rows: Sequence[tuple[object, ...]]) -> list[UnsealedReading]:
+    """Unsealed-tail entries for rows just inserted (`reading_to_row` order) with `ids`:
+    the same values a SELECT of those rows returns, so the same canonical text."""
+    return [
+        UnsealedReading(
+            row_id,
+            str(r[5]),
+            reading_canonical_from_row(
+                (row_id, r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9], r[10], r[11])
+            ),
+        )
+        for row_id, r in zip(ids, rows, strict=True)
+    ]
+
+
 def reading_to_json(reading: Reading) -> dict[str, object]:
     """The one JSON shape of a reading: export lines, ledger batches, the API."""
     return {
@@ -329,6 +360,10 @@ class Store:
     def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
         self.data_dir = data_dir
         self.path = data_dir / DB_FILENAME
+        self._last_write_had_duplicates = False
+        self._tail: deque[UnsealedReading] = deque()
+        self._devices: dict[str, Device] | None = None
+        self._devices_version = -1
         if read_only:
             if not self.path.exists():
                 raise StorageError(f"no Glucohub database at {self.path}")
@@ -420,6 +455,7 @@ class Store:
             )
         except sqlite3.IntegrityError:
             raise RegistryError(f"device {device.device_id!r} already exists") from None
+        self._devices = None
 
     def remove_device(self, device_id: str) -> None:
         """Deactivate (never delete: stored readings still name it)."""
@@ -428,6 +464,21 @@ class Store:
         )
         if cursor.rowcount == 0:
             raise RegistryError(f"no active device {device_id!r}")
+        self._devices = None
+
+    def device_map(self) -> Mapping[str, Device]:
+        """Every registered device by id, for validating each ingest chunk. Cached until
+        this connection changes a device or another one commits anything (a CLI
+        `devices add` while the hub runs): SQLite's data_version tells."""
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if self._devices is None or version != self._devices_version:
+            rows = self._db.execute(
+                "SELECT device_id, patient_id, kind, transport, name, address, simulated, "
+                "active FROM devices"
+            )
+            self._devices = {device.device_id: device for device in map(_device, rows)}
+            self._devices_version = version
+        return self._devices
 
     def get_device(self, device_id: str) -> Device | None:
         row = self._db.execute(
@@ -457,23 +508,10 @@ class Store:
         dead_letters: Sequence[DeadLetter] = (),
     ) -> WriteResult:
         """Store everything in one transaction; duplicates are skipped and counted."""
-        stored: list[StoredReading] = []
-        duplicates = 0
+        rows = [reading_to_row(reading) for reading in readings]
         self._begin()
         try:
-            insert = (
-                "INSERT INTO readings (patient_id, device_id, kind, value, unit, time, time_ms, "
-                "seq, source, original_value, original_unit, status, dedupe_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device_id, dedupe_key) DO NOTHING"
-            )
-            for reading in readings:
-                cursor = self._db.execute(insert, reading_to_row(reading))
-                if cursor.rowcount == 1:
-                    assert cursor.lastrowid is not None
-                    stored.append(StoredReading(row_id=cursor.lastrowid, reading=reading))
-                else:
-                    duplicates += 1
+            stored, tail = self._insert_readings(readings, rows)
             self._db.executemany(
                 "INSERT INTO device_events (patient_id, device_id, kind, time, detail, seq) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -502,12 +540,53 @@ class Store:
         except BaseException:
             self._rollback()
             raise
+        if len(self._tail) + len(tail) <= _TAIL_MAX:
+            self._tail.extend(tail)
         return WriteResult(
-            stored=tuple(stored),
-            duplicates=duplicates,
+            stored=stored,
+            duplicates=len(readings) - len(stored),
             dead_letters=len(dead_letters),
             events=len(events),
         )
+
+    def _insert_readings(
+        self, readings: Sequence[Reading], rows: list[tuple[object, ...]]
+    ) -> tuple[tuple[Reading, ...], list[UnsealedReading]]:
+        """Insert inside the open transaction; return the readings that were new, and
+        their entries for the unsealed tail.
+
+        All rows in one statement when none is a duplicate (the usual case); when one is,
+        undo and insert row by row to learn which. After a write with duplicates (a
+        redelivery, an uploader resending its history) the next starts row by row.
+        """
+        if not rows:
+            return (), []
+        if not self._last_write_had_duplicates:
+            self._db.execute("SAVEPOINT readings")
+            (highest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()
+            before = self._db.total_changes
+            self._db.executemany(_INSERT_READING, rows)
+            if self._db.total_changes - before == len(rows):
+                self._db.execute("RELEASE readings")
+                (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
+                # n new rows, each id above `highest`, none above `last`: exactly those ids.
+                if last - highest != len(rows):  # pragma: no cover - SQLite's rowid rule
+                    return tuple(readings), []
+                return tuple(readings), _tail_entries(range(highest + 1, last + 1), rows)
+            self._db.execute("ROLLBACK TO readings")
+            self._db.execute("RELEASE readings")
+        stored: list[Reading] = []
+        ids: list[int] = []
+        new_rows: list[tuple[object, ...]] = []
+        for reading, row in zip(readings, rows, strict=True):
+            cursor = self._db.execute(_INSERT_READING, row)
+            if cursor.rowcount == 1:
+                assert cursor.lastrowid is not None
+                stored.append(reading)
+                ids.append(cursor.lastrowid)
+                new_rows.append(row)
+        self._last_write_had_duplicates = len(stored) < len(rows)
+        return tuple(stored), _tail_entries(ids, new_rows)
 
     # -- queries ------------------------------------------------------------------------
 
@@ -612,6 +691,33 @@ class Store:
             (limit,),
         ).fetchall()
 
+    def unsealed_for_seal(self, limit: int) -> list[UnsealedReading]:
+        """The oldest unsealed readings, at most `limit`, in id order.
+
+        Readings this `Store` wrote itself come from memory (the tail) when the database's
+        next unsealed ids are exactly the tail's first ones: the tail holds only ids that
+        are unsealed (sealing removes them), so the same count, first and last id means the
+        same rows. Otherwise (a backlog from before a restart, a tail that was full) they
+        are read back.
+        """
+        count, low, high = self._db.execute(
+            "SELECT COUNT(*), MIN(id), MAX(id) FROM (SELECT id FROM readings "
+            "WHERE batch_seq IS NULL ORDER BY id LIMIT ?)",
+            (limit,),
+        ).fetchone()
+        tail = self._tail
+        if (
+            count
+            and len(tail) >= count
+            and tail[0].row_id == low
+            and tail[count - 1].row_id == high
+        ):
+            return list(itertools.islice(tail, count))
+        return [
+            UnsealedReading(int(row[0]), str(row[TIME_COLUMN]), reading_canonical_from_row(row))
+            for row in self.unsealed_reading_rows(limit)
+        ]
+
     def batch_reading_rows(self, batch_seq: int) -> list[tuple[Any, ...]]:
         return self._db.execute(
             f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq = ? ORDER BY id",
@@ -631,13 +737,6 @@ class Store:
             (batch_seq,),
         )
         return [reading_json_from_row(r) for r in rows]
-
-    def unsealed_readings(self, limit: int) -> list[StoredReading]:
-        rows = self._db.execute(
-            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [StoredReading(row_id=int(r[0]), reading=reading_from_row(r)) for r in rows]
 
     def count_unsealed(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL").fetchone()
@@ -763,6 +862,8 @@ class Store:
         except BaseException:
             self._rollback()
             raise
+        while self._tail and self._tail[0].row_id <= last_row_id:
+            self._tail.popleft()
 
     def persist_checkpoint(self, size: int, root_hash: bytes, now: datetime) -> None:
         """Record the (size, root) about to be signed; refuse a second root for a size."""

@@ -231,3 +231,36 @@ async def test_a_snooze_survives_a_restart(data_dir: Path) -> None:
     finally:
         again.stop.set()
         await asyncio.wait_for(task, 20)
+
+
+async def test_a_full_batch_is_sealed_without_waiting_for_the_timer(data_dir: Path) -> None:
+    """Readings that fill a batch while a checkpoint is being signed still wake the seal
+    stage: with the timer at an hour, only the count can seal them."""
+    register(data_dir)
+    under_test = HubUnderTest()
+    settings = settings_for(
+        data_dir, ledger__batch_max_readings="20", ledger__batch_max_seconds="3600"
+    )
+    task = asyncio.create_task(
+        run_hub(settings, stop=under_test.stop, on_ready=under_test.on_ready)
+    )
+    await asyncio.wait_for(under_test.ready.wait(), 10)
+    assert under_test.running is not None
+    telemetry = under_test.running.hub.telemetry
+    try:
+        for round_ in range(15):
+            # Two full batches back to back: the second is written while the first seals.
+            first = range(round_ * 40, round_ * 40 + 20)
+            second = range(round_ * 40 + 20, round_ * 40 + 40)
+            await under_test.sink.submit(origin=ORIGIN, readings=[cgm(i) for i in first])
+            await under_test.sink.submit(origin=ORIGIN, readings=[cgm(i) for i in second])
+            expected = (round_ + 1) * 40
+            for _ in range(300):
+                if telemetry.value("glucohub_ledger_readings_sealed_total") >= expected:
+                    break
+                await asyncio.sleep(0.01)
+            sealed = telemetry.value("glucohub_ledger_readings_sealed_total")
+            assert sealed == expected, f"round {round_}: {sealed} of {expected} sealed after 3 s"
+    finally:
+        under_test.stop.set()
+        await asyncio.wait_for(task, 20)

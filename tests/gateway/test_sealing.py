@@ -6,8 +6,11 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.sealing import Sealer, init_keys, load_keys
@@ -138,3 +141,78 @@ def test_parallel_verification_names_the_first_bad_batch(hub: Path) -> None:
     report = verify_data_dir(hub, "glucohub-local", workers=2)
     assert not report.ok
     assert "batch 40:" in report.message and "cgm-1" in report.message
+
+
+_values = st.floats(10, 1000, allow_nan=False) | st.integers(10, 1000).map(float)
+_reading_specs = st.tuples(
+    st.integers(0, 60),  # seq, or the minute for readings without one
+    _values,
+    st.booleans(),  # has a seq
+    st.booleans(),  # sent in mmol/L
+    st.lists(st.sampled_from(["calibrated", "temp high", 'quote"d', "é"]), max_size=2),
+)
+
+
+def _reading(spec: tuple[int, float, bool, bool, list[str]]) -> Reading:
+    n, value, has_seq, mmol, status = spec
+    return Reading(
+        patient_id="p1",
+        device_id="cgm-1",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=value * 18.01559 if mmol else value,
+        unit=Unit.MG_DL,
+        time=NOW - timedelta(minutes=n, microseconds=n * 1237),
+        source=Source.MQTT,
+        seq=n if has_seq else None,
+        original_value=value if mmol else None,
+        original_unit=Unit.MMOL_L if mmol else None,
+        status=tuple(status),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(_reading_specs, max_size=25), st.integers(0, 30)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_sealing_what_the_hub_remembers_equals_sealing_what_storage_holds(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[list[tuple[int, float, bool, bool, list[str]]], int]],
+) -> None:
+    """The writer keeps the canonical text of readings it stored so sealing need not read
+    them back. Whatever the writes (duplicates, no seq, mmol/L, status flags), the seals,
+    and however small the memory is: what it would seal is what a fresh connection reads
+    from the database, and the finished ledger verifies against the stored rows."""
+    data_dir = tmp_path_factory.mktemp("hub")
+    store = Store(data_dir)
+    store.add_patient(Patient(patient_id="p1", display_name="One"))
+    store.add_device(
+        Device(device_id="cgm-1", patient_id="p1", kind=DeviceKind.CGM, transport=Transport.MQTT)
+    )
+    init_keys(data_dir, None)
+    with mock.patch("gateway.store._TAIL_MAX", 12):
+        sealer = Sealer(
+            store,
+            load_keys(data_dir, "glucohub-local", None),
+            hub_id="glucohub-local",
+            forward=False,
+        )
+        reader = Store(data_dir, read_only=True)
+        try:
+            for specs, seal_limit in steps:
+                store.write([_reading(spec) for spec in specs])
+                assert store.unsealed_for_seal(1000) == reader.unsealed_for_seal(1000)
+                if seal_limit:
+                    sealer.seal(seal_limit, NOW)
+                    assert store.unsealed_for_seal(1000) == reader.unsealed_for_seal(1000)
+            while sealer.seal(7, NOW) is not None:
+                pass
+            sealer.sign_checkpoint(NOW)
+        finally:
+            reader.close()
+            store.close()
+    report = verify_data_dir(data_dir, "glucohub-local")
+    assert report.ok, report.message

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RegistryError
@@ -51,6 +51,31 @@ def test_replayed_sequence_numbers_are_dropped(store: Store) -> None:
     assert len(first.stored) == 2 and first.duplicates == 0
     assert len(again.stored) == 1 and again.duplicates == 1
     assert [r.seq for r in store.readings()] == [1, 2, 3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), max_size=12), min_size=1, max_size=8))
+def test_each_write_reports_exactly_the_readings_it_added(
+    tmp_path_factory: pytest.TempPathFactory, writes: list[list[int]]
+) -> None:
+    """Whatever mix of new sequence numbers, replays and repeats within one write."""
+    store = Store(tmp_path_factory.mktemp("store"))
+    store.add_patient(Patient(patient_id="p1", display_name="One"))
+    store.add_device(
+        Device(device_id="cgm-1", patient_id="p1", kind=DeviceKind.CGM, transport=Transport.MQTT)
+    )
+    seen: set[int] = set()
+    for seqs in writes:
+        result = store.write([cgm(seq, minutes=seq) for seq in seqs])
+        new: list[int] = []
+        for seq in seqs:
+            if seq not in seen:
+                seen.add(seq)
+                new.append(seq)
+        assert [r.seq for r in result.stored] == new
+        assert result.duplicates == len(seqs) - len(new)
+    assert sorted(r.seq for r in store.readings()) == sorted(seen)
+    store.close()
 
 
 def test_without_seq_time_kind_and_value_identify_a_reading(store: Store) -> None:
@@ -159,3 +184,24 @@ def test_fast_canonical_rows_equal_rfc8785(
     row = (1, *reading_to_row(reading)[:6], *reading_to_row(reading)[7:12])
     assert reading_canonical_from_row(row) == canonicalize(reading_json_from_row(row)).decode()
     assert reading_json_from_row(row) == reading_to_json(reading)
+
+
+def test_device_map_sees_devices_changed_by_another_process(data_dir: Path, store: Store) -> None:
+    """The hub caches its device registry; `glucohub devices add/remove` run meanwhile
+    from another process (another connection) must still be seen on the next chunk."""
+    assert set(store.device_map()) == {"cgm-1", "meter-2"}
+    other = Store(data_dir)
+    other.add_device(
+        Device(
+            device_id="hr-3", patient_id="p2", kind=DeviceKind.HEART_RATE, transport=Transport.BLE
+        )
+    )
+    other.remove_device("cgm-1")
+    other.close()
+    devices = store.device_map()
+    assert set(devices) == {"cgm-1", "meter-2", "hr-3"}
+    assert not devices["cgm-1"].active
+    store.add_device(
+        Device(device_id="scale-4", patient_id="p1", kind=DeviceKind.SCALE, transport=Transport.BLE)
+    )
+    assert "scale-4" in store.device_map()
