@@ -57,6 +57,7 @@ MAX_PACKET_ID = 65_535  # MQTT 5 §2.2.1: 16-bit packet identifiers
 _READS_PER_WAKEUP = 64  # packets handled per readable event before yielding to the loop
 _MISC_INTERVAL_S = 1.0
 _RECV_BYTES = 64 * 1024
+_GATHER_BYTES = 4 * 1024  # packets up to this size are gathered into one send
 
 
 class ConnectionState(StrEnum):
@@ -200,16 +201,25 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class _BufferedClient(paho.Client):
-    """paho reads each packet with a recv() per header byte and one for the rest (several
-    system calls per message). This client takes whatever the socket holds, up to
-    `_RECV_BYTES`, in one call and serves paho's small reads from it. The reader must ask
-    `buffered()` before waiting for the socket again: the next packet may be here already.
+    """paho does a system call per packet header byte read and per packet written; under
+    load (a PUBACK per message) those calls cost as much as the rest of the hub's work.
+
+    Reading: take whatever the socket holds, up to `_RECV_BYTES`, in one call and serve
+    paho's small reads from it. The reader must ask `buffered()` before waiting for the
+    socket again: the next packet may be here already.
+
+    Writing: the small packets paho writes in one `loop_write()` are gathered and sent in
+    one call at its end; a large one with nothing pending goes straight out. What the
+    socket does not take waits, `want_write()` stays true meanwhile (so the socket stays
+    registered for writing), and a socket is flushed before paho closes it (so a
+    DISCONNECT goes out).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rx = b""
         self._rx_pos = 0
+        self._tx = bytearray()
 
     def buffered(self) -> bool:
         return self._rx_pos < len(self._rx)
@@ -223,6 +233,40 @@ class _BufferedClient(paho.Client):
         start = self._rx_pos
         self._rx_pos = min(start + bufsize, len(self._rx))
         return self._rx[start : self._rx_pos]
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if not self._tx and len(buf) > _GATHER_BYTES:
+            return super()._sock_send(buf)
+        if self.socket() is None:
+            raise ConnectionError("no socket")
+        self._tx += buf
+        return len(buf)
+
+    def _flush(self) -> None:
+        """Send what `_sock_send` gathered, as far as the socket takes it."""
+        while self._tx:
+            try:
+                sent = super()._sock_send(self._tx)
+            except BlockingIOError:
+                return  # paho has asked to be told when the socket is writable again
+            del self._tx[:sent]
+
+    def _packet_write(self) -> MQTTErrorCode:
+        rc = super()._packet_write()
+        try:
+            self._flush()
+        except OSError as exc:
+            log.info("MQTT send failed: %s", exc)
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        return rc
+
+    def want_write(self) -> bool:
+        return bool(self._tx) or super().want_write()
+
+    def _sock_close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._flush()
+        super()._sock_close()
 
 
 class _Generation:
@@ -325,7 +369,9 @@ class MqttConnection:
                     self._connects += 1
                     self._set_state(ConnectionState.CONNECTED)
                     self._connected.set()
-                    reason = await gen.lost
+                    # Shielded: cancelling run() must not cancel `lost`, or the clean
+                    # DISCONNECT in `finally` would think the connection already gone.
+                    reason = await asyncio.shield(gen.lost)
                     self._connected.clear()
                     self._last_error = f"connection lost: {reason}"
                     log.warning("MQTT %s %s", self.config.broker, self._last_error)

@@ -245,3 +245,22 @@ async def test_a_flood_beyond_receive_maximum_after_a_restart_arrives_whole(
     await start_consumer(running, broker, patient, back, receive_maximum=20)
     await back.wait_for(lambda: len({r.seq for r in back.readings}) == 600)
     assert sorted({r.seq for r in back.readings}) == list(range(600))
+
+
+async def test_stopping_sends_disconnect_so_the_broker_sees_a_clean_goodbye(
+    broker: Mosquitto, patient: str, running: Start
+) -> None:
+    """Packets are gathered before they are written; the DISCONNECT written as the
+    connection closes must still reach the broker (not a bare socket close)."""
+    sink = RecordingSink()
+    _conn, _consumer, conn_task, cons_task = await start_consumer(running, broker, patient, sink)
+    await stop(cons_task)
+    await stop(conn_task)
+    client_id = f"hub-{patient}"
+    for _ in range(200):  # the broker logs within milliseconds; allow 10 s
+        log = broker.log_path.read_text()
+        if f"Client {client_id} disconnected." in log:
+            break
+        await asyncio.sleep(0.05)
+    assert f"Client {client_id} disconnected." in log
+    assert f"Client {client_id} closed its connection." not in log
