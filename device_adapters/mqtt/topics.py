@@ -6,6 +6,7 @@ clinic on ``glucohub/v1/hubs/<hub>/batches`` and ``glucohub/v1/hubs/<hub>/checkp
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from device_adapters.mqtt.errors import PayloadRejected
@@ -21,6 +22,7 @@ class ReadingsTopic:
     device_id: str
 
 
+@functools.lru_cache(maxsize=4096)  # a hub sees the same few topics over and over
 def parse_readings_topic(topic: str) -> ReadingsTopic:
     """Split a readings topic into its patient and device; raise `PayloadRejected(SCHEMA)`."""
     parts = topic.split("/")

@@ -179,7 +179,7 @@ _FLAG_MESSAGES: dict[AlertKind, str] = {
     AlertKind.BATTERY_LOW: "Device battery low",
 }
 
-_HISTORY_MIN = 35.0  # CGM points kept: the 30-minute forecast fit plus slack
+_HISTORY = timedelta(minutes=35)  # CGM points kept: the 30-minute forecast fit plus slack
 
 
 def make_alert_id(patient_id: str, kind: AlertKind, raised_at: datetime) -> str:
@@ -202,10 +202,6 @@ class _Open:
 class _Snooze:
     until: datetime
     by: str
-
-
-def _point_time(point: tuple[datetime, float]) -> datetime:
-    return point[0]
 
 
 def _minutes(delta: timedelta) -> float:
@@ -519,16 +515,19 @@ class PatientAlertEngine:
         if last is not None and _minutes(t - last) > self.thresholds.run_gap_min:
             self._low_since = self._high_since = None  # a gap breaks a sustained run
         # Sorted by time, unique times; insertion and trimming stay O(log n) + the trim, so
-        # a dense backfill (one device, readings seconds apart) is not quadratic.
-        i = bisect.bisect_left(self._cgm, t, key=_point_time)
-        if i == len(self._cgm) or self._cgm[i][0] != t:
-            self._cgm.insert(i, (t, g))
-        newest = self._cgm[-1][0]
-        cut = bisect.bisect_left(
-            self._cgm, newest - timedelta(minutes=_HISTORY_MIN), key=_point_time
-        )
-        if cut:
-            del self._cgm[:cut]
+        # a dense backfill (one device, readings seconds apart) is not quadratic. A 1-tuple
+        # (t,) sorts before every (t, g): bisecting with it needs no key function.
+        cgm = self._cgm
+        if not cgm or t > cgm[-1][0]:
+            cgm.append((t, g))
+        else:
+            i = bisect.bisect_left(cgm, (t,))
+            if cgm[i][0] != t:
+                cgm.insert(i, (t, g))
+        newest = cgm[-1][0]
+        oldest_kept = newest - _HISTORY
+        if cgm[0][0] < oldest_kept:
+            del cgm[: bisect.bisect_left(cgm, (oldest_kept,))]
         self._last_cgm_time = newest
 
     def _subsumed(self, kind: AlertKind) -> bool:

@@ -678,3 +678,24 @@ def test_alert_engine_stays_light_no_pandas_no_asyncio() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 120), st.integers(40, 400)), min_size=1, max_size=60))
+def test_the_cgm_window_is_the_last_35_minutes_whatever_the_arrival_order(
+    points: list[tuple[int, int]],
+) -> None:
+    """Readings arrive late, twice, or out of order (a backfill after a gap): the engine
+    keeps each time once (the first value seen) for 35 minutes back from the newest."""
+    engine = PatientAlertEngine(P, Thresholds())
+    now = at(121)
+    for minute, mg_dl in points:
+        engine.on_reading(cgm(minute, mg_dl), now)
+    first_value: dict[int, int] = {}
+    for minute, mg_dl in points:
+        first_value.setdefault(minute, mg_dl)
+    newest = max(first_value)
+    expected = [
+        [at(m).isoformat(), float(first_value[m])] for m in sorted(first_value) if m >= newest - 35
+    ]
+    assert engine.state_to_json()["cgm"] == expected
