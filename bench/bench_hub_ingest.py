@@ -3,12 +3,6 @@
 Runs the real `python -m gateway run` against its own Mosquitto and prints, each against a
 baseline measured in the same run:
 
-The load is DEVICES patients (default 100), each with one CGM sending a reading a minute (as
-Libre 2/3 do), all times within the last day. Why not one device with readings milliseconds
-apart: the alert engine keeps each patient's last 35 minutes of CGM points and re-sorts and
-filters them on every reading, so a single device with thousands of readings inside 35 minutes
-costs O(n) per reading (20,000 such readings: ~350 readings/s). `[N] 1 0.001` reproduces it.
-
 1. publish -> validated -> durable -> sealed throughput. The hub's persistent session is
    pre-filled with N readings while it is down (a paho publisher is slower than either
    subscriber, so publishing live would measure the publisher), then the hub is started and
@@ -19,6 +13,11 @@ costs O(n) per reading (20,000 such readings: ~350 readings/s). `[N] 1 0.001` re
 2. the hub's peak resident memory (VmHWM), against its own idle RSS right after startup.
 3. publish -> dashboard WebSocket latency at a paced 1,000 readings/s, against a bare paho
    subscriber on the same broker receiving the same messages at the same time.
+
+The load is DEVICES patients (default 100), each with one CGM sending a reading a minute (as
+Libre 2/3 do), all times within the last day: a clinic's worth of patients, each reading
+touching its own place in the indexes. `[N] 1 0.001` (one device, readings 1 ms apart) is
+the other extreme.
 
     .venv/bin/python -m bench bench_hub_ingest
     .venv/bin/python bench/bench_hub_ingest.py [N [DEVICES [SPACING_S]]]
