@@ -70,6 +70,7 @@ def _to_raw(
     value: MedFloat,
     *,
     codes: dict[SpecialValue, int],
+    specials: dict[int, SpecialValue],
     mantissa_bits: int,
     exponent_bits: int,
 ) -> int:
@@ -81,27 +82,34 @@ def _to_raw(
         return codes[
             SpecialValue.POSITIVE_INFINITY if value > 0 else SpecialValue.NEGATIVE_INFINITY
         ]
-    # Keep clear of the special codes: finite mantissas stay within ±(2^(n-1) − 3).
-    limit = (1 << (mantissa_bits - 1)) - 3
+    # Any 12/24-bit mantissa is a number except the few whole codes (exponent 0) that are
+    # special values: 2046 × 10^1 is 20460, while 2046 × 10^0 would read as +INF.
+    high = (1 << (mantissa_bits - 1)) - 1
     low_exp = -(1 << (exponent_bits - 1))
     high_exp = (1 << (exponent_bits - 1)) - 1
     exact = Decimal(repr(value))
     for exponent in range(low_exp, high_exp + 1):
         mantissa = int(exact.scaleb(-exponent).to_integral_value(rounding=ROUND_HALF_EVEN))
-        if abs(mantissa) <= limit:
-            return ((exponent & ((1 << exponent_bits) - 1)) << mantissa_bits) | (
+        if -high - 1 <= mantissa <= high:
+            raw = ((exponent & ((1 << exponent_bits) - 1)) << mantissa_bits) | (
                 mantissa & ((1 << mantissa_bits) - 1)
             )
+            if raw not in specials:
+                return raw
     raise ValueError(f"{value!r} is too large for a {mantissa_bits + exponent_bits}-bit float")
 
 
 def sfloat_to_raw(value: MedFloat) -> int:
     """Encode with the finest exponent whose mantissa fits (rounding half-even)."""
-    return _to_raw(value, codes=_SFLOAT_CODES, mantissa_bits=12, exponent_bits=4)
+    return _to_raw(
+        value, codes=_SFLOAT_CODES, specials=SFLOAT_SPECIALS, mantissa_bits=12, exponent_bits=4
+    )
 
 
 def float_to_raw(value: MedFloat) -> int:
-    return _to_raw(value, codes=_FLOAT_CODES, mantissa_bits=24, exponent_bits=8)
+    return _to_raw(
+        value, codes=_FLOAT_CODES, specials=FLOAT_SPECIALS, mantissa_bits=24, exponent_bits=8
+    )
 
 
 def encode_sfloat(value: MedFloat) -> bytes:

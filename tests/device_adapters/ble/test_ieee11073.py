@@ -67,7 +67,7 @@ def test_encoder_maps_python_nan_and_inf_to_special_codes() -> None:
 
 
 def test_encoder_picks_finest_exponent() -> None:
-    # 120.0 fits as 1200 x 10^-1 (|1200| <= 2045): 0xF4B0
+    # 120.0 fits as 1200 x 10^-1 (|1200| <= 2047): 0xF4B0
     assert sfloat_to_raw(120.0) == 0xF4B0
     # 0.0012 -> 12 x 10^-4 is not the finest: 1200 x 10^-6 -> exponent 0xA, 0x4B0
     assert sfloat_from_raw(sfloat_to_raw(0.0012)) == 0.0012
@@ -75,7 +75,20 @@ def test_encoder_picks_finest_exponent() -> None:
 
 def test_encoder_refuses_values_too_large() -> None:
     with pytest.raises(ValueError, match="too large"):
-        encode_sfloat(2046 * 10**7 + 10**7)
+        encode_sfloat(2048 * 10**7)  # the largest SFLOAT is 2047 x 10^7
+
+
+@pytest.mark.parametrize(
+    ("value", "raw"),
+    [
+        (2047 * 10**7, 0x77FF),  # exponent 7, mantissa 0x7FF: a number, not NaN
+        (20460.0, 0x17FE),  # exponent 1, mantissa 0x7FE: a number, not +INF
+        (-20480.0, 0x1800),  # exponent 1, mantissa 0x800 = -2048: a number, not NRes
+        (2046.0, 0x10CD),  # 0x07FE would be +INF: the next exponent, 205 x 10 (rounded)
+    ],
+)
+def test_encoder_uses_every_mantissa_except_the_special_codes(value: float, raw: int) -> None:
+    assert encode_sfloat(value) == raw.to_bytes(2, "little")
 
 
 @given(st.integers(0, 0xFFFF))
