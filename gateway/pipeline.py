@@ -37,7 +37,7 @@ from gateway.protocols import (
     Origin,
     ReadingsStored,
 )
-from gateway.sealing import Sealer
+from gateway.sealing import Sealer, SealOutcome
 from gateway.settings import Settings
 from gateway.store import Store, WriteResult
 from gateway.telemetry import Telemetry
@@ -408,23 +408,36 @@ class Hub:
                 )
 
     async def _seal_one(self, limit: int) -> bool:
+        """Seal what is due: every full batch waiting (in one job on the writer thread, so
+        a backlog does not wait behind each ingest chunk), or the one partial batch whose
+        time is up. False when nothing was left to seal."""
         if self._pending_ledger_events:
             pending, self._pending_ledger_events = self._pending_ledger_events, []
             await self._writer.run(self._flush_ledger_events, pending)
-        outcome = await self._writer.run(self._sealer.seal, limit, self._clock.now(), sign=False)
-        if outcome is None:
-            return False
-        self._unsigned_batches = True
-        self._batcher.sealed(outcome.batch.reading_count, self._clock.monotonic())
-        self.outbox_added.set()
-        self.telemetry.inc("glucohub_ledger_batches_total")
-        self.telemetry.inc("glucohub_ledger_readings_sealed_total", outcome.batch.reading_count)
-        self.fanout.publish(
-            BatchSealed(
-                batch=outcome.batch, tree_size=outcome.tree_size, root_hash=outcome.root_hash
+        batches = max(1, self._batcher.pending // limit)
+        outcomes = await self._writer.run(self._seal_batches, limit, batches)
+        for outcome in outcomes:
+            self._batcher.sealed(outcome.batch.reading_count, self._clock.monotonic())
+            self.telemetry.inc("glucohub_ledger_batches_total")
+            self.telemetry.inc("glucohub_ledger_readings_sealed_total", outcome.batch.reading_count)
+            self.fanout.publish(
+                BatchSealed(
+                    batch=outcome.batch, tree_size=outcome.tree_size, root_hash=outcome.root_hash
+                )
             )
-        )
-        return True
+        if outcomes:
+            self._unsigned_batches = True
+            self.outbox_added.set()
+        return bool(outcomes)
+
+    def _seal_batches(self, limit: int, batches: int) -> list[SealOutcome]:
+        outcomes: list[SealOutcome] = []
+        for _ in range(batches):
+            outcome = self._sealer.seal(limit, self._clock.now(), sign=False)
+            if outcome is None:
+                break
+            outcomes.append(outcome)
+        return outcomes
 
     async def _sign_checkpoint(self) -> None:
         if self._unsigned_batches:

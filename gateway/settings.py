@@ -74,9 +74,9 @@ class MqttSettings:
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
     # Unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum): the
-    # window that keeps ingest busy while commits are under way. Bounds memory: each can
-    # be up to 64 KiB.
-    receive_maximum: int = 2000
+    # window that keeps ingest busy while commits are under way (their payload bytes are
+    # bounded separately, at 32 MiB).
+    receive_maximum: int = 4000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

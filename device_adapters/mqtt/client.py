@@ -83,6 +83,9 @@ class BrokerConfig:
     session_expiry_s: int = 0  # MQTT 5 §3.1.2.11.2; > 0 keeps the session across drops
     subscriptions: tuple[str, ...] = ()
     receive_maximum: int = 1000  # unacked inbound QoS 1 messages the broker may send us
+    # Payload bytes of unacked inbound messages held at most: socket reads pause beyond it
+    # (Receive Maximum counts messages, and each may be large).
+    max_unacked_bytes: int = 32 * 1024 * 1024
     max_inflight: int = 100  # unacked outbound QoS 1 messages we send
     connect_timeout_s: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
@@ -99,6 +102,8 @@ class BrokerConfig:
             value = getattr(self, name)
             if not 0 < value <= MAX_PACKET_ID:
                 raise ConfigError(f"{self.config_key}.{name}", f"must be 1..65535, got {value}")
+        if self.max_unacked_bytes <= 0:
+            raise ConfigError(f"{self.config_key}.max_unacked_bytes", "must be > 0")
 
     @property
     def broker(self) -> str:
@@ -285,7 +290,8 @@ class _Generation:
         self.misc: asyncio.TimerHandle | None = None
         self.events = 0  # callbacks seen; tells the reader when a read made progress
         self.closed = False
-        self.reading_paused = False  # socket reads stopped: the inbound queue is full
+        self.reading_paused = False  # socket reads stopped: too much unacked inbound
+        self.unacked_bytes = 0  # payload bytes delivered on this connection, not yet acked
 
 
 class MqttConnection:
@@ -578,6 +584,7 @@ class MqttConnection:
             retain=bool(message.retain),
             generation=gen.number,
         )
+        gen.unacked_bytes += len(inbound.payload)
         try:
             self._queue.put_nowait(inbound)
         except asyncio.QueueFull:
@@ -587,6 +594,11 @@ class MqttConnection:
             # memory, and no reconnect loop (a reconnect would be flooded the same way).
             self.overflows += 1
             self._overflow.append(inbound)
+            log.warning(
+                "MQTT broker sent more than Receive Maximum (%d); pausing reads",
+                self.config.receive_maximum,
+            )
+        if self._too_much_unacked(gen):
             self._pause_reading(gen)
 
     def _on_subscribe(
@@ -713,19 +725,27 @@ class MqttConnection:
         message = await self._queue.get()
         while self._overflow and not self._queue.full():
             self._queue.put_nowait(self._overflow.popleft())
-        gen = self._gen
-        if not self._overflow and gen is not None and gen.reading_paused:
-            self._resume_reading(gen)
+        if self._gen is not None:
+            self._resume_if_caught_up(self._gen)
         return message
+
+    def _too_much_unacked(self, gen: _Generation) -> bool:
+        return bool(self._overflow) or gen.unacked_bytes > self.config.max_unacked_bytes
+
+    def _resume_if_caught_up(self, gen: _Generation) -> None:
+        """Resume reads once the overflow is handed on and unacked bytes are down to half
+        the budget (not at the first byte under it: no pause/resume per message)."""
+        if (
+            gen.reading_paused
+            and not self._overflow
+            and gen.unacked_bytes <= self.config.max_unacked_bytes // 2
+        ):
+            self._resume_reading(gen)
 
     def _pause_reading(self, gen: _Generation) -> None:
         if not gen.reading_paused and gen.fd is not None and self._loop is not None:
             gen.reading_paused = True
             self._loop.remove_reader(gen.fd)
-            log.warning(
-                "MQTT broker sent more than Receive Maximum (%d); pausing reads",
-                self.config.receive_maximum,
-            )
 
     def _resume_reading(self, gen: _Generation) -> None:
         gen.reading_paused = False
@@ -738,6 +758,8 @@ class MqttConnection:
         gen = self._gen
         if gen is None or gen.number != message.generation or gen.lost.done() or gen.closed:
             return False
+        gen.unacked_bytes -= len(message.payload)
+        self._resume_if_caught_up(gen)
         if message.qos == 0:
             return True
         rc = gen.client.ack(message.mid, message.qos)

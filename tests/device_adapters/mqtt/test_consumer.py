@@ -13,7 +13,7 @@ import pytest
 from device_adapters.mqtt.client import MqttConnection
 from device_adapters.mqtt.consumer import MqttConsumer
 from gateway.clock import SystemClock
-from gateway.protocols import RejectReason
+from gateway.protocols import IngestOutcome, RejectReason
 from tests.device_adapters.mqtt.conftest import (
     RecordingSink,
     config_for,
@@ -267,3 +267,43 @@ async def test_stopping_sends_disconnect_so_the_broker_sees_a_clean_goodbye(
         await asyncio.sleep(0.05)
     assert f"Client {client_id} disconnected." in log
     assert f"Client {client_id} closed its connection." not in log
+
+
+async def test_unacknowledged_payload_bytes_are_bounded_then_released(
+    broker: Mosquitto, patient: str, running: Start
+) -> None:
+    """Receive Maximum counts messages, not bytes: with large payloads waiting for their
+    commit the client stops reading the socket at its byte budget (the broker keeps the
+    rest), and reads on as acknowledgements free it."""
+    topic = f"glucohub/v1/{patient}/cgm-1/readings"
+    payloads = [
+        json.dumps(
+            {
+                "kind": "glucose",
+                "value": 100,
+                "unit": "mg/dL",
+                "time_offset_s": 0,
+                "seq": seq,
+                "status": ["x" * 1000],
+            }
+        ).encode()
+        for seq in range(60)
+    ]
+    held = RecordingSink(durable=False)  # nothing is acked until we say so
+    await start_consumer(running, broker, patient, held, max_unacked_bytes=8 * 1024)
+    pub = await publisher(broker, running)
+    for payload in payloads:
+        await publish_reliably(pub, topic, payload)
+    await asyncio.sleep(0.5)  # time to read far more than the budget, were it not kept
+    budget_messages = 8 * 1024 // len(payloads[0]) + 1
+    assert 1 <= len(held.deliveries) <= budget_messages
+    released = 0
+    for _ in range(400):  # acknowledge what has arrived, as commits would, until all came
+        for delivery in held.deliveries[released:]:
+            assert delivery.on_durable is not None
+            delivery.on_durable(IngestOutcome(accepted=1))
+        released = len(held.deliveries)
+        if released == len(payloads):
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(r.seq for r in held.readings) == list(range(60))
