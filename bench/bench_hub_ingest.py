@@ -57,7 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import cli as glucohub_cli
 from gateway.clock import to_rfc3339
-from gateway.store import DB_FILENAME
+from gateway.model import Reading, ReadingKind, Source
+from gateway.sealing import Sealer, init_keys, load_keys
+from gateway.settings import load_settings
+from gateway.store import DB_FILENAME, Store
+from gateway.units import Unit
 from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +74,7 @@ PASSWORD = "pw-long-enough"
 DEFAULT_COUNT = 20_000
 DEFAULT_DEVICES = 100
 TRIALS = 3
+HISTORY_PER_DEVICE = 1000  # readings stored and sealed before the trials (see seed_history)
 DEFAULT_SPACING_S = 60.0  # between one device's readings (a Libre 2/3 streams every minute)
 LIVE_RATE = 1000  # readings/s
 LIVE_SECONDS = 10.0
@@ -98,12 +103,14 @@ def topic(device: int) -> str:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Load:
     """Which readings are published: `rounds` rounds of one reading per device, in the
-    interleaved order a broker backlog of many devices has. Device d's reading `seq` is at
-    start + seq * spacing + d ms: unique, so the time the dashboard shows names the reading."""
+    interleaved order a broker backlog of many devices has. Device d's reading of round r is
+    at start + r * spacing + d ms (unique, so the time the dashboard shows names the
+    reading) and has sequence number first_seq + r (its history has the ones before)."""
 
     devices: int
     spacing: timedelta
     start: datetime
+    first_seq: int
 
     def time(self, device: int, seq: int) -> str:
         return to_rfc3339(self.start + seq * self.spacing + timedelta(milliseconds=device))
@@ -115,19 +122,21 @@ class Load:
             for device in range(self.devices):
                 at = self.time(device, seq)
                 body = {"kind": "cgm_glucose", "value": 123, "unit": "mg/dL", "time": at}
-                data = json.dumps({**body, "seq": seq}, separators=(",", ":")).encode()
+                data = json.dumps(
+                    {**body, "seq": self.first_seq + seq}, separators=(",", ":")
+                ).encode()
                 out.append((at, topic(device), data))
         return out
 
 
-def make_load(devices: int, spacing_s: float, rounds: int) -> Load:
+def make_load(devices: int, spacing_s: float, rounds: int, first_seq: int) -> Load:
     """All `rounds` readings of every device end at least an hour ago, within the last day."""
     spacing = timedelta(seconds=spacing_s)
     span = rounds * spacing + timedelta(milliseconds=devices)
     if span > timedelta(hours=22):
         raise BenchError(f"{rounds} readings {spacing_s:g} s apart do not fit in the last day")
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1) - span
-    return Load(devices=devices, spacing=spacing, start=start)
+    return Load(devices=devices, spacing=spacing, start=start, first_seq=first_seq)
 
 
 # -- bare paho -----------------------------------------------------------------------------
@@ -266,6 +275,40 @@ def register(data_dir: Path, devices: int) -> None:
     )
     for device in range(devices):
         cli_in_process(data_dir, "users", "grant", CLINICIAN, "--patient", patient_id(device))
+
+
+def seed_history(data_dir: Path, devices: int, per_device: int, before: datetime) -> int:
+    """Give every device `per_device` stored and sealed readings a minute apart, ending a
+    day before `before`, numbered 0.. (the load continues from there): a hub that has been
+    running, whose indexes are no longer small (an empty database ingests about a fifth
+    faster and would flatter the figure)."""
+    store = Store(data_dir)
+    init_keys(data_dir, None)
+    hub_id = load_settings(None, {}).hub.hub_id
+    sealer = Sealer(store, load_keys(data_dir, hub_id, None), hub_id=hub_id, forward=False)
+    start = before - timedelta(days=1, minutes=per_device)
+    for first in range(0, per_device, 100):
+        store.write(
+            [
+                Reading(
+                    patient_id=patient_id(device),
+                    device_id=device_id(device),
+                    kind=ReadingKind.CGM_GLUCOSE,
+                    value=float(80 + (n * 7 + device) % 120),
+                    unit=Unit.MG_DL,
+                    time=start + timedelta(minutes=n, milliseconds=device),
+                    source=Source.MQTT,
+                    seq=n,
+                )
+                for n in range(first, min(per_device, first + 100))
+                for device in range(devices)
+            ]
+        )
+        while sealer.seal(1000, datetime.now(UTC), sign=False) is not None:
+            pass
+    sealer.sign_checkpoint(datetime.now(UTC))
+    store.close()
+    return devices * per_device
 
 
 def proc_status_kib(pid: int, key: str) -> int:
@@ -566,7 +609,7 @@ def main() -> None:
     count = rounds * devices
     live_rounds = max(1, int(LIVE_RATE * LIVE_SECONDS) // devices)
     live_count = live_rounds * devices
-    load = make_load(devices, spacing_s, TRIALS * rounds + live_rounds)
+    load = make_load(devices, spacing_s, TRIALS * rounds + live_rounds, HISTORY_PER_DEVICE)
     trials: list[tuple[float, float, Ingest]] = []  # (pre-fill rate, bare rate, hub ingest)
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -575,6 +618,7 @@ def main() -> None:
         try:
             broker.start()
             register(data_dir, devices)
+            history = seed_history(data_dir, devices, HISTORY_PER_DEVICE, load.start)
             # Sessions first: the hub's (a real start, which also creates keys and the
             # database) and the bare subscriber's; then one pre-fill queues N for both.
             make_session(broker.port, BARE_CLIENT_ID)
@@ -600,7 +644,8 @@ def main() -> None:
 
     print(
         f"ingest: {count} readings of {devices} patients' CGMs ({spacing_s:g} s apart), "
-        "1 per message, QoS 1, pre-filled persistent sessions"
+        "1 per message, QoS 1, pre-filled persistent sessions, into a database already "
+        f"holding {history:,} readings"
     )
     for number, (publish_rate, bare_rate, ingest) in enumerate(trials, 1):
         print(
