@@ -207,8 +207,10 @@ class StoreLedgerView:
                 # Entries are D[i] = SHA-256(JWS): public, unlike the batch bodies.
                 batches = store.batches(since_seq=ref.start_leaf, limit=ref.width)
                 return tiles.entry_bundle([hashlib.sha256(b.jws).digest() for b in batches])
-            leaves = store.leaf_hashes(0, size)
-            return tiles.tile_hashes(ref, tiles.hash_at_from_leaf_hashes(leaves), size)
+            # Only the leaves under the tile: a level-0 tile reads 256, not the whole log.
+            leaves = store.leaf_hashes(ref.start_leaf, ref.end_leaf)
+            hash_at = tiles.hash_at_from_leaf_hashes(leaves, first_leaf=ref.start_leaf)
+            return tiles.tile_hashes(ref, hash_at, size)
 
         return await self._reader.run(read)
 

@@ -170,20 +170,29 @@ def tile_hashes(ref: TileRef, hash_at: Callable[[int, int], bytes], tree_size: i
     return bytes(out)
 
 
-def hash_at_from_leaf_hashes(leaf_hashes: Sequence[bytes]) -> Callable[[int, int], bytes]:
-    """A `hash_at` for `tile_hashes` over an in-memory list of leaf hashes.
+def hash_at_from_leaf_hashes(
+    leaf_hashes: Sequence[bytes], first_leaf: int = 0
+) -> Callable[[int, int], bytes]:
+    """A `hash_at` for `tile_hashes` over an in-memory list of leaf hashes: those of leaves
+    first_leaf, first_leaf + 1, ... (a tile needs only the leaves under it, from its
+    `start_leaf`; any subtree asked for must lie inside the list).
 
     Builds every complete-subtree level once (about n hashes in all), then answers lookups.
     """
+    if first_leaf < 0:
+        raise TileError(str(first_leaf), "negative first leaf")
     levels: list[list[bytes]] = [list(leaf_hashes)]
     while len(levels[-1]) >= 2:
         below = levels[-1]
         levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
 
     def hash_at(height: int, index: int) -> bytes:
-        if not 0 <= height < len(levels) or not 0 <= index < len(levels[height]):
+        if not 0 <= height < len(levels) or first_leaf % (1 << height):
             raise TileError(f"{height}/{index}", "no complete subtree there")
-        return levels[height][index]
+        local = index - (first_leaf >> height)
+        if not 0 <= local < len(levels[height]):
+            raise TileError(f"{height}/{index}", "no complete subtree there")
+        return levels[height][local]
 
     return hash_at
 

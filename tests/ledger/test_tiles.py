@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import TileError
@@ -133,6 +133,27 @@ def test_every_tile_of_a_tree_can_be_served() -> None:
     hash_at = hash_at_from_leaf_hashes(hashes)
     for ref in tiles_for_tree(n):
         assert len(tile_hashes(ref, hash_at, n)) == 32 * ref.width
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 256 * 256 + 300))
+def test_a_tile_from_only_the_leaves_under_it_equals_one_from_the_whole_tree(n: int) -> None:
+    """What the hub serves: each tile computed from its own leaves, not the whole log."""
+    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+    whole = hash_at_from_leaf_hashes(hashes)
+    for ref in tiles_for_tree(n):
+        own = hash_at_from_leaf_hashes(hashes[ref.start_leaf : ref.end_leaf], ref.start_leaf)
+        assert tile_hashes(ref, own, n) == tile_hashes(ref, whole, n)
+
+
+def test_a_partial_leaf_list_refuses_subtrees_outside_it() -> None:
+    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(512)]
+    hash_at = hash_at_from_leaf_hashes(hashes[256:], first_leaf=256)
+    assert hash_at(8, 1) == root_from_hashes(hashes[256:512])
+    with pytest.raises(TileError):
+        hash_at(8, 0)  # leaves 0..255 are not in the list
+    with pytest.raises(TileError):
+        hash_at_from_leaf_hashes(hashes[100:], first_leaf=100)(8, 0)  # misaligned start
 
 
 def test_entry_bundle_round_trip_and_hashes_match_level0_tile() -> None:
