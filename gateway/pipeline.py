@@ -46,6 +46,7 @@ from gateway.validation import ValidationRules, validate
 log = logging.getLogger("glucohub.pipeline")
 
 CHECKPOINT_EVERY_S = 5.0  # under a sealing backlog, sign a checkpoint at least this often
+SEAL_BATCHES_PER_JOB = 8
 ALERT_TICK_S = 15.0  # stale data, escalation and snooze expiry are checked this often
 
 P = ParamSpec("P")
@@ -389,7 +390,7 @@ class Hub:
             self._new_readings.clear()
             now = self._clock.monotonic()
             if self._batcher.due(now):
-                if not await self._seal_one(limit):
+                if not await self._seal_due(limit):
                     self._batcher.sealed(self._batcher.pending, now)  # counted ones were dupes
                 if now - last_signed >= CHECKPOINT_EVERY_S:  # a long backlog: sign meanwhile
                     await self._sign_checkpoint()
@@ -407,14 +408,15 @@ class Hub:
                     timeout=self._batcher.seconds_until_due(self._clock.monotonic()),
                 )
 
-    async def _seal_one(self, limit: int) -> bool:
-        """Seal what is due: every full batch waiting (in one job on the writer thread, so
-        a backlog does not wait behind each ingest chunk), or the one partial batch whose
-        time is up. False when nothing was left to seal."""
+    async def _seal_due(self, limit: int) -> bool:
+        """Seal what is due: the full batches waiting, up to SEAL_BATCHES_PER_JOB in one
+        job on the writer thread (so sealing keeps up with ingest, and a backlog after a
+        restart still lets ingest chunks in between), or the one partial batch whose time
+        is up. False when nothing was left to seal."""
         if self._pending_ledger_events:
             pending, self._pending_ledger_events = self._pending_ledger_events, []
             await self._writer.run(self._flush_ledger_events, pending)
-        batches = max(1, self._batcher.pending // limit)
+        batches = min(SEAL_BATCHES_PER_JOB, max(1, self._batcher.pending // limit))
         outcomes = await self._writer.run(self._seal_batches, limit, batches)
         for outcome in outcomes:
             self._batcher.sealed(outcome.batch.reading_count, self._clock.monotonic())
@@ -446,7 +448,7 @@ class Hub:
             self.outbox_added.set()
 
     async def _seal_all(self, limit: int) -> None:
-        while await self._seal_one(limit):
+        while await self._seal_due(limit):
             pass
         self._batcher.sealed(self._batcher.pending, self._clock.monotonic())
 
