@@ -218,6 +218,10 @@ class _BufferedClient(paho.Client):
     socket does not take waits, `want_write()` stays true meanwhile (so the socket stays
     registered for writing), and a socket is flushed before paho closes it (so a
     DISCONNECT goes out).
+
+    These override paho 2.x internals (`_sock_recv`, `_sock_send`, `_packet_write`,
+    `_sock_close`): pyproject.toml keeps paho-mqtt below 3, and the tests against a real
+    Mosquitto go through every one of them.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
