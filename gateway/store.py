@@ -294,10 +294,12 @@ def _canonical_number(value: float | int | None) -> str:
         return "null"
     if type(value) is float:
         magnitude = abs(value)
-        if magnitude < _MAX_EXACT and value.is_integer():
-            return str(int(value))
-        # In this range Python's shortest repr and ECMAScript's Number-to-String agree.
-        if 1e-4 <= magnitude < 1e16:
+        if value.is_integer():
+            if magnitude < _MAX_EXACT:
+                return str(int(value))
+        # For non-integers in this range Python's shortest repr and ECMAScript's
+        # Number-to-String agree (an integral float would get repr's ".0").
+        elif 1e-4 <= magnitude < 1e16:
             return repr(value)
     elif type(value) is int and -_MAX_EXACT <= value <= _MAX_EXACT:
         return str(value)

@@ -186,6 +186,35 @@ def test_fast_canonical_rows_equal_rfc8785(
     assert reading_json_from_row(row) == reading_to_json(reading)
 
 
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        (2.0**53, "9007199254740992"),  # repr would say 9007199254740992.0
+        (2.0**53 + 2, "9007199254740994"),
+        (2.0**60, "1152921504606847000"),  # ECMAScript: shortest digits, then zeros
+        (1e16, "10000000000000000"),
+        (0.1, "0.1"),
+        (1e-5, "0.00001"),
+        (1.5e300, "1.5e+300"),
+    ],
+)
+def test_fast_canonical_numbers_at_the_edges_of_its_shortcuts(number: float, text: str) -> None:
+    """ECMAScript Number-to-String (RFC 8785 §3.2.2.3) at the edges of exact integers."""
+    reading = Reading(
+        patient_id="p1",
+        device_id="cgm-1",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=100.0,
+        unit=Unit.MG_DL,
+        time=T0,
+        source=Source.MQTT,
+        original_value=number,
+        original_unit=Unit.MMOL_L,
+    )
+    row = (1, *reading_to_row(reading)[:6], *reading_to_row(reading)[7:12])
+    assert f'"original_value":{text},' in reading_canonical_from_row(row)
+
+
 def test_device_map_sees_devices_changed_by_another_process(data_dir: Path, store: Store) -> None:
     """The hub caches its device registry; `glucohub devices add/remove` run meanwhile
     from another process (another connection) must still be seen on the next chunk."""
