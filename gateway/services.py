@@ -158,6 +158,42 @@ class StoreReadModel:
         return await self._reader.run(lambda s: s.batch_readings(seq))
 
 
+class _LogHashes:
+    """MTH of any range of the log's leaves, read from the store as needed.
+
+    Each complete run of 256 leaves (aligned) never changes once sealed, so its hash is
+    kept (32 bytes per 256 batches): a proof over a long log then reads only the leaves
+    at its edges, not every leaf. Used from the reader thread only.
+    """
+
+    RUN = 256
+
+    def __init__(self) -> None:
+        self._runs: dict[int, bytes] = {}
+
+    def range_hash(self, store: Store, start: int, end: int) -> bytes:
+        n = end - start
+        if n == self.RUN and start % self.RUN == 0:
+            cached = self._runs.get(start // self.RUN)
+            if cached is None:
+                cached = self._runs[start // self.RUN] = self._read(store, start, end)
+            return cached
+        if n <= self.RUN:
+            return self._read(store, start, end)
+        # RFC 6962 splits at the largest power of two below n: runs stay aligned.
+        k = 1 << ((n - 1).bit_length() - 1)
+        return rfc6962.node_hash(
+            self.range_hash(store, start, start + k), self.range_hash(store, start + k, end)
+        )
+
+    @staticmethod
+    def _read(store: Store, start: int, end: int) -> bytes:
+        leaves = store.leaf_hashes(start, end)
+        if len(leaves) != end - start:
+            raise InputError(f"the log has no leaves {start}..{end - 1}")
+        return rfc6962.root_from_hashes(leaves)
+
+
 class StoreLedgerView:
     """Serves the log: checkpoint with cosignatures, tiles, proofs; takes cosignatures."""
 
@@ -171,6 +207,7 @@ class StoreLedgerView:
         self._reader = reader
         self._keys = keys
         self._writer_run = writer_run
+        self._hashes = _LogHashes()
         try:
             self._witnesses = [CosignatureVerifier.parse(k) for k in witness_keys]
         except LedgerError as exc:
@@ -216,10 +253,12 @@ class StoreLedgerView:
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         def read(store: Store) -> list[bytes]:
-            leaves = store.leaf_hashes(0, new_size)
-            if len(leaves) < new_size or not 0 <= old_size <= new_size:
+            state = store.tree_state()
+            if not 0 <= old_size <= new_size <= (0 if state is None else state[0]):
                 raise InputError(f"no consistency proof from {old_size} to {new_size}")
-            return rfc6962.consistency_proof_from_hashes(leaves, old_size)
+            return rfc6962.consistency_proof_with(
+                lambda a, b: self._hashes.range_hash(store, a, b), old_size, new_size
+            )
 
         return await self._reader.run(read)
 
@@ -228,8 +267,7 @@ class StoreLedgerView:
             latest = store.latest_checkpoint()
             if latest is None or seq >= latest[0]:
                 raise InputError(f"batch {seq} is not in a signed checkpoint yet")
-            leaves = store.leaf_hashes(0, latest[0])
-            return latest[0], rfc6962.inclusion_proof_from_hashes(leaves, seq)
+            return latest[0], self._inclusion_path(store, seq, latest[0])
 
         return await self._reader.run(read)
 
@@ -239,14 +277,18 @@ class StoreLedgerView:
             if latest is None or not 0 <= seq < latest[0]:
                 raise InputError(f"batch {seq} is not in a signed checkpoint yet")
             size, root, note = latest
-            leaves = store.leaf_hashes(0, size)
             batch = next(iter(store.batches(since_seq=seq, limit=1)))
-            path = rfc6962.inclusion_proof_from_hashes(leaves, seq)
-            rfc6962.verify_inclusion(leaves[seq], seq, size, path, root)  # never serve a bad one
+            path = self._inclusion_path(store, seq, size)
+            rfc6962.verify_inclusion(batch.leaf_hash, seq, size, path, root)  # never a bad one
             note = add_signatures(note, store.cosignatures(size))
             return make_inclusion_bundle(batch.jws, seq, size, path, note)
 
         return await self._reader.run(read)
+
+    def _inclusion_path(self, store: Store, seq: int, size: int) -> list[bytes]:
+        return rfc6962.inclusion_proof_with(
+            lambda a, b: self._hashes.range_hash(store, a, b), seq, size
+        )
 
     async def add_cosignature(self, text: str) -> None:
         """Keep a witness's cosignature line if it verifies for one of the recent checkpoints.

@@ -8,7 +8,7 @@ Leaves passed as "leaves" are leaf *data* (RFC 6962 §2.1 D[n]); everything call
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ledger.errors import ProofError, RootMismatch
 
@@ -18,8 +18,10 @@ __all__ = [
     "CompactTree",
     "consistency_proof",
     "consistency_proof_from_hashes",
+    "consistency_proof_with",
     "inclusion_proof",
     "inclusion_proof_from_hashes",
+    "inclusion_proof_with",
     "leaf_hash",
     "node_hash",
     "root",
@@ -130,27 +132,59 @@ def consistency_proof_from_hashes(leaf_hashes: Sequence[bytes], old_size: int) -
     if old_size in (0, size):
         return []
     levels = _levels(leaf_hashes)
+    return consistency_proof_with(lambda a, b: _range_hash(levels, a, b), old_size, size)
+
+
+# MTH(D[start:end]) of the log's leaves, for the ranges a proof asks for.
+RangeHash = Callable[[int, int], bytes]
+
+
+def consistency_proof_with(range_hash: RangeHash, old_size: int, size: int) -> list[bytes]:
+    """PROOF(old_size, D[size]) from `range_hash`, for a caller that keeps subtree hashes
+    (or reads leaves on demand) instead of holding every leaf hash."""
+    if not 0 <= old_size <= size:
+        raise ProofError(f"old size {old_size} outside 0..{size}")
+    if old_size in (0, size):
+        return []
     proof: list[bytes] = []
-    _subproof(levels, old_size, 0, size, True, proof)
+    _subproof(range_hash, old_size, 0, size, True, proof)
     return proof
 
 
+def inclusion_proof_with(range_hash: RangeHash, index: int, size: int) -> list[bytes]:
+    """PATH(index, D[size]) (RFC 6962 §2.1.1) from `range_hash`: the hashes of the
+    siblings on the way down, listed from the leaf up."""
+    if not 0 <= index < size:
+        raise ProofError(f"leaf index {index} outside tree of size {size}")
+    top_down: list[bytes] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = 1 << ((end - start - 1).bit_length() - 1)  # largest power of two < n
+        if index < start + k:
+            top_down.append(range_hash(start + k, end))
+            end = start + k
+        else:
+            top_down.append(range_hash(start, start + k))
+            start += k
+    return top_down[::-1]
+
+
 def _subproof(
-    levels: list[list[bytes]], m: int, start: int, end: int, whole: bool, out: list[bytes]
+    range_hash: RangeHash, m: int, start: int, end: int, whole: bool, out: list[bytes]
 ) -> None:
     # SUBPROOF(m, D[start:end], b), RFC 6962 §2.1.2, m counted from `start`.
     n = end - start
     if m == n:
         if not whole:
-            out.append(_range_hash(levels, start, end))
+            out.append(range_hash(start, end))
         return
     k = 1 << ((n - 1).bit_length() - 1)  # largest power of two < n
     if m <= k:
-        _subproof(levels, m, start, start + k, whole, out)
-        out.append(_range_hash(levels, start + k, end))
+        _subproof(range_hash, m, start, start + k, whole, out)
+        out.append(range_hash(start + k, end))
     else:
-        _subproof(levels, m - k, start + k, end, False, out)
-        out.append(_range_hash(levels, start, start + k))
+        _subproof(range_hash, m - k, start + k, end, False, out)
+        out.append(range_hash(start, start + k))
 
 
 def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:

@@ -216,3 +216,34 @@ def test_sealing_what_the_hub_remembers_equals_sealing_what_storage_holds(
             store.close()
     report = verify_data_dir(data_dir, "glucohub-local")
     assert report.ok, report.message
+
+
+def test_proofs_served_from_remembered_runs_equal_proofs_from_every_leaf(hub: Path) -> None:
+    """The hub answers proof requests keeping the hash of each complete run of 256
+    batches instead of reading every leaf: past 256 batches, the proofs must not change."""
+    from gateway.services import _LogHashes
+
+    store = Store(hub)
+    sealer = Sealer(
+        store, load_keys(hub, "glucohub-local", None), hub_id="glucohub-local", forward=False
+    )
+    store.write(readings(0, 600))
+    while sealer.seal(1, NOW, sign=False) is not None:  # 600 one-reading batches
+        pass
+    leaves = store.leaf_hashes()
+    assert len(leaves) == 600
+    hashes = _LogHashes()
+
+    def range_hash(a: int, b: int) -> bytes:
+        return hashes.range_hash(store, a, b)
+
+    for size in (257, 512, 513, 600):
+        for index in (i for i in (0, 255, 256, 300, size - 1) if i < size):
+            assert rfc6962.inclusion_proof_with(
+                range_hash, index, size
+            ) == rfc6962.inclusion_proof_from_hashes(leaves[:size], index)
+        for old in (m for m in (1, 255, 256, 257, 511, size - 1) if m <= size):
+            assert rfc6962.consistency_proof_with(
+                range_hash, old, size
+            ) == rfc6962.consistency_proof_from_hashes(leaves[:size], old)
+    store.close()

@@ -291,6 +291,33 @@ def test_every_proof_matches_naive_and_verifies_to_size_40() -> None:
             verify_consistency(m, n, naive_mth(leaves[:m]), r, proof)
 
 
+def test_proofs_from_a_range_hash_oracle_match_naive_to_size_40() -> None:
+    """What a server that keeps subtree hashes (not every leaf) calls."""
+    for n in range(1, 41):
+        leaves = data(n)
+        asked: list[tuple[int, int]] = []
+
+        def range_hash(
+            start: int,
+            end: int,
+            leaves: list[bytes] = leaves,
+            asked: list[tuple[int, int]] = asked,
+        ) -> bytes:
+            asked.append((start, end))
+            return naive_mth(leaves[start:end])
+
+        for i in range(n):
+            assert rfc6962.inclusion_proof_with(range_hash, i, n) == naive_path(i, leaves)
+        for m in range(0, n + 1):
+            expected = naive_subproof(m, leaves, True) if 0 < m < n else []
+            assert rfc6962.consistency_proof_with(range_hash, m, n) == expected
+        assert all(0 <= a < b <= n for a, b in asked)
+    with pytest.raises(ProofError):
+        rfc6962.inclusion_proof_with(lambda a, b: b"", 5, 5)
+    with pytest.raises(ProofError):
+        rfc6962.consistency_proof_with(lambda a, b: b"", 6, 5)
+
+
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(1, 300), data_=st.data())
 def test_inclusion_proofs_verify_and_every_mutation_fails(n: int, data_: st.DataObject) -> None:
