@@ -48,13 +48,11 @@ from typing import IO, Any
 
 import aiohttp
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.paho_baseline import BenchError, bare_drain, make_session, new_client, prefill
 from gateway import cli as glucohub_cli
 from gateway.clock import to_rfc3339
 from gateway.model import Reading, ReadingKind, Source
@@ -79,10 +77,6 @@ DEFAULT_SPACING_S = 60.0  # between one device's readings (a Libre 2/3 streams e
 LIVE_RATE = 1000  # readings/s
 LIVE_SECONDS = 10.0
 MIB = 1024 * 1024
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # -- readings ------------------------------------------------------------------------------
@@ -137,85 +131,6 @@ def make_load(devices: int, spacing_s: float, rounds: int, first_seq: int) -> Lo
         raise BenchError(f"{rounds} readings {spacing_s:g} s apart do not fit in the last day")
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1) - span
     return Load(devices=devices, spacing=spacing, start=start, first_seq=first_seq)
-
-
-# -- bare paho -----------------------------------------------------------------------------
-
-
-def _session_props() -> Properties:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
-    return props
-
-
-def _client(client_id: str) -> paho.Client:
-    return paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-
-
-def make_session(port: int, client_id: str) -> None:
-    """Create a persistent session subscribed to TOPIC (QoS 1), then leave."""
-    done = threading.Event()
-    client = _client(client_id)
-    client.on_connect = lambda c, *_: c.subscribe(TOPIC_FILTER, qos=1)
-    client.on_subscribe = lambda *_: done.set()
-    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
-    client.loop_start()
-    try:
-        if not done.wait(10):
-            raise BenchError(f"{client_id}: no SUBACK within 10 s")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def prefill(port: int, messages: list[tuple[str, str, bytes]]) -> float:
-    """Publish `messages` at QoS 1 and wait for every PUBACK; returns msg/s."""
-    client = _client("bench-prefill")
-    client.max_inflight_messages_set(1000)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    start = time.perf_counter()
-    try:
-        infos = [client.publish(where, body, qos=1) for _, where, body in messages]
-        for info in infos:
-            info.wait_for_publish(60)
-            if not info.is_published():
-                raise BenchError("pre-fill: a publish was not acknowledged within 60 s")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return len(messages) / (time.perf_counter() - start)
-
-
-def bare_drain(port: int, client_id: str, count: int, timeout_s: float) -> float:
-    """Reconnect to a pre-filled session and count its messages (auto-ack); msg/s."""
-    received = 0
-    start = 0.0
-    finished = threading.Event()
-
-    def on_connect(*_: object) -> None:
-        nonlocal start
-        start = time.perf_counter()
-
-    def on_message(*_: object) -> None:
-        nonlocal received
-        received += 1
-        if received == count:
-            finished.set()
-
-    client = _client(client_id)
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
-    client.loop_start()
-    try:
-        if not finished.wait(timeout_s):
-            raise BenchError(f"bare paho drained {received}/{count} in {timeout_s:.0f} s")
-        elapsed = time.perf_counter() - start
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return count / elapsed
 
 
 # -- the hub process -----------------------------------------------------------------------
@@ -518,7 +433,7 @@ async def login(session: aiohttp.ClientSession, base: str) -> None:
 def paced_publisher(
     port: int, messages: list[tuple[str, str, bytes]], rate: float, live: Live
 ) -> None:
-    client = _client("bench-live-pub")
+    client = new_client("bench-live-pub")
     client.max_inflight_messages_set(1000)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -542,7 +457,7 @@ async def live_latency(hub: HubProcess, port: int, messages: list[tuple[str, str
     count = len(messages)
 
     bare_ready = threading.Event()
-    bare = _client("bench-live-bare")
+    bare = new_client("bench-live-bare")
 
     def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
         at = time.perf_counter()
@@ -621,7 +536,7 @@ def main() -> None:
             history = seed_history(data_dir, devices, HISTORY_PER_DEVICE, load.start)
             # Sessions first: the hub's (a real start, which also creates keys and the
             # database) and the bare subscriber's; then one pre-fill queues N for both.
-            make_session(broker.port, BARE_CLIENT_ID)
+            make_session(broker.port, BARE_CLIENT_ID, TOPIC_FILTER)
             hub.start()
             hub.wait_mqtt_connected()
             idle_kib = hub.sample_memory()

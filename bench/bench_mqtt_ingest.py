@@ -13,18 +13,13 @@ import asyncio
 import json
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import paho.mqtt.client as paho  # the baseline needs bare paho; the product imports it once
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.paho_baseline import bare_drain, make_session, prefill
 from device_adapters.mqtt.client import BrokerConfig, MqttConnection
 from device_adapters.mqtt.consumer import MqttConsumer
 from gateway.clock import SystemClock
@@ -45,64 +40,6 @@ def payload(seq: int) -> bytes:
             "seq": seq,
         }
     ).encode()
-
-
-def _session_props() -> Properties:
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
-    return props
-
-
-def make_session(port: int, client_id: str) -> None:
-    """Create a persistent session subscribed to TOPIC, then leave."""
-    done = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    client.on_subscribe = lambda *a: done.set()
-    client.on_connect = lambda c, *a: c.subscribe(TOPIC, qos=1)
-    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
-    client.loop_start()
-    done.wait(10)
-    client.disconnect()
-    client.loop_stop()
-
-
-def prefill(port: int, count: int) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=paho.MQTTv5)
-    client.max_inflight_messages_set(1000)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    infos = [client.publish(TOPIC, payload(n), qos=1) for n in range(count)]
-    for info in infos:
-        info.wait_for_publish(30)
-    client.disconnect()
-    client.loop_stop()
-
-
-def bare_paho(port: int, client_id: str, count: int) -> float:
-    received = 0
-    start = 0.0
-    finished = threading.Event()
-
-    def on_connect(*_: object) -> None:
-        nonlocal start
-        start = time.perf_counter()
-
-    def on_message(*_: object) -> None:
-        nonlocal received
-        received += 1
-        if received == count:
-            finished.set()
-
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
-    client.loop_start()
-    finished.wait(300)
-    elapsed = time.perf_counter() - start
-    client.disconnect()
-    client.loop_stop()
-    return count / elapsed
 
 
 class CountingSink:
@@ -161,9 +98,10 @@ def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp)) as broker:
         for name in ("baseline", "glucohub"):
-            make_session(broker.port, f"bench-{name}")
-        prefill(broker.port, count)  # both sessions get the same N messages
-        base = bare_paho(broker.port, "bench-baseline", count)
+            make_session(broker.port, f"bench-{name}", TOPIC)
+        # Both sessions get the same N messages.
+        prefill(broker.port, [(str(n), TOPIC, payload(n)) for n in range(count)])
+        base = bare_drain(broker.port, "bench-baseline", count, timeout_s=300)
         ours = asyncio.run(glucohub(broker.port, "bench-glucohub", count))
     print(f"messages: {count} QoS 1, ~{len(payload(0))} bytes, pre-filled persistent sessions")
     print(f"bare paho (network thread, auto-ack): {base:9.0f} msg/s")
