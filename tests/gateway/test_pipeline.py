@@ -81,15 +81,24 @@ class HubUnderTest:
 
 @pytest.fixture
 async def hub(data_dir: Path) -> AsyncIterator[HubUnderTest]:
+    async with running_hub(data_dir) as under_test:
+        yield under_test
+
+
+@contextlib.asynccontextmanager
+async def running_hub(data_dir: Path, **env: str) -> AsyncIterator[HubUnderTest]:
+    """A registered hub run in-process until the block ends, then stopped cleanly."""
     register(data_dir)
     under_test = HubUnderTest()
     task = asyncio.create_task(
-        run_hub(settings_for(data_dir), stop=under_test.stop, on_ready=under_test.on_ready)
+        run_hub(settings_for(data_dir, **env), stop=under_test.stop, on_ready=under_test.on_ready)
     )
     await asyncio.wait_for(under_test.ready.wait(), 10)
-    yield under_test
-    under_test.stop.set()
-    await asyncio.wait_for(task, 20)
+    try:
+        yield under_test
+    finally:
+        under_test.stop.set()
+        await asyncio.wait_for(task, 20)
 
 
 async def test_good_readings_are_stored_and_sealed(hub: HubUnderTest, data_dir: Path) -> None:
@@ -236,18 +245,11 @@ async def test_a_snooze_survives_a_restart(data_dir: Path) -> None:
 async def test_a_full_batch_is_sealed_without_waiting_for_the_timer(data_dir: Path) -> None:
     """Readings that fill a batch while a checkpoint is being signed still wake the seal
     stage: with the timer at an hour, only the count can seal them."""
-    register(data_dir)
-    under_test = HubUnderTest()
-    settings = settings_for(
+    async with running_hub(
         data_dir, ledger__batch_max_readings="20", ledger__batch_max_seconds="3600"
-    )
-    task = asyncio.create_task(
-        run_hub(settings, stop=under_test.stop, on_ready=under_test.on_ready)
-    )
-    await asyncio.wait_for(under_test.ready.wait(), 10)
-    assert under_test.running is not None
-    telemetry = under_test.running.hub.telemetry
-    try:
+    ) as under_test:
+        assert under_test.running is not None
+        telemetry = under_test.running.hub.telemetry
         for round_ in range(15):
             # Two full batches back to back: the second is written while the first seals.
             first = range(round_ * 40, round_ * 40 + 20)
@@ -261,6 +263,3 @@ async def test_a_full_batch_is_sealed_without_waiting_for_the_timer(data_dir: Pa
                 await asyncio.sleep(0.01)
             sealed = telemetry.value("glucohub_ledger_readings_sealed_total")
             assert sealed == expected, f"round {round_}: {sealed} of {expected} sealed after 3 s"
-    finally:
-        under_test.stop.set()
-        await asyncio.wait_for(task, 20)
