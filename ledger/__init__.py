@@ -2,8 +2,9 @@
 
 A standalone library (it imports nothing else of the project, only `cryptography`):
 
-- `jcs`, `keys`, `jws`, `batch`: RFC 8785 canonical JSON, Ed25519 keys and JWKs, RFC 7515
-  compact EdDSA, and signed, hash-chained batches of readings;
+- `jcs`, `keys`, `jws`, `batch`, `records`: RFC 8785 canonical JSON, Ed25519 keys and JWKs,
+  RFC 7515 compact EdDSA, signed, hash-chained batches, and the salted record commitments
+  that let one patient's records of a batch be disclosed without the others;
 - `rfc6962`, `note`, `checkpoint`, `cosignature`, `tiles`: the Merkle tree and the C2SP
   signed-note, tlog-checkpoint, tlog-cosignature and tlog-tiles formats;
 - `bundle`, `proof`: offline exports anyone can verify with the two public keys;
@@ -20,11 +21,10 @@ from ledger.batch import (
     ChainSummary,
     SealedBatch,
     SealedJws,
-    batch_body,
     batch_hash,
     open_batch,
     seal_batch,
-    seal_batch_json,
+    seal_records,
     verify_batch_chain,
 )
 from ledger.bundle import (
@@ -63,6 +63,7 @@ from ledger.errors import (
     MalformedKey,
     MalformedNote,
     ProofError,
+    RecordError,
     RootMismatch,
     TileError,
     WitnessAlarm,
@@ -170,6 +171,7 @@ __all__ = [
     "OpenedNote",
     "ProofError",
     "ProofReport",
+    "RecordError",
     "RootMismatch",
     "SealedBatch",
     "SealedJws",
@@ -180,7 +182,6 @@ __all__ = [
     "WitnessSigner",
     "add_signatures",
     "b64decode_strict",
-    "batch_body",
     "batch_hash",
     "bundle_lines",
     "canonicalize",
@@ -223,7 +224,7 @@ __all__ = [
     "root_from_hashes",
     "save_private_key",
     "seal_batch",
-    "seal_batch_json",
+    "seal_records",
     "sign_checkpoint",
     "sign_compact",
     "sign_note",

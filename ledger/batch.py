@@ -1,15 +1,20 @@
-"""Signed batches: readings sealed as a JWS over RFC 8785 JSON, hash-chained in order.
+"""Signed batches: records sealed as a JWS over RFC 8785 JSON, hash-chained in order.
 
-A batch payload is the canonical JSON object
+Format 2 (what the hub seals) signs a commitment to its records, never the records:
 
-    {"batch_seq": N, "end": RFC3339, "events": [...], "hub_id": ..., "nonce": b64url(32 bytes),
-     "prev_batch_hash": b64url(SHA-256(JWS of batch N-1)) or "" for batch 0,
-     "readings": [...], "start": RFC3339}
+    {"batch_seq": N, "end": RFC3339, "format": "glucohub-batch/2", "hub_id": ...,
+     "nonce": b64url(32 bytes), "prev_batch_hash": b64url(SHA-256(JWS of batch N-1)) or "",
+     "record_count": n, "records_root": b64url(RFC 6962 root of the salted record leaves),
+     "start": RFC3339}
 
-signed as a compact JWS (alg EdDSA, kid = the key's RFC 7638 thumbprint). The log's leaf data
-for the batch is D = SHA-256(JWS bytes), so the public log reveals nothing about the readings:
-the 32 random nonce bytes make D unguessable even for a batch whose readings one could guess.
-Readings and events are opaque JSON objects to this module.
+(`ledger.records` defines the leaves), so the JWS can be handed to anyone allowed to see one
+of the batch's records without revealing the others. Format 1, sealed by hubs before it,
+holds its readings and events inline (`readings`, `events` instead of `format`,
+`record_count` and `records_root`); it still opens and verifies.
+
+Both are signed as a compact JWS (alg EdDSA, kid = the key's RFC 7638 thumbprint). The log's
+leaf data for the batch is D = SHA-256(JWS bytes), so the public log reveals nothing of the
+records: the 32 random nonce bytes make D unguessable.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,38 +37,56 @@ from ledger.errors import BadSignature, BatchVerificationError, MalformedBatch, 
 from ledger.jcs import canonicalize
 from ledger.jws import sign_compact, verify_compact
 from ledger.rfc6962 import leaf_hash as rfc6962_leaf_hash
+from ledger.rfc6962 import root_from_hashes
 
 __all__ = [
     "BatchPayload",
     "ChainSummary",
     "SealedBatch",
     "SealedJws",
-    "batch_body",
     "batch_hash",
     "open_batch",
     "seal_batch",
-    "seal_batch_json",
+    "seal_records",
     "verify_batch_chain",
 ]
 
 NONCE_BYTES = 32
-_FIELDS = frozenset(
+FORMAT_2 = "glucohub-batch/2"
+_FIELDS_V1 = frozenset(
     {"hub_id", "batch_seq", "start", "end", "readings", "events", "prev_batch_hash", "nonce"}
+)
+_FIELDS_V2 = frozenset(
+    {
+        "format",
+        "hub_id",
+        "batch_seq",
+        "start",
+        "end",
+        "record_count",
+        "records_root",
+        "prev_batch_hash",
+        "nonce",
+    }
 )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchPayload:
-    """The signed content of one batch (readings and events as parsed JSON objects)."""
+    """The signed content of one batch. Format 1 carries its readings and events (parsed
+    JSON objects); format 2 carries only `record_count` and `records_root`."""
 
     hub_id: str
     batch_seq: int
     start: str
     end: str
-    readings: tuple[dict[str, Any], ...]
-    events: tuple[dict[str, Any], ...]
     prev_batch_hash: str
     nonce: str
+    format: int = 1
+    readings: tuple[dict[str, Any], ...] = ()
+    events: tuple[dict[str, Any], ...] = ()
+    record_count: int = 0
+    records_root: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +99,7 @@ class SealedBatch:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SealedJws:
-    """A batch sealed from pre-canonicalised readings (`seal_batch_json`)."""
+    """A sealed batch's bytes and leaf (`seal_records`)."""
 
     jws: bytes
     leaf_data: bytes
@@ -86,7 +109,8 @@ class SealedJws:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChainSummary:
     batches: int
-    readings: int
+    readings: int  # readings signed inline (format 1); format 2 readings are in its records
+    records: int  # every record: format 1 readings and events, format 2 record_count
     leaf_hashes: tuple[bytes, ...]
     last_jws: bytes | None
     hub_id: str | None = None  # the hub every batch names; None for an empty chain
@@ -139,7 +163,8 @@ def seal_batch(
     kid: str,
     nonce: bytes | None = None,
 ) -> SealedBatch:
-    """Canonicalise, sign and hash one batch.
+    """Canonicalise, sign and hash one batch of format 1 (records inline). The hub seals
+    format 2 (`seal_records`); this one remains to read, test and bench older ledgers.
 
     `prev_jws` is the previous batch's JWS (None exactly for batch 0); `nonce` defaults to 32
     bytes from os.urandom (pass one only to reproduce a batch in a test). Raises ValueError on
@@ -155,6 +180,7 @@ def seal_batch(
         events=tuple(events),  # type: ignore[arg-type]
         prev_batch_hash="" if prev_jws is None else b64url_encode(batch_hash(prev_jws)),
         nonce=b64url_encode(nonce),
+        record_count=len(readings) + len(events),
     )
     for what, items in (("readings", payload.readings), ("events", payload.events)):
         for index, item in enumerate(items):
@@ -196,9 +222,11 @@ def open_batch(jws: bytes | str, public_key: Ed25519PublicKey) -> BatchPayload:
 def _payload_from_json(obj: object) -> BatchPayload:
     if not isinstance(obj, dict):
         raise MalformedBatch("payload is not a JSON object")
-    if obj.keys() != _FIELDS:
-        missing = sorted(_FIELDS - obj.keys())
-        extra = sorted(obj.keys() - _FIELDS)
+    version = 2 if "format" in obj else 1
+    fields = _FIELDS_V2 if version == 2 else _FIELDS_V1
+    if obj.keys() != fields:
+        missing = sorted(fields - obj.keys())
+        extra = sorted(obj.keys() - fields)
         raise MalformedBatch(f"payload fields: missing {missing}, unexpected {extra}")
     for name in ("hub_id", "start", "end", "prev_batch_hash", "nonce"):
         if not isinstance(obj[name], str):
@@ -206,26 +234,44 @@ def _payload_from_json(obj: object) -> BatchPayload:
     seq = obj["batch_seq"]
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise MalformedBatch(f"batch_seq {seq!r} is not an int >= 0")
-    for name in ("readings", "events"):
-        items = obj[name]
-        if not isinstance(items, list) or not all(type(item) is dict for item in items):
-            raise MalformedBatch(f"{name} is not a list of JSON objects")
     try:
         nonce = b64url_decode(obj["nonce"])
     except ValueError:
         nonce = b""
     if len(nonce) != NONCE_BYTES:
         raise MalformedBatch(f"nonce is not {NONCE_BYTES} base64url bytes")
-    return BatchPayload(
-        hub_id=obj["hub_id"],
-        batch_seq=seq,
-        start=obj["start"],
-        end=obj["end"],
-        readings=tuple(obj["readings"]),
-        events=tuple(obj["events"]),
-        prev_batch_hash=obj["prev_batch_hash"],
-        nonce=obj["nonce"],
-    )
+    common = {
+        "hub_id": obj["hub_id"],
+        "batch_seq": seq,
+        "start": obj["start"],
+        "end": obj["end"],
+        "prev_batch_hash": obj["prev_batch_hash"],
+        "nonce": obj["nonce"],
+    }
+    if version == 1:
+        for name in ("readings", "events"):
+            items = obj[name]
+            if not isinstance(items, list) or not all(type(item) is dict for item in items):
+                raise MalformedBatch(f"{name} is not a list of JSON objects")
+        return BatchPayload(
+            **common,
+            format=1,
+            readings=tuple(obj["readings"]),
+            events=tuple(obj["events"]),
+            record_count=len(obj["readings"]) + len(obj["events"]),
+        )
+    if obj["format"] != FORMAT_2:
+        raise MalformedBatch(f"unknown batch format {obj['format']!r}")
+    count = obj["record_count"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise MalformedBatch(f"record_count {count!r} is not an int >= 0")
+    try:
+        root = b64url_decode(obj["records_root"]) if isinstance(obj["records_root"], str) else b""
+    except ValueError:
+        root = b""
+    if len(root) != 32:
+        raise MalformedBatch("records_root is not 32 base64url bytes")
+    return BatchPayload(**common, format=2, record_count=count, records_root=root)
 
 
 def verify_batch_chain(
@@ -235,6 +281,7 @@ def verify_batch_chain(
     hub_id: str | None = None,
     first_seq: int = 0,
     prev_jws: bytes | None = None,
+    on_batch: Callable[[BatchPayload, bytes], None] | None = None,
 ) -> ChainSummary:
     """Check that `jws_iter` is batches first_seq, first_seq+1, ... of one hub, each signed by
     `public_key` and naming the SHA-256 of the one before.
@@ -244,13 +291,15 @@ def verify_batch_chain(
     wrong key fails its own signature; a swapped, missing or duplicated batch fails the
     sequence number (and the prev hash). To resume mid-chain pass first_seq and the JWS of
     batch first_seq - 1 as prev_jws. With hub_id None, every batch must carry the first's.
+    `on_batch(payload, jws)` is called for each batch that passed (e.g. to check its
+    disclosed records); it may raise BatchVerificationError.
     """
     if (first_seq == 0) != (prev_jws is None):
         raise ValueError("prev_jws is None exactly when the chain starts at batch 0")
     expected_seq = first_seq
     previous = prev_jws
     leaf_hashes: list[bytes] = []
-    readings = 0
+    readings = records = 0
     for token in jws_iter:
         jws = token.encode("ascii", "replace") if isinstance(token, str) else bytes(token)
         try:
@@ -277,84 +326,49 @@ def verify_batch_chain(
                 expected_seq, "prev_batch_hash is not the SHA-256 of the previous batch's JWS"
             )
         leaf_hashes.append(rfc6962_leaf_hash(batch_hash(jws)))
+        if on_batch is not None:
+            on_batch(payload, jws)
         readings += len(payload.readings)
+        records += payload.record_count
         previous = jws
         expected_seq += 1
     return ChainSummary(
         batches=len(leaf_hashes),
         readings=readings,
+        records=records,
         leaf_hashes=tuple(leaf_hashes),
         last_jws=previous if leaf_hashes else None,
         hub_id=hub_id if leaf_hashes else None,
     )
 
 
-def batch_body(
-    *,
-    hub_id: str,
-    batch_seq: int,
-    start: str,
-    end: str,
-    readings_json: str,
-    events: Sequence[Mapping[str, Any]],
-    prev_batch_hash: str,
-    nonce: str,
-) -> bytes:
-    """The canonical payload bytes of a batch whose readings array is given as JSON text.
-
-    `readings_json` must itself be the RFC 8785 text of the readings array: the caller
-    vouches for it (the hub serialises its fixed reading schema directly, and tests that
-    the result equals `canonicalize`). Everything else is canonicalised here.
-    """
-    if not (readings_json.startswith("[") and readings_json.endswith("]")):
-        raise ValueError("readings_json must be a JSON array")
-    # A control character is always escaped in canonical JSON, so this token's canonical
-    # text cannot occur anywhere but in the one place we put it.
-    token = "\x00" + nonce
-    marker = canonicalize([token]).decode("utf-8")
-    body = canonicalize(
-        {
-            "hub_id": hub_id,
-            "batch_seq": batch_seq,
-            "start": start,
-            "end": end,
-            "readings": [token],
-            "events": list(events),
-            "prev_batch_hash": prev_batch_hash,
-            "nonce": nonce,
-        }
-    ).decode("utf-8")
-    head, found, tail = body.partition(marker)
-    if not found or marker in tail:
-        raise ValueError("could not place the readings in the batch body")
-    return (head + readings_json + tail).encode("utf-8")
-
-
-def seal_batch_json(
+def seal_records(
     *,
     hub_id: str,
     batch_seq: int,
     start: str | datetime,
     end: str | datetime,
-    readings_json: str,
-    events: Sequence[Mapping[str, Any]] = (),
+    record_leaf_hashes: Sequence[bytes],
     prev_jws: bytes | None,
     signing_key: Ed25519PrivateKey,
     kid: str,
     nonce: bytes | None = None,
 ) -> SealedJws:
-    """`seal_batch` for a caller that already holds the readings as canonical JSON text
-    (see `batch_body`): the same signed bytes, without re-walking every reading."""
+    """Seal a format-2 batch: sign the count and RFC 6962 root of its record leaves
+    (`ledger.records.record_leaf_hashes`), chained to `prev_jws` (None exactly for batch 0)."""
     nonce = _checked_header(hub_id, batch_seq, prev_jws, nonce)
-    body = batch_body(
-        hub_id=hub_id,
-        batch_seq=batch_seq,
-        start=_rfc3339(start, "start"),
-        end=_rfc3339(end, "end"),
-        readings_json=readings_json,
-        events=events,
-        prev_batch_hash="" if prev_jws is None else b64url_encode(batch_hash(prev_jws)),
-        nonce=b64url_encode(nonce),
+    body = canonicalize(
+        {
+            "format": FORMAT_2,
+            "hub_id": hub_id,
+            "batch_seq": batch_seq,
+            "start": _rfc3339(start, "start"),
+            "end": _rfc3339(end, "end"),
+            "record_count": len(record_leaf_hashes),
+            "records_root": b64url_encode(root_from_hashes(record_leaf_hashes)),
+            "prev_batch_hash": "" if prev_jws is None else b64url_encode(batch_hash(prev_jws)),
+            "nonce": b64url_encode(nonce),
+        }
     )
     jws = sign_compact(body, signing_key, kid)
     leaf_data = batch_hash(jws)

@@ -108,3 +108,14 @@ class TileError(LedgerError):
 
 class MalformedBatch(LedgerError):
     """A signed batch payload is not the JSON object the batch format defines (A2)."""
+
+
+class RecordError(LedgerError):
+    """A disclosed batch record does not match what its batch signed; index None when no
+    single record is to blame."""
+
+    def __init__(self, index: int | None, reason: str) -> None:
+        where = "records" if index is None else f"record {index}"
+        super().__init__(f"{where}: {reason}")
+        self.index = index
+        self.reason = reason

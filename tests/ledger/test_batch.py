@@ -8,21 +8,17 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger._b64 import b64url_decode, b64url_encode
 from ledger.batch import (
     SealedBatch,
-    batch_body,
     open_batch,
     seal_batch,
-    seal_batch_json,
     verify_batch_chain,
 )
 from ledger.errors import BadSignature, BatchVerificationError, MalformedBatch
-from ledger.jcs import canonicalize
 from ledger.jws import compact_header, sign_compact
 from ledger.keys import generate_key
 
@@ -325,53 +321,3 @@ def test_random_signed_payloads_open_or_raise_malformed_batch(changes: dict[str,
     except MalformedBatch:
         return
     assert payload.batch_seq >= 0
-
-
-@given(
-    st.lists(
-        st.dictionaries(
-            st.sampled_from(["value", "kind", "seq", "status", "time", "unit"]),
-            st.one_of(
-                st.none(),
-                st.integers(-(2**53), 2**53),
-                st.floats(allow_nan=False, allow_infinity=False),
-                st.text(max_size=8),
-                st.lists(st.text(max_size=4), max_size=2),
-            ),
-        ),
-        max_size=6,
-    )
-)
-def test_seal_batch_json_signs_exactly_what_seal_batch_signs(
-    readings: list[dict[str, Any]],
-) -> None:
-    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-    common: dict[str, Any] = {
-        "hub_id": "hub",
-        "batch_seq": 3,
-        "start": "2024-05-01T12:00:00.000Z",
-        "end": "2024-05-01T12:05:00.000Z",
-        "events": [{"type": "alert", "kind": "low"}],
-        "prev_jws": b"x.y.z",
-        "signing_key": key,
-        "kid": "k",
-        "nonce": bytes(32),
-    }
-    generic = seal_batch(readings=readings, **common)
-    spliced = seal_batch_json(readings_json=canonicalize(readings).decode(), **common)
-    assert spliced.jws == generic.jws
-    assert spliced.leaf_hash == generic.leaf_hash
-
-
-def test_batch_body_refuses_text_that_is_not_an_array() -> None:
-    with pytest.raises(ValueError, match="array"):
-        batch_body(
-            hub_id="h",
-            batch_seq=0,
-            start="s",
-            end="e",
-            readings_json='{"a":1}',
-            events=(),
-            prev_batch_hash="",
-            nonce="n",
-        )

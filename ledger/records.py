@@ -1,0 +1,192 @@
+"""Committed records: a batch signs a Merkle root over its records, not the records.
+
+A batch of format 2 mixes patients, so its signed payload holds no health data at all: it
+signs `records_root`, the RFC 6962 root over one leaf per record (reading or event), in
+order. Record i's leaf is
+
+    SHA-256(0x00 || salt_i || JCS(record_i))           (RFC 6962 §2.1 leaf hash)
+
+with salt_i = BLAKE2b-128(key=seed, message=i as 8 bytes big-endian) and `seed` 32 random
+bytes per batch that the hub keeps and never publishes. A record is *disclosed* as its index,
+salt and JSON, with its audit path in the records tree when not every record is disclosed:
+one patient's records are served and proven without revealing the others. The salts make
+an undisclosed leaf unguessable even where its record could be guessed (a glucose value at
+a known time), and one salt says nothing about another.
+
+Pure: bytes and JSON in, values or `RecordError` out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ledger._b64 import b64url_decode, b64url_encode
+from ledger.errors import LedgerError, RecordError
+from ledger.jcs import canonicalize
+from ledger.rfc6962 import inclusion_proof_from_hashes, root_from_hashes, verify_inclusion
+
+__all__ = [
+    "SALT_BYTES",
+    "SEED_BYTES",
+    "Disclosed",
+    "disclose",
+    "disclosed_from_json",
+    "disclosed_to_json",
+    "new_seed",
+    "record_leaf_hashes",
+    "record_salt",
+    "records_root",
+    "verify_disclosed",
+]
+
+SEED_BYTES = 32
+SALT_BYTES = 16
+
+
+def new_seed() -> bytes:
+    return os.urandom(SEED_BYTES)
+
+
+def record_salt(seed: bytes, index: int) -> bytes:
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a record seed is {SEED_BYTES} bytes")
+    return hashlib.blake2b(index.to_bytes(8, "big"), key=seed, digest_size=SALT_BYTES).digest()
+
+
+def record_leaf_hashes(seed: bytes, canonical_records: Iterable[bytes]) -> list[bytes]:
+    """The leaf hash of every record, in order (the sealing and verify hot path)."""
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a record seed is {SEED_BYTES} bytes")
+    blake, sha = hashlib.blake2b, hashlib.sha256
+    return [
+        sha(b"\x00" + blake(i.to_bytes(8, "big"), key=seed, digest_size=16).digest() + c).digest()
+        for i, c in enumerate(canonical_records)
+    ]
+
+
+def records_root(leaf_hashes: Sequence[bytes]) -> bytes:
+    return root_from_hashes(leaf_hashes)
+
+
+def _leaf(salt: bytes, canonical: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + salt + canonical).digest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disclosed:
+    """One record revealed: its place in the batch, its salt and its JSON; `audit_path` is
+    empty when the batch's records are disclosed whole (the root is then recomputed)."""
+
+    index: int
+    salt: bytes
+    record: Mapping[str, Any]
+    audit_path: tuple[bytes, ...] = ()
+
+
+def disclose(
+    seed: bytes,
+    canonical_records: Sequence[bytes],
+    indices: Iterable[int],
+    *,
+    with_paths: bool = True,
+) -> list[Disclosed]:
+    """Disclose the records at `indices` (records given as their canonical bytes)."""
+    leaves = record_leaf_hashes(seed, canonical_records)
+    out: list[Disclosed] = []
+    for index in sorted(set(indices)):
+        path = inclusion_proof_from_hashes(leaves, index) if with_paths else []
+        out.append(
+            Disclosed(
+                index=index,
+                salt=record_salt(seed, index),
+                record=json.loads(canonical_records[index]),
+                audit_path=tuple(path),
+            )
+        )
+    return out
+
+
+def verify_disclosed(
+    records_root_hash: bytes, record_count: int, disclosed: Sequence[Disclosed]
+) -> None:
+    """Check disclosed records against a batch's signed root and count.
+
+    Every record disclosed without paths: they must be exactly records 0..count-1 and hash
+    to the root. Otherwise each needs its audit path. Raises RecordError naming the record.
+    """
+    indices = [d.index for d in disclosed]
+    if len(set(indices)) != len(indices):
+        raise RecordError(None, "a record is disclosed twice")
+    for item in disclosed:
+        if not 0 <= item.index < record_count:
+            raise RecordError(item.index, f"index outside the batch's {record_count} records")
+        if len(item.salt) != SALT_BYTES:
+            raise RecordError(item.index, f"salt is not {SALT_BYTES} bytes")
+    try:
+        canon = [canonicalize(item.record) for item in disclosed]
+    except LedgerError as exc:
+        raise RecordError(None, f"a record has no canonical JSON form: {exc}") from None
+    if all(not item.audit_path for item in disclosed) and len(disclosed) == record_count:
+        if indices != list(range(record_count)):
+            raise RecordError(None, "records are not in batch order")
+        leaves = [_leaf(d.salt, c) for d, c in zip(disclosed, canon, strict=True)]
+        if root_from_hashes(leaves) != records_root_hash:
+            raise RecordError(None, "the records do not hash to the signed records root")
+        return
+    for item, c in zip(disclosed, canon, strict=True):
+        try:
+            verify_inclusion(
+                _leaf(item.salt, c),
+                item.index,
+                record_count,
+                list(item.audit_path),
+                records_root_hash,
+            )
+        except LedgerError:
+            raise RecordError(
+                item.index, "record is not the one the batch signed (audit path fails)"
+            ) from None
+
+
+def disclosed_to_json(item: Disclosed) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "index": item.index,
+        "salt": b64url_encode(item.salt),
+        "record": dict(item.record),
+    }
+    if item.audit_path:
+        out["audit_path"] = [base64.b64encode(h).decode("ascii") for h in item.audit_path]
+    return out
+
+
+def disclosed_from_json(obj: object) -> Disclosed:
+    """Parse one disclosed record; RecordError when the JSON is not of that shape."""
+    if not isinstance(obj, dict) or not {"index", "salt", "record"} <= obj.keys():
+        raise RecordError(None, "a disclosed record needs index, salt and record")
+    index = obj["index"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise RecordError(None, f"record index {index!r} is not an int >= 0")
+    if not isinstance(obj["record"], dict):
+        raise RecordError(index, "record is not a JSON object")
+    salt_text = obj["salt"]
+    try:
+        salt = b64url_decode(salt_text) if isinstance(salt_text, str) else b""
+    except ValueError:
+        salt = b""
+    if len(salt) != SALT_BYTES:
+        raise RecordError(index, f"salt is not {SALT_BYTES} base64url bytes")
+    path = obj.get("audit_path", [])
+    if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
+        raise RecordError(index, "audit_path is not a list of base64 strings")
+    try:
+        hashes = tuple(base64.b64decode(h, validate=True) for h in path)
+    except (binascii.Error, ValueError):
+        raise RecordError(index, "audit_path holds a string that is not base64") from None
+    return Disclosed(index=index, salt=salt, record=obj["record"], audit_path=hashes)

@@ -1,0 +1,199 @@
+"""Format-2 batches: salted record commitments, disclosure of some records, verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger._b64 import b64url_decode
+from ledger.batch import open_batch, seal_records, verify_batch_chain
+from ledger.errors import BatchVerificationError, MalformedBatch, RecordError
+from ledger.jcs import canonicalize
+from ledger.jws import sign_compact
+from ledger.records import (
+    Disclosed,
+    disclose,
+    disclosed_from_json,
+    disclosed_to_json,
+    record_leaf_hashes,
+    record_salt,
+    records_root,
+    verify_disclosed,
+)
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+SEED = bytes(range(100, 132))
+READING_A = {"patient_id": "pat-a", "kind": "cgm_glucose", "value": 61, "time": "t1"}
+READING_B = {"patient_id": "pat-b", "kind": "cgm_glucose", "value": 277, "time": "t1"}
+ALERT_B = {"type": "alert", "patient_id": "pat-b", "kind": "urgent_low", "glucose_mg_dl": 40}
+RECORDS = [READING_A, READING_B, ALERT_B]
+
+
+def _canon(records: list[dict[str, Any]]) -> list[bytes]:
+    return [canonicalize(r) for r in records]
+
+
+def _sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def test_leaf_and_root_follow_the_documented_definition() -> None:
+    # Worked from the module's definition with hashlib alone:
+    #   salt_i = BLAKE2b-128(key=seed, msg=i as 8 bytes big-endian)
+    #   leaf_i = SHA-256(0x00 || salt_i || JCS(record_i))
+    #   root   = RFC 6962 MTH: 3 leaves split at 2 -> node(node(l0, l1), l2)
+    salts = [
+        hashlib.blake2b(i.to_bytes(8, "big"), key=SEED, digest_size=16).digest() for i in range(3)
+    ]
+    texts = [
+        b'{"kind":"cgm_glucose","patient_id":"pat-a","time":"t1","value":61}',
+        b'{"kind":"cgm_glucose","patient_id":"pat-b","time":"t1","value":277}',
+        b'{"glucose_mg_dl":40,"kind":"urgent_low","patient_id":"pat-b","type":"alert"}',
+    ]
+    leaves = [_sha(b"\x00" + s + t) for s, t in zip(salts, texts, strict=True)]
+    root = _sha(b"\x01" + _sha(b"\x01" + leaves[0] + leaves[1]) + leaves[2])
+    assert [record_salt(SEED, i) for i in range(3)] == salts
+    assert record_leaf_hashes(SEED, _canon(RECORDS)) == leaves
+    assert records_root(leaves) == root
+
+
+def _sealed(records: list[dict[str, Any]], seq: int = 0, prev: bytes | None = None) -> bytes:
+    return seal_records(
+        hub_id="hub",
+        batch_seq=seq,
+        start="2026-01-01T00:00:00.000Z",
+        end="2026-01-01T00:05:00.000Z",
+        record_leaf_hashes=record_leaf_hashes(SEED, _canon(records)),
+        prev_jws=prev,
+        signing_key=KEY,
+        kid="k",
+    ).jws
+
+
+def test_the_signed_payload_holds_no_record() -> None:
+    jws = _sealed(RECORDS)
+    body = b64url_decode(jws.split(b".")[1])
+    for marker in (b"pat-a", b"pat-b", b"277", b"urgent_low", b"cgm_glucose"):
+        assert marker not in body
+    payload = open_batch(jws, KEY.public_key())
+    assert (payload.format, payload.record_count, payload.readings) == (2, 3, ())
+    assert payload.records_root == records_root(record_leaf_hashes(SEED, _canon(RECORDS)))
+
+
+def test_one_patients_records_verify_without_the_others() -> None:
+    payload = open_batch(_sealed(RECORDS), KEY.public_key())
+    assert payload.records_root is not None
+    shown = disclose(SEED, _canon(RECORDS), [0])
+    assert [d.record for d in shown] == [READING_A]
+    verify_disclosed(payload.records_root, payload.record_count, shown)
+    wire = json.loads(json.dumps([disclosed_to_json(d) for d in shown]))
+    assert "pat-b" not in json.dumps(wire)
+    verify_disclosed(
+        payload.records_root, payload.record_count, [disclosed_from_json(o) for o in wire]
+    )
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: Disclosed(
+            index=d.index, salt=d.salt, record={**d.record, "value": 62}, audit_path=d.audit_path
+        ),
+        lambda d: Disclosed(index=1, salt=d.salt, record=d.record, audit_path=d.audit_path),
+        lambda d: Disclosed(
+            index=d.index, salt=bytes(16), record=d.record, audit_path=d.audit_path
+        ),
+        lambda d: Disclosed(index=d.index, salt=d.salt, record=d.record, audit_path=()),
+    ],
+    ids=["edited-value", "moved-index", "other-salt", "no-path"],
+)
+def test_a_changed_disclosed_record_fails(tamper: Any) -> None:
+    payload = open_batch(_sealed(RECORDS), KEY.public_key())
+    assert payload.records_root is not None
+    (shown,) = disclose(SEED, _canon(RECORDS), [0])
+    with pytest.raises(RecordError):
+        verify_disclosed(payload.records_root, 3, [tamper(shown)])
+
+
+def test_full_disclosure_recomputes_the_root_and_needs_every_record_in_order() -> None:
+    payload = open_batch(_sealed(RECORDS), KEY.public_key())
+    assert payload.records_root is not None
+    whole = disclose(SEED, _canon(RECORDS), range(3), with_paths=False)
+    verify_disclosed(payload.records_root, 3, whole)
+    with pytest.raises(RecordError, match="batch order"):
+        verify_disclosed(payload.records_root, 3, [whole[0], whole[2], whole[1]])
+    with pytest.raises(RecordError):
+        verify_disclosed(payload.records_root, 3, whole[:2])  # one missing, no paths
+    edited = Disclosed(index=2, salt=whole[2].salt, record={**ALERT_B, "glucose_mg_dl": 90})
+    with pytest.raises(RecordError, match="do not hash"):
+        verify_disclosed(payload.records_root, 3, [whole[0], whole[1], edited])
+
+
+def test_one_salt_does_not_give_another() -> None:
+    salts = {record_salt(SEED, i) for i in range(1000)}
+    assert len(salts) == 1000
+    assert record_salt(SEED, 0) != record_salt(bytes(32), 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["patient_id", "value", "kind", "status"]),
+            st.one_of(st.integers(-(2**53), 2**53), st.text(max_size=6), st.none()),
+            min_size=1,
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.data(),
+)
+def test_any_subset_disclosed_verifies_and_a_wrong_record_never_does(
+    records: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    canon = _canon(records)
+    root = records_root(record_leaf_hashes(SEED, canon))
+    chosen = data.draw(st.sets(st.integers(0, len(records) - 1), min_size=1))
+    shown = disclose(SEED, canon, chosen)
+    verify_disclosed(root, len(records), shown)
+    victim = shown[0]
+    forged = Disclosed(
+        index=victim.index,
+        salt=victim.salt,
+        record={**victim.record, "forged": True},
+        audit_path=victim.audit_path,
+    )
+    with pytest.raises(RecordError):
+        verify_disclosed(root, len(records), [forged, *shown[1:]])
+
+
+def test_format_2_chains_like_format_1() -> None:
+    first = _sealed(RECORDS, 0)
+    second = _sealed([READING_A], 1, first)
+    summary = verify_batch_chain([first, second], KEY.public_key())
+    assert (summary.batches, summary.records) == (2, 4)
+    with pytest.raises(BatchVerificationError, match="batch 1"):
+        verify_batch_chain([first, _sealed([READING_A], 1, second)], KEY.public_key())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "glucohub-batch/3"}, "unknown batch format"),
+        ({"record_count": -1}, "record_count"),
+        ({"records_root": "AAAA"}, "records_root"),
+        ({"readings": []}, "unexpected"),
+    ],
+)
+def test_a_malformed_format_2_payload_is_refused(change: dict[str, Any], message: str) -> None:
+    payload = json.loads(b64url_decode(_sealed(RECORDS).split(b".")[1]))
+    payload.update(change)
+    jws = sign_compact(canonicalize(payload), KEY, "k")
+    with pytest.raises(MalformedBatch, match=message):
+        open_batch(jws, KEY.public_key())
