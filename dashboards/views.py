@@ -567,48 +567,43 @@ async def ledger_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _visible_batch(request: web.Request) -> tuple[int, set[str]]:
-    """The batch in the path and its patients, if the user may see every one of them (a
-    batch body or proof holds all their readings); 404 otherwise, as for a missing batch."""
-    d = deps(request)
-    try:
-        seq = int(request.match_info["seq"])
-    except ValueError:
-        raise web.HTTPNotFound() from None
-    if await d.read_model.batch(seq) is None:
+def _batch_seq(request: web.Request) -> int:
+    text = request.match_info["seq"]
+    if not text.isdigit() or len(text) > 18:  # a sequence number fits in SQLite's INTEGER
         raise web.HTTPNotFound()
-    patients = {r.patient_id for r in await d.read_model.batch_readings(seq)}
-    if not patients <= visible(request):
-        raise web.HTTPNotFound()
-    return seq, patients
+    return int(text)
 
 
-async def _audit(request: web.Request, patients: set[str], action: str) -> None:
+async def _audit(request: web.Request, patients: frozenset[str], action: str) -> None:
     user = current_user(request)
     for pid in sorted(patients):
         await deps(request).accounts.record_view(user, pid, action)
 
 
 async def batch_body(request: web.Request) -> web.StreamResponse:
-    """The signed batch (JWS): only for a clinician allowed to see every patient in it."""
-    seq, patients = await _visible_batch(request)
-    batch = await deps(request).read_model.batch(seq)
-    assert batch is not None
-    await _audit(request, patients, f"batch:{seq}")
-    return web.Response(body=batch.jws, content_type="application/jose")
+    """A batch as this user may see it: its JWS (which signs a root over the records, none
+    of their content) and only the records of patients visible to them, each provable
+    against that root. 404 when it holds nothing of theirs, as for a missing batch."""
+    seq = _batch_seq(request)
+    view = await deps(request).ledger.batch_view(seq, visible(request))
+    if view is None:
+        raise web.HTTPNotFound()
+    await _audit(request, view.patients, f"batch:{seq}")
+    return web.Response(text=view.text, content_type="application/json")
 
 
 async def batch_proof(request: web.Request) -> web.StreamResponse:
-    """The offline inclusion proof of a batch; it embeds the JWS, so the same rule as
-    the batch body applies."""
-    seq, patients = await _visible_batch(request)
+    """The offline inclusion proof of a batch with the user's visible records of it."""
+    seq = _batch_seq(request)
     try:
-        proof = await deps(request).ledger.inclusion_proof_file(seq)
+        proof = await deps(request).ledger.inclusion_proof_file(seq, visible(request))
     except InputError:
         raise web.HTTPConflict(text="batch not yet covered by a signed checkpoint") from None
-    await _audit(request, patients, f"proof:{seq}")
+    if proof is None:
+        raise web.HTTPNotFound()
+    await _audit(request, proof.patients, f"proof:{seq}")
     return web.Response(
-        text=proof,
+        text=proof.text,
         content_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="glucohub-batch-{seq}-proof.json"'},
     )
@@ -684,8 +679,9 @@ def add_routes(app: web.Application) -> None:
         Rule(access=Access.CLINICIAN, patient_from="match:id"),
     )  # fmt: skip
     add_route(app, "GET", "/ledger", ledger_page, user)
-    add_route(app, "GET", "/log/batch/{seq}", batch_body, Rule(access=Access.CLINICIAN))
-    add_route(app, "GET", "/log/batch/{seq}/proof", batch_proof, Rule(access=Access.CLINICIAN))
+    # Any signed-in user: what is served is filtered to the patients they may see.
+    add_route(app, "GET", "/log/batch/{seq}", batch_body, user)
+    add_route(app, "GET", "/log/batch/{seq}/proof", batch_proof, user)
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)

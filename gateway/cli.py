@@ -142,7 +142,9 @@ def cmd_ledger_prove(args: argparse.Namespace) -> int:
     from gateway.ledger_tools import prove_batch
 
     settings = _settings(args)
-    size = prove_batch(settings.storage.data_dir, settings.hub.hub_id, args.batch, args.out)
+    size = prove_batch(
+        settings.storage.data_dir, settings.hub.hub_id, args.batch, args.out, args.patient
+    )
     print(f"wrote the inclusion proof of batch {args.batch} in a tree of {size} to {args.out}")
     return 0
 
@@ -161,7 +163,12 @@ def cmd_ledger_check_proof(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         print(f"FAIL: {exc}")
         return 1
-    readings = f", {len(report.payload.readings)} readings" if report.payload else ""
+    if report.records:
+        readings = f", {len(report.records)} disclosed records verify against the batch"
+    elif report.payload and report.payload.readings:
+        readings = f", {len(report.payload.readings)} readings"
+    else:
+        readings = ""
     print(
         f"OK: batch {report.batch_seq} is in the checkpointed log of {report.tree_size}{readings}"
     )
@@ -505,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--patient", help="disclose this patient's records of the batch, proven")
     p.set_defaults(func=cmd_ledger_prove)
     p = ledger.add_parser("check-proof", help="check an inclusion proof file")
     p.add_argument("file", type=Path)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gateway.disclosure import disclosed_for
 from gateway.errors import InputError, StorageError
 from gateway.sealing import load_public_keys
 from gateway.store import Store
 from ledger import rfc6962
-from ledger.bundle import write_bundle
+from ledger.bundle import BundleBatch, write_bundle
 from ledger.note import add_signatures
 from ledger.proof import make_inclusion_bundle
+from ledger.records import disclose
 
 
 def _public(data_dir: Path, hub_id: str) -> tuple[dict[str, Any], str]:
@@ -32,12 +35,14 @@ def _latest_checkpoint(store: Store) -> tuple[int, str]:
 
 
 def export_bundle(data_dir: Path, hub_id: str, out: Path) -> int:
-    """Write every batch covered by the latest checkpoint; return the number of batches."""
+    """Write every batch covered by the latest checkpoint with all its records (the whole
+    hub's health data: for the operator to hand to a verifying site); return the number of
+    batches."""
     jwk, vkey = _public(data_dir, hub_id)
     store = Store(data_dir, read_only=True)
     try:
         size, note = _latest_checkpoint(store)
-        jws_list = (b.jws for b in store.batches(limit=size))
+        jws_list = _bundle_batches(store, size)
         tmp = out.with_name(out.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as handle:
             write_bundle(
@@ -49,8 +54,23 @@ def export_bundle(data_dir: Path, hub_id: str, out: Path) -> int:
     return size
 
 
-def prove_batch(data_dir: Path, hub_id: str, seq: int, out: Path) -> int:
-    """Write an offline inclusion proof for batch `seq`; return the tree size it proves to."""
+def _bundle_batches(store: Store, size: int) -> Iterator[BundleBatch]:
+    for batch in store.batches(limit=size):
+        records = store.batch_records(batch.seq)
+        if records.seed is None:  # format 1: the records are in the JWS
+            yield batch.jws
+        else:
+            every = disclose(
+                records.seed, records.canonical, range(len(records.canonical)), with_paths=False
+            )
+            yield batch.jws, every
+
+
+def prove_batch(
+    data_dir: Path, hub_id: str, seq: int, out: Path, patient: str | None = None
+) -> int:
+    """Write an offline inclusion proof for batch `seq`, with `patient`'s records of it when
+    given; return the tree size it proves to."""
     store = Store(data_dir, read_only=True)
     try:
         size, note = _latest_checkpoint(store)
@@ -59,7 +79,13 @@ def prove_batch(data_dir: Path, hub_id: str, seq: int, out: Path) -> int:
         leaves = store.leaf_hashes(0, size)
         batch = next(iter(store.batches(since_seq=seq, limit=1)))
         proof = rfc6962.inclusion_proof_from_hashes(leaves, seq)
-        out.write_text(make_inclusion_bundle(batch.jws, seq, size, proof, note))
+        records = []
+        if patient is not None:
+            found = disclosed_for(batch.jws, store.batch_records(seq), {patient})
+            if found is None:
+                raise InputError(f"batch {seq} holds no record of patient {patient!r}")
+            records = found
+        out.write_text(make_inclusion_bundle(batch.jws, seq, size, proof, note, records))
     finally:
         store.close()
     return size

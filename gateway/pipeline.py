@@ -419,7 +419,7 @@ class Hub:
         batches = min(SEAL_BATCHES_PER_JOB, max(1, self._batcher.pending // limit))
         outcomes = await self._writer.run(self._seal_batches, limit, batches)
         for outcome in outcomes:
-            self._batcher.sealed(outcome.batch.reading_count, self._clock.monotonic())
+            self._batcher.sealed(outcome.records, self._clock.monotonic())
             self.telemetry.inc("glucohub_ledger_batches_total")
             self.telemetry.inc("glucohub_ledger_readings_sealed_total", outcome.batch.reading_count)
             self.fanout.publish(

@@ -7,6 +7,7 @@ listen to a `LiveFeed`. Each is implemented once in the gateway and faked in tes
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -180,6 +181,23 @@ class AlertControl(Protocol):
     async def snooze(self, patient_id: str, kind: AlertKind, *, minutes: int, by: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisclosedBatch:
+    """A batch, or its proof file, as one reader may receive it."""
+
+    seq: int
+    patients: frozenset[str]  # whose records it discloses
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantinedRecord:
+    record: str  # "reading" or "event"
+    row_id: int
+    patient_id: str | None
+    reason: str
+
+
 class LedgerView(Protocol):
     """The public, read-only transparency log plus the private batch bodies."""
 
@@ -203,10 +221,23 @@ class LedgerView(Protocol):
         """(tree size of the latest checkpoint, audit path) for batch `seq`."""
         ...
 
-    async def inclusion_proof_file(self, seq: int) -> str:
+    async def batch_view(self, seq: int, patients: AbstractSet[str]) -> DisclosedBatch | None:
+        """Batch `seq` as a reader who may see `patients` receives it: its JWS and only
+        those patients' records, each provable against the signed root. None when the
+        batch is missing or holds nothing the reader may have."""
+        ...
+
+    async def inclusion_proof_file(
+        self, seq: int, patients: AbstractSet[str]
+    ) -> DisclosedBatch | None:
         """The offline inclusion proof of batch `seq` (JWS, leaf index, tree size, audit
-        path, signed checkpoint) as `glucohub ledger check-proof` reads it; verified
-        before it is returned. InputError when no signed checkpoint covers the batch."""
+        path, signed checkpoint, `patients`' records) as `glucohub ledger check-proof`
+        reads it; verified before it is returned. None as for `batch_view`; InputError
+        when no signed checkpoint covers the batch."""
+        ...
+
+    async def quarantined(self) -> list[QuarantinedRecord]:
+        """Stored records that could not be sealed, kept out of the ledger."""
         ...
 
     async def add_cosignature(self, text: str) -> None:

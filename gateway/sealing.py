@@ -11,6 +11,7 @@ checkpoints for one size cannot exist.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,13 +21,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import ConfigError
 from gateway.model import Batch
-from gateway.store import Store
+from gateway.store import Store, Unsealable
 from ledger import keys as ledger_keys
-from ledger.batch import seal_batch_json
+from ledger.batch import seal_records
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.errors import KeyFileError
 from ledger.note import NoteSigner, verifier_key
+from ledger.records import disclose, disclosed_to_json, new_seed, record_leaf_hashes
 from ledger.rfc6962 import CompactTree
+
+log = logging.getLogger(__name__)
 
 KEYS_DIR = "keys"
 BATCH_KEY_FILE = "batch-key.pem"
@@ -111,8 +115,24 @@ def load_public_keys(data_dir: Path, hub_id: str) -> tuple[Ed25519PublicKey, str
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SealOutcome:
     batch: Batch
+    records: int  # readings and ledger events
     tree_size: int
     root_hash: bytes
+
+
+def batch_message(batch_seq: int, jws: bytes, seed: bytes, canonical: list[bytes]) -> bytes:
+    """The upstream message of a sealed batch: its JWS and every record disclosed whole, so
+    the clinic can verify and store it (the bundle's batch line has the same shape)."""
+    records = disclose(seed, canonical, range(len(canonical)), with_paths=False)
+    return json.dumps(
+        {
+            "batch_seq": batch_seq,
+            "jws": jws.decode("ascii"),
+            "records": [disclosed_to_json(r) for r in records],
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
 
 
 class Sealer:
@@ -134,10 +154,16 @@ class Sealer:
         return f"glucohub/v1/hubs/{self._hub_id}/{kind}" if self._forward else None
 
     def seal(self, limit: int, now: datetime, *, sign: bool = True) -> SealOutcome | None:
-        """Seal up to `limit` of the oldest unsealed readings into one batch; with `sign`,
-        sign a checkpoint of the new tree too (a backlog signs once, at its end)."""
-        rows = self._store.unsealed_for_seal(limit)
-        events = self._store.unsealed_events(limit)
+        """Seal up to `limit` of the oldest unsealed readings, and ledger events, into one
+        batch; with `sign`, sign a checkpoint of the new tree too (a backlog signs once, at
+        its end). A stored record that cannot be sealed is quarantined first, never sealed,
+        and never stops the rest."""
+        while True:
+            rows, bad_rows = self._store.unsealed_for_seal(limit)
+            events, bad_events = self._store.unsealed_events_for_seal(limit)
+            if not bad_rows and not bad_events:
+                break
+            self._quarantine(bad_rows + bad_events, now)
         if not rows and not events:
             return None
         previous = self._store.last_batch()
@@ -145,13 +171,15 @@ class Sealer:
         # Stored times are RFC 3339 UTC with milliseconds and "Z": they sort as text.
         times = [row.time for row in rows] or [to_rfc3339(now)]
         first, last = min(times), max(times)
-        sealed = seal_batch_json(
+        canonical = [row.canonical.encode("utf-8") for row in rows]
+        canonical += [event.canonical.encode("utf-8") for event in events]
+        seed = new_seed()
+        sealed = seal_records(
             hub_id=self._hub_id,
             batch_seq=seq,
             start=first,
             end=last,
-            readings_json="[" + ",".join(row.canonical for row in rows) + "]",
-            events=[body for _, body in events],
+            record_leaf_hashes=record_leaf_hashes(seed, canonical),
             prev_jws=None if previous is None else previous.jws,
             signing_key=self._keys.batch_key,
             kid=self._keys.batch_kid,
@@ -168,19 +196,35 @@ class Sealer:
         tree = CompactTree.from_bytes(self._tree.to_bytes())
         tree.append(sealed.leaf_hash)
         root = tree.root()
+        topic = self._topic("batches")
         self._store.record_sealed_batch(
             batch=batch,
             last_row_id=rows[-1].row_id if rows else 0,
-            last_event_id=events[-1][0] if events else None,
+            last_event_id=events[-1].row_id if events else None,
             event_count=len(events),
             tree_size=tree.size,
             compact_tree=tree.to_bytes(),
-            outbox_topic=self._topic("batches"),
+            record_seed=seed,
+            outbox=None
+            if topic is None
+            else (topic, batch_message(seq, sealed.jws, seed, canonical)),
         )
         self._tree = tree
         if sign:
             self.sign_checkpoint(now)
-        return SealOutcome(batch=batch, tree_size=tree.size, root_hash=root)
+        return SealOutcome(batch=batch, records=len(canonical), tree_size=tree.size, root_hash=root)
+
+    def _quarantine(self, items: list[Unsealable], now: datetime) -> None:
+        self._store.quarantine(items, now)
+        for item in items:
+            log.critical(
+                "QUARANTINED stored %s %d of patient %s: it cannot be sealed (%s); it is kept "
+                "out of the ledger, everything else is sealed",
+                item.record,
+                item.row_id,
+                item.patient_id,
+                item.reason,
+            )
 
     def sign_checkpoint(self, now: datetime) -> int:
         """Sign a checkpoint of the current tree. Its (size, root) is committed first and

@@ -10,22 +10,26 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from gateway.disclosure import disclosed_for
 from gateway.errors import ConfigError, InputError
 from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
+from gateway.protocols import DisclosedBatch, QuarantinedRecord
 from gateway.sealing import HubKeys
-from gateway.store import Store
+from gateway.store import BatchRecords, Store
 from ledger import rfc6962, tiles
 from ledger.checkpoint import Checkpoint
 from ledger.cosignature import CosignatureVerifier, verify_cosignature
 from ledger.errors import LedgerError
 from ledger.note import add_signatures
 from ledger.proof import make_inclusion_bundle
+from ledger.records import Disclosed, batch_view_json
 
 _RECENT_CHECKPOINTS = 16
 
@@ -271,17 +275,57 @@ class StoreLedgerView:
 
         return await self._reader.run(read)
 
-    async def inclusion_proof_file(self, seq: int) -> str:
-        def read(store: Store) -> str:
+    async def batch_view(self, seq: int, patients: AbstractSet[str]) -> DisclosedBatch | None:
+        def read(store: Store) -> DisclosedBatch | None:
+            batch = store.batch(seq)
+            if batch is None:
+                return None
+            records = store.batch_records(seq)
+            disclosed = disclosed_for(batch.jws, records, patients)
+            if disclosed is None:
+                return None
+            return DisclosedBatch(
+                seq=seq,
+                patients=_disclosed_patients(records, disclosed, patients),
+                text=batch_view_json(seq, batch.jws, disclosed),
+            )
+
+        return await self._reader.run(read)
+
+    async def inclusion_proof_file(
+        self, seq: int, patients: AbstractSet[str]
+    ) -> DisclosedBatch | None:
+        def read(store: Store) -> DisclosedBatch | None:
+            batch = store.batch(seq)
+            if batch is None:
+                return None
+            records = store.batch_records(seq)
+            disclosed = disclosed_for(batch.jws, records, patients)
+            if disclosed is None:
+                return None
             latest = store.latest_checkpoint()
             if latest is None or not 0 <= seq < latest[0]:
                 raise InputError(f"batch {seq} is not in a signed checkpoint yet")
             size, root, note = latest
-            batch = next(iter(store.batches(since_seq=seq, limit=1)))
             path = self._inclusion_path(store, seq, size)
             rfc6962.verify_inclusion(batch.leaf_hash, seq, size, path, root)  # never a bad one
             note = add_signatures(note, store.cosignatures(size))
-            return make_inclusion_bundle(batch.jws, seq, size, path, note)
+            return DisclosedBatch(
+                seq=seq,
+                patients=_disclosed_patients(records, disclosed, patients),
+                text=make_inclusion_bundle(batch.jws, seq, size, path, note, disclosed),
+            )
+
+        return await self._reader.run(read)
+
+    async def quarantined(self) -> list[QuarantinedRecord]:
+        def read(store: Store) -> list[QuarantinedRecord]:
+            return [
+                QuarantinedRecord(
+                    record=q.record, row_id=q.row_id, patient_id=q.patient_id, reason=q.reason
+                )
+                for q in store.quarantined()
+            ]
 
         return await self._reader.run(read)
 
@@ -314,3 +358,11 @@ class StoreLedgerView:
             raise InputError("cosignature does not verify for a recent checkpoint")
 
         await self._writer_run(accept)
+
+
+def _disclosed_patients(
+    records: BatchRecords, disclosed: list[Disclosed], patients: AbstractSet[str]
+) -> frozenset[str]:
+    if records.seed is None:  # format 1: every record is of `patients` (disclosed_for)
+        return frozenset(p for p in records.patients if p in patients) or frozenset(patients)
+    return frozenset(records.patients[d.index] for d in disclosed)

@@ -40,6 +40,7 @@ from gateway.model import (
 )
 from gateway.protocols import DeadLetter, RejectReason
 from gateway.units import Unit
+from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
 
 DB_FILENAME = "glucohub.sqlite3"
@@ -109,7 +110,8 @@ CREATE TABLE IF NOT EXISTS batches (
     last_time TEXT NOT NULL,
     sealed_at TEXT NOT NULL,
     jws BLOB NOT NULL,
-    leaf_hash BLOB NOT NULL
+    leaf_hash BLOB NOT NULL,
+    record_seed BLOB
 );
 CREATE TABLE IF NOT EXISTS tree_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -164,7 +166,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_at TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record TEXT NOT NULL,
+    row_id INTEGER NOT NULL,
+    patient_id TEXT,
+    reason TEXT NOT NULL,
+    quarantined_at TEXT NOT NULL,
+    UNIQUE (record, row_id)
+);
 """
+
+# Readings and ledger events that cannot be sealed carry this batch_seq: out of every
+# batch and of the unsealed set, kept where they are (see `Store.quarantine`).
+QUARANTINED = -1
 
 TIME_COLUMN = 6  # index of `time` in _READING_COLUMNS rows
 _READING_COLUMNS = (
@@ -203,6 +218,35 @@ class UnsealedReading(NamedTuple):
     row_id: int
     time: str  # as stored: RFC 3339 UTC, milliseconds, "Z" (sorts as text)
     canonical: str  # RFC 8785 text of the reading's JSON
+
+
+class UnsealedEvent(NamedTuple):
+    row_id: int
+    patient_id: str
+    canonical: str  # RFC 8785 text of the event body
+
+
+class Unsealable(NamedTuple):
+    """A stored reading or ledger event that has no canonical form: it cannot be sealed."""
+
+    record: str  # "reading" or "event"
+    row_id: int
+    patient_id: str | None
+    reason: str
+
+
+class BatchRecords(NamedTuple):
+    """What a sealed batch's records are, as the hub stores them: readings (id order),
+    then ledger events (id order), each with its patient."""
+
+    seed: bytes | None  # None for a format-1 batch (records inline in the JWS)
+    patients: list[str]
+    canonical: list[bytes]
+    reading_times: list[str]  # as stored, of the readings (the first reading_count records)
+
+    @property
+    def reading_count(self) -> int:
+        return len(self.reading_times)
 
 
 # The unsealed readings a `Store` remembers having written (see `unsealed_for_seal`); at
@@ -380,11 +424,18 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        """Columns newer than a database made by an earlier release."""
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(batches)")}
+        if "record_seed" not in columns:
+            self._db.execute("ALTER TABLE batches ADD COLUMN record_seed BLOB")
 
     # -- transactions -------------------------------------------------------------------
 
@@ -693,8 +744,9 @@ class Store:
             (limit,),
         ).fetchall()
 
-    def unsealed_for_seal(self, limit: int) -> list[UnsealedReading]:
-        """The oldest unsealed readings, at most `limit`, in id order.
+    def unsealed_for_seal(self, limit: int) -> tuple[list[UnsealedReading], list[Unsealable]]:
+        """The oldest unsealed readings, at most `limit`, in id order, and those among them
+        that cannot be serialised canonically (to be quarantined, never sealed).
 
         Readings this `Store` wrote itself come from memory (the tail) when the database's
         next unsealed ids are exactly the tail's first ones: the tail holds only ids that
@@ -714,31 +766,102 @@ class Store:
             and tail[0].row_id == low
             and tail[count - 1].row_id == high
         ):
-            return list(itertools.islice(tail, count))
-        return [
-            UnsealedReading(int(row[0]), str(row[TIME_COLUMN]), reading_canonical_from_row(row))
-            for row in self.unsealed_reading_rows(limit)
-        ]
+            return list(itertools.islice(tail, count)), []
+        good: list[UnsealedReading] = []
+        bad: list[Unsealable] = []
+        for row in self.unsealed_reading_rows(limit):
+            try:
+                good.append(
+                    UnsealedReading(
+                        int(row[0]),
+                        _checked_time(row[TIME_COLUMN]),
+                        reading_canonical_from_row(row),
+                    )
+                )
+            except (LedgerError, ValueError, TypeError, AttributeError) as exc:
+                bad.append(Unsealable("reading", int(row[0]), _text_or_none(row[1]), str(exc)))
+        return good, bad
+
+    def unsealed_events_for_seal(self, limit: int) -> tuple[list[UnsealedEvent], list[Unsealable]]:
+        """The oldest unsealed ledger events as canonical text, and those that have none."""
+        good: list[UnsealedEvent] = []
+        bad: list[Unsealable] = []
+        rows = self._db.execute(
+            "SELECT id, patient_id, body FROM ledger_events WHERE batch_seq IS NULL "
+            "ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        for row_id, patient_id, body in rows:
+            try:
+                obj = json.loads(body)
+                if not isinstance(obj, dict):
+                    raise ValueError("event body is not a JSON object")
+                canonical = canonicalize(obj).decode("utf-8")
+                good.append(UnsealedEvent(int(row_id), str(patient_id), canonical))
+            except (LedgerError, ValueError, TypeError, RecursionError) as exc:
+                bad.append(Unsealable("event", int(row_id), _text_or_none(patient_id), str(exc)))
+        return good, bad
+
+    def quarantine(self, items: Sequence[Unsealable], now: datetime) -> None:
+        """Take records that cannot be sealed out of the unsealed set, for good: each stays
+        where it is, marked QUARANTINED, and is listed with its reason."""
+        self._begin()
+        try:
+            for item in items:
+                table = "readings" if item.record == "reading" else "ledger_events"
+                self._db.execute(
+                    f"UPDATE {table} SET batch_seq = ? WHERE id = ? AND batch_seq IS NULL",
+                    (QUARANTINED, item.row_id),
+                )
+                self._db.execute(
+                    "INSERT INTO quarantine (record, row_id, patient_id, reason, quarantined_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (record, row_id) DO NOTHING",
+                    (item.record, item.row_id, item.patient_id, item.reason, to_rfc3339(now)),
+                )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        quarantined = {i.row_id for i in items if i.record == "reading"}
+        if quarantined:
+            self._tail = deque(e for e in self._tail if e.row_id not in quarantined)
+
+    def quarantined(self) -> list[Unsealable]:
+        rows = self._db.execute(
+            "SELECT record, row_id, patient_id, reason FROM quarantine ORDER BY id"
+        )
+        return [Unsealable(str(r[0]), int(r[1]), _text_or_none(r[2]), str(r[3])) for r in rows]
+
+    def count_quarantined(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+
+    def batch_records(self, batch_seq: int) -> BatchRecords:
+        """A sealed batch's records as sealed (for disclosure, export and verification)."""
+        row = self._db.execute(
+            "SELECT record_seed FROM batches WHERE seq = ?", (batch_seq,)
+        ).fetchone()
+        seed = None if row is None or row[0] is None else bytes(row[0])
+        patients: list[str] = []
+        canonical: list[bytes] = []
+        times: list[str] = []
+        for reading in self.batch_reading_rows(batch_seq):
+            patients.append(str(reading[1]))
+            canonical.append(reading_canonical_from_row(reading).encode("utf-8"))
+            times.append(str(reading[TIME_COLUMN]))
+        events = self._db.execute(
+            "SELECT patient_id, body FROM ledger_events WHERE batch_seq = ? ORDER BY id",
+            (batch_seq,),
+        )
+        for patient_id, body in events:
+            patients.append(str(patient_id))
+            canonical.append(canonicalize(json.loads(body)))
+        return BatchRecords(seed, patients, canonical, times)
 
     def batch_reading_rows(self, batch_seq: int) -> list[tuple[Any, ...]]:
         return self._db.execute(
             f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq = ? ORDER BY id",
             (batch_seq,),
         ).fetchall()
-
-    def unsealed_reading_json(self, limit: int) -> list[tuple[int, dict[str, object]]]:
-        rows = self._db.execute(
-            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [(int(r[0]), reading_json_from_row(r)) for r in rows]
-
-    def batch_reading_json(self, batch_seq: int) -> list[dict[str, object]]:
-        rows = self._db.execute(
-            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq = ? ORDER BY id",
-            (batch_seq,),
-        )
-        return [reading_json_from_row(r) for r in rows]
 
     def count_unsealed(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL").fetchone()
@@ -758,11 +881,20 @@ class Store:
     def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
         rows = self._db.execute(
             "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "
-            "FROM batches WHERE seq IN (SELECT DISTINCT batch_seq FROM readings "
-            "WHERE patient_id = ? AND batch_seq IS NOT NULL) ORDER BY seq DESC LIMIT ?",
-            (patient_id, limit),
+            "FROM batches WHERE seq IN (SELECT batch_seq FROM readings "
+            "WHERE patient_id = ? AND batch_seq >= 0 UNION SELECT batch_seq FROM ledger_events "
+            "WHERE patient_id = ? AND batch_seq >= 0) ORDER BY seq DESC LIMIT ?",
+            (patient_id, patient_id, limit),
         )
         return [_batch(r) for r in rows]
+
+    def batch(self, seq: int) -> Batch | None:
+        row = self._db.execute(
+            "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "
+            "FROM batches WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        return None if row is None else _batch(row)
 
     def batch_seqs(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT seq FROM batches ORDER BY seq")]
@@ -815,15 +947,16 @@ class Store:
         event_count: int,
         tree_size: int,
         compact_tree: bytes,
-        outbox_topic: str | None,
+        record_seed: bytes,
+        outbox: tuple[str, bytes] | None,
     ) -> None:
         """Seal atomically: the batch, its readings' and events' batch_seq, the tree state
-        and the batch's outbox row."""
+        and the batch's outbox row (topic, payload)."""
         self._begin()
         try:
             self._db.execute(
                 "INSERT INTO batches (seq, reading_count, first_time, last_time, sealed_at, "
-                "jws, leaf_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "jws, leaf_hash, record_seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch.seq,
                     batch.reading_count,
@@ -832,6 +965,7 @@ class Store:
                     to_rfc3339(batch.sealed_at),
                     batch.jws,
                     batch.leaf_hash,
+                    record_seed,
                 ),
             )
             cursor = self._db.execute(
@@ -855,10 +989,10 @@ class Store:
                 "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
                 (tree_size, compact_tree),
             )
-            if outbox_topic is not None:
+            if outbox is not None:
                 self._db.execute(
                     "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
-                    (outbox_topic, batch.jws, to_rfc3339(batch.sealed_at)),
+                    (outbox[0], outbox[1], to_rfc3339(batch.sealed_at)),
                 )
             self._commit()
         except BaseException:
@@ -999,13 +1133,6 @@ class Store:
         )
         return [alert_from_row(r) for r in rows]
 
-    def unsealed_events(self, limit: int) -> list[tuple[int, dict[str, object]]]:
-        rows = self._db.execute(
-            "SELECT id, body FROM ledger_events WHERE batch_seq IS NULL ORDER BY id LIMIT ?",
-            (limit,),
-        )
-        return [(int(r[0]), json.loads(r[1])) for r in rows]
-
     def batch_events(self, batch_seq: int) -> list[dict[str, object]]:
         rows = self._db.execute(
             "SELECT body FROM ledger_events WHERE batch_seq = ? ORDER BY id", (batch_seq,)
@@ -1126,9 +1253,33 @@ def _batch(row: tuple[Any, ...]) -> Batch:
         first_time=when(row[2]),
         last_time=when(row[3]),
         sealed_at=when(row[4]),
-        jws=bytes(row[5]),
-        leaf_hash=bytes(row[6]),
+        jws=_blob(row[5]),
+        leaf_hash=_blob(row[6]),
     )
+
+
+def _blob(value: object) -> bytes:
+    """A BLOB column as bytes, also when someone stored it as TEXT (verify reports it)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise StorageError(f"a BLOB column holds {type(value).__name__}")
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _checked_time(value: object) -> str:
+    """A stored reading time is our own RFC 3339 spelling; anything else cannot be sealed."""
+    text = str(value)
+    if not _STORED_TIME.fullmatch(text):
+        raise ValueError(f"stored time {text[:40]!r} is not RFC 3339 UTC with milliseconds")
+    return text
+
+
+_STORED_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 
 def json_line(obj: dict[str, object]) -> str:

@@ -18,11 +18,13 @@ from gateway.store import (
     reading_json_from_row,
 )
 from ledger import rfc6962
-from ledger.batch import batch_hash
+from ledger._b64 import b64url_encode
+from ledger.batch import batch_hash, parse_payload
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import LedgerError
 from ledger.jws import verify_compact
 from ledger.note import NoteVerifier
+from ledger.records import record_leaf_hashes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +96,12 @@ def _check_range(data_dir: Path, hub_id: str, first: int, end: int) -> list[_Che
     return out
 
 
+def _bad(seq: int, problem: str) -> _Checked:
+    return _Checked(
+        seq=seq, leaf_hash=b"", jws_hash="", signed_prev="", readings=0, problem=problem
+    )
+
+
 def _check_batch(
     store: Store,
     seq: int,
@@ -103,15 +111,34 @@ def _check_batch(
     batch_key: Any,
     hub_id: str,
 ) -> _Checked:
-    def bad(problem: str) -> _Checked:
-        return _Checked(
-            seq=seq, leaf_hash=b"", jws_hash="", signed_prev="", readings=0, problem=problem
+    """One batch on its own; whatever is wrong with what is stored is a problem named
+    for this batch, never an exception."""
+    try:
+        return _check_batch_unguarded(
+            store, seq, jws, stored_leaf, reading_count, batch_key, hub_id
         )
+    except Exception as exc:
+        return _bad(seq, f"stored batch unreadable ({type(exc).__name__}: {exc})")
+
+
+def _check_batch_unguarded(
+    store: Store,
+    seq: int,
+    jws: bytes,
+    stored_leaf: bytes,
+    reading_count: int,
+    batch_key: Any,
+    hub_id: str,
+) -> _Checked:
+    def bad(problem: str) -> _Checked:
+        return _bad(seq, problem)
 
     try:
         body = verify_compact(jws, batch_key)
     except LedgerError as exc:
         return bad(f"signature does not verify ({exc})")
+    if b'"records_root":' in body[:512]:
+        return _check_format_2(store, seq, jws, body, stored_leaf, reading_count, hub_id)
     rows = store.batch_reading_rows(seq)
     signed, problem = _signed_fields(body, rows)
     if problem is not None:
@@ -131,6 +158,51 @@ def _check_batch(
         jws_hash=base64.urlsafe_b64encode(batch_hash(jws)).rstrip(b"=").decode(),
         signed_prev=str(signed.get("prev_batch_hash")),
         readings=len(rows),
+    )
+
+
+def _check_format_2(
+    store: Store,
+    seq: int,
+    jws: bytes,
+    body: bytes,
+    stored_leaf: bytes,
+    reading_count: int,
+    hub_id: str,
+) -> _Checked:
+    try:
+        payload = parse_payload(body)
+    except LedgerError as exc:
+        return _bad(seq, f"signed payload is malformed ({exc})")
+    if payload.batch_seq != seq or payload.hub_id != hub_id:
+        return _bad(seq, f"signed as batch {payload.batch_seq} of hub {payload.hub_id}")
+    records = store.batch_records(seq)
+    if records.seed is None:
+        return _bad(seq, "no record seed is stored for this format-2 batch")
+    if len(records.canonical) != payload.record_count:
+        return _bad(
+            seq, f"{len(records.canonical)} stored records, the batch signs {payload.record_count}"
+        )
+    if records.reading_count != reading_count:
+        return _bad(
+            seq, f"{records.reading_count} stored readings, the batch record says {reading_count}"
+        )
+    leaves = record_leaf_hashes(records.seed, records.canonical)
+    if rfc6962.root_from_hashes(leaves) != payload.records_root:
+        return _bad(seq, "stored readings or events differ from the signed ones")
+    if records.reading_times and (
+        payload.start != min(records.reading_times) or payload.end != max(records.reading_times)
+    ):
+        return _bad(seq, "signed time range differs from the stored readings")
+    leaf = rfc6962.leaf_hash(batch_hash(jws))
+    if leaf != stored_leaf:
+        return _bad(seq, "stored leaf hash does not match its JWS")
+    return _Checked(
+        seq=seq,
+        leaf_hash=leaf,
+        jws_hash=b64url_encode(batch_hash(jws)),
+        signed_prev=payload.prev_batch_hash,
+        readings=records.reading_count,
     )
 
 

@@ -46,6 +46,8 @@ __all__ = [
     "SealedJws",
     "batch_hash",
     "open_batch",
+    "parse_payload",
+    "payload_from_jws",
     "seal_batch",
     "seal_records",
     "verify_batch_chain",
@@ -211,11 +213,29 @@ def open_batch(jws: bytes | str, public_key: Ed25519PublicKey) -> BatchPayload:
     Raises MalformedJws / BadSignature (from the JWS layer) or MalformedBatch when the signed
     payload is not a batch object. Sequence and chain checks are verify_batch_chain's job.
     """
-    body = verify_compact(jws, public_key)
+    return parse_payload(verify_compact(jws, public_key))
+
+
+def parse_payload(body: bytes) -> BatchPayload:
+    """A batch payload from its signed bytes (whose signature the caller has checked)."""
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise MalformedBatch(f"payload is not UTF-8 JSON: {exc}") from None
+    return _payload_from_json(obj)
+
+
+def payload_from_jws(jws: bytes | str) -> BatchPayload:
+    """The payload of a JWS *without* checking its signature: only for a JWS whose bytes
+    something else vouches for (an inclusion proof in a log signed by a trusted key)."""
+    raw = jws.encode("ascii", "replace") if isinstance(jws, str) else bytes(jws)
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        raise MalformedJws("a compact JWS has three parts")
+    try:
+        obj = json.loads(b64url_decode(parts[1]))
+    except (ValueError, RecursionError):
+        raise MalformedBatch("payload is not base64url UTF-8 JSON") from None
     return _payload_from_json(obj)
 
 

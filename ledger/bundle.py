@@ -2,15 +2,21 @@
 
 Layout, one JSON object per line, in this order:
 
-    {"type":"keys","format":"glucohub-bundle/1","log_vkey":VKEY,"batch_jwk":JWK}
-    {"type":"batch","batch_seq":0,"jws":"..."}          one line per batch, 0 .. N-1
-    {"type":"checkpoint","note":"..."}                  the log's signed checkpoint of size N,
-                                                        with any witness cosignature lines
+    {"type":"keys","format":"glucohub-bundle/2","log_vkey":VKEY,"batch_jwk":JWK}
+    {"type":"batch","batch_seq":0,"jws":"...","records":[...]}   one line per batch, 0 .. N-1
+    {"type":"checkpoint","note":"..."}        the log's signed checkpoint of size N,
+                                              with any witness cosignature lines
 
-`verify_bundle` re-verifies every batch signature and the hash chain, recomputes the RFC 6962
-root over SHA-256(JWS) leaves and checks it against the checkpoint signed by the log key. So
-an edited reading, a deleted, duplicated or reordered line, or a swapped checkpoint fails with
-a BundleError naming the batch (batch_seq None when no single batch is to blame).
+A format-2 batch line carries its disclosed records (`ledger.records`): all of them, in
+order, in a whole-hub export; one patient's, each with its audit path, in a patient's export.
+A format-1 batch holds its records inline and has no "records". "glucohub-bundle/1" files
+(format-1 batches only) are still read.
+
+`verify_bundle` re-verifies every batch signature and the hash chain, every disclosed record
+against its batch's signed records root, recomputes the RFC 6962 root over SHA-256(JWS)
+leaves and checks it against the checkpoint signed by the log key. So an edited reading, a
+deleted, duplicated or reordered line, or a swapped checkpoint fails with a BundleError
+naming the batch (batch_seq None when no single batch is to blame).
 """
 
 from __future__ import annotations
@@ -20,24 +26,41 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.batch import verify_batch_chain
+from ledger.batch import BatchPayload, verify_batch_chain
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.cosignature import CosignatureVerifier, verify_cosignature
 from ledger.errors import BatchVerificationError, BundleError, LedgerError
 from ledger.keys import jwk_public_key, jwk_thumbprint
 from ledger.note import NoteVerifier, open_note
+from ledger.records import (
+    Disclosed,
+    disclosed_from_json,
+    disclosed_to_json,
+    verify_payload_records,
+)
 from ledger.rfc6962 import root_from_hashes
 
-__all__ = ["BUNDLE_FORMAT", "BundleReport", "bundle_lines", "verify_bundle", "write_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BundleBatch",
+    "BundleReport",
+    "bundle_lines",
+    "verify_bundle",
+    "write_bundle",
+]
 
-BUNDLE_FORMAT = "glucohub-bundle/1"
+BUNDLE_FORMAT = "glucohub-bundle/2"
+_FORMATS = (BUNDLE_FORMAT, "glucohub-bundle/1")
+
+# A bundle's batch: its JWS, or its JWS and the records disclosed with it.
+BundleBatch = bytes | str | tuple[bytes | str, Sequence[Disclosed]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BundleReport:
     hub_id: str | None  # None for an empty log
     batches: int
-    readings: int
+    readings: int  # readings signed inline (format 1) or disclosed (format 2)
     checkpoint: Checkpoint
     witnessed_by: tuple[str, ...]  # witnesses (of those given) whose cosignature verified
 
@@ -58,16 +81,21 @@ def bundle_lines(
     *,
     log_vkey: str,
     batch_jwk: Mapping[str, Any],
-    jws_list: Iterable[bytes | str],
+    jws_list: Iterable[BundleBatch],
     checkpoint_note: str,
 ) -> Iterator[str]:
-    """The bundle's lines (each ending in "\\n"); jws_list is every batch from 0, in order."""
+    """The bundle's lines (each ending in "\\n"); jws_list is every batch from 0, in order,
+    each a JWS or (JWS, disclosed records)."""
     yield _line(
         {"type": "keys", "format": BUNDLE_FORMAT, "log_vkey": log_vkey, "batch_jwk": batch_jwk}
     )
-    for seq, jws in enumerate(jws_list):
+    for seq, item in enumerate(jws_list):
+        jws, records = item if isinstance(item, tuple) else (item, None)
         text = jws if isinstance(jws, str) else jws.decode("ascii")
-        yield _line({"type": "batch", "batch_seq": seq, "jws": text})
+        line: dict[str, Any] = {"type": "batch", "batch_seq": seq, "jws": text}
+        if records is not None:
+            line["records"] = [disclosed_to_json(r) for r in records]
+        yield _line(line)
     yield _line({"type": "checkpoint", "note": checkpoint_note})
 
 
@@ -76,7 +104,7 @@ def write_bundle(
     *,
     log_vkey: str,
     batch_jwk: Mapping[str, Any],
-    jws_list: Iterable[bytes | str],
+    jws_list: Iterable[BundleBatch],
     checkpoint_note: str,
 ) -> int:
     """Write the bundle through `out_lines` (e.g. `file.write` or `list.append`), one call per
@@ -134,7 +162,7 @@ def verify_bundle(
     if first is None or first[1].get("type") != "keys":
         raise BundleError(None, "the first line is not the bundle's key line")
     keys = first[1]
-    if keys.get("format") != BUNDLE_FORMAT:
+    if keys.get("format") not in _FORMATS:
         raise BundleError(None, f"unknown bundle format {keys.get('format')!r}")
     if keys.get("log_vkey") != log_vkey:
         raise BundleError(None, "the bundle names another log key than the one trusted")
@@ -149,6 +177,18 @@ def verify_bundle(
         raise BundleError(None, "the bundle names another batch key than the one trusted")
 
     checkpoint_record: list[tuple[int, dict[str, Any]]] = []
+    disclosed: dict[int, list[Disclosed]] = {}
+    readings = 0
+
+    def check_records(payload: BatchPayload, _jws: bytes) -> None:
+        nonlocal readings
+        records = disclosed.pop(payload.batch_seq, [])
+        try:
+            verify_payload_records(payload, records)
+        except LedgerError as exc:
+            raise BatchVerificationError(payload.batch_seq, str(exc)) from None
+        readings += len(payload.readings)
+        readings += sum(1 for r in records if "type" not in r.record)  # events have a type
 
     def batch_tokens() -> Iterator[str]:
         for expected, (number, obj) in enumerate(records):
@@ -167,10 +207,17 @@ def verify_bundle(
                 )
             if not isinstance(jws, str):
                 raise BundleError(expected, f"line {number} has no JWS string")
+            items = obj.get("records", [])
+            if not isinstance(items, list):
+                raise BundleError(expected, f"line {number}: records is not a list")
+            try:
+                disclosed[expected] = [disclosed_from_json(item) for item in items]
+            except LedgerError as exc:
+                raise BundleError(expected, f"line {number}: {exc}") from None
             yield jws
 
     try:
-        chain = verify_batch_chain(batch_tokens(), batch_key)
+        chain = verify_batch_chain(batch_tokens(), batch_key, on_batch=check_records)
     except BatchVerificationError as exc:
         raise BundleError(exc.batch_seq, exc.reason) from None
 
@@ -208,7 +255,7 @@ def verify_bundle(
     return BundleReport(
         hub_id=chain.hub_id,
         batches=chain.batches,
-        readings=chain.readings,
+        readings=readings,
         checkpoint=checkpoint,
         witnessed_by=witnessed,
     )

@@ -27,7 +27,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from ledger._b64 import b64url_decode, b64url_encode
+from ledger.batch import BatchPayload, open_batch
 from ledger.errors import LedgerError, RecordError
 from ledger.jcs import canonicalize
 from ledger.rfc6962 import inclusion_proof_from_hashes, root_from_hashes, verify_inclusion
@@ -35,15 +38,19 @@ from ledger.rfc6962 import inclusion_proof_from_hashes, root_from_hashes, verify
 __all__ = [
     "SALT_BYTES",
     "SEED_BYTES",
+    "VIEW_FORMAT",
     "Disclosed",
+    "batch_view_json",
     "disclose",
     "disclosed_from_json",
     "disclosed_to_json",
     "new_seed",
+    "open_batch_view",
     "record_leaf_hashes",
     "record_salt",
     "records_root",
     "verify_disclosed",
+    "verify_payload_records",
 ]
 
 SEED_BYTES = 32
@@ -98,7 +105,7 @@ def disclose(
     with_paths: bool = True,
 ) -> list[Disclosed]:
     """Disclose the records at `indices` (records given as their canonical bytes)."""
-    leaves = record_leaf_hashes(seed, canonical_records)
+    leaves = record_leaf_hashes(seed, canonical_records) if with_paths else []
     out: list[Disclosed] = []
     for index in sorted(set(indices)):
         path = inclusion_proof_from_hashes(leaves, index) if with_paths else []
@@ -190,3 +197,53 @@ def disclosed_from_json(obj: object) -> Disclosed:
     except (binascii.Error, ValueError):
         raise RecordError(index, "audit_path holds a string that is not base64") from None
     return Disclosed(index=index, salt=salt, record=obj["record"], audit_path=hashes)
+
+
+VIEW_FORMAT = "glucohub-batch-view/1"
+
+
+def batch_view_json(batch_seq: int, jws: bytes | str, disclosed: Sequence[Disclosed]) -> str:
+    """A batch as served to one reader: its JWS and the records that reader may see."""
+    return (
+        json.dumps(
+            {
+                "format": VIEW_FORMAT,
+                "batch_seq": batch_seq,
+                "jws": jws if isinstance(jws, str) else jws.decode("ascii"),
+                "records": [disclosed_to_json(d) for d in disclosed],
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+
+
+def open_batch_view(
+    text: str | bytes, public_key: Ed25519PublicKey
+) -> tuple[BatchPayload, list[Disclosed]]:
+    """Verify a served batch view with the hub's batch public key: the JWS signature, and
+    every disclosed record against the signed root. Returns (BatchPayload, records)."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise RecordError(None, "batch view is not JSON") from None
+    if not isinstance(obj, dict) or obj.get("format") != VIEW_FORMAT:
+        raise RecordError(None, f"not a {VIEW_FORMAT} document")
+    jws, items = obj.get("jws"), obj.get("records")
+    if not isinstance(jws, str) or not isinstance(items, list):
+        raise RecordError(None, "batch view needs a jws string and a records list")
+    payload = open_batch(jws, public_key)
+    disclosed = [disclosed_from_json(item) for item in items]
+    verify_payload_records(payload, disclosed)
+    return payload, disclosed
+
+
+def verify_payload_records(payload: BatchPayload, disclosed: Sequence[Disclosed]) -> None:
+    """`verify_disclosed` against an opened batch; a format-1 batch has its records inline
+    and discloses none separately."""
+    if payload.records_root is None:
+        if disclosed:
+            raise RecordError(None, "a format-1 batch holds its records inline")
+        return
+    verify_disclosed(payload.records_root, payload.record_count, disclosed)

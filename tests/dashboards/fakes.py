@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +34,13 @@ from gateway.model import (
     Source,
     Transport,
 )
-from gateway.protocols import AlertChanged, LiveEvent, ReadingsStored
+from gateway.protocols import (
+    AlertChanged,
+    DisclosedBatch,
+    LiveEvent,
+    QuarantinedRecord,
+    ReadingsStored,
+)
 from gateway.units import Unit
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -186,13 +194,18 @@ class FakeAlertControl:
 
 
 class FakeLedger:
-    def __init__(self) -> None:
+    """Batch views disclose, per batch, the members of the patients asked for (as the real
+    one discloses their records): {"records": [{"patient_id": ...}, ...]}."""
+
+    def __init__(self, model: FakeReadModel) -> None:
+        self._model = model
         self.note: str | None = (
             "glucohub-local\n2\nq83ZbH6ZHQm1w2sCbyV5zYkXN6n8V3OQ4vJrgIh6mrU=\n"
             "\n— glucohub-local AAAA\n"
         )
         self.tiles: dict[str, bytes] = {"tile/0/000.p/2": b"\x01" * 64}
         self.cosignatures: list[str] = []
+        self.quarantine: list[QuarantinedRecord] = []
 
     def verifier_key(self) -> str:
         return "glucohub-local+0badc0de+AQID"
@@ -214,10 +227,41 @@ class FakeLedger:
     async def inclusion_proof(self, seq: int) -> tuple[int, list[bytes]]:
         return 2, [b"\xbb" * 32]
 
-    async def inclusion_proof_file(self, seq: int) -> str:
+    def _disclosed(self, seq: int, patients: AbstractSet[str]) -> list[Reading] | None:
+        members = [r for r in self._model.batch_members.get(seq, []) if r.patient_id in patients]
+        return members or None
+
+    @staticmethod
+    def _text(kind: str, seq: int, members: list[Reading]) -> str:
+        records = [{"patient_id": r.patient_id, "value": r.value} for r in members]
+        return json.dumps({"format": kind, "batch_seq": seq, "records": records}) + "\n"
+
+    async def batch_view(self, seq: int, patients: AbstractSet[str]) -> DisclosedBatch | None:
+        members = self._disclosed(seq, patients)
+        if members is None:
+            return None
+        return DisclosedBatch(
+            seq=seq,
+            patients=frozenset(r.patient_id for r in members),
+            text=self._text("fake-view", seq, members),
+        )
+
+    async def inclusion_proof_file(
+        self, seq: int, patients: AbstractSet[str]
+    ) -> DisclosedBatch | None:
+        members = self._disclosed(seq, patients)
+        if members is None:
+            return None
         if seq >= 2:
             raise InputError(f"batch {seq} is not in a signed checkpoint yet")
-        return f'{{"format":"fake-proof","leaf_index":{seq}}}\n'
+        return DisclosedBatch(
+            seq=seq,
+            patients=frozenset(r.patient_id for r in members),
+            text=self._text("fake-proof", seq, members),
+        )
+
+    async def quarantined(self) -> list[QuarantinedRecord]:
+        return list(self.quarantine)
 
     async def add_cosignature(self, text: str) -> None:
         if not text.startswith("— "):
@@ -347,7 +391,7 @@ def build_world(db_path: Path) -> World:
         model=model,
         live=live,
         alerts=FakeAlertControl(model, live, clock),
-        ledger=FakeLedger(),
+        ledger=FakeLedger(model),
         status=FakeStatus(),
         accounts=accounts,
         consent_events=events,

@@ -102,13 +102,8 @@ def test_edited_reading_in_a_bundle_fails(
 
     def edit(lines: list[str]) -> list[str]:
         record = json.loads(lines[2])
-        header, payload, signature = record["jws"].split(".")
-        import base64
-
-        body = json.loads(base64.urlsafe_b64decode(payload + "=="))
-        body["readings"][0]["value"] = 42
-        forged = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
-        record["jws"] = ".".join((header, forged, signature))
+        assert record["records"][0]["record"]["kind"] == "cgm_glucose"
+        record["records"][0]["record"]["value"] = 42
         return [lines[0], lines[1], json.dumps(record) + "\n", *lines[3:]]
 
     code, out = run(
@@ -131,18 +126,39 @@ def test_inclusion_proof_round_trip(
     log_key, batch_key = public_keys(capsys, hub_dir)
     proof = tmp_path / "proof.json"
     code, out = run(
-        capsys, "ledger", "prove", "--data-dir", str(hub_dir), "--batch", "2", "--out", str(proof)
+        capsys,
+        "ledger",
+        "prove",
+        "--data-dir",
+        str(hub_dir),
+        "--batch",
+        "2",
+        "--out",
+        str(proof),
+        "--patient",
+        "p1",
     )
     assert code == 0, out
+    # Batch 2 holds one reading of each patient; the proof carries p1's only.
+    assert '"p2"' not in proof.read_text()
     code, out = run(
         capsys, "ledger", "check-proof", str(proof), "--log-key", log_key, "--batch-key", batch_key
     )
-    assert code == 0 and "batch 2 is in the checkpointed log of 3, 2 readings" in out
-    doc = json.loads(proof.read_text())
+    assert code == 0, out
+    assert "batch 2 is in the checkpointed log of 3, 1 disclosed records verify" in out
+    code, out = run(capsys, "ledger", "check-proof", str(proof), "--log-key", log_key)
+    assert code == 0, out  # the log vouches for the JWS: its records check without the JWK
+    original = proof.read_text()
+    doc = json.loads(original)
+    doc["records"][0]["record"]["value"] = 250
+    proof.write_text(json.dumps(doc))
+    code, out = run(capsys, "ledger", "check-proof", str(proof), "--log-key", log_key)
+    assert code == 1 and "FAIL: batch 2: disclosed record 0" in out
+    doc = json.loads(original)
     doc["leaf_index"] = 1
     proof.write_text(json.dumps(doc))
     code, out = run(capsys, "ledger", "check-proof", str(proof), "--log-key", log_key)
-    assert code == 1 and "FAIL" in out
+    assert code == 1 and "FAIL: batch 1: batch is not in the checkpointed log" in out
 
 
 def test_proof_for_a_missing_batch_is_refused(
@@ -239,11 +255,16 @@ async def test_the_dashboard_proof_file_checks_offline(hub_dir: Path) -> None:
     writer = await Writer.open(hub_dir)
     try:
         view = StoreLedgerView(reader, keys, lambda fn: writer.run(fn, writer.store))
-        report = check_inclusion_bundle(
-            await view.inclusion_proof_file(1), keys.log_verifier_key, batch_jwk=keys.batch_jwk
-        )
+        proof = await view.inclusion_proof_file(1, {"p1"})
+        assert proof is not None and proof.patients == {"p1"}
+        report = check_inclusion_bundle(proof.text, keys.log_verifier_key, batch_jwk=keys.batch_jwk)
         assert report.batch_seq == 1 and report.tree_size == 3
-        assert report.payload is not None and len(report.payload.readings) == 5
+        # Batch 1 holds p2, p1, p2, p1, p2: p1's two readings are disclosed, at 1 and 3.
+        assert [(r.index, r.record["patient_id"]) for r in report.records] == [
+            (1, "p1"),
+            (3, "p1"),
+        ]
+        assert await view.inclusion_proof_file(1, {"nobody"}) is None
     finally:
         await asyncio.to_thread(reader.close)
         await writer.close()

@@ -1,0 +1,39 @@
+"""Which records of a sealed batch a reader may receive, and nothing else.
+
+A batch mixes patients. A reader gets a batch only as the records of the patients they may
+see (`ledger.records` proves each one against the signed root without revealing the rest);
+a batch of format 1 (sealed before format 2, records inline in the JWS) only when every
+record in it is theirs, read from the signed records themselves. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+
+from gateway.store import BatchRecords
+from ledger.batch import payload_from_jws
+from ledger.errors import LedgerError
+from ledger.records import Disclosed, disclose
+
+
+def disclosed_for(
+    jws: bytes, records: BatchRecords, patients: Set[str], *, with_paths: bool = True
+) -> list[Disclosed] | None:
+    """The records of `patients` in one batch, or None when the reader may have nothing of
+    it. A format-1 batch gives [] (its JWS is the whole batch) or None."""
+    if records.seed is None:
+        return [] if _format_1_only_of(jws, patients) else None
+    indices = [i for i, patient in enumerate(records.patients) if patient in patients]
+    if not indices:
+        return None
+    whole = len(indices) == len(records.canonical)
+    return disclose(records.seed, records.canonical, indices, with_paths=with_paths and not whole)
+
+
+def _format_1_only_of(jws: bytes, patients: Set[str]) -> bool:
+    try:
+        payload = payload_from_jws(jws)
+    except LedgerError:
+        return False
+    items = (*payload.readings, *payload.events)
+    return bool(items) and all(item.get("patient_id") in patients for item in items)
