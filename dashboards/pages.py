@@ -14,6 +14,7 @@ from dashboards.glycemia import format_glucose
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
 from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient
+from gateway.protocols import QuarantinedRecord
 from gateway.units import Unit
 
 
@@ -413,6 +414,7 @@ def ledger_page(
     *,
     checkpoint: str | None,
     verifier_key: str,
+    quarantined: Sequence[QuarantinedRecord] = (),
     user: User,
     csrf: str,
 ) -> str:
@@ -422,8 +424,8 @@ def ledger_page(
             f"<td>{_time(b.last_time)}</td><td>{_time(b.sealed_at)}</td>"
             f"<td><code>{esc(b.leaf_hash.hex()[:16])}…</code></td>"
             + (
-                f'<td><a href="/log/batch/{b.seq}">JWS</a></td>'
-                if user.role is Role.CLINICIAN
+                f'<td><a href="/log/batch/{b.seq}">your records</a></td>'
+                if user.role is not Role.ADMIN  # the admin sees no health data
                 else "<td></td>"
             )
             + "</tr>"
@@ -451,6 +453,16 @@ def ledger_page(
         "<th>Readings</th><th>First</th><th>Last</th><th>Sealed</th><th>Leaf hash</th><th></th>"
         f'</tr></thead><tbody id="batch-rows">{rows}</tbody></table></div></section>'
     )
+    if quarantined:
+        items = "".join(
+            f"<li>{esc(q.record)} {q.row_id}: {esc(q.reason)}</li>" for q in quarantined
+        )
+        body = (
+            '<section class="alarm" id="quarantine"><h2>Records kept out of the ledger</h2>'
+            f"<p>{len(quarantined)} stored record(s) could not be sealed. They are kept, "
+            "everything else is sealed; tell the hub's administrator.</p>"
+            f"<ul>{items}</ul></section>" + body
+        )
     body = '<p id="ledger-news" class="note" hidden></p>' + body
     return layout("Ledger", body, user=user, csrf=csrf, live="ledger")
 

@@ -554,14 +554,24 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
 
 async def ledger_page(request: web.Request) -> web.StreamResponse:
     d = deps(request)
-    batches = await d.read_model.latest_batches(50)
+    user = current_user(request)
+    if user.role is Role.ADMIN:  # runs the hub: every batch, none of their records
+        batches = await d.read_model.latest_batches(50)
+    else:  # only batches holding records of patients this user may see
+        found = {
+            b.seq: b
+            for pid in sorted(visible(request))
+            for b in await d.read_model.patient_batches(pid, 50)
+        }
+        batches = sorted(found.values(), key=lambda b: -b.seq)[:50]
     checkpoint = await d.ledger.checkpoint_note()
     return html(
         pages.ledger_page(
             batches,
             checkpoint=checkpoint,
             verifier_key=d.ledger.verifier_key(),
-            user=current_user(request),
+            quarantined=await d.ledger.quarantined(),
+            user=user,
             csrf=csrf_token(request),
         )
     )

@@ -229,8 +229,9 @@ class Hub:
     # -- status -------------------------------------------------------------------------
 
     def health(self) -> dict[str, object]:
+        quarantined = self._sealer.quarantined
         return {
-            "status": "stopping" if self._stopping else "ok",
+            "status": "stopping" if self._stopping else "degraded" if quarantined else "ok",
             "uptime_s": round(time.monotonic() - self._started, 1),
             "queues": {
                 "ingest": self._ingest.qsize(),
@@ -238,7 +239,8 @@ class Hub:
                 "alerts": self._alert_queue.qsize(),
                 "unsealed_readings": self._batcher.pending,
             },
-            "ledger": {"tree_size": self._sealer.tree_size},
+            # Stored records that cannot be sealed: kept, logged CRITICAL, listed on /ledger.
+            "ledger": {"tree_size": self._sealer.tree_size, "quarantined": quarantined},
             "sources": {name: probe() for name, probe in self.status_probes.items()},
         }
 

@@ -144,6 +144,7 @@ class Sealer:
         self._forward = forward
         state = store.tree_state()
         self._tree = CompactTree() if state is None else CompactTree.from_bytes(state[1])
+        self.quarantined = store.count_quarantined()
         self.sign_checkpoint(datetime.now(UTC))  # finishes whatever a crash interrupted
 
     @property
@@ -216,6 +217,7 @@ class Sealer:
 
     def _quarantine(self, items: list[Unsealable], now: datetime) -> None:
         self._store.quarantine(items, now)
+        self.quarantined = self._store.count_quarantined()
         for item in items:
             log.critical(
                 "QUARANTINED stored %s %d of patient %s: it cannot be sealed (%s); it is kept "
