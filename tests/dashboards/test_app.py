@@ -13,6 +13,7 @@ from yarl import URL
 from dashboards.access import Access
 from dashboards.context import DEPS
 from gateway.model import AlertKind, AlertLevel, AlertState
+from gateway.protocols import QuarantinedRecord
 from tests.dashboards.conftest import CSRF_RE, Login, csrf_of, login_as
 from tests.dashboards.fakes import NOW, PASSWORD, World, alert, cgm, push_alert, push_readings
 
@@ -530,8 +531,22 @@ async def test_ledger_page_lists_signers_and_batches(world: World, login: Login)
     assert "<li>glucohub-local (this log)</li>" in page
     assert "<li>witness.example/w1 (witness cosignature)</li>" in page
     assert 'href="/log/batch/2"' in page and 'href="/log/batch/1"' in page
-    alice = await login("alice")
-    assert 'href="/log/batch/' not in await (await alice.get("/ledger")).text()
+    # Batch 1 holds only pat-a's records: bob's ledger page lists batch 2 (his part), not 1.
+    bob = await login("bob")
+    page = await (await bob.get("/ledger")).text()
+    assert 'href="/log/batch/2"' in page and "/log/batch/1" not in page
+    root = await login("root")  # the admin sees every batch, none of their records
+    page = await (await root.get("/ledger")).text()
+    assert "<td>1</td>" in page and 'href="/log/batch/' not in page
+
+
+async def test_ledger_page_shows_quarantined_records(world: World, login: Login) -> None:
+    world.ledger.quarantine.append(
+        QuarantinedRecord(record="reading", row_id=7, patient_id="pat-b", reason="seq too big")
+    )
+    page = await (await (await login("root")).get("/ledger")).text()
+    assert 'id="quarantine"' in page and "reading 7: seq too big" in page
+    assert "pat-b" not in page
 
 
 @pytest.mark.parametrize(
