@@ -6,7 +6,7 @@ granted consent (dr-alpha: A only; dr-none: nobody), a patient themselves, an ad
 admin manages the hub; no patient consented to it), anonymous callers nobody. Patient C is seen
 by no caller at all. Public routes act on no one's behalf: they may show no patient.
 
-Batch bodies and proofs (`/log/batch/{seq}[/proof]`) are clinician-only; a clinician gets a
+Batch bodies and proofs (`/log/batch/{seq}[/proof]`) are for any signed-in user: they get a
 batch when they may see at least one patient in it, and what is served holds records of those
 patients only; a batch with none of theirs is a 404, as for one that does not exist.
 
@@ -440,9 +440,9 @@ ROUTES = [
     ),
     RouteCase(method="GET", path="/ledger", access="user", fill=get("/ledger")),
     # batch bodies and proofs: every sealed batch
-    RouteCase(method="GET", path="/log/batch/{seq}", access="clinician", fill=each_batch("")),
+    RouteCase(method="GET", path="/log/batch/{seq}", access="user", fill=each_batch("")),
     RouteCase(
-        method="GET", path="/log/batch/{seq}/proof", access="clinician", fill=each_batch("/proof")
+        method="GET", path="/log/batch/{seq}/proof", access="user", fill=each_batch("/proof")
     ),
     # consent: the patient's own; dr-spare is nobody's caller
     RouteCase(method="GET", path="/consent", access="patient", fill=get("/consent")),
