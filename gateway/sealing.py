@@ -27,7 +27,7 @@ from ledger.batch import seal_records
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.errors import KeyFileError
 from ledger.note import NoteSigner, verifier_key
-from ledger.records import disclose, disclosed_to_json, new_seed, record_leaf_hashes
+from ledger.records import batch_view_json, disclose, new_seed, record_leaf_hashes
 from ledger.rfc6962 import CompactTree
 
 log = logging.getLogger(__name__)
@@ -121,18 +121,10 @@ class SealOutcome:
 
 
 def batch_message(batch_seq: int, jws: bytes, seed: bytes, canonical: list[bytes]) -> bytes:
-    """The upstream message of a sealed batch: its JWS and every record disclosed whole, so
-    the clinic can verify and store it (the bundle's batch line has the same shape)."""
+    """The upstream message of a sealed batch: a batch view (`ledger.records`) with every
+    record disclosed, so the clinic verifies it with the batch key and stores it."""
     records = disclose(seed, canonical, range(len(canonical)), with_paths=False)
-    return json.dumps(
-        {
-            "batch_seq": batch_seq,
-            "jws": jws.decode("ascii"),
-            "records": [disclosed_to_json(r) for r in records],
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode("utf-8")
+    return batch_view_json(batch_seq, jws, records).encode("utf-8")
 
 
 class Sealer:

@@ -4,14 +4,13 @@ sealed; when it returns, all 100 arrive in order (and the checkpoints with them)
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.clock import Clock
@@ -21,6 +20,7 @@ from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import Store
 from gateway.units import Unit
+from ledger.records import open_batch_view
 from tests.support.mosquitto import Mosquitto
 
 BATCHES = 100
@@ -64,13 +64,17 @@ class Clinic:
             self.client.loop_stop()
             self.client = None
 
-    def batches(self) -> list[int]:
+    def batches(self, batch_key: Ed25519PublicKey) -> list[int]:
+        """The batch numbers received, each verified as the clinic would: the signature and
+        every record against the signed records root."""
         with self.lock:
             found = [m for m in self.messages if m[0].endswith("/batches")]
         seqs = []
-        for _, jws in found:
-            payload = jws.split(b".")[1]
-            seqs.append(json.loads(base64.urlsafe_b64decode(payload + b"=="))["batch_seq"])
+        for _, message in found:
+            payload, records = open_batch_view(message, batch_key)
+            readings = [r.record for r in records if "type" not in r.record]  # events have one
+            assert [r["device_id"] for r in readings] == ["cgm-1"] * len(readings)
+            seqs.append(payload.batch_seq)
         return seqs
 
 
@@ -122,21 +126,22 @@ async def test_batches_wait_in_the_outbox_and_arrive_in_order(tmp_path: Path) ->
         run_hub(settings, sources=[source], stop=stop, on_ready=ready.set_result)
     )
     running = await asyncio.wait_for(ready, 20)
+    key = running.keys.batch_key.public_key()
     try:
         for _ in range(300):
             if running.hub.telemetry.value("glucohub_ledger_batches_total") >= BATCHES:
                 break
             await asyncio.sleep(0.1)
         assert running.hub.telemetry.value("glucohub_ledger_batches_total") == BATCHES
-        assert clinic.batches() == []  # the clinic broker is still down
+        assert clinic.batches(key) == []  # the clinic broker is still down
         await asyncio.sleep(1.0)
         await asyncio.to_thread(broker.start)  # back after the outage
         await asyncio.to_thread(clinic.connect)
         for _ in range(300):
-            if len(clinic.batches()) >= BATCHES:
+            if len(clinic.batches(key)) >= BATCHES:
                 break
             await asyncio.sleep(0.1)
-        assert clinic.batches() == list(range(BATCHES))
+        assert clinic.batches(key) == list(range(BATCHES))
         sizes = [
             int(note.decode().splitlines()[1])
             for topic, note in clinic.messages
