@@ -88,13 +88,27 @@ def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Itera
         }
 
 
+def message_patient(message: dict[str, Any]) -> str | None:
+    """The patient a live message is about (None for batch metadata)."""
+    alert = message.get("alert")
+    found = alert.get("patient_id") if isinstance(alert, dict) else message.get("patient_id")
+    return found if isinstance(found, str) else None
+
+
 @dataclass(eq=False, slots=True, kw_only=True)
 class Viewer:
-    """One open live channel: who is watching, what they may see, and their pending messages."""
+    """One open live channel: who is watching, what they may see, and their pending messages.
+
+    `visible` was read from the accounts store when their consent version was
+    `consent_version` and at monotonic time `checked_at`; the sender re-checks it before
+    each message when either is out of date, so a revocation stops the stream at once.
+    """
 
     user: User
     session_id: str | None
     visible: frozenset[str]
+    consent_version: int = 0
+    checked_at: float = 0.0
     maxlen: int = DEFAULT_VIEWER_QUEUE
     dropped: int = 0
     closed: bool = False
