@@ -182,3 +182,20 @@ async def test_dashboard_on_the_real_hub(hub: Hub) -> None:
         assert ">dr<" in text and ">page<" in text  # Ann sees that dr looked at her record
         async with ann.get(f"{base}/patients/p2") as response:
             assert response.status == 404
+
+
+async def test_unauthenticated_metrics_hold_no_patient_derived_figures(hub: Hub) -> None:
+    assert hub.running is not None
+    now = datetime.now(UTC).replace(microsecond=0)
+    low = [cgm("p1", i, 45.0, now - timedelta(minutes=5 * (1 - i))) for i in range(2)]
+    assert (await hub.running.hub.submit(origin=ORIGIN, readings=low)).accepted == 2
+    for _ in range(100):
+        if await hub.running.read_model.alerts("p1"):
+            break
+        await asyncio.sleep(0.05)
+    assert {a.kind.value for a in await hub.running.read_model.alerts("p1")} >= {"urgent_low"}
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{hub.url}/metrics") as got:
+        assert got.status == 200
+        body = await got.text()
+    assert "glucohub_readings_ingested_total 2" in body  # operational figures stay
+    assert "alert" not in body and "urgent_low" not in body
