@@ -66,7 +66,9 @@ def create_app(
     viewer_queue_size: int = DEFAULT_VIEWER_QUEUE,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app)."""
-    app = web.Application(middlewares=[_errors, _guard], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024
+    )
     app[DEPS] = Deps(
         settings=settings,
         read_model=read_model,
@@ -147,6 +149,27 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("dashboard handler failed: %s %s", request.method, request.path)
         return _error_response(request, 500, "Internal Server Error", {})
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@web.middleware
+async def _decode_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Decode a form body once, before anyone reads it: a body that does not decode (not
+    UTF-8, an unknown charset, broken multipart) is the client's error, a 400, whichever
+    route it was sent to. Handlers then get the parsed form from aiohttp's cache."""
+    if request.method not in _SAFE_METHODS and request.content_type in _FORM_TYPES:
+        try:
+            await request.post()
+        except web.HTTPException:
+            raise
+        except (ValueError, LookupError, AssertionError) as exc:
+            # UnicodeDecodeError is a ValueError; LookupError: unknown charset; aiohttp's
+            # multipart reader raises ValueError or AssertionError on broken parts.
+            log.info("refused %s %s: malformed form body: %s", request.method, request.path, exc)
+            raise web.HTTPBadRequest(text="malformed form body") from None
+    return await handler(request)
 
 
 def _error_response(

@@ -699,8 +699,11 @@ def add_routes(app: web.Application) -> None:
         Rule(access=Access.CLINICIAN, patient_from="match:id"),
     )  # fmt: skip
     add_route(app, "GET", "/ledger", ledger_page, user)
-    add_route(app, "GET", "/log/batch/{seq}", batch_body, Rule(access=Access.CLINICIAN))
-    add_route(app, "GET", "/log/batch/{seq}/proof", batch_proof, Rule(access=Access.CLINICIAN))
+    # A batch number is 1 to 18 ASCII digits (it fits SQLite's INTEGER); any other path
+    # segment is a 404 from the router, like a batch that does not exist.
+    seq = "{seq:[0-9]{1,18}}"
+    add_route(app, "GET", f"/log/batch/{seq}", batch_body, Rule(access=Access.CLINICIAN))
+    add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, Rule(access=Access.CLINICIAN))
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)
