@@ -66,9 +66,7 @@ def create_app(
     viewer_queue_size: int = DEFAULT_VIEWER_QUEUE,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app)."""
-    app = web.Application(
-        middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024
-    )
+    app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     app[DEPS] = Deps(
         settings=settings,
         read_model=read_model,
