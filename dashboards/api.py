@@ -109,21 +109,104 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(OPENAPI)
 
 
-def _op(summary: str, *, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _json(schema: dict[str, Any], description: str, media: str = "application/json") -> Any:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_TIME = {"type": "string", "format": "date-time"}
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "status"],
+    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+}
+PATIENT_SCHEMA = {
+    "type": "object",
+    "required": ["patient_id", "display_name", "timezone", "simulated"],
+    "properties": {
+        "patient_id": {"type": "string"},
+        "display_name": {"type": "string"},
+        "timezone": {"type": "string"},
+        "simulated": {"type": "boolean"},
+    },
+}
+READING_SCHEMA = {
+    "type": "object",
+    "required": ["time", "kind", "value", "unit", "device_id"],
+    "properties": {
+        "time": _TIME,
+        "kind": {"type": "string", "enum": [k.value for k in ReadingKind]},
+        "value": {"type": "number"},
+        "unit": {"type": "string"},
+        "device_id": {"type": "string"},
+        "seq": {"type": ["integer", "null"]},
+        "original_value": {"type": ["number", "null"]},
+        "original_unit": _NULLABLE_STRING,
+    },
+}
+ALERT_SCHEMA = {
+    "type": "object",
+    "required": ["alert_id", "patient_id", "kind", "level", "state", "raised_at", "message"],
+    "properties": {
+        "alert_id": {"type": "string"},
+        "patient_id": {"type": "string"},
+        "kind": {"type": "string"},
+        "level": {"type": "string", "enum": ["info", "warning", "urgent", "escalated"]},
+        "state": {"type": "string", "enum": ["raised", "acknowledged", "resolved"]},
+        "raised_at": _TIME,
+        "updated_at": _TIME,
+        "message": {"type": "string"},
+        "glucose_mg_dl": {"type": ["number", "null"]},
+        "acknowledged_by": _NULLABLE_STRING,
+        "acknowledged_at": _NULLABLE_TIME,
+        "resolved_at": _NULLABLE_TIME,
+        "patient_acknowledged_by": _NULLABLE_STRING,
+        "patient_acknowledged_at": _NULLABLE_TIME,
+    },
+}
+_FHIR = "application/fhir+json"
+_ERRORS = {
+    "401": _json(ERROR_SCHEMA, "not logged in / bad token"),
+    "404": _json(ERROR_SCHEMA, "unknown, or not visible to the caller"),
+}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "parameters": params or [],
-        "responses": {
-            "200": {"description": "OK", "content": {"application/json": {}}},
-            "401": {"description": "not logged in / bad token"},
-            "404": {"description": "unknown, or not visible to the caller"},
-        },
+        "responses": {"200": ok, **_ERRORS, **(extra or {})},
+    }
+
+
+def _list_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [key],
+        "properties": {key: {"type": "array", "items": item}},
     }
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _ALERT = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_TIME = {"type": "string", "format": "date-time"}
+_BAD_PARAMS = {"400": _json(ERROR_SCHEMA, "a malformed or out-of-range parameter")}
+_FHIR_BUNDLE = {
+    "type": "object",
+    "required": ["resourceType", "type"],
+    "properties": {"resourceType": {"const": "Bundle"}, "type": {"const": "searchset"}},
+}
+_FHIR_OUTCOME = {
+    "type": "object",
+    "required": ["resourceType", "issue"],
+    "properties": {"resourceType": {"const": "OperationOutcome"}, "issue": {"type": "array"}},
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -136,12 +219,50 @@ OPENAPI: dict[str, Any] = {
     },
     "security": [{"bearer": []}, {"session": []}],
     "paths": {
-        "/api/v1/me": {"get": _op("The calling user")},
-        "/api/v1/patients": {"get": _op("Patients the caller may see")},
-        "/api/v1/patients/{id}": {"get": _op("One patient", params=[_ID])},
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "parameters": [],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")},
+            }
+        },
+        "/api/v1/me": {
+            "get": _op(
+                "The calling user",
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["username", "role", "patient_id", "unit"],
+                        "properties": {
+                            "username": {"type": "string"},
+                            "role": {"type": "string"},
+                            "patient_id": _NULLABLE_STRING,
+                            "unit": {"type": "string"},
+                        },
+                    },
+                    "the user",
+                ),
+            )
+        },
+        "/api/v1/patients": {
+            "get": _op(
+                "Patients the caller may see", _json(_list_of("patients", PATIENT_SCHEMA), "list")
+            )
+        },
+        "/api/v1/patients/{id}": {
+            "get": _op("One patient", _json(PATIENT_SCHEMA, "the patient"), params=[_ID])
+        },
         "/api/v1/patients/{id}/readings": {
             "get": _op(
                 "Readings in [since, until] (default: last 24 h; at most 90 days)",
+                _json(
+                    {
+                        **_list_of("readings", READING_SCHEMA),
+                        "required": ["patient_id", "since", "until", "readings"],
+                    },
+                    "readings, oldest first",
+                ),
                 params=[
                     _ID,
                     {"name": "since", "in": "query", "schema": _TIME},
@@ -152,15 +273,30 @@ OPENAPI: dict[str, Any] = {
                         "schema": {"type": "string", "enum": [k.value for k in ReadingKind]},
                     },
                 ],
+                extra=_BAD_PARAMS,
             )
         },
-        "/api/v1/alerts": {"get": _op("Open alerts of visible patients")},
+        "/api/v1/alerts": {
+            "get": _op(
+                "Open alerts of visible patients", _json(_list_of("alerts", ALERT_SCHEMA), "list")
+            )
+        },
         "/api/v1/alerts/{alert_id}/ack": {
-            "post": _op("Acknowledge an alert (session callers send X-CSRF-Token)", params=[_ALERT])
+            "post": _op(
+                "Acknowledge an alert (session callers send X-CSRF-Token)",
+                _json(ALERT_SCHEMA, "the alert as the caller now sees it"),
+                params=[_ALERT],
+                extra={
+                    "400": _json(ERROR_SCHEMA, "a malformed body"),
+                    "403": _json(ERROR_SCHEMA, "missing or wrong CSRF token"),
+                },
+            )
         },
         "/fhir/Observation": {
             "get": _op(
-                "FHIR R4 searchset Bundle of glucose Observations",
+                "FHIR R4 searchset Bundle of glucose Observations (code=cgm-summary: the CGM "
+                "summary)",
+                _json(_FHIR_BUNDLE, "a FHIR searchset Bundle", _FHIR),
                 params=[
                     {
                         "name": "patient",
@@ -169,7 +305,9 @@ OPENAPI: dict[str, Any] = {
                         "schema": {"type": "string"},
                     },
                     {"name": "date", "in": "query", "schema": {"type": "string"}},
+                    {"name": "code", "in": "query", "schema": {"type": "string"}},
                 ],
+                extra={"400": _json(_FHIR_OUTCOME, "a bad search parameter", _FHIR)},
             )
         },
     },

@@ -33,7 +33,7 @@ from dashboards.context import (
     Deps,
     add_route,
 )
-from dashboards.live import DEFAULT_VIEWER_QUEUE, Viewer
+from dashboards.live import DEFAULT_VIEWER_QUEUE, Viewer, message_patient
 from gateway.clock import Clock, SystemClock
 from gateway.protocols import AlertControl, HubStatus, LedgerView, LiveFeed, ReadModel
 from gateway.settings import DashboardSettings
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONSENT_REFRESH_S = 30.0  # a live viewer re-reads its patient set at least this often
+# Before a live message is sent, the viewer's patient set is re-read when a grant or revocation
+# happened in this process (at once) or when it is older than this (a CLI revocation).
+CONSENT_RECHECK_S = 1.0
 
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -63,7 +66,7 @@ def create_app(
     viewer_queue_size: int = DEFAULT_VIEWER_QUEUE,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app)."""
-    app = web.Application(middlewares=[_errors, _guard], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     app[DEPS] = Deps(
         settings=settings,
         read_model=read_model,
@@ -144,6 +147,27 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("dashboard handler failed: %s %s", request.method, request.path)
         return _error_response(request, 500, "Internal Server Error", {})
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@web.middleware
+async def _decode_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Decode a form body once, before anyone reads it: a body that does not decode (not
+    UTF-8, an unknown charset, broken multipart) is the client's error, a 400, whichever
+    route it was sent to. Handlers then get the parsed form from aiohttp's cache."""
+    if request.method not in _SAFE_METHODS and request.content_type in _FORM_TYPES:
+        try:
+            await request.post()
+        except web.HTTPException:
+            raise
+        except (ValueError, LookupError, AssertionError) as exc:
+            # UnicodeDecodeError is a ValueError; LookupError: unknown charset; aiohttp's
+            # multipart reader raises ValueError or AssertionError on broken parts.
+            log.info("refused %s %s: malformed form body: %s", request.method, request.path, exc)
+            raise web.HTTPBadRequest(text="malformed form body") from None
+    return await handler(request)
 
 
 def _error_response(
@@ -297,13 +321,15 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         user=user,
         session_id=session.session_id if session else None,
         visible=request[VISIBLE],
+        consent_version=d.accounts.consent_version,
+        checked_at=d.clock.monotonic(),
         maxlen=d.viewer_queue_size,
     )
     d.sockets.add(ws)
     d.broadcaster.add(viewer)
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(_send(ws, viewer))
+            group.create_task(_send(d, ws, viewer))
             group.create_task(_refresh(d, viewer, session))
             async for _ in ws:  # the browser sends nothing we act on; this notices the close
                 pass
@@ -314,11 +340,27 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _send(ws: web.WebSocketResponse, viewer: Viewer) -> None:
+async def _reload_visible(d: Deps, viewer: Viewer) -> None:
+    version = d.accounts.consent_version  # read first: a change during the query re-reads
+    viewer.checked_at = d.clock.monotonic()
+    viewer.visible = await d.accounts.visible_patients(viewer.user)
+    viewer.consent_version = version
+
+
+async def _send(d: Deps, ws: web.WebSocketResponse, viewer: Viewer) -> None:
     try:
         while (message := await viewer.next()) is not None:
             if ws.closed:
                 break
+            # Messages were filtered when queued; consent may have been withdrawn since.
+            if (
+                viewer.consent_version != d.accounts.consent_version
+                or d.clock.monotonic() - viewer.checked_at > CONSENT_RECHECK_S
+            ):
+                await _reload_visible(d, viewer)
+            patient = message_patient(message)
+            if patient is not None and patient not in viewer.visible:
+                continue
             await ws.send_json(message)
     except ConnectionError:
         pass  # the browser went away mid-send; the receive loop notices the close
@@ -327,15 +369,14 @@ async def _send(ws: web.WebSocketResponse, viewer: Viewer) -> None:
 
 
 async def _refresh(d: Deps, viewer: Viewer, session: Session | None) -> None:
-    """Keep the viewer's patient set current and end it when the session ends."""
-    version = d.accounts.consent_version
+    """Keep the viewer's patient set current (new grants) and end it when the session ends."""
     waited = 0.0
     while not viewer.closed:
         await asyncio.sleep(0.5)
         waited += 0.5
-        if d.accounts.consent_version == version and waited < CONSENT_REFRESH_S:
+        if d.accounts.consent_version == viewer.consent_version and waited < CONSENT_REFRESH_S:
             continue
-        version, waited = d.accounts.consent_version, 0.0
+        waited = 0.0
         if session is not None and await d.accounts.session(session.session_id) is None:
             viewer.close()
             return
@@ -343,4 +384,4 @@ async def _refresh(d: Deps, viewer: Viewer, session: Session | None) -> None:
         if user is None or user.disabled:
             viewer.close()
             return
-        viewer.visible = await d.accounts.visible_patients(user)
+        await _reload_visible(d, viewer)

@@ -12,15 +12,33 @@ import asyncio
 import base64
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dashboards.accounts import Role, User
 from gateway.clock import to_rfc3339
-from gateway.model import Alert
+from gateway.model import Alert, AlertState
 from gateway.protocols import AlertChanged, BatchSealed, LiveEvent, ReadingsStored
 
 DEFAULT_VIEWER_QUEUE = 1000
+
+
+def as_seen_by(alert: Alert, user: User) -> Alert:
+    """The alert as `user`'s view shows it: a patient's own acknowledgement or snooze makes it
+    acknowledged on the patient's pages and notifications only; the care team sees it raised
+    (and escalating) until a clinician acknowledges it or it resolves."""
+    if (
+        user.role is Role.PATIENT
+        and alert.state is AlertState.RAISED
+        and alert.patient_acknowledged_by is not None
+    ):
+        return replace(
+            alert,
+            state=AlertState.ACKNOWLEDGED,
+            acknowledged_by=alert.patient_acknowledged_by,
+            acknowledged_at=alert.patient_acknowledged_at,
+        )
+    return alert
 
 
 def alert_json(alert: Alert) -> dict[str, Any]:
@@ -37,6 +55,10 @@ def alert_json(alert: Alert) -> dict[str, Any]:
         "acknowledged_by": alert.acknowledged_by,
         "acknowledged_at": to_rfc3339(alert.acknowledged_at) if alert.acknowledged_at else None,
         "resolved_at": to_rfc3339(alert.resolved_at) if alert.resolved_at else None,
+        "patient_acknowledged_by": alert.patient_acknowledged_by,
+        "patient_acknowledged_at": (
+            to_rfc3339(alert.patient_acknowledged_at) if alert.patient_acknowledged_at else None
+        ),
     }
 
 
@@ -53,7 +75,7 @@ def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Itera
             yield {"type": "readings", "patient_id": patient_id, "readings": readings}
     elif isinstance(event, AlertChanged):
         if event.alert.patient_id in visible:
-            yield {"type": "alert", "alert": alert_json(event.alert)}
+            yield {"type": "alert", "alert": alert_json(as_seen_by(event.alert, user))}
     elif isinstance(event, BatchSealed) and user.role is not Role.PATIENT:
         # Batch metadata (counts, times, root) is in the public log anyway; patients' pages
         # do not show the ledger, so they are not sent it.
@@ -66,13 +88,27 @@ def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Itera
         }
 
 
+def message_patient(message: dict[str, Any]) -> str | None:
+    """The patient a live message is about (None for batch metadata)."""
+    alert = message.get("alert")
+    found = alert.get("patient_id") if isinstance(alert, dict) else message.get("patient_id")
+    return found if isinstance(found, str) else None
+
+
 @dataclass(eq=False, slots=True, kw_only=True)
 class Viewer:
-    """One open live channel: who is watching, what they may see, and their pending messages."""
+    """One open live channel: who is watching, what they may see, and their pending messages.
+
+    `visible` was read from the accounts store when their consent version was
+    `consent_version` and at monotonic time `checked_at`; the sender re-checks it before
+    each message when either is out of date, so a revocation stops the stream at once.
+    """
 
     user: User
     session_id: str | None
     visible: frozenset[str]
+    consent_version: int = 0
+    checked_at: float = 0.0
     maxlen: int = DEFAULT_VIEWER_QUEUE
     dropped: int = 0
     closed: bool = False

@@ -173,6 +173,8 @@ def alert_rows(alerts: Sequence[Alert], *, unit: Unit, names: dict[str, str], cs
             )
         level = "urgent" if a.level in (AlertLevel.URGENT, AlertLevel.ESCALATED) else a.level.value
         by = f" by {esc(a.acknowledged_by)}" if a.acknowledged_by else ""
+        if a.state is AlertState.RAISED and a.patient_acknowledged_by:
+            by = f" (seen by the patient, {esc(a.patient_acknowledged_by)})"
         out.append(
             f'<tr class="alert {esc(level)} {esc(a.state.value)}" data-alert="{esc(a.alert_id)}"'
             f' data-level="{esc(a.level.value)}">'

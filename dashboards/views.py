@@ -26,6 +26,7 @@ from dashboards.context import (
     visible,
 )
 from dashboards.glycemia import format_glucose, slope_mg_dl_per_min, trend_arrow
+from dashboards.live import as_seen_by
 from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
@@ -366,7 +367,9 @@ async def _patient_view(
         # C2SP tlog-checkpoint: origin, then the tree size, then the root.
         signed_size = int(note.splitlines()[1]) if note else 0
     recent_alerts = [
-        a for a in alerts if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
+        as_seen_by(a, user)
+        for a in alerts
+        if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
     ]
     recent_alerts.sort(key=lambda a: a.raised_at, reverse=True)
     trend = trend_arrow(
@@ -483,7 +486,10 @@ async def snooze(request: web.Request) -> web.StreamResponse:
     if not 1 <= minutes <= 24 * 60:
         raise web.HTTPBadRequest()
     pid = request.match_info["id"]
-    await deps(request).alerts.snooze(pid, kind, minutes=minutes, by=current_user(request).username)
+    user = current_user(request)
+    await deps(request).alerts.snooze(
+        pid, kind, minutes=minutes, by=user.username, by_patient=user.role is Role.PATIENT
+    )
     if wants_json(request):
         return web.json_response({"snoozed": kind.value, "minutes": minutes})
     raise web.HTTPSeeOther(local_path(_referer_path(request), f"/patients/{pid}"))
@@ -504,11 +510,17 @@ async def add_note(request: web.Request) -> web.StreamResponse:
 
 
 async def visible_open_alerts(request: web.Request) -> list[Alert]:
+    """Open alerts of the patients the user may see, as the user's view shows them."""
     allowed = visible(request)
     if not allowed:
         return []
+    user = current_user(request)
     found = await deps(request).read_model.alerts(None, open_only=True)
-    mine = [a for a in found if a.patient_id in allowed and a.state is not AlertState.RESOLVED]
+    mine = [
+        as_seen_by(a, user)
+        for a in found
+        if a.patient_id in allowed and a.state is not AlertState.RESOLVED
+    ]
     mine.sort(
         key=lambda a: (a.state is not AlertState.RAISED, a.level.value != "urgent", a.raised_at)
     )
@@ -536,10 +548,13 @@ async def acknowledge_visible(request: web.Request, alert_id: str) -> Alert:
     """Acknowledge an open alert of a patient the user may see; 404 for any other id."""
     if not any(a.alert_id == alert_id for a in await visible_open_alerts(request)):
         raise web.HTTPNotFound()
-    updated = await deps(request).alerts.acknowledge(alert_id, by=current_user(request).username)
+    user = current_user(request)
+    updated = await deps(request).alerts.acknowledge(
+        alert_id, by=user.username, by_patient=user.role is Role.PATIENT
+    )
     if updated is None:
         raise web.HTTPNotFound()
-    return updated
+    return as_seen_by(updated, user)
 
 
 async def acknowledge(request: web.Request) -> web.StreamResponse:
@@ -689,9 +704,12 @@ def add_routes(app: web.Application) -> None:
         Rule(access=Access.CLINICIAN, patient_from="match:id"),
     )  # fmt: skip
     add_route(app, "GET", "/ledger", ledger_page, user)
-    # Any signed-in user: what is served is filtered to the patients they may see.
-    add_route(app, "GET", "/log/batch/{seq}", batch_body, user)
-    add_route(app, "GET", "/log/batch/{seq}/proof", batch_proof, user)
+    # A batch number is 1 to 18 ASCII digits (it fits SQLite's INTEGER); any other path
+    # segment is a 404 from the router, like a batch that does not exist. Any signed-in
+    # user: what is served is filtered to the patients they may see.
+    seq = "{seq:[0-9]{1,18}}"
+    add_route(app, "GET", f"/log/batch/{seq}", batch_body, user)
+    add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, user)
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)

@@ -132,24 +132,32 @@ class AlertService:
 
     # -- AlertControl ---------------------------------------------------------------------
 
-    async def acknowledge(self, alert_id: str, *, by: str) -> Alert | None:
+    async def acknowledge(
+        self, alert_id: str, *, by: str, by_patient: bool = False
+    ) -> Alert | None:
         for patient_id, engine in self._engines.items():
             if any(a.alert_id == alert_id for a in engine.open_alerts()):
                 try:
-                    alert = engine.acknowledge(alert_id, by, self._clock.now())
+                    alert = engine.acknowledge(
+                        alert_id, by, self._clock.now(), by_patient=by_patient
+                    )
                 except ClinicalError as exc:
                     raise InputError(str(exc)) from None
                 await self._persist([alert], {patient_id}, force=True)
                 return alert
         return None
 
-    async def snooze(self, patient_id: str, kind: AlertKind, *, minutes: int, by: str) -> None:
+    async def snooze(
+        self, patient_id: str, kind: AlertKind, *, minutes: int, by: str, by_patient: bool = False
+    ) -> None:
         if not 1 <= minutes <= 24 * 60:
             raise InputError("snooze between 1 minute and 24 hours")
         now = self._clock.now()
         engine = self._engine(patient_id)
         try:
-            alerts = engine.snooze(kind, now + timedelta(minutes=minutes), by, now)
+            alerts = engine.snooze(
+                kind, now + timedelta(minutes=minutes), by, now, by_patient=by_patient
+            )
         except ClinicalError as exc:
             raise InputError(str(exc)) from None
         await self._persist(alerts, {patient_id}, force=True)  # a snooze must outlive a crash

@@ -240,12 +240,21 @@ class Alert:
     updated_at: datetime
     message: str
     glucose_mg_dl: float | None = None
-    acknowledged_by: str | None = None
+    acknowledged_by: str | None = None  # the care team's acknowledgement: ends escalation
     acknowledged_at: datetime | None = None
     resolved_at: datetime | None = None
+    # The patient's own acknowledgement or snooze: silences only the patient's alarm.
+    patient_acknowledged_by: str | None = None
+    patient_acknowledged_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        for name in ("raised_at", "updated_at", "acknowledged_at", "resolved_at"):
+        for name in (
+            "raised_at",
+            "updated_at",
+            "acknowledged_at",
+            "resolved_at",
+            "patient_acknowledged_at",
+        ):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, require_utc(value, name))

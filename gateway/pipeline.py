@@ -471,7 +471,6 @@ class Hub:
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
-            self.telemetry.inc("glucohub_alerts_total", kind=alert.kind.value)
             self.fanout.publish(AlertChanged(alert=alert))
         if alerts:  # transitions are sealed into the ledger like readings
             self._batcher.add(len(alerts), self._clock.monotonic())

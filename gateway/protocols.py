@@ -174,11 +174,19 @@ class ReadModel(Protocol):
 
 
 class AlertControl(Protocol):
-    """Clinician actions on alerts; each is stored and recorded in the ledger stream."""
+    """Actions on alerts; each is stored and recorded in the ledger stream.
 
-    async def acknowledge(self, alert_id: str, *, by: str) -> Alert | None: ...
+    `by_patient=True` is the patient's own response: it silences only the patient's alarm,
+    and the care team's escalation goes on (see `gateway.clinical.alerts`).
+    """
 
-    async def snooze(self, patient_id: str, kind: AlertKind, *, minutes: int, by: str) -> None: ...
+    async def acknowledge(
+        self, alert_id: str, *, by: str, by_patient: bool = False
+    ) -> Alert | None: ...
+
+    async def snooze(
+        self, patient_id: str, kind: AlertKind, *, minutes: int, by: str, by_patient: bool = False
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

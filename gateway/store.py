@@ -143,7 +143,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     glucose_mg_dl REAL,
     acknowledged_by TEXT,
     acknowledged_at TEXT,
-    resolved_at TEXT
+    resolved_at TEXT,
+    patient_acknowledged_by TEXT,
+    patient_acknowledged_at TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_patient ON alerts (patient_id, state);
 -- Every alert transition and consent change, in order; sealed into ledger batches.
@@ -432,7 +434,11 @@ class Store:
         self._db.close()
 
     def _add_missing_columns(self) -> None:
-        """Columns newer than a database made by an earlier release."""
+        """Columns added after a table was first created (CREATE IF NOT EXISTS skips them)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(alerts)")}
+        for column in ("patient_acknowledged_by", "patient_acknowledged_at"):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE alerts ADD COLUMN {column} TEXT")
         columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(batches)")}
         if "record_seed" not in columns:
             self._db.execute("ALTER TABLE batches ADD COLUMN record_seed BLOB")
@@ -1086,13 +1092,16 @@ class Store:
                 self._db.execute(
                     "INSERT INTO alerts (alert_id, patient_id, kind, level, state, raised_at, "
                     "updated_at, message, glucose_mg_dl, acknowledged_by, acknowledged_at, "
-                    "resolved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "resolved_at, patient_acknowledged_by, patient_acknowledged_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (alert_id) DO UPDATE SET level = excluded.level, "
                     "state = excluded.state, updated_at = excluded.updated_at, "
                     "message = excluded.message, glucose_mg_dl = excluded.glucose_mg_dl, "
                     "acknowledged_by = excluded.acknowledged_by, "
                     "acknowledged_at = excluded.acknowledged_at, "
-                    "resolved_at = excluded.resolved_at",
+                    "resolved_at = excluded.resolved_at, "
+                    "patient_acknowledged_by = excluded.patient_acknowledged_by, "
+                    "patient_acknowledged_at = excluded.patient_acknowledged_at",
                     tuple(row[c] for c in _ALERT_COLUMNS),
                 )
                 self._db.execute(
@@ -1174,6 +1183,8 @@ _ALERT_COLUMNS = (
     "acknowledged_by",
     "acknowledged_at",
     "resolved_at",
+    "patient_acknowledged_by",
+    "patient_acknowledged_at",
 )
 
 
@@ -1194,6 +1205,10 @@ def alert_to_json(alert: Alert) -> dict[str, Any]:
         "acknowledged_by": alert.acknowledged_by,
         "acknowledged_at": ts(alert.acknowledged_at),
         "resolved_at": ts(alert.resolved_at),
+        # Who acknowledged: the care team (above, ends escalation) or the patient (silences
+        # only the patient's alarm).
+        "patient_acknowledged_by": alert.patient_acknowledged_by,
+        "patient_acknowledged_at": ts(alert.patient_acknowledged_at),
     }
 
 
@@ -1218,6 +1233,8 @@ def alert_from_row(row: tuple[Any, ...]) -> Alert:
         acknowledged_by=values["acknowledged_by"],
         acknowledged_at=when(values["acknowledged_at"]),
         resolved_at=when(values["resolved_at"]),
+        patient_acknowledged_by=values["patient_acknowledged_by"],
+        patient_acknowledged_at=when(values["patient_acknowledged_at"]),
     )
 
 

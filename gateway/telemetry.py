@@ -1,4 +1,9 @@
-"""Counters and gauges for /metrics (Prometheus text format 0.0.4) and /healthz."""
+"""Counters and gauges for /metrics (Prometheus text format 0.0.4) and /healthz.
+
+/metrics is unauthenticated: only operational figures belong here (ingest, queues, dead
+letters by reason, the ledger), never one derived from a patient's health such as alert
+counts by kind, which on a one-patient hub would say who had an urgent low.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,6 @@ class Telemetry:
         "glucohub_readings_rejected_total": "Inputs refused, by reason (dead-lettered).",
         "glucohub_ledger_batches_total": "Ledger batches sealed and signed.",
         "glucohub_ledger_readings_sealed_total": "Readings sealed into ledger batches.",
-        "glucohub_alerts_total": "Alert transitions raised, by kind.",
         "glucohub_device_events_total": "Device events stored.",
         "glucohub_dashboard_dropped_events_total": "Live events dropped for slow viewers.",
     }
@@ -25,7 +29,7 @@ class Telemetry:
         self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self._gauges: dict[str, Callable[[], float]] = {}
         for name in self._HELP:
-            if name not in ("glucohub_readings_rejected_total", "glucohub_alerts_total"):
+            if name != "glucohub_readings_rejected_total":
                 self._counters[(name, ())] += 0
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:

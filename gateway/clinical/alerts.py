@@ -35,9 +35,18 @@ threshold when they arrive) update history but raise nothing.
 Lifecycle: raised → acknowledged (by, at) → resolved. A snooze of a kind acknowledges its open
 alert and suppresses new ones until it expires; an alert acknowledged by a snooze that is still
 open when the snooze expires is raised again. An urgent alert left unacknowledged for 15 minutes
-becomes `AlertLevel.ESCALATED` and names the escalation target. Every change is a new `Alert`
-value with the same `alert_id`, derived from (patient, kind, raised_at) so a replay reproduces
-the ids. Condition timing uses the readings' measurement times; alert timestamps use `now`.
+becomes `AlertLevel.ESCALATED` and names the escalation target.
+
+Who responds matters. The care team's acknowledgement or snooze (the default) is the one
+above. The patient's own (`by_patient=True`) silences only the patient's alarm: it sets
+`patient_acknowledged_by/at` and leaves the alert raised for the care team, so escalation goes
+on until glucose recovers (the alert resolves) or a clinician acknowledges. A patient's snooze
+never suppresses an alert: one raised while it lasts is raised for the care team and already
+silenced for the patient; when it expires, an alert it silenced alarms the patient again.
+
+Every change is a new `Alert` value with the same `alert_id`, derived from (patient, kind,
+raised_at) so a replay reproduces the ids. Condition timing uses the readings' measurement
+times; alert timestamps use `now`.
 
 The engine imports no pandas or asyncio; `state_to_json`/`from_state` carry open alerts,
 snoozes and the short history across a restart.
@@ -196,6 +205,7 @@ class _Open:
     urgent_since: datetime | None = None  # when the level became urgent (escalation clock)
     clear_since: datetime | None = None  # reading time the clear condition started to hold
     acked_by_snooze: bool = False
+    patient_acked_by_snooze: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +228,7 @@ class PatientAlertEngine:
         self.thresholds = thresholds or Thresholds()
         self._open: dict[AlertKind, _Open] = {}
         self._snoozes: dict[AlertKind, _Snooze] = {}
+        self._patient_snoozes: dict[AlertKind, _Snooze] = {}
         self._cgm: list[tuple[datetime, float]] = []
         self._last_cgm_time: datetime | None = None
         self._low_since: datetime | None = None
@@ -231,8 +242,8 @@ class PatientAlertEngine:
         """The current value of every open (raised or acknowledged) alert."""
         return [rec.alert for rec in self._open.values()]
 
-    def snoozed_until(self, kind: AlertKind) -> datetime | None:
-        snooze = self._snoozes.get(kind)
+    def snoozed_until(self, kind: AlertKind, *, by_patient: bool = False) -> datetime | None:
+        snooze = (self._patient_snoozes if by_patient else self._snoozes).get(kind)
         return None if snooze is None else snooze.until
 
     # ----------------------------------------------------------------- inputs
@@ -307,6 +318,19 @@ class PatientAlertEngine:
                 rec = self._open.get(kind)
                 if rec is not None and rec.acked_by_snooze:
                     out.append(self._reraise(rec, now))
+        for kind, snooze in list(self._patient_snoozes.items()):
+            if now >= snooze.until:
+                del self._patient_snoozes[kind]
+                rec = self._open.get(kind)
+                if rec is not None and rec.patient_acked_by_snooze:
+                    rec.alert = replace(
+                        rec.alert,
+                        patient_acknowledged_by=None,
+                        patient_acknowledged_at=None,
+                        updated_at=now,
+                    )
+                    rec.patient_acked_by_snooze = False
+                    out.append(rec.alert)
         if self._last_cgm_time is not None and not self._flags[AlertKind.SENSOR_WARMUP]:
             silent = _minutes(now - self._last_cgm_time)
             since = f"No CGM reading for {silent:.0f} min"
@@ -354,12 +378,26 @@ class PatientAlertEngine:
 
     # ----------------------------------------------------------------- people
 
-    def acknowledge(self, alert_id: str, by: str, now: datetime) -> Alert:
-        """Mark an open alert acknowledged; idempotent for an already acknowledged one."""
+    def acknowledge(
+        self, alert_id: str, by: str, now: datetime, *, by_patient: bool = False
+    ) -> Alert:
+        """Mark an open alert acknowledged; idempotent for an already acknowledged one.
+
+        `by_patient`: the patient's own acknowledgement, which silences only their alarm.
+        """
         now = require_utc(now)
         for rec in self._open.values():
             if rec.alert.alert_id == alert_id:
-                if rec.alert.state is AlertState.RAISED:
+                if by_patient:
+                    if rec.alert.patient_acknowledged_by is None:
+                        rec.alert = replace(
+                            rec.alert,
+                            patient_acknowledged_by=by,
+                            patient_acknowledged_at=now,
+                            updated_at=now,
+                        )
+                    rec.patient_acked_by_snooze = False
+                elif rec.alert.state is AlertState.RAISED:
                     rec.alert = replace(
                         rec.alert,
                         state=AlertState.ACKNOWLEDGED,
@@ -371,11 +409,26 @@ class PatientAlertEngine:
                 return rec.alert
         raise UnknownAlert(self.patient_id, alert_id)
 
-    def snooze(self, kind: AlertKind, until: datetime, by: str, now: datetime) -> list[Alert]:
-        """Silence `kind` until `until`: acknowledge its open alert and raise no new one."""
+    def snooze(
+        self, kind: AlertKind, until: datetime, by: str, now: datetime, *, by_patient: bool = False
+    ) -> list[Alert]:
+        """Silence `kind` until `until`: acknowledge its open alert and raise no new one.
+
+        `by_patient`: silence only the patient's alarm; alerts are still raised and escalate.
+        """
         now, until = require_utc(now), require_utc(until)
         if until <= now:
             raise InvalidSnooze(self.patient_id, kind.value, "until must be later than now")
+        if by_patient:
+            self._patient_snoozes[kind] = _Snooze(until=until, by=by)
+            rec = self._open.get(kind)
+            if rec is None or rec.alert.patient_acknowledged_by is not None:
+                return []
+            rec.alert = replace(
+                rec.alert, patient_acknowledged_by=by, patient_acknowledged_at=now, updated_at=now
+            )
+            rec.patient_acked_by_snooze = True
+            return [rec.alert]
         self._snoozes[kind] = _Snooze(until=until, by=by)
         rec = self._open.get(kind)
         if rec is None or rec.alert.state is not AlertState.RAISED:
@@ -547,6 +600,9 @@ class PatientAlertEngine:
         level: AlertLevel | None = None,
     ) -> Alert:
         level = level or LEVELS[kind]
+        silenced = self._patient_snoozes.get(kind)
+        if silenced is not None and now >= silenced.until:
+            silenced = None
         alert = Alert(
             alert_id=make_alert_id(self.patient_id, kind, now),
             patient_id=self.patient_id,
@@ -557,20 +613,30 @@ class PatientAlertEngine:
             updated_at=now,
             message=message,
             glucose_mg_dl=glucose,
+            patient_acknowledged_by=None if silenced is None else silenced.by,
+            patient_acknowledged_at=None if silenced is None else now,
         )
         urgent_since = now if level is AlertLevel.URGENT else None
-        self._open[kind] = _Open(alert=alert, urgent_since=urgent_since)
+        self._open[kind] = _Open(
+            alert=alert, urgent_since=urgent_since, patient_acked_by_snooze=silenced is not None
+        )
         return alert
 
     def _reraise(self, rec: _Open, now: datetime) -> Alert:
+        """Raise an open alert again; it alarms the patient too unless they snoozed it."""
+        silenced = self._patient_snoozes.get(rec.alert.kind)
+        keep = silenced is not None and now < silenced.until and rec.patient_acked_by_snooze
         rec.alert = replace(
             rec.alert,
             state=AlertState.RAISED,
             acknowledged_by=None,
             acknowledged_at=None,
             updated_at=now,
+            patient_acknowledged_by=rec.alert.patient_acknowledged_by if keep else None,
+            patient_acknowledged_at=rec.alert.patient_acknowledged_at if keep else None,
         )
         rec.acked_by_snooze = False
+        rec.patient_acked_by_snooze = keep
         if rec.alert.level is AlertLevel.URGENT:
             rec.urgent_since = now
         return rec.alert
@@ -622,11 +688,18 @@ class PatientAlertEngine:
                     "urgent_since": ts(rec.urgent_since),
                     "clear_since": ts(rec.clear_since),
                     "acked_by_snooze": rec.acked_by_snooze,
+                    "patient_acknowledged_by": rec.alert.patient_acknowledged_by,
+                    "patient_acknowledged_at": ts(rec.alert.patient_acknowledged_at),
+                    "patient_acked_by_snooze": rec.patient_acked_by_snooze,
                 }
                 for rec in self._open.values()
             ],
             "snoozes": {
                 kind.value: {"until": ts(s.until), "by": s.by} for kind, s in self._snoozes.items()
+            },
+            "patient_snoozes": {
+                kind.value: {"until": ts(s.until), "by": s.by}
+                for kind, s in self._patient_snoozes.items()
             },
             "cgm": [[ts(t), g] for t, g in self._cgm],
             "last_cgm_time": ts(self._last_cgm_time),
@@ -672,20 +745,33 @@ class PatientAlertEngine:
                         else reader.text(entry, "acknowledged_by", key)
                     ),
                     acknowledged_at=reader.time_or_none(entry, "acknowledged_at", key),
+                    patient_acknowledged_by=(
+                        None
+                        if entry.get("patient_acknowledged_by") is None
+                        else reader.text(entry, "patient_acknowledged_by", key)
+                    ),
+                    patient_acknowledged_at=reader.time_or_none(
+                        entry, "patient_acknowledged_at", key
+                    ),
                 )
                 engine._open[kind] = _Open(
                     alert=alert,
                     urgent_since=reader.time_or_none(entry, "urgent_since", key),
                     clear_since=reader.time_or_none(entry, "clear_since", key),
                     acked_by_snooze=entry.get("acked_by_snooze") is True,
+                    patient_acked_by_snooze=entry.get("patient_acked_by_snooze") is True,
                 )
-            for name, value in reader.map(state.get("snoozes", {}), "snoozes").items():
-                key = f"snoozes.{name}"
-                kind = reader.enum(AlertKind, {"kind": name}, "kind", key)
-                entry = reader.map(value, key)
-                engine._snoozes[kind] = _Snooze(
-                    until=reader.time(entry, "until", key), by=reader.text(entry, "by", key)
-                )
+            for field, snoozes in (
+                ("snoozes", engine._snoozes),
+                ("patient_snoozes", engine._patient_snoozes),
+            ):
+                for name, value in reader.map(state.get(field, {}), field).items():
+                    key = f"{field}.{name}"
+                    kind = reader.enum(AlertKind, {"kind": name}, "kind", key)
+                    entry = reader.map(value, key)
+                    snoozes[kind] = _Snooze(
+                        until=reader.time(entry, "until", key), by=reader.text(entry, "by", key)
+                    )
             for i, pair in enumerate(reader.seq(state, "cgm")):
                 key = f"cgm[{i}]"
                 if not isinstance(pair, list | tuple) or len(pair) != 2:

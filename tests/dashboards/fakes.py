@@ -174,22 +174,34 @@ class FakeAlertControl:
         self.clock = clock
         self.snoozes: list[tuple[str, AlertKind, int, str]] = []
 
-    async def acknowledge(self, alert_id: str, *, by: str) -> Alert | None:
+    async def acknowledge(
+        self, alert_id: str, *, by: str, by_patient: bool = False
+    ) -> Alert | None:
         alert = self.model.alerts_by_id.get(alert_id)
         if alert is None:
             return None
-        updated = dataclasses.replace(
-            alert,
-            state=AlertState.ACKNOWLEDGED,
-            acknowledged_by=by,
-            acknowledged_at=self.clock.now(),
-            updated_at=self.clock.now(),
-        )
+        if by_patient:  # silences the patient's alarm only; the care team's alert stays raised
+            updated = dataclasses.replace(
+                alert,
+                patient_acknowledged_by=by,
+                patient_acknowledged_at=self.clock.now(),
+                updated_at=self.clock.now(),
+            )
+        else:
+            updated = dataclasses.replace(
+                alert,
+                state=AlertState.ACKNOWLEDGED,
+                acknowledged_by=by,
+                acknowledged_at=self.clock.now(),
+                updated_at=self.clock.now(),
+            )
         self.model.alerts_by_id[alert_id] = updated
         self.live.push(AlertChanged(alert=updated))
         return updated
 
-    async def snooze(self, patient_id: str, kind: AlertKind, *, minutes: int, by: str) -> None:
+    async def snooze(
+        self, patient_id: str, kind: AlertKind, *, minutes: int, by: str, by_patient: bool = False
+    ) -> None:
         self.snoozes.append((patient_id, kind, minutes, by))
 
 

@@ -445,6 +445,27 @@ async def test_websocket_follows_consent_revocation(
         assert message["patient_id"] == "pat-c"
 
 
+async def test_consent_revocation_stops_the_live_stream_at_once(
+    world: World, app: web.Application, login: Login
+) -> None:
+    dr = await login("dr-grant")
+    alice = await login("alice")
+    token = await csrf_of(alice, "/consent")
+    t = NOW + timedelta(minutes=5)
+    async with dr.ws_connect("/ws") as ws:
+        await _wait_for_viewers(app, 1)
+        revoked = await alice.post(
+            "/consent/revoke", data={"csrf_token": token, "clinician": "dr-grant"}
+        )
+        assert revoked.status == 200 and "can no longer see" in await revoked.text()
+        # Published right after the revocation, before any periodic refresh could run.
+        push_readings(world, [cgm("pat-a", t, 61.0)])
+        push_alert(world, alert("al-a", "pat-a", AlertKind.URGENT_LOW, AlertLevel.URGENT))
+        push_readings(world, [cgm("pat-c", t, 150.0)])
+        message = await _receive(ws)
+        assert message["patient_id"] == "pat-c"
+
+
 async def test_logout_closes_the_live_channel(app: web.Application, login: Login) -> None:
     dr = await login("dr-grant")
     token = await csrf_of(dr)

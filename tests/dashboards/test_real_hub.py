@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -182,3 +183,50 @@ async def test_dashboard_on_the_real_hub(hub: Hub) -> None:
         assert ">dr<" in text and ">page<" in text  # Ann sees that dr looked at her record
         async with ann.get(f"{base}/patients/p2") as response:
             assert response.status == 404
+
+
+async def test_unauthenticated_metrics_hold_no_patient_derived_figures(hub: Hub) -> None:
+    assert hub.running is not None
+    now = datetime.now(UTC).replace(microsecond=0)
+    low = [cgm("p1", i, 45.0, now - timedelta(minutes=5 * (1 - i))) for i in range(2)]
+    assert (await hub.running.hub.submit(origin=ORIGIN, readings=low)).accepted == 2
+    for _ in range(100):
+        if await hub.running.read_model.alerts("p1"):
+            break
+        await asyncio.sleep(0.05)
+    assert {a.kind.value for a in await hub.running.read_model.alerts("p1")} >= {"urgent_low"}
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{hub.url}/metrics") as got:
+        assert got.status == 200
+        body = await got.text()
+    assert "glucohub_readings_ingested_total 2" in body  # operational figures stay
+    assert "alert" not in body and "urgent_low" not in body
+
+
+async def test_fuzzed_requests_to_the_real_hub_never_give_a_server_error(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """The fuzz run of test_fuzz against the real store and ledger (huge ids reach SQLite)."""
+    from tests.dashboards.conftest import make_app
+    from tests.dashboards.fakes import build_world
+    from tests.dashboards.test_fuzz import SEED, app_routes, fuzz
+
+    world = build_world(tmp_path / "routes.sqlite3")  # only to list the app's routes
+    routes = app_routes(make_app(world))
+    world.accounts.close()
+    rng = random.Random(SEED + 1)
+    failures: list[str] = []
+    for username in ("dr", "ann"):
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as session:
+            csrf = await login(session, hub.url, username)
+
+            async def send(
+                method: str, url: str, data: bytes, headers: dict[str, str]
+            ) -> tuple[int, bytes]:
+                async with session.request(
+                    method, hub.url + url, data=data, headers=headers, allow_redirects=False
+                ) as response:
+                    return response.status, await response.read()
+
+            failures += [f"{username} {f}" for f in await fuzz(send, routes, csrf, rng, 600)]
+    assert failures == [], "\n".join(failures[:40]) + f"\n({len(failures)} in all)"

@@ -234,3 +234,34 @@ def test_device_map_sees_devices_changed_by_another_process(data_dir: Path, stor
         Device(device_id="scale-4", patient_id="p1", kind=DeviceKind.SCALE, transport=Transport.BLE)
     )
     assert "scale-4" in store.device_map()
+
+
+def test_a_database_from_before_patient_acknowledgements_gains_their_columns(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from gateway.model import Alert, AlertKind, AlertLevel, AlertState
+
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "glucohub.sqlite3")
+    db.execute("ALTER TABLE alerts DROP COLUMN patient_acknowledged_by")
+    db.execute("ALTER TABLE alerts DROP COLUMN patient_acknowledged_at")
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    alert = Alert(
+        alert_id="al_1",
+        patient_id="p1",
+        kind=AlertKind.URGENT_LOW,
+        level=AlertLevel.URGENT,
+        state=AlertState.RAISED,
+        raised_at=T0,
+        updated_at=T0,
+        message="low",
+        patient_acknowledged_by="ann",
+        patient_acknowledged_at=T0,
+    )
+    store.record_alerts([alert], {})
+    assert store.alerts("p1") == [alert]
+    store.close()

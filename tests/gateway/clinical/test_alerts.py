@@ -699,3 +699,63 @@ def test_the_cgm_window_is_the_last_35_minutes_whatever_the_arrival_order(
         [at(m).isoformat(), float(first_value[m])] for m in sorted(first_value) if m >= newest - 35
     ]
     assert engine.state_to_json()["cgm"] == expected
+
+
+# ---------------------------------------------------------------- patient vs care team
+
+
+def test_patient_acknowledgement_silences_the_patient_but_escalation_still_fires() -> None:
+    engine = PatientAlertEngine(P)
+    (alert,) = engine.on_reading(meter(0, 45), at(0))
+    acked = engine.acknowledge(alert.alert_id, "ann", at(2), by_patient=True)
+    # The patient's alarm is silenced; for the care team the alert is still raised.
+    assert (acked.state, acked.acknowledged_by) == (AlertState.RAISED, None)
+    assert (acked.patient_acknowledged_by, acked.patient_acknowledged_at) == ("ann", at(2))
+    assert engine.tick(at(14)) == []
+    (escalated,) = engine.tick(at(15))
+    assert (escalated.alert_id, escalated.level) == (alert.alert_id, AlertLevel.ESCALATED)
+    assert escalated.state is AlertState.RAISED
+    assert escalated.patient_acknowledged_by == "ann"  # escalation does not re-alarm her
+
+
+def test_clinician_acknowledgement_stops_the_escalation() -> None:
+    engine = PatientAlertEngine(P)
+    (alert,) = engine.on_reading(meter(0, 45), at(0))
+    engine.acknowledge(alert.alert_id, "ann", at(2), by_patient=True)
+    acked = engine.acknowledge(alert.alert_id, "dr-rivera", at(5))
+    assert (acked.state, acked.acknowledged_by, acked.patient_acknowledged_by) == (
+        AlertState.ACKNOWLEDGED,
+        "dr-rivera",
+        "ann",
+    )
+    assert engine.tick(at(60)) == []
+
+
+def test_patient_snooze_silences_the_patient_but_not_the_care_team() -> None:
+    engine = PatientAlertEngine(P)
+    (first,) = engine.on_reading(meter(0, 45), at(0))
+    (silenced,) = engine.snooze(AlertKind.URGENT_LOW, at(24 * 60), "ann", at(1), by_patient=True)
+    assert (silenced.state, silenced.patient_acknowledged_by) == (AlertState.RAISED, "ann")
+    assert engine.snoozed_until(AlertKind.URGENT_LOW) is None  # no care-team snooze
+    (escalated,) = engine.tick(at(15))
+    assert escalated.level is AlertLevel.ESCALATED
+    # Glucose recovers: the alert resolves. A new urgent low during the snooze is still
+    # raised (the care team sees it, and it escalates), already silenced for the patient.
+    meters(engine, [(20, 100), (30, 100)])
+    assert open_kinds(engine) == set()
+    (second,) = meters(engine, [(40, 45)])
+    assert second.alert_id != first.alert_id and second.state is AlertState.RAISED
+    assert (second.patient_acknowledged_by, second.patient_acknowledged_at) == ("ann", at(40))
+    (again,) = engine.tick(at(55))
+    assert again.level is AlertLevel.ESCALATED
+
+
+def test_patient_snooze_expiry_alarms_the_patient_again() -> None:
+    engine = PatientAlertEngine(P)
+    (low,) = meters(engine, [(0, 65)])
+    engine.snooze(AlertKind.LOW, at(30), "ann", at(1), by_patient=True)
+    engine = restart(engine)  # the patient's snooze and acknowledgement are kept
+    assert [a.patient_acknowledged_by for a in engine.open_alerts()] == ["ann"]
+    (again,) = engine.tick(at(30))
+    assert (again.alert_id, again.state) == (low.alert_id, AlertState.RAISED)
+    assert (again.patient_acknowledged_by, again.patient_acknowledged_at) == (None, None)
