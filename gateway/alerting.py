@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from gateway.clinical.alerts import PatientAlertEngine, Thresholds
 from gateway.clinical.errors import ClinicalError
-from gateway.clock import Clock
+from gateway.clock import Clock, to_rfc3339
 from gateway.errors import InputError
 from gateway.model import Alert, AlertKind, DeviceEvent, Reading
 from gateway.settings import AlertSettings, BleSettings
@@ -55,7 +55,9 @@ class AlertService:
         # Patients whose engine state changed without an alert transition: saved on the next
         # tick or flush (open alerts and snoozes are always saved with their transition).
         self._dirty: set[str] = set()
-        self.on_change: Callable[[list[Alert]], None] | None = None
+        # Told of transitions made by a person (acknowledge, snooze), which the pipeline does
+        # not see otherwise: it streams them and seals them like its own.
+        self.on_change: Callable[[list[Alert], int], None] | None = None
         for patient_id, text in states.items():
             try:
                 self._engines[patient_id] = PatientAlertEngine.from_state(
@@ -80,9 +82,12 @@ class AlertService:
         self._dirty.clear()
         states = {p: json.dumps(self._engines[p].state_to_json()) for p in patients}
         await self._writer_run(lambda store: store.record_alerts(alerts, states))
-        if alerts and self.on_change is not None:
-            self.on_change(alerts)
         return alerts
+
+    def _changed_by_a_person(self, alerts: list[Alert], ledger_events: int) -> None:
+        """`on_change(alerts, n)`: the transitions to stream, and n ledger events to seal."""
+        if self.on_change is not None:
+            self.on_change(alerts, ledger_events)
 
     async def on_stored(
         self, readings: Sequence[Reading], events: Sequence[DeviceEvent]
@@ -144,6 +149,7 @@ class AlertService:
                 except ClinicalError as exc:
                     raise InputError(str(exc)) from None
                 await self._persist([alert], {patient_id}, force=True)
+                self._changed_by_a_person([alert], 1)
                 return alert
         return None
 
@@ -161,3 +167,15 @@ class AlertService:
         except ClinicalError as exc:
             raise InputError(str(exc)) from None
         await self._persist(alerts, {patient_id}, force=True)  # a snooze must outlive a crash
+        # The snooze itself is a clinical decision: a ledger event of its own.
+        event = {
+            "type": "snooze",
+            "patient_id": patient_id,
+            "kind": kind.value,
+            "minutes": minutes,
+            "by": by,
+            "by_patient": by_patient,
+            "at": to_rfc3339(now),
+        }
+        await self._writer_run(lambda store: store.add_ledger_event(patient_id, event))
+        self._changed_by_a_person(alerts, len(alerts) + 1)

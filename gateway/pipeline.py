@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.clock import Clock
@@ -83,6 +83,13 @@ class AlertStage(Protocol):
     async def flush(self) -> None:
         """Persist any state not yet saved (called at shutdown)."""
         ...
+
+
+@runtime_checkable
+class PersonChanges(Protocol):
+    """An alert stage whose transitions can also come from people (acknowledge, snooze)."""
+
+    on_change: Callable[[list[Alert], int], None] | None
 
 
 class NoAlerts:
@@ -148,6 +155,8 @@ class Hub:
         self.telemetry = telemetry
         self.fanout = fanout
         self._alerts: AlertStage = alerts or NoAlerts()
+        if isinstance(alerts, PersonChanges):
+            alerts.on_change = self._changed_by_a_person
         size = settings.pipeline.queue_size
         self._ingest: asyncio.Queue[_Envelope | None] = asyncio.Queue(size)
         self._alert_queue: asyncio.Queue[_Stored | None] = asyncio.Queue(max(1, size // 100))
@@ -468,6 +477,15 @@ class Hub:
                 await self._alerts.flush()
                 return
             self._publish_alerts(await self._alerts.on_stored(item.readings, item.events))
+
+    def _changed_by_a_person(self, alerts: list[Alert], ledger_events: int) -> None:
+        """An acknowledgement or snooze: stream it, and seal its ledger events within
+        batch_max_seconds rather than with the next reading."""
+        for alert in alerts:
+            self.fanout.publish(AlertChanged(alert=alert))
+        if ledger_events:
+            self._batcher.add(ledger_events, self._clock.monotonic())
+            self._new_readings.set()
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
