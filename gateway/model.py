@@ -49,6 +49,12 @@ CANONICAL_UNIT: dict[ReadingKind, Unit] = {
 }
 
 
+# A status flag is an identifier (e.g. "calibration_required", "trend_mg_dl_min=-1.5"):
+# 1-64 ASCII letters, digits and "_.:=+-". Stored flags are joined with ",", so no flag may
+# hold one. "(?![\s\S])" is end-of-string in both Python and ECMA-262 (reading.schema.json).
+STATUS_FLAG_PATTERN = r"^[A-Za-z0-9_.:=+-]{1,64}(?![\s\S])"
+
+
 class Source(StrEnum):
     """How a reading reached the hub."""
 
