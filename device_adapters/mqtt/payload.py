@@ -30,16 +30,20 @@ from typing import Any, NamedTuple
 from device_adapters.mqtt.errors import PayloadRejected
 from device_adapters.mqtt.topics import parse_readings_topic
 from gateway.errors import UnknownUnit
-from gateway.model import CANONICAL_UNIT, STATUS_FLAG_PATTERN, Reading, ReadingKind, Source
+from gateway.model import (
+    CANONICAL_UNIT,
+    MAX_SEQ,  # 2^53-1: beyond it a seq could be stored but never sealed (and in the schema)
+    STATUS_FLAG_PATTERN,
+    Reading,
+    ReadingKind,
+    Source,
+)
 from gateway.protocols import RejectReason
 from gateway.units import Unit, parse_unit, to_canonical
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_ABS_VALUE = 1e15  # any real measurement is far inside; keeps conversions finite
 MAX_ABS_TIME_OFFSET_S = 1e9  # about 31.7 years either way
-# RFC 8785 numbers are IEEE 754 doubles (I-JSON, RFC 7493 §2.2): a larger seq could be
-# stored but never sealed, so it is refused here, like in reading.schema.json.
-MAX_SEQ = 2**53 - 1
 
 FIELDS = frozenset({"kind", "value", "unit", "time", "time_offset_s", "seq", "status"})
 REQUIRED = ("kind", "value", "unit", "seq")
