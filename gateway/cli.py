@@ -257,12 +257,19 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
             "device_id": letter.device_id,
             "reason": letter.reason,
             "detail": letter.detail,
+            # The first 4 KiB at most; the whole input's length and SHA-256 are kept.
             "payload": letter.payload.decode("utf-8", errors="backslashreplace"),
+            "payload_bytes": letter.payload_bytes,
+            "payload_sha256": letter.payload_sha256,
+            "payload_truncated": letter.truncated,
         }
         if args.format == "jsonl":
             print(json_line(record))
         else:
-            print(f"{letter.received_at}\t{letter.reason}\t{letter.topic}\t{letter.detail}")
+            print(
+                f"{letter.received_at}\t{letter.reason}\t{letter.topic}\t{letter.detail}"
+                f"\t{letter.payload_bytes} bytes, sha256 {letter.payload_sha256}"
+            )
     return 0
 
 

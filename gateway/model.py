@@ -49,6 +49,16 @@ CANONICAL_UNIT: dict[ReadingKind, Unit] = {
 }
 
 
+# A reading's seq is sealed as an RFC 8785 number, an IEEE 754 double (I-JSON, RFC 7493
+# §2.2): beyond 2^53-1 it would be stored but could never be sealed exactly.
+MAX_SEQ = 2**53 - 1
+
+# A status flag is an identifier (e.g. "calibration_required", "trend_mg_dl_min=-1.5"):
+# 1-64 ASCII letters, digits and "_.:=+-". Stored flags are joined with ",", so no flag may
+# hold one. "(?![\s\S])" is end-of-string in both Python and ECMA-262 (reading.schema.json).
+STATUS_FLAG_PATTERN = r"^[A-Za-z0-9_.:=+-]{1,64}(?![\s\S])"
+
+
 class Source(StrEnum):
     """How a reading reached the hub."""
 
@@ -74,6 +84,28 @@ class Transport(StrEnum):
     MQTT = "mqtt"
     HTTP = "http"
     VIRTUAL = "virtual"
+
+
+# The kinds each kind of device may send (validation refuses others as `kind_mismatch`):
+# what its Bluetooth SIG profile carries; an uploader (a phone app, a home sensor) relays any.
+DEVICE_READING_KINDS: dict[DeviceKind, frozenset[ReadingKind]] = {
+    DeviceKind.CGM: frozenset({ReadingKind.CGM_GLUCOSE}),
+    DeviceKind.METER: frozenset({ReadingKind.GLUCOSE}),
+    DeviceKind.HEART_RATE: frozenset(
+        {ReadingKind.HEART_RATE, ReadingKind.RR_INTERVAL, ReadingKind.ENERGY_EXPENDED}
+    ),
+    DeviceKind.BLOOD_PRESSURE: frozenset(
+        {
+            ReadingKind.BLOOD_PRESSURE_SYSTOLIC,
+            ReadingKind.BLOOD_PRESSURE_DIASTOLIC,
+            ReadingKind.BLOOD_PRESSURE_MEAN,
+            ReadingKind.PULSE_RATE,
+        }
+    ),
+    DeviceKind.SCALE: frozenset({ReadingKind.BODY_WEIGHT}),
+    DeviceKind.THERMOMETER: frozenset({ReadingKind.BODY_TEMPERATURE}),
+    DeviceKind.UPLOADER: frozenset(ReadingKind),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +172,7 @@ class DeviceEventKind(StrEnum):
     DISCONNECTED = "disconnected"
     RESULT_TOO_HIGH = "result_too_high"
     RESULT_TOO_LOW = "result_too_low"
+    SEQ_CONFLICT = "seq_conflict"  # a different reading under a seq already stored
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

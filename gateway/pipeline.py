@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
@@ -36,10 +37,11 @@ from gateway.protocols import (
     IngestOutcome,
     Origin,
     ReadingsStored,
+    RejectReason,
 )
 from gateway.sealing import Sealer, SealOutcome
 from gateway.settings import Settings
-from gateway.store import Store, WriteResult
+from gateway.store import Message, Store, WriteResult
 from gateway.telemetry import Telemetry
 from gateway.validation import ValidationRules, validate
 
@@ -324,52 +326,87 @@ class Hub:
         await self._alert_queue.put(None)
 
     def _validate_and_write(self, chunk: list[_Envelope]) -> _Written:
-        store = self._writer.store
+        """Validate and store a chunk in one transaction. Each envelope's readings are all
+        or nothing (one bad reading makes the whole message one dead letter). An envelope
+        that makes validation or storage raise becomes an `unstorable` dead letter: no
+        single input may stop the writer."""
         now = self._clock.now()
+        try:
+            return self._write_chunk(chunk, now)
+        except sqlite3.OperationalError:
+            raise  # the database itself (disk full, I/O): nothing to blame on one input
+        except Exception:
+            log.exception("a chunk of %d inputs failed; storing them one by one", len(chunk))
+        parts: list[_Written] = []
+        for envelope in chunk:
+            try:
+                parts.append(self._write_chunk([envelope], now))
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:
+                log.exception("unstorable input from %s", envelope.origin.topic or "?")
+                parts.append(self._write_unstorable(envelope, now, exc))
+        return _Written(
+            result=WriteResult(
+                stored=tuple(r for p in parts for r in p.result.stored),
+                duplicates=sum(p.result.duplicates for p in parts),
+                dead_letters=sum(p.result.dead_letters for p in parts),
+                events=sum(p.result.events for p in parts),
+            ),
+            outcomes=[o for p in parts for o in p.outcomes],
+            rejected_reasons=[r for p in parts for r in p.rejected_reasons],
+        )
+
+    def _write_unstorable(self, envelope: _Envelope, now: datetime, exc: Exception) -> _Written:
+        letter = _letter(
+            envelope, None, now, RejectReason.UNSTORABLE, f"{type(exc).__name__}: {exc}"
+        )
+        result = self._writer.store.write_messages([], dead_letters=[letter], now=now)
+        return _Written(
+            result=result,
+            outcomes=[IngestOutcome(rejected=len(envelope.readings) or 1)],
+            rejected_reasons=[RejectReason.UNSTORABLE.value],
+        )
+
+    def _write_chunk(self, chunk: list[_Envelope], now: datetime) -> _Written:
+        store = self._writer.store
         devices = store.device_map()
-        accepted: list[Reading] = []
+        messages: list[Message] = []
         events: list[DeviceEvent] = []
         dead: list[DeadLetter] = []
-        per_envelope: list[tuple[int, int]] = []  # (accepted, rejected) per envelope
+        refused_here: list[bool] = []
         for envelope in chunk:
-            ok = bad = 0
-            for reading in envelope.readings:
+            letter: DeadLetter | None = None
+            for position, reading in enumerate(envelope.readings):
                 device = devices.get(reading.device_id)
                 verdict = validate(reading, device, now=now, rules=self._rules)
-                if verdict is None:
-                    accepted.append(reading)
-                    ok += 1
-                else:
-                    bad += 1
-                    dead.append(
-                        DeadLetter(
-                            received_at=now,
-                            origin=Origin(
-                                source=envelope.origin.source,
-                                topic=envelope.origin.topic,
-                                raw=envelope.origin.raw,
-                                device_id=reading.device_id,
-                            ),
-                            reason=verdict.reason,
-                            detail=verdict.detail,
-                        )
-                    )
+                if verdict is not None:
+                    letter = _letter(envelope, position, now, verdict.reason, verdict.detail)
+                    break
+            if letter is not None:
+                dead.append(letter)
+                messages.append(Message(origin=envelope.origin, readings=()))
+            else:
+                messages.append(Message(origin=envelope.origin, readings=envelope.readings))
+            refused_here.append(letter is not None)
             events.extend(envelope.events)
             dead.extend(envelope.dead_letters)
-            per_envelope.append((ok, bad + len(envelope.dead_letters)))
-        result = store.write(accepted, events, dead)
+        result = store.write_messages(messages, events, dead, now=now)
+        stored_ids = {id(reading) for reading in result.stored}
         outcomes: list[IngestOutcome] = []
-        if result.duplicates == 0:
-            for ok, bad in per_envelope:
-                outcomes.append(IngestOutcome(accepted=ok, rejected=bad))
-        else:  # attribute them to their envelopes
-            stored_ids = {id(reading) for reading in result.stored}
-            for envelope, (ok, bad) in zip(chunk, per_envelope, strict=True):
-                new = sum(1 for reading in envelope.readings if id(reading) in stored_ids)
-                outcomes.append(IngestOutcome(accepted=new, duplicates=ok - new, rejected=bad))
-        return _Written(
-            result=result, outcomes=outcomes, rejected_reasons=[d.reason.value for d in dead]
-        )
+        for index, envelope in enumerate(chunk):
+            total = len(envelope.readings)
+            if refused_here[index] or index in result.refused:
+                outcomes.append(IngestOutcome(rejected=total + len(envelope.dead_letters)))
+                continue
+            new = sum(1 for reading in envelope.readings if id(reading) in stored_ids)
+            outcomes.append(
+                IngestOutcome(
+                    accepted=new, duplicates=total - new, rejected=len(envelope.dead_letters)
+                )
+            )
+        reasons = [d.reason.value for d in dead] + [d.reason.value for d in result.refused.values()]
+        return _Written(result=result, outcomes=outcomes, rejected_reasons=reasons)
 
     async def _process(self, chunk: list[_Envelope]) -> None:
         written = await self._writer.run(self._validate_and_write, chunk)
@@ -493,6 +530,25 @@ class Hub:
         if alerts:  # transitions are sealed into the ledger like readings
             self._batcher.add(len(alerts), self._clock.monotonic())
             self._new_readings.set()
+
+
+def _letter(
+    envelope: _Envelope, position: int | None, now: datetime, reason: RejectReason, detail: str
+) -> DeadLetter:
+    """The one dead letter of a refused envelope; `position` names the offending reading."""
+    readings = envelope.readings
+    device_id = readings[position or 0].device_id if readings else envelope.origin.device_id
+    if position is not None and len(readings) > 1:
+        detail += f" (reading {position})"
+    origin = envelope.origin
+    return DeadLetter(
+        received_at=now,
+        origin=Origin(
+            source=origin.source, topic=origin.topic, raw=origin.raw, device_id=device_id
+        ),
+        reason=reason,
+        detail=detail,
+    )
 
 
 def _resolve(future: asyncio.Future[IngestOutcome], outcome: IngestOutcome) -> None:

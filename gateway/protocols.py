@@ -42,6 +42,9 @@ class RejectReason(StrEnum):
     WRONG_PATIENT = "wrong_patient"  # device registered to another patient
     INACTIVE_DEVICE = "inactive_device"
     CRC_MISMATCH = "crc_mismatch"
+    KIND_MISMATCH = "kind_mismatch"  # a kind its registered device does not measure
+    CONFLICT = "conflict"  # a different reading under a (device, kind, seq) already stored
+    UNSTORABLE = "unstorable"  # passed validation, yet could not be stored or sealed (a bug)
     DUPLICATE = "duplicate"  # counted, never dead-lettered: replays are normal
 
 

@@ -8,14 +8,16 @@ by a UNIQUE (device_id, dedupe_key) index, so a replayed message is a no-op.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import sqlite3
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,12 +40,14 @@ from gateway.model import (
     Source,
     Transport,
 )
-from gateway.protocols import DeadLetter, RejectReason
+from gateway.protocols import DeadLetter, Origin, RejectReason
 from gateway.units import Unit
 from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
 
 DB_FILENAME = "glucohub.sqlite3"
+
+log = logging.getLogger("glucohub.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,7 +105,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     device_id TEXT,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,  -- at most DEAD_LETTER_PREFIX_BYTES of the input
+    payload_bytes INTEGER,  -- the whole input's length (NULL: stored whole, before 2026-12)
+    payload_sha256 TEXT     -- hex SHA-256 of the whole input
 );
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
@@ -190,12 +196,30 @@ _READING_COLUMNS = (
 )
 
 
+# A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
+# 100 MB message must not become 100 MB of database.
+DEAD_LETTER_PREFIX_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One input's readings (an MQTT message, a BLE notification), stored all or nothing.
+
+    `origin` (its raw bytes) is what a refused message's dead letter keeps; without one the
+    dead letter holds the refused reading's JSON."""
+
+    origin: Origin | None
+    readings: Sequence[Reading]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriteResult:
     stored: tuple[Reading, ...]  # the readings that were new, in input order
     duplicates: int
-    dead_letters: int
-    events: int
+    dead_letters: int  # every dead letter written, `refused` included
+    events: int  # device events written, conflict flags included
+    # Messages the store itself refused, by index: `conflict` or `unstorable`.
+    refused: Mapping[int, DeadLetter] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,7 +231,13 @@ class StoredDeadLetter:
     device_id: str | None
     reason: str
     detail: str
-    payload: bytes
+    payload: bytes  # the first DEAD_LETTER_PREFIX_BYTES at most
+    payload_bytes: int  # the whole input's length
+    payload_sha256: str  # hex SHA-256 of the whole input
+
+    @property
+    def truncated(self) -> bool:
+        return self.payload_bytes > len(self.payload)
 
 
 def _time_ms(value: datetime) -> int:
@@ -264,6 +294,11 @@ _INSERT_READING = (
 
 
 def reading_to_row(reading: Reading) -> tuple[object, ...]:
+    """The row of a reading; ValueError when a status flag holds the "," that joins them
+    (validation refuses those, so this guards other callers)."""
+    for flag in reading.status:
+        if "," in flag or not flag:
+            raise ValueError(f"status flag {flag!r} cannot be stored: flags are joined by ','")
     return (
         reading.patient_id,
         reading.device_id,
@@ -370,6 +405,48 @@ def reading_canonical_from_row(row: tuple[Any, ...]) -> str:
     )
 
 
+def _text(value: str) -> str:
+    """Text SQLite can bind: a lone surrogate (from a decoder's error message) escaped."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dead_letter_row(letter: DeadLetter) -> tuple[object, ...]:
+    raw = letter.origin.raw
+    return (
+        to_rfc3339(letter.received_at),
+        letter.origin.source.value,
+        _text(letter.origin.topic),
+        None if letter.origin.device_id is None else _text(letter.origin.device_id),
+        letter.reason.value,
+        _text(letter.detail),
+        raw[:DEAD_LETTER_PREFIX_BYTES],
+        len(raw),
+        hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _refused(
+    message: Message, position: int | None, received: datetime, reason: RejectReason, detail: str
+) -> DeadLetter:
+    """The dead letter of a message the store refused; `position` names the reading."""
+    reading = message.readings[0 if position is None else position]
+    if message.origin is not None:
+        origin = Origin(
+            source=message.origin.source,
+            topic=message.origin.topic,
+            raw=message.origin.raw,
+            device_id=reading.device_id,
+        )
+    else:
+        raw = json.dumps(
+            reading_to_json(reading), separators=(",", ":"), ensure_ascii=False, default=str
+        ).encode("utf-8", "backslashreplace")
+        origin = Origin(source=reading.source, raw=raw, device_id=reading.device_id)
+    if position is not None and len(message.readings) > 1:
+        detail += f" (reading {position})"
+    return DeadLetter(received_at=received, origin=origin, reason=reason, detail=detail)
+
+
 def _tail_entries(ids: Sequence[int], rows: Sequence[tuple[object, ...]]) -> list[UnsealedReading]:
     """Unsealed-tail entries for rows just inserted (`reading_to_row` order) with `ids`:
     the same values a SELECT of those rows returns, so the same canonical text."""
@@ -427,6 +504,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            self._add_dead_letter_columns()
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute("PRAGMA foreign_keys=ON")
 
@@ -442,6 +520,13 @@ class Store:
         columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(batches)")}
         if "record_seed" not in columns:
             self._db.execute("ALTER TABLE batches ADD COLUMN record_seed BLOB")
+
+    def _add_dead_letter_columns(self) -> None:
+        """Databases from before bounded dead letters get the length and hash columns."""
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(dead_letters)")}
+        for name, kind in (("payload_bytes", "INTEGER"), ("payload_sha256", "TEXT")):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
 
     # -- transactions -------------------------------------------------------------------
 
@@ -566,34 +651,47 @@ class Store:
         events: Sequence[DeviceEvent] = (),
         dead_letters: Sequence[DeadLetter] = (),
     ) -> WriteResult:
-        """Store everything in one transaction; duplicates are skipped and counted."""
-        rows = [reading_to_row(reading) for reading in readings]
+        """`write_messages` with each reading a message of its own."""
+        return self.write_messages(
+            [Message(origin=None, readings=(reading,)) for reading in readings],
+            events,
+            dead_letters,
+        )
+
+    def write_messages(
+        self,
+        messages: Sequence[Message],
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        now: datetime | None = None,
+    ) -> WriteResult:
+        """Store everything in one transaction. Each message's readings are stored all or
+        nothing: an identical replay (same kind, time, value and unit under a stored
+        (device, kind, seq)) is skipped and counted; a different reading under a stored key
+        refuses its message as a `conflict` dead letter and flags the device with a
+        `seq_conflict` event; a message whose readings raise while being stored or
+        canonicalised (a bug upstream) becomes an `unstorable` dead letter. Only SQLite's
+        own operational errors (disk full, I/O) propagate."""
+        received = now or datetime.now(UTC)
         self._begin()
         try:
-            stored, tail = self._insert_readings(readings, rows)
+            stored, tail, refused, flags = self._insert_messages(messages, received)
+            letters = [*dead_letters, *refused.values()]
+            all_events = [*events, *flags]
             self._db.executemany(
                 "INSERT INTO device_events (patient_id, device_id, kind, time, detail, seq) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (e.patient_id, e.device_id, e.kind.value, to_rfc3339(e.time), e.detail, e.seq)
-                    for e in events
+                    for e in all_events
                 ],
             )
             self._db.executemany(
                 "INSERT INTO dead_letters (received_at, source, topic, device_id, reason, "
-                "detail, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        to_rfc3339(d.received_at),
-                        d.origin.source.value,
-                        d.origin.topic,
-                        d.origin.device_id,
-                        d.reason.value,
-                        d.detail,
-                        d.origin.raw,
-                    )
-                    for d in dead_letters
-                ],
+                "detail, payload, payload_bytes, payload_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_dead_letter_row(d) for d in letters],
             )
             self._commit()
         except BaseException:
@@ -601,51 +699,130 @@ class Store:
             raise
         if len(self._tail) + len(tail) <= _TAIL_MAX:
             self._tail.extend(tail)
+        total = sum(len(m.readings) for m in messages)
+        refused_count = sum(len(messages[i].readings) for i in refused)
         return WriteResult(
             stored=stored,
-            duplicates=len(readings) - len(stored),
-            dead_letters=len(dead_letters),
-            events=len(events),
+            duplicates=total - refused_count - len(stored),
+            dead_letters=len(letters),
+            events=len(all_events),
+            refused=refused,
         )
 
-    def _insert_readings(
-        self, readings: Sequence[Reading], rows: list[tuple[object, ...]]
-    ) -> tuple[tuple[Reading, ...], list[UnsealedReading]]:
-        """Insert inside the open transaction; return the readings that were new, and
-        their entries for the unsealed tail.
+    def _insert_messages(
+        self, messages: Sequence[Message], received: datetime
+    ) -> tuple[
+        tuple[Reading, ...], list[UnsealedReading], dict[int, DeadLetter], list[DeviceEvent]
+    ]:
+        """Insert inside the open transaction; return the new readings, their unsealed-tail
+        entries, the refused messages' dead letters and the conflict flags.
 
-        All rows in one statement when none is a duplicate (the usual case); when one is,
-        undo and insert row by row to learn which. After a write with duplicates (a
-        redelivery, an uploader resending its history) the next starts row by row.
+        All rows in one statement when none is a duplicate and all canonicalise (the usual
+        case); otherwise undo and go message by message, each in a savepoint, row by row to
+        learn which rows were replays. After a write with duplicates (a redelivery, an
+        uploader resending its history) the next starts message by message.
         """
-        if not rows:
-            return (), []
+        readings = [reading for message in messages for reading in message.readings]
+        if not readings:
+            return (), [], {}, []
         if not self._last_write_had_duplicates:
             self._db.execute("SAVEPOINT readings")
-            (highest,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()
-            before = self._db.total_changes
-            self._db.executemany(_INSERT_READING, rows)
-            if self._db.total_changes - before == len(rows):
+            try:
+                rows = [reading_to_row(reading) for reading in readings]
+                (highest,) = self._db.execute(
+                    "SELECT COALESCE(MAX(id), 0) FROM readings"
+                ).fetchone()
+                before = self._db.total_changes
+                self._db.executemany(_INSERT_READING, rows)
+                if self._db.total_changes - before == len(rows):
+                    (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
+                    # n new rows, each id above `highest`, none above `last`: exactly those.
+                    if last - highest == len(rows):
+                        fast = _tail_entries(range(highest + 1, last + 1), rows)
+                        self._db.execute("RELEASE readings")
+                        return tuple(readings), fast, {}, []
+            except sqlite3.OperationalError:
+                self._db.execute("ROLLBACK TO readings")
                 self._db.execute("RELEASE readings")
-                (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
-                # n new rows, each id above `highest`, none above `last`: exactly those ids.
-                if last - highest != len(rows):  # pragma: no cover - SQLite's rowid rule
-                    return tuple(readings), []
-                return tuple(readings), _tail_entries(range(highest + 1, last + 1), rows)
+                raise
+            except Exception:  # one input cannot be stored: the slow path finds and refuses it
+                pass
             self._db.execute("ROLLBACK TO readings")
             self._db.execute("RELEASE readings")
         stored: list[Reading] = []
+        tail: list[UnsealedReading] = []
+        refused: dict[int, DeadLetter] = {}
+        flags: list[DeviceEvent] = []
+        for index, message in enumerate(messages):
+            if not message.readings:
+                continue
+            self._db.execute("SAVEPOINT message")
+            try:
+                new, entries, conflict = self._insert_message(message)
+            except sqlite3.OperationalError:
+                self._db.execute("ROLLBACK TO message")
+                self._db.execute("RELEASE message")
+                raise
+            except Exception as exc:  # one bad record must not stop the hub
+                self._db.execute("ROLLBACK TO message")
+                self._db.execute("RELEASE message")
+                log.error("unstorable input refused (a bug: validation let it through): %r", exc)
+                refused[index] = _refused(
+                    message, None, received, RejectReason.UNSTORABLE, f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            if conflict is not None:
+                self._db.execute("ROLLBACK TO message")
+                self._db.execute("RELEASE message")
+                position, reading, detail = conflict
+                refused[index] = _refused(
+                    message, position, received, RejectReason.CONFLICT, detail
+                )
+                flags.append(
+                    DeviceEvent(
+                        patient_id=reading.patient_id,
+                        device_id=reading.device_id,
+                        kind=DeviceEventKind.SEQ_CONFLICT,
+                        time=received,
+                        detail=detail,
+                        seq=reading.seq,
+                    )
+                )
+                continue
+            self._db.execute("RELEASE message")
+            stored.extend(new)
+            tail.extend(entries)
+        self._last_write_had_duplicates = len(stored) < len(readings)
+        return tuple(stored), tail, refused, flags
+
+    def _insert_message(
+        self, message: Message
+    ) -> tuple[list[Reading], list[UnsealedReading], tuple[int, Reading, str] | None]:
+        """Insert one message's rows; the first conflict found stops it."""
+        stored: list[Reading] = []
         ids: list[int] = []
         new_rows: list[tuple[object, ...]] = []
-        for reading, row in zip(readings, rows, strict=True):
+        for position, reading in enumerate(message.readings):
+            row = reading_to_row(reading)
             cursor = self._db.execute(_INSERT_READING, row)
             if cursor.rowcount == 1:
                 assert cursor.lastrowid is not None
                 stored.append(reading)
                 ids.append(cursor.lastrowid)
                 new_rows.append(row)
-        self._last_write_had_duplicates = len(stored) < len(rows)
-        return tuple(stored), _tail_entries(ids, new_rows)
+                continue
+            value, unit, time = self._db.execute(
+                "SELECT value, unit, time FROM readings WHERE device_id = ? AND dedupe_key = ?",
+                (reading.device_id, row[12]),
+            ).fetchone()
+            if (value, unit, time) != (row[3], row[4], row[5]):
+                detail = (
+                    f"{reading.kind} seq {reading.seq} of device {reading.device_id!r} is "
+                    f"already stored as {value:g} {unit} at {time}; refused {row[3]:g} "
+                    f"{row[4]} at {row[5]} (a device whose counter reset?)"
+                )
+                return stored, [], (position, reading, detail)
+        return stored, _tail_entries(ids, new_rows), None
 
     # -- queries ------------------------------------------------------------------------
 
@@ -702,23 +879,35 @@ class Store:
         return int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
 
     def dead_letters(self) -> list[StoredDeadLetter]:
-        rows = self._db.execute(
-            "SELECT id, received_at, source, topic, device_id, reason, detail, payload "
-            "FROM dead_letters ORDER BY id"
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(dead_letters)")}
+        extra = (
+            "payload_bytes, payload_sha256"
+            if "payload_sha256" in columns
+            else "NULL, NULL"  # a read-only open of a database from before the columns
         )
-        return [
-            StoredDeadLetter(
-                row_id=int(r[0]),
-                received_at=str(r[1]),
-                source=str(r[2]),
-                topic=str(r[3]),
-                device_id=None if r[4] is None else str(r[4]),
-                reason=str(r[5]),
-                detail=str(r[6]),
-                payload=bytes(r[7]),
+        rows = self._db.execute(
+            "SELECT id, received_at, source, topic, device_id, reason, detail, payload, "
+            f"{extra} FROM dead_letters ORDER BY id"
+        )
+        letters: list[StoredDeadLetter] = []
+        for r in rows:
+            payload = bytes(r[7])
+            letters.append(
+                StoredDeadLetter(
+                    row_id=int(r[0]),
+                    received_at=str(r[1]),
+                    source=str(r[2]),
+                    topic=str(r[3]),
+                    device_id=None if r[4] is None else str(r[4]),
+                    reason=str(r[5]),
+                    detail=str(r[6]),
+                    payload=payload,
+                    # NULL: stored whole, before the prefix rule
+                    payload_bytes=len(payload) if r[8] is None else int(r[8]),
+                    payload_sha256=hashlib.sha256(payload).hexdigest() if r[9] is None else r[9],
+                )
             )
-            for r in rows
-        ]
+        return letters
 
     def dead_letter_counts(self) -> dict[RejectReason, int]:
         rows = self._db.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason")

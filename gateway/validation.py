@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.model import Device, Reading, ReadingKind
+from gateway.model import (
+    DEVICE_READING_KINDS,
+    MAX_SEQ,
+    STATUS_FLAG_PATTERN,
+    Device,
+    Reading,
+    ReadingKind,
+)
 from gateway.protocols import RejectReason
 
 # Plausible ranges in canonical units. Glucose 10-1000 mg/dL: meters report 20-600,
@@ -23,6 +32,9 @@ PLAUSIBLE_RANGE: dict[ReadingKind, tuple[float, float]] = {
     ReadingKind.BODY_WEIGHT: (0.5, 500.0),
     ReadingKind.BODY_TEMPERATURE: (25.0, 45.0),
 }
+
+
+_STATUS_FLAG = re.compile(STATUS_FLAG_PATTERN)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +69,27 @@ def validate(
             detail=f"device {reading.device_id!r} belongs to another patient, "
             f"not {reading.patient_id!r}",
         )
+    if reading.kind not in DEVICE_READING_KINDS[device.kind]:
+        return Verdict(
+            reason=RejectReason.KIND_MISMATCH,
+            detail=f"device {reading.device_id!r} is a {device.kind} device; "
+            f"it does not send {reading.kind}",
+        )
+    # What every source must hold to, so that whatever passes can be stored and sealed
+    # (the MQTT decoder and its schema refuse these already).
+    if reading.seq is not None and reading.seq > MAX_SEQ:
+        return Verdict(reason=RejectReason.SCHEMA, detail=f"seq {reading.seq} is beyond {MAX_SEQ}")
+    if reading.original_value is not None and not math.isfinite(reading.original_value):
+        return Verdict(
+            reason=RejectReason.SCHEMA,
+            detail=f"original value {reading.original_value!r} is not a finite number",
+        )
+    for flag in reading.status:
+        if _STATUS_FLAG.match(flag) is None:
+            return Verdict(
+                reason=RejectReason.SCHEMA,
+                detail=f"status flag {flag!r} is not a token (1-64 of A-Z a-z 0-9 _ . : = + -)",
+            )
     low, high = PLAUSIBLE_RANGE[reading.kind]
     if not low <= reading.value <= high:
         return Verdict(

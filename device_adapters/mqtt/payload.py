@@ -30,14 +30,20 @@ from typing import Any, NamedTuple
 from device_adapters.mqtt.errors import PayloadRejected
 from device_adapters.mqtt.topics import parse_readings_topic
 from gateway.errors import UnknownUnit
-from gateway.model import CANONICAL_UNIT, Reading, ReadingKind, Source
+from gateway.model import (
+    CANONICAL_UNIT,
+    MAX_SEQ,  # 2^53-1: beyond it a seq could be stored but never sealed (and in the schema)
+    STATUS_FLAG_PATTERN,
+    Reading,
+    ReadingKind,
+    Source,
+)
 from gateway.protocols import RejectReason
 from gateway.units import Unit, parse_unit, to_canonical
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_ABS_VALUE = 1e15  # any real measurement is far inside; keeps conversions finite
 MAX_ABS_TIME_OFFSET_S = 1e9  # about 31.7 years either way
-MAX_SEQ = 2**63 - 1  # SQLite INTEGER
 
 FIELDS = frozenset({"kind", "value", "unit", "time", "time_offset_s", "seq", "status"})
 REQUIRED = ("kind", "value", "unit", "seq")
@@ -66,6 +72,7 @@ TIME_PATTERN = (
     r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])(?![\s\S])"
 )
 _TIME = re.compile(TIME_PATTERN)
+_STATUS_FLAG = re.compile(STATUS_FLAG_PATTERN)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +245,13 @@ def _check_shape(element: object, topic: str, index: int | None) -> _Shape:
         if not _encodable(text):
             raise _bad(
                 "string holds a lone surrogate (not UTF-8)", topic, index, RejectReason.MALFORMED
+            )
+    for flag in status:
+        if _STATUS_FLAG.match(flag) is None:
+            raise _bad(
+                f"status flag {flag!r} is not a token (1-64 of A-Z a-z 0-9 _ . : = + -)",
+                topic,
+                index,
             )
 
     return _Shape(kind, value, unit, time, offset, seq, status)

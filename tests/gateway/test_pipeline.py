@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from gateway import pipeline as pipeline_module
 from gateway.clock import SystemClock
-from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
+from gateway.model import (
+    Device,
+    DeviceEventKind,
+    DeviceKind,
+    Patient,
+    Reading,
+    ReadingKind,
+    Source,
+    Transport,
+)
 from gateway.protocols import (
     BatchSealed,
     IngestOutcome,
@@ -130,10 +140,11 @@ async def test_bad_readings_become_dead_letters_with_reasons(
         seq=1,
     )
     future = cgm(2, at=datetime.now(UTC) + timedelta(hours=1))
-    outcome = await hub.sink.submit(
-        origin=ORIGIN, readings=[cgm(1), cgm(3, value=5.0), stranger, future]
-    )
-    assert outcome == IngestOutcome(accepted=1, rejected=3)
+    outcomes = [
+        await hub.sink.submit(origin=ORIGIN, readings=[one])
+        for one in (cgm(1), cgm(3, value=5.0), stranger, future)
+    ]
+    assert outcomes == [IngestOutcome(accepted=1)] + [IngestOutcome(rejected=1)] * 3
     assert hub.running is not None
     text = hub.running.hub.prometheus_text()
     for reason in ("out_of_range", "unknown_device", "future_time"):
@@ -148,9 +159,91 @@ async def test_bad_readings_become_dead_letters_with_reasons(
     )
 
 
+async def test_a_message_is_stored_all_or_nothing(hub: HubUnderTest, data_dir: Path) -> None:
+    """One bad reading in an array: the whole message is one dead letter, nothing stored."""
+    outcome = await hub.sink.submit(
+        origin=ORIGIN, readings=[cgm(1), cgm(2, value=5.0), cgm(3, value=2000.0), cgm(4)]
+    )
+    assert outcome == IngestOutcome(rejected=4)
+    assert await hub.sink.submit(origin=ORIGIN, readings=[cgm(1)]) == IngestOutcome(accepted=1)
+    assert hub.running is not None
+    text = hub.running.hub.prometheus_text()
+    assert 'glucohub_readings_rejected_total{reason="out_of_range"} 1' in text
+    store = Store(data_dir)
+    letters = store.dead_letters()
+    seqs = [r.seq for r in store.readings()]
+    store.close()
+    assert [(d.reason, d.payload) for d in letters] == [("out_of_range", ORIGIN.raw)]
+    assert "reading 1" in letters[0].detail
+    assert seqs == [1]
+
+
+async def test_a_different_reading_under_a_known_seq_is_a_counted_flagged_conflict(
+    hub: HubUnderTest, data_dir: Path
+) -> None:
+    first = cgm(5, value=110.0)
+    assert await hub.sink.submit(origin=ORIGIN, readings=[first]) == IngestOutcome(accepted=1)
+    replay = await hub.sink.submit(origin=ORIGIN, readings=[first])
+    assert replay == IngestOutcome(duplicates=1)
+    reset = cgm(5, value=150.0, at=datetime.now(UTC))  # the device's counter started again
+    raw = b'{"kind":"cgm_glucose","value":150,"unit":"mg/dL","seq":5}'
+    origin = Origin(source=Source.MQTT, topic=ORIGIN.topic, raw=raw)
+    assert await hub.sink.submit(origin=origin, readings=[reset]) == IngestOutcome(rejected=1)
+    assert hub.running is not None
+    text = hub.running.hub.prometheus_text()
+    assert 'glucohub_readings_rejected_total{reason="conflict"} 1' in text
+    assert "glucohub_readings_duplicate_total 1" in text
+    store = Store(data_dir)
+    letters = store.dead_letters()
+    events = store.device_events("p1")
+    values = [r.value for r in store.readings()]
+    store.close()
+    assert [(d.reason, d.payload, d.device_id) for d in letters] == [("conflict", raw, "cgm-1")]
+    assert [(e.kind, e.device_id, e.seq) for e in events] == [
+        (DeviceEventKind.SEQ_CONFLICT, "cgm-1", 5)
+    ]
+    assert values == [110.0]
+
+
+async def test_an_input_that_breaks_the_writer_is_a_dead_letter_and_the_hub_runs_on(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth, with validation switched off: a seq canonical JSON cannot hold
+    reaches the store, and a reading makes validation itself raise."""
+
+    def lenient(reading: Reading, *args: object, **kwargs: object) -> None:
+        if reading.seq == 666:
+            raise ZeroDivisionError("a bug in a validator")
+
+    monkeypatch.setattr(pipeline_module, "validate", lenient)
+    async with running_hub(data_dir) as hub:
+        huge = await hub.sink.submit(
+            origin=ORIGIN, readings=[cgm(1), cgm(2**60, at=datetime.now(UTC))]
+        )
+        buggy = await hub.sink.submit(origin=ORIGIN, readings=[cgm(666)])
+        good = await hub.sink.submit(origin=ORIGIN, readings=[cgm(3), cgm(4)])
+        assert (huge, buggy, good) == (
+            IngestOutcome(rejected=2),
+            IngestOutcome(rejected=1),
+            IngestOutcome(accepted=2),
+        )
+        assert hub.running is not None
+        text = hub.running.hub.prometheus_text()
+        assert 'glucohub_readings_rejected_total{reason="unstorable"} 2' in text
+    store = Store(data_dir)
+    letters = store.dead_letters()
+    store.close()
+    assert [d.reason for d in letters] == ["unstorable", "unstorable"]
+    assert str(2**60) in letters[0].detail and "ZeroDivisionError" in letters[1].detail
+    report = verify_data_dir(data_dir, "glucohub-local")
+    assert report.ok, report.message
+    assert report.readings == 2
+
+
 async def test_replays_are_counted_not_stored_twice(hub: HubUnderTest) -> None:
-    first = await hub.sink.submit(origin=ORIGIN, readings=[cgm(1), cgm(2)])
-    again = await hub.sink.submit(origin=ORIGIN, readings=[cgm(2), cgm(3)])
+    one, two, three = cgm(1), cgm(2), cgm(3)
+    first = await hub.sink.submit(origin=ORIGIN, readings=[one, two])
+    again = await hub.sink.submit(origin=ORIGIN, readings=[two, three])
     assert first == IngestOutcome(accepted=2)
     assert again == IngestOutcome(accepted=1, duplicates=1)
 

@@ -1,4 +1,8 @@
+import dataclasses
+import hashlib
+import json
 import os
+import sqlite3
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -8,11 +12,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RegistryError
-from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
+from gateway.model import (
+    Device,
+    DeviceEventKind,
+    DeviceKind,
+    Patient,
+    Reading,
+    ReadingKind,
+    Source,
+    Transport,
+)
 from gateway.protocols import DeadLetter, Origin, RejectReason
 from gateway.store import (
+    DB_FILENAME,
+    DEAD_LETTER_PREFIX_BYTES,
+    Message,
     Store,
     reading_canonical_from_row,
+    reading_from_row,
     reading_json_from_row,
     reading_to_json,
     reading_to_row,
@@ -265,3 +282,115 @@ def test_a_database_from_before_patient_acknowledgements_gains_their_columns(
     store.record_alerts([alert], {})
     assert store.alerts("p1") == [alert]
     store.close()
+
+
+# --- conflicts, unstorable records, bounded dead letters ----------------------------------
+
+
+def test_an_identical_replay_is_a_duplicate_but_a_different_reading_is_a_conflict(
+    store: Store,
+) -> None:
+    """Identity under a known (device, kind, seq): the same time, value and unit."""
+    store.write([cgm(1, 100.0), cgm(2, 120.0, minutes=5)])
+    replay = store.write([cgm(1, 100.0)])
+    assert replay.duplicates == 1 and not replay.refused
+    assert store.dead_letters() == []
+
+    # The device's counter reset: seq 1 again, days later, another value.
+    reset = store.write([cgm(1, 140.0, minutes=3000), cgm(7, 130.0, minutes=3005)])
+    assert [r.seq for r in reset.stored] == [7]
+    assert reset.duplicates == 0 and len(reset.refused) == 1
+    [letter] = store.dead_letters()
+    assert letter.reason == "conflict" and letter.device_id == "cgm-1"
+    assert "100" in letter.detail and "140" in letter.detail
+    assert json.loads(letter.payload)["value"] == 140  # the refused reading is kept
+    [event] = store.device_events("p1")
+    assert event.kind is DeviceEventKind.SEQ_CONFLICT and event.device_id == "cgm-1"
+    assert event.seq == 1
+    assert [(r.seq, r.value) for r in store.readings()] == [(1, 100.0), (2, 120.0), (7, 130.0)]
+    assert store.dead_letter_counts() == {RejectReason.CONFLICT: 1}
+
+
+def test_a_conflict_refuses_its_whole_message(store: Store) -> None:
+    store.write([cgm(1, 100.0)])
+    origin = Origin(source=Source.MQTT, topic="glucohub/v1/p1/cgm-1/readings", raw=b"[...]")
+    result = store.write_messages(
+        [
+            Message(origin=origin, readings=(cgm(5, 90.0, minutes=10), cgm(1, 101.0))),
+            Message(origin=origin, readings=(cgm(6, 95.0, minutes=15),)),
+        ]
+    )
+    assert [r.seq for r in result.stored] == [6]
+    assert list(result.refused) == [0]
+    [letter] = store.dead_letters()
+    assert letter.payload == b"[...]" and "reading 1" in letter.detail
+    assert sorted(r.seq for r in store.readings()) == [1, 6]
+
+
+def test_a_reading_that_cannot_be_sealed_becomes_an_unstorable_dead_letter(
+    store: Store,
+) -> None:
+    """Defence in depth: a seq no canonical JSON can hold, or a status flag holding the
+    separator, reaches the store from a source that skipped validation."""
+    huge = cgm(2**60, 100.0)
+    comma = dataclasses.replace(cgm(3, 100.0, minutes=5), status=("low,battery",))
+    result = store.write([cgm(1, 100.0), huge, comma, cgm(4, 100.0, minutes=10)])
+    assert [r.seq for r in result.stored] == [1, 4]
+    assert sorted(result.refused) == [1, 2]
+    letters = store.dead_letters()
+    assert [d.reason for d in letters] == ["unstorable", "unstorable"]
+    assert str(2**60) in letters[0].detail
+    assert [u.row_id for u in store.unsealed_for_seal(10)[0]] == [r[0] for r in _ids(store)]
+    for unsealed in store.unsealed_for_seal(10)[0]:
+        canonicalize(json.loads(unsealed.canonical))
+
+
+def _ids(store: Store) -> list[tuple[int]]:
+    return store._db.execute("SELECT id FROM readings ORDER BY id").fetchall()
+
+
+def test_a_big_dead_letter_keeps_a_prefix_with_the_length_and_hash_of_the_whole(
+    store: Store,
+) -> None:
+    raw = os.urandom(1024) * 1024  # 1 MiB
+    letter = DeadLetter(
+        received_at=T0,
+        origin=Origin(source=Source.MQTT, topic="glucohub/v1/p1/cgm-1/readings", raw=raw),
+        reason=RejectReason.OVERSIZED,
+        detail="1048576 bytes > 65536",
+    )
+    store.write([], dead_letters=[letter])
+    [stored] = store.dead_letters()
+    assert stored.payload == raw[:DEAD_LETTER_PREFIX_BYTES] and DEAD_LETTER_PREFIX_BYTES == 4096
+    assert stored.payload_bytes == len(raw)
+    assert stored.payload_sha256 == hashlib.sha256(raw).hexdigest()
+    assert os.path.getsize(store.path) + os.path.getsize(f"{store.path}-wal") < 512 * 1024
+
+
+def test_dead_letters_stored_before_the_length_columns_still_list(data_dir: Path) -> None:
+    store = Store(data_dir)
+    store.close()
+    db = sqlite3.connect(data_dir / DB_FILENAME)
+    db.executescript(
+        "DROP TABLE dead_letters; CREATE TABLE dead_letters (id INTEGER PRIMARY KEY "
+        "AUTOINCREMENT, received_at TEXT NOT NULL, source TEXT NOT NULL, topic TEXT NOT NULL, "
+        "device_id TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL);"
+        "INSERT INTO dead_letters (received_at, source, topic, reason, detail, payload) "
+        "VALUES ('2026-01-01T00:00:00.000Z', 'mqtt', 't', 'malformed', 'x', X'ff00');"
+    )
+    db.close()
+    store = Store(data_dir)
+    [old] = store.dead_letters()
+    assert (old.payload, old.payload_bytes) == (b"\xff\x00", 2)
+    assert old.payload_sha256 == hashlib.sha256(b"\xff\x00").hexdigest()
+    store.close()
+
+
+def test_status_flags_stored_before_the_token_rule_still_read_and_seal_the_same() -> None:
+    """A row stored with "a,b" (two flags, or one with a comma) reads as two flags, as it
+    was sealed: existing batches keep verifying."""
+    row = (1, "p1", "cgm-1", "cgm_glucose", 100.0, "mg/dL", "2026-01-01T00:00:00.000Z", 1,
+           "mqtt", 100.0, "mg/dL", "low,battery")  # fmt: skip
+    assert reading_from_row(row).status == ("low", "battery")
+    assert reading_canonical_from_row(row) == canonicalize(reading_json_from_row(row)).decode()
+    assert '"status":["low","battery"]' in reading_canonical_from_row(row)

@@ -1,11 +1,20 @@
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.model import Device, DeviceKind, Reading, ReadingKind, Source, Transport
+from gateway.model import (
+    CANONICAL_UNIT,
+    Device,
+    DeviceKind,
+    Reading,
+    ReadingKind,
+    Source,
+    Transport,
+)
 from gateway.protocols import RejectReason
 from gateway.units import Unit
-from gateway.validation import ValidationRules, validate
+from gateway.validation import PLAUSIBLE_RANGE, ValidationRules, Verdict, validate
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 RULES = ValidationRules()
@@ -91,3 +100,63 @@ def test_reading_refuses_naive_time_and_wrong_unit() -> None:
             time=NOW,
             source=Source.BLE,
         )
+
+
+def _of(kind: ReadingKind, device_kind: DeviceKind) -> Verdict | None:
+    unit = CANONICAL_UNIT[kind]
+    low, high = PLAUSIBLE_RANGE[kind]
+    strap = Device(device_id="cgm-1", patient_id="p1", kind=device_kind, transport=Transport.BLE)
+    sample = dataclasses.replace(reading(), kind=kind, unit=unit, value=(low + high) / 2)
+    return validate(sample, strap, now=NOW, rules=RULES)
+
+
+def test_a_heart_rate_strap_cannot_send_glucose() -> None:
+    verdict = _of(ReadingKind.CGM_GLUCOSE, DeviceKind.HEART_RATE)
+    assert verdict is not None and verdict.reason is RejectReason.KIND_MISMATCH
+    assert "cgm_glucose" in verdict.detail and "heart_rate" in verdict.detail
+    assert _of(ReadingKind.RR_INTERVAL, DeviceKind.HEART_RATE) is None
+
+
+@pytest.mark.parametrize(
+    ("device_kind", "allowed"),
+    [
+        (DeviceKind.CGM, {"cgm_glucose"}),
+        (DeviceKind.METER, {"glucose"}),
+        (DeviceKind.HEART_RATE, {"heart_rate", "rr_interval", "energy_expended"}),
+        (
+            DeviceKind.BLOOD_PRESSURE,
+            {
+                "blood_pressure_systolic",
+                "blood_pressure_diastolic",
+                "blood_pressure_mean",
+                "pulse_rate",
+            },
+        ),
+        (DeviceKind.SCALE, {"body_weight"}),
+        (DeviceKind.THERMOMETER, {"body_temperature"}),
+        (DeviceKind.UPLOADER, {k.value for k in ReadingKind}),
+    ],
+)
+def test_each_device_kind_sends_only_what_its_profile_measures(
+    device_kind: DeviceKind, allowed: set[str]
+) -> None:
+    """What the Bluetooth SIG profile of each device kind carries (an uploader: anything)."""
+    accepted = {kind.value for kind in ReadingKind if _of(kind, device_kind) is None}
+    assert accepted == allowed
+
+
+@pytest.mark.parametrize("flag", ["low,battery", "", "two words"])
+def test_a_status_flag_that_is_not_a_token_is_refused(flag: str) -> None:
+    verdict = validate(
+        dataclasses.replace(reading(), status=("ok", flag)), CGM, now=NOW, rules=RULES
+    )
+    assert verdict is not None and verdict.reason is RejectReason.SCHEMA
+    assert repr(flag) in verdict.detail
+
+
+def test_a_seq_no_canonical_json_can_hold_is_refused() -> None:
+    verdict = validate(dataclasses.replace(reading(), seq=2**53), CGM, now=NOW, rules=RULES)
+    assert verdict is not None and verdict.reason is RejectReason.SCHEMA
+    assert (
+        validate(dataclasses.replace(reading(), seq=2**53 - 1), CGM, now=NOW, rules=RULES) is None
+    )

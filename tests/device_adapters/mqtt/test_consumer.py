@@ -284,7 +284,7 @@ async def test_unacknowledged_payload_bytes_are_bounded_then_released(
                 "unit": "mg/dL",
                 "time_offset_s": 0,
                 "seq": seq,
-                "status": ["x" * 1000],
+                "status": ["x" * 60] * 16,
             }
         ).encode()
         for seq in range(60)

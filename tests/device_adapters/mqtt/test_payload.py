@@ -17,12 +17,29 @@ from device_adapters.mqtt.errors import PayloadRejected
 from device_adapters.mqtt.payload import (
     ALLOWED_UNITS,
     MAX_PAYLOAD_BYTES,
+    MAX_SEQ,
     TIME_PATTERN,
     decode_readings,
 )
-from gateway.model import CANONICAL_UNIT, ReadingKind, Source
+from gateway.model import (
+    CANONICAL_UNIT,
+    STATUS_FLAG_PATTERN,
+    Device,
+    DeviceKind,
+    ReadingKind,
+    Source,
+    Transport,
+)
 from gateway.protocols import RejectReason
+from gateway.store import (
+    reading_canonical_from_row,
+    reading_from_row,
+    reading_json_from_row,
+    reading_to_row,
+)
 from gateway.units import Unit, to_canonical
+from gateway.validation import ValidationRules, validate
+from ledger.jcs import canonicalize
 
 DATA = Path(__file__).parents[2] / "data" / "mqtt"
 SCHEMA_PATH = Path(__file__).parents[3] / "device_adapters" / "mqtt" / "reading.schema.json"
@@ -133,6 +150,8 @@ def test_schema_kind_enum_and_time_pattern_match_the_decoder() -> None:
     properties = SCHEMA["$defs"]["reading"]["properties"]
     assert properties["kind"]["enum"] == [k.value for k in ReadingKind]
     assert properties["time"]["pattern"] == TIME_PATTERN
+    assert properties["status"]["items"]["pattern"] == STATUS_FLAG_PATTERN
+    assert properties["seq"]["maximum"] == MAX_SEQ == 2**53 - 1
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
@@ -184,7 +203,7 @@ _valid_fields: dict[str, st.SearchStrategy[Any]] = {
     "time": _times,
     "time_offset_s": st.floats(-1e9, 1e9) | st.integers(-(10**9), 10**9),
     "seq": st.integers(0, 2**63 - 1) | st.integers(0, 10**6).map(float),
-    "status": st.lists(st.text(max_size=10), max_size=3),
+    "status": st.lists(st.from_regex(r"[a-z0-9_.:=+-]{1,10}", fullmatch=True), max_size=3),
 }
 
 
@@ -275,3 +294,55 @@ def test_a_day_the_month_does_not_have_is_a_schema_rejection(text: str) -> None:
         _decode(json.dumps(doc).encode())
     assert caught.value.reason is RejectReason.SCHEMA
     assert text in caught.value.detail
+
+
+@pytest.mark.parametrize("seq", [2**53, 2**53 + 1, 2**63 - 1])
+def test_a_seq_beyond_2_53_is_refused_by_the_decoder_and_the_schema(seq: int) -> None:
+    """RFC 8785 (I-JSON) numbers are doubles: a larger seq could be stored but never sealed."""
+    doc = {"kind": "glucose", "value": 100, "unit": "mg/dL", "time_offset_s": 0, "seq": seq}
+    with pytest.raises(PayloadRejected) as caught:
+        _decode(json.dumps(doc).encode())
+    assert caught.value.reason is RejectReason.SCHEMA
+    assert not VALIDATOR.is_valid(doc)
+    doc["seq"] = 2**53 - 1
+    VALIDATOR.validate(doc)
+    assert _decode(json.dumps(doc).encode()).readings[0].seq == 2**53 - 1
+
+
+@pytest.mark.parametrize("flag", ["low,battery", "", "two words", "x" * 65, "tab\t", "é"])
+def test_a_status_flag_must_be_a_token(flag: str) -> None:
+    """Flags are identifiers; a ',' would be split when stored and sealed."""
+    doc = {"kind": "glucose", "value": 100, "unit": "mg/dL", "time_offset_s": 0, "seq": 1}
+    doc["status"] = ["ok", flag]
+    with pytest.raises(PayloadRejected) as caught:
+        _decode(json.dumps(doc).encode())
+    assert caught.value.reason is RejectReason.SCHEMA
+    assert not VALIDATOR.is_valid(doc)
+    doc["status"] = ["calibration_required", "trend_mg_dl_min=-1.5", "fw:2.1"]
+    VALIDATOR.validate(doc)
+    assert _decode(json.dumps(doc).encode()).readings[0].status == tuple(doc["status"])
+
+
+_UPLOADER = Device(
+    device_id="cgm-9", patient_id="pat-1", kind=DeviceKind.UPLOADER, transport=Transport.MQTT
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_near_valid_reading(), min_size=1, max_size=3))
+def test_every_accepted_reading_can_be_stored_and_sealed(doc: list[dict[str, Any]]) -> None:
+    """Whatever the decoder accepts (whether or not validation then keeps it) becomes a row
+    whose sealed text is RFC 8785 JSON and which reads back with the same values (times are
+    stored to the millisecond)."""
+    try:
+        readings = _decode(json.dumps(doc).encode()).readings
+    except PayloadRejected:
+        return
+    for reading in readings:
+        validate(reading, _UPLOADER, now=RECEIVED, rules=ValidationRules())
+        row = reading_to_row(reading)
+        stored = (1, *row[:6], *row[7:12])  # a SELECT of that row (`_READING_COLUMNS`)
+        text = reading_canonical_from_row(stored)
+        assert text.encode() == canonicalize(reading_json_from_row(stored))
+        back = reading_from_row(stored)
+        assert (back.seq, back.value, back.status) == (reading.seq, reading.value, reading.status)
