@@ -26,6 +26,7 @@ from dashboards.context import (
     visible,
 )
 from dashboards.glycemia import format_glucose, slope_mg_dl_per_min, trend_arrow
+from dashboards.redirects import local_path
 from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
@@ -67,13 +68,6 @@ def html(text: str, status: int = 200) -> web.Response:
 
 def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
-
-
-def local_path(target: str | None, default: str = "/") -> str:
-    """Only same-site paths may be redirect targets (no open redirect via //host or scheme)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
-    return target
 
 
 def patient_tz(patient: Patient) -> ZoneInfo:
