@@ -8,6 +8,9 @@ points the CLI calls while the hub may be running (WAL lets both write).
 Secrets at rest are never stored in a usable form: passwords as salted scrypt hashes with
 their cost parameters, session ids and API tokens as SHA-256 digests (a copied database
 file does not let anyone log in).
+
+Failed logins are counted in the same file (`dash_login_failures`), per account and per
+source address, so the backoff of `ratelimit.py` survives a restart of the hub.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
+import math
 import re
 import secrets
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,14 +33,31 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from dashboards.ratelimit import PER_ACCOUNT, PER_SOURCE, Backoff, source_key
 from gateway.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
 from gateway.errors import InputError
 from gateway.units import Unit
 
 _T = TypeVar("_T")
 
+log = logging.getLogger(__name__)
+
 SESSION_LIFETIME = timedelta(hours=12)
+SERVICE_NAME = "glucohub"
+# NCSC password guidance: a minimum length, a deny list of common and context-specific
+# passwords, no composition rules, and long passphrases welcome (the maximum only bounds
+# the work one request can cause).
 MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+# zxcvbn scores 0-4; below 2 means fewer than 10^6 guesses: its 30,000 most common
+# passwords, their l33t and appended-digit variants, and anything built from the user
+# name, the service or the patient's name and id.
+MIN_PASSWORD_SCORE = 2
+_ZXCVBN_MAX_LENGTH = 72  # zxcvbn's own limit (its matching is quadratic in the length)
+_ZXCVBN_LOCK = threading.Lock()  # zxcvbn keeps the user inputs in a module-level dict
+DEFAULT_TOKEN_DAYS = 90
+MAX_TOKEN_DAYS = 3650
+_TOKEN_USE_RESOLUTION = timedelta(minutes=1)  # "last used" is written at most this often
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 # scrypt cost: N=2^15, r=8, p=1 uses 32 MiB and ~0.1 s per guess (RFC 7914 §2 parameters;
@@ -62,6 +85,14 @@ class AccountError(InputError):
         self.username = username
 
 
+class TooManyAttempts(AccountError):
+    """Login refused before the password is checked: too many recent failures."""
+
+    def __init__(self, retry_after_s: float, *, username: str | None = None) -> None:
+        super().__init__("too many failed login attempts", username=username)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class User:
     username: str
@@ -79,6 +110,24 @@ class Session:
     csrf_token: str
     username: str
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenInfo:
+    """An API token as listed: never the secret (only its hash is stored)."""
+
+    token_id: int
+    username: str
+    label: str
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+    revoked: bool
+
+    def state(self, now: datetime) -> str:
+        if self.revoked:
+            return "revoked"
+        return "expired" if now >= self.expires_at else "active"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,12 +205,41 @@ CREATE TABLE IF NOT EXISTS dash_notes (
 );
 CREATE INDEX IF NOT EXISTS dash_notes_patient ON dash_notes (patient_id, id);
 CREATE TABLE IF NOT EXISTS dash_tokens (
-    token_hash TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash TEXT NOT NULL UNIQUE,
     username TEXT NOT NULL,
     label TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    last_used_at TEXT,
     revoked INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS dash_login_failures (
+    key TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    last_failure REAL NOT NULL,
+    blocked_until REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dash_login_failures_age ON dash_login_failures (last_failure);
+"""
+
+# Tokens made before expiry existed: keep them, expiring DEFAULT_TOKEN_DAYS after the upgrade.
+_TOKENS_V1_TO_V2 = """
+ALTER TABLE dash_tokens RENAME TO dash_tokens_v1;
+CREATE TABLE dash_tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash TEXT NOT NULL UNIQUE,
+    username TEXT NOT NULL,
+    label TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO dash_tokens (token_hash, username, label, created_at, expires_at, revoked)
+    SELECT token_hash, username, label, created_at, :expires, revoked
+    FROM dash_tokens_v1 ORDER BY created_at;
+DROP TABLE dash_tokens_v1;
 """
 
 
@@ -236,9 +314,31 @@ class _Tables:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self._clock = clock
+        self._migrate_tokens()
+
+    def _migrate_tokens(self) -> None:
+        def columns() -> set[str]:
+            return {str(r[1]) for r in self._db.execute("PRAGMA table_info(dash_tokens)")}
+
+        if "expires_at" in columns():
+            return
+        expires = to_rfc3339(self._clock.now() + timedelta(days=DEFAULT_TOKEN_DAYS))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if "expires_at" not in columns():  # another process may have just done it
+                for statement in filter(str.strip, _TOKENS_V1_TO_V2.split(";")):
+                    self._db.execute(statement, {"expires": expires})
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def _now(self) -> str:
         return to_rfc3339(self._clock.now())
@@ -256,7 +356,8 @@ class _Tables:
                 "a patient user needs --patient-id; other roles must not have one",
                 username=username,
             )
-        _check_password(password, username)
+        context = self._require_patient(patient_id) if patient_id else []
+        check_password_strength(password, username=username, context=context)
         try:
             self._db.execute(
                 "INSERT INTO dash_users (username, role, patient_id, password_hash, created_at)"
@@ -288,9 +389,30 @@ class _Tables:
             raise AccountError(f"no user {username!r}", username=username)
         return user
 
+    def _require_patient(self, patient_id: str) -> list[str]:
+        """The patient's id and name (words a password must not be built from); raise
+        AccountError when the hub's patient registry has no such patient."""
+        try:
+            row = self._db.execute(
+                "SELECT display_name FROM patients WHERE patient_id = ?", (patient_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # no registry in this file: nobody is registered
+            row = None
+        if row is None:
+            raise AccountError(f"unknown patient {patient_id!r}; add the patient first")
+        return [patient_id, str(row[0])]
+
+    def _patient_context(self, user: User) -> list[str]:
+        if user.patient_id is None:
+            return []
+        try:
+            return self._require_patient(user.patient_id)
+        except AccountError:
+            return [user.patient_id]
+
     def set_password(self, username: str, password: str) -> None:
-        self._require_user(username)
-        _check_password(password, username)
+        user = self._require_user(username)
+        check_password_strength(password, username=username, context=self._patient_context(user))
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute(
             "UPDATE dash_users SET password_hash = ? WHERE username = ?",
@@ -329,6 +451,44 @@ class _Tables:
             return None
         user = self.get_user(username)
         return None if user is None or user.disabled else user
+
+    # login throttling
+
+    def login_wait(self, keys: Sequence[str], now: float) -> float:
+        """Seconds until every key may try again (0.0: now)."""
+        marks = ",".join("?" * len(keys))
+        row = self._db.execute(
+            f"SELECT MAX(blocked_until) FROM dash_login_failures WHERE key IN ({marks})",
+            tuple(keys),
+        ).fetchone()
+        return max(0.0, float(row[0]) - now) if row and row[0] is not None else 0.0
+
+    def login_failed(self, keyed: Sequence[tuple[str, Backoff]], now: float) -> list[int]:
+        """Count one failure against each key; return the keys' failure counts."""
+        counts = []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for key, policy in keyed:
+                row = self._db.execute(
+                    "SELECT failures, last_failure FROM dash_login_failures WHERE key = ?", (key,)
+                ).fetchone()
+                fresh = row is None or now - float(row[1]) >= policy.forget_s
+                failures = 1 if fresh else int(row[0]) + 1
+                self._db.execute(
+                    "INSERT OR REPLACE INTO dash_login_failures"
+                    " (key, failures, last_failure, blocked_until) VALUES (?, ?, ?, ?)",
+                    (key, failures, now, now + policy.delay_s(failures)),
+                )
+                counts.append(failures)
+            forget = max(PER_ACCOUNT.forget_s, PER_SOURCE.forget_s)
+            self._db.execute(
+                "DELETE FROM dash_login_failures WHERE last_failure < ?", (now - forget,)
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return counts
 
     # sessions
 
@@ -383,6 +543,7 @@ class _Tables:
             raise AccountError(f"{clinician!r} is not a clinician", username=clinician)
         if not patient_id:
             raise AccountError("patient_id must not be empty")
+        self._require_patient(patient_id)
         now = self._now()
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO dash_grants (patient_id, clinician, granted_by, granted_at)"
@@ -491,24 +652,72 @@ class _Tables:
 
     # API tokens
 
-    def create_token(self, username: str, label: str) -> str:
+    def create_token(self, username: str, label: str, expires_days: int) -> str:
         self._require_user(username)
+        if not 1 <= expires_days <= MAX_TOKEN_DAYS:
+            raise AccountError(
+                f"a token expires after 1 to {MAX_TOKEN_DAYS} days, not {expires_days}",
+                username=username,
+            )
         token = "ghk_" + secrets.token_urlsafe(32)
+        now = self._clock.now()
         self._db.execute(
-            "INSERT INTO dash_tokens (token_hash, username, label, created_at) VALUES (?, ?, ?, ?)",
-            (_digest(token), username, label, self._now()),
+            "INSERT INTO dash_tokens (token_hash, username, label, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                _digest(token),
+                username,
+                label,
+                to_rfc3339(now),
+                to_rfc3339(now + timedelta(days=expires_days)),
+            ),
         )
         return token
 
     def token_user(self, token: str) -> User | None:
         row = self._db.execute(
-            "SELECT username FROM dash_tokens WHERE token_hash = ? AND revoked = 0",
+            "SELECT id, username, expires_at, last_used_at FROM dash_tokens"
+            " WHERE token_hash = ? AND revoked = 0",
             (_digest(token),),
         ).fetchone()
         if row is None:
             return None
-        user = self.get_user(row[0])
-        return None if user is None or user.disabled else user
+        now = self._clock.now()
+        if now >= parse_rfc3339(row[2]):
+            return None
+        user = self.get_user(row[1])
+        if user is None or user.disabled:
+            return None
+        if row[3] is None or now - parse_rfc3339(row[3]) >= _TOKEN_USE_RESOLUTION:
+            self._db.execute(
+                "UPDATE dash_tokens SET last_used_at = ? WHERE id = ?", (to_rfc3339(now), row[0])
+            )
+        return user
+
+    def list_tokens(self, username: str) -> list[TokenInfo]:
+        self._require_user(username)
+        rows = self._db.execute(
+            "SELECT id, username, label, created_at, expires_at, last_used_at, revoked"
+            " FROM dash_tokens WHERE username = ? ORDER BY id",
+            (username,),
+        ).fetchall()
+        return [
+            TokenInfo(
+                token_id=int(r[0]),
+                username=str(r[1]),
+                label=str(r[2]),
+                created_at=parse_rfc3339(r[3]),
+                expires_at=parse_rfc3339(r[4]),
+                last_used_at=None if r[5] is None else parse_rfc3339(r[5]),
+                revoked=bool(r[6]),
+            )
+            for r in rows
+        ]
+
+    def revoke_token_id(self, token_id: int) -> None:
+        cursor = self._db.execute("UPDATE dash_tokens SET revoked = 1 WHERE id = ?", (token_id,))
+        if cursor.rowcount == 0:
+            raise AccountError(f"no token {token_id}")
 
     def revoke_token(self, token: str) -> None:
         self._db.execute(
@@ -516,11 +725,38 @@ class _Tables:
         )
 
 
-def _check_password(password: str, username: str) -> None:
+def check_password_strength(password: str, *, username: str, context: Sequence[str] = ()) -> None:
+    """Raise AccountError (one line, never quoting the password) for a password that is
+    short, very long, the user name, or guessable from common passwords and `context`
+    (the patient's id and name; the user and service names are always included)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(
             f"password must have at least {MIN_PASSWORD_LENGTH} characters", username=username
         )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise AccountError(
+            f"password must have at most {MAX_PASSWORD_LENGTH} characters", username=username
+        )
+    if password.strip().casefold() == username.casefold():
+        raise AccountError("password must not be the user name", username=username)
+    words = [username, SERVICE_NAME, *context]
+    words += [part for w in words for part in re.split(r"[\W_]+", w) if len(part) >= 3]
+    from zxcvbn import zxcvbn  # imported on first use: its word lists take a moment to load
+
+    with _ZXCVBN_LOCK:
+        result = zxcvbn(password[:_ZXCVBN_MAX_LENGTH], user_inputs=words)
+    if int(result["score"]) >= MIN_PASSWORD_SCORE:
+        return
+    warning = str(result["feedback"]["warning"]).strip().rstrip(".")
+    reason = (
+        warning[:1].lower() + warning[1:]
+        if warning
+        else "it is common, or built from the user, patient or service name"
+    )
+    raise AccountError(
+        f"password is too easy to guess ({reason}); a few unrelated words make a good passphrase",
+        username=username,
+    )
 
 
 def _consent_event(kind: str, patient_id: str, clinician: str, by: str, at: str) -> dict[str, str]:
@@ -579,13 +815,46 @@ class Accounts:
     # login and sessions
 
     async def login(
-        self, username: str, password: str, *, replaces: str | None = None
+        self,
+        username: str,
+        password: str,
+        *,
+        source: str | None = None,
+        replaces: str | None = None,
     ) -> tuple[Session, User] | None:
-        """Check the password; on success start a fresh session (and end `replaces`)."""
+        """Check the password; on success start a fresh session (and end `replaces`).
+
+        Raise TooManyAttempts, without checking the password, while the account or the
+        `source` address is held off after failures. Each failure is logged at WARNING
+        with the user name and source (never the password)."""
+        name = username[:64]  # no longer name exists; bounds the key and the log line
+        keyed = [(f"account:{name}", PER_ACCOUNT)]
+        if source:
+            keyed.append((f"source:{source_key(source)}", PER_SOURCE))
+        shown_source = source or "-"
 
         def work() -> tuple[Session, User] | None:
+            now = self._tables.clock.now().timestamp()
+            wait = self._tables.login_wait([key for key, _ in keyed], now)
+            if wait > 0:
+                log.warning(
+                    "login refused for user %r from %s: too many failures, retry in %d s",
+                    name,
+                    shown_source,
+                    math.ceil(wait),
+                )
+                raise TooManyAttempts(wait, username=name)
             user = self._tables.check_password(username, password)
             if user is None:
+                counts = self._tables.login_failed(keyed, now)
+                log.warning(
+                    "failed login for user %r from %s (%s)",
+                    name,
+                    shown_source,
+                    ", ".join(
+                        f"{k}: {n} failures" for (k, _), n in zip(keyed, counts, strict=True)
+                    ),
+                )
                 return None
             return self._tables.new_session(user.username, replaces), user
 
@@ -639,8 +908,10 @@ class Accounts:
 
     # API tokens
 
-    async def create_token(self, username: str, label: str) -> str:
-        return await self._run(lambda: self._tables.create_token(username, label))
+    async def create_token(
+        self, username: str, label: str, *, expires_days: int = DEFAULT_TOKEN_DAYS
+    ) -> str:
+        return await self._run(lambda: self._tables.create_token(username, label, expires_days))
 
     async def token_user(self, token: str) -> User | None:
         return await self._run(lambda: self._tables.token_user(token))
@@ -721,6 +992,18 @@ def _change_consent(
     return event is not None
 
 
-def tokens_create(db_path: Path, username: str, label: str) -> str:
+def tokens_create(
+    db_path: Path, username: str, label: str, *, expires_days: int = DEFAULT_TOKEN_DAYS
+) -> str:
     """Create an API token for `username`; the token is shown once and stored hashed."""
-    return _with_tables(db_path, lambda t: t.create_token(username, label))
+    return _with_tables(db_path, lambda t: t.create_token(username, label, expires_days))
+
+
+def tokens_list(db_path: Path, username: str) -> list[TokenInfo]:
+    """The user's tokens, oldest first, without their secrets."""
+    return _with_tables(db_path, lambda t: t.list_tokens(username))
+
+
+def tokens_revoke(db_path: Path, token_id: int) -> None:
+    """Revoke one token by its id; AccountError when there is no such token."""
+    _with_tables(db_path, lambda t: t.revoke_token_id(token_id))

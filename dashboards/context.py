@@ -10,7 +10,6 @@ from aiohttp.typedefs import Handler
 from dashboards.access import Rule
 from dashboards.accounts import Accounts, Session, User
 from dashboards.live import Broadcaster
-from dashboards.ratelimit import FailureWindow
 from gateway.clock import Clock
 from gateway.protocols import AlertControl, HubStatus, LedgerView, LiveFeed, ReadModel
 from gateway.settings import DashboardSettings
@@ -33,7 +32,6 @@ class Deps:
     clock: Clock
     viewer_queue_size: int
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
-    login_failures: FailureWindow = field(default_factory=FailureWindow)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     # patient_id -> (monotonic time, % below 70, % in range) over 14 days, for the triage list

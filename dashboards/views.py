@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import secrets
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from dashboards import charts, pages
 from dashboards.access import Access, Rule
-from dashboards.accounts import AccountError, Note, Role, User
+from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.context import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -27,6 +28,7 @@ from dashboards.context import (
 )
 from dashboards.glycemia import format_glucose, slope_mg_dl_per_min, trend_arrow
 from dashboards.live import as_seen_by
+from dashboards.redirects import local_path
 from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
@@ -68,13 +70,6 @@ def html(text: str, status: int = 200) -> web.Response:
 
 def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
-
-
-def local_path(target: str | None, default: str = "/") -> str:
-    """Only same-site paths may be redirect targets (no open redirect via //host or scheme)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
-    return target
 
 
 def patient_tz(patient: Patient) -> ZoneInfo:
@@ -134,10 +129,14 @@ async def login_post(request: web.Request) -> web.StreamResponse:
         return _login_form(
             request, error="The form expired; please log in again.", status=403, next_path=next_path
         )
-    now = d.clock.monotonic()
-    keys = (f"ip:{request.remote}", f"user:{username}")
-    wait = max(d.login_failures.retry_after(k, now) for k in keys)
-    if wait > 0:
+    try:
+        result = await d.accounts.login(
+            username,
+            password,
+            source=request.remote,
+            replaces=request.cookies.get(SESSION_COOKIE),
+        )
+    except TooManyAttempts as refused:
         response = _login_form(
             request,
             error="Too many failed attempts; try again later.",
@@ -145,14 +144,9 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             status=429,
             next_path=next_path,
         )
-        response.headers["Retry-After"] = str(int(wait) + 1)
+        response.headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after_s)))
         return response
-    result = await d.accounts.login(
-        username, password, replaces=request.cookies.get(SESSION_COOKIE)
-    )
     if result is None:
-        for key in keys:
-            d.login_failures.fail(key, now)
         return _login_form(
             request,
             error="Wrong username or password.",

@@ -436,9 +436,36 @@ def _consent_change(args: argparse.Namespace, *, grant: bool) -> int:
 def cmd_users_token(args: argparse.Namespace) -> int:
     from dashboards import accounts
 
-    token = accounts.tokens_create(_db_path(args), args.username, args.label)
+    token = accounts.tokens_create(
+        _db_path(args), args.username, args.label, expires_days=args.expires_days
+    )
     print(token)
-    print("(shown once: store it now; use it as 'Authorization: Bearer <token>')", file=sys.stderr)
+    print(
+        f"(shown once: store it now; it expires in {args.expires_days} days;"
+        " use it as 'Authorization: Bearer <token>')",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_users_tokens(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+    from gateway.clock import to_rfc3339
+
+    now = utc_now()
+    print("id\tlabel\tcreated\texpires\tlast-used\tstate")
+    for t in accounts.tokens_list(_db_path(args), args.username):
+        used = to_rfc3339(t.last_used_at) if t.last_used_at else "never"
+        created, expires = to_rfc3339(t.created_at), to_rfc3339(t.expires_at)
+        print(f"{t.token_id}\t{t.label}\t{created}\t{expires}\t{used}\t{t.state(now)}")
+    return 0
+
+
+def cmd_users_revoke_token(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    accounts.tokens_revoke(_db_path(args), args.token_id)
+    print(f"revoked token {args.token_id}")
     return 0
 
 
@@ -642,7 +669,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("username")
     p.add_argument("--label", default="integration")
+    p.add_argument("--expires-days", type=int, default=90, help="lifetime (default: 90)")
     p.set_defaults(func=cmd_users_token)
+    p = users.add_parser("tokens", help="list a user's API tokens (never their secrets)")
+    _common(p)
+    p.add_argument("username")
+    p.set_defaults(func=cmd_users_tokens)
+    p = users.add_parser("revoke-token", help="revoke one API token by its id")
+    _common(p)
+    p.add_argument("token_id", type=int)
+    p.set_defaults(func=cmd_users_revoke_token)
 
     gatt = sub.add_parser("gatt", help="Bluetooth GATT debugging").add_subparsers(
         dest="gatt_command", required=True, metavar="ACTION"

@@ -41,6 +41,7 @@ from gateway.protocols import (
     QuarantinedRecord,
     ReadingsStored,
 )
+from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -387,6 +388,12 @@ def build_world(db_path: Path) -> World:
     accounts = Accounts.open(db_path, on_consent_change=events.append, clock=clock)
     from dashboards.accounts import _Tables
 
+    # Accounts and grants are checked against the hub's patient registry in the same file.
+    assert db_path.name == DB_FILENAME
+    registry = Store(db_path.parent)
+    for patient in model.patients.values():
+        registry.add_patient(patient)
+    registry.close()
     tables = _Tables(db_path, clock)
     try:
         tables.add_user("alice", Role.PATIENT, PASSWORD, "pat-a")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -12,10 +14,22 @@ from hypothesis import strategies as st
 
 from dashboards import accounts
 from dashboards.accounts import AccountError, Accounts, Role, hash_password, verify_password
+from gateway.model import Patient
+from gateway.store import Store
 from gateway.units import Unit
 from tests.dashboards.fakes import FakeClock
 
 PASSWORD = "a long enough password"
+
+
+def hub_db(tmp_path: Path) -> Path:
+    """A hub database whose patient registry holds p1, p-ann and zv-7731-q."""
+    store = Store(tmp_path / "hub")
+    store.add_patient(Patient(patient_id="p1", display_name="Ann Example"))
+    store.add_patient(Patient(patient_id="p-ann", display_name="Annabel Lee"))
+    store.add_patient(Patient(patient_id="zv-7731-q", display_name="Zarqa Vellacott"))
+    store.close()
+    return store.path
 
 
 def test_hash_stores_its_parameters_and_salt(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,7 +72,7 @@ def test_verify_never_raises(stored: str) -> None:
 
 
 def test_cli_functions_validate(tmp_path: Path) -> None:
-    db = tmp_path / "hub.sqlite3"
+    db = hub_db(tmp_path)
     accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     with pytest.raises(AccountError, match="already exists"):
         accounts.users_add(db, "dr-who", "clinician", PASSWORD)
@@ -76,7 +90,7 @@ def test_cli_functions_validate(tmp_path: Path) -> None:
 
 
 def test_secrets_are_not_stored_in_the_clear(tmp_path: Path) -> None:
-    db = tmp_path / "hub.sqlite3"
+    db = hub_db(tmp_path)
     accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     token = accounts.tokens_create(db, "dr-who", "ehr")
     dump = "\n".join(sqlite3.connect(db).iterdump())
@@ -84,7 +98,7 @@ def test_secrets_are_not_stored_in_the_clear(tmp_path: Path) -> None:
 
 
 async def test_sessions_expire_and_end_on_password_change(tmp_path: Path) -> None:
-    db = tmp_path / "hub.sqlite3"
+    db = hub_db(tmp_path)
     accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     clock = FakeClock()
     acc = Accounts.open(db, clock=clock)
@@ -107,7 +121,7 @@ async def test_sessions_expire_and_end_on_password_change(tmp_path: Path) -> Non
 
 
 async def test_disabling_ends_sessions_and_tokens(tmp_path: Path) -> None:
-    db = tmp_path / "hub.sqlite3"
+    db = hub_db(tmp_path)
     accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     acc = Accounts.open(db)
     try:
@@ -127,7 +141,7 @@ async def test_disabling_ends_sessions_and_tokens(tmp_path: Path) -> None:
 
 
 async def test_visibility_by_role_and_consent(tmp_path: Path) -> None:
-    db = tmp_path / "hub.sqlite3"
+    db = hub_db(tmp_path)
     accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p-ann")
     accounts.users_add(db, "root", "admin", PASSWORD)
@@ -158,7 +172,7 @@ async def test_visibility_by_role_and_consent(tmp_path: Path) -> None:
 
 
 async def test_access_log_newest_first(tmp_path: Path) -> None:
-    db = tmp_path / "hub.sqlite3"
+    db = hub_db(tmp_path)
     accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     clock = FakeClock()
     acc = Accounts.open(db, clock=clock)
@@ -176,3 +190,192 @@ async def test_access_log_newest_first(tmp_path: Path) -> None:
         ]
     finally:
         acc.close()
+
+
+# -- passwords: NCSC-style deny list, context words, no composition rules -------------------
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "password",
+        "12345678",
+        "Password1!",
+        "qwertyuiop",
+        "iloveyou",
+        "letmein1",
+        "zarqavellacott",  # the patient's name
+        "Zarqa Vellacott",
+        "vellacott2026",
+        "zv-7731-q",  # the patient's id
+        "zv-7731-q!",
+        "ann-the-user",  # the user name
+        "ann-the-user1",
+        "glucohub",  # the service
+        "glucohub2026",
+        "aaaaaaaaaaaaaaaa",
+    ],
+)
+def test_common_and_context_passwords_are_refused(tmp_path: Path, password: str) -> None:
+    db = hub_db(tmp_path)
+    with pytest.raises(AccountError, match="password"):
+        accounts.users_add(db, "ann-the-user", "patient", password, patient_id="zv-7731-q")
+    accounts.users_add(db, "ann-the-user", "patient", PASSWORD, patient_id="zv-7731-q")
+    with pytest.raises(AccountError, match="password"):
+        accounts.users_passwd(db, "ann-the-user", password)
+
+
+def test_the_username_is_refused_as_a_password(tmp_path: Path) -> None:
+    db = hub_db(tmp_path)
+    with pytest.raises(AccountError, match="user name"):
+        accounts.users_add(db, "nurse.ratched", "clinician", "nurse.ratched")
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "qzmwkxrt",  # 8 random lower-case letters: no composition rule asks for more
+        "correct horse battery staple",
+        "three random words: kettle, ocean, velvet " * 5,  # a long passphrase (215 chars)
+        "Tr0ub4dor&3",
+    ],
+)
+def test_strong_passwords_and_long_passphrases_are_accepted(tmp_path: Path, password: str) -> None:
+    db = hub_db(tmp_path)
+    accounts.users_add(db, "dr-who", "clinician", password)
+
+    async def login() -> object:
+        acc = Accounts.open(db)
+        try:
+            return await acc.login("dr-who", password)
+        finally:
+            acc.close()
+
+    assert asyncio.run(login()) is not None
+
+
+def test_a_refused_password_says_why_in_one_line(tmp_path: Path) -> None:
+    db = hub_db(tmp_path)
+    with pytest.raises(AccountError) as caught:
+        accounts.users_add(db, "dr-who", "clinician", "password")
+    message = str(caught.value)
+    assert "\n" not in message and "common" in message
+
+
+# -- patients must exist ------------------------------------------------------------------
+
+
+def test_accounts_and_grants_need_a_registered_patient(tmp_path: Path) -> None:
+    db = hub_db(tmp_path)
+    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    with pytest.raises(AccountError, match="unknown patient 'NOPE'"):
+        accounts.users_add(db, "nope", "patient", PASSWORD, patient_id="NOPE")
+    with pytest.raises(AccountError, match="unknown patient 'NOPE'"):
+        accounts.grant(db, "NOPE", "dr-who")
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    assert "NOPE" not in dump
+
+
+async def test_the_web_consent_path_refuses_an_unknown_patient(tmp_path: Path) -> None:
+    db = hub_db(tmp_path)
+    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    acc = Accounts.open(db)
+    try:
+        with pytest.raises(AccountError, match="unknown patient"):
+            await acc.grant("NOPE", "dr-who", by="someone")
+        assert await acc.grant("p1", "dr-who", by="ann")
+    finally:
+        acc.close()
+
+
+# -- API tokens: expiry, listing, revocation one by one ---------------------------------------
+
+
+async def test_tokens_expire(tmp_path: Path) -> None:
+    db = hub_db(tmp_path)
+    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    clock = FakeClock()
+    acc = Accounts.open(db, clock=clock)
+    try:
+        default = await acc.create_token("dr-who", "ehr")
+        short = await acc.create_token("dr-who", "lab", expires_days=1)
+        clock.current += timedelta(days=1)
+        assert await acc.token_user(short) is None  # expired at exactly one day
+        assert await acc.token_user(default) is not None
+        clock.current += timedelta(days=89) - timedelta(seconds=1)
+        assert await acc.token_user(default) is not None
+        clock.current += timedelta(seconds=1)
+        assert await acc.token_user(default) is None  # 90 days by default
+    finally:
+        acc.close()
+
+
+async def test_tokens_are_listed_without_secrets_and_revoked_one_by_one(tmp_path: Path) -> None:
+    db = hub_db(tmp_path)
+    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    first = accounts.tokens_create(db, "dr-who", "ehr", expires_days=30)
+    second = accounts.tokens_create(db, "dr-who", "lab")
+    clock = FakeClock()
+    acc = Accounts.open(db, clock=clock)
+    try:
+        assert await acc.token_user(second) is not None
+    finally:
+        acc.close()
+    listed = accounts.tokens_list(db, "dr-who")
+    assert [t.label for t in listed] == ["ehr", "lab"]
+    assert listed[0].expires_at - listed[0].created_at == timedelta(days=30)
+    assert listed[0].last_used_at is None and listed[1].last_used_at == clock.now()
+    assert all(first not in repr(t) and second not in repr(t) for t in listed)
+    accounts.tokens_revoke(db, listed[0].token_id)
+    acc = Accounts.open(db)
+    try:
+        assert await acc.token_user(first) is None
+        assert await acc.token_user(second) is not None  # the other one still works
+    finally:
+        acc.close()
+    assert [t.revoked for t in accounts.tokens_list(db, "dr-who")] == [True, False]
+    with pytest.raises(AccountError, match="no token 999"):
+        accounts.tokens_revoke(db, 999)
+
+
+def test_token_rows_from_before_expiry_keep_working_for_90_days(tmp_path: Path) -> None:
+    db = hub_db(tmp_path)
+    # The table as earlier versions created it, with one token row.
+    old = sqlite3.connect(db)
+    old.executescript(
+        """
+        CREATE TABLE dash_users (username TEXT PRIMARY KEY, role TEXT NOT NULL,
+            patient_id TEXT, password_hash TEXT NOT NULL, unit TEXT NOT NULL DEFAULT 'mg/dL',
+            disabled INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
+        CREATE TABLE dash_tokens (token_hash TEXT PRIMARY KEY, username TEXT NOT NULL,
+            label TEXT NOT NULL, created_at TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+        """
+    )
+    token = "ghk_" + "x" * 43
+    old.execute(
+        "INSERT INTO dash_users VALUES ('dr-who', 'clinician', NULL, ?, 'mg/dL', 0, "
+        "'2024-01-01T00:00:00.000Z')",
+        (hash_password(PASSWORD),),
+    )
+    old.execute(
+        "INSERT INTO dash_tokens VALUES (?, 'dr-who', 'old', '2024-01-01T00:00:00.000Z', 0)",
+        (hashlib.sha256(token.encode()).hexdigest(),),
+    )
+    old.commit()
+    old.close()
+    clock = FakeClock()
+
+    async def user_at(offset: timedelta) -> object:
+        clock.current = upgrade + offset
+        acc = Accounts.open(db, clock=clock)
+        try:
+            return await acc.token_user(token)
+        finally:
+            acc.close()
+
+    upgrade = clock.now()
+    assert asyncio.run(user_at(timedelta(0))) is not None
+    assert asyncio.run(user_at(timedelta(days=90) - timedelta(seconds=1))) is not None
+    assert asyncio.run(user_at(timedelta(days=90))) is None
+    [listed] = accounts.tokens_list(db, "dr-who")
+    assert listed.label == "old" and listed.expires_at == upgrade + timedelta(days=90)

@@ -236,7 +236,7 @@ async def test_logout_ends_the_session(login: Login) -> None:
     assert (await client.get("/", allow_redirects=False)).status == 303
 
 
-async def test_login_is_rate_limited_per_username(login: Login) -> None:
+async def test_login_is_rate_limited_per_source(login: Login) -> None:
     client = await login("")
     statuses = []
     for _ in range(5):

@@ -210,7 +210,7 @@ async def test_fuzzed_requests_to_the_real_hub_never_give_a_server_error(
     from tests.dashboards.fakes import build_world
     from tests.dashboards.test_fuzz import SEED, app_routes, fuzz
 
-    world = build_world(tmp_path / "routes.sqlite3")  # only to list the app's routes
+    world = build_world(tmp_path / "routes" / DB_FILENAME)  # only to list the app's routes
     routes = app_routes(make_app(world))
     world.accounts.close()
     rng = random.Random(SEED + 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.clock import parse_rfc3339
 from gateway.model import Reading, ReadingKind, Source
 from gateway.protocols import Origin
 from gateway.runtime import run_hub
@@ -347,3 +348,125 @@ def test_consent_from_the_cli_is_sealed_into_the_ledger(
     ]
     code, out, _ = run(capsys, "ledger", "verify", "--data-dir", str(hub_dir))
     assert code == 0, out
+
+
+@pytest.fixture
+def registry_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A data dir whose registry holds one patient, p1 (Ann Example)."""
+    d = tmp_path / "hub"
+    assert (
+        run(capsys, "patients", "add", "p1", "--name", "Ann Example", "--data-dir", str(d))[0] == 0
+    )
+    return d
+
+
+def users(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    data_dir: Path,
+    *argv: str,
+    password: str = "a long enough password",
+) -> tuple[int, str, str]:
+    monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+    return run(capsys, "users", *argv, "--data-dir", str(data_dir))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("add", "nope", "--role", "patient", "--patient", "NOPE", "--password-stdin"),
+        ("grant", "dr-who", "--patient", "NOPE"),
+    ],
+)
+def test_users_refuse_an_unknown_patient(
+    registry_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: tuple[str, ...],
+) -> None:
+    code, _, err = users(
+        capsys,
+        monkeypatch,
+        registry_dir,
+        "add",
+        "dr-who",
+        "--role",
+        "clinician",
+        "--password-stdin",
+    )
+    assert code == 0, err
+    code, out, err = users(capsys, monkeypatch, registry_dir, *argv)
+    assert code == 2 and out == ""
+    assert err == "glucohub: unknown patient 'NOPE'; add the patient first\n"
+
+
+@pytest.mark.parametrize(
+    "password", ["password", "12345678", "ann-smith", "Ann Example", "p1p1p1p1"]
+)
+def test_users_refuse_weak_passwords_in_one_line(
+    registry_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    password: str,
+) -> None:
+    add = ("add", "ann-smith", "--role", "patient", "--patient", "p1", "--password-stdin")
+    code, _, err = users(capsys, monkeypatch, registry_dir, *add, password=password)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("glucohub: ")
+    assert "Traceback" not in err and repr(password) not in err
+    assert users(capsys, monkeypatch, registry_dir, *add)[0] == 0
+    passwd = ("passwd", "ann-smith", "--password-stdin")
+    code, _, err = users(capsys, monkeypatch, registry_dir, *passwd, password=password)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_tokens_are_listed_and_revoked_one_by_one(
+    registry_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = users(
+        capsys,
+        monkeypatch,
+        registry_dir,
+        "add",
+        "dr-who",
+        "--role",
+        "clinician",
+        "--password-stdin",
+    )
+    assert code == 0, err
+    code, first, _ = users(capsys, monkeypatch, registry_dir, "token", "dr-who", "--label", "ehr")
+    assert code == 0
+    code, second, _ = users(
+        capsys,
+        monkeypatch,
+        registry_dir,
+        "token",
+        "dr-who",
+        "--label",
+        "lab",
+        "--expires-days",
+        "7",
+    )
+    assert code == 0
+    code, listing, _ = users(capsys, monkeypatch, registry_dir, "tokens", "dr-who")
+    assert code == 0
+    assert first.strip() not in listing and second.strip() not in listing
+    lines = listing.strip().splitlines()
+    assert lines[0].split() == ["id", "label", "created", "expires", "last-used", "state"]
+    rows = [line.split() for line in lines[1:]]
+    assert [(r[1], r[4], r[5]) for r in rows] == [
+        ("ehr", "never", "active"),
+        ("lab", "never", "active"),
+    ]
+    created, expires = (parse_rfc3339(rows[1][i]) for i in (2, 3))
+    assert expires - created == timedelta(days=7)
+    assert parse_rfc3339(rows[0][3]) - parse_rfc3339(rows[0][2]) == timedelta(days=90)
+    code, out, _ = users(capsys, monkeypatch, registry_dir, "revoke-token", rows[0][0])
+    assert code == 0 and rows[0][0] in out
+    code, listing, _ = users(capsys, monkeypatch, registry_dir, "tokens", "dr-who")
+    assert [line.split()[5] for line in listing.strip().splitlines()[1:]] == ["revoked", "active"]
+    code, _, err = users(capsys, monkeypatch, registry_dir, "revoke-token", "12345")
+    assert code == 2 and err == "glucohub: no token 12345\n"
+    code, _, err = users(
+        capsys, monkeypatch, registry_dir, "token", "dr-who", "--expires-days", "0"
+    )
+    assert code == 2 and err.count("\n") == 1
