@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +180,7 @@ async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> li
 async def run_hub(
     settings: Settings,
     *,
-    sources: Sequence[SourceFactory] = (),
+    sources: Sequence[SourceFactory] | Mapping[str, SourceFactory] = (),
     stop: asyncio.Event | None = None,
     clock: Clock | None = None,
     on_ready: Callable[[Running], None] | None = None,
@@ -189,7 +189,8 @@ async def run_hub(
     """Run the whole gateway until SIGINT/SIGTERM (or `stop`), then shut down cleanly.
 
     Each source (`sources`, MQTT, BLE) runs supervised: restarted after a failure with
-    `source_backoff` (default `Backoff()`), never ending the hub."""
+    `source_backoff` (default `Backoff()`), never ending the hub. `sources` given as a
+    mapping are logged and reported under their keys (say "ble:<device id>")."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     data_dir = settings.storage.data_dir
@@ -245,9 +246,13 @@ async def run_hub(
             running.url = url
             if on_ready is not None:
                 on_ready(running)
+            named = (
+                sources.items()
+                if isinstance(sources, Mapping)
+                else ((f"source-{index}", make) for index, make in enumerate(sources))
+            )
             bound: list[Source | NamedSource] = [
-                NamedSource(f"source-{index}", functools.partial(make, hub, clock))
-                for index, make in enumerate(sources)
+                NamedSource(name, functools.partial(make, hub, clock)) for name, make in named
             ]
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
