@@ -40,6 +40,7 @@ from device_adapters.ble.mapping import (
     map_weight,
 )
 from device_adapters.ble.registry import PARSERS, decode
+from device_adapters.ble.uuids import normalize_uuid
 from device_adapters.mqtt.errors import PayloadRejected
 from device_adapters.mqtt.payload import decode_readings
 from gateway.errors import ConfigError
@@ -276,8 +277,6 @@ def _parse_and_map(uuid: str, data: bytes, tz: tzinfo, start: datetime) -> None:
 
 
 def _char(uuid: str) -> str:
-    from device_adapters.ble.uuids import normalize_uuid
-
     full = normalize_uuid(uuid) or ""
     return full[4:8].upper()
 
