@@ -42,6 +42,7 @@ from gateway.protocols import (
 from gateway.sealing import Sealer, SealOutcome
 from gateway.settings import Settings
 from gateway.store import Message, Store, WriteResult
+from gateway.supervision import Backoff, NamedSource, SourceState, SourceStatus, supervise
 from gateway.telemetry import Telemetry
 from gateway.validation import ValidationRules, validate
 
@@ -149,6 +150,7 @@ class Hub:
         telemetry: Telemetry,
         fanout: FanOut,
         alerts: AlertStage | None = None,
+        source_backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
         self._writer = writer
@@ -181,6 +183,9 @@ class Hub:
         self._started = time.monotonic()
         # Probes for /healthz (e.g. the MQTT connection state), read at request time.
         self.status_probes: dict[str, Callable[[], object]] = {}
+        # Each source's supervision state (running, restarting after a failure, finished).
+        self.source_status: dict[str, SourceStatus] = {}
+        self._source_backoff = source_backoff or Backoff()
         # Set whenever a batch or checkpoint lands in the outbox (the upstream forwarder waits).
         self.outbox_added = asyncio.Event()
         telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
@@ -240,9 +245,18 @@ class Hub:
     # -- status -------------------------------------------------------------------------
 
     def health(self) -> dict[str, object]:
+        sources: dict[str, object] = {name: probe() for name, probe in self.status_probes.items()}
+        for name, supervised in self.source_status.items():
+            probed = sources.get(name)
+            sources[name] = {
+                **(probed if isinstance(probed, dict) else {}),
+                "task": supervised.as_dict(),
+            }
+        failing = any(s.state is SourceState.RESTARTING for s in self.source_status.values())
         quarantined = self._sealer.quarantined
+        degraded = failing or quarantined > 0
         return {
-            "status": "stopping" if self._stopping else "degraded" if quarantined else "ok",
+            "status": "stopping" if self._stopping else "degraded" if degraded else "ok",
             "uptime_s": round(time.monotonic() - self._started, 1),
             "queues": {
                 "ingest": self._ingest.qsize(),
@@ -252,7 +266,7 @@ class Hub:
             },
             # Stored records that cannot be sealed: kept, logged CRITICAL, listed on /ledger.
             "ledger": {"tree_size": self._sealer.tree_size, "quarantined": quarantined},
-            "sources": {name: probe() for name, probe in self.status_probes.items()},
+            "sources": sources,
         }
 
     def prometheus_text(self) -> str:
@@ -260,8 +274,11 @@ class Hub:
 
     # -- stages -------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, sources: Sequence[Source]) -> None:
-        """Run until `stop` is set, then stop sources, drain, seal everything and return."""
+    async def run(self, stop: asyncio.Event, sources: Sequence[Source | NamedSource]) -> None:
+        """Run until `stop` is set, then stop sources, drain, seal everything and return.
+
+        Every source runs supervised: one that fails is logged and restarted with backoff
+        (`gateway.supervision`), and the hub goes on."""
         store = self._writer.store
         unsealed = await self._writer.run(
             lambda: store.count_unsealed() + store.count_unsealed_events()
@@ -277,7 +294,16 @@ class Hub:
             try:
                 async with asyncio.TaskGroup() as edge:
                     for index, source in enumerate(sources):
-                        edge.create_task(source(), name=f"source-{index}")
+                        named = (
+                            source
+                            if isinstance(source, NamedSource)
+                            else NamedSource(f"source-{index}", source)
+                        )
+                        status = self.source_status.setdefault(named.name, SourceStatus())
+                        edge.create_task(
+                            supervise(named.name, named.run, status, backoff=self._source_backoff),
+                            name=named.name,
+                        )
                     edge.create_task(_raise_when_set(stop), name="stop-watch")
             except* _Stop:
                 pass

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
 from gateway.services import Reader, StoreLedgerView, StoreOutbox, StoreReadModel, StoreResume
 from gateway.settings import Settings
 from gateway.store import DB_FILENAME
+from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("glucohub")
@@ -83,13 +84,13 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
         await asyncio.to_thread(accounts.close)
 
 
-def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[Source]:
+def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[NamedSource]:
     """The MQTT consumer and the upstream forwarder, when their URLs are configured."""
     from device_adapters.mqtt.client import MqttConnection, consumer_config, upstream_config
     from device_adapters.mqtt.consumer import MqttConsumer
     from device_adapters.mqtt.upstream import UpstreamForwarder
 
-    sources: list[Source] = []
+    sources: list[NamedSource] = []
     if settings.mqtt.url:
         inbound = MqttConnection(consumer_config(settings.mqtt))
         consumer = MqttConsumer(
@@ -102,7 +103,10 @@ def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[So
             "state": inbound.state.value,
             **dataclasses.asdict(consumer.stats()),
         }
-        sources += [inbound.run, consumer.run]
+        sources += [
+            NamedSource("mqtt:connection", inbound.run),
+            NamedSource("mqtt:consumer", consumer.run),
+        ]
     if settings.upstream.url:
         outbound = MqttConnection(upstream_config(settings.upstream, hub_id=settings.hub.hub_id))
         outbox = StoreOutbox(
@@ -118,7 +122,10 @@ def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[So
             "sent": forwarder.sent,
             "last_error": forwarder.last_error,
         }
-        sources += [outbound.run, forwarder.run]
+        sources += [
+            NamedSource("upstream:connection", outbound.run),
+            NamedSource("upstream:forwarder", forwarder.run),
+        ]
     return sources
 
 
@@ -132,7 +139,7 @@ def _ble_status(adapter: Any) -> dict[str, object]:
     }
 
 
-async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> list[Source]:
+async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> list[NamedSource]:
     """A BLE adapter per active registered BLE device (`glucohub ble pair` registers them)."""
     if not settings.ble.enabled:
         return []
@@ -142,7 +149,7 @@ async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> li
     from device_adapters.ble.bleak_transport import BleakTransport
 
     resume = StoreResume(running.reader)
-    sources: list[Source] = []
+    sources: list[NamedSource] = []
     for device in await running.read_model.list_devices():
         if device.transport is not Transport.BLE or not device.active or not device.address:
             continue
@@ -165,7 +172,7 @@ async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> li
         async def serve(a: BleAdapter = adapter) -> None:
             await a.run()
 
-        sources.append(serve)
+        sources.append(NamedSource(f"ble:{device.device_id}", serve))
     log.info("BLE: %d registered devices", len(sources))
     return sources
 
@@ -173,12 +180,17 @@ async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> li
 async def run_hub(
     settings: Settings,
     *,
-    sources: Sequence[SourceFactory] = (),
+    sources: Sequence[SourceFactory] | Mapping[str, SourceFactory] = (),
     stop: asyncio.Event | None = None,
     clock: Clock | None = None,
     on_ready: Callable[[Running], None] | None = None,
+    source_backoff: Backoff | None = None,
 ) -> None:
-    """Run the whole gateway until SIGINT/SIGTERM (or `stop`), then shut down cleanly."""
+    """Run the whole gateway until SIGINT/SIGTERM (or `stop`), then shut down cleanly.
+
+    Each source (`sources`, MQTT, BLE) runs supervised: restarted after a failure with
+    `source_backoff` (default `Backoff()`), never ending the hub. `sources` given as a
+    mapping are logged and reported under their keys (say "ble:<device id>")."""
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     data_dir = settings.storage.data_dir
@@ -208,6 +220,7 @@ async def run_hub(
         telemetry=telemetry,
         fanout=fanout,
         alerts=alerts,
+        source_backoff=source_backoff,
     )
     reader = Reader(data_dir)
     running = Running(
@@ -233,7 +246,14 @@ async def run_hub(
             running.url = url
             if on_ready is not None:
                 on_ready(running)
-            bound: list[Source] = [functools.partial(make, hub, clock) for make in sources]
+            named = (
+                sources.items()
+                if isinstance(sources, Mapping)
+                else ((f"source-{index}", make) for index, make in enumerate(sources))
+            )
+            bound: list[Source | NamedSource] = [
+                NamedSource(name, functools.partial(make, hub, clock)) for name, make in named
+            ]
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
             await hub.run(stop, bound)

@@ -151,6 +151,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
             raise ConfigError("--config", f"file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:  # tomllib decodes the whole file before parsing
+            raise ConfigError("--config", f"{path} is not UTF-8 text: {exc.reason}") from None
     merged: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
         if not isinstance(values, dict):

@@ -39,6 +39,10 @@ class Checkpoint:
         for ext in self.extensions:
             if not ext or _CONTROL.search(ext):
                 raise MalformedNote(f"checkpoint extension line {ext!r} is empty or has a control")
+        try:  # a str from JSON may hold a lone surrogate, which the signed bytes cannot
+            self.body().encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedNote("checkpoint text is not valid UTF-8 (lone surrogate)") from None
 
     def body(self) -> str:
         """The note text: three lines plus extensions, each newline-terminated."""

@@ -60,10 +60,19 @@ def raw_public_key(public_key: Ed25519PublicKey | bytes) -> bytes:
 
 
 def check_key_name(name: str) -> str:
-    """signed-note: key names are non-empty and contain no Unicode space and no '+'."""
+    """signed-note: key names are non-empty UTF-8 with no Unicode space and no '+'."""
     if not name or any(c.isspace() or c == "+" for c in name) or _CONTROL.search(name):
         raise MalformedNote(f"invalid key name {name!r}")
+    _check_utf8(name, "key name")
     return name
+
+
+def _check_utf8(text: str, what: str) -> None:
+    """A str from JSON may hold a lone surrogate ("\\ud800"), which no UTF-8 text has."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedNote(f"{what} is not valid UTF-8 text (lone surrogate)") from None
 
 
 def key_id(
@@ -207,6 +216,7 @@ class OpenedNote:
 
 
 def _check_text(text: str) -> None:
+    _check_utf8(text, "note text")
     if not text.endswith("\n"):
         raise MalformedNote("note text must end with a newline")
     if _CONTROL.search(text):
@@ -248,6 +258,7 @@ def _split(note: str | bytes) -> tuple[str, list[str]]:
             note = note.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MalformedNote("note is not valid UTF-8") from exc
+    _check_utf8(note, "note")
     if _CONTROL.search(note):
         raise MalformedNote("note contains an ASCII control character other than newline")
     if not note.endswith("\n"):

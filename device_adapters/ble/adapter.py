@@ -29,6 +29,7 @@ from device_adapters.ble.session import (
     Write,
 )
 from device_adapters.ble.transport import GattTransport
+from device_adapters.ble.uuids import Char
 from gateway.clock import Clock, SystemClock
 from gateway.model import Device, DeviceEvent, DeviceEventKind, DeviceKind, Source
 from gateway.protocols import DeadLetter, Origin, ReadingSink
@@ -81,6 +82,13 @@ class _LinkDown:
 
 
 _Item = _Notification | _LinkDown
+
+
+def _name(uuid: str) -> str:
+    try:
+        return Char(uuid).name.lower()
+    except ValueError:
+        return uuid
 
 
 def make_session(device: Device, *, tz: tzinfo = UTC) -> Session:
@@ -271,6 +279,14 @@ class BleAdapter:
         if out.empty:
             return
         now = self.clock.now()
+        for r in out.rejected:
+            log.warning(
+                "%s: %s value rejected (%s): %s",
+                self.device.device_id,
+                _name(r.uuid),
+                r.reason,
+                r.detail,
+            )
         dead = [
             DeadLetter(
                 received_at=now,

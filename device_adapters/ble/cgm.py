@@ -9,7 +9,7 @@ E2E-CRC is supported every value ends with a CRC-16/MCRF4XX over the bytes befor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import IntEnum, IntFlag
 
 from device_adapters.ble import codec
@@ -342,11 +342,8 @@ class CgmSessionStartTime:
 
     def to_utc(self) -> datetime | None:
         """UTC = local − zone − DST; None when the sensor does not know the date yet."""
-        local = self.start.to_utc(UTC)
-        if local is None:
-            return None
         zone = 0 if self.time_zone_15min == TIME_ZONE_UNKNOWN else self.time_zone_15min * 15
-        return local - timedelta(minutes=zone + _DST_MINUTES[self.dst])
+        return self.start.to_utc(UTC, plus_min=-(zone + _DST_MINUTES[self.dst]), uuid=START)
 
     @classmethod
     def from_utc(cls, start: datetime) -> CgmSessionStartTime:
@@ -368,7 +365,9 @@ def parse_cgm_session_start_time(
     except ValueError:
         raise r.fail(f"DST offset code {raw_dst} is reserved", 8) from None
     r.end()
-    return CgmSessionStartTime(start=start, time_zone_15min=tz, dst=dst)
+    value = CgmSessionStartTime(start=start, time_zone_15min=tz, dst=dst)
+    value.to_utc()  # TimeOutOfRange here, not later, when the zone pushes it past year 9999
+    return value
 
 
 def encode_cgm_session_start_time(s: CgmSessionStartTime, *, with_crc: bool) -> bytes:

@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from device_adapters.ble.errors import MalformedPayload
+from device_adapters.ble.errors import MalformedPayload, TimeOutOfRange
 from device_adapters.ble.ieee11073 import (
     MedFloat,
     encode_float,
@@ -34,14 +34,29 @@ class DateTime:
     def known(self) -> bool:
         return self.year != 0 and self.month != 0 and self.day != 0
 
-    def to_utc(self, tz: tzinfo = UTC) -> datetime | None:
-        """The instant, reading the fields as wall-clock time in `tz`; None when unknown."""
+    def to_utc(
+        self, tz: tzinfo = UTC, *, plus_min: int = 0, uuid: str = "Date Time", offset: int = 0
+    ) -> datetime | None:
+        """The instant, reading the fields as wall-clock time in `tz`, `plus_min` minutes later;
+        None when unknown. `TimeOutOfRange` (naming `uuid` and the field's byte `offset`) when
+        that instant is outside the years 1-9999 (a clock near 9999 plus a zone or offset)."""
         if not self.known:
             return None
-        local = datetime(
-            self.year, self.month, self.day, self.hours, self.minutes, self.seconds, tzinfo=tz
-        )
-        return local.astimezone(UTC)
+        try:
+            local = datetime(
+                self.year, self.month, self.day, self.hours, self.minutes, self.seconds
+            )
+            # One addition, so only the instant itself can leave the range, not a step to it.
+            shift = timedelta(minutes=plus_min) - (tz.utcoffset(local) or timedelta(0))
+            return (local + shift).replace(tzinfo=UTC)
+        except (OverflowError, ValueError):
+            stamp = (
+                f"{self.year:04}-{self.month:02}-{self.day:02} "
+                f"{self.hours:02}:{self.minutes:02}:{self.seconds:02}"
+            )
+            raise TimeOutOfRange(
+                uuid, offset, f"{stamp} ({tz}) {plus_min:+} min is out of range (years 1-9999)"
+            ) from None
 
     @classmethod
     def from_datetime(cls, value: datetime, tz: tzinfo = UTC) -> DateTime:

@@ -33,6 +33,11 @@ class CrcMismatch(MalformedPayload):
         self.actual = actual
 
 
+class TimeOutOfRange(MalformedPayload):
+    """A date-time the device sent lies, once its time offset or time zone is applied,
+    outside the years 1-9999 an instant can have here (a clock set near 9999, say)."""
+
+
 class UnknownCharacteristic(BleError, InputError):
     """`decode` was asked about a characteristic it has no parser for (the user's input)."""
 

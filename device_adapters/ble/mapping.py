@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from enum import IntFlag
 
-from device_adapters.ble.blood_pressure import BloodPressureMeasurement, PressureUnit
+from device_adapters.ble.blood_pressure import BPM, BloodPressureMeasurement, PressureUnit
 from device_adapters.ble.cgm import (
+    MEAS,
     CgmCalTempOctet,
     CgmMeasurement,
     CgmStatusOctet,
     CgmWarningOctet,
 )
-from device_adapters.ble.errors import MalformedPayload
+from device_adapters.ble.codec import DateTime
+from device_adapters.ble.errors import MalformedPayload, TimeOutOfRange
 from device_adapters.ble.glucose import (
     GM,
     ConcentrationUnit,
@@ -30,8 +32,8 @@ from device_adapters.ble.glucose import (
 )
 from device_adapters.ble.heart_rate import HeartRateMeasurement, SensorContact
 from device_adapters.ble.ieee11073 import MedFloat, SpecialValue
-from device_adapters.ble.thermometer import TemperatureMeasurement, TemperatureUnit
-from device_adapters.ble.weight_scale import WeightMeasurement, WeightUnit
+from device_adapters.ble.thermometer import TEMP, TemperatureMeasurement, TemperatureUnit
+from device_adapters.ble.weight_scale import WEIGHT, WeightMeasurement, WeightUnit
 from gateway.model import DeviceEvent, DeviceEventKind, Reading, ReadingKind, Source
 from gateway.units import Unit, to_canonical
 
@@ -121,10 +123,11 @@ def _reading(
 
 def glucose_time(m: GlucoseMeasurement, tz: tzinfo = UTC) -> datetime:
     """Base time (the meter's wall clock in `tz`) + time offset (minutes)."""
-    base = m.base_time.to_utc(tz)
-    if base is None:
+    # GLS: the base time is bytes 3-9 of the value.
+    time = m.base_time.to_utc(tz, plus_min=m.time_offset_min or 0, uuid=GM, offset=3)
+    if time is None:
         raise MalformedPayload(GM, 3, "base time is not known (year, month or day is 0)")
-    return base + timedelta(minutes=m.time_offset_min or 0)
+    return time
 
 
 _GLS_EVENTS: tuple[tuple[SensorStatus, DeviceEventKind], ...] = (
@@ -190,7 +193,15 @@ def map_cgm(m: CgmMeasurement, who: Who, *, session_start: datetime) -> Mapped:
     CGMS records carry no sequence number, so `seq` stays None and the hub de-duplicates on
     (time, kind, value); the session start is fixed for a session, so a re-sent record maps
     to the same time."""
-    time = session_start + timedelta(minutes=m.time_offset_min)
+    try:
+        time = session_start + timedelta(minutes=m.time_offset_min)
+    except OverflowError:
+        raise TimeOutOfRange(
+            MEAS,
+            0,
+            f"session start {session_start:%Y-%m-%d %H:%M} UTC {m.time_offset_min:+} min "
+            "is out of range (years 1-9999)",
+        ) from None
     events: list[DeviceEvent] = []
     status: tuple[str, ...] = ()
     for octet in (m.warning, m.cal_temp, m.status):
@@ -254,10 +265,16 @@ def _values(
     return Mapped(readings=tuple(readings), events=tuple(events))
 
 
+def _stamp(stamp: DateTime | None, tz: tzinfo, now: datetime, uuid: str, offset: int) -> datetime:
+    """The device's time stamp read in `tz`, or `now` when it has none or does not know it."""
+    time = stamp.to_utc(tz, uuid=uuid, offset=offset) if stamp is not None else None
+    return now if time is None else time
+
+
 def map_blood_pressure(
     m: BloodPressureMeasurement, who: Who, *, now: datetime, tz: tzinfo = UTC
 ) -> Mapped:
-    time = (m.timestamp.to_utc(tz) if m.timestamp else None) or now
+    time = _stamp(m.timestamp, tz, now, BPM, 7)  # after flags and three SFLOATs
     unit = Unit.KPA if m.unit is PressureUnit.KPA else Unit.MMHG
     return _values(
         who,
@@ -274,13 +291,13 @@ def map_blood_pressure(
 def map_temperature(
     m: TemperatureMeasurement, who: Who, *, now: datetime, tz: tzinfo = UTC
 ) -> Mapped:
-    time = (m.timestamp.to_utc(tz) if m.timestamp else None) or now
+    time = _stamp(m.timestamp, tz, now, TEMP, 5)  # after flags and the FLOAT
     unit = Unit.DEG_F if m.unit is TemperatureUnit.FAHRENHEIT else Unit.DEG_C
     return _values(who, time, [(ReadingKind.BODY_TEMPERATURE, m.temperature, unit, "temperature")])
 
 
 def map_weight(m: WeightMeasurement, who: Who, *, now: datetime, tz: tzinfo = UTC) -> Mapped:
-    time = (m.timestamp.to_utc(tz) if m.timestamp else None) or now
+    time = _stamp(m.timestamp, tz, now, WEIGHT, 3)  # after flags and the uint16 weight
     if m.weight is None:
         return Mapped(
             events=(_event(who, DeviceEventKind.SENSOR_ERROR, time, "weighing unsuccessful", None),)

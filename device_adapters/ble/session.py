@@ -318,9 +318,14 @@ class CgmSession:
             if key in self._delivered:
                 self.counters.duplicates_skipped += 1
                 continue
+            try:
+                out.add(map_cgm(m, self.who, session_start=self.session_start))
+            except MalformedPayload as exc:  # e.g. a session start near year 9999 + offset
+                self.counters.malformed += 1
+                out.rejected.append(_reject(Char.CGM_MEASUREMENT, raw, exc))
+                continue
             self._delivered.add(key)
             self.counters.delivered += 1
-            out.add(map_cgm(m, self.who, session_start=self.session_start))
 
     def on_disconnect(self) -> SessionOutput:
         return SessionOutput()

@@ -69,6 +69,15 @@ def test_broken_toml_is_reported(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "[dashboard\n"), {})
 
 
+def test_config_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
+    # tomllib decodes before it parses; found by tests/test_fuzz_parsers.py.
+    path = tmp_path / "glucohub.toml"
+    path.write_bytes(b'[hub]\nhub_id = "caf\xe9"\n')  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        load_settings(path, {})
+    assert info.value.key == "--config"
+
+
 def test_secrets_stay_out_of_repr() -> None:
     s = load_settings(None, {"GLUCOHUB_MQTT__PASSWORD": "hunter2"})
     assert s.mqtt.password == "hunter2"

@@ -122,3 +122,13 @@ def test_parse_random_text_raises_only_malformed(text: str) -> None:
 def test_round_trip_property(origin: str, size: int, root: bytes) -> None:
     cp = Checkpoint(origin=origin, size=size, root_hash=root)
     assert parse_checkpoint(cp.body()) == cp
+
+
+def test_lone_surrogate_in_a_checkpoint_body_is_malformed() -> None:
+    # JSON's "\ud800" gives a str no signed bytes can hold; parse_checkpoint accepted it and a
+    # cosignature check on the result crashed (found by tests/test_fuzz_parsers.py).
+    body = Checkpoint(origin="o", size=1, root_hash=ROOT).body()
+    with pytest.raises(MalformedNote, match="lone surrogate"):
+        parse_checkpoint(body.replace("o\n", "o\ud800\n", 1))
+    with pytest.raises(MalformedNote, match="lone surrogate"):
+        parse_checkpoint(body + "ext \ud800\n")

@@ -166,6 +166,21 @@ def test_invalid_utf8_is_malformed(log_key: Ed25519PrivateKey) -> None:
         open_note(b"\xff" + note, signer.verifier())
 
 
+def test_lone_surrogates_are_malformed_not_unicode_errors(
+    note_vectors: dict[str, Any], log_key: Ed25519PrivateKey
+) -> None:
+    # JSON's "\ud800" decodes to a str no UTF-8 text can hold; found by tests/test_fuzz_parsers.
+    signer = NoteSigner("a.example", log_key)
+    note = sign_note("hello\n", signer)
+    with pytest.raises(MalformedNote, match="lone surrogate"):
+        open_note("\ud800" + note, signer.verifier())
+    with pytest.raises(MalformedNote, match="lone surrogate"):
+        open_note(note.replace("\u2014 a.example", "\u2014 \ud800"), signer.verifier())
+    peter = note_vectors["peter"]["verifier_key"]  # PeterNeumann+c74f20a3+ARpc...
+    with pytest.raises(MalformedNote, match="lone surrogate"):
+        NoteVerifier.parse(peter.replace("PeterNeumann", "Peter\ud800"))
+
+
 def test_too_many_signatures(log_key: Ed25519PrivateKey) -> None:
     signer = NoteSigner("a.example", log_key)
     note = sign_note("hello\n", signer)
