@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import StorageError
 from gateway.sealing import KEYS_DIR, LOG_KEY_FILE, load_public_keys
 from gateway.store import (
     TIME_COLUMN,
@@ -77,7 +78,15 @@ def _check_range(data_dir: Path, hub_id: str, first: int, end: int) -> list[_Che
     store = Store(data_dir, read_only=True)
     out: list[_Checked] = []
     try:
-        for batch in store.batches(since_seq=first, limit=end - first):
+        batches = store.batches(since_seq=first, limit=end - first)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (StorageError, ValueError, TypeError) as exc:  # a damaged batches row
+                out.append(_bad(first + len(out), f"stored batch unreadable ({exc})"))
+                break
+            if batch is None:
+                break
             out.append(
                 _check_batch(
                     store,

@@ -144,6 +144,32 @@ def test_export_csv_filters_by_patient_and_time(
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [3, 4, 5]
 
 
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        # the same JWS as TEXT instead of BLOB still verifies: the bytes are the same
+        ("UPDATE batches SET jws = CAST(jws AS TEXT) WHERE seq = 1", None),
+        ("UPDATE batches SET jws = 'not a jws' WHERE seq = 1", "FAIL: batch 1: signature"),
+        ("UPDATE batches SET jws = 42 WHERE seq = 1", "FAIL: batch 1: stored batch unreadable"),
+        ("UPDATE batches SET record_seed = 'x' WHERE seq = 2", "FAIL: batch 2:"),
+        ("UPDATE readings SET seq = 9007199254740993 WHERE id = 1", "FAIL: batch 0:"),
+    ],
+)
+def test_ledger_verify_reports_damaged_columns_as_fail_not_a_traceback(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str], edit: str, expected: str | None
+) -> None:
+    db = sqlite3.connect(hub_dir / DB_FILENAME)
+    db.execute(edit)
+    db.commit()
+    db.close()
+    code, out, err = run(capsys, "ledger", "verify", "--data-dir", str(hub_dir))
+    assert "Traceback" not in out + err
+    if expected is None:
+        assert code == 0 and out.startswith("OK: 3 batches"), out
+    else:
+        assert code == 1 and out.startswith(expected), out
+
+
 def test_ledger_verify_passes_then_catches_an_edited_reading(
     hub_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
