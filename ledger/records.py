@@ -6,12 +6,12 @@ order. Record i's leaf is
 
     SHA-256(0x00 || salt_i || JCS(record_i))           (RFC 6962 §2.1 leaf hash)
 
-with salt_i = BLAKE2b-128(key=seed, message=i as 8 bytes big-endian) and `seed` 32 random
-bytes per batch that the hub keeps and never publishes. A record is *disclosed* as its index,
-salt and JSON, with its audit path in the records tree when not every record is disclosed:
-one patient's records are served and proven without revealing the others. The salts make
-an undisclosed leaf unguessable even where its record could be guessed (a glucose value at
-a known time), and one salt says nothing about another.
+with salt_i = bytes [16i, 16i+16) of SHAKE-256(seed) (FIPS 202's extendable output, used as a
+keyed stream) and `seed` 32 random bytes per batch that the hub keeps and never publishes. A
+record is *disclosed* as its index, salt and JSON, with its audit path in the records tree
+when not every record is disclosed: one patient's records are served and proven without
+revealing the others. The salts make an undisclosed leaf unguessable even where its record
+could be guessed (a glucose value at a known time), and one salt says nothing about another.
 
 Pure: bytes and JSON in, values or `RecordError` out.
 """
@@ -61,19 +61,21 @@ def new_seed() -> bytes:
     return os.urandom(SEED_BYTES)
 
 
+def _salt_stream(seed: bytes, count: int) -> bytes:
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a record seed is {SEED_BYTES} bytes")
+    return hashlib.shake_256(seed).digest(SALT_BYTES * count) if count else b""
+
+
 def record_salt(seed: bytes, index: int) -> bytes:
-    if len(seed) != SEED_BYTES:
-        raise ValueError(f"a record seed is {SEED_BYTES} bytes")
-    return hashlib.blake2b(index.to_bytes(8, "big"), key=seed, digest_size=SALT_BYTES).digest()
+    return _salt_stream(seed, index + 1)[SALT_BYTES * index :]
 
 
-def record_leaf_hashes(seed: bytes, canonical_records: Iterable[bytes]) -> list[bytes]:
+def record_leaf_hashes(seed: bytes, canonical_records: Sequence[bytes]) -> list[bytes]:
     """The leaf hash of every record, in order (the sealing and verify hot path)."""
-    if len(seed) != SEED_BYTES:
-        raise ValueError(f"a record seed is {SEED_BYTES} bytes")
-    blake, sha = hashlib.blake2b, hashlib.sha256
+    stream, sha = _salt_stream(seed, len(canonical_records)), hashlib.sha256
     return [
-        sha(b"\x00" + blake(i.to_bytes(8, "big"), key=seed, digest_size=16).digest() + c).digest()
+        sha(b"\x00" + stream[16 * i : 16 * i + 16] + c).digest()
         for i, c in enumerate(canonical_records)
     ]
 
@@ -106,13 +108,14 @@ def disclose(
 ) -> list[Disclosed]:
     """Disclose the records at `indices` (records given as their canonical bytes)."""
     leaves = record_leaf_hashes(seed, canonical_records) if with_paths else []
+    stream = _salt_stream(seed, len(canonical_records))
     out: list[Disclosed] = []
     for index in sorted(set(indices)):
         path = inclusion_proof_from_hashes(leaves, index) if with_paths else []
         out.append(
             Disclosed(
                 index=index,
-                salt=record_salt(seed, index),
+                salt=stream[SALT_BYTES * index : SALT_BYTES * (index + 1)],
                 record=json.loads(canonical_records[index]),
                 audit_path=tuple(path),
             )

@@ -85,11 +85,20 @@ def _check_hashes(hashes: Iterable[bytes], what: str) -> list[bytes]:
 
 
 def root_from_hashes(leaf_hashes: Sequence[bytes]) -> bytes:
-    """Root of the tree whose leaf hashes are given (EMPTY_ROOT for none)."""
-    tree = CompactTree()
-    for h in leaf_hashes:
-        tree.append(h)
-    return tree.root()
+    """Root of the tree whose leaf hashes are given (EMPTY_ROOT for none); level by level,
+    as `_levels` builds it, keeping one level at a time."""
+    level = list(leaf_hashes)
+    if not level:
+        return EMPTY_ROOT
+    sha256, prefix = hashlib.sha256, _NODE_PREFIX
+    while len(level) > 1:
+        paired = [
+            sha256(prefix + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
 
 
 def root(leaves: Sequence[bytes]) -> bytes:

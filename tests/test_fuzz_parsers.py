@@ -6,9 +6,8 @@ or raise its documented error family: `MalformedPayload` (BLE), `PayloadRejected
 `LedgerError` (ledger), `ConfigError` (settings). Anything else is a bug; hypothesis prints the
 smallest input that shows it and a `@reproduce_failure` blob to replay it.
 
-The batch, bundle and proof formats are under change: `_batch_seeds` is the one place that
-builds their valid examples, and the tests call only `open_batch`, `verify_bundle` and
-`check_inclusion_bundle` by name.
+`_batch_seeds` is the one place that builds valid batches (formats 1 and 2), a bundle, proof
+files and a batch view for the ledger targets.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from device_adapters.mqtt.errors import PayloadRejected
 from device_adapters.mqtt.payload import decode_readings
 from gateway.errors import ConfigError
 from gateway.settings import load_settings
-from ledger.batch import open_batch, seal_batch
+from ledger.batch import open_batch, seal_batch, seal_records
 from ledger.bundle import bundle_lines, verify_bundle
 from ledger.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint, sign_checkpoint
 from ledger.cosignature import (
@@ -56,10 +55,12 @@ from ledger.cosignature import (
     verify_cosignature,
 )
 from ledger.errors import LedgerError
+from ledger.jcs import canonicalize
 from ledger.jws import compact_header, sign_compact, verify_compact
 from ledger.keys import jwk_public_key, public_jwk
 from ledger.note import NoteSigner, NoteVerifier, open_note, parse_signature_line, sign_note
 from ledger.proof import check_inclusion_bundle, make_inclusion_bundle
+from ledger.records import batch_view_json, disclose, open_batch_view, record_leaf_hashes
 from ledger.rfc6962 import inclusion_proof_from_hashes, root_from_hashes
 from ledger.tiles import entry_bundle, entry_bundle_path, parse_entry_bundle, parse_tile_path
 from ledger.tiles import tile_path as make_tile_path
@@ -485,20 +486,44 @@ def _batch_seeds() -> dict[str, Any]:
         kid="b1",
         nonce=bytes(range(32)),
     )
-    leaves = [first.leaf_hash, second.leaf_hash]
+    # Format 2: the batch signs a root over salted records; p1's record is disclosed alone.
+    records = [canonicalize(reading), canonicalize({**reading, "patient_id": "p2"})]
+    seed = bytes(range(32, 64))
+    third = seal_records(
+        hub_id="glucohub-local",
+        batch_seq=2,
+        start="2024-05-01T10:10:00.000Z",
+        end="2024-05-01T10:15:00.000Z",
+        record_leaf_hashes=record_leaf_hashes(seed, records),
+        prev_jws=second.jws,
+        signing_key=BATCH_KEY,
+        kid="b1",
+        nonce=bytes(range(1, 33)),
+    )
+    whole = disclose(seed, records, range(2), with_paths=False)
+    mine = disclose(seed, records, [0])
+    leaves = [first.leaf_hash, second.leaf_hash, third.leaf_hash]
     note = sign_checkpoint(
-        Checkpoint(origin="glucohub-local", size=2, root_hash=root_from_hashes(leaves)), LOG
+        Checkpoint(origin="glucohub-local", size=3, root_hash=root_from_hashes(leaves)), LOG
     )
     lines = list(
         bundle_lines(
             log_vkey=LOG.verifier_key(),
             batch_jwk=BATCH_JWK,
-            jws_list=[first.jws, second.jws],
+            jws_list=[first.jws, second.jws, (third.jws, whole)],
             checkpoint_note=note,
         )
     )
-    proof = make_inclusion_bundle(second.jws, 1, 2, inclusion_proof_from_hashes(leaves, 1), note)
-    return {"jws": [first.jws, second.jws], "bundle": "".join(lines), "proof": proof}
+    proofs = [
+        make_inclusion_bundle(second.jws, 1, 3, inclusion_proof_from_hashes(leaves, 1), note),
+        make_inclusion_bundle(third.jws, 2, 3, inclusion_proof_from_hashes(leaves, 2), note, mine),
+    ]
+    return {
+        "jws": [first.jws, second.jws, third.jws],
+        "bundle": "".join(lines),
+        "proof": proofs,
+        "view": batch_view_json(2, third.jws, mine),
+    }
 
 
 @FUZZ
@@ -535,12 +560,22 @@ def test_verify_bundle(data: st.DataObject) -> None:
 @FUZZ
 @given(data=st.data())
 def test_check_inclusion_bundle(data: st.DataObject) -> None:
-    seed = _batch_seeds()["proof"]
-    text = data.draw(st.one_of(mutated_text([seed]), mutated_json([json.loads(seed)])))
+    seeds = _batch_seeds()["proof"]
+    text = data.draw(
+        st.one_of(mutated_text(seeds), mutated_json([json.loads(seed) for seed in seeds]))
+    )
     expect(
         LedgerError,
         lambda: check_inclusion_bundle(text, LOG.verifier_key(), batch_jwk=BATCH_JWK),
     )
+
+
+@FUZZ
+@given(data=st.data())
+def test_open_batch_view(data: st.DataObject) -> None:
+    seed = _batch_seeds()["view"]
+    text = data.draw(st.one_of(mutated_text([seed]), mutated_json([json.loads(seed)])))
+    expect(LedgerError, lambda: open_batch_view(text, BATCH_KEY.public_key()))
 
 
 # -- settings (TOML) ---------------------------------------------------------------------------

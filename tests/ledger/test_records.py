@@ -45,12 +45,11 @@ def _sha(data: bytes) -> bytes:
 
 def test_leaf_and_root_follow_the_documented_definition() -> None:
     # Worked from the module's definition with hashlib alone:
-    #   salt_i = BLAKE2b-128(key=seed, msg=i as 8 bytes big-endian)
+    #   salt_i = bytes [16i, 16i+16) of SHAKE-256(seed)
     #   leaf_i = SHA-256(0x00 || salt_i || JCS(record_i))
     #   root   = RFC 6962 MTH: 3 leaves split at 2 -> node(node(l0, l1), l2)
-    salts = [
-        hashlib.blake2b(i.to_bytes(8, "big"), key=SEED, digest_size=16).digest() for i in range(3)
-    ]
+    stream = hashlib.shake_256(SEED).digest(48)
+    salts = [stream[0:16], stream[16:32], stream[32:48]]
     texts = [
         b'{"kind":"cgm_glucose","patient_id":"pat-a","time":"t1","value":61}',
         b'{"kind":"cgm_glucose","patient_id":"pat-b","time":"t1","value":277}',
