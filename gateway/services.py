@@ -22,7 +22,7 @@ from gateway.errors import ConfigError, InputError
 from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
 from gateway.protocols import DisclosedBatch, QuarantinedRecord
 from gateway.sealing import HubKeys
-from gateway.store import BatchRecords, Store
+from gateway.store import Store
 from ledger import rfc6962, tiles
 from ledger.checkpoint import Checkpoint
 from ledger.cosignature import CosignatureVerifier, verify_cosignature
@@ -277,17 +277,12 @@ class StoreLedgerView:
 
     async def batch_view(self, seq: int, patients: AbstractSet[str]) -> DisclosedBatch | None:
         def read(store: Store) -> DisclosedBatch | None:
-            batch = store.batch(seq)
-            if batch is None:
+            found = _disclosed(store, seq, patients)
+            if found is None:
                 return None
-            records = store.batch_records(seq)
-            disclosed = disclosed_for(batch.jws, records, patients)
-            if disclosed is None:
-                return None
+            batch, who, disclosed = found
             return DisclosedBatch(
-                seq=seq,
-                patients=_disclosed_patients(records, disclosed, patients),
-                text=batch_view_json(seq, batch.jws, disclosed),
+                seq=seq, patients=who, text=batch_view_json(seq, batch.jws, disclosed)
             )
 
         return await self._reader.run(read)
@@ -296,13 +291,10 @@ class StoreLedgerView:
         self, seq: int, patients: AbstractSet[str]
     ) -> DisclosedBatch | None:
         def read(store: Store) -> DisclosedBatch | None:
-            batch = store.batch(seq)
-            if batch is None:
+            found = _disclosed(store, seq, patients)
+            if found is None:
                 return None
-            records = store.batch_records(seq)
-            disclosed = disclosed_for(batch.jws, records, patients)
-            if disclosed is None:
-                return None
+            batch, who, disclosed = found
             latest = store.latest_checkpoint()
             if latest is None or not 0 <= seq < latest[0]:
                 raise InputError(f"batch {seq} is not in a signed checkpoint yet")
@@ -312,7 +304,7 @@ class StoreLedgerView:
             note = add_signatures(note, store.cosignatures(size))
             return DisclosedBatch(
                 seq=seq,
-                patients=_disclosed_patients(records, disclosed, patients),
+                patients=who,
                 text=make_inclusion_bundle(batch.jws, seq, size, path, note, disclosed),
             )
 
@@ -360,9 +352,19 @@ class StoreLedgerView:
         await self._writer_run(accept)
 
 
-def _disclosed_patients(
-    records: BatchRecords, disclosed: list[Disclosed], patients: AbstractSet[str]
-) -> frozenset[str]:
+def _disclosed(
+    store: Store, seq: int, patients: AbstractSet[str]
+) -> tuple[Batch, frozenset[str], list[Disclosed]] | None:
+    """Batch `seq`, whose records it discloses to a reader of `patients`, and those."""
+    batch = store.batch(seq)
+    if batch is None:
+        return None
+    records = store.batch_records(seq)
+    disclosed = disclosed_for(batch.jws, records, patients)
+    if disclosed is None:
+        return None
     if records.seed is None:  # format 1: every record is of `patients` (disclosed_for)
-        return frozenset(p for p in records.patients if p in patients) or frozenset(patients)
-    return frozenset(records.patients[d.index] for d in disclosed)
+        who = frozenset(p for p in records.patients if p in patients) or frozenset(patients)
+    else:
+        who = frozenset(records.patients[d.index] for d in disclosed)
+    return batch, who, disclosed

@@ -111,26 +111,16 @@ def _bad(seq: int, problem: str) -> _Checked:
     )
 
 
-def _check_batch(
-    store: Store,
-    seq: int,
-    jws: bytes,
-    stored_leaf: bytes,
-    reading_count: int,
-    batch_key: Any,
-    hub_id: str,
-) -> _Checked:
-    """One batch on its own; whatever is wrong with what is stored is a problem named
-    for this batch, never an exception."""
+def _check_batch(store: Store, seq: int, *args: Any) -> _Checked:
+    """One batch on its own (`_check_stored_batch`); whatever is wrong with what is stored
+    is a problem named for this batch, never an exception."""
     try:
-        return _check_batch_unguarded(
-            store, seq, jws, stored_leaf, reading_count, batch_key, hub_id
-        )
-    except Exception as exc:
+        return _check_stored_batch(store, seq, *args)
+    except Exception as exc:  # any damage to the stored data is a FAIL line
         return _bad(seq, f"stored batch unreadable ({type(exc).__name__}: {exc})")
 
 
-def _check_batch_unguarded(
+def _check_stored_batch(
     store: Store,
     seq: int,
     jws: bytes,
