@@ -396,10 +396,17 @@ def reading_canonical_from_row(row: tuple[Any, ...]) -> str:
     n = _canonical_number
     status_json = "[" + ",".join(q(s) for s in status.split(",")) + "]" if status else "[]"
     # `time` is always our own RFC 3339 spelling (digits, "-", ":", ".", "T", "Z").
+    if seq is None:
+        seq_json = "null"
+    elif type(seq) is int and 0 <= seq < _MAX_EXACT:  # the usual case, without a call
+        seq_json = str(seq)
+    else:
+        seq_json = n(seq)
     return (
         f'{{"device_id":{q(device_id)},"kind":{q(kind)},'
-        f'"original_unit":{"null" if ou is None else q(ou)},"original_value":{n(ov)},'
-        f'"patient_id":{q(patient_id)},"seq":{"null" if seq is None else n(seq)},'
+        f'"original_unit":{"null" if ou is None else q(ou)},'
+        f'"original_value":{"null" if ov is None else n(ov)},'
+        f'"patient_id":{q(patient_id)},"seq":{seq_json},'
         f'"source":{q(source)},"status":{status_json},"time":"{time}",'
         f'"unit":{q(unit)},"value":{n(value)}}}'
     )
