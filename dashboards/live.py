@@ -77,12 +77,11 @@ def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Itera
         if event.alert.patient_id in visible:
             yield {"type": "alert", "alert": alert_json(as_seen_by(event.alert, user))}
     elif isinstance(event, BatchSealed) and user.role is not Role.PATIENT:
-        # Batch metadata (counts, times, root) is in the public log anyway; patients' pages
-        # do not show the ledger, so they are not sent it.
+        # What the public log shows anyway (sequence, tree size, root); not the batch's
+        # reading count, which counts patients this viewer may not see.
         yield {
             "type": "batch",
             "seq": event.batch.seq,
-            "reading_count": event.batch.reading_count,
             "tree_size": event.tree_size,
             "root_hash": base64.b64encode(event.root_hash).decode("ascii"),
         }

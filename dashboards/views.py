@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import math
 import secrets
@@ -566,12 +567,21 @@ async def ledger_page(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     if user.role is Role.ADMIN:  # runs the hub: every batch, none of their records
         batches = await d.read_model.latest_batches(50)
-    else:  # only batches holding records of patients this user may see
-        found = {
-            b.seq: b
-            for pid in sorted(visible(request))
-            for b in await d.read_model.patient_batches(pid, 50)
-        }
+    else:  # batches holding records of patients this user may see, counting only those
+        found: dict[int, Batch] = {}
+        for pid in sorted(visible(request)):
+            for part in await d.read_model.patient_batches(pid, 50):
+                seen = found.get(part.seq)
+                found[part.seq] = (
+                    part
+                    if seen is None
+                    else dataclasses.replace(
+                        seen,
+                        reading_count=seen.reading_count + part.reading_count,
+                        first_time=min(seen.first_time, part.first_time),
+                        last_time=max(seen.last_time, part.last_time),
+                    )
+                )
         batches = sorted(found.values(), key=lambda b: -b.seq)[:50]
     checkpoint = await d.ledger.checkpoint_note()
     return html(

@@ -172,7 +172,8 @@ class ReadModel(Protocol):
     async def batch_readings(self, seq: int) -> list[Reading]: ...
 
     async def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
-        """The newest batches that hold readings of this patient."""
+        """The newest batches that hold records of this patient, each counting only this
+        patient's readings (count and time range)."""
         ...
 
 

@@ -1081,12 +1081,19 @@ class Store:
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
+        """The newest batches holding records of this patient, each as this patient's part
+        of it: `reading_count` and the time range count this patient's readings only (a
+        batch's totals would tell one patient about another's)."""
         rows = self._db.execute(
-            "SELECT seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash "
-            "FROM batches WHERE seq IN (SELECT batch_seq FROM readings "
-            "WHERE patient_id = ? AND batch_seq >= 0 UNION SELECT batch_seq FROM ledger_events "
-            "WHERE patient_id = ? AND batch_seq >= 0) ORDER BY seq DESC LIMIT ?",
-            (patient_id, patient_id, limit),
+            "SELECT b.seq, COUNT(r.id), COALESCE(MIN(r.time), b.sealed_at), "
+            "COALESCE(MAX(r.time), b.sealed_at), b.sealed_at, b.jws, b.leaf_hash "
+            "FROM (SELECT seq, sealed_at, jws, leaf_hash FROM batches WHERE seq IN "
+            "(SELECT batch_seq FROM readings WHERE patient_id = ? AND batch_seq >= 0 "
+            "UNION SELECT batch_seq FROM ledger_events WHERE patient_id = ? AND batch_seq >= 0) "
+            "ORDER BY seq DESC LIMIT ?) AS b "
+            "LEFT JOIN readings AS r ON r.batch_seq = b.seq AND r.patient_id = ? "
+            "GROUP BY b.seq ORDER BY b.seq DESC",
+            (patient_id, patient_id, limit, patient_id),
         )
         return [_batch(r) for r in rows]
 

@@ -162,10 +162,13 @@ class FakeReadModel:
         return list(self.batch_members.get(seq, []))
 
     async def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
-        seqs = {
-            s for s, rs in self.batch_members.items() if any(r.patient_id == patient_id for r in rs)
+        mine = {
+            s: sum(r.patient_id == patient_id for r in rs) for s, rs in self.batch_members.items()
         }
-        return sorted((self.batches[s] for s in seqs), key=lambda b: -b.seq)[:limit]
+        return sorted(
+            (dataclasses.replace(self.batches[s], reading_count=n) for s, n in mine.items() if n),
+            key=lambda b: -b.seq,
+        )[:limit]
 
 
 class FakeAlertControl:

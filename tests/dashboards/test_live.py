@@ -50,7 +50,6 @@ def test_batch_metadata_goes_to_staff_not_patients() -> None:
     assert message == {
         "type": "batch",
         "seq": 3,
-        "reading_count": 2,
         "tree_size": 4,
         "root_hash": "//////////////////////////////////////////8=",
     }

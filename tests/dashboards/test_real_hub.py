@@ -175,6 +175,13 @@ async def test_dashboard_on_the_real_hub(hub: Hub) -> None:
         assert any(r.record.get("type") == "alert" for r in records)
         jws_payload = b64url_decode(json.loads(text)["jws"].split(".")[1])
         assert b'"p2"' not in jws_payload and '"p2"' not in text  # quotes: never in base64
+        # The batch holds 8 readings, 4 of them Ann's: dr's ledger page counts Ann's only.
+        assert mixed.reading_count == 8
+        (ann_part,) = await model.patient_batches("p1", 5)
+        assert ann_part.reading_count == 4
+        async with dr.get(f"{base}/ledger") as response:
+            page = await response.text()
+        assert f"<tr><td>{mixed.seq}</td><td>4</td>" in page
 
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as ann:
         await login(ann, base, "ann")
