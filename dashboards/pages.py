@@ -340,9 +340,10 @@ def _notes(view: PatientView, user: User, csrf: str) -> str:
 
 
 def _patient_ledger(view: PatientView, user: User, tz: ZoneInfo) -> str:
-    """The patient's sealed batches: each either inside the signed tree (with its offline
-    inclusion proof for clinicians) or waiting for the next checkpoint."""
-    clinician = user.role is Role.CLINICIAN
+    """The patient's sealed batches: each either inside the signed tree (with the records
+    the viewer may see and their offline inclusion proof) or waiting for the next
+    checkpoint."""
+    may_fetch = user.role is not Role.ADMIN  # the admin receives no records
     rows = (
         "".join(
             f"<tr><td>{b.seq}</td><td>{b.reading_count}</td><td>{_time(b.sealed_at, tz)}</td>"
@@ -352,9 +353,9 @@ def _patient_ledger(view: PatientView, user: User, tz: ZoneInfo) -> str:
                 else "<td>awaiting checkpoint</td>"
             )
             + (
-                f'<td><a href="/log/batch/{b.seq}">JWS</a> · '
+                f'<td><a href="/log/batch/{b.seq}">records</a> · '
                 f'<a href="/log/batch/{b.seq}/proof">inclusion proof</a></td>'
-                if clinician and b.seq < view.signed_size
+                if may_fetch and b.seq < view.signed_size
                 else "<td></td>"
             )
             + "</tr>"
