@@ -22,6 +22,7 @@ from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import ConfigError
 from gateway.model import Batch
 from gateway.store import Store, Unsealable
+from gateway.topics import batches_topic, checkpoints_topic
 from ledger import keys as ledger_keys
 from ledger.batch import seal_records
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -144,7 +145,9 @@ class Sealer:
         return self._tree.size
 
     def _topic(self, kind: str) -> str | None:
-        return f"glucohub/v1/hubs/{self._hub_id}/{kind}" if self._forward else None
+        if not self._forward:
+            return None
+        return batches_topic(self._hub_id) if kind == "batches" else checkpoints_topic(self._hub_id)
 
     def seal(self, limit: int, now: datetime, *, sign: bool = True) -> SealOutcome | None:
         """Seal up to `limit` of the oldest unsealed readings, and ledger events, into one

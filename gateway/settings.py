@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.topics import READINGS_SUBSCRIPTION
 
 ENV_PREFIX = "GLUCOHUB_"
 
@@ -65,7 +66,7 @@ class DashboardSettings:
 class MqttSettings:
     url: str = ""  # mqtt://host:1883 or mqtts://host:8883; empty turns MQTT off
     client_id: str = "glucohub-hub"
-    topics: tuple[str, ...] = ("glucohub/v1/+/+/readings",)
+    topics: tuple[str, ...] = (READINGS_SUBSCRIPTION,)
     username: str = ""
     password: str = field(default="", repr=False)
     ca_file: str = ""

@@ -18,10 +18,12 @@ VOCABULARY = (
     "gateway.clock",
     "gateway.protocols",
     "gateway.settings",
+    "gateway.topics",
 )
 IO_LIBRARIES = ("asyncio", "bleak", "bleak_retry_connector", "paho", "aiohttp")
 PURE_CORES = (
     "gateway.model",
+    "gateway.topics",
     "gateway.units",
     "gateway.validation",
     "gateway.batcher",

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[3] / "device_adapters" / "mqtt"
-GATEWAY_VOCABULARY = {"model", "units", "clock", "errors", "protocols", "settings"}
+GATEWAY_VOCABULARY = {"model", "units", "clock", "errors", "protocols", "settings", "topics"}
 PURE = {"payload.py", "topics.py", "backoff.py", "acks.py", "errors.py"}
 
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 
 from device_adapters.mqtt.client import MqttConnection
-from device_adapters.mqtt.topics import batches_topic
 from device_adapters.mqtt.upstream import OutboxEntry, OutboxItem, UpstreamForwarder
+from gateway.topics import batches_topic
 from tests.device_adapters.mqtt.conftest import config_for
 from tests.support.mosquitto import Mosquitto
 

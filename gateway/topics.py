@@ -1,0 +1,29 @@
+"""Topic layout of the Glucohub MQTT interface, version 1: the one place that spells it.
+
+Uploaders publish to ``glucohub/v1/<patient>/<device>/readings``; the hub forwards to the
+clinic on ``glucohub/v1/hubs/<hub>/batches`` and ``glucohub/v1/hubs/<hub>/checkpoints``.
+Pure; `device_adapters.mqtt.topics` parses what arrives.
+"""
+
+from __future__ import annotations
+
+PREFIX = "glucohub/v1"
+READINGS_SUBSCRIPTION = f"{PREFIX}/+/+/readings"
+
+
+def readings_topic(patient_id: str, device_id: str) -> str:
+    return f"{PREFIX}/{_level('patient_id', patient_id)}/{_level('device_id', device_id)}/readings"
+
+
+def batches_topic(hub_id: str) -> str:
+    return f"{PREFIX}/hubs/{_level('hub_id', hub_id)}/batches"
+
+
+def checkpoints_topic(hub_id: str) -> str:
+    return f"{PREFIX}/hubs/{_level('hub_id', hub_id)}/checkpoints"
+
+
+def _level(name: str, value: str) -> str:
+    if not value or any(c in value for c in "/+#\x00"):
+        raise ValueError(f"{name} {value!r} cannot be an MQTT topic level")
+    return value
