@@ -16,6 +16,7 @@ from device_adapters.ble import codec
 from device_adapters.ble.codec import DateTime, Reader
 from device_adapters.ble.crc import crc16_mcrf4xx
 from device_adapters.ble.errors import CrcMismatch
+from device_adapters.ble.glucose import GlucoseType
 from device_adapters.ble.ieee11073 import MedFloat
 from device_adapters.ble.uuids import Char
 
@@ -222,21 +223,6 @@ class CgmFeatureFlags(IntFlag):
     CGM_QUALITY_SUPPORTED = 1 << 16
 
 
-class CgmType(IntEnum):
-    """Same code table as the Glucose Service's type nibble."""
-
-    CAPILLARY_WHOLE_BLOOD = 1
-    CAPILLARY_PLASMA = 2
-    VENOUS_WHOLE_BLOOD = 3
-    VENOUS_PLASMA = 4
-    ARTERIAL_WHOLE_BLOOD = 5
-    ARTERIAL_PLASMA = 6
-    UNDETERMINED_WHOLE_BLOOD = 7
-    UNDETERMINED_PLASMA = 8
-    INTERSTITIAL_FLUID = 9
-    CONTROL_SOLUTION = 10
-
-
 class CgmSampleLocation(IntEnum):
     FINGER = 1
     ALTERNATE_SITE_TEST = 2
@@ -249,7 +235,7 @@ class CgmSampleLocation(IntEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CgmFeature:
     features: CgmFeatureFlags
-    sample_type: int = CgmType.INTERSTITIAL_FLUID
+    sample_type: int = GlucoseType.INTERSTITIAL_FLUID  # CGMS 1.0.1: the Glucose Service's table
     sample_location: int = CgmSampleLocation.SUBCUTANEOUS_TISSUE
 
     @property
