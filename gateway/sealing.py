@@ -189,7 +189,7 @@ class Sealer:
             jws=sealed.jws,
             leaf_hash=sealed.leaf_hash,
         )
-        tree = CompactTree.from_bytes(self._tree.to_bytes())
+        tree = self._tree.copy()
         tree.append(sealed.leaf_hash)
         root = tree.root()
         topic = self._topic("batches")
