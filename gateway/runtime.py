@@ -113,6 +113,7 @@ def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[Na
             running.reader,
             lambda fn: running.writer.run(fn, running.writer.store),
             running.hub.outbox_added,
+            clock,
         )
         forwarder = UpstreamForwarder(
             connection=outbound, outbox=outbox, window=settings.upstream.max_inflight
@@ -204,7 +205,14 @@ async def run_hub(
         on_drop=lambda n: telemetry.inc("glucohub_dashboard_dropped_events_total", n),
     )
     sealer = await writer.run(
-        Sealer, store, keys, hub_id=settings.hub.hub_id, forward=bool(settings.upstream.url)
+        functools.partial(
+            Sealer,
+            hub_id=settings.hub.hub_id,
+            forward=bool(settings.upstream.url),
+            clock=clock,
+        ),
+        store,
+        keys,
     )
     alerts = AlertService(
         thresholds=thresholds_from(settings.alerts, settings.ble),
@@ -235,6 +243,7 @@ async def run_hub(
             keys,
             lambda fn: writer.run(fn, store),
             witness_keys=settings.ledger.witness_keys,
+            clock=clock,
         ),
     )
     loop = asyncio.get_running_loop()

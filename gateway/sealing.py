@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.clock import parse_rfc3339, to_rfc3339
+from gateway.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
 from gateway.errors import ConfigError
 from gateway.model import Batch
 from gateway.store import Store, Unsealable
@@ -129,7 +129,16 @@ def batch_message(batch_seq: int, jws: bytes, seed: bytes, canonical: list[bytes
 
 
 class Sealer:
-    def __init__(self, store: Store, keys: HubKeys, *, hub_id: str, forward: bool) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: HubKeys,
+        *,
+        hub_id: str,
+        forward: bool,
+        clock: Clock | None = None,
+    ) -> None:
+        clock = clock or SystemClock()
         self._store = store
         self._keys = keys
         self._hub_id = hub_id
@@ -138,7 +147,7 @@ class Sealer:
         state = store.tree_state()
         self._tree = CompactTree() if state is None else CompactTree.from_bytes(state[1])
         self.quarantined = store.count_quarantined()
-        self.sign_checkpoint(datetime.now(UTC))  # finishes whatever a crash interrupted
+        self.sign_checkpoint(clock.now())  # finishes whatever a crash interrupted
 
     @property
     def tree_size(self) -> int:
@@ -229,13 +238,13 @@ class Sealer:
         the same bytes, since Ed25519 is deterministic: one checkpoint per size, ever."""
         if self._tree.size > 0:
             self._store.persist_checkpoint(self._tree.size, self._tree.root(), now)
-        return self.sign_pending_checkpoints()
+        return self.sign_pending_checkpoints(now)
 
-    def sign_pending_checkpoints(self) -> int:
+    def sign_pending_checkpoints(self, now: datetime) -> int:
         signed = 0
         for size, root in self._store.unsigned_checkpoints():
             checkpoint = Checkpoint(origin=self._keys.log_name, size=size, root_hash=root)
             note = sign_checkpoint(checkpoint, self._signer)
-            self._store.record_checkpoint_note(size, note, self._topic("checkpoints"))
+            self._store.record_checkpoint_note(size, note, self._topic("checkpoints"), now)
             signed += 1
         return signed

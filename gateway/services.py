@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from gateway.clock import Clock, SystemClock
 from gateway.disclosure import disclosed_for
 from gateway.errors import ConfigError, InputError
 from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
@@ -78,10 +79,12 @@ class StoreOutbox:
         reader: Reader,
         writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
         added: asyncio.Event,
+        clock: Clock,
     ) -> None:
         self._reader = reader
         self._writer_run = writer_run
         self._added = added
+        self._clock = clock
 
     async def pending(self, limit: int) -> list[OutboxRow]:
         self._added.clear()
@@ -89,7 +92,7 @@ class StoreOutbox:
         return [OutboxRow(item_id=i, topic=t, payload=p) for i, t, p in rows]
 
     async def mark_sent(self, item_id: int) -> None:
-        now = datetime.now(UTC)
+        now = self._clock.now()
         await self._writer_run(lambda s: s.outbox_mark_sent(item_id, now))
 
     async def wait_for_new(self) -> None:
@@ -207,9 +210,11 @@ class StoreLedgerView:
         keys: HubKeys,
         writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
         witness_keys: Sequence[str] = (),
+        clock: Clock | None = None,
     ) -> None:
         self._reader = reader
         self._keys = keys
+        self._clock = clock or SystemClock()
         self._writer_run = writer_run
         self._hashes = _LogHashes()
         try:
@@ -345,7 +350,7 @@ class StoreLedgerView:
                         verify_cosignature(checkpoint, line, witness)
                     except LedgerError:
                         continue
-                    store.add_cosignature(size, witness.name, line + "\n", datetime.now(UTC))
+                    store.add_cosignature(size, witness.name, line + "\n", self._clock.now())
                     return
             raise InputError("cosignature does not verify for a recent checkpoint")
 

@@ -18,11 +18,11 @@ import sqlite3
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gateway.clock import to_rfc3339
+from gateway.clock import to_rfc3339, utc_now
 from gateway.errors import RegistryError, StorageError
 from gateway.model import (
     Alert,
@@ -680,7 +680,7 @@ class Store:
         `seq_conflict` event; a message whose readings raise while being stored or
         canonicalised (a bug upstream) becomes an `unstorable` dead letter. Only SQLite's
         own operational errors (disk full, I/O) propagate."""
-        received = now or datetime.now(UTC)
+        received = now or utc_now()
         self._begin()
         try:
             stored, tail, refused, flags = self._insert_messages(messages, received)
@@ -1236,7 +1236,9 @@ class Store:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def record_checkpoint_note(self, size: int, note: str, outbox_topic: str | None) -> None:
+    def record_checkpoint_note(
+        self, size: int, note: str, outbox_topic: str | None, now: datetime
+    ) -> None:
         """Attach the signed note to its persisted (size, root); never replace one."""
         self._begin()
         try:
@@ -1248,7 +1250,7 @@ class Store:
             if outbox_topic is not None:
                 self._db.execute(
                     "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
-                    (outbox_topic, note.encode(), to_rfc3339(datetime.now(UTC))),
+                    (outbox_topic, note.encode(), to_rfc3339(now)),
                 )
             self._commit()
         except BaseException:
