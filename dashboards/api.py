@@ -14,10 +14,10 @@ from aiohttp import web
 from dashboards import fhir
 from dashboards.access import Access, Rule
 from dashboards.context import add_route, current_user, deps, visible
-from dashboards.live import alert_json
 from dashboards.views import acknowledge_visible, visible_open_alerts
 from gateway.clock import parse_rfc3339, to_rfc3339
-from gateway.model import Patient, Reading, ReadingKind
+from gateway.model import Patient, ReadingKind
+from gateway.shapes import alert_to_json, reading_to_json
 
 MAX_RANGE = timedelta(days=90)
 
@@ -28,19 +28,6 @@ def patient_json(p: Patient) -> dict[str, Any]:
         "display_name": p.display_name,
         "timezone": p.timezone,
         "simulated": p.simulated,
-    }
-
-
-def reading_json(r: Reading) -> dict[str, Any]:
-    return {
-        "time": to_rfc3339(r.time),
-        "kind": r.kind.value,
-        "value": r.value,
-        "unit": r.unit.value,
-        "device_id": r.device_id,
-        "seq": r.seq,
-        "original_value": r.original_value,
-        "original_unit": r.original_unit.value if r.original_unit else None,
     }
 
 
@@ -78,19 +65,19 @@ async def readings(request: web.Request) -> web.StreamResponse:
             "patient_id": request.match_info["id"],
             "since": to_rfc3339(since),
             "until": to_rfc3339(until_eff),
-            "readings": [reading_json(r) for r in found],
+            "readings": [reading_to_json(r) for r in found],
         }
     )
 
 
 async def alerts(request: web.Request) -> web.StreamResponse:
     found = await visible_open_alerts(request)
-    return web.json_response({"alerts": [alert_json(a) for a in found]})
+    return web.json_response({"alerts": [alert_to_json(a) for a in found]})
 
 
 async def ack(request: web.Request) -> web.StreamResponse:
     updated = await acknowledge_visible(request, request.match_info["alert_id"])
-    return web.json_response(alert_json(updated))
+    return web.json_response(alert_to_json(updated))
 
 
 async def me(request: web.Request) -> web.StreamResponse:
@@ -131,18 +118,34 @@ PATIENT_SCHEMA = {
         "simulated": {"type": "boolean"},
     },
 }
-READING_SCHEMA = {
+READING_SCHEMA = {  # gateway.shapes.reading_to_json: the one shape of a reading
     "type": "object",
-    "required": ["time", "kind", "value", "unit", "device_id"],
+    "required": [
+        "patient_id",
+        "device_id",
+        "kind",
+        "time",
+        "value",
+        "unit",
+        "seq",
+        "source",
+        "original_value",
+        "original_unit",
+        "status",
+    ],
+    "additionalProperties": False,
     "properties": {
-        "time": _TIME,
+        "patient_id": {"type": "string"},
+        "device_id": {"type": "string"},
         "kind": {"type": "string", "enum": [k.value for k in ReadingKind]},
+        "time": _TIME,
         "value": {"type": "number"},
         "unit": {"type": "string"},
-        "device_id": {"type": "string"},
         "seq": {"type": ["integer", "null"]},
+        "source": {"type": "string"},
         "original_value": {"type": ["number", "null"]},
         "original_unit": _NULLABLE_STRING,
+        "status": {"type": "array", "items": {"type": "string"}},
     },
 }
 ALERT_SCHEMA = {

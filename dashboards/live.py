@@ -19,6 +19,7 @@ from dashboards.accounts import Role, User
 from gateway.clock import to_rfc3339
 from gateway.model import Alert, AlertState
 from gateway.protocols import AlertChanged, BatchSealed, LiveEvent, ReadingsStored
+from gateway.shapes import alert_to_json
 
 DEFAULT_VIEWER_QUEUE = 1000
 
@@ -41,27 +42,6 @@ def as_seen_by(alert: Alert, user: User) -> Alert:
     return alert
 
 
-def alert_json(alert: Alert) -> dict[str, Any]:
-    return {
-        "alert_id": alert.alert_id,
-        "patient_id": alert.patient_id,
-        "kind": alert.kind.value,
-        "level": alert.level.value,
-        "state": alert.state.value,
-        "raised_at": to_rfc3339(alert.raised_at),
-        "updated_at": to_rfc3339(alert.updated_at),
-        "message": alert.message,
-        "glucose_mg_dl": alert.glucose_mg_dl,
-        "acknowledged_by": alert.acknowledged_by,
-        "acknowledged_at": to_rfc3339(alert.acknowledged_at) if alert.acknowledged_at else None,
-        "resolved_at": to_rfc3339(alert.resolved_at) if alert.resolved_at else None,
-        "patient_acknowledged_by": alert.patient_acknowledged_by,
-        "patient_acknowledged_at": (
-            to_rfc3339(alert.patient_acknowledged_at) if alert.patient_acknowledged_at else None
-        ),
-    }
-
-
 def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Iterator[dict[str, Any]]:
     """The JSON messages `user` (who may see `visible`) receives for `event`; maybe none."""
     if isinstance(event, ReadingsStored):
@@ -75,7 +55,7 @@ def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Itera
             yield {"type": "readings", "patient_id": patient_id, "readings": readings}
     elif isinstance(event, AlertChanged):
         if event.alert.patient_id in visible:
-            yield {"type": "alert", "alert": alert_json(as_seen_by(event.alert, user))}
+            yield {"type": "alert", "alert": alert_to_json(as_seen_by(event.alert, user))}
     elif isinstance(event, BatchSealed) and user.role is not Role.PATIENT:
         # What the public log shows anyway (sequence, tree size, root); not the batch's
         # reading count, which counts patients this viewer may not see.

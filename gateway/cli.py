@@ -16,7 +16,8 @@ from gateway.clock import parse_rfc3339, utc_now
 from gateway.errors import GlucohubError, InputError
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.settings import Settings, load_settings
-from gateway.store import Store, json_line, reading_to_json
+from gateway.shapes import reading_to_json
+from gateway.store import Store, json_line
 
 log = logging.getLogger("glucohub")
 
@@ -306,7 +307,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from gateway.store import alert_to_json
+    from gateway.shapes import alert_to_json
 
     store = _open_store(args)
     alerts = store.alerts(args.patient, open_only=args.open)

@@ -41,6 +41,7 @@ from gateway.model import (
     Transport,
 )
 from gateway.protocols import DeadLetter, Origin, RejectReason
+from gateway.shapes import alert_to_json, json_number, reading_to_json
 from gateway.units import Unit
 from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
@@ -333,13 +334,6 @@ def reading_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Reading:
     )
 
 
-def _number(value: float | None) -> float | int | None:
-    """Integral floats as ints: the JSON text is the same in every canonical form."""
-    if value is not None and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
-
-
 def reading_json_from_row(row: tuple[Any, ...]) -> dict[str, object]:
     """`reading_to_json` straight from a stored row (the sealing and verify hot path)."""
     (_, patient_id, device_id, kind, value, unit, time, seq, source, ov, ou, status) = row
@@ -348,11 +342,11 @@ def reading_json_from_row(row: tuple[Any, ...]) -> dict[str, object]:
         "device_id": device_id,
         "kind": kind,
         "time": time,
-        "value": _number(value),
+        "value": json_number(value),
         "unit": unit,
         "seq": seq,
         "source": source,
-        "original_value": _number(ov),
+        "original_value": json_number(ov),
         "original_unit": ou,
         "status": status.split(",") if status else [],
     }
@@ -467,23 +461,6 @@ def _tail_entries(ids: Sequence[int], rows: Sequence[tuple[object, ...]]) -> lis
         )
         for row_id, r in zip(ids, rows, strict=True)
     ]
-
-
-def reading_to_json(reading: Reading) -> dict[str, object]:
-    """The one JSON shape of a reading: export lines, ledger batches, the API."""
-    return {
-        "patient_id": reading.patient_id,
-        "device_id": reading.device_id,
-        "kind": reading.kind.value,
-        "time": to_rfc3339(reading.time),
-        "value": _number(reading.value),
-        "unit": reading.unit.value,
-        "seq": reading.seq,
-        "source": reading.source.value,
-        "original_value": _number(reading.original_value),
-        "original_unit": reading.original_unit.value if reading.original_unit else None,
-        "status": list(reading.status),
-    }
 
 
 class Store:
@@ -1391,30 +1368,6 @@ _ALERT_COLUMNS = (
     "patient_acknowledged_by",
     "patient_acknowledged_at",
 )
-
-
-def alert_to_json(alert: Alert) -> dict[str, Any]:
-    def ts(value: datetime | None) -> str | None:
-        return None if value is None else to_rfc3339(value)
-
-    return {
-        "alert_id": alert.alert_id,
-        "patient_id": alert.patient_id,
-        "kind": alert.kind.value,
-        "level": alert.level.value,
-        "state": alert.state.value,
-        "raised_at": ts(alert.raised_at),
-        "updated_at": ts(alert.updated_at),
-        "message": alert.message,
-        "glucose_mg_dl": alert.glucose_mg_dl,
-        "acknowledged_by": alert.acknowledged_by,
-        "acknowledged_at": ts(alert.acknowledged_at),
-        "resolved_at": ts(alert.resolved_at),
-        # Who acknowledged: the care team (above, ends escalation) or the patient (silences
-        # only the patient's alarm).
-        "patient_acknowledged_by": alert.patient_acknowledged_by,
-        "patient_acknowledged_at": ts(alert.patient_acknowledged_at),
-    }
 
 
 def alert_from_row(row: tuple[Any, ...]) -> Alert:

@@ -19,11 +19,13 @@ VOCABULARY = (
     "gateway.protocols",
     "gateway.settings",
     "gateway.topics",
+    "gateway.shapes",
 )
 IO_LIBRARIES = ("asyncio", "bleak", "bleak_retry_connector", "paho", "aiohttp")
 PURE_CORES = (
     "gateway.model",
     "gateway.topics",
+    "gateway.shapes",
     "gateway.units",
     "gateway.validation",
     "gateway.batcher",
