@@ -200,10 +200,39 @@ def _list_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _ALERT = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _BAD_PARAMS = {"400": _json(ERROR_SCHEMA, "a malformed or out-of-range parameter")}
+_FHIR_ENTRY = {
+    "type": "object",
+    "required": ["resource", "search"],
+    "properties": {
+        "fullUrl": {"type": "string", "pattern": "^https?://[^/]+/.*/Observation/[^/]+$"},
+        "resource": {
+            "type": "object",
+            "required": ["resourceType"],
+            "properties": {"resourceType": {"enum": ["Observation", "OperationOutcome"]}},
+        },
+        "search": {
+            "type": "object",
+            "required": ["mode"],
+            "properties": {"mode": {"enum": ["match", "include", "outcome"]}},
+        },
+    },
+}
 _FHIR_BUNDLE = {
     "type": "object",
-    "required": ["resourceType", "type"],
-    "properties": {"resourceType": {"const": "Bundle"}, "type": {"const": "searchset"}},
+    "required": ["resourceType", "type", "total", "link", "entry"],
+    "properties": {
+        "resourceType": {"const": "Bundle"},
+        "type": {"const": "searchset"},
+        "total": {"type": "integer", "minimum": 0, "description": "matches only"},
+        "link": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"url": {"type": "string", "pattern": "^https?://"}},
+            },
+        },
+        "entry": {"type": "array", "items": _FHIR_ENTRY},
+    },
 }
 _FHIR_OUTCOME = {
     "type": "object",
@@ -297,8 +326,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/fhir/Observation": {
             "get": _op(
-                "FHIR R4 searchset Bundle of glucose Observations (code=cgm-summary: the CGM "
-                "summary)",
+                "FHIR R4 searchset Bundle of glucose Observations (HL7 CGM IG STU 1 profiles; "
+                "code=107931-8: the CGM summary with its members included)",
                 _json(_FHIR_BUNDLE, "a FHIR searchset Bundle", _FHIR),
                 params=[
                     {

@@ -1,21 +1,26 @@
 """FHIR R4 read access: GET /fhir/Observation?patient=P&date=ge...&date=lt... as a searchset Bundle.
 
-Glucose readings become Observations with LOINC codes and UCUM units:
-  CGM (interstitial) 99504-3 "Glucose [Mass/volume] in Interstitial fluid",
-  meter (capillary)  41653-7 "Glucose [Mass/volume] in Capillary blood by Glucometer",
-values in mg/dL (UCUM code "mg/dL"). Search parameters follow FHIR R4 §3.1.1.4 (search
-prefixes ge, gt, le, lt on `date`); other prefixes are refused with 400 rather than guessed.
+Resources follow the HL7 FHIR IG "Continuous Glucose Monitoring" STU 1 (1.0.0, canonical
+http://hl7.org/fhir/uv/cgm; profiles in its input/fsh/profiles.fsh) and claim its profiles in
+`meta.profile`:
+  CGM (interstitial) readings: cgm-sensor-reading-mass-per-volume, LOINC 99504-3, mg/dL;
+  meter (capillary) readings: LOINC 41653-7 "Glucose [Mass/volume] in Capillary blood by
+  Glucometer", no profile claimed (the guide has none for meters).
+Search parameters follow FHIR R4 §3.1.1.4 (search prefixes ge, gt, le, lt on `date`); other
+prefixes are refused with 400 rather than guessed. `code` selects one LOINC code.
 
-`code=cgm-summary` asks for the CGM summary of the period instead (default: 14 days), shaped
-after the HL7 CGM IG (STU 1): one `cgm-summary` Observation whose `hasMember` points at one
-Observation per metric, coded in the IG's temporary code system plus the LOINC code where the
-IG's ConceptMap gives a published one (97507-8 mean glucose, 97510-2 time in target).
+`code=107931-8` (or the older `cgm-summary`) asks for the CGM summary of the period instead
+(default: 14 days): one cgm-summary Observation (the search match) whose `hasMember` points at
+the guide's six member Observations (search mode "include"): mean glucose, the times-in-ranges
+panel with its five bands, GMI, CV, days of wear and sensor active %. Values come from the same
+`compute_metrics` as the AGP report.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,43 +34,87 @@ from gateway.model import Reading, ReadingKind
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+CGM_IG = "http://hl7.org/fhir/uv/cgm"
 MAX_RANGE = timedelta(days=90)
 
-CODES: dict[ReadingKind, tuple[str, str]] = {
-    ReadingKind.CGM_GLUCOSE: ("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
-    ReadingKind.GLUCOSE: ("41653-7", "Glucose [Mass/volume] in Capillary blood by Glucometer"),
-}
+# The guide fixes each Quantity as a pattern (UCUM code plus its own unit string, which must
+# match exactly): profiles.fsh RuleSets GlucoseMassPerVolume ('mg/dL' "mg/dl") and
+# QuantityPercent ('%' "%"), profile CGMSummaryDaysOfWear ('d' "days").
+MG_DL = {"unit": "mg/dl", "system": UCUM, "code": "mg/dL"}
+PERCENT = {"unit": "%", "system": UCUM, "code": "%"}
+DAYS = {"unit": "days", "system": UCUM, "code": "d"}
 
 
-CGM_IG = "http://hl7.org/fhir/uv/cgm/CodeSystem/cgm-summary-codes-temporary"
-SUMMARY_CODE = "cgm-summary"
-# (IG code, display, LOINC or "", UCUM unit)
-SUMMARY_METRICS: tuple[tuple[str, str, str, str], ...] = (
-    ("mean-glucose-mass-per-volume", "Mean Glucose (Mass per Volume)", "97507-8", "mg/dL"),
-    ("time-in-very-low", "Time in Very Low Range (%)", "", "%"),
-    ("time-in-low", "Time in Low Range (%)", "", "%"),
-    ("time-in-target", "Time in Target Range (%)", "97510-2", "%"),
-    ("time-in-high", "Time in High Range (%)", "", "%"),
-    ("time-in-very-high", "Time in Very High Range (%)", "", "%"),
-    ("gmi", "Glucose Management Indicator (GMI)", "97506-0", "%"),  # IG GMI example
-    ("cv", "Coefficient of Variation (CV)", "104638-2", "%"),
-)
-# The times-in-ranges panel and its components (consensus bands, Battelino 2019).
-TIR_PANEL = ("times-in-ranges", "Times in Glucose Ranges", "106793-3")
-TIR_COMPONENTS = (
-    "time-in-very-low",
-    "time-in-low",
-    "time-in-target",
-    "time-in-high",
-    "time-in-very-high",
-)
-_BAND_OF = {
-    "time-in-very-low": "very_low",
-    "time-in-low": "low",
-    "time-in-target": "in_range",
-    "time-in-high": "high",
-    "time-in-very-high": "very_high",
+def profile_url(profile_id: str) -> str:
+    return f"{CGM_IG}/StructureDefinition/{profile_id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadingCode:
+    loinc: str
+    display: str
+    profile: str | None  # the guide's profile id, None where the guide has none
+    unit: Mapping[str, str]
+
+
+CODES: dict[ReadingKind, ReadingCode] = {
+    ReadingKind.CGM_GLUCOSE: ReadingCode(
+        loinc="99504-3",
+        display="Glucose [Mass/volume] in Interstitial fluid",
+        profile="cgm-sensor-reading-mass-per-volume",
+        unit=MG_DL,
+    ),
+    ReadingKind.GLUCOSE: ReadingCode(
+        loinc="41653-7",
+        display="Glucose [Mass/volume] in Capillary blood by Glucometer",
+        profile=None,
+        unit={"unit": "mg/dL", "system": UCUM, "code": "mg/dL"},
+    ),
 }
+
+SUMMARY_LOINC = "107931-8"  # profile cgm-summary: code = CGMSummaryWithLoinc
+SUMMARY_CODES = frozenset({SUMMARY_LOINC, f"{LOINC}|{SUMMARY_LOINC}", "cgm-summary"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SummaryMember:
+    """One `hasMember` of the CGM summary: the guide's profile id, LOINC code and unit."""
+
+    key: str
+    profile: str
+    loinc: str
+    unit: Mapping[str, str]
+
+
+# In the order of the guide's cgmSummaryExample.
+MEAN = SummaryMember(
+    key="mean", profile="cgm-summary-mean-glucose-mass-per-volume", loinc="97507-8", unit=MG_DL
+)
+TIMES_IN_RANGES = SummaryMember(
+    key="times-in-ranges", profile="cgm-summary-times-in-ranges", loinc="106793-3", unit=PERCENT
+)
+GMI = SummaryMember(key="gmi", profile="cgm-summary-gmi", loinc="97506-0", unit=PERCENT)
+CV = SummaryMember(
+    key="cv", profile="cgm-summary-coefficient-of-variation", loinc="104638-2", unit=PERCENT
+)
+DAYS_OF_WEAR = SummaryMember(
+    key="days-of-wear", profile="cgm-summary-days-of-wear", loinc="104636-6", unit=DAYS
+)
+SENSOR_ACTIVE = SummaryMember(
+    key="sensor-active",
+    profile="cgm-summary-sensor-active-percentage",
+    loinc="104637-4",
+    unit=PERCENT,
+)
+# The panel's components (profile cgm-summary-times-in-ranges), consensus bands (Battelino 2019).
+BAND_CODES: tuple[tuple[str, str], ...] = (
+    ("very_low", "104642-4"),  # < 54 mg/dL
+    ("low", "104641-6"),  # 54-69
+    ("in_range", "97510-2"),  # 70-180
+    ("high", "104640-8"),  # 181-250
+    ("very_high", "104639-0"),  # > 250
+)
+DECIMALS = 2  # CGMSummaryTimesInRanges: "Percent of time, with at least two decimal places"
 
 
 class DateFilterError(ValueError):
@@ -97,8 +146,20 @@ def parse_date_filters(
     return since, until
 
 
+def _coding(loinc: str) -> dict[str, Any]:
+    return {"coding": [{"system": LOINC, "code": loinc}]}
+
+
+def _meta(profile: str | None) -> dict[str, Any]:
+    return {"meta": {"profile": [profile_url(profile)]}} if profile else {}
+
+
+# As in every example of the guide (the profiles do not require a category).
+_LABORATORY = [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}]
+
+
 def observation(reading: Reading) -> dict[str, Any]:
-    code, display = CODES[reading.kind]
+    code = CODES[reading.kind]
     # A stable id from the reading's identity: the same reading always has the same id.
     ident = hashlib.sha256(
         f"{reading.patient_id}|{reading.device_id}|{reading.dedupe_key()}".encode()
@@ -106,145 +167,106 @@ def observation(reading: Reading) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
         "id": ident,
+        **_meta(code.profile),
         "status": "final",
-        "category": [
-            {"coding": [{"system": CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
-        ],
-        "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+        "category": _LABORATORY,
+        "code": {"coding": [{"system": LOINC, "code": code.loinc, "display": code.display}]},
         "subject": {"reference": f"Patient/{reading.patient_id}"},
         "effectiveDateTime": to_rfc3339(reading.time),
-        "valueQuantity": {
-            "value": round(reading.value, 1),
-            "unit": "mg/dL",
-            "system": UCUM,
-            "code": "mg/dL",
-        },
+        "valueQuantity": {"value": round(reading.value, 1), **code.unit},
         "device": {"display": reading.device_id},
     }
 
 
-def bundle(readings: Sequence[Reading], *, self_url: str) -> dict[str, Any]:
-    entries = [
-        {"fullUrl": f"Observation/{obs['id']}", "resource": obs, "search": {"mode": "match"}}
-        for obs in (observation(r) for r in readings if r.kind in CODES)
-    ]
+def _entry(resource: dict[str, Any], base_url: str, mode: str) -> dict[str, Any]:
+    """A searchset entry; `fullUrl` absolute, so the resources' relative references
+    ("Observation/ID") resolve against it (FHIR R4 §2.36.4)."""
+    return {
+        "fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}",
+        "resource": resource,
+        "search": {"mode": mode},
+    }
+
+
+def _searchset(entries: list[dict[str, Any]], total: int, self_url: str) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": len(entries),
+        "total": total,
         "link": [{"relation": "self", "url": self_url}],
         "entry": entries,
     }
 
 
-def _metric_value(metrics: GlucoseMetrics, code: str) -> float | None:
-    if code == "mean-glucose-mass-per-volume":
-        return metrics.mean_mg_dl
-    if code == "gmi":
-        return metrics.gmi_percent
-    if code == "cv":
-        return metrics.cv_percent
-    return metrics.range_percent(_BAND_OF[code]) if metrics.readings else None
+def bundle(readings: Sequence[Reading], *, base_url: str, self_url: str) -> dict[str, Any]:
+    """Glucose readings as a searchset; `base_url` is the server's FHIR base (absolute)."""
+    entries = [_entry(observation(r), base_url, "match") for r in readings if r.kind in CODES]
+    return _searchset(entries, len(entries), self_url)
 
 
-def summary_bundle(metrics: GlucoseMetrics, *, patient_id: str, self_url: str) -> dict[str, Any]:
-    """The CGM summary of `metrics` as a searchset: the summary plus one Observation per metric."""
+def _quantity(value: float, unit: Mapping[str, str]) -> dict[str, Any]:
+    return {"value": round(value, DECIMALS), **unit}
+
+
+def summary_bundle(
+    metrics: GlucoseMetrics, *, patient_id: str, base_url: str, self_url: str
+) -> dict[str, Any]:
+    """The CGM summary of `metrics` as a searchset: the summary Observation is the one match,
+    its six members are included. With too little CGM data for the guide's required members
+    (mean, GMI and CV need two readings) there is no match, and an informational outcome."""
+    mean, gmi, cv = metrics.mean_mg_dl, metrics.gmi_percent, metrics.cv_percent
+    if mean is None or gmi is None or cv is None:
+        outcome = _outcome(
+            "not enough CGM readings in the period for a CGM summary", severity="information"
+        )
+        return _searchset([{"resource": outcome, "search": {"mode": "outcome"}}], 0, self_url)
     period = {"start": to_rfc3339(metrics.start), "end": to_rfc3339(metrics.end)}
     key = f"{patient_id}|{period['start']}|{period['end']}"
-    members: list[dict[str, Any]] = []
-    for code, display, loinc, unit in SUMMARY_METRICS:
-        value = _metric_value(metrics, code)
-        if value is None:
-            continue
-        coding = [{"system": CGM_IG, "code": code, "display": display}]
-        if loinc:
-            coding.append({"system": LOINC, "code": loinc})
-        members.append(
-            {
-                "resourceType": "Observation",
-                "id": hashlib.sha256(f"{key}|{code}".encode()).hexdigest()[:32],
-                "status": "final",
-                "code": {"coding": coding},
-                "subject": {"reference": f"Patient/{patient_id}"},
-                "effectivePeriod": period,
-                "valueQuantity": {
-                    "value": round(value, 1),
-                    "unit": unit,
-                    "system": UCUM,
-                    "code": unit,
-                },
-            }
-        )
-    if metrics.readings:
-        members.append(_tir_panel(metrics, key=key, patient_id=patient_id, period=period))
+
+    def resource(member: str, profile: str, loinc: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "id": hashlib.sha256(f"{key}|{member}".encode()).hexdigest()[:32],
+            **_meta(profile),
+            "status": "final",
+            "category": _LABORATORY,
+            "code": _coding(loinc),
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "effectivePeriod": period,
+        }
+
+    def valued(member: SummaryMember, value: dict[str, Any]) -> dict[str, Any]:
+        return {**resource(member.key, member.profile, member.loinc), "valueQuantity": value}
+
+    panel = resource(TIMES_IN_RANGES.key, TIMES_IN_RANGES.profile, TIMES_IN_RANGES.loinc)
+    panel["component"] = [
+        {"code": _coding(loinc), "valueQuantity": _quantity(metrics.range_percent(band), PERCENT)}
+        for band, loinc in BAND_CODES
+    ]
+    members = [
+        valued(MEAN, _quantity(mean, MEAN.unit)),
+        panel,
+        valued(GMI, _quantity(gmi, GMI.unit)),
+        valued(CV, _quantity(cv, CV.unit)),
+        valued(DAYS_OF_WEAR, {"value": metrics.days_with_data, **DAYS_OF_WEAR.unit}),
+        valued(SENSOR_ACTIVE, _quantity(metrics.active_percent, SENSOR_ACTIVE.unit)),
+    ]
     summary = {
-        "resourceType": "Observation",
-        "id": hashlib.sha256(f"{key}|{SUMMARY_CODE}".encode()).hexdigest()[:32],
-        "status": "final",
-        "code": {
-            "coding": [{"system": CGM_IG, "code": SUMMARY_CODE, "display": "CGM Summary Report"}]
-        },
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "effectivePeriod": period,
+        **resource("cgm-summary", "cgm-summary", SUMMARY_LOINC),
         "hasMember": [{"reference": f"Observation/{m['id']}"} for m in members],
     }
     entries = [
-        {"fullUrl": f"Observation/{r['id']}", "resource": r, "search": {"mode": "match"}}
-        for r in (summary, *members)
+        _entry(summary, base_url, "match"),
+        *(_entry(m, base_url, "include") for m in members),
     ]
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(entries),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": entries,
-    }
+    return _searchset(entries, 1, self_url)
 
 
-def _tir_panel(
-    metrics: GlucoseMetrics, *, key: str, patient_id: str, period: dict[str, str]
-) -> dict[str, Any]:
-    """One Observation holding the five consensus bands as components (the IG's panel)."""
-    code, display, loinc = TIR_PANEL
-    displays = {c: d for c, d, _, _ in SUMMARY_METRICS}
-    loincs = {c: lo for c, _, lo, _ in SUMMARY_METRICS}
-    components = []
-    for band in TIR_COMPONENTS:
-        coding = [{"system": CGM_IG, "code": band, "display": displays[band]}]
-        if loincs[band]:
-            coding.append({"system": LOINC, "code": loincs[band]})
-        value = _metric_value(metrics, band) or 0.0
-        components.append(
-            {
-                "code": {"coding": coding},
-                "valueQuantity": {
-                    "value": round(value, 1),
-                    "unit": "%",
-                    "system": UCUM,
-                    "code": "%",
-                },
-            }
-        )
-    return {
-        "resourceType": "Observation",
-        "id": hashlib.sha256(f"{key}|{code}".encode()).hexdigest()[:32],
-        "status": "final",
-        "code": {
-            "coding": [
-                {"system": CGM_IG, "code": code, "display": display},
-                {"system": LOINC, "code": loinc},
-            ]
-        },
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "effectivePeriod": period,
-        "component": components,
-    }
-
-
-def _outcome(message: str) -> dict[str, Any]:
+def _outcome(message: str, *, severity: str = "error") -> dict[str, Any]:
+    code = "invalid" if severity == "error" else "informational"
     return {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": "invalid", "diagnostics": message}],
+        "issue": [{"severity": severity, "code": code, "diagnostics": message}],
     }
 
 
@@ -252,13 +274,24 @@ def _fhir_json(document: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(document, status=status, content_type="application/fhir+json")
 
 
+def _reading_kinds(code: str) -> tuple[ReadingKind, ...] | None:
+    """The reading kinds a `code` token selects (all glucose kinds when empty), None if none."""
+    if not code:
+        return tuple(CODES)
+    wanted = code.removeprefix(f"{LOINC}|")
+    kinds = tuple(kind for kind, c in CODES.items() if c.loinc == wanted)
+    return kinds or None
+
+
 async def observations(request: web.Request) -> web.StreamResponse:
     """The patient scope (query `patient`) was checked by the guard before this runs."""
     d = deps(request)
     code = request.query.get("code", "")
-    summary = code.rpartition("|")[2] == SUMMARY_CODE
-    if code and not summary:
-        return _fhir_json(_outcome("only code=cgm-summary is supported"), 400)
+    summary = code in SUMMARY_CODES
+    kinds = () if summary else _reading_kinds(code)
+    if kinds is None:
+        supported = ", ".join([SUMMARY_LOINC, *(c.loinc for c in CODES.values())])
+        return _fhir_json(_outcome(f"unsupported code {code!r}; supported: {supported}"), 400)
     try:
         since, until = parse_date_filters(
             request.query.getall("date", []),
@@ -268,6 +301,9 @@ async def observations(request: web.Request) -> web.StreamResponse:
     except DateFilterError as exc:
         return _fhir_json(_outcome(str(exc)), 400)
     patient_id = request.query["patient"]
+    # The FHIR base is this route's URL without its last segment ("Observation").
+    base_url = str(request.url.with_path(request.url.path.rpartition("/")[0]))
+    self_url = str(request.url)
     if summary:
         patient = await d.read_model.get_patient(patient_id)
         if patient is None:
@@ -283,8 +319,8 @@ async def observations(request: web.Request) -> web.StreamResponse:
             readings, now=until, days=days, timezone=patient.timezone, patient_id=patient_id
         )
         return _fhir_json(
-            summary_bundle(metrics, patient_id=patient_id, self_url=str(request.rel_url))
+            summary_bundle(metrics, patient_id=patient_id, base_url=base_url, self_url=self_url)
         )
-    found = await d.read_model.readings(patient_id, since=since, until=until, kinds=tuple(CODES))
+    found = await d.read_model.readings(patient_id, since=since, until=until, kinds=kinds)
     in_range = [r for r in found if since <= r.time < until]
-    return _fhir_json(bundle(in_range, self_url=str(request.rel_url)))
+    return _fhir_json(bundle(in_range, base_url=base_url, self_url=self_url))

@@ -12,13 +12,17 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 from pydantic import ValidationError
 
 from dashboards.fhir import bundle, observation, summary_bundle
-from gateway.clinical.metrics import compute_metrics
+from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.model import Reading, ReadingKind, Source
 from gateway.units import Unit
 from tests.dashboards.fakes import NOW, cgm
+
+BASE = "https://hub.example/fhir"
+IG = "http://hl7.org/fhir/uv/cgm/StructureDefinition"
 
 
 def readings() -> list[Reading]:
@@ -35,21 +39,54 @@ def readings() -> list[Reading]:
     return [*trace, meter]
 
 
+def cgm_metrics() -> GlucoseMetrics:
+    """What the route computes: the 14-day metrics of the CGM readings."""
+    cgm_only = [r for r in readings() if r.kind is ReadingKind.CGM_GLUCOSE]
+    return compute_metrics(cgm_only, now=NOW, days=14, timezone="UTC", patient_id="pat-a")
+
+
+def summary() -> dict[str, Any]:
+    return summary_bundle(cgm_metrics(), patient_id="pat-a", base_url=BASE, self_url=f"{BASE}/x")
+
+
 def test_each_observation_is_a_valid_fhir_observation() -> None:
     for reading in readings()[:5] + readings()[-1:]:
         Observation.model_validate(observation(reading))
 
 
 def test_the_searchset_bundle_is_valid() -> None:
-    doc = bundle(readings(), self_url="/fhir/Observation?patient=pat-a")
+    doc = bundle(readings(), base_url=BASE, self_url=f"{BASE}/Observation?patient=pat-a")
     parsed = Bundle.model_validate(doc)
     assert parsed.type == "searchset" and parsed.total == len(doc["entry"]) == 401
+    profiles = [e["resource"].get("meta", {}).get("profile") for e in doc["entry"]]
+    # CGM readings claim the guide's sensor reading profile; the meter reading claims none.
+    assert profiles == [[f"{IG}/cgm-sensor-reading-mass-per-volume"]] * 400 + [None]
 
 
 def test_the_14_day_summary_bundle_is_valid() -> None:
-    metrics = compute_metrics(readings(), now=NOW, days=14, timezone="UTC", patient_id="pat-a")
-    doc = summary_bundle(metrics, patient_id="pat-a", self_url="/fhir/Observation?code=x")
+    doc = summary()
     Bundle.model_validate(doc)
+    for entry in doc["entry"]:
+        Observation.model_validate(entry["resource"])
+    assert [e["resource"]["meta"]["profile"] for e in doc["entry"]] == [
+        [f"{IG}/{name}"]
+        for name in (
+            "cgm-summary",
+            "cgm-summary-mean-glucose-mass-per-volume",
+            "cgm-summary-times-in-ranges",
+            "cgm-summary-gmi",
+            "cgm-summary-coefficient-of-variation",
+            "cgm-summary-days-of-wear",
+            "cgm-summary-sensor-active-percentage",
+        )
+    ]
+
+
+def test_the_no_data_summary_bundle_is_valid() -> None:
+    metrics = compute_metrics([], now=NOW, days=14, timezone="UTC", patient_id="pat-a")
+    doc = summary_bundle(metrics, patient_id="pat-a", base_url=BASE, self_url=f"{BASE}/x")
+    Bundle.model_validate(doc)
+    OperationOutcome.model_validate(doc["entry"][0]["resource"])
 
 
 @pytest.mark.parametrize(
@@ -68,16 +105,24 @@ def test_the_validator_does_reject_a_broken_observation(breakage: Any) -> None:
 
 
 def test_summary_codes_follow_the_cgm_ig() -> None:
-    metrics = compute_metrics(readings(), now=NOW, days=14, timezone="UTC", patient_id="pat-a")
-    doc = summary_bundle(metrics, patient_id="pat-a", self_url="/fhir/Observation?code=x")
+    metrics = cgm_metrics()
+    doc = summary()
     loinc = {
         c["code"]
         for entry in doc["entry"]
         for c in entry["resource"]["code"]["coding"]
         if c["system"] == "http://loinc.org"
     }
-    # Mean glucose, GMI, CV and the times-in-ranges panel, as issue 7 and the HL7 CGM IG code them.
-    assert {"97507-8", "97506-0", "104638-2", "106793-3"} <= loinc
+    # The summary and its six members, as the HL7 CGM IG STU 1 codes them (issue 13).
+    assert loinc == {
+        "107931-8",
+        "97507-8",
+        "97506-0",
+        "104638-2",
+        "106793-3",
+        "104636-6",
+        "104637-4",
+    }
     panel = next(
         e["resource"]
         for e in doc["entry"]

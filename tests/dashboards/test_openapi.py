@@ -43,7 +43,7 @@ CASES = [
         "dr-grant",
         "GET",
         "/fhir/Observation",
-        "/fhir/Observation?patient=pat-a&code=cgm-summary",
+        "/fhir/Observation?patient=pat-a&code=107931-8",
         False,
     ),
     ("dr-grant", "GET", "/fhir/Observation", "/fhir/Observation?patient=pat-a&date=soon", False),
