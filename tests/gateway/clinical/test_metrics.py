@@ -229,9 +229,16 @@ def test_episodes_end_after_15_minutes_back_in_range(
 def test_a_gap_is_no_time_back_in_range() -> None:
     # 20 min low (0-15), sensor silent for 60 min, 10 min in range (80, 85), 20 min low
     # (90-105), 20 min in range: the gap ends nothing and 10 min in range is too short: ONE.
-    low = [(0, 60), (5, 60), (10, 60), (15, 60)]
-    after = [(80, 100), (85, 100), (90, 60), (95, 60), (100, 60), (105, 60)]
-    back = [(110 + 5 * i, 100) for i in range(4)]
+    low: list[tuple[float, float]] = [(0, 60), (5, 60), (10, 60), (15, 60)]
+    after: list[tuple[float, float]] = [
+        (80, 100),
+        (85, 100),
+        (90, 60),
+        (95, 60),
+        (100, 60),
+        (105, 60),
+    ]
+    back: list[tuple[float, float]] = [(110 + 5 * i, 100) for i in range(4)]
     assert day_metrics(trace(low + after + back)).episodes.below_70 == 1
     # The same with 15 min in range after the gap (75, 80, 85): TWO.
     after = [(75, 100), (80, 100), (85, 100), (90, 60), (95, 60), (100, 60), (105, 60)]
