@@ -602,7 +602,9 @@ def metrics_for_many(
 ) -> pd.DataFrame:
     """The scalar metrics (no AGP) for every patient in `frame`, vectorised.
 
-    `frame` has columns `patient_id`, `time` (tz-aware) and `glucose_mg_dl`. Returns one row
+    `frame` has columns `patient_id`, `time` (tz-aware) and `glucose_mg_dl`, and optionally
+    `kind` (`ReadingKind` values): then only `cgm_glucose` rows count, as in `compute_metrics`;
+    without it every row is taken as a CGM reading. Returns one row
     per patient (index `patient_id`, columns `SCALAR_COLUMNS`), the same numbers as
     `compute_metrics` gives patient by patient. `timezones` maps patient → IANA zone (UTC when
     missing); it only changes `days_with_data`.
@@ -616,6 +618,8 @@ def metrics_for_many(
         raise MetricsInputError(f"days must be > 0, got {days}")
     end = require_utc(now)
     start = end - timedelta(days=days)
+    if "kind" in frame.columns:
+        frame = frame[frame["kind"] == ReadingKind.CGM_GLUCOSE.value]
     times = frame["time"]
     if not isinstance(times.dtype, pd.DatetimeTZDtype):
         raise MetricsInputError("time column must be timezone-aware")

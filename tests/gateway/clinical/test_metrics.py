@@ -491,6 +491,18 @@ def test_batch_path_equals_the_single_patient_path() -> None:
             assert row["sd_mg_dl"] == pytest.approx(single.sd_mg_dl)
 
 
+def test_batch_path_counts_only_cgm_rows_when_kinds_are_given() -> None:
+    # CGM 100 at 0, 5, 10 and a meter 40 at 5 (the same time as a CGM reading): the meter row
+    # neither counts nor replaces the CGM's 100; the mean stays 100, nothing below 54.
+    frame = pd.DataFrame(
+        [{"patient_id": "a", "time": at(m), "glucose_mg_dl": 100.0, "kind": "cgm_glucose"}
+         for m in (0, 5, 10)]
+        + [{"patient_id": "a", "time": at(5), "glucose_mg_dl": 40.0, "kind": "glucose"}]
+    )  # fmt: skip
+    row = metrics_for_many(frame, now=at(60), days=1).loc["a"]
+    assert (row["readings"], row["mean_mg_dl"], row["very_low_percent"]) == (3, 100.0, 0.0)
+
+
 def test_batch_path_refuses_naive_times() -> None:
     frame = pd.DataFrame({"patient_id": ["a"], "time": [datetime(2026, 3, 1)],
                           "glucose_mg_dl": [100.0]})  # fmt: skip
