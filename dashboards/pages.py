@@ -203,8 +203,14 @@ def alerts_page(rows_html: str, *, user: User, csrf: str) -> str:
     return layout("Alerts", body, user=user, csrf=csrf, live="alerts")
 
 
-def metrics_table(metrics: Sequence[GlucoseMetrics], unit: Unit) -> str:
-    """Consensus metrics side by side (e.g. 7/14/30 days), glucose in the viewer's unit."""
+def metrics_table(
+    metrics: Sequence[GlucoseMetrics], unit: Unit, *, fingersticks: Sequence[int] = ()
+) -> str:
+    """Consensus metrics side by side (e.g. 7/14/30 days), glucose in the viewer's unit.
+
+    The metrics are from CGM readings only; `fingersticks` (meter readings per column) are
+    counted in a row of their own below them.
+    """
 
     def pct(value: float | None, digits: int = 1) -> str:
         return "—" if value is None else f"{value:.{digits}f}%"
@@ -214,7 +220,7 @@ def metrics_table(metrics: Sequence[GlucoseMetrics], unit: Unit) -> str:
 
     head = "".join(f"<th>{m.days} days</th>" for m in metrics)
     rows = [
-        ("Readings", [f"{m.readings}" for m in metrics]),
+        ("CGM readings", [f"{m.readings}" for m in metrics]),
         ("CGM active (≥ 70%)", [pct(m.active_percent, 0) for m in metrics]),
         (f"Mean glucose ({unit.value})", [glucose(m.mean_mg_dl) for m in metrics]),
         ("GMI", [pct(m.gmi_percent) for m in metrics]),
@@ -223,6 +229,10 @@ def metrics_table(metrics: Sequence[GlucoseMetrics], unit: Unit) -> str:
     for band in BANDS[::-1]:
         label = f"{_band_label(band.name, unit)} ({band.target})"
         rows.append((label, [pct(m.range_percent(band.name)) for m in metrics]))
+    if fingersticks:
+        rows.append(
+            ("Fingerstick readings (meter, not in the metrics)", [str(n) for n in fingersticks])
+        )
     body = "".join(
         f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{esc(v)}</td>" for v in values) + "</tr>"
         for label, values in rows

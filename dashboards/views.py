@@ -32,7 +32,7 @@ from dashboards.live import as_seen_by
 from dashboards.redirects import local_path
 from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
-from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
+from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, fingersticks
 from gateway.clinical.report import agp_svg, render_report, tir_bar_svg
 from gateway.errors import InputError
 from gateway.model import (
@@ -220,10 +220,9 @@ async def _ranges_14d(
     readings = await d.read_model.readings(
         patient.patient_id, since=now - timedelta(days=14), kinds=GLUCOSE_KINDS
     )
-    points = glucose_points(readings)
     result: tuple[float | None, float | None] = (None, None)
-    if points:
-        metrics = await asyncio.to_thread(_metrics, points, now=now, days=14, patient=patient)
+    if readings:
+        metrics = await asyncio.to_thread(_metrics, readings, now=now, days=14, patient=patient)
         if metrics.readings:
             result = (metrics.below_70_percent, metrics.range_percent("in_range"))
     d.ranges_cache[patient.patient_id] = (mono, *result)
@@ -348,12 +347,14 @@ async def _patient_view(
     if full:
 
         def all_metrics() -> list[GlucoseMetrics]:
-            return [_metrics(points, now=now, days=n, patient=patient) for n in AGP_CHOICES]
+            # CGM readings only; the meter's fingersticks are counted apart, never mixed in.
+            return [_metrics(readings, now=now, days=n, patient=patient) for n in AGP_CHOICES]
 
         metrics = await asyncio.to_thread(all_metrics)
         chosen = metrics[AGP_CHOICES.index(days)]
         agp, tir_bar = agp_svg(chosen), tir_bar_svg(chosen)
-        metrics_html = pages.metrics_table(metrics, user.unit)
+        sticks = [len(fingersticks(readings, now=now, days=n)) for n in AGP_CHOICES]
+        metrics_html = pages.metrics_table(metrics, user.unit, fingersticks=sticks)
         seen = [(dev, await _last_seen(d, dev, readings)) for dev in devices]
         batches = await rm.patient_batches(pid, LEDGER_ROWS)
         notes = await d.accounts.notes(pid)
@@ -427,10 +428,12 @@ async def patient_partial(request: web.Request) -> web.StreamResponse:
 
 
 def _metrics(
-    points: list[tuple[datetime, float]], *, now: datetime, days: int, patient: Patient
+    readings: list[Reading], *, now: datetime, days: int, patient: Patient
 ) -> GlucoseMetrics:
+    """The consensus metrics from the patient's stored readings: `compute_metrics` keeps the CGM
+    ones, as for the report and the FHIR summary."""
     return compute_metrics(
-        points, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
+        readings, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
     )
 
 
@@ -454,7 +457,7 @@ async def report(request: web.Request) -> web.StreamResponse:
     try:
         body = render_report(
             patient,
-            glucose_points(readings),
+            readings,  # every glucose kind: CGM for the metrics, meter listed apart
             days=days,
             now=now,
             fmt=fmt,  # type: ignore[arg-type]

@@ -1,18 +1,25 @@
 """Consensus CGM metrics (Battelino 2019) for one patient or a thousand, in one module.
 
-Definitions (cross-checked against the R package iglu's documentation):
+Definitions (cross-checked against the R package iglu's documentation and source):
 
+Input: CGM readings only
+    The consensus metrics are defined on CGM data. `compute_metrics` is the one entry point the
+    AGP report (CLI and dashboard), the dashboard's patient page and the FHIR CGM summary all
+    call with the patient's readings: it keeps `ReadingKind.CGM_GLUCOSE` readings and skips
+    every other kind, meter (fingerstick) glucose included, so a meter reading never enters a
+    metric nor replaces a CGM reading at the same time. Fingersticks are shown beside the
+    metrics (`fingersticks`). Plain `(time, mg/dL)` pairs are taken to be CGM readings.
 Window
     `[now − days, now]`, both ends included. Day boundaries and time of day are the patient's
     own IANA zone (`days_with_data`, AGP bins, daily profiles); a DST day simply has 23 or 25
     local hours.
 Time weights (irregular sampling, gaps)
-    Readings are sorted per patient (a repeated timestamp keeps the last value). Reading *i*
+    Readings are sorted per patient (a repeated timestamp keeps the last CGM value). Reading *i*
     holds until the next one when that comes within 15 minutes: `w_i = t_(i+1) − t_i`.
     Otherwise (a gap > 15 min, or the last reading) the gap is *not* filled: the reading counts
     for the interval that led up to it, `t_i − t_(i−1)`, if that was ≤ 15 min, else for the
     patient's nominal interval (the median of their intervals ≤ 15 min; 5 min when there is
-    none, e.g. a meter-only patient, which makes every reading count equally). So 1-, 5- and
+    none, e.g. sparse pairs, which makes every reading count equally). So 1-, 5- and
     15-minute devices, and a mix of them, each get the time they actually cover.
 Metrics (all time-weighted with `w`; on a regular grid these equal iglu's per-reading ones)
     mean; SD with the unbiased reliability-weights correction `Σw(g−m)² / (V1 − V2/V1)`
@@ -23,10 +30,16 @@ Metrics (all time-weighted with `w`; on a regular grid these equal iglu's per-re
     LBGI, positive part for HBGI; Kovatchev 2006); GRI = 3.0·VLow + 2.4·Low + 1.6·VHigh +
     0.8·High in % of time, capped at 100 (Klonoff 2022), with its hypo (VLow + 0.8·Low) and
     hyper (VHigh + 0.5·High) components.
-Episodes
-    A run of consecutive readings beyond a threshold (< 70, < 54, > 180, > 250), not broken by
-    a gap > 15 min, whose weights sum to ≥ 15 min (three 5-minute readings). A run ends at the
-    first reading back across the threshold.
+Episodes (Battelino 2023 consensus; iglu's `episode_calculation` with its defaults)
+    Level 1: < 70 and > 180 mg/dL; level 2: < 54 and > 250 mg/dL, each counted on its own
+    threshold (a level-2 episode is also a level-1 one). An episode starts once readings beyond
+    the threshold cover ≥ 15 consecutive minutes, and ends only once readings back across it
+    cover ≥ 15 consecutive minutes; shorter excursions either way change nothing. "Consecutive"
+    means no gap > 15 min between readings, and time is the weights `w` above (three 5-minute
+    readings, one 15-minute reading, fifteen 1-minute readings). A gap counts as neither: it
+    never starts an episode and never ends one; an episode still open when the data stop is
+    counted. (iglu instead interpolates gaps up to 45 min and closes an open episode at a
+    longer gap; on data without such gaps the counts are the same.)
 Data sufficiency
     `days >= 14` and CGM active ≥ 70 % of the window.
 AGP
@@ -49,7 +62,7 @@ import numpy.typing as npt
 
 from gateway.clinical.errors import MetricsInputError
 from gateway.clock import require_utc, to_rfc3339
-from gateway.model import Reading
+from gateway.model import Reading, ReadingKind
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,8 +198,8 @@ def _as_arrays(
     values: list[float] = []
     for item in readings:
         if isinstance(item, Reading):
-            if not item.kind.is_glucose:
-                continue
+            if item.kind is not ReadingKind.CGM_GLUCOSE:
+                continue  # meter glucose is shown beside the CGM metrics, never mixed in
             when, value = item.time, item.value
         else:
             try:
@@ -261,17 +274,23 @@ def _weights(codes: Ints, t_ns: Ints, groups: int) -> tuple[Floats, Bools]:
     return np.where(linked, dt_next, fallback), linked
 
 
-def _episodes(codes: Ints, flag: Bools, w: Floats, linked: Bools, groups: int) -> Ints:
-    if not flag.any():
+def _episodes(codes: Ints, beyond: Bools, w: Floats, linked: Bools, groups: int) -> Ints:
+    """Episodes per patient (module docstring): ≥ 15 min beyond to start, ≥ 15 min back to end."""
+    if not beyond.any():
         return np.zeros(groups, dtype=np.int64)
-    continues = np.zeros(flag.size, dtype=bool)
-    continues[1:] = flag[:-1] & linked[:-1]  # previous reading flagged, same patient, no gap
-    starts = flag & ~continues
-    run_id = np.cumsum(starts)[flag] - 1
-    duration = np.bincount(run_id, weights=w[flag])
-    run_code = codes[starts]
+    # Maximal runs of readings on one side of the threshold, one patient, no gap > 15 min.
+    new_run = np.ones(beyond.size, dtype=bool)
+    new_run[1:] = ~linked[:-1] | (beyond[1:] != beyond[:-1])
+    duration = np.bincount(np.cumsum(new_run) - 1, weights=w)
     long_enough = duration >= EPISODE_MIN - 1e-9
-    return np.bincount(run_code[long_enough], minlength=groups).astype(np.int64)
+    # Only runs of ≥ 15 min change the state: a long run beyond opens an episode unless one is
+    # already open (the patient's previous long run was beyond too); a long run back closes it.
+    run_beyond = beyond[new_run][long_enough]
+    run_code = codes[new_run][long_enough]
+    still_open = np.zeros(run_beyond.size, dtype=bool)
+    still_open[1:] = run_beyond[:-1] & (run_code[1:] == run_code[:-1])
+    opens = run_beyond & ~still_open
+    return np.bincount(run_code[opens], minlength=groups).astype(np.int64)
 
 
 def _core(codes: Ints, t_ns: Ints, g: Floats, local_day: Ints, groups: int) -> _Core:
@@ -365,10 +384,14 @@ def compute_metrics(
     patient_id: str | None = None,
     agp_bin_min: int = 15,
 ) -> GlucoseMetrics:
-    """Metrics of one patient's glucose over `[now − days, now]` (module docstring).
+    """The consensus metrics of one patient's CGM glucose over `[now − days, now]`.
 
-    Accepts `Reading`s (non-glucose kinds are skipped) or `(time, mg/dL)` pairs with aware
-    times. Raises `MetricsInputError` for naive times, non-positive values or an unknown zone.
+    The single computation behind the AGP report, the dashboard and the FHIR CGM summary:
+    pass the patient's readings as stored, whatever their kinds. Only `CGM_GLUCOSE`
+    `Reading`s count (meter glucose and other kinds are skipped, see `fingersticks`);
+    `(time, mg/dL)` pairs with aware times are taken as CGM readings. Raises
+    `MetricsInputError` for naive times, non-positive values or an unknown zone. Keep this
+    name and signature stable: other modules call it.
     """
     if days <= 0:
         raise MetricsInputError(f"days must be > 0, got {days}", patient_id=patient_id)
@@ -385,6 +408,32 @@ def compute_metrics(
     return _assemble(
         core, 0, patient_id, timezone, start, end, days, _agp(wall, g, agp_bin_min), agp_bin_min
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fingerstick:
+    """One meter (capillary) glucose reading, shown beside the CGM metrics."""
+
+    time: datetime
+    mg_dl: float
+    device_id: str
+
+
+def fingersticks(
+    readings: Iterable[Reading | tuple[datetime, float]], *, now: datetime, days: int = 14
+) -> list[Fingerstick]:
+    """The meter glucose readings in `[now − days, now]`, oldest first.
+
+    They are listed beside the consensus metrics and never enter them (`compute_metrics`).
+    """
+    end = require_utc(now)
+    start = end - timedelta(days=days)
+    found = [
+        Fingerstick(time=r.time, mg_dl=r.value, device_id=r.device_id)
+        for r in readings
+        if isinstance(r, Reading) and r.kind is ReadingKind.GLUCOSE and start <= r.time <= end
+    ]
+    return sorted(found, key=lambda f: (f.time, f.device_id))
 
 
 def _assemble(
@@ -553,7 +602,9 @@ def metrics_for_many(
 ) -> pd.DataFrame:
     """The scalar metrics (no AGP) for every patient in `frame`, vectorised.
 
-    `frame` has columns `patient_id`, `time` (tz-aware) and `glucose_mg_dl`. Returns one row
+    `frame` has columns `patient_id`, `time` (tz-aware) and `glucose_mg_dl`, and optionally
+    `kind` (`ReadingKind` values): then only `cgm_glucose` rows count, as in `compute_metrics`;
+    without it every row is taken as a CGM reading. Returns one row
     per patient (index `patient_id`, columns `SCALAR_COLUMNS`), the same numbers as
     `compute_metrics` gives patient by patient. `timezones` maps patient → IANA zone (UTC when
     missing); it only changes `days_with_data`.
@@ -567,6 +618,8 @@ def metrics_for_many(
         raise MetricsInputError(f"days must be > 0, got {days}")
     end = require_utc(now)
     start = end - timedelta(days=days)
+    if "kind" in frame.columns:
+        frame = frame[frame["kind"] == ReadingKind.CGM_GLUCOSE.value]
     times = frame["time"]
     if not isinstance(times.dtype, pd.DatetimeTZDtype):
         raise MetricsInputError("time column must be timezone-aware")

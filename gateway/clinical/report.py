@@ -2,16 +2,18 @@
 
 Layout follows the consensus AGP report: the metrics with their targets, the time-in-ranges
 stacked bar, the AGP percentile chart (5–95 %, 25–75 %, median per time of day) and the daily
-profiles. Charts are server-side SVG drawn with `gateway.clinical.drawing` — no JavaScript, no
-external assets — and the dashboard reuses `agp_svg`, `tir_bar_svg` and `daily_profiles_svg`.
-The PDF is the same drawing written by the stdlib-only PDF writer in `drawing` (no dependency).
+profiles. The metrics and charts come from CGM readings only (`metrics.compute_metrics`); meter
+(fingerstick) readings are listed apart and drawn as dots on the daily profiles, never mixed in.
+Charts are server-side SVG drawn with `gateway.clinical.drawing` — no JavaScript, no external
+assets — and the dashboard reuses `agp_svg`, `tir_bar_svg` and `daily_profiles_svg`. The PDF is
+the same drawing written by the stdlib-only PDF writer in `drawing` (no dependency).
 Glucose is shown in mg/dL.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from html import escape
 from typing import Literal
@@ -19,12 +21,19 @@ from zoneinfo import ZoneInfo
 
 from gateway.clinical.drawing import Canvas, pdf_document
 from gateway.clinical.errors import ClinicalError
-from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, daily_profiles
+from gateway.clinical.metrics import (
+    Fingerstick,
+    GlucoseMetrics,
+    compute_metrics,
+    daily_profiles,
+    fingersticks,
+)
 from gateway.clock import require_utc, to_rfc3339
 from gateway.model import Patient, Reading
 
 ReportFormat = Literal["json", "html", "pdf"]
 DailyProfiles = Sequence[tuple[date, Sequence[tuple[float, float | None]]]]
+MeterDots = Mapping[date, Sequence[tuple[float, float]]]  # local day -> (minute, mg/dL)
 
 Y_MAX = 350.0  # the AGP chart's glucose axis, mg/dL (higher values are drawn at the top)
 
@@ -39,6 +48,7 @@ _AGP_OUTER = "#c9dcf2"  # 5–95 %
 _AGP_INNER = "#6f9fd8"  # 25–75 %
 _AGP_MEDIAN = "#15427a"
 _TARGET = "#3c9d4f"
+_METER = "#c62828"  # fingerstick dots
 _GRID = "#d0d0d0"
 _INK = "#222222"
 _MUTED = "#666666"
@@ -136,7 +146,12 @@ def tir_bar_canvas(metrics: GlucoseMetrics, *, width: float = 250, height: float
 
 
 def daily_profiles_canvas(
-    profiles: DailyProfiles, *, width: float = 720, columns: int = 7, cell_height: float = 80
+    profiles: DailyProfiles,
+    *,
+    width: float = 720,
+    columns: int = 7,
+    cell_height: float = 80,
+    meter: MeterDots | None = None,
 ) -> Canvas:
     rows = max(1, -(-len(profiles) // columns))
     title_h = 20.0
@@ -166,6 +181,9 @@ def daily_profiles_canvas(
                 canvas.rect(px - 0.75, py - 0.75, 1.5, 1.5, fill=_AGP_MEDIAN)
             else:
                 canvas.polyline(seg, stroke=_AGP_MEDIAN, width=0.9)
+        for minute, value in (meter or {}).get(day, ()):
+            px, py = cx + 2 + minute / 1440 * pw, _y(value, top, ph)
+            canvas.rect(px - 1.5, py - 1.5, 3, 3, fill=_METER)
     return canvas
 
 
@@ -180,12 +198,31 @@ def tir_bar_svg(metrics: GlucoseMetrics, *, width: float = 250, height: float = 
 
 
 def daily_profiles_svg(
-    profiles: DailyProfiles, *, width: float = 720, columns: int = 7, cell_height: float = 80
+    profiles: DailyProfiles,
+    *,
+    width: float = 720,
+    columns: int = 7,
+    cell_height: float = 80,
+    meter: MeterDots | None = None,
 ) -> str:
-    """One small chart per local day (from `metrics.daily_profiles`), as an `<svg>`."""
+    """One small chart per local day (from `metrics.daily_profiles`), as an `<svg>`; `meter`
+    fingersticks are drawn as red dots on their day."""
     return daily_profiles_canvas(
-        profiles, width=width, columns=columns, cell_height=cell_height
+        profiles, width=width, columns=columns, cell_height=cell_height, meter=meter
     ).to_svg()
+
+
+def meter_dots(
+    sticks: Sequence[Fingerstick], timezone: str
+) -> dict[date, list[tuple[float, float]]]:
+    """Fingersticks by local day as (minute of the day, mg/dL), for `daily_profiles_svg`."""
+    zone = ZoneInfo(timezone)
+    out: dict[date, list[tuple[float, float]]] = {}
+    for stick in sticks:
+        local = stick.time.astimezone(zone)
+        minute = local.hour * 60 + local.minute + local.second / 60
+        out.setdefault(local.date(), []).append((minute, stick.mg_dl))
+    return out
 
 
 # ---------------------------------------------------------------------- tables
@@ -213,6 +250,7 @@ def metrics_rows(metrics: GlucoseMetrics, timezone: str) -> list[tuple[str, str,
     return [
         ("Time range", f"{start} – {end} ({metrics.days} days)", ""),
         ("Days with data", str(metrics.days_with_data), ""),
+        ("CGM readings", str(metrics.readings), ""),
         ("Time CGM active", _fmt(metrics.active_percent, 1, " %"), "≥ 70 %"),
         ("Mean glucose", _fmt(metrics.mean_mg_dl, 0, " mg/dL"), ""),
         ("Glucose Management Indicator", _fmt(metrics.gmi_percent, 1, " %"), ""),
@@ -253,7 +291,11 @@ def render_report(
     fmt: ReportFormat = "html",
     agp_bin_min: int = 15,
 ) -> bytes:
-    """The AGP report of `patient` over `[now − days, now]` in the patient's time zone."""
+    """The AGP report of `patient` over `[now − days, now]` in the patient's time zone.
+
+    `readings` are the patient's readings as stored (every kind): the metrics and charts use
+    the CGM ones, the meter ones are listed apart as fingersticks.
+    """
     if fmt not in ("json", "html", "pdf"):
         raise UnknownReportFormat(str(fmt))
     now = require_utc(now)
@@ -267,6 +309,7 @@ def render_report(
         agp_bin_min=agp_bin_min,
     )
     profiles = daily_profiles(samples, now=now, days=days, timezone=patient.timezone)
+    sticks = fingersticks(samples, now=now, days=days)
     if fmt == "json":
         document = {
             "patient": {
@@ -280,11 +323,18 @@ def render_report(
                 {"date": d.isoformat(), "points": [[m, g] for m, g in points]}
                 for d, points in profiles
             ],
+            "fingersticks": {
+                "count": len(sticks),
+                "readings": [
+                    {"time": to_rfc3339(f.time), "mg_dl": f.mg_dl, "device_id": f.device_id}
+                    for f in sticks
+                ],
+            },
         }
         return json.dumps(document, allow_nan=False, ensure_ascii=False).encode()
     if fmt == "html":
-        return _html(patient, metrics, profiles, now).encode()
-    return pdf_document(_pdf_page(patient, metrics, profiles, now))
+        return _html(patient, metrics, profiles, sticks, now).encode()
+    return pdf_document(_pdf_page(patient, metrics, profiles, sticks, now))
 
 
 _CSS = """
@@ -297,6 +347,7 @@ td{padding:3px 6px;border-bottom:1px solid #eee;vertical-align:top}
 td.v{font-weight:bold;white-space:nowrap}
 td.t{color:#666;white-space:nowrap}
 .warn{background:#fff4e5;border:1px solid #f9bf3b;padding:6px 10px;font-size:13px;margin:8px 0}
+h2{font-size:15px;margin:16px 0 4px}
 svg{display:block;margin-top:12px;max-width:100%;height:auto}
 @media print{body{margin:0}}
 """
@@ -309,7 +360,20 @@ def _header(patient: Patient, now: datetime) -> tuple[str, str]:
     return title, sub
 
 
-def _html(patient: Patient, metrics: GlucoseMetrics, profiles: DailyProfiles, now: datetime) -> str:
+def _fingerstick_note(sticks: Sequence[Fingerstick]) -> str:
+    return (
+        f"Fingerstick (meter) readings: {len(sticks)}, shown apart and as red dots on the daily "
+        "profiles; the metrics above are from CGM readings only."
+    )
+
+
+def _html(
+    patient: Patient,
+    metrics: GlucoseMetrics,
+    profiles: DailyProfiles,
+    sticks: Sequence[Fingerstick],
+    now: datetime,
+) -> str:
     title, sub = _header(patient, now)
     rows = "".join(
         f"<tr><td>{escape(label)}</td><td class='v'>{escape(value)}</td>"
@@ -318,18 +382,33 @@ def _html(patient: Patient, metrics: GlucoseMetrics, profiles: DailyProfiles, no
     )
     note = _sufficiency_note(metrics)
     warn = f"<div class='warn'>{escape(note)}</div>" if note else ""
+    zone = ZoneInfo(patient.timezone)
+    stick_rows = "".join(
+        f"<tr><td>{escape(f.time.astimezone(zone).strftime('%d %b %Y %H:%M'))}</td>"
+        f"<td class='v'>{f.mg_dl:.0f} mg/dL</td><td class='t'>{escape(f.device_id)}</td></tr>"
+        for f in sticks
+    )
+    meter = (
+        f"<h2>Fingerstick readings</h2><p class='sub'>{escape(_fingerstick_note(sticks))}</p>"
+        + (f"<table class='meter'>{stick_rows}</table>" if sticks else "")
+    )
+    dots = meter_dots(sticks, patient.timezone)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1><div class='sub'>{escape(sub)}</div>{warn}"
         f"<div class='top'><table>{rows}</table>{tir_bar_svg(metrics)}</div>"
-        f"{agp_svg(metrics)}{daily_profiles_svg(profiles)}"
+        f"{agp_svg(metrics)}{daily_profiles_svg(profiles, meter=dots)}{meter}"
         "</body></html>"
     )
 
 
 def _pdf_page(
-    patient: Patient, metrics: GlucoseMetrics, profiles: DailyProfiles, now: datetime
+    patient: Patient,
+    metrics: GlucoseMetrics,
+    profiles: DailyProfiles,
+    sticks: Sequence[Fingerstick],
+    now: datetime,
 ) -> Canvas:
     page = Canvas(595, 842, title=f"AGP Report {patient.patient_id}")  # A4 in points
     margin = 30.0
@@ -353,5 +432,8 @@ def _pdf_page(
     y += 6
     page.place(agp_canvas(metrics, width=720, height=260), margin, y, scale=535 / 720)
     y += 260 * 535 / 720 + 8
-    page.place(daily_profiles_canvas(profiles, width=720), margin, y, scale=535 / 720)
+    dots = meter_dots(sticks, patient.timezone)
+    page.place(daily_profiles_canvas(profiles, width=720, meter=dots), margin, y, scale=535 / 720)
+    y += (20 + max(1, -(-len(profiles) // 7)) * 80) * 535 / 720 + 12
+    page.text(margin, y, _fingerstick_note(sticks), size=7.5, fill=_MUTED)
     return page

@@ -173,7 +173,9 @@ def test_duplicate_timestamps_keep_the_last_value() -> None:
         ([(0, 50), (5, 50), (10, 50)], 1, 1),  # a severe episode is also a level-1 one
         ([(0, 65), (5, 65), (10, 100), (15, 65), (20, 65)], 0, 0),  # broken by 100
         ([(0, 65), (5, 65), (25, 65), (30, 65)], 0, 0),  # 20-min gap: two 10-min runs
-        ([(0, 65), (5, 65), (10, 65), (60, 100), (65, 65), (70, 65), (75, 65)], 2, 0),
+        # 15 min low, a 50-minute gap, 5 min in range, 15 min low: the gap is no time back in
+        # range and 5 min is too short to end the episode, so it is still the same one.
+        ([(0, 65), (5, 65), (10, 65), (60, 100), (65, 65), (70, 65), (75, 65)], 1, 0),
     ],
 )
 def test_hypoglycaemia_episodes(
@@ -181,6 +183,119 @@ def test_hypoglycaemia_episodes(
 ) -> None:
     m = day_metrics(trace(pairs))
     assert (m.episodes.below_70, m.episodes.below_54) == (below_70, below_54)
+
+
+def series(*runs: tuple[int, float], step: float = 5) -> list[tuple[datetime, float]]:
+    """Back-to-back runs of (minutes, mg/dL) sampled every `step` minutes from minute 0."""
+    pairs: list[tuple[float, float]] = []
+    minute = 0.0
+    for length, value in runs:
+        for _ in range(round(length / step)):
+            pairs.append((minute, value))
+            minute += step
+    return trace(pairs)
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        # 20 min low, 10 min in range, 20 min low, 20 min in range (5-minute CGM): 10 min in
+        # range is not the 15 needed to end the first episode: ONE episode.
+        (series((20, 60), (10, 100), (20, 60), (20, 100)), 1),
+        # 20 min low, 20 min in range, 20 min low: the first ended after 15 min back: TWO.
+        (series((20, 60), (20, 100), (20, 60), (20, 100)), 2),
+        # Exactly 15 min back in range (3 readings) ends it: TWO.
+        (series((20, 60), (15, 100), (20, 60)), 2),
+        # After the start, a 5-minute dip inside 10-minute recoveries changes nothing: ONE.
+        (series((20, 60), (10, 100), (5, 60), (10, 100), (5, 60), (30, 100)), 1),
+        # 1-minute CGM: 20 min low, 14 min back, 20 min low -> ONE; 15 min back -> TWO.
+        (series((20, 60), (14, 100), (20, 60), step=1), 1),
+        (series((20, 60), (15, 100), (20, 60), step=1), 2),
+        # 1-minute CGM: 14 min low never starts one.
+        (series((14, 60), (30, 100), step=1), 0),
+        # 15-minute CGM: one low reading holds 15 min (an episode), one in-range reading holds
+        # 15 min (the end): 60, 100, 60, 100 = TWO.
+        (series((15, 60), (15, 100), (15, 60), (15, 100), step=15), 2),
+        # An episode still open when the data stop is counted.
+        (series((60, 100), (20, 60)), 1),
+    ],
+)
+def test_episodes_end_after_15_minutes_back_in_range(
+    samples: list[tuple[datetime, float]], expected: int
+) -> None:
+    assert day_metrics(samples).episodes.below_70 == expected
+
+
+def test_a_gap_is_no_time_back_in_range() -> None:
+    # 20 min low (0-15), sensor silent for 60 min, 10 min in range (80, 85), 20 min low
+    # (90-105), 20 min in range: the gap ends nothing and 10 min in range is too short: ONE.
+    low: list[tuple[float, float]] = [(0, 60), (5, 60), (10, 60), (15, 60)]
+    after: list[tuple[float, float]] = [
+        (80, 100),
+        (85, 100),
+        (90, 60),
+        (95, 60),
+        (100, 60),
+        (105, 60),
+    ]
+    back: list[tuple[float, float]] = [(110 + 5 * i, 100) for i in range(4)]
+    assert day_metrics(trace(low + after + back)).episodes.below_70 == 1
+    # The same with 15 min in range after the gap (75, 80, 85): TWO.
+    after = [(75, 100), (80, 100), (85, 100), (90, 60), (95, 60), (100, 60), (105, 60)]
+    assert day_metrics(trace(low + after + back)).episodes.below_70 == 2
+
+
+def test_level_2_episodes_end_above_54_and_hyper_episodes_alike() -> None:
+    # 20 min at 50, 10 min at 60, 20 min at 50, 20 min at 100. Below 54: 10 min at 60 is too
+    # short to end the first: ONE. Below 70: one run of 50 min: ONE.
+    m = day_metrics(series((20, 50), (10, 60), (20, 50), (20, 100)))
+    assert (m.episodes.below_54, m.episodes.below_70) == (1, 1)
+    # 20 min at 50, 20 min at 60, 20 min at 50: 20 min at 60 (>= 54) ends the level-2
+    # episode (TWO), while all of it stays one level-1 episode (ONE).
+    m = day_metrics(series((20, 50), (20, 60), (20, 50), (20, 100)))
+    assert (m.episodes.below_54, m.episodes.below_70) == (2, 1)
+    # Hyper: 20 min at 300, 10 min at 200, 20 min at 300, 10 min at 150, 20 min at 200, 20 at
+    # 150. Above 250: the 10 min at 200 is too short: ONE. Above 180: 10 min at 150 is too
+    # short; the 200s keep the same episode going; 20 min at 150 ends it: ONE.
+    m = day_metrics(series((20, 300), (10, 200), (20, 300), (10, 150), (20, 200), (20, 150)))
+    assert (m.episodes.above_250, m.episodes.above_180) == (1, 1)
+    # 20 min at 200, 20 min at 150, 20 min at 200: TWO above 180, none above 250.
+    m = day_metrics(series((20, 200), (20, 150), (20, 200)))
+    assert (m.episodes.above_250, m.episodes.above_180) == (0, 2)
+
+
+def episodes_by_loop(minutes: list[float], values: list[float], threshold: float) -> int:
+    """The consensus rule read literally, one reading at a time (below `threshold`)."""
+    regular = [b - a for a, b in itertools.pairwise(minutes) if b - a <= 15]
+    nominal = statistics.median(regular) if regular else 5.0
+    count, open_, beyond_min, back_min = 0, False, 0.0, 0.0
+    for i, (t, v) in enumerate(zip(minutes, values, strict=True)):
+        nxt = minutes[i + 1] - t if i + 1 < len(minutes) else math.inf
+        prv = t - minutes[i - 1] if i else math.inf
+        if prv > 15:  # after a gap nothing is consecutive with what came before
+            beyond_min = back_min = 0.0
+        held = nxt if nxt <= 15 else prv if prv <= 15 else nominal
+        if v < threshold:
+            beyond_min, back_min = beyond_min + held, 0.0
+            if not open_ and beyond_min >= 15:
+                open_, count = True, count + 1
+        else:
+            beyond_min, back_min = 0.0, back_min + held
+            if open_ and back_min >= 15:
+                open_ = False
+    return count
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.sampled_from([1, 5, 5, 5, 10, 15, 16, 40]), min_size=1, max_size=60),
+    lows=st.lists(st.booleans(), min_size=61, max_size=61),
+)
+def test_vectorised_episodes_match_a_plain_loop(steps: list[int], lows: list[bool]) -> None:
+    minutes = [float(sum(steps[:i])) for i in range(len(steps))]
+    values = [60.0 if low else 100.0 for low in lows[: len(minutes)]]
+    m = compute_metrics(trace(list(zip(minutes, values, strict=True))), now=at(20000), days=14)
+    assert m.episodes.below_70 == episodes_by_loop(minutes, values, 70)
 
 
 # ---------------------------------------------------------------- days, zones, DST
@@ -296,7 +411,8 @@ def test_reading_records_and_non_glucose_kinds() -> None:
         reading(5, ReadingKind.GLUCOSE, 200, Unit.MG_DL),
     ]
     m = compute_metrics(samples, now=at(60), days=1)
-    assert (m.readings, m.mean_mg_dl) == (2, 150)
+    # The CGM 100 only: the meter's 200 is a fingerstick, not a CGM metric input.
+    assert (m.readings, m.mean_mg_dl) == (1, 100)
 
 
 @pytest.mark.parametrize(
@@ -373,6 +489,18 @@ def test_batch_path_equals_the_single_patient_path() -> None:
             assert pd.isna(row["sd_mg_dl"])
         else:
             assert row["sd_mg_dl"] == pytest.approx(single.sd_mg_dl)
+
+
+def test_batch_path_counts_only_cgm_rows_when_kinds_are_given() -> None:
+    # CGM 100 at 0, 5, 10 and a meter 40 at 5 (the same time as a CGM reading): the meter row
+    # neither counts nor replaces the CGM's 100; the mean stays 100, nothing below 54.
+    frame = pd.DataFrame(
+        [{"patient_id": "a", "time": at(m), "glucose_mg_dl": 100.0, "kind": "cgm_glucose"}
+         for m in (0, 5, 10)]
+        + [{"patient_id": "a", "time": at(5), "glucose_mg_dl": 40.0, "kind": "glucose"}]
+    )  # fmt: skip
+    row = metrics_for_many(frame, now=at(60), days=1).loc["a"]
+    assert (row["readings"], row["mean_mg_dl"], row["very_low_percent"]) == (3, 100.0, 0.0)
 
 
 def test_batch_path_refuses_naive_times() -> None:

@@ -21,7 +21,8 @@ from gateway.clinical.report import (
     render_report,
     tir_bar_svg,
 )
-from gateway.model import Patient
+from gateway.model import Patient, Reading, ReadingKind, Source
+from gateway.units import Unit
 
 NOW = datetime(2026, 3, 15, tzinfo=UTC)
 PATIENT = Patient(patient_id="p-7", display_name="Ana <b>Ruiz</b> & co", timezone="Europe/Paris")
@@ -60,6 +61,62 @@ def test_json_report_carries_the_metrics_and_the_days() -> None:
     # local days and all have readings.
     assert len(data["daily_profiles"]) == 15
     assert data["daily_profiles"][0]["date"] == "2026-03-01"
+
+
+def reading(kind: ReadingKind, device: str, t: datetime, value: float) -> Reading:
+    return Reading(patient_id="p-7", device_id=device, kind=kind, value=value, unit=Unit.MG_DL,
+                   time=t, source=Source.BLE)  # fmt: skip
+
+
+def cgm_and_meter() -> tuple[list[Reading], datetime]:
+    """14 days of CGM at 120 every 5 min with one 277; meter 163 at the 277's time, 40 later."""
+    start = NOW - timedelta(days=14)
+    spike = start + timedelta(days=3, minutes=5 * 100)
+    readings = [
+        reading(ReadingKind.CGM_GLUCOSE, "cgm", t, 277.0 if t == spike else 120.0)
+        for t in (start + timedelta(minutes=5 * i) for i in range(14 * 288))
+    ]
+    readings.append(reading(ReadingKind.GLUCOSE, "meter", spike, 163.0))
+    readings.append(reading(ReadingKind.GLUCOSE, "meter", spike + timedelta(hours=5), 40.0))
+    return readings, spike
+
+
+def test_report_metrics_are_from_the_cgm_and_fingersticks_are_listed_apart() -> None:
+    readings, spike = cgm_and_meter()
+    data = json.loads(render_report(PATIENT, readings, now=NOW, fmt="json"))
+    metrics = data["metrics"]
+    # 4032 CGM readings of 5 minutes each; the meter's two readings are not among them.
+    assert metrics["readings"] == 4032
+    # The CGM's 277 stays (the meter's 163 at the same time replaces nothing): one reading
+    # of 4032 above 250 = 0.0248 %; mean = (4031 * 120 + 277) / 4032 = 120.0389.
+    ranges = {r["name"]: r["percent"] for r in metrics["ranges"]}
+    assert ranges["very_high"] == pytest.approx(100 / 4032)
+    assert metrics["mean_mg_dl"] == pytest.approx((4031 * 120 + 277) / 4032)
+    # The meter's 40 is not a CGM "very low".
+    assert ranges["very_low"] == 0 and metrics["lbgi"] == pytest.approx(0.0, abs=1e-2)
+    assert data["fingersticks"] == {
+        "count": 2,
+        "readings": [
+            {"time": "2026-03-04T08:20:00.000Z", "mg_dl": 163.0, "device_id": "meter"},
+            {"time": "2026-03-04T13:20:00.000Z", "mg_dl": 40.0, "device_id": "meter"},
+        ],
+    }
+    assert spike.isoformat() == "2026-03-04T08:20:00+00:00"
+
+
+def test_html_and_pdf_reports_show_fingersticks_beside_the_metrics() -> None:
+    readings, _ = cgm_and_meter()
+    html = render_report(PATIENT, readings, now=NOW, fmt="html").decode()
+    assert "Fingerstick (meter) readings: 2" in html
+    # Listed in the patient's zone (Paris, UTC+1): 09:20 and 14:20 on 4 March.
+    assert "04 Mar 2026 09:20</td><td class='v'>163 mg/dL" in html
+    assert "04 Mar 2026 14:20</td><td class='v'>40 mg/dL" in html
+    # Drawn as two red dots on the daily profiles.
+    profiles = ET.fromstring(html[html.rindex("<svg") : html.rindex("</svg>") + 6])
+    dots = [r for r in profiles.iter(f"{SVG}rect") if r.get("fill") == "#c62828"]
+    assert len(dots) == 2
+    content = zlib.decompress(pdf_stream(render_report(PATIENT, readings, now=NOW, fmt="pdf")))
+    assert "Fingerstick (meter) readings: 2".encode("cp1252").hex().encode() in content
 
 
 def test_html_report_is_self_contained_and_escaped() -> None:
@@ -107,16 +164,21 @@ def pdf_objects(pdf: bytes) -> dict[int, bytes]:
     return objects
 
 
+def pdf_stream(pdf: bytes) -> bytes:
+    """The page's content stream, its /Length checked."""
+    stream = pdf_objects(pdf)[4]
+    body = stream[stream.index(b"stream\n") + 7 : stream.rindex(b"\nendstream")]
+    assert int(re.search(rb"/Length (\d+)", stream).group(1)) == len(body)  # type: ignore[union-attr]
+    return body
+
+
 def test_pdf_report_is_a_valid_one_page_pdf() -> None:
     pdf = render_report(PATIENT, two_weeks(), now=NOW, fmt="pdf")
     assert pdf.startswith(b"%PDF-1.4\n")
     objects = pdf_objects(pdf)
     assert b"/Count 1" in objects[2]
     assert b"/MediaBox [0 0 595 842]" in objects[3]  # A4
-    stream = objects[4]
-    body = stream[stream.index(b"stream\n") + 7 : stream.rindex(b"\nendstream")]
-    assert int(re.search(rb"/Length (\d+)", stream).group(1)) == len(body)  # type: ignore[union-attr]
-    content = zlib.decompress(body)
+    content = zlib.decompress(pdf_stream(pdf))
     # Text is hex-encoded WinAnsi: the title, with the name as plain characters.
     assert "AGP Report: Ana <b>Ruiz</b> & co".encode("cp1252").hex().encode() in content
     assert b"Tj" in content and b" re " in content
