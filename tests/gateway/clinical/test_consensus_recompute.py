@@ -162,7 +162,7 @@ def fhir_summary(data_dir: Path, until: str) -> dict[str, Any]:
                 form = {"username": "dr", "password": PASSWORD, "csrf_token": token.group(1)}
                 async with dr.post(f"{base}/login", data=form) as response:
                     assert response.status == 200
-                params = {"patient": "p1", "code": fhir.SUMMARY_CODE, "date": f"lt{until}"}
+                params = {"patient": "p1", "code": fhir.SUMMARY_LOINC, "date": f"lt{until}"}
                 async with dr.get(f"{base}/fhir/Observation", params=params) as response:
                     assert response.status == 200, await response.text()
                     document: dict[str, Any] = json.loads(await response.text())
