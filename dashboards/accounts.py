@@ -1,9 +1,11 @@
 """Dashboard accounts: users, password hashes, sessions, consent grants, audit log, API tokens.
 
-The tables live in the hub's SQLite file (prefixed `dash_`) behind this module's own
-connection. `Accounts` runs every query on one thread it owns, so the event loop never
-blocks; the module-level functions (`users_add`, `grant`, ...) are the synchronous entry
-points the CLI calls while the hub may be running (WAL lets both write).
+The tables live in the hub's SQLite file (prefixed `dash_`; their schema is part of
+`gateway/storage/sqlite_migrations.py`) behind this module's own connection. A consent
+change writes its ledger event on that connection, in the same transaction. `Accounts`
+runs every query on one thread it owns, so the event loop never blocks; the module-level
+functions (`users_add`, `grant`, ...) are the synchronous entry points the CLI calls while
+the hub may be running (WAL lets both write).
 
 Secrets at rest are never stored in a usable form: passwords as salted scrypt hashes with
 their cost parameters, session ids and API tokens as SHA-256 digests (a copied database
