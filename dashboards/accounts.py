@@ -1,9 +1,11 @@
 """Dashboard accounts: users, password hashes, sessions, consent grants, audit log, API tokens.
 
-The tables live in the hub's SQLite file (prefixed `dash_`) behind this module's own
-connection. `Accounts` runs every query on one thread it owns, so the event loop never
-blocks; the module-level functions (`users_add`, `grant`, ...) are the synchronous entry
-points the CLI calls while the hub may be running (WAL lets both write).
+The tables live in the hub's SQLite file (prefixed `dash_`; their schema is part of
+`gateway/storage/sqlite_migrations.py`) behind this module's own connection. A consent
+change writes its ledger event on that connection, in the same transaction. `Accounts`
+runs every query on one thread it owns, so the event loop never blocks; the module-level
+functions (`users_add`, `grant`, ...) are the synchronous entry points the CLI calls while
+the hub may be running (WAL lets both write).
 
 Secrets at rest are never stored in a usable form: passwords as salted scrypt hashes with
 their cost parameters, session ids and API tokens as SHA-256 digests (a copied database
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -25,17 +28,19 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from dashboards.ratelimit import PER_ACCOUNT, PER_SOURCE, Backoff, source_key
 from gateway.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
 from gateway.errors import InputError
+from gateway.storage.sqlite_events import insert_ledger_event, last_consent_event
+from gateway.storage.sqlite_migrations import migrate
 from gateway.units import Unit
 
 _T = TypeVar("_T")
@@ -68,6 +73,7 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 _SCRYPT_DKLEN = 32
 
+# Told after a consent change and its ledger event have committed (the body written).
 ConsentCallback = Callable[[dict[str, str]], None]
 
 
@@ -130,6 +136,17 @@ class TokenInfo:
         return "expired" if now >= self.expires_at else "active"
 
 
+class ConsentChange(StrEnum):
+    CHANGED = "changed"  # the grant or revocation and its ledger event were written
+    UNCHANGED = "unchanged"  # already so, and the ledger says so
+    REPAIRED = "repaired"  # already so, but the ledger lacked its event: added now
+
+
+class ConsentResult(NamedTuple):
+    change: ConsentChange
+    event: dict[str, str] | None  # the ledger event body written, if any
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Grant:
     patient_id: str
@@ -160,87 +177,6 @@ class AuditEntry:
     role: Role
     patient_id: str
     action: str  # e.g. "page", "api.readings", "report", "batch:12", "ws"
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS dash_users (
-    username TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    patient_id TEXT,
-    password_hash TEXT NOT NULL,
-    unit TEXT NOT NULL DEFAULT 'mg/dL',
-    disabled INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dash_sessions (
-    session_hash TEXT PRIMARY KEY,
-    username TEXT NOT NULL,
-    csrf_token TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dash_grants (
-    patient_id TEXT NOT NULL,
-    clinician TEXT NOT NULL,
-    granted_by TEXT NOT NULL,
-    granted_at TEXT NOT NULL,
-    PRIMARY KEY (patient_id, clinician)
-);
-CREATE TABLE IF NOT EXISTS dash_audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time TEXT NOT NULL,
-    viewer TEXT NOT NULL,
-    role TEXT NOT NULL,
-    patient_id TEXT NOT NULL,
-    action TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dash_audit_patient ON dash_audit (patient_id, id);
-CREATE TABLE IF NOT EXISTS dash_notes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    patient_id TEXT NOT NULL,
-    author TEXT NOT NULL,
-    role TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dash_notes_patient ON dash_notes (patient_id, id);
-CREATE TABLE IF NOT EXISTS dash_tokens (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    token_hash TEXT NOT NULL UNIQUE,
-    username TEXT NOT NULL,
-    label TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    last_used_at TEXT,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS dash_login_failures (
-    key TEXT PRIMARY KEY,
-    failures INTEGER NOT NULL,
-    last_failure REAL NOT NULL,
-    blocked_until REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dash_login_failures_age ON dash_login_failures (last_failure);
-"""
-
-# Tokens made before expiry existed: keep them, expiring DEFAULT_TOKEN_DAYS after the upgrade.
-_TOKENS_V1_TO_V2 = """
-ALTER TABLE dash_tokens RENAME TO dash_tokens_v1;
-CREATE TABLE dash_tokens (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    token_hash TEXT NOT NULL UNIQUE,
-    username TEXT NOT NULL,
-    label TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    last_used_at TEXT,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-INSERT INTO dash_tokens (token_hash, username, label, created_at, expires_at, revoked)
-    SELECT token_hash, username, label, created_at, :expires, revoked
-    FROM dash_tokens_v1 ORDER BY created_at;
-DROP TABLE dash_tokens_v1;
-"""
 
 
 # -- password hashing -----------------------------------------------------------------------
@@ -310,27 +246,13 @@ class _Tables:
     def __init__(self, db_path: Path, clock: Clock) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
         self._clock = clock
-        self._migrate_tokens()
-
-    def _migrate_tokens(self) -> None:
-        def columns() -> set[str]:
-            return {str(r[1]) for r in self._db.execute("PRAGMA table_info(dash_tokens)")}
-
-        if "expires_at" in columns():
-            return
-        expires = to_rfc3339(self._clock.now() + timedelta(days=DEFAULT_TOKEN_DAYS))
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            if "expires_at" not in columns():  # another process may have just done it
-                for statement in filter(str.strip, _TOKENS_V1_TO_V2.split(";")):
-                    self._db.execute(statement, {"expires": expires})
-            self._db.execute("COMMIT")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            migrate(self._db, clock.now(), path=db_path)  # the hub's schema, accounts included
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.close()
             raise
 
     def close(self) -> None:
@@ -537,7 +459,9 @@ class _Tables:
 
     # consent
 
-    def grant(self, patient_id: str, clinician: str, by: str) -> dict[str, str] | None:
+    def grant(self, patient_id: str, clinician: str, by: str) -> ConsentResult:
+        """The grant row and its ledger event, in one transaction. A grant whose event is
+        missing (a crash between the two, before they shared a transaction) gets it now."""
         target = self._require_user(clinician)
         if target.role is not Role.CLINICIAN:
             raise AccountError(f"{clinician!r} is not a clinician", username=clinician)
@@ -545,23 +469,57 @@ class _Tables:
             raise AccountError("patient_id must not be empty")
         self._require_patient(patient_id)
         now = self._now()
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO dash_grants (patient_id, clinician, granted_by, granted_at)"
-            " VALUES (?, ?, ?, ?)",
-            (patient_id, clinician, by, now),
-        )
-        if cursor.rowcount == 0:
-            return None  # already granted: no new event
-        return _consent_event("consent_granted", patient_id, clinician, by, now)
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO dash_grants (patient_id, clinician, granted_by, granted_at)"
+                " VALUES (?, ?, ?, ?)",
+                (patient_id, clinician, by, now),
+            )
+            if cursor.rowcount == 1:
+                event = _consent_event("consent_granted", patient_id, clinician, by, now)
+                return self._record(ConsentChange.CHANGED, event)
+            if last_consent_event(self._db, patient_id, clinician) == "consent_granted":
+                return ConsentResult(ConsentChange.UNCHANGED, None)
+            granted_by, granted_at = self._db.execute(
+                "SELECT granted_by, granted_at FROM dash_grants"
+                " WHERE patient_id = ? AND clinician = ?",
+                (patient_id, clinician),
+            ).fetchone()
+            event = _consent_event(
+                "consent_granted", patient_id, clinician, str(granted_by), str(granted_at)
+            )
+            return self._record(ConsentChange.REPAIRED, {**event, "recorded_at": now})
 
-    def revoke(self, patient_id: str, clinician: str, by: str) -> dict[str, str] | None:
-        cursor = self._db.execute(
-            "DELETE FROM dash_grants WHERE patient_id = ? AND clinician = ?",
-            (patient_id, clinician),
-        )
-        if cursor.rowcount == 0:
-            return None
-        return _consent_event("consent_revoked", patient_id, clinician, by, self._now())
+    def revoke(self, patient_id: str, clinician: str, by: str) -> ConsentResult:
+        """Delete the grant and add its ledger event, in one transaction; a revocation the
+        ledger lacks (the grant is gone, its last event says granted) is recorded now."""
+        now = self._now()
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM dash_grants WHERE patient_id = ? AND clinician = ?",
+                (patient_id, clinician),
+            )
+            event = _consent_event("consent_revoked", patient_id, clinician, by, now)
+            if cursor.rowcount == 1:
+                return self._record(ConsentChange.CHANGED, event)
+            if last_consent_event(self._db, patient_id, clinician) == "consent_granted":
+                return self._record(ConsentChange.REPAIRED, {**event, "recorded_at": now})
+            return ConsentResult(ConsentChange.UNCHANGED, None)
+
+    def _record(self, change: ConsentChange, event: dict[str, str]) -> ConsentResult:
+        body = {"type": "consent", **event}
+        insert_ledger_event(self._db, event["patient_id"], body)
+        return ConsentResult(change, body)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def grants_for_patient(self, patient_id: str) -> list[Grant]:
         rows = self._db.execute(
@@ -869,20 +827,21 @@ class Accounts:
     # consent
 
     async def grant(self, patient_id: str, clinician: str, *, by: str) -> bool:
-        """Let `clinician` see `patient_id`; False when the grant already existed."""
-        event = await self._run(lambda: self._tables.grant(patient_id, clinician, by))
-        return self._consent_changed(event)
+        """Let `clinician` see `patient_id`; False when the grant already existed (and its
+        ledger event too). The grant and its event are durable when this returns."""
+        result = await self._run(lambda: self._tables.grant(patient_id, clinician, by))
+        return self._consent_changed(result)
 
     async def revoke(self, patient_id: str, clinician: str, *, by: str) -> bool:
-        event = await self._run(lambda: self._tables.revoke(patient_id, clinician, by))
-        return self._consent_changed(event)
+        result = await self._run(lambda: self._tables.revoke(patient_id, clinician, by))
+        return self._consent_changed(result)
 
-    def _consent_changed(self, event: dict[str, str] | None) -> bool:
-        if event is None:
+    def _consent_changed(self, result: ConsentResult) -> bool:
+        if result.event is None:
             return False
         self.consent_version += 1
         if self._on_consent_change is not None:
-            self._on_consent_change(event)
+            self._on_consent_change(result.event)
         return True
 
     async def grants_for_patient(self, patient_id: str) -> list[Grant]:
@@ -955,41 +914,15 @@ def users_disable(db_path: Path, username: str, *, disabled: bool = True) -> Non
     _with_tables(db_path, lambda t: t.set_disabled(username, disabled))
 
 
-def grant(
-    db_path: Path,
-    patient_id: str,
-    clinician: str,
-    *,
-    by: str = "cli",
-    on_consent_change: ConsentCallback | None = None,
-) -> bool:
-    """Let `clinician` see `patient_id`; False when already granted (no event then)."""
-    return _change_consent(db_path, lambda t: t.grant(patient_id, clinician, by), on_consent_change)
+def grant(db_path: Path, patient_id: str, clinician: str, *, by: str = "cli") -> ConsentChange:
+    """Let `clinician` see `patient_id`: the grant and its ledger event in one transaction
+    (a running hub seals the event with its next batch)."""
+    return _with_tables(db_path, lambda t: t.grant(patient_id, clinician, by)).change
 
 
-def revoke(
-    db_path: Path,
-    patient_id: str,
-    clinician: str,
-    *,
-    by: str = "cli",
-    on_consent_change: ConsentCallback | None = None,
-) -> bool:
-    """Withdraw the grant; False when there was none (no event then)."""
-    return _change_consent(
-        db_path, lambda t: t.revoke(patient_id, clinician, by), on_consent_change
-    )
-
-
-def _change_consent(
-    db_path: Path,
-    change: Callable[[_Tables], dict[str, str] | None],
-    on_consent_change: ConsentCallback | None,
-) -> bool:
-    event = _with_tables(db_path, change)
-    if event is not None and on_consent_change is not None:
-        on_consent_change(event)
-    return event is not None
+def revoke(db_path: Path, patient_id: str, clinician: str, *, by: str = "cli") -> ConsentChange:
+    """Withdraw the grant: the row's deletion and its ledger event in one transaction."""
+    return _with_tables(db_path, lambda t: t.revoke(patient_id, clinician, by)).change
 
 
 def tokens_create(

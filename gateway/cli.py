@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.clock import parse_rfc3339, utc_now
@@ -274,6 +274,15 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.storage.sqlite_migrations import SCHEMA_VERSION
+
+    store = _open_store(args)  # a read-write open applies the missing migrations
+    store.close()
+    print(f"{store.path}: schema version {SCHEMA_VERSION}")
+    return 0
+
+
 def cmd_keys_init(args: argparse.Namespace) -> int:
     from gateway.sealing import init_keys
 
@@ -397,19 +406,6 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
     return 0
 
 
-def _consent_to_ledger(data_dir: Path) -> Callable[[dict[str, str]], None]:
-    """Consent changes made from the CLI are ledger events too (sealed by the running hub)."""
-
-    def record(event: dict[str, str]) -> None:
-        store = Store(data_dir)
-        try:
-            store.add_ledger_event(event.get("patient_id", ""), {"type": "consent", **event})
-        finally:
-            store.close()
-
-    return record
-
-
 def cmd_users_grant(args: argparse.Namespace) -> int:
     return _consent_change(args, grant=True)
 
@@ -422,15 +418,15 @@ def _consent_change(args: argparse.Namespace, *, grant: bool) -> int:
     from dashboards import accounts
 
     change = accounts.grant if grant else accounts.revoke
-    changed = change(
-        _db_path(args),
-        args.patient,
-        args.clinician,
-        by="cli",
-        on_consent_change=_consent_to_ledger(_settings(args).storage.data_dir),
-    )
+    # The consent row and its ledger event are one transaction (a running hub seals it).
+    outcome = change(_db_path(args), args.patient, args.clinician, by="cli")
     verb = "may see" if grant else "may no longer see"
-    print(f"{args.clinician} {verb} {args.patient}" + ("" if changed else " (unchanged)"))
+    note = {
+        accounts.ConsentChange.CHANGED: "",
+        accounts.ConsentChange.UNCHANGED: " (unchanged)",
+        accounts.ConsentChange.REPAIRED: " (unchanged, but the ledger lacked its event: added)",
+    }[outcome]
+    print(f"{args.clinician} {verb} {args.patient}{note}")
     return 0
 
 
@@ -604,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.set_defaults(func=cmd_deadletters)
+
+    p = sub.add_parser("migrate", help="upgrade the database to this version's schema")
+    _common(p)
+    p.set_defaults(func=cmd_migrate)
 
     keys = sub.add_parser("keys", help="the hub's signing keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION"

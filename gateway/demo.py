@@ -156,18 +156,6 @@ def ensure_demo_clinician(settings: Settings, patient_ids: list[str]) -> tuple[s
         accounts.users_add(db_path, DEMO_CLINICIAN, "clinician", password)
     except accounts.AccountError:
         accounts.users_passwd(db_path, DEMO_CLINICIAN, password)
-    store = Store(settings.storage.data_dir)
-    try:
-        for patient_id in patient_ids:
-            accounts.grant(
-                db_path,
-                patient_id,
-                DEMO_CLINICIAN,
-                by="demo",
-                on_consent_change=lambda event: store.add_ledger_event(
-                    event.get("patient_id", ""), {"type": "consent", **event}
-                ),
-            )
-    finally:
-        store.close()
+    for patient_id in patient_ids:  # each grant is a ledger event, in its transaction
+        accounts.grant(db_path, patient_id, DEMO_CLINICIAN, by="demo")
     return DEMO_CLINICIAN, password

@@ -178,8 +178,6 @@ class Hub:
         self._stopping = False
         self._ingest_finished = False
         self._unsigned_batches = False
-        # Consent grants/revocations from the dashboard: rare, human-made, never dropped.
-        self._pending_ledger_events: list[tuple[str, dict[str, object]]] = []
         self._started = time.monotonic()
         # Probes for /healthz (e.g. the MQTT connection state), read at request time.
         self.status_probes: dict[str, Callable[[], object]] = {}
@@ -232,15 +230,12 @@ class Hub:
         )
         return await done
 
-    def note_ledger_event(self, patient_id: str, body: dict[str, object]) -> None:
-        """Queue an event (e.g. a consent grant) for the next sealed batch."""
-        self._pending_ledger_events.append((patient_id, body))
-        self._batcher.add(1, self._clock.monotonic())
+    def ledger_events_written(self, count: int) -> None:
+        """`count` ledger events were committed outside the ingest path (a consent change
+        from the dashboard, an acknowledgement): seal them within batch_max_seconds rather
+        than with the next reading."""
+        self._batcher.add(count, self._clock.monotonic())
         self._new_readings.set()
-
-    def _flush_ledger_events(self, events: list[tuple[str, dict[str, object]]]) -> None:
-        for patient_id, body in events:
-            self._writer.store.add_ledger_event(patient_id, body)
 
     # -- status -------------------------------------------------------------------------
 
@@ -487,9 +482,6 @@ class Hub:
         job on the writer thread (so sealing keeps up with ingest, and a backlog after a
         restart still lets ingest chunks in between), or the one partial batch whose time
         is up. False when nothing was left to seal."""
-        if self._pending_ledger_events:
-            pending, self._pending_ledger_events = self._pending_ledger_events, []
-            await self._writer.run(self._flush_ledger_events, pending)
         batches = min(SEAL_BATCHES_PER_JOB, max(1, self._batcher.pending // limit))
         outcomes = await self._writer.run(self._seal_batches, limit, batches)
         for outcome in outcomes:
@@ -547,8 +539,7 @@ class Hub:
         for alert in alerts:
             self.fanout.publish(AlertChanged(alert=alert))
         if ledger_events:
-            self._batcher.add(ledger_events, self._clock.monotonic())
-            self._new_readings.set()
+            self.ledger_events_written(ledger_events)
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:

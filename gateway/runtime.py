@@ -58,7 +58,8 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
     from dashboards.app import create_app, live_stats, serve
 
     def on_consent(event: dict[str, str]) -> None:
-        running.hub.note_ledger_event(event.get("patient_id", ""), {"type": "consent", **event})
+        # The consent change and its ledger event are committed: seal it soon.
+        running.hub.ledger_events_written(1)
 
     accounts = await asyncio.to_thread(
         Accounts.open, settings.storage.data_dir / DB_FILENAME, on_consent_change=on_consent

@@ -42,6 +42,8 @@ from gateway.model import (
 )
 from gateway.protocols import DeadLetter, Origin, RejectReason
 from gateway.shapes import alert_to_json, json_number, reading_to_json
+from gateway.storage.sqlite_events import insert_ledger_event
+from gateway.storage.sqlite_migrations import migrate, require_current
 from gateway.units import Unit
 from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
@@ -50,141 +52,7 @@ DB_FILENAME = "glucohub.sqlite3"
 
 log = logging.getLogger("glucohub.store")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS patients (
-    patient_id TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL,
-    timezone TEXT NOT NULL,
-    simulated INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    patient_id TEXT NOT NULL REFERENCES patients(patient_id),
-    kind TEXT NOT NULL,
-    transport TEXT NOT NULL,
-    name TEXT NOT NULL DEFAULT '',
-    address TEXT NOT NULL DEFAULT '',
-    simulated INTEGER NOT NULL DEFAULT 0,
-    active INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    patient_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    value REAL NOT NULL,
-    unit TEXT NOT NULL,
-    time TEXT NOT NULL,
-    time_ms INTEGER NOT NULL,
-    seq INTEGER,
-    source TEXT NOT NULL,
-    original_value REAL,
-    original_unit TEXT,
-    status TEXT NOT NULL DEFAULT '',
-    dedupe_key TEXT NOT NULL,
-    batch_seq INTEGER
-);
-CREATE UNIQUE INDEX IF NOT EXISTS readings_dedupe ON readings (device_id, dedupe_key);
-CREATE INDEX IF NOT EXISTS readings_patient_time ON readings (patient_id, time_ms);
-CREATE INDEX IF NOT EXISTS readings_unsealed ON readings (id) WHERE batch_seq IS NULL;
-CREATE INDEX IF NOT EXISTS readings_batch ON readings (batch_seq);
-CREATE TABLE IF NOT EXISTS device_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    patient_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    time TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    seq INTEGER
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    received_at TEXT NOT NULL,
-    source TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    device_id TEXT,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    payload BLOB NOT NULL,  -- at most DEAD_LETTER_PREFIX_BYTES of the input
-    payload_bytes INTEGER,  -- the whole input's length (NULL: stored whole, before 2026-12)
-    payload_sha256 TEXT     -- hex SHA-256 of the whole input
-);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY,
-    reading_count INTEGER NOT NULL,
-    first_time TEXT NOT NULL,
-    last_time TEXT NOT NULL,
-    sealed_at TEXT NOT NULL,
-    jws BLOB NOT NULL,
-    leaf_hash BLOB NOT NULL,
-    record_seed BLOB
-);
-CREATE TABLE IF NOT EXISTS tree_state (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    size INTEGER NOT NULL,
-    compact BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    size INTEGER PRIMARY KEY,
-    root_hash BLOB NOT NULL,
-    note TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cosignatures (
-    size INTEGER NOT NULL,
-    witness TEXT NOT NULL,
-    line TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    PRIMARY KEY (size, witness)
-);
-CREATE TABLE IF NOT EXISTS alerts (
-    alert_id TEXT PRIMARY KEY,
-    patient_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    level TEXT NOT NULL,
-    state TEXT NOT NULL,
-    raised_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    message TEXT NOT NULL,
-    glucose_mg_dl REAL,
-    acknowledged_by TEXT,
-    acknowledged_at TEXT,
-    resolved_at TEXT,
-    patient_acknowledged_by TEXT,
-    patient_acknowledged_at TEXT
-);
-CREATE INDEX IF NOT EXISTS alerts_patient ON alerts (patient_id, state);
--- Every alert transition and consent change, in order; sealed into ledger batches.
-CREATE TABLE IF NOT EXISTS ledger_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    patient_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    batch_seq INTEGER
-);
-CREATE INDEX IF NOT EXISTS ledger_events_unsealed ON ledger_events (id) WHERE batch_seq IS NULL;
-CREATE TABLE IF NOT EXISTS alert_engine_state (
-    patient_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created_at TEXT NOT NULL,
-    sent_at TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE sent_at IS NULL;
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    record TEXT NOT NULL,
-    row_id INTEGER NOT NULL,
-    patient_id TEXT,
-    reason TEXT NOT NULL,
-    quarantined_at TEXT NOT NULL,
-    UNIQUE (record, row_id)
-);
-"""
+# The schema: gateway/storage/sqlite_migrations.py, applied when a Store opens read-write.
 
 # Readings and ledger events that cannot be sealed carry this batch_seq: out of every
 # batch and of the unsealed set, kept where they are (see `Store.quarantine`).
@@ -478,39 +346,29 @@ class Store:
                 raise StorageError(f"no Glucohub database at {self.path}")
             uri = f"file:{self.path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=10000")
         else:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not self.path.exists():
                 # Health data: owner-only. SQLite gives -wal/-shm the same mode as the file.
                 os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._add_missing_columns()
-            self._add_dead_letter_columns()
-        self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute("PRAGMA busy_timeout=10000")
+        try:
+            if read_only:
+                require_current(self._db, path=self.path)  # never migrates
+            else:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                for version in migrate(self._db, utc_now(), path=self.path):
+                    log.info("%s: schema migration %d applied", self.path, version)
+        except BaseException:
+            self._db.close()
+            raise
         self._db.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         self._db.close()
-
-    def _add_missing_columns(self) -> None:
-        """Columns added after a table was first created (CREATE IF NOT EXISTS skips them)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(alerts)")}
-        for column in ("patient_acknowledged_by", "patient_acknowledged_at"):
-            if column not in have:
-                self._db.execute(f"ALTER TABLE alerts ADD COLUMN {column} TEXT")
-        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(batches)")}
-        if "record_seed" not in columns:
-            self._db.execute("ALTER TABLE batches ADD COLUMN record_seed BLOB")
-
-    def _add_dead_letter_columns(self) -> None:
-        """Databases from before bounded dead letters get the length and hash columns."""
-        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(dead_letters)")}
-        for name, kind in (("payload_bytes", "INTEGER"), ("payload_sha256", "TEXT")):
-            if name not in columns:
-                self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
 
     # -- transactions -------------------------------------------------------------------
 
@@ -863,15 +721,9 @@ class Store:
         return int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
 
     def dead_letters(self) -> list[StoredDeadLetter]:
-        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(dead_letters)")}
-        extra = (
-            "payload_bytes, payload_sha256"
-            if "payload_sha256" in columns
-            else "NULL, NULL"  # a read-only open of a database from before the columns
-        )
         rows = self._db.execute(
             "SELECT id, received_at, source, topic, device_id, reason, detail, payload, "
-            f"{extra} FROM dead_letters ORDER BY id"
+            "payload_bytes, payload_sha256 FROM dead_letters ORDER BY id"
         )
         letters: list[StoredDeadLetter] = []
         for r in rows:
@@ -1301,10 +1153,7 @@ class Store:
             raise
 
     def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None:
-        self._db.execute(
-            "INSERT INTO ledger_events (patient_id, body) VALUES (?, ?)",
-            (patient_id, json_line(dict(body))),
-        )
+        insert_ledger_event(self._db, patient_id, body)
 
     def alert_engine_states(self) -> dict[str, str]:
         rows = self._db.execute("SELECT patient_id, state FROM alert_engine_state")

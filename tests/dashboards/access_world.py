@@ -264,16 +264,8 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
         }
 
         def consent(pid: str, clinician: str, by: str) -> None:
-            # As gateway.runtime wires it: each consent change is a ledger event.
-            assert accounts.grant(
-                db,
-                pid,
-                clinician,
-                by=by,
-                on_consent_change=lambda e: store.add_ledger_event(
-                    e["patient_id"], {"type": "consent", **e}
-                ),
-            )
+            # Each consent change is a ledger event, written in the grant's transaction.
+            assert accounts.grant(db, pid, clinician, by=by) is accounts.ConsentChange.CHANGED
 
         init_keys(data_dir, None)
         sealer = Sealer(store, load_keys(data_dir, HUB_ID, None), hub_id=HUB_ID, forward=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -13,9 +14,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dashboards import accounts
-from dashboards.accounts import AccountError, Accounts, Role, hash_password, verify_password
+from dashboards.accounts import (
+    AccountError,
+    Accounts,
+    ConsentChange,
+    Role,
+    hash_password,
+    verify_password,
+)
 from gateway.model import Patient
-from gateway.store import Store
+from gateway.storage.sqlite_migrations import migrate
+from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
 from tests.dashboards.fakes import FakeClock
 
@@ -146,8 +155,8 @@ async def test_visibility_by_role_and_consent(tmp_path: Path) -> None:
     accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p-ann")
     accounts.users_add(db, "root", "admin", PASSWORD)
     events: list[dict[str, str]] = []
-    assert accounts.grant(db, "p-ann", "dr-who", by="cli", on_consent_change=events.append)
-    assert not accounts.grant(db, "p-ann", "dr-who", on_consent_change=events.append)  # no-op
+    assert accounts.grant(db, "p-ann", "dr-who", by="cli") is ConsentChange.CHANGED
+    assert accounts.grant(db, "p-ann", "dr-who") is ConsentChange.UNCHANGED  # no new event
     acc = Accounts.open(db, on_consent_change=events.append)
     try:
         users = {name: await acc.get_user(name) for name in ("dr-who", "ann", "root")}
@@ -164,11 +173,14 @@ async def test_visibility_by_role_and_consent(tmp_path: Path) -> None:
         assert acc.consent_version == 1
     finally:
         acc.close()
-    assert [(e["event"], e["by"]) for e in events] == [
-        ("consent_granted", "cli"),
-        ("consent_revoked", "ann"),
+    assert [(e["event"], e["by"]) for e in events] == [("consent_revoked", "ann")]
+    ledger = [json.loads(body) for (body,) in sqlite3.connect(db).execute(
+        "SELECT body FROM ledger_events ORDER BY id")]  # fmt: skip
+    assert [(e["type"], e["event"], e["by"]) for e in ledger] == [
+        ("consent", "consent_granted", "cli"),
+        ("consent", "consent_revoked", "ann"),
     ]
-    assert all(e["time"].endswith("Z") for e in events)
+    assert ledger[1] == events[0] and all(e["time"].endswith("Z") for e in ledger)
 
 
 async def test_access_log_newest_first(tmp_path: Path) -> None:
@@ -339,18 +351,10 @@ async def test_tokens_are_listed_without_secrets_and_revoked_one_by_one(tmp_path
 
 
 def test_token_rows_from_before_expiry_keep_working_for_90_days(tmp_path: Path) -> None:
-    db = hub_db(tmp_path)
-    # The table as earlier versions created it, with one token row.
-    old = sqlite3.connect(db)
-    old.executescript(
-        """
-        CREATE TABLE dash_users (username TEXT PRIMARY KEY, role TEXT NOT NULL,
-            patient_id TEXT, password_hash TEXT NOT NULL, unit TEXT NOT NULL DEFAULT 'mg/dL',
-            disabled INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
-        CREATE TABLE dash_tokens (token_hash TEXT PRIMARY KEY, username TEXT NOT NULL,
-            label TEXT NOT NULL, created_at TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
-        """
-    )
+    db = tmp_path / DB_FILENAME
+    # A database at schema 5 (migration 6 gives tokens ids and expiry), with one token row.
+    old = sqlite3.connect(db, isolation_level=None)
+    migrate(old, FakeClock().now(), upto=5)
     token = "ghk_" + "x" * 43
     old.execute(
         "INSERT INTO dash_users VALUES ('dr-who', 'clinician', NULL, ?, 'mg/dL', 0, "

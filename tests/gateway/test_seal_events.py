@@ -95,9 +95,13 @@ async def test_acknowledgement_and_snooze_are_sealed_without_a_new_reading(
 
 
 async def test_a_consent_change_is_sealed_without_a_new_reading(running: Running) -> None:
-    running.hub.note_ledger_event(
+    # As the dashboard's consent change does: the event is committed, then the hub is told.
+    store = Store(running.writer.store.data_dir)
+    store.add_ledger_event(
         "p1", {"type": "consent", "event": "consent_granted", "patient_id": "p1"}
     )
+    store.close()
+    running.hub.ledger_events_written(1)
     for _ in range(int((MAX_SECONDS + 1.5) / 0.05)):
         batches = await running.read_model.latest_batches(5)
         if batches:

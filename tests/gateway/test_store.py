@@ -23,6 +23,7 @@ from gateway.model import (
     Transport,
 )
 from gateway.protocols import DeadLetter, Origin, RejectReason
+from gateway.storage.sqlite_migrations import migrate
 from gateway.store import (
     DB_FILENAME,
     DEAD_LETTER_PREFIX_BYTES,
@@ -260,11 +261,8 @@ def test_a_database_from_before_patient_acknowledgements_gains_their_columns(
 
     from gateway.model import Alert, AlertKind, AlertLevel, AlertState
 
-    Store(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "glucohub.sqlite3")
-    db.execute("ALTER TABLE alerts DROP COLUMN patient_acknowledged_by")
-    db.execute("ALTER TABLE alerts DROP COLUMN patient_acknowledged_at")
-    db.commit()
+    db = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    migrate(db, T0, upto=3)  # migration 4 adds the columns
     db.close()
     store = Store(tmp_path)
     alert = Alert(
@@ -368,15 +366,12 @@ def test_a_big_dead_letter_keeps_a_prefix_with_the_length_and_hash_of_the_whole(
 
 
 def test_dead_letters_stored_before_the_length_columns_still_list(data_dir: Path) -> None:
-    store = Store(data_dir)
-    store.close()
-    db = sqlite3.connect(data_dir / DB_FILENAME)
-    db.executescript(
-        "DROP TABLE dead_letters; CREATE TABLE dead_letters (id INTEGER PRIMARY KEY "
-        "AUTOINCREMENT, received_at TEXT NOT NULL, source TEXT NOT NULL, topic TEXT NOT NULL, "
-        "device_id TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL);"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(data_dir / DB_FILENAME, isolation_level=None)
+    migrate(db, T0, upto=4)  # migration 5 adds the length and hash columns
+    db.execute(
         "INSERT INTO dead_letters (received_at, source, topic, reason, detail, payload) "
-        "VALUES ('2026-01-01T00:00:00.000Z', 'mqtt', 't', 'malformed', 'x', X'ff00');"
+        "VALUES ('2026-01-01T00:00:00.000Z', 'mqtt', 't', 'malformed', 'x', X'ff00')"
     )
     db.close()
     store = Store(data_dir)
