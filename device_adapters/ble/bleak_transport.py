@@ -50,6 +50,14 @@ def _adapter_lock(adapter: str) -> asyncio.Lock:
     return lock
 
 
+def _bluez_not_paired(exc: BleakDBusError) -> bool:
+    """BlueZ reports ATT "insufficient authentication/encryption" as NotPermitted "Not paired"
+    (src/gatt-client.c), which bleak passes on as a plain D-Bus error."""
+    return exc.dbus_error == "org.bluez.Error.NotPermitted" and exc.dbus_error_details == (
+        "Not paired"
+    )
+
+
 def translate(exc: BaseException, address: str, operation: str) -> BleError:
     """Map bleak/D-Bus/OS failures to our tree (the edge's one job besides I/O)."""
     text = str(exc) or type(exc).__name__
@@ -60,6 +68,8 @@ def translate(exc: BaseException, address: str, operation: str) -> BleError:
     if isinstance(exc, BleakDBusError) and "ServiceUnknown" in exc.dbus_error:
         return BluetoothUnavailable(f"BlueZ is not running ({exc.dbus_error})")
     if isinstance(exc, BleakGATTProtocolError) and exc.code in _AUTH_CODES:
+        return AuthenticationRequired(address, operation, text)
+    if isinstance(exc, BleakDBusError) and _bluez_not_paired(exc):
         return AuthenticationRequired(address, operation, text)
     if isinstance(exc, BleakError) and "adapter" in text.lower() and "not" in text.lower():
         return BluetoothUnavailable(text)
@@ -131,8 +141,20 @@ class BleakTransport:
         if not self._closing and self._on_disconnect is not None:
             self._on_disconnect()
 
+    async def _release(self) -> None:
+        """Close the previous client's own D-Bus connection. bleak closes it only in
+        `disconnect()`, not when the link drops, so without this every link drop would leave
+        one system-bus connection open (dbus-daemon allows a user 256)."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.disconnect()
+            except (BleakError, OSError, TimeoutError) as exc:
+                raise translate(exc, self._address, "disconnect") from exc
+
     async def connect(self) -> None:
         self._closing = False
+        await self._release()
         async with _adapter_lock(self.adapter):  # one connection attempt at a time per radio
             try:
                 device = await BleakScanner.find_device_by_address(
