@@ -16,14 +16,25 @@ sustained_high (warn)  CGM > 180 for more than 120 min                < 180 − 
 falling_fast (info)    CGM slope over 15 min <= −2 mg/dL/min          > −1.5 for 10 min
 falling_very_fast      CGM slope <= −3 mg/dL/min (warning)            > −2.5 for 10 min
 rising_(very_)fast     the same, mirrored                             mirrored
-predicted_low (warn)   CGM >= 70 now, forecast < 70 within 20 min     forecast >= 75, 10 min
-                       (damped linear trend, see `forecast`)
+predicted_low (warn)   CGM >= 70 now, falling >= 0.6 mg/dL/min and    forecast >= 75, 10 min
+                       forecast blood glucose < 70 in 35 min, on 2
+                       readings in a row (Kalman filter, see below)
 stale_data             no CGM reading for 20 min (warning), 40 (urgent) a CGM reading
 sensor_warmup (info)   device event                                   the device's next reading
 sensor_error, calibration_required (warning)    device event          idem, or a new session
 battery_low (info)     device event                                   a new session
 device_disconnected    disconnected for longer than the watchdog      connected / a reading
 =====================  =============================================  ==================
+
+Predicted low: a Kalman filter (`gateway.clinical.glucose_filter`) follows interstitial
+glucose, its rate and the sensor's autocorrelated error through every CGM reading, and
+forecasts *blood* glucose (which leads the sensor by its ~8-minute lag) `horizon` minutes
+ahead. It is raised when that forecast is below `low` and the estimated fall is at least
+`predicted_low_min_fall_mg_dl_min` on `predicted_low_persistence` consecutive readings while
+the reading is still >= `low` (a level hovering just above `low` is not a predicted low:
+the low alert covers it); after one predicted low it is not
+raised again until the estimated blood glucose has been back above `low` +
+`predicted_low_rearm_mg_dl` (one alert per episode).
 
 Against alarm fatigue: one open alert per kind per patient (de-dup); the milder sibling is
 resolved ("superseded") when the more severe one is raised and is not raised while it is open
@@ -56,13 +67,21 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from gateway.clinical.errors import EngineStateError, InvalidSnooze, UnknownAlert
-from gateway.clinical.forecast import damped_forecast, rate_of_change
+from gateway.clinical.forecast import rate_of_change
+from gateway.clinical.glucose_filter import (
+    FilterModel,
+    FilterState,
+    blood_now,
+    forecast_blood,
+)
+from gateway.clinical.glucose_filter import update as filter_update
 from gateway.clock import require_utc
 from gateway.errors import ConfigError
 from gateway.model import (
@@ -96,7 +115,10 @@ class Thresholds:
     very_fast_rate_mg_dl_min: float = 3.0
     rate_window_min: float = 15.0
     rate_hysteresis_mg_dl_min: float = 0.5
-    predicted_low_horizon_min: float = 20.0
+    predicted_low_horizon_min: float = 35.0  # of blood glucose, from the newest reading
+    predicted_low_persistence: int = 2  # consecutive forecasts below `low`
+    predicted_low_rearm_mg_dl: float = 15.0  # back above low + this before a new one
+    predicted_low_min_fall_mg_dl_min: float = 0.6  # estimated fall at least this fast
     sustained_high_min: float = 120.0
     sustained_low_min: float = 15.0
     hysteresis_mg_dl: float = 5.0
@@ -129,6 +151,12 @@ class Thresholds:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"alerts.{name}", "must be > 0")
+        if self.predicted_low_persistence < 1:
+            raise ConfigError("alerts.predicted_low_persistence", "must be >= 1")
+        if self.predicted_low_min_fall_mg_dl_min < 0:
+            raise ConfigError("alerts.predicted_low_min_fall_mg_dl_min", "must be >= 0")
+        if self.predicted_low_rearm_mg_dl < 0:
+            raise ConfigError("alerts.predicted_low_rearm_mg_dl", "must be >= 0")
         if self.hysteresis_mg_dl < 0 or self.rate_hysteresis_mg_dl_min < 0:
             raise ConfigError("alerts", "hysteresis margins must be >= 0")
 
@@ -188,7 +216,7 @@ _FLAG_MESSAGES: dict[AlertKind, str] = {
     AlertKind.BATTERY_LOW: "Device battery low",
 }
 
-_HISTORY = timedelta(minutes=35)  # CGM points kept: the 30-minute forecast fit plus slack
+_HISTORY = timedelta(minutes=35)  # CGM points kept: the 15-minute rate fit plus slack
 
 
 def make_alert_id(patient_id: str, kind: AlertKind, raised_at: datetime) -> str:
@@ -218,14 +246,28 @@ def _minutes(delta: timedelta) -> float:
     return delta.total_seconds() / 60.0
 
 
+def _epoch_minutes(t: datetime) -> float:
+    return t.timestamp() / 60.0
+
+
 class PatientAlertEngine:
     """Alert state of one patient. Methods return the `Alert` values they changed, in order."""
 
-    def __init__(self, patient_id: str, thresholds: Thresholds | None = None) -> None:
+    def __init__(
+        self,
+        patient_id: str,
+        thresholds: Thresholds | None = None,
+        *,
+        filter_model: FilterModel | None = None,
+    ) -> None:
         if not patient_id:
             raise ValueError("patient_id must be non-empty")
         self.patient_id = patient_id
         self.thresholds = thresholds or Thresholds()
+        self.filter_model = filter_model or FilterModel()
+        self._filter: FilterState | None = None
+        self._predicted_low_streak = 0
+        self._predicted_low_latched = False
         self._open: dict[AlertKind, _Open] = {}
         self._snoozes: dict[AlertKind, _Snooze] = {}
         self._patient_snoozes: dict[AlertKind, _Snooze] = {}
@@ -266,6 +308,8 @@ class PatientAlertEngine:
         if is_cgm:
             in_order = self._last_cgm_time is None or t > self._last_cgm_time
             self._record_cgm(t, g)
+            if in_order:
+                self._filter = filter_update(self._filter, _epoch_minutes(t), g, self.filter_model)
             if in_order and not backfill:
                 out += self._resolve(AlertKind.STALE_DATA, now, "CGM readings resumed")
         if backfill or not in_order:
@@ -506,19 +550,38 @@ class PatientAlertEngine:
             )
             for kind, active, clearing in rate_rules:
                 out += self._step(kind, active, clearing, t, g, now, text)
+        out += self._predicted_low(t, g, now)
+        return out
+
+    def _predicted_low(self, t: datetime, g: float, now: datetime) -> list[Alert]:
+        """Persistence, hysteresis and one alert per episode over the filter's forecast."""
+        th = self.thresholds
+        state = self._filter
+        if state is None:
+            return []
         horizon = th.predicted_low_horizon_min
-        forecast = damped_forecast(points, horizon)
-        if forecast is not None:
-            predicted = forecast.predicted_mg_dl
-            out += self._step(
-                AlertKind.PREDICTED_LOW,
-                g >= th.low_mg_dl and predicted < th.low_mg_dl,
-                predicted >= th.low_mg_dl + h,
-                t,
-                g,
-                now,
-                f"Glucose {g:.0f} mg/dL, forecast {predicted:.0f} mg/dL in {horizon:.0f} min",
-            )
+        predicted, _ = forecast_blood(state, horizon, self.filter_model)
+        falling = state.x[1] <= -th.predicted_low_min_fall_mg_dl_min
+        below = g >= th.low_mg_dl and predicted < th.low_mg_dl and falling
+        self._predicted_low_streak = self._predicted_low_streak + 1 if below else 0
+        if (
+            self._predicted_low_latched
+            and AlertKind.PREDICTED_LOW not in self._open
+            and blood_now(state, self.filter_model) >= th.low_mg_dl + th.predicted_low_rearm_mg_dl
+        ):
+            self._predicted_low_latched = False
+        out = self._step(
+            AlertKind.PREDICTED_LOW,
+            self._predicted_low_streak >= th.predicted_low_persistence
+            and not self._predicted_low_latched,
+            predicted >= th.low_mg_dl + th.hysteresis_mg_dl,
+            t,
+            g,
+            now,
+            f"Glucose {g:.0f} mg/dL, forecast {predicted:.0f} mg/dL in {horizon:.0f} min",
+        )
+        if any(a.kind is AlertKind.PREDICTED_LOW and a.state is AlertState.RAISED for a in out):
+            self._predicted_low_latched = True
         return out
 
     def _step(
@@ -707,11 +770,24 @@ class PatientAlertEngine:
             "high_since": ts(self._high_since),
             "flags": {kind.value: sorted(devs) for kind, devs in self._flags.items() if devs},
             "disconnected": {device: ts(t) for device, t in sorted(self._disconnected.items())},
+            "filter": None
+            if self._filter is None
+            else {
+                "t_min": self._filter.t_min,
+                "x": list(self._filter.x),
+                "p": list(self._filter.p),
+            },
+            "predicted_low_streak": self._predicted_low_streak,
+            "predicted_low_latched": self._predicted_low_latched,
         }
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, Any], thresholds: Thresholds | None = None
+        cls,
+        state: Mapping[str, Any],
+        thresholds: Thresholds | None = None,
+        *,
+        filter_model: FilterModel | None = None,
     ) -> PatientAlertEngine:
         """Rebuild an engine from `state_to_json()` output; `EngineStateError` if it is unusable.
 
@@ -723,7 +799,7 @@ class PatientAlertEngine:
         reader = _StateReader(patient_id)
         if state.get("version") != STATE_VERSION:
             raise EngineStateError(patient_id, "version", f"expected {STATE_VERSION}")
-        engine = cls(patient_id, thresholds)
+        engine = cls(patient_id, thresholds, filter_model=filter_model)
         try:
             for i, item in enumerate(reader.seq(state, "open")):
                 key = f"open[{i}]"
@@ -793,6 +869,16 @@ class PatientAlertEngine:
                 engine._disconnected[str(device)] = reader.time(
                     {"t": since}, "t", f"disconnected.{device}"
                 )
+            # Added after version 1 shipped: absent in older states, which still load.
+            engine._filter = reader.filter_state(state.get("filter"))
+            streak = state.get("predicted_low_streak", 0)
+            if isinstance(streak, bool) or not isinstance(streak, int) or streak < 0:
+                raise EngineStateError(patient_id, "predicted_low_streak", "expected an int >= 0")
+            engine._predicted_low_streak = streak
+            latched = state.get("predicted_low_latched", False)
+            if not isinstance(latched, bool):
+                raise EngineStateError(patient_id, "predicted_low_latched", "expected a boolean")
+            engine._predicted_low_latched = latched
         except (ValueError, TypeError) as exc:  # a model refused a value
             raise EngineStateError(patient_id, "open", str(exc)) from None
         return engine
@@ -842,6 +928,27 @@ class _StateReader:
             return require_utc(datetime.fromisoformat(value), name)
         except ValueError:
             raise self.fail(f"{key}.{name}", f"not an aware ISO 8601 time: {value!r}") from None
+
+    def filter_state(self, value: Any) -> FilterState | None:
+        if value is None:
+            return None
+        entry = self.map(value, "filter")
+        t_min = self.number(entry, "t_min", "filter")
+        x, p = entry.get("x"), entry.get("p")
+        for name, seq, size in (("x", x, 3), ("p", p, 9)):
+            if not isinstance(seq, list) or len(seq) != size:
+                raise self.fail(f"filter.{name}", f"expected {size} numbers")
+            for item in seq:
+                if isinstance(item, bool) or not isinstance(item, int | float):
+                    raise self.fail(f"filter.{name}", "expected numbers")
+                if not math.isfinite(item):
+                    raise self.fail(f"filter.{name}", "expected finite numbers")
+        assert t_min is not None and isinstance(x, list) and isinstance(p, list)
+        return FilterState(
+            t_min=t_min,
+            x=(float(x[0]), float(x[1]), float(x[2])),
+            p=tuple(float(v) for v in p),  # type: ignore[arg-type]
+        )
 
     def time_or_none(self, entry: Mapping[str, Any], name: str, key: str) -> datetime | None:
         return None if entry.get(name) is None else self.time(entry, name, key)
