@@ -33,6 +33,9 @@ def thresholds_from(settings: AlertSettings, ble: BleSettings) -> Thresholds:
         sustained_high_min=float(settings.sustained_high_min),
         escalation_min=float(settings.escalation_min),
         escalation_target=settings.escalation_target,
+        predicted_low_horizon_min=settings.predicted_low_horizon_min,
+        predicted_low_persistence=settings.predicted_low_persistence,
+        predicted_low_min_fall_mg_dl_min=settings.predicted_low_min_fall_mg_dl_min,
         disconnect_watchdog_min=ble.silence_watchdog_s / 60.0,
     )
 

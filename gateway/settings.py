@@ -108,6 +108,10 @@ class AlertSettings:
     sustained_high_min: int = 120
     escalation_min: int = 15
     escalation_target: str = ""
+    # The predicted-low operating point (README, "How the low-glucose forecast works").
+    predicted_low_horizon_min: float = 35.0
+    predicted_low_persistence: int = 2
+    predicted_low_min_fall_mg_dl_min: float = 0.6
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -82,3 +82,24 @@ def test_secrets_stay_out_of_repr() -> None:
     s = load_settings(None, {"GLUCOHUB_MQTT__PASSWORD": "hunter2"})
     assert s.mqtt.password == "hunter2"
     assert "hunter2" not in repr(s)
+
+
+def test_the_predicted_low_operating_point_reaches_the_alert_engine() -> None:
+    from gateway.alerting import thresholds_from
+
+    settings = load_settings(
+        None,
+        {
+            "GLUCOHUB_ALERTS__PREDICTED_LOW_HORIZON_MIN": "30",
+            "GLUCOHUB_ALERTS__PREDICTED_LOW_PERSISTENCE": "1",
+            "GLUCOHUB_ALERTS__PREDICTED_LOW_MIN_FALL_MG_DL_MIN": "0.45",
+        },
+    )
+    th = thresholds_from(settings.alerts, settings.ble)
+    assert (
+        th.predicted_low_horizon_min,
+        th.predicted_low_persistence,
+        th.predicted_low_min_fall_mg_dl_min,
+    ) == (30.0, 1, 0.45)
+    default = thresholds_from(load_settings(None, {}).alerts, settings.ble)
+    assert (default.predicted_low_horizon_min, default.predicted_low_persistence) == (35.0, 2)
