@@ -6,9 +6,11 @@ bad-argument cases fails `test_every_subcommand_has_bad_argument_cases`)."""
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import io
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -430,3 +432,48 @@ def test_export_into_head_ends_quietly(hub: Hub) -> None:
     first, status = result.stdout.splitlines()
     assert json.loads(first)["device_id"] == "cgm-1"
     assert status == "glucohub exit 141"  # as any program a closed pipe ends (128 + SIGPIPE)
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= option_strings(sub)
+    return found
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+# the CLI and the modules whose error messages it prints
+MESSAGE_SOURCES = [
+    *sorted((REPO / "gateway").rglob("*.py")),
+    REPO / "dashboards" / "accounts.py",
+    REPO / "device_adapters" / "ble" / "cli.py",
+]
+
+
+def strings(path: Path) -> Iterator[str]:
+    """The string constants of a module, docstrings (bare string statements) left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Constant) or id(node) in docstrings:
+            continue
+        if isinstance(node.value, str):
+            yield node.value
+
+
+def test_messages_name_only_flags_that_exist() -> None:
+    real = option_strings(build_parser())
+    named = {
+        (path.relative_to(REPO).as_posix(), flag)
+        for path in MESSAGE_SOURCES
+        for text in strings(path)
+        for flag in FLAG.findall(text)
+    }
+    assert {(where, flag) for where, flag in named if flag not in real} == set()
