@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -21,13 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from dashboards import accounts
 from gateway.cli import build_parser, main
 from gateway.model import Reading, ReadingKind, Source
 from gateway.protocols import Origin
-from gateway.runtime import run_hub
+from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
+from gateway.store import DB_FILENAME
 from gateway.units import Unit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -477,3 +481,56 @@ def test_messages_name_only_flags_that_exist() -> None:
         for flag in FLAG.findall(text)
     }
     assert {(where, flag) for where, flag in named if flag not in real} == set()
+
+
+async def test_a_bad_zone_stored_earlier_falls_back_to_utc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A zone stored before `patients add` checked zones: the pages, the report and the FHIR
+    summary show the patient in UTC (and say UTC) instead of answering 500."""
+    d = tmp_path / "hub"
+    assert main(["patients", "add", "p1", "--name", "Ann", "--data-dir", str(d)]) == 0
+    db = sqlite3.connect(d / DB_FILENAME)
+    db.execute("UPDATE patients SET timezone = 'Mars/Olympus'")
+    db.commit()
+    db.close()
+    password = "a long enough password 42"
+    accounts.users_add(d / DB_FILENAME, "dr", "clinician", password)
+    accounts.grant(d / DB_FILENAME, "p1", "dr")
+    env = {"GLUCOHUB_STORAGE__DATA_DIR": str(d), "GLUCOHUB_DASHBOARD__PORT": "0"}
+    stop, ready = asyncio.Event(), asyncio.Event()
+    urls: list[str] = []
+
+    def on_ready(running: Running) -> None:
+        assert running.url is not None
+        urls.append(running.url)
+        ready.set()
+
+    task = asyncio.create_task(run_hub(load_settings(None, env), stop=stop, on_ready=on_ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 20)
+        base = urls[0]
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as dr:
+            async with dr.get(f"{base}/login") as page:
+                csrf = re.search(r'name="csrf_token" value="([^"]+)"', await page.text())
+            assert csrf is not None
+            form = {"username": "dr", "password": password, "csrf_token": csrf.group(1)}
+            async with dr.post(f"{base}/login", data=form) as response:
+                assert response.status == 200
+            for path in (
+                "/",
+                "/patients/p1",
+                "/patients/p1/report",
+                "/fhir/Observation?patient=p1&code=cgm-summary",
+            ):
+                async with dr.get(base + path) as response:
+                    assert response.status == 200, path
+            async with dr.get(f"{base}/patients/p1") as response:
+                page_text = await response.text()
+            assert "UTC" in page_text and "Mars/Olympus" not in page_text
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    capsys.readouterr()
+    assert main(["report", "--patient", "p1", "--format", "json", "--data-dir", str(d)]) == 0
+    assert json.loads(capsys.readouterr().out)["patient"]["timezone"] == "UTC"
