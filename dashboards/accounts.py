@@ -275,7 +275,7 @@ class _Tables:
             )
         if (role is Role.PATIENT) != bool(patient_id):
             raise AccountError(
-                "a patient user needs --patient-id; other roles must not have one",
+                "a patient user needs --patient (the patient's id); other roles must not have one",
                 username=username,
             )
         context = self._require_patient(patient_id) if patient_id else []
@@ -304,6 +304,21 @@ class _Tables:
             unit=Unit(row[3]),
             disabled=bool(row[4]),
         )
+
+    def list_users(self) -> list[User]:
+        rows = self._db.execute(
+            "SELECT username, role, patient_id, unit, disabled FROM dash_users ORDER BY username"
+        ).fetchall()
+        return [
+            User(
+                username=r[0],
+                role=Role(r[1]),
+                patient_id=r[2],
+                unit=Unit(r[3]),
+                disabled=bool(r[4]),
+            )
+            for r in rows
+        ]
 
     def _require_user(self, username: str) -> User:
         user = self.get_user(username)
@@ -902,6 +917,11 @@ def users_add(
             username=username,
         ) from None
     return _with_tables(db_path, lambda t: t.add_user(username, parsed, password, patient_id))
+
+
+def users_list(db_path: Path) -> list[User]:
+    """Every account by user name: role, patient, disabled (never a hash or a token)."""
+    return _with_tables(db_path, lambda t: t.list_users())
 
 
 def users_passwd(db_path: Path, username: str, password: str) -> None:

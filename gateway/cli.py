@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
+import errno
 import json
 import logging
+import math
 import os
+import sqlite3
 import sys
-from collections.abc import Sequence
+import zoneinfo
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.clock import parse_rfc3339, utc_now
 from gateway.errors import GlucohubError, InputError
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.settings import Settings, load_settings
 from gateway.shapes import reading_to_json
-from gateway.store import Store, json_line
+from gateway.store import DB_FILENAME, Store, json_line
 
 log = logging.getLogger("glucohub")
 
@@ -32,8 +39,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _open_store(args: argparse.Namespace) -> Store:
-    return Store(_settings(args).storage.data_dir)
+def _data_dir(args: argparse.Namespace, *, need_database: bool = True) -> Path:
+    """The configured data directory, which must exist: only `run`, `demo`, `keys init` and
+    `patients add` create one, so a mistyped --data-dir is an error, not a new empty hub."""
+    data_dir = _settings(args).storage.data_dir
+    if not data_dir.is_dir():
+        state = "is not a directory" if data_dir.exists() else "does not exist"
+        raise InputError(
+            f"data directory {data_dir} {state}; check --data-dir (or storage.data_dir)"
+            " - `glucohub patients add` or `glucohub run` creates one"
+        )
+    if need_database and not (data_dir / DB_FILENAME).is_file():
+        raise InputError(f"no Glucohub database ({DB_FILENAME}) in {data_dir}; check --data-dir")
+    return data_dir
+
+
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
+    return Store(_settings(args).storage.data_dir if create else _data_dir(args))
 
 
 def _setup_logging(level: str) -> None:
@@ -51,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings.hub.log_level)
-    asyncio.run(run_hub(settings))
+    with _port_in_use(settings, "set dashboard.port in the config (or GLUCOHUB_DASHBOARD__PORT)"):
+        asyncio.run(run_hub(settings))
     return 0
 
 
@@ -66,13 +89,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.history_days is not None:
         settings = settings.replace("demo", history_days=args.history_days)
     _setup_logging(settings.hub.log_level)
-    asyncio.run(run_demo(settings))
+    with _port_in_use(settings, "choose another with --port, e.g. --port 8081"):
+        asyncio.run(run_demo(settings))
     return 0
+
+
+@contextlib.contextmanager
+def _port_in_use(settings: Settings, advice: str) -> Iterator[None]:
+    """The dashboard's port taken by another program: one line naming it and the way out."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        where = f"{settings.dashboard.host}:{settings.dashboard.port}"
+        raise InputError(f"dashboard port {where} is already in use; {advice}") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     store = _open_store(args)
-    since = parse_rfc3339(args.since) if args.since else None
+    since: datetime | None = args.since
     out = sys.stdout
     writer = csv.writer(out) if args.format == "csv" else None
     if writer is not None:
@@ -93,9 +129,7 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     from gateway.verify import verify_data_dir
 
     settings = _settings(args)
-    report = verify_data_dir(
-        settings.storage.data_dir, settings.hub.hub_id, workers=os.cpu_count() or 1
-    )
+    report = verify_data_dir(_data_dir(args), settings.hub.hub_id, workers=os.cpu_count() or 1)
     print(report.message)
     return 0 if report.ok else 1
 
@@ -120,8 +154,7 @@ def _verify_bundle(args: argparse.Namespace) -> int:
         print(f"FAIL: {exc}")
         return 1
     except OSError as exc:
-        print(f"glucohub: cannot read bundle: {exc}", file=sys.stderr)
-        return 2
+        raise InputError(f"cannot read the bundle: {_os_error_text(exc)}") from None
     witnesses = f"; cosigned by {', '.join(report.witnessed_by)}" if report.witnessed_by else ""
     print(
         f"OK: {report.batches} batches, {report.readings} readings, "
@@ -133,8 +166,7 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 def cmd_ledger_export(args: argparse.Namespace) -> int:
     from gateway.ledger_tools import export_bundle
 
-    settings = _settings(args)
-    count = export_bundle(settings.storage.data_dir, settings.hub.hub_id, args.out)
+    count = export_bundle(_data_dir(args), _settings(args).hub.hub_id, args.out)
     print(f"wrote {count} batches and the latest checkpoint to {args.out}")
     return 0
 
@@ -142,10 +174,8 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
 def cmd_ledger_prove(args: argparse.Namespace) -> int:
     from gateway.ledger_tools import prove_batch
 
-    settings = _settings(args)
-    size = prove_batch(
-        settings.storage.data_dir, settings.hub.hub_id, args.batch, args.out, args.patient
-    )
+    hub_id = _settings(args).hub.hub_id
+    size = prove_batch(_data_dir(args), hub_id, args.batch, args.out, args.patient)
     print(f"wrote the inclusion proof of batch {args.batch} in a tree of {size} to {args.out}")
     return 0
 
@@ -156,8 +186,12 @@ def cmd_ledger_check_proof(args: argparse.Namespace) -> int:
     from ledger.proof import check_inclusion_bundle
 
     try:
+        proof = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the proof: {_os_error_text(exc)}") from None
+    try:
         report = check_inclusion_bundle(
-            Path(args.file).read_bytes(),
+            proof,
             args.log_key,
             batch_jwk=read_batch_key(args.batch_key) if args.batch_key else None,
         )
@@ -201,7 +235,11 @@ def cmd_witness(args: argparse.Namespace) -> int:
 
 
 def cmd_patients_add(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    if args.timezone not in zoneinfo.available_timezones():
+        raise InputError(
+            f"unknown time zone {args.timezone!r}: give an IANA zone such as Europe/London"
+        )
+    store = _open_store(args, create=True)
     store.add_patient(
         Patient(
             patient_id=args.patient_id,
@@ -289,12 +327,12 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     settings = _settings(args)
     passphrase = settings.ledger.key_passphrase or None
     if args.passphrase:
-        import getpass
-
-        passphrase = getpass.getpass("key passphrase: ")
-        if passphrase != getpass.getpass("again: ") or not passphrase:
-            print("glucohub: passphrases differ or are empty; nothing created", file=sys.stderr)
-            return 2
+        _need_terminal(
+            "the passphrase", "set ledger.key_passphrase (GLUCOHUB_LEDGER__KEY_PASSPHRASE) instead"
+        )
+        passphrase = _ask_twice("key passphrase: ")
+        if not passphrase:
+            raise InputError("the passphrase is empty; nothing created")
     created = init_keys(settings.storage.data_dir, passphrase)
     for path in created:
         print(f"created {path} (mode 0600)")
@@ -307,9 +345,8 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     from gateway.sealing import load_keys
 
     settings = _settings(args)
-    keys = load_keys(
-        settings.storage.data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None
-    )
+    data_dir = _data_dir(args, need_database=False)
+    keys = load_keys(data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None)
     print(f"log-key: {keys.log_verifier_key}")
     print(f"batch-key: {json.dumps(keys.batch_jwk, separators=(',', ':'), sort_keys=True)}")
     return 0
@@ -363,29 +400,52 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _password(args: argparse.Namespace) -> str:
+def _need_terminal(what: str, instead: str) -> None:
+    if not sys.stdin.isatty():
+        raise InputError(f"no terminal to ask for {what}; {instead}")
+
+
+def _ask_twice(prompt: str) -> str:
     import getpass
 
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("password: ")
-    if first != getpass.getpass("again: "):
-        raise InputError("passwords differ")
+    try:
+        first = getpass.getpass(prompt)
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise InputError("nothing was typed; nothing changed") from None
+    if first != again:
+        raise InputError("the two entries differ; nothing changed")
     return first
 
 
-def _db_path(args: argparse.Namespace) -> Path:
-    from gateway.store import DB_FILENAME
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    _need_terminal("the password", "pipe it in with --password-stdin")
+    return _ask_twice("password: ")
 
-    data_dir = _settings(args).storage.data_dir
-    Store(data_dir).close()  # creates the database (0600) if this is a new hub
+
+def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path:
+    """The hub database of an existing data dir; `create` makes the database (0600) in an
+    existing directory (the first admin account on a fresh volume), never the directory."""
+    data_dir = _data_dir(args, need_database=not create)
+    if create:
+        Store(data_dir).close()
     return data_dir / DB_FILENAME
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     from dashboards import accounts
 
-    accounts.users_add(_db_path(args), args.username, args.role, _password(args), args.patient)
+    if (args.role == "patient") != (args.patient is not None):
+        raise InputError(
+            "a patient account needs --patient with the patient's id; other roles take none"
+        )
+    _data_dir(args, need_database=False)  # a mistyped --data-dir fails before the prompt
+    password = _password(args)
+    accounts.users_add(
+        _db_path(args, create=True), args.username, args.role, password, args.patient
+    )
     print(f"added {args.role} {args.username}")
     return 0
 
@@ -395,6 +455,17 @@ def cmd_users_passwd(args: argparse.Namespace) -> int:
 
     accounts.users_passwd(_db_path(args), args.username, _password(args))
     print(f"password changed for {args.username}; their sessions were ended")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from dashboards import accounts
+
+    users = accounts.users_list(_db_path(args))
+    print("username\trole\tpatient\tdisabled")
+    for user in users:
+        disabled = "yes" if user.disabled else "no"
+        print(f"{user.username}\t{user.role}\t{user.patient_id or '-'}\t{disabled}")
     return 0
 
 
@@ -450,8 +521,9 @@ def cmd_users_tokens(args: argparse.Namespace) -> int:
     from gateway.clock import to_rfc3339
 
     now = utc_now()
+    tokens = accounts.tokens_list(_db_path(args), args.username)
     print("id\tlabel\tcreated\texpires\tlast-used\tstate")
-    for t in accounts.tokens_list(_db_path(args), args.username):
+    for t in tokens:
         used = to_rfc3339(t.last_used_at) if t.last_used_at else "never"
         created, expires = to_rfc3339(t.created_at), to_rfc3339(t.expires_at)
         print(f"{t.token_id}\t{t.label}\t{created}\t{expires}\t{used}\t{t.state(now)}")
@@ -495,16 +567,78 @@ def cmd_ble_pair(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------
 
 
+class UsageError(Exception):
+    """A command line argparse refuses (unknown flag, missing or mistyped value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming `--help` (main prints it, exit 2)
+    instead of the usage block, and subcommand parsers inherit this (parser_class)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)")
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _since(text: str) -> datetime:
+    """An RFC 3339 time with an offset, or a bare date meaning midnight UTC of that day (the
+    times `export` prints are UTC too)."""
+    try:
+        if len(text.strip()) == len("2026-11-30"):
+            return datetime.combine(date.fromisoformat(text.strip()), datetime.min.time(), UTC)
+        return parse_rfc3339(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date or an RFC 3339 time (e.g. 2026-11-30 or 2026-11-30T08:00:00Z): {text!r}"
+        ) from None
+
+
+_MAX_SQLITE_INT = 2**63 - 1
+_port = _int_in(0, 65535)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"glucohub {version('glucohub')}"
+    except PackageNotFoundError:
+        return "glucohub (version unknown: not installed as a distribution)"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("--data-dir", type=Path, help="data directory (overrides the config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="glucohub",
         description="Home diabetes monitoring hub: readings, signed ledger, alerts, dashboard.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the gateway from a configuration file")
@@ -513,16 +647,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole gateway on simulated patients and devices")
     _common(p)
-    p.add_argument("--port", type=int, help="dashboard port (default 8080)")
-    p.add_argument("--patients", type=int, help="number of simulated patients (default 3)")
-    p.add_argument("--history-days", type=int, help="days of history to seed (default 14)")
+    p.add_argument("--port", type=_port, help="dashboard port (default 8080)")
+    p.add_argument(
+        "--patients", type=_int_in(1, 1000), help="number of simulated patients (default 3)"
+    )
+    p.add_argument(
+        "--history-days", type=_int_in(0, 366), help="days of history to seed (default 14)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="print every stored reading")
     _common(p)
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--patient", help="only this patient")
-    p.add_argument("--since", help="only readings at or after this RFC 3339 time")
+    p.add_argument(
+        "--since",
+        type=_since,
+        help="only readings at or after this RFC 3339 time (a bare date: midnight UTC)",
+    )
     p.set_defaults(func=cmd_export)
 
     ledger = sub.add_parser("ledger", help="verify the signed ledger").add_subparsers(
@@ -541,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ledger_export)
     p = ledger.add_parser("prove", help="write an offline inclusion proof for one batch")
     _common(p)
-    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--batch", type=_int_in(0, _MAX_SQLITE_INT), required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--patient", help="disclose this patient's records of the batch, proven")
     p.set_defaults(func=cmd_ledger_prove)
@@ -557,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--key-file", type=Path, required=True, help="witness key, created 0600")
     p.add_argument("--name", default="witness.local/glucohub", help="witness key name")
-    p.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
+    p.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between polls")
     p.add_argument("--once", action="store_true", help="poll once and exit")
     p.add_argument("--print-vkey", action="store_true", help="print the witness key and exit")
     p.set_defaults(func=cmd_witness)
@@ -630,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the one-page AGP report of a patient")
     _common(p)
     p.add_argument("--patient", required=True)
-    p.add_argument("--days", type=int, default=14)
+    p.add_argument("--days", type=_int_in(1, 366), default=14)
     p.add_argument("--format", choices=("json", "html", "pdf"), default="html")
     p.add_argument("--out", type=Path, help="file to write (default: standard output)")
     p.set_defaults(func=cmd_report)
@@ -650,6 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("username")
     p.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_users_passwd)
+    p = users.add_parser("list", help="list accounts: user name, role, patient, disabled")
+    _common(p)
+    p.set_defaults(func=cmd_users_list)
     p = users.add_parser("disable", help="disable an account (or --enable it again)")
     _common(p)
     p.add_argument("username")
@@ -670,7 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("username")
     p.add_argument("--label", default="integration")
-    p.add_argument("--expires-days", type=int, default=90, help="lifetime (default: 90)")
+    p.add_argument(
+        "--expires-days", type=_int_in(1, 3650), default=90, help="lifetime (default: 90)"
+    )
     p.set_defaults(func=cmd_users_token)
     p = users.add_parser("tokens", help="list a user's API tokens (never their secrets)")
     _common(p)
@@ -678,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_users_tokens)
     p = users.add_parser("revoke-token", help="revoke one API token by its id")
     _common(p)
-    p.add_argument("token_id", type=int)
+    p.add_argument("token_id", type=_int_in(1, _MAX_SQLITE_INT))
     p.set_defaults(func=cmd_users_revoke_token)
 
     gatt = sub.add_parser("gatt", help="Bluetooth GATT debugging").add_subparsers(
@@ -693,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="ble_command", required=True, metavar="ACTION"
     )
     p = ble.add_parser("scan", help="list nearby devices with a supported health service")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=_positive_seconds, default=10.0)
     p.set_defaults(func=cmd_ble_scan)
     p = ble.add_parser("pair", help="connect, bond and register a device for a patient")
     _common(p)
@@ -704,16 +851,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_ERROR = 2
+EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a program ended by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Every error is one line on stderr and exit 2, never a traceback; a
+    reader that closed the pipe early (`| head`) ends the command quietly."""
     try:
+        code = _dispatch(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_PIPE_CLOSED
+    return code
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
         result: int = args.func(args)
-    except GlucohubError as exc:
-        print(f"glucohub: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # the last stop before a traceback: one line instead
+        print(_error_line(_single(exc)), file=sys.stderr)
+        return EXIT_ERROR
     return result
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside a task group's wrapper (a group of several stays as it is)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, UsageError):  # already starts with the command: "glucohub report: ..."
+        return str(exc)
+    if isinstance(exc, GlucohubError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        text = _os_error_text(exc)
+    elif isinstance(exc, sqlite3.Error):
+        text = f"database error: {exc}"
+    else:  # our bug: say so, still in one line
+        text = f"unexpected {type(exc).__name__}: {exc} (a bug: please report it)"
+    return "glucohub: " + " ".join(text.split())
+
+
+def _os_error_text(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so the flush at interpreter exit cannot fail again (the
+    Python documentation's advice for SIGPIPE, `signal` module)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (tests capture it)
+        pass
 
 
 if __name__ == "__main__":

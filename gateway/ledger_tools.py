@@ -44,11 +44,19 @@ def export_bundle(data_dir: Path, hub_id: str, out: Path) -> int:
         size, note = _latest_checkpoint(store)
         jws_list = _bundle_batches(store, size)
         tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            write_bundle(
-                handle.write, log_vkey=vkey, batch_jwk=jwk, jws_list=jws_list, checkpoint_note=note
-            )
-        tmp.replace(out)
+        try:
+            with tmp.open("w", encoding="utf-8") as handle:
+                write_bundle(
+                    handle.write,
+                    log_vkey=vkey,
+                    batch_jwk=jwk,
+                    jws_list=jws_list,
+                    checkpoint_note=note,
+                )
+            tmp.replace(out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InputError(f"cannot write the bundle to {out}: {exc.strerror or exc}") from None
     finally:
         store.close()
     return size
@@ -85,7 +93,11 @@ def prove_batch(
             if found is None:
                 raise InputError(f"batch {seq} holds no record of patient {patient!r}")
             records = found
-        out.write_text(make_inclusion_bundle(batch.jws, seq, size, proof, note, records))
+        body = make_inclusion_bundle(batch.jws, seq, size, proof, note, records)
+        try:
+            out.write_text(body)
+        except OSError as exc:
+            raise InputError(f"cannot write the proof to {out}: {exc.strerror or exc}") from None
     finally:
         store.close()
     return size
@@ -98,7 +110,10 @@ def read_batch_key(text: str) -> dict[str, Any]:
         path = Path(candidate)
         if not path.exists():
             raise InputError(f"--batch-key is neither JWK JSON nor an existing file: {text!r}")
-        candidate = path.read_text().strip().removeprefix("batch-key:").strip()
+        try:
+            candidate = path.read_text().strip().removeprefix("batch-key:").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--batch-key: cannot read {text!r}: {exc}") from None
     try:
         jwk = json.loads(candidate)
     except json.JSONDecodeError as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.clock import to_rfc3339, utc_now
 from gateway.errors import RegistryError, StorageError
@@ -1249,9 +1250,25 @@ def _patient(row: tuple[Any, ...]) -> Patient:
     return Patient(
         patient_id=str(row[0]),
         display_name=str(row[1]),
-        timezone=str(row[2]),
+        timezone=_known_zone(str(row[0]), str(row[2])),
         simulated=bool(row[3]),
     )
+
+
+@functools.cache
+def _known_zone(patient_id: str, name: str) -> str:
+    """A zone stored before `patients add` checked zones may be unknown: the patient is then
+    shown in UTC, labelled UTC (warned once), rather than every page about them failing."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning(
+            "patient %r: stored time zone %r is not in the IANA database; UTC is used",
+            patient_id,
+            name,
+        )
+        return "UTC"
+    return name
 
 
 def _device(row: tuple[Any, ...]) -> Device:

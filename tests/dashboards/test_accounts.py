@@ -89,7 +89,7 @@ def test_cli_functions_validate(tmp_path: Path) -> None:
         accounts.users_add(db, "x", "superuser", PASSWORD)
     with pytest.raises(AccountError, match="at least 8"):
         accounts.users_add(db, "y", "admin", "short")
-    with pytest.raises(AccountError, match="patient-id"):
+    with pytest.raises(AccountError, match="needs --patient "):
         accounts.users_add(db, "z", "patient", PASSWORD)  # a patient user needs a patient id
     with pytest.raises(AccountError, match="username"):
         accounts.users_add(db, "Bad Name", "admin", PASSWORD)
