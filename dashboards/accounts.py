@@ -508,6 +508,8 @@ class _Tables:
     def revoke(self, patient_id: str, clinician: str, by: str) -> ConsentResult:
         """Delete the grant and add its ledger event, in one transaction; a revocation the
         ledger lacks (the grant is gone, its last event says granted) is recorded now."""
+        self._require_user(clinician)  # a typo is an error, not "nothing to revoke"
+        self._require_patient(patient_id)
         now = self._now()
         with self._transaction():
             cursor = self._db.execute(

@@ -233,6 +233,8 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
     "users revoke": {
         "missing data dir": ("dr-who", "--patient", "p1", *TYPO),
         "no --patient": ("dr-who", *HUB),
+        "unknown clinician": ("nobody", "--patient", "p1", *HUB),
+        "unknown patient": ("dr-who", "--patient", "nope", *HUB),
     },
     "users token": {
         "missing data dir": ("dr-who", *TYPO),
