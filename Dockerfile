@@ -3,6 +3,7 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY glucohub ./glucohub
 COPY gateway ./gateway
 COPY device_adapters ./device_adapters
 COPY ledger ./ledger

@@ -1,6 +1,6 @@
 """The whole hub process under MQTT load (issue 4): throughput, memory, live latency.
 
-Runs the real `python -m gateway run` against its own Mosquitto and prints, each against a
+Runs the real `python -m glucohub run` against its own Mosquitto and prints, each against a
 baseline measured in the same run:
 
 1. publish -> validated -> durable -> sealed throughput. The hub's persistent session is
@@ -53,13 +53,13 @@ from yarl import URL
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.paho_baseline import BenchError, bare_drain, make_session, new_client, prefill
-from gateway import cli as glucohub_cli
 from gateway.clock import to_rfc3339
 from gateway.model import Reading, ReadingKind, Source
 from gateway.sealing import Sealer, init_keys, load_keys
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub import cli as glucohub_cli
 from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,9 +137,9 @@ def make_load(devices: int, spacing_s: float, rounds: int, first_seq: int) -> Lo
 
 
 def cli(data_dir: Path, *args: str, stdin: str | None = None) -> str:
-    """One `python -m gateway ...` command in its own process."""
+    """One `python -m glucohub ...` command in its own process."""
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", *args, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "glucohub", *args, "--data-dir", str(data_dir)],
         cwd=ROOT,
         input=stdin,
         capture_output=True,
@@ -153,7 +153,7 @@ def cli(data_dir: Path, *args: str, stdin: str | None = None) -> str:
 
 
 def cli_in_process(data_dir: Path, *args: str) -> None:
-    """The same command through `gateway.cli.main`, without a process start (for the many
+    """The same command through `glucohub.cli.main`, without a process start (for the many
     patient, device and grant registrations)."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as e:
         code = glucohub_cli.main([*args, "--data-dir", str(data_dir)])
@@ -261,7 +261,7 @@ class HubProcess:
         }
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--data-dir", str(self.data_dir)],
+            [sys.executable, "-m", "glucohub", "run", "--data-dir", str(self.data_dir)],
             cwd=ROOT,
             env=env,
             stdout=self._log,

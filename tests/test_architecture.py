@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("gateway", "device_adapters", "ledger", "dashboards")
+PACKAGES = ("glucohub", "gateway", "device_adapters", "ledger", "dashboards")
 # The composition root may import every package.
-COMPOSITION_ROOT = {"gateway.cli", "gateway.runtime", "gateway.demo", "gateway.__main__"}
+COMPOSITION_ROOT = {"glucohub.cli", "glucohub.runtime", "glucohub.demo", "gateway.__main__"}
 VOCABULARY = (
     "gateway.model",
     "gateway.units",
@@ -177,7 +177,7 @@ def test_pandas_is_not_imported_by_the_running_pipeline() -> None:
     users = {m for m, imps in MODULES.items() if any(i.split(".")[0] == "pandas" for i in imps)}
     assert not users & {
         "gateway.pipeline",
-        "gateway.runtime",
+        "glucohub.runtime",
         "gateway.alerting",
         "gateway.clinical.alerts",
         "gateway.store",
@@ -216,7 +216,7 @@ def test_starting_the_hub_does_not_load_pandas() -> None:
     import sys
 
     code = (
-        "import sys, gateway.runtime, gateway.cli, dashboards.app, "
+        "import sys, glucohub.runtime, glucohub.cli, dashboards.app, "
         "device_adapters.mqtt.consumer, device_adapters.ble.adapter\n"
         "print('pandas' in sys.modules)"
     )

@@ -4,7 +4,7 @@ Built with the hub's own machinery, offline and deterministically: the real `Sto
 file), the real alert engine (`PatientAlertEngine`, persisted as `AlertService` does), the
 real account tables (users, consent grants, API tokens, notes) and the real `Sealer` (ledger
 keys on disk, signed JWS batches, signed checkpoints). Consent changes reach the ledger the way
-`gateway.runtime` wires them (a `consent` ledger event per change).
+`glucohub.runtime` wires them (a `consent` ledger event per change).
 
 Batches, in order (the point of the exercise: batches mix patients, and some hold no readings):
   0  readings, alert transitions and consent events of A and B together

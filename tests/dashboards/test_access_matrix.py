@@ -35,9 +35,9 @@ from dashboards.accounts import Accounts
 from dashboards.app import create_app
 from gateway.model import DeviceEvent, DeviceEventKind, Reading, ReadingKind, Source
 from gateway.protocols import Origin
-from gateway.runtime import Running, run_hub
 from gateway.settings import DashboardSettings, load_settings
 from gateway.units import Unit
+from glucohub.runtime import Running, run_hub
 from tests.dashboards.access_world import (
     ADMIN,
     DR_ALPHA,

@@ -17,10 +17,10 @@ import pytest
 from dashboards import accounts
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub.runtime import Running, run_hub
 from ledger._b64 import b64url_decode
 from ledger.records import open_batch_view
 

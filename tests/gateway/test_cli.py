@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
 from gateway.clock import parse_rfc3339
 from gateway.model import Reading, ReadingKind, Source
 from gateway.protocols import Origin
-from gateway.runtime import run_hub
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME
 from gateway.units import Unit
+from glucohub.cli import main
+from glucohub.runtime import run_hub
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -26,13 +26,13 @@ import aiohttp
 import pytest
 
 from dashboards import accounts
-from gateway.cli import build_parser, main
 from gateway.model import Reading, ReadingKind, Source
 from gateway.protocols import Origin
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME
 from gateway.units import Unit
+from glucohub.cli import build_parser, main
+from glucohub.runtime import Running, run_hub
 
 REPO = Path(__file__).resolve().parents[2]
 READINGS = 3000  # ~400 KB of JSON Lines: far more than a pipe buffer holds
@@ -454,6 +454,7 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # the CLI and the modules whose error messages it prints
 MESSAGE_SOURCES = [
+    *sorted((REPO / "glucohub").rglob("*.py")),
     *sorted((REPO / "gateway").rglob("*.py")),
     REPO / "dashboards" / "accounts.py",
     REPO / "device_adapters" / "ble" / "cli.py",

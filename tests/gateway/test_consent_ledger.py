@@ -19,11 +19,11 @@ import aiohttp
 import pytest
 
 from dashboards import accounts
-from gateway.cli import main
 from gateway.model import Patient
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME, Store
+from glucohub.cli import main
+from glucohub.runtime import Running, run_hub
 from tests.dashboards.test_real_hub import CSRF_RE, META_RE
 
 PASSWORD = "a long enough password"
@@ -50,7 +50,7 @@ def traced(*args, **kwargs):
     return db
 
 sqlite3.connect = traced
-from gateway.cli import main
+from glucohub.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
+from glucohub.cli import main
+from glucohub.runtime import Running, run_hub
 from tests.gateway.test_cli import hub_dir as hub_dir  # the fixture, re-exported
 
 
@@ -184,7 +184,7 @@ async def test_a_witness_process_cosigns_the_live_hub(hub_dir: Path, tmp_path: P
     printer = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway",
+        "glucohub",
         "witness",
         "--log-url",
         "x",
@@ -218,7 +218,7 @@ async def test_a_witness_process_cosigns_the_live_hub(hub_dir: Path, tmp_path: P
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway",
+            "glucohub",
             "witness",
             "--log-url",
             log_url,

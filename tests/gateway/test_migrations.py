@@ -17,10 +17,8 @@ import aiohttp
 import pytest
 
 from dashboards.accounts import Accounts
-from gateway.cli import main
 from gateway.model import Reading, ReadingKind, Source
 from gateway.protocols import Origin
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.storage import sqlite_migrations
 from gateway.storage.sqlite_migrations import (
@@ -32,6 +30,8 @@ from gateway.storage.sqlite_migrations import (
 )
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub.cli import main
+from glucohub.runtime import Running, run_hub
 from tests.dashboards.test_real_hub import CSRF_RE, META_RE
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "storage" / "c685acb"
@@ -298,7 +298,7 @@ def test_a_database_from_a_newer_version_is_refused_by_every_open(tmp_path: Path
 def test_glucohub_run_refuses_a_newer_database_in_one_line(tmp_path: Path) -> None:
     data_dir = newer(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "run", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "glucohub", "run", "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -53,7 +53,7 @@ class Hub:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--data-dir", str(self.data_dir)],
+            [sys.executable, "-m", "glucohub", "run", "--data-dir", str(self.data_dir)],
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -183,7 +183,7 @@ def test_nothing_acknowledged_is_lost_through_kills_and_a_broker_restart(tmp_pat
                 hub.proc.wait()
             hub.log.close()
     exported = subprocess.run(
-        [sys.executable, "-m", "gateway", "export", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "glucohub", "export", "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         check=True,

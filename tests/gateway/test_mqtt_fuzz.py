@@ -219,7 +219,7 @@ def test_random_and_mutated_payloads_never_stop_the_hub(tmp_path: Path) -> None:
     (flags,) = query(data_dir, "SELECT COUNT(*) FROM device_events WHERE kind = 'seq_conflict'")[0]
     assert flags == len(conflicts)
     verify = subprocess.run(
-        [sys.executable, "-m", "gateway", "ledger", "verify", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "glucohub", "ledger", "verify", "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
     )
@@ -244,7 +244,7 @@ def test_an_oversized_message_is_kept_as_a_bounded_dead_letter(tmp_path: Path) -
     assert code == 0
     command = ["deadletters", "--format", "jsonl", "--data-dir", str(data_dir)]
     listed = subprocess.run(
-        [sys.executable, "-m", "gateway", *command],
+        [sys.executable, "-m", "glucohub", *command],
         capture_output=True,
         text=True,
         check=True,

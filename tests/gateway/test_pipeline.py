@@ -31,11 +31,11 @@ from gateway.protocols import (
     ReadingsStored,
     RejectReason,
 )
-from gateway.runtime import Running, run_hub
 from gateway.settings import Settings, load_settings
 from gateway.store import Store
 from gateway.units import Unit
 from gateway.verify import verify_data_dir
+from glucohub.runtime import Running, run_hub
 
 ORIGIN = Origin(source=Source.MQTT, topic="glucohub/v1/p1/cgm-1/readings", raw=b"{}")
 

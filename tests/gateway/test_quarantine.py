@@ -17,11 +17,11 @@ import pytest
 
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME, QUARANTINED, Store
 from gateway.units import Unit
 from gateway.verify import verify_data_dir
+from glucohub.runtime import Running, run_hub
 
 ORIGIN = Origin(source=Source.MQTT, topic="test")
 

@@ -21,10 +21,10 @@ from gateway.model import (
     Transport,
 )
 from gateway.protocols import Origin
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import Store
 from gateway.units import Unit
+from glucohub.runtime import Running, run_hub
 
 MAX_SECONDS = 0.5
 

@@ -26,7 +26,7 @@ def start_demo(data_dir: Path, *, batch_seconds: str = "3600") -> subprocess.Pop
         [
             sys.executable,
             "-m",
-            "gateway",
+            "glucohub",
             "demo",
             "--data-dir",
             str(data_dir),

@@ -13,11 +13,11 @@ import pytest
 from gateway.clock import Clock
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin, ReadingSink
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import Store
 from gateway.supervision import Backoff, SourceState, SourceStatus, describe, supervise
 from gateway.units import Unit
+from glucohub.runtime import Running, run_hub
 
 
 class Recorder:

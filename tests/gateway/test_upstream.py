@@ -16,10 +16,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.clock import Clock
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin, ReadingSink
-from gateway.runtime import Running, run_hub
 from gateway.settings import load_settings
 from gateway.store import Store
 from gateway.units import Unit
+from glucohub.runtime import Running, run_hub
 from ledger.records import open_batch_view
 from tests.support.mosquitto import Mosquitto
 

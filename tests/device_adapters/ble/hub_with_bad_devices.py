@@ -24,10 +24,10 @@ from device_adapters.virtual.sources import demo_patients
 from gateway.clock import Clock, SystemClock
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.protocols import ReadingSink
-from gateway.runtime import SourceFactory, run_hub
 from gateway.settings import load_settings
 from gateway.store import Store
 from gateway.supervision import Backoff
+from glucohub.runtime import SourceFactory, run_hub
 
 PATIENT = Patient(patient_id="p-ny", display_name="New York", timezone="America/New_York")
 METER = Device(

@@ -23,11 +23,11 @@ import pytest
 from device_adapters.ble.adapter import BleAdapter
 from device_adapters.ble.bleak_transport import BleakTransport
 from device_adapters.ble.uuids import Service
-from gateway.cli import main
 from gateway.model import Device, DeviceKind, Patient, Transport
-from gateway.runtime import run_hub
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME, Store
+from glucohub.cli import main
+from glucohub.runtime import run_hub
 from tests.device_adapters.ble.fakes import FakeSink
 from tests.support.bluez import BluezMock, PrivateSystemBus, connections_of, release_bleak
 

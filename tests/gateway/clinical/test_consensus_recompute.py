@@ -34,14 +34,14 @@ import aiohttp
 import pytest
 
 from dashboards import accounts, fhir
-from gateway.cli import main
 from gateway.clock import parse_rfc3339
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin
-from gateway.runtime import Running, run_hub
 from gateway.settings import Settings, load_settings
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub.cli import main
+from glucohub.runtime import Running, run_hub
 
 PASSWORD = "a long enough password"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

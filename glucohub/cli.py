@@ -69,7 +69,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.runtime import run_hub
+    from glucohub.runtime import run_hub
 
     settings = _settings(args)
     _setup_logging(settings.hub.log_level)
@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from glucohub.demo import run_demo
 
     settings = _settings(args)
     if args.port is not None:

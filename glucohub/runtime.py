@@ -1,6 +1,6 @@
 """Composition root: wire settings, store, ledger, pipeline, sources and dashboard.
 
-This module (with `gateway.cli`) is the only place that imports every package.
+This module (with `glucohub.cli`) is the only place that imports every package.
 """
 
 from __future__ import annotations

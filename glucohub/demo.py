@@ -16,10 +16,10 @@ from device_adapters.virtual.sources import VirtualPatient, demo_patients, seed_
 from gateway.clock import Clock, SystemClock
 from gateway.model import Device, ReadingKind
 from gateway.protocols import ReadingSink
-from gateway.runtime import Running, SourceFactory, run_hub
 from gateway.services import Reader, StoreResume
 from gateway.settings import Settings, StorageSettings
 from gateway.store import DB_FILENAME, Store
+from glucohub.runtime import Running, SourceFactory, run_hub
 
 log = logging.getLogger("glucohub.demo")
 
