@@ -104,7 +104,7 @@ class User:
     username: str
     role: Role
     patient_id: str | None = None  # set exactly when role is PATIENT
-    unit: Unit = Unit.MG_DL  # display preference: mg/dL or mmol/L
+    unit: Unit = Unit.MMOL_L  # glucose display: the user's choice, else the site default
     disabled: bool = False
 
 
@@ -247,6 +247,9 @@ class _Tables:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self._clock = clock
+        # Glucose unit of users who have not chosen one (their row's unit is ''); the
+        # dashboard sets it from `dashboard.default_unit`.
+        self.default_unit = Unit.MMOL_L
         try:
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -282,13 +285,14 @@ class _Tables:
         check_password_strength(password, username=username, context=context)
         try:
             self._db.execute(
-                "INSERT INTO dash_users (username, role, patient_id, password_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO dash_users"
+                " (username, role, patient_id, password_hash, created_at, unit)"
+                " VALUES (?, ?, ?, ?, ?, '')",
                 (username, role.value, patient_id, hash_password(password), self._now()),
             )
         except sqlite3.IntegrityError:
             raise AccountError(f"user {username!r} already exists", username=username) from None
-        return User(username=username, role=role, patient_id=patient_id)
+        return User(username=username, role=role, patient_id=patient_id, unit=self.default_unit)
 
     def get_user(self, username: str) -> User | None:
         row = self._db.execute(
@@ -301,7 +305,7 @@ class _Tables:
             username=row[0],
             role=Role(row[1]),
             patient_id=row[2],
-            unit=Unit(row[3]),
+            unit=Unit(row[3]) if row[3] else self.default_unit,
             disabled=bool(row[4]),
         )
 
@@ -314,7 +318,7 @@ class _Tables:
                 username=r[0],
                 role=Role(r[1]),
                 patient_id=r[2],
-                unit=Unit(r[3]),
+                unit=Unit(r[3]) if r[3] else self.default_unit,
                 disabled=bool(r[4]),
             )
             for r in rows
@@ -766,6 +770,15 @@ class Accounts:
     ) -> Accounts:
         """Open (and create if needed) the account tables in the SQLite file at `db_path`."""
         return cls(_Tables(db_path, clock or SystemClock()), on_consent_change=on_consent_change)
+
+    @property
+    def default_unit(self) -> Unit:
+        """The glucose unit of users who have not chosen one."""
+        return self._tables.default_unit
+
+    @default_unit.setter
+    def default_unit(self, unit: Unit) -> None:
+        self._tables.default_unit = unit
 
     def close(self) -> None:
         self._executor.submit(self._tables.close).result()

@@ -37,6 +37,7 @@ from dashboards.live import DEFAULT_VIEWER_QUEUE, Viewer, message_patient
 from gateway.clock import Clock, SystemClock
 from gateway.protocols import AlertControl, HubStatus, LedgerView, LiveFeed, ReadModel
 from gateway.settings import DashboardSettings
+from gateway.units import glucose_unit
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def create_app(
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app)."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
+    accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
         settings=settings,
         read_model=read_model,

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from html import escape
 from zoneinfo import ZoneInfo
 
+from dashboards.alerttext import kind_label
 from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose
 from gateway.model import Alert, AlertLevel
 from gateway.units import Unit
@@ -128,7 +129,7 @@ def day_chart_svg(
             if alert.level in (AlertLevel.URGENT, AlertLevel.ESCALATED)
             else "marker"
         )
-        label = escape(f"{alert.kind.value} at {alert.raised_at.astimezone(tz):%H:%M}")
+        label = escape(f"{kind_label(alert.kind)} at {alert.raised_at.astimezone(tz):%H:%M}")
         parts.append(
             f'<path class="{cls}" d="M{x:.1f},{y - 10:.1f} l-5,10 h10 z">'
             f"<title>{label}</title></path>"

@@ -8,17 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from gateway.units import Unit, mg_dl_to_mmol_l
+from gateway.units import format_glucose
+
+__all__ = ["HIGH_ABOVE", "LOW_BELOW", "format_glucose", "slope_mg_dl_per_min", "trend_arrow"]
 
 LOW_BELOW = 70.0
 HIGH_ABOVE = 180.0
-
-
-def format_glucose(mg_dl: float, unit: Unit) -> str:
-    """mg/dL as a whole number; mmol/L with one decimal (how meters display them)."""
-    if unit is Unit.MMOL_L:
-        return f"{mg_dl_to_mmol_l(mg_dl):.1f}"
-    return f"{mg_dl:.0f}"
 
 
 def slope_mg_dl_per_min(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dashboards.accounts import Role, User
+from dashboards.alerttext import alert_text
 from gateway.clock import to_rfc3339
 from gateway.model import Alert, AlertState
 from gateway.protocols import AlertChanged, BatchSealed, LiveEvent, ReadingsStored
@@ -55,7 +56,10 @@ def messages_for(event: LiveEvent, user: User, visible: frozenset[str]) -> Itera
             yield {"type": "readings", "patient_id": patient_id, "readings": readings}
     elif isinstance(event, AlertChanged):
         if event.alert.patient_id in visible:
-            yield {"type": "alert", "alert": alert_to_json(as_seen_by(event.alert, user))}
+            seen = alert_to_json(as_seen_by(event.alert, user))
+            # `message` stays the engine's; `text` is what the viewer reads, in their unit.
+            seen["text"] = alert_text(event.alert, user.unit)
+            yield {"type": "alert", "alert": seen}
     elif isinstance(event, BatchSealed) and user.role is not Role.PATIENT:
         # What the public log shows anyway (sequence, tree size, root); not the batch's
         # reading count, which counts patients this viewer may not see.

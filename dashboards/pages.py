@@ -10,9 +10,11 @@ from html import escape
 from zoneinfo import ZoneInfo
 
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
+from dashboards.alerttext import alert_text, kind_label
 from dashboards.glycemia import format_glucose
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
+from gateway.clinical.report import band_label, band_target
 from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient
 from gateway.protocols import QuarantinedRecord
 from gateway.units import Unit
@@ -137,9 +139,13 @@ def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
 
 
 def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
+    low, high = format_glucose(70.0, user.unit), format_glucose(180.0, user.unit)
+    in_range = f"In range {low}–{high} {user.unit.value}, 14 d"
+    below = f"Below {low} {user.unit.value}, 14 d"
     body = (
         '<div class="scroll"><table class="triage"><thead><tr><th>Patient</th><th>Latest</th>'
-        "<th>Since</th><th>Last 3 h</th><th>TIR 14 d</th><th>&lt;70 14 d</th><th>Open alerts</th>"
+        f"<th>Since</th><th>Last 3 h</th><th>{esc(in_range)}</th><th>{esc(below)}</th>"
+        "<th>Open alerts</th>"
         f'</tr></thead><tbody id="triage-rows">{rows_html}</tbody></table></div>'
     )
     return layout("Patients", body, user=user, csrf=csrf, live="triage")
@@ -153,7 +159,6 @@ def alert_rows(alerts: Sequence[Alert], *, unit: Unit, names: dict[str, str], cs
         return '<tr><td colspan="6">No alerts.</td></tr>'
     out = []
     for a in alerts:
-        value = "" if a.glucose_mg_dl is None else format_glucose(a.glucose_mg_dl, unit)
         actions = ""
         if a.state is AlertState.RAISED:
             actions = (
@@ -180,7 +185,7 @@ def alert_rows(alerts: Sequence[Alert], *, unit: Unit, names: dict[str, str], cs
             f' data-level="{esc(a.level.value)}">'
             f'<td><a href="/patients/{esc(a.patient_id)}">'
             f"{esc(names.get(a.patient_id, a.patient_id))}</a></td>"
-            f"<td>{esc(a.kind.value)}</td><td>{esc(a.message)} {esc(value)}</td>"
+            f"<td>{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
             f"<td>{_time(a.raised_at)}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
         )
     return "".join(out)
@@ -227,7 +232,8 @@ def metrics_table(
         ("CV (≤ 36%)", [pct(m.cv_percent) for m in metrics]),
     ]
     for band in BANDS[::-1]:
-        label = f"{_band_label(band.name, unit)} ({band.target})"
+        target = band_target(band.name, unit)
+        label = f"{_BAND_NAMES[band.name]} {band_label(band.name, unit)} ({target})"
         rows.append((label, [pct(m.range_percent(band.name)) for m in metrics]))
     if fingersticks:
         rows.append(
@@ -243,15 +249,13 @@ def metrics_table(
     )
 
 
-def _band_label(name: str, unit: Unit) -> str:
-    g = {v: format_glucose(v, unit) for v in (54.0, 69.0, 70.0, 180.0, 181.0, 250.0)}
-    return {
-        "very_low": f"Very low < {g[54.0]}",
-        "low": f"Low {g[54.0]}–{g[69.0]}",
-        "in_range": f"In range {g[70.0]}–{g[180.0]}",
-        "high": f"High {g[181.0]}–{g[250.0]}",
-        "very_high": f"Very high > {g[250.0]}",
-    }[name]
+_BAND_NAMES = {
+    "very_low": "Very low",
+    "low": "Low",
+    "in_range": "In range",
+    "high": "High",
+    "very_high": "Very high",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

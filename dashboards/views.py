@@ -352,7 +352,7 @@ async def _patient_view(
 
         metrics = await asyncio.to_thread(all_metrics)
         chosen = metrics[AGP_CHOICES.index(days)]
-        agp, tir_bar = agp_svg(chosen), tir_bar_svg(chosen)
+        agp, tir_bar = agp_svg(chosen, unit=user.unit), tir_bar_svg(chosen, unit=user.unit)
         sticks = [len(fingersticks(readings, now=now, days=n)) for n in AGP_CHOICES]
         metrics_html = pages.metrics_table(metrics, user.unit, fingersticks=sticks)
         seen = [(dev, await _last_seen(d, dev, readings)) for dev in devices]
@@ -461,6 +461,7 @@ async def report(request: web.Request) -> web.StreamResponse:
             days=days,
             now=now,
             fmt=fmt,  # type: ignore[arg-type]
+            unit=current_user(request).unit,
         )
     except ClinicalError:
         raise web.HTTPInternalServerError() from None

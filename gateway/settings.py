@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, UnknownUnit
 from gateway.topics import READINGS_SUBSCRIPTION
+from gateway.units import glucose_unit
 
 ENV_PREFIX = "GLUCOHUB_"
 
@@ -60,6 +61,8 @@ class DashboardSettings:
     port: int = 8080
     tls_cert: str = ""
     tls_key: str = ""
+    # Glucose unit for users who have not chosen one: "mmol/L" (UK, most of Europe) or "mg/dL".
+    default_unit: str = "mmol/L"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,5 +274,12 @@ def _check(settings: Settings) -> None:
     a = settings.alerts
     if not a.urgent_low_mg_dl < a.low_mg_dl < a.high_mg_dl < a.urgent_high_mg_dl:
         raise ConfigError("alerts", "thresholds must satisfy urgent_low < low < high < urgent_high")
+    try:
+        glucose_unit(settings.dashboard.default_unit)
+    except UnknownUnit:
+        raise ConfigError(
+            "dashboard.default_unit",
+            f"must be mmol/L or mg/dL, got {settings.dashboard.default_unit!r}",
+        ) from None
     if bool(settings.dashboard.tls_cert) != bool(settings.dashboard.tls_key):
         raise ConfigError("dashboard.tls_cert", "tls_cert and tls_key go together")

@@ -93,3 +93,33 @@ def mg_dl_to_mmol_l(mg_dl: float) -> float:
 
 def mmol_l_to_mg_dl(mmol_l: float) -> float:
     return mmol_l * MG_DL_PER_MMOL_L
+
+
+GLUCOSE_UNITS = (Unit.MMOL_L, Unit.MG_DL)  # the units a person may choose to see glucose in
+
+
+def glucose_unit(text: str) -> Unit:
+    """A glucose display unit from its name (mg/dL or mmol/L); raise `UnknownUnit` otherwise."""
+    unit = parse_unit(text)
+    if unit not in GLUCOSE_UNITS:
+        raise UnknownUnit(text)
+    return unit
+
+
+def glucose_in(mg_dl: float, unit: Unit) -> float:
+    """A stored mg/dL value in the display `unit` (mg/dL or mmol/L)."""
+    return mg_dl_to_mmol_l(mg_dl) if unit is Unit.MMOL_L else mg_dl
+
+
+def format_glucose(mg_dl: float, unit: Unit) -> str:
+    """mg/dL as a whole number; mmol/L with one decimal (how meters display them)."""
+    if unit is Unit.MMOL_L:
+        return f"{mg_dl_to_mmol_l(mg_dl):.1f}"
+    return f"{mg_dl:.0f}"
+
+
+def format_glucose_rate(mg_dl_per_min: float, unit: Unit) -> str:
+    """A signed rate of change: mg/dL/min with one decimal, mmol/L/min with two."""
+    if unit is Unit.MMOL_L:
+        return f"{mg_dl_to_mmol_l(mg_dl_per_min):+.2f}"
+    return f"{mg_dl_per_min:+.1f}"

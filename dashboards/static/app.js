@@ -47,7 +47,7 @@
     const notify = document.getElementById("notify");
     if (sound && sound.checked) beep();
     if (notify && notify.checked && "Notification" in window && Notification.permission === "granted") {
-      new Notification("Glucohub: " + alert.kind.replace(/_/g, " "), { body: alert.message });
+      new Notification("Glucohub: " + alert.kind.replace(/_/g, " "), { body: alert.text || alert.message });
     }
   }
 

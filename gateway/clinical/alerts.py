@@ -494,13 +494,13 @@ class PatientAlertEngine:
         h = th.hysteresis_mg_dl
         rules = (
             (AlertKind.URGENT_LOW, g < th.urgent_low_mg_dl, g > th.urgent_low_mg_dl + h,
-             f"Glucose {g:.0f} mg/dL is below {th.urgent_low_mg_dl:.0f} mg/dL"),
+             f"Glucose {g:.0f} mg/dL, below {th.urgent_low_mg_dl:.0f} mg/dL"),
             (AlertKind.LOW, g < th.low_mg_dl, g > th.low_mg_dl + h,
-             f"Glucose {g:.0f} mg/dL is below {th.low_mg_dl:.0f} mg/dL"),
+             f"Glucose {g:.0f} mg/dL, below {th.low_mg_dl:.0f} mg/dL"),
             (AlertKind.URGENT_HIGH, g > th.urgent_high_mg_dl, g < th.urgent_high_mg_dl - h,
-             f"Glucose {g:.0f} mg/dL is above {th.urgent_high_mg_dl:.0f} mg/dL"),
+             f"Glucose {g:.0f} mg/dL, above {th.urgent_high_mg_dl:.0f} mg/dL"),
             (AlertKind.HIGH, g > th.high_mg_dl, g < th.high_mg_dl - h,
-             f"Glucose {g:.0f} mg/dL is above {th.high_mg_dl:.0f} mg/dL"),
+             f"Glucose {g:.0f} mg/dL, above {th.high_mg_dl:.0f} mg/dL"),
         )  # fmt: skip
         out: list[Alert] = []
         for kind, active, clearing, message in rules:
@@ -609,7 +609,7 @@ class PatientAlertEngine:
             return []
         out = [self._raise(kind, now, message, glucose=g)]
         for milder in SUPERSEDES.get(kind, ()):
-            out += self._resolve(milder, now, f"superseded by {kind.value}")
+            out += self._resolve(milder, now, f"superseded by {kind.value.replace('_', ' ')}")
         return out
 
     def _out_of_range(self, kind: AlertKind, now: datetime, side: str) -> list[Alert]:
@@ -621,7 +621,7 @@ class PatientAlertEngine:
             return []
         out = [self._raise(kind, now, f"Glucose {side} the device's measuring range")]
         for milder in SUPERSEDES.get(kind, ()):
-            out += self._resolve(milder, now, f"superseded by {kind.value}")
+            out += self._resolve(milder, now, f"superseded by {kind.value.replace('_', ' ')}")
         return out
 
     # ----------------------------------------------------------------- mechanics

@@ -7,7 +7,7 @@ profiles. The metrics and charts come from CGM readings only (`metrics.compute_m
 Charts are server-side SVG drawn with `gateway.clinical.drawing` — no JavaScript, no external
 assets — and the dashboard reuses `agp_svg`, `tir_bar_svg` and `daily_profiles_svg`. The PDF is
 the same drawing written by the stdlib-only PDF writer in `drawing` (no dependency).
-Glucose is shown in mg/dL.
+Glucose is shown in the unit asked for (mg/dL or mmol/L); the data stay in mg/dL.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from gateway.clinical.metrics import (
 )
 from gateway.clock import require_utc, to_rfc3339
 from gateway.model import Patient, Reading
+from gateway.units import Unit, format_glucose
 
 ReportFormat = Literal["json", "html", "pdf"]
 DailyProfiles = Sequence[tuple[date, Sequence[tuple[float, float | None]]]]
@@ -67,7 +68,35 @@ def _y(g: float, top: float, height: float) -> float:
     return top + (1 - min(max(g, 0.0), Y_MAX) / Y_MAX) * height
 
 
-def agp_canvas(metrics: GlucoseMetrics, *, width: float = 720, height: float = 260) -> Canvas:
+def _g(mg_dl: float, unit: Unit) -> str:
+    return format_glucose(mg_dl, unit)
+
+
+def band_label(name: str, unit: Unit) -> str:
+    """A consensus band's glucose limits in `unit`, e.g. "3.9–10.0 mmol/L"."""
+    return {
+        "very_low": f"<{_g(54, unit)} {unit.value}",
+        "low": f"{_g(54, unit)}–{_g(69, unit)} {unit.value}",
+        "in_range": f"{_g(70, unit)}–{_g(180, unit)} {unit.value}",
+        "high": f"{_g(181, unit)}–{_g(250, unit)} {unit.value}",
+        "very_high": f">{_g(250, unit)} {unit.value}",
+    }[name]
+
+
+def band_target(name: str, unit: Unit) -> str:
+    """A consensus band's time target, its glucose limit in `unit`."""
+    return {
+        "very_low": "<1%",
+        "low": f"<4% (below {_g(70, unit)})",
+        "in_range": ">70%",
+        "high": f"<25% (above {_g(180, unit)})",
+        "very_high": "<5%",
+    }[name]
+
+
+def agp_canvas(
+    metrics: GlucoseMetrics, *, width: float = 720, height: float = 260, unit: Unit = Unit.MG_DL
+) -> Canvas:
     canvas = Canvas(width, height, title="Ambulatory glucose profile")
     left, right, top, bottom = 44.0, 12.0, 22.0, 24.0
     pw, ph = width - left - right, height - top - bottom
@@ -111,15 +140,17 @@ def agp_canvas(metrics: GlucoseMetrics, *, width: float = 720, height: float = 2
                             (250, _MUTED, True)):  # fmt: skip
         canvas.polyline([(left, _y(g, top, ph)), (left + pw, _y(g, top, ph))], stroke=colour,
                         width=1.2 if not dash else 0.8, dash=dash)  # fmt: skip
-        canvas.text(left - 4, _y(g, top, ph) + 3, f"{g}", size=8, anchor="end")
-    canvas.text(left - 4, top + 3, f"{Y_MAX:.0f}", size=8, anchor="end", fill=_MUTED)
-    canvas.text(4, top + 3, "mg/dL", size=7, fill=_MUTED)
+        canvas.text(left - 4, _y(g, top, ph) + 3, _g(g, unit), size=8, anchor="end")
+    canvas.text(left - 4, top + 3, _g(Y_MAX, unit), size=8, anchor="end", fill=_MUTED)
+    canvas.text(4, top + 3, unit.value, size=7, fill=_MUTED)
     if not any(b.count for b in metrics.agp):
         canvas.text(left + pw / 2, top + ph / 2, "No glucose data", size=11, anchor="middle")
     return canvas
 
 
-def tir_bar_canvas(metrics: GlucoseMetrics, *, width: float = 250, height: float = 260) -> Canvas:
+def tir_bar_canvas(
+    metrics: GlucoseMetrics, *, width: float = 250, height: float = 260, unit: Unit = Unit.MG_DL
+) -> Canvas:
     canvas = Canvas(width, height, title="Time in ranges")
     canvas.text(8, 14, "Time in Ranges", size=12, bold=True)
     top, bar_h, bar_x, bar_w = 26.0, height - 40.0, 10.0, 36.0
@@ -137,11 +168,17 @@ def tir_bar_canvas(metrics: GlucoseMetrics, *, width: float = 250, height: float
     for i, share in enumerate(reversed(shares)):  # very high at the top
         ty = top + row_h * i + row_h / 2
         canvas.rect(bar_x + bar_w + 8, ty - 8, 10, 10, fill=BAND_COLOURS[share.name])
-        canvas.text(bar_x + bar_w + 24, ty, share.label, size=9)
+        canvas.text(bar_x + bar_w + 24, ty, band_label(share.name, unit), size=9)
         canvas.text(width - 6, ty, f"{share.percent:.0f}%", size=11, anchor="end", bold=True)
         # Green when the target is met, red when not, grey without data.
         colour = _MUTED if not metrics.readings else _TARGET if share.meets_target else "#c62828"
-        canvas.text(bar_x + bar_w + 24, ty + 11, f"target {share.target}", size=7.5, fill=colour)
+        canvas.text(
+            bar_x + bar_w + 24,
+            ty + 11,
+            f"target {band_target(share.name, unit)}",
+            size=7.5,
+            fill=colour,
+        )
     return canvas
 
 
@@ -187,14 +224,18 @@ def daily_profiles_canvas(
     return canvas
 
 
-def agp_svg(metrics: GlucoseMetrics, *, width: float = 720, height: float = 260) -> str:
+def agp_svg(
+    metrics: GlucoseMetrics, *, width: float = 720, height: float = 260, unit: Unit = Unit.MG_DL
+) -> str:
     """The AGP percentile chart (5–95, 25–75, median by local time of day) as an `<svg>`."""
-    return agp_canvas(metrics, width=width, height=height).to_svg()
+    return agp_canvas(metrics, width=width, height=height, unit=unit).to_svg()
 
 
-def tir_bar_svg(metrics: GlucoseMetrics, *, width: float = 250, height: float = 260) -> str:
+def tir_bar_svg(
+    metrics: GlucoseMetrics, *, width: float = 250, height: float = 260, unit: Unit = Unit.MG_DL
+) -> str:
     """The five-band time-in-ranges stacked bar with percentages and targets, as an `<svg>`."""
-    return tir_bar_canvas(metrics, width=width, height=height).to_svg()
+    return tir_bar_canvas(metrics, width=width, height=height, unit=unit).to_svg()
 
 
 def daily_profiles_svg(
@@ -241,21 +282,28 @@ def gri_zone(gri: float | None) -> str:
     return "ABCDE"[min(4, int(gri // 20))]
 
 
-def metrics_rows(metrics: GlucoseMetrics, timezone: str) -> list[tuple[str, str, str]]:
+def metrics_rows(
+    metrics: GlucoseMetrics, timezone: str, unit: Unit = Unit.MG_DL
+) -> list[tuple[str, str, str]]:
     """(label, value, target) rows of the metrics table, shared by HTML and PDF."""
     zone = ZoneInfo(timezone)
     start = metrics.start.astimezone(zone).strftime("%d %b %Y")
     end = metrics.end.astimezone(zone).strftime("%d %b %Y")
     e = metrics.episodes
+
+    def glucose(value: float | None) -> str:
+        return "–" if value is None else f"{_g(value, unit)} {unit.value}"
+
+    low, very_low, high, very_high = (_g(v, unit) for v in (70, 54, 180, 250))
     return [
         ("Time range", f"{start} – {end} ({metrics.days} days)", ""),
         ("Days with data", str(metrics.days_with_data), ""),
         ("CGM readings", str(metrics.readings), ""),
         ("Time CGM active", _fmt(metrics.active_percent, 1, " %"), "≥ 70 %"),
-        ("Mean glucose", _fmt(metrics.mean_mg_dl, 0, " mg/dL"), ""),
+        ("Mean glucose", glucose(metrics.mean_mg_dl), ""),
         ("Glucose Management Indicator", _fmt(metrics.gmi_percent, 1, " %"), ""),
         ("Glucose variability (CV)", _fmt(metrics.cv_percent, 1, " %"), "≤ 36 %"),
-        ("Standard deviation", _fmt(metrics.sd_mg_dl, 0, " mg/dL"), ""),
+        ("Standard deviation", glucose(metrics.sd_mg_dl), ""),
         ("LBGI / HBGI", f"{_fmt(metrics.lbgi, 1)} / {_fmt(metrics.hbgi, 1)}", ""),
         (
             "Glycemia Risk Index",
@@ -263,8 +311,9 @@ def metrics_rows(metrics: GlucoseMetrics, timezone: str) -> list[tuple[str, str,
             "zone A–B",
         ),
         (
-            "Episodes ≥ 15 min",
-            f"<54: {e.below_54} · <70: {e.below_70} · >180: {e.above_180} · >250: {e.above_250}",
+            f"Episodes ≥ 15 min ({unit.value})",
+            f"<{very_low}: {e.below_54} · <{low}: {e.below_70} · >{high}: {e.above_180}"
+            f" · >{very_high}: {e.above_250}",
             "",
         ),
     ]
@@ -290,11 +339,13 @@ def render_report(
     now: datetime,
     fmt: ReportFormat = "html",
     agp_bin_min: int = 15,
+    unit: Unit = Unit.MG_DL,
 ) -> bytes:
     """The AGP report of `patient` over `[now − days, now]` in the patient's time zone.
 
     `readings` are the patient's readings as stored (every kind): the metrics and charts use
-    the CGM ones, the meter ones are listed apart as fingersticks.
+    the CGM ones, the meter ones are listed apart as fingersticks. HTML and PDF show glucose in
+    `unit`; JSON keeps mg/dL (its keys say so).
     """
     if fmt not in ("json", "html", "pdf"):
         raise UnknownReportFormat(str(fmt))
@@ -333,8 +384,8 @@ def render_report(
         }
         return json.dumps(document, allow_nan=False, ensure_ascii=False).encode()
     if fmt == "html":
-        return _html(patient, metrics, profiles, sticks, now).encode()
-    return pdf_document(_pdf_page(patient, metrics, profiles, sticks, now))
+        return _html(patient, metrics, profiles, sticks, now, unit).encode()
+    return pdf_document(_pdf_page(patient, metrics, profiles, sticks, now, unit))
 
 
 _CSS = """
@@ -373,19 +424,21 @@ def _html(
     profiles: DailyProfiles,
     sticks: Sequence[Fingerstick],
     now: datetime,
+    unit: Unit,
 ) -> str:
     title, sub = _header(patient, now)
     rows = "".join(
         f"<tr><td>{escape(label)}</td><td class='v'>{escape(value)}</td>"
         f"<td class='t'>{escape(target)}</td></tr>"
-        for label, value, target in metrics_rows(metrics, patient.timezone)
+        for label, value, target in metrics_rows(metrics, patient.timezone, unit)
     )
     note = _sufficiency_note(metrics)
     warn = f"<div class='warn'>{escape(note)}</div>" if note else ""
     zone = ZoneInfo(patient.timezone)
     stick_rows = "".join(
         f"<tr><td>{escape(f.time.astimezone(zone).strftime('%d %b %Y %H:%M'))}</td>"
-        f"<td class='v'>{f.mg_dl:.0f} mg/dL</td><td class='t'>{escape(f.device_id)}</td></tr>"
+        f"<td class='v'>{_g(f.mg_dl, unit)} {unit.value}</td>"
+        f"<td class='t'>{escape(f.device_id)}</td></tr>"
         for f in sticks
     )
     meter = (
@@ -397,8 +450,8 @@ def _html(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1><div class='sub'>{escape(sub)}</div>{warn}"
-        f"<div class='top'><table>{rows}</table>{tir_bar_svg(metrics)}</div>"
-        f"{agp_svg(metrics)}{daily_profiles_svg(profiles, meter=dots)}{meter}"
+        f"<div class='top'><table>{rows}</table>{tir_bar_svg(metrics, unit=unit)}</div>"
+        f"{agp_svg(metrics, unit=unit)}{daily_profiles_svg(profiles, meter=dots)}{meter}"
         "</body></html>"
     )
 
@@ -409,6 +462,7 @@ def _pdf_page(
     profiles: DailyProfiles,
     sticks: Sequence[Fingerstick],
     now: datetime,
+    unit: Unit,
 ) -> Canvas:
     page = Canvas(595, 842, title=f"AGP Report {patient.patient_id}")  # A4 in points
     margin = 30.0
@@ -421,16 +475,16 @@ def _pdf_page(
         page.rect(margin, y - 10, 535, 14, fill="#fff4e5")
         page.text(margin + 4, y, note, size=7.5)
         y += 16
-    for label, value, target in metrics_rows(metrics, patient.timezone):
+    for label, value, target in metrics_rows(metrics, patient.timezone, unit):
         page.text(margin, y, label, size=8.5)
         page.text(margin + 140, y, value, size=8.5, bold=True)
         if target:
             page.text(margin + 315, y, target, size=8, anchor="end", fill=_MUTED)
         page.polyline([(margin, y + 4), (margin + 318, y + 4)], stroke="#eeeeee", width=0.5)
         y += 15
-    page.place(tir_bar_canvas(metrics, width=210, height=y - 70), 355, 70)
+    page.place(tir_bar_canvas(metrics, width=210, height=y - 70, unit=unit), 355, 70)
     y += 6
-    page.place(agp_canvas(metrics, width=720, height=260), margin, y, scale=535 / 720)
+    page.place(agp_canvas(metrics, width=720, height=260, unit=unit), margin, y, scale=535 / 720)
     y += 260 * 535 / 720 + 8
     dots = meter_dots(sticks, patient.timezone)
     page.place(daily_profiles_canvas(profiles, width=720, meter=dots), margin, y, scale=535 / 720)

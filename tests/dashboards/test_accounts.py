@@ -115,7 +115,9 @@ async def test_sessions_expire_and_end_on_password_change(tmp_path: Path) -> Non
         found = await acc.login("dr-who", PASSWORD)
         assert found is not None
         session, user = found
-        assert user.role is Role.CLINICIAN and user.unit is Unit.MG_DL
+        assert (
+            user.role is Role.CLINICIAN and user.unit is Unit.MMOL_L
+        )  # no choice made: the default
         assert session.expires_at == clock.now() + timedelta(hours=12)
         assert await acc.session(session.session_id) is not None
         clock.current += timedelta(hours=12)

@@ -334,14 +334,14 @@ async def test_patient_page_shows_units_charts_and_devices(world: World, login: 
     assert 'class="chart day"' in page
     assert 'aria-label="Ambulatory glucose profile"' in page
     assert 'aria-label="Time in ranges"' in page
-    assert "Virtual CGM pat-a" in page and "mg/dL" in page
-    # The latest reading is at NOW: 130 + 30·sin(2π·4032/288) = 130 + 30·sin(28π) = 130.
-    assert '<span class="big">130</span>' in page
-    token = await csrf_of(alice, "/patients/pat-a")
-    await alice.post("/prefs", data={"csrf_token": token, "unit": "mmol/L"})
-    page = await (await alice.get("/patients/pat-a")).text()
-    # 130 / 18.01559 = 7.216 -> "7.2"
+    assert "Virtual CGM pat-a" in page and "mmol/L" in page
+    # The latest reading is at NOW: 130 + 30·sin(2π·4032/288) = 130 + 30·sin(28π) = 130,
+    # shown in the site default mmol/L: 130 / 18.01559 = 7.216 -> "7.2"
     assert '<span class="big">7.2</span>' in page
+    token = await csrf_of(alice, "/patients/pat-a")
+    await alice.post("/prefs", data={"csrf_token": token, "unit": "mg/dL"})
+    page = await (await alice.get("/patients/pat-a")).text()
+    assert '<span class="big">130</span>' in page
 
 
 async def test_pages_carry_security_headers(login: Login) -> None:
