@@ -142,7 +142,7 @@ def agp_canvas(
                         width=1.2 if not dash else 0.8, dash=dash)  # fmt: skip
         canvas.text(left - 4, _y(g, top, ph) + 3, _g(g, unit), size=8, anchor="end")
     canvas.text(left - 4, top + 3, _g(Y_MAX, unit), size=8, anchor="end", fill=_MUTED)
-    canvas.text(4, top + 3, unit.value, size=7, fill=_MUTED)
+    canvas.text(4, top - 6, unit.value, size=7, fill=_MUTED)  # above the top tick
     if not any(b.count for b in metrics.agp):
         canvas.text(left + pw / 2, top + ph / 2, "No glucose data", size=11, anchor="middle")
     return canvas

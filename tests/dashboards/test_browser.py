@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from dashboards.app import serve
+from gateway.clinical.alerts import PatientAlertEngine
 from gateway.model import AlertKind, AlertLevel
 from gateway.protocols import BatchSealed
 from gateway.settings import DashboardSettings
@@ -129,3 +130,34 @@ async def test_patient_sees_only_their_record(browser: Browser, base_url: str) -
     await page.goto(f"{base_url}/consent")
     await expect(page.locator("h1")).to_have_text("Sharing and access log")
     await shot(page, "09-patient-consent")
+
+
+async def test_mmol_viewer_reads_one_unit_and_plain_alert_text(
+    browser: Browser, base_url: str, world: World
+) -> None:
+    """With the site default (mmol/L) a clinician sees no mg/dL below the menu, and the engine's
+    low alert reads as one sentence with one number in mmol/L; switching shows mg/dL only."""
+    low = PatientAlertEngine("pat-a").on_reading(cgm("pat-a", NOW, 61.0), NOW)
+    push_alert(world, low[0])
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{base_url}/login")
+    await page.fill('input[name="username"]', "dr-grant")
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await expect(page.locator("h1")).to_have_text("Patients")
+    for path in ("/", "/patients/pat-a", "/alerts"):
+        await page.goto(f"{base_url}{path}")
+        main = await page.locator("main").inner_text()
+        assert "mg/dL" not in main and "mmol/L" in main, path
+    message = page.locator(f'tr[data-alert="{low[0].alert_id}"] td').nth(2)
+    await expect(message).to_have_text("Glucose 3.4 mmol/L, below 3.9 mmol/L")
+    await shot(page, "20-units-alerts-mmol")
+    await page.goto(f"{base_url}/patients/pat-a")
+    await shot(page, "21-units-patient-mmol")
+    await page.click('nav button:has-text("Show mg/dL")')
+    await page.goto(f"{base_url}/alerts")
+    await expect(message).to_have_text("Glucose 61 mg/dL, below 70 mg/dL")
+    assert "mmol/L" not in await page.locator("main").inner_text()
+    await page.goto(f"{base_url}/patients/pat-a")
+    assert "mmol/L" not in await page.locator("main").inner_text()
+    await shot(page, "22-units-patient-mg-dl")
