@@ -7,12 +7,11 @@ import dataclasses
 import hmac
 import math
 import secrets
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime, timedelta, tzinfo
 
 from aiohttp import web
 
-from dashboards import charts, pages
+from dashboards import charts, pages, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.context import (
@@ -73,11 +72,8 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def patient_tz(patient: Patient) -> ZoneInfo:
-    try:
-        return ZoneInfo(patient.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
+def patient_tz(patient: Patient) -> tzinfo:
+    return timefmt.patient_zone(patient.timezone)
 
 
 def glucose_points(readings: list[Reading]) -> list[tuple[datetime, float]]:
@@ -377,7 +373,9 @@ async def _patient_view(
     value = "—" if latest is None else format_glucose(latest.value, user.unit)
     return pages.PatientView(
         patient=patient,
-        latest_html=pages.latest_html(value, user.unit, trend, minutes),
+        latest_html=pages.latest_html(
+            value, user.unit, trend, minutes, at=None if latest is None else latest.time, tz=tz
+        ),
         day_chart=charts.day_chart_svg(
             [p for p in points if p[0] >= day_start],
             [a for a in alerts if a.raised_at >= day_start],
@@ -400,6 +398,8 @@ async def _patient_view(
             unit=user.unit,
             names={pid: patient.display_name},
             csrf=csrf_token(request),
+            zones={pid: tz},
+            now=now,
         ),
     )
 
@@ -527,9 +527,14 @@ async def visible_open_alerts(request: web.Request) -> list[Alert]:
 
 async def _alert_rows_html(request: web.Request) -> str:
     alerts = await visible_open_alerts(request)
-    names = {p.patient_id: p.display_name for p in await _visible_patients(request)}
+    patients = await _visible_patients(request)
     return pages.alert_rows(
-        alerts, unit=current_user(request).unit, names=names, csrf=csrf_token(request)
+        alerts,
+        unit=current_user(request).unit,
+        names={p.patient_id: p.display_name for p in patients},
+        csrf=csrf_token(request),
+        zones={p.patient_id: patient_tz(p) for p in patients},
+        now=deps(request).clock.now(),
     )
 
 
