@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, tzinfo
 
 from aiohttp import web
 
-from dashboards import charts, pages, timefmt
+from dashboards import charts, offload, pages, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.context import (
@@ -32,7 +32,7 @@ from dashboards.redirects import local_path
 from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, fingersticks
-from gateway.clinical.report import agp_svg, render_report, tir_bar_svg
+from gateway.clinical.report import agp_svg, tir_bar_svg
 from gateway.errors import InputError
 from gateway.model import (
     Alert,
@@ -455,7 +455,8 @@ async def report(request: web.Request) -> web.StreamResponse:
         patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
     )
     try:
-        body = render_report(
+        body = await offload.report(
+            request.app,
             patient,
             readings,  # every glucose kind: CGM for the metrics, meter listed apart
             days=days,
@@ -692,6 +693,7 @@ def add_routes(app: web.Application) -> None:
     user = Rule(access=Access.USER)
     own = Rule(access=Access.PATIENT)
     scoped = Rule(access=Access.USER, patient_from="match:id")
+    offload.install(app)  # the worker process for reports and FHIR summaries
     add_route(app, "GET", "/login", login_get, public)
     add_route(app, "POST", "/login", login_post, public)
     add_route(app, "POST", "/logout", logout, user)
