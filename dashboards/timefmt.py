@@ -63,7 +63,7 @@ def time_html(t: datetime | None, tz: tzinfo, *, now: datetime | None = None) ->
         return "—"
     text = local_text(t, tz)
     title = f"{text} ({zone_name(tz)})"
-    relative = "" if now is None else f' <span class="ago">{escape(ago(t, now))}</span>'
+    relative = "" if now is None else f' <span class="ago">· {escape(ago(t, now))}</span>'
     return (
         f'<time datetime="{escape(t.astimezone(UTC).isoformat())}" title="{escape(title)}">'
         f"{escape(text)}</time>{relative}"
