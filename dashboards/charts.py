@@ -9,12 +9,12 @@ Glucose is drawn on a fixed 40–400 mg/dL axis so charts of different patients 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from html import escape
-from zoneinfo import ZoneInfo
 
 from dashboards.alerttext import kind_label
 from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose
+from dashboards.timefmt import local_text, zone_label
 from gateway.model import Alert, AlertLevel
 from gateway.units import Unit
 
@@ -79,7 +79,7 @@ def day_chart_svg(
     start: datetime,
     end: datetime,
     unit: Unit,
-    tz: ZoneInfo,
+    tz: tzinfo,
     width: int = 720,
     height: int = 260,
 ) -> str:
@@ -112,6 +112,11 @@ def day_chart_svg(
                 f"{hour.hour:02d}:00</text>"
             )
         hour += timedelta(hours=1)
+    # The hours are the patient's local time: name the zone at the axis end (as of `end`).
+    parts.append(
+        f'<text class="tick zone" x="{left + plot_w:.1f}" y="{height - 1}" text-anchor="end">'
+        f"{escape(zone_label(end.astimezone(tz)))}</text>"
+    )
     for segment in _segments([p for p in points if start <= p[0] <= end]):
         coords = [(_x(t, start, end, left, plot_w), _y(v, top, plot_h)) for t, v in segment]
         if len(coords) == 1:
@@ -129,7 +134,7 @@ def day_chart_svg(
             if alert.level in (AlertLevel.URGENT, AlertLevel.ESCALATED)
             else "marker"
         )
-        label = escape(f"{kind_label(alert.kind)} at {alert.raised_at.astimezone(tz):%H:%M}")
+        label = escape(f"{kind_label(alert.kind)} at {local_text(alert.raised_at, tz)}")
         parts.append(
             f'<path class="{cls}" d="M{x:.1f},{y - 10:.1f} l-5,10 h10 z">'
             f"<title>{label}</title></path>"

@@ -26,8 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
+from dashboards import offload
 from dashboards.context import deps
-from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
+from gateway.clinical.metrics import GlucoseMetrics
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.model import Reading, ReadingKind
 
@@ -315,8 +316,13 @@ async def observations(request: web.Request) -> web.StreamResponse:
             until=until,
             kinds=(ReadingKind.CGM_GLUCOSE,),
         )
-        metrics = compute_metrics(
-            readings, now=until, days=days, timezone=patient.timezone, patient_id=patient_id
+        metrics = await offload.metrics(
+            request.app,
+            readings,
+            now=until,
+            days=days,
+            timezone=patient.timezone,
+            patient_id=patient_id,
         )
         return _fhir_json(
             summary_bundle(metrics, patient_id=patient_id, base_url=base_url, self_url=self_url)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from html import escape
-from zoneinfo import ZoneInfo
 
+from dashboards import timefmt
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
 from dashboards.glycemia import format_glucose
@@ -24,11 +24,9 @@ def esc(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def _time(t: datetime | None, tz: ZoneInfo | None = None) -> str:
-    if t is None:
-        return "—"
-    local = t.astimezone(tz) if tz is not None else t
-    return f'<time datetime="{esc(t.isoformat())}">{local:%Y-%m-%d %H:%M}</time>'
+def _time(t: datetime | None, tz: tzinfo = UTC, *, now: datetime | None = None) -> str:
+    """Every time on the pages: in `tz` (the patient's zone, else UTC) with the zone named."""
+    return timefmt.time_html(t, tz, now=now)
 
 
 def layout(
@@ -115,13 +113,16 @@ def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
     for row in rows:
         s = row.state
         p = s.patient
-        minutes = s.minutes_since(now)
         latest = (
             f"{format_glucose(s.latest.value, unit)} <small>{esc(unit.value)}</small>"
             if s.latest is not None
             else "—"
         )
-        since = "never" if minutes is None else f"{minutes:.0f} min"
+        since = (
+            "never"
+            if s.latest is None
+            else _time(s.latest.time, timefmt.patient_zone(p.timezone), now=now)
+        )
         reasons = " ".join(
             f'<span class="tag {esc(r.replace(" ", "-"))}">{esc(r)}</span>' for r in s.reasons(now)
         )
@@ -131,7 +132,7 @@ def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
             f'<tr class="patient" data-patient="{esc(p.patient_id)}">'
             f'<td><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a> {reasons}</td>'
             f'<td class="glucose">{latest} <span class="trend">{esc(row.trend)}</span></td>'
-            f"<td>{esc(since)}</td><td>{row.sparkline}</td>"
+            f"<td>{since}</td><td>{row.sparkline}</td>"
             f'<td class="tir">{esc(tir)}</td><td>{esc(tbr)}</td>'
             f"<td>{len(s.open_alerts)}</td></tr>"
         )
@@ -154,7 +155,16 @@ def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
 # -- patient --------------------------------------------------------------------------------
 
 
-def alert_rows(alerts: Sequence[Alert], *, unit: Unit, names: dict[str, str], csrf: str) -> str:
+def alert_rows(
+    alerts: Sequence[Alert],
+    *,
+    unit: Unit,
+    names: dict[str, str],
+    csrf: str,
+    zones: Mapping[str, tzinfo],
+    now: datetime,
+) -> str:
+    """`zones`: each patient's own time zone (UTC for one not listed)."""
     if not alerts:
         return '<tr><td colspan="6">No alerts.</td></tr>'
     out = []
@@ -180,13 +190,14 @@ def alert_rows(alerts: Sequence[Alert], *, unit: Unit, names: dict[str, str], cs
         by = f" by {esc(a.acknowledged_by)}" if a.acknowledged_by else ""
         if a.state is AlertState.RAISED and a.patient_acknowledged_by:
             by = f" (seen by the patient, {esc(a.patient_acknowledged_by)})"
+        raised = _time(a.raised_at, zones.get(a.patient_id, UTC), now=now)
         out.append(
             f'<tr class="alert {esc(level)} {esc(a.state.value)}" data-alert="{esc(a.alert_id)}"'
             f' data-level="{esc(a.level.value)}">'
             f'<td><a href="/patients/{esc(a.patient_id)}">'
             f"{esc(names.get(a.patient_id, a.patient_id))}</a></td>"
             f"<td>{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
-            f"<td>{_time(a.raised_at)}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
+            f"<td>{raised}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
         )
     return "".join(out)
 
@@ -284,7 +295,7 @@ def patient_live(view: PatientView) -> str:
     )
 
 
-def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> str:
+def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str:
     p = view.patient
     choices = "".join(
         f'<a href="?days={d}" class="{"on" if d == view.agp_days else ""}">{d} days</a> '
@@ -314,7 +325,7 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> s
         '<section><h2>Devices</h2><div class="scroll"><table><thead><tr><th>Device</th>'
         "<th>Kind</th><th>Transport</th><th>State</th><th>Battery</th><th>Last seen</th>"
         f"</tr></thead><tbody>{devices}</tbody></table></div></section>"
-        f"{_notes(view, user, csrf)}"
+        f"{_notes(view, user, csrf, tz)}"
         f"{_patient_ledger(view, user, tz)}"
     )
     return layout(
@@ -322,7 +333,7 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: ZoneInfo) -> s
     )
 
 
-def _battery(low_since: datetime | None, tz: ZoneInfo) -> str:
+def _battery(low_since: datetime | None, tz: tzinfo) -> str:
     return (
         "no warning"
         if low_since is None
@@ -330,11 +341,16 @@ def _battery(low_since: datetime | None, tz: ZoneInfo) -> str:
     )
 
 
-def _notes(view: PatientView, user: User, csrf: str) -> str:
+def _note_time(note: Note, tz: tzinfo) -> str:
+    at = timefmt.parse_stored(note.created_at)
+    return esc(note.created_at) if at is None else _time(at, tz)
+
+
+def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
     """The clinical notes thread, newest first; clinicians add to it."""
     items = (
         "".join(
-            f'<li><p class="sub">{esc(n.author)} ({esc(n.role)}) · {esc(n.created_at)}</p>'
+            f'<li><p class="sub">{esc(n.author)} ({esc(n.role)}) · {_note_time(n, tz)}</p>'
             f"<p>{esc(n.body)}</p></li>"
             for n in view.notes
         )
@@ -353,7 +369,7 @@ def _notes(view: PatientView, user: User, csrf: str) -> str:
     )
 
 
-def _patient_ledger(view: PatientView, user: User, tz: ZoneInfo) -> str:
+def _patient_ledger(view: PatientView, user: User, tz: tzinfo) -> str:
     """The patient's sealed batches: each either inside the signed tree (with the records
     the viewer may see and their offline inclusion proof) or waiting for the next
     checkpoint."""
@@ -497,9 +513,18 @@ def signature_names(note: str) -> list[str]:
     ]
 
 
-def latest_html(value: str, unit: Unit, trend: str, minutes: float | None) -> str:
-    since = "no readings" if minutes is None else f"{minutes:.0f} min ago"
+def latest_html(
+    value: str,
+    unit: Unit,
+    trend: str,
+    minutes: float | None,
+    *,
+    at: datetime | None = None,
+    tz: tzinfo = UTC,
+) -> str:
+    since = "no readings" if minutes is None else timefmt.ago_minutes(minutes)
+    when = "" if at is None else f" <small>({_time(at, tz)})</small>"
     return (
         f'<span class="big">{esc(value)}</span> <small>{esc(unit.value)}</small> '
-        f'<span class="trend">{esc(trend)}</span> <span class="since">{esc(since)}</span>'
+        f'<span class="trend">{esc(trend)}</span> <span class="since">{esc(since)}</span>{when}'
     )

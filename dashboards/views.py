@@ -7,12 +7,11 @@ import dataclasses
 import hmac
 import math
 import secrets
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime, timedelta, tzinfo
 
 from aiohttp import web
 
-from dashboards import charts, pages
+from dashboards import charts, offload, pages, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.context import (
@@ -33,7 +32,7 @@ from dashboards.redirects import local_path
 from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, fingersticks
-from gateway.clinical.report import agp_svg, render_report, tir_bar_svg
+from gateway.clinical.report import agp_svg, tir_bar_svg
 from gateway.errors import InputError
 from gateway.model import (
     Alert,
@@ -73,11 +72,8 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def patient_tz(patient: Patient) -> ZoneInfo:
-    try:
-        return ZoneInfo(patient.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
+def patient_tz(patient: Patient) -> tzinfo:
+    return timefmt.patient_zone(patient.timezone)
 
 
 def glucose_points(readings: list[Reading]) -> list[tuple[datetime, float]]:
@@ -377,7 +373,9 @@ async def _patient_view(
     value = "—" if latest is None else format_glucose(latest.value, user.unit)
     return pages.PatientView(
         patient=patient,
-        latest_html=pages.latest_html(value, user.unit, trend, minutes),
+        latest_html=pages.latest_html(
+            value, user.unit, trend, minutes, at=None if latest is None else latest.time, tz=tz
+        ),
         day_chart=charts.day_chart_svg(
             [p for p in points if p[0] >= day_start],
             [a for a in alerts if a.raised_at >= day_start],
@@ -400,6 +398,8 @@ async def _patient_view(
             unit=user.unit,
             names={pid: patient.display_name},
             csrf=csrf_token(request),
+            zones={pid: tz},
+            now=now,
         ),
     )
 
@@ -455,7 +455,8 @@ async def report(request: web.Request) -> web.StreamResponse:
         patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
     )
     try:
-        body = render_report(
+        body = await offload.report(
+            request.app,
             patient,
             readings,  # every glucose kind: CGM for the metrics, meter listed apart
             days=days,
@@ -528,9 +529,14 @@ async def visible_open_alerts(request: web.Request) -> list[Alert]:
 
 async def _alert_rows_html(request: web.Request) -> str:
     alerts = await visible_open_alerts(request)
-    names = {p.patient_id: p.display_name for p in await _visible_patients(request)}
+    patients = await _visible_patients(request)
     return pages.alert_rows(
-        alerts, unit=current_user(request).unit, names=names, csrf=csrf_token(request)
+        alerts,
+        unit=current_user(request).unit,
+        names={p.patient_id: p.display_name for p in patients},
+        csrf=csrf_token(request),
+        zones={p.patient_id: patient_tz(p) for p in patients},
+        now=deps(request).clock.now(),
     )
 
 
@@ -688,6 +694,7 @@ def add_routes(app: web.Application) -> None:
     user = Rule(access=Access.USER)
     own = Rule(access=Access.PATIENT)
     scoped = Rule(access=Access.USER, patient_from="match:id")
+    offload.install(app)  # the worker process for reports and FHIR summaries
     add_route(app, "GET", "/login", login_get, public)
     add_route(app, "POST", "/login", login_post, public)
     add_route(app, "POST", "/logout", logout, user)

@@ -83,6 +83,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "dashboards.context": ("aiohttp",),
         "dashboards.fhir": ("aiohttp",),
         "dashboards.live": ("asyncio",),
+        "dashboards.offload": ("aiohttp", "asyncio", "concurrent.futures", "multiprocessing"),
         "dashboards.publiclog": ("aiohttp",),
         "dashboards.views": ("aiohttp", "asyncio"),
         "gateway.fanout": ("asyncio",),

@@ -19,6 +19,7 @@ from gateway.protocols import BatchSealed
 from gateway.settings import DashboardSettings
 from tests.dashboards.conftest import make_app
 from tests.dashboards.fakes import NOW, PASSWORD, World, alert, cgm, push_alert, push_readings
+from tests.dashboards.test_time_zones import JULY, paris_world
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -161,3 +162,27 @@ async def test_mmol_viewer_reads_one_unit_and_plain_alert_text(
     await page.goto(f"{base_url}/patients/pat-a")
     assert "mmol/L" not in await page.locator("main").inner_text()
     await shot(page, "22-units-patient-mg-dl")
+
+
+async def test_paris_patients_times_are_local_and_labelled(
+    browser: Browser, base_url: str, world: World
+) -> None:
+    paris_world(world)
+    user = await world.accounts.get_user("dr-grant")
+    assert user is not None
+    await world.accounts.add_note(user, "pat-a", "Reviewed overnight lows.")
+    world.clock.current = JULY
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{base_url}/login")
+    await page.fill('input[name="username"]', "dr-grant")
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await page.goto(f"{base_url}/patients/pat-a")
+    # 12:00Z, 12:26Z and 10:15Z are 14:00, 14:26 and 12:15 in Paris in July (CEST, UTC+2).
+    await expect(page.locator('tr[data-alert="al-paris"]')).to_contain_text("2026-07-01 14:00 CEST")
+    await expect(page.locator(".now")).to_contain_text("4 min ago")
+    devices = page.locator("section", has=page.locator("h2", has_text="Devices"))
+    await expect(devices).to_contain_text("2026-07-01 14:26 CEST")
+    await expect(page.locator("#notes")).to_contain_text("2026-07-01 12:15 CEST")
+    await expect(page.locator("svg.chart.day text.zone")).to_have_text("CEST")
+    await shot(page, "10-paris-patient-times")

@@ -54,7 +54,7 @@ def test_day_chart_marks_alerts_and_uses_the_patients_time() -> None:
     ET.fromstring(svg)  # well-formed
     # Only the alert inside the 24 h window is marked; NOW is 12:00 UTC = 13:00 in Berlin,
     # so the urgent low at 10:00 UTC is labelled 11:00.
-    assert svg.count('class="marker') == 1 and "Urgent low at 11:00" in svg
+    assert svg.count('class="marker') == 1 and "Urgent low at 2026-01-15 11:00 CET" in svg
     # Axis labels in mmol/L: 180 mg/dL -> 10.0, 70 -> 3.9.
     assert ">10.0<" in svg and ">3.9<" in svg
     # Hour ticks every 3 local hours: 15:00 is the first multiple of 3 after 13:00.
