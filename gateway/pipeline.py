@@ -160,7 +160,7 @@ class Hub:
         self.fanout = fanout
         self._alerts: AlertStage = alerts or NoAlerts()
         if isinstance(alerts, PersonChanges):
-            alerts.on_change = self._changed_by_a_person
+            alerts.on_change = self._alerts_changed
         size = settings.pipeline.queue_size
         self._ingest: asyncio.Queue[_Envelope | None] = asyncio.Queue(size)
         self._alert_queue: asyncio.Queue[_Stored | None] = asyncio.Queue(max(1, size // 100))
@@ -533,20 +533,17 @@ class Hub:
                 return
             self._publish_alerts(await self._alerts.on_stored(item.readings, item.events))
 
-    def _changed_by_a_person(self, alerts: list[Alert], ledger_events: int) -> None:
-        """An acknowledgement or snooze: stream it, and seal its ledger events within
-        batch_max_seconds rather than with the next reading."""
+    def _alerts_changed(self, alerts: list[Alert], ledger_events: int) -> None:
+        """Alert transitions, the engine's or a person's (acknowledge, snooze): stream them, and
+        seal their ledger events within batch_max_seconds rather than with the next reading."""
         for alert in alerts:
             self.fanout.publish(AlertChanged(alert=alert))
         if ledger_events:
             self.ledger_events_written(ledger_events)
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            self.fanout.publish(AlertChanged(alert=alert))
-        if alerts:  # transitions are sealed into the ledger like readings
-            self._batcher.add(len(alerts), self._clock.monotonic())
-            self._new_readings.set()
+        # Each transition is a ledger event, sealed like readings.
+        self._alerts_changed(alerts, len(alerts))
 
 
 def _letter(

@@ -143,7 +143,9 @@ class Sealer:
         self._keys = keys
         self._hub_id = hub_id
         self._signer = NoteSigner(keys.log_name, keys.log_key)
-        self._forward = forward
+        # Upstream topics of the outbox rows sealing adds; None: nothing is forwarded.
+        self._batches_topic = batches_topic(hub_id) if forward else None
+        self._checkpoints_topic = checkpoints_topic(hub_id) if forward else None
         state = store.tree_state()
         self._tree = CompactTree() if state is None else CompactTree.from_bytes(state[1])
         self.quarantined = store.count_quarantined()
@@ -152,11 +154,6 @@ class Sealer:
     @property
     def tree_size(self) -> int:
         return self._tree.size
-
-    def _topic(self, kind: str) -> str | None:
-        if not self._forward:
-            return None
-        return batches_topic(self._hub_id) if kind == "batches" else checkpoints_topic(self._hub_id)
 
     def seal(self, limit: int, now: datetime, *, sign: bool = True) -> SealOutcome | None:
         """Seal up to `limit` of the oldest unsealed readings, and ledger events, into one
@@ -201,7 +198,7 @@ class Sealer:
         tree = self._tree.copy()
         tree.append(sealed.leaf_hash)
         root = tree.root()
-        topic = self._topic("batches")
+        topic = self._batches_topic
         self._store.record_sealed_batch(
             batch=batch,
             last_row_id=rows[-1].row_id if rows else 0,
@@ -245,6 +242,6 @@ class Sealer:
         for size, root in self._store.unsigned_checkpoints():
             checkpoint = Checkpoint(origin=self._keys.log_name, size=size, root_hash=root)
             note = sign_checkpoint(checkpoint, self._signer)
-            self._store.record_checkpoint_note(size, note, self._topic("checkpoints"), now)
+            self._store.record_checkpoint_note(size, note, self._checkpoints_topic, now)
             signed += 1
         return signed

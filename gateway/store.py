@@ -383,19 +383,6 @@ class Store:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
-    # -- meta ---------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
     # -- registry -----------------------------------------------------------------------
 
     def add_patient(self, patient: Patient) -> None:
@@ -848,7 +835,13 @@ class Store:
                 self._db.execute(
                     "INSERT INTO quarantine (record, row_id, patient_id, reason, quarantined_at) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (record, row_id) DO NOTHING",
-                    (item.record, item.row_id, item.patient_id, item.reason, to_rfc3339(now)),
+                    (
+                        item.record,
+                        item.row_id,
+                        item.patient_id,
+                        _text(item.reason),
+                        to_rfc3339(now),
+                    ),
                 )
             self._commit()
         except BaseException:
