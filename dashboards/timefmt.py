@@ -8,6 +8,8 @@ from datetime import UTC, datetime, tzinfo
 from html import escape
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.clock import to_rfc3339
+
 
 def patient_zone(name: str) -> tzinfo:
     """The patient's IANA zone; UTC (and so labelled) for a name the database does not know."""
@@ -65,8 +67,7 @@ def time_html(t: datetime | None, tz: tzinfo, *, now: datetime | None = None) ->
     title = f"{text} ({zone_name(tz)})"
     relative = "" if now is None else f' <span class="ago">· {escape(ago(t, now))}</span>'
     return (
-        f'<time datetime="{escape(t.astimezone(UTC).isoformat())}" title="{escape(title)}">'
-        f"{escape(text)}</time>{relative}"
+        f'<time datetime="{to_rfc3339(t)}" title="{escape(title)}">{escape(text)}</time>{relative}'
     )
 
 

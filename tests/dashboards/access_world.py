@@ -53,6 +53,8 @@ class PatientMarkers:
     cgm_id: str
     meter_id: str
     glucose: str  # an in-range CGM value, sealed in the patient's first batch
+    # Values under 60 carry four decimals: with three, "46.198" is also the seconds and
+    # milliseconds of any timestamp taken at hh:mm:46.198, and that is not a leak.
     urgent_low: str  # the CGM value that raised the urgent low
     alert_message: str  # the start of that alert's message ("Glucose 41 mg/dL ...")
     meter_mmol: str  # a meter reading's original mmol/L value
@@ -90,12 +92,12 @@ MARKERS = {
             cgm_id="cgm-aurora-9q1",
             meter_id="meter-aurora-9q2",
             glucose="123.457",
-            urgent_low="41.234",
+            urgent_low="41.2347",
             alert_message="Glucose 41 mg/dL",
             meter_mmol="8.2468",
             meter_mg_dl="148.571",
-            late_glucose="39.876",
-            live_glucose="38.765",
+            late_glucose="39.8761",
+            live_glucose="38.7652",
             battery_detail="battery-aurora-cell-3v1",
             note="Aurora note: kumquat protocol 71",
         ),
@@ -106,12 +108,12 @@ MARKERS = {
             cgm_id="cgm-boreal-8k1",
             meter_id="meter-boreal-8k2",
             glucose="134.568",
-            urgent_low="42.345",
+            urgent_low="42.3458",
             alert_message="Glucose 42 mg/dL",
             meter_mmol="9.3579",
             meter_mg_dl="168.587",
-            late_glucose="47.987",
-            live_glucose="37.654",
+            late_glucose="47.9873",
+            live_glucose="37.6541",
             battery_detail="battery-boreal-cell-3v2",
             note="Boreal note: quince protocol 72",
         ),
@@ -122,12 +124,12 @@ MARKERS = {
             cgm_id="cgm-cobalt-7z1",
             meter_id="meter-cobalt-7z2",
             glucose="145.679",
-            urgent_low="43.456",
+            urgent_low="43.4569",
             alert_message="Glucose 43 mg/dL",
             meter_mmol="10.4681",
             meter_mg_dl="188.591",
-            late_glucose="46.198",
-            live_glucose="36.543",
+            late_glucose="46.1984",
+            live_glucose="36.5432",
             battery_detail="battery-cobalt-cell-3v3",
             note="Cobalt note: medlar protocol 73",
         ),
