@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.store import Store
+from tests.support.postgres import Postgres
 
 
 @pytest.fixture
@@ -29,3 +31,23 @@ def store(data_dir: Path) -> Iterator[Store]:
     )
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL server for the whole run (initdb takes seconds); each test gets a database."""
+    server = Postgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Postgres) -> str:
+    """A fresh, empty database on the run's server."""
+    return postgres_server.create_database(f"t_{next(_database_numbers)}")
+
+
+_database_numbers = itertools.count(1)
