@@ -31,4 +31,21 @@ class RegistryError(GlucohubError):
 
 
 class StorageError(GlucohubError):
-    """The durable store failed or holds something it should not."""
+    """The durable store failed or holds something it should not.
+
+    Callers decide by subclass: a `TransientStorageError` may succeed if retried (the database
+    restarted, a lock timed out, a connection dropped); a `PermanentStorageError` will not (a
+    full disk, a schema from newer code, a corrupt or missing database, a constraint the data
+    breaks). A bare `StorageError` is treated as permanent."""
+
+    transient = False
+
+
+class TransientStorageError(StorageError):
+    """Retry later: nothing was written, and the same call may succeed."""
+
+    transient = True
+
+
+class PermanentStorageError(StorageError):
+    """Retrying the same call will fail the same way; an operator must act."""

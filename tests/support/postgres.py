@@ -8,6 +8,7 @@ missing this FAILS with what to install — PostgreSQL tests never skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -57,8 +58,8 @@ class Postgres:
     def __init__(self, directory: Path | None = None, *, port: int | None = None) -> None:
         self.bindir = find_bindir()
         # Not under pytest's tmp_path: that is private to root, and the server may run as postgres.
-        self.directory = directory if directory is not None else Path(
-            tempfile.mkdtemp(prefix="glucohub-pg-")
+        self.directory = (
+            directory if directory is not None else Path(tempfile.mkdtemp(prefix="glucohub-pg-"))
         )
         self.port = port if port is not None else free_port()
         self._process: subprocess.Popen[bytes] | None = None
@@ -217,10 +218,8 @@ class Postgres:
             return
         if process.poll() is None:
             # runuser forwards nothing; signal the whole session (postmaster and backends).
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
