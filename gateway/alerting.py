@@ -19,7 +19,7 @@ from gateway.clock import Clock, to_rfc3339
 from gateway.errors import InputError
 from gateway.model import Alert, AlertKind, DeviceEvent, Reading
 from gateway.settings import AlertSettings, BleSettings
-from gateway.store import Store
+from gateway.storage.contract import HubStorage
 
 log = logging.getLogger("glucohub.alerts")
 
@@ -48,7 +48,7 @@ class AlertService:
         *,
         thresholds: Thresholds,
         clock: Clock,
-        writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
+        writer_run: Callable[[Callable[[HubStorage], None]], Awaitable[None]],
         states: dict[str, str],
     ) -> None:
         self._thresholds = thresholds

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 
-from gateway.store import BatchRecords
+from gateway.storage.contract import BatchRecords
 from ledger.batch import payload_from_jws
 from ledger.errors import LedgerError
 from ledger.records import Disclosed, disclose

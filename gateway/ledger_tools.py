@@ -10,7 +10,8 @@ from typing import Any
 from gateway.disclosure import disclosed_for
 from gateway.errors import InputError, StorageError
 from gateway.sealing import load_public_keys
-from gateway.store import Store
+from gateway.storage.contract import HubStorage
+from gateway.storage.opening import open_storage
 from ledger import rfc6962
 from ledger.bundle import BundleBatch, write_bundle
 from ledger.note import add_signatures
@@ -26,7 +27,7 @@ def _public(data_dir: Path, hub_id: str) -> tuple[dict[str, Any], str]:
     return jwk, keys[1]
 
 
-def _latest_checkpoint(store: Store) -> tuple[int, str]:
+def _latest_checkpoint(store: HubStorage) -> tuple[int, str]:
     latest = store.latest_checkpoint()
     if latest is None:
         raise StorageError("the ledger has no signed checkpoint yet")
@@ -34,12 +35,12 @@ def _latest_checkpoint(store: Store) -> tuple[int, str]:
     return size, add_signatures(note, store.cosignatures(size))
 
 
-def export_bundle(data_dir: Path, hub_id: str, out: Path) -> int:
+def export_bundle(data_dir: Path, hub_id: str, out: Path, *, storage_url: str = "") -> int:
     """Write every batch covered by the latest checkpoint with all its records (the whole
     hub's health data: for the operator to hand to a verifying site); return the number of
     batches."""
     jwk, vkey = _public(data_dir, hub_id)
-    store = Store(data_dir, read_only=True)
+    store = open_storage(data_dir, storage_url, read_only=True)
     try:
         size, note = _latest_checkpoint(store)
         jws_list = _bundle_batches(store, size)
@@ -62,7 +63,7 @@ def export_bundle(data_dir: Path, hub_id: str, out: Path) -> int:
     return size
 
 
-def _bundle_batches(store: Store, size: int) -> Iterator[BundleBatch]:
+def _bundle_batches(store: HubStorage, size: int) -> Iterator[BundleBatch]:
     for batch in store.batches(limit=size):
         records = store.batch_records(batch.seq)
         if records.seed is None:  # format 1: the records are in the JWS
@@ -75,11 +76,17 @@ def _bundle_batches(store: Store, size: int) -> Iterator[BundleBatch]:
 
 
 def prove_batch(
-    data_dir: Path, hub_id: str, seq: int, out: Path, patient: str | None = None
+    data_dir: Path,
+    hub_id: str,
+    seq: int,
+    out: Path,
+    patient: str | None = None,
+    *,
+    storage_url: str = "",
 ) -> int:
     """Write an offline inclusion proof for batch `seq`, with `patient`'s records of it when
     given; return the tree size it proves to."""
-    store = Store(data_dir, read_only=True)
+    store = open_storage(data_dir, storage_url, read_only=True)
     try:
         size, note = _latest_checkpoint(store)
         if not 0 <= seq < size:

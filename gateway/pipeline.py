@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.clock import Clock
+from gateway.errors import StorageError
 from gateway.fanout import FanOut
 from gateway.model import Alert, DeviceEvent, Reading
 from gateway.protocols import (
@@ -41,7 +41,8 @@ from gateway.protocols import (
 )
 from gateway.sealing import Sealer, SealOutcome
 from gateway.settings import Settings
-from gateway.store import Message, Store, WriteResult
+from gateway.storage.contract import HubStorage, Message, WriteResult
+from gateway.storage.opening import open_storage
 from gateway.supervision import Backoff, NamedSource, SourceState, SourceStatus, supervise
 from gateway.telemetry import Telemetry
 from gateway.validation import ValidationRules, validate
@@ -115,17 +116,17 @@ class _Stored:
 
 
 class Writer:
-    """The single thread that owns the writable `Store` (and the `Sealer`)."""
+    """The single thread that owns the writable storage (and the `Sealer`)."""
 
-    def __init__(self, executor: ThreadPoolExecutor, store: Store) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, store: HubStorage) -> None:
         self._executor = executor
         self.store = store
 
     @classmethod
-    async def open(cls, data_dir: Path) -> Writer:
+    async def open(cls, data_dir: Path, url: str = "") -> Writer:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glucohub-writer")
         loop = asyncio.get_running_loop()
-        store = await loop.run_in_executor(executor, Store, data_dir)
+        store = await loop.run_in_executor(executor, lambda: open_storage(data_dir, url))
         return cls(executor, store)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -354,7 +355,7 @@ class Hub:
         now = self._clock.now()
         try:
             return self._write_chunk(chunk, now)
-        except sqlite3.OperationalError:
+        except StorageError:
             raise  # the database itself (disk full, I/O): nothing to blame on one input
         except Exception:
             log.exception("a chunk of %d inputs failed; storing them one by one", len(chunk))
@@ -362,7 +363,7 @@ class Hub:
         for envelope in chunk:
             try:
                 parts.append(self._write_chunk([envelope], now))
-            except sqlite3.OperationalError:
+            except StorageError:
                 raise
             except Exception as exc:
                 log.exception("unstorable input from %s", envelope.origin.topic or "?")

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
 from gateway.errors import ConfigError
 from gateway.model import Batch
-from gateway.store import Store, Unsealable
+from gateway.storage.contract import HubStorage, Unsealable
 from gateway.topics import batches_topic, checkpoints_topic
 from ledger import keys as ledger_keys
 from ledger.batch import seal_records
@@ -131,7 +131,7 @@ def batch_message(batch_seq: int, jws: bytes, seed: bytes, canonical: list[bytes
 class Sealer:
     def __init__(
         self,
-        store: Store,
+        store: HubStorage,
         keys: HubKeys,
         *,
         hub_id: str,

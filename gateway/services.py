@@ -1,7 +1,8 @@
 """The hub's read side for dashboards: `ReadModel` and `LedgerView` over the store.
 
-Reads use their own SQLite connection on their own thread (WAL lets them run while
-the writer commits), so a dashboard query never blocks ingestion or the event loop.
+Reads use their own storage connection on their own thread (SQLite's WAL and PostgreSQL's
+MVCC let them run while the writer commits), so a dashboard query never blocks ingestion or
+the event loop.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from gateway.errors import ConfigError, InputError
 from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
 from gateway.protocols import DisclosedBatch, QuarantinedRecord
 from gateway.sealing import HubKeys
-from gateway.store import Store
+from gateway.storage.contract import HubStorage
+from gateway.storage.opening import open_storage
 from ledger import rfc6962, tiles
 from ledger.checkpoint import Checkpoint
 from ledger.cosignature import CosignatureVerifier, verify_cosignature
@@ -41,17 +43,18 @@ T = TypeVar("T")
 class Reader:
     """One read connection on one thread."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str = "") -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glucohub-reader")
-        self._store: Store | None = None
+        self._store: HubStorage | None = None
         self._data_dir = data_dir
+        self._url = url
 
-    def _open(self) -> Store:
+    def _open(self) -> HubStorage:
         if self._store is None:
-            self._store = Store(self._data_dir)
+            self._store = open_storage(self._data_dir, self._url)
         return self._store
 
-    async def run(self, fn: Callable[[Store], T]) -> T:
+    async def run(self, fn: Callable[[HubStorage], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(self._open()))
 
@@ -77,7 +80,7 @@ class StoreOutbox:
     def __init__(
         self,
         reader: Reader,
-        writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
+        writer_run: Callable[[Callable[[HubStorage], None]], Awaitable[None]],
         added: asyncio.Event,
         clock: Clock,
     ) -> None:
@@ -178,7 +181,7 @@ class _LogHashes:
     def __init__(self) -> None:
         self._runs: dict[int, bytes] = {}
 
-    def range_hash(self, store: Store, start: int, end: int) -> bytes:
+    def range_hash(self, store: HubStorage, start: int, end: int) -> bytes:
         n = end - start
         if n == self.RUN and start % self.RUN == 0:
             cached = self._runs.get(start // self.RUN)
@@ -194,7 +197,7 @@ class _LogHashes:
         )
 
     @staticmethod
-    def _read(store: Store, start: int, end: int) -> bytes:
+    def _read(store: HubStorage, start: int, end: int) -> bytes:
         leaves = store.leaf_hashes(start, end)
         if len(leaves) != end - start:
             raise InputError(f"the log has no leaves {start}..{end - 1}")
@@ -208,7 +211,7 @@ class StoreLedgerView:
         self,
         reader: Reader,
         keys: HubKeys,
-        writer_run: Callable[[Callable[[Store], None]], Awaitable[None]],
+        writer_run: Callable[[Callable[[HubStorage], None]], Awaitable[None]],
         witness_keys: Sequence[str] = (),
         clock: Clock | None = None,
     ) -> None:
@@ -229,7 +232,7 @@ class StoreLedgerView:
         return self._keys.batch_jwk
 
     async def checkpoint_note(self) -> str | None:
-        def read(store: Store) -> str | None:
+        def read(store: HubStorage) -> str | None:
             latest = store.latest_checkpoint()
             if latest is None:
                 return None
@@ -244,7 +247,7 @@ class StoreLedgerView:
         except LedgerError:
             return None
 
-        def read(store: Store) -> bytes | None:
+        def read(store: HubStorage) -> bytes | None:
             latest = store.latest_checkpoint()
             size = 0 if latest is None else latest[0]
             if ref.end_leaf > size:
@@ -261,7 +264,7 @@ class StoreLedgerView:
         return await self._reader.run(read)
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
-        def read(store: Store) -> list[bytes]:
+        def read(store: HubStorage) -> list[bytes]:
             state = store.tree_state()
             if not 0 <= old_size <= new_size <= (0 if state is None else state[0]):
                 raise InputError(f"no consistency proof from {old_size} to {new_size}")
@@ -272,7 +275,7 @@ class StoreLedgerView:
         return await self._reader.run(read)
 
     async def inclusion_proof(self, seq: int) -> tuple[int, list[bytes]]:
-        def read(store: Store) -> tuple[int, list[bytes]]:
+        def read(store: HubStorage) -> tuple[int, list[bytes]]:
             latest = store.latest_checkpoint()
             if latest is None or seq >= latest[0]:
                 raise InputError(f"batch {seq} is not in a signed checkpoint yet")
@@ -281,7 +284,7 @@ class StoreLedgerView:
         return await self._reader.run(read)
 
     async def batch_view(self, seq: int, patients: AbstractSet[str]) -> DisclosedBatch | None:
-        def read(store: Store) -> DisclosedBatch | None:
+        def read(store: HubStorage) -> DisclosedBatch | None:
             found = _disclosed(store, seq, patients)
             if found is None:
                 return None
@@ -295,7 +298,7 @@ class StoreLedgerView:
     async def inclusion_proof_file(
         self, seq: int, patients: AbstractSet[str]
     ) -> DisclosedBatch | None:
-        def read(store: Store) -> DisclosedBatch | None:
+        def read(store: HubStorage) -> DisclosedBatch | None:
             found = _disclosed(store, seq, patients)
             if found is None:
                 return None
@@ -316,7 +319,7 @@ class StoreLedgerView:
         return await self._reader.run(read)
 
     async def quarantined(self) -> list[QuarantinedRecord]:
-        def read(store: Store) -> list[QuarantinedRecord]:
+        def read(store: HubStorage) -> list[QuarantinedRecord]:
             return [
                 QuarantinedRecord(
                     record=q.record, row_id=q.row_id, patient_id=q.patient_id, reason=q.reason
@@ -326,7 +329,7 @@ class StoreLedgerView:
 
         return await self._reader.run(read)
 
-    def _inclusion_path(self, store: Store, seq: int, size: int) -> list[bytes]:
+    def _inclusion_path(self, store: HubStorage, seq: int, size: int) -> list[bytes]:
         return rfc6962.inclusion_proof_with(
             lambda a, b: self._hashes.range_hash(store, a, b), seq, size
         )
@@ -342,7 +345,7 @@ class StoreLedgerView:
         if "\n" in line or not line:
             raise InputError("send exactly one cosignature line")
 
-        def accept(store: Store) -> None:
+        def accept(store: HubStorage) -> None:
             for size, root in store.recent_checkpoints(_RECENT_CHECKPOINTS):
                 checkpoint = Checkpoint(origin=self._keys.log_name, size=size, root_hash=root)
                 for witness in self._witnesses:
@@ -358,7 +361,7 @@ class StoreLedgerView:
 
 
 def _disclosed(
-    store: Store, seq: int, patients: AbstractSet[str]
+    store: HubStorage, seq: int, patients: AbstractSet[str]
 ) -> tuple[Batch, frozenset[str], list[Disclosed]] | None:
     """Batch `seq`, whose records it discloses to a reader of `patients`, and those."""
     batch = store.batch(seq)

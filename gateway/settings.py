@@ -31,7 +31,10 @@ class HubSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageSettings:
-    data_dir: Path = Path("var/data")
+    data_dir: Path = Path("var/data")  # ledger keys always; the SQLite database when no url
+    # Empty: SQLite in data_dir. "postgresql://user@host:5432/db": PostgreSQL (may hold a
+    # password, so never shown).
+    url: str = field(default="", repr=False)
     commit_max_readings: int = 2000  # readings per SQLite transaction at most
     # Group commit: a transaction takes whatever is queued when the previous one ends; a
     # delay > 0 waits that long for more (fewer, larger commits on a slow SD card).
@@ -246,6 +249,12 @@ def _coerce(key: str, value: Any, wanted: Any) -> Any:
 
 def _check(settings: Settings) -> None:
     """Range checks that a type alone cannot express."""
+    url = settings.storage.url
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        scheme = url.split(":", 1)[0] if ":" in url else "no scheme"
+        raise ConfigError(
+            "storage.url", f"must be empty (SQLite) or a postgresql:// URL, got {scheme}"
+        )
     positive = {
         "storage.commit_max_readings": settings.storage.commit_max_readings,
         "pipeline.queue_size": settings.pipeline.queue_size,

@@ -5,6 +5,8 @@ Pure vocabulary: the store, the dashboards and the CLI all take their shapes fro
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -59,3 +61,8 @@ def alert_to_json(alert: Alert) -> dict[str, Any]:
         "patient_acknowledged_by": alert.patient_acknowledged_by,
         "patient_acknowledged_at": ts(alert.patient_acknowledged_at),
     }
+
+
+def json_line(obj: Mapping[str, object]) -> str:
+    """One record as one line of compact JSON (JSON Lines), non-ASCII kept as it is."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -17,10 +17,9 @@ import re
 import sqlite3
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.clock import to_rfc3339, utc_now
@@ -42,9 +41,20 @@ from gateway.model import (
     Transport,
 )
 from gateway.protocols import DeadLetter, Origin, RejectReason
-from gateway.shapes import alert_to_json, json_number, reading_to_json
+from gateway.shapes import alert_to_json, json_line, json_number, reading_to_json
+from gateway.storage.contract import (
+    DEAD_LETTER_PREFIX_BYTES,
+    BatchRecords,
+    Message,
+    StoredDeadLetter,
+    Unsealable,
+    UnsealedEvent,
+    UnsealedReading,
+    WriteResult,
+)
+from gateway.storage.sqlite_errors import translate_sqlite_errors
 from gateway.storage.sqlite_events import insert_ledger_event
-from gateway.storage.sqlite_migrations import migrate, require_current
+from gateway.storage.sqlite_migrations import migrate, require_current, schema_version
 from gateway.units import Unit
 from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
@@ -66,89 +76,8 @@ _READING_COLUMNS = (
 )
 
 
-# A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
-# 100 MB message must not become 100 MB of database.
-DEAD_LETTER_PREFIX_BYTES = 4096
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
-    """One input's readings (an MQTT message, a BLE notification), stored all or nothing.
-
-    `origin` (its raw bytes) is what a refused message's dead letter keeps; without one the
-    dead letter holds the refused reading's JSON."""
-
-    origin: Origin | None
-    readings: Sequence[Reading]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WriteResult:
-    stored: tuple[Reading, ...]  # the readings that were new, in input order
-    duplicates: int
-    dead_letters: int  # every dead letter written, `refused` included
-    events: int  # device events written, conflict flags included
-    # Messages the store itself refused, by index: `conflict` or `unstorable`.
-    refused: Mapping[int, DeadLetter] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredDeadLetter:
-    row_id: int
-    received_at: str
-    source: str
-    topic: str
-    device_id: str | None
-    reason: str
-    detail: str
-    payload: bytes  # the first DEAD_LETTER_PREFIX_BYTES at most
-    payload_bytes: int  # the whole input's length
-    payload_sha256: str  # hex SHA-256 of the whole input
-
-    @property
-    def truncated(self) -> bool:
-        return self.payload_bytes > len(self.payload)
-
-
 def _time_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
-
-
-class UnsealedReading(NamedTuple):
-    """What sealing needs of one stored reading."""
-
-    row_id: int
-    time: str  # as stored: RFC 3339 UTC, milliseconds, "Z" (sorts as text)
-    canonical: str  # RFC 8785 text of the reading's JSON
-
-
-class UnsealedEvent(NamedTuple):
-    row_id: int
-    patient_id: str
-    canonical: str  # RFC 8785 text of the event body
-
-
-class Unsealable(NamedTuple):
-    """A stored reading or ledger event that has no canonical form: it cannot be sealed."""
-
-    record: str  # "reading" or "event"
-    row_id: int
-    patient_id: str | None
-    reason: str
-
-
-class BatchRecords(NamedTuple):
-    """What a sealed batch's records are, as the hub stores them: readings (id order),
-    then ledger events (id order), each with its patient."""
-
-    seed: bytes | None  # None for a format-1 batch (records inline in the JWS)
-    patients: list[str]
-    canonical: list[bytes]
-    reading_times: list[str]  # as stored, of the readings (the first reading_count records)
-
-    @property
-    def reading_count(self) -> int:
-        return len(self.reading_times)
 
 
 # The unsealed readings a `Store` remembers having written (see `unsealed_for_seal`); at
@@ -332,8 +261,10 @@ def _tail_entries(ids: Sequence[int], rows: Sequence[tuple[object, ...]]) -> lis
     ]
 
 
+@translate_sqlite_errors
 class Store:
-    """All durable state of one hub. Not thread-safe: one thread per `Store`."""
+    """All durable state of one hub in one SQLite file: the contract's `HubStorage`.
+    Not thread-safe: one thread per `Store`."""
 
     def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
         self.data_dir = data_dir
@@ -367,6 +298,14 @@ class Store:
             self._db.close()
             raise
         self._db.execute("PRAGMA foreign_keys=ON")
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @property
+    def schema_version(self) -> int:
+        return schema_version(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -1314,7 +1253,3 @@ def _checked_time(value: object) -> str:
 
 
 _STORED_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
-
-
-def json_line(obj: dict[str, object]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -12,12 +12,8 @@ from typing import Any
 
 from gateway.errors import StorageError
 from gateway.sealing import KEYS_DIR, LOG_KEY_FILE, load_public_keys
-from gateway.store import (
-    TIME_COLUMN,
-    Store,
-    reading_canonical_from_row,
-    reading_json_from_row,
-)
+from gateway.storage.contract import HubStorage
+from gateway.storage.opening import open_storage
 from ledger import rfc6962
 from ledger._b64 import b64url_encode
 from ledger.batch import batch_hash, parse_payload
@@ -41,15 +37,17 @@ PARALLEL_FROM_BATCHES = 64
 _CHUNK_BATCHES = 32
 
 
-def verify_data_dir(data_dir: Path, hub_id: str, *, workers: int = 1) -> VerifyReport:
+def verify_data_dir(
+    data_dir: Path, hub_id: str, *, workers: int = 1, storage_url: str = ""
+) -> VerifyReport:
     """Recompute every batch signature, the stored readings against the signed ones, the
     hash chain, the leaves and the tree root against the latest signed checkpoint.
 
     `workers` > 1 checks batch ranges in that many spawned processes (the caller's main
     module must be import-safe, as a console script is)."""
-    store = Store(data_dir, read_only=True)
+    store = open_storage(data_dir, storage_url, read_only=True)
     try:
-        return _verify(store, data_dir, hub_id, workers)
+        return _verify(store, data_dir, hub_id, workers, storage_url)
     finally:
         store.close()
 
@@ -70,12 +68,14 @@ class _Checked:
     problem: str | None = None
 
 
-def _check_range(data_dir: Path, hub_id: str, first: int, end: int) -> list[_Checked]:
+def _check_range(
+    data_dir: Path, storage_url: str, hub_id: str, first: int, end: int
+) -> list[_Checked]:
     """Verify batches [first, end) alone: what does not depend on the batch before."""
     keys = load_public_keys(data_dir, hub_id)
     assert keys is not None
     batch_key = keys[0]
-    store = Store(data_dir, read_only=True)
+    store = open_storage(data_dir, storage_url, read_only=True)
     out: list[_Checked] = []
     try:
         batches = store.batches(since_seq=first, limit=end - first)
@@ -111,7 +111,7 @@ def _bad(seq: int, problem: str) -> _Checked:
     )
 
 
-def _check_batch(store: Store, seq: int, *args: Any) -> _Checked:
+def _check_batch(store: HubStorage, seq: int, *args: Any) -> _Checked:
     """One batch on its own (`_check_stored_batch`); whatever is wrong with what is stored
     is a problem named for this batch, never an exception."""
     try:
@@ -121,7 +121,7 @@ def _check_batch(store: Store, seq: int, *args: Any) -> _Checked:
 
 
 def _check_stored_batch(
-    store: Store,
+    store: HubStorage,
     seq: int,
     jws: bytes,
     stored_leaf: bytes,
@@ -138,8 +138,9 @@ def _check_stored_batch(
         return bad(f"signature does not verify ({exc})")
     if b'"records_root":' in body[:512]:
         return _check_format_2(store, seq, jws, body, stored_leaf, reading_count, hub_id)
-    rows = store.batch_reading_rows(seq)
-    signed, problem = _signed_fields(body, rows)
+    records = store.batch_records(seq)
+    rows = records.canonical[: records.reading_count]
+    signed, problem = _signed_fields(body, rows, records.reading_times)
     if problem is not None:
         return bad(problem)
     if signed.get("batch_seq") != seq or signed.get("hub_id") != hub_id:
@@ -161,7 +162,7 @@ def _check_stored_batch(
 
 
 def _check_format_2(
-    store: Store,
+    store: HubStorage,
     seq: int,
     jws: bytes,
     body: bytes,
@@ -206,7 +207,7 @@ def _check_format_2(
 
 
 def _check_all(
-    store: Store, data_dir: Path, hub_id: str, count: int, workers: int
+    store: HubStorage, data_dir: Path, storage_url: str, hub_id: str, count: int, workers: int
 ) -> list[_Checked]:
     ranges = [(a, min(count, a + _CHUNK_BATCHES)) for a in range(0, count, _CHUNK_BATCHES)]
     if workers > 1 and count >= PARALLEL_FROM_BATCHES:
@@ -214,13 +215,16 @@ def _check_all(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             parts = pool.map(
-                _check_range, *zip(*[(data_dir, hub_id, a, b) for a, b in ranges], strict=True)
+                _check_range,
+                *zip(*[(data_dir, storage_url, hub_id, a, b) for a, b in ranges], strict=True),
             )
             return [checked for part in parts for checked in part]
-    return [c for a, b in ranges for c in _check_range(data_dir, hub_id, a, b)]
+    return [c for a, b in ranges for c in _check_range(data_dir, storage_url, hub_id, a, b)]
 
 
-def _verify(store: Store, data_dir: Path, hub_id: str, workers: int) -> VerifyReport:
+def _verify(
+    store: HubStorage, data_dir: Path, hub_id: str, workers: int, storage_url: str
+) -> VerifyReport:
     keys = load_public_keys(data_dir, hub_id)
     if keys is None:
         return _fail(f"no ledger keys in {data_dir / KEYS_DIR} ({LOG_KEY_FILE})")
@@ -229,7 +233,7 @@ def _verify(store: Store, data_dir: Path, hub_id: str, workers: int) -> VerifyRe
     for expected_seq, seq in enumerate(seqs):
         if seq != expected_seq:
             return _fail(f"batch {expected_seq} is missing (found {seq} next)", expected_seq)
-    checked = _check_all(store, data_dir, hub_id, len(seqs), workers)
+    checked = _check_all(store, data_dir, storage_url, hub_id, len(seqs), workers)
     leaf_hashes: list[bytes] = []
     previous = ""
     total = 0
@@ -273,23 +277,23 @@ def _verify(store: Store, data_dir: Path, hub_id: str, workers: int) -> VerifyRe
     )
 
 
-def _signed_fields(body: bytes, rows: list[Any]) -> tuple[dict[str, Any], str | None]:
+def _signed_fields(
+    body: bytes, rows: list[bytes], times: list[str]
+) -> tuple[dict[str, Any], str | None]:
     """The signed batch fields, checking the signed readings against the stored rows.
 
     Fast path: the stored rows, serialised canonically, must be exactly the signed bytes
     of the readings array, so only the small head of the payload is parsed. Otherwise the
     whole payload is parsed to name the first reading that differs."""
     if rows:
-        readings_json = "[" + ",".join(reading_canonical_from_row(r) for r in rows) + "]"
-        first = min(str(r[TIME_COLUMN]) for r in rows)
-        tail = f',"readings":{readings_json},"start":"{first}"}}'.encode()
+        readings_json = b"[" + b",".join(rows) + b"]"
+        tail = b',"readings":' + readings_json + f',"start":"{min(times)}"}}'.encode()
         if body.endswith(tail):
             try:
                 head = json.loads(body[: -len(tail)] + b"}")
             except ValueError:
                 return {}, "signed payload is not JSON"
-            last = max(str(r[TIME_COLUMN]) for r in rows)
-            if head.get("end") != last:
+            if head.get("end") != max(times):
                 return head, "signed time range differs from the stored readings"
             return head, None
     try:
@@ -297,7 +301,7 @@ def _signed_fields(body: bytes, rows: list[Any]) -> tuple[dict[str, Any], str | 
     except ValueError:
         return {}, "signed payload is not JSON"
     signed_readings = signed.get("readings", [])
-    mine = [reading_json_from_row(r) for r in rows]
+    mine = [json.loads(r) for r in rows]
     if len(mine) != len(signed_readings):
         return signed, f"{len(mine)} stored readings but {len(signed_readings)} signed"
     for index, (stored, original) in enumerate(zip(mine, signed_readings, strict=True)):

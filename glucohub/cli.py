@@ -23,8 +23,10 @@ from gateway.clock import parse_rfc3339, utc_now
 from gateway.errors import GlucohubError, InputError
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.settings import Settings, load_settings
-from gateway.shapes import reading_to_json
-from gateway.store import DB_FILENAME, Store, json_line
+from gateway.shapes import json_line, reading_to_json
+from gateway.storage.contract import HubStorage
+from gateway.storage.opening import open_storage
+from gateway.store import DB_FILENAME
 
 log = logging.getLogger("glucohub")
 
@@ -42,20 +44,22 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _data_dir(args: argparse.Namespace, *, need_database: bool = True) -> Path:
     """The configured data directory, which must exist: only `run`, `demo`, `keys init` and
     `patients add` create one, so a mistyped --data-dir is an error, not a new empty hub."""
-    data_dir = _settings(args).storage.data_dir
+    storage = _settings(args).storage
+    data_dir = storage.data_dir
     if not data_dir.is_dir():
         state = "is not a directory" if data_dir.exists() else "does not exist"
         raise InputError(
             f"data directory {data_dir} {state}; check --data-dir (or storage.data_dir)"
             " - `glucohub patients add` or `glucohub run` creates one"
         )
-    if need_database and not (data_dir / DB_FILENAME).is_file():
+    if need_database and not storage.url and not (data_dir / DB_FILENAME).is_file():
         raise InputError(f"no Glucohub database ({DB_FILENAME}) in {data_dir}; check --data-dir")
     return data_dir
 
 
-def _open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
-    return Store(_settings(args).storage.data_dir if create else _data_dir(args))
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> HubStorage:
+    storage = _settings(args).storage
+    return open_storage(storage.data_dir if create else _data_dir(args), storage.url)
 
 
 def _setup_logging(level: str) -> None:
@@ -129,7 +133,12 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     from gateway.verify import verify_data_dir
 
     settings = _settings(args)
-    report = verify_data_dir(_data_dir(args), settings.hub.hub_id, workers=os.cpu_count() or 1)
+    report = verify_data_dir(
+        _data_dir(args),
+        settings.hub.hub_id,
+        workers=os.cpu_count() or 1,
+        storage_url=settings.storage.url,
+    )
     print(report.message)
     return 0 if report.ok else 1
 
@@ -166,7 +175,10 @@ def _verify_bundle(args: argparse.Namespace) -> int:
 def cmd_ledger_export(args: argparse.Namespace) -> int:
     from gateway.ledger_tools import export_bundle
 
-    count = export_bundle(_data_dir(args), _settings(args).hub.hub_id, args.out)
+    settings = _settings(args)
+    count = export_bundle(
+        _data_dir(args), settings.hub.hub_id, args.out, storage_url=settings.storage.url
+    )
     print(f"wrote {count} batches and the latest checkpoint to {args.out}")
     return 0
 
@@ -175,7 +187,14 @@ def cmd_ledger_prove(args: argparse.Namespace) -> int:
     from gateway.ledger_tools import prove_batch
 
     hub_id = _settings(args).hub.hub_id
-    size = prove_batch(_data_dir(args), hub_id, args.batch, args.out, args.patient)
+    size = prove_batch(
+        _data_dir(args),
+        hub_id,
+        args.batch,
+        args.out,
+        args.patient,
+        storage_url=_settings(args).storage.url,
+    )
     print(f"wrote the inclusion proof of batch {args.batch} in a tree of {size} to {args.out}")
     return 0
 
@@ -313,11 +332,11 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from gateway.storage.sqlite_migrations import SCHEMA_VERSION
-
     store = _open_store(args)  # a read-write open applies the missing migrations
-    store.close()
-    print(f"{store.path}: schema version {SCHEMA_VERSION}")
+    try:
+        print(f"{store.location}: schema version {store.schema_version}")
+    finally:
+        store.close()
     return 0
 
 
@@ -430,7 +449,7 @@ def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path:
     existing directory (the first admin account on a fresh volume), never the directory."""
     data_dir = _data_dir(args, need_database=not create)
     if create:
-        Store(data_dir).close()
+        open_storage(data_dir).close()
     return data_dir / DB_FILENAME
 
 

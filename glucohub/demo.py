@@ -18,7 +18,9 @@ from gateway.model import Device, ReadingKind
 from gateway.protocols import ReadingSink
 from gateway.services import Reader, StoreResume
 from gateway.settings import Settings, StorageSettings
-from gateway.store import DB_FILENAME, Store
+from gateway.storage.contract import HubStorage
+from gateway.storage.opening import open_storage
+from gateway.store import DB_FILENAME
 from glucohub.runtime import Running, SourceFactory, run_hub
 
 log = logging.getLogger("glucohub.demo")
@@ -37,7 +39,7 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 def prepare(
-    store: Store, patients: list[VirtualPatient], history_days: int, now: datetime
+    store: HubStorage, patients: list[VirtualPatient], history_days: int, now: datetime
 ) -> dict[str, datetime]:
     """Register the simulated patients and devices; return where each one's data resumes."""
     resume: dict[str, datetime] = {}
@@ -54,7 +56,7 @@ def prepare(
 
 
 def _patient_source(
-    vp: VirtualPatient, resume_from: datetime, data_dir: Path, live_poll_s: float
+    vp: VirtualPatient, resume_from: datetime, storage: StorageSettings, live_poll_s: float
 ) -> SourceFactory:
     """Seed history older than the CGM's current session, then run the patient's three
     simulated devices through the real BLE adapters (the same bytes a device sends)."""
@@ -64,7 +66,7 @@ def _patient_source(
         session_start = max(resume_from, now - CGM_SESSION_SO_FAR)
         seeded = await seed_history(sink, vp, start=resume_from, cgm_until=session_start, end=now)
         log.info("%s: %d historical readings seeded", vp.patient.patient_id, seeded)
-        reader = Reader(data_dir)
+        reader = Reader(storage.data_dir, storage.url)
         resume = StoreResume(reader)
         devices: list[tuple[Device, GattTransport]] = [
             (
@@ -121,7 +123,7 @@ async def run_demo(settings: Settings, clock: Clock | None = None) -> None:
     settings = demo_settings(settings)
     clock = clock or SystemClock()
     patients = demo_patients(settings.demo.patients, settings.demo.seed)
-    store = Store(settings.storage.data_dir)
+    store = open_storage(settings.storage.data_dir, settings.storage.url)
     try:
         resume = prepare(store, patients, settings.demo.history_days, clock.now())
     finally:
@@ -136,8 +138,7 @@ async def run_demo(settings: Settings, clock: Clock | None = None) -> None:
         print("Press Ctrl-C to stop.", flush=True)
 
     sources = [
-        _patient_source(vp, resume[vp.patient.patient_id], settings.storage.data_dir, 1.0)
-        for vp in patients
+        _patient_source(vp, resume[vp.patient.patient_id], settings.storage, 1.0) for vp in patients
     ]
     await run_hub(settings, sources=sources, clock=clock, on_ready=ready)
 

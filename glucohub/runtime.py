@@ -198,7 +198,7 @@ async def run_hub(
     data_dir = settings.storage.data_dir
     init_keys(data_dir, settings.ledger.key_passphrase or None)
     keys = load_keys(data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None)
-    writer = await Writer.open(data_dir)
+    writer = await Writer.open(data_dir, settings.storage.url)
     store = writer.store
     telemetry = Telemetry()
     fanout = FanOut(
@@ -231,7 +231,7 @@ async def run_hub(
         alerts=alerts,
         source_backoff=source_backoff,
     )
-    reader = Reader(data_dir)
+    reader = Reader(data_dir, settings.storage.url)
     running = Running(
         hub=hub,
         keys=keys,

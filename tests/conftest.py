@@ -7,10 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.store import Store
 from tests.support.postgres import Postgres
+
+# Generation speed depends on the machine's load, not on the code under test: a busy CI
+# runner must not fail a property test for being slow to draw examples.
+settings.register_profile("glucohub", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("glucohub")
 
 
 @pytest.fixture

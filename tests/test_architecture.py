@@ -87,9 +87,10 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "dashboards.publiclog": ("aiohttp",),
         "dashboards.views": ("aiohttp", "asyncio"),
         "gateway.fanout": ("asyncio",),
-        "gateway.pipeline": ("asyncio", "sqlite3", "concurrent.futures"),
+        "gateway.pipeline": ("asyncio", "concurrent.futures"),
         "gateway.services": ("asyncio", "concurrent.futures"),
         "gateway.store": ("sqlite3",),
+        "gateway.storage.sqlite_errors": ("sqlite3",),
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
         "gateway.supervision": ("asyncio",),
@@ -97,17 +98,17 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "ledger.witness": ("urllib.request",),
     }.items()
 }
-# Each database driver is imported by its backend only. gateway.pipeline and glucohub.cli
-# catch sqlite3's errors by name (the busy writer, a damaged file); a second backend would
-# have them catch the storage package's own errors instead. PostgreSQL has no backend yet.
+# Each database driver is imported by its backend only; everyone else sees the storage
+# contract's errors (gateway.errors.StorageError). glucohub.cli still catches sqlite3's by name
+# for the account commands.
 DATABASE_DRIVERS: dict[str, frozenset[str]] = {
     "sqlite3": frozenset(
         {
             "gateway.store",
+            "gateway.storage.sqlite_errors",
             "gateway.storage.sqlite_events",
             "gateway.storage.sqlite_migrations",
             "dashboards.accounts",
-            "gateway.pipeline",
             "glucohub.cli",
         }
     ),
@@ -510,7 +511,7 @@ def test_a_planted_database_driver_is_reported(tmp_path: Path, case: str) -> Non
 
 
 def test_a_driver_listed_as_io_is_still_kept_in_its_backend(tmp_path: Path) -> None:
-    # gateway.pipeline may use sqlite3 (IO_MODULES); gateway.fanout may do I/O but no database
+    # gateway.fanout may do I/O (IO_MODULES) but open no database
     graph = plant(tmp_path, {"gateway/fanout.py": "import asyncio\nimport sqlite3\n"})
     assert driver_violations(graph) == {"gateway.fanout": ["sqlite3"]}
 

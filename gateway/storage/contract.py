@@ -1,0 +1,235 @@
+"""The storage contract: what the hub needs of durable storage, as small Protocols by concern,
+and the records that cross it. SQLite (`gateway.store`) and PostgreSQL
+(`gateway.storage.postgres_store`) implement it; pipeline, sealing, services, dashboards, CLI
+and benchmarks depend on it only. Failures are `gateway.errors.StorageError`s that say whether
+a retry may help (`TransientStorageError`) or not (`PermanentStorageError`).
+
+A storage object is synchronous and not thread-safe: the hub gives each one a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple, Protocol
+
+from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
+from gateway.protocols import DeadLetter, Origin, RejectReason
+
+# A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
+# 100 MB message must not become 100 MB of database.
+DEAD_LETTER_PREFIX_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One input's readings (an MQTT message, a BLE notification), stored all or nothing.
+
+    `origin` (its raw bytes) is what a refused message's dead letter keeps; without one the
+    dead letter holds the refused reading's JSON."""
+
+    origin: Origin | None
+    readings: Sequence[Reading]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteResult:
+    stored: tuple[Reading, ...]  # the readings that were new, in input order
+    duplicates: int
+    dead_letters: int  # every dead letter written, `refused` included
+    events: int  # device events written, conflict flags included
+    # Messages the store itself refused, by index: `conflict` or `unstorable`.
+    refused: Mapping[int, DeadLetter] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredDeadLetter:
+    row_id: int
+    received_at: str
+    source: str
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes  # the first DEAD_LETTER_PREFIX_BYTES at most
+    payload_bytes: int  # the whole input's length
+    payload_sha256: str  # hex SHA-256 of the whole input
+
+    @property
+    def truncated(self) -> bool:
+        return self.payload_bytes > len(self.payload)
+
+
+class UnsealedReading(NamedTuple):
+    """What sealing needs of one stored reading."""
+
+    row_id: int
+    time: str  # as stored: RFC 3339 UTC, milliseconds, "Z" (sorts as text)
+    canonical: str  # RFC 8785 text of the reading's JSON
+
+
+class UnsealedEvent(NamedTuple):
+    row_id: int
+    patient_id: str
+    canonical: str  # RFC 8785 text of the event body
+
+
+class Unsealable(NamedTuple):
+    """A stored reading or ledger event that has no canonical form: it cannot be sealed."""
+
+    record: str  # "reading" or "event"
+    row_id: int
+    patient_id: str | None
+    reason: str
+
+
+class BatchRecords(NamedTuple):
+    """What a sealed batch's records are, as the hub stores them: readings (id order),
+    then ledger events (id order), each with its patient."""
+
+    seed: bytes | None  # None for a format-1 batch (records inline in the JWS)
+    patients: list[str]
+    canonical: list[bytes]
+    reading_times: list[str]  # as stored, of the readings (the first reading_count records)
+
+    @property
+    def reading_count(self) -> int:
+        return len(self.reading_times)
+
+
+class Registry(Protocol):
+    """Patients and their devices."""
+
+    def add_patient(self, patient: Patient) -> None: ...
+    def get_patient(self, patient_id: str) -> Patient | None: ...
+    def list_patients(self) -> list[Patient]: ...
+    def add_device(self, device: Device) -> None: ...
+    def remove_device(self, device_id: str) -> None: ...
+    def device_map(self) -> Mapping[str, Device]: ...
+    def get_device(self, device_id: str) -> Device | None: ...
+    def list_devices(self, patient_id: str | None = None) -> list[Device]: ...
+
+
+class Ingest(Protocol):
+    """Readings, device events and dead letters, written in one transaction per call."""
+
+    def write(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> WriteResult: ...
+    def write_messages(
+        self,
+        messages: Sequence[Message],
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        now: datetime | None = None,
+    ) -> WriteResult: ...
+    def last_seq(self, device_id: str) -> int | None: ...
+    def last_time(self, device_id: str) -> datetime | None: ...
+
+
+class ReadingQueries(Protocol):
+    """What dashboards, exports and reports read back."""
+
+    def readings(
+        self,
+        *,
+        patient_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        kinds: Sequence[ReadingKind] = (),
+    ) -> Iterator[Reading]: ...
+    def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None: ...
+    def count_readings(self) -> int: ...
+    def dead_letters(self) -> list[StoredDeadLetter]: ...
+    def dead_letter_counts(self) -> dict[RejectReason, int]: ...
+    def device_events(self, patient_id: str | None = None) -> list[DeviceEvent]: ...
+
+
+class SealSource(Protocol):
+    """The stored records not yet in a batch, and the one transaction that seals some."""
+
+    def unsealed_for_seal(self, limit: int) -> tuple[list[UnsealedReading], list[Unsealable]]: ...
+    def unsealed_events_for_seal(
+        self, limit: int
+    ) -> tuple[list[UnsealedEvent], list[Unsealable]]: ...
+    def count_unsealed(self) -> int: ...
+    def count_unsealed_events(self) -> int: ...
+    def quarantine(self, items: Sequence[Unsealable], now: datetime) -> None: ...
+    def quarantined(self) -> list[Unsealable]: ...
+    def count_quarantined(self) -> int: ...
+    def record_sealed_batch(
+        self,
+        *,
+        batch: Batch,
+        last_row_id: int,
+        last_event_id: int | None,
+        event_count: int,
+        tree_size: int,
+        compact_tree: bytes,
+        record_seed: bytes,
+        outbox: tuple[str, bytes] | None,
+    ) -> None: ...
+
+
+class LogState(Protocol):
+    """The transparency log: batches, their records, leaf hashes, the tree, checkpoints and
+    witnesses' cosignatures."""
+
+    def tree_state(self) -> tuple[int, bytes] | None: ...
+    def batch(self, seq: int) -> Batch | None: ...
+    def batch_seqs(self) -> list[int]: ...
+    def last_batch(self) -> Batch | None: ...
+    def batches(self, *, since_seq: int = 0, limit: int | None = None) -> Iterator[Batch]: ...
+    def latest_batches(self, limit: int) -> list[Batch]: ...
+    def patient_batches(self, patient_id: str, limit: int) -> list[Batch]: ...
+    def batch_records(self, batch_seq: int) -> BatchRecords: ...
+    def batch_readings(self, batch_seq: int) -> list[Reading]: ...
+    def batch_events(self, batch_seq: int) -> list[dict[str, object]]: ...
+    def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]: ...
+    def persist_checkpoint(self, size: int, root_hash: bytes, now: datetime) -> None: ...
+    def unsigned_checkpoints(self) -> list[tuple[int, bytes]]: ...
+    def checkpoint_root(self, size: int) -> bytes | None: ...
+    def record_checkpoint_note(
+        self, size: int, note: str, outbox_topic: str | None, now: datetime
+    ) -> None: ...
+    def latest_checkpoint(self) -> tuple[int, bytes, str] | None: ...
+    def recent_checkpoints(self, limit: int) -> list[tuple[int, bytes]]: ...
+    def add_cosignature(
+        self, size: int, witness: str, line: str, received_at: datetime
+    ) -> None: ...
+    def cosignatures(self, size: int) -> list[str]: ...
+
+
+class Alerts(Protocol):
+    """Alerts, the alert engine's state per patient, and the ledger events they make."""
+
+    def record_alerts(self, alerts: Sequence[Alert], engine_states: Mapping[str, str]) -> None: ...
+    def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None: ...
+    def alert_engine_states(self) -> dict[str, str]: ...
+    def alerts(self, patient_id: str | None = None, *, open_only: bool = False) -> list[Alert]: ...
+
+
+class Outbox(Protocol):
+    """Messages for upstream, added in the same transaction as what they report."""
+
+    def outbox_pending(self, limit: int) -> list[tuple[int, str, bytes]]: ...
+    def outbox_mark_sent(self, item_id: int, now: datetime) -> None: ...
+
+
+class HubStorage(Registry, Ingest, ReadingQueries, SealSource, LogState, Alerts, Outbox, Protocol):
+    """Everything one hub stores: what a backend implements."""
+
+    @property
+    def location(self) -> str:
+        """Where the data is, for messages: a file path, or a URL without its password."""
+        ...
+
+    @property
+    def schema_version(self) -> int: ...
+
+    def close(self) -> None: ...
