@@ -40,7 +40,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,7 +57,8 @@ from gateway.clock import to_rfc3339
 from gateway.model import Reading, ReadingKind, Source
 from gateway.sealing import Sealer, init_keys, load_keys
 from gateway.settings import load_settings
-from gateway.store import DB_FILENAME, Store
+from gateway.storage.opening import open_storage
+from gateway.store import DB_FILENAME
 from gateway.units import Unit
 from glucohub import cli as glucohub_cli
 from tests.support.mosquitto import Mosquitto, free_port
@@ -192,12 +193,14 @@ def register(data_dir: Path, devices: int) -> None:
         cli_in_process(data_dir, "users", "grant", CLINICIAN, "--patient", patient_id(device))
 
 
-def seed_history(data_dir: Path, devices: int, per_device: int, before: datetime) -> int:
+def seed_history(
+    data_dir: Path, devices: int, per_device: int, before: datetime, url: str = ""
+) -> int:
     """Give every device `per_device` stored and sealed readings a minute apart, ending a
     day before `before`, numbered 0.. (the load continues from there): a hub that has been
     running, whose indexes are no longer small (an empty database ingests about a fifth
     faster and would flatter the figure)."""
-    store = Store(data_dir)
+    store = open_storage(data_dir, url)
     init_keys(data_dir, None)
     hub_id = load_settings(None, {}).hub.hub_id
     sealer = Sealer(store, load_keys(data_dir, hub_id, None), hub_id=hub_id, forward=False)
@@ -245,6 +248,7 @@ class HubProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     peak_kib: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # GLUCOHUB_* settings of this run
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -259,6 +263,7 @@ class HubProcess:
             "GLUCOHUB_DASHBOARD__PORT": str(self.dashboard_port),
             "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "1",
         }
+        env |= self.env
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "glucohub", "run", "--data-dir", str(self.data_dir)],
@@ -335,20 +340,27 @@ class HubProcess:
         return code
 
 
-def counts(db: sqlite3.Connection) -> tuple[int, int]:
-    """(stored readings, sealed readings), polled every 20 ms while the hub works: so from
-    the small batches table and the index of unsealed rows, never a scan of all readings
-    (that would take a growing share of the CPU the hub is measured on)."""
-    (sealed,) = db.execute("SELECT COALESCE(SUM(reading_count), 0) FROM batches").fetchone()
-    (unsealed,) = db.execute("SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL").fetchone()
-    return int(sealed) + int(unsealed), int(sealed)
+# (stored readings, sealed readings), polled every 20 ms while the hub works: so from the
+# small batches table and the index of unsealed rows, never a scan of all readings (that
+# would take a growing share of the CPU the hub is measured on). Both backends' schemas.
+SEALED_SQL = "SELECT COALESCE(SUM(reading_count), 0) FROM batches"
+UNSEALED_SQL = "SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL"
+
+Counts = Callable[[], tuple[int, int]]
+CountsSource = Callable[[], contextlib.AbstractContextManager[Counts]]
 
 
 @contextlib.contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+def sqlite_counts(path: Path) -> Iterator[Counts]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+
+    def counts() -> tuple[int, int]:
+        (sealed,) = db.execute(SEALED_SQL).fetchone()
+        (unsealed,) = db.execute(UNSEALED_SQL).fetchone()
+        return int(sealed) + int(unsealed), int(sealed)
+
     try:
-        yield db
+        yield counts
     finally:
         db.close()
 
@@ -361,18 +373,23 @@ class Ingest:
     from_spawn_s: float
 
 
-def timed_ingest(hub: HubProcess, count: int, timeout_s: float) -> Ingest:
+def timed_ingest(
+    hub: HubProcess, count: int, timeout_s: float, source: CountsSource | None = None
+) -> Ingest:
     """Start the hub and time it until `count` more readings are stored and sealed."""
-    with read_only(hub.data_dir / DB_FILENAME) as db:
-        target = counts(db)[0] + count
+    if source is None:
+        path = hub.data_dir / DB_FILENAME
+        source = lambda: sqlite_counts(path)  # noqa: E731
+    with source() as counts:
+        target = counts()[0] + count
     spawned = time.perf_counter()
     hub.start()
     connected = hub.wait_mqtt_connected()
     durable_at: float | None = None
     deadline = time.monotonic() + timeout_s
-    with read_only(hub.data_dir / DB_FILENAME) as db:
+    with source() as counts:
         while True:
-            stored, sealed = counts(db)
+            stored, sealed = counts()
             now = time.perf_counter()
             hub.sample_memory()
             if durable_at is None and stored >= target:

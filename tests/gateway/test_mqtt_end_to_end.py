@@ -1,13 +1,12 @@
 """Issue 4's acceptance test: 10,000 readings published at QoS 1 while the real hub process
 is SIGKILLed and restarted twice and the broker is restarted once — every reading ends up
-in `glucohub export` exactly once, and the ledger verifies."""
+in `glucohub export` exactly once, and the ledger verifies. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,8 +17,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.errors import StorageError
 from gateway.model import Device, DeviceKind, Patient, Transport
-from gateway.store import DB_FILENAME, Store
+from gateway.storage.opening import open_storage
 from gateway.verify import verify_data_dir
 from tests.support.mosquitto import Mosquitto
 
@@ -27,22 +27,25 @@ TOTAL = 10_000
 TOPIC = "glucohub/v1/e2e-patient/e2e-cgm/readings"
 
 
-def stored(data_dir: Path) -> int:
+def stored(data_dir: Path, url: str) -> int:
     try:
-        db = sqlite3.connect(f"file:{data_dir / DB_FILENAME}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.OperationalError:
+        store = open_storage(data_dir, url, read_only=True)
+    except StorageError:  # not created yet
         return 0
+    try:
+        return store.count_readings()
+    except StorageError:
+        return 0
+    finally:
+        store.close()
 
 
 class Hub:
-    def __init__(self, data_dir: Path, broker: Mosquitto) -> None:
+    def __init__(self, data_dir: Path, broker: Mosquitto, url: str) -> None:
         self.data_dir = data_dir
         self.env = {
             **os.environ,
+            "GLUCOHUB_STORAGE__URL": url,
             "GLUCOHUB_MQTT__URL": broker.url,
             "GLUCOHUB_MQTT__CLIENT_ID": "e2e-hub",
             "GLUCOHUB_DASHBOARD__ENABLED": "false",
@@ -130,11 +133,21 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return ""
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.mark.broker
 @pytest.mark.slow
-def test_nothing_acknowledged_is_lost_through_kills_and_a_broker_restart(tmp_path: Path) -> None:
+def test_nothing_acknowledged_is_lost_through_kills_and_a_broker_restart(
+    tmp_path: Path, storage_url: str
+) -> None:
     data_dir = tmp_path / "hub"
-    store = Store(data_dir)
+    url = storage_url
+    store = open_storage(data_dir, url)
     store.add_patient(Patient(patient_id="e2e-patient", display_name="E2E"))
     store.add_device(
         Device(
@@ -146,7 +159,7 @@ def test_nothing_acknowledged_is_lost_through_kills_and_a_broker_restart(tmp_pat
     )
     store.close()
     with Mosquitto(tmp_path / "broker") as broker:
-        hub = Hub(data_dir, broker)
+        hub = Hub(data_dir, broker, url)
         hub.start()
         publisher = Publisher(broker)
         try:
@@ -154,26 +167,26 @@ def test_nothing_acknowledged_is_lost_through_kills_and_a_broker_restart(tmp_pat
             # subscription, repeat reading 0 (the hub drops the repeats by (device, seq)).
             def first_reading_stored() -> bool:
                 publisher.client.publish(TOPIC, publisher.payloads[0], qos=1)
-                return stored(data_dir) >= 1
+                return stored(data_dir, url) >= 1
 
             wait_for(first_reading_stored, 60, "the hub's first subscription")
             publisher.publish_until(3000)
-            wait_for(lambda: stored(data_dir) >= 1000, 60, "1,000 readings stored")
+            wait_for(lambda: stored(data_dir, url) >= 1000, 60, "1,000 readings stored")
             hub.sigkill()  # mid-stream: acked readings are durable, unacked ones redelivered
             publisher.publish_until(5000)
             hub.start()
-            wait_for(lambda: stored(data_dir) >= 3500, 60, "3,500 readings stored")
+            wait_for(lambda: stored(data_dir, url) >= 3500, 60, "3,500 readings stored")
             broker.restart()  # the hub's persistent session and its queue survive
             publisher.publish_until(7500)
-            wait_for(lambda: stored(data_dir) >= 6000, 60, "6,000 readings stored")
+            wait_for(lambda: stored(data_dir, url) >= 6000, 60, "6,000 readings stored")
             hub.sigkill()
             publisher.publish_until(TOTAL)
             hub.start()
             deadline = time.monotonic() + 120
-            while stored(data_dir) < TOTAL and time.monotonic() < deadline:
+            while stored(data_dir, url) < TOTAL and time.monotonic() < deadline:
                 time.sleep(3.0)
                 publisher.republish_unacked()  # what the broker never acknowledged
-            assert stored(data_dir) == TOTAL
+            assert stored(data_dir, url) == TOTAL
             time.sleep(1.0)
             assert hub.sigterm() == 0
         finally:
@@ -187,9 +200,10 @@ def test_nothing_acknowledged_is_lost_through_kills_and_a_broker_restart(tmp_pat
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "GLUCOHUB_STORAGE__URL": url},
     ).stdout.splitlines()
     seqs = [json.loads(line)["seq"] for line in exported]
     assert len(seqs) == TOTAL, f"{len(seqs)} exported, {len(seqs) - len(set(seqs))} twice"
     assert sorted(seqs) == list(range(TOTAL))
-    report = verify_data_dir(data_dir, "glucohub-local")
+    report = verify_data_dir(data_dir, "glucohub-local", storage_url=url)
     assert report.ok and report.readings == TOTAL, report.message

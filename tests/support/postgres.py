@@ -55,13 +55,16 @@ class Postgres:
     """One cluster and its server. `start`, `stop` (fast shutdown), `kill` (SIGKILL of the
     postmaster), `restart` (same port and data), `create_database`."""
 
-    def __init__(self, directory: Path | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, *, port: int | None = None, durable: bool = False
+    ) -> None:
         self.bindir = find_bindir()
         # Not under pytest's tmp_path: that is private to root, and the server may run as postgres.
         self.directory = (
             directory if directory is not None else Path(tempfile.mkdtemp(prefix="glucohub-pg-"))
         )
         self.port = port if port is not None else free_port()
+        self.durable = durable
         self._process: subprocess.Popen[bytes] | None = None
         self._owner: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
@@ -142,14 +145,9 @@ class Postgres:
                     "127.0.0.1",
                     "-k",
                     str(self.directory),
-                    # Durability against a killed process is what the tests check; fsync only
-                    # guards against the machine losing power, and costs seconds per test.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
                     "-c",
                     "max_connections=200",
+                    *self._speed_over_power_safety(),
                 ]
             ),
             stdout=log,
@@ -168,6 +166,13 @@ class Postgres:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"postgres did not accept connections on {self.port} in {timeout_s}s")
+
+    def _speed_over_power_safety(self) -> list[str]:
+        # Tests check durability against a killed process; fsync only guards against the
+        # machine losing power, and costs seconds per test. Benchmarks keep it (durable=True).
+        if self.durable:
+            return []
+        return ["-c", "fsync=off", "-c", "full_page_writes=off"]
 
     def _accepts(self) -> bool:
         result = subprocess.run(
