@@ -103,3 +103,14 @@ def test_the_predicted_low_operating_point_reaches_the_alert_engine() -> None:
     ) == (30.0, 1, 0.45)
     default = thresholds_from(load_settings(None, {}).alerts, settings.ble)
     assert (default.predicted_low_horizon_min, default.predicted_low_persistence) == (35.0, 2)
+
+
+def test_storage_url_takes_postgresql_only_and_hides_its_password() -> None:
+    settings = load_settings(
+        None, {"GLUCOHUB_STORAGE__URL": "postgresql://hub:s3cret-pw@db.example:5432/glucohub"}
+    )
+    assert settings.storage.url.startswith("postgresql://")
+    assert "s3cret-pw" not in repr(settings)
+    with pytest.raises(ConfigError, match=r"storage\.url.*mysql") as caught:
+        load_settings(None, {"GLUCOHUB_STORAGE__URL": "mysql://hub:s3cret-pw@db/glucohub"})
+    assert "s3cret-pw" not in str(caught.value)
