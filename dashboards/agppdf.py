@@ -138,6 +138,17 @@ def render_pdf(report: AgpReport, fonts: Fonts | None = None) -> bytes:
     _place(pdf, agp, MARGIN, y, scale)
     y += agp.height * scale + 10
 
+    _text(
+        pdf,
+        MARGIN,
+        y,
+        f"Fingerstick (meter) readings: {report.fingersticks}, drawn as purple squares on the "
+        "daily profiles; the metrics are from CGM readings only.",
+        size=6.8,
+        colour=MUTED,
+    )
+    y += 4
+
     _text(pdf, MARGIN, y + 10, "Daily glucose profiles", size=10, bold=True)
     y += 16
     columns = 7
@@ -152,19 +163,6 @@ def render_pdf(report: AgpReport, fonts: Fonts | None = None) -> bytes:
             y = MARGIN
         chart = agpcharts.day_chart(profile, report.unit)
         _place(pdf, chart, MARGIN + (i % columns) * cell_w, y, scale)
-    y += cell_h if report.profiles else 0
-    if y + 20 > PAGE_H - MARGIN:
-        pdf.add_page()
-        y = MARGIN
-    _text(
-        pdf,
-        MARGIN,
-        y + 10,
-        f"Fingerstick (meter) readings: {report.fingersticks}, drawn as purple squares on the "
-        "daily profiles; the metrics are from CGM readings only.",
-        size=6.8,
-        colour=MUTED,
-    )
     return bytes(pdf.output())
 
 
