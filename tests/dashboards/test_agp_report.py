@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dashboards.agp import hours_minutes
+from dashboards.agpcharts import excursions
 from dashboards.agppdf import MissingFont, find_fonts
 from gateway.model import Reading
 from tests.dashboards.conftest import Login
@@ -210,3 +211,42 @@ def test_missing_fonts_are_named_with_their_packages(tmp_path: Path) -> None:
     # raised in the report worker, it reaches the handler whole
     assert str(pickle.loads(pickle.dumps(refused.value))) == message
     assert find_fonts().regular.name == "DejaVuSans.ttf"  # installed by ensure-test-deps.sh
+
+
+def test_excursions_run_from_crossing_to_crossing() -> None:
+    # 170 -> 190 -> 170 mg/dL over 20 minutes crosses 180 at minutes 5 and 15.
+    assert excursions([(0, 170), (10, 190), (20, 170)], 180, above=True) == [
+        [(5, 180), (10, 190), (15, 180)]
+    ]
+    # below 70: starts beyond (closed at its first minute), then a second dip at the end
+    points = [(0, 60), (10, 80), (20, 80), (30, 50)]
+    assert excursions(points, 70, above=False) == [
+        [(0, 70), (0, 60), (5, 70)],
+        [(20 + 10 / 3, 70), (30, 50), (30, 70)],  # 80 -> 50 crosses 70 a third of the way
+    ]
+    assert excursions([(0, 100), (5, 180)], 180, above=True) == []  # at 180 is in range
+
+
+async def test_the_agp_curve_has_its_percentile_bands(world: World, login: Login) -> None:
+    # Day d of the 14 reads 100 + 10·d mg/dL all day: each time of day pools 14 values, so
+    # the 5–95 % band is wider than the 25–75 % band, and both have area.
+    start = NOW - timedelta(days=14)
+    use(world, [cgm("pat-a", start + timedelta(minutes=5 * k), 100 + 10 * ((k - 1) // 288))
+                for k in range(1, 14 * 288 + 1)])  # fmt: skip
+    html = await report_html(login)
+    agp = re.search(r'<div class="agp-chart">(<svg.*?</svg>)</div>', html, re.S)
+    assert agp is not None
+    svg = agp.group(1)
+    assert svg.count('fill="#c9dcf2"') >= 1  # 5–95 %
+    assert svg.count('fill="#6f9fd8"') >= 1  # 25–75 %
+    assert re.search(r'<polyline [^>]*stroke="#15427a" stroke-width="2"', svg)  # the median
+    assert {"00:00", "12:00", "24:00", "3.9", "10.0"} <= set(re.findall(r">([^<>]+)</text>", svg))
+
+
+async def test_opening_the_report_or_pdf_is_in_the_patients_access_log(
+    world: World, login: Login
+) -> None:
+    dr = await login("dr-grant")
+    assert (await dr.get("/patients/pat-a/report.pdf")).status == 200
+    log = await world.accounts.access_log("pat-a")
+    assert [(e.action, e.viewer) for e in log][:1] == [("report", "dr-grant")]
