@@ -250,3 +250,9 @@ async def test_opening_the_report_or_pdf_is_in_the_patients_access_log(
     assert (await dr.get("/patients/pat-a/report.pdf")).status == 200
     log = await world.accounts.access_log("pat-a")
     assert [(e.action, e.viewer) for e in log][:1] == [("report", "dr-grant")]
+
+
+async def test_the_page_escapes_the_patients_name(login: Login) -> None:
+    html = await report_html(login, "/patients/pat-c/report")
+    assert "AGP Report: Carol &lt;script&gt;x&lt;/script&gt;" in html
+    assert "<script>x" not in html
