@@ -13,6 +13,10 @@ RUN python -m venv /opt/glucohub \
     && /opt/glucohub/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim-bookworm
+# The fonts the PDF report embeds (dashboards/agppdf.py).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-dejavu-core fonts-droid-fallback \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin glucohub \
     && mkdir -p /data /etc/glucohub && chown glucohub:glucohub /data
 COPY --from=build /opt/glucohub /opt/glucohub

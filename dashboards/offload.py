@@ -10,6 +10,7 @@ block the loop for tens of milliseconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import pickle
 from collections.abc import Callable, Sequence
@@ -20,6 +21,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from dashboards.agp import AgpReport, build_report
+from dashboards.agpcharts import PageCharts, page_charts
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.clinical.report import render_report
 from gateway.model import Patient, Reading
@@ -81,6 +84,24 @@ def _render(
     return render_report(patient, _unpacked(chunks), days=days, now=now, fmt=fmt, unit=unit)  # type: ignore[arg-type]
 
 
+def _report_page(
+    patient: Patient, chunks: list[bytes], *, days: int, now: datetime, unit: Unit
+) -> tuple[AgpReport, PageCharts]:
+    report = build_report(patient, _unpacked(chunks), days=days, now=now, unit=unit)
+    charts = page_charts(report)
+    # The page shows the profiles as drawn; their points need not travel back to the loop.
+    light = tuple(dataclasses.replace(p, points=(), meter=()) for p in report.profiles)
+    return dataclasses.replace(report, profiles=light), charts
+
+
+def _report_pdf(
+    patient: Patient, chunks: list[bytes], *, days: int, now: datetime, unit: Unit
+) -> bytes:
+    from dashboards.agppdf import render_pdf  # fpdf2 and Pillow load in the worker only
+
+    return render_pdf(build_report(patient, _unpacked(chunks), days=days, now=now, unit=unit))
+
+
 def _metrics(
     chunks: list[bytes], *, now: datetime, days: int, timezone: str, patient_id: str
 ) -> GlucoseMetrics:
@@ -121,4 +142,37 @@ async def metrics(
     result: GlucoseMetrics = await _run(
         app, _metrics, chunks, now=now, days=days, timezone=timezone, patient_id=patient_id
     )
+    return result
+
+
+async def report_page(
+    app: web.Application,
+    patient: Patient,
+    readings: Sequence[Reading],
+    *,
+    days: int,
+    now: datetime,
+    unit: Unit,
+) -> tuple[AgpReport, PageCharts]:
+    """The AGP report page's data and drawings (`dashboards.agp`), made in the worker."""
+    chunks = await _packed(readings)
+    result: tuple[AgpReport, PageCharts] = await _run(
+        app, _report_page, patient, chunks, days=days, now=now, unit=unit
+    )
+    return result
+
+
+async def report_pdf(
+    app: web.Application,
+    patient: Patient,
+    readings: Sequence[Reading],
+    *,
+    days: int,
+    now: datetime,
+    unit: Unit,
+) -> bytes:
+    """The AGP report as PDF (`dashboards.agppdf`), made in the worker; `MissingFont` when
+    its fonts are not installed."""
+    chunks = await _packed(readings)
+    result: bytes = await _run(app, _report_pdf, patient, chunks, days=days, now=now, unit=unit)
     return result

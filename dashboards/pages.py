@@ -29,6 +29,34 @@ def _time(t: datetime | None, tz: tzinfo = UTC, *, now: datetime | None = None) 
     return timefmt.time_html(t, tz, now=now)
 
 
+def nav(user: User | None, csrf: str = "") -> str:
+    """The top navigation of every signed-in page (empty without a user)."""
+    if user is None:
+        return ""
+    links = []
+    if user.role is Role.PATIENT and user.patient_id:
+        links.append(f'<a href="/patients/{esc(user.patient_id)}">My record</a>')
+        links.append('<a href="/consent">Sharing &amp; access log</a>')
+    else:
+        links.append('<a href="/">Patients</a>')
+    links.append('<a href="/alerts">Alerts</a>')
+    links.append('<a href="/ledger">Ledger</a>')
+    other = Unit.MMOL_L if user.unit is Unit.MG_DL else Unit.MG_DL
+    return (
+        '<nav class="top">'
+        + " ".join(links)
+        + '<span class="spacer"></span>'
+        + '<form method="post" action="/prefs" class="inline">'
+        + _csrf_field(csrf)
+        + f'<input type="hidden" name="unit" value="{esc(other.value)}">'
+        + f'<button type="submit" class="link">Show {esc(other.value)}</button></form>'
+        + f'<span class="who">{esc(user.username)} ({esc(user.role.value)})</span>'
+        + '<form method="post" action="/logout" class="inline">'
+        + _csrf_field(csrf)
+        + '<button type="submit" id="logout">Log out</button></form></nav>'
+    )
+
+
 def layout(
     title: str,
     body: str,
@@ -38,30 +66,6 @@ def layout(
     live: str = "",
     live_patient: str = "",
 ) -> str:
-    nav = ""
-    if user is not None:
-        links = []
-        if user.role is Role.PATIENT and user.patient_id:
-            links.append(f'<a href="/patients/{esc(user.patient_id)}">My record</a>')
-            links.append('<a href="/consent">Sharing &amp; access log</a>')
-        else:
-            links.append('<a href="/">Patients</a>')
-        links.append('<a href="/alerts">Alerts</a>')
-        links.append('<a href="/ledger">Ledger</a>')
-        other = Unit.MMOL_L if user.unit is Unit.MG_DL else Unit.MG_DL
-        nav = (
-            '<nav class="top">'
-            + " ".join(links)
-            + '<span class="spacer"></span>'
-            + '<form method="post" action="/prefs" class="inline">'
-            + _csrf_field(csrf)
-            + f'<input type="hidden" name="unit" value="{esc(other.value)}">'
-            + f'<button type="submit" class="link">Show {esc(other.value)}</button></form>'
-            + f'<span class="who">{esc(user.username)} ({esc(user.role.value)})</span>'
-            + '<form method="post" action="/logout" class="inline">'
-            + _csrf_field(csrf)
-            + '<button type="submit" id="logout">Log out</button></form></nav>'
-        )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -70,7 +74,7 @@ def layout(
         '<link rel="stylesheet" href="/static/style.css">'
         '<script src="/static/app.js" defer></script>'
         f'</head><body data-live="{esc(live)}" data-patient="{esc(live_patient)}">'
-        f"{nav}<main><h1>{esc(title)}</h1>{body}</main></body></html>"
+        f"{nav(user, csrf)}<main><h1>{esc(title)}</h1>{body}</main></body></html>"
     )
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import logging
 import math
 import secrets
 from datetime import datetime, timedelta, tzinfo
 
 from aiohttp import web
 
-from dashboards import charts, offload, pages, timefmt
+from dashboards import charts, offload, pages, templating, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
+from dashboards.agppdf import MissingFont
 from dashboards.context import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -48,6 +50,8 @@ from gateway.model import (
     ReadingKind,
 )
 from gateway.units import Unit
+
+log = logging.getLogger(__name__)
 
 GLUCOSE_KINDS = (ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE)
 AGP_CHOICES = (7, 14, 30)
@@ -437,43 +441,67 @@ def _metrics(
     )
 
 
-# The report is a standalone document with its own <style> element and no script at all.
-_REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 _REPORT_TYPES = {"html": "text/html", "pdf": "application/pdf", "json": "application/json"}
 
 
 async def report(request: web.Request) -> web.StreamResponse:
-    """The one-page AGP report (gateway.clinical.report) as HTML, PDF or JSON."""
+    """The AGP report: the page (`?format=html`, the default), its PDF or its data as JSON."""
+    fmt = request.query.get("format", "html")
+    if fmt not in _REPORT_TYPES:
+        raise web.HTTPBadRequest()
+    if fmt == "pdf":
+        return await report_pdf(request)
     patient = await _patient(request)
     d = deps(request)
     now = d.clock.now()
     days = _days(request)
-    fmt = request.query.get("format", "html")
-    if fmt not in _REPORT_TYPES:
-        raise web.HTTPBadRequest()
+    unit = current_user(request).unit
     readings = await d.read_model.readings(
         patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
     )
     try:
+        if fmt == "html":
+            found, charts = await offload.report_page(
+                request.app, patient, readings, days=days, now=now, unit=unit
+            )
+            return templating.render(
+                "report.html",
+                request,
+                {"title": f"AGP report: {patient.display_name}", "r": found, "charts": charts,
+                 "day_choices": AGP_CHOICES},
+            )  # fmt: skip
         body = await offload.report(
-            request.app,
-            patient,
-            readings,  # every glucose kind: CGM for the metrics, meter listed apart
-            days=days,
-            now=now,
-            fmt=fmt,  # type: ignore[arg-type]
-            unit=current_user(request).unit,
+            request.app, patient, readings, days=days, now=now, fmt="json", unit=unit
         )
     except ClinicalError:
         raise web.HTTPInternalServerError() from None
-    response = web.Response(body=body, content_type=_REPORT_TYPES[fmt])
-    if fmt == "html":
-        response.charset = "utf-8"
-        response.headers["Content-Security-Policy"] = _REPORT_CSP
-    if fmt == "pdf":
-        name = f"glucohub-{patient.patient_id}-{days}d.pdf".replace('"', "")
-        response.headers["Content-Disposition"] = f'inline; filename="{name}"'
-    return response
+    return web.Response(body=body, content_type=_REPORT_TYPES[fmt])
+
+
+async def report_pdf(request: web.Request) -> web.StreamResponse:
+    """The AGP report as an A4 PDF (`dashboards.agppdf`), in the viewer's unit."""
+    patient = await _patient(request)
+    d = deps(request)
+    now = d.clock.now()
+    days = _days(request)
+    readings = await d.read_model.readings(
+        patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
+    )
+    try:
+        body = await offload.report_pdf(
+            request.app, patient, readings, days=days, now=now, unit=current_user(request).unit
+        )
+    except MissingFont as missing:
+        log.error("%s", missing)
+        raise web.HTTPServiceUnavailable(text=f"PDF report unavailable: {missing}") from None
+    except ClinicalError:
+        raise web.HTTPInternalServerError() from None
+    name = f"glucohub-{patient.patient_id}-{days}d.pdf".replace('"', "")
+    return web.Response(
+        body=body,
+        content_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{name}"'},
+    )
 
 
 async def snooze(request: web.Request) -> web.StreamResponse:
@@ -695,6 +723,7 @@ def add_routes(app: web.Application) -> None:
     own = Rule(access=Access.PATIENT)
     scoped = Rule(access=Access.USER, patient_from="match:id")
     offload.install(app)  # the worker process for reports and FHIR summaries
+    templating.install(app)
     add_route(app, "GET", "/login", login_get, public)
     add_route(app, "POST", "/login", login_post, public)
     add_route(app, "POST", "/logout", logout, user)
@@ -711,6 +740,10 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "GET", "/patients/{id}/live", patient_partial, scoped)
     add_route(
         app, "GET", "/patients/{id}/report", report,
+        Rule(access=Access.USER, patient_from="match:id", audit="report"),
+    )  # fmt: skip
+    add_route(
+        app, "GET", "/patients/{id}/report.pdf", report_pdf,
         Rule(access=Access.USER, patient_from="match:id", audit="report"),
     )  # fmt: skip
     add_route(app, "POST", "/patients/{id}/snooze", snooze, scoped)

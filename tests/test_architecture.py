@@ -85,6 +85,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "dashboards.live": ("asyncio",),
         "dashboards.offload": ("aiohttp", "asyncio", "concurrent.futures", "multiprocessing"),
         "dashboards.publiclog": ("aiohttp",),
+        "dashboards.templating": ("aiohttp",),
         "dashboards.views": ("aiohttp", "asyncio"),
         "gateway.fanout": ("asyncio",),
         "gateway.pipeline": ("asyncio", "concurrent.futures"),

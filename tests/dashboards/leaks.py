@@ -4,8 +4,9 @@ A JWS payload is base64url, a proof file carries the JWS as a JSON string, a PDF
 is hex strings in a Flate stream, HTML escapes text: a substring search of the raw bytes misses
 all of them. `readable_views` turns a body into every text a reader could get from it (the raw
 text, HTML-unescaped, JSON strings, each part of every JWS-looking token and every base64 run
-of 16+ characters decoded, Flate streams inflated, PDF hex strings decoded), recursively to a
-small depth.
+of 16+ characters decoded, Flate streams inflated, PDF hex strings decoded, a PDF's text as
+pypdf extracts it: embedded fonts write glyph ids, not characters), recursively to a small
+depth.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
+
+from tests.dashboards.pdftext import pdf_text
 
 # Three base64url parts separated by dots (a compact JWS; the payload may be empty when
 # detached). Long enough parts only, so "1.2.3" or a version string is not one.
@@ -67,6 +70,8 @@ def readable_views(body: bytes, depth: int = 0, where: str = "body") -> Iterator
         yield f"{where} (HTML-unescaped)", unescaped
     for value in _json_strings(text):
         yield f"{where} (JSON string)", value
+    if body.startswith(b"%PDF-"):
+        yield f"{where} (PDF text)", pdf_text(body)
     if depth >= _MAX_DEPTH:
         return
     for match in _STREAM.finditer(body):

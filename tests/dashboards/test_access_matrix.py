@@ -296,9 +296,21 @@ def _report(key: str, pid: str) -> list[Req]:
             method="GET",
             path=f"/patients/{pid}/report?format={fmt}",
             about=frozenset(key),
-            shows=("patient id",),
+            shows=("patient id", "display name"),
         )
         for fmt in ("html", "pdf", "json")
+    ]
+
+
+def _report_pdf(key: str, pid: str) -> list[Req]:
+    return [
+        Req(
+            method="GET",
+            path=f"/patients/{pid}/report.pdf{query}",
+            about=frozenset(key),
+            shows=("patient id", "display name"),
+        )
+        for query in ("", "?days=7")
     ]
 
 
@@ -382,7 +394,10 @@ ROUTES = [
         method="GET",
         path="/static",
         access="public",
-        fill=lambda _: [Req(method="GET", path=f"/static/{f}") for f in ("app.js", "style.css")],
+        fill=lambda _: [
+            Req(method="GET", path=f"/static/{f}")
+            for f in ("app.js", "style.css", "report.js", "report.css")
+        ],
     ),
     RouteCase(
         method="HEAD",
@@ -419,6 +434,12 @@ ROUTES = [
     ),
     RouteCase(
         method="GET", path="/patients/{id}/report", access="user", fill=each_patient(_report)
+    ),
+    RouteCase(
+        method="GET",
+        path="/patients/{id}/report.pdf",
+        access="user",
+        fill=each_patient(_report_pdf),
     ),
     RouteCase(
         method="POST", path="/patients/{id}/snooze", access="user", fill=each_patient(_snooze)

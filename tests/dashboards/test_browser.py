@@ -19,6 +19,7 @@ from gateway.protocols import BatchSealed
 from gateway.settings import DashboardSettings
 from tests.dashboards.conftest import make_app
 from tests.dashboards.fakes import NOW, PASSWORD, World, alert, cgm, push_alert, push_readings
+from tests.dashboards.pdftext import pdf_text
 from tests.dashboards.test_time_zones import JULY, paris_world
 
 CHROMIUM = "/usr/bin/chromium"
@@ -186,3 +187,34 @@ async def test_paris_patients_times_are_local_and_labelled(
     await expect(page.locator("#notes")).to_contain_text("2026-07-01 12:15 CEST")
     await expect(page.locator("svg.chart.day text.zone")).to_have_text("CEST")
     await shot(page, "10-paris-patient-times")
+
+
+async def test_agp_report_in_mmol_prints_without_navigation(
+    browser: Browser, base_url: str
+) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(f"{base_url}/login")
+    await page.fill('input[name="username"]', "dr-grant")
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await page.goto(f"{base_url}/patients/pat-a/report")
+    await expect(page.locator("h1")).to_have_text("AGP Report: Alice Example")
+    main = await page.locator("main").inner_text()
+    assert "mmol/L" in main and "mg/dL" not in main
+    await expect(page.locator("figure.day svg")).to_have_count(14)
+    await expect(page.locator("nav.top")).to_be_visible()
+    await shot(page, "30-agp-report")
+
+    # The Print button asks the browser to print (stubbed: headless Chromium has no dialog).
+    await page.evaluate("() => { window.__printed = 0; window.print = () => window.__printed++; }")
+    await page.click("#print")
+    assert await page.evaluate("window.__printed") == 1
+
+    await page.emulate_media(media="print")
+    await expect(page.locator("nav.top")).to_be_hidden()
+    await expect(page.locator("#print")).to_be_hidden()
+    await expect(page.locator(".agp-chart svg")).to_be_visible()
+    await shot(page, "31-agp-report-print-media")
+    printed = pdf_text(await page.pdf(prefer_css_page_size=True))  # the @page A4 rule
+    assert "AGP Report: Alice Example" in printed
+    assert "Log out" not in printed and "Show mg/dL" not in printed

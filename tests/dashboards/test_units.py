@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import zlib
 from html import unescape
 
 import pytest
@@ -21,6 +20,7 @@ from gateway.settings import DashboardSettings, load_settings
 from gateway.units import Unit
 from tests.dashboards.conftest import csrf_of, login_as, make_app
 from tests.dashboards.fakes import NOW, World, cgm, push_alert
+from tests.dashboards.pdftext import pdf_text
 
 Client = TestClient[web.Request, web.Application]
 
@@ -60,15 +60,10 @@ def alert_messages(html: str) -> list[str]:
 
 
 async def pdf(client: Client) -> str:
-    """The text the PDF report prints (hex-encoded WinAnsi strings in a deflated stream)."""
-    response = await client.get("/patients/pat-a/report?format=pdf")
+    """The text the PDF report prints, as a PDF reader extracts it."""
+    response = await client.get("/patients/pat-a/report.pdf")
     assert response.status == 200
-    data = await response.read()
-    stream = re.search(rb"/FlateDecode >>\nstream\n(.*?)\nendstream", data, re.S)
-    assert data.startswith(b"%PDF-") and stream is not None
-    strings = re.findall(rb"<([0-9a-fA-F]+)> Tj", zlib.decompress(stream.group(1)))
-    assert strings
-    return " ".join(bytes.fromhex(h.decode()).decode("cp1252") for h in strings)
+    return pdf_text(await response.read())
 
 
 async def test_site_default_mmol_shows_no_mg_dl_anywhere(world: World) -> None:

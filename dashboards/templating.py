@@ -1,0 +1,37 @@
+"""Jinja2 templates for the dashboard pages (aiohttp-jinja2), autoescaping everything.
+
+Templates live in `dashboards/templates/` (installed as package data). A value is inserted
+unescaped only when it is `markupsafe.Markup`: the navigation from `pages.nav` and SVG drawn by
+`gateway.clinical.drawing`, both built from escaped text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from markupsafe import Markup
+
+from dashboards import pages
+from dashboards.context import csrf_token, current_user
+
+
+def install(app: web.Application) -> None:
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("dashboards", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render(
+    name: str, request: web.Request, context: Mapping[str, object], *, status: int = 200
+) -> web.Response:
+    """`name` filled with `context` plus what every page's frame needs: the title's user, the
+    navigation and the CSRF token."""
+    csrf = csrf_token(request)
+    frame = {"csrf": csrf, "nav": Markup(pages.nav(current_user(request), csrf))}
+    return aiohttp_jinja2.render_template(name, request, {**frame, **context}, status=status)
