@@ -25,6 +25,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	@touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
+	@scripts/ensure-test-deps.sh --runtime
 	$(BIN)/glucohub demo
 
 test-deps:

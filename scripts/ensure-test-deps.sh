@@ -5,21 +5,24 @@
 # under the system Python, so dbus-python and PyGObject come from Debian, not a compiler).
 # PostgreSQL's server binaries (storage tests initdb their own cluster on a free port; the
 # machine's own server, if any, is never used). The fonts the PDF report embeds (DejaVu Sans,
-# Droid Sans Fallback for CJK): the hub needs them at run time too.
+# Droid Sans Fallback for CJK): the hub needs them at run time too, so `--runtime` checks
+# only those (`make demo`).
 # Idempotent.
 set -euo pipefail
 missing=()
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+[ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || missing+=(fonts-droid-fallback)
+if [ "${1:-}" != "--runtime" ]; then
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v dbus-daemon >/dev/null 2>&1 || [ -x /usr/bin/dbus-daemon ] || missing+=(dbus)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
-[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
-[ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || missing+=(fonts-droid-fallback)
 /usr/bin/python3 -c 'import dbusmock, dbus, gi' >/dev/null 2>&1 || missing+=(python3-dbusmock)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
-echo "installing test dependencies: ${missing[*]}" >&2
+echo "installing system packages: ${missing[*]}" >&2
 sudo_cmd=""
 [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
 if ! command -v apt-get >/dev/null; then
