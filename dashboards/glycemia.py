@@ -8,12 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from dashboards.bandclass import HIGH_ABOVE, LOW_BELOW
 from gateway.units import format_glucose
 
 __all__ = ["HIGH_ABOVE", "LOW_BELOW", "format_glucose", "slope_mg_dl_per_min", "trend_arrow"]
-
-LOW_BELOW = 70.0
-HIGH_ABOVE = 180.0
 
 
 def slope_mg_dl_per_min(
