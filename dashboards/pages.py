@@ -11,6 +11,7 @@ from html import escape
 from dashboards import timefmt
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
+from dashboards.bandclass import GlucoseBand, band_of
 from dashboards.glycemia import format_glucose
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
@@ -107,34 +108,41 @@ class TriageRow:
 
 
 def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
+    """One row per patient, most urgent first; the row's class and its reason (in words, so
+    colour is never the only signal) come from `dashboards.triage`."""
     if not rows:
         return '<tr><td colspan="7">No patients have shared their data with you.</td></tr>'
     out = []
     for row in rows:
         s = row.state
         p = s.patient
-        latest = (
-            f"{format_glucose(s.latest.value, unit)} <small>{esc(unit.value)}</small>"
-            if s.latest is not None
-            else "—"
-        )
+        priority = s.priority(now)
+        latest = "—"
+        if s.latest is not None:
+            band = band_of(s.latest.value)
+            latest = (
+                f'<span class="value {band.css}" title="{esc(band.label)}">'
+                f"{format_glucose(s.latest.value, unit)}</span> <small>{esc(unit.value)}</small>"
+            )
         since = (
             "never"
             if s.latest is None
             else _time(s.latest.time, timefmt.patient_zone(p.timezone), now=now)
         )
-        reasons = " ".join(
-            f'<span class="tag {esc(r.replace(" ", "-"))}">{esc(r)}</span>' for r in s.reasons(now)
-        )
         tir = "—" if s.in_range_pct is None else f"{s.in_range_pct:.0f}%"
         tbr = "—" if s.below_range_pct is None else f"{s.below_range_pct:.1f}%"
         out.append(
-            f'<tr class="patient" data-patient="{esc(p.patient_id)}">'
-            f'<td><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a> {reasons}</td>'
-            f'<td class="glucose">{latest} <span class="trend">{esc(row.trend)}</span></td>'
-            f"<td>{since}</td><td>{row.sparkline}</td>"
-            f'<td class="tir">{esc(tir)}</td><td>{esc(tbr)}</td>'
-            f"<td>{len(s.open_alerts)}</td></tr>"
+            f'<tr class="patient {priority.css}" data-patient="{esc(p.patient_id)}"'
+            f' data-priority="{priority.value}">'
+            f'<td class="who"><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a>'
+            f' <span class="reason {priority.css}">{esc(s.reason(now, unit))}</span></td>'
+            f'<td class="glucose" data-label="Latest">{latest}'
+            f' <span class="trend">{esc(row.trend)}</span></td>'
+            f'<td data-label="Since">{since}</td>'
+            f'<td data-label="Last 3 h">{row.sparkline}</td>'
+            f'<td class="tir" data-label="In range, 14 d">{esc(tir)}</td>'
+            f'<td data-label="Below range, 14 d">{esc(tbr)}</td>'
+            f'<td data-label="Open alerts">{len(s.open_alerts)}</td></tr>'
         )
     return "".join(out)
 
@@ -144,7 +152,8 @@ def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
     in_range = f"In range {low}–{high} {user.unit.value}, 14 d"
     below = f"Below {low} {user.unit.value}, 14 d"
     body = (
-        '<div class="scroll"><table class="triage"><thead><tr><th>Patient</th><th>Latest</th>'
+        '<div class="scroll"><table class="triage"><thead><tr><th>Patient and why</th>'
+        "<th>Latest</th>"
         f"<th>Since</th><th>Last 3 h</th><th>{esc(in_range)}</th><th>{esc(below)}</th>"
         "<th>Open alerts</th>"
         f'</tr></thead><tbody id="triage-rows">{rows_html}</tbody></table></div>'
@@ -521,10 +530,13 @@ def latest_html(
     *,
     at: datetime | None = None,
     tz: tzinfo = UTC,
+    band: GlucoseBand | None = None,
 ) -> str:
     since = "no readings" if minutes is None else timefmt.ago_minutes(minutes)
     when = "" if at is None else f" <small>({_time(at, tz)})</small>"
+    css = "" if band is None else f" {band.css}"
+    word = "" if band is None else f' <span class="band-word{css}">{esc(band.label)}</span>'
     return (
-        f'<span class="big">{esc(value)}</span> <small>{esc(unit.value)}</small> '
+        f'<span class="big{css}">{esc(value)}</span> <small>{esc(unit.value)}</small>{word} '
         f'<span class="trend">{esc(trend)}</span> <span class="since">{esc(since)}</span>{when}'
     )

@@ -125,9 +125,9 @@ class PatientState:
     def evidence(self, priority: Priority, now: datetime) -> tuple[float | None, datetime | None]:
         """The glucose value that puts the patient in `priority`, and when it was seen."""
         latest = self.latest
-        if latest is not None and not self.stale(now):
-            if _BY_BAND[band_of(latest.value).name] is priority:
-                return latest.value, latest.time
+        fresh = latest is not None and not self.stale(now)
+        if fresh and latest is not None and _BY_BAND[band_of(latest.value).name] is priority:
+            return latest.value, latest.time
         alerts = self.alerts_for(priority)
         if alerts:
             return alerts[0].glucose_mg_dl, alerts[0].raised_at

@@ -14,6 +14,7 @@ from aiohttp import web
 from dashboards import charts, offload, pages, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
+from dashboards.bandclass import band_of
 from dashboards.context import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -78,9 +79,13 @@ def patient_tz(patient: Patient) -> tzinfo:
 
 def glucose_points(readings: list[Reading]) -> list[tuple[datetime, float]]:
     """CGM points when the patient has any, else meter points; in time order."""
-    cgm = [(r.time, r.value) for r in readings if r.kind is ReadingKind.CGM_GLUCOSE]
-    chosen = cgm or [(r.time, r.value) for r in readings if r.kind is ReadingKind.GLUCOSE]
-    return sorted(chosen)
+    return kind_points(readings, ReadingKind.CGM_GLUCOSE) or kind_points(
+        readings, ReadingKind.GLUCOSE
+    )
+
+
+def kind_points(readings: list[Reading], kind: ReadingKind) -> list[tuple[datetime, float]]:
+    return sorted((r.time, r.value) for r in readings if r.kind is kind)
 
 
 # -- login and logout ---------------------------------------------------------------------
@@ -228,12 +233,15 @@ async def _ranges_14d(
 async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageRow:
     rm = d.read_model
     spark_start = now - timedelta(hours=3)
-    readings, latest, open_alerts, (below, in_range) = await asyncio.gather(
+    readings, latest, open_alerts, (below, in_range), devices, events = await asyncio.gather(
         rm.readings(patient.patient_id, since=spark_start, kinds=GLUCOSE_KINDS),
         rm.latest_reading(patient.patient_id, GLUCOSE_KINDS),
         rm.alerts(patient.patient_id, open_only=True),
         _ranges_14d(d, patient, now),
+        rm.list_devices(patient.patient_id),
+        rm.device_events(patient.patient_id),
     )
+    names = {dev.device_id: dev.name or dev.device_id for dev in devices}
     points = glucose_points(readings)
     spark = charts.sparkline_svg(
         [p for p in points if p[0] >= spark_start], start=spark_start, end=now
@@ -244,6 +252,9 @@ async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageR
         open_alerts=tuple(a for a in open_alerts if a.state is not AlertState.RESOLVED),
         below_range_pct=below,
         in_range_pct=in_range,
+        battery_low=tuple(
+            names.get(device_id, device_id) for device_id in sorted(_battery_warnings(events, now))
+        ),
     )
     recent = [
         p for p in points if latest is not None and p[0] >= latest.time - timedelta(minutes=15)
@@ -374,15 +385,22 @@ async def _patient_view(
     return pages.PatientView(
         patient=patient,
         latest_html=pages.latest_html(
-            value, user.unit, trend, minutes, at=None if latest is None else latest.time, tz=tz
+            value,
+            user.unit,
+            trend,
+            minutes,
+            at=None if latest is None else latest.time,
+            tz=tz,
+            band=None if latest is None else band_of(latest.value),
         ),
         day_chart=charts.day_chart_svg(
-            [p for p in points if p[0] >= day_start],
+            [p for p in kind_points(readings, ReadingKind.CGM_GLUCOSE) if p[0] >= day_start],
             [a for a in alerts if a.raised_at >= day_start],
             start=day_start,
             end=now,
             unit=user.unit,
             tz=tz,
+            meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
         ),
         agp=agp,
         agp_days=days,

@@ -83,11 +83,15 @@ def _mixed_clinic() -> list[PatientState]:
             minutes_ago=2,
             alerts=(
                 alert(
-                    "u1", "vlow-alert", AlertKind.URGENT_LOW, AlertLevel.URGENT,
-                    at=NOW - timedelta(minutes=25), glucose=52,
+                    "u1",
+                    "vlow-alert",
+                    AlertKind.URGENT_LOW,
+                    AlertLevel.URGENT,
+                    at=NOW - timedelta(minutes=25),
+                    glucose=52,
                 ),
             ),
-        ),  # fmt: skip
+        ),
         state("vhigh", value=300, minutes_ago=2),
         state("fine-tbr", value=140, minutes_ago=1, tbr=6.0),
         state(
@@ -104,11 +108,15 @@ def _mixed_clinic() -> list[PatientState]:
             minutes_ago=5,
             alerts=(
                 alert(
-                    "h1", "high-long", AlertKind.SUSTAINED_HIGH, AlertLevel.WARNING,
-                    at=NOW - timedelta(minutes=130), glucose=185,
+                    "h1",
+                    "high-long",
+                    AlertKind.SUSTAINED_HIGH,
+                    AlertLevel.WARNING,
+                    at=NOW - timedelta(minutes=130),
+                    glucose=185,
                 ),
             ),
-        ),  # fmt: skip
+        ),
         state("low", value=61, minutes_ago=12),
     ]
 
