@@ -12,11 +12,11 @@ from dashboards import timefmt
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
 from dashboards.bandclass import GlucoseBand, band_of
-from dashboards.glycemia import format_glucose
+from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose, trend_words
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
 from gateway.clinical.report import band_label, band_target
-from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient
+from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient, Reading
 from gateway.protocols import QuarantinedRecord
 from gateway.units import Unit
 
@@ -43,6 +43,7 @@ def layout(
     if user is not None:
         links = []
         if user.role is Role.PATIENT and user.patient_id:
+            links.append('<a href="/me">My glucose</a>')
             links.append(f'<a href="/patients/{esc(user.patient_id)}">My record</a>')
             links.append('<a href="/consent">Sharing &amp; access log</a>')
         else:
@@ -446,6 +447,137 @@ def consent_page(
         f"<th>Role</th><th>What</th></tr></thead><tbody>{log_rows}</tbody></table></section>"
     )
     return layout("Sharing and access log", body, user=user, csrf=csrf)
+
+
+# -- the patient's own view -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MyView:
+    """What a signed-in patient sees about themselves, in plain words."""
+
+    patient: Patient
+    latest: Reading | None
+    trend: str  # the arrow
+    week: GlucoseMetrics  # the last 7 days
+    day_chart: str
+    alerts_html: str
+    devices: Sequence[tuple[Device, datetime | None]]
+    battery_low: Mapping[str, datetime]
+    grants: Sequence[Grant]
+    views: Sequence[AuditEntry]  # who else looked at the record, newest first
+    now: datetime
+    tz: tzinfo
+
+
+def _my_now(view: MyView, unit: Unit) -> str:
+    latest = view.latest
+    if latest is None:
+        return "<p>No glucose readings yet. Once your sensor or meter sends one, it shows here.</p>"
+    band = band_of(latest.value)
+    value = format_glucose(latest.value, unit)
+    ago = timefmt.ago(latest.time, view.now)
+    return (
+        f'<p class="now">Your glucose is <span class="big {band.css}">{esc(value)}</span> '
+        f'<small>{esc(unit.value)}</small> <span class="band-word {band.css}">'
+        f"{esc(band.label)}</span> and {esc(trend_words(view.trend))} "
+        f'<span class="trend" aria-hidden="true">{esc(view.trend)}</span>.</p>'
+        f"<p>Measured {esc(ago)} ({_time(latest.time, view.tz)}).</p>"
+    )
+
+
+def _my_week(week: GlucoseMetrics, unit: Unit) -> str:
+    if not week.readings:
+        return "<p>No sensor (CGM) readings in the last 7 days, so no time in range yet.</p>"
+    low, high = format_glucose(LOW_BELOW, unit), format_glucose(HIGH_ABOVE, unit)
+    in_range = week.range_percent("in_range")
+    below = week.range_percent("very_low") + week.range_percent("low")
+    above = week.range_percent("high") + week.range_percent("very_high")
+    return (
+        '<ul class="plain">'
+        f"<li><strong>In range</strong> ({low}–{high} {esc(unit.value)}): "
+        f"<strong>{in_range:.0f}%</strong> of the time. The goal for most people is more "
+        "than 70%.</li>"
+        f"<li><strong>Low</strong> (below {low} {esc(unit.value)}): {below:.0f}%. "
+        "The goal is less than 4%.</li>"
+        f"<li><strong>High</strong> (above {high} {esc(unit.value)}): {above:.0f}%. "
+        "The goal is less than 25%.</li></ul>"
+    )
+
+
+def _my_devices(view: MyView) -> str:
+    if not view.devices:
+        return "<p>No devices are registered for you yet.</p>"
+    items = []
+    for device, seen in view.devices:
+        low_since = view.battery_low.get(device.device_id)
+        battery = (
+            f'<span class="warn">Battery low</span> (reported {_time(low_since, view.tz)}): '
+            "change or charge it soon."
+            if low_since is not None
+            else "No battery warning."
+        )
+        last = (
+            "Nothing received yet."
+            if seen is None
+            else f"Last heard from {_time(seen, view.tz, now=view.now)}."
+        )
+        items.append(
+            f"<li><strong>{esc(device.name or device.device_id)}</strong> "
+            f"({esc(device.kind.value.replace('_', ' '))}). {last} {battery}</li>"
+        )
+    return f'<ul class="plain">{"".join(items)}</ul>'
+
+
+def _my_sharing(view: MyView) -> str:
+    if view.grants:
+        who = ", ".join(esc(g.clinician) for g in view.grants)
+        shared = f"<p>These clinicians can see your data: {who}.</p>"
+    else:
+        shared = "<p>Nobody else can see your data.</p>"
+    if view.views:
+        rows = "".join(
+            f"<li>{_time(e.time, view.tz)}: {esc(e.viewer)} ({esc(e.role.value)}) looked at "
+            f"{esc(_ACTION_WORDS.get(e.action, e.action))}</li>"
+            for e in view.views
+        )
+        looked = f'<ul class="plain">{rows}</ul>'
+    else:
+        looked = "<p>Nobody else has looked at your record yet.</p>"
+    return (
+        f"<section><h2>Who can see your data</h2>{shared}"
+        '<p><a href="/consent">Change who can see your data</a></p></section>'
+        f"<section><h2>Who looked at your record</h2>{looked}"
+        '<p><a href="/consent">The full access log</a></p></section>'
+    )
+
+
+_ACTION_WORDS = {
+    "page": "your record",
+    "triage": "your latest glucose in their patient list",
+    "report": "your AGP report",
+    "fhir": "your readings (FHIR)",
+    "api.readings": "your readings (API)",
+    "api.patient": "your details (API)",
+}
+
+
+def my_page(view: MyView, *, user: User, csrf: str) -> str:
+    unit = user.unit
+    body = (
+        f"<section><h2>Now</h2>{_my_now(view, unit)}"
+        f'<div class="my-chart">{view.day_chart}</div></section>'
+        f"<section><h2>Time in range this week</h2>{_my_week(view.week, unit)}</section>"
+        f"<section><h2>Your alerts</h2>{alerts_table(view.alerts_html)}</section>"
+        f"<section><h2>Your devices</h2>{_my_devices(view)}</section>"
+        f"{_my_sharing(view)}"
+        '<section id="download"><h2>Download my data</h2><p>Every reading stored for you:</p>'
+        '<ul class="plain"><li><a href="/me/readings.csv" download>Spreadsheet (CSV)</a>: all '
+        "readings, glucose in mg/dL, times in UTC.</li>"
+        '<li><a href="/me/glucose.fhir.json" download>HL7 FHIR (JSON)</a>: your glucose '
+        "readings as FHIR R4 Observations, for other health apps.</li></ul></section>"
+    )
+    return layout("My glucose", body, user=user, csrf=csrf)
 
 
 # -- ledger ---------------------------------------------------------------------------------

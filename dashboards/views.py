@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import json
 import math
 import secrets
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from aiohttp import web
 
-from dashboards import charts, offload, pages, timefmt
+from dashboards import charts, export, fhir, offload, pages, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.bandclass import band_of
@@ -157,7 +158,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             next_path=next_path,
         )
     session, user = result
-    default = f"/patients/{user.patient_id}" if user.role is Role.PATIENT else "/"
+    default = "/me" if user.role is Role.PATIENT else "/"
     target = local_path(next_path, default)
     response = web.HTTPSeeOther(target)
     response.set_cookie(
@@ -282,7 +283,7 @@ async def _triage_rows_html(request: web.Request) -> tuple[str, list[Patient]]:
 async def triage(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     if user.role is Role.PATIENT and user.patient_id:
-        raise web.HTTPSeeOther(f"/patients/{user.patient_id}")
+        raise web.HTTPSeeOther("/me")
     rows_html, patients = await _triage_rows_html(request)
     for p in patients:  # the list shows each patient's latest glucose: a view of their record
         await deps(request).accounts.record_view(user, p.patient_id, "triage")
@@ -666,6 +667,125 @@ async def batch_proof(request: web.Request) -> web.StreamResponse:
     )
 
 
+# -- the patient's own view ------------------------------------------------------------------
+
+MY_VIEWS_SHOWN = 10  # the newest views of the record by others; /consent has the full log
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # "every stored reading"
+
+
+async def _own_patient(request: web.Request) -> Patient:
+    pid = current_user(request).patient_id
+    assert pid is not None  # Access.PATIENT guarantees it
+    patient = await deps(request).read_model.get_patient(pid)
+    if patient is None:
+        raise web.HTTPNotFound()
+    return patient
+
+
+async def my_page(request: web.Request) -> web.StreamResponse:
+    """The signed-in patient's own summary in plain words (their record only)."""
+    d = deps(request)
+    rm = d.read_model
+    user = current_user(request)
+    patient = await _own_patient(request)
+    pid = patient.patient_id
+    now = d.clock.now()
+    tz = patient_tz(patient)
+    day_start = now - timedelta(hours=24)
+    readings, latest, alerts, devices, events = await asyncio.gather(
+        rm.readings(pid, since=now - timedelta(days=7), kinds=GLUCOSE_KINDS),
+        rm.latest_reading(pid, GLUCOSE_KINDS),
+        rm.alerts(pid),
+        rm.list_devices(pid),
+        rm.device_events(pid),
+    )
+    week = await asyncio.to_thread(_metrics, readings, now=now, days=7, patient=patient)
+    grants = await d.accounts.grants_for_patient(pid)
+    log = await d.accounts.access_log(pid)
+    points = glucose_points(readings)
+    trend = trend_arrow(
+        slope_mg_dl_per_min(
+            [p for p in points if latest and p[0] >= latest.time - timedelta(minutes=15)]
+        )
+    )
+    recent_alerts = sorted(
+        (
+            as_seen_by(a, user)
+            for a in alerts
+            if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
+        ),
+        key=lambda a: a.raised_at,
+        reverse=True,
+    )
+    view = pages.MyView(
+        patient=patient,
+        latest=latest,
+        trend=trend,
+        week=week,
+        day_chart=charts.day_chart_svg(
+            [p for p in kind_points(readings, ReadingKind.CGM_GLUCOSE) if p[0] >= day_start],
+            [a for a in alerts if a.raised_at >= day_start],
+            start=day_start,
+            end=now,
+            unit=user.unit,
+            tz=tz,
+            meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
+        ),
+        alerts_html=pages.alert_rows(
+            recent_alerts,
+            unit=user.unit,
+            names={pid: "You"},
+            csrf=csrf_token(request),
+            zones={pid: tz},
+            now=now,
+        ),
+        devices=[(dev, await _last_seen(d, dev, readings)) for dev in devices],
+        battery_low=_battery_warnings(events, now),
+        grants=grants,
+        views=[e for e in log if e.viewer != user.username][:MY_VIEWS_SHOWN],
+        now=now,
+        tz=tz,
+    )
+    return html(pages.my_page(view, user=user, csrf=csrf_token(request)))
+
+
+async def my_readings_csv(request: web.Request) -> web.StreamResponse:
+    """Every reading stored for the signed-in patient, as CSV (never anyone else's)."""
+    patient = await _own_patient(request)
+    readings = await deps(request).read_model.readings(patient.patient_id, since=_EPOCH)
+    text = await asyncio.to_thread(export.readings_csv, readings)
+    name = f"glucohub-{patient.patient_id}-readings.csv".replace('"', "")
+    return web.Response(
+        text=text,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def my_glucose_fhir(request: web.Request) -> web.StreamResponse:
+    """The signed-in patient's glucose readings as a FHIR R4 searchset of Observations, as
+    `GET /fhir/Observation` gives them, with every stored reading rather than the last day."""
+    patient = await _own_patient(request)
+    readings = await deps(request).read_model.readings(
+        patient.patient_id, since=_EPOCH, kinds=GLUCOSE_KINDS
+    )
+    base_url = str(request.url.with_path("/fhir").with_query(None))
+    self_url = str(request.url.with_query(None))
+
+    def build() -> str:
+        return json.dumps(fhir.bundle(readings, base_url=base_url, self_url=self_url))
+
+    text = await asyncio.to_thread(build)
+    name = f"glucohub-{patient.patient_id}-glucose.fhir.json".replace('"', "")
+    return web.Response(
+        text=text,
+        content_type="application/fhir+json",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
 # -- consent (patient's own view) ------------------------------------------------------------
 
 
@@ -743,6 +863,9 @@ def add_routes(app: web.Application) -> None:
     seq = "{seq:[0-9]{1,18}}"
     add_route(app, "GET", f"/log/batch/{seq}", batch_body, user)
     add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, user)
+    add_route(app, "GET", "/me", my_page, own)
+    add_route(app, "GET", "/me/readings.csv", my_readings_csv, own)
+    add_route(app, "GET", "/me/glucose.fhir.json", my_glucose_fhir, own)
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)
