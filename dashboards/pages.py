@@ -76,6 +76,12 @@ def layout(
     )
 
 
+def _scroll(label: str) -> str:
+    """A box a wide table scrolls in, reachable and named for keyboard and screen-reader users
+    (axe: scrollable-region-focusable)."""
+    return f'<div class="scroll" tabindex="0" role="region" aria-label="{esc(label)}">'
+
+
 def _csrf_field(csrf: str) -> str:
     return f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
 
@@ -149,11 +155,11 @@ def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
 
 
 def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
-    low, high = format_glucose(70.0, user.unit), format_glucose(180.0, user.unit)
+    low, high = format_glucose(LOW_BELOW, user.unit), format_glucose(HIGH_ABOVE, user.unit)
     in_range = f"In range {low}–{high} {user.unit.value}, 14 d"
     below = f"Below {low} {user.unit.value}, 14 d"
     body = (
-        '<div class="scroll"><table class="triage"><thead><tr><th>Patient and why</th>'
+        _scroll("Patients") + '<table class="triage"><thead><tr><th>Patient and why</th>'
         "<th>Latest</th>"
         f"<th>Since</th><th>Last 3 h</th><th>{esc(in_range)}</th><th>{esc(below)}</th>"
         "<th>Open alerts</th>"
@@ -192,7 +198,8 @@ def alert_rows(
             actions += (
                 f'<form method="post" action="/patients/{esc(a.patient_id)}/snooze" class="inline">'
                 f'{_csrf_field(csrf)}<input type="hidden" name="kind" value="{esc(a.kind.value)}">'
-                '<select name="minutes"><option>30</option><option>60</option>'
+                '<select name="minutes" aria-label="Snooze for how many minutes">'
+                "<option>30</option><option>60</option>"
                 "<option>120</option></select>"
                 '<button type="submit">Snooze</button></form>'
             )
@@ -214,7 +221,7 @@ def alert_rows(
 
 def alerts_table(rows_html: str) -> str:
     return (
-        '<div class="scroll"><table class="alerts"><thead><tr><th>Patient</th><th>Kind</th>'
+        _scroll("Alerts") + '<table class="alerts"><thead><tr><th>Patient</th><th>Kind</th>'
         "<th>Message</th><th>Raised</th><th>State</th><th></th></tr></thead>"
         f'<tbody id="alert-rows">{rows_html}</tbody></table></div>'
     )
@@ -332,7 +339,7 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str
         f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
         f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
         f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
-        '<section><h2>Devices</h2><div class="scroll"><table><thead><tr><th>Device</th>'
+        "<section><h2>Devices</h2>" + _scroll("Devices") + "<table><thead><tr><th>Device</th>"
         "<th>Kind</th><th>Transport</th><th>State</th><th>Battery</th><th>Last seen</th>"
         f"</tr></thead><tbody>{devices}</tbody></table></div></section>"
         f"{_notes(view, user, csrf, tz)}"
@@ -369,7 +376,8 @@ def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
     form = (
         f'<form method="post" action="/patients/{esc(view.patient.patient_id)}/notes">'
         f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
-        '<textarea name="body" rows="3" maxlength="4000" required></textarea>'
+        '<label for="note-body">New note</label>'
+        '<textarea id="note-body" name="body" rows="3" maxlength="4000" required></textarea>'
         '<button type="submit">Add note</button></form>'
         if user.role is Role.CLINICIAN
         else ""
@@ -406,7 +414,8 @@ def _patient_ledger(view: PatientView, user: User, tz: tzinfo) -> str:
     return (
         '<section id="patient-ledger"><h2>Ledger</h2><p class="sub">Check a proof offline with '
         "<code>glucohub ledger check-proof FILE --log-key KEY</code>.</p>"
-        '<div class="scroll"><table><thead><tr><th>Batch</th><th>Readings</th><th>Sealed</th>'
+        + _scroll("Ledger batches")
+        + "<table><thead><tr><th>Batch</th><th>Readings</th><th>Sealed</th>"
         f"<th>Status</th><th></th></tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
@@ -623,7 +632,7 @@ def ledger_page(
         f"<p>Verifier key: <code>{esc(verifier_key)}</code>"
         '</p><p>Public endpoints: <a href="/log/checkpoint">/log/checkpoint</a>, '
         '<a href="/log/key">/log/key</a>, /log/tile/…, /log/consistency</p></section>'
-        '<section><h2>Batches</h2><div class="scroll"><table><thead><tr><th>Seq</th>'
+        "<section><h2>Batches</h2>" + _scroll("Batches") + "<table><thead><tr><th>Seq</th>"
         "<th>Readings</th><th>First</th><th>Last</th><th>Sealed</th><th>Leaf hash</th><th></th>"
         f'</tr></thead><tbody id="batch-rows">{rows}</tbody></table></div></section>'
     )
