@@ -4,7 +4,8 @@
 # (the Bluetooth tests run bleak against a BlueZ mock on a private system bus; the mock runs
 # under the system Python, so dbus-python and PyGObject come from Debian, not a compiler).
 # PostgreSQL's server binaries (storage tests initdb their own cluster on a free port; the
-# machine's own server, if any, is never used).
+# machine's own server, if any, is never used). npm: the accessibility browser tests install
+# axe-core with it into var/test-cache (tests/support/axe.py).
 # Idempotent.
 set -euo pipefail
 missing=()
@@ -12,6 +13,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v dbus-daemon >/dev/null 2>&1 || [ -x /usr/bin/dbus-daemon ] || missing+=(dbus)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 /usr/bin/python3 -c 'import dbusmock, dbus, gi' >/dev/null 2>&1 || missing+=(python3-dbusmock)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
