@@ -35,6 +35,9 @@ HIGH = GlucoseBand(name="high", label="High", css="band-high")
 VERY_HIGH = GlucoseBand(name="very_high", label="Very high", css="band-very-high")
 
 
+BY_NAME: Final = {b.name: b for b in (VERY_LOW, LOW, IN_RANGE, HIGH, VERY_HIGH)}
+
+
 def band_of(mg_dl: float) -> GlucoseBand:
     """The band of one value: < 54, 54 ≤ g < 70, 70 ≤ g ≤ 180, 180 < g ≤ 250, > 250."""
     if mg_dl < VERY_LOW_BELOW:

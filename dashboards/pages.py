@@ -11,7 +11,7 @@ from html import escape
 from dashboards import timefmt
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
-from dashboards.bandclass import GlucoseBand, band_of
+from dashboards.bandclass import BY_NAME, GlucoseBand, band_of
 from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose, trend_words
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
@@ -213,7 +213,8 @@ def alert_rows(
             f' data-level="{esc(a.level.value)}">'
             f'<td><a href="/patients/{esc(a.patient_id)}">'
             f"{esc(names.get(a.patient_id, a.patient_id))}</a></td>"
-            f"<td>{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
+            f"<td>{_swatch(None if a.glucose_mg_dl is None else band_of(a.glucose_mg_dl).css)}"
+            f"{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
             f"<td>{raised}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
         )
     return "".join(out)
@@ -259,16 +260,20 @@ def metrics_table(
         ("GMI", [pct(m.gmi_percent) for m in metrics]),
         ("CV (≤ 36%)", [pct(m.cv_percent) for m in metrics]),
     ]
+    swatches: dict[str, str] = {}
     for band in BANDS[::-1]:
         target = band_target(band.name, unit)
-        label = f"{_BAND_NAMES[band.name]} {band_label(band.name, unit)} ({target})"
+        label = f"{BY_NAME[band.name].label} {band_label(band.name, unit)} ({target})"
+        swatches[label] = BY_NAME[band.name].css
         rows.append((label, [pct(m.range_percent(band.name)) for m in metrics]))
     if fingersticks:
         rows.append(
             ("Fingerstick readings (meter, not in the metrics)", [str(n) for n in fingersticks])
         )
     body = "".join(
-        f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{esc(v)}</td>" for v in values) + "</tr>"
+        f"<tr><th>{_swatch(swatches.get(label))}{esc(label)}</th>"
+        + "".join(f"<td>{esc(v)}</td>" for v in values)
+        + "</tr>"
         for label, values in rows
     )
     return (
@@ -277,13 +282,9 @@ def metrics_table(
     )
 
 
-_BAND_NAMES = {
-    "very_low": "Very low",
-    "low": "Low",
-    "in_range": "In range",
-    "high": "High",
-    "very_high": "Very high",
-}
+def _swatch(css: str | None) -> str:
+    """A small square of a band's colour beside the band's name (the name says it too)."""
+    return "" if css is None else f'<span class="swatch {css}" aria-hidden="true"></span>'
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
