@@ -8,8 +8,9 @@ Each patient gets the most urgent of these (`Priority`, most urgent first):
 4. very high: the latest reading > 250, or an open urgent-high alert;
 5. high: the latest reading > 180, or an open high or sustained-high alert;
 6. data or device problem: no glucose for more than `STALE_AFTER_MIN` (then the latest value
-   is too old to place the patient by it), a battery low in the last week, or an open
-   stale-data, disconnected, sensor-error or battery alert;
+   is too old to place the patient by it; an open glucose alert still does, and its reason
+   adds the silence), a battery low in the last week, or an open stale-data, disconnected,
+   sensor-error or battery alert;
 7. in range.
 Bands are those of `dashboards.bandclass` (the consensus thresholds). Ties: the patient in
 that state for longer comes first (the open alert raised earliest), then the further out of
@@ -147,10 +148,17 @@ class PatientState:
                 return f"Predicted low{when}"
             return (
                 f"Predicted low: now {format_glucose(latest.value, unit)} {unit.value}, "
-                f"{ago_minutes((now - latest.time).total_seconds() / 60)}"
+                f"{ago_minutes((now - latest.time).total_seconds() / 60)}{self._silence(now)}"
             )
         shown = "" if value is None else f" {format_glucose(value, unit)} {unit.value}"
-        return f"{priority.label}{shown}{when}"
+        return f"{priority.label}{shown}{when}{self._silence(now)}"
+
+    def _silence(self, now: datetime) -> str:
+        """A glucose alert still open while no data arrive is the worst case: say both."""
+        minutes = self.minutes_since(now)
+        if minutes is None or minutes <= STALE_AFTER_MIN:
+            return ""
+        return f"; no recent data: last reading {ago_minutes(minutes)}"
 
     def _data_reason(self, now: datetime) -> str:
         parts: list[str] = []

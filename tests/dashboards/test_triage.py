@@ -164,3 +164,28 @@ def test_band_edges_place_patients_as_the_consensus_does() -> None:
              180.5: "High", 250: "High", 250.5: "Very high"}  # fmt: skip
     for value, label in cases.items():
         assert state("p", value=value).priority(NOW).label == label, value
+
+
+def test_an_open_low_alert_without_fresh_data_says_both() -> None:
+    silent = state(
+        "silent",
+        value=58,
+        minutes_ago=40,
+        alerts=(
+            alert(
+                "l1",
+                "silent",
+                AlertKind.LOW,
+                AlertLevel.WARNING,
+                at=NOW - timedelta(minutes=45),
+                glucose=62,
+            ),
+        ),
+    )
+    # Still low by the open alert (62 mg/dL = 3.44 mmol/L, raised 45 min ago), and the
+    # clinician is told no reading has come for 40 minutes.
+    assert silent.priority(NOW).label == "Low"
+    assert (
+        silent.reason(NOW, Unit.MMOL_L)
+        == "Low 3.4 mmol/L, 45 min ago; no recent data: last reading 40 min ago"
+    )
