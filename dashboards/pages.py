@@ -572,13 +572,19 @@ _ACTION_WORDS = {
 }
 
 
-def my_page(view: MyView, *, user: User, csrf: str) -> str:
-    unit = user.unit
-    body = (
+def my_live(view: MyView, unit: Unit) -> str:
+    """The part of the patient's own view that live updates refetch."""
+    return (
         f"<section><h2>Now</h2>{_my_now(view, unit)}"
         f'<div class="my-chart">{view.day_chart}</div></section>'
         f"<section><h2>Time in range this week</h2>{_my_week(view.week, unit)}</section>"
         f"<section><h2>Your alerts</h2>{alerts_table(view.alerts_html)}</section>"
+    )
+
+
+def my_page(view: MyView, *, user: User, csrf: str) -> str:
+    body = (
+        f'<div id="my-live">{my_live(view, user.unit)}</div>'
         f"<section><h2>Your devices</h2>{_my_devices(view)}</section>"
         f"{_my_sharing(view)}"
         '<section id="download"><h2>Download my data</h2><p>Every reading stored for you:</p>'
@@ -587,7 +593,9 @@ def my_page(view: MyView, *, user: User, csrf: str) -> str:
         '<li><a href="/me/glucose.fhir.json" download>HL7 FHIR (JSON)</a>: your glucose '
         "readings as FHIR R4 Observations, for other health apps.</li></ul></section>"
     )
-    return layout("My glucose", body, user=user, csrf=csrf)
+    return layout(
+        "My glucose", body, user=user, csrf=csrf, live="mine", live_patient=view.patient.patient_id
+    )
 
 
 # -- ledger ---------------------------------------------------------------------------------

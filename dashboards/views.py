@@ -682,7 +682,7 @@ async def _own_patient(request: web.Request) -> Patient:
     return patient
 
 
-async def my_page(request: web.Request) -> web.StreamResponse:
+async def _my_view(request: web.Request) -> pages.MyView:
     """The signed-in patient's own summary in plain words (their record only)."""
     d = deps(request)
     rm = d.read_model
@@ -717,7 +717,7 @@ async def my_page(request: web.Request) -> web.StreamResponse:
         key=lambda a: a.raised_at,
         reverse=True,
     )
-    view = pages.MyView(
+    return pages.MyView(
         patient=patient,
         latest=latest,
         trend=trend,
@@ -746,7 +746,16 @@ async def my_page(request: web.Request) -> web.StreamResponse:
         now=now,
         tz=tz,
     )
-    return html(pages.my_page(view, user=user, csrf=csrf_token(request)))
+
+
+async def my_page(request: web.Request) -> web.StreamResponse:
+    view = await _my_view(request)
+    return html(pages.my_page(view, user=current_user(request), csrf=csrf_token(request)))
+
+
+async def my_partial(request: web.Request) -> web.StreamResponse:
+    view = await _my_view(request)
+    return html(pages.my_live(view, current_user(request).unit))
 
 
 async def my_readings_csv(request: web.Request) -> web.StreamResponse:
@@ -864,6 +873,7 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "GET", f"/log/batch/{seq}", batch_body, user)
     add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, user)
     add_route(app, "GET", "/me", my_page, own)
+    add_route(app, "GET", "/me/live", my_partial, own)
     add_route(app, "GET", "/me/readings.csv", my_readings_csv, own)
     add_route(app, "GET", "/me/glucose.fhir.json", my_glucose_fhir, own)
     add_route(app, "GET", "/consent", consent_get, own)

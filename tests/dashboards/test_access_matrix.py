@@ -447,6 +447,7 @@ ROUTES = [
     ),
     # consent: the patient's own; dr-spare is nobody's caller
     RouteCase(method="GET", path="/me", access="patient", fill=get("/me")),
+    RouteCase(method="GET", path="/me/live", access="patient", fill=get("/me/live")),
     RouteCase(
         method="GET", path="/me/readings.csv", access="patient", fill=get("/me/readings.csv")
     ),

@@ -190,3 +190,27 @@ async def test_paris_patients_times_are_local_and_labelled(
     await expect(page.locator("#notes")).to_contain_text("2026-07-01 12:15 CEST")
     await expect(page.locator("svg.chart.day text.zone")).to_have_text("CEST")
     await shot(page, "10-paris-patient-times")
+
+
+async def test_a_patients_own_view_updates_live(
+    browser: Browser, base_url: str, world: World
+) -> None:
+    page = await browser.new_page(viewport={"width": 390, "height": 900})
+    await page.goto(f"{base_url}/login")
+    await page.fill('input[name="username"]', "bob")
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await expect(page.locator("h1")).to_have_text("My glucose")
+    await expect(page.locator("body")).to_have_attribute("data-ws", "open")
+    now = page.locator("#my-live .now .big")
+    # Bob's latest: 95 + 40·sin(28π) = 95 mg/dL = 5.3 mmol/L
+    await expect(now).to_have_text("5.3")
+    await page.evaluate("window.__noReload = true")
+    push_readings(world, [cgm("pat-b", NOW + timedelta(minutes=5), 50.0)])
+    push_readings(world, [cgm("pat-a", NOW + timedelta(minutes=5), 300.0)])  # not Bob's
+    # 50 mg/dL = 2.78 mmol/L: very low, in words beside the colour
+    await expect(now).to_have_text("2.8")
+    await expect(now).to_have_class("big band-very-low")
+    await expect(page.locator("#my-live .band-word")).to_have_text("Very low")
+    assert await page.evaluate("window.__noReload === true")
+    await shot(page, "23-my-glucose-live-low")
