@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, tzinfo
 from html import escape
 
 from dashboards.alerttext import kind_label
+from dashboards.bands import band_of
 from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose
 from dashboards.timefmt import local_text, zone_label
 from gateway.model import Alert, AlertLevel
@@ -39,10 +40,21 @@ def _polyline(coords: Sequence[tuple[float, float]], cls: str) -> str:
     return f'<polyline class="{cls}" fill="none" points="{text}"/>'
 
 
+def _excursions(coords: Sequence[tuple[float, float, float]], r: float) -> list[str]:
+    """A dot in its band's colour on every reading out of range (the line stays neutral), so
+    a low or high stretch shows in its colour; the position against the band says it too."""
+    return [
+        f'<circle class="pt {band_of(v).css}" cx="{x:.1f}" cy="{y:.1f}" r="{r}"/>'
+        for x, y, v in coords
+        if band_of(v).name != "in_range"
+    ]
+
+
 def sparkline_svg(
     points: Sequence[Point], *, start: datetime, end: datetime, width: int = 120, height: int = 32
 ) -> str:
-    """The last hours as a line over a shaded 70–180 band; gaps over 15 min break the line."""
+    """The last hours as a line over a shaded 70–180 band; gaps over 15 min break the line;
+    readings out of range dotted in their band's colour."""
     band_top = _y(HIGH_ABOVE, 2, height - 4)
     band_bottom = _y(LOW_BELOW, 2, height - 4)
     parts = [
@@ -58,6 +70,8 @@ def sparkline_svg(
             parts.append(f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="1.5"/>')
         else:
             parts.append(_polyline(coords, "line"))
+        valued = [(x, y, v) for (x, y), (_, v) in zip(coords, segment, strict=True)]
+        parts.extend(_excursions(valued, 1.5))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -80,14 +94,18 @@ def day_chart_svg(
     end: datetime,
     unit: Unit,
     tz: tzinfo,
+    meter: Sequence[Point] = (),
     width: int = 720,
     height: int = 260,
 ) -> str:
-    """Glucose over [start, end] with the target band, hour ticks in `tz` and alert markers."""
+    """CGM glucose over [start, end] as a line with the target band, hour ticks in `tz` and
+    alert markers; `meter` (fingerstick) readings as ringed dots, each titled with its value,
+    band and time. Treatments (insulin, carbohydrates) are not drawn: the model holds none."""
     left, top, plot_w, plot_h = 44.0, 10.0, width - 54.0, height - 40.0
+    meter = [p for p in meter if start <= p[0] <= end]
+    label = "glucose, last 24 hours" + (", with meter readings" if meter else "")
     parts = [
-        f'<svg class="chart day" viewBox="0 0 {width} {height}" role="img"'
-        ' aria-label="glucose, last 24 hours">',
+        f'<svg class="chart day" viewBox="0 0 {width} {height}" role="img" aria-label="{label}">',
     ]
     band_top = _y(HIGH_ABOVE, top, plot_h)
     band_bottom = _y(LOW_BELOW, top, plot_h)
@@ -124,6 +142,28 @@ def day_chart_svg(
             parts.append(f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="2"/>')
         else:
             parts.append(_polyline(coords, "line"))
+        valued = [(x, y, v) for (x, y), (_, v) in zip(coords, segment, strict=True)]
+        parts.extend(_excursions(valued, 2))
+    for t, v in meter:
+        x, y = _x(t, start, end, left, plot_w), _y(v, top, plot_h)
+        band = band_of(v)
+        title = escape(
+            f"Meter {format_glucose(v, unit)} {unit.value} ({band.label.lower()})"
+            f" at {local_text(t, tz)}"
+        )
+        parts.append(
+            f'<circle class="meter {band.css}" cx="{x:.1f}" cy="{y:.1f}" r="5">'
+            f"<title>{title}</title></circle>"
+        )
+    if meter:
+        lx = left + plot_w - 130
+        parts.append(
+            '<g class="legend">'
+            f'<line class="line" x1="{lx:.1f}" x2="{lx + 16:.1f}" y1="18" y2="18"/>'
+            f'<text class="tick" x="{lx + 20:.1f}" y="22">CGM</text>'
+            f'<circle class="meter" cx="{lx + 62:.1f}" cy="18" r="5"/>'
+            f'<text class="tick" x="{lx + 70:.1f}" y="22">meter</text></g>'
+        )
     for alert in alerts:
         if not start <= alert.raised_at <= end:
             continue

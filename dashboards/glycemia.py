@@ -8,12 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from dashboards.bands import HIGH_ABOVE, LOW_BELOW
 from gateway.units import format_glucose
 
-__all__ = ["HIGH_ABOVE", "LOW_BELOW", "format_glucose", "slope_mg_dl_per_min", "trend_arrow"]
-
-LOW_BELOW = 70.0
-HIGH_ABOVE = 180.0
+__all__ = [
+    "HIGH_ABOVE",
+    "LOW_BELOW",
+    "format_glucose",
+    "slope_mg_dl_per_min",
+    "trend_arrow",
+    "trend_words",
+]
 
 
 def slope_mg_dl_per_min(
@@ -57,3 +62,19 @@ def trend_arrow(slope: float | None) -> str:
     if slope > -3:
         return "↓"
     return "⇊"
+
+
+_TREND_WORDS = {
+    "⇈": "rising very fast",
+    "↑": "rising fast",
+    "↗": "rising",
+    "→": "steady",
+    "↘": "falling",
+    "↓": "falling fast",
+    "⇊": "falling very fast",
+}
+
+
+def trend_words(arrow: str) -> str:
+    """The arrow in plain words, for the patient's own view and screen readers."""
+    return _TREND_WORDS.get(arrow, "trend not known yet")

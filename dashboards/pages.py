@@ -11,11 +11,12 @@ from html import escape
 from dashboards import timefmt
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
-from dashboards.glycemia import format_glucose
+from dashboards.bands import BY_NAME, GlucoseBand, band_of
+from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose, trend_words
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
 from gateway.clinical.report import band_label, band_target
-from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient
+from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient, Reading
 from gateway.protocols import QuarantinedRecord
 from gateway.units import Unit
 
@@ -35,6 +36,7 @@ def nav(user: User | None, csrf: str = "") -> str:
         return ""
     links = []
     if user.role is Role.PATIENT and user.patient_id:
+        links.append('<a href="/me">My glucose</a>')
         links.append(f'<a href="/patients/{esc(user.patient_id)}">My record</a>')
         links.append('<a href="/consent">Sharing &amp; access log</a>')
     else:
@@ -78,6 +80,12 @@ def layout(
     )
 
 
+def _scroll(label: str) -> str:
+    """A box a wide table scrolls in, reachable and named for keyboard and screen-reader users
+    (axe: scrollable-region-focusable)."""
+    return f'<div class="scroll" tabindex="0" role="region" aria-label="{esc(label)}">'
+
+
 def _csrf_field(csrf: str) -> str:
     return f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
 
@@ -111,44 +119,52 @@ class TriageRow:
 
 
 def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
+    """One row per patient, most urgent first; the row's class and its reason (in words, so
+    colour is never the only signal) come from `dashboards.triage`."""
     if not rows:
         return '<tr><td colspan="7">No patients have shared their data with you.</td></tr>'
     out = []
     for row in rows:
         s = row.state
         p = s.patient
-        latest = (
-            f"{format_glucose(s.latest.value, unit)} <small>{esc(unit.value)}</small>"
-            if s.latest is not None
-            else "—"
-        )
+        priority = s.priority(now)
+        latest = "—"
+        if s.latest is not None:
+            band = band_of(s.latest.value)
+            latest = (
+                f'<span class="value {band.css}" title="{esc(band.label)}">'
+                f"{format_glucose(s.latest.value, unit)}</span> <small>{esc(unit.value)}</small>"
+            )
         since = (
             "never"
             if s.latest is None
             else _time(s.latest.time, timefmt.patient_zone(p.timezone), now=now)
         )
-        reasons = " ".join(
-            f'<span class="tag {esc(r.replace(" ", "-"))}">{esc(r)}</span>' for r in s.reasons(now)
-        )
         tir = "—" if s.in_range_pct is None else f"{s.in_range_pct:.0f}%"
         tbr = "—" if s.below_range_pct is None else f"{s.below_range_pct:.1f}%"
         out.append(
-            f'<tr class="patient" data-patient="{esc(p.patient_id)}">'
-            f'<td><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a> {reasons}</td>'
-            f'<td class="glucose">{latest} <span class="trend">{esc(row.trend)}</span></td>'
-            f"<td>{since}</td><td>{row.sparkline}</td>"
-            f'<td class="tir">{esc(tir)}</td><td>{esc(tbr)}</td>'
-            f"<td>{len(s.open_alerts)}</td></tr>"
+            f'<tr class="patient {priority.css}" data-patient="{esc(p.patient_id)}"'
+            f' data-priority="{priority.value}">'
+            f'<td class="who"><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a>'
+            f' <span class="reason {priority.css}">{esc(s.reason(now, unit))}</span></td>'
+            f'<td class="glucose" data-label="Latest">{latest}'
+            f' <span class="trend">{esc(row.trend)}</span></td>'
+            f'<td data-label="Since">{since}</td>'
+            f'<td data-label="Last 3 h">{row.sparkline}</td>'
+            f'<td class="tir" data-label="In range, 14 d">{esc(tir)}</td>'
+            f'<td data-label="Below range, 14 d">{esc(tbr)}</td>'
+            f'<td data-label="Open alerts">{len(s.open_alerts)}</td></tr>'
         )
     return "".join(out)
 
 
 def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
-    low, high = format_glucose(70.0, user.unit), format_glucose(180.0, user.unit)
+    low, high = format_glucose(LOW_BELOW, user.unit), format_glucose(HIGH_ABOVE, user.unit)
     in_range = f"In range {low}–{high} {user.unit.value}, 14 d"
     below = f"Below {low} {user.unit.value}, 14 d"
     body = (
-        '<div class="scroll"><table class="triage"><thead><tr><th>Patient</th><th>Latest</th>'
+        _scroll("Patients") + '<table class="triage"><thead><tr><th>Patient and why</th>'
+        "<th>Latest</th>"
         f"<th>Since</th><th>Last 3 h</th><th>{esc(in_range)}</th><th>{esc(below)}</th>"
         "<th>Open alerts</th>"
         f'</tr></thead><tbody id="triage-rows">{rows_html}</tbody></table></div>'
@@ -186,7 +202,8 @@ def alert_rows(
             actions += (
                 f'<form method="post" action="/patients/{esc(a.patient_id)}/snooze" class="inline">'
                 f'{_csrf_field(csrf)}<input type="hidden" name="kind" value="{esc(a.kind.value)}">'
-                '<select name="minutes"><option>30</option><option>60</option>'
+                '<select name="minutes" aria-label="Snooze for how many minutes">'
+                "<option>30</option><option>60</option>"
                 "<option>120</option></select>"
                 '<button type="submit">Snooze</button></form>'
             )
@@ -200,7 +217,8 @@ def alert_rows(
             f' data-level="{esc(a.level.value)}">'
             f'<td><a href="/patients/{esc(a.patient_id)}">'
             f"{esc(names.get(a.patient_id, a.patient_id))}</a></td>"
-            f"<td>{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
+            f"<td>{_swatch(None if a.glucose_mg_dl is None else band_of(a.glucose_mg_dl).css)}"
+            f"{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
             f"<td>{raised}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
         )
     return "".join(out)
@@ -208,7 +226,7 @@ def alert_rows(
 
 def alerts_table(rows_html: str) -> str:
     return (
-        '<div class="scroll"><table class="alerts"><thead><tr><th>Patient</th><th>Kind</th>'
+        _scroll("Alerts") + '<table class="alerts"><thead><tr><th>Patient</th><th>Kind</th>'
         "<th>Message</th><th>Raised</th><th>State</th><th></th></tr></thead>"
         f'<tbody id="alert-rows">{rows_html}</tbody></table></div>'
     )
@@ -246,16 +264,20 @@ def metrics_table(
         ("GMI", [pct(m.gmi_percent) for m in metrics]),
         ("CV (≤ 36%)", [pct(m.cv_percent) for m in metrics]),
     ]
+    swatches: dict[str, str] = {}
     for band in BANDS[::-1]:
         target = band_target(band.name, unit)
-        label = f"{_BAND_NAMES[band.name]} {band_label(band.name, unit)} ({target})"
+        label = f"{BY_NAME[band.name].label} {band_label(band.name, unit)} ({target})"
+        swatches[label] = BY_NAME[band.name].css
         rows.append((label, [pct(m.range_percent(band.name)) for m in metrics]))
     if fingersticks:
         rows.append(
             ("Fingerstick readings (meter, not in the metrics)", [str(n) for n in fingersticks])
         )
     body = "".join(
-        f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{esc(v)}</td>" for v in values) + "</tr>"
+        f"<tr><th>{_swatch(swatches.get(label))}{esc(label)}</th>"
+        + "".join(f"<td>{esc(v)}</td>" for v in values)
+        + "</tr>"
         for label, values in rows
     )
     return (
@@ -264,13 +286,9 @@ def metrics_table(
     )
 
 
-_BAND_NAMES = {
-    "very_low": "Very low",
-    "low": "Low",
-    "in_range": "In range",
-    "high": "High",
-    "very_high": "Very high",
-}
+def _swatch(css: str | None) -> str:
+    """A small square of a band's colour beside the band's name (the name says it too)."""
+    return "" if css is None else f'<span class="swatch {css}" aria-hidden="true"></span>'
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -326,7 +344,7 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str
         f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
         f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
         f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
-        '<section><h2>Devices</h2><div class="scroll"><table><thead><tr><th>Device</th>'
+        "<section><h2>Devices</h2>" + _scroll("Devices") + "<table><thead><tr><th>Device</th>"
         "<th>Kind</th><th>Transport</th><th>State</th><th>Battery</th><th>Last seen</th>"
         f"</tr></thead><tbody>{devices}</tbody></table></div></section>"
         f"{_notes(view, user, csrf, tz)}"
@@ -363,7 +381,8 @@ def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
     form = (
         f'<form method="post" action="/patients/{esc(view.patient.patient_id)}/notes">'
         f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
-        '<textarea name="body" rows="3" maxlength="4000" required></textarea>'
+        '<label for="note-body">New note</label>'
+        '<textarea id="note-body" name="body" rows="3" maxlength="4000" required></textarea>'
         '<button type="submit">Add note</button></form>'
         if user.role is Role.CLINICIAN
         else ""
@@ -400,7 +419,8 @@ def _patient_ledger(view: PatientView, user: User, tz: tzinfo) -> str:
     return (
         '<section id="patient-ledger"><h2>Ledger</h2><p class="sub">Check a proof offline with '
         "<code>glucohub ledger check-proof FILE --log-key KEY</code>.</p>"
-        '<div class="scroll"><table><thead><tr><th>Batch</th><th>Readings</th><th>Sealed</th>'
+        + _scroll("Ledger batches")
+        + "<table><thead><tr><th>Batch</th><th>Readings</th><th>Sealed</th>"
         f"<th>Status</th><th></th></tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
@@ -441,6 +461,145 @@ def consent_page(
         f"<th>Role</th><th>What</th></tr></thead><tbody>{log_rows}</tbody></table></section>"
     )
     return layout("Sharing and access log", body, user=user, csrf=csrf)
+
+
+# -- the patient's own view -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MyView:
+    """What a signed-in patient sees about themselves, in plain words."""
+
+    patient: Patient
+    latest: Reading | None
+    trend: str  # the arrow
+    week: GlucoseMetrics  # the last 7 days
+    day_chart: str
+    alerts_html: str
+    devices: Sequence[tuple[Device, datetime | None]]
+    battery_low: Mapping[str, datetime]
+    grants: Sequence[Grant]
+    views: Sequence[AuditEntry]  # who else looked at the record, newest first
+    now: datetime
+    tz: tzinfo
+
+
+def _my_now(view: MyView, unit: Unit) -> str:
+    latest = view.latest
+    if latest is None:
+        return "<p>No glucose readings yet. Once your sensor or meter sends one, it shows here.</p>"
+    band = band_of(latest.value)
+    value = format_glucose(latest.value, unit)
+    ago = timefmt.ago(latest.time, view.now)
+    return (
+        f'<p class="now">Your glucose is <span class="big {band.css}">{esc(value)}</span> '
+        f'<small>{esc(unit.value)}</small> <span class="band-word {band.css}">'
+        f"{esc(band.label)}</span> and {esc(trend_words(view.trend))} "
+        f'<span class="trend" aria-hidden="true">{esc(view.trend)}</span>.</p>'
+        f"<p>Measured {esc(ago)} ({_time(latest.time, view.tz)}).</p>"
+    )
+
+
+def _my_week(week: GlucoseMetrics, unit: Unit) -> str:
+    if not week.readings:
+        return "<p>No sensor (CGM) readings in the last 7 days, so no time in range yet.</p>"
+    low, high = format_glucose(LOW_BELOW, unit), format_glucose(HIGH_ABOVE, unit)
+    in_range = week.range_percent("in_range")
+    below = week.range_percent("very_low") + week.range_percent("low")
+    above = week.range_percent("high") + week.range_percent("very_high")
+    return (
+        '<ul class="plain">'
+        f"<li><strong>In range</strong> ({low}–{high} {esc(unit.value)}): "
+        f"<strong>{in_range:.0f}%</strong> of the time. The goal for most people is more "
+        "than 70%.</li>"
+        f"<li><strong>Low</strong> (below {low} {esc(unit.value)}): {below:.0f}%. "
+        "The goal is less than 4%.</li>"
+        f"<li><strong>High</strong> (above {high} {esc(unit.value)}): {above:.0f}%. "
+        "The goal is less than 25%.</li></ul>"
+    )
+
+
+def _my_devices(view: MyView) -> str:
+    if not view.devices:
+        return "<p>No devices are registered for you yet.</p>"
+    items = []
+    for device, seen in view.devices:
+        low_since = view.battery_low.get(device.device_id)
+        battery = (
+            f'<span class="warn">Battery low</span> (reported {_time(low_since, view.tz)}): '
+            "change or charge it soon."
+            if low_since is not None
+            else "No battery warning."
+        )
+        last = (
+            "Nothing received yet."
+            if seen is None
+            else f"Last heard from {_time(seen, view.tz, now=view.now)}."
+        )
+        items.append(
+            f"<li><strong>{esc(device.name or device.device_id)}</strong> "
+            f"({esc(device.kind.value.replace('_', ' '))}). {last} {battery}</li>"
+        )
+    return f'<ul class="plain">{"".join(items)}</ul>'
+
+
+def _my_sharing(view: MyView) -> str:
+    if view.grants:
+        who = ", ".join(esc(g.clinician) for g in view.grants)
+        shared = f"<p>These clinicians can see your data: {who}.</p>"
+    else:
+        shared = "<p>Nobody else can see your data.</p>"
+    if view.views:
+        rows = "".join(
+            f"<li>{_time(e.time, view.tz)}: {esc(e.viewer)} ({esc(e.role.value)}) looked at "
+            f"{esc(_ACTION_WORDS.get(e.action, e.action))}</li>"
+            for e in view.views
+        )
+        looked = f'<ul class="plain">{rows}</ul>'
+    else:
+        looked = "<p>Nobody else has looked at your record yet.</p>"
+    return (
+        f"<section><h2>Who can see your data</h2>{shared}"
+        '<p><a href="/consent">Change who can see your data</a></p></section>'
+        f"<section><h2>Who looked at your record</h2>{looked}"
+        '<p><a href="/consent">The full access log</a></p></section>'
+    )
+
+
+_ACTION_WORDS = {
+    "page": "your record",
+    "triage": "your latest glucose in their patient list",
+    "report": "your AGP report",
+    "fhir": "your readings (FHIR)",
+    "api.readings": "your readings (API)",
+    "api.patient": "your details (API)",
+}
+
+
+def my_live(view: MyView, unit: Unit) -> str:
+    """The part of the patient's own view that live updates refetch."""
+    return (
+        f"<section><h2>Now</h2>{_my_now(view, unit)}"
+        f'<div class="my-chart">{view.day_chart}</div></section>'
+        f"<section><h2>Time in range this week</h2>{_my_week(view.week, unit)}</section>"
+        f"<section><h2>Your alerts</h2>{alerts_table(view.alerts_html)}</section>"
+    )
+
+
+def my_page(view: MyView, *, user: User, csrf: str) -> str:
+    body = (
+        f'<div id="my-live">{my_live(view, user.unit)}</div>'
+        f"<section><h2>Your devices</h2>{_my_devices(view)}</section>"
+        f"{_my_sharing(view)}"
+        '<section id="download"><h2>Download my data</h2><p>Every reading stored for you:</p>'
+        '<ul class="plain"><li><a href="/me/readings.csv" download>Spreadsheet (CSV)</a>: all '
+        "readings, glucose in mg/dL, times in UTC.</li>"
+        '<li><a href="/me/glucose.fhir.json" download>HL7 FHIR (JSON)</a>: your glucose '
+        "readings as FHIR R4 Observations, for other health apps.</li></ul></section>"
+    )
+    return layout(
+        "My glucose", body, user=user, csrf=csrf, live="mine", live_patient=view.patient.patient_id
+    )
 
 
 # -- ledger ---------------------------------------------------------------------------------
@@ -486,7 +645,7 @@ def ledger_page(
         f"<p>Verifier key: <code>{esc(verifier_key)}</code>"
         '</p><p>Public endpoints: <a href="/log/checkpoint">/log/checkpoint</a>, '
         '<a href="/log/key">/log/key</a>, /log/tile/…, /log/consistency</p></section>'
-        '<section><h2>Batches</h2><div class="scroll"><table><thead><tr><th>Seq</th>'
+        "<section><h2>Batches</h2>" + _scroll("Batches") + "<table><thead><tr><th>Seq</th>"
         "<th>Readings</th><th>First</th><th>Last</th><th>Sealed</th><th>Leaf hash</th><th></th>"
         f'</tr></thead><tbody id="batch-rows">{rows}</tbody></table></div></section>'
     )
@@ -525,10 +684,13 @@ def latest_html(
     *,
     at: datetime | None = None,
     tz: tzinfo = UTC,
+    band: GlucoseBand | None = None,
 ) -> str:
     since = "no readings" if minutes is None else timefmt.ago_minutes(minutes)
     when = "" if at is None else f" <small>({_time(at, tz)})</small>"
+    css = "" if band is None else f" {band.css}"
+    word = "" if band is None else f' <span class="band-word{css}">{esc(band.label)}</span>'
     return (
-        f'<span class="big">{esc(value)}</span> <small>{esc(unit.value)}</small> '
+        f'<span class="big{css}">{esc(value)}</span> <small>{esc(unit.value)}</small>{word} '
         f'<span class="trend">{esc(trend)}</span> <span class="since">{esc(since)}</span>{when}'
     )

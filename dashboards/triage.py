@@ -1,11 +1,22 @@
-"""The triage order of the clinician's patient list: a pure function of each patient's state.
+"""The triage order of the clinician's patient list, with the reason in plain words: a pure
+function of each patient's state.
 
-Order (most urgent first):
-1. an open urgent or escalated alert (urgent low/high, escalations);
-2. an open predicted-low alert;
-3. stale data: no glucose for more than `STALE_AFTER_MIN`, or an open stale-data alert;
-4. then worst time below range over 14 days (highest % < 70 mg/dL first);
-ties broken by lowest latest glucose, then display name, so the order is total and stable.
+Each patient gets the most urgent of these (`Priority`, most urgent first):
+1. very low: the latest reading < 54 mg/dL, or an open urgent-low alert;
+2. low: the latest reading < 70, or an open low or sustained-low alert;
+3. predicted low: an open predicted-low alert;
+4. very high: the latest reading > 250, or an open urgent-high alert;
+5. high: the latest reading > 180, or an open high or sustained-high alert;
+6. data or device problem: no glucose for more than `STALE_AFTER_MIN` (then the latest value
+   is too old to place the patient by it; an open glucose alert still does, and its reason
+   adds the silence), a battery low in the last week, or an open stale-data, disconnected,
+   sensor-error or battery alert;
+7. in range.
+Bands are those of `dashboards.bands` (the consensus thresholds). Ties: the patient in
+that state for longer comes first (the open alert raised earliest), then the further out of
+range (lower for lows, higher for highs); among data problems the longest silence first (a
+patient who never sent a reading last: a device not set up yet); among patients in range the
+worst 14-day time below range first. Then display name, so the order is total and stable.
 """
 
 from __future__ import annotations
@@ -13,12 +24,68 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import IntEnum
 
-from gateway.model import Alert, AlertKind, AlertLevel, AlertState, Patient, Reading
+from dashboards.alerttext import kind_label
+from dashboards.bands import band_of
+from dashboards.timefmt import ago_minutes
+from gateway.model import Alert, AlertKind, AlertState, Patient, Reading
+from gateway.units import Unit, format_glucose
 
 # Consumer CGM apps warn about signal loss after 20 min; with 5-minute readings three missed
 # readings (15 min) already means the clinician is looking at old numbers.
 STALE_AFTER_MIN = 15.0
+
+
+class Priority(IntEnum):
+    VERY_LOW = 0
+    LOW = 1
+    PREDICTED_LOW = 2
+    VERY_HIGH = 3
+    HIGH = 4
+    DATA = 5
+    IN_RANGE = 6
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+    @property
+    def css(self) -> str:
+        return "triage-" + self.name.lower().replace("_", "-")
+
+
+_LABELS = {
+    Priority.VERY_LOW: "Very low",
+    Priority.LOW: "Low",
+    Priority.PREDICTED_LOW: "Predicted low",
+    Priority.VERY_HIGH: "Very high",
+    Priority.HIGH: "High",
+    Priority.DATA: "Data or device problem",
+    Priority.IN_RANGE: "In range",
+}
+
+_BY_ALERT = {
+    AlertKind.URGENT_LOW: Priority.VERY_LOW,
+    AlertKind.LOW: Priority.LOW,
+    AlertKind.SUSTAINED_LOW: Priority.LOW,
+    AlertKind.PREDICTED_LOW: Priority.PREDICTED_LOW,
+    AlertKind.URGENT_HIGH: Priority.VERY_HIGH,
+    AlertKind.HIGH: Priority.HIGH,
+    AlertKind.SUSTAINED_HIGH: Priority.HIGH,
+    AlertKind.STALE_DATA: Priority.DATA,
+    AlertKind.DEVICE_DISCONNECTED: Priority.DATA,
+    AlertKind.SENSOR_ERROR: Priority.DATA,
+    AlertKind.BATTERY_LOW: Priority.DATA,
+}
+
+_BY_BAND = {
+    "very_low": Priority.VERY_LOW,
+    "low": Priority.LOW,
+    "in_range": Priority.IN_RANGE,
+    "high": Priority.HIGH,
+    "very_high": Priority.VERY_HIGH,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,57 +95,105 @@ class PatientState:
     open_alerts: tuple[Alert, ...]
     below_range_pct: float | None  # % of 14-day readings < 70 mg/dL; None without data
     in_range_pct: float | None
+    battery_low: tuple[str, ...] = ()  # names of devices that reported a low battery lately
 
     def minutes_since(self, now: datetime) -> float | None:
         if self.latest is None:
             return None
         return max(0.0, (now - self.latest.time).total_seconds() / 60.0)
 
-    @property
-    def urgent(self) -> bool:
-        return any(
-            a.level in (AlertLevel.URGENT, AlertLevel.ESCALATED)
-            and a.state is not AlertState.RESOLVED
-            for a in self.open_alerts
-        )
-
-    @property
-    def predicted_low(self) -> bool:
-        return any(
-            a.kind is AlertKind.PREDICTED_LOW and a.state is not AlertState.RESOLVED
-            for a in self.open_alerts
-        )
-
     def stale(self, now: datetime) -> bool:
         minutes = self.minutes_since(now)
-        if minutes is None or minutes > STALE_AFTER_MIN:
-            return True
-        return any(
-            a.kind is AlertKind.STALE_DATA and a.state is not AlertState.RESOLVED
-            for a in self.open_alerts
+        return minutes is None or minutes > STALE_AFTER_MIN
+
+    def _open(self) -> list[Alert]:
+        return [a for a in self.open_alerts if a.state is not AlertState.RESOLVED]
+
+    def priority(self, now: datetime) -> Priority:
+        found = [_BY_ALERT[a.kind] for a in self._open() if a.kind in _BY_ALERT]
+        if self.stale(now) or self.battery_low:
+            found.append(Priority.DATA)
+        elif self.latest is not None:
+            found.append(_BY_BAND[band_of(self.latest.value).name])
+        return min(found, default=Priority.DATA)
+
+    def alerts_for(self, priority: Priority) -> list[Alert]:
+        return sorted(
+            (a for a in self._open() if _BY_ALERT.get(a.kind) is priority),
+            key=lambda a: a.raised_at,
         )
 
-    def reasons(self, now: datetime) -> tuple[str, ...]:
-        found = []
-        if self.urgent:
-            found.append("urgent")
-        if self.predicted_low:
-            found.append("predicted low")
-        if self.stale(now):
-            found.append("stale")
-        return tuple(found)
+    def evidence(self, priority: Priority, now: datetime) -> tuple[float | None, datetime | None]:
+        """The glucose value that puts the patient in `priority`, and when it was seen."""
+        latest = self.latest
+        fresh = latest is not None and not self.stale(now)
+        if fresh and latest is not None and _BY_BAND[band_of(latest.value).name] is priority:
+            return latest.value, latest.time
+        alerts = self.alerts_for(priority)
+        if alerts:
+            return alerts[0].glucose_mg_dl, alerts[0].raised_at
+        return (latest.value, latest.time) if latest is not None else (None, None)
+
+    def reason(self, now: datetime, unit: Unit) -> str:
+        """Why the patient is where they are, in plain words and the viewer's unit:
+        "Low 3.4 mmol/L, 12 min ago"."""
+        priority = self.priority(now)
+        if priority is Priority.DATA:
+            return self._data_reason(now)
+        value, at = self.evidence(priority, now)
+        when = "" if at is None else f", {ago_minutes((now - at).total_seconds() / 60)}"
+        if priority is Priority.PREDICTED_LOW:
+            latest = self.latest
+            if latest is None:
+                return f"Predicted low{when}"
+            return (
+                f"Predicted low: now {format_glucose(latest.value, unit)} {unit.value}, "
+                f"{ago_minutes((now - latest.time).total_seconds() / 60)}{self._silence(now)}"
+            )
+        shown = "" if value is None else f" {format_glucose(value, unit)} {unit.value}"
+        return f"{priority.label}{shown}{when}{self._silence(now)}"
+
+    def _silence(self, now: datetime) -> str:
+        """A glucose alert still open while no data arrive is the worst case: say both."""
+        minutes = self.minutes_since(now)
+        if minutes is None or minutes <= STALE_AFTER_MIN:
+            return ""
+        return f"; no recent data: last reading {ago_minutes(minutes)}"
+
+    def _data_reason(self, now: datetime) -> str:
+        parts: list[str] = []
+        minutes = self.minutes_since(now)
+        if minutes is None:
+            parts.append("No readings yet")
+        elif minutes > STALE_AFTER_MIN:
+            parts.append(f"No recent data: last reading {ago_minutes(minutes)}")
+        parts.extend(f"Battery low: {name}" for name in self.battery_low)
+        for alert in self.alerts_for(Priority.DATA):
+            if alert.kind is AlertKind.STALE_DATA and parts:
+                continue  # already said: no recent data
+            if alert.kind is AlertKind.BATTERY_LOW and self.battery_low:
+                continue
+            parts.append(kind_label(alert.kind))
+        return "; ".join(dict.fromkeys(parts)) or "Data or device problem"
 
 
-def urgency_key(state: PatientState, now: datetime) -> tuple[int, int, int, float, float, str]:
+def urgency_key(state: PatientState, now: datetime) -> tuple[int, float, float, float, str]:
+    """(priority, −minutes in that state, severity, latest value, name): ascending is urgent."""
+    priority = state.priority(now)
+    name = state.patient.display_name.casefold()
     latest = state.latest.value if state.latest is not None else float("inf")
-    return (
-        0 if state.urgent else 1,
-        0 if state.predicted_low else 1,
-        0 if state.stale(now) else 1,
-        -(state.below_range_pct or 0.0),
-        latest,
-        state.patient.display_name.casefold(),
-    )
+    if priority is Priority.DATA:
+        silence = state.minutes_since(now)
+        return (priority, 1.0 if silence is None else -silence, 0.0, latest, name)
+    if priority is Priority.IN_RANGE:
+        return (priority, 0.0, -(state.below_range_pct or 0.0), latest, name)
+    alerts = state.alerts_for(priority)
+    duration = (now - alerts[0].raised_at).total_seconds() / 60 if alerts else 0.0
+    value, _ = state.evidence(priority, now)
+    severity = 0.0 if value is None else value
+    if priority in (Priority.VERY_HIGH, Priority.HIGH):
+        severity = -severity
+    return (priority, -duration, severity, latest, name)
 
 
 def rank(states: Sequence[PatientState], now: datetime) -> list[PatientState]:

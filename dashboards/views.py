@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import json
 import logging
 import math
 import secrets
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from aiohttp import web
 
-from dashboards import charts, offload, pages, templating, timefmt
+from dashboards import charts, export, fhir, offload, pages, templating, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.agppdf import MissingFont
+from dashboards.bands import band_of
 from dashboards.context import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -82,9 +84,13 @@ def patient_tz(patient: Patient) -> tzinfo:
 
 def glucose_points(readings: list[Reading]) -> list[tuple[datetime, float]]:
     """CGM points when the patient has any, else meter points; in time order."""
-    cgm = [(r.time, r.value) for r in readings if r.kind is ReadingKind.CGM_GLUCOSE]
-    chosen = cgm or [(r.time, r.value) for r in readings if r.kind is ReadingKind.GLUCOSE]
-    return sorted(chosen)
+    return kind_points(readings, ReadingKind.CGM_GLUCOSE) or kind_points(
+        readings, ReadingKind.GLUCOSE
+    )
+
+
+def kind_points(readings: list[Reading], kind: ReadingKind) -> list[tuple[datetime, float]]:
+    return sorted((r.time, r.value) for r in readings if r.kind is kind)
 
 
 # -- login and logout ---------------------------------------------------------------------
@@ -156,7 +162,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             next_path=next_path,
         )
     session, user = result
-    default = f"/patients/{user.patient_id}" if user.role is Role.PATIENT else "/"
+    default = "/me" if user.role is Role.PATIENT else "/"
     target = local_path(next_path, default)
     response = web.HTTPSeeOther(target)
     response.set_cookie(
@@ -232,12 +238,15 @@ async def _ranges_14d(
 async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageRow:
     rm = d.read_model
     spark_start = now - timedelta(hours=3)
-    readings, latest, open_alerts, (below, in_range) = await asyncio.gather(
+    readings, latest, open_alerts, (below, in_range), devices, events = await asyncio.gather(
         rm.readings(patient.patient_id, since=spark_start, kinds=GLUCOSE_KINDS),
         rm.latest_reading(patient.patient_id, GLUCOSE_KINDS),
         rm.alerts(patient.patient_id, open_only=True),
         _ranges_14d(d, patient, now),
+        rm.list_devices(patient.patient_id),
+        rm.device_events(patient.patient_id),
     )
+    names = {dev.device_id: dev.name or dev.device_id for dev in devices}
     points = glucose_points(readings)
     spark = charts.sparkline_svg(
         [p for p in points if p[0] >= spark_start], start=spark_start, end=now
@@ -248,6 +257,9 @@ async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageR
         open_alerts=tuple(a for a in open_alerts if a.state is not AlertState.RESOLVED),
         below_range_pct=below,
         in_range_pct=in_range,
+        battery_low=tuple(
+            names.get(device_id, device_id) for device_id in sorted(_battery_warnings(events, now))
+        ),
     )
     recent = [
         p for p in points if latest is not None and p[0] >= latest.time - timedelta(minutes=15)
@@ -275,7 +287,7 @@ async def _triage_rows_html(request: web.Request) -> tuple[str, list[Patient]]:
 async def triage(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     if user.role is Role.PATIENT and user.patient_id:
-        raise web.HTTPSeeOther(f"/patients/{user.patient_id}")
+        raise web.HTTPSeeOther("/me")
     rows_html, patients = await _triage_rows_html(request)
     for p in patients:  # the list shows each patient's latest glucose: a view of their record
         await deps(request).accounts.record_view(user, p.patient_id, "triage")
@@ -378,15 +390,22 @@ async def _patient_view(
     return pages.PatientView(
         patient=patient,
         latest_html=pages.latest_html(
-            value, user.unit, trend, minutes, at=None if latest is None else latest.time, tz=tz
+            value,
+            user.unit,
+            trend,
+            minutes,
+            at=None if latest is None else latest.time,
+            tz=tz,
+            band=None if latest is None else band_of(latest.value),
         ),
         day_chart=charts.day_chart_svg(
-            [p for p in points if p[0] >= day_start],
+            [p for p in kind_points(readings, ReadingKind.CGM_GLUCOSE) if p[0] >= day_start],
             [a for a in alerts if a.raised_at >= day_start],
             start=day_start,
             end=now,
             unit=user.unit,
             tz=tz,
+            meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
         ),
         agp=agp,
         agp_days=days,
@@ -676,6 +695,134 @@ async def batch_proof(request: web.Request) -> web.StreamResponse:
     )
 
 
+# -- the patient's own view ------------------------------------------------------------------
+
+MY_VIEWS_SHOWN = 10  # the newest views of the record by others; /consent has the full log
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # "every stored reading"
+
+
+async def _own_patient(request: web.Request) -> Patient:
+    pid = current_user(request).patient_id
+    assert pid is not None  # Access.PATIENT guarantees it
+    patient = await deps(request).read_model.get_patient(pid)
+    if patient is None:
+        raise web.HTTPNotFound()
+    return patient
+
+
+async def _my_view(request: web.Request) -> pages.MyView:
+    """The signed-in patient's own summary in plain words (their record only)."""
+    d = deps(request)
+    rm = d.read_model
+    user = current_user(request)
+    patient = await _own_patient(request)
+    pid = patient.patient_id
+    now = d.clock.now()
+    tz = patient_tz(patient)
+    day_start = now - timedelta(hours=24)
+    readings, latest, alerts, devices, events = await asyncio.gather(
+        rm.readings(pid, since=now - timedelta(days=7), kinds=GLUCOSE_KINDS),
+        rm.latest_reading(pid, GLUCOSE_KINDS),
+        rm.alerts(pid),
+        rm.list_devices(pid),
+        rm.device_events(pid),
+    )
+    week = await asyncio.to_thread(_metrics, readings, now=now, days=7, patient=patient)
+    grants = await d.accounts.grants_for_patient(pid)
+    log = await d.accounts.access_log(pid)
+    points = glucose_points(readings)
+    trend = trend_arrow(
+        slope_mg_dl_per_min(
+            [p for p in points if latest and p[0] >= latest.time - timedelta(minutes=15)]
+        )
+    )
+    recent_alerts = sorted(
+        (
+            as_seen_by(a, user)
+            for a in alerts
+            if a.state is not AlertState.RESOLVED or a.updated_at >= day_start
+        ),
+        key=lambda a: a.raised_at,
+        reverse=True,
+    )
+    return pages.MyView(
+        patient=patient,
+        latest=latest,
+        trend=trend,
+        week=week,
+        day_chart=charts.day_chart_svg(
+            [p for p in kind_points(readings, ReadingKind.CGM_GLUCOSE) if p[0] >= day_start],
+            [a for a in alerts if a.raised_at >= day_start],
+            start=day_start,
+            end=now,
+            unit=user.unit,
+            tz=tz,
+            meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
+        ),
+        alerts_html=pages.alert_rows(
+            recent_alerts,
+            unit=user.unit,
+            names={pid: "You"},
+            csrf=csrf_token(request),
+            zones={pid: tz},
+            now=now,
+        ),
+        devices=[(dev, await _last_seen(d, dev, readings)) for dev in devices],
+        battery_low=_battery_warnings(events, now),
+        grants=grants,
+        views=[e for e in log if e.viewer != user.username][:MY_VIEWS_SHOWN],
+        now=now,
+        tz=tz,
+    )
+
+
+async def my_page(request: web.Request) -> web.StreamResponse:
+    view = await _my_view(request)
+    return html(pages.my_page(view, user=current_user(request), csrf=csrf_token(request)))
+
+
+async def my_partial(request: web.Request) -> web.StreamResponse:
+    view = await _my_view(request)
+    return html(pages.my_live(view, current_user(request).unit))
+
+
+async def my_readings_csv(request: web.Request) -> web.StreamResponse:
+    """Every reading stored for the signed-in patient, as CSV (never anyone else's)."""
+    patient = await _own_patient(request)
+    readings = await deps(request).read_model.readings(patient.patient_id, since=_EPOCH)
+    text = await asyncio.to_thread(export.readings_csv, readings)
+    name = f"glucohub-{patient.patient_id}-readings.csv".replace('"', "")
+    return web.Response(
+        text=text,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def my_glucose_fhir(request: web.Request) -> web.StreamResponse:
+    """The signed-in patient's glucose readings as a FHIR R4 searchset of Observations, as
+    `GET /fhir/Observation` gives them, with every stored reading rather than the last day."""
+    patient = await _own_patient(request)
+    readings = await deps(request).read_model.readings(
+        patient.patient_id, since=_EPOCH, kinds=GLUCOSE_KINDS
+    )
+    base_url = str(request.url.with_path("/fhir").with_query(None))
+    self_url = str(request.url.with_query(None))
+
+    def build() -> str:
+        return json.dumps(fhir.bundle(readings, base_url=base_url, self_url=self_url))
+
+    text = await asyncio.to_thread(build)
+    name = f"glucohub-{patient.patient_id}-glucose.fhir.json".replace('"', "")
+    return web.Response(
+        text=text,
+        content_type="application/fhir+json",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
 # -- consent (patient's own view) ------------------------------------------------------------
 
 
@@ -758,6 +905,10 @@ def add_routes(app: web.Application) -> None:
     seq = "{seq:[0-9]{1,18}}"
     add_route(app, "GET", f"/log/batch/{seq}", batch_body, user)
     add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, user)
+    add_route(app, "GET", "/me", my_page, own)
+    add_route(app, "GET", "/me/live", my_partial, own)
+    add_route(app, "GET", "/me/readings.csv", my_readings_csv, own)
+    add_route(app, "GET", "/me/glucose.fhir.json", my_glucose_fhir, own)
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)

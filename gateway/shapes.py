@@ -66,3 +66,14 @@ def alert_to_json(alert: Alert) -> dict[str, Any]:
 def json_line(obj: Mapping[str, object]) -> str:
     """One record as one line of compact JSON (JSON Lines), non-ASCII kept as it is."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# The columns of a readings export (`glucohub export`, a patient's "download my data"): values
+# as stored (glucose in mg/dL), times RFC 3339 UTC, so a file from either opens the same way.
+EXPORT_FIELDS = ("patient_id", "device_id", "kind", "time", "value", "unit", "seq", "source")
+
+
+def export_record(reading: Reading) -> dict[str, object]:
+    """One reading as an export row, keyed by `EXPORT_FIELDS` (None where absent)."""
+    row = reading_to_json(reading)
+    return {field: row[field] for field in EXPORT_FIELDS}

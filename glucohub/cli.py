@@ -23,14 +23,12 @@ from gateway.clock import parse_rfc3339, utc_now
 from gateway.errors import GlucohubError, InputError
 from gateway.model import Device, DeviceKind, Patient, Transport
 from gateway.settings import Settings, load_settings
-from gateway.shapes import json_line, reading_to_json
+from gateway.shapes import EXPORT_FIELDS, export_record, json_line
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
 from gateway.store import DB_FILENAME
 
 log = logging.getLogger("glucohub")
-
-EXPORT_FIELDS = ("patient_id", "device_id", "kind", "time", "value", "unit", "seq", "source")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -118,11 +116,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if writer is not None:
         writer.writerow(EXPORT_FIELDS)
     for reading in store.readings(patient_id=args.patient, since=since):
-        row = reading_to_json(reading)
+        record = export_record(reading)
         if writer is not None:
-            writer.writerow(["" if row[f] is None else row[f] for f in EXPORT_FIELDS])
+            writer.writerow(["" if v is None else v for v in record.values()])
         else:
-            out.write(json_line({f: row[f] for f in EXPORT_FIELDS}) + "\n")
+            out.write(json_line(record) + "\n")
     store.close()
     return 0
 

@@ -6,7 +6,8 @@
 # PostgreSQL's server binaries (storage tests initdb their own cluster on a free port; the
 # machine's own server, if any, is never used). The fonts the PDF report embeds (DejaVu Sans,
 # Droid Sans Fallback for CJK): the hub needs them at run time too, so `--runtime` checks
-# only those (`make demo`).
+# only those (`make demo`). npm: the accessibility browser tests install axe-core with it
+# into var/test-cache (tests/support/axe.py).
 # Idempotent.
 set -euo pipefail
 missing=()
@@ -17,6 +18,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v dbus-daemon >/dev/null 2>&1 || [ -x /usr/bin/dbus-daemon ] || missing+=(dbus)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 /usr/bin/python3 -c 'import dbusmock, dbus, gi' >/dev/null 2>&1 || missing+=(python3-dbusmock)
 fi
 if [ ${#missing[@]} -eq 0 ]; then

@@ -11,6 +11,7 @@
     triage: ["/partials/triage", "triage-rows"],
     alerts: ["/partials/alerts", "alert-rows"],
     patient: ["/patients/" + encodeURIComponent(patient) + "/live", "patient-live"],
+    mine: ["/me/live", "my-live"],
   };
   let timer = null;
 
@@ -77,7 +78,7 @@
       if (event.type === "alert") announce(event.alert);
       if (event.type === "batch") { if (live === "ledger") announceBatch(event); return; }
       const pid = event.patient_id || (event.alert && event.alert.patient_id);
-      if (live === "patient" && pid !== patient) return;
+      if ((live === "patient" || live === "mine") && pid !== patient) return;
       refresh();
     };
     ws.onclose = function () {

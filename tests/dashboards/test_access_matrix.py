@@ -467,6 +467,17 @@ ROUTES = [
         method="GET", path="/log/batch/{seq}/proof", access="user", fill=each_batch("/proof")
     ),
     # consent: the patient's own; dr-spare is nobody's caller
+    RouteCase(method="GET", path="/me", access="patient", fill=get("/me")),
+    RouteCase(method="GET", path="/me/live", access="patient", fill=get("/me/live")),
+    RouteCase(
+        method="GET", path="/me/readings.csv", access="patient", fill=get("/me/readings.csv")
+    ),
+    RouteCase(
+        method="GET",
+        path="/me/glucose.fhir.json",
+        access="patient",
+        fill=get("/me/glucose.fhir.json"),
+    ),
     RouteCase(method="GET", path="/consent", access="patient", fill=get("/consent")),
     RouteCase(
         method="POST",
@@ -759,6 +770,29 @@ async def test_the_matrix_covers_every_route(served: Served) -> None:
     stale = sorted(covered - served.routes)
     assert not missing, f"routes with no row in the access matrix: {missing}"
     assert not stale, f"rows in the access matrix for routes the app does not have: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("path", "shows"),
+    [
+        ("/me/readings.csv", ("patient id", "CGM device id", "glucose value", "meter mg/dL value")),
+        ("/me/glucose.fhir.json", ("patient id", "CGM device id", "meter device id")),
+    ],
+)
+async def test_a_patients_downloads_hold_their_own_record(
+    served: Served, path: str, shows: tuple[str, ...]
+) -> None:
+    """test_route proves no one else's data is in them; this, that the patient's own is."""
+    for caller in CALLERS:
+        if caller.role != "patient" or caller.credential != "cookie":
+            continue
+        status, body = await send(served, caller, Req(method="GET", path=path))
+        assert status == 200, (path, caller.name)
+        (key,) = caller.sees
+        labelled = MARKERS[key].labelled()
+        wanted = {label: labelled[label] for label in shows}
+        found = {label for label, _, _ in find_markers(body, wanted)}
+        assert found == set(shows), (path, caller.name, set(shows) - found)
 
 
 async def test_the_world_has_the_batches_the_matrix_needs(served: Served) -> None:

@@ -325,7 +325,9 @@ async def test_triage_orders_by_urgency(world: World, login: Login) -> None:
     push_alert(world, alert("al-a", "pat-a", AlertKind.URGENT_LOW, AlertLevel.URGENT, glucose=48))
     rows = await (await dr.get("/partials/triage")).text()
     assert rows.index('data-patient="pat-a"') < rows.index('data-patient="pat-c"')
-    assert "urgent" in rows
+    # The alert's 48 mg/dL in the default mmol/L: 48 / 18.01559 = 2.66 -> 2.7; raised 10 min ago.
+    assert '<span class="reason triage-very-low">Very low 2.7 mmol/L, 10 min ago</span>' in rows
+    assert "No recent data: last reading 2 h ago" in rows  # Carol
 
 
 async def test_patient_page_shows_units_charts_and_devices(world: World, login: Login) -> None:
@@ -337,11 +339,12 @@ async def test_patient_page_shows_units_charts_and_devices(world: World, login: 
     assert "Virtual CGM pat-a" in page and "mmol/L" in page
     # The latest reading is at NOW: 130 + 30·sin(2π·4032/288) = 130 + 30·sin(28π) = 130,
     # shown in the site default mmol/L: 130 / 18.01559 = 7.216 -> "7.2"
-    assert '<span class="big">7.2</span>' in page
+    assert '<span class="big band-in-range">7.2</span>' in page
+    assert '<span class="band-word band-in-range">In range</span>' in page
     token = await csrf_of(alice, "/patients/pat-a")
     await alice.post("/prefs", data={"csrf_token": token, "unit": "mg/dL"})
     page = await (await alice.get("/patients/pat-a")).text()
-    assert '<span class="big">130</span>' in page
+    assert '<span class="big band-in-range">130</span>' in page
 
 
 async def test_pages_carry_security_headers(login: Login) -> None:

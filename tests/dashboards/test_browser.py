@@ -80,7 +80,9 @@ async def test_clinician_flow(browser: Browser, base_url: str, world: World) -> 
     push_readings(world, [cgm("pat-a", t, 52.0)])
     push_alert(world, alert("al-1", "pat-a", AlertKind.URGENT_LOW, AlertLevel.URGENT, glucose=52))
     await expect(rows.first).to_have_attribute("data-patient", "pat-a")
-    await expect(rows.first.locator(".tag.urgent")).to_have_count(1)
+    # 52 mg/dL / 18.01559 = 2.89 -> 2.9 mmol/L: the reading just pushed (stamped 5 min past
+    # the fake clock, so no age yet)
+    await expect(rows.first.locator(".reason")).to_have_text("Very low 2.9 mmol/L, just now")
     assert await page.evaluate("window.__noReload === true")  # reordered without a reload
     await shot(page, "03-triage-alice-low")
 
@@ -126,6 +128,8 @@ async def test_patient_sees_only_their_record(browser: Browser, base_url: str) -
     await page.fill('input[name="username"]', "bob")
     await page.fill('input[name="password"]', PASSWORD)
     await page.click("#login")
+    await expect(page.locator("h1")).to_have_text("My glucose")
+    await page.click('nav a:has-text("My record")')
     await expect(page.locator("h1")).to_have_text("Bob Example")
     response = await page.goto(f"{base_url}/patients/pat-a")
     assert response is not None and response.status == 404
@@ -218,3 +222,27 @@ async def test_agp_report_in_mmol_prints_without_navigation(
     printed = pdf_text(await page.pdf(prefer_css_page_size=True))  # the @page A4 rule
     assert "AGP Report: Alice Example" in printed
     assert "Log out" not in printed and "Show mg/dL" not in printed
+
+
+async def test_a_patients_own_view_updates_live(
+    browser: Browser, base_url: str, world: World
+) -> None:
+    page = await browser.new_page(viewport={"width": 390, "height": 900})
+    await page.goto(f"{base_url}/login")
+    await page.fill('input[name="username"]', "bob")
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await expect(page.locator("h1")).to_have_text("My glucose")
+    await expect(page.locator("body")).to_have_attribute("data-ws", "open")
+    now = page.locator("#my-live .now .big")
+    # Bob's latest: 95 + 40·sin(28π) = 95 mg/dL = 5.3 mmol/L
+    await expect(now).to_have_text("5.3")
+    await page.evaluate("window.__noReload = true")
+    push_readings(world, [cgm("pat-b", NOW + timedelta(minutes=5), 50.0)])
+    push_readings(world, [cgm("pat-a", NOW + timedelta(minutes=5), 300.0)])  # not Bob's
+    # 50 mg/dL = 2.78 mmol/L: very low, in words beside the colour
+    await expect(now).to_have_text("2.8")
+    await expect(now).to_have_class("big band-very-low")
+    await expect(page.locator("#my-live .band-word")).to_have_text("Very low")
+    assert await page.evaluate("window.__noReload === true")
+    await shot(page, "23-my-glucose-live-low")

@@ -30,7 +30,8 @@ def add_fingersticks(world: World) -> None:
 
 
 def row(page: str, label: str) -> list[str]:
-    found = re.search(rf"<tr><th>{label}[^<]*</th>(.*?)</tr>", page)
+    swatch = r'(?:<span class="swatch [a-z-]+" aria-hidden="true"></span>)?'
+    found = re.search(rf"<tr><th>{swatch}{label}[^<]*</th>(.*?)</tr>", page)
     assert found is not None, label
     return re.findall(r"<td>([^<]*)</td>", found.group(1))
 
@@ -60,3 +61,16 @@ async def test_dashboard_report_lists_fingersticks(world: World, login: Login) -
     assert {r["mg_dl"] for r in doc["fingersticks"]["readings"]} == {40.0}
     html = await (await dr.get("/patients/pat-a/report?days=14")).text()
     assert "Fingerstick (meter) readings: 15" in html
+
+
+async def test_band_rows_carry_their_colour_beside_their_name(world: World, login: Login) -> None:
+    dr = await login("dr-grant")
+    page = await (await dr.get("/patients/pat-a")).text()
+    for css, name in (
+        ("band-very-high", "Very high"),
+        ("band-high", "High"),
+        ("band-in-range", "In range"),
+        ("band-low", "Low"),
+        ("band-very-low", "Very low"),
+    ):
+        assert f'<span class="swatch {css}" aria-hidden="true"></span>{name} ' in page, name

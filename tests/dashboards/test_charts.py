@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from datetime import timedelta
+from datetime import UTC, timedelta
 from zoneinfo import ZoneInfo
 
 from dashboards.charts import day_chart_svg, sparkline_svg
@@ -60,3 +60,39 @@ def test_day_chart_marks_alerts_and_uses_the_patients_time() -> None:
     # Hour ticks every 3 local hours: 15:00 is the first multiple of 3 after 13:00.
     assert re.findall(r">(\d\d):00<", svg)[0] == "15"
     assert "style=" not in svg
+
+
+def test_day_chart_draws_meter_readings_as_dots_apart_from_the_cgm_line() -> None:
+    svg = day_chart_svg(
+        _points([120.0, 60.0, 50.0, 200.0, 300.0]),
+        [],
+        start=NOW - timedelta(hours=24),
+        end=NOW,
+        unit=Unit.MMOL_L,
+        tz=ZoneInfo("Europe/Berlin"),
+        meter=[(NOW - timedelta(minutes=30), 61.0), (NOW - timedelta(days=2), 90.0)],
+    )
+    root = ET.fromstring(svg)
+    lines = root.findall("polyline")
+    assert len(lines) == 1 and len((lines[0].get("points") or "").split()) == 5  # CGM only
+    meters = root.findall("circle[@class='meter band-low']")
+    assert len(meters) == 1  # the reading two days ago is outside the window
+    # x = 44 + 666 · 23.5/24 = 696.1; y = 10 + 220 · (1 − (61 − 40)/360) = 217.2
+    assert (meters[0].get("cx"), meters[0].get("cy")) == ("696.1", "217.2")
+    # 61 / 18.01559 = 3.39 mmol/L; 11:30 UTC is 12:30 in Berlin in January
+    title = meters[0].find("title")
+    assert title is not None and title.text == "Meter 3.4 mmol/L (low) at 2026-01-15 12:30 CET"
+    assert "meter" in "".join(root.itertext())  # the legend says which mark is which
+    assert "with meter readings" in (root.get("aria-label") or "")
+
+
+def test_charts_dot_readings_out_of_range_in_their_band_colour() -> None:
+    values = [120.0, 60.0, 50.0, 200.0, 300.0]
+    day = day_chart_svg(
+        _points(values), [], start=NOW - timedelta(hours=24), end=NOW, unit=Unit.MG_DL, tz=UTC
+    )
+    spark = sparkline_svg(_points(values), start=NOW - timedelta(hours=1), end=NOW)
+    for svg in (day, spark):
+        classes = [c.get("class") for c in ET.fromstring(svg).iter("circle")]
+        # 120 is in range (no dot); 60 low, 50 very low (< 54), 200 high, 300 very high (> 250)
+        assert classes == ["pt band-low", "pt band-very-low", "pt band-high", "pt band-very-high"]

@@ -1,0 +1,154 @@
+"""Every page on a 375 px phone screen (no horizontal scrolling) with no serious or critical
+axe-core violations, and an alert acknowledged with the keyboard alone, in a real Chromium.
+Screenshots go to test-artifacts/screenshots/ (375-*.png)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from gateway.model import (
+    AlertKind,
+    AlertLevel,
+    DeviceEvent,
+    DeviceEventKind,
+    Reading,
+    ReadingKind,
+    Source,
+)
+from gateway.units import Unit
+from tests.dashboards.fakes import NOW, PASSWORD, World, alert, push_alert
+from tests.dashboards.test_browser import base_url, browser, shot  # noqa: F401 (fixtures)
+from tests.support.axe import BLOCKING, AxeMissing, axe_source
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PHONE = {"width": 375, "height": 812}  # an iPhone X/11 Pro-sized screen, CSS pixels
+
+_VIOLATIONS = """async () => {
+  const result = await axe.run(document);
+  return result.violations.map(v => ({
+    id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.slice(0, 3).map(n => n.target.join(" ")),
+  }));
+}"""
+
+
+def _seed(world: World) -> None:
+    """A page with something in every state: an urgent low to acknowledge, a meter reading
+    on Alice's chart, a low battery on Bob's CGM."""
+    push_alert(world, alert("al-k", "pat-a", AlertKind.URGENT_LOW, AlertLevel.URGENT, glucose=50))
+    world.model.readings_list.append(
+        Reading(
+            patient_id="pat-a",
+            device_id="meter-pat-a",
+            kind=ReadingKind.GLUCOSE,
+            value=61.0,
+            unit=Unit.MG_DL,
+            time=NOW - timedelta(hours=3),
+            source=Source.VIRTUAL,
+            seq=1,
+        )
+    )
+    world.model.events.append(
+        DeviceEvent(
+            patient_id="pat-b",
+            device_id="cgm-pat-b",
+            kind=DeviceEventKind.BATTERY_LOW,
+            time=NOW - timedelta(hours=1),
+        )
+    )
+
+
+async def _log_in(page: Page, url: str, username: str) -> None:
+    await page.goto(f"{url}/login")
+    await page.fill('input[name="username"]', username)
+    await page.fill('input[name="password"]', PASSWORD)
+    await page.click("#login")
+    await page.wait_for_load_state()
+
+
+async def _check(page: Page, url: str, path: str, name: str, axe: str) -> list[str]:
+    """Problems of one page at phone width: overflow and blocking axe violations."""
+    response = await page.goto(f"{url}{path}")
+    assert response is not None
+    await page.wait_for_load_state()
+    problems = []
+    width = await page.evaluate("document.scrollingElement.scrollWidth")
+    if width > PHONE["width"]:
+        problems.append(f"{path}: {width} px wide at {PHONE['width']} px (horizontal scrolling)")
+    await page.evaluate(axe)
+    for v in await page.evaluate(_VIOLATIONS):
+        if v["impact"] in BLOCKING:
+            problems.append(f"{path}: axe {v['impact']} {v['id']} ({v['help']}) at {v['nodes']}")
+    await shot(page, f"375-{name}")
+    return problems
+
+
+async def test_every_page_fits_a_phone_and_passes_axe(
+    browser: Browser,  # noqa: F811
+    base_url: str,  # noqa: F811
+    world: World,
+) -> None:
+    try:
+        axe = axe_source()
+    except AxeMissing as missing:
+        pytest.fail(str(missing))
+    _seed(world)
+    problems: list[str] = []
+    anonymous = await browser.new_page(viewport=PHONE)
+    problems += await _check(anonymous, base_url, "/login", "01-login", axe)
+    clinician = await browser.new_page(viewport=PHONE)
+    await _log_in(clinician, base_url, "dr-grant")
+    for path, name in (
+        ("/", "02-triage"),
+        ("/alerts", "03-alerts"),
+        ("/patients/pat-a", "04-patient"),
+        ("/patients/pat-a?days=30", "05-patient-30d"),
+        ("/ledger", "06-ledger"),
+        ("/patients/nobody", "07-not-found"),
+    ):
+        problems += await _check(clinician, base_url, path, name, axe)
+    # The triage list is one card per patient on a phone: not even its own box scrolls sideways.
+    await clinician.goto(f"{base_url}/")
+    box = clinician.locator("table.triage").locator("xpath=..")
+    sizes = await box.evaluate("b => [b.scrollWidth, b.clientWidth]")
+    if sizes[0] > sizes[1]:
+        problems.append(f"/: the triage list scrolls sideways ({sizes[0]} > {sizes[1]} px)")
+    await expect(clinician.locator("tr.patient").first.locator(".reason")).to_be_visible()
+    patient = await browser.new_page(viewport=PHONE)
+    await _log_in(patient, base_url, "bob")
+    for path, name in (
+        ("/me", "08-my-glucose"),
+        ("/patients/pat-b", "09-my-record"),
+        ("/consent", "10-consent"),
+    ):
+        problems += await _check(patient, base_url, path, name, axe)
+    assert not problems, "\n".join(problems)
+
+
+async def test_acknowledge_an_alert_with_the_keyboard_alone(
+    browser: Browser,  # noqa: F811
+    base_url: str,  # noqa: F811
+    world: World,
+) -> None:
+    _seed(world)
+    page = await browser.new_page(viewport=PHONE)
+    await _log_in(page, base_url, "dr-grant")
+    await page.goto(f"{base_url}/alerts")
+    await expect(page.locator("body")).to_have_attribute("data-ws", "open")
+    target = 'button.ack[data-ack="al-k"]'
+    for _ in range(60):  # Tab through the page until the button has the focus
+        await page.keyboard.press("Tab")
+        if await page.evaluate(f"document.activeElement.matches('{target}')"):
+            break
+    else:
+        pytest.fail("Tab never reached the Acknowledge button")
+    await shot(page, "375-11-ack-focused")
+    await page.keyboard.press("Enter")
+    row = page.locator('tr[data-alert="al-k"]')
+    await expect(row).to_have_class("alert urgent acknowledged")
+    assert world.model.alerts_by_id["al-k"].acknowledged_by == "dr-grant"
+    await shot(page, "375-12-ack-done")
