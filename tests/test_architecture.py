@@ -92,7 +92,9 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.store": ("sqlite3",),
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
+        "gateway.storage.postgres_events": ("psycopg",),
         "gateway.storage.postgres_migrations": ("psycopg",),
+        "gateway.storage.postgres_store": ("psycopg",),
         "gateway.supervision": ("asyncio",),
         "gateway.verify": ("multiprocessing", "concurrent.futures"),
         "ledger.witness": ("urllib.request",),
@@ -112,7 +114,13 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "glucohub.cli",
         }
     ),
-    "psycopg": frozenset({"gateway.storage.postgres_migrations"}),
+    "psycopg": frozenset(
+        {
+            "gateway.storage.postgres_events",
+            "gateway.storage.postgres_migrations",
+            "gateway.storage.postgres_store",
+        }
+    ),
     "psycopg2": frozenset(),
     "asyncpg": frozenset(),
 }

@@ -313,8 +313,11 @@ def migrate(
     Raise SchemaTooNew for a database from a newer version."""
     applied: list[int] = []
     when = now or datetime.now(UTC)
-    if schema_version(db) > SCHEMA_VERSION:
-        raise _too_new(schema_version(db), url)
+    found = schema_version(db)
+    if found > SCHEMA_VERSION:
+        raise _too_new(found, url)
+    if found >= upto:
+        return applied  # the usual open: no lock taken
     for migration in MIGRATIONS[:upto]:
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
