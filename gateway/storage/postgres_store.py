@@ -33,6 +33,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from gateway.clock import parse_rfc3339, to_rfc3339, utc_now
@@ -103,6 +104,7 @@ _READING_COLUMNS = (
     "original_value, original_unit, status"
 )
 _PAGE = 5000
+CONNECT_TIMEOUT_S = 10  # unless the URL says otherwise: a dead server fails, never hangs
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # SQLSTATEs a retry may cure. Class 08: connection exceptions; 40001/40P01: serialization
@@ -263,11 +265,19 @@ class PostgresStore:
         return redacted(self.url)
 
     def _open(self) -> Connection:
-        options = "-c TimeZone=UTC"
-        if self.read_only:
-            options += " -c default_transaction_read_only=on"
         try:
-            return psycopg.connect(self.url, autocommit=True, options=options)
+            given = conninfo_to_dict(self.url)
+            # Times come back in UTC whatever the server's zone; a read-only store cannot write.
+            options = [str(given.get("options") or ""), "-c TimeZone=UTC"]
+            if self.read_only:
+                options.append("-c default_transaction_read_only=on")
+            return psycopg.connect(
+                self.url,
+                autocommit=True,
+                options=" ".join(o for o in options if o),
+                connect_timeout=int(str(given.get("connect_timeout") or CONNECT_TIMEOUT_S)),
+                application_name=str(given.get("application_name") or "glucohub"),
+            )
         except psycopg.Error as exc:
             raise storage_error(exc) from exc
 
