@@ -427,27 +427,29 @@ class PostgresStore:
             letters = [*dead_letters, *refused.values()]
             all_events = [*events, *flags]
             with self._db.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO device_events (patient_id, device_id, kind, time, detail, seq) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            e.patient_id,
-                            e.device_id,
-                            e.kind.value,
-                            _stored_time(e.time),
-                            _pg_text(e.detail),
-                            e.seq,
-                        )
-                        for e in all_events
-                    ],
-                )
-                cursor.executemany(
-                    "INSERT INTO dead_letters (received_at, source, topic, device_id, reason, "
-                    "detail, payload, payload_bytes, payload_sha256) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [_dead_letter_row(d) for d in letters],
-                )
+                if all_events:
+                    cursor.executemany(
+                        "INSERT INTO device_events (patient_id, device_id, kind, time, detail, "
+                        "seq) VALUES (%s, %s, %s, %s, %s, %s)",
+                        [
+                            (
+                                e.patient_id,
+                                e.device_id,
+                                e.kind.value,
+                                _stored_time(e.time),
+                                _pg_text(e.detail),
+                                e.seq,
+                            )
+                            for e in all_events
+                        ],
+                    )
+                if letters:
+                    cursor.executemany(
+                        "INSERT INTO dead_letters (received_at, source, topic, device_id, reason, "
+                        "detail, payload, payload_bytes, payload_sha256) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        [_dead_letter_row(d) for d in letters],
+                    )
         total = sum(len(m.readings) for m in messages)
         refused_count = sum(len(messages[i].readings) for i in refused)
         return WriteResult(
