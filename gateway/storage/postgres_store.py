@@ -104,6 +104,9 @@ _READING_COLUMNS = (
     "original_value, original_unit, status"
 )
 _PAGE = 5000
+# pg_advisory_xact_lock(DEVICE_LOCK, hashtext(device_id)): one device's writers take turns.
+# The two-key lock space is apart from the one-key space of MIGRATION_LOCK.
+DEVICE_LOCK = 0x676C7563  # "gluc"
 CONNECT_TIMEOUT_S = 10  # unless the URL says otherwise: a dead server fails, never hangs
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -217,6 +220,15 @@ _READING_INSERT = (
 )
 _DEVICE_COLUMNS = "device_id, patient_id, kind, transport, name, address, simulated, active"
 _BATCH_COLUMNS = "seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash"
+
+
+def _bindable(text: str) -> bool:
+    """Text PostgreSQL can take as it is (a message carrying other text is refused whole)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _check_canonical(row: tuple[object, ...]) -> None:
@@ -423,6 +435,7 @@ class PostgresStore:
         received = now or utc_now()
         self._ensure_partitions(messages)
         with self._db.transaction():
+            self._lock_devices(messages)
             stored, refused, flags = self._insert_messages(messages, received)
             letters = [*dead_letters, *refused.values()]
             all_events = [*events, *flags]
@@ -459,6 +472,19 @@ class PostgresStore:
             events=len(all_events),
             refused=refused,
         )
+
+    def _lock_devices(self, messages: Sequence[Message]) -> None:
+        """Take this write's devices' locks, in sorted order, before any key: two writers
+        delivering the same readings in different orders would otherwise each hold a key
+        the other waits for (a deadlock). Writers of different devices never wait."""
+        devices = sorted(
+            {r.device_id for m in messages for r in m.readings if _bindable(r.device_id)}
+        )
+        if devices:
+            self._db.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(d)) FROM unnest(%s::text[]) AS d",
+                (DEVICE_LOCK, devices),
+            )
 
     def _ensure_partitions(self, messages: Sequence[Message]) -> None:
         """Create the month partitions these readings need, each in its own transaction

@@ -84,7 +84,7 @@ def sql(url: str, query: str) -> list[tuple[object, ...]]:
 
 
 @pytest.mark.slow
-def test_concurrent_writers_and_a_sealer_seal_every_reading_exactly_once(
+def test_concurrent_writers_and_a_sealer_store_and_seal_every_reading_exactly_once(
     pg: Opener, postgres_url: str, tmp_path: Path
 ) -> None:
     setup = pg()
@@ -98,18 +98,19 @@ def test_concurrent_writers_and_a_sealer_seal_every_reading_exactly_once(
     writes, per_write = 40, 25
     done = threading.Event()
     failures: list[BaseException] = []
+    duplicates: list[int] = []
 
     def write(n: int) -> None:
         store = pg()
         try:
             for w in range(writes):
                 base = w * per_write
-                store.write(
-                    [
-                        reading(f"w{n}", base + i, T0 + timedelta(seconds=base + i))
-                        for i in range(per_write)
-                    ]
-                )
+                times = [T0 + timedelta(seconds=base + i) for i in range(per_write)]
+                own = [reading(f"w{n}", base + i, times[i]) for i in range(per_write)]
+                # Both writers also deliver the same cgm-1 readings, in opposite orders.
+                shared = [reading("cgm-1", base + i, times[i]) for i in range(per_write)]
+                batch = own + shared if n == 0 else shared[::-1] + own
+                duplicates.append(store.write(batch).duplicates)
         except BaseException as exc:
             failures.append(exc)
         finally:
@@ -138,7 +139,8 @@ def test_concurrent_writers_and_a_sealer_seal_every_reading_exactly_once(
     done.set()
     sealing.join()
     assert failures == []
-    total = 2 * writes * per_write
+    assert sum(duplicates) == writes * per_write  # each shared reading stored by one writer
+    total = 3 * writes * per_write
     assert setup.count_readings() == total and setup.count_unsealed() == 0
     batches = list(setup.batches())
     assert len(batches) > 3  # sealing really ran alongside the writers
@@ -149,6 +151,39 @@ def test_concurrent_writers_and_a_sealer_seal_every_reading_exactly_once(
         assert records.reading_count == b.reading_count
         sealed += records.canonical[: records.reading_count]
     assert len(set(sealed)) == total  # each reading in exactly one batch, none twice
+
+
+@pytest.mark.slow
+def test_two_writers_delivering_the_same_readings_in_opposite_orders_never_deadlock(
+    pg: Opener,
+) -> None:
+    register(pg())
+    rounds, size = 20, 300
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+    duplicates: list[int] = []
+
+    def write(n: int) -> None:
+        store = pg()
+        for w in range(rounds):
+            same = [
+                reading("cgm-1", w * size + i, T0 + timedelta(seconds=w * size + i))
+                for i in range(size)
+            ]
+            start.wait()  # both writes at once
+            try:
+                duplicates.append(store.write(same if n == 0 else same[::-1]).duplicates)
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert sum(duplicates) == rounds * size
+    assert pg().count_readings() == rounds * size
 
 
 # -- partitions ----------------------------------------------------------------------------
