@@ -24,6 +24,7 @@ from gateway.model import (
     Transport,
 )
 from gateway.sealing import Sealer, init_keys, load_keys
+from gateway.storage.postgres_events import insert_ledger_event, last_consent_event
 from gateway.storage.postgres_migrations import SCHEMA_VERSION
 from gateway.storage.postgres_store import PostgresStore, storage_error
 from gateway.storage.sqlite_migrations import SchemaTooNew, SchemaTooOld
@@ -466,3 +467,39 @@ def test_a_lower_id_committing_late_is_sealed_by_the_next_batch(
     second = s.seal(100, NOW)
     assert second is not None and [r.seq for r in store.batch_readings(1)] == [1]
     assert store.count_unsealed() == 0
+
+
+def test_an_event_that_is_not_json_is_quarantined_and_the_rest_sealed(
+    pg: Opener, postgres_url: str, tmp_path: Path
+) -> None:
+    store = pg()
+    register(store)
+    store.write([reading("cgm-1", 1, T0)])
+    sql(postgres_url, "INSERT INTO ledger_events (patient_id, body) VALUES ('p1', '{not json')")
+    store.add_ledger_event("p1", {"type": "note"})
+    outcome = sealer(store, tmp_path / "keys").seal(10, NOW)
+    assert outcome is not None and outcome.records == 2  # the reading and the good event
+    [item] = store.quarantined()
+    assert (item.record, item.patient_id) == ("event", "p1")
+    assert store.count_unsealed_events() == 0
+    assert store.batch_events(0) == [{"type": "note"}]
+
+
+def test_the_last_consent_event_of_a_patient_and_clinician(postgres_url: str, pg: Opener) -> None:
+    pg()  # the schema
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        assert last_consent_event(db, "p1", "dr") is None
+        with db.transaction():
+            insert_ledger_event(
+                db, "p1", {"type": "consent", "event": "consent_granted", "clinician": "dr"}
+            )
+            insert_ledger_event(
+                db, "p1", {"type": "consent", "event": "consent_granted", "clinician": "other"}
+            )
+        db.execute("INSERT INTO ledger_events (patient_id, body) VALUES ('p1', '\"consent\" {')")
+        assert last_consent_event(db, "p1", "dr") == "consent_granted"
+        insert_ledger_event(
+            db, "p1", {"type": "consent", "event": "consent_revoked", "clinician": "dr"}
+        )
+        assert last_consent_event(db, "p1", "dr") == "consent_revoked"
+        assert last_consent_event(db, "p2", "dr") is None
