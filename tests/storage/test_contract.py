@@ -191,6 +191,19 @@ def test_an_unstorable_message_becomes_a_dead_letter_and_the_rest_is_stored(
     assert store.count_unsealed() == 2
 
 
+def test_an_unstorable_reading_refuses_its_whole_message(store: AnyStore) -> None:
+    origin = Origin(source=Source.MQTT, topic="glucohub/cgm-1", raw=b"[...]")
+    result = store.write_messages(
+        [Message(origin=origin, readings=(cgm(5), cgm(6, minutes=5, status=("x,y",))))],
+        now=NOW,
+    )
+    assert result.stored == () and list(result.refused) == [0]
+    assert store.count_readings() == 0
+    [letter] = store.dead_letters()
+    assert (letter.reason, letter.payload) == ("unstorable", b"[...]")
+    assert letter.detail.startswith("ValueError: status flag 'x,y' cannot be stored")
+
+
 def test_events_and_dead_letters_commit_with_the_readings(store: AnyStore) -> None:
     raw = bytes(range(256)) * 20  # 5120 bytes
     letter = DeadLetter(

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
+from gateway import verify
 from gateway.errors import PermanentStorageError, StorageError, TransientStorageError
 from gateway.model import (
     CANONICAL_UNIT,
@@ -503,3 +504,31 @@ def test_the_last_consent_event_of_a_patient_and_clinician(postgres_url: str, pg
         )
         assert last_consent_event(db, "p1", "dr") == "consent_revoked"
         assert last_consent_event(db, "p2", "dr") is None
+
+
+def test_ledger_verification_passes_on_postgresql_and_catches_an_edited_reading(
+    pg: Opener, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wiring that picks the backend from [storage] url is the integrator's: here the
+    # verifier is simply handed PostgreSQL stores on this database.
+    monkeypatch.setattr(
+        verify,
+        "Store",
+        lambda data_dir, read_only=False: pg(read_only=read_only, data_dir=data_dir),
+    )
+    store = pg()
+    register(store)
+    data_dir = tmp_path / "data"
+    init_keys(data_dir, None)
+    s = Sealer(store, load_keys(data_dir, "hub-1", None), hub_id="hub-1", forward=False)  # type: ignore[arg-type]
+    for w in range(3):
+        store.write(
+            [reading("cgm-1", w * 10 + i, T0 + timedelta(minutes=w * 10 + i)) for i in range(10)]
+        )
+        store.add_ledger_event("p1", {"type": "note", "w": w})
+        s.seal(100, NOW)
+    report = verify.verify_data_dir(data_dir, "hub-1")
+    assert report.ok and (report.batches, report.readings) == (3, 30), report.message
+    sql(postgres_url, "UPDATE readings SET value = 250 WHERE seq = 13")
+    report = verify.verify_data_dir(data_dir, "hub-1")
+    assert not report.ok and "batch 1" in report.message, report.message
