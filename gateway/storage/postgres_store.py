@@ -137,10 +137,6 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _utc_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
-
-
 def _pg_text(value: str) -> str:
     """Text PostgreSQL can hold: `_text`'s escapes, and NUL (which text refuses) escaped."""
     return _text(value).replace("\x00", "\\x00")
