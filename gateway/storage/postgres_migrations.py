@@ -381,8 +381,13 @@ def ensure_month_partition(db: psycopg.Connection[tuple[object, ...]], time: dat
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             if db.execute(PARTITION_EXISTS, (name,)).fetchone() is None:
+                # Made empty, then attached: ATTACH locks `readings` only against schema
+                # changes (SHARE UPDATE EXCLUSIVE), where CREATE ... PARTITION OF would stop
+                # every reader and writer of it until this commits.
+                like = "LIKE readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+                db.execute(f"CREATE TABLE {name} ({like})".encode())
                 db.execute(
-                    f"CREATE TABLE {name} PARTITION OF readings "
+                    f"ALTER TABLE readings ATTACH PARTITION {name} "
                     f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')".encode()
                 )
     except psycopg.errors.DuplicateTable:

@@ -210,6 +210,14 @@ def test_readings_land_in_monthly_partitions(pg: Opener, postgres_url: str) -> N
     assert children == [("readings_2026_11",), ("readings_2026_12",), ("readings_2027_01",)]
     placed = sql(postgres_url, "SELECT seq, tableoid::regclass::text FROM readings ORDER BY seq")
     assert placed == [(1, "readings_2026_11"), (2, "readings_2026_12"), (3, "readings_2027_01")]
+    # Each month has the dashboard's indexes (patient+time, unsealed, batch) and the key.
+    indexed = sql(
+        postgres_url,
+        "SELECT count(*) FROM pg_indexes WHERE tablename = 'readings_2026_12' AND ("
+        "indexdef LIKE '%(patient_id, \"time\")%' OR indexdef LIKE '%WHERE (batch_seq IS NULL)%'"
+        " OR indexdef LIKE '%(batch_seq)' OR indexdef LIKE '%UNIQUE%(id, \"time\")%')",
+    )
+    assert indexed == [(4,)]
 
 
 def test_retention_drops_a_month_and_a_replay_does_not_bring_it_back(
@@ -532,3 +540,18 @@ def test_ledger_verification_passes_on_postgresql_and_catches_an_edited_reading(
     sql(postgres_url, "UPDATE readings SET value = 250 WHERE seq = 13")
     report = verify.verify_data_dir(data_dir, "hub-1")
     assert not report.ok and "batch 1" in report.message, report.message
+
+
+def test_a_new_month_does_not_wait_for_readers_of_the_old_ones(
+    pg: Opener, postgres_url: str
+) -> None:
+    register(pg())
+    database = postgres_url.rsplit("/", 1)[1]
+    sql(postgres_url, f"ALTER DATABASE {database} SET lock_timeout = 1000")
+    store = pg()
+    store.write([reading("cgm-1", 1, T0)])
+    with psycopg.connect(postgres_url) as reader:
+        reader.execute("SELECT count(*) FROM readings")  # a dashboard's open transaction
+        result = store.write([reading("cgm-1", 2, datetime(2027, 3, 1, tzinfo=UTC))])
+        reader.rollback()
+    assert len(result.stored) == 1
