@@ -94,6 +94,9 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.sqlite_errors": ("sqlite3",),
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
+        "gateway.storage.postgres_events": ("psycopg",),
+        "gateway.storage.postgres_migrations": ("psycopg",),
+        "gateway.storage.postgres_store": ("psycopg",),
         "gateway.supervision": ("asyncio",),
         "gateway.verify": ("multiprocessing", "concurrent.futures"),
         "ledger.witness": ("urllib.request",),
@@ -101,7 +104,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
 }
 # Each database driver is imported by its backend only; everyone else sees the storage
 # contract's errors (gateway.errors.StorageError). glucohub.cli still catches sqlite3's by name
-# for the account commands.
+# for the account commands. psycopg: the PostgreSQL backend.
 DATABASE_DRIVERS: dict[str, frozenset[str]] = {
     "sqlite3": frozenset(
         {
@@ -113,7 +116,13 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "glucohub.cli",
         }
     ),
-    "psycopg": frozenset(),
+    "psycopg": frozenset(
+        {
+            "gateway.storage.postgres_events",
+            "gateway.storage.postgres_migrations",
+            "gateway.storage.postgres_store",
+        }
+    ),
     "psycopg2": frozenset(),
     "asyncpg": frozenset(),
 }
@@ -494,7 +503,16 @@ def test_a_planted_io_import_is_reported(tmp_path: Path, case: str) -> None:
 
 DRIVER_CASES = {
     "sqlite3 outside the SQLite backend": ("dashboards/views.py", "import sqlite3\n", "sqlite3"),
-    "psycopg anywhere": ("gateway/storage/postgres.py", "import psycopg\n", "psycopg"),
+    "psycopg outside the PostgreSQL backend": (
+        "gateway/sealing.py",
+        "from psycopg import errors\n",
+        "psycopg",
+    ),
+    "psycopg in a storage module not on the list": (
+        "gateway/storage/postgres.py",
+        "import psycopg\n",
+        "psycopg",
+    ),
     "asyncpg inside a function": (
         "gateway/storage/pg.py",
         "async def connect() -> None:\n    import asyncpg\n",

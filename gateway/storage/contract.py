@@ -166,14 +166,16 @@ class SealSource(Protocol):
         self,
         *,
         batch: Batch,
-        last_row_id: int,
-        last_event_id: int | None,
-        event_count: int,
+        reading_ids: Sequence[int],
+        event_ids: Sequence[int],
         tree_size: int,
         compact_tree: bytes,
         record_seed: bytes,
         outbox: tuple[str, bytes] | None,
-    ) -> None: ...
+    ) -> None:
+        """Seal atomically: the batch, exactly these readings and events (by id: a concurrent
+        writer's lower id may commit after a higher one), the tree state and the outbox row."""
+        ...
 
 
 class LogState(Protocol):

@@ -20,6 +20,7 @@ def open_storage(data_dir: Path, url: str = "", *, read_only: bool = False) -> H
 
         return Store(data_dir, read_only=read_only)
     try:
+        # Imported only here: psycopg is an optional dependency of a SQLite-only hub.
         backend = importlib.import_module("gateway.storage.postgres_store")
     except ModuleNotFoundError as exc:
         if exc.name not in ("psycopg", "psycopg_binary"):

@@ -18,7 +18,13 @@ import pytest
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin
 from gateway.settings import load_settings
-from gateway.store import DB_FILENAME, QUARANTINED, Store
+from gateway.storage.rows import (
+    QUARANTINED,
+)
+from gateway.store import (
+    DB_FILENAME,
+    Store,
+)
 from gateway.units import Unit
 from gateway.verify import verify_data_dir
 from glucohub.runtime import Running, run_hub

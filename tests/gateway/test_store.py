@@ -23,17 +23,23 @@ from gateway.model import (
     Transport,
 )
 from gateway.protocols import DeadLetter, Origin, RejectReason
-from gateway.storage.sqlite_migrations import migrate
-from gateway.store import (
-    DB_FILENAME,
+from gateway.shapes import (
+    reading_to_json,
+)
+from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     Message,
-    Store,
+)
+from gateway.storage.rows import (
     reading_canonical_from_row,
     reading_from_row,
     reading_json_from_row,
-    reading_to_json,
     reading_to_row,
+)
+from gateway.storage.sqlite_migrations import migrate
+from gateway.store import (
+    DB_FILENAME,
+    Store,
 )
 from gateway.units import Unit
 from ledger.jcs import canonicalize

@@ -31,7 +31,7 @@ from gateway.model import (
     Transport,
 )
 from gateway.protocols import RejectReason
-from gateway.store import (
+from gateway.storage.rows import (
     reading_canonical_from_row,
     reading_from_row,
     reading_json_from_row,
