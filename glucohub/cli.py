@@ -435,7 +435,7 @@ def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     if (args.role == "patient") != (args.patient is not None):
         raise InputError(
@@ -451,7 +451,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_passwd(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     accounts.users_passwd(_db_path(args), args.username, _password(args))
     print(f"password changed for {args.username}; their sessions were ended")
@@ -459,7 +459,7 @@ def cmd_users_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     users = accounts.users_list(_db_path(args))
     print("username\trole\tpatient\tdisabled")
@@ -470,7 +470,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_disable(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     accounts.users_disable(_db_path(args), args.username, disabled=not args.enable)
     print(f"{'enabled' if args.enable else 'disabled'} {args.username}")
@@ -486,23 +486,24 @@ def cmd_users_revoke(args: argparse.Namespace) -> int:
 
 
 def _consent_change(args: argparse.Namespace, *, grant: bool) -> int:
-    from dashboards import accounts
+    from dashboards.accounts import ConsentChange
+    from glucohub import accounts
 
     change = accounts.grant if grant else accounts.revoke
     # The consent row and its ledger event are one transaction (a running hub seals it).
     outcome = change(_db_path(args), args.patient, args.clinician, by="cli")
     verb = "may see" if grant else "may no longer see"
     note = {
-        accounts.ConsentChange.CHANGED: "",
-        accounts.ConsentChange.UNCHANGED: " (unchanged)",
-        accounts.ConsentChange.REPAIRED: " (unchanged, but the ledger lacked its event: added)",
+        ConsentChange.CHANGED: "",
+        ConsentChange.UNCHANGED: " (unchanged)",
+        ConsentChange.REPAIRED: " (unchanged, but the ledger lacked its event: added)",
     }[outcome]
     print(f"{args.clinician} {verb} {args.patient}{note}")
     return 0
 
 
 def cmd_users_token(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     token = accounts.tokens_create(
         _db_path(args), args.username, args.label, expires_days=args.expires_days
@@ -517,8 +518,8 @@ def cmd_users_token(args: argparse.Namespace) -> int:
 
 
 def cmd_users_tokens(args: argparse.Namespace) -> int:
-    from dashboards import accounts
     from gateway.clock import to_rfc3339
+    from glucohub import accounts
 
     now = utc_now()
     tokens = accounts.tokens_list(_db_path(args), args.username)
@@ -531,7 +532,7 @@ def cmd_users_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_users_revoke_token(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     accounts.tokens_revoke(_db_path(args), args.token_id)
     print(f"revoked token {args.token_id}")

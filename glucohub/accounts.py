@@ -1,0 +1,69 @@
+"""Wiring of the dashboard accounts: the storage behind them, and the CLI's entry points.
+
+The rules (`dashboards/accounts.py`) take any `AccountStorage`; this is where one is opened:
+the hub's SQLite file. Each CLI function opens the storage, runs one rule and closes it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from dashboards import accounts
+from dashboards.accounts import Accounts, ConsentCallback
+from gateway.clock import Clock, SystemClock
+from gateway.storage.accounts import AccountStorage
+from gateway.storage.sqlite_accounts import SqliteAccountStorage
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def open_account_storage(db_path: Path, *, clock: Clock | None = None) -> AccountStorage:
+    """The account storage in the hub database at `db_path` (created and migrated if needed)."""
+    return SqliteAccountStorage.open(db_path, now=(clock or SystemClock()).now())
+
+
+def open_accounts(
+    db_path: Path,
+    *,
+    on_consent_change: ConsentCallback | None = None,
+    clock: Clock | None = None,
+) -> Accounts:
+    """The web app's accounts on the hub database at `db_path`."""
+    storage = open_account_storage(db_path, clock=clock)
+    return Accounts(storage, on_consent_change=on_consent_change, clock=clock)
+
+
+@contextmanager
+def account_storage(db_path: Path) -> Iterator[AccountStorage]:
+    storage = open_account_storage(db_path)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+def _on_file(
+    rule: Callable[Concatenate[AccountStorage, _P], _T],
+) -> Callable[Concatenate[Path, _P], _T]:
+    @functools.wraps(rule)
+    def run(db_path: Path, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with account_storage(db_path) as storage:
+            return rule(storage, *args, **kwargs)
+
+    return run
+
+
+users_add = _on_file(accounts.users_add)
+users_list = _on_file(accounts.users_list)
+users_passwd = _on_file(accounts.users_passwd)
+users_disable = _on_file(accounts.users_disable)
+grant = _on_file(accounts.grant)
+revoke = _on_file(accounts.revoke)
+tokens_create = _on_file(accounts.tokens_create)
+tokens_list = _on_file(accounts.tokens_list)
+tokens_revoke = _on_file(accounts.tokens_revoke)
