@@ -201,9 +201,8 @@ class Sealer:
         topic = self._batches_topic
         self._store.record_sealed_batch(
             batch=batch,
-            last_row_id=rows[-1].row_id if rows else 0,
-            last_event_id=events[-1].row_id if events else None,
-            event_count=len(events),
+            reading_ids=[row.row_id for row in rows],
+            event_ids=[event.row_id for event in events],
             tree_size=tree.size,
             compact_tree=tree.to_bytes(),
             record_seed=seed,

@@ -974,16 +974,17 @@ class Store:
         self,
         *,
         batch: Batch,
-        last_row_id: int,
-        last_event_id: int | None,
-        event_count: int,
+        reading_ids: Sequence[int],
+        event_ids: Sequence[int],
         tree_size: int,
         compact_tree: bytes,
         record_seed: bytes,
         outbox: tuple[str, bytes] | None,
     ) -> None:
-        """Seal atomically: the batch, its readings' and events' batch_seq, the tree state
-        and the batch's outbox row (topic, payload)."""
+        """Seal atomically: the batch, the batch_seq of exactly the readings and events
+        sealed (by id: never "every unsealed id up to N", which a concurrent writer's lower id
+        committing late would break), the tree state and the batch's outbox row (topic,
+        payload). Refused if any of those ids is missing or already sealed."""
         self._begin()
         try:
             self._db.execute(
@@ -1000,22 +1001,24 @@ class Store:
                     record_seed,
                 ),
             )
-            cursor = self._db.execute(
-                "UPDATE readings SET batch_seq = ? WHERE batch_seq IS NULL AND id <= ?",
-                (batch.seq, last_row_id),
-            )
-            if cursor.rowcount != batch.reading_count:
+            if len(reading_ids) != batch.reading_count:
                 raise StorageError(
-                    f"batch {batch.seq}: sealed {batch.reading_count} readings but "
-                    f"{cursor.rowcount} rows were unsealed up to id {last_row_id}"
+                    f"batch {batch.seq} counts {batch.reading_count} readings, "
+                    f"{len(reading_ids)} ids given"
                 )
-            if last_event_id is not None:
+            for table, ids in (("readings", reading_ids), ("ledger_events", event_ids)):
+                if not ids:
+                    continue
                 cursor = self._db.execute(
-                    "UPDATE ledger_events SET batch_seq = ? WHERE batch_seq IS NULL AND id <= ?",
-                    (batch.seq, last_event_id),
+                    f"UPDATE {table} SET batch_seq = ? WHERE batch_seq IS NULL "
+                    "AND id IN (SELECT value FROM json_each(?))",
+                    (batch.seq, json.dumps(list(ids))),
                 )
-                if cursor.rowcount != event_count:
-                    raise StorageError(f"batch {batch.seq}: event count changed while sealing")
+                if cursor.rowcount != len(ids):
+                    raise StorageError(
+                        f"batch {batch.seq}: {len(ids)} {table} sealed but only "
+                        f"{cursor.rowcount} of them were stored and unsealed"
+                    )
             self._db.execute(
                 "INSERT INTO tree_state (id, size, compact) VALUES (1, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
@@ -1030,7 +1033,8 @@ class Store:
         except BaseException:
             self._rollback()
             raise
-        while self._tail and self._tail[0].row_id <= last_row_id:
+        sealed = set(reading_ids)
+        while self._tail and self._tail[0].row_id in sealed:
             self._tail.popleft()
 
     def persist_checkpoint(self, size: int, root_hash: bytes, now: datetime) -> None:

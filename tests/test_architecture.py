@@ -93,6 +93,9 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.sqlite_accounts": ("sqlite3",),
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
+        "gateway.storage.postgres_events": ("psycopg",),
+        "gateway.storage.postgres_migrations": ("psycopg",),
+        "gateway.storage.postgres_store": ("psycopg",),
         "gateway.supervision": ("asyncio",),
         "gateway.verify": ("multiprocessing", "concurrent.futures"),
         "ledger.witness": ("urllib.request",),
@@ -100,7 +103,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
 }
 # Each database driver is imported by its backend only. gateway.pipeline and glucohub.cli
 # catch sqlite3's errors by name (the busy writer, a damaged file); a second backend would
-# have them catch the storage package's own errors instead. PostgreSQL has no backend yet.
+# have them catch the storage package's own errors instead. psycopg: the PostgreSQL backend.
 DATABASE_DRIVERS: dict[str, frozenset[str]] = {
     "sqlite3": frozenset(
         {
@@ -112,7 +115,13 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "glucohub.cli",
         }
     ),
-    "psycopg": frozenset(),
+    "psycopg": frozenset(
+        {
+            "gateway.storage.postgres_events",
+            "gateway.storage.postgres_migrations",
+            "gateway.storage.postgres_store",
+        }
+    ),
     "psycopg2": frozenset(),
     "asyncpg": frozenset(),
 }
@@ -493,7 +502,16 @@ def test_a_planted_io_import_is_reported(tmp_path: Path, case: str) -> None:
 
 DRIVER_CASES = {
     "sqlite3 outside the SQLite backend": ("dashboards/views.py", "import sqlite3\n", "sqlite3"),
-    "psycopg anywhere": ("gateway/storage/postgres.py", "import psycopg\n", "psycopg"),
+    "psycopg outside the PostgreSQL backend": (
+        "gateway/sealing.py",
+        "from psycopg import errors\n",
+        "psycopg",
+    ),
+    "psycopg in a storage module not on the list": (
+        "gateway/storage/postgres.py",
+        "import psycopg\n",
+        "psycopg",
+    ),
     "asyncpg inside a function": (
         "gateway/storage/pg.py",
         "async def connect() -> None:\n    import asyncpg\n",

@@ -1,0 +1,1179 @@
+"""The hub's durable state in PostgreSQL: the same contract as the SQLite `Store`.
+
+One connection per store object, in autocommit mode; every multi-statement write runs in
+one explicit transaction (rolled back on any error), so no transaction is ever left open.
+psycopg's errors become the storage family at this edge: `TransientStorageError` for what a
+retry may cure (a lost connection, a server shutting down, a serialization failure, a
+deadlock, a lock timeout), `PermanentStorageError` for the rest. A lost connection is
+reopened by the next call.
+
+What differs from SQLite, and why (see `postgres_migrations` for the schema):
+
+- De-duplication goes through `reading_keys` (UNIQUE device_id, dedupe_key), which issues
+  each reading's id; `readings` is partitioned by month and its partitions are created here,
+  before the write's transaction, when a reading falls in a month that has none.
+- Ids are not watermarks: a concurrent writer's lower id may commit after a higher one is
+  sealed. Sealing reads the oldest unsealed rows and marks exactly those ids; a row that
+  commits late is simply sealed by a later batch.
+- Times are timestamptz, truncated to the millisecond as SQLite's text is; rows handed to
+  sealing and verification spell `time` as SQLite stores it, so the canonical records (and
+  so the ledger's leaves) are byte-identical to SQLite's for the same inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
+
+from gateway.clock import parse_rfc3339, to_rfc3339, utc_now
+from gateway.errors import (
+    PermanentStorageError,
+    RegistryError,
+    StorageError,
+    TransientStorageError,
+)
+from gateway.model import (
+    Alert,
+    Batch,
+    Device,
+    DeviceEvent,
+    DeviceEventKind,
+    Patient,
+    Reading,
+    ReadingKind,
+)
+from gateway.protocols import DeadLetter, RejectReason
+from gateway.shapes import alert_to_json
+from gateway.storage.postgres_events import insert_ledger_event
+from gateway.storage.postgres_migrations import (
+    ensure_month_partition,
+    migrate,
+    month_partition,
+    redacted,
+    require_current,
+)
+from gateway.store import (
+    _ALERT_COLUMNS,
+    DEAD_LETTER_PREFIX_BYTES,
+    QUARANTINED,
+    TIME_COLUMN,
+    BatchRecords,
+    Message,
+    StoredDeadLetter,
+    Unsealable,
+    UnsealedEvent,
+    UnsealedReading,
+    WriteResult,
+    _batch,
+    _checked_time,
+    _device,
+    _patient,
+    _refused,
+    _text,
+    _text_or_none,
+    alert_from_row,
+    json_line,
+    reading_canonical_from_row,
+    reading_from_row,
+    reading_to_row,
+)
+from ledger.errors import LedgerError
+from ledger.jcs import canonicalize
+
+log = logging.getLogger("glucohub.store")
+
+Row = tuple[Any, ...]
+Connection = psycopg.Connection[Row]
+
+# `time` spelled as SQLite stores it: RFC 3339 UTC, milliseconds, "Z" (see to_rfc3339).
+_TIME_TEXT = "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+_READING_COLUMNS = (
+    f"id, patient_id, device_id, kind, value, unit, {_TIME_TEXT}, seq, source, "
+    "original_value, original_unit, status"
+)
+_PAGE = 5000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# SQLSTATEs a retry may cure. Class 08: connection exceptions; 40001/40P01: serialization
+# failure, deadlock; 40003: statement completion unknown; 55P03: lock not available;
+# 57014: statement timeout; 57P01-57P03: admin/crash shutdown, cannot connect now;
+# 53200/53300: out of memory, too many connections. 53100 (disk full) is not: an operator acts.
+_TRANSIENT = (
+    *("08", "40001", "40P01", "40003", "55P03", "57014", "57P01", "57P02", "57P03"),
+    *("53200", "53300"),
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _stored_time(value: datetime) -> datetime:
+    """The instant SQLite's text keeps: UTC, truncated to the millisecond."""
+    return parse_rfc3339(to_rfc3339(value))
+
+
+def _ms_bound(value: datetime) -> datetime:
+    """A query bound as SQLite compares it (`time_ms >= int(timestamp * 1000)`)."""
+    return _EPOCH + timedelta(milliseconds=int(value.timestamp() * 1000))
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _pg_text(value: str) -> str:
+    """Text PostgreSQL can hold: `_text`'s escapes, and NUL (which text refuses) escaped."""
+    return _text(value).replace("\x00", "\\x00")
+
+
+def _dead_letter_row(letter: DeadLetter) -> tuple[object, ...]:
+    raw = letter.origin.raw
+    device_id = letter.origin.device_id
+    return (
+        _stored_time(letter.received_at),
+        letter.origin.source.value,
+        _pg_text(letter.origin.topic),
+        None if device_id is None else _pg_text(device_id),
+        letter.reason.value,
+        _pg_text(letter.detail),
+        raw[:DEAD_LETTER_PREFIX_BYTES],
+        len(raw),
+        hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def storage_error(exc: psycopg.Error, *, broken: bool = False) -> StorageError:
+    """psycopg's error as ours: transient when a retry may succeed, else permanent."""
+    state = exc.sqlstate
+    transient = broken or (
+        state.startswith(_TRANSIENT)
+        if state is not None
+        else isinstance(exc, psycopg.OperationalError)
+    )
+    kind = TransientStorageError if transient else PermanentStorageError
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return kind(f"PostgreSQL: {detail}" + (f" (SQLSTATE {state})" if state else ""))
+
+
+def _translated(
+    method: Callable[Concatenate[PostgresStore, P], T],
+) -> Callable[Concatenate[PostgresStore, P], T]:
+    """Run `method` on a live connection; psycopg's errors leave as StorageErrors."""
+
+    def wrapper(self: PostgresStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self._connect_if_lost()
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.Error as exc:
+            raise storage_error(exc, broken=self._lost()) from exc
+        finally:
+            self._end_open_transaction()
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+class _Conflict(Exception):
+    """A message's reading conflicts with a stored one: its savepoint is rolled back."""
+
+    def __init__(self, position: int, reading: Reading, detail: str) -> None:
+        super().__init__(detail)
+        self.position = position
+        self.reading = reading
+        self.detail = detail
+
+
+_KEYS_INSERT = (
+    "INSERT INTO reading_keys (device_id, dedupe_key, time, value, unit) "
+    "SELECT d, k, t, v, u FROM unnest(%s::text[], %s::text[], %s::timestamptz[], "
+    "%s::float8[], %s::text[]) WITH ORDINALITY AS x(d, k, t, v, u, n) ORDER BY n "
+    "ON CONFLICT (device_id, dedupe_key) DO NOTHING RETURNING id, device_id, dedupe_key"
+)
+_READINGS_COPY = (
+    "COPY readings (id, patient_id, device_id, kind, value, unit, time, seq, source, "
+    "original_value, original_unit, status, dedupe_key) FROM STDIN"
+)
+_READING_INSERT = (
+    "INSERT INTO readings (id, patient_id, device_id, kind, value, unit, time, seq, source, "
+    "original_value, original_unit, status, dedupe_key) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_DEVICE_COLUMNS = "device_id, patient_id, kind, transport, name, address, simulated, active"
+_BATCH_COLUMNS = "seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash"
+
+
+def _check_canonical(row: tuple[object, ...]) -> None:
+    """Raise as sealing would: SQLite's store refuses at ingest a reading that has no
+    canonical form (a NaN, a status that is no text), and so does this one."""
+    r = row
+    reading_canonical_from_row(
+        (0, r[0], r[1], r[2], r[3], r[4], r[5], r[7], r[8], r[9], r[10], r[11])
+    )
+
+
+def _pg_row(row: tuple[object, ...], time: datetime) -> tuple[object, ...]:
+    """`reading_to_row` as PostgreSQL stores it: the time as timestamptz, no time_ms."""
+    return (*row[:5], time, *row[7:])
+
+
+class PostgresStore:
+    """All durable state of one hub in PostgreSQL. Not thread-safe: one thread per store.
+
+    `url` is a libpq connection string (postgresql://user@host:port/db). `data_dir` is
+    where the ledger's key files live (they never go into the database); `read_only` opens
+    never migrate and refuse a schema that is not exactly this code's."""
+
+    def __init__(self, url: str, *, read_only: bool = False, data_dir: Path | None = None) -> None:
+        self.url = url
+        self.data_dir = data_dir
+        self.read_only = read_only
+        self._last_write_had_duplicates = False
+        self._db = self._open()
+        try:
+            if read_only:
+                require_current(self._db, url=url)
+            else:
+                for version in migrate(self._db, utc_now(), url=url):
+                    log.info("%s: schema migration %d applied", redacted(url), version)
+        except psycopg.Error as exc:
+            self._db.close()
+            raise storage_error(exc) from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def path(self) -> str:
+        """Where the data is, for messages (the URL without its password)."""
+        return redacted(self.url)
+
+    def _open(self) -> Connection:
+        options = "-c TimeZone=UTC"
+        if self.read_only:
+            options += " -c default_transaction_read_only=on"
+        try:
+            return psycopg.connect(self.url, autocommit=True, options=options)
+        except psycopg.Error as exc:
+            raise storage_error(exc) from exc
+
+    def _lost(self) -> bool:
+        return self._db.closed or self._db.broken
+
+    def _connect_if_lost(self) -> None:
+        if self._lost():
+            self._db.close()
+            self._db = self._open()
+
+    def _end_open_transaction(self) -> None:
+        """Never leave a transaction open (an error inside one, a caller's interrupt)."""
+        if self._lost():
+            return
+        if self._db.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                self._db.rollback()
+            except psycopg.Error:
+                self._db.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _rows(self, query: str, params: Sequence[object] | Mapping[str, object] = ()) -> list[Row]:
+        return self._db.execute(query.encode(), params).fetchall()
+
+    def _row(self, query: str, params: Sequence[object] = ()) -> Row | None:
+        return self._db.execute(query.encode(), params).fetchone()
+
+    # -- registry -----------------------------------------------------------------------
+
+    @_translated
+    def add_patient(self, patient: Patient) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO patients (patient_id, display_name, timezone, simulated) "
+                "VALUES (%s, %s, %s, %s)",
+                (patient.patient_id, patient.display_name, patient.timezone, patient.simulated),
+            )
+        except pg_errors.UniqueViolation:
+            raise RegistryError(f"patient {patient.patient_id!r} already exists") from None
+
+    @_translated
+    def get_patient(self, patient_id: str) -> Patient | None:
+        row = self._row(
+            "SELECT patient_id, display_name, timezone, simulated FROM patients "
+            "WHERE patient_id = %s",
+            (patient_id,),
+        )
+        return None if row is None else _patient(row)
+
+    @_translated
+    def list_patients(self) -> list[Patient]:
+        rows = self._rows(
+            "SELECT patient_id, display_name, timezone, simulated FROM patients "
+            'ORDER BY patient_id COLLATE "C"'
+        )
+        return [_patient(row) for row in rows]
+
+    @_translated
+    def add_device(self, device: Device) -> None:
+        if self.get_patient(device.patient_id) is None:
+            raise RegistryError(f"unknown patient {device.patient_id!r}; add the patient first")
+        try:
+            self._db.execute(
+                f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    device.device_id,
+                    device.patient_id,
+                    device.kind.value,
+                    device.transport.value,
+                    device.name,
+                    device.address,
+                    device.simulated,
+                    device.active,
+                ),
+            )
+        except pg_errors.UniqueViolation:
+            raise RegistryError(f"device {device.device_id!r} already exists") from None
+
+    @_translated
+    def remove_device(self, device_id: str) -> None:
+        """Deactivate (never delete: stored readings still name it)."""
+        cursor = self._db.execute(
+            "UPDATE devices SET active = false WHERE device_id = %s AND active", (device_id,)
+        )
+        if cursor.rowcount == 0:
+            raise RegistryError(f"no active device {device_id!r}")
+
+    @_translated
+    def device_map(self) -> Mapping[str, Device]:
+        """Every registered device by id, read afresh (a few rows): another process (a CLI
+        `devices add`) may have changed them, and PostgreSQL has no cheap change counter."""
+        rows = self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices")
+        return {device.device_id: device for device in map(_device, rows)}
+
+    @_translated
+    def get_device(self, device_id: str) -> Device | None:
+        row = self._row(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = %s", (device_id,))
+        return None if row is None else _device(row)
+
+    @_translated
+    def list_devices(self, patient_id: str | None = None) -> list[Device]:
+        query = f"SELECT {_DEVICE_COLUMNS} FROM devices"
+        params: tuple[str, ...] = ()
+        if patient_id is not None:
+            query += " WHERE patient_id = %s"
+            params = (patient_id,)
+        return [
+            _device(row) for row in self._rows(query + ' ORDER BY device_id COLLATE "C"', params)
+        ]
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def write(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> WriteResult:
+        """`write_messages` with each reading a message of its own."""
+        return self.write_messages(
+            [Message(origin=None, readings=(reading,)) for reading in readings],
+            events,
+            dead_letters,
+        )
+
+    @_translated
+    def write_messages(
+        self,
+        messages: Sequence[Message],
+        events: Sequence[DeviceEvent] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        now: datetime | None = None,
+    ) -> WriteResult:
+        """Store everything in one transaction, as `Store.write_messages` documents: each
+        message's readings all or nothing; an identical replay skipped and counted; a
+        different reading under a stored key refused as a `conflict` dead letter with a
+        `seq_conflict` event; a message that raises while being stored an `unstorable`
+        dead letter. Only the database's own failures propagate (as StorageErrors)."""
+        received = now or utc_now()
+        self._ensure_partitions(messages)
+        with self._db.transaction():
+            stored, refused, flags = self._insert_messages(messages, received)
+            letters = [*dead_letters, *refused.values()]
+            all_events = [*events, *flags]
+            with self._db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO device_events (patient_id, device_id, kind, time, detail, seq) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            e.patient_id,
+                            e.device_id,
+                            e.kind.value,
+                            _stored_time(e.time),
+                            _pg_text(e.detail),
+                            e.seq,
+                        )
+                        for e in all_events
+                    ],
+                )
+                cursor.executemany(
+                    "INSERT INTO dead_letters (received_at, source, topic, device_id, reason, "
+                    "detail, payload, payload_bytes, payload_sha256) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [_dead_letter_row(d) for d in letters],
+                )
+        total = sum(len(m.readings) for m in messages)
+        refused_count = sum(len(messages[i].readings) for i in refused)
+        return WriteResult(
+            stored=stored,
+            duplicates=total - refused_count - len(stored),
+            dead_letters=len(letters),
+            events=len(all_events),
+            refused=refused,
+        )
+
+    def _ensure_partitions(self, messages: Sequence[Message]) -> None:
+        """Create the month partitions these readings need, each in its own transaction
+        before the write's (a reading whose time has no month is refused by the write)."""
+        months: dict[str, datetime] = {}
+        for message in messages:
+            for reading in message.readings:
+                try:
+                    months.setdefault(month_partition(reading.time)[0], reading.time)
+                except (ValueError, TypeError, AttributeError, OverflowError):
+                    continue
+        if not months:
+            return
+        missing = self._rows(
+            "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
+            (list(months),),
+        )
+        for (name,) in missing:
+            try:
+                ensure_month_partition(self._db, months[str(name)])
+            except (ValueError, OverflowError):
+                continue  # a month past year 9999: its reading is refused as unstorable
+
+    def _insert_messages(
+        self, messages: Sequence[Message], received: datetime
+    ) -> tuple[tuple[Reading, ...], dict[int, DeadLetter], list[DeviceEvent]]:
+        """Insert inside the open transaction; return the new readings, the refused
+        messages' dead letters and the conflict flags. All rows in two statements when none
+        is a duplicate (the usual case); otherwise undo and go message by message, each in a
+        savepoint. After a write with duplicates the next starts message by message."""
+        readings = [reading for message in messages for reading in message.readings]
+        if not readings:
+            return (), {}, []
+        if not self._last_write_had_duplicates and self._insert_all_new(readings):
+            return tuple(readings), {}, []
+        stored: list[Reading] = []
+        refused: dict[int, DeadLetter] = {}
+        flags: list[DeviceEvent] = []
+        for index, message in enumerate(messages):
+            if not message.readings:
+                continue
+            try:
+                with self._db.transaction():
+                    new = self._insert_message(message)
+            except _Conflict as conflict:
+                refused[index] = _refused(
+                    message, conflict.position, received, RejectReason.CONFLICT, conflict.detail
+                )
+                flags.append(
+                    DeviceEvent(
+                        patient_id=conflict.reading.patient_id,
+                        device_id=conflict.reading.device_id,
+                        kind=DeviceEventKind.SEQ_CONFLICT,
+                        time=received,
+                        detail=conflict.detail,
+                        seq=conflict.reading.seq,
+                    )
+                )
+                continue
+            except (psycopg.OperationalError, psycopg.InternalError, psycopg.ProgrammingError):
+                raise  # the database's own failure: the whole write fails
+            except Exception as exc:  # one bad record must not stop the hub
+                if self._lost():
+                    raise
+                log.error("unstorable input refused (a bug: validation let it through): %r", exc)
+                refused[index] = _refused(
+                    message, None, received, RejectReason.UNSTORABLE, f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            stored.extend(new)
+        self._last_write_had_duplicates = len(stored) < len(readings)
+        return tuple(stored), refused, flags
+
+    def _insert_all_new(self, readings: Sequence[Reading]) -> bool:
+        """Insert every reading in a savepoint if none is a duplicate and all can be
+        stored; otherwise undo and return False (the slow path sorts them out)."""
+        try:
+            rows = [reading_to_row(reading) for reading in readings]
+            times = [_stored_time(reading.time) for reading in readings]
+            for row in rows:
+                _check_canonical(row)
+        except Exception:  # the slow path refuses the message that raised
+            return False
+        try:
+            with self._db.transaction():
+                got = self._rows(
+                    _KEYS_INSERT,
+                    (
+                        [r[1] for r in rows],
+                        [r[12] for r in rows],
+                        times,
+                        [r[3] for r in rows],
+                        [r[4] for r in rows],
+                    ),
+                )
+                if len(got) != len(rows):
+                    raise _Conflict(0, readings[0], "duplicates: take the slow path")
+                ids = {(str(device), str(key)): int(row_id) for row_id, device, key in got}
+                with self._db.cursor() as cursor, cursor.copy(_READINGS_COPY.encode()) as copy:
+                    for row, time in zip(rows, times, strict=True):
+                        copy.write_row((ids[(str(row[1]), str(row[12]))], *_pg_row(row, time)))
+        except _Conflict:
+            return False
+        except (psycopg.OperationalError, psycopg.InternalError, psycopg.ProgrammingError):
+            raise
+        except (psycopg.Error, ValueError, TypeError, KeyError) as exc:
+            if self._lost():
+                raise
+            log.debug("fast path refused (%r): storing message by message", exc)
+            return False
+        return True
+
+    def _insert_message(self, message: Message) -> list[Reading]:
+        """Insert one message's rows; the first conflict found raises `_Conflict`."""
+        stored: list[Reading] = []
+        for position, reading in enumerate(message.readings):
+            row = reading_to_row(reading)
+            time = _stored_time(reading.time)
+            _check_canonical(row)
+            got = self._row(
+                "INSERT INTO reading_keys (device_id, dedupe_key, time, value, unit) "
+                "VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (device_id, dedupe_key) DO NOTHING RETURNING id",
+                (row[1], row[12], time, row[3], row[4]),
+            )
+            if got is not None:
+                self._db.execute(_READING_INSERT, (int(got[0]), *_pg_row(row, time)))
+                stored.append(reading)
+                continue
+            existing = self._row(
+                "SELECT value, unit, time FROM reading_keys "
+                "WHERE device_id = %s AND dedupe_key = %s",
+                (reading.device_id, row[12]),
+            )
+            assert existing is not None  # the key is there: ON CONFLICT waited for it
+            value, unit, stored_time = existing
+            stored_text = to_rfc3339(_utc(stored_time))
+            if (value, unit, stored_text) != (row[3], row[4], row[5]):
+                detail = (
+                    f"{reading.kind} seq {reading.seq} of device {reading.device_id!r} is "
+                    f"already stored as {value:g} {unit} at {stored_text}; refused {row[3]:g} "
+                    f"{row[4]} at {row[5]} (a device whose counter reset?)"
+                )
+                raise _Conflict(position, reading, detail)
+        return stored
+
+    # -- queries ------------------------------------------------------------------------
+
+    def readings(
+        self,
+        *,
+        patient_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        kinds: Sequence[ReadingKind] = (),
+    ) -> Iterator[Reading]:
+        """In (time, id) order, read a page at a time (keyset paging: the connection stays
+        free for other calls between pages)."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if patient_id is not None:
+            clauses.append("patient_id = %s")
+            params.append(patient_id)
+        if since is not None:
+            clauses.append("time >= %s")
+            params.append(_ms_bound(since))
+        if until is not None:
+            clauses.append("time < %s")
+            params.append(_ms_bound(until))
+        if kinds:
+            clauses.append("kind = ANY(%s::text[])")
+            params.append([k.value for k in kinds])
+        return self._paged_readings(clauses, params)
+
+    def _paged_readings(self, clauses: list[str], params: list[object]) -> Iterator[Reading]:
+        after: tuple[datetime, int] | None = None
+        while True:
+            rows = self._reading_page(clauses, params, after)
+            for row in rows:
+                yield reading_from_row(row[:-1])
+            if len(rows) < _PAGE:
+                return
+            after = (rows[-1][-1], int(rows[-1][0]))
+
+    @_translated
+    def _reading_page(
+        self, clauses: list[str], params: list[object], after: tuple[datetime, int] | None
+    ) -> list[Row]:
+        where = list(clauses)
+        values = list(params)
+        if after is not None:
+            where.append("(time, id) > (%s, %s)")
+            values.extend(after)
+        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
+        return self._rows(
+            f"SELECT {_READING_COLUMNS}, time FROM readings{sql_where} "
+            f"ORDER BY time, id LIMIT {_PAGE}",
+            values,
+        )
+
+    @_translated
+    def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
+        row = self._row(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE patient_id = %s "
+            "AND kind = ANY(%s::text[]) ORDER BY time DESC, id DESC LIMIT 1",
+            (patient_id, [k.value for k in kinds]),
+        )
+        return None if row is None else reading_from_row(row)
+
+    @_translated
+    def last_seq(self, device_id: str) -> int | None:
+        row = self._row("SELECT MAX(seq) FROM readings WHERE device_id = %s", (device_id,))
+        return None if row is None or row[0] is None else int(row[0])
+
+    @_translated
+    def last_time(self, device_id: str) -> datetime | None:
+        row = self._row(
+            "SELECT time FROM readings WHERE device_id = %s ORDER BY time DESC LIMIT 1",
+            (device_id,),
+        )
+        return None if row is None else _utc(row[0])
+
+    @_translated
+    def count_readings(self) -> int:
+        row = self._row("SELECT COUNT(*) FROM readings")
+        return 0 if row is None else int(row[0])
+
+    @_translated
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        rows = self._rows(
+            "SELECT id, received_at, source, topic, device_id, reason, detail, payload, "
+            "payload_bytes, payload_sha256 FROM dead_letters ORDER BY id"
+        )
+        return [
+            StoredDeadLetter(
+                row_id=int(r[0]),
+                received_at=to_rfc3339(_utc(r[1])),
+                source=str(r[2]),
+                topic=str(r[3]),
+                device_id=_text_or_none(r[4]),
+                reason=str(r[5]),
+                detail=str(r[6]),
+                payload=bytes(r[7]),
+                payload_bytes=int(r[8]),
+                payload_sha256=str(r[9]),
+            )
+            for r in rows
+        ]
+
+    @_translated
+    def dead_letter_counts(self) -> dict[RejectReason, int]:
+        rows = self._rows("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason")
+        return {RejectReason(str(r[0])): int(r[1]) for r in rows}
+
+    @_translated
+    def device_events(self, patient_id: str | None = None) -> list[DeviceEvent]:
+        query = "SELECT patient_id, device_id, kind, time, detail, seq FROM device_events"
+        params: tuple[str, ...] = ()
+        if patient_id is not None:
+            query += " WHERE patient_id = %s"
+            params = (patient_id,)
+        return [
+            DeviceEvent(
+                patient_id=str(r[0]),
+                device_id=str(r[1]),
+                kind=DeviceEventKind(str(r[2])),
+                time=_utc(r[3]),
+                detail=str(r[4]),
+                seq=None if r[5] is None else int(r[5]),
+            )
+            for r in self._rows(query + " ORDER BY id", params)
+        ]
+
+    # -- ledger -------------------------------------------------------------------------
+
+    @_translated
+    def unsealed_reading_rows(self, limit: int) -> list[Row]:
+        return self._rows(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT %s",
+            (limit,),
+        )
+
+    def unsealed_for_seal(self, limit: int) -> tuple[list[UnsealedReading], list[Unsealable]]:
+        """The oldest unsealed readings, at most `limit`, in id order, and those among them
+        that cannot be serialised canonically (to be quarantined, never sealed). A reading
+        whose transaction commits later, with a lower id, is in a later call's answer."""
+        good: list[UnsealedReading] = []
+        bad: list[Unsealable] = []
+        for row in self.unsealed_reading_rows(limit):
+            try:
+                good.append(
+                    UnsealedReading(
+                        int(row[0]),
+                        _checked_time(row[TIME_COLUMN]),
+                        reading_canonical_from_row(row),
+                    )
+                )
+            except (LedgerError, ValueError, TypeError, AttributeError) as exc:
+                bad.append(Unsealable("reading", int(row[0]), _text_or_none(row[1]), str(exc)))
+        return good, bad
+
+    @_translated
+    def unsealed_events_for_seal(self, limit: int) -> tuple[list[UnsealedEvent], list[Unsealable]]:
+        """The oldest unsealed ledger events as canonical text, and those that have none."""
+        good: list[UnsealedEvent] = []
+        bad: list[Unsealable] = []
+        rows = self._rows(
+            "SELECT id, patient_id, body FROM ledger_events WHERE batch_seq IS NULL "
+            "ORDER BY id LIMIT %s",
+            (limit,),
+        )
+        for row_id, patient_id, body in rows:
+            try:
+                obj = json.loads(body)
+                if not isinstance(obj, dict):
+                    raise ValueError("event body is not a JSON object")
+                canonical = canonicalize(obj).decode("utf-8")
+                good.append(UnsealedEvent(int(row_id), str(patient_id), canonical))
+            except (LedgerError, ValueError, TypeError, RecursionError) as exc:
+                bad.append(Unsealable("event", int(row_id), _text_or_none(patient_id), str(exc)))
+        return good, bad
+
+    @_translated
+    def quarantine(self, items: Sequence[Unsealable], now: datetime) -> None:
+        """Take records that cannot be sealed out of the unsealed set, for good: each stays
+        where it is, marked QUARANTINED, and is listed with its reason."""
+        with self._db.transaction():
+            for item in items:
+                table = "readings" if item.record == "reading" else "ledger_events"
+                update = f"UPDATE {table} SET batch_seq = %s WHERE id = %s AND batch_seq IS NULL"
+                self._db.execute(
+                    update.encode(),
+                    (QUARANTINED, item.row_id),
+                )
+                self._db.execute(
+                    "INSERT INTO quarantine (record, row_id, patient_id, reason, quarantined_at) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (record, row_id) DO NOTHING",
+                    (
+                        item.record,
+                        item.row_id,
+                        item.patient_id,
+                        _pg_text(item.reason),
+                        _stored_time(now),
+                    ),
+                )
+
+    @_translated
+    def quarantined(self) -> list[Unsealable]:
+        rows = self._rows("SELECT record, row_id, patient_id, reason FROM quarantine ORDER BY id")
+        return [Unsealable(str(r[0]), int(r[1]), _text_or_none(r[2]), str(r[3])) for r in rows]
+
+    @_translated
+    def count_quarantined(self) -> int:
+        row = self._row("SELECT COUNT(*) FROM quarantine")
+        return 0 if row is None else int(row[0])
+
+    @_translated
+    def batch_records(self, batch_seq: int) -> BatchRecords:
+        """A sealed batch's records as sealed (for disclosure, export and verification),
+        read in one snapshot."""
+        with self._db.transaction():
+            self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = self._row("SELECT record_seed FROM batches WHERE seq = %s", (batch_seq,))
+            seed = None if row is None or row[0] is None else bytes(row[0])
+            patients: list[str] = []
+            canonical: list[bytes] = []
+            times: list[str] = []
+            for reading in self._batch_reading_rows(batch_seq):
+                patients.append(str(reading[1]))
+                canonical.append(reading_canonical_from_row(reading).encode("utf-8"))
+                times.append(str(reading[TIME_COLUMN]))
+            events = self._rows(
+                "SELECT patient_id, body FROM ledger_events WHERE batch_seq = %s ORDER BY id",
+                (batch_seq,),
+            )
+        for patient_id, body in events:
+            patients.append(str(patient_id))
+            canonical.append(canonicalize(json.loads(body)))
+        return BatchRecords(seed, patients, canonical, times)
+
+    def _batch_reading_rows(self, batch_seq: int) -> list[Row]:
+        return self._rows(
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq = %s ORDER BY id",
+            (batch_seq,),
+        )
+
+    @_translated
+    def batch_reading_rows(self, batch_seq: int) -> list[Row]:
+        return self._batch_reading_rows(batch_seq)
+
+    @_translated
+    def count_unsealed(self) -> int:
+        row = self._row("SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL")
+        return 0 if row is None else int(row[0])
+
+    @_translated
+    def batch_readings(self, batch_seq: int) -> list[Reading]:
+        return [reading_from_row(r) for r in self._batch_reading_rows(batch_seq)]
+
+    @_translated
+    def tree_state(self) -> tuple[int, bytes] | None:
+        row = self._row("SELECT size, compact FROM tree_state WHERE id = 1")
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    @_translated
+    def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
+        """The newest batches holding records of this patient, each as this patient's part
+        of it: `reading_count` and the time range count this patient's readings only."""
+        rows = self._rows(
+            "SELECT b.seq, COUNT(r.id), COALESCE(MIN(r.time), b.sealed_at), "
+            "COALESCE(MAX(r.time), b.sealed_at), b.sealed_at, b.jws, b.leaf_hash "
+            "FROM (SELECT seq, sealed_at, jws, leaf_hash FROM batches WHERE seq IN "
+            "(SELECT batch_seq FROM readings WHERE patient_id = %s AND batch_seq >= 0 "
+            "UNION SELECT batch_seq FROM ledger_events WHERE patient_id = %s AND batch_seq >= 0) "
+            "ORDER BY seq DESC LIMIT %s) AS b "
+            "LEFT JOIN readings AS r ON r.batch_seq = b.seq AND r.patient_id = %s "
+            "GROUP BY b.seq, b.sealed_at, b.jws, b.leaf_hash ORDER BY b.seq DESC",
+            (patient_id, patient_id, limit, patient_id),
+        )
+        return [_pg_batch(r) for r in rows]
+
+    @_translated
+    def batch(self, seq: int) -> Batch | None:
+        row = self._row(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq = %s", (seq,))
+        return None if row is None else _pg_batch(row)
+
+    @_translated
+    def batch_seqs(self) -> list[int]:
+        return [int(r[0]) for r in self._rows("SELECT seq FROM batches ORDER BY seq")]
+
+    @_translated
+    def last_batch(self) -> Batch | None:
+        row = self._row(f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY seq DESC LIMIT 1")
+        return None if row is None else _pg_batch(row)
+
+    def batches(self, *, since_seq: int = 0, limit: int | None = None) -> Iterator[Batch]:
+        """In seq order, a page at a time."""
+        return self._paged_batches(since_seq, limit)
+
+    def _paged_batches(self, since_seq: int, limit: int | None) -> Iterator[Batch]:
+        left = limit
+        start = since_seq
+        while left is None or left > 0:
+            page = _PAGE if left is None else min(_PAGE, left)
+            rows = self._batch_page(start, page)
+            for row in rows:
+                yield _pg_batch(row)
+            if len(rows) < page:
+                return
+            start = int(rows[-1][0]) + 1
+            if left is not None:
+                left -= len(rows)
+
+    @_translated
+    def _batch_page(self, start: int, page: int) -> list[Row]:
+        return self._rows(
+            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq >= %s ORDER BY seq LIMIT %s",
+            (start, page),
+        )
+
+    @_translated
+    def latest_batches(self, limit: int) -> list[Batch]:
+        rows = self._rows(
+            f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY seq DESC LIMIT %s", (limit,)
+        )
+        return [_pg_batch(r) for r in rows]
+
+    @_translated
+    def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]:
+        if end is None:
+            rows = self._rows(
+                "SELECT leaf_hash FROM batches WHERE seq >= %s ORDER BY seq", (start,)
+            )
+        else:
+            rows = self._rows(
+                "SELECT leaf_hash FROM batches WHERE seq >= %s AND seq < %s ORDER BY seq",
+                (start, end),
+            )
+        return [bytes(r[0]) for r in rows]
+
+    @_translated
+    def record_sealed_batch(
+        self,
+        *,
+        batch: Batch,
+        reading_ids: Sequence[int],
+        event_ids: Sequence[int],
+        tree_size: int,
+        compact_tree: bytes,
+        record_seed: bytes,
+        outbox: tuple[str, bytes] | None,
+    ) -> None:
+        """Seal atomically: the batch, the batch_seq of exactly the readings and events
+        sealed (by id), the tree state and the batch's outbox row (topic, payload). Refused
+        if any of those ids is missing or already sealed."""
+        if len(reading_ids) != batch.reading_count:
+            raise StorageError(
+                f"batch {batch.seq} counts {batch.reading_count} readings, "
+                f"{len(reading_ids)} ids given"
+            )
+        with self._db.transaction():
+            self._db.execute(
+                "INSERT INTO batches (seq, reading_count, first_time, last_time, sealed_at, "
+                "jws, leaf_hash, record_seed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    batch.seq,
+                    batch.reading_count,
+                    _stored_time(batch.first_time),
+                    _stored_time(batch.last_time),
+                    _stored_time(batch.sealed_at),
+                    batch.jws,
+                    batch.leaf_hash,
+                    record_seed,
+                ),
+            )
+            if reading_ids:
+                # The time range prunes the partitions searched; the ids decide.
+                cursor = self._db.execute(
+                    "UPDATE readings SET batch_seq = %s WHERE batch_seq IS NULL "
+                    "AND id = ANY(%s::bigint[]) AND time >= %s AND time <= %s",
+                    (
+                        batch.seq,
+                        list(reading_ids),
+                        _stored_time(batch.first_time),
+                        _stored_time(batch.last_time),
+                    ),
+                )
+                self._check_sealed(batch.seq, "readings", len(reading_ids), cursor.rowcount)
+            if event_ids:
+                cursor = self._db.execute(
+                    "UPDATE ledger_events SET batch_seq = %s WHERE batch_seq IS NULL "
+                    "AND id = ANY(%s::bigint[])",
+                    (batch.seq, list(event_ids)),
+                )
+                self._check_sealed(batch.seq, "ledger_events", len(event_ids), cursor.rowcount)
+            self._db.execute(
+                "INSERT INTO tree_state (id, size, compact) VALUES (1, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
+                (tree_size, compact_tree),
+            )
+            if outbox is not None:
+                self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created_at) VALUES (%s, %s, %s)",
+                    (outbox[0], outbox[1], _stored_time(batch.sealed_at)),
+                )
+
+    @staticmethod
+    def _check_sealed(seq: int, table: str, expected: int, got: int) -> None:
+        if got != expected:
+            raise StorageError(
+                f"batch {seq}: {expected} {table} sealed but only {got} of them were "
+                "stored and unsealed"
+            )
+
+    @_translated
+    def persist_checkpoint(self, size: int, root_hash: bytes, now: datetime) -> None:
+        """Record the (size, root) about to be signed; refuse a second root for a size."""
+        self._db.execute(
+            "INSERT INTO checkpoints (size, root_hash, note, created_at) "
+            "VALUES (%s, %s, NULL, %s) ON CONFLICT (size) DO NOTHING",
+            (size, root_hash, _stored_time(now)),
+        )
+        row = self._row("SELECT root_hash FROM checkpoints WHERE size = %s", (size,))
+        if row is None or bytes(row[0]) != root_hash:
+            raise StorageError(f"checkpoint {size}: a different root is already recorded")
+
+    @_translated
+    def unsigned_checkpoints(self) -> list[tuple[int, bytes]]:
+        rows = self._rows(
+            "SELECT size, root_hash FROM checkpoints WHERE note IS NULL ORDER BY size"
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    @_translated
+    def checkpoint_root(self, size: int) -> bytes | None:
+        row = self._row("SELECT root_hash FROM checkpoints WHERE size = %s", (size,))
+        return None if row is None else bytes(row[0])
+
+    @_translated
+    def record_checkpoint_note(
+        self, size: int, note: str, outbox_topic: str | None, now: datetime
+    ) -> None:
+        """Attach the signed note to its persisted (size, root); never replace one."""
+        with self._db.transaction():
+            cursor = self._db.execute(
+                "UPDATE checkpoints SET note = %s WHERE size = %s AND note IS NULL", (note, size)
+            )
+            if cursor.rowcount != 1:
+                raise StorageError(f"checkpoint {size} is missing or already signed")
+            if outbox_topic is not None:
+                self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created_at) VALUES (%s, %s, %s)",
+                    (outbox_topic, note.encode(), _stored_time(now)),
+                )
+
+    @_translated
+    def latest_checkpoint(self) -> tuple[int, bytes, str] | None:
+        row = self._row(
+            "SELECT size, root_hash, note FROM checkpoints WHERE note IS NOT NULL "
+            "ORDER BY size DESC LIMIT 1"
+        )
+        return None if row is None else (int(row[0]), bytes(row[1]), str(row[2]))
+
+    @_translated
+    def recent_checkpoints(self, limit: int) -> list[tuple[int, bytes]]:
+        rows = self._rows(
+            "SELECT size, root_hash FROM checkpoints WHERE note IS NOT NULL "
+            "ORDER BY size DESC LIMIT %s",
+            (limit,),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    @_translated
+    def add_cosignature(self, size: int, witness: str, line: str, received_at: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO cosignatures (size, witness, line, received_at) "
+            "VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, "
+            "received_at = excluded.received_at",
+            (size, witness, line, _stored_time(received_at)),
+        )
+
+    @_translated
+    def cosignatures(self, size: int) -> list[str]:
+        rows = self._rows(
+            'SELECT line FROM cosignatures WHERE size = %s ORDER BY witness COLLATE "C"', (size,)
+        )
+        return [str(r[0]) for r in rows]
+
+    # -- alerts and ledger events ---------------------------------------------------------
+
+    @_translated
+    def record_alerts(self, alerts: Sequence[Alert], engine_states: Mapping[str, str]) -> None:
+        """Upsert alert values, log each transition as a ledger event, save engine states."""
+        with self._db.transaction():
+            for alert in alerts:
+                row = alert_to_json(alert)
+                values = [
+                    _stored_time(parse_rfc3339(row[c]))
+                    if c.endswith("_at") and row[c] is not None
+                    else row[c]
+                    for c in _ALERT_COLUMNS
+                ]
+                self._db.execute(
+                    "INSERT INTO alerts (alert_id, patient_id, kind, level, state, raised_at, "
+                    "updated_at, message, glucose_mg_dl, acknowledged_by, acknowledged_at, "
+                    "resolved_at, patient_acknowledged_by, patient_acknowledged_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (alert_id) DO UPDATE SET level = excluded.level, "
+                    "state = excluded.state, updated_at = excluded.updated_at, "
+                    "message = excluded.message, glucose_mg_dl = excluded.glucose_mg_dl, "
+                    "acknowledged_by = excluded.acknowledged_by, "
+                    "acknowledged_at = excluded.acknowledged_at, "
+                    "resolved_at = excluded.resolved_at, "
+                    "patient_acknowledged_by = excluded.patient_acknowledged_by, "
+                    "patient_acknowledged_at = excluded.patient_acknowledged_at",
+                    values,
+                )
+                self._db.execute(
+                    "INSERT INTO ledger_events (patient_id, body) VALUES (%s, %s)",
+                    (alert.patient_id, json_line({"type": "alert", **row})),
+                )
+            with self._db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO alert_engine_state (patient_id, state) VALUES (%s, %s) "
+                    "ON CONFLICT (patient_id) DO UPDATE SET state = excluded.state",
+                    list(engine_states.items()),
+                )
+
+    @_translated
+    def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None:
+        insert_ledger_event(self._db, patient_id, body)
+
+    @_translated
+    def alert_engine_states(self) -> dict[str, str]:
+        rows = self._rows("SELECT patient_id, state FROM alert_engine_state")
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    @_translated
+    def alerts(self, patient_id: str | None = None, *, open_only: bool = False) -> list[Alert]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if patient_id is not None:
+            clauses.append("patient_id = %s")
+            params.append(patient_id)
+        if open_only:
+            clauses.append("state != 'resolved'")
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._rows(
+            f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts{where} ORDER BY updated_at DESC",
+            params,
+        )
+        return [alert_from_row(_alert_texts(r)) for r in rows]
+
+    @_translated
+    def batch_events(self, batch_seq: int) -> list[dict[str, object]]:
+        rows = self._rows(
+            "SELECT body FROM ledger_events WHERE batch_seq = %s ORDER BY id", (batch_seq,)
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    @_translated
+    def count_unsealed_events(self) -> int:
+        row = self._row("SELECT COUNT(*) FROM ledger_events WHERE batch_seq IS NULL")
+        return 0 if row is None else int(row[0])
+
+    # -- outbox -------------------------------------------------------------------------
+
+    @_translated
+    def outbox_pending(self, limit: int) -> list[tuple[int, str, bytes]]:
+        rows = self._rows(
+            "SELECT id, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s",
+            (limit,),
+        )
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    @_translated
+    def outbox_mark_sent(self, item_id: int, now: datetime) -> None:
+        self._db.execute(
+            "UPDATE outbox SET sent_at = %s WHERE id = %s AND sent_at IS NULL",
+            (_stored_time(now), item_id),
+        )
+
+
+def _alert_texts(row: Row) -> Row:
+    """An alerts row with its times as SQLite's text, for `alert_from_row`."""
+    return tuple(to_rfc3339(_utc(v)) if isinstance(v, datetime) else v for v in row)
+
+
+def _pg_batch(row: Row) -> Batch:
+    return _batch(tuple(to_rfc3339(_utc(v)) if isinstance(v, datetime) else v for v in row))
