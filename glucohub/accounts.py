@@ -1,7 +1,8 @@
 """Wiring of the dashboard accounts: the storage behind them, and the CLI's entry points.
 
 The rules (`dashboards/accounts.py`) take any `AccountStorage`; this is where one is opened:
-the hub's SQLite file. Each CLI function opens the storage, runs one rule and closes it.
+the hub's SQLite file, or a PostgreSQL database given by its URL. Each CLI function opens
+the storage, runs one rule and closes it.
 """
 
 from __future__ import annotations
@@ -18,28 +19,35 @@ from gateway.clock import Clock, SystemClock
 from gateway.storage.accounts import AccountStorage
 from gateway.storage.sqlite_accounts import SqliteAccountStorage
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def open_account_storage(db_path: Path, *, clock: Clock | None = None) -> AccountStorage:
-    """The account storage in the hub database at `db_path` (created and migrated if needed)."""
-    return SqliteAccountStorage.open(db_path, now=(clock or SystemClock()).now())
+def open_account_storage(where: Path | str, *, clock: Clock | None = None) -> AccountStorage:
+    """The account storage in the hub database `where`: a SQLite file's path, or a
+    postgresql:// URL (created or migrated if needed)."""
+    if isinstance(where, str) and where.startswith(POSTGRES_SCHEMES):
+        from gateway.storage.postgres_accounts import PostgresAccountStorage
+
+        return PostgresAccountStorage(where)
+    return SqliteAccountStorage.open(Path(where), now=(clock or SystemClock()).now())
 
 
 def open_accounts(
-    db_path: Path,
+    db_path: Path | str,
     *,
     on_consent_change: ConsentCallback | None = None,
     clock: Clock | None = None,
 ) -> Accounts:
-    """The web app's accounts on the hub database at `db_path`."""
+    """The web app's accounts on the hub database `db_path` (see `open_account_storage`)."""
     storage = open_account_storage(db_path, clock=clock)
     return Accounts(storage, on_consent_change=on_consent_change, clock=clock)
 
 
 @contextmanager
-def account_storage(db_path: Path) -> Iterator[AccountStorage]:
+def account_storage(db_path: Path | str) -> Iterator[AccountStorage]:
     storage = open_account_storage(db_path)
     try:
         yield storage
@@ -49,9 +57,9 @@ def account_storage(db_path: Path) -> Iterator[AccountStorage]:
 
 def _on_file(
     rule: Callable[Concatenate[AccountStorage, _P], _T],
-) -> Callable[Concatenate[Path, _P], _T]:
+) -> Callable[Concatenate[Path | str, _P], _T]:
     @functools.wraps(rule)
-    def run(db_path: Path, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    def run(db_path: Path | str, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         with account_storage(db_path) as storage:
             return rule(storage, *args, **kwargs)
 

@@ -93,6 +93,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.sqlite_accounts": ("sqlite3",),
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
+        "gateway.storage.postgres_accounts": ("psycopg",),
         "gateway.storage.postgres_events": ("psycopg",),
         "gateway.storage.postgres_migrations": ("psycopg",),
         "gateway.storage.postgres_store": ("psycopg",),
@@ -117,6 +118,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
     ),
     "psycopg": frozenset(
         {
+            "gateway.storage.postgres_accounts",
             "gateway.storage.postgres_events",
             "gateway.storage.postgres_migrations",
             "gateway.storage.postgres_store",
