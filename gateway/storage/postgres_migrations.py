@@ -365,16 +365,26 @@ def month_partition(time: datetime) -> tuple[str, datetime, datetime]:
     return f"readings_{utc.year:04d}_{utc.month:02d}", start, end
 
 
+# A table's existence read from pg_class with a fresh snapshot: to_regclass may answer from a
+# backend's stale cache of "no such table" until the backend next takes a relation lock.
+PARTITION_EXISTS = (
+    "SELECT 1 FROM pg_class WHERE relname = %s AND relnamespace = current_schema()::regnamespace"
+)
+
+
 def ensure_month_partition(db: psycopg.Connection[tuple[object, ...]], time: datetime) -> str:
     """Create the readings partition of `time`'s month unless it exists, in its own
     transaction (never inside a write: creating a partition locks the parent table).
     Return its name."""
     name, start, end = month_partition(time)
-    with db.transaction():
-        db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        if db.execute("SELECT to_regclass(%s)", (name,)).fetchone() in (None, (None,)):
-            db.execute(
-                f"CREATE TABLE {name} PARTITION OF readings "
-                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')".encode()
-            )
+    try:
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            if db.execute(PARTITION_EXISTS, (name,)).fetchone() is None:
+                db.execute(
+                    f"CREATE TABLE {name} PARTITION OF readings "
+                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')".encode()
+                )
+    except psycopg.errors.DuplicateTable:
+        pass  # made by a process that does not take the lock (an operator, by hand)
     return name

@@ -56,6 +56,7 @@ from gateway.protocols import DeadLetter, RejectReason
 from gateway.shapes import alert_to_json
 from gateway.storage.postgres_events import insert_ledger_event
 from gateway.storage.postgres_migrations import (
+    PARTITION_EXISTS,
     ensure_month_partition,
     migrate,
     month_partition,
@@ -459,13 +460,11 @@ class PostgresStore:
                     continue
         if not months:
             return
-        missing = self._rows(
-            "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
-            (list(months),),
-        )
-        for (name,) in missing:
+        for name in months:
+            if self._row(PARTITION_EXISTS, (name,)) is not None:
+                continue
             try:
-                ensure_month_partition(self._db, months[str(name)])
+                ensure_month_partition(self._db, months[name])
             except (ValueError, OverflowError):
                 continue  # a month past year 9999: its reading is refused as unstorable
 
