@@ -2,7 +2,7 @@
 
 Each test runs on SQLite (the hub's file) and on PostgreSQL (a fresh database on the tests'
 own server). Setting up a registered patient, planting a failure and counting rows go
-through the backend's own driver (`Backend.sql`); everything checked goes through the
+through the backend's own driver (`AccountBackend.sql`); everything checked goes through the
 contract. Expected values are worked out by hand in the comments.
 """
 
@@ -51,7 +51,7 @@ POSTGRES_REFUSE_EVENTS = (
 
 
 @dataclass
-class Backend:
+class AccountBackend:
     name: str
     open: Callable[[], AccountStorage]
     sql: Callable[[str], list[tuple[object, ...]]]  # one statement, committed, own connection
@@ -69,7 +69,7 @@ class Backend:
         ]
 
 
-def _sqlite_backend(path: Path) -> Backend:
+def _sqlite_backend(path: Path) -> AccountBackend:
     def sql(statement: str) -> list[tuple[object, ...]]:
         db = sqlite3.connect(path)
         try:
@@ -79,22 +79,24 @@ def _sqlite_backend(path: Path) -> Backend:
         finally:
             db.close()
 
-    return Backend(
+    return AccountBackend(
         "sqlite", lambda: SqliteAccountStorage.open(path, now=T0), sql, SQLITE_REFUSE_EVENTS
     )
 
 
-def _postgres_backend(url: str) -> Backend:
+def _postgres_backend(url: str) -> AccountBackend:
     def sql(statement: str) -> list[tuple[object, ...]]:
         with psycopg.connect(url, autocommit=True) as db:
             cursor = db.execute(statement.encode())
             return cursor.fetchall() if cursor.description else []
 
-    return Backend("postgresql", lambda: PostgresAccountStorage(url), sql, POSTGRES_REFUSE_EVENTS)
+    return AccountBackend(
+        "postgresql", lambda: PostgresAccountStorage(url), sql, POSTGRES_REFUSE_EVENTS
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def accounts_db(request: pytest.FixtureRequest, tmp_path: Path) -> AccountBackend:
     if request.param == "sqlite":
         made = _sqlite_backend(tmp_path / "glucohub.sqlite3")
     else:
@@ -105,8 +107,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 @pytest.fixture
-def storage(backend: Backend) -> Iterator[AccountStorage]:
-    opened = backend.open()
+def storage(accounts_db: AccountBackend) -> Iterator[AccountStorage]:
+    opened = accounts_db.open()
     yield opened
     opened.close()
 
@@ -148,11 +150,13 @@ def test_a_taken_user_name_is_refused_and_the_first_user_kept(storage: AccountSt
     assert [u.role for u in storage.list_users()] == ["clinician"]
 
 
-def test_unit_preference_and_disabling_are_kept(backend: Backend, storage: AccountStorage) -> None:
+def test_unit_preference_and_disabling_are_kept(
+    accounts_db: AccountBackend, storage: AccountStorage
+) -> None:
     add_user(storage, "dr-a")
     storage.set_unit("dr-a", Unit.MG_DL)
     storage.set_disabled("dr-a", True)
-    reopened = backend.open()
+    reopened = accounts_db.open()
     try:
         user = reopened.get_user("dr-a")
         assert user is not None and (user.unit, user.disabled) == (Unit.MG_DL, True)
@@ -287,9 +291,9 @@ def grant_record(clinician: str = "dr-a", patient_id: str = "p1") -> GrantRecord
 
 
 def test_a_grant_and_its_ledger_event_commit_together(
-    backend: Backend, storage: AccountStorage
+    accounts_db: AccountBackend, storage: AccountStorage
 ) -> None:
-    backend.register_patient("p2", "Bo")
+    accounts_db.register_patient("p2", "Bo")
     with storage.consent() as tx:
         assert tx.last_consent_event("p1", "dr-a") is None
         assert tx.insert_grant(grant_record()) is True
@@ -313,12 +317,17 @@ def test_a_grant_and_its_ledger_event_commit_together(
             "p1", {"type": "consent", "event": "consent_revoked", "clinician": "dr-a"}
         )
     assert storage.granted_patients("dr-a") == ["p2"]
-    assert [b["event"] for b in backend.ledger_bodies()] == ["consent_granted", "consent_revoked"]
+    assert [b["event"] for b in accounts_db.ledger_bodies()] == [
+        "consent_granted",
+        "consent_revoked",
+    ]
 
 
-def test_a_failed_ledger_event_leaves_no_grant(backend: Backend, storage: AccountStorage) -> None:
-    for statement in backend.refuse_events:
-        backend.sql(statement)
+def test_a_failed_ledger_event_leaves_no_grant(
+    accounts_db: AccountBackend, storage: AccountStorage
+) -> None:
+    for statement in accounts_db.refuse_events:
+        accounts_db.sql(statement)
     with (
         pytest.raises(StorageError, match="planted failure") as raised,
         storage.consent() as tx,
@@ -327,8 +336,8 @@ def test_a_failed_ledger_event_leaves_no_grant(backend: Backend, storage: Accoun
         tx.add_ledger_event("p1", {"type": "consent", "event": "consent_granted"})
     assert raised.value.transient is False
     assert storage.grants_for_patient("p1") == []
-    assert backend.sql("SELECT COUNT(*) FROM dash_grants") == [(0,)]
-    assert backend.ledger_bodies() == []
+    assert accounts_db.sql("SELECT COUNT(*) FROM dash_grants") == [(0,)]
+    assert accounts_db.ledger_bodies() == []
     # The connection is usable afterwards: no transaction was left open.
     add_user(storage, "dr-a")
     assert storage.get_user("dr-a") is not None
@@ -342,13 +351,15 @@ def test_an_error_inside_the_consent_block_rolls_the_grant_back(storage: Account
 
 
 def test_a_body_that_is_not_json_is_skipped_when_reading_consent(
-    backend: Backend, storage: AccountStorage
+    accounts_db: AccountBackend, storage: AccountStorage
 ) -> None:
     with storage.consent() as tx:
         tx.add_ledger_event(
             "p1", {"type": "consent", "event": "consent_granted", "clinician": "dr-a"}
         )
-    backend.sql("INSERT INTO ledger_events (patient_id, body) VALUES ('p1', '{\"consent\" broken')")
+    accounts_db.sql(
+        "INSERT INTO ledger_events (patient_id, body) VALUES ('p1', '{\"consent\" broken')"
+    )
     with storage.consent() as tx:
         assert tx.last_consent_event("p1", "dr-a") == "consent_granted"
 
@@ -410,7 +421,7 @@ class TenPerFailure:
 
 
 def test_login_failures_count_forget_and_survive_a_restart(
-    backend: Backend, storage: AccountStorage
+    accounts_db: AccountBackend, storage: AccountStorage
 ) -> None:
     policy = TenPerFailure()
     keyed = [("account:dr-a", policy), ("source:10.0.0.1", policy)]
@@ -421,7 +432,7 @@ def test_login_failures_count_forget_and_survive_a_restart(
     assert storage.add_login_failures(keyed[:1], 1050.0, forget_before=0.0) == [2]
     assert storage.login_blocked_until(["account:dr-a", "source:10.0.0.1"]) == 1070.0
     storage.close()
-    reopened = backend.open()  # a restart keeps the counts
+    reopened = accounts_db.open()  # a restart keeps the counts
     try:
         assert reopened.login_blocked_until(["source:10.0.0.1"]) == 1010.0
         # 150 s after its last failure (>= forget_s 100): the count starts again at 1.
@@ -436,7 +447,7 @@ def test_login_failures_count_forget_and_survive_a_restart(
         reopened.close()
 
 
-# -- the account rules over each backend ----------------------------------------------------
+# -- the account rules over each accounts_db ----------------------------------------------------
 
 
 @pytest.fixture
@@ -446,30 +457,33 @@ def cheap_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("cheap_scrypt")
 def test_the_rules_grant_revoke_and_repair_on_every_backend(
-    backend: Backend, storage: AccountStorage
+    accounts_db: AccountBackend, storage: AccountStorage
 ) -> None:
     rules = AccountRules(storage, FakeClock())
     rules.add_user("dr-a", Role.CLINICIAN, PASSWORD, None)
     assert rules.grant("p1", "dr-a", "ann").change is ConsentChange.CHANGED
     assert rules.grant("p1", "dr-a", "ann").change is ConsentChange.UNCHANGED
     # A grant row without its event (what old versions could leave) is repaired once.
-    backend.sql("DELETE FROM ledger_events")
+    accounts_db.sql("DELETE FROM ledger_events")
     assert rules.grant("p1", "dr-a", "ann").change is ConsentChange.REPAIRED
     assert rules.revoke("p1", "dr-a", "ann").change is ConsentChange.CHANGED
     assert rules.revoke("p1", "dr-a", "ann").change is ConsentChange.UNCHANGED
-    assert [b["event"] for b in backend.ledger_bodies()] == ["consent_granted", "consent_revoked"]
+    assert [b["event"] for b in accounts_db.ledger_bodies()] == [
+        "consent_granted",
+        "consent_revoked",
+    ]
     dr_a = rules.get_user("dr-a")
     assert dr_a is not None and rules.visible_patients(dr_a) == frozenset()
 
 
 @pytest.mark.usefixtures("cheap_scrypt")
 def test_the_rules_refuse_a_grant_whose_event_fails(
-    backend: Backend, storage: AccountStorage
+    accounts_db: AccountBackend, storage: AccountStorage
 ) -> None:
     rules = AccountRules(storage, FakeClock())
     rules.add_user("dr-a", Role.CLINICIAN, PASSWORD, None)
-    for statement in backend.refuse_events:
-        backend.sql(statement)
+    for statement in accounts_db.refuse_events:
+        accounts_db.sql(statement)
     with pytest.raises(StorageError):
         rules.grant("p1", "dr-a", "ann")
     assert rules.grants_for_patient("p1") == []
