@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +39,7 @@ from gateway.storage.sqlite_accounts import SqliteAccountStorage
 from gateway.units import Unit
 from tests.dashboards.fakes import FakeClock
 
+ROOT = Path(__file__).resolve().parent.parent.parent
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 PASSWORD = "a long enough password"
 
@@ -53,6 +58,7 @@ POSTGRES_REFUSE_EVENTS = (
 @dataclass
 class AccountBackend:
     name: str
+    where: str  # the database: a SQLite file's path or a postgresql:// URL
     open: Callable[[], AccountStorage]
     sql: Callable[[str], list[tuple[object, ...]]]  # one statement, committed, own connection
     refuse_events: tuple[str, ...]
@@ -80,7 +86,11 @@ def _sqlite_backend(path: Path) -> AccountBackend:
             db.close()
 
     return AccountBackend(
-        "sqlite", lambda: SqliteAccountStorage.open(path, now=T0), sql, SQLITE_REFUSE_EVENTS
+        "sqlite",
+        str(path),
+        lambda: SqliteAccountStorage.open(path, now=T0),
+        sql,
+        SQLITE_REFUSE_EVENTS,
     )
 
 
@@ -91,7 +101,7 @@ def _postgres_backend(url: str) -> AccountBackend:
             return cursor.fetchall() if cursor.description else []
 
     return AccountBackend(
-        "postgresql", lambda: PostgresAccountStorage(url), sql, POSTGRES_REFUSE_EVENTS
+        "postgresql", url, lambda: PostgresAccountStorage(url), sql, POSTGRES_REFUSE_EVENTS
     )
 
 
@@ -508,3 +518,52 @@ async def test_login_session_and_token_through_the_web_face(storage: AccountStor
         assert await accounts.session(session.session_id) is None  # 12 h are past
     finally:
         await asyncio.to_thread(accounts.close)
+
+
+# A process that grants consent through the rules and stops just before the ledger event is
+# written (the grant row is in the open transaction), saying so, for the test to kill it.
+PAUSE_BEFORE_LEDGER_EVENT = r"""
+import contextlib, sys, time
+from dashboards import accounts
+from glucohub.accounts import open_account_storage
+
+storage = open_account_storage(sys.argv[1])
+consent = storage.consent
+
+@contextlib.contextmanager
+def pausing():
+    with consent() as tx:
+        def add_ledger_event(patient_id, body):
+            print("between", flush=True)
+            time.sleep(120)
+        tx.add_ledger_event = add_ledger_event
+        yield tx
+
+storage.consent = pausing
+accounts.SCRYPT_N = 2**10
+accounts.grant(storage, "p1", "dr-a", by="ann")
+"""
+
+
+@pytest.mark.usefixtures("cheap_scrypt")
+def test_a_grant_killed_before_its_ledger_event_leaves_neither(
+    accounts_db: AccountBackend, storage: AccountStorage
+) -> None:
+    AccountRules(storage, FakeClock()).add_user("dr-a", Role.CLINICIAN, PASSWORD, None)
+    with subprocess.Popen(
+        [sys.executable, "-c", PAUSE_BEFORE_LEDGER_EVENT, accounts_db.where],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "between\n"  # the grant row is written by now
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert storage.grants_for_patient("p1") == []
+    assert accounts_db.ledger_bodies() == []
