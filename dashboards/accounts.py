@@ -1,46 +1,50 @@
 """Dashboard accounts: users, password hashes, sessions, consent grants, audit log, API tokens.
 
-The tables live in the hub's SQLite file (prefixed `dash_`; their schema is part of
-`gateway/storage/sqlite_migrations.py`) behind this module's own connection. A consent
-change writes its ledger event on that connection, in the same transaction. `Accounts`
-runs every query on one thread it owns, so the event loop never blocks; the module-level
-functions (`users_add`, `grant`, ...) are the synchronous entry points the CLI calls while
-the hub may be running (WAL lets both write).
+The rules live here; the rows behind an `AccountStorage` (`gateway/storage/accounts.py`) that
+the wiring passes in (SQLite or PostgreSQL). A consent change and its ledger event are one
+storage transaction. `Accounts` runs every storage call on one thread it owns, so the event
+loop never blocks; the module-level functions (`users_add`, `grant`, ...) are the synchronous
+entry points the CLI calls, on a storage of its own, while the hub may be running.
 
 Secrets at rest are never stored in a usable form: passwords as salted scrypt hashes with
 their cost parameters, session ids and API tokens as SHA-256 digests (a copied database
 file does not let anyone log in).
 
-Failed logins are counted in the same file (`dash_login_failures`), per account and per
-source address, so the backoff of `ratelimit.py` survives a restart of the hub.
+Failed logins are counted in the storage too, per account and per source address, so the
+backoff of `ratelimit.py` survives a restart of the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import re
 import secrets
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from dashboards.ratelimit import PER_ACCOUNT, PER_SOURCE, Backoff, source_key
-from gateway.clock import Clock, SystemClock, parse_rfc3339, to_rfc3339
+from gateway.clock import Clock, SystemClock, to_rfc3339
 from gateway.errors import InputError
-from gateway.storage.sqlite_events import insert_ledger_event, last_consent_event
-from gateway.storage.sqlite_migrations import migrate
+from gateway.storage.accounts import (
+    AccountStorage,
+    AuditRecord,
+    ConsentTransaction,
+    DuplicateUser,
+    GrantRecord,
+    NoteRecord,
+    TokenRecord,
+    UserRecord,
+)
 from gateway.units import Unit
 
 _T = TypeVar("_T")
@@ -118,22 +122,7 @@ class Session:
     expires_at: datetime
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TokenInfo:
-    """An API token as listed: never the secret (only its hash is stored)."""
-
-    token_id: int
-    username: str
-    label: str
-    created_at: datetime
-    expires_at: datetime
-    last_used_at: datetime | None
-    revoked: bool
-
-    def state(self, now: datetime) -> str:
-        if self.revoked:
-            return "revoked"
-        return "expired" if now >= self.expires_at else "active"
+TokenInfo = TokenRecord  # an API token as listed: never the secret
 
 
 class ConsentChange(StrEnum):
@@ -147,24 +136,8 @@ class ConsentResult(NamedTuple):
     event: dict[str, str] | None  # the ledger event body written, if any
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Grant:
-    patient_id: str
-    clinician: str
-    granted_by: str
-    granted_at: datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Note:
-    """One entry of a patient's clinical notes thread."""
-
-    note_id: int
-    patient_id: str
-    author: str
-    role: str
-    created_at: str
-    body: str
+Grant = GrantRecord
+Note = NoteRecord  # one entry of a patient's clinical notes thread
 
 
 MAX_NOTE_CHARS = 4000
@@ -237,36 +210,35 @@ def _digest(secret: str) -> str:
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
-# -- the synchronous store -------------------------------------------------------------------
+# -- the rules over the storage contract -----------------------------------------------------
 
 
-class _Tables:
-    """Synchronous access to the `dash_` tables over one connection (one thread)."""
+class AccountRules:
+    """The account rules (names, roles, password strength, expiry, consent) over an
+    `AccountStorage`, synchronously; use from one thread at a time."""
 
-    def __init__(self, db_path: Path, clock: Clock) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    def __init__(self, storage: AccountStorage, clock: Clock) -> None:
+        self._storage = storage
         self._clock = clock
-        # Glucose unit of users who have not chosen one (their row's unit is ''); the
-        # dashboard sets it from `dashboard.default_unit`.
+        # Glucose unit of users who have not chosen one; the dashboard sets it from
+        # `dashboard.default_unit`.
         self.default_unit = Unit.MMOL_L
-        try:
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            migrate(self._db, clock.now(), path=db_path)  # the hub's schema, accounts included
-        except BaseException:
-            self._db.close()
-            raise
 
     def close(self) -> None:
-        self._db.close()
+        self._storage.close()
 
     @property
     def clock(self) -> Clock:
         return self._clock
 
-    def _now(self) -> str:
-        return to_rfc3339(self._clock.now())
+    def _user(self, record: UserRecord) -> User:
+        return User(
+            username=record.username,
+            role=Role(record.role),
+            patient_id=record.patient_id,
+            unit=record.unit or self.default_unit,
+            disabled=record.disabled,
+        )
 
     # users
 
@@ -284,45 +256,23 @@ class _Tables:
         context = self._require_patient(patient_id) if patient_id else []
         check_password_strength(password, username=username, context=context)
         try:
-            self._db.execute(
-                "INSERT INTO dash_users"
-                " (username, role, patient_id, password_hash, created_at, unit)"
-                " VALUES (?, ?, ?, ?, ?, '')",
-                (username, role.value, patient_id, hash_password(password), self._now()),
+            self._storage.add_user(
+                username=username,
+                role=role.value,
+                patient_id=patient_id,
+                password_hash=hash_password(password),
+                created_at=self._clock.now(),
             )
-        except sqlite3.IntegrityError:
+        except DuplicateUser:
             raise AccountError(f"user {username!r} already exists", username=username) from None
         return User(username=username, role=role, patient_id=patient_id, unit=self.default_unit)
 
     def get_user(self, username: str) -> User | None:
-        row = self._db.execute(
-            "SELECT username, role, patient_id, unit, disabled FROM dash_users WHERE username = ?",
-            (username,),
-        ).fetchone()
-        if row is None:
-            return None
-        return User(
-            username=row[0],
-            role=Role(row[1]),
-            patient_id=row[2],
-            unit=Unit(row[3]) if row[3] else self.default_unit,
-            disabled=bool(row[4]),
-        )
+        record = self._storage.get_user(username)
+        return None if record is None else self._user(record)
 
     def list_users(self) -> list[User]:
-        rows = self._db.execute(
-            "SELECT username, role, patient_id, unit, disabled FROM dash_users ORDER BY username"
-        ).fetchall()
-        return [
-            User(
-                username=r[0],
-                role=Role(r[1]),
-                patient_id=r[2],
-                unit=Unit(r[3]) if r[3] else self.default_unit,
-                disabled=bool(r[4]),
-            )
-            for r in rows
-        ]
+        return [self._user(r) for r in self._storage.list_users()]
 
     def _require_user(self, username: str) -> User:
         user = self.get_user(username)
@@ -333,15 +283,10 @@ class _Tables:
     def _require_patient(self, patient_id: str) -> list[str]:
         """The patient's id and name (words a password must not be built from); raise
         AccountError when the hub's patient registry has no such patient."""
-        try:
-            row = self._db.execute(
-                "SELECT display_name FROM patients WHERE patient_id = ?", (patient_id,)
-            ).fetchone()
-        except sqlite3.OperationalError:  # no registry in this file: nobody is registered
-            row = None
-        if row is None:
+        name = self._storage.patient_name(patient_id)
+        if name is None:
             raise AccountError(f"unknown patient {patient_id!r}; add the patient first")
-        return [patient_id, str(row[0])]
+        return [patient_id, name]
 
     def _patient_context(self, user: User) -> list[str]:
         if user.patient_id is None:
@@ -354,41 +299,24 @@ class _Tables:
     def set_password(self, username: str, password: str) -> None:
         user = self._require_user(username)
         check_password_strength(password, username=username, context=self._patient_context(user))
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute(
-            "UPDATE dash_users SET password_hash = ? WHERE username = ?",
-            (hash_password(password), username),
-        )
         # A new password ends every session: whoever knew the old one is logged out.
-        self._db.execute("DELETE FROM dash_sessions WHERE username = ?", (username,))
-        self._db.execute("COMMIT")
+        self._storage.set_password_hash(username, hash_password(password))
 
     def set_disabled(self, username: str, disabled: bool) -> None:
         self._require_user(username)
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute(
-            "UPDATE dash_users SET disabled = ? WHERE username = ?", (int(disabled), username)
-        )
-        if disabled:
-            self._db.execute("DELETE FROM dash_sessions WHERE username = ?", (username,))
-            self._db.execute("UPDATE dash_tokens SET revoked = 1 WHERE username = ?", (username,))
-        self._db.execute("COMMIT")
+        self._storage.set_disabled(username, disabled)
 
     def set_unit(self, username: str, unit: Unit) -> None:
         if unit not in (Unit.MG_DL, Unit.MMOL_L):
             raise AccountError(f"glucose unit must be mg/dL or mmol/L, not {unit}")
-        self._db.execute(
-            "UPDATE dash_users SET unit = ? WHERE username = ?", (unit.value, username)
-        )
+        self._storage.set_unit(username, unit)
 
     def check_password(self, username: str, password: str) -> User | None:
-        row = self._db.execute(
-            "SELECT password_hash FROM dash_users WHERE username = ?", (username,)
-        ).fetchone()
-        if row is None:
+        stored = self._storage.password_hash(username)
+        if stored is None:
             verify_password(password, _DUMMY_HASH)
             return None
-        if not verify_password(password, row[0]):
+        if not verify_password(password, stored):
             return None
         user = self.get_user(username)
         return None if user is None or user.disabled else user
@@ -397,39 +325,13 @@ class _Tables:
 
     def login_wait(self, keys: Sequence[str], now: float) -> float:
         """Seconds until every key may try again (0.0: now)."""
-        marks = ",".join("?" * len(keys))
-        row = self._db.execute(
-            f"SELECT MAX(blocked_until) FROM dash_login_failures WHERE key IN ({marks})",
-            tuple(keys),
-        ).fetchone()
-        return max(0.0, float(row[0]) - now) if row and row[0] is not None else 0.0
+        until = self._storage.login_blocked_until(keys)
+        return 0.0 if until is None else max(0.0, until - now)
 
     def login_failed(self, keyed: Sequence[tuple[str, Backoff]], now: float) -> list[int]:
         """Count one failure against each key; return the keys' failure counts."""
-        counts = []
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for key, policy in keyed:
-                row = self._db.execute(
-                    "SELECT failures, last_failure FROM dash_login_failures WHERE key = ?", (key,)
-                ).fetchone()
-                fresh = row is None or now - float(row[1]) >= policy.forget_s
-                failures = 1 if fresh else int(row[0]) + 1
-                self._db.execute(
-                    "INSERT OR REPLACE INTO dash_login_failures"
-                    " (key, failures, last_failure, blocked_until) VALUES (?, ?, ?, ?)",
-                    (key, failures, now, now + policy.delay_s(failures)),
-                )
-                counts.append(failures)
-            forget = max(PER_ACCOUNT.forget_s, PER_SOURCE.forget_s)
-            self._db.execute(
-                "DELETE FROM dash_login_failures WHERE last_failure < ?", (now - forget,)
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return counts
+        forget = max(PER_ACCOUNT.forget_s, PER_SOURCE.forget_s)
+        return self._storage.add_login_failures(keyed, now, forget_before=now - forget)
 
     # sessions
 
@@ -438,43 +340,36 @@ class _Tables:
         csrf = secrets.token_urlsafe(32)
         now = self._clock.now()
         expires = now + SESSION_LIFETIME
-        self._db.execute("BEGIN IMMEDIATE")
-        if replaces:
+        self._storage.add_session(
+            session_hash=_digest(session_id),
+            username=username,
+            csrf_token=csrf,
+            created_at=now,
+            expires_at=expires,
             # No fixation: a session id that existed before login never becomes logged in.
-            self._db.execute(
-                "DELETE FROM dash_sessions WHERE session_hash = ?", (_digest(replaces),)
-            )
-        self._db.execute("DELETE FROM dash_sessions WHERE expires_at < ?", (to_rfc3339(now),))
-        self._db.execute(
-            "INSERT INTO dash_sessions (session_hash, username, csrf_token, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (_digest(session_id), username, csrf, to_rfc3339(now), to_rfc3339(expires)),
+            replaces_hash=_digest(replaces) if replaces else None,
         )
-        self._db.execute("COMMIT")
         return Session(
             session_id=session_id, csrf_token=csrf, username=username, expires_at=expires
         )
 
     def session(self, session_id: str) -> tuple[Session, User] | None:
-        row = self._db.execute(
-            "SELECT username, csrf_token, expires_at FROM dash_sessions WHERE session_hash = ?",
-            (_digest(session_id),),
-        ).fetchone()
-        if row is None:
+        found = self._storage.get_session(_digest(session_id))
+        if found is None or found.expires_at <= self._clock.now():
             return None
-        expires = parse_rfc3339(row[2])
-        if expires <= self._clock.now():
-            return None
-        user = self.get_user(row[0])
+        user = self.get_user(found.username)
         if user is None or user.disabled:
             return None
-        return (
-            Session(session_id=session_id, csrf_token=row[1], username=row[0], expires_at=expires),
-            user,
+        session = Session(
+            session_id=session_id,
+            csrf_token=found.csrf_token,
+            username=found.username,
+            expires_at=found.expires_at,
         )
+        return session, user
 
     def end_session(self, session_id: str) -> None:
-        self._db.execute("DELETE FROM dash_sessions WHERE session_hash = ?", (_digest(session_id),))
+        self._storage.delete_session(_digest(session_id))
 
     # consent
 
@@ -487,71 +382,38 @@ class _Tables:
         if not patient_id:
             raise AccountError("patient_id must not be empty")
         self._require_patient(patient_id)
-        now = self._now()
-        with self._transaction():
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO dash_grants (patient_id, clinician, granted_by, granted_at)"
-                " VALUES (?, ?, ?, ?)",
-                (patient_id, clinician, by, now),
-            )
-            if cursor.rowcount == 1:
-                event = _consent_event("consent_granted", patient_id, clinician, by, now)
-                return self._record(ConsentChange.CHANGED, event)
-            if last_consent_event(self._db, patient_id, clinician) == "consent_granted":
+        now = self._clock.now()
+        at = to_rfc3339(now)
+        new = Grant(patient_id=patient_id, clinician=clinician, granted_by=by, granted_at=now)
+        with self._storage.consent() as tx:
+            if tx.insert_grant(new):
+                event = _consent_event("consent_granted", patient_id, clinician, by, at)
+                return _record(tx, ConsentChange.CHANGED, event)
+            if tx.last_consent_event(patient_id, clinician) == "consent_granted":
                 return ConsentResult(ConsentChange.UNCHANGED, None)
-            granted_by, granted_at = self._db.execute(
-                "SELECT granted_by, granted_at FROM dash_grants"
-                " WHERE patient_id = ? AND clinician = ?",
-                (patient_id, clinician),
-            ).fetchone()
+            old = tx.get_grant(patient_id, clinician)
+            assert old is not None  # the insert found it, and the transaction holds it
             event = _consent_event(
-                "consent_granted", patient_id, clinician, str(granted_by), str(granted_at)
+                "consent_granted", patient_id, clinician, old.granted_by, to_rfc3339(old.granted_at)
             )
-            return self._record(ConsentChange.REPAIRED, {**event, "recorded_at": now})
+            return _record(tx, ConsentChange.REPAIRED, {**event, "recorded_at": at})
 
     def revoke(self, patient_id: str, clinician: str, by: str) -> ConsentResult:
         """Delete the grant and add its ledger event, in one transaction; a revocation the
         ledger lacks (the grant is gone, its last event says granted) is recorded now."""
         self._require_user(clinician)  # a typo is an error, not "nothing to revoke"
         self._require_patient(patient_id)
-        now = self._now()
-        with self._transaction():
-            cursor = self._db.execute(
-                "DELETE FROM dash_grants WHERE patient_id = ? AND clinician = ?",
-                (patient_id, clinician),
-            )
-            event = _consent_event("consent_revoked", patient_id, clinician, by, now)
-            if cursor.rowcount == 1:
-                return self._record(ConsentChange.CHANGED, event)
-            if last_consent_event(self._db, patient_id, clinician) == "consent_granted":
-                return self._record(ConsentChange.REPAIRED, {**event, "recorded_at": now})
+        at = to_rfc3339(self._clock.now())
+        with self._storage.consent() as tx:
+            event = _consent_event("consent_revoked", patient_id, clinician, by, at)
+            if tx.delete_grant(patient_id, clinician):
+                return _record(tx, ConsentChange.CHANGED, event)
+            if tx.last_consent_event(patient_id, clinician) == "consent_granted":
+                return _record(tx, ConsentChange.REPAIRED, {**event, "recorded_at": at})
             return ConsentResult(ConsentChange.UNCHANGED, None)
 
-    def _record(self, change: ConsentChange, event: dict[str, str]) -> ConsentResult:
-        body = {"type": "consent", **event}
-        insert_ledger_event(self._db, event["patient_id"], body)
-        return ConsentResult(change, body)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     def grants_for_patient(self, patient_id: str) -> list[Grant]:
-        rows = self._db.execute(
-            "SELECT patient_id, clinician, granted_by, granted_at FROM dash_grants"
-            " WHERE patient_id = ? ORDER BY clinician",
-            (patient_id,),
-        ).fetchall()
-        return [
-            Grant(patient_id=r[0], clinician=r[1], granted_by=r[2], granted_at=parse_rfc3339(r[3]))
-            for r in rows
-        ]
+        return self._storage.grants_for_patient(patient_id)
 
     def visible_patients(self, user: User) -> frozenset[str]:
         if user.disabled:
@@ -559,10 +421,7 @@ class _Tables:
         if user.role is Role.PATIENT:
             return frozenset((user.patient_id,)) if user.patient_id else frozenset()
         if user.role is Role.CLINICIAN:
-            rows = self._db.execute(
-                "SELECT patient_id FROM dash_grants WHERE clinician = ?", (user.username,)
-            ).fetchall()
-            return frozenset(str(r[0]) for r in rows)
+            return frozenset(self._storage.granted_patients(user.username))
         return frozenset()
 
     # clinical notes
@@ -573,60 +432,40 @@ class _Tables:
             raise AccountError(
                 f"a note has 1 to {MAX_NOTE_CHARS} characters", username=user.username
             )
-        now = self._now()
-        cursor = self._db.execute(
-            "INSERT INTO dash_notes (patient_id, author, role, created_at, body)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (patient_id, user.username, user.role.value, now, text),
-        )
-        assert cursor.lastrowid is not None
-        return Note(
-            note_id=cursor.lastrowid,
+        return self._storage.add_note(
             patient_id=patient_id,
             author=user.username,
             role=user.role.value,
-            created_at=now,
+            created_at=self._clock.now(),
             body=text,
         )
 
     def notes(self, patient_id: str, limit: int) -> list[Note]:
-        rows = self._db.execute(
-            "SELECT id, patient_id, author, role, created_at, body FROM dash_notes"
-            " WHERE patient_id = ? ORDER BY id DESC LIMIT ?",
-            (patient_id, limit),
-        ).fetchall()
-        return [
-            Note(
-                note_id=int(r[0]),
-                patient_id=str(r[1]),
-                author=str(r[2]),
-                role=str(r[3]),
-                created_at=str(r[4]),
-                body=str(r[5]),
-            )
-            for r in rows
-        ]
+        return self._storage.notes(patient_id, limit)
 
     # audit
 
     def record_view(self, user: User, patient_id: str, action: str) -> None:
-        self._db.execute(
-            "INSERT INTO dash_audit (time, viewer, role, patient_id, action)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (self._now(), user.username, user.role.value, patient_id, action),
+        self._storage.add_audit(
+            AuditRecord(
+                time=self._clock.now(),
+                viewer=user.username,
+                role=user.role.value,
+                patient_id=patient_id,
+                action=action,
+            )
         )
 
     def access_log(self, patient_id: str, limit: int) -> list[AuditEntry]:
-        rows = self._db.execute(
-            "SELECT time, viewer, role, patient_id, action FROM dash_audit"
-            " WHERE patient_id = ? ORDER BY id DESC LIMIT ?",
-            (patient_id, limit),
-        ).fetchall()
         return [
             AuditEntry(
-                time=parse_rfc3339(r[0]), viewer=r[1], role=Role(r[2]), patient_id=r[3], action=r[4]
+                time=r.time,
+                viewer=r.viewer,
+                role=Role(r.role),
+                patient_id=r.patient_id,
+                action=r.action,
             )
-            for r in rows
+            for r in self._storage.access_log(patient_id, limit)
         ]
 
     # API tokens
@@ -640,68 +479,45 @@ class _Tables:
             )
         token = "ghk_" + secrets.token_urlsafe(32)
         now = self._clock.now()
-        self._db.execute(
-            "INSERT INTO dash_tokens (token_hash, username, label, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                _digest(token),
-                username,
-                label,
-                to_rfc3339(now),
-                to_rfc3339(now + timedelta(days=expires_days)),
-            ),
+        self._storage.add_token(
+            token_hash=_digest(token),
+            username=username,
+            label=label,
+            created_at=now,
+            expires_at=now + timedelta(days=expires_days),
         )
         return token
 
     def token_user(self, token: str) -> User | None:
-        row = self._db.execute(
-            "SELECT id, username, expires_at, last_used_at FROM dash_tokens"
-            " WHERE token_hash = ? AND revoked = 0",
-            (_digest(token),),
-        ).fetchone()
-        if row is None:
+        found = self._storage.unrevoked_token(_digest(token))
+        if found is None:
             return None
         now = self._clock.now()
-        if now >= parse_rfc3339(row[2]):
+        if now >= found.expires_at:
             return None
-        user = self.get_user(row[1])
+        user = self.get_user(found.username)
         if user is None or user.disabled:
             return None
-        if row[3] is None or now - parse_rfc3339(row[3]) >= _TOKEN_USE_RESOLUTION:
-            self._db.execute(
-                "UPDATE dash_tokens SET last_used_at = ? WHERE id = ?", (to_rfc3339(now), row[0])
-            )
+        if found.last_used_at is None or now - found.last_used_at >= _TOKEN_USE_RESOLUTION:
+            self._storage.set_token_used(found.token_id, now)
         return user
 
     def list_tokens(self, username: str) -> list[TokenInfo]:
         self._require_user(username)
-        rows = self._db.execute(
-            "SELECT id, username, label, created_at, expires_at, last_used_at, revoked"
-            " FROM dash_tokens WHERE username = ? ORDER BY id",
-            (username,),
-        ).fetchall()
-        return [
-            TokenInfo(
-                token_id=int(r[0]),
-                username=str(r[1]),
-                label=str(r[2]),
-                created_at=parse_rfc3339(r[3]),
-                expires_at=parse_rfc3339(r[4]),
-                last_used_at=None if r[5] is None else parse_rfc3339(r[5]),
-                revoked=bool(r[6]),
-            )
-            for r in rows
-        ]
+        return self._storage.list_tokens(username)
 
     def revoke_token_id(self, token_id: int) -> None:
-        cursor = self._db.execute("UPDATE dash_tokens SET revoked = 1 WHERE id = ?", (token_id,))
-        if cursor.rowcount == 0:
+        if not self._storage.revoke_token_id(token_id):
             raise AccountError(f"no token {token_id}")
 
     def revoke_token(self, token: str) -> None:
-        self._db.execute(
-            "UPDATE dash_tokens SET revoked = 1 WHERE token_hash = ?", (_digest(token),)
-        )
+        self._storage.revoke_token_hash(_digest(token))
+
+
+def _record(tx: ConsentTransaction, change: ConsentChange, event: dict[str, str]) -> ConsentResult:
+    body = {"type": "consent", **event}
+    tx.add_ledger_event(event["patient_id"], body)
+    return ConsentResult(change, body)
 
 
 def check_password_strength(password: str, *, username: str, context: Sequence[str] = ()) -> None:
@@ -746,30 +562,21 @@ def _consent_event(kind: str, patient_id: str, clinician: str, by: str, at: str)
 
 
 class Accounts:
-    """The web app's view of the account tables; every call runs on one private thread."""
+    """The web app's view of the accounts; every storage call runs on one private thread.
+    `close` closes the storage too."""
 
     def __init__(
         self,
-        tables: _Tables,
+        storage: AccountStorage,
         *,
-        on_consent_change: ConsentCallback | None,
+        on_consent_change: ConsentCallback | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        self._tables = tables
+        self._tables = AccountRules(storage, clock or SystemClock())
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accounts")
         self._on_consent_change = on_consent_change
         # Bumped on every in-process grant/revoke so live viewers refresh their patient set.
         self.consent_version = 0
-
-    @classmethod
-    def open(
-        cls,
-        db_path: Path,
-        *,
-        on_consent_change: ConsentCallback | None = None,
-        clock: Clock | None = None,
-    ) -> Accounts:
-        """Open (and create if needed) the account tables in the SQLite file at `db_path`."""
-        return cls(_Tables(db_path, clock or SystemClock()), on_consent_change=on_consent_change)
 
     @property
     def default_unit(self) -> Unit:
@@ -912,16 +719,12 @@ class Accounts:
 # -- synchronous functions for the CLI ----------------------------------------------------
 
 
-def _with_tables(db_path: Path, fn: Callable[[_Tables], _T]) -> _T:
-    tables = _Tables(db_path, SystemClock())
-    try:
-        return fn(tables)
-    finally:
-        tables.close()
+def _rules(storage: AccountStorage) -> AccountRules:
+    return AccountRules(storage, SystemClock())
 
 
 def users_add(
-    db_path: Path, username: str, role: str, password: str, patient_id: str | None = None
+    storage: AccountStorage, username: str, role: str, password: str, patient_id: str | None = None
 ) -> User:
     """`glucohub users add`: raise AccountError on a bad role, name, password or duplicate."""
     try:
@@ -931,47 +734,51 @@ def users_add(
             f"role must be one of {', '.join(r.value for r in Role)}, not {role!r}",
             username=username,
         ) from None
-    return _with_tables(db_path, lambda t: t.add_user(username, parsed, password, patient_id))
+    return _rules(storage).add_user(username, parsed, password, patient_id)
 
 
-def users_list(db_path: Path) -> list[User]:
+def users_list(storage: AccountStorage) -> list[User]:
     """Every account by user name: role, patient, disabled (never a hash or a token)."""
-    return _with_tables(db_path, lambda t: t.list_users())
+    return _rules(storage).list_users()
 
 
-def users_passwd(db_path: Path, username: str, password: str) -> None:
+def users_passwd(storage: AccountStorage, username: str, password: str) -> None:
     """Set a new password and end the user's sessions."""
-    _with_tables(db_path, lambda t: t.set_password(username, password))
+    _rules(storage).set_password(username, password)
 
 
-def users_disable(db_path: Path, username: str, *, disabled: bool = True) -> None:
+def users_disable(storage: AccountStorage, username: str, *, disabled: bool = True) -> None:
     """Disable (or re-enable) a user; disabling ends their sessions and revokes their tokens."""
-    _with_tables(db_path, lambda t: t.set_disabled(username, disabled))
+    _rules(storage).set_disabled(username, disabled)
 
 
-def grant(db_path: Path, patient_id: str, clinician: str, *, by: str = "cli") -> ConsentChange:
+def grant(
+    storage: AccountStorage, patient_id: str, clinician: str, *, by: str = "cli"
+) -> ConsentChange:
     """Let `clinician` see `patient_id`: the grant and its ledger event in one transaction
     (a running hub seals the event with its next batch)."""
-    return _with_tables(db_path, lambda t: t.grant(patient_id, clinician, by)).change
+    return _rules(storage).grant(patient_id, clinician, by).change
 
 
-def revoke(db_path: Path, patient_id: str, clinician: str, *, by: str = "cli") -> ConsentChange:
+def revoke(
+    storage: AccountStorage, patient_id: str, clinician: str, *, by: str = "cli"
+) -> ConsentChange:
     """Withdraw the grant: the row's deletion and its ledger event in one transaction."""
-    return _with_tables(db_path, lambda t: t.revoke(patient_id, clinician, by)).change
+    return _rules(storage).revoke(patient_id, clinician, by).change
 
 
 def tokens_create(
-    db_path: Path, username: str, label: str, *, expires_days: int = DEFAULT_TOKEN_DAYS
+    storage: AccountStorage, username: str, label: str, *, expires_days: int = DEFAULT_TOKEN_DAYS
 ) -> str:
     """Create an API token for `username`; the token is shown once and stored hashed."""
-    return _with_tables(db_path, lambda t: t.create_token(username, label, expires_days))
+    return _rules(storage).create_token(username, label, expires_days)
 
 
-def tokens_list(db_path: Path, username: str) -> list[TokenInfo]:
+def tokens_list(storage: AccountStorage, username: str) -> list[TokenInfo]:
     """The user's tokens, oldest first, without their secrets."""
-    return _with_tables(db_path, lambda t: t.list_tokens(username))
+    return _rules(storage).list_tokens(username)
 
 
-def tokens_revoke(db_path: Path, token_id: int) -> None:
+def tokens_revoke(storage: AccountStorage, token_id: int) -> None:
     """Revoke one token by its id; AccountError when there is no such token."""
-    _with_tables(db_path, lambda t: t.revoke_token_id(token_id))
+    _rules(storage).revoke_token_id(token_id)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import errno
 import json
 import logging
@@ -442,17 +443,21 @@ def _password(args: argparse.Namespace) -> str:
     return _ask_twice("password: ")
 
 
-def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path:
-    """The hub database of an existing data dir; `create` makes the database (0600) in an
-    existing directory (the first admin account on a fresh volume), never the directory."""
+def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path | str:
+    """The hub database of an existing data dir (or `[storage] url`); `create` makes the
+    database (0600) in an existing directory (the first admin account on a fresh volume),
+    never the directory."""
+    from glucohub.accounts import account_location
+
     data_dir = _data_dir(args, need_database=not create)
+    storage = _settings(args).storage
     if create:
-        open_storage(data_dir).close()
-    return data_dir / DB_FILENAME
+        open_storage(data_dir, storage.url).close()
+    return account_location(dataclasses.replace(storage, data_dir=data_dir))
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     if (args.role == "patient") != (args.patient is not None):
         raise InputError(
@@ -468,7 +473,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_passwd(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     accounts.users_passwd(_db_path(args), args.username, _password(args))
     print(f"password changed for {args.username}; their sessions were ended")
@@ -476,7 +481,7 @@ def cmd_users_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     users = accounts.users_list(_db_path(args))
     print("username\trole\tpatient\tdisabled")
@@ -487,7 +492,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_disable(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     accounts.users_disable(_db_path(args), args.username, disabled=not args.enable)
     print(f"{'enabled' if args.enable else 'disabled'} {args.username}")
@@ -503,23 +508,24 @@ def cmd_users_revoke(args: argparse.Namespace) -> int:
 
 
 def _consent_change(args: argparse.Namespace, *, grant: bool) -> int:
-    from dashboards import accounts
+    from dashboards.accounts import ConsentChange
+    from glucohub import accounts
 
     change = accounts.grant if grant else accounts.revoke
     # The consent row and its ledger event are one transaction (a running hub seals it).
     outcome = change(_db_path(args), args.patient, args.clinician, by="cli")
     verb = "may see" if grant else "may no longer see"
     note = {
-        accounts.ConsentChange.CHANGED: "",
-        accounts.ConsentChange.UNCHANGED: " (unchanged)",
-        accounts.ConsentChange.REPAIRED: " (unchanged, but the ledger lacked its event: added)",
+        ConsentChange.CHANGED: "",
+        ConsentChange.UNCHANGED: " (unchanged)",
+        ConsentChange.REPAIRED: " (unchanged, but the ledger lacked its event: added)",
     }[outcome]
     print(f"{args.clinician} {verb} {args.patient}{note}")
     return 0
 
 
 def cmd_users_token(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     token = accounts.tokens_create(
         _db_path(args), args.username, args.label, expires_days=args.expires_days
@@ -534,8 +540,8 @@ def cmd_users_token(args: argparse.Namespace) -> int:
 
 
 def cmd_users_tokens(args: argparse.Namespace) -> int:
-    from dashboards import accounts
     from gateway.clock import to_rfc3339
+    from glucohub import accounts
 
     now = utc_now()
     tokens = accounts.tokens_list(_db_path(args), args.username)
@@ -548,7 +554,7 @@ def cmd_users_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_users_revoke_token(args: argparse.Namespace) -> int:
-    from dashboards import accounts
+    from glucohub import accounts
 
     accounts.tokens_revoke(_db_path(args), args.token_id)
     print(f"revoked token {args.token_id}")

@@ -20,7 +20,6 @@ from gateway.services import Reader, StoreResume
 from gateway.settings import Settings, StorageSettings
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
-from gateway.store import DB_FILENAME
 from glucohub.runtime import Running, SourceFactory, run_hub
 
 log = logging.getLogger("glucohub.demo")
@@ -149,13 +148,14 @@ def ensure_demo_clinician(settings: Settings, patient_ids: list[str]) -> tuple[s
     A fresh random password each start: the demo never ships a known credential."""
     if not settings.dashboard.enabled:
         return None
-    from dashboards import accounts
+    from dashboards.accounts import AccountError
+    from glucohub import accounts
 
-    db_path = settings.storage.data_dir / DB_FILENAME
+    db_path = accounts.account_location(settings.storage)
     password = secrets.token_urlsafe(12)
     try:
         accounts.users_add(db_path, DEMO_CLINICIAN, "clinician", password)
-    except accounts.AccountError:
+    except AccountError:
         accounts.users_passwd(db_path, DEMO_CLINICIAN, password)
     for patient_id in patient_ids:  # each grant is a ledger event, in its transaction
         accounts.grant(db_path, patient_id, DEMO_CLINICIAN, by="demo")

@@ -24,7 +24,6 @@ from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
 from gateway.services import Reader, StoreLedgerView, StoreOutbox, StoreReadModel, StoreResume
 from gateway.settings import Settings
-from gateway.store import DB_FILENAME
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
 
@@ -54,15 +53,15 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
     if not settings.dashboard.enabled:
         yield None
         return
-    from dashboards.accounts import Accounts
     from dashboards.app import create_app, live_stats, serve
+    from glucohub.accounts import account_location, open_accounts
 
     def on_consent(event: dict[str, str]) -> None:
         # The consent change and its ledger event are committed: seal it soon.
         running.hub.ledger_events_written(1)
 
     accounts = await asyncio.to_thread(
-        Accounts.open, settings.storage.data_dir / DB_FILENAME, on_consent_change=on_consent
+        open_accounts, account_location(settings.storage), on_consent_change=on_consent
     )
     try:
         app = create_app(

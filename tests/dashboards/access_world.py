@@ -38,6 +38,7 @@ from gateway.model import (
 from gateway.sealing import Sealer, init_keys, load_keys
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub import accounts as hub_accounts
 
 PASSWORD = "access matrix password"
 HUB_ID = "access-matrix-hub"
@@ -259,15 +260,15 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
             (PT_A, "patient", a.patient_id),
             (PT_B, "patient", b.patient_id),
         ):
-            accounts.users_add(db, username, role, PASSWORD, patient_id=pid)
+            hub_accounts.users_add(db, username, role, PASSWORD, patient_id=pid)
         tokens = {
-            u: accounts.tokens_create(db, u, "access matrix")
+            u: hub_accounts.tokens_create(db, u, "access matrix")
             for u in (ADMIN, DR_ALPHA, DR_NONE, PT_A, PT_B)
         }
 
         def consent(pid: str, clinician: str, by: str) -> None:
             # Each consent change is a ledger event, written in the grant's transaction.
-            assert accounts.grant(db, pid, clinician, by=by) is accounts.ConsentChange.CHANGED
+            assert hub_accounts.grant(db, pid, clinician, by=by) is accounts.ConsentChange.CHANGED
 
         init_keys(data_dir, None)
         sealer = Sealer(store, load_keys(data_dir, HUB_ID, None), hub_id=HUB_ID, forward=False)

@@ -17,7 +17,7 @@ from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dashboards.accounts import Accounts, Role
+from dashboards.accounts import AccountRules, Accounts, Role
 from gateway.errors import InputError
 from gateway.model import (
     Alert,
@@ -43,6 +43,7 @@ from gateway.protocols import (
 )
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub.accounts import open_account_storage, open_accounts
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 PASSWORD = "correct horse battery"
@@ -388,8 +389,7 @@ def build_world(db_path: Path) -> World:
         )
         model.batch_members[seq] = [cgm(p, batch_time, 100.0) for p in members]
     events: list[dict[str, str]] = []
-    accounts = Accounts.open(db_path, on_consent_change=events.append, clock=clock)
-    from dashboards.accounts import _Tables
+    accounts = open_accounts(db_path, on_consent_change=events.append, clock=clock)
 
     # Accounts and grants are checked against the hub's patient registry in the same file.
     assert db_path.name == DB_FILENAME
@@ -397,7 +397,7 @@ def build_world(db_path: Path) -> World:
     for patient in model.patients.values():
         registry.add_patient(patient)
     registry.close()
-    tables = _Tables(db_path, clock)
+    tables = AccountRules(open_account_storage(db_path, clock=clock), clock)
     try:
         tables.add_user("alice", Role.PATIENT, PASSWORD, "pat-a")
         tables.add_user("bob", Role.PATIENT, PASSWORD, "pat-b")

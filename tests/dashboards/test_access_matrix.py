@@ -31,12 +31,12 @@ import pytest
 import pytest_asyncio
 
 from dashboards import accounts as accounts_module
-from dashboards.accounts import Accounts
 from dashboards.app import create_app
 from gateway.model import DeviceEvent, DeviceEventKind, Reading, ReadingKind, Source
 from gateway.protocols import Origin
 from gateway.settings import DashboardSettings, load_settings
 from gateway.units import Unit
+from glucohub.accounts import open_accounts
 from glucohub.runtime import Running, run_hub
 from tests.dashboards.access_world import (
     ADMIN,
@@ -136,7 +136,7 @@ async def login(base: str, username: str) -> Session:
 
 def _router_routes(running: Running, db: Path) -> set[tuple[str, str]]:
     """The (method, path) of every route the dashboard app registers."""
-    accounts = Accounts.open(db)
+    accounts = open_accounts(db)
     try:
         app = create_app(
             settings=DashboardSettings(port=0),

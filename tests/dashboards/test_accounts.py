@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from dashboards import accounts
 from dashboards.accounts import (
     AccountError,
-    Accounts,
     ConsentChange,
     Role,
     hash_password,
@@ -26,6 +25,8 @@ from gateway.model import Patient
 from gateway.storage.sqlite_migrations import migrate
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub import accounts as hub_accounts
+from glucohub.accounts import open_accounts
 from tests.dashboards.fakes import FakeClock
 
 PASSWORD = "a long enough password"
@@ -82,35 +83,35 @@ def test_verify_never_raises(stored: str) -> None:
 
 def test_cli_functions_validate(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     with pytest.raises(AccountError, match="already exists"):
-        accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+        hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     with pytest.raises(AccountError, match="role must be one of"):
-        accounts.users_add(db, "x", "superuser", PASSWORD)
+        hub_accounts.users_add(db, "x", "superuser", PASSWORD)
     with pytest.raises(AccountError, match="at least 8"):
-        accounts.users_add(db, "y", "admin", "short")
+        hub_accounts.users_add(db, "y", "admin", "short")
     with pytest.raises(AccountError, match="needs --patient "):
-        accounts.users_add(db, "z", "patient", PASSWORD)  # a patient user needs a patient id
+        hub_accounts.users_add(db, "z", "patient", PASSWORD)  # a patient user needs a patient id
     with pytest.raises(AccountError, match="username"):
-        accounts.users_add(db, "Bad Name", "admin", PASSWORD)
+        hub_accounts.users_add(db, "Bad Name", "admin", PASSWORD)
     with pytest.raises(AccountError, match="not a clinician"):
-        accounts.users_add(db, "pat", "patient", PASSWORD, patient_id="p1")
-        accounts.grant(db, "p1", "pat")
+        hub_accounts.users_add(db, "pat", "patient", PASSWORD, patient_id="p1")
+        hub_accounts.grant(db, "p1", "pat")
 
 
 def test_secrets_are_not_stored_in_the_clear(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
-    token = accounts.tokens_create(db, "dr-who", "ehr")
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    token = hub_accounts.tokens_create(db, "dr-who", "ehr")
     dump = "\n".join(sqlite3.connect(db).iterdump())
     assert PASSWORD not in dump and token not in dump and token[4:] not in dump
 
 
 async def test_sessions_expire_and_end_on_password_change(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     clock = FakeClock()
-    acc = Accounts.open(db, clock=clock)
+    acc = open_accounts(db, clock=clock)
     try:
         found = await acc.login("dr-who", PASSWORD)
         assert found is not None
@@ -123,7 +124,7 @@ async def test_sessions_expire_and_end_on_password_change(tmp_path: Path) -> Non
         clock.current += timedelta(hours=12)
         assert await acc.session(session.session_id) is None  # expired at exactly 12 h
         clock.current -= timedelta(hours=12)
-        accounts.users_passwd(db, "dr-who", PASSWORD + "!")
+        hub_accounts.users_passwd(db, "dr-who", PASSWORD + "!")
         assert await acc.session(session.session_id) is None  # a new password ends sessions
         assert await acc.login("dr-who", PASSWORD) is None
         assert await acc.login("dr-who", PASSWORD + "!") is not None
@@ -133,18 +134,18 @@ async def test_sessions_expire_and_end_on_password_change(tmp_path: Path) -> Non
 
 async def test_disabling_ends_sessions_and_tokens(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
-    acc = Accounts.open(db)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    acc = open_accounts(db)
     try:
         found = await acc.login("dr-who", PASSWORD)
         assert found is not None
         token = await acc.create_token("dr-who", "ehr")
         assert (await acc.token_user(token)) is not None
-        accounts.users_disable(db, "dr-who")
+        hub_accounts.users_disable(db, "dr-who")
         assert await acc.session(found[0].session_id) is None
         assert await acc.token_user(token) is None
         assert await acc.login("dr-who", PASSWORD) is None
-        accounts.users_disable(db, "dr-who", disabled=False)
+        hub_accounts.users_disable(db, "dr-who", disabled=False)
         assert await acc.token_user(token) is None  # revoked tokens stay revoked
         assert await acc.login("dr-who", PASSWORD) is not None
     finally:
@@ -153,13 +154,13 @@ async def test_disabling_ends_sessions_and_tokens(tmp_path: Path) -> None:
 
 async def test_visibility_by_role_and_consent(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
-    accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p-ann")
-    accounts.users_add(db, "root", "admin", PASSWORD)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p-ann")
+    hub_accounts.users_add(db, "root", "admin", PASSWORD)
     events: list[dict[str, str]] = []
-    assert accounts.grant(db, "p-ann", "dr-who", by="cli") is ConsentChange.CHANGED
-    assert accounts.grant(db, "p-ann", "dr-who") is ConsentChange.UNCHANGED  # no new event
-    acc = Accounts.open(db, on_consent_change=events.append)
+    assert hub_accounts.grant(db, "p-ann", "dr-who", by="cli") is ConsentChange.CHANGED
+    assert hub_accounts.grant(db, "p-ann", "dr-who") is ConsentChange.UNCHANGED  # no new event
+    acc = open_accounts(db, on_consent_change=events.append)
     try:
         users = {name: await acc.get_user(name) for name in ("dr-who", "ann", "root")}
         visible = {n: await acc.visible_patients(u) for n, u in users.items() if u}
@@ -187,9 +188,9 @@ async def test_visibility_by_role_and_consent(tmp_path: Path) -> None:
 
 async def test_access_log_newest_first(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     clock = FakeClock()
-    acc = Accounts.open(db, clock=clock)
+    acc = open_accounts(db, clock=clock)
     try:
         user = await acc.get_user("dr-who")
         assert user is not None
@@ -233,16 +234,16 @@ async def test_access_log_newest_first(tmp_path: Path) -> None:
 def test_common_and_context_passwords_are_refused(tmp_path: Path, password: str) -> None:
     db = hub_db(tmp_path)
     with pytest.raises(AccountError, match="password"):
-        accounts.users_add(db, "ann-the-user", "patient", password, patient_id="zv-7731-q")
-    accounts.users_add(db, "ann-the-user", "patient", PASSWORD, patient_id="zv-7731-q")
+        hub_accounts.users_add(db, "ann-the-user", "patient", password, patient_id="zv-7731-q")
+    hub_accounts.users_add(db, "ann-the-user", "patient", PASSWORD, patient_id="zv-7731-q")
     with pytest.raises(AccountError, match="password"):
-        accounts.users_passwd(db, "ann-the-user", password)
+        hub_accounts.users_passwd(db, "ann-the-user", password)
 
 
 def test_the_username_is_refused_as_a_password(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
     with pytest.raises(AccountError, match="user name"):
-        accounts.users_add(db, "nurse.ratched", "clinician", "nurse.ratched")
+        hub_accounts.users_add(db, "nurse.ratched", "clinician", "nurse.ratched")
 
 
 @pytest.mark.parametrize(
@@ -256,10 +257,10 @@ def test_the_username_is_refused_as_a_password(tmp_path: Path) -> None:
 )
 def test_strong_passwords_and_long_passphrases_are_accepted(tmp_path: Path, password: str) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", password)
+    hub_accounts.users_add(db, "dr-who", "clinician", password)
 
     async def login() -> object:
-        acc = Accounts.open(db)
+        acc = open_accounts(db)
         try:
             return await acc.login("dr-who", password)
         finally:
@@ -271,7 +272,7 @@ def test_strong_passwords_and_long_passphrases_are_accepted(tmp_path: Path, pass
 def test_a_refused_password_says_why_in_one_line(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
     with pytest.raises(AccountError) as caught:
-        accounts.users_add(db, "dr-who", "clinician", "password")
+        hub_accounts.users_add(db, "dr-who", "clinician", "password")
     message = str(caught.value)
     assert "\n" not in message and "common" in message
 
@@ -281,19 +282,19 @@ def test_a_refused_password_says_why_in_one_line(tmp_path: Path) -> None:
 
 def test_accounts_and_grants_need_a_registered_patient(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     with pytest.raises(AccountError, match="unknown patient 'NOPE'"):
-        accounts.users_add(db, "nope", "patient", PASSWORD, patient_id="NOPE")
+        hub_accounts.users_add(db, "nope", "patient", PASSWORD, patient_id="NOPE")
     with pytest.raises(AccountError, match="unknown patient 'NOPE'"):
-        accounts.grant(db, "NOPE", "dr-who")
+        hub_accounts.grant(db, "NOPE", "dr-who")
     dump = "\n".join(sqlite3.connect(db).iterdump())
     assert "NOPE" not in dump
 
 
 async def test_the_web_consent_path_refuses_an_unknown_patient(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
-    acc = Accounts.open(db)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    acc = open_accounts(db)
     try:
         with pytest.raises(AccountError, match="unknown patient"):
             await acc.grant("NOPE", "dr-who", by="someone")
@@ -307,9 +308,9 @@ async def test_the_web_consent_path_refuses_an_unknown_patient(tmp_path: Path) -
 
 async def test_tokens_expire(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
     clock = FakeClock()
-    acc = Accounts.open(db, clock=clock)
+    acc = open_accounts(db, clock=clock)
     try:
         default = await acc.create_token("dr-who", "ehr")
         short = await acc.create_token("dr-who", "lab", expires_days=1)
@@ -326,30 +327,30 @@ async def test_tokens_expire(tmp_path: Path) -> None:
 
 async def test_tokens_are_listed_without_secrets_and_revoked_one_by_one(tmp_path: Path) -> None:
     db = hub_db(tmp_path)
-    accounts.users_add(db, "dr-who", "clinician", PASSWORD)
-    first = accounts.tokens_create(db, "dr-who", "ehr", expires_days=30)
-    second = accounts.tokens_create(db, "dr-who", "lab")
+    hub_accounts.users_add(db, "dr-who", "clinician", PASSWORD)
+    first = hub_accounts.tokens_create(db, "dr-who", "ehr", expires_days=30)
+    second = hub_accounts.tokens_create(db, "dr-who", "lab")
     clock = FakeClock()
-    acc = Accounts.open(db, clock=clock)
+    acc = open_accounts(db, clock=clock)
     try:
         assert await acc.token_user(second) is not None
     finally:
         acc.close()
-    listed = accounts.tokens_list(db, "dr-who")
+    listed = hub_accounts.tokens_list(db, "dr-who")
     assert [t.label for t in listed] == ["ehr", "lab"]
     assert listed[0].expires_at - listed[0].created_at == timedelta(days=30)
     assert listed[0].last_used_at is None and listed[1].last_used_at == clock.now()
     assert all(first not in repr(t) and second not in repr(t) for t in listed)
-    accounts.tokens_revoke(db, listed[0].token_id)
-    acc = Accounts.open(db)
+    hub_accounts.tokens_revoke(db, listed[0].token_id)
+    acc = open_accounts(db)
     try:
         assert await acc.token_user(first) is None
         assert await acc.token_user(second) is not None  # the other one still works
     finally:
         acc.close()
-    assert [t.revoked for t in accounts.tokens_list(db, "dr-who")] == [True, False]
+    assert [t.revoked for t in hub_accounts.tokens_list(db, "dr-who")] == [True, False]
     with pytest.raises(AccountError, match="no token 999"):
-        accounts.tokens_revoke(db, 999)
+        hub_accounts.tokens_revoke(db, 999)
 
 
 def test_token_rows_from_before_expiry_keep_working_for_90_days(tmp_path: Path) -> None:
@@ -373,7 +374,7 @@ def test_token_rows_from_before_expiry_keep_working_for_90_days(tmp_path: Path) 
 
     async def user_at(offset: timedelta) -> object:
         clock.current = upgrade + offset
-        acc = Accounts.open(db, clock=clock)
+        acc = open_accounts(db, clock=clock)
         try:
             return await acc.token_user(token)
         finally:
@@ -383,5 +384,5 @@ def test_token_rows_from_before_expiry_keep_working_for_90_days(tmp_path: Path) 
     assert asyncio.run(user_at(timedelta(0))) is not None
     assert asyncio.run(user_at(timedelta(days=90) - timedelta(seconds=1))) is not None
     assert asyncio.run(user_at(timedelta(days=90))) is None
-    [listed] = accounts.tokens_list(db, "dr-who")
+    [listed] = hub_accounts.tokens_list(db, "dr-who")
     assert listed.label == "old" and listed.expires_at == upgrade + timedelta(days=90)

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import TCPConnector, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from dashboards import accounts
-from dashboards.accounts import Accounts
+from glucohub import accounts as hub_accounts
+from glucohub.accounts import open_accounts
 from tests.dashboards.conftest import CSRF_RE, login_as, make_app
 from tests.dashboards.fakes import PASSWORD, World
 
@@ -167,7 +167,7 @@ async def test_throttling_survives_a_restart(world: World, tmp_path: Path) -> No
             assert (await login_as(client, "alice", f"guess {i}")).status == 401  # type: ignore[attr-defined]
     world.accounts.close()
     # A new hub process: new Accounts and app on the same data directory.
-    world.accounts = Accounts.open(tmp_path / "glucohub.sqlite3", clock=world.clock)
+    world.accounts = open_accounts(tmp_path / "glucohub.sqlite3", clock=world.clock)
     async with TestClient(TestServer(make_app(world))) as client:
         response = await login_as(client, "alice")
         assert response.status == 429  # type: ignore[attr-defined]
@@ -206,7 +206,7 @@ async def test_expired_and_revoked_tokens_get_401(
 
     assert [await status(t) for t in (daily, kept, revoked)] == [200, 200, 200]
     db = tmp_path / "glucohub.sqlite3"
-    [target] = [t for t in accounts.tokens_list(db, "dr-grant") if t.label == "revoked"]
-    accounts.tokens_revoke(db, target.token_id)  # from the CLI, while the hub runs
+    [target] = [t for t in hub_accounts.tokens_list(db, "dr-grant") if t.label == "revoked"]
+    hub_accounts.tokens_revoke(db, target.token_id)  # from the CLI, while the hub runs
     world.clock.current += timedelta(days=1)
     assert [await status(t) for t in (daily, kept, revoked)] == [401, 200, 401]

@@ -14,12 +14,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dashboards import accounts
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub import accounts as hub_accounts
 from glucohub.runtime import Running, run_hub
 from ledger._b64 import b64url_decode
 from ledger.records import open_batch_view
@@ -74,9 +74,9 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
         )
     store.close()
     db = tmp_path / DB_FILENAME
-    accounts.users_add(db, "dr", "clinician", PASSWORD)
-    accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p1")
-    accounts.grant(db, "p1", "dr")
+    hub_accounts.users_add(db, "dr", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p1")
+    hub_accounts.grant(db, "p1", "dr")
     settings = load_settings(
         None,
         {

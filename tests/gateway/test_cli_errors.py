@@ -25,12 +25,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dashboards import accounts
 from gateway.model import Reading, ReadingKind, Source
 from gateway.protocols import Origin
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME
 from gateway.units import Unit
+from glucohub import accounts as hub_accounts
 from glucohub.cli import build_parser, main
 from glucohub.runtime import Running, run_hub
 
@@ -499,8 +499,8 @@ async def test_a_bad_zone_stored_earlier_falls_back_to_utc(
     db.commit()
     db.close()
     password = "a long enough password 42"
-    accounts.users_add(d / DB_FILENAME, "dr", "clinician", password)
-    accounts.grant(d / DB_FILENAME, "p1", "dr")
+    hub_accounts.users_add(d / DB_FILENAME, "dr", "clinician", password)
+    hub_accounts.grant(d / DB_FILENAME, "p1", "dr")
     env = {"GLUCOHUB_STORAGE__DATA_DIR": str(d), "GLUCOHUB_DASHBOARD__PORT": "0"}
     stop, ready = asyncio.Event(), asyncio.Event()
     urls: list[str] = []

@@ -18,10 +18,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dashboards import accounts
 from gateway.model import Patient
 from gateway.settings import load_settings
 from gateway.store import DB_FILENAME, Store
+from glucohub import accounts as hub_accounts
 from glucohub.cli import main
 from glucohub.runtime import Running, run_hub
 from tests.dashboards.test_real_hub import CSRF_RE, META_RE
@@ -62,8 +62,8 @@ def hub_dir(tmp_path: Path) -> Path:
     store.add_patient(Patient(patient_id="p1", display_name="Ann"))
     store.close()
     db = data_dir / DB_FILENAME
-    accounts.users_add(db, "dr", "clinician", PASSWORD)
-    accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p1")
+    hub_accounts.users_add(db, "dr", "clinician", PASSWORD)
+    hub_accounts.users_add(db, "ann", "patient", PASSWORD, patient_id="p1")
     return data_dir
 
 

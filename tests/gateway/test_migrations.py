@@ -16,7 +16,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dashboards.accounts import Accounts
 from gateway.model import Reading, ReadingKind, Source
 from gateway.protocols import Origin
 from gateway.settings import load_settings
@@ -30,6 +29,7 @@ from gateway.storage.sqlite_migrations import (
 )
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub.accounts import open_accounts
 from glucohub.cli import main
 from glucohub.runtime import Running, run_hub
 from tests.dashboards.test_real_hub import CSRF_RE, META_RE
@@ -133,7 +133,7 @@ def test_the_c685acb_database_upgrades_with_nothing_lost(old_hub: Path, tmp_path
     assert layout(db) == layout(tmp_path / "new" / DB_FILENAME)
 
     async def accounts_work() -> None:
-        accounts = Accounts.open(db)
+        accounts = open_accounts(db)
         try:
             login = await accounts.login("dr-ada", PASSWORD)
             assert login is not None and login[1].role.value == "clinician"
@@ -288,7 +288,7 @@ def test_a_database_from_a_newer_version_is_refused_by_every_open(tmp_path: Path
     for open_it in (
         lambda: Store(data_dir),
         lambda: Store(data_dir, read_only=True),
-        lambda: Accounts.open(data_dir / DB_FILENAME),
+        lambda: open_accounts(data_dir / DB_FILENAME),
     ):
         with pytest.raises(SchemaTooNew, match=message):
             open_it()

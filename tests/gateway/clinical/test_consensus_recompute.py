@@ -33,13 +33,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dashboards import accounts, fhir
+from dashboards import fhir
 from gateway.clock import parse_rfc3339
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import Origin
 from gateway.settings import Settings, load_settings
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from glucohub import accounts as hub_accounts
 from glucohub.cli import main
 from glucohub.runtime import Running, run_hub
 
@@ -96,8 +97,8 @@ def hub_dir(tmp_path: Path) -> Path:
             Device(device_id=device, patient_id="p1", kind=kind, transport=Transport.MQTT)
         )
     store.close()
-    accounts.users_add(tmp_path / DB_FILENAME, "dr", "clinician", PASSWORD)
-    accounts.grant(tmp_path / DB_FILENAME, "p1", "dr")
+    hub_accounts.users_add(tmp_path / DB_FILENAME, "dr", "clinician", PASSWORD)
+    hub_accounts.grant(tmp_path / DB_FILENAME, "p1", "dr")
     end = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     cgm = cgm_trace(end)
     sticks = fingersticks(cgm)
