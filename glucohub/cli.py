@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
 import sys
 import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
@@ -918,8 +917,6 @@ def _error_line(exc: BaseException) -> str:
         text = str(exc)
     elif isinstance(exc, OSError):
         text = _os_error_text(exc)
-    elif isinstance(exc, sqlite3.Error):
-        text = f"database error: {exc}"
     else:  # our bug: say so, still in one line
         text = f"unexpected {type(exc).__name__}: {exc} (a bug: please report it)"
     return "glucohub: " + " ".join(text.split())

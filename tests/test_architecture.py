@@ -66,7 +66,7 @@ IO_LIBRARIES = (
 IO_MODULES: dict[str, frozenset[str]] = {
     name: frozenset(libraries)
     for name, libraries in {
-        "glucohub.cli": ("asyncio", "sqlite3"),
+        "glucohub.cli": ("asyncio",),
         "glucohub.demo": ("asyncio",),
         "glucohub.runtime": ("asyncio", "signal"),
         "device_adapters.ble.adapter": ("asyncio",),
@@ -105,8 +105,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
     }.items()
 }
 # Each database driver is imported by its backend only; everyone else sees the storage
-# contract's errors (gateway.errors.StorageError). glucohub.cli still catches sqlite3's by name
-# for the account commands. psycopg: the PostgreSQL backend.
+# contract's errors (gateway.errors.StorageError). psycopg: the PostgreSQL backend.
 DATABASE_DRIVERS: dict[str, frozenset[str]] = {
     "sqlite3": frozenset(
         {
@@ -115,7 +114,6 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "gateway.storage.sqlite_events",
             "gateway.storage.sqlite_migrations",
             "gateway.storage.sqlite_accounts",
-            "glucohub.cli",
         }
     ),
     "psycopg": frozenset(
