@@ -186,6 +186,8 @@ class Hub:
         self._source_backoff = source_backoff or Backoff()
         # Set whenever a batch or checkpoint lands in the outbox (the upstream forwarder waits).
         self.outbox_added = asyncio.Event()
+        # Set once the stages and sources run: the hub accepts input (systemd's READY=1).
+        self.started = asyncio.Event()
         telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
         telemetry.gauge("glucohub_unsealed_readings", lambda: self._batcher.pending)
 
@@ -300,6 +302,7 @@ class Hub:
                             name=named.name,
                         )
                     edge.create_task(_raise_when_set(stop), name="stop-watch")
+                    self.started.set()
             except* _Stop:
                 pass
             log.info("stopping: sources stopped, draining %d queued inputs", self._ingest.qsize())

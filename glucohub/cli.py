@@ -70,11 +70,13 @@ def _setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from glucohub.runtime import run_hub
+    from glucohub.systemd import Notifier
 
     settings = _settings(args)
     _setup_logging(settings.hub.log_level)
+    notifier = Notifier.from_environ(os.environ)
     with _port_in_use(settings, "set dashboard.port in the config (or GLUCOHUB_DASHBOARD__PORT)"):
-        asyncio.run(run_hub(settings))
+        asyncio.run(run_hub(settings, notifier=notifier))
     return 0
 
 

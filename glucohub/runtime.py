@@ -27,6 +27,7 @@ from gateway.settings import Settings
 from gateway.store import DB_FILENAME
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
+from glucohub.systemd import Notifier, watchdog
 
 log = logging.getLogger("glucohub")
 
@@ -179,6 +180,55 @@ async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> li
     return sources
 
 
+def _status_line(hub: Hub) -> str:
+    health = hub.health()
+    queues = health["queues"]
+    ledger = health["ledger"]
+    assert isinstance(queues, dict) and isinstance(ledger, dict)
+    return (
+        f"{health['status']}: {queues['ingest']} queued, {queues['unsealed_readings']} unsealed,"
+        f" ledger of {ledger['tree_size']}"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _service_manager(
+    notifier: Notifier, hub: Hub, stop: asyncio.Event
+) -> AsyncIterator[None]:
+    """Tell systemd how the hub is doing for as long as the body (the hub) runs."""
+    if not notifier.enabled:
+        yield
+        return
+    stopping = False
+
+    def say_stopping() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            notifier.notify(
+                "STOPPING=1", "STATUS=stopping: draining queues, sealing the open batch"
+            )
+
+    async def announce() -> None:
+        await hub.started.wait()
+        notifier.notify("READY=1", f"STATUS={_status_line(hub)}")
+        await stop.wait()
+        say_stopping()
+
+    tasks = [
+        asyncio.create_task(announce(), name="systemd:notify"),
+        # Pings go on through the shutdown: sealing a large open batch takes a while.
+        asyncio.create_task(watchdog(notifier, lambda: _status_line(hub)), name="systemd:watchdog"),
+    ]
+    try:
+        yield
+    finally:
+        say_stopping()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -187,8 +237,12 @@ async def run_hub(
     clock: Clock | None = None,
     on_ready: Callable[[Running], None] | None = None,
     source_backoff: Backoff | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
     """Run the whole gateway until SIGINT/SIGTERM (or `stop`), then shut down cleanly.
+
+    Under systemd (`notifier` from its environment) the hub says READY=1 once ingest runs,
+    WATCHDOG=1 from the event loop, STOPPING=1 when asked to stop, and STATUS= lines.
 
     Each source (`sources`, MQTT, BLE) runs supervised: restarted after a failure with
     `source_backoff` (default `Backoff()`), never ending the hub. `sources` given as a
@@ -266,7 +320,8 @@ async def run_hub(
             ]
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
-            await hub.run(stop, bound)
+            async with _service_manager(notifier or Notifier(), hub, stop):
+                await hub.run(stop, bound)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

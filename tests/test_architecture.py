@@ -69,6 +69,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "glucohub.cli": ("asyncio", "sqlite3"),
         "glucohub.demo": ("asyncio",),
         "glucohub.runtime": ("asyncio", "signal"),
+        "glucohub.systemd": ("asyncio", "socket"),
         "device_adapters.ble.adapter": ("asyncio",),
         "device_adapters.ble.bleak_transport": ("asyncio", "bleak", "bleak_retry_connector"),
         "device_adapters.ble.virtual.base": ("asyncio",),
