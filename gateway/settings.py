@@ -36,6 +36,8 @@ class StorageSettings:
     # Group commit: a transaction takes whatever is queued when the previous one ends; a
     # delay > 0 waits that long for more (fewer, larger commits on a slow SD card).
     commit_max_delay_ms: int = 0
+    # Below this much free space in data_dir `glucohub doctor` fails its disk check.
+    min_free_mb: int = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,6 +250,7 @@ def _check(settings: Settings) -> None:
     """Range checks that a type alone cannot express."""
     positive = {
         "storage.commit_max_readings": settings.storage.commit_max_readings,
+        "storage.min_free_mb": settings.storage.min_free_mb,
         "pipeline.queue_size": settings.pipeline.queue_size,
         "pipeline.viewer_queue_size": settings.pipeline.viewer_queue_size,
         "ledger.batch_max_readings": settings.ledger.batch_max_readings,

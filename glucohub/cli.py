@@ -108,6 +108,16 @@ def _port_in_use(settings: Settings, advice: str) -> Iterator[None]:
         raise InputError(f"dashboard port {where} is already in use; {advice}") from None
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from glucohub.doctor import SYSTEM_BUS, Host, report, run_checks
+
+    settings = _settings(args)
+    host = Host(system_bus=os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS)
+    text, code = report(run_checks(settings, host))
+    print(text)
+    return code
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     store = _open_store(args)
     since: datetime | None = args.since
@@ -657,6 +667,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-days", type=_int_in(0, 366), help="days of history to seed (default 14)"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "doctor", help="check the installation: one line per check with its fix (exit 1: a failure)"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("export", help="print every stored reading")
     _common(p)

@@ -250,6 +250,8 @@ async def run_hub(
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     data_dir = settings.storage.data_dir
+    # Health data: owner-only (init_keys would create it with the umask's mode otherwise).
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     init_keys(data_dir, settings.ledger.key_passphrase or None)
     keys = load_keys(data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None)
     writer = await Writer.open(data_dir)

@@ -68,6 +68,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
     for name, libraries in {
         "glucohub.cli": ("asyncio", "sqlite3"),
         "glucohub.demo": ("asyncio",),
+        "glucohub.doctor": ("asyncio", "dbus_fast", "socket", "sqlite3", "ssl"),
         "glucohub.runtime": ("asyncio", "signal"),
         "glucohub.systemd": ("asyncio", "socket"),
         "device_adapters.ble.adapter": ("asyncio",),
@@ -110,6 +111,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "dashboards.accounts",
             "gateway.pipeline",
             "glucohub.cli",
+            "glucohub.doctor",  # PRAGMA quick_check on the SQLite file, read-only
         }
     ),
     "psycopg": frozenset(),
