@@ -151,11 +151,15 @@ class Hub:
         fanout: FanOut,
         alerts: AlertStage | None = None,
         source_backoff: Backoff | None = None,
+        validation_clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self._writer = writer
         self._sealer = sealer
         self._clock = clock
+        # What "the future" is measured against (readings too far ahead are refused); the
+        # runtime gives a clock that keeps the timeline from before a backward step.
+        self._validation_clock = validation_clock or clock
         self.telemetry = telemetry
         self.fanout = fanout
         self._alerts: AlertStage = alerts or NoAlerts()
@@ -355,8 +359,9 @@ class Hub:
         that makes validation or storage raise becomes an `unstorable` dead letter: no
         single input may stop the writer."""
         now = self._clock.now()
+        valid_now = self._validation_clock.now()
         try:
-            return self._write_chunk(chunk, now)
+            return self._write_chunk(chunk, now, valid_now)
         except sqlite3.OperationalError:
             raise  # the database itself (disk full, I/O): nothing to blame on one input
         except Exception:
@@ -364,7 +369,7 @@ class Hub:
         parts: list[_Written] = []
         for envelope in chunk:
             try:
-                parts.append(self._write_chunk([envelope], now))
+                parts.append(self._write_chunk([envelope], now, valid_now))
             except sqlite3.OperationalError:
                 raise
             except Exception as exc:
@@ -392,7 +397,7 @@ class Hub:
             rejected_reasons=[RejectReason.UNSTORABLE.value],
         )
 
-    def _write_chunk(self, chunk: list[_Envelope], now: datetime) -> _Written:
+    def _write_chunk(self, chunk: list[_Envelope], now: datetime, valid_now: datetime) -> _Written:
         store = self._writer.store
         devices = store.device_map()
         messages: list[Message] = []
@@ -403,7 +408,7 @@ class Hub:
             letter: DeadLetter | None = None
             for position, reading in enumerate(envelope.readings):
                 device = devices.get(reading.device_id)
-                verdict = validate(reading, device, now=now, rules=self._rules)
+                verdict = validate(reading, device, now=valid_now, rules=self._rules)
                 if verdict is not None:
                     letter = _letter(envelope, position, now, verdict.reason, verdict.detail)
                     break

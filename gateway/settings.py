@@ -27,6 +27,9 @@ ENV_PREFIX = "GLUCOHUB_"
 class HubSettings:
     hub_id: str = "glucohub-local"  # names the ledger origin and upstream topics
     log_level: str = "INFO"
+    # The wall clock moving this much more or less than the monotonic clock is a jump:
+    # logged and recorded in the ledger.
+    clock_jump_threshold_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,6 +254,7 @@ def _check(settings: Settings) -> None:
     positive = {
         "storage.commit_max_readings": settings.storage.commit_max_readings,
         "storage.min_free_mb": settings.storage.min_free_mb,
+        "hub.clock_jump_threshold_s": settings.hub.clock_jump_threshold_s,
         "pipeline.queue_size": settings.pipeline.queue_size,
         "pipeline.viewer_queue_size": settings.pipeline.viewer_queue_size,
         "ledger.batch_max_readings": settings.ledger.batch_max_readings,

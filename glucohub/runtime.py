@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.alerting import AlertService, thresholds_from
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, FurthestClock, SystemClock
+from gateway.clockjump import ClockJump, ClockJumpDetector
 from gateway.fanout import FanOut
 from gateway.model import Transport
 from gateway.pipeline import Hub, Source, Writer
@@ -27,6 +28,7 @@ from gateway.settings import Settings
 from gateway.store import DB_FILENAME
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
+from glucohub.clockwatch import watch_clock
 from glucohub.systemd import Notifier, watchdog
 
 log = logging.getLogger("glucohub")
@@ -229,6 +231,19 @@ async def _service_manager(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _clock_watch(settings: Settings, running: Running, system_clock: Clock) -> NamedSource:
+    detector = ClockJumpDetector(settings.hub.clock_jump_threshold_s)
+
+    async def record(jump: ClockJump) -> None:
+        # A hub-wide event: no patient's (patient_id ""), sealed with the next batch.
+        await running.writer.run(running.writer.store.add_ledger_event, "", jump.ledger_event())
+        running.hub.ledger_events_written(1)
+
+    return NamedSource(
+        "clock-watch", functools.partial(watch_clock, system_clock, detector, record)
+    )
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -286,6 +301,8 @@ async def run_hub(
         fanout=fanout,
         alerts=alerts,
         source_backoff=source_backoff,
+        # a backward clock step must not make readings on the earlier timeline "future"
+        validation_clock=FurthestClock(clock),
     )
     reader = Reader(data_dir)
     running = Running(
@@ -322,6 +339,7 @@ async def run_hub(
             ]
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
+            bound.append(_clock_watch(settings, running, clock))
             async with _service_manager(notifier or Notifier(), hub, stop):
                 await hub.run(stop, bound)
     finally:

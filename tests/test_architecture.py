@@ -67,6 +67,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
     name: frozenset(libraries)
     for name, libraries in {
         "glucohub.cli": ("asyncio", "sqlite3"),
+        "glucohub.clockwatch": ("asyncio",),
         "glucohub.demo": ("asyncio",),
         "glucohub.doctor": ("asyncio", "dbus_fast", "socket", "sqlite3", "ssl"),
         "glucohub.runtime": ("asyncio", "signal"),
@@ -126,6 +127,7 @@ PURE_CORES = (
     "gateway.units",
     "gateway.validation",
     "gateway.batcher",
+    "gateway.clockjump",
     "gateway.telemetry",
     "gateway.clinical.alerts",
     "gateway.clinical.forecast",
