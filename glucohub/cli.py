@@ -58,11 +58,10 @@ def _open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
     return Store(_settings(args).storage.data_dir if create else _data_dir(args))
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(settings: Settings) -> None:
+    from glucohub.logs import setup_logging
+
+    setup_logging(settings.hub, os.environ)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -73,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from glucohub.systemd import Notifier
 
     settings = _settings(args)
-    _setup_logging(settings.hub.log_level)
+    _setup_logging(settings)
     notifier = Notifier.from_environ(os.environ)
     with _port_in_use(settings, "set dashboard.port in the config (or GLUCOHUB_DASHBOARD__PORT)"):
         asyncio.run(run_hub(settings, notifier=notifier))
@@ -90,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings = settings.replace("demo", patients=args.patients)
     if args.history_days is not None:
         settings = settings.replace("demo", history_days=args.history_days)
-    _setup_logging(settings.hub.log_level)
+    _setup_logging(settings)
     with _port_in_use(settings, "choose another with --port, e.g. --port 8081"):
         asyncio.run(run_demo(settings))
     return 0

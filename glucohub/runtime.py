@@ -197,10 +197,8 @@ def _status_line(hub: Hub) -> str:
 async def _service_manager(
     notifier: Notifier, hub: Hub, stop: asyncio.Event
 ) -> AsyncIterator[None]:
-    """Tell systemd how the hub is doing for as long as the body (the hub) runs."""
-    if not notifier.enabled:
-        yield
-        return
+    """Tell systemd (when it is the service manager) how the hub is doing for as long as
+    the body (the hub) runs, and log when it is ready."""
     stopping = False
 
     def say_stopping() -> None:
@@ -213,6 +211,7 @@ async def _service_manager(
 
     async def announce() -> None:
         await hub.started.wait()
+        log.info("ready: accepting input")
         notifier.notify("READY=1", f"STATUS={_status_line(hub)}")
         await stop.wait()
         say_stopping()
