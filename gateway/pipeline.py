@@ -192,6 +192,11 @@ class Hub:
         self.outbox_added = asyncio.Event()
         # Set once the stages and sources run: the hub accepts input (systemd's READY=1).
         self.started = asyncio.Event()
+        # Cleared while storing is paused (`pause_ingest`: the disk is nearly full).
+        self._accepting = asyncio.Event()
+        self._accepting.set()
+        self._paused_reason = ""
+        self._discard_queued = False
         telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
         telemetry.gauge("glucohub_unsealed_readings", lambda: self._batcher.pending)
 
@@ -243,6 +248,16 @@ class Hub:
         self._batcher.add(count, self._clock.monotonic())
         self._new_readings.set()
 
+    def pause_ingest(self, reason: str) -> None:
+        """Store nothing more until `resume_ingest`: queued inputs wait unacknowledged (an
+        MQTT broker keeps them), producers wait once the queue is full."""
+        self._paused_reason = reason
+        self._accepting.clear()
+
+    def resume_ingest(self) -> None:
+        self._paused_reason = ""
+        self._accepting.set()
+
     # -- status -------------------------------------------------------------------------
 
     def health(self) -> dict[str, object]:
@@ -255,7 +270,8 @@ class Hub:
             }
         failing = any(s.state is SourceState.RESTARTING for s in self.source_status.values())
         quarantined = self._sealer.quarantined
-        degraded = failing or quarantined > 0
+        paused = not self._accepting.is_set()
+        degraded = failing or quarantined > 0 or paused
         return {
             "status": "stopping" if self._stopping else "degraded" if degraded else "ok",
             "uptime_s": round(time.monotonic() - self._started, 1),
@@ -268,6 +284,7 @@ class Hub:
             # Stored records that cannot be sealed: kept, logged CRITICAL, listed on /ledger.
             "ledger": {"tree_size": self._sealer.tree_size, "quarantined": quarantined},
             "sources": sources,
+            "storage": {"accepting": not paused, "paused_reason": self._paused_reason},
         }
 
     def prometheus_text(self) -> str:
@@ -309,8 +326,21 @@ class Hub:
                     self.started.set()
             except* _Stop:
                 pass
-            log.info("stopping: sources stopped, draining %d queued inputs", self._ingest.qsize())
             self._stopping = True
+            if not self._accepting.is_set():
+                # Nothing may be stored: what is queued stays unacknowledged (the broker keeps
+                # it for the next start).
+                log.warning(
+                    "stopping while storing is paused (%s): %d queued inputs left unstored",
+                    self._paused_reason,
+                    self._ingest.qsize(),
+                )
+                self._discard_queued = True
+                self._accepting.set()
+            else:
+                log.info(
+                    "stopping: sources stopped, draining %d queued inputs", self._ingest.qsize()
+                )
             await self._ingest.put(None)  # the ingest loop passes the sentinel on
         self.fanout.close()
         log.info(
@@ -326,6 +356,9 @@ class Hub:
             first = await self._ingest.get()
             if first is None:
                 break
+            await self._accepting.wait()  # storing paused: `first` waits, unacknowledged
+            if self._discard_queued:
+                continue
             chunk = [first]
             count = len(first.readings)
             deadline = self._clock.monotonic() + delay

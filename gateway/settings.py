@@ -44,7 +44,8 @@ class StorageSettings:
     # Group commit: a transaction takes whatever is queued when the previous one ends; a
     # delay > 0 waits that long for more (fewer, larger commits on a slow SD card).
     commit_max_delay_ms: int = 0
-    # Below this much free space in data_dir `glucohub doctor` fails its disk check.
+    # Below this much free space in data_dir the hub stops storing (MQTT messages stay with
+    # the broker) until space returns, and `glucohub doctor` fails its disk check.
     min_free_mb: int = 256
 
 

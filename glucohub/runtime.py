@@ -29,6 +29,7 @@ from gateway.store import DB_FILENAME
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
 from glucohub.clockwatch import watch_clock
+from glucohub.diskguard import DiskGuard
 from glucohub.systemd import Notifier, watchdog
 
 log = logging.getLogger("glucohub")
@@ -46,6 +47,7 @@ class Running:
     alerts: AlertService
     writer: Writer
     url: str | None = None
+    disk_guard: DiskGuard | None = None
 
     @property
     def port(self) -> int | None:
@@ -319,6 +321,9 @@ async def run_hub(
             clock=clock,
         ),
     )
+    running.disk_guard = guard = DiskGuard(hub, data_dir, settings.storage.min_free_mb)
+    hub.status_probes["disk"] = guard.status
+    await guard.check()  # a hub started on a full disk stores nothing from the start
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -339,6 +344,7 @@ async def run_hub(
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
             bound.append(_clock_watch(settings, running, clock))
+            bound.append(NamedSource("disk-guard", guard.run))
             async with _service_manager(notifier or Notifier(), hub, stop):
                 await hub.run(stop, bound)
     finally:

@@ -69,6 +69,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "glucohub.cli": ("asyncio", "sqlite3"),
         "glucohub.clockwatch": ("asyncio",),
         "glucohub.demo": ("asyncio",),
+        "glucohub.diskguard": ("asyncio",),
         "glucohub.doctor": ("asyncio", "dbus_fast", "socket", "sqlite3", "ssl"),
         "glucohub.runtime": ("asyncio", "signal"),
         "glucohub.systemd": ("asyncio", "socket"),
