@@ -101,11 +101,13 @@ def _data_dir(data_dir: Path, uid: int) -> Check:
         )
     info = data_dir.stat()
     if info.st_uid != uid:
+        owner, me = _user(info.st_uid), _user(uid)
         return Check(
             name,
             False,
-            f"{data_dir} belongs to {_user(info.st_uid)}, the hub runs as {_user(uid)}",
-            f"sudo chown -R {_user(uid)} {data_dir}",
+            f"{data_dir} belongs to {owner}, not to {me} who runs this check",
+            f"run the doctor as the hub's user (sudo -u {owner} glucohub doctor ...);"
+            f" if the hub runs as {me}: sudo chown -R {me} {data_dir}",
         )
     if info.st_mode & 0o077:
         return Check(
@@ -151,8 +153,13 @@ def _key_files(data_dir: Path, uid: int) -> Check:
             problems.append((f"{path} is missing", f"glucohub keys init --data-dir {data_dir}"))
             continue
         if info.st_uid != uid:
-            owner = _user(info.st_uid)
-            problems.append((f"{path} belongs to {owner}", f"sudo chown {_user(uid)} {path}"))
+            owner, me = _user(info.st_uid), _user(uid)
+            problems.append(
+                (
+                    f"{path} belongs to {owner}, not {me}",
+                    f"if the hub runs as {me}: sudo chown {me} {path}",
+                )
+            )
         if info.st_mode & 0o077:
             mode = f"{stat.S_IMODE(info.st_mode):04o}"
             problems.append((f"{path} is mode {mode}, readable by others", f"chmod 600 {path}"))

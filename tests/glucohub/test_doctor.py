@@ -4,6 +4,7 @@ the mistake it exists for."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import sqlite3
 import subprocess
@@ -114,8 +115,12 @@ def test_files_of_another_user(hub_dir: Path, host: Host) -> None:
         uid=os.geteuid() + 4242,
     )
     checks = run_checks(settings_for(hub_dir), other)
-    assert "fix: sudo chown -R" in failed(checks, "data directory")
-    assert "fix: sudo chown" in failed(checks, "key files")
+    me = str(os.geteuid() + 4242)  # no such user: named by number
+    line = failed(checks, "data directory")
+    assert f"not to {me} who runs this check" in line
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    assert f"sudo -u {owner} glucohub doctor" in line and f"sudo chown -R {me} {hub_dir}" in line
+    assert f"sudo chown {me} {hub_dir}/keys/batch-key.pem" in failed(checks, "key files")
 
 
 def test_a_data_dir_others_can_read(hub_dir: Path, host: Host) -> None:
