@@ -213,7 +213,7 @@ async def _service_manager(
 
     async def announce() -> None:
         await hub.started.wait()
-        log.info("ready: accepting input")
+        log.info("ready: %s", _status_line(hub))
         notifier.notify("READY=1", f"STATUS={_status_line(hub)}")
         await stop.wait()
         say_stopping()
@@ -322,13 +322,13 @@ async def run_hub(
         ),
     )
     running.disk_guard = guard = DiskGuard(hub, data_dir, settings.storage.min_free_mb)
-    hub.status_probes["disk"] = guard.status
-    await guard.check()  # a hub started on a full disk stores nothing from the start
+    hub.status_probes["disk-guard"] = guard.status
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        await guard.check()  # a hub started on a full disk stores nothing from the start
         async with _dashboard(settings, running) as url:
             running.url = url
             if on_ready is not None:

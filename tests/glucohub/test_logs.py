@@ -68,7 +68,7 @@ def test_glucohub_run_logs_to_the_configured_file(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        while "ready: accepting input" not in (log_file.read_text() if log_file.exists() else ""):
+        while "ready: ok: 0 queued" not in (log_file.read_text() if log_file.exists() else ""):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
