@@ -60,16 +60,25 @@ def run_checks(settings: Settings, host: Host | None = None) -> list[Check]:
     host = host or Host()
     uid = os.geteuid() if host.uid is None else host.uid
     data_dir = settings.storage.data_dir
-    checks = [
-        _data_dir(data_dir, uid),
-        _disk_space(data_dir, settings.storage.min_free_mb),
-        _key_files(data_dir, uid),
-        *_database(data_dir),
-        _clock(host),
-        *_bluetooth(settings, host),
-        _broker("broker", "mqtt", settings.mqtt),
-        _broker("upstream broker", "upstream", settings.upstream),
+    plan: list[tuple[tuple[str, ...], Callable[[], Check | list[Check]]]] = [
+        (("data directory",), lambda: _data_dir(data_dir, uid)),
+        (("disk space",), lambda: _disk_space(data_dir, settings.storage.min_free_mb)),
+        (("key files",), lambda: _key_files(data_dir, uid)),
+        (("database", "schema"), lambda: _database(data_dir)),
+        (("clock",), lambda: _clock(host)),
+        (("bluetooth adapter", "bluez"), lambda: _bluetooth(settings, host)),
+        (("broker",), lambda: _broker("broker", "mqtt", settings.mqtt)),
+        (("upstream broker",), lambda: _broker("upstream broker", "upstream", settings.upstream)),
     ]
+    checks: list[Check] = []
+    for names, check in plan:
+        try:
+            found = check()
+        except OSError as exc:  # most often: this user may not look (a 0700 directory)
+            reason = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+            fix = "run the doctor as the hub's user, or with sudo"
+            found = [Check(name, False, f"could not check ({reason})", fix) for name in names]
+        checks += found if isinstance(found, list) else [found]
     return checks
 
 

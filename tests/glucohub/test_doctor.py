@@ -298,3 +298,19 @@ def test_the_command_prints_the_report_and_exits_1_on_a_failure(
     assert code == 1 and err == ""
     assert f"FAIL  key files: {hub_dir}/keys/batch-key.pem is mode 0640" in out
     assert out.splitlines()[-1].startswith("10 checks: ")
+
+
+def test_a_check_this_user_may_not_make_fails_alone(
+    hub_dir: Path, host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not root, the doctor cannot look inside the hub user's 0700 directory (root always can,
+    # so the refusal is the one stat would raise).
+    def refused(data_dir: Path, uid: int) -> Check:
+        raise PermissionError(13, "Permission denied", str(data_dir / "keys" / "log-key.pem"))
+
+    monkeypatch.setattr("glucohub.doctor._key_files", refused)
+    checks = run_checks(settings_for(hub_dir), host)
+    line = failed(checks, "key files")
+    assert f"could not check ({hub_dir}/keys/log-key.pem: Permission denied)" in line
+    assert "fix: run the doctor as the hub's user, or with sudo" in line
+    assert [c.name for c in checks if not c.ok] == ["key files"]  # the others still ran
