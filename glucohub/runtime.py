@@ -195,41 +195,47 @@ def _status_line(hub: Hub) -> str:
     )
 
 
-@contextlib.asynccontextmanager
-async def _service_manager(
-    notifier: Notifier, hub: Hub, stop: asyncio.Event
-) -> AsyncIterator[None]:
-    """Tell systemd (when it is the service manager) how the hub is doing for as long as
-    the body (the hub) runs, and log when it is ready."""
-    stopping = False
+class _Service:
+    """What systemd hears (when it is the service manager): pings from the start, since
+    its watchdog runs from the start too; READY=1 once ingest runs; STOPPING=1."""
 
-    def say_stopping() -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            notifier.notify(
+    def __init__(self, notifier: Notifier, stop: asyncio.Event) -> None:
+        self.notifier = notifier
+        self.stop = stop
+        self.hub: Hub | None = None
+        self._stopping = False
+
+    def status(self) -> str:
+        return "starting" if self.hub is None else _status_line(self.hub)
+
+    def say_stopping(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self.notifier.notify(
                 "STOPPING=1", "STATUS=stopping: draining queues, sealing the open batch"
             )
 
-    async def announce() -> None:
+    async def announce(self, hub: Hub) -> None:
+        self.hub = hub
         await hub.started.wait()
         log.info("ready: %s", _status_line(hub))
-        notifier.notify("READY=1", f"STATUS={_status_line(hub)}")
-        await stop.wait()
-        say_stopping()
+        self.notifier.notify("READY=1", f"STATUS={_status_line(hub)}")
+        await self.stop.wait()
+        self.say_stopping()
 
-    tasks = [
-        asyncio.create_task(announce(), name="systemd:notify"),
-        # Pings go on through the shutdown: sealing a large open batch takes a while.
-        asyncio.create_task(watchdog(notifier, lambda: _status_line(hub)), name="systemd:watchdog"),
-    ]
+
+@contextlib.asynccontextmanager
+async def _service_manager(notifier: Notifier, stop: asyncio.Event) -> AsyncIterator[_Service]:
+    service = _Service(notifier, stop)
+    # A loop blocked by a stuck call misses these pings and systemd restarts the hub. They
+    # go on through the shutdown: sealing a large open batch takes a while.
+    pinging = asyncio.create_task(watchdog(notifier, service.status), name="systemd:watchdog")
     try:
-        yield
+        yield service
     finally:
-        say_stopping()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        service.say_stopping()
+        pinging.cancel()
+        await asyncio.gather(pinging, return_exceptions=True)
 
 
 def _clock_watch(settings: Settings, running: Running, system_clock: Clock) -> NamedSource:
@@ -263,8 +269,22 @@ async def run_hub(
     Each source (`sources`, MQTT, BLE) runs supervised: restarted after a failure with
     `source_backoff` (default `Backoff()`), never ending the hub. `sources` given as a
     mapping are logged and reported under their keys (say "ble:<device id>")."""
-    clock = clock or SystemClock()
     stop = stop or asyncio.Event()
+    async with _service_manager(notifier or Notifier(), stop) as service:
+        await _run(
+            settings, sources, stop, clock or SystemClock(), on_ready, source_backoff, service
+        )
+
+
+async def _run(
+    settings: Settings,
+    sources: Sequence[SourceFactory] | Mapping[str, SourceFactory],
+    stop: asyncio.Event,
+    clock: Clock,
+    on_ready: Callable[[Running], None] | None,
+    source_backoff: Backoff | None,
+    service: _Service,
+) -> None:
     data_dir = settings.storage.data_dir
     # Health data: owner-only (init_keys would create it with the umask's mode otherwise).
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -345,8 +365,12 @@ async def run_hub(
             bound += await _ble_sources(settings, running, clock)
             bound.append(_clock_watch(settings, running, clock))
             bound.append(NamedSource("disk-guard", guard.run))
-            async with _service_manager(notifier or Notifier(), hub, stop):
+            announcing = asyncio.create_task(service.announce(hub), name="systemd:notify")
+            try:
                 await hub.run(stop, bound)
+            finally:
+                announcing.cancel()
+                await asyncio.gather(announcing, return_exceptions=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -168,6 +168,9 @@ def test_glucohub_run_under_a_notify_socket(tmp_path: Path, abstract_listener: L
         assert (data_dir / DB_FILENAME).is_file() and (
             data_dir / "keys" / "batch-key.pem"
         ).is_file()
+        # systemd's watchdog runs from the start: the pings begin before the database opens
+        first = abstract_listener.snapshot()[0][1]
+        assert first == "WATCHDOG=1\nSTATUS=starting"
         ready = next(m for _, m in abstract_listener.snapshot() if "READY=1" in m)
         assert "STATUS=ok: 0 queued, 0 unsealed, ledger of 0" in ready.split("\n")
         time.sleep(3.2)
