@@ -15,13 +15,20 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-
-from gateway.pipeline import Hub
+from typing import Protocol
 
 log = logging.getLogger("glucohub.disk")
 
 MIB = 1024 * 1024
-RESUME_MARGIN = 0.1  # resume at 110 % of the threshold
+RESUME_PERCENT = 110  # resume at 110 % of the threshold
+
+
+class IngestGate(Protocol):
+    """What the guard stops and starts (the pipeline's `Hub`)."""
+
+    def pause_ingest(self, reason: str) -> None: ...
+
+    def resume_ingest(self) -> None: ...
 
 
 def free_bytes(path: Path) -> int:
@@ -31,7 +38,7 @@ def free_bytes(path: Path) -> int:
 class DiskGuard:
     def __init__(
         self,
-        hub: Hub,
+        hub: IngestGate,
         data_dir: Path,
         min_free_mb: int,
         *,
@@ -59,7 +66,7 @@ class DiskGuard:
                 self.data_dir,
             )
             self.hub.pause_ingest(reason)
-        elif self.paused and free >= self.min_free_mb * (1 + RESUME_MARGIN) * MIB:
+        elif self.paused and free * 100 >= self.min_free_mb * RESUME_PERCENT * MIB:
             self.paused = False
             log.warning("disk space is back (%d MiB free): storing again", self.free_mb)
             self.hub.resume_ingest()
