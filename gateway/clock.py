@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -23,6 +23,31 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+
+class FurthestClock:
+    """The furthest the wall clock has been, carried on at the monotonic clock's pace: after
+    the system clock steps back it keeps the earlier timeline; forward steps it follows.
+
+    It is what "in the future" is judged against, so readings on the timeline the hub had
+    before a backward step are not refused. Never the time the hub stamps on anything (that
+    is the system clock: a backward step may have been a correction). Safe from two
+    threads: its one state is a tuple replaced whole."""
+
+    def __init__(self, inner: Clock) -> None:
+        self._inner = inner
+        self._last: tuple[datetime, float] | None = None
+
+    def now(self) -> datetime:
+        wall, mono = self._inner.now(), self._inner.monotonic()
+        last = self._last
+        if last is not None:
+            wall = max(wall, last[0] + timedelta(seconds=mono - last[1]))
+        self._last = (wall, mono)
+        return wall
+
+    def monotonic(self) -> float:
+        return self._inner.monotonic()
 
 
 def utc_now() -> datetime:

@@ -152,11 +152,15 @@ class Hub:
         fanout: FanOut,
         alerts: AlertStage | None = None,
         source_backoff: Backoff | None = None,
+        validation_clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self._writer = writer
         self._sealer = sealer
         self._clock = clock
+        # What "the future" is measured against (readings too far ahead are refused); the
+        # runtime gives a clock that keeps the timeline from before a backward step.
+        self._validation_clock = validation_clock or clock
         self.telemetry = telemetry
         self.fanout = fanout
         self._alerts: AlertStage = alerts or NoAlerts()
@@ -187,6 +191,13 @@ class Hub:
         self._source_backoff = source_backoff or Backoff()
         # Set whenever a batch or checkpoint lands in the outbox (the upstream forwarder waits).
         self.outbox_added = asyncio.Event()
+        # Set once the stages and sources run: the hub accepts input (systemd's READY=1).
+        self.started = asyncio.Event()
+        # Cleared while storing is paused (`pause_ingest`: the disk is nearly full).
+        self._accepting = asyncio.Event()
+        self._accepting.set()
+        self._paused_reason = ""
+        self._discard_queued = False
         telemetry.gauge("glucohub_ingest_queue_depth", lambda: self._ingest.qsize())
         telemetry.gauge("glucohub_unsealed_readings", lambda: self._batcher.pending)
 
@@ -238,6 +249,16 @@ class Hub:
         self._batcher.add(count, self._clock.monotonic())
         self._new_readings.set()
 
+    def pause_ingest(self, reason: str) -> None:
+        """Store nothing more until `resume_ingest`: queued inputs wait unacknowledged (an
+        MQTT broker keeps them), producers wait once the queue is full."""
+        self._paused_reason = reason
+        self._accepting.clear()
+
+    def resume_ingest(self) -> None:
+        self._paused_reason = ""
+        self._accepting.set()
+
     # -- status -------------------------------------------------------------------------
 
     def health(self) -> dict[str, object]:
@@ -250,7 +271,8 @@ class Hub:
             }
         failing = any(s.state is SourceState.RESTARTING for s in self.source_status.values())
         quarantined = self._sealer.quarantined
-        degraded = failing or quarantined > 0
+        paused = not self._accepting.is_set()
+        degraded = failing or quarantined > 0 or paused
         return {
             "status": "stopping" if self._stopping else "degraded" if degraded else "ok",
             "uptime_s": round(time.monotonic() - self._started, 1),
@@ -263,6 +285,7 @@ class Hub:
             # Stored records that cannot be sealed: kept, logged CRITICAL, listed on /ledger.
             "ledger": {"tree_size": self._sealer.tree_size, "quarantined": quarantined},
             "sources": sources,
+            "storage": {"accepting": not paused, "paused_reason": self._paused_reason},
         }
 
     def prometheus_text(self) -> str:
@@ -301,10 +324,24 @@ class Hub:
                             name=named.name,
                         )
                     edge.create_task(_raise_when_set(stop), name="stop-watch")
+                    self.started.set()
             except* _Stop:
                 pass
-            log.info("stopping: sources stopped, draining %d queued inputs", self._ingest.qsize())
             self._stopping = True
+            if not self._accepting.is_set():
+                # Nothing may be stored: what is queued stays unacknowledged (the broker keeps
+                # it for the next start).
+                log.warning(
+                    "stopping while storing is paused (%s): %d queued inputs left unstored",
+                    self._paused_reason,
+                    self._ingest.qsize(),
+                )
+                self._discard_queued = True
+                self._accepting.set()
+            else:
+                log.info(
+                    "stopping: sources stopped, draining %d queued inputs", self._ingest.qsize()
+                )
             await self._ingest.put(None)  # the ingest loop passes the sentinel on
         self.fanout.close()
         log.info(
@@ -320,6 +357,9 @@ class Hub:
             first = await self._ingest.get()
             if first is None:
                 break
+            await self._accepting.wait()  # storing paused: `first` waits, unacknowledged
+            if self._discard_queued:
+                continue
             chunk = [first]
             count = len(first.readings)
             deadline = self._clock.monotonic() + delay
@@ -353,8 +393,9 @@ class Hub:
         that makes validation or storage raise becomes an `unstorable` dead letter: no
         single input may stop the writer."""
         now = self._clock.now()
+        valid_now = self._validation_clock.now()
         try:
-            return self._write_chunk(chunk, now)
+            return self._write_chunk(chunk, now, valid_now)
         except StorageError:
             raise  # the database itself (disk full, I/O): nothing to blame on one input
         except Exception:
@@ -362,7 +403,7 @@ class Hub:
         parts: list[_Written] = []
         for envelope in chunk:
             try:
-                parts.append(self._write_chunk([envelope], now))
+                parts.append(self._write_chunk([envelope], now, valid_now))
             except StorageError:
                 raise
             except Exception as exc:
@@ -390,7 +431,7 @@ class Hub:
             rejected_reasons=[RejectReason.UNSTORABLE.value],
         )
 
-    def _write_chunk(self, chunk: list[_Envelope], now: datetime) -> _Written:
+    def _write_chunk(self, chunk: list[_Envelope], now: datetime, valid_now: datetime) -> _Written:
         store = self._writer.store
         devices = store.device_map()
         messages: list[Message] = []
@@ -401,7 +442,7 @@ class Hub:
             letter: DeadLetter | None = None
             for position, reading in enumerate(envelope.readings):
                 device = devices.get(reading.device_id)
-                verdict = validate(reading, device, now=now, rules=self._rules)
+                verdict = validate(reading, device, now=valid_now, rules=self._rules)
                 if verdict is not None:
                     letter = _letter(envelope, position, now, verdict.reason, verdict.detail)
                     break

@@ -27,6 +27,14 @@ ENV_PREFIX = "GLUCOHUB_"
 class HubSettings:
     hub_id: str = "glucohub-local"  # names the ledger origin and upstream topics
     log_level: str = "INFO"
+    # The wall clock moving this much more or less than the monotonic clock is a jump:
+    # logged and recorded in the ledger.
+    clock_jump_threshold_s: float = 5.0
+    # Empty: log to standard error (the journal under systemd). A path: log there instead,
+    # starting a new file past log_file_max_mb and keeping log_file_backups old ones.
+    log_file: str = ""
+    log_file_max_mb: float = 10.0
+    log_file_backups: int = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +47,9 @@ class StorageSettings:
     # Group commit: a transaction takes whatever is queued when the previous one ends; a
     # delay > 0 waits that long for more (fewer, larger commits on a slow SD card).
     commit_max_delay_ms: int = 0
+    # Below this much free space in data_dir the hub stops storing (MQTT messages stay with
+    # the broker) until space returns, and `glucohub doctor` fails its disk check.
+    min_free_mb: int = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -257,6 +268,9 @@ def _check(settings: Settings) -> None:
         )
     positive = {
         "storage.commit_max_readings": settings.storage.commit_max_readings,
+        "storage.min_free_mb": settings.storage.min_free_mb,
+        "hub.clock_jump_threshold_s": settings.hub.clock_jump_threshold_s,
+        "hub.log_file_max_mb": settings.hub.log_file_max_mb,
         "pipeline.queue_size": settings.pipeline.queue_size,
         "pipeline.viewer_queue_size": settings.pipeline.viewer_queue_size,
         "ledger.batch_max_readings": settings.ledger.batch_max_readings,
@@ -273,6 +287,10 @@ def _check(settings: Settings) -> None:
         )
     if not 0 <= settings.dashboard.port <= 65535:
         raise ConfigError("dashboard.port", f"must be 0..65535, got {settings.dashboard.port}")
+    if settings.hub.log_file_backups < 0:
+        raise ConfigError(
+            "hub.log_file_backups", f"must be >= 0, got {settings.hub.log_file_backups}"
+        )
     if settings.demo.patients < 0 or settings.demo.history_days < 0:
         raise ConfigError("demo.patients", "patients and history_days must be >= 0")
     for key, url in (("mqtt.url", settings.mqtt.url), ("upstream.url", settings.upstream.url)):

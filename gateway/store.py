@@ -62,7 +62,7 @@ from gateway.storage.rows import (
     reading_from_row,
     reading_to_row,
 )
-from gateway.storage.sqlite_errors import translate_sqlite_errors
+from gateway.storage.sqlite_errors import storage_error, translate_sqlite_errors
 from gateway.storage.sqlite_events import insert_ledger_event
 from gateway.storage.sqlite_migrations import migrate, require_current, schema_version
 from ledger.errors import LedgerError
@@ -961,3 +961,17 @@ class Store:
             "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
             (to_rfc3339(now), item_id),
         )
+
+
+def inspect_file(path: Path, timeout_s: float) -> tuple[list[str], int]:
+    """SQLite's quick integrity check of the database file (at most 5 problems; ["ok"] when
+    sound) and its schema version, read-only: for `glucohub doctor`."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+        try:
+            problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+            return problems, schema_version(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise storage_error(exc) from exc

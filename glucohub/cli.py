@@ -60,11 +60,10 @@ def _open_store(args: argparse.Namespace, *, create: bool = False) -> HubStorage
     return open_storage(storage.data_dir if create else _data_dir(args), storage.url)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(settings: Settings) -> None:
+    from glucohub.logs import setup_logging
+
+    setup_logging(settings.hub, os.environ)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -72,11 +71,13 @@ def _setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from glucohub.runtime import run_hub
+    from glucohub.systemd import Notifier
 
     settings = _settings(args)
-    _setup_logging(settings.hub.log_level)
+    _setup_logging(settings)
+    notifier = Notifier.from_environ(os.environ)
     with _port_in_use(settings, "set dashboard.port in the config (or GLUCOHUB_DASHBOARD__PORT)"):
-        asyncio.run(run_hub(settings))
+        asyncio.run(run_hub(settings, notifier=notifier))
     return 0
 
 
@@ -90,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings = settings.replace("demo", patients=args.patients)
     if args.history_days is not None:
         settings = settings.replace("demo", history_days=args.history_days)
-    _setup_logging(settings.hub.log_level)
+    _setup_logging(settings)
     with _port_in_use(settings, "choose another with --port, e.g. --port 8081"):
         asyncio.run(run_demo(settings))
     return 0
@@ -106,6 +107,16 @@ def _port_in_use(settings: Settings, advice: str) -> Iterator[None]:
             raise
         where = f"{settings.dashboard.host}:{settings.dashboard.port}"
         raise InputError(f"dashboard port {where} is already in use; {advice}") from None
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from glucohub.doctor import SYSTEM_BUS, Host, report, run_checks
+
+    settings = _settings(args)
+    host = Host(system_bus=os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS)
+    text, code = report(run_checks(settings, host))
+    print(text)
+    return code
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -677,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-days", type=_int_in(0, 366), help="days of history to seed (default 14)"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "doctor", help="check the installation: one line per check with its fix (exit 1: a failure)"
+    )
+    _common(p)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("export", help="print every stored reading")
     _common(p)

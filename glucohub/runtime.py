@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.alerting import AlertService, thresholds_from
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, FurthestClock, SystemClock
+from gateway.clockjump import ClockJump, ClockJumpDetector
 from gateway.fanout import FanOut
 from gateway.model import Transport
 from gateway.pipeline import Hub, Source, Writer
@@ -26,6 +27,9 @@ from gateway.services import Reader, StoreLedgerView, StoreOutbox, StoreReadMode
 from gateway.settings import Settings
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
+from glucohub.clockwatch import watch_clock
+from glucohub.diskguard import DiskGuard
+from glucohub.systemd import Notifier, watchdog
 
 log = logging.getLogger("glucohub")
 
@@ -42,6 +46,7 @@ class Running:
     alerts: AlertService
     writer: Writer
     url: str | None = None
+    disk_guard: DiskGuard | None = None
 
     @property
     def port(self) -> int | None:
@@ -178,6 +183,73 @@ async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> li
     return sources
 
 
+def _status_line(hub: Hub) -> str:
+    health = hub.health()
+    queues = health["queues"]
+    ledger = health["ledger"]
+    assert isinstance(queues, dict) and isinstance(ledger, dict)
+    return (
+        f"{health['status']}: {queues['ingest']} queued, {queues['unsealed_readings']} unsealed,"
+        f" ledger of {ledger['tree_size']}"
+    )
+
+
+class _Service:
+    """What systemd hears (when it is the service manager): pings from the start, since
+    its watchdog runs from the start too; READY=1 once ingest runs; STOPPING=1."""
+
+    def __init__(self, notifier: Notifier, stop: asyncio.Event) -> None:
+        self.notifier = notifier
+        self.stop = stop
+        self.hub: Hub | None = None
+        self._stopping = False
+
+    def status(self) -> str:
+        return "starting" if self.hub is None else _status_line(self.hub)
+
+    def say_stopping(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self.notifier.notify(
+                "STOPPING=1", "STATUS=stopping: draining queues, sealing the open batch"
+            )
+
+    async def announce(self, hub: Hub) -> None:
+        self.hub = hub
+        await hub.started.wait()
+        log.info("ready: %s", _status_line(hub))
+        self.notifier.notify("READY=1", f"STATUS={_status_line(hub)}")
+        await self.stop.wait()
+        self.say_stopping()
+
+
+@contextlib.asynccontextmanager
+async def _service_manager(notifier: Notifier, stop: asyncio.Event) -> AsyncIterator[_Service]:
+    service = _Service(notifier, stop)
+    # A loop blocked by a stuck call misses these pings and systemd restarts the hub. They
+    # go on through the shutdown: sealing a large open batch takes a while.
+    pinging = asyncio.create_task(watchdog(notifier, service.status), name="systemd:watchdog")
+    try:
+        yield service
+    finally:
+        service.say_stopping()
+        pinging.cancel()
+        await asyncio.gather(pinging, return_exceptions=True)
+
+
+def _clock_watch(settings: Settings, running: Running, system_clock: Clock) -> NamedSource:
+    detector = ClockJumpDetector(settings.hub.clock_jump_threshold_s)
+
+    async def record(jump: ClockJump) -> None:
+        # A hub-wide event: no patient's (patient_id ""), sealed with the next batch.
+        await running.writer.run(running.writer.store.add_ledger_event, "", jump.ledger_event())
+        running.hub.ledger_events_written(1)
+
+    return NamedSource(
+        "clock-watch", functools.partial(watch_clock, system_clock, detector, record)
+    )
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -186,15 +258,35 @@ async def run_hub(
     clock: Clock | None = None,
     on_ready: Callable[[Running], None] | None = None,
     source_backoff: Backoff | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
     """Run the whole gateway until SIGINT/SIGTERM (or `stop`), then shut down cleanly.
+
+    Under systemd (`notifier` from its environment) the hub says READY=1 once ingest runs,
+    WATCHDOG=1 from the event loop, STOPPING=1 when asked to stop, and STATUS= lines.
 
     Each source (`sources`, MQTT, BLE) runs supervised: restarted after a failure with
     `source_backoff` (default `Backoff()`), never ending the hub. `sources` given as a
     mapping are logged and reported under their keys (say "ble:<device id>")."""
-    clock = clock or SystemClock()
     stop = stop or asyncio.Event()
+    async with _service_manager(notifier or Notifier(), stop) as service:
+        await _run(
+            settings, sources, stop, clock or SystemClock(), on_ready, source_backoff, service
+        )
+
+
+async def _run(
+    settings: Settings,
+    sources: Sequence[SourceFactory] | Mapping[str, SourceFactory],
+    stop: asyncio.Event,
+    clock: Clock,
+    on_ready: Callable[[Running], None] | None,
+    source_backoff: Backoff | None,
+    service: _Service,
+) -> None:
     data_dir = settings.storage.data_dir
+    # Health data: owner-only (init_keys would create it with the umask's mode otherwise).
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     init_keys(data_dir, settings.ledger.key_passphrase or None)
     keys = load_keys(data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None)
     writer = await Writer.open(data_dir, settings.storage.url)
@@ -229,6 +321,8 @@ async def run_hub(
         fanout=fanout,
         alerts=alerts,
         source_backoff=source_backoff,
+        # a backward clock step must not make readings on the earlier timeline "future"
+        validation_clock=FurthestClock(clock),
     )
     reader = Reader(data_dir, settings.storage.url)
     running = Running(
@@ -246,11 +340,14 @@ async def run_hub(
             clock=clock,
         ),
     )
+    running.disk_guard = guard = DiskGuard(hub, data_dir, settings.storage.min_free_mb)
+    hub.status_probes["disk-guard"] = guard.status
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        await guard.check()  # a hub started on a full disk stores nothing from the start
         async with _dashboard(settings, running) as url:
             running.url = url
             if on_ready is not None:
@@ -265,7 +362,14 @@ async def run_hub(
             ]
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
-            await hub.run(stop, bound)
+            bound.append(_clock_watch(settings, running, clock))
+            bound.append(NamedSource("disk-guard", guard.run))
+            announcing = asyncio.create_task(service.announce(hub), name="systemd:notify")
+            try:
+                await hub.run(stop, bound)
+            finally:
+                announcing.cancel()
+                await asyncio.gather(announcing, return_exceptions=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

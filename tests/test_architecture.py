@@ -67,8 +67,12 @@ IO_MODULES: dict[str, frozenset[str]] = {
     name: frozenset(libraries)
     for name, libraries in {
         "glucohub.cli": ("asyncio",),
+        "glucohub.clockwatch": ("asyncio",),
         "glucohub.demo": ("asyncio",),
+        "glucohub.diskguard": ("asyncio",),
+        "glucohub.doctor": ("asyncio", "dbus_fast", "socket", "ssl"),
         "glucohub.runtime": ("asyncio", "signal"),
+        "glucohub.systemd": ("asyncio", "socket"),
         "device_adapters.ble.adapter": ("asyncio",),
         "device_adapters.ble.bleak_transport": ("asyncio", "bleak", "bleak_retry_connector"),
         "device_adapters.ble.virtual.base": ("asyncio",),
@@ -135,6 +139,7 @@ PURE_CORES = (
     "gateway.units",
     "gateway.validation",
     "gateway.batcher",
+    "gateway.clockjump",
     "gateway.telemetry",
     "gateway.clinical.alerts",
     "gateway.clinical.forecast",

@@ -121,6 +121,11 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "unknown format": ("--format", "xml", *HUB),
     },
     "migrate": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
+    # A missing or empty data dir is one of the doctor's findings (exit 1), not a mistake.
+    "doctor": {
+        "config file missing": ("--config", "{tmp}/nope.toml"),
+        "config not TOML": ("--config", "{file}"),
+    },
     "ledger verify": {
         "missing data dir": TYPO,
         "data dir without a hub": EMPTY,
