@@ -41,7 +41,7 @@ def stored(data_dir: Path, url: str) -> int:
 
 
 class Hub:
-    def __init__(self, data_dir: Path, broker: Mosquitto, url: str) -> None:
+    def __init__(self, data_dir: Path, broker: Mosquitto, url: str = "") -> None:
         self.data_dir = data_dir
         self.env = {
             **os.environ,
