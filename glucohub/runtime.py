@@ -43,6 +43,7 @@ class Running:
     alerts: AlertService
     writer: Writer
     url: str | None = None
+    setup_sources: list[NamedSource] = dataclasses.field(default_factory=list)
 
     @property
     def port(self) -> int | None:
@@ -50,12 +51,15 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str | None]:
+async def _dashboard(
+    settings: Settings, running: Running, clock: Clock
+) -> AsyncIterator[str | None]:
     if not settings.dashboard.enabled:
         yield None
         return
     from dashboards.accounts import Accounts
     from dashboards.app import create_app, live_stats, serve
+    from glucohub import firstrun
 
     def on_consent(event: dict[str, str]) -> None:
         # The consent change and its ledger event are committed: seal it soon.
@@ -64,6 +68,20 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
     accounts = await asyncio.to_thread(
         Accounts.open, settings.storage.data_dir / DB_FILENAME, on_consent_change=on_consent
     )
+    first_run = await firstrun.prepare(
+        firstrun.HubSetup(
+            settings,
+            writer=running.writer,
+            read_model=running.read_model,
+            reader=running.reader,
+            sink=running.hub,
+            clock=clock,
+        ),
+        running.read_model,
+        clock,
+    )
+    if first_run is not None:
+        running.setup_sources.append(firstrun.source(first_run))
     try:
         app = create_app(
             settings=settings.dashboard,
@@ -74,12 +92,15 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
             status=running.hub,
             accounts=accounts,
             viewer_queue_size=settings.pipeline.viewer_queue_size,
+            first_run=first_run,
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)
         running.hub.telemetry.gauge(
             "glucohub_dashboard_viewers", lambda: live_stats(app)["viewers"]
         )
         async with serve(app, settings.dashboard) as url:
+            if first_run is not None:
+                firstrun.announce(first_run, url)
             yield url
     finally:
         await asyncio.to_thread(accounts.close)
@@ -252,7 +273,7 @@ async def run_hub(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        async with _dashboard(settings, running) as url:
+        async with _dashboard(settings, running, clock) as url:
             running.url = url
             if on_ready is not None:
                 on_ready(running)
@@ -266,6 +287,7 @@ async def run_hub(
             ]
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
+            bound += running.setup_sources
             await hub.run(stop, bound)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
