@@ -13,6 +13,7 @@ and fetches the first records, and says what went wrong in plain words (`SetupPr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -30,6 +31,7 @@ from dashboards.accounts import AccountError, Role, check_password_strength
 from dashboards.context import DEPS, add_route
 from dashboards.pages import esc, layout
 from gateway.clock import Clock
+from gateway.errors import UnknownUnit
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind
 from gateway.units import Unit, format_glucose, glucose_unit
 
@@ -240,7 +242,7 @@ async def _patient(request: web.Request) -> web.Response:
     unit = Unit.MMOL_L
     try:
         unit = glucose_unit(form.get("unit", ""))
-    except ValueError:
+    except UnknownUnit:
         error = "Choose mmol/L or mg/dL."
     if not name:
         error = "Write the name of the person who uses the devices."
@@ -249,7 +251,9 @@ async def _patient(request: web.Request) -> web.Response:
     if not error and first_run.patient is None:
         patient_id = _slug(name)
         try:
-            check_password_strength(password, username=username, context=[name, patient_id])
+            await asyncio.to_thread(  # zxcvbn takes a moment: off the event loop
+                check_password_strength, password, username=username, context=[name, patient_id]
+            )
         except AccountError as exc:
             error = str(exc)
         else:

@@ -86,7 +86,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "dashboards.live": ("asyncio",),
         "dashboards.offload": ("aiohttp", "asyncio", "concurrent.futures", "multiprocessing"),
         "dashboards.publiclog": ("aiohttp",),
-        "dashboards.setup": ("aiohttp",),
+        "dashboards.setup": ("aiohttp", "asyncio"),
         "dashboards.views": ("aiohttp", "asyncio"),
         "gateway.fanout": ("asyncio",),
         "gateway.pipeline": ("asyncio", "concurrent.futures"),

@@ -158,15 +158,16 @@ async def first_download(
     Raises FirstDownloadFailed when the link drops or the transfer fails part way."""
     from device_adapters.ble.bleak_transport import BleakTransport
 
+    transport = BleakTransport(device.address, name=device.name, adapter=adapter or "default")
     ble = BleAdapter(
-        device=device,
-        transport=BleakTransport(device.address, name=device.name, adapter=adapter or "default"),
-        sink=sink,
-        resume=resume,
-        clock=clock,
-        tz=tz,
+        device=device, transport=transport, sink=sink, resume=resume, clock=clock, tz=tz
     )
-    stats = await ble.run(until_synced=True, max_attempts=1)
+    try:
+        stats = await ble.run(until_synced=True, max_attempts=1)
+    finally:
+        # After a dropped link the client still holds its own D-Bus connection: close it
+        # (the hub's adapter does so on its next connect; this transport has none).
+        await transport.disconnect()
     if stats.link_drops or stats.errors or not ble.session.synced:
         reason = stats.errors[-1] if stats.errors else "the link dropped"
         raise FirstDownloadFailed(

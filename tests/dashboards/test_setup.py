@@ -1,0 +1,153 @@
+"""First-run setup on a real hub (run_hub, its dashboard) with Bluetooth through the BlueZ mock
+on a private D-Bus: what a patient sees at each step, and that setup is gone afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from dashboards import accounts as accounts_module
+from gateway.model import Patient
+from gateway.store import Store
+from tests.dashboards.setup_hub import PASSWORD, first_run_hub, setup_client
+from tests.device_adapters.ble.test_bleak_bluez import (  # noqa: F401 (the bluez fixture)
+    METER,
+    BusFactory,
+    bluez,
+    meter,
+    mock_of,
+    one_adapter,
+    state,
+)
+
+SETUP_ROUTES = [
+    ("GET", "/setup"),
+    ("POST", "/setup/code"),
+    ("POST", "/setup/patient"),
+    ("POST", "/setup/clinic"),
+    ("POST", "/setup/scan"),
+    ("POST", "/setup/pair"),
+    ("POST", "/setup/finish"),
+]
+
+
+@pytest.fixture(autouse=True)
+def cheap_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accounts_module, "SCRYPT_N", 2**10)
+
+
+async def test_the_code_is_printed_and_a_wrong_one_gets_nowhere(tmp_path: Path) -> None:
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        assert hub.code, f"no setup code in the log: {hub.log}"
+        assert any(f"{hub.url}/setup" in line for line in hub.log), hub.log
+        await client.get()
+        assert client.status == 200 and 'name="code"' in client.html
+        await client.post(
+            "/setup/code", code="AAAA-BBBB" if hub.code != "AAAA-BBBB" else "CCCC-DDDD"
+        )
+        assert client.status == 403
+        assert "That setup code is not right." in client.html
+        assert 'name="name"' not in client.html, "no step is shown"
+        # Without the code's session the steps refuse and send back to the code page.
+        await client.post("/setup/patient", name="Mallory", timezone="UTC", unit="mg/dL")
+        assert client.status == 200 and 'name="code"' in client.html
+        with closing(Store(hub.data_dir)) as store:
+            assert store.list_patients() == []
+
+
+async def test_guessing_slows_down(tmp_path: Path) -> None:
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        wrong = "2222-2222" if hub.code != "2222-2222" else "3333-3333"
+        for _ in range(3):
+            await client.post("/setup/code", code=wrong)
+            assert client.status == 403
+        await client.post("/setup/code", code=hub.code)  # right, but too soon after 3 wrong
+        assert client.status == 429
+        assert "Too many wrong codes. Wait" in client.html
+        await asyncio.sleep(2.1)
+        await client.post("/setup/code", code=hub.code.lower().replace("-", " "))
+        assert client.status == 200 and 'name="timezone"' in client.html
+
+
+async def test_no_setup_route_once_a_patient_exists(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    data_dir.mkdir()
+    with closing(Store(data_dir)) as store:
+        store.add_patient(Patient(patient_id="ann", display_name="Ann Secret", timezone="UTC"))
+    async with first_run_hub(data_dir) as hub, setup_client(hub.url) as client:
+        assert hub.code == "", "no code is printed when a patient exists"
+        for method, path in SETUP_ROUTES:
+            async with client.session.request(method, hub.url + path, data={}) as response:
+                body = await response.text()
+                assert response.status == 404, (method, path)
+                assert "Ann" not in body and "ann" not in body.lower().split("<title>")[0]
+
+
+async def _to_devices(client: object, code: str, unit: str = "mmol/L") -> None:
+    from tests.dashboards.setup_hub import SetupClient
+
+    assert isinstance(client, SetupClient)
+    await client.get()
+    await client.post("/setup/code", code=code)
+    assert "Step 1 of 3" in client.html
+    await client.post(
+        "/setup/patient",
+        name="Ann Example",
+        timezone="Europe/London",
+        unit=unit,
+        username="ann",
+        password=PASSWORD,
+    )
+    assert "Step 2 of 3" in client.html, client.html
+    await client.post("/setup/clinic")
+    assert "Step 3 of 3" in client.html
+
+
+@pytest.mark.slow
+async def test_a_device_that_refuses_pairing_is_explained(
+    bluez: BusFactory, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(mock_of, bluez, one_adapter(meter(refuse_pairing=True)))
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code)
+        await client.post("/setup/scan")
+        assert "Pair Contour glucose meter" in client.html
+        await client.post("/setup/pair", address=METER)
+        assert "The device refused to pair." in client.html
+        assert "pairing mode" in client.html and "passkey" in client.html
+        assert "Traceback" not in client.html and "org.bluez" not in client.html
+        with closing(Store(hub.data_dir)) as store:
+            assert store.list_devices() == [], "a refused device is not registered"
+
+
+@pytest.mark.slow
+async def test_link_lost_during_first_download_is_explained_and_try_again_works(
+    bluez: BusFactory, tmp_path: Path
+) -> None:
+    mock = await asyncio.to_thread(mock_of, bluez, one_adapter(meter(drop_after_records=2)))
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code)
+        await client.post("/setup/scan")
+        await client.post("/setup/pair", address=METER)
+        assert "Contour glucose meter is paired." in client.html
+        assert "The connection to your device was lost before all its readings arrived" in (
+            client.html
+        )
+        assert "it works" not in client.html
+        await client.post("/setup/pair", address=METER)  # "Try again"
+        assert "— it works." in client.html, client.html
+        seen = await mock.peripheral_state(METER)
+        assert seen["records_sent"] == 3, "the retry resumed: no record sent twice"
+
+
+@pytest.mark.slow
+async def test_no_bluetooth_adapter_is_explained(bluez: BusFactory, tmp_path: Path) -> None:
+    await asyncio.to_thread(mock_of, bluez, {"adapters": [], "devices": []})
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code)
+        await client.post("/setup/scan")
+        assert "The hub cannot use Bluetooth" in client.html
+        assert "Traceback" not in client.html
