@@ -423,26 +423,30 @@ def _patient_form(first_run: FirstRun, values: dict[str, str]) -> str:
 
 
 def _devices(first_run: FirstRun) -> str:
-    parts = []
-    for paired in (p for p in first_run.paired if p.downloaded):
-        parts.append(
-            f'<p class="setup-ok" role="status">{esc(_reading_text(first_run, paired))}</p>'
-        )
+    parts = [
+        f'<p class="setup-ok" role="status"><strong>{esc(_reading_text(first_run, p))}</strong></p>'
+        for p in first_run.paired
+        if p.downloaded
+    ]
     parts.append(
         "<p>Put your glucose meter or sensor in pairing mode, keep it near the hub, then look "
         "for it. Looking takes a few seconds.</p>"
         f'<form method="post" action="/setup/scan" class="login">{_token(first_run)}'
         '<button type="submit" id="setup-scan">Look for devices</button></form>'
     )
-    if first_run.nearby:
-        items = "".join(
-            f'<li><form method="post" action="/setup/pair" class="login">{_token(first_run)}'
-            f'<input type="hidden" name="address" value="{esc(n.address)}">'
-            f'<button type="submit" class="setup-pair">Pair {esc(n.label)}</button></form></li>'
-            for n in first_run.nearby
-        )
-        parts.append(f'<h2>Devices nearby</h2><ul class="setup-nearby">{items}</ul>')
+    state = {p.device.address: p.downloaded for p in first_run.paired}
+    choices = "".join(
+        f'<form method="post" action="/setup/pair" class="login">{_token(first_run)}'
+        f'<input type="hidden" name="address" value="{esc(n.address)}">'
+        '<button type="submit" class="setup-pair">'
+        f"{'Try again with' if n.address in state else 'Pair'} {esc(n.label)}</button></form>"
+        for n in first_run.nearby
+        if not state.get(n.address, False)
+    )
+    if choices:
+        parts.append(f'<h2>Devices nearby</h2><div class="setup-nearby">{choices}</div>')
     parts.append(
+        "<p>When your devices are added, finish setup.</p>"
         f'<form method="post" action="/setup/finish" class="login">{_token(first_run)}'
         '<button type="submit" id="setup-finish">Finish setup</button></form>'
     )

@@ -137,8 +137,10 @@ async def test_link_lost_during_first_download_is_explained_and_try_again_works(
             client.html
         )
         assert "it works" not in client.html
+        assert "Try again with Contour glucose meter" in client.html
         await client.post("/setup/pair", address=METER)  # "Try again"
         assert "— it works." in client.html, client.html
+        assert "Try again" not in client.html
         seen = await mock.peripheral_state(METER)
         assert seen["records_sent"] == 3, "the retry resumed: no record sent twice"
 
