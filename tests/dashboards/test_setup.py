@@ -13,15 +13,16 @@ from dashboards import accounts as accounts_module
 from gateway.model import Patient
 from gateway.store import Store
 from tests.dashboards.setup_hub import PASSWORD, first_run_hub, setup_client
-from tests.device_adapters.ble.test_bleak_bluez import (  # noqa: F401 (the bluez fixture)
+from tests.device_adapters.ble import test_bleak_bluez
+from tests.device_adapters.ble.test_bleak_bluez import (
     METER,
     BusFactory,
-    bluez,
     meter,
     mock_of,
     one_adapter,
-    state,
 )
+
+bluez = test_bleak_bluez.bluez  # the BlueZ mock fixture
 
 SETUP_ROUTES = [
     ("GET", "/setup"),
@@ -153,3 +154,33 @@ async def test_no_bluetooth_adapter_is_explained(bluez: BusFactory, tmp_path: Pa
         await client.post("/setup/scan")
         assert "The hub cannot use Bluetooth" in client.html
         assert "Traceback" not in client.html
+
+
+def test_codes_are_unambiguous_one_time_and_kept_only_as_a_hash() -> None:
+    from dashboards.setup import CODE_ALPHABET, FirstRun
+    from gateway.clock import SystemClock
+
+    first_run = FirstRun(backend=None, clock=SystemClock())  # type: ignore[arg-type]
+    old = first_run.new_code()
+    assert len(old) == 8 and set(old) <= set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
+    assert not set(CODE_ALPHABET) & set("01OIL")
+    new = first_run.new_code()
+    assert old not in repr(first_run) and new not in repr(first_run)
+    if old != new:
+        assert first_run.try_code(old) is None, "a replaced code stops working"
+    assert first_run.try_code(new.lower()) is not None
+    first_run.finish()
+    assert first_run.try_code(new) is None, "the code ends with setup"
+
+
+async def test_a_restart_before_setup_prints_a_new_code_and_the_old_one_fails(
+    tmp_path: Path,
+) -> None:
+    async with first_run_hub(tmp_path / "hub") as hub:
+        first = hub.code
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        assert hub.code and hub.code != first
+        await client.post("/setup/code", code=first)
+        assert client.status == 403
+        await client.post("/setup/code", code=hub.code)
+        assert "Step 1 of 3" in client.html

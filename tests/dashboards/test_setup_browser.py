@@ -7,28 +7,29 @@ to test-artifacts/screenshots/setup-*.png (the README shows them)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, ViewportSize, expect
 
 from dashboards import accounts as accounts_module
 from tests.dashboards.setup_hub import PASSWORD, first_run_hub
 from tests.dashboards.test_browser import browser, shot  # noqa: F401 (the browser fixture)
-from tests.device_adapters.ble.test_bleak_bluez import (  # noqa: F401 (the bluez fixture)
-    METER,
+from tests.device_adapters.ble import test_bleak_bluez
+from tests.device_adapters.ble.test_bleak_bluez import (
     BusFactory,
-    bluez,
     meter,
     meter_records,
     mock_of,
     one_adapter,
 )
 
+bluez = test_bleak_bluez.bluez  # the BlueZ mock fixture
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-PHONE = {"width": 375, "height": 740}
+PHONE: ViewportSize = {"width": 375, "height": 740}
 LONDON = ZoneInfo("Europe/London")
 
 
@@ -46,7 +47,7 @@ async def fits_the_phone(page: Page) -> None:
 
 async def test_first_run_from_setup_code_to_first_reading(
     browser: Browser,  # noqa: F811
-    bluez: BusFactory,  # noqa: F811
+    bluez: BusFactory,
     tmp_path: Path,
 ) -> None:
     records = meter_records(3)  # the newest: seq 3, 80 + 7*3 = 101 mg/dL, an hour ago
