@@ -55,6 +55,12 @@ class HubSetup:
         log.info("setup: registered patient %s", patient.patient_id)
 
     async def scan(self, seconds: float) -> Sequence[NearbyDevice]:
+        if not self._settings.ble.enabled:
+            raise SetupProblem(
+                "Bluetooth devices are switched off in this hub's settings ([ble] enabled = "
+                "false). Whoever installed the hub can switch them on and restart it; you can "
+                "finish setup now and add devices then."
+            )
         try:
             found = await pairing.scan_nearby(seconds)
         except BleError as exc:
@@ -150,10 +156,11 @@ async def prepare(backend: HubSetup, read_model: ReadModel, clock: Clock) -> Fir
     return FirstRun(backend=backend, clock=clock)
 
 
-def source(first_run: FirstRun) -> NamedSource:
+def sources(first_run: FirstRun, settings: Settings) -> list[NamedSource]:
+    """The hub source that collects from the devices paired during setup (with BLE on)."""
     backend = first_run.backend
     assert isinstance(backend, HubSetup)
-    return NamedSource("setup:devices", backend.collect)
+    return [NamedSource("setup:devices", backend.collect)] if settings.ble.enabled else []
 
 
 def announce(first_run: FirstRun, url: str) -> str:
@@ -164,6 +171,12 @@ def announce(first_run: FirstRun, url: str) -> str:
     if host in ("0.0.0.0", "::", ""):  # listening everywhere: name the hub as the LAN sees it
         host = f"{platform.node()}.local"
     address = f"{parts.scheme}://{host}:{parts.port}/setup"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "First-run setup: the dashboard listens on this machine only (dashboard.host = "
+            '%s); to set up from a phone, set dashboard.host = "0.0.0.0" and restart',
+            host,
+        )
     log.warning(
         "First-run setup: no patient is registered yet. Open %s on a phone or computer on "
         "the same network and type the setup code %s",

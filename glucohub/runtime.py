@@ -81,7 +81,7 @@ async def _dashboard(
         clock,
     )
     if first_run is not None:
-        running.setup_sources.append(firstrun.source(first_run))
+        running.setup_sources += firstrun.sources(first_run, settings)
     try:
         app = create_app(
             settings=settings.dashboard,

@@ -39,13 +39,14 @@ class _Lines(logging.Handler):
 
 
 @asynccontextmanager
-async def first_run_hub(data_dir: Path) -> AsyncIterator[FirstRunHub]:
+async def first_run_hub(data_dir: Path, *, ble: bool = True) -> AsyncIterator[FirstRunHub]:
     settings = load_settings(
         None,
         {
             "GLUCOHUB_STORAGE__DATA_DIR": str(data_dir),
             "GLUCOHUB_DASHBOARD__PORT": "0",
             "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "0.2",
+            "GLUCOHUB_BLE__ENABLED": "true" if ble else "false",
         },
     )
     lines = _Lines()

@@ -184,3 +184,15 @@ async def test_a_restart_before_setup_prints_a_new_code_and_the_old_one_fails(
         assert client.status == 403
         await client.post("/setup/code", code=hub.code)
         assert "Step 1 of 3" in client.html
+
+
+async def test_bluetooth_switched_off_in_the_settings_is_explained(tmp_path: Path) -> None:
+    async with (
+        first_run_hub(tmp_path / "hub", ble=False) as hub,
+        setup_client(hub.url) as client,
+    ):
+        await _to_devices(client, hub.code)
+        await client.post("/setup/scan")
+        assert "Bluetooth devices are switched off in this hub" in client.html
+        await client.post("/setup/finish")
+        assert "Your hub is ready" in client.html
