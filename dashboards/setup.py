@@ -14,13 +14,14 @@ and fetches the first records, and says what went wrong in plain words (`SetupPr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -42,6 +43,7 @@ MAX_WAIT_S = 300.0
 SESSION_COOKIE = "gh_setup"
 TOKEN_FIELD = "setup_token"
 SCAN_SECONDS = 5.0
+PASSKEY_DIGITS = 6
 
 _KIND_NOUN = {DeviceKind.METER: "meter", DeviceKind.CGM: "sensor"}
 
@@ -64,8 +66,15 @@ class SetupBackend(Protocol):
 
     async def scan(self, seconds: float) -> Sequence[NearbyDevice]: ...
 
-    async def pair(self, address: str, name: str, patient: Patient) -> Device:
-        """Bond with the device and register it for `patient`."""
+    async def pair(
+        self,
+        address: str,
+        name: str,
+        patient: Patient,
+        ask_passkey: Callable[[], Awaitable[int | None]],
+    ) -> Device:
+        """Bond with the device and register it for `patient`; `ask_passkey` when the device
+        wants the number it shows."""
 
     async def first_download(self, device: Device, patient: Patient) -> Reading | None:
         """Fetch the device's stored records into the hub; the newest stored reading."""
@@ -94,6 +103,18 @@ class PairedDevice:
     downloaded: bool = False
 
 
+@dataclass(slots=True, kw_only=True)
+class Pending:
+    """A pairing under way: it may stop to ask for the passkey the device shows."""
+
+    label: str
+    task: asyncio.Task[str] = field(init=False)
+    wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    passkey: asyncio.Future[int | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 @dataclass(slots=True)
 class FirstRun:
     """One first-run setup: the code's hash, the setup session, and what was set up so far."""
@@ -112,6 +133,7 @@ class FirstRun:
     clinic_done: bool = False
     nearby: list[NearbyDevice] = field(default_factory=list)
     paired: list[PairedDevice] = field(default_factory=list)
+    pending: Pending | None = None
 
     def new_code(self) -> str:
         """A fresh code (the old one stops working); returned once, only its hash is kept."""
@@ -169,7 +191,9 @@ def add_routes(app: web.Application, first_run: FirstRun) -> None:
     add_route(app, "POST", "/setup/clinic", _clinic, rule)
     add_route(app, "POST", "/setup/scan", _scan, rule)
     add_route(app, "POST", "/setup/pair", _pair, rule)
+    add_route(app, "POST", "/setup/passkey", _passkey, rule)
     add_route(app, "POST", "/setup/finish", _finish, rule)
+    app.on_shutdown.append(_cancel_pairing)
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -305,21 +329,83 @@ async def _pair(request: web.Request) -> web.Response:
     chosen = next((n for n in first_run.nearby if n.address == form.get("address")), None)
     if patient is None or chosen is None:
         return _step_page(first_run, error="Look for devices again and choose one from the list.")
+    if first_run.pending is None or first_run.pending.task.done():
+        pending = Pending(label=chosen.label)
+        pending.task = asyncio.create_task(
+            _pair_and_download(first_run, chosen, patient, pending), name="setup-pairing"
+        )
+        first_run.pending = pending
+    return await _outcome(first_run)
+
+
+async def _passkey(request: web.Request) -> web.Response:
+    first_run = _state(request)
+    form = await _form(request, first_run)
+    pending = first_run.pending
+    if pending is None or pending.task.done() or pending.passkey.done():
+        return await _outcome(first_run) if pending else _step_page(first_run)
+    if "cancel" in form:
+        pending.passkey.set_result(None)
+        return await _outcome(first_run)
+    text = "".join(form.get("passkey", "").split())
+    if not text.isdigit() or len(text) > PASSKEY_DIGITS:
+        return _passkey_page(
+            first_run, pending, error="Type the number your device shows: up to six digits."
+        )
+    pending.passkey.set_result(int(text))
+    return await _outcome(first_run)
+
+
+async def _pair_and_download(
+    first_run: FirstRun, chosen: NearbyDevice, patient: Patient, pending: Pending
+) -> str:
+    """Pair (unless a first download is being retried), register, fetch the stored records:
+    "" when the first reading is in, else what to tell the patient."""
+
+    async def ask_passkey() -> int | None:
+        pending.wanted.set()
+        return await pending.passkey
+
     paired = next((p for p in first_run.paired if p.device.address == chosen.address), None)
     if paired is None:  # "Try again" after a lost first download does not pair twice
         try:
-            device = await first_run.backend.pair(chosen.address, chosen.name, patient)
+            device = await first_run.backend.pair(chosen.address, chosen.name, patient, ask_passkey)
         except SetupProblem as exc:
-            return _step_page(first_run, error=str(exc))
+            return str(exc)
         paired = PairedDevice(device=device, label=chosen.label, reading=None)
         first_run.paired.append(paired)
-    device = paired.device
     try:
-        paired.reading = await first_run.backend.first_download(device, patient)
+        paired.reading = await first_run.backend.first_download(paired.device, patient)
     except SetupProblem as exc:
-        return _step_page(first_run, error=f"{chosen.label} is paired. {exc}")
+        return f"{chosen.label} is paired. {exc}"
     paired.downloaded = True
-    return _step_page(first_run)
+    return ""
+
+
+async def _outcome(first_run: FirstRun) -> web.Response:
+    """Wait for the pairing to end or to ask for a passkey, and show which."""
+    pending = first_run.pending
+    assert pending is not None
+    asked = asyncio.ensure_future(pending.wanted.wait())
+    waits: set[asyncio.Future[Any]] = {pending.task}
+    if not pending.passkey.done():  # the passkey is asked for once per pairing
+        waits.add(asked)
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        asked.cancel()
+    if not pending.task.done():
+        return _passkey_page(first_run, pending)
+    first_run.pending = None
+    return _step_page(first_run, error=pending.task.result())
+
+
+async def _cancel_pairing(app: web.Application) -> None:
+    pending = app[FIRST_RUN].pending
+    if pending is not None and not pending.task.done():
+        pending.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending.task
 
 
 async def _finish(request: web.Request) -> web.Response:
@@ -328,6 +414,7 @@ async def _finish(request: web.Request) -> web.Response:
     if first_run.patient is None or not first_run.username:
         return _step_page(first_run, error="Say who the hub is for first.")
     username = first_run.username
+    await _cancel_pairing(request.app)
     first_run.finish()
     await first_run.backend.finished([p.device for p in first_run.paired])
     response = _html(
@@ -363,6 +450,22 @@ def _code_page(
     if retry_after > 0:
         response.headers["Retry-After"] = str(int(retry_after) + 1)
     return response
+
+
+def _passkey_page(first_run: FirstRun, pending: Pending, *, error: str = "") -> web.Response:
+    message = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
+    body = (
+        f"<p>Your {esc(pending.label)} shows a number (a passkey) to confirm the pairing. "
+        "Type it here.</p>"
+        f'{message}<form method="post" action="/setup/passkey" class="login">{_token(first_run)}'
+        '<label>Number shown on the device <input name="passkey" inputmode="numeric" '
+        'pattern="[0-9 ]*" maxlength="7" autocomplete="one-time-code" required></label>'
+        '<button type="submit" id="setup-passkey">Pair</button></form>'
+        f'<form method="post" action="/setup/passkey" class="login">{_token(first_run)}'
+        '<button type="submit" name="cancel" value="1" id="setup-passkey-cancel">'
+        "Cancel</button></form>"
+    )
+    return _html("Type the number on your device", body)
 
 
 def _token(first_run: FirstRun) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -68,10 +68,19 @@ class HubSetup:
             raise SetupProblem(pairing.advice(exc)) from None
         return [NearbyDevice(address=n.address, name=n.name, label=n.label) for n in found]
 
-    async def pair(self, address: str, name: str, patient: Patient) -> Device:
+    async def pair(
+        self,
+        address: str,
+        name: str,
+        patient: Patient,
+        ask_passkey: Callable[[], Awaitable[int | None]],
+    ) -> Device:
+        async def ask(_address: str) -> int | None:
+            return await ask_passkey()
+
         try:
             device = await pairing.pair_device(
-                address, patient.patient_id, name, adapter=self._adapter
+                address, patient.patient_id, name, adapter=self._adapter, ask_passkey=ask
             )
         except BleError as exc:
             log.warning("setup: pairing %s failed: %s", address, exc)

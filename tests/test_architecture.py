@@ -72,6 +72,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "glucohub.firstrun": ("asyncio",),
         "device_adapters.ble.adapter": ("asyncio",),
         "device_adapters.ble.bleak_transport": ("asyncio", "bleak", "bleak_retry_connector"),
+        "device_adapters.ble.bluez_agent": ("asyncio", "dbus_fast"),
         "device_adapters.ble.virtual.base": ("asyncio",),
         "device_adapters.ble.virtual.cgm": ("asyncio",),
         "device_adapters.ble.virtual.meter": ("asyncio",),

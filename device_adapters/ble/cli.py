@@ -16,7 +16,7 @@ from device_adapters.ble.errors import (
     MalformedPayload,
     UnknownCharacteristic,
 )
-from device_adapters.ble.pairing import NoHealthService, pair_device, scan_nearby
+from device_adapters.ble.pairing import NoHealthService, PasskeyPrompt, pair_device, scan_nearby
 from device_adapters.ble.registry import decode
 from gateway.model import Device
 
@@ -50,10 +50,17 @@ async def scan(timeout_s: float) -> int:
     return 0
 
 
-async def pair(address: str, patient_id: str, name: str, register: Callable[[Device], None]) -> int:
-    """Connect, bond, find the health service, and register the device for `patient_id`."""
+async def pair(
+    address: str,
+    patient_id: str,
+    name: str,
+    register: Callable[[Device], None],
+    ask_passkey: PasskeyPrompt | None = None,
+) -> int:
+    """Connect, bond (asking `ask_passkey` for the number a device shows, when given), find
+    the health service, and register the device for `patient_id`."""
     try:
-        device = await pair_device(address, patient_id, name)
+        device = await pair_device(address, patient_id, name, ask_passkey=ask_passkey)
     except BluetoothUnavailable as exc:
         _err(f"Bluetooth is not available: {exc}")
         return 2

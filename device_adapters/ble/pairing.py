@@ -7,6 +7,8 @@ patient reads, with what to try.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import tzinfo
 
@@ -22,6 +24,9 @@ from device_adapters.ble.uuids import Service
 from gateway.clock import Clock
 from gateway.model import Device, DeviceKind, Transport
 from gateway.protocols import ReadingSink
+
+PasskeyPrompt = Callable[[str], Awaitable[int | None]]
+"""Asked with the device's address when it wants a passkey; the number, or None to cancel."""
 
 _KIND_BY_SERVICE: tuple[tuple[str, DeviceKind], ...] = (
     (Service.CONTINUOUS_GLUCOSE_MONITORING, DeviceKind.CGM),
@@ -119,19 +124,32 @@ async def scan_nearby(timeout_s: float) -> list[Nearby]:
     return sorted(nearby, key=lambda n: -n.rssi)
 
 
-async def pair_device(address: str, patient_id: str, name: str, *, adapter: str = "") -> Device:
+async def pair_device(
+    address: str,
+    patient_id: str,
+    name: str,
+    *,
+    adapter: str = "",
+    ask_passkey: PasskeyPrompt | None = None,
+) -> Device:
     """Connect, bond, find the health service; the `Device` to register for `patient_id`.
-    The link is released again for the hub's own adapter."""
+    With `ask_passkey`, a device that wants a passkey gets the one it returns (the hub is
+    BlueZ's pairing agent meanwhile). The link is released again for the hub's own adapter."""
     from device_adapters.ble.bleak_transport import BleakTransport
 
     transport = BleakTransport(address, name=name, adapter=adapter or "default")
-    try:
-        await transport.connect()
-        await transport.pair()
-        services = await transport.services()
-    finally:
-        if transport.is_connected:
-            await transport.disconnect()
+    async with contextlib.AsyncExitStack() as stack:
+        if ask_passkey is not None:
+            from device_adapters.ble.bluez_agent import passkey_agent  # D-Bus: Linux only
+
+            await stack.enter_async_context(passkey_agent(ask_passkey))
+        try:
+            await transport.connect()
+            await transport.pair()
+            services = await transport.services()
+        finally:
+            if transport.is_connected:
+                await transport.disconnect()
     kind = kind_from_services(services)
     if kind is None:
         raise NoHealthService(address)

@@ -196,3 +196,41 @@ async def test_bluetooth_switched_off_in_the_settings_is_explained(tmp_path: Pat
         assert "Bluetooth devices are switched off in this hub" in client.html
         await client.post("/setup/finish")
         assert "Your hub is ready" in client.html
+
+
+@pytest.mark.slow
+async def test_a_meter_showing_a_passkey_pairs_with_the_number_typed(
+    bluez: BusFactory, tmp_path: Path
+) -> None:
+    mock = await asyncio.to_thread(mock_of, bluez, one_adapter(meter(passkey=482916)))
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code)
+        await client.post("/setup/scan")
+        await client.post("/setup/pair", address=METER)
+        assert "Type the number on your device" in client.html
+        assert "Your Contour glucose meter shows a number" in client.html
+        await client.post("/setup/passkey", passkey="48a916")
+        assert "up to six digits" in client.html, "a typo is caught before the device sees it"
+        await client.post("/setup/passkey", passkey="482 916")
+        assert "— it works." in client.html, client.html
+        seen = await mock.peripheral_state(METER)
+        assert seen["passkeys_entered"] == [482916] and seen["bonded"]
+
+
+@pytest.mark.slow
+async def test_a_wrong_passkey_is_explained_and_nothing_is_registered(
+    bluez: BusFactory, tmp_path: Path
+) -> None:
+    mock = await asyncio.to_thread(mock_of, bluez, one_adapter(meter(passkey=482916)))
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code)
+        await client.post("/setup/scan")
+        await client.post("/setup/pair", address=METER)
+        await client.post("/setup/passkey", passkey="111111")
+        assert "The device refused to pair." in client.html
+        assert "check that it was typed exactly" in client.html
+        assert "Pair Contour glucose meter" in client.html, "it can be tried again"
+        seen = await mock.peripheral_state(METER)
+        assert seen["passkeys_entered"] == [111111] and not seen["bonded"]
+        with closing(Store(hub.data_dir)) as store:
+            assert store.list_devices() == []

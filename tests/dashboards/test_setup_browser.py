@@ -1,7 +1,8 @@
 """A patient sets up a new hub in Chromium on a phone-sized screen: setup code → who the hub
-is for → clinic (skipped) → scan finds the (BlueZ-mock) glucose meter → pair → its stored
-records arrive and the first reading is shown → finish; then the setup page is gone, the code no
-longer works, and the patient signs in with the account they made. Screenshots of each step go
+is for → clinic (skipped) → scan finds the (BlueZ-mock) glucose meter → pair, typing the
+passkey it shows → its stored records arrive and the first reading is shown → finish; then
+the setup page is gone, the code no longer works, and the patient signs in with the account
+they made. Screenshots of each step go
 to test-artifacts/screenshots/setup-*.png (the README shows them)."""
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ async def test_first_run_from_setup_code_to_first_reading(
     records = meter_records(3)  # the newest: seq 3, 80 + 7*3 = 101 mg/dL, an hour ago
     newest = datetime.fromisoformat(records[-1][1]).replace(tzinfo=UTC)
     await asyncio.to_thread(
-        mock_of, bluez, one_adapter(meter(name="Contour Next One", records=records))
+        mock_of,
+        bluez,
+        one_adapter(meter(name="Contour Next One", records=records, passkey=305117)),
     )
     async with first_run_hub(tmp_path / "hub") as hub:
         page = await browser.new_page(viewport=PHONE)
@@ -86,6 +89,11 @@ async def test_first_run_from_setup_code_to_first_reading(
         await shot(page, "setup-3-scan")
 
         await pair.click()
+        await expect(page.locator("h1")).to_have_text("Type the number on your device")
+        await page.fill('input[name="passkey"]', "305117")  # what the meter's screen shows
+        await fits_the_phone(page)
+        await shot(page, "setup-4a-passkey")
+        await page.click("#setup-passkey")
         local = newest.astimezone(LONDON)
         today = datetime.now(UTC).astimezone(LONDON).date()
         when = (
