@@ -308,6 +308,8 @@ async def _clinic(request: web.Request) -> web.Response:
 async def _scan(request: web.Request) -> web.Response:
     first_run = _state(request)
     await _form(request, first_run)
+    if first_run.pending is not None and not first_run.pending.task.done():
+        return await _outcome(first_run)  # one radio job at a time: the pairing goes first
     try:
         first_run.nearby = list(await first_run.backend.scan(SCAN_SECONDS))
     except SetupProblem as exc:
