@@ -234,3 +234,26 @@ async def test_a_wrong_passkey_is_explained_and_nothing_is_registered(
         assert seen["passkeys_entered"] == [111111] and not seen["bonded"]
         with closing(Store(hub.data_dir)) as store:
             assert store.list_devices() == []
+
+
+async def test_a_second_visitor_without_the_code_learns_nothing_of_the_setup(
+    tmp_path: Path,
+) -> None:
+    """A neighbour on the same network opens /setup while the patient is half-way through: the
+    patient's name, user name and forms stay behind the code, whatever they post."""
+    async with (
+        first_run_hub(tmp_path / "hub") as hub,
+        setup_client(hub.url) as patient,
+        setup_client(hub.url) as neighbour,
+    ):
+        await _to_devices(patient, hub.code)
+        token = patient.html.split('name="setup_token" value="')[1].split('"')[0]
+        for method, path in SETUP_ROUTES:
+            data = {"setup_token": token, "code": "", "address": METER, "passkey": "1"}
+            async with neighbour.session.request(method, hub.url + path, data=data) as response:
+                body = await response.text()
+            assert response.status in (200, 403), (method, path, response.status)
+            for secret in ("Ann", "ann", "Europe/London", token, METER):
+                assert secret not in body, (method, path, secret)
+        await patient.get()
+        assert "Step 3 of 3" in patient.html, "the patient's session is untouched"
