@@ -127,6 +127,7 @@ class HubSetup:
         return max(mine, key=lambda r: r.time, default=None)
 
     async def finished(self, devices: Sequence[Device]) -> None:
+        log.warning("First-run setup finished: the setup code no longer works")
         self._finished.put_nowait(devices)
 
     async def collect(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import closing
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -15,8 +16,12 @@ from gateway.store import Store
 from tests.dashboards.setup_hub import PASSWORD, first_run_hub, setup_client
 from tests.device_adapters.ble import test_bleak_bluez
 from tests.device_adapters.ble.test_bleak_bluez import (
+    CGM,
     METER,
+    NOW,
     BusFactory,
+    cgm,
+    cgm_readings,
     meter,
     mock_of,
     one_adapter,
@@ -257,3 +262,22 @@ async def test_a_second_visitor_without_the_code_learns_nothing_of_the_setup(
                 assert secret not in body, (method, path, secret)
         await patient.get()
         assert "Step 3 of 3" in patient.html, "the patient's session is untouched"
+
+
+@pytest.mark.slow
+async def test_a_cgm_reports_its_newest_reading_in_the_unit_chosen(
+    bluez: BusFactory, tmp_path: Path
+) -> None:
+    readings = cgm_readings(4)  # every 5 min up to now: the newest 100 + 3*4 = 112 mg/dL
+    await asyncio.to_thread(mock_of, bluez, one_adapter(cgm(name="Acme CGM", readings=readings)))
+    async with first_run_hub(tmp_path / "hub") as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code, unit="mg/dL")
+        await client.post("/setup/scan")
+        assert "Pair Acme CGM glucose sensor" in client.html
+        await client.post("/setup/pair", address=CGM)
+        local = NOW.astimezone(ZoneInfo("Europe/London"))
+        assert f"Your sensor sent 112 mg/dL at {local:%H:%M} — it works." in client.html, (
+            client.html
+        )
+        await client.post("/setup/finish")
+        assert "Your hub is ready" in client.html
