@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 
-from dashboards import api, pages, publiclog, views
+from dashboards import api, pages, publiclog, setup, views
 from dashboards.access import Access, Rule, role_allows
 from dashboards.accounts import Accounts, Session, User
 from dashboards.context import (
@@ -65,8 +65,10 @@ def create_app(
     accounts: Accounts,
     clock: Clock | None = None,
     viewer_queue_size: int = DEFAULT_VIEWER_QUEUE,
+    first_run: setup.FirstRun | None = None,
 ) -> web.Application:
-    """The dashboard application. The caller owns `accounts` (and closes it after the app)."""
+    """The dashboard application. The caller owns `accounts` (and closes it after the app).
+    With `first_run` (a hub with no patient yet) it also serves the /setup pages."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -83,6 +85,8 @@ def create_app(
     views.add_routes(app)
     publiclog.add_routes(app)
     api.add_routes(app)
+    if first_run is not None:
+        setup.add_routes(app, first_run)
     add_route(app, "GET", "/ws", _websocket, Rule(access=Access.USER))
     static = app.router.add_static("/static/", STATIC_DIR, append_version=False)
     for route in static:

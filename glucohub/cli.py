@@ -583,6 +583,13 @@ def cmd_ble_scan(args: argparse.Namespace) -> int:
     return asyncio.run(scan(args.timeout))
 
 
+async def _ask_passkey(address: str) -> int | None:
+    """The passkey a device shows while pairing, typed on the terminal (empty: cancel)."""
+    text = await asyncio.to_thread(input, f"{address} shows a passkey; type it (Enter cancels): ")
+    digits = "".join(text.split())
+    return int(digits) if digits.isdigit() else None
+
+
 def cmd_ble_pair(args: argparse.Namespace) -> int:
     from device_adapters.ble.cli import pair
 
@@ -592,7 +599,8 @@ def cmd_ble_pair(args: argparse.Namespace) -> int:
         print(f"glucohub: unknown patient {args.patient!r}; add the patient first", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(pair(args.address, args.patient, args.name or "", store.add_device))
+        ask = _ask_passkey if sys.stdin.isatty() else None
+        return asyncio.run(pair(args.address, args.patient, args.name or "", store.add_device, ask))
     finally:
         store.close()
 

@@ -47,6 +47,7 @@ class Running:
     writer: Writer
     url: str | None = None
     disk_guard: DiskGuard | None = None
+    setup_sources: list[NamedSource] = dataclasses.field(default_factory=list)
 
     @property
     def port(self) -> int | None:
@@ -54,11 +55,14 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str | None]:
+async def _dashboard(
+    settings: Settings, running: Running, clock: Clock
+) -> AsyncIterator[str | None]:
     if not settings.dashboard.enabled:
         yield None
         return
     from dashboards.app import create_app, live_stats, serve
+    from glucohub import firstrun
     from glucohub.accounts import account_location, open_accounts
 
     def on_consent(event: dict[str, str]) -> None:
@@ -68,6 +72,20 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
     accounts = await asyncio.to_thread(
         open_accounts, account_location(settings.storage), on_consent_change=on_consent
     )
+    first_run = await firstrun.prepare(
+        firstrun.HubSetup(
+            settings,
+            writer=running.writer,
+            read_model=running.read_model,
+            reader=running.reader,
+            sink=running.hub,
+            clock=clock,
+        ),
+        running.read_model,
+        clock,
+    )
+    if first_run is not None:
+        running.setup_sources += firstrun.sources(first_run, settings)
     try:
         app = create_app(
             settings=settings.dashboard,
@@ -78,12 +96,15 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
             status=running.hub,
             accounts=accounts,
             viewer_queue_size=settings.pipeline.viewer_queue_size,
+            first_run=first_run,
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)
         running.hub.telemetry.gauge(
             "glucohub_dashboard_viewers", lambda: live_stats(app)["viewers"]
         )
         async with serve(app, settings.dashboard) as url:
+            if first_run is not None:
+                firstrun.announce(first_run, url)
             yield url
     finally:
         await asyncio.to_thread(accounts.close)
@@ -348,7 +369,7 @@ async def _run(
             loop.add_signal_handler(sig, stop.set)
     try:
         await guard.check()  # a hub started on a full disk stores nothing from the start
-        async with _dashboard(settings, running) as url:
+        async with _dashboard(settings, running, clock) as url:
             running.url = url
             if on_ready is not None:
                 on_ready(running)
@@ -364,6 +385,7 @@ async def _run(
             bound += await _ble_sources(settings, running, clock)
             bound.append(_clock_watch(settings, running, clock))
             bound.append(NamedSource("disk-guard", guard.run))
+            bound += running.setup_sources
             announcing = asyncio.create_task(service.announce(hub), name="systemd:notify")
             try:
                 await hub.run(stop, bound)

@@ -99,6 +99,8 @@ class Peripheral:
         self.virtual = virtual
         self.service = spec.get("service")
         self.refuse_pairing = bool(spec.get("refuse_pairing", False))
+        self.passkey = spec.get("passkey")  # the number the device shows; asked of the agent
+        self.passkeys_entered = []
         self.connects = 0
         self.chars_by_uuid = {}  # uuid -> characteristic object
         self._stepping = False
@@ -186,6 +188,13 @@ class Peripheral:
             raise dbus.exceptions.DBusException(
                 "Authentication Failed", name="org.bluez.Error.AuthenticationFailed"
             )
+        if self.passkey is not None:
+            entered = _request_passkey(self.path)
+            self.passkeys_entered.append(entered)
+            if entered != int(self.passkey):
+                raise dbus.exceptions.DBusException(
+                    "Authentication Failed", name="org.bluez.Error.AuthenticationFailed"
+                )
         self.run(self.virtual.pair())
         self.set_device(
             Paired=dbus.Boolean(True, variant_level=1),
@@ -275,10 +284,50 @@ class Peripheral:
             "connected": self.connected,
             "bonded": bool(v is not None and v.bonded),
             "records_sent": getattr(v, "records_sent", 0),
+            "passkeys_entered": self.passkeys_entered,
             "transfers": [
                 [int(t.op_code), int(t.operator), t.operand] for t in getattr(v, "transfers", [])
             ],
         }
+
+
+def _request_passkey(device_path):
+    """What bluetoothd does for a device in passkey-entry pairing: ask the default agent's
+    RequestPasskey (its owner found by who exports the path: the bluez5 template keeps only
+    the path). Without an agent, or when it cancels, the pairing fails like bluetoothd's."""
+    failed = dbus.exceptions.DBusException(
+        "Authentication Failed", name="org.bluez.Error.AuthenticationFailed"
+    )
+    agent = mockobject.objects["/org/bluez"].default_agent
+    if not agent:
+        raise failed
+    bus = dbus.SystemBus()
+    for name in bus.list_names():
+        if not name.startswith(":") or name == bus.get_unique_name():
+            continue
+        try:
+            xml = bus.call_blocking(
+                name, agent, "org.freedesktop.DBus.Introspectable", "Introspect", "", [], timeout=2
+            )
+        except dbus.exceptions.DBusException:
+            continue
+        if "org.bluez.Agent1" not in xml:
+            continue
+        try:
+            return int(
+                bus.call_blocking(
+                    name,
+                    agent,
+                    "org.bluez.Agent1",
+                    "RequestPasskey",
+                    "o",
+                    [device_path],
+                    timeout=150,
+                )
+            )
+        except dbus.exceptions.DBusException:
+            raise failed from None
+    raise failed
 
 
 def _add(path, interface, props, methods=()):
@@ -381,6 +430,7 @@ def PeripheralState(_self, address):
 
 def _make_peripheral(spec):
     """meter: "records" [[seq, ISO time, mg/dL], ...], "requires_bonding" (default true),
+    "passkey" n (pairing asks the registered agent for it and fails on another number),
     "drop_after_records" k (the link drops once, after the k-th record of a transfer).
     cgm: "session_start" ISO time, "readings" [[ISO time, mg/dL], ...], "e2e_crc" (true),
     "drop_after_records". other: an advertiser without a health service (not connectable)."""

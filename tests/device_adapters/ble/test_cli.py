@@ -76,9 +76,19 @@ def test_translate_maps_missing_dbus_socket_to_unavailable() -> None:
 
 
 def test_device_kind_from_services() -> None:
+    from device_adapters.ble import pairing
     from device_adapters.ble.uuids import Service
     from gateway.model import DeviceKind
 
-    assert cli.kind_from_services(frozenset({str(Service.GLUCOSE)})) is DeviceKind.METER
-    assert cli.kind_from_services(frozenset()) is None
-    assert cli.device_id_for("AA:BB:CC:DD:EE:FF") == "ble-aabbccddeeff"
+    assert pairing.kind_from_services(frozenset({str(Service.GLUCOSE)})) is DeviceKind.METER
+    assert pairing.kind_from_services(frozenset()) is None
+    assert pairing.device_id_for("AA:BB:CC:DD:EE:FF") == "ble-aabbccddeeff"
+
+
+def test_friendly_names_say_what_the_device_is() -> None:
+    from device_adapters.ble.pairing import friendly_name
+    from gateway.model import DeviceKind
+
+    assert friendly_name("Contour Next One", DeviceKind.METER) == "Contour Next One glucose meter"
+    assert friendly_name("", DeviceKind.CGM) == "Glucose sensor"
+    assert friendly_name("Acme Glucose Meter", DeviceKind.METER) == "Acme Glucose Meter"

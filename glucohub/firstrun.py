@@ -1,0 +1,196 @@
+"""Wiring for first-run setup: the setup page's `SetupBackend` over the BLE pairing functions
+(the same ones `glucohub ble scan/pair` use) and the hub's storage, the setup code on the log,
+and a source that starts collecting from the devices paired once setup is finished."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from dashboards.setup import FirstRun, NearbyDevice, SetupProblem, shown_code
+from device_adapters.ble import pairing
+from device_adapters.ble.errors import BleError
+from gateway.clock import Clock
+from gateway.model import Device, Patient, Reading
+from gateway.pipeline import Writer
+from gateway.protocols import ReadingSink, ReadModel
+from gateway.services import Reader, StoreResume
+from gateway.settings import Settings
+from gateway.supervision import NamedSource
+
+log = logging.getLogger("glucohub.setup")
+
+STORED_WAIT_S = 5.0  # a downloaded reading is stored within a commit delay; wait this long
+
+
+class HubSetup:
+    """`dashboards.setup.SetupBackend` for a running hub (`glucohub.runtime.Running`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        writer: Writer,
+        read_model: ReadModel,
+        reader: Reader,
+        sink: ReadingSink,
+        clock: Clock,
+    ) -> None:
+        self._writer = writer
+        self._read_model = read_model
+        self._reader = reader
+        self._sink = sink
+        self._settings = settings
+        self._clock = clock
+        self._adapter = settings.ble.adapter
+        self._finished: asyncio.Queue[Sequence[Device]] = asyncio.Queue(maxsize=1)
+
+    async def add_patient(self, patient: Patient) -> None:
+        writer = self._writer
+        await writer.run(writer.store.add_patient, patient)
+        log.info("setup: registered patient %s", patient.patient_id)
+
+    async def scan(self, seconds: float) -> Sequence[NearbyDevice]:
+        if not self._settings.ble.enabled:
+            raise SetupProblem(
+                "Bluetooth devices are switched off in this hub's settings ([ble] enabled = "
+                "false). Whoever installed the hub can switch them on and restart it; you can "
+                "finish setup now and add devices then."
+            )
+        try:
+            found = await pairing.scan_nearby(seconds)
+        except BleError as exc:
+            log.warning("setup: scan failed: %s", exc)
+            raise SetupProblem(pairing.advice(exc)) from None
+        return [NearbyDevice(address=n.address, name=n.name, label=n.label) for n in found]
+
+    async def pair(
+        self,
+        address: str,
+        name: str,
+        patient: Patient,
+        ask_passkey: Callable[[], Awaitable[int | None]],
+    ) -> Device:
+        async def ask(_address: str) -> int | None:
+            return await ask_passkey()
+
+        try:
+            device = await pairing.pair_device(
+                address, patient.patient_id, name, adapter=self._adapter, ask_passkey=ask
+            )
+        except BleError as exc:
+            log.warning("setup: pairing %s failed: %s", address, exc)
+            raise SetupProblem(pairing.advice(exc)) from None
+        writer = self._writer
+        if await self._read_model.get_patient(patient.patient_id) is not None:
+            known = {d.device_id for d in await self._read_model.list_devices()}
+            if device.device_id not in known:
+                await writer.run(writer.store.add_device, device)
+        log.info("setup: paired and registered %s (%s)", device.device_id, device.kind)
+        return device
+
+    async def first_download(self, device: Device, patient: Patient) -> Reading | None:
+        from zoneinfo import ZoneInfo
+
+        try:
+            count = await pairing.first_download(
+                device,
+                sink=self._sink,
+                resume=StoreResume(self._reader),
+                clock=self._clock,
+                tz=ZoneInfo(patient.timezone),
+                adapter=self._adapter,
+            )
+        except BleError as exc:
+            log.warning("setup: first download from %s failed: %s", device.device_id, exc)
+            raise SetupProblem(pairing.advice(exc)) from None
+        if count == 0:
+            return None
+        deadline = self._clock.monotonic() + STORED_WAIT_S
+        while True:  # the readings are queued towards storage; the newest shows once committed
+            newest = await self._newest(device, patient)
+            if newest is not None or self._clock.monotonic() > deadline:
+                return newest
+            await asyncio.sleep(0.1)
+
+    async def _newest(self, device: Device, patient: Patient) -> Reading | None:
+        since = self._clock.now() - timedelta(days=3650)
+        mine = [
+            r
+            for r in await self._read_model.readings(patient.patient_id, since=since)
+            if r.device_id == device.device_id
+        ]
+        return max(mine, key=lambda r: r.time, default=None)
+
+    async def finished(self, devices: Sequence[Device]) -> None:
+        log.warning("First-run setup finished: the setup code no longer works")
+        self._finished.put_nowait(devices)
+
+    async def collect(self) -> None:
+        """A hub source: once setup is finished, serve the devices paired during it (the
+        hub's BLE sources were chosen at start, when there were none)."""
+        from zoneinfo import ZoneInfo
+
+        from device_adapters.ble.adapter import BleAdapter
+        from device_adapters.ble.bleak_transport import BleakTransport
+
+        devices = await self._finished.get()
+        resume = StoreResume(self._reader)
+        async with asyncio.TaskGroup() as group:
+            for device in devices:
+                patient = await self._read_model.get_patient(device.patient_id)
+                adapter = BleAdapter(
+                    device=device,
+                    transport=BleakTransport(
+                        device.address, name=device.name, adapter=self._adapter or "default"
+                    ),
+                    sink=self._sink,
+                    resume=resume,
+                    clock=self._clock,
+                    tz=ZoneInfo(patient.timezone if patient else "UTC"),
+                    silence_timeout_s=float(self._settings.ble.silence_watchdog_s),
+                )
+                group.create_task(adapter.run(), name=f"ble:{device.device_id}")
+            log.info("setup: collecting from %d paired devices", len(devices))
+
+
+async def prepare(backend: HubSetup, read_model: ReadModel, clock: Clock) -> FirstRun | None:
+    """A first-run setup when the hub has no patient yet, else None. The caller adds
+    `source(first_run)` to the hub's sources and calls `announce` once the page listens."""
+    if await read_model.list_patients():
+        return None
+    return FirstRun(backend=backend, clock=clock)
+
+
+def sources(first_run: FirstRun, settings: Settings) -> list[NamedSource]:
+    """The hub source that collects from the devices paired during setup (with BLE on)."""
+    backend = first_run.backend
+    assert isinstance(backend, HubSetup)
+    return [NamedSource("setup:devices", backend.collect)] if settings.ble.enabled else []
+
+
+def announce(first_run: FirstRun, url: str) -> str:
+    """Make the setup code and log where to type it (the journal under systemd); the code."""
+    code = first_run.new_code()
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: name the hub as the LAN sees it
+        host = f"{platform.node()}.local"
+    address = f"{parts.scheme}://{host}:{parts.port}/setup"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "First-run setup: the dashboard listens on this machine only (dashboard.host = "
+            '%s); to set up from a phone, set dashboard.host = "0.0.0.0" and restart',
+            host,
+        )
+    log.warning(
+        "First-run setup: no patient is registered yet. Open %s on a phone or computer on "
+        "the same network and type the setup code %s",
+        address,
+        shown_code(code),
+    )
+    return code
