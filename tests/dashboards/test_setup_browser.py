@@ -119,7 +119,8 @@ async def test_first_run_from_setup_code_to_first_reading(
         await page.fill('input[name="username"]', "ann")
         await page.fill('input[name="password"]', PASSWORD)
         await page.click("#login")
-        await expect(page.locator("h1")).to_have_text("Ann Example")
+        await expect(page.locator("h1")).to_have_text("My glucose")  # a patient's own view
+        await expect(page.locator("main")).to_contain_text("Contour Next One")
         await fits_the_phone(page)
         await shot(page, "setup-6-patient-page")
         await page.close()
