@@ -57,6 +57,8 @@ def _data_dir(args: argparse.Namespace, *, need_database: bool = True) -> Path:
 
 def _open_store(args: argparse.Namespace, *, create: bool = False) -> HubStorage:
     storage = _settings(args).storage
+    if create:  # on PostgreSQL too: the data directory holds the ledger keys
+        storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return open_storage(storage.data_dir if create else _data_dir(args), storage.url)
 
 
