@@ -250,7 +250,7 @@ class Hub:
             }
         failing = any(s.state is SourceState.RESTARTING for s in self.source_status.values())
         quarantined = self._sealer.quarantined
-        degraded = failing or quarantined > 0
+        degraded = failing or quarantined > 0 or self._sealer.held is not None
         return {
             "status": "stopping" if self._stopping else "degraded" if degraded else "ok",
             "uptime_s": round(time.monotonic() - self._started, 1),
@@ -261,7 +261,11 @@ class Hub:
                 "unsealed_readings": self._batcher.pending,
             },
             # Stored records that cannot be sealed: kept, logged CRITICAL, listed on /ledger.
-            "ledger": {"tree_size": self._sealer.tree_size, "quarantined": quarantined},
+            "ledger": {
+                "tree_size": self._sealer.tree_size,
+                "quarantined": quarantined,
+                "sealing_held": self._sealer.held,  # after a restore: why nothing is sealed
+            },
             "sources": sources,
         }
 

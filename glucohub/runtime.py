@@ -197,6 +197,10 @@ async def run_hub(
     stop = stop or asyncio.Event()
     data_dir = settings.storage.data_dir
     init_keys(data_dir, settings.ledger.key_passphrase or None)
+    # A hub restored from a backup seals only once its last published checkpoint is known.
+    from glucohub.backup import seal_hold
+
+    hold = None if settings.storage.url else await asyncio.to_thread(seal_hold, data_dir)
     keys = load_keys(data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None)
     writer = await Writer.open(data_dir, settings.storage.url)
     store = writer.store
@@ -211,6 +215,7 @@ async def run_hub(
             hub_id=settings.hub.hub_id,
             forward=bool(settings.upstream.url),
             clock=clock,
+            hold=hold,
         ),
         store,
         keys,

@@ -1,0 +1,417 @@
+"""`glucohub backup` and `glucohub restore` of a SQLite hub: files, SQLite, the restore marker.
+
+Backup: SQLite's online backup API copies the database from a read connection into a
+temporary file in the data directory (one step, so one consistent snapshot while `glucohub
+run` goes on writing to its WAL; a file copy of a WAL database can be torn), which is then
+streamed as a tar archive through `gateway.backup_format` into `<out>.tmp-*` (0600), synced
+and renamed. Restore decrypts into temporary files beside their destinations and renames them
+only once the last chunk has authenticated: a wrong passphrase or a damaged file writes nothing.
+
+The restored database carries a restore marker (`meta` row "restored"): until the size of the
+last checkpoint the hub published is known and matches, the hub does not seal (see
+`gateway.sealing.restored_log_hold`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+import sqlite3
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from gateway.backup_format import Decryptor, Encryptor
+from gateway.clock import to_rfc3339, utc_now
+from gateway.errors import InputError
+from gateway.sealing import (
+    BATCH_KEY_FILE,
+    BATCH_PUBLIC_FILE,
+    KEYS_DIR,
+    LOG_KEY_FILE,
+    LOG_PUBLIC_FILE,
+    restored_log_hold,
+)
+from gateway.storage.sqlite_migrations import SCHEMA_VERSION
+from gateway.store import DB_FILENAME
+from ledger.rfc6962 import root_from_hashes
+
+MARKER_KEY = "restored"
+PRIVATE_KEYS = (f"{KEYS_DIR}/{BATCH_KEY_FILE}", f"{KEYS_DIR}/{LOG_KEY_FILE}")
+PUBLIC_KEYS = (f"{KEYS_DIR}/{BATCH_PUBLIC_FILE}", f"{KEYS_DIR}/{LOG_PUBLIC_FILE}")
+MEMBERS = (DB_FILENAME, *PRIVATE_KEYS, *PUBLIC_KEYS)  # nothing else is ever restored
+_READ_BYTES = 1 << 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupReport:
+    out: Path
+    bytes_written: int
+    with_keys: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreReport:
+    data_dir: Path
+    tree_size: int
+    readings: int
+    keys_restored: bool
+    hold: str | None  # why sealing stays held, or None: the hub seals again
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Published:
+    """The last checkpoint the hub published, as a witness or the clinic saw it."""
+
+    size: int
+    root_hash: bytes
+
+
+# -- backup -----------------------------------------------------------------------------
+
+
+def backup(data_dir: Path, out: Path, passphrase: str, *, with_keys: bool) -> BackupReport:
+    db_path = data_dir / DB_FILENAME
+    if not db_path.is_file():
+        raise InputError(f"no Glucohub database ({DB_FILENAME}) in {data_dir}; check --data-dir")
+    files: list[tuple[str, Path]] = [
+        (name, data_dir / name) for name in PUBLIC_KEYS if (data_dir / name).is_file()
+    ]
+    if with_keys:
+        missing = [name for name in PRIVATE_KEYS if not (data_dir / name).is_file()]
+        if missing:
+            raise InputError(f"--with-keys: {data_dir / missing[0]} does not exist")
+        files += [(name, data_dir / name) for name in PRIVATE_KEYS]
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: {out.parent} is not a directory")
+    encryptor = Encryptor(passphrase)  # derives the key: refuses an empty passphrase first
+    with _temporary(data_dir, ".backup-", ".sqlite3") as snapshot:
+        _snapshot(db_path, snapshot)
+        with _temporary(out.parent, f".{out.name}.tmp-", "") as tmp:
+            with tmp.open("wb") as raw:
+                sink = _EncryptingFile(raw, encryptor)
+                with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                    _add(tar, DB_FILENAME, snapshot)
+                    for name, path in files:
+                        _add(tar, name, path)
+                sink.finish()
+                raw.flush()
+                os.fsync(raw.fileno())
+                written = sink.written
+            tmp.replace(out)
+    _sync_dir(out.parent)
+    return BackupReport(out=out, bytes_written=written, with_keys=with_keys)
+
+
+def _snapshot(db_path: Path, snapshot: Path) -> None:
+    """One consistent copy of a database that another process may be writing."""
+    source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        source.execute("PRAGMA busy_timeout=10000")
+        target = sqlite3.connect(snapshot)
+        try:
+            # pages=-1: the whole database in one step, under one read transaction. Copied in
+            # steps, a write between two steps would restart the copy (and a busy hub writes
+            # every few milliseconds).
+            source.backup(target, pages=-1)
+            # Out of WAL mode: the copy is then this one file, whatever happens at close.
+            target.execute("PRAGMA journal_mode=DELETE")
+            problem = target.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            target.close()
+    finally:
+        source.close()
+    if problem != "ok":
+        raise InputError(f"the database copy fails SQLite's check ({problem}); nothing written")
+
+
+def _add(tar: tarfile.TarFile, name: str, path: Path) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = path.stat().st_size
+    info.mode = 0o600
+    info.mtime = int(path.stat().st_mtime)
+    with path.open("rb") as handle:
+        tar.addfile(info, handle)
+
+
+class _EncryptingFile(io.RawIOBase):
+    """The write end tarfile sees: everything written goes through the encryptor."""
+
+    def __init__(self, raw: BinaryIO, encryptor: Encryptor) -> None:
+        self._raw = raw
+        self._encryptor = encryptor
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._put(self._encryptor.feed(bytes(data)))
+        return len(data)
+
+    def finish(self) -> None:
+        self._put(self._encryptor.finish())
+
+    def _put(self, data: bytes) -> None:
+        self._raw.write(data)
+        self.written += len(data)
+
+
+# -- restore ----------------------------------------------------------------------------
+
+
+def restore(
+    backup_file: Path,
+    data_dir: Path,
+    passphrase: str,
+    *,
+    force: bool,
+    published: Published | None,
+) -> RestoreReport:
+    db_path = data_dir / DB_FILENAME
+    if db_path.exists() and not force:
+        raise InputError(f"{db_path} exists; --force replaces it (stop the hub first)")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise InputError(f"data directory {data_dir} is not a directory")
+    try:
+        handle = backup_file.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read the backup {backup_file}: {exc.strerror}") from None
+    created_dir = not data_dir.exists()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged: dict[str, Path] = {}
+    try:
+        with handle:
+            _unpack(handle, Decryptor(passphrase), data_dir, staged)
+        if DB_FILENAME not in staged:
+            raise InputError("the backup holds no database; nothing was restored")
+        if not force:
+            clash = [name for name in staged if (data_dir / name).exists()]
+            if clash:
+                raise InputError(f"{data_dir / clash[0]} exists; --force replaces it")
+        tree_size, readings, hold = _mark_restored(staged[DB_FILENAME], published)
+        _install(staged, data_dir)
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        if created_dir:
+            with contextlib.suppress(OSError):
+                (data_dir / KEYS_DIR).rmdir()
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()
+        raise
+    return RestoreReport(
+        data_dir=data_dir,
+        tree_size=tree_size,
+        readings=readings,
+        keys_restored=all(name in staged for name in PRIVATE_KEYS),
+        hold=hold,
+    )
+
+
+def _unpack(
+    handle: BinaryIO, decryptor: Decryptor, data_dir: Path, staged: dict[str, Path]
+) -> None:
+    """Decrypt and unpack into temporary files (added to `staged` as they are made)."""
+    reader = _DecryptingFile(handle, decryptor)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for member in tar:
+                if member.name not in MEMBERS or not member.isfile() or member.name in staged:
+                    raise InputError(f"the backup holds an unexpected entry {member.name!r}")
+                target = data_dir / member.name
+                target.parent.mkdir(exist_ok=True, mode=0o700)
+                tmp = target.with_name(f".{target.name}.restore-{secrets.token_hex(4)}")
+                staged[member.name] = tmp
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := source.read(_READ_BYTES):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+    except tarfile.TarError as exc:
+        raise InputError(
+            f"the backup's contents are unreadable ({exc}); nothing restored"
+        ) from None
+    reader.drain()  # the end of the archive is not the end of the stream: check it all
+
+
+class _DecryptingFile(io.RawIOBase):
+    def __init__(self, raw: BinaryIO, decryptor: Decryptor) -> None:
+        self._raw = raw
+        self._decryptor = decryptor
+        self._plain = bytearray()
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._plain and not self._eof:
+            data = self._raw.read(_READ_BYTES)
+            if data:
+                self._plain += self._decryptor.feed(data)
+            else:
+                self._plain += self._decryptor.finish()
+                self._eof = True
+        count = min(len(buffer), len(self._plain))
+        buffer[:count] = self._plain[:count]
+        del self._plain[:count]
+        return count
+
+    def drain(self) -> None:
+        while self.readinto(memoryview(bytearray(_READ_BYTES))):
+            pass
+
+
+def _mark_restored(db_file: Path, published: Published | None) -> tuple[int, int, str | None]:
+    """Check the restored database, write its restore marker (or none, when the published
+    checkpoint is known to match); return its tree size, reading count and the hold."""
+    db = sqlite3.connect(db_file, isolation_level=None)
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise InputError(
+                f"the backup's database has schema version {version}, newer than this "
+                f"Glucohub's {SCHEMA_VERSION}: restore it with the version that made it"
+            )
+        row = db.execute("SELECT size FROM tree_state WHERE id = 1").fetchone()
+        tree_size = 0 if row is None else int(row[0])
+        readings = int(db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+        hold = _hold(db, tree_size, published)
+        _write_marker(db, tree_size, published, hold)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"the backup's database is unusable ({exc}); nothing restored") from None
+    finally:
+        db.close()
+    return tree_size, readings, hold
+
+
+def _hold(db: sqlite3.Connection, tree_size: int, published: Published | None) -> str | None:
+    root = None
+    if published is not None and published.size <= tree_size:
+        leaves = [
+            bytes(row[0])
+            for row in db.execute(
+                "SELECT leaf_hash FROM batches WHERE seq < ? ORDER BY seq", (published.size,)
+            )
+        ]
+        root = root_from_hashes(leaves) if len(leaves) == published.size else None
+    return restored_log_hold(
+        tree_size=tree_size,
+        published_size=None if published is None else published.size,
+        published_root=None if published is None else published.root_hash,
+        root_at_published=root,
+    )
+
+
+def _write_marker(
+    db: sqlite3.Connection, tree_size: int, published: Published | None, hold: str | None
+) -> None:
+    if hold is None:
+        db.execute("DELETE FROM meta WHERE key = ?", (MARKER_KEY,))
+        return
+    marker = {
+        "restored_at": to_rfc3339(utc_now()),
+        "tree_size": tree_size,
+        "published_size": None if published is None else published.size,
+        "published_root": None if published is None else published.root_hash.hex(),
+        "hold": hold,
+    }
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (MARKER_KEY, json.dumps(marker, sort_keys=True)),
+    )
+
+
+def _install(staged: dict[str, Path], data_dir: Path) -> None:
+    db_path = data_dir / DB_FILENAME
+    # A WAL left by the database being replaced would be replayed into the restored one.
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    for name, tmp in list(staged.items()):
+        tmp.replace(data_dir / name)
+        del staged[name]
+    _sync_dir(data_dir)
+    if (data_dir / KEYS_DIR).is_dir():
+        _sync_dir(data_dir / KEYS_DIR)
+
+
+def learn_published(data_dir: Path, published: Published) -> RestoreReport:
+    """Record the last published checkpoint on an already restored hub (the hub reads it at
+    its next start)."""
+    db_path = data_dir / DB_FILENAME
+    if not db_path.is_file():
+        raise InputError(f"no Glucohub database ({DB_FILENAME}) in {data_dir}; check --data-dir")
+    db = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=10000")
+        if restore_marker_of(db) is None:
+            raise InputError(f"{db_path} is not held after a restore; nothing to do")
+        row = db.execute("SELECT size FROM tree_state WHERE id = 1").fetchone()
+        tree_size = 0 if row is None else int(row[0])
+        readings = int(db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+        db.execute("BEGIN IMMEDIATE")
+        hold = _hold(db, tree_size, published)
+        _write_marker(db, tree_size, published, hold)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return RestoreReport(
+        data_dir=data_dir, tree_size=tree_size, readings=readings, keys_restored=False, hold=hold
+    )
+
+
+def restore_marker_of(db: sqlite3.Connection) -> dict[str, object] | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (MARKER_KEY,)).fetchone()
+    if row is None:
+        return None
+    marker: dict[str, object] = json.loads(row[0])
+    return marker
+
+
+def seal_hold(data_dir: Path) -> str | None:
+    """Why the hub in `data_dir` must not seal yet (a restore whose published checkpoint is
+    unknown or does not match), or None."""
+    db_path = data_dir / DB_FILENAME
+    if not db_path.is_file():
+        return None
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        db.execute("PRAGMA busy_timeout=10000")
+        marker = restore_marker_of(db)
+    except sqlite3.OperationalError:  # no meta table yet: a database never restored
+        return None
+    finally:
+        db.close()
+    return None if marker is None else str(marker["hold"])
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _temporary(directory: Path, prefix: str, suffix: str) -> Iterator[Path]:
+    """A new 0600 file's path in `directory`, removed afterwards unless renamed away."""
+    path = directory / f"{prefix}{secrets.token_hex(6)}{suffix}"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
