@@ -67,6 +67,8 @@ IO_MODULES: dict[str, frozenset[str]] = {
     name: frozenset(libraries)
     for name, libraries in {
         "glucohub.cli": ("asyncio", "sqlite3"),
+        # backup and restore: SQLite's online backup API and the restore marker (SQLite only)
+        "glucohub.backup": ("sqlite3",),
         "glucohub.demo": ("asyncio",),
         "glucohub.runtime": ("asyncio", "signal"),
         "device_adapters.ble.adapter": ("asyncio",),
@@ -110,6 +112,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "gateway.storage.sqlite_migrations",
             "dashboards.accounts",
             "glucohub.cli",
+            "glucohub.backup",
         }
     ),
     "psycopg": frozenset(),

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,18 +110,20 @@ async def running_hub(
 
 async def ingest(running: Running, batch: list[Reading]) -> None:
     for start in range(0, len(batch), 4):
-        await running.hub.submit(origin=Origin(source=Source.MQTT), readings=batch[start : start + 4])
+        await running.hub.submit(
+            origin=Origin(source=Source.MQTT), readings=batch[start : start + 4]
+        )
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
 
 
-def db_rows(data_dir: Path, sql: str) -> list[tuple[object, ...]]:
+def db_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(f"file:{data_dir / 'glucohub.sqlite3'}?mode=ro", uri=True)
     try:
         return list(db.execute(sql))
@@ -133,7 +136,7 @@ def tree_size(data_dir: Path) -> int:
 
 
 def leaves(data_dir: Path) -> list[bytes]:
-    return [bytes(r[0]) for r in db_rows(data_dir, "SELECT leaf_hash FROM batches ORDER BY seq")]  # type: ignore[arg-type]
+    return [bytes(r[0]) for r in db_rows(data_dir, "SELECT leaf_hash FROM batches ORDER BY seq")]
 
 
 def exported(data_dir: Path) -> list[str]:
@@ -502,12 +505,14 @@ async def test_an_old_backup_never_seals_over_the_published_log(
     assert health["status"] == "degraded"
     held = health["ledger"]["sealing_held"]  # type: ignore[index]
     assert "reuse batch numbers" in held
-    assert any("SEALING HELD" in r.getMessage() for r in caplog.records if r.levelname == "CRITICAL")
+    assert any(
+        "SEALING HELD" in r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"
+    )
     assert tree_size(restored) == old_size and leaves(restored) == old_leaves
     assert len(db_rows(restored, "SELECT id FROM readings")) == 12 + 12  # old + new
     assert db_rows(restored, "SELECT MAX(size) FROM checkpoints") == [(old_size,)]
     outbox = db_rows(restored, "SELECT payload FROM outbox")
-    assert all(f"\n{published_size}\n".encode() not in bytes(p[0]) for p in outbox)  # type: ignore[arg-type]
+    assert all(f"\n{published_size}\n".encode() not in bytes(p[0]) for p in outbox)
     # What the hub serves is its old, smaller checkpoint: the witness calls it a rollback,
     # never a fork (no second root for a size it had seen).
     assert checkpoint.decode().split("\n")[1] == str(old_size)
@@ -531,15 +536,17 @@ async def test_a_running_witness_keeps_accepting_a_hub_restored_from_a_current_b
     backup_file = tmp_path / "now.backup"
     async with running_hub(hub, port=port, witness=vkey) as running:
         size = running.hub.health()["ledger"]["tree_size"]  # type: ignore[index]
-        witness = subprocess.Popen(
+        witness = subprocess.Popen(  # noqa: ASYNC220 (started once, stopped at the end)
             witness_cmd(log_url, running.keys.log_verifier_key, witness_dir, "--interval", "0.2"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
             await wait_until(
-                lambda: (witness_dir / "state.json").exists()
-                and witness_state(witness_dir)["cosigned_size"] == size,
+                lambda: (
+                    (witness_dir / "state.json").exists()
+                    and witness_state(witness_dir)["cosigned_size"] == size
+                ),
                 "the witness to cosign",
             )
             # online: taken from the running hub
@@ -706,9 +713,7 @@ def test_round_trip_while_the_hub_ingests_over_mqtt(
                     time.sleep(0.05)  # ~2,000 readings a second
                 if seq == total // 2:
                     before = stored()
-                    make_backup(
-                        capsys, monkeypatch, hub, tmp_path / "live.backup", "--with-keys"
-                    )
+                    make_backup(capsys, monkeypatch, hub, tmp_path / "live.backup", "--with-keys")
                     during = (before, stored())
             for info in infos:
                 info.wait_for_publish(30)
