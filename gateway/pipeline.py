@@ -264,7 +264,8 @@ class Hub:
             "ledger": {
                 "tree_size": self._sealer.tree_size,
                 "quarantined": quarantined,
-                "sealing_held": self._sealer.held,  # after a restore: why nothing is sealed
+                # After a restore, until the last published checkpoint is known: why not.
+                **({"sealing_held": self._sealer.held} if self._sealer.held else {}),
             },
             "sources": sources,
         }

@@ -29,6 +29,7 @@ from gateway.sealing import init_keys
 from gateway.settings import load_settings
 from gateway.storage.opening import open_storage
 from gateway.units import Unit
+from glucohub.backup import seal_hold
 from glucohub.cli import main
 from glucohub.runtime import Running, run_hub
 from ledger.rfc6962 import root_from_hashes
@@ -747,6 +748,8 @@ def test_round_trip_while_the_hub_ingests_over_mqtt(
     )
     assert code == 0, err
     ledger_verify(live)
+    hold = seal_hold(live)  # restored without the published size: the hub will not seal
+    assert hold is not None and "last checkpoint this hub published is unknown" in hold
     final, snapshot = exported(hub), exported(live)
     assert before <= len(snapshot) <= after
     assert set(snapshot) <= set(final)  # each restored reading is the one stored, unchanged
