@@ -21,7 +21,7 @@ import os
 import secrets
 import sqlite3
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -66,7 +66,8 @@ class RestoreReport:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Published:
-    """The last checkpoint the hub published, as a witness or the clinic saw it."""
+    """A checkpoint the hub published, as a witness or the clinic saw it. Each observer
+    knows a lower bound only (a witness may lag behind the clinic): give every one."""
 
     size: int
     root_hash: bytes
@@ -171,7 +172,7 @@ def restore(
     passphrase: str,
     *,
     force: bool,
-    published: Published | None,
+    published: Sequence[Published],
 ) -> RestoreReport:
     db_path = data_dir / DB_FILENAME
     if db_path.exists() and not force:
@@ -271,7 +272,7 @@ class _DecryptingFile(io.RawIOBase):
             pass
 
 
-def _mark_restored(db_file: Path, published: Published | None) -> tuple[int, int, str | None]:
+def _mark_restored(db_file: Path, published: Sequence[Published]) -> tuple[int, int, str | None]:
     """Check the restored database, write its restore marker (or none, when the published
     checkpoint is known to match); return its tree size, reading count and the hold."""
     db = sqlite3.connect(db_file, isolation_level=None)
@@ -294,35 +295,42 @@ def _mark_restored(db_file: Path, published: Published | None) -> tuple[int, int
     return tree_size, readings, hold
 
 
-def _hold(db: sqlite3.Connection, tree_size: int, published: Published | None) -> str | None:
-    root = None
-    if published is not None and published.size <= tree_size:
-        leaves = [
-            bytes(row[0])
-            for row in db.execute(
-                "SELECT leaf_hash FROM batches WHERE seq < ? ORDER BY seq", (published.size,)
-            )
-        ]
-        root = root_from_hashes(leaves) if len(leaves) == published.size else None
-    return restored_log_hold(
-        tree_size=tree_size,
-        published_size=None if published is None else published.size,
-        published_root=None if published is None else published.root_hash,
-        root_at_published=root,
-    )
+def _hold(db: sqlite3.Connection, tree_size: int, published: Sequence[Published]) -> str | None:
+    """The first reason to hold, largest published size first; None if every one matches."""
+    if not published:
+        return restored_log_hold(
+            tree_size=tree_size, published_size=None, published_root=None, root_at_published=None
+        )
+    for seen in sorted(published, key=lambda p: p.size, reverse=True):
+        hold = restored_log_hold(
+            tree_size=tree_size,
+            published_size=seen.size,
+            published_root=seen.root_hash,
+            root_at_published=_root_at(db, seen.size) if seen.size <= tree_size else None,
+        )
+        if hold is not None:
+            return hold
+    return None
+
+
+def _root_at(db: sqlite3.Connection, size: int) -> bytes | None:
+    query = "SELECT leaf_hash FROM batches WHERE seq < ? ORDER BY seq"
+    leaves = [bytes(row[0]) for row in db.execute(query, (size,))]
+    return root_from_hashes(leaves) if len(leaves) == size else None
 
 
 def _write_marker(
-    db: sqlite3.Connection, tree_size: int, published: Published | None, hold: str | None
+    db: sqlite3.Connection, tree_size: int, published: Sequence[Published], hold: str | None
 ) -> None:
     if hold is None:
         db.execute("DELETE FROM meta WHERE key = ?", (MARKER_KEY,))
         return
+    largest = max(published, key=lambda p: p.size, default=None)
     marker = {
         "restored_at": to_rfc3339(utc_now()),
         "tree_size": tree_size,
-        "published_size": None if published is None else published.size,
-        "published_root": None if published is None else published.root_hash.hex(),
+        "published_size": None if largest is None else largest.size,
+        "published_root": None if largest is None else largest.root_hash.hex(),
         "hold": hold,
     }
     db.execute(
@@ -345,9 +353,9 @@ def _install(staged: dict[str, Path], data_dir: Path) -> None:
         _sync_dir(data_dir / KEYS_DIR)
 
 
-def learn_published(data_dir: Path, published: Published) -> RestoreReport:
-    """Record the last published checkpoint on an already restored hub (the hub reads it at
-    its next start)."""
+def learn_published(data_dir: Path, published: Sequence[Published]) -> RestoreReport:
+    """Record the published checkpoints on an already restored hub (the hub reads the
+    outcome at its next start)."""
     db_path = data_dir / DB_FILENAME
     if not db_path.is_file():
         raise InputError(f"no Glucohub database ({DB_FILENAME}) in {data_dir}; check --data-dir")

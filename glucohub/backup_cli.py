@@ -53,7 +53,12 @@ def add_subcommands(
         "--published-size", type=_size, help="size of the last checkpoint the hub published"
     )
     p.add_argument("--published-root", type=_root, help="its root hash (hex or base64)")
-    p.add_argument("--witness-state", type=Path, help="a witness's state.json: its size and root")
+    p.add_argument(
+        "--witness-state",
+        type=Path,
+        action="append",
+        help="a witness's state.json: its size and root (repeat for each witness)",
+    )
     p.set_defaults(func=lambda args: cmd_restore(args, settings_of(args)))
 
 
@@ -78,7 +83,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     data_dir = settings.storage.data_dir
     published = _published(args, settings)
     if args.file is None:
-        if published is None:
+        if not published:
             raise InputError(
                 "give a backup FILE, or --published-size and --published-root (or "
                 "--witness-state) for a restored hub"
@@ -105,16 +110,15 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _published(args: argparse.Namespace, settings: Settings) -> Published | None:
-    if args.witness_state is not None:
-        if args.published_size is not None or args.published_root is not None:
-            raise InputError("--witness-state replaces --published-size and --published-root")
-        return _from_witness_state(args.witness_state, log_origin(settings.hub.hub_id))
+def _published(args: argparse.Namespace, settings: Settings) -> list[Published]:
+    """Every published checkpoint given: the clinic's, each witness's."""
     if (args.published_size is None) != (args.published_root is None):
         raise InputError("--published-size and --published-root go together")
-    if args.published_size is None:
-        return None
-    return Published(size=args.published_size, root_hash=args.published_root)
+    origin = log_origin(settings.hub.hub_id)
+    seen = [_from_witness_state(path, origin) for path in args.witness_state or ()]
+    if args.published_size is not None:
+        seen.append(Published(size=args.published_size, root_hash=args.published_root))
+    return seen
 
 
 def _from_witness_state(path: Path, origin: str) -> Published:

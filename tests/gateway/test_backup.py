@@ -645,6 +645,60 @@ def test_the_published_size_must_match_the_restored_root(
     assert code == 2 and "not held after a restore" in err
 
 
+def test_every_observer_counts_the_largest_published_size_wins(
+    sealed_hub: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A witness that lagged saw the backup's size; the clinic saw two batches more. The
+    witness alone would let the hub seal; with both it stays held."""
+    backup_file = tmp_path / "hub.backup"
+    make_backup(capsys, monkeypatch, sealed_hub, backup_file, "--with-keys")
+    size = tree_size(sealed_hub)
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "origin": "glucohub.local/glucohub-local",
+                "size": size,
+                "root_hash": base64.b64encode(root_from_hashes(leaves(sealed_hub))).decode(),
+                "cosigned_size": size,
+            }
+        )
+    )
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "restore",
+        str(backup_file),
+        "--data-dir",
+        str(tmp_path / "r"),
+        "--passphrase-stdin",
+        "--witness-state",
+        str(state),
+        "--published-size",
+        str(size + 2),
+        "--published-root",
+        "ab" * 32,
+        stdin=PASS + "\n",
+    )
+    assert code == 0, err
+    assert f"reuse batch numbers {size} to {size + 1}" in out
+    # a witness state of another hub is refused, naming both
+    monkeypatch.setenv("GLUCOHUB_HUB__HUB_ID", "another-hub")
+    code, _, err = cli(
+        capsys,
+        monkeypatch,
+        "restore",
+        "--data-dir",
+        str(tmp_path / "r"),
+        "--witness-state",
+        str(state),
+    )
+    assert code == 2 and "not of 'glucohub.local/another-hub'" in err
+
+
 # -- online, while a hub process ingests over MQTT ----------------------------------------
 
 
