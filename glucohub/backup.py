@@ -38,7 +38,7 @@ from gateway.sealing import (
     restored_log_hold,
 )
 from gateway.storage.sqlite_migrations import SCHEMA_VERSION
-from gateway.store import DB_FILENAME
+from gateway.store import DB_FILENAME, Store
 from ledger.rfc6962 import root_from_hashes
 
 MARKER_KEY = "restored"
@@ -184,6 +184,7 @@ def restore(
     except OSError as exc:
         raise InputError(f"cannot read the backup {backup_file}: {exc.strerror}") from None
     created_dir = not data_dir.exists()
+    keys_dir_existed = (data_dir / KEYS_DIR).exists()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     staged: dict[str, Path] = {}
     try:
@@ -192,27 +193,40 @@ def restore(
         if DB_FILENAME not in staged:
             raise InputError("the backup holds no database; nothing was restored")
         if not force:
-            clash = [name for name in staged if (data_dir / name).exists()]
+            clash = [name for name, tmp in staged.items() if _differs(data_dir / name, tmp)]
             if clash:
                 raise InputError(f"{data_dir / clash[0]} exists; --force replaces it")
         tree_size, readings, hold = _mark_restored(staged[DB_FILENAME], published)
+        keys_restored = all(name in staged for name in PRIVATE_KEYS)
         _install(staged, data_dir)
     except BaseException:
         for path in staged.values():
             path.unlink(missing_ok=True)
-        if created_dir:
+        if not keys_dir_existed:
             with contextlib.suppress(OSError):
                 (data_dir / KEYS_DIR).rmdir()
+        if created_dir:
             with contextlib.suppress(OSError):
                 data_dir.rmdir()
         raise
+    Store(data_dir).close()  # a backup from an earlier version: upgraded, as `migrate` would
     return RestoreReport(
         data_dir=data_dir,
         tree_size=tree_size,
         readings=readings,
-        keys_restored=all(name in staged for name in PRIVATE_KEYS),
+        keys_restored=keys_restored,
         hold=hold,
     )
+
+
+def _differs(existing: Path, restored: Path) -> bool:
+    """An existing file restore would replace with other contents (the same public key
+    copied beforehand is no clash)."""
+    if not existing.exists():
+        return False
+    if existing.name == DB_FILENAME:
+        return True
+    return existing.read_bytes() != restored.read_bytes()
 
 
 def _unpack(

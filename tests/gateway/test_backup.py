@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -244,8 +245,11 @@ def test_keys_only_with_keys(
     without, with_keys = tmp_path / "a.backup", tmp_path / "b.backup"
     make_backup(capsys, monkeypatch, sealed_hub, without)
     make_backup(capsys, monkeypatch, sealed_hub, with_keys, "--with-keys")
-    for backup_file, target in ((without, "r1"), (with_keys, "r2")):
-        code, _, err = cli(
+    for backup_file, target, says in (
+        (without, "r1", "no private keys in the backup"),
+        (with_keys, "r2", "keys restored"),
+    ):
+        code, out, err = cli(
             capsys,
             monkeypatch,
             "restore",
@@ -256,6 +260,7 @@ def test_keys_only_with_keys(
             stdin=PASS + "\n",
         )
         assert code == 0, err
+        assert says in out
     # public halves always (so `ledger verify` works), private keys only when asked
     assert sorted(p.name for p in (tmp_path / "r1" / "keys").iterdir()) == [
         "batch-key.jwk",
@@ -391,6 +396,33 @@ def test_the_passphrase_from_the_environment(
         stdin=PASS + "\n",
     )
     assert code == 0, err
+
+
+def test_a_backup_of_an_old_database_is_restored_upgraded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database from before numbered migrations (commit c685acb, schema version 0): the
+    backup carries it as it is, restore upgrades it, and its six batches verify."""
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parents[1] / "data" / "storage" / "c685acb", old)
+    backup_file = tmp_path / "old.backup"
+    make_backup(capsys, monkeypatch, old, backup_file, "--with-keys")
+    assert db_rows(old, "PRAGMA user_version") == [(0,)]  # backup never writes the source
+    restored = tmp_path / "restored"
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "restore",
+        str(backup_file),
+        "--data-dir",
+        str(restored),
+        "--passphrase-stdin",
+        stdin=PASS + "\n",
+    )
+    assert code == 0, err
+    assert "restored 48 readings and a log of 6 batches" in out
+    assert db_rows(restored, "PRAGMA user_version")[0][0] >= 7
+    assert "OK: 6 batches, 48 readings" in ledger_verify(restored)
 
 
 # -- the published checkpoint ---------------------------------------------------------------
@@ -643,6 +675,22 @@ def test_the_published_size_must_match_the_restored_root(
         true_root.hex(),
     )
     assert code == 2 and "not held after a restore" in err
+    # a published size smaller than the backup's log (the backup is newer): resumes too
+    assert size >= 2
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        *argv[:3],
+        str(tmp_path / "newer"),
+        "--passphrase-stdin",
+        "--published-size",
+        str(size - 1),
+        "--published-root",
+        root_from_hashes(leaves(sealed_hub)[: size - 1]).hex(),
+        stdin=PASS + "\n",
+    )
+    assert code == 0, err
+    assert "matches" in out
 
 
 def test_every_observer_counts_the_largest_published_size_wins(
