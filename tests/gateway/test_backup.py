@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -808,16 +809,26 @@ def test_round_trip_while_the_hub_ingests_over_mqtt(
                 assert time.monotonic() < deadline, "the hub never subscribed"
                 client.publish(topic, payloads[0], qos=1).wait_for_publish(5)
                 time.sleep(0.2)
-            infos = []
-            during: tuple[int, int] | None = None
-            for seq in range(1, total):
-                infos.append(client.publish(topic, payloads[seq], qos=1))
-                if seq % 100 == 0:
-                    time.sleep(0.05)  # ~2,000 readings a second
-                if seq == total // 2:
-                    before = stored()
-                    make_backup(capsys, monkeypatch, hub, tmp_path / "live.backup", "--with-keys")
-                    during = (before, stored())
+            infos: list[paho.MQTTMessageInfo] = []
+
+            def publish() -> None:  # the uploader, on its own thread: ~1,000 readings a second
+                for seq in range(1, total):
+                    infos.append(client.publish(topic, payloads[seq], qos=1))
+                    if seq % 50 == 0:
+                        time.sleep(0.05)
+
+            uploader = threading.Thread(target=publish)
+            uploader.start()
+            try:
+                deadline = time.monotonic() + 60
+                while stored() < total // 4:
+                    assert time.monotonic() < deadline, "ingest never got going"
+                    time.sleep(0.05)
+                before = stored()
+                make_backup(capsys, monkeypatch, hub, tmp_path / "live.backup", "--with-keys")
+                during = (before, stored())
+            finally:
+                uploader.join()
             for info in infos:
                 info.wait_for_publish(30)
             deadline = time.monotonic() + 60
@@ -833,9 +844,8 @@ def test_round_trip_while_the_hub_ingests_over_mqtt(
                 proc.kill()
                 proc.wait()
             log.close()
-    assert during is not None
     before, after = during
-    assert 0 < before < total and after < total  # taken while readings kept arriving
+    assert 0 < before < after < total  # the hub stored readings while the backup ran
 
     live = tmp_path / "live"
     code, _, err = cli(
