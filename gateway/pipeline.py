@@ -272,7 +272,7 @@ class Hub:
         failing = any(s.state is SourceState.RESTARTING for s in self.source_status.values())
         quarantined = self._sealer.quarantined
         paused = not self._accepting.is_set()
-        degraded = failing or quarantined > 0 or paused
+        degraded = failing or quarantined > 0 or paused or self._sealer.held is not None
         return {
             "status": "stopping" if self._stopping else "degraded" if degraded else "ok",
             "uptime_s": round(time.monotonic() - self._started, 1),
@@ -283,7 +283,12 @@ class Hub:
                 "unsealed_readings": self._batcher.pending,
             },
             # Stored records that cannot be sealed: kept, logged CRITICAL, listed on /ledger.
-            "ledger": {"tree_size": self._sealer.tree_size, "quarantined": quarantined},
+            "ledger": {
+                "tree_size": self._sealer.tree_size,
+                "quarantined": quarantined,
+                # After a restore, until the last published checkpoint is known: why not.
+                **({"sealing_held": self._sealer.held} if self._sealer.held else {}),
+            },
             "sources": sources,
             "storage": {"accepting": not paused, "paused_reason": self._paused_reason},
         }

@@ -66,6 +66,16 @@ def init_keys(data_dir: Path, passphrase: str | None) -> list[Path]:
     """Create the batch and log keys (0600) if missing; return the files created."""
     directory = data_dir / KEYS_DIR
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (directory / LOG_PUBLIC_FILE).exists():
+        missing = [n for n in (BATCH_KEY_FILE, LOG_KEY_FILE) if not (directory / n).exists()]
+        if missing:
+            # New keys would start another log under the old one's name: witnesses would
+            # see a bad signature, verifying sites a batch key they do not know.
+            raise ConfigError(
+                "storage.data_dir",
+                f"{directory / missing[0]} is missing but the log's public key is there: "
+                "restore the hub's keys (a backup made with --with-keys, or a copy)",
+            )
     created: list[Path] = []
     for name in (BATCH_KEY_FILE, LOG_KEY_FILE):
         path = directory / name
@@ -128,6 +138,44 @@ def batch_message(batch_seq: int, jws: bytes, seed: bytes, canonical: list[bytes
     return batch_view_json(batch_seq, jws, records).encode("utf-8")
 
 
+def restored_log_hold(
+    *,
+    tree_size: int,
+    published_size: int | None,
+    published_root: bytes | None,
+    root_at_published: bytes | None,
+) -> str | None:
+    """Why a hub restored from a backup must not seal yet, or None when it may.
+
+    The next batch gets sequence number `tree_size`. If the hub had published a larger log
+    before the backup was restored, that number (and the checkpoints after it) already exist
+    with other contents at witnesses and the clinic: sealing would fork the log. So sealing
+    waits until the last published size is known, is at most the restored tree's, and the
+    restored tree's root at that size (`root_at_published`) is the published root."""
+    if published_size is None or published_root is None:
+        return (
+            f"restored from a backup (log size {tree_size}); the size of the last checkpoint "
+            "this hub published is unknown, so sealing is held (readings are stored, "
+            "unsealed): give it with `glucohub restore --data-dir DIR --published-size N "
+            "--published-root HASH` (or --witness-state FILE, a witness's state.json) and "
+            "restart the hub"
+        )
+    if published_size > tree_size:
+        return (
+            f"restored from a backup with log size {tree_size}, but this hub had published "
+            f"size {published_size}: sealing would reuse batch numbers {tree_size} to "
+            f"{published_size - 1} and fork the log, so it stays held (readings are stored, "
+            "unsealed); restore a newer backup, or obtain the missing batches"
+        )
+    if root_at_published != published_root:
+        return (
+            f"restored from a backup whose log differs from the published one at size "
+            f"{published_size} (root mismatch): sealing stays held; check the backup and "
+            "the published size and root"
+        )
+    return None
+
+
 class Sealer:
     def __init__(
         self,
@@ -137,8 +185,14 @@ class Sealer:
         hub_id: str,
         forward: bool,
         clock: Clock | None = None,
+        hold: str | None = None,
     ) -> None:
         clock = clock or SystemClock()
+        # Set after a restore whose last published checkpoint is not known to match: nothing
+        # is sealed (`restored_log_hold`); ingest goes on.
+        self.held = hold
+        if hold is not None:
+            log.critical("SEALING HELD: %s", hold)
         self._store = store
         self._keys = keys
         self._hub_id = hub_id
@@ -159,7 +213,9 @@ class Sealer:
         """Seal up to `limit` of the oldest unsealed readings, and ledger events, into one
         batch; with `sign`, sign a checkpoint of the new tree too (a backlog signs once, at
         its end). A stored record that cannot be sealed is quarantined first, never sealed,
-        and never stops the rest."""
+        and never stops the rest. Nothing while sealing is `held`."""
+        if self.held is not None:
+            return None
         while True:
             rows, bad_rows = self._store.unsealed_for_seal(limit)
             events, bad_events = self._store.unsealed_events_for_seal(limit)

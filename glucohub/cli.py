@@ -795,6 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="upgrade the database to this version's schema")
     _common(p)
     p.set_defaults(func=cmd_migrate)
+    from glucohub.backup_cli import add_subcommands as add_backup_subcommands
+
+    add_backup_subcommands(sub, common=_common, settings_of=_settings)
 
     keys = sub.add_parser("keys", help="the hub's signing keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION"

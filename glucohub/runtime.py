@@ -309,6 +309,10 @@ async def _run(
     # Health data: owner-only (init_keys would create it with the umask's mode otherwise).
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     init_keys(data_dir, settings.ledger.key_passphrase or None)
+    # A hub restored from a backup seals only once its last published checkpoint is known.
+    from gateway.storage.sqlite_backup import seal_hold
+
+    hold = None if settings.storage.url else await asyncio.to_thread(seal_hold, data_dir)
     keys = load_keys(data_dir, settings.hub.hub_id, settings.ledger.key_passphrase or None)
     writer = await Writer.open(data_dir, settings.storage.url)
     store = writer.store
@@ -323,6 +327,7 @@ async def _run(
             hub_id=settings.hub.hub_id,
             forward=bool(settings.upstream.url),
             clock=clock,
+            hold=hold,
         ),
         store,
         keys,

@@ -99,6 +99,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.services": ("asyncio", "concurrent.futures"),
         "gateway.store": ("sqlite3",),
         "gateway.storage.sqlite_accounts": ("sqlite3",),
+        "gateway.storage.sqlite_backup": ("sqlite3",),
         "gateway.storage.sqlite_errors": ("sqlite3",),
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
@@ -121,6 +122,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "gateway.storage.sqlite_events",
             "gateway.storage.sqlite_migrations",
             "gateway.storage.sqlite_accounts",
+            "gateway.storage.sqlite_backup",
         }
     ),
     "psycopg": frozenset(

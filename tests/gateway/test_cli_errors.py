@@ -126,6 +126,38 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "config file missing": ("--config", "{tmp}/nope.toml"),
         "config not TOML": ("--config", "{file}"),
     },
+    "backup": {
+        "missing data dir": (
+            *TYPO,
+            "--out",
+            "{tmp}/b.backup",
+            "--passphrase-stdin",
+        ),
+        "data dir without a hub": (*EMPTY, "--out", "{tmp}/b.backup", "--passphrase-stdin"),
+        "out in a missing directory": (*HUB, "--out", "{tmp}/no/such/b", "--passphrase-stdin"),
+        "no terminal for the passphrase": (*HUB, "--out", "{tmp}/b.backup"),
+        "keys asked for but none": (
+            *EMPTY,
+            "--out",
+            "{tmp}/b",
+            "--with-keys",
+            "--passphrase-stdin",
+        ),
+    },
+    "restore": {
+        "backup missing": ("{tmp}/none.backup", *TYPO, "--passphrase-stdin"),
+        "not a backup": ("{file}", *TYPO, "--passphrase-stdin"),
+        "a directory": ("{tmp}", *TYPO, "--passphrase-stdin"),
+        "over a hub without --force": ("{file}", *HUB, "--passphrase-stdin"),
+        "no file and no published size": TYPO,
+        "published size without root": ("--published-size", "3", *TYPO),
+        "published root not a hash": ("--published-size", "3", "--published-root", "zz", *TYPO),
+        "published size negative": ("--published-size", "-3", "--published-root", "00", *TYPO),
+        "published size on a hub never restored": (
+            *("--published-size", "0", "--published-root", "{empty_root}", *HUB),
+        ),
+        "witness state not one": ("--witness-state", "{file}", *TYPO),
+    },
     "ledger verify": {
         "missing data dir": TYPO,
         "data dir without a hub": EMPTY,
@@ -297,6 +329,7 @@ def test_a_mistake_is_one_line_and_exit_2(
         "file": tmp_path / "a-file",
         "vkey": hub.log_key,
         "jwk": hub.batch_key,
+        "empty_root": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     }
     # no terminal: what cron, a pipe or a service manager gives the command
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password 42\n"))
