@@ -100,6 +100,9 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.store": ("sqlite3",),
         "gateway.storage.sqlite_accounts": ("sqlite3",),
         "gateway.storage.sqlite_backup": ("sqlite3",),
+        "gateway.storage.sqlite_base": ("sqlite3",),
+        "gateway.storage.sqlite_ingest": ("sqlite3",),
+        "gateway.storage.sqlite_registry": ("sqlite3",),
         "gateway.storage.sqlite_errors": ("sqlite3",),
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
@@ -123,6 +126,9 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "gateway.storage.sqlite_migrations",
             "gateway.storage.sqlite_accounts",
             "gateway.storage.sqlite_backup",
+            "gateway.storage.sqlite_base",
+            "gateway.storage.sqlite_ingest",
+            "gateway.storage.sqlite_registry",
         }
     ),
     "psycopg": frozenset(

@@ -193,7 +193,7 @@ def test_sealing_what_the_hub_remembers_equals_sealing_what_storage_holds(
         Device(device_id="cgm-1", patient_id="p1", kind=DeviceKind.CGM, transport=Transport.MQTT)
     )
     init_keys(data_dir, None)
-    with mock.patch("gateway.store._TAIL_MAX", 12):
+    with mock.patch("gateway.storage.sqlite_ingest._TAIL_MAX", 12):
         sealer = Sealer(
             store,
             load_keys(data_dir, "glucohub-local", None),
