@@ -20,14 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.sealing import Sealer, init_keys, load_keys
-from gateway.store import Store
+from gateway.storage.contract import HubStorage
+from gateway.storage.opening import open_storage
 from gateway.units import Unit
 from gateway.verify import verify_data_dir
 
 BATCH = 1000
 
 
-def _fill(store: Store, total: int) -> None:
+def _fill(store: HubStorage, total: int) -> None:
     store.add_patient(Patient(patient_id="bench", display_name="Bench"))
     store.add_device(
         Device(device_id="cgm", patient_id="bench", kind=DeviceKind.CGM, transport=Transport.BLE)
@@ -68,12 +69,14 @@ def main() -> None:
     total = int(os.environ.get("GLUCOHUB_BENCH_READINGS", "1000000"))
     with tempfile.TemporaryDirectory(prefix="glucohub-bench-") as tmp:
         data_dir = Path(tmp)
-        store = Store(data_dir)
+        store = open_storage(data_dir)
         t0 = time.perf_counter()
         _fill(store, total)
         store.close()
         print(f"stored {total:,} readings in {time.perf_counter() - t0:.1f} s (setup, not timed)")
-        store = Store(data_dir)  # a fresh connection: every reading is read back to be sealed
+        store = open_storage(
+            data_dir
+        )  # a fresh connection: every reading is read back to be sealed
         init_keys(data_dir, None)
         keys = load_keys(data_dir, "bench", None)
         sealer = Sealer(store, keys, hub_id="bench", forward=False)
