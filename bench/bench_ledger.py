@@ -74,9 +74,8 @@ def main() -> None:
         _fill(store, total)
         store.close()
         print(f"stored {total:,} readings in {time.perf_counter() - t0:.1f} s (setup, not timed)")
-        store = open_storage(
-            data_dir
-        )  # a fresh connection: every reading is read back to be sealed
+        # A fresh connection: every reading is read back to be sealed.
+        store = open_storage(data_dir)
         init_keys(data_dir, None)
         keys = load_keys(data_dir, "bench", None)
         sealer = Sealer(store, keys, hub_id="bench", forward=False)
