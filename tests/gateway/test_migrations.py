@@ -29,6 +29,7 @@ from gateway.storage.sqlite_migrations import (
 )
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
+from gateway.verify import verify_data_dir
 from glucohub.accounts import open_accounts
 from glucohub.cli import main
 from glucohub.runtime import Running, run_hub
@@ -310,3 +311,23 @@ def test_glucohub_run_refuses_a_newer_database_in_one_line(tmp_path: Path) -> No
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith("glucohub: database ") and "newer than this Glucohub's" in lines[0]
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+def test_a_hub_stopped_at_any_earlier_schema_version_upgrades_and_verifies(
+    old_hub: Path, version: int
+) -> None:
+    """A hub in the field may have been last upgraded by any earlier release: the c685acb
+    data taken to each schema version in turn, then opened by this one."""
+    db = sqlite3.connect(old_hub / DB_FILENAME, isolation_level=None)
+    try:
+        migrate(db, datetime(2026, 12, 1, tzinfo=UTC), upto=version)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == version
+    finally:
+        db.close()
+    Store(old_hub).close()
+    assert rows(old_hub / DB_FILENAME, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert rows(old_hub / DB_FILENAME, "SELECT COUNT(*) FROM readings") == [(48,)]
+    assert rows(old_hub / DB_FILENAME, "SELECT COUNT(*) FROM dash_users") == [(2,)]
+    report = verify_data_dir(old_hub, "glucohub-local")
+    assert report.ok and (report.batches, report.readings) == (6, 48), report.message
