@@ -1,5 +1,6 @@
 # Glucohub hub image. Multi-arch friendly: pure-Python wheels plus cryptography/pandas,
-# which publish wheels for amd64 and arm64 (Raspberry Pi 4/5 with a 64-bit OS).
+# which publish wheels for amd64 and arm64 (Raspberry Pi 4/5 with a 64-bit OS). With the
+# PostgreSQL extra (psycopg's binary wheel, amd64 and arm64): one image for hub and clinic.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -10,7 +11,7 @@ COPY ledger ./ledger
 COPY dashboards ./dashboards
 RUN python -m venv /opt/glucohub \
     && /opt/glucohub/bin/pip install --no-cache-dir --upgrade pip \
-    && /opt/glucohub/bin/pip install --no-cache-dir .
+    && /opt/glucohub/bin/pip install --no-cache-dir '.[postgresql]'
 
 FROM python:3.11-slim-bookworm
 # The fonts the PDF report embeds (dashboards/agppdf.py).
