@@ -74,6 +74,7 @@ async def _dashboard(settings: Settings, running: Running) -> AsyncIterator[str 
             status=running.hub,
             accounts=accounts,
             viewer_queue_size=settings.pipeline.viewer_queue_size,
+            sink=running.hub,
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)
         running.hub.telemetry.gauge(
