@@ -28,7 +28,9 @@ from gateway.model import DeviceEvent, DeviceEventKind, Reading, ReadingKind, So
 from gateway.protocols import RejectReason
 from gateway.units import Unit
 
-MAX_ENTRIES = 5000  # one upload; xDrip+ sends what is pending, a day is 288
+# One upload. Juggluco sends up to 10440 pending entries per sensor in one array (`maxitems` in
+# Common/src/main/cpp/net/watchserver/uploader.cpp, j-kaltes/Juggluco); a day is 288.
+MAX_ENTRIES = 12_000
 DEFAULT_COUNT = 10  # ENTRIES_DEFAULT_COUNT, lib/constants.json
 MAX_COUNT = 100_000
 # lib/server/query.js: without a date filter a query covers `TWO_DAYS * 2` back from now.

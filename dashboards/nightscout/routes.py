@@ -43,7 +43,7 @@ from gateway.storage.accounts import NightscoutSecretRecord
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 4 * 1024 * 1024  # after gzip is undone: a week of entries is about 600 KiB
+MAX_BODY_BYTES = 4 * 1024 * 1024  # after gzip is undone: MAX_ENTRIES of ~250 bytes fit
 API_VERSION = "15.0.0"  # the Nightscout release whose API v1 this follows
 _SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
 _RULE = Rule(access=Access.UPLOADER)
