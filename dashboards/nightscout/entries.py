@@ -216,7 +216,8 @@ def _flags(item: Mapping[str, object]) -> tuple[str, ...]:
     """The uploader's arrow and noise level, kept as reading status flags."""
     flags: list[str] = []
     direction = item.get("direction")
-    if isinstance(direction, str) and direction in _DIRECTIONS:
+    # "NONE" is an uploader with no arrow to give: the hub computes one on reads
+    if isinstance(direction, str) and direction in _DIRECTIONS and direction != "NONE":
         flags.append(_DIRECTION_FLAG + direction.replace(" ", "_"))
     noise = item.get("noise")
     if isinstance(noise, int) and not isinstance(noise, bool) and 0 <= noise <= 9:
