@@ -14,6 +14,7 @@ hub device its uploader secret belongs to.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from gateway.clinical.trend import Direction, trends
+from gateway.clinical.trend import Direction, trend
 from gateway.errors import InputError
 from gateway.model import DeviceEvent, DeviceEventKind, Reading, ReadingKind, Source
 from gateway.protocols import RejectReason
@@ -32,7 +33,7 @@ from gateway.units import Unit
 # Common/src/main/cpp/net/watchserver/uploader.cpp, j-kaltes/Juggluco); a day is 288.
 MAX_ENTRIES = 12_000
 DEFAULT_COUNT = 10  # ENTRIES_DEFAULT_COUNT, lib/constants.json
-MAX_COUNT = 100_000
+MAX_COUNT = 10_000  # a week of 1-minute readings: the most one read serves
 # lib/server/query.js: without a date filter a query covers `TWO_DAYS * 2` back from now.
 DEFAULT_WINDOW = timedelta(days=4)
 MAX_WINDOW = timedelta(days=90)
@@ -397,9 +398,7 @@ def to_entries(
     before them) by `gateway.clinical.trend`; `delta` is the rate times 5 minutes, as xDrip+
     uploads it."""
     cgm = sorted((r for r in history if r.kind is ReadingKind.CGM_GLUCOSE), key=lambda r: r.time)
-    origin = cgm[0].time if cgm else _EPOCH
-    points = [((r.time - origin) / timedelta(minutes=1), r.value) for r in cgm]
-    arrows = {id(r): t for r, t in zip(cgm, trends(points), strict=True)}
+    times = [r.time for r in cgm]
     out: list[dict[str, object]] = []
     for reading in chosen:
         entry: dict[str, object] = {
@@ -414,7 +413,7 @@ def to_entries(
             entry.update(type=EntryType.MBG.value, mbg=round(reading.value))
             out.append(entry)
             continue
-        rate, computed = arrows.get(id(reading), (None, Direction.NOT_COMPUTABLE))
+        rate, computed = _trend_at(reading, cgm, times)
         sent = _flag(reading, _DIRECTION_FLAG)
         direction = sent.replace("_", " ") if sent is not None else computed.value
         entry.update(type=EntryType.SGV.value, sgv=round(reading.value), direction=direction)
@@ -425,3 +424,14 @@ def to_entries(
             entry["noise"] = int(noise)
         out.append(entry)
     return out
+
+
+def _trend_at(
+    reading: Reading, cgm: Sequence[Reading], times: Sequence[datetime]
+) -> tuple[float | None, Direction]:
+    """The arrow at `reading` from the CGM readings of the 15 minutes up to it (`cgm` sorted
+    by time, `times` their times): only those are looked at, whatever the history holds."""
+    start = bisect.bisect_left(times, reading.time - TREND_LOOKBACK)
+    end = bisect.bisect_right(times, reading.time)
+    points = [((r.time - reading.time) / timedelta(minutes=1), r.value) for r in cgm[start:end]]
+    return trend(points)

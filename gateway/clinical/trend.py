@@ -66,14 +66,8 @@ def direction_of_rate(rate_mg_dl_min: float | None) -> Direction:
     return Direction.RATE_OUT_OF_RANGE
 
 
-def trends(points: Sequence[Point]) -> list[tuple[float | None, Direction]]:
-    """(rate in mg/dL/min, arrow) at each of `points` (time-ordered `(minutes, mg/dL)`),
-    each from that point and the ones before it only."""
-    found: list[tuple[float | None, Direction]] = []
-    start = 0
-    for end in range(len(points)):
-        while points[end][0] - points[start][0] > 15.0 + 1e-9:
-            start += 1
-        rate = rate_of_change(points[start : end + 1])
-        found.append((rate, direction_of_rate(rate)))
-    return found
+def trend(points: Sequence[Point]) -> tuple[float | None, Direction]:
+    """(rate in mg/dL/min, arrow) at the last of `points` (time-ordered `(minutes, mg/dL)`),
+    from it and the points of the 15 minutes before it."""
+    rate = rate_of_change(points)
+    return rate, direction_of_rate(rate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.clinical.trend import Direction, direction_of_rate, trends
+from gateway.clinical.trend import Direction, direction_of_rate, trend
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_each_rate_gets_its_arrow(rate: float | None, arrow: Direction) -> None:
 def test_arrows_along_a_trace_use_only_the_readings_up_to_each_point() -> None:
     # 5-minute readings: flat at 100, then falling 15 mg/dL per 5 min (-3 mg/dL/min).
     points = [(0.0, 100.0), (5.0, 100.0), (10.0, 100.0), (15.0, 85.0), (20.0, 70.0), (25.0, 55.0)]
-    found = trends(points)
+    found = [trend(points[: end + 1]) for end in range(len(points))]
     arrows = [arrow for _, arrow in found]
     # Two readings span only 5 minutes: not computable; at 10 min three flat readings.
     assert arrows[:3] == [Direction.NOT_COMPUTABLE, Direction.NOT_COMPUTABLE, Direction.FLAT]
