@@ -27,9 +27,20 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.model import AlertKind, Patient, ReadingKind
+from gateway.model import (
+    AlertKind,
+    Device,
+    DeviceKind,
+    Patient,
+    Reading,
+    ReadingKind,
+    Source,
+    Transport,
+)
+from gateway.protocols import Origin
 from gateway.settings import load_settings
 from gateway.store import Store, StoredDeadLetter
+from gateway.units import Unit
 from glucohub.cli import main as cli
 from glucohub.runtime import Running, run_hub
 
@@ -62,6 +73,9 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     store = Store(tmp_path)
     for pid, name in PATIENTS.items():
         store.add_patient(Patient(patient_id=pid, display_name=name))
+    store.add_device(
+        Device(device_id="cgm-p1", patient_id="p1", kind=DeviceKind.CGM, transport=Transport.MQTT)
+    )
     store.close()
     secrets = {
         "p1": _secret(tmp_path, "--patient", "p1", "--label", "xdrip"),
@@ -423,6 +437,33 @@ async def test_py_nightscout_reads_back_what_was_uploaded(hub: Hub) -> None:
     assert sgvs[0].direction == "SingleDown" and sgvs[0].delta == -12.0
     assert sgvs[0].date == end
     assert sgvs[0].sgv_mmol == round(84 / 18, 1)
+
+
+async def test_readings_from_mqtt_are_served_with_computed_arrows(hub: Hub) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    readings = [
+        Reading(
+            patient_id="p1",
+            device_id="cgm-p1",
+            kind=ReadingKind.CGM_GLUCOSE,
+            value=value,
+            unit=Unit.MG_DL,
+            time=now - timedelta(minutes=5 * (2 - i)),
+            source=Source.MQTT,
+            seq=i,
+        )
+        for i, value in enumerate((100.0, 112.0, 124.0))
+    ]
+    outcome = await hub.running.hub.submit(origin=Origin(source=Source.MQTT), readings=readings)
+    assert outcome.accepted == 3
+    async with aiohttp.ClientSession() as http:
+        status, body = await get(http, hub, "/api/v1/entries/sgv.json", hub.secrets["p1-read"])
+    assert status == 200
+    # rising 12 mg/dL per 5 minutes over 10 minutes: 2.4 mg/dL/min, SingleUp
+    assert [e["sgv"] for e in body] == [124, 112, 100]
+    assert {e["device"] for e in body} == {"cgm-p1"}
+    assert (body[0]["direction"], body[0]["delta"]) == ("SingleUp", 12.0)
+    assert [e["direction"] for e in body[1:]] == ["NOT COMPUTABLE", "NOT COMPUTABLE"]
 
 
 def test_helpers_are_honest() -> None:
