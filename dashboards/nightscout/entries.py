@@ -183,8 +183,9 @@ def _number(item: Mapping[str, object], field: str) -> float:
 
 
 def _entry_time(item: Mapping[str, object]) -> datetime:
-    """`date` (ms since the epoch) or else `dateString` (ISO 8601 with an offset), as
-    lib/server/entries.js derives sysTime."""
+    """`date` (ms since the epoch) or else `dateString` (ISO 8601 with an offset).
+    lib/server/entries.js takes sysTime from dateString first; `date` wins here because it
+    is what follower queries filter on (the uploaders read send both, equal)."""
     date = item.get("date")
     if date is not None:
         if isinstance(date, bool) or not isinstance(date, int | float) or not math.isfinite(date):
@@ -203,7 +204,7 @@ def _entry_time(item: Mapping[str, object]) -> datetime:
 def parse_time(text: str) -> datetime:
     """An ISO 8601 time with an offset (`Z`, `+01:00` or xDrip+'s `+0100`), in UTC."""
     try:
-        parsed = datetime.fromisoformat(text.strip().replace(" ", "+"))
+        parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         raise EntriesRejected(RejectReason.SCHEMA, f"not an ISO 8601 time: {text!r}") from None
     if parsed.tzinfo is None:
@@ -351,7 +352,7 @@ def _time_value(text: str) -> datetime:
     try:
         ms = float(text)
     except ValueError:
-        return parse_time(text)
+        return parse_time(text.strip().replace(" ", "+"))
     if not math.isfinite(ms):
         raise EntriesRejected(RejectReason.SCHEMA, f"not a time: {text!r}")
     bounded = min(max(ms, 0.0), float(epoch_ms(_LATEST)))

@@ -73,6 +73,11 @@ def test_one_entry_object_and_a_date_string_with_an_offset() -> None:
     assert entry.reading is not None and entry.reading.time == T0
 
 
+def test_a_date_string_with_a_space_before_the_time() -> None:
+    (entry,) = parse([{"type": "sgv", "dateString": "2025-12-06 06:46:40+01:00", "sgv": 90}])
+    assert entry.reading is not None and entry.reading.time == T0
+
+
 def test_an_sgv_below_39_is_a_cgm_error_code_not_glucose() -> None:
     (entry,) = parse([{"type": "sgv", "date": T0_MS, "sgv": 5}])
     assert entry.reading is None and entry.event is not None
