@@ -185,7 +185,7 @@ def _number(item: Mapping[str, object], field: str) -> float:
 def _entry_time(item: Mapping[str, object]) -> datetime:
     """`date` (ms since the epoch) or else `dateString` (ISO 8601 with an offset).
     lib/server/entries.js takes sysTime from dateString first; `date` wins here because it
-    is what follower queries filter on (the uploaders read send both, equal)."""
+    is what follower queries filter on (xDrip+ and Juggluco send both, equal)."""
     date = item.get("date")
     if date is not None:
         if isinstance(date, bool) or not isinstance(date, int | float) or not math.isfinite(date):
