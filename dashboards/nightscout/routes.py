@@ -51,7 +51,8 @@ _RULE = Rule(access=Access.UPLOADER)
 
 
 def add_routes(app: web.Application) -> None:
-    for path in ("/api/v1/entries", "/api/v1/entries.json"):
+    # Express routes without strict routing: Nightscout answers `/entries/` as `/entries`
+    for path in ("/api/v1/entries", "/api/v1/entries/", "/api/v1/entries.json"):
         add_route(app, "GET", path, get_entries, _RULE)
         add_route(app, "POST", path, post_entries, _RULE)
     add_route(app, "GET", "/api/v1/entries/{spec}", get_entries_spec, _RULE)

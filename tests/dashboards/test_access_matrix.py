@@ -565,6 +565,7 @@ ROUTES = [
         )
         for path in (
             "/api/v1/entries",
+            "/api/v1/entries/",
             "/api/v1/entries.json",
             "/api/v1/status",
             "/api/v1/status.json",
@@ -596,7 +597,7 @@ ROUTES = [
             access="uploader",
             fill=one(Req(method="POST", path=path, about=frozenset("ABC"), body=b"[]")),
         )
-        for path in ("/api/v1/entries", "/api/v1/entries.json")
+        for path in ("/api/v1/entries", "/api/v1/entries/", "/api/v1/entries.json")
     ],
     # the WebSocket: see test_websocket below
     RouteCase(method="GET", path="/ws", access="user", fill=lambda _: []),

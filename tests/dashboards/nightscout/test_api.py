@@ -360,7 +360,12 @@ async def test_one_patients_secret_never_reaches_another_patients_entries(hub: H
             http, hub, hub.secrets["p2"], [{**e, "patient_id": "p1"} for e in mine]
         )
         assert status == 200
-        for path in ("/api/v1/entries.json", "/api/v1/entries/sgv.json", "/api/v1/entries/current"):
+        for path in (
+            "/api/v1/entries.json",
+            "/api/v1/entries/",
+            "/api/v1/entries/sgv.json",
+            "/api/v1/entries/current",
+        ):
             status, body = await get(http, hub, path, hub.secrets["p2"], count="1000")
             assert status == 200 and isinstance(body, list) and body
             assert {e["sgv"] for e in body} == {201}, path
