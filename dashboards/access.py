@@ -18,6 +18,9 @@ class Access(StrEnum):
     USER = "user"  # any logged-in user (or API token where `token_ok`)
     CLINICIAN = "clinician"
     PATIENT = "patient"  # a patient user acting on their own record (consent)
+    # A Nightscout uploader secret or token, checked by the route itself (dashboards/nightscout):
+    # it names one patient and never a user, so no session, cookie or user token counts.
+    UPLOADER = "uploader"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,13 +37,13 @@ class Rule:
                 raise ValueError(
                     f"patient_from must be match:<name> or query:<name>, got {self.patient_from!r}"
                 )
-            if self.access is Access.PUBLIC:
-                raise ValueError("a patient-scoped route cannot be public")
+            if self.access in (Access.PUBLIC, Access.UPLOADER):
+                raise ValueError("only a user route takes its patient from the request")
 
 
 def role_allows(rule: Rule, user: User | None) -> bool:
     """Whether `user` passes the role part of `rule` (patient scope is checked separately)."""
-    if rule.access is Access.PUBLIC:
+    if rule.access in (Access.PUBLIC, Access.UPLOADER):
         return True
     if user is None or user.disabled:
         return False

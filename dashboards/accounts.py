@@ -41,6 +41,7 @@ from gateway.storage.accounts import (
     ConsentTransaction,
     DuplicateUser,
     GrantRecord,
+    NightscoutSecretRecord,
     NoteRecord,
     TokenRecord,
     UserRecord,
@@ -203,6 +204,18 @@ def _b64(data: bytes) -> str:
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_secret(secret: str) -> str:
+    """The `api-secret` header an uploader sends for `secret`: its SHA-1 in hex (xDrip+'s
+    NightscoutUploader.java, Nightscout's lib/authorization/index.js)."""
+    return hashlib.sha1(secret.encode()).hexdigest()
+
+
+def nightscout_secret_hash(api_secret_hex: str) -> str:
+    """What is stored of a Nightscout uploader secret: SHA-256 of its SHA-1 hex, so that the
+    header can be checked and neither the secret nor the header value is kept."""
+    return _digest(api_secret_hex.strip().lower())
 
 
 # A hash of a random password, checked when the username is unknown so that a login for a
@@ -488,6 +501,32 @@ class AccountRules:
         )
         return token
 
+    # Nightscout uploader secrets
+
+    def create_nightscout_secret(
+        self, patient_id: str, device_id: str, *, can_write: bool, label: str
+    ) -> tuple[int, str]:
+        """A new uploader secret for the patient's Nightscout device: (its id, the secret).
+        Shown once; only `nightscout_secret_hash` of it is stored."""
+        self._require_patient(patient_id)
+        secret = "ns" + secrets.token_urlsafe(24)  # URL-safe: xDrip+ takes it in the URL
+        secret_id = self._storage.add_nightscout_secret(
+            secret_hash=nightscout_secret_hash(api_secret(secret)),
+            patient_id=patient_id,
+            device_id=device_id,
+            can_write=can_write,
+            label=label,
+            created_at=self._clock.now(),
+        )
+        return secret_id, secret
+
+    def nightscout_uploader(self, api_secret_hex: str) -> NightscoutSecretRecord | None:
+        return self._storage.nightscout_secret(nightscout_secret_hash(api_secret_hex))
+
+    def revoke_nightscout_secret(self, secret_id: int) -> None:
+        if not self._storage.revoke_nightscout_secret(secret_id):
+            raise AccountError(f"no Nightscout secret {secret_id}")
+
     def token_user(self, token: str) -> User | None:
         found = self._storage.unrevoked_token(_digest(token))
         if found is None:
@@ -715,6 +754,10 @@ class Accounts:
     async def revoke_token(self, token: str) -> None:
         await self._run(lambda: self._tables.revoke_token(token))
 
+    async def nightscout_uploader(self, api_secret_hex: str) -> NightscoutSecretRecord | None:
+        """The uploader whose secret's SHA-1 hex is `api_secret_hex`, unless revoked."""
+        return await self._run(lambda: self._tables.nightscout_uploader(api_secret_hex))
+
 
 # -- synchronous functions for the CLI ----------------------------------------------------
 
@@ -782,3 +825,17 @@ def tokens_list(storage: AccountStorage, username: str) -> list[TokenInfo]:
 def tokens_revoke(storage: AccountStorage, token_id: int) -> None:
     """Revoke one token by its id; AccountError when there is no such token."""
     _rules(storage).revoke_token_id(token_id)
+
+
+def nightscout_secret_create(
+    storage: AccountStorage, patient_id: str, device_id: str, *, can_write: bool, label: str
+) -> tuple[int, str]:
+    """`glucohub nightscout secret`: (id, secret) of a new uploader secret, shown once."""
+    return _rules(storage).create_nightscout_secret(
+        patient_id, device_id, can_write=can_write, label=label
+    )
+
+
+def nightscout_secret_revoke(storage: AccountStorage, secret_id: int) -> None:
+    """Revoke one uploader secret by its id; AccountError when there is no such secret."""
+    _rules(storage).revoke_nightscout_secret(secret_id)

@@ -34,8 +34,16 @@ from dashboards.context import (
     add_route,
 )
 from dashboards.live import DEFAULT_VIEWER_QUEUE, Viewer, message_patient
+from dashboards.nightscout import routes as nightscout
 from gateway.clock import Clock, SystemClock
-from gateway.protocols import AlertControl, HubStatus, LedgerView, LiveFeed, ReadModel
+from gateway.protocols import (
+    AlertControl,
+    HubStatus,
+    LedgerView,
+    LiveFeed,
+    ReadingSink,
+    ReadModel,
+)
 from gateway.settings import DashboardSettings
 from gateway.units import glucose_unit
 
@@ -66,9 +74,11 @@ def create_app(
     clock: Clock | None = None,
     viewer_queue_size: int = DEFAULT_VIEWER_QUEUE,
     first_run: setup.FirstRun | None = None,
+    sink: ReadingSink | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
-    With `first_run` (a hub with no patient yet) it also serves the /setup pages."""
+    With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
+    takes Nightscout uploads (without one they are refused with 503)."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -81,12 +91,14 @@ def create_app(
         accounts=accounts,
         clock=clock or SystemClock(),
         viewer_queue_size=viewer_queue_size,
+        sink=sink,
     )
     views.add_routes(app)
     publiclog.add_routes(app)
     api.add_routes(app)
     if first_run is not None:
         setup.add_routes(app, first_run)
+    nightscout.add_routes(app)
     add_route(app, "GET", "/ws", _websocket, Rule(access=Access.USER))
     static = app.router.add_static("/static/", STATIC_DIR, append_version=False)
     for route in static:
@@ -233,8 +245,10 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _authenticate(
     request: web.Request, d: Deps, rule: Rule
 ) -> tuple[User | None, Session | None]:
-    if rule.access is Access.PUBLIC:
-        return None, None  # public routes act on no one's behalf (and need no CSRF token)
+    if rule.access in (Access.PUBLIC, Access.UPLOADER):
+        # public routes act on no one's behalf (and need no CSRF token); uploader routes
+        # check their own credential, which is not a user's
+        return None, None
     authorization = request.headers.get("Authorization", "")
     if authorization:
         scheme, _, token = authorization.partition(" ")

@@ -11,7 +11,14 @@ from dashboards.access import Rule
 from dashboards.accounts import Accounts, Session, User
 from dashboards.live import Broadcaster
 from gateway.clock import Clock
-from gateway.protocols import AlertControl, HubStatus, LedgerView, LiveFeed, ReadModel
+from gateway.protocols import (
+    AlertControl,
+    HubStatus,
+    LedgerView,
+    LiveFeed,
+    ReadingSink,
+    ReadModel,
+)
 from gateway.settings import DashboardSettings
 
 SESSION_COOKIE = "gh_session"
@@ -31,6 +38,7 @@ class Deps:
     accounts: Accounts
     clock: Clock
     viewer_queue_size: int
+    sink: ReadingSink | None = None  # where Nightscout uploads go; None: uploads are refused
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)

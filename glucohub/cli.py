@@ -573,6 +573,68 @@ def cmd_users_revoke_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def nightscout_device_id(patient_id: str) -> str:
+    """The hub device every Nightscout uploader of a patient sends as: one per patient, so the
+    same entry uploaded by two apps (xDrip+ and AndroidAPS) is stored once."""
+    return f"nightscout-{patient_id}"
+
+
+def cmd_nightscout_secret(args: argparse.Namespace) -> int:
+    from glucohub import accounts
+
+    device_id = nightscout_device_id(args.patient)
+    store = _open_store(args)
+    try:
+        device = store.get_device(device_id)
+        if device is None:
+            store.add_device(
+                Device(
+                    device_id=device_id,
+                    patient_id=args.patient,
+                    kind=DeviceKind.UPLOADER,  # sgv and mbg entries: CGM and meter glucose
+                    transport=Transport.HTTP,
+                    name="Nightscout uploader",
+                )
+            )
+        elif device.patient_id != args.patient or not device.active:
+            raise InputError(
+                f"device {device_id} exists but is removed or another patient's; uploads"
+                " would be refused"
+            )
+    finally:
+        store.close()
+    secret_id, secret = accounts.nightscout_secret_create(
+        _db_path(args),
+        args.patient,
+        device_id,
+        can_write=not args.read_only,
+        label=args.label,
+    )
+    settings = _settings(args).dashboard
+    base = args.url or (
+        f"{'https' if settings.tls_cert else 'http'}://{settings.host}:{settings.port}"
+    )
+    scheme, _, rest = base.rstrip("/").partition("://")
+    print(f"secret: {secret}")
+    print(f"xDrip+ base URL: {scheme}://{secret}@{rest}/api/v1/")
+    print(f"Nightscout URL (Juggluco, AndroidAPS, followers): {scheme}://{rest}")
+    access = "read-only" if args.read_only else "read and upload"
+    print(
+        f"(shown once: secret {secret_id}, {access}, for patient {args.patient}'s device"
+        f" {device_id}; `glucohub nightscout revoke {secret_id}` ends it)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_nightscout_revoke(args: argparse.Namespace) -> int:
+    from glucohub import accounts
+
+    accounts.nightscout_secret_revoke(_db_path(args), args.secret_id)
+    print(f"revoked Nightscout secret {args.secret_id}")
+    return 0
+
+
 def cmd_gatt_decode(args: argparse.Namespace) -> int:
     from device_adapters.ble.cli import gatt_decode
 
@@ -879,6 +941,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("token_id", type=_int_in(1, _MAX_SQLITE_INT))
     p.set_defaults(func=cmd_users_revoke_token)
+
+    nightscout = sub.add_parser(
+        "nightscout", help="Nightscout API uploader secrets (xDrip+, Juggluco, AndroidAPS)"
+    ).add_subparsers(dest="nightscout_command", required=True, metavar="ACTION")
+    p = nightscout.add_parser("secret", help="create a patient's uploader secret (shown once)")
+    _common(p)
+    p.add_argument("--patient", required=True)
+    p.add_argument("--read-only", action="store_true", help="for followers: cannot upload")
+    p.add_argument("--label", default="uploader", help="what it is for, e.g. the app's name")
+    p.add_argument("--url", help="the hub's address as phones reach it, e.g. https://hub:8080")
+    p.set_defaults(func=cmd_nightscout_secret)
+    p = nightscout.add_parser("revoke", help="revoke one uploader secret by its id")
+    _common(p)
+    p.add_argument("secret_id", type=_int_in(1, _MAX_SQLITE_INT))
+    p.set_defaults(func=cmd_nightscout_revoke)
 
     gatt = sub.add_parser("gatt", help="Bluetooth GATT debugging").add_subparsers(
         dest="gatt_command", required=True, metavar="ACTION"

@@ -97,6 +97,7 @@ async def _dashboard(
             accounts=accounts,
             viewer_queue_size=settings.pipeline.viewer_queue_size,
             first_run=first_run,
+            sink=running.hub,
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)
         running.hub.telemetry.gauge(

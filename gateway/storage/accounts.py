@@ -1,5 +1,5 @@
-"""The storage contract of dashboard accounts: users, sessions, API tokens, consent grants,
-clinical notes, the access audit and login failures.
+"""The storage contract of dashboard accounts: users, sessions, API tokens, Nightscout
+uploader secrets, consent grants, clinical notes, the access audit and login failures.
 
 Backends store and return plain records; they hash nothing, check no password and decide no
 access (that is `dashboards/accounts.py`). Session ids and API tokens arrive already hashed.
@@ -98,6 +98,19 @@ class AuditRecord:
     action: str  # e.g. "page", "api.readings", "report", "batch:12", "ws"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NightscoutSecretRecord:
+    """A Nightscout uploader secret as stored: never the secret, only its hash. The secret
+    decides whose readings an upload is (`patient_id`) and which hub device sends them."""
+
+    secret_id: int
+    patient_id: str
+    device_id: str
+    can_write: bool
+    label: str
+    created_at: datetime
+
+
 class FailurePolicy(Protocol):
     """How a login-failure count grows (`dashboards.ratelimit.Backoff` is one)."""
 
@@ -185,6 +198,26 @@ class TokenStorage(Protocol):
     def revoke_token_hash(self, token_hash: str) -> None: ...
 
 
+class NightscoutSecretStorage(Protocol):
+    def add_nightscout_secret(
+        self,
+        *,
+        secret_hash: str,
+        patient_id: str,
+        device_id: str,
+        can_write: bool,
+        label: str,
+        created_at: datetime,
+    ) -> int:
+        """The new secret's id."""
+
+    def nightscout_secret(self, secret_hash: str) -> NightscoutSecretRecord | None:
+        """The unrevoked secret with this hash."""
+
+    def revoke_nightscout_secret(self, secret_id: int) -> bool:
+        """False when there is no secret with this id."""
+
+
 class ConsentTransaction(Protocol):
     """Consent rows and ledger events inside one open transaction."""
 
@@ -248,6 +281,7 @@ class AccountStorage(
     UserStorage,
     SessionStorage,
     TokenStorage,
+    NightscoutSecretStorage,
     ConsentStorage,
     NoteStorage,
     AuditStorage,

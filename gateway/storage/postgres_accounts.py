@@ -29,6 +29,7 @@ from gateway.storage.accounts import (
     DuplicateUser,
     FailurePolicy,
     GrantRecord,
+    NightscoutSecretRecord,
     NoteRecord,
     SessionRecord,
     TokenRecord,
@@ -366,6 +367,53 @@ class PostgresAccountStorage:
         self._db.execute(
             "UPDATE dash_tokens SET revoked = true WHERE token_hash = %s", (token_hash,)
         )
+
+    # Nightscout uploader secrets
+
+    @_translated
+    def add_nightscout_secret(
+        self,
+        *,
+        secret_hash: str,
+        patient_id: str,
+        device_id: str,
+        can_write: bool,
+        label: str,
+        created_at: datetime,
+    ) -> int:
+        row = self._db.execute(
+            "INSERT INTO nightscout_secrets"
+            " (secret_hash, patient_id, device_id, can_write, label, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (secret_hash, patient_id, device_id, can_write, label, _ms(created_at)),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @_translated
+    def nightscout_secret(self, secret_hash: str) -> NightscoutSecretRecord | None:
+        row = self._db.execute(
+            "SELECT id, patient_id, device_id, can_write, label, created_at"
+            " FROM nightscout_secrets WHERE secret_hash = %s AND NOT revoked",
+            (secret_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        return NightscoutSecretRecord(
+            secret_id=int(row[0]),
+            patient_id=str(row[1]),
+            device_id=str(row[2]),
+            can_write=bool(row[3]),
+            label=str(row[4]),
+            created_at=_utc(row[5]),
+        )
+
+    @_translated
+    def revoke_nightscout_secret(self, secret_id: int) -> bool:
+        cursor = self._db.execute(
+            "UPDATE nightscout_secrets SET revoked = true WHERE id = %s", (secret_id,)
+        )
+        return cursor.rowcount > 0
 
     # consent
 

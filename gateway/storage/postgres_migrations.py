@@ -251,6 +251,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "the whole schema: hub and account tables, readings partitioned by month", _SCHEMA
     ),
+    Migration(
+        2,
+        "nightscout_secrets: per-patient Nightscout uploader secrets, stored hashed",
+        """
+        CREATE TABLE nightscout_secrets (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            secret_hash text NOT NULL UNIQUE,
+            patient_id text NOT NULL,
+            device_id text NOT NULL,
+            can_write boolean NOT NULL,
+            label text NOT NULL,
+            created_at timestamptz NOT NULL,
+            revoked boolean NOT NULL DEFAULT false
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

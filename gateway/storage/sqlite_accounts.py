@@ -23,6 +23,7 @@ from gateway.storage.accounts import (
     DuplicateUser,
     FailurePolicy,
     GrantRecord,
+    NightscoutSecretRecord,
     NoteRecord,
     SessionRecord,
     TokenRecord,
@@ -345,6 +346,53 @@ class SqliteAccountStorage:
     @_translated
     def revoke_token_hash(self, token_hash: str) -> None:
         self._db.execute("UPDATE dash_tokens SET revoked = 1 WHERE token_hash = ?", (token_hash,))
+
+    # Nightscout uploader secrets
+
+    @_translated
+    def add_nightscout_secret(
+        self,
+        *,
+        secret_hash: str,
+        patient_id: str,
+        device_id: str,
+        can_write: bool,
+        label: str,
+        created_at: datetime,
+    ) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO nightscout_secrets"
+            " (secret_hash, patient_id, device_id, can_write, label, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (secret_hash, patient_id, device_id, int(can_write), label, _time(created_at)),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    @_translated
+    def nightscout_secret(self, secret_hash: str) -> NightscoutSecretRecord | None:
+        row = self._db.execute(
+            "SELECT id, patient_id, device_id, can_write, label, created_at"
+            " FROM nightscout_secrets WHERE secret_hash = ? AND revoked = 0",
+            (secret_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        return NightscoutSecretRecord(
+            secret_id=int(row[0]),
+            patient_id=str(row[1]),
+            device_id=str(row[2]),
+            can_write=bool(row[3]),
+            label=str(row[4]),
+            created_at=parse_rfc3339(str(row[5])),
+        )
+
+    @_translated
+    def revoke_nightscout_secret(self, secret_id: int) -> bool:
+        cursor = self._db.execute(
+            "UPDATE nightscout_secrets SET revoked = 1 WHERE id = ?", (secret_id,)
+        )
+        return cursor.rowcount > 0
 
     # consent
 

@@ -322,6 +322,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         _has_table("dash_login_failures"),
     ),
+    Migration(
+        8,
+        "nightscout_secrets: per-patient Nightscout uploader secrets, stored hashed",
+        """
+        CREATE TABLE nightscout_secrets (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            secret_hash TEXT NOT NULL UNIQUE,
+            patient_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            can_write INTEGER NOT NULL,
+            label TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            revoked INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        _has_table("nightscout_secrets"),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

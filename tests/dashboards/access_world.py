@@ -156,6 +156,8 @@ class AccessWorld:
     urgent_low_alert: dict[str, str]  # patient key -> alert id of the urgent low
     batch_patients: dict[int, frozenset[str]]  # batch seq -> patient keys of its records
     batch_has_readings: dict[int, bool]
+    # patient key -> Nightscout uploader secret: A's may upload, B's only read
+    nightscout: dict[str, str] = field(default_factory=dict)
     live_seq: dict[str, int] = field(default_factory=dict)  # next device seq per patient
 
     @property
@@ -265,6 +267,12 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
             u: hub_accounts.tokens_create(db, u, "access matrix")
             for u in (ADMIN, DR_ALPHA, DR_NONE, PT_A, PT_B)
         }
+        nightscout = {
+            m.key: hub_accounts.nightscout_secret_create(
+                db, m.patient_id, f"nightscout-{m.patient_id}", can_write=write, label="matrix"
+            )[1]
+            for m, write in ((a, True), (b, False))
+        }
 
         def consent(pid: str, clinician: str, by: str) -> None:
             # Each consent change is a ledger event, written in the grant's transaction.
@@ -326,6 +334,7 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
     return AccessWorld(
         data_dir=data_dir,
         tokens=tokens,
+        nightscout=nightscout,
         urgent_low_alert=urgent,
         batch_patients=batch_patients,
         batch_has_readings=batch_has_readings,

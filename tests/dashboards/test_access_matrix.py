@@ -20,6 +20,7 @@ session opened for that test only).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -69,7 +70,9 @@ class Caller:
     name: str
     role: str | None  # "admin", "clinician", "patient"; None: not authenticated
     username: str | None
-    credential: str  # "none", "cookie", "token", "bad cookie", "bad token"
+    # "none", "cookie", "token", "bad cookie", "bad token"; or a Nightscout uploader secret of
+    # the patient in `sees`: "api-secret" (A's, may upload) or "nightscout bearer" (B's, reads)
+    credential: str
     sees: frozenset[str]  # patient keys the access rule lets this caller see
 
 
@@ -95,7 +98,20 @@ CALLERS = [
     *_pair("dr-no-consent", "clinician", DR_NONE, ""),
     *_pair("patient-A", "patient", PT_A, "A"),
     *_pair("patient-B", "patient", PT_B, "B"),
+    # Nightscout uploader secrets are nobody's user credential: anonymous on every user route
+    # (a Bearer one is a bad user token there); on the Nightscout routes they see their patient.
+    Caller(
+        name="nightscout-A", role=None, username=None, credential="api-secret", sees=frozenset("A")
+    ),
+    Caller(
+        name="nightscout-B-read",
+        role=None,
+        username=None,
+        credential="nightscout bearer",
+        sees=frozenset("B"),
+    ),
 ]
+UPLOADER_CREDENTIALS = ("api-secret", "nightscout bearer")
 
 
 # -- the served hub -----------------------------------------------------------------------
@@ -209,6 +225,7 @@ class Req:
     patient_ok: int | None = None  # ... when that caller is a patient, if different
     shows: tuple[str, ...] = ()  # marker labels of `about` that a 200 must contain
     fresh_session: bool = False  # the request ends its session: log in anew for it
+    body: bytes | None = None  # sent as application/json
 
 
 Fill = Callable[[Served], list[Req]]
@@ -218,7 +235,7 @@ Fill = Callable[[Served], list[Req]]
 class RouteCase:
     method: str
     path: str  # as the router spells it
-    access: str  # "public", "user", "clinician", "patient": the rule the route must have
+    access: str  # "public", "user", "clinician", "patient", "uploader": the route's rule
     token_ok: bool = False
     fill: Fill
 
@@ -570,6 +587,50 @@ ROUTES = [
             ]
         ),
     ),
+    # Nightscout API v1: an uploader secret names one patient; verifyauth answers everyone
+    *[
+        RouteCase(
+            method="GET",
+            path=path,
+            access="uploader",
+            fill=one(Req(method="GET", path=path, about=frozenset("ABC"))),
+        )
+        for path in (
+            "/api/v1/entries",
+            "/api/v1/entries/",
+            "/api/v1/entries.json",
+            "/api/v1/status",
+            "/api/v1/status.json",
+            "/api/v1/verifyauth",
+        )
+    ],
+    RouteCase(
+        method="GET",
+        path="/api/v1/entries/{spec}",
+        access="uploader",
+        fill=lambda _: [
+            Req(
+                method="GET",
+                path=f"/api/v1/entries/{spec}?count=1000",
+                about=frozenset("ABC"),
+                shows=shows,
+            )
+            for spec, shows in (
+                ("sgv.json", ("CGM device id",)),
+                ("current.json", ("CGM device id",)),
+                ("mbg", ("meter device id",)),
+            )
+        ],
+    ),
+    *[
+        RouteCase(
+            method="POST",
+            path=path,
+            access="uploader",
+            fill=one(Req(method="POST", path=path, about=frozenset("ABC"), body=b"[]")),
+        )
+        for path in ("/api/v1/entries", "/api/v1/entries/", "/api/v1/entries.json")
+    ],
     # the WebSocket: see test_websocket below
     RouteCase(method="GET", path="/ws", access="user", fill=lambda _: []),
 ]
@@ -582,7 +643,15 @@ def expected_status(case: RouteCase, caller: Caller, req: Req) -> int:
     """The access rule, written out: the status `caller` must get for `req`."""
     if case.access == "public":
         return req.ok  # public routes ignore every credential
-    if caller.credential == "bad token":
+    if case.access == "uploader":
+        if req.path == "/api/v1/verifyauth":
+            return 200  # lib/api/verifyauth.js: the body says what the credential may do
+        if caller.credential not in UPLOADER_CREDENTIALS:
+            return 401
+        if req.method == "POST" and caller.credential != "api-secret":
+            return 401  # B's secret is read-only
+        return req.ok
+    if caller.credential in ("bad token", "nightscout bearer"):
         return 401
     if caller.credential == "token" and not case.token_ok:
         return 401  # tokens only where the route accepts them
@@ -625,6 +694,11 @@ def _headers(served: Served, caller: Caller, session: Session | None) -> dict[st
         return {"Authorization": f"Bearer {served.world.tokens[caller.username]}"}
     if caller.credential == "bad token":
         return {"Authorization": "Bearer ghk_bm90LWEtdG9rZW4tYXQtYWxsLTEyMzQ1Njc4OTA"}
+    if caller.credential == "api-secret":
+        secret = served.world.nightscout["A"]
+        return {"api-secret": hashlib.sha1(secret.encode()).hexdigest()}
+    if caller.credential == "nightscout bearer":
+        return {"Authorization": f"Bearer {served.world.nightscout['B']}"}
     return {}
 
 
@@ -644,8 +718,12 @@ async def send(served: Served, caller: Caller, req: Req) -> tuple[int, bytes]:
             headers["X-CSRF-Token"] = csrf
     if req.form is not None:
         data = {**req.form, "csrf_token": csrf} if csrf else dict(req.form)
+    sent: dict[str, str] | bytes | None = data
+    if req.body is not None:
+        headers["Content-Type"] = "application/json"
+        sent = req.body
     async with served.http.request(
-        req.method, served.url + req.path, headers=headers, data=data, allow_redirects=False
+        req.method, served.url + req.path, headers=headers, data=sent, allow_redirects=False
     ) as response:
         return response.status, await response.read()
 

@@ -280,6 +280,18 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "expiry too far": ("dr-who", "--expires-days", "99999999999", *HUB),
     },
     "users tokens": {"missing data dir": ("dr-who", *TYPO), "unknown user": ("nobody", *HUB)},
+    "nightscout secret": {
+        "missing data dir": ("--patient", "p1", *TYPO),
+        "data dir without a hub": ("--patient", "p1", *EMPTY),
+        "no --patient": HUB,
+        "unknown patient": ("--patient", "nope", *HUB),
+    },
+    "nightscout revoke": {
+        "missing data dir": ("1", *TYPO),
+        "id not a number": ("first", *HUB),
+        "unknown id": ("12345", *HUB),
+        "huge id": (str(2**70), *HUB),
+    },
     "users revoke-token": {
         "missing data dir": ("1", *TYPO),
         "id not a number": ("first", *HUB),

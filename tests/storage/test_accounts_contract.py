@@ -9,6 +9,7 @@ contract. Expected values are worked out by hand in the comments.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -275,6 +276,51 @@ def test_tokens_expire_are_revoked_and_remember_their_last_use(storage: AccountS
     storage.revoke_token_hash("h1")
     assert storage.unrevoked_token("h1") is None
     assert storage.list_tokens("nobody") == []
+
+
+def test_nightscout_secrets_are_found_by_hash_until_revoked(storage: AccountStorage) -> None:
+    first = storage.add_nightscout_secret(
+        secret_hash="n1",
+        patient_id="p1",
+        device_id="nightscout-p1",
+        can_write=True,
+        label="xdrip",
+        created_at=T0,
+    )
+    second = storage.add_nightscout_secret(
+        secret_hash="n2",
+        patient_id="p1",
+        device_id="nightscout-p1",
+        can_write=False,
+        label="follower",
+        created_at=T0 + timedelta(minutes=1),
+    )
+    assert second > first
+    found = storage.nightscout_secret("n2")
+    assert found is not None
+    assert (found.secret_id, found.patient_id, found.device_id) == (second, "p1", "nightscout-p1")
+    assert (found.can_write, found.label, found.created_at) == (
+        False,
+        "follower",
+        T0 + timedelta(minutes=1),
+    )
+    assert storage.nightscout_secret("n1") is not None and storage.nightscout_secret("n3") is None
+    assert storage.revoke_nightscout_secret(first) is True
+    assert storage.revoke_nightscout_secret(9999) is False
+    assert storage.nightscout_secret("n1") is None and storage.nightscout_secret("n2") is not None
+
+
+def test_a_nightscout_secret_is_stored_as_sha256_of_its_sha1_hex(
+    accounts_db: AccountBackend, storage: AccountStorage
+) -> None:
+    rules = AccountRules(storage, FakeClock())
+    _, secret = rules.create_nightscout_secret("p1", "nightscout-p1", can_write=True, label="x")
+    header = hashlib.sha1(secret.encode()).hexdigest()  # what xDrip+ sends as api-secret
+    rows = accounts_db.sql("SELECT secret_hash FROM nightscout_secrets")
+    assert rows == [(hashlib.sha256(header.encode()).hexdigest(),)]
+    found = rules.nightscout_uploader(header.upper())  # hex in either case
+    assert found is not None and found.patient_id == "p1"
+    assert rules.nightscout_uploader(hashlib.sha1(b"a guess").hexdigest()) is None
 
 
 def test_disabling_ends_sessions_and_revokes_tokens_for_good(storage: AccountStorage) -> None:

@@ -1,0 +1,339 @@
+"""The HTTP edge of Nightscout's API v1: uploads and follower reads of glucose entries.
+
+Each request is authenticated as Nightscout does it (lib/authorization/index.js in
+nightscout/cgm-remote-monitor): the `api-secret` header (or `?secret=`) holding the SHA-1 hex of
+the secret, or the secret as an access token (`Authorization: Bearer`, `?token=`). Unlike
+Nightscout, every patient's uploader has its own secret, and the secret alone decides whose
+entries are read or written. Errors are Nightscout's JSON (lib/middleware/send-json-status.js):
+`{"status": 401, "message": "Unauthorized", "description": "Invalid/Missing"}`.
+
+An upload is answered only once every entry in it is durable: stored, found to be a duplicate,
+or kept as a dead letter with its raw JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from dashboards.access import Access, Rule
+from dashboards.accounts import api_secret
+from dashboards.context import add_route, deps
+from dashboards.nightscout.entries import (
+    TREND_LOOKBACK,
+    EntriesRejected,
+    EntryType,
+    ParsedEntry,
+    entry_id,
+    epoch_ms,
+    iso_time,
+    parse_query,
+    parse_upload,
+    select,
+    to_entries,
+)
+from gateway.model import ReadingKind, Source
+from gateway.protocols import DeadLetter, IngestOutcome, Origin, RejectReason
+from gateway.storage.accounts import NightscoutSecretRecord
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # after gzip is undone: MAX_ENTRIES of ~250 bytes fit
+API_VERSION = "15.0.0"  # the Nightscout release whose API v1 this follows
+_SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
+_RULE = Rule(access=Access.UPLOADER)
+
+
+def add_routes(app: web.Application) -> None:
+    # Express routes without strict routing: Nightscout answers `/entries/` as `/entries`
+    for path in ("/api/v1/entries", "/api/v1/entries/", "/api/v1/entries.json"):
+        add_route(app, "GET", path, get_entries, _RULE)
+        add_route(app, "POST", path, post_entries, _RULE)
+    add_route(app, "GET", "/api/v1/entries/{spec}", get_entries_spec, _RULE)
+    for path in ("/api/v1/status", "/api/v1/status.json"):
+        add_route(app, "GET", path, status, _RULE)
+    add_route(app, "GET", "/api/v1/verifyauth", verifyauth, _RULE)
+
+
+def _status(status: int, message: object, description: str | None = None) -> web.Response:
+    body: dict[str, object] = {"status": status, "message": message}
+    if description is not None:
+        body["description"] = description
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+def _unauthorized() -> web.Response:
+    # lib/authorization/index.js, isPermitted: what a missing, wrong or too weak credential gets
+    return _status(401, "Unauthorized", "Invalid/Missing")
+
+
+def _json(body: object) -> web.Response:
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _credential(request: web.Request) -> str | None:
+    """The SHA-1 hex the request authenticates with, as lib/authorization/index.js finds it:
+    a Bearer or `?token=` access token (here: the uploader secret itself), else the
+    `?secret=` or `api-secret` value (already SHA-1 hex). py-nightscout sends a token as
+    `api-secret: token=<token>`."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    token = value.strip() if scheme == "Bearer" else request.query.get("token", "")
+    if token:
+        return api_secret(token)
+    given = request.query.get("secret") or request.headers.get("api-secret") or ""
+    if given.startswith("token="):
+        return api_secret(given.removeprefix("token="))
+    return given if _SHA1_HEX.fullmatch(given) else None
+
+
+async def _uploader(request: web.Request) -> NightscoutSecretRecord | None:
+    sha1 = _credential(request)
+    if sha1 is None:
+        return None
+    found = await deps(request).accounts.nightscout_uploader(sha1)
+    if found is None:
+        log.info("Nightscout request with an unknown secret: %s %s", request.method, request.path)
+    return found
+
+
+# -- uploads -----------------------------------------------------------------------------
+
+
+class _TooLarge(Exception):
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, gzip undone by aiohttp (xDrip+ gzips: GzipRequestInterceptor in
+    NightscoutUploader.java), refused past MAX_BODY_BYTES of decoded bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _TooLarge(b"".join(chunks)[:MAX_BODY_BYTES])
+    return b"".join(chunks)
+
+
+async def post_entries(request: web.Request) -> web.StreamResponse:
+    uploader = await _uploader(request)
+    if uploader is None or not uploader.can_write:
+        return _unauthorized()  # a read-only token may not create entries (api:entries:create)
+    sink = deps(request).sink
+    if sink is None:
+        return _status(503, "Service Unavailable", "this hub takes no uploads")
+    origin = Origin(source=Source.HTTP, topic=request.path, raw=b"", device_id=uploader.device_id)
+    try:
+        body = await _read_body(request)
+    except _TooLarge as exc:
+        detail = f"body over {MAX_BODY_BYTES} bytes"
+        await _dead_letter(request, origin, exc.head, RejectReason.OVERSIZED, detail)
+        return _status(413, "Payload Too Large", detail)
+    except (web.HTTPException, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # a broken gzip stream or a connection cut mid-body
+        detail = f"unreadable body: {type(exc).__name__}: {exc}"
+        await _dead_letter(request, origin, b"", RejectReason.MALFORMED, detail)
+        return _status(400, "Bad Request", detail)
+    try:  # up to 4 MiB of JSON and 12,000 entries: parsed off the event loop
+        parsed = await asyncio.to_thread(
+            parse_upload, body, patient_id=uploader.patient_id, device_id=uploader.device_id
+        )
+    except EntriesRejected as exc:
+        await _dead_letter(request, origin, body, exc.reason, exc.detail)
+        return _status(400, "Bad Request", str(exc))
+    try:
+        outcomes = await _ingest(request, origin, parsed)
+    except RuntimeError:  # the hub is shutting down
+        return _status(503, "Service Unavailable", "the hub is shutting down; retry")
+    kept: list[dict[str, object]] = []
+    refused: list[str] = []
+    for entry, outcome in zip(parsed, outcomes, strict=True):
+        if entry.error is not None:
+            refused.append(str(entry.error))
+        elif outcome.rejected:
+            refused.append(f"entry {entry.index} refused by validation (see dead letters)")
+        elif entry.reading is not None:
+            kept.append({**entry.echo, "_id": entry_id(entry.reading)})
+        else:
+            kept.append(entry.echo)
+    if refused and not kept:
+        return _status(400, "Bad Request", "; ".join(refused[:5]))
+    if refused:
+        log.warning("Nightscout upload: %d of %d entries refused", len(refused), len(parsed))
+    # lib/api/entries/index.js, format_post_response: the stored entries as a JSON array
+    return _json(kept)
+
+
+async def _ingest(
+    request: web.Request, origin: Origin, parsed: list[ParsedEntry]
+) -> list[IngestOutcome]:
+    """Every entry its own envelope (one bad entry must not refuse the others: uploaders
+    resend a refused batch for ever), each durable before this returns."""
+    sink = deps(request).sink
+    assert sink is not None
+    now = deps(request).clock.now()
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[IngestOutcome]] = []
+    for entry in parsed:
+        done: asyncio.Future[IngestOutcome] = loop.create_future()
+        futures.append(done)
+        here = Origin(
+            source=origin.source, topic=origin.topic, raw=entry.raw, device_id=origin.device_id
+        )
+        letters = (
+            [
+                DeadLetter(
+                    received_at=now,
+                    origin=here,
+                    reason=entry.error.reason,
+                    detail=entry.error.detail,
+                )
+            ]
+            if entry.error is not None
+            else []
+        )
+        await sink.enqueue(
+            origin=here,
+            readings=[entry.reading] if entry.reading is not None else [],
+            events=[entry.event] if entry.event is not None else [],
+            dead_letters=letters,
+            on_durable=_resolver(done),
+        )
+    return list(await asyncio.gather(*futures))
+
+
+def _resolver(done: asyncio.Future[IngestOutcome]) -> Callable[[IngestOutcome], None]:
+    def resolve(outcome: IngestOutcome) -> None:
+        if not done.done():
+            done.set_result(outcome)
+
+    return resolve
+
+
+async def _dead_letter(
+    request: web.Request, origin: Origin, raw: bytes, reason: RejectReason, detail: str
+) -> None:
+    d = deps(request)
+    if d.sink is None:
+        return
+    here = Origin(source=origin.source, topic=origin.topic, raw=raw, device_id=origin.device_id)
+    letter = DeadLetter(received_at=d.clock.now(), origin=here, reason=reason, detail=detail)
+    try:
+        await d.sink.submit(origin=here, dead_letters=[letter])
+    except RuntimeError:
+        log.warning("Nightscout upload refused while shutting down: %s", detail)
+
+
+# -- reads -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    types: frozenset[EntryType]
+    count: int | None = None
+
+
+_ALL = frozenset({EntryType.SGV, EntryType.MBG})
+
+
+async def get_entries(request: web.Request) -> web.StreamResponse:
+    # lib/api/entries/index.js: GET /entries applies the query as given (no type forced)
+    return await _read(request, _Read(_ALL))
+
+
+async def get_entries_spec(request: web.Request) -> web.StreamResponse:
+    """/entries/current (the newest sgv), /entries/sgv, /entries/mbg, each with an optional
+    `.json` (lib/api/entries/index.js, `/entries/current` and `/entries/:spec`)."""
+    spec = request.match_info["spec"].removesuffix(".json")
+    if spec == "current":
+        return await _read(request, _Read(frozenset({EntryType.SGV}), count=1))
+    try:
+        kind = EntryType(spec)
+    except ValueError:
+        return _json([])  # a type nobody uploads: Nightscout finds nothing either
+    return await _read(request, _Read(frozenset({kind})))
+
+
+async def _read(request: web.Request, what: _Read) -> web.StreamResponse:
+    uploader = await _uploader(request)
+    if uploader is None:
+        return _unauthorized()
+    d = deps(request)
+    try:
+        query = parse_query(
+            list(request.query.items()), now=d.clock.now(), types=what.types, count=what.count
+        )
+    except EntriesRejected as exc:
+        return _status(400, "Bad Request", str(exc))
+    if query.since > query.until or not query.types:
+        return _json([])
+    patient = uploader.patient_id
+    history = await d.read_model.readings(
+        patient,
+        since=query.since - TREND_LOOKBACK,
+        until=query.until,
+        kinds=(ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE),
+    )
+    devices = {dev.device_id: dev.name for dev in await d.read_model.list_devices(patient)}
+
+    def render() -> str:  # up to MAX_COUNT entries with their arrows: off the event loop
+        return json.dumps(to_entries(select(history, query), history, devices))
+
+    text = await asyncio.to_thread(render)
+    return web.Response(
+        text=text, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    """lib/api/status.js: what uploaders check before they upload (xDrip+ reads `version`)."""
+    uploader = await _uploader(request)
+    if uploader is None:
+        return _unauthorized()
+    now = deps(request).clock.now()
+    return _json(
+        {
+            "status": "ok",
+            "name": "Glucohub",
+            "version": API_VERSION,
+            "serverTime": iso_time(now),
+            "serverTimeEpoch": epoch_ms(now),
+            "apiEnabled": True,
+            "careportalEnabled": False,
+            "boluscalcEnabled": False,
+            "settings": {"units": "mg/dl", "enable": [], "authDefaultRoles": "denied"},
+            "extendedSettings": {},
+            "authorized": None,
+            "runtimeState": "loaded",
+        }
+    )
+
+
+async def verifyauth(request: web.Request) -> web.StreamResponse:
+    """lib/api/verifyauth.js: always 200; the body says what the credential may do."""
+    uploader = await _uploader(request)
+    found = uploader is not None
+    can_write = found and uploader is not None and uploader.can_write
+    return _status(
+        200,
+        {
+            "canRead": found,
+            "canWrite": can_write,
+            "isAdmin": False,
+            "message": "OK" if found else "UNAUTHORIZED",
+            "rolefound": "FOUND" if found else "NOTFOUND",
+            "permissions": "ROLE" if found else "DEFAULT",
+        },
+    )
