@@ -39,7 +39,8 @@ from gateway.model import (
 )
 from gateway.protocols import Origin
 from gateway.settings import load_settings
-from gateway.store import Store, StoredDeadLetter
+from gateway.storage.contract import StoredDeadLetter
+from gateway.store import Store
 from gateway.units import Unit
 from glucohub.cli import main as cli
 from glucohub.runtime import Running, run_hub
