@@ -4,8 +4,10 @@ The code is printed on the console (the systemd journal) when the hub starts; on
 kept, compared in constant time, and wrong guesses slow down. Entering it opens a setup
 session (a cookie, plus a token in every form). The steps: who the hub is for (a patient and
 their dashboard account), the clinic (nothing to configure here yet), the devices (scan, pair,
-first reading). Finishing ends the session and the code; every /setup route is then a 404,
-and after a restart they are not even registered (the hub has a patient).
+first reading) and, optionally, a phone app (xDrip+, Juggluco: the hub's Nightscout address
+and a new secret, as text and a QR code). Finishing ends the session and the code; every
+/setup route is then a 404, and after a restart they are not even registered (the hub has
+a patient).
 
 Bluetooth is not this module's business: a `SetupBackend` (wired in glucohub/) scans, pairs
 and fetches the first records, and says what went wrong in plain words (`SetupProblem`).
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import io
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,12 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import segno
 from aiohttp import web
 
 from dashboards import timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Role, check_password_strength
 from dashboards.context import DEPS, add_route
+from dashboards.nightscout.links import links
 from dashboards.pages import esc, layout
 from gateway.clock import Clock
 from gateway.errors import UnknownUnit
@@ -81,6 +86,9 @@ class SetupBackend(Protocol):
 
     async def finished(self, devices: Sequence[Device]) -> None:
         """Setup is over: start collecting from `devices` for good."""
+
+    async def phone_app(self, patient: Patient) -> str:
+        """Register the patient's Nightscout uploader and make it a secret (returned once)."""
 
 
 def _digest(secret: str) -> bytes:
@@ -192,6 +200,7 @@ def add_routes(app: web.Application, first_run: FirstRun) -> None:
     add_route(app, "POST", "/setup/scan", _scan, rule)
     add_route(app, "POST", "/setup/pair", _pair, rule)
     add_route(app, "POST", "/setup/passkey", _passkey, rule)
+    add_route(app, "POST", "/setup/phone", _phone, rule)
     add_route(app, "POST", "/setup/finish", _finish, rule)
     app.on_shutdown.append(_cancel_pairing)
 
@@ -410,6 +419,41 @@ async def _cancel_pairing(app: web.Application) -> None:
             await pending.task
 
 
+async def _phone(request: web.Request) -> web.Response:
+    """A phone app's connection: the hub's Nightscout address and a new secret, shown once."""
+    first_run = _state(request)
+    await _form(request, first_run)
+    if first_run.patient is None or not first_run.username:
+        return _step_page(first_run, error="Say who the hub is for first.")
+    try:
+        secret = await first_run.backend.phone_app(first_run.patient)
+    except SetupProblem as problem:
+        return _step_page(first_run, error=str(problem))
+    given = links(f"{request.scheme}://{request.host}", secret)
+    body = (
+        "<p>In xDrip+: Settings → Cloud Upload → Nightscout Sync (REST-API) → Base URL, type "
+        "this (or scan the code):</p>"
+        f'<p><code id="setup-xdrip-url">{esc(given.xdrip_url)}</code></p>'
+        f'<figure class="setup-qr">{_qr_svg(given.xdrip_url)}'
+        "<figcaption>The same address as a QR code</figcaption></figure>"
+        "<p>In Juggluco or a follower app, the Nightscout URL is "
+        f'<code id="setup-nightscout-url">{esc(given.nightscout_url)}</code> and the API '
+        f'secret is <code id="setup-secret">{esc(given.secret)}</code>.</p>'
+        "<p>This secret is shown only now: write it down or set the app up before you go on. "
+        "Anyone with it can send readings as you.</p>"
+        '<p><a href="/setup" id="setup-phone-done">Back to my devices</a></p>'
+    )
+    return _html("Add a phone app", body)
+
+
+def _qr_svg(text: str) -> str:
+    out = io.BytesIO()
+    segno.make(text, error="m").save(
+        out, kind="svg", scale=4, xmldecl=False, svgns=True, title="QR code of the address"
+    )
+    return out.getvalue().decode("ascii")
+
+
 async def _finish(request: web.Request) -> web.Response:
     first_run = _state(request)
     await _form(request, first_run)
@@ -550,6 +594,12 @@ def _devices(first_run: FirstRun) -> str:
     )
     if choices:
         parts.append(f'<h2>Devices nearby</h2><div class="setup-nearby">{choices}</div>')
+    parts.append(
+        "<p>A phone app that reads your sensor (xDrip+, Juggluco) can send its readings to "
+        "this hub too.</p>"
+        f'<form method="post" action="/setup/phone" class="login">{_token(first_run)}'
+        '<button type="submit" id="setup-phone">Add a phone app</button></form>'
+    )
     parts.append(
         "<p>When your devices are added, finish setup.</p>"
         f'<form method="post" action="/setup/finish" class="login">{_token(first_run)}'

@@ -573,51 +573,25 @@ def cmd_users_revoke_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def nightscout_device_id(patient_id: str) -> str:
-    """The hub device every Nightscout uploader of a patient sends as: one per patient, so the
-    same entry uploaded by two apps (xDrip+ and AndroidAPS) is stored once."""
-    return f"nightscout-{patient_id}"
-
-
 def cmd_nightscout_secret(args: argparse.Namespace) -> int:
-    from glucohub import accounts
+    from glucohub import uploaders
 
-    device_id = nightscout_device_id(args.patient)
     store = _open_store(args)
     try:
-        device = store.get_device(device_id)
-        if device is None:
-            store.add_device(
-                Device(
-                    device_id=device_id,
-                    patient_id=args.patient,
-                    kind=DeviceKind.UPLOADER,  # sgv and mbg entries: CGM and meter glucose
-                    transport=Transport.HTTP,
-                    name="Nightscout uploader",
-                )
-            )
-        elif device.patient_id != args.patient or not device.active:
-            raise InputError(
-                f"device {device_id} exists but is removed or another patient's; uploads"
-                " would be refused"
-            )
+        device_id = uploaders.ensure_uploader_device(store, args.patient)
     finally:
         store.close()
-    secret_id, secret = accounts.nightscout_secret_create(
-        _db_path(args),
-        args.patient,
-        device_id,
-        can_write=not args.read_only,
-        label=args.label,
+    secret_id, secret = uploaders.create_secret(
+        _db_path(args), args.patient, device_id, read_only=args.read_only, label=args.label
     )
     settings = _settings(args).dashboard
     base = args.url or (
         f"{'https' if settings.tls_cert else 'http'}://{settings.host}:{settings.port}"
     )
-    scheme, _, rest = base.rstrip("/").partition("://")
+    links = uploaders.links(base, secret)
     print(f"secret: {secret}")
-    print(f"xDrip+ base URL: {scheme}://{secret}@{rest}/api/v1/")
-    print(f"Nightscout URL (Juggluco, AndroidAPS, followers): {scheme}://{rest}")
+    print(f"xDrip+ base URL: {links.xdrip_url}")
+    print(f"Nightscout URL (Juggluco, AndroidAPS, followers): {links.nightscout_url}")
     access = "read-only" if args.read_only else "read and upload"
     print(
         f"(shown once: secret {secret_id}, {access}, for patient {args.patient}'s device"

@@ -49,6 +49,25 @@ class HubSetup:
         self._adapter = settings.ble.adapter
         self._finished: asyncio.Queue[Sequence[Device]] = asyncio.Queue(maxsize=1)
 
+    async def phone_app(self, patient: Patient) -> str:
+        from glucohub import uploaders
+        from glucohub.accounts import account_location
+
+        writer = self._writer
+        device_id = await writer.run(
+            uploaders.ensure_uploader_device, writer.store, patient.patient_id
+        )
+        _, secret = await asyncio.to_thread(
+            uploaders.create_secret,
+            account_location(self._settings.storage),
+            patient.patient_id,
+            device_id,
+            read_only=False,
+            label="set up on the hub",
+        )
+        log.info("setup: a Nightscout uploader secret for patient %s", patient.patient_id)
+        return secret
+
     async def add_patient(self, patient: Patient) -> None:
         writer = self._writer
         await writer.run(writer.store.add_patient, patient)

@@ -4,6 +4,9 @@ on a private D-Bus: what a patient sees at each step, and that setup is gone aft
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
+import time
 from contextlib import closing
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -36,6 +39,7 @@ SETUP_ROUTES = [
     ("POST", "/setup/clinic"),
     ("POST", "/setup/scan"),
     ("POST", "/setup/pair"),
+    ("POST", "/setup/phone"),
     ("POST", "/setup/finish"),
 ]
 
@@ -281,3 +285,35 @@ async def test_a_cgm_reports_its_newest_reading_in_the_unit_chosen(
         )
         await client.post("/setup/finish")
         assert "Your hub is ready" in client.html
+
+
+async def test_a_phone_app_gets_the_hub_address_and_a_secret_that_uploads(tmp_path: Path) -> None:
+    async with first_run_hub(tmp_path / "hub", ble=False) as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code)
+        assert 'id="setup-phone"' in client.html
+        await client.post("/setup/phone")
+        assert client.status == 200 and "Add a phone app" in client.html
+        secret = re.search(r'id="setup-secret">([^<]+)<', client.html)
+        assert secret is not None
+        host = hub.url.split("://", 1)[1]
+        # xDrip+ takes the secret in its base URL; Juggluco the site URL and the secret.
+        assert f'id="setup-xdrip-url">http://{secret.group(1)}@{host}/api/v1/<' in client.html
+        assert f'id="setup-nightscout-url">{hub.url}<' in client.html
+        assert "<svg" in client.html and "QR code of the address" in client.html
+        now_ms = int(time.time() * 1000) - 60_000
+        entry = {"type": "sgv", "sgv": 112, "date": now_ms, "direction": "Flat"}
+        api_secret = hashlib.sha1(secret.group(1).encode()).hexdigest()
+        async with client.session.post(
+            f"{hub.url}/api/v1/entries", json=[entry], headers={"api-secret": api_secret}
+        ) as response:
+            assert response.status == 200, await response.text()
+        with closing(Store(hub.data_dir, read_only=True)) as store:
+            stored = [r.value for r in store.readings(patient_id="ann-example")]
+        assert stored == [112.0]
+        # Another secret is not this one: a guess is refused.
+        async with client.session.post(
+            f"{hub.url}/api/v1/entries",
+            json=[{**entry, "date": now_ms + 1}],
+            headers={"api-secret": hashlib.sha1(b"guess").hexdigest()},
+        ) as response:
+            assert response.status == 401
