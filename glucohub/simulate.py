@@ -51,12 +51,14 @@ class SimulatedHub:
                 self.store.add_patient(Patient(patient_id=patient_id, display_name=patient_id))
                 self.store.add_device(device)
             self._devices.append(device)
-        self._next_seq = {
-            d.device_id: (self.store.last_seq(d.device_id) or -1) + 1 for d in self._devices
-        }
+        self._next_seq = {d.device_id: self._after(d.device_id) for d in self._devices}
         self.sealer = Sealer(self.store, self.keys, hub_id=hub_id, forward=True)
         self._added: asyncio.Event | None = None
         self.readings = 0
+
+    def _after(self, device_id: str) -> int:
+        last = self.store.last_seq(device_id)
+        return 0 if last is None else last + 1
 
     @property
     def enrolment(self) -> tuple[str, str, str]:

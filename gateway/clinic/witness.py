@@ -218,7 +218,7 @@ def open_checkpoint_item(hub: EnrolledHub, payload: bytes) -> VerifiedCheckpoint
 
 
 class CheckpointVerdict(StrEnum):
-    ACCEPT = "accept"  # the new latest checkpoint of the hub
+    ACCEPT = "accepted"  # the new latest checkpoint of the hub
     STALE = "stale"  # an older one, consistent with what is held: a redelivery
     DUPLICATE = "duplicate"
     PENDING = "pending"  # the clinic lacks some of its batches: decide when they arrive

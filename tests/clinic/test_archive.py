@@ -1,0 +1,215 @@
+"""The clinic archive on a real PostgreSQL: what is stored, refused and alarmed, item by item
+(the calls a worker makes for each MQTT message, without the broker)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.storage.postgres_clinic import ClinicArchive
+from glucohub.simulate import SimulatedHub
+from tests.clinic.hubs import copy_hub, make_hub, produce
+
+NOW = datetime(2026, 3, 2, tzinfo=UTC)
+
+Open = Callable[[], ClinicArchive]
+
+
+@pytest.fixture
+def open_archive(postgres_url: str) -> Iterator[Open]:
+    """Archives (one per simulated worker) on a fresh database, closed after the test."""
+    opened: list[ClinicArchive] = []
+
+    def make() -> ClinicArchive:
+        opened.append(ClinicArchive(postgres_url))
+        return opened[-1]
+
+    yield make
+    for archive in opened:
+        archive.close()
+
+
+def _hub_of(topic: str) -> tuple[str, str]:
+    parts = topic.split("/")
+    return parts[3], parts[4]
+
+
+def _deliver(archive: ClinicArchive, items: list[tuple[str, bytes]]) -> list[str]:
+    outcomes = []
+    for topic, payload in items:
+        hub_id, kind = _hub_of(topic)
+        outcomes.append(archive.handle(hub_id, kind, topic, payload, NOW).outcome)
+    return outcomes
+
+
+def _enrol(archive: ClinicArchive, hub: SimulatedHub) -> None:
+    archive.enrol(*hub.enrolment, NOW)
+
+
+def _records(items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    out = []
+    for topic, payload in items:
+        if topic.endswith("/batches"):
+            out += [r["record"] for r in json.loads(payload)["records"]]
+    return out
+
+
+def _stored(archive: ClinicArchive, hub_id: str) -> list[dict[str, Any]]:
+    rows = archive.rows(
+        "SELECT canonical FROM clinic_records WHERE hub_id = %s ORDER BY batch_seq, record_index",
+        (hub_id,),
+    )
+    return [json.loads(r[0]) for r in rows]
+
+
+def _alarms(archive: ClinicArchive, hub_id: str) -> set[str]:
+    return {a.kind for a in archive.alarms(open_only=True) if a.hub_id == hub_id}
+
+
+def _state(archive: ClinicArchive, hub_id: str) -> str:
+    return next(h.state for h in archive.hubs() if h.hub_id == hub_id)
+
+
+def test_items_shuffled_and_repeated_are_stored_once_linked_and_checkpointed(
+    tmp_path: Path, open_archive: Open
+) -> None:
+    hub = make_hub(tmp_path, "h1", patients=3)
+    items = produce(hub, 6)
+    archive = open_archive()
+    _enrol(archive, hub)
+    shuffled = items + items[:5]  # redeliveries too
+    random.Random(3).shuffle(shuffled)
+    _deliver(archive, shuffled)
+    assert _stored(archive, "h1") == _records(items)
+    assert len(_records(items)) == 18  # 6 batches of one reading for each of 3 patients
+    assert archive.rows("SELECT count(*) FROM clinic_batches WHERE NOT linked") == [(0,)]
+    [row] = archive.hubs()
+    assert (row.batches, row.checkpoint_size, row.state, row.open_alarms) == (6, 6, "active", 0)
+    assert archive.counts()["pending_checkpoints"] == 0
+    assert archive.counts()["dead_letters"] == 0
+
+
+def test_a_checkpoint_before_its_batches_waits_then_is_accepted(
+    tmp_path: Path, open_archive: Open
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    items = produce(hub, 3)
+    checkpoints = [i for i in items if i[0].endswith("/checkpoints")]
+    batches = [i for i in items if i[0].endswith("/batches")]
+    archive = open_archive()
+    _enrol(archive, hub)
+    assert _deliver(archive, [checkpoints[-1]]) == ["pending"]
+    assert archive.hubs()[0].checkpoint_size is None
+    assert _deliver(archive, batches) == ["stored"] * 3
+    assert archive.hubs()[0].checkpoint_size == 3
+    assert archive.counts()["pending_checkpoints"] == 0
+
+
+def test_two_workers_at_once_store_every_batch_once(tmp_path: Path, open_archive: Open) -> None:
+    hubs = [make_hub(tmp_path, f"h{i}") for i in range(4)]
+    items = [item for hub in hubs for item in produce(hub, 8)]
+    first = open_archive()
+    second = open_archive()
+    for hub in hubs:
+        _enrol(first, hub)
+    random.Random(5).shuffle(items)
+    # Both workers get every item (the worst case of redelivery), in different orders.
+    threads = [
+        threading.Thread(target=_deliver, args=(first, items)),
+        threading.Thread(target=_deliver, args=(second, list(reversed(items)))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for hub in hubs:
+        expected = _records([i for i in items if i[0].split("/")[3] == hub.hub_id])
+        assert sorted(map(json.dumps, _stored(first, hub.hub_id))) == sorted(
+            map(json.dumps, expected)
+        )
+    assert first.counts()["batches"] == 32
+    assert first.rows("SELECT count(*) FROM clinic_batches WHERE NOT linked") == [(0,)]
+    assert {h.checkpoint_size for h in first.hubs()} == {8}
+    assert first.alarms() == []
+
+
+def test_a_tampered_batch_is_dead_lettered_and_alarmed_and_the_genuine_one_stored(
+    tmp_path: Path, open_archive: Open
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    items = produce(hub, 2)
+    topic, payload = items[0]
+    view = json.loads(payload)
+    view["records"][0]["record"]["value"] = 39.0
+    archive = open_archive()
+    _enrol(archive, hub)
+    assert _deliver(archive, [(topic, json.dumps(view).encode())]) == ["dead_letter"]
+    _deliver(archive, items)
+    assert _stored(archive, "h1") == _records(items)
+    assert 39.0 not in [r["value"] for r in _stored(archive, "h1")]
+    assert _alarms(archive, "h1") == {"bad_signature"}
+    assert _state(archive, "h1") == "active"  # anyone can publish garbage: the hub goes on
+    [(reason, raw)] = archive.rows("SELECT reason, payload FROM clinic_dead_letters")
+    assert reason == "bad_signature" and json.loads(raw) == view
+
+
+def test_an_unknown_hubs_items_are_dead_lettered_and_alarmed(
+    tmp_path: Path, open_archive: Open
+) -> None:
+    stranger = make_hub(tmp_path, "stranger")
+    items = produce(stranger, 2)
+    archive = open_archive()
+    assert _deliver(archive, items) == ["dead_letter"] * 4
+    assert archive.counts()["batches"] == 0 and archive.counts()["records"] == 0
+    [alarm] = archive.alarms()
+    assert (alarm.hub_id, alarm.kind, alarm.occurrences) == ("stranger", "unknown_hub", 4)
+    assert archive.counts()["dead_letters"] == 4
+
+
+def test_a_hub_restored_from_an_old_backup_raises_rollback_and_stops(
+    tmp_path: Path, open_archive: Open
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    items = produce(hub, 2)
+    backup = copy_hub(hub, tmp_path / "backup")  # taken at size 2
+    items += produce(hub, 2, start_minute=10)
+    archive = open_archive()
+    _enrol(archive, hub)
+    _deliver(archive, items)
+    assert archive.hubs()[0].checkpoint_size == 4
+    # The backup is restored and the hub goes on from size 2: batch 2 again, checkpoint 3.
+    restored = produce(backup, 1, start_minute=30)
+    restored_cp = [i for i in restored if i[0].endswith("/checkpoints")]
+    assert _deliver(archive, restored_cp) == ["dead_letter"]
+    assert _alarms(archive, "h1") == {"rollback"}
+    assert _state(archive, "h1") == "stopped"
+    _deliver(archive, restored)
+    later = produce(hub, 1, start_minute=40)  # even genuine items wait for an admin
+    assert _deliver(archive, later)[0] == "dead_letter"
+    assert _stored(archive, "h1") == _records(items)
+    assert archive.resolve("h1", "admin", NOW) >= 1
+    assert _deliver(archive, later) == ["stored", "accepted"]
+    assert _stored(archive, "h1") == _records(items + later)
+
+
+def test_two_data_directories_with_one_key_raise_fork(tmp_path: Path, open_archive: Open) -> None:
+    hub = make_hub(tmp_path, "h1")
+    items = produce(hub, 2)
+    twin = copy_hub(hub, tmp_path / "twin")
+    mine = produce(hub, 1, start_minute=10)
+    theirs = produce(twin, 1, start_minute=20)
+    archive = open_archive()
+    _enrol(archive, hub)
+    _deliver(archive, items + mine)
+    assert _deliver(archive, theirs) == ["dead_letter", "dead_letter"]
+    assert _alarms(archive, "h1") == {"fork"}
+    assert _state(archive, "h1") == "stopped"
+    assert _stored(archive, "h1") == _records(items + mine)
+    assert archive.hubs()[0].checkpoint_size == 3
