@@ -96,10 +96,13 @@ class SimulatedHub:
 
     # -- the Outbox protocol of device_adapters.mqtt.upstream ---------------------------
 
+    def attach(self) -> None:
+        """Bind the outbox's wake-up to the running event loop (one per `asyncio.run`)."""
+        self._added = asyncio.Event()
+
     async def pending(self, limit: int) -> list[OutboxItem]:
-        if self._added is None:
-            self._added = asyncio.Event()
-        self._added.clear()
+        if self._added is not None:
+            self._added.clear()
         return [
             OutboxItem(item_id=i, topic=t, payload=p)
             for i, t, p in self.store.outbox_pending(limit)
@@ -110,7 +113,8 @@ class SimulatedHub:
 
     async def wait_for_new(self) -> None:
         if self._added is None:
-            self._added = asyncio.Event()
+            self.attach()
+        assert self._added is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._added.wait(), timeout=1.0)
 
@@ -133,6 +137,7 @@ async def forward_until_sent(
     async with asyncio.TaskGroup() as tasks:
         runners = []
         for hub in hubs:
+            hub.attach()
             connection = MqttConnection(broker_config(mqtt_url, f"{hub.hub_id}-upstream"))
             forwarder = UpstreamForwarder(connection=connection, outbox=hub)
             runners.append(tasks.create_task(connection.run()))

@@ -59,7 +59,7 @@ def test_a_hubs_batch_opens_with_its_enrolled_keys_and_carries_its_patients_reco
     enrolled = _enrolled(hub)
     first = _batch(enrolled, batches[0])
     assert (first.hub_id, first.batch_seq, first.prev_batch_hash) == ("h1", 0, "")
-    assert sorted(r.patient_id for r in first.records) == ["h1-p0", "h1-p1", "h1-p2"]
+    assert sorted(str(r.patient_id) for r in first.records) == ["h1-p0", "h1-p1", "h1-p2"]
     assert all(json.loads(r.canonical)["kind"] == "cgm_glucose" for r in first.records)
     assert [_checkpoint(enrolled, c).size for c in checkpoints] == [1, 2]
 
