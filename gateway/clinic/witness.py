@@ -12,9 +12,10 @@ transaction that will store the outcome, under the hub's row lock):
   signed by the enrolled key): a shared subscription hands one hub's batches to several
   workers, out of order. Its link is checked when the predecessor arrives;
 - a checkpoint of size n is accepted when the clinic holds batches 0..n-1 and their leaf
-  hashes give its root: the clinic recomputes the tree, which implies consistency with every
-  checkpoint accepted before. Without those leaves it waits (pending). A root that differs
-  at a size below the accepted one is a rollback; at the accepted size or above, a fork.
+  hashes give its root: the clinic recomputes the tree (extending the one of the accepted
+  checkpoint), which implies consistency with every checkpoint accepted before. Without
+  those leaves it waits (pending). A root that differs at a size below the accepted one is
+  a rollback; at the accepted size or above, a fork.
 
 Bad signatures and unknown hubs are alarms too, but do not stop a hub: anyone who can
 publish to the broker can produce them, whereas a fork, rollback or chain break is signed
@@ -39,7 +40,7 @@ from ledger.jcs import canonicalize
 from ledger.keys import jwk_public_key
 from ledger.note import NoteVerifier
 from ledger.records import open_batch_view
-from ledger.rfc6962 import leaf_hash, root_from_hashes
+from ledger.rfc6962 import CompactTree, leaf_hash
 
 
 class AlarmKind(StrEnum):
@@ -224,34 +225,60 @@ class CheckpointVerdict(StrEnum):
     PENDING = "pending"  # the clinic lacks some of its batches: decide when they arrive
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptedCheckpoint:
+    size: int
+    root_hash: bytes
+    tree: CompactTree  # the hub's tree at `size`, built from the clinic's own leaves
+
+
+def leaves_from(size: int, accepted: AcceptedCheckpoint | None) -> int:
+    """The first seq whose leaf `tree_at` needs: a newer checkpoint extends the accepted
+    tree (the usual case: a batch or two); an older one is rebuilt from leaf 0."""
+    return accepted.size if accepted is not None and size >= accepted.size else 0
+
+
+def tree_at(
+    size: int, accepted: AcceptedCheckpoint | None, leaf_hashes: Sequence[bytes]
+) -> CompactTree | None:
+    """The hub's tree at `size` from the stored leaf hashes of seqs `leaves_from(...)` up
+    (stopping at the first missing seq), or None when a batch below `size` is missing."""
+    start = leaves_from(size, accepted)
+    if len(leaf_hashes) < size - start:
+        return None
+    tree = accepted.tree.copy() if accepted is not None and start > 0 else CompactTree()
+    tree.extend(leaf_hashes[: size - start])
+    return tree
+
+
 def judge_checkpoint(
     checkpoint: VerifiedCheckpoint,
-    accepted: tuple[int, bytes] | None,
-    leaf_hashes: Sequence[bytes],
+    accepted: AcceptedCheckpoint | None,
+    tree: CompactTree | None,
     pending_root: bytes | None = None,
 ) -> CheckpointVerdict | Alarm:
-    """`leaf_hashes`: the stored batches' leaf hashes from seq 0 up, stopping at the first
-    missing seq or at `checkpoint.size`; `pending_root`: a pending checkpoint of this size."""
+    """`tree`: the clinic's tree at the checkpoint's size (`tree_at`), None when a batch is
+    missing; `pending_root`: the root of a pending checkpoint of the same size."""
     size, root = checkpoint.size, checkpoint.root_hash
-    if accepted is not None and size == accepted[0]:
-        if root == accepted[1]:
+    if accepted is not None and size == accepted.size:
+        if root == accepted.root_hash:
             return CheckpointVerdict.DUPLICATE
         return Alarm(kind=AlarmKind.FORK, detail=f"two different checkpoints of size {size}")
     if pending_root is not None and pending_root != root:
         return Alarm(kind=AlarmKind.FORK, detail=f"two different checkpoints of size {size}")
-    if len(leaf_hashes) < size:
+    if tree is None:
         return CheckpointVerdict.PENDING
-    if root_from_hashes(list(leaf_hashes[:size])) != root:
-        if accepted is not None and size < accepted[0]:
+    if tree.root() != root:
+        if accepted is not None and size < accepted.size:
             return Alarm(
                 kind=AlarmKind.ROLLBACK,
                 detail=f"a checkpoint of size {size} whose log differs from the one accepted at"
-                f" size {accepted[0]}",
+                f" size {accepted.size}",
             )
         return Alarm(
             kind=AlarmKind.FORK,
             detail=f"the checkpoint of size {size} does not match the batches the hub sent",
         )
-    if accepted is not None and size < accepted[0]:
+    if accepted is not None and size < accepted.size:
         return CheckpointVerdict.STALE
     return CheckpointVerdict.ACCEPT

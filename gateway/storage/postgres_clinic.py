@@ -24,6 +24,7 @@ from psycopg.pq import TransactionStatus
 
 from gateway.clinic.witness import (
     Accept,
+    AcceptedCheckpoint,
     Alarm,
     AlarmKind,
     CheckpointVerdict,
@@ -36,12 +37,15 @@ from gateway.clinic.witness import (
     enrolled_hub,
     judge_batch,
     judge_checkpoint,
+    leaves_from,
     open_batch_item,
     open_checkpoint_item,
+    tree_at,
 )
 from gateway.errors import InputError
 from gateway.storage.postgres_migrations import Migration, redacted
 from gateway.storage.postgres_store import storage_error
+from ledger.rfc6962 import CompactTree
 
 Row = tuple[Any, ...]
 Connection = psycopg.Connection[Row]
@@ -85,6 +89,7 @@ CREATE TABLE clinic_checkpoints (
     size bigint NOT NULL,
     root_hash bytea NOT NULL,
     note text NOT NULL,
+    compact_tree bytea NOT NULL,
     accepted_at timestamptz NOT NULL
 );
 CREATE TABLE clinic_pending_checkpoints (
@@ -455,25 +460,35 @@ class ClinicArchive:
                 (batch.hub_id, batch.batch_seq + 1),
             )
 
-    def _leaves(self, hub_id: str, size: int) -> list[bytes]:
-        """Stored leaf hashes from seq 0 up to `size`, stopping at the first gap."""
+    def _leaves(self, hub_id: str, start: int, end: int) -> list[bytes]:
+        """Stored leaf hashes of seqs start..end-1, stopping at the first gap."""
         rows = self._db.execute(
             "SELECT batch_seq, leaf_hash FROM clinic_batches"
-            " WHERE hub_id = %s AND batch_seq < %s ORDER BY batch_seq",
-            (hub_id, size),
+            " WHERE hub_id = %s AND batch_seq >= %s AND batch_seq < %s ORDER BY batch_seq",
+            (hub_id, start, end),
         ).fetchall()
         leaves: list[bytes] = []
         for seq, leaf in rows:
-            if int(seq) != len(leaves):
+            if int(seq) != start + len(leaves):
                 break
             leaves.append(bytes(leaf))
         return leaves
 
-    def _accepted(self, hub_id: str) -> tuple[int, bytes] | None:
+    def _accepted(self, hub_id: str) -> AcceptedCheckpoint | None:
         row = self._db.execute(
-            "SELECT size, root_hash FROM clinic_checkpoints WHERE hub_id = %s", (hub_id,)
+            "SELECT size, root_hash, compact_tree FROM clinic_checkpoints WHERE hub_id = %s",
+            (hub_id,),
         ).fetchone()
-        return None if row is None else (int(row[0]), bytes(row[1]))
+        if row is None:
+            return None
+        tree = CompactTree.from_bytes(bytes(row[2]))
+        return AcceptedCheckpoint(size=int(row[0]), root_hash=bytes(row[1]), tree=tree)
+
+    def _tree_at(
+        self, hub_id: str, size: int, accepted: AcceptedCheckpoint | None
+    ) -> CompactTree | None:
+        start = leaves_from(size, accepted)
+        return tree_at(size, accepted, self._leaves(hub_id, start, size))
 
     def _checkpoint(self, hub: EnrolledHub, topic: str, payload: bytes, now: datetime) -> Handled:
         opened = open_checkpoint_item(hub, payload)
@@ -483,22 +498,25 @@ class ClinicArchive:
             "SELECT root_hash FROM clinic_pending_checkpoints WHERE hub_id = %s AND size = %s",
             (hub.hub_id, opened.size),
         ).fetchone()
-        verdict = judge_checkpoint(
-            opened,
-            self._accepted(hub.hub_id),
-            self._leaves(hub.hub_id, opened.size),
-            None if pending is None else bytes(pending[0]),
-        )
+        accepted = self._accepted(hub.hub_id)
+        tree = self._tree_at(hub.hub_id, opened.size, accepted)
+        pending_root = None if pending is None else bytes(pending[0])
+        verdict = judge_checkpoint(opened, accepted, tree, pending_root)
         if isinstance(verdict, Alarm):
             refusal = Refusal(reason=verdict.kind.value, detail=verdict.detail, alarm=verdict.kind)
             return self._refuse(hub.hub_id, topic, payload, refusal, now)
         if hub.stopped and verdict in (CheckpointVerdict.ACCEPT, CheckpointVerdict.PENDING):
             return self._refuse(hub.hub_id, topic, payload, _STOPPED, now)
-        self._apply_checkpoint(hub.hub_id, opened, verdict, now)
+        self._apply_checkpoint(hub.hub_id, opened, verdict, tree, now)
         return Handled(outcome=verdict.value)
 
     def _apply_checkpoint(
-        self, hub_id: str, checkpoint: VerifiedCheckpoint, verdict: CheckpointVerdict, now: datetime
+        self,
+        hub_id: str,
+        checkpoint: VerifiedCheckpoint,
+        verdict: CheckpointVerdict,
+        tree: CompactTree | None,
+        now: datetime,
     ) -> None:
         if verdict is CheckpointVerdict.PENDING:
             self._db.execute(
@@ -512,12 +530,21 @@ class ClinicArchive:
             (hub_id, checkpoint.size),
         )
         if verdict is CheckpointVerdict.ACCEPT:
+            assert tree is not None  # accepted: the clinic built the tree at this size
             self._db.execute(
-                "INSERT INTO clinic_checkpoints (hub_id, size, root_hash, note, accepted_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (hub_id) DO UPDATE SET"
+                "INSERT INTO clinic_checkpoints (hub_id, size, root_hash, note, compact_tree,"
+                " accepted_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (hub_id) DO UPDATE SET"
                 " size = excluded.size, root_hash = excluded.root_hash, note = excluded.note,"
-                " accepted_at = excluded.accepted_at WHERE clinic_checkpoints.size < excluded.size",
-                (hub_id, checkpoint.size, checkpoint.root_hash, checkpoint.note, now),
+                " compact_tree = excluded.compact_tree, accepted_at = excluded.accepted_at"
+                " WHERE clinic_checkpoints.size < excluded.size",
+                (
+                    hub_id,
+                    checkpoint.size,
+                    checkpoint.root_hash,
+                    checkpoint.note,
+                    tree.to_bytes(),
+                    now,
+                ),
             )
 
     def _settle_pending(self, hub: EnrolledHub, now: datetime) -> None:
@@ -529,10 +556,11 @@ class ClinicArchive:
         ).fetchall()
         for size, root, note in rows:
             checkpoint = VerifiedCheckpoint(size=int(size), root_hash=bytes(root), note=note)
-            leaves = self._leaves(hub.hub_id, checkpoint.size)
-            if len(leaves) < checkpoint.size:
+            accepted = self._accepted(hub.hub_id)
+            tree = self._tree_at(hub.hub_id, checkpoint.size, accepted)
+            if tree is None:
                 break  # a larger one lacks at least the same batch
-            verdict = judge_checkpoint(checkpoint, self._accepted(hub.hub_id), leaves)
+            verdict = judge_checkpoint(checkpoint, accepted, tree)
             if isinstance(verdict, Alarm):
                 self._db.execute(
                     "DELETE FROM clinic_pending_checkpoints WHERE hub_id = %s AND size = %s",
@@ -540,7 +568,7 @@ class ClinicArchive:
                 )
                 self._alarm(hub.hub_id, verdict, now)
                 continue
-            self._apply_checkpoint(hub.hub_id, checkpoint, verdict, now)
+            self._apply_checkpoint(hub.hub_id, checkpoint, verdict, tree, now)
 
     # -- reading the archive (CLI and tests) ---------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.clinic.witness import (
     Accept,
+    AcceptedCheckpoint,
     Alarm,
     AlarmKind,
     CheckpointVerdict,
@@ -22,10 +23,13 @@ from gateway.clinic.witness import (
     enrolled_hub,
     judge_batch,
     judge_checkpoint,
+    leaves_from,
     open_batch_item,
     open_checkpoint_item,
+    tree_at,
 )
 from glucohub.simulate import SimulatedHub
+from ledger.rfc6962 import CompactTree
 from tests.clinic.hubs import copy_hub, make_hub, produce
 
 
@@ -139,17 +143,33 @@ def test_checkpoints_wait_for_their_batches_then_roll_back_or_fork_by_size(tmp_p
     leaves = [_batch(enrolled, p).leaf_hash for p in batches]
     cps = [_checkpoint(enrolled, n) for n in notes]
     assert [c.size for c in cps] == [1, 2, 3, 4]
-    assert judge_checkpoint(cps[2], None, leaves[:2]) is CheckpointVerdict.PENDING
-    assert judge_checkpoint(cps[2], (2, cps[1].root_hash), leaves) is CheckpointVerdict.ACCEPT
-    assert judge_checkpoint(cps[3], (4, cps[3].root_hash), leaves) is CheckpointVerdict.DUPLICATE
-    assert judge_checkpoint(cps[0], (4, cps[3].root_hash), leaves) is CheckpointVerdict.STALE
+
+    def accepted(index: int) -> AcceptedCheckpoint:
+        tree = CompactTree()
+        tree.extend(leaves[: index + 1])
+        return AcceptedCheckpoint(size=index + 1, root_hash=cps[index].root_hash, tree=tree)
+
+    def judge(index: int, held: AcceptedCheckpoint | None, stored: int) -> object:
+        size = cps[index].size
+        start = leaves_from(size, held)
+        tree = tree_at(size, held, leaves[start:stored])
+        return judge_checkpoint(cps[index], held, tree)
+
+    assert judge(2, None, stored=2) is CheckpointVerdict.PENDING
+    assert judge(2, accepted(1), stored=2) is CheckpointVerdict.PENDING
+    assert judge(2, accepted(1), stored=4) is CheckpointVerdict.ACCEPT
+    assert judge(3, accepted(0), stored=4) is CheckpointVerdict.ACCEPT
+    assert judge(3, accepted(3), stored=4) is CheckpointVerdict.DUPLICATE
+    assert judge(0, accepted(3), stored=4) is CheckpointVerdict.STALE
     # the restored backup seals its own batch 2 and signs size 3 with another root
     restored = _checkpoint(enrolled, _split(produce(backup, 1, start_minute=30))[1][0])
     assert restored.size == 3
-    rollback = judge_checkpoint(restored, (4, cps[3].root_hash), leaves)
+    rollback = judge_checkpoint(restored, accepted(3), tree_at(3, accepted(3), leaves))
     assert isinstance(rollback, Alarm) and rollback.kind is AlarmKind.ROLLBACK
-    fork = judge_checkpoint(restored, (3, cps[2].root_hash), leaves)
+    fork = judge_checkpoint(restored, accepted(2), tree_at(3, accepted(2), []))
+    assert isinstance(fork, Alarm) and fork.kind is AlarmKind.FORK
+    fork = judge_checkpoint(restored, accepted(1), tree_at(3, accepted(1), leaves[2:]))
     assert isinstance(fork, Alarm) and fork.kind is AlarmKind.FORK
     # two notes of one size disagree: a fork even before the batches are there
-    both = judge_checkpoint(restored, None, [], pending_root=cps[2].root_hash)
+    both = judge_checkpoint(restored, None, None, pending_root=cps[2].root_hash)
     assert isinstance(both, Alarm) and both.kind is AlarmKind.FORK
