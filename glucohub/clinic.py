@@ -213,10 +213,13 @@ def hubs_list(settings: Settings) -> int:
 def hubs_resolve(settings: Settings, hub_id: str, by: str) -> int:
     archive = ClinicArchive(clinic_database(settings))
     try:
-        resolved = archive.resolve(hub_id, by, utc_now())
+        resolved, replayed = archive.resolve(hub_id, by, utc_now())
     finally:
         archive.close()
-    print(f"hub {hub_id}: {resolved} alarm(s) resolved; its items are accepted again")
+    print(
+        f"hub {hub_id}: {resolved} alarm(s) resolved; its items are accepted again"
+        f" ({replayed} held while it was stopped replayed)"
+    )
     return 0
 
 

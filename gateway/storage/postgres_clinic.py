@@ -293,9 +293,15 @@ class ClinicArchive:
             for r in rows
         ]
 
-    def resolve(self, hub_id: str, by: str, now: datetime) -> int:
-        """Resolve the hub's open alarms and accept its items again; the number resolved."""
-        return int(self._call(self._resolve, hub_id, by, now))
+    def resolve(self, hub_id: str, by: str, now: datetime) -> tuple[int, int]:
+        """Resolve the hub's open alarms and accept its items again, then replay the items
+        of the hub dead-lettered only because it was stopped (oldest first). Returns the
+        alarms resolved and the items replayed."""
+        resolved = int(self._call(self._resolve, hub_id, by, now))
+        replayed = 0
+        while self._call(self._replay_one, hub_id, now) is not None:
+            replayed += 1
+        return resolved, replayed
 
     def _resolve(self, hub_id: str, by: str, now: datetime) -> int:
         with self._db.transaction():
@@ -310,6 +316,20 @@ class ClinicArchive:
             if updated.rowcount == 0 and cursor.rowcount == 0:
                 raise InputError(f"no hub {hub_id} and no alarm about it")
             return cursor.rowcount
+
+    def _replay_one(self, hub_id: str, now: datetime) -> Handled | None:
+        with self._db.transaction():
+            row = self._db.execute(
+                "DELETE FROM clinic_dead_letters WHERE id = (SELECT id FROM clinic_dead_letters"
+                " WHERE hub_id = %s AND reason = %s AND payload_bytes = length(payload)"
+                " ORDER BY id LIMIT 1) RETURNING topic, payload",
+                (hub_id, _STOPPED.reason),
+            ).fetchone()
+            if row is None:
+                return None
+            topic, payload = str(row[0]), bytes(row[1])
+            kind = topic.rsplit("/", 1)[-1]
+            return self._handle(hub_id, kind, topic, payload, now)
 
     def alarms(self, *, open_only: bool = False) -> list[AlarmRow]:
         where = " WHERE resolved_at IS NULL" if open_only else ""

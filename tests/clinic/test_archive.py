@@ -190,13 +190,16 @@ def test_a_hub_restored_from_an_old_backup_raises_rollback_and_stops(
     assert _deliver(archive, restored_cp) == ["dead_letter"]
     assert _alarms(archive, "h1") == {"rollback"}
     assert _state(archive, "h1") == "stopped"
-    _deliver(archive, restored)
+    _deliver(archive, restored)  # its batch 2 too: evidence, raised while stopped
+    assert _alarms(archive, "h1") == {"rollback", "fork"}
     later = produce(hub, 1, start_minute=40)  # even genuine items wait for an admin
     assert _deliver(archive, later)[0] == "dead_letter"
     assert _stored(archive, "h1") == _records(items)
-    assert archive.resolve("h1", "admin", NOW) >= 1
-    assert _deliver(archive, later) == ["stored", "accepted"]
+    # the admin resolves it: what the hub sent meanwhile is replayed, not lost
+    assert archive.resolve("h1", "admin", NOW) == (2, 2)
     assert _stored(archive, "h1") == _records(items + later)
+    assert archive.hubs()[0].checkpoint_size == 5
+    assert _deliver(archive, later) == ["duplicate", "duplicate"]
 
 
 def test_two_data_directories_with_one_key_raise_fork(tmp_path: Path, open_archive: Open) -> None:

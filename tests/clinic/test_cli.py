@@ -49,7 +49,11 @@ def test_an_admin_enrols_lists_and_resolves_a_hub(
     code, out, _ = _run(capsys, "hubs", "alarms", "--open", "--config", str(config))
     assert "\thome-17\tfork\topen\tx" in out
     code, out, _ = _run(capsys, "hubs", "resolve", "home-17", "--config", str(config))
-    assert (code, out) == (0, "hub home-17: 1 alarm(s) resolved; its items are accepted again\n")
+    assert (code, out) == (
+        0,
+        "hub home-17: 1 alarm(s) resolved; its items are accepted again"
+        " (0 held while it was stopped replayed)\n",
+    )
     code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
     assert out == "home-17\tactive\tbatches 1\tcheckpoint 1\topen alarms 0\n"
 
