@@ -643,6 +643,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1000):
+        raise argparse.ArgumentTypeError(f"must be a rate per second in (0, 1000], not {text}")
+    return value
+
+
 def _since(text: str) -> datetime:
     """An RFC 3339 time with an offset, or a bare date meaning midnight UTC of that day (the
     times `export` prints are UTC too)."""
@@ -931,7 +941,7 @@ def _clinic_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("simulate", help="load generator: simulated hubs forwarding upstream")
     p.add_argument("--hubs", type=_int_in(1, 100_000), required=True)
     p.add_argument("--patients-per-hub", type=_int_in(1, 10_000), default=1)
-    p.add_argument("--rate", type=_positive_seconds, default=1.0, help="batches/s per hub")
+    p.add_argument("--rate", type=_positive_rate, default=1.0, help="batches/s per hub")
     p.add_argument("--batches", type=_int_in(0, 10**9), default=0, help="per hub; 0: forever")
     p.add_argument("--mqtt-url", required=True)
     p.add_argument("--data-dir", type=Path, help="keep the hubs here (default: temporary)")
