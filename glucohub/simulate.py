@@ -224,6 +224,7 @@ def run_simulate(
     into a clinic archive when asked, then run."""
     from glucohub.clinic import enrolment_command
 
+    broker_config(mqtt_url, "check")  # a bad URL is refused before anything is made
     with hubs_directory(data_dir) as root:
         simulated = open_hubs(root, hubs, patients, prefix)
         try:
