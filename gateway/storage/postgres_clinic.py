@@ -298,8 +298,15 @@ class ClinicArchive:
         of the hub dead-lettered only because it was stopped (oldest first). Returns the
         alarms resolved and the items replayed."""
         resolved = int(self._call(self._resolve, hub_id, by, now))
+        # Only what was held before now: a replayed fork stops the hub again, and what it
+        # holds then waits for the next resolution instead of being replayed in a loop.
+        last = self._call(
+            lambda: self._db.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM clinic_dead_letters"
+            ).fetchall()[0][0]
+        )
         replayed = 0
-        while self._call(self._replay_one, hub_id, now) is not None:
+        while self._call(self._replay_one, hub_id, int(last), now) is not None:
             replayed += 1
         return resolved, replayed
 
@@ -317,13 +324,13 @@ class ClinicArchive:
                 raise InputError(f"no hub {hub_id} and no alarm about it")
             return cursor.rowcount
 
-    def _replay_one(self, hub_id: str, now: datetime) -> Handled | None:
+    def _replay_one(self, hub_id: str, last: int, now: datetime) -> Handled | None:
         with self._db.transaction():
             row = self._db.execute(
                 "DELETE FROM clinic_dead_letters WHERE id = (SELECT id FROM clinic_dead_letters"
                 " WHERE hub_id = %s AND reason = %s AND payload_bytes = length(payload)"
-                " ORDER BY id LIMIT 1) RETURNING topic, payload",
-                (hub_id, _STOPPED.reason),
+                " AND id <= %s ORDER BY id LIMIT 1) RETURNING topic, payload",
+                (hub_id, _STOPPED.reason, last),
             ).fetchone()
             if row is None:
                 return None

@@ -216,3 +216,37 @@ def test_two_data_directories_with_one_key_raise_fork(tmp_path: Path, open_archi
     assert _state(archive, "h1") == "stopped"
     assert _stored(archive, "h1") == _records(items + mine)
     assert archive.hubs()[0].checkpoint_size == 3
+
+
+def test_resolving_replays_held_items_once_even_when_one_of_them_stops_the_hub_again(
+    tmp_path: Path, open_archive: Open
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    first = produce(hub, 2)
+    twin = copy_hub(hub, tmp_path / "twin")
+    mine = produce(hub, 3, start_minute=10)  # batches 2, 3, 4 and checkpoints 3, 4, 5
+    theirs = produce(twin, 1, start_minute=20)  # another batch 2 and checkpoint 3
+    archive = open_archive()
+    _enrol(archive, hub)
+    _deliver(archive, first)
+    # two checkpoints of size 3 with different roots: a fork, the hub stops
+    assert _deliver(archive, [theirs[1], mine[1]]) == ["pending", "dead_letter"]
+    assert _alarms(archive, "h1") == {"fork"}
+    b2, b3, b4 = mine[0], mine[2], mine[4]
+    held = [b3, theirs[0], b4, b2]
+    assert _deliver(archive, held) == ["dead_letter"] * 4
+    # replay: b3 is stored, the twin's batch 2 does not link to it (chain break, the hub
+    # stops again), so b4 and b2 are held again for the next decision, not replayed forever
+    assert archive.resolve("h1", "admin", NOW) == (1, 4)
+    assert _alarms(archive, "h1") == {"chain_break"}
+    assert _state(archive, "h1") == "stopped"
+    assert [r[0] for r in archive.rows("SELECT batch_seq FROM clinic_batches ORDER BY 1")] == [
+        0,
+        1,
+        3,
+    ]
+    assert archive.resolve("h1", "admin", NOW) == (1, 2)
+    assert _stored(archive, "h1") == _records(first + mine)
+    # with batch 2 stored, the twin's pending checkpoint of size 3 is proven not to match
+    assert _alarms(archive, "h1") == {"fork"}
+    assert archive.counts()["pending_checkpoints"] == 0
