@@ -14,6 +14,7 @@ The caller acknowledges the MQTT message only after `handle` returns (the commit
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -245,7 +246,9 @@ class ClinicArchive:
     def enrol(self, hub_id: str, batch_jwk: str, log_key: str, now: datetime) -> None:
         """Enrol a hub (or replace the keys of one with no stored batches)."""
         enrolled_hub(hub_id, batch_jwk, log_key)  # refuses unusable keys
-        self._call(self._enrol, hub_id, batch_jwk, log_key, now)
+        # One spelling per key, so enrolling the same keys again is recognised as such.
+        jwk = json.dumps(json.loads(batch_jwk), sort_keys=True, separators=(",", ":"))
+        self._call(self._enrol, hub_id, jwk, log_key.strip(), now)
 
     def _enrol(self, hub_id: str, batch_jwk: str, log_key: str, now: datetime) -> None:
         with self._db.transaction():

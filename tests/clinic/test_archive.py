@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import InputError
 from gateway.storage.postgres_clinic import ClinicArchive
 from glucohub.simulate import SimulatedHub
 from tests.clinic.hubs import copy_hub, make_hub, produce
@@ -250,3 +251,18 @@ def test_resolving_replays_held_items_once_even_when_one_of_them_stops_the_hub_a
     # with batch 2 stored, the twin's pending checkpoint of size 3 is proven not to match
     assert _alarms(archive, "h1") == {"fork"}
     assert archive.counts()["pending_checkpoints"] == 0
+
+
+def test_enrolling_the_same_keys_again_in_another_spelling_is_no_change(
+    tmp_path: Path, open_archive: Open
+) -> None:
+    hub, other = make_hub(tmp_path, "h1"), make_hub(tmp_path, "h2")
+    hub_id, jwk, vkey = hub.enrolment
+    archive = open_archive()
+    archive.enrol(hub_id, jwk, vkey, NOW)
+    _deliver(archive, produce(hub, 1))
+    spaced = json.dumps(json.loads(jwk), indent=2)  # as a person might paste it
+    archive.enrol(hub_id, spaced, vkey + "\n", NOW)
+    with pytest.raises(InputError, match="other keys"):
+        archive.enrol(hub_id, other.enrolment[1], vkey, NOW)
+    assert archive.hubs()[0].batches == 1
