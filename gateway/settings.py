@@ -110,6 +110,30 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClinicSettings:
+    """A clinic worker (`glucohub clinic`) and the clinic CLI (`glucohub hubs`)."""
+
+    # The clinic archive; empty: [storage] url (the archive's tables have their own names
+    # and migrations, so they may share the hub schema's database).
+    url: str = field(default="", repr=False)
+    mqtt_url: str = ""  # the broker the hubs forward to
+    group: str = "glucohub-clinic"  # the shared subscription group of every worker
+    # Each worker has a fixed id and a persistent session: what a dead worker had received
+    # but not acknowledged is redelivered when a worker with its id connects again.
+    client_id: str = ""
+    session_expiry_s: int = 86_400
+    receive_maximum: int = 100
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def database_url(self, storage_url: str) -> str:
+        return self.url or storage_url
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BleSettings:
     enabled: bool = False
     adapter: str = ""  # e.g. hci0; empty is the system default
@@ -148,6 +172,7 @@ class Settings:
     dashboard: DashboardSettings = DashboardSettings()
     mqtt: MqttSettings = MqttSettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    clinic: ClinicSettings = ClinicSettings()
     ble: BleSettings = BleSettings()
     alerts: AlertSettings = AlertSettings()
     demo: DemoSettings = DemoSettings()
@@ -293,7 +318,18 @@ def _check(settings: Settings) -> None:
         )
     if settings.demo.patients < 0 or settings.demo.history_days < 0:
         raise ConfigError("demo.patients", "patients and history_days must be >= 0")
-    for key, url in (("mqtt.url", settings.mqtt.url), ("upstream.url", settings.upstream.url)):
+    clinic_url = settings.clinic.url
+    if clinic_url and not clinic_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("clinic.url", "must be empty ([storage] url) or a postgresql:// URL")
+    if not 1 <= settings.clinic.receive_maximum <= 65535:
+        raise ConfigError("clinic.receive_maximum", "must be 1..65535")
+    if settings.clinic.session_expiry_s <= 0:
+        raise ConfigError("clinic.session_expiry_s", "must be > 0: a worker's session outlives it")
+    for key, url in (
+        ("mqtt.url", settings.mqtt.url),
+        ("upstream.url", settings.upstream.url),
+        ("clinic.mqtt_url", settings.clinic.mqtt_url),
+    ):
         if url and not url.startswith(("mqtt://", "mqtts://")):
             raise ConfigError(key, f"must start with mqtt:// or mqtts://, got {url!r}")
     if settings.hub.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -27,3 +27,22 @@ def _level(name: str, value: str) -> str:
     if not value or any(c in value for c in "/+#\x00"):
         raise ValueError(f"{name} {value!r} cannot be an MQTT topic level")
     return value
+
+
+HUB_ITEM_KINDS = ("batches", "checkpoints")
+
+
+def shared_hub_subscriptions(group: str) -> tuple[str, str]:
+    """MQTT 5 shared subscriptions (§4.8.2) that split every hub's items among a group."""
+    group = _level("group", group)
+    return tuple(f"$share/{group}/{PREFIX}/hubs/+/{kind}" for kind in HUB_ITEM_KINDS)  # type: ignore[return-value]
+
+
+def parse_hub_topic(topic: str) -> tuple[str, str] | None:
+    """(hub_id, "batches" | "checkpoints") of a hub's upstream topic, else None."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != f"{PREFIX}/hubs" or not parts[3]:
+        return None
+    if parts[4] not in HUB_ITEM_KINDS:
+        return None
+    return parts[3], parts[4]

@@ -681,6 +681,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1000):
+        raise argparse.ArgumentTypeError(f"must be a rate per second in (0, 1000], not {text}")
+    return value
+
+
 def _since(text: str) -> datetime:
     """An RFC 3339 time with an offset, or a bare date meaning midnight UTC of that day (the
     times `export` prints are UTC too)."""
@@ -930,6 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("secret_id", type=_int_in(1, _MAX_SQLITE_INT))
     p.set_defaults(func=cmd_nightscout_revoke)
+    _clinic_commands(sub)
 
     gatt = sub.add_parser("gatt", help="Bluetooth GATT debugging").add_subparsers(
         dest="gatt_command", required=True, metavar="ACTION"
@@ -952,6 +963,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.set_defaults(func=cmd_ble_pair)
     return parser
+
+
+def _clinic_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The clinic tier: `clinic`, `hubs`, `simulate` (their code: glucohub/clinic.py and
+    glucohub/simulate.py)."""
+    p = sub.add_parser("clinic", help="run one stateless clinic worker (hubs' batches -> archive)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--worker-id", help="this worker's fixed MQTT client id (clinic.client_id)")
+    p.set_defaults(func=cmd_clinic)
+    hubs = sub.add_parser("hubs", help="the hubs enrolled at this clinic").add_subparsers(
+        dest="hubs_command", required=True, metavar="ACTION"
+    )
+    p = hubs.add_parser("add", help="enrol a hub with its public keys (`glucohub keys show`)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--hub", required=True)
+    p.add_argument("--batch-key", required=True, help="the hub's batch key as a JWK")
+    p.add_argument("--log-key", required=True, help="the hub's log verifier key")
+    p.set_defaults(func=cmd_hubs_add)
+    p = hubs.add_parser("list", help="hubs, their state, batches and last checkpoint")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.set_defaults(func=cmd_hubs_list)
+    p = hubs.add_parser("resolve", help="resolve a hub's alarms and accept its items again")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("hub")
+    p.add_argument("--by", default=os.environ.get("USER", "admin"), help="who decided")
+    p.set_defaults(func=cmd_hubs_resolve)
+    p = hubs.add_parser("alarms", help="the clinic's alarms, oldest first")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--open", action="store_true", help="only unresolved alarms")
+    p.set_defaults(func=cmd_hubs_alarms)
+    p = sub.add_parser("simulate", help="load generator: simulated hubs forwarding upstream")
+    p.add_argument("--hubs", type=_int_in(1, 100_000), required=True)
+    p.add_argument("--patients-per-hub", type=_int_in(1, 10_000), default=1)
+    p.add_argument("--rate", type=_positive_rate, default=1.0, help="batches/s per hub")
+    p.add_argument("--batches", type=_int_in(0, 10**9), default=0, help="per hub; 0: forever")
+    p.add_argument("--mqtt-url", required=True)
+    p.add_argument("--data-dir", type=Path, help="keep the hubs here (default: temporary)")
+    p.add_argument("--prefix", default="sim", help="hub ids are PREFIX-0000, PREFIX-0001, ...")
+    p.add_argument("--enrol-file", type=Path, help="write the `hubs add` lines here")
+    p.add_argument("--enrol-into", default="", help="enrol the hubs in this clinic database")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_clinic(args: argparse.Namespace) -> int:
+    from glucohub.clinic import run_clinic
+
+    settings = _settings(args)
+    _setup_logging(settings)
+    asyncio.run(run_clinic(settings, args.worker_id or settings.clinic.client_id, sys.stdout))
+    return 0
+
+
+def cmd_hubs_add(args: argparse.Namespace) -> int:
+    from glucohub.clinic import hubs_add
+
+    return hubs_add(_settings(args), args.hub, args.batch_key, args.log_key)
+
+
+def cmd_hubs_list(args: argparse.Namespace) -> int:
+    from glucohub.clinic import hubs_list
+
+    return hubs_list(_settings(args))
+
+
+def cmd_hubs_resolve(args: argparse.Namespace) -> int:
+    from glucohub.clinic import hubs_resolve
+
+    return hubs_resolve(_settings(args), args.hub, args.by)
+
+
+def cmd_hubs_alarms(args: argparse.Namespace) -> int:
+    from glucohub.clinic import alarms_list
+
+    return alarms_list(_settings(args), args.open)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from glucohub.simulate import run_simulate
+
+    result = run_simulate(
+        hubs=args.hubs,
+        patients=args.patients_per_hub,
+        rate=args.rate,
+        batches=args.batches,
+        mqtt_url=args.mqtt_url,
+        data_dir=args.data_dir,
+        prefix=args.prefix,
+        enrol_file=args.enrol_file,
+        enrol_into=args.enrol_into,
+    )
+    print(
+        f"simulated {result.hubs} hubs: {result.batches} batches, {result.readings} readings"
+        " forwarded",
+        file=sys.stderr,
+    )
+    return 0
 
 
 EXIT_ERROR = 2

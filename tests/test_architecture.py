@@ -67,6 +67,8 @@ IO_MODULES: dict[str, frozenset[str]] = {
     name: frozenset(libraries)
     for name, libraries in {
         "glucohub.cli": ("asyncio",),
+        "glucohub.clinic": ("asyncio", "signal", "concurrent.futures"),
+        "glucohub.simulate": ("asyncio",),
         "glucohub.clockwatch": ("asyncio",),
         "glucohub.demo": ("asyncio",),
         "glucohub.diskguard": ("asyncio",),
@@ -108,6 +110,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.sqlite_events": ("sqlite3",),
         "gateway.storage.sqlite_migrations": ("sqlite3",),
         "gateway.storage.postgres_accounts": ("psycopg",),
+        "gateway.storage.postgres_clinic": ("psycopg",),
         "gateway.storage.postgres_events": ("psycopg",),
         "gateway.storage.postgres_migrations": ("psycopg",),
         "gateway.storage.postgres_store": ("psycopg",),
@@ -135,6 +138,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
     "psycopg": frozenset(
         {
             "gateway.storage.postgres_accounts",
+            "gateway.storage.postgres_clinic",
             "gateway.storage.postgres_events",
             "gateway.storage.postgres_migrations",
             "gateway.storage.postgres_store",
@@ -153,6 +157,7 @@ PURE_CORES = (
     "gateway.batcher",
     "gateway.clockjump",
     "gateway.telemetry",
+    "gateway.clinic.witness",
     "gateway.clinical.alerts",
     "gateway.clinical.forecast",
     "gateway.clinical.glucose_filter",

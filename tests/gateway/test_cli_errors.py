@@ -308,6 +308,19 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "missing data dir": ("AA:BB:CC:DD:EE:FF", "--patient", "p1", *TYPO),
         "unknown patient": ("AA:BB:CC:DD:EE:FF", "--patient", "nobody", *HUB),
     },
+    "clinic": {"no clinic database": (), "config file missing": ("--config", "{tmp}/nope.toml")},
+    "hubs add": {
+        "no clinic database": ("--hub", "h1", "--batch-key", "{jwk}", "--log-key", "{vkey}"),
+        "no --hub": ("--batch-key", "{jwk}", "--log-key", "{vkey}"),
+    },
+    "hubs list": {"no clinic database": ()},
+    "hubs resolve": {"no hub": (), "no clinic database": ("h1",)},
+    "hubs alarms": {"no clinic database": ("--open",)},
+    "simulate": {
+        "no --hubs": ("--mqtt-url", "mqtt://127.0.0.1:1"),
+        "rate zero": ("--hubs", "1", "--rate", "0", "--mqtt-url", "mqtt://127.0.0.1:1"),
+        "not an MQTT URL": ("--hubs", "1", "--mqtt-url", "http://127.0.0.1:1"),
+    },
 }
 
 

@@ -1,0 +1,1 @@
+"""The clinic tier: witnessing and archiving what enrolled hubs forward upstream."""

@@ -1,0 +1,238 @@
+"""The clinic worker (`glucohub clinic`) and the clinic admin commands (`glucohub hubs`).
+
+A worker is stateless: the archive is PostgreSQL and the work queue is the broker's shared
+subscription. It handles one message at a time, in arrival order, on the archive's thread,
+and acknowledges each only after its transaction committed. A database failure is retried
+(capped backoff) on the same message, which stays unacknowledged meanwhile: nothing is acked
+that is not stored, and a restarted database costs time, not data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TextIO, TypeVar
+
+from device_adapters.mqtt.backoff import Backoff
+from device_adapters.mqtt.client import (
+    BrokerConfig,
+    InboundMessage,
+    MqttConnection,
+    parse_broker_url,
+)
+from gateway.clinic.witness import EnrolmentError
+from gateway.clock import utc_now
+from gateway.errors import ConfigError, InputError, StorageError
+from gateway.settings import Settings
+from gateway.storage.postgres_clinic import ClinicArchive
+from gateway.topics import parse_hub_topic, shared_hub_subscriptions
+
+log = logging.getLogger("glucohub.clinic")
+
+T = TypeVar("T")
+# Database retries: quick enough to catch up soon after a PostgreSQL restart.
+_DB_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
+
+
+def clinic_database(settings: Settings) -> str:
+    url = settings.clinic.database_url(settings.storage.url)
+    if not url:
+        raise ConfigError("clinic.url", "the clinic archive needs a postgresql:// URL")
+    return url
+
+
+def worker_config(settings: Settings, worker_id: str) -> BrokerConfig:
+    clinic = settings.clinic
+    if not clinic.mqtt_url:
+        raise ConfigError("clinic.mqtt_url", "a clinic worker needs the hubs' broker")
+    host, port, tls = parse_broker_url(clinic.mqtt_url, "clinic.mqtt_url")
+    return BrokerConfig(
+        host=host,
+        port=port,
+        tls=tls,
+        client_id=worker_id,
+        username=clinic.username,
+        password=clinic.password,
+        ca_file=clinic.ca_file,
+        cert_file=clinic.cert_file,
+        key_file=clinic.key_file,
+        clean_start=False,
+        session_expiry_s=clinic.session_expiry_s,
+        subscriptions=shared_hub_subscriptions(clinic.group),
+        receive_maximum=clinic.receive_maximum,
+        config_key="clinic",
+    )
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    handled: int = 0
+    stored: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+
+
+class ClinicWorker:
+    def __init__(self, settings: Settings, worker_id: str, *, out: TextIO | None = None) -> None:
+        if not worker_id:
+            raise ConfigError("clinic.client_id", "each worker needs a fixed id (--worker-id)")
+        self._url = clinic_database(settings)
+        self._connection = MqttConnection(worker_config(settings, worker_id))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinic-archive")
+        self._archive: ClinicArchive | None = None
+        self._backoff = _DB_BACKOFF
+        self._rng = random.Random()
+        self._out = out
+        self.worker_id = worker_id
+        self.stats = WorkerStats()
+
+    def _archive_now(self) -> ClinicArchive:
+        if self._archive is None:
+            self._archive = ClinicArchive(self._url)
+        return self._archive
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Migrate (or fail on a bad URL) before taking any message.
+        await self._retrying(lambda: loop.run_in_executor(self._executor, self._archive_now))
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._connection.run(), name="clinic:mqtt")
+                tasks.create_task(self._consume(), name="clinic:consume")
+        finally:
+            if self._archive is not None:
+                await loop.run_in_executor(self._executor, self._archive.close)
+            self._executor.shutdown(wait=True)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        tries = 0
+        while True:
+            try:
+                return await attempt()
+            except StorageError as exc:
+                if not exc.transient:
+                    raise
+                self.stats.retries += 1
+                delay = self._backoff.delay(tries, self._rng)
+                log.warning("clinic archive: %s; retrying in %.1fs", exc, delay)
+                tries += 1
+                await asyncio.sleep(delay)
+
+    async def _consume(self) -> None:
+        await self._connection.wait_connected()
+        log.info("clinic worker %s consuming", self.worker_id)
+        if self._out is not None:
+            print(f"clinic worker {self.worker_id} consuming", file=self._out, flush=True)
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await self._connection.receive()
+            await self._retrying(
+                lambda m=message: loop.run_in_executor(self._executor, self._handle, m)  # type: ignore[misc]
+            )
+            self.stats.handled += 1
+            self._connection.ack(message)
+
+    def _handle(self, message: InboundMessage) -> None:
+        archive = self._archive_now()
+        parsed = parse_hub_topic(message.topic)
+        if parsed is None:  # the subscriptions only match hub topics
+            log.error("clinic: message on unexpected topic %r ignored", message.topic)
+            return
+        hub_id, kind = parsed
+        handled = archive.handle(hub_id, kind, message.topic, message.payload, utc_now())
+        if handled.outcome == "stored":
+            self.stats.stored += 1
+        elif handled.outcome == "dead_letter":
+            self.stats.dead_letters += 1
+            log.warning(
+                "clinic: %s from hub %s dead-lettered%s",
+                kind,
+                hub_id,
+                f" (alarm {handled.alarm})" if handled.alarm else "",
+            )
+
+
+async def run_clinic(settings: Settings, worker_id: str, out: TextIO | None = None) -> None:
+    """Run one worker until SIGTERM or SIGINT."""
+    worker = ClinicWorker(settings, worker_id, out=out)
+    task = asyncio.ensure_future(worker.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("clinic worker %s stopped (%d items handled)", worker_id, worker.stats.handled)
+
+
+def enrolment_command(hub_id: str, batch_jwk: str, log_key: str) -> str:
+    """The `glucohub hubs add` line that enrols a hub (shell-quoted)."""
+    import shlex
+
+    return (
+        f"glucohub hubs add --hub {shlex.quote(hub_id)} --batch-key {shlex.quote(batch_jwk)}"
+        f" --log-key {shlex.quote(log_key)}"
+    )
+
+
+# -- commands (registered in glucohub/cli.py) -------------------------------------------
+
+
+def hubs_add(settings: Settings, hub_id: str, batch_key: str, log_key: str) -> int:
+    archive = ClinicArchive(clinic_database(settings))
+    try:
+        archive.enrol(hub_id, batch_key, log_key, utc_now())
+    except EnrolmentError as exc:
+        raise InputError(str(exc)) from None
+    finally:
+        archive.close()
+    print(f"enrolled hub {hub_id}")
+    return 0
+
+
+def hubs_list(settings: Settings) -> int:
+    archive = ClinicArchive(clinic_database(settings))
+    try:
+        rows = archive.hubs()
+    finally:
+        archive.close()
+    for row in rows:
+        size = "-" if row.checkpoint_size is None else str(row.checkpoint_size)
+        print(
+            f"{row.hub_id}\t{row.state}\tbatches {row.batches}\tcheckpoint {size}"
+            f"\topen alarms {row.open_alarms}"
+        )
+    return 0
+
+
+def hubs_resolve(settings: Settings, hub_id: str, by: str) -> int:
+    archive = ClinicArchive(clinic_database(settings))
+    try:
+        resolved, replayed = archive.resolve(hub_id, by, utc_now())
+    finally:
+        archive.close()
+    print(
+        f"hub {hub_id}: {resolved} alarm(s) resolved; its items are accepted again"
+        f" ({replayed} held while it was stopped replayed)"
+    )
+    return 0
+
+
+def alarms_list(settings: Settings, open_only: bool) -> int:
+    archive = ClinicArchive(clinic_database(settings))
+    try:
+        rows = archive.alarms(open_only=open_only)
+    finally:
+        archive.close()
+    for row in rows:
+        state = "resolved" if row.resolved else "open"
+        print(
+            f"{row.raised_at.isoformat()}\t{row.hub_id}\t{row.kind}\t{state}"
+            f"\tx{row.occurrences}\t{row.detail}"
+        )
+    return 0

@@ -1,0 +1,81 @@
+"""`glucohub hubs ...` and `glucohub clinic` on a real PostgreSQL: what an admin types and sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.storage.postgres_clinic import ClinicArchive
+from glucohub.cli import main
+from tests.clinic.hubs import copy_hub, make_hub, produce
+from tests.clinic.test_archive import _deliver
+
+
+@pytest.fixture
+def config(tmp_path: Path, postgres_url: str) -> Path:
+    path = tmp_path / "clinic.toml"
+    path.write_text(f'[clinic]\nurl = "{postgres_url}"\n')
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_an_admin_enrols_lists_and_resolves_a_hub(
+    tmp_path: Path, config: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = make_hub(tmp_path, "home-17")
+    hub_id, jwk, vkey = hub.enrolment
+    code, out, _ = _run(
+        capsys, "hubs", "add", "--config", str(config), "--hub", hub_id,
+        "--batch-key", jwk, "--log-key", vkey,
+    )  # fmt: skip
+    assert (code, out) == (0, "enrolled hub home-17\n")
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
+    assert out == "home-17\tactive\tbatches 0\tcheckpoint -\topen alarms 0\n"
+    # the hub forks: the archive stops it; the admin resolves it
+    twin = copy_hub(hub, tmp_path / "twin")
+    archive = ClinicArchive(postgres_url)
+    try:
+        _deliver(archive, produce(hub, 1) + produce(twin, 1, start_minute=5))
+    finally:
+        archive.close()
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
+    assert out == "home-17\tstopped\tbatches 1\tcheckpoint 1\topen alarms 1\n"
+    code, out, _ = _run(capsys, "hubs", "alarms", "--open", "--config", str(config))
+    assert "\thome-17\tfork\topen\tx" in out
+    code, out, _ = _run(capsys, "hubs", "resolve", "home-17", "--config", str(config))
+    assert (code, out) == (
+        0,
+        "hub home-17: 1 alarm(s) resolved; its items are accepted again"
+        " (0 held while it was stopped replayed)\n",
+    )
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
+    assert out == "home-17\tactive\tbatches 1\tcheckpoint 1\topen alarms 0\n"
+
+
+def test_a_log_key_of_another_hub_is_one_line_and_exit_2(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = make_hub(tmp_path, "home-17")
+    _, jwk, vkey = hub.enrolment
+    code, out, err = _run(
+        capsys, "hubs", "add", "--config", str(config), "--hub", "home-18",
+        "--batch-key", jwk, "--log-key", vkey,
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "glucohub.local/home-17" in err and "home-18" in err
+
+
+def test_a_worker_without_a_broker_or_an_id_says_which_key_to_set(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, "clinic", "--config", str(config), "--worker-id", "w1")
+    assert code == 2 and "clinic.mqtt_url" in err and err.count("\n") == 1
+    config.write_text(config.read_text() + 'mqtt_url = "mqtt://127.0.0.1:1"\n')
+    code, _, err = _run(capsys, "clinic", "--config", str(config))
+    assert code == 2 and "--worker-id" in err and err.count("\n") == 1
