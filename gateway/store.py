@@ -36,6 +36,7 @@ from gateway.shapes import alert_to_json, json_line
 from gateway.storage.contract import (
     BatchRecords,
     Message,
+    PruneResult,
     StoredDeadLetter,
     Unsealable,
     UnsealedEvent,
@@ -751,9 +752,15 @@ class Store:
         payload). Refused if any of those ids is missing or already sealed."""
         self._begin()
         try:
+            outbox_id = None
+            if outbox is not None:
+                outbox_id = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
+                    (outbox[0], outbox[1], to_rfc3339(batch.sealed_at)),
+                ).lastrowid
             self._db.execute(
                 "INSERT INTO batches (seq, reading_count, first_time, last_time, sealed_at, "
-                "jws, leaf_hash, record_seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "jws, leaf_hash, record_seed, outbox_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch.seq,
                     batch.reading_count,
@@ -763,6 +770,7 @@ class Store:
                     batch.jws,
                     batch.leaf_hash,
                     record_seed,
+                    outbox_id,
                 ),
             )
             if len(reading_ids) != batch.reading_count:
@@ -788,11 +796,6 @@ class Store:
                 "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
                 (tree_size, compact_tree),
             )
-            if outbox is not None:
-                self._db.execute(
-                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
-                    (outbox[0], outbox[1], to_rfc3339(batch.sealed_at)),
-                )
             self._commit()
         except BaseException:
             self._rollback()
@@ -876,6 +879,44 @@ class Store:
             "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,)
         )
         return [str(r[0]) for r in rows]
+
+    # -- retention ----------------------------------------------------------------------
+
+    def prune_acknowledged(self, cutoff: datetime, now: datetime, *, limit: int) -> PruneResult:
+        """See `Retention`: the oldest acknowledged batches first. Freed pages are reused by
+        later writes (the file stops growing; it does not shrink)."""
+        self._begin()
+        try:
+            seqs = [
+                int(r[0])
+                for r in self._db.execute(
+                    "SELECT b.seq FROM batches AS b JOIN outbox AS o ON o.id = b.outbox_id "
+                    "WHERE b.pruned_at IS NULL AND b.reading_count > 0 "
+                    "AND o.sent_at IS NOT NULL AND b.last_time < ? ORDER BY b.seq LIMIT ?",
+                    (to_rfc3339(cutoff), limit),
+                )
+            ]
+            chosen = json.dumps(seqs)
+            removed = self._db.execute(
+                "DELETE FROM readings WHERE batch_seq IN (SELECT value FROM json_each(?))",
+                (chosen,),
+            ).rowcount
+            self._db.execute(
+                "UPDATE batches SET pruned_at = ? WHERE seq IN (SELECT value FROM json_each(?))",
+                (to_rfc3339(now), chosen),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return PruneResult(batches=len(seqs), readings=removed)
+
+    def pruned_batch_seqs(self, first: int, end: int) -> set[int]:
+        rows = self._db.execute(
+            "SELECT seq FROM batches WHERE seq >= ? AND seq < ? AND pruned_at IS NOT NULL",
+            (first, end),
+        )
+        return {int(r[0]) for r in rows}
 
     # -- alerts and ledger events ---------------------------------------------------------
 
