@@ -628,9 +628,10 @@ class Store:
     def batch_records(self, batch_seq: int) -> BatchRecords:
         """A sealed batch's records as sealed (for disclosure, export and verification)."""
         row = self._db.execute(
-            "SELECT record_seed FROM batches WHERE seq = ?", (batch_seq,)
+            "SELECT record_seed, pruned_at FROM batches WHERE seq = ?", (batch_seq,)
         ).fetchone()
         seed = None if row is None or row[0] is None else bytes(row[0])
+        pruned = row is not None and row[1] is not None
         patients: list[str] = []
         canonical: list[bytes] = []
         times: list[str] = []
@@ -645,7 +646,7 @@ class Store:
         for patient_id, body in events:
             patients.append(str(patient_id))
             canonical.append(canonicalize(json.loads(body)))
-        return BatchRecords(seed, patients, canonical, times)
+        return BatchRecords(seed, patients, canonical, times, pruned)
 
     def batch_reading_rows(self, batch_seq: int) -> list[tuple[Any, ...]]:
         return self._db.execute(

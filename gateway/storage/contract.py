@@ -92,6 +92,7 @@ class BatchRecords(NamedTuple):
     patients: list[str]
     canonical: list[bytes]
     reading_times: list[str]  # as stored, of the readings (the first reading_count records)
+    pruned: bool = False  # its readings were removed by retention: the records are incomplete
 
     @property
     def reading_count(self) -> int:

@@ -851,8 +851,11 @@ class PostgresStore:
         read in one snapshot."""
         with self._db.transaction():
             self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = self._row("SELECT record_seed FROM batches WHERE seq = %s", (batch_seq,))
+            row = self._row(
+                "SELECT record_seed, pruned_at FROM batches WHERE seq = %s", (batch_seq,)
+            )
             seed = None if row is None or row[0] is None else bytes(row[0])
+            pruned = row is not None and row[1] is not None
             patients: list[str] = []
             canonical: list[bytes] = []
             times: list[str] = []
@@ -867,7 +870,7 @@ class PostgresStore:
         for patient_id, body in events:
             patients.append(str(patient_id))
             canonical.append(canonicalize(json.loads(body)))
-        return BatchRecords(seed, patients, canonical, times)
+        return BatchRecords(seed, patients, canonical, times, pruned)
 
     def _batch_reading_rows(self, batch_seq: int) -> list[Row]:
         return self._rows(

@@ -7,7 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
+from gateway.disclosure import disclosed_for
+from gateway.errors import InputError
+from gateway.ledger_tools import export_bundle
 from gateway.model import Reading, ReadingKind, Source
 from gateway.sealing import Sealer, init_keys, load_keys
 from gateway.storage.contract import PruneResult
@@ -130,6 +134,28 @@ def test_tampering_with_a_kept_batch_is_still_found_after_pruning(backend: Backe
     report = verify_data_dir(backend.data_dir, HUB, storage_url=backend.url or "")
     assert not report.ok
     assert "batch 2: stored readings or events differ" in report.message
+
+
+def test_a_pruned_batch_is_disclosed_to_nobody_and_no_bundle_is_made(
+    backend: Backend, tmp_path: Path
+) -> None:
+    store, _ = hub_with_four_batches(backend)
+    url = backend.url or ""
+    export_bundle(backend.data_dir, HUB, tmp_path / "before.jsonl", storage_url=url)
+    ack_batches(store, 3)
+    store.prune_acknowledged(CUTOFF, NOW, limit=100)
+    pruned, kept = store.batch_records(0), store.batch_records(2)
+    assert (pruned.pruned, pruned.canonical) == (True, [])
+    assert not kept.pruned and len(kept.canonical) == 5
+    # p1's records of batch 0 are gone: nothing left to prove against the signed root.
+    batch0, batch2 = store.batch(0), store.batch(2)
+    assert batch0 is not None and batch2 is not None
+    assert disclosed_for(batch0.jws, pruned, {"p1"}) is None
+    found = disclosed_for(batch2.jws, kept, {"p1"})
+    assert found is not None and len(found) == 5
+    with pytest.raises(InputError, match="3 batches \\(first 0\\) had their readings removed"):
+        export_bundle(backend.data_dir, HUB, tmp_path / "after.jsonl", storage_url=url)
+    assert not (tmp_path / "after.jsonl").exists()
 
 
 def _sqlite(data_dir: Path) -> object:
