@@ -199,3 +199,30 @@ def test_postgres_drops_a_month_whose_readings_all_go(postgres_url: str, tmp_pat
     finally:
         for opened in backend.opened:
             opened.close()
+
+
+def test_batches_sealed_before_the_upgrade_are_acknowledged_by_their_outbox_rows(
+    backend: Backend,
+) -> None:
+    """A hub sealed and forwarded batches before outbox_id existed: the upgrade finds each
+    batch's outbox row (same transaction, same time, the batches topic)."""
+    store, _ = hub_with_four_batches(backend)
+    ack_batches(store, 2)
+    store.close()
+    # Back to the schema before retention, as an older release left it.
+    undo = [
+        "ALTER TABLE batches DROP COLUMN outbox_id",
+        "ALTER TABLE batches DROP COLUMN pruned_at",
+    ]
+    if backend.url:
+        with psycopg.connect(backend.url) as db:
+            for statement in [*undo, "DELETE FROM schema_migrations WHERE version = 2"]:
+                db.execute(statement.encode())
+    else:
+        with _sqlite(backend.data_dir) as db:  # type: ignore[attr-defined]
+            for statement in [*undo, "PRAGMA user_version = 7"]:
+                db.execute(statement)
+            db.commit()
+    upgraded = backend.open()
+    assert upgraded.prune_acknowledged(CUTOFF, NOW, limit=100) == PruneResult(2, 22)
+    assert stored_seqs(upgraded) == [50, 51, 52, 53, 200, 201, 202, 203, 204]
