@@ -136,6 +136,25 @@ def test_tampering_with_a_kept_batch_is_still_found_after_pruning(backend: Backe
     assert "batch 2: stored readings or events differ" in report.message
 
 
+def test_a_pruned_batch_still_has_its_signature_checked(backend: Backend) -> None:
+    """Marking a batch pruned hides nothing: a batch that is not what was signed fails."""
+    store, _ = hub_with_four_batches(backend)
+    ack_batches(store, 3)
+    store.prune_acknowledged(CUTOFF, NOW, limit=100)
+    batch1 = store.batch(1)
+    assert batch1 is not None
+    header, _, signature = batch1.jws.split(b".")
+    other = store.batch(2)
+    assert other is not None
+    forged = b".".join((header, other.jws.split(b".")[1], signature))  # batch 2's payload
+    with psycopg.connect(backend.url) if backend.url else _sqlite(backend.data_dir) as db:  # type: ignore[attr-defined]
+        mark = "%s" if backend.url else "?"
+        db.execute(f"UPDATE batches SET jws = {mark} WHERE seq = 1", (forged,))
+        db.commit()
+    report = verify_data_dir(backend.data_dir, HUB, storage_url=backend.url or "")
+    assert not report.ok and "batch 1: signature does not verify" in report.message, report.message
+
+
 def test_a_pruned_batch_is_disclosed_to_nobody_and_no_bundle_is_made(
     backend: Backend, tmp_path: Path
 ) -> None:
