@@ -20,6 +20,7 @@ from dashboards.agppdf import MissingFont
 from dashboards.bands import band_of
 from dashboards.context import (
     CSRF_FIELD,
+    DEPS,
     LOGIN_COOKIE,
     SESSION,
     SESSION_COOKIE,
@@ -35,7 +36,7 @@ from dashboards.live import as_seen_by
 from dashboards.redirects import local_path
 from dashboards.triage import PatientState, rank
 from gateway.clinical.errors import ClinicalError
-from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, fingersticks
+from gateway.clinical.metrics import GlucoseMetrics, fingersticks
 from gateway.clinical.report import agp_svg, tir_bar_svg
 from gateway.errors import InputError
 from gateway.model import (
@@ -212,13 +213,14 @@ def _referer_path(request: web.Request) -> str | None:
 
 
 async def _ranges_14d(
-    d: Deps, patient: Patient, now: datetime
+    app: web.Application, patient: Patient, now: datetime
 ) -> tuple[float | None, float | None]:
     """(% below 70, % in range) over 14 days, cached for RANGES_CACHE_S per patient.
 
     A 14-day share moves by well under a percentage point in a few minutes, and the live
     triage list is refetched on every new reading: recomputing it each time is waste.
     """
+    d = app[DEPS]
     cached = d.ranges_cache.get(patient.patient_id)
     mono = d.clock.monotonic()
     if cached is not None and mono - cached[0] < RANGES_CACHE_S:
@@ -228,21 +230,21 @@ async def _ranges_14d(
     )
     result: tuple[float | None, float | None] = (None, None)
     if readings:
-        metrics = await asyncio.to_thread(_metrics, readings, now=now, days=14, patient=patient)
+        metrics = await _metrics(app, readings, now=now, days=14, patient=patient)
         if metrics.readings:
             result = (metrics.below_70_percent, metrics.range_percent("in_range"))
     d.ranges_cache[patient.patient_id] = (mono, *result)
     return result
 
 
-async def _triage_row(d: Deps, patient: Patient, now: datetime) -> pages.TriageRow:
-    rm = d.read_model
+async def _triage_row(app: web.Application, patient: Patient, now: datetime) -> pages.TriageRow:
+    rm = app[DEPS].read_model
     spark_start = now - timedelta(hours=3)
     readings, latest, open_alerts, (below, in_range), devices, events = await asyncio.gather(
         rm.readings(patient.patient_id, since=spark_start, kinds=GLUCOSE_KINDS),
         rm.latest_reading(patient.patient_id, GLUCOSE_KINDS),
         rm.alerts(patient.patient_id, open_only=True),
-        _ranges_14d(d, patient, now),
+        _ranges_14d(app, patient, now),
         rm.list_devices(patient.patient_id),
         rm.device_events(patient.patient_id),
     )
@@ -278,7 +280,7 @@ async def _triage_rows_html(request: web.Request) -> tuple[str, list[Patient]]:
     d = deps(request)
     now = d.clock.now()
     patients = await _visible_patients(request)
-    rows = await asyncio.gather(*(_triage_row(d, p, now) for p in patients))
+    rows = await asyncio.gather(*(_triage_row(request.app, p, now) for p in patients))
     by_id = {r.state.patient.patient_id: r for r in rows}
     ordered = [by_id[s.patient.patient_id] for s in rank([r.state for r in rows], now)]
     return pages.triage_rows(ordered, now=now, unit=current_user(request).unit), patients
@@ -357,12 +359,11 @@ async def _patient_view(
     notes: list[Note] = []
     battery: dict[str, datetime] = {}
     if full:
-
-        def all_metrics() -> list[GlucoseMetrics]:
-            # CGM readings only; the meter's fingersticks are counted apart, never mixed in.
-            return [_metrics(readings, now=now, days=n, patient=patient) for n in AGP_CHOICES]
-
-        metrics = await asyncio.to_thread(all_metrics)
+        # CGM readings only; the meter's fingersticks are counted apart, never mixed in.
+        metrics = [
+            await _metrics(request.app, readings, now=now, days=n, patient=patient)
+            for n in AGP_CHOICES
+        ]
         chosen = metrics[AGP_CHOICES.index(days)]
         agp, tir_bar = agp_svg(chosen, unit=user.unit), tir_bar_svg(chosen, unit=user.unit)
         sticks = [len(fingersticks(readings, now=now, days=n)) for n in AGP_CHOICES]
@@ -450,13 +451,14 @@ async def patient_partial(request: web.Request) -> web.StreamResponse:
     return html(pages.patient_live(await _patient_view(request, patient, full=False)))
 
 
-def _metrics(
-    readings: list[Reading], *, now: datetime, days: int, patient: Patient
+async def _metrics(
+    app: web.Application, readings: list[Reading], *, now: datetime, days: int, patient: Patient
 ) -> GlucoseMetrics:
     """The consensus metrics from the patient's stored readings: `compute_metrics` keeps the CGM
-    ones, as for the report and the FHIR summary."""
-    return compute_metrics(
-        readings, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
+    ones, as for the report and the FHIR summary. Computed in the report worker: pandas
+    (~45 MiB) stays out of the hub's process."""
+    return await offload.metrics(
+        app, readings, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
     )
 
 
@@ -727,7 +729,7 @@ async def _my_view(request: web.Request) -> pages.MyView:
         rm.list_devices(pid),
         rm.device_events(pid),
     )
-    week = await asyncio.to_thread(_metrics, readings, now=now, days=7, patient=patient)
+    week = await _metrics(request.app, readings, now=now, days=7, patient=patient)
     grants = await d.accounts.grants_for_patient(pid)
     log = await d.accounts.access_log(pid)
     points = glucose_points(readings)

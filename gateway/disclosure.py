@@ -20,9 +20,13 @@ def disclosed_for(
     jws: bytes, records: BatchRecords, patients: Set[str], *, with_paths: bool = True
 ) -> list[Disclosed] | None:
     """The records of `patients` in one batch, or None when the reader may have nothing of
-    it. A format-1 batch gives [] (its JWS is the whole batch) or None."""
+    it. A format-1 batch gives [] (its JWS is the whole batch) or None; a format-2 batch
+    whose readings retention removed gives None (what is left cannot be proven against the
+    signed root without them)."""
     if records.seed is None:
         return [] if _format_1_only_of(jws, patients) else None
+    if records.pruned:
+        return None
     indices = [i for i, patient in enumerate(records.patients) if patient in patients]
     if not indices:
         return None

@@ -43,6 +43,13 @@ def export_bundle(data_dir: Path, hub_id: str, out: Path, *, storage_url: str = 
     store = open_storage(data_dir, storage_url, read_only=True)
     try:
         size, note = _latest_checkpoint(store)
+        pruned = sorted(store.pruned_batch_seqs(0, size))
+        if pruned:
+            raise InputError(
+                f"{len(pruned)} batches (first {pruned[0]}) had their readings removed by "
+                "retention (storage.retention_days): a bundle needs every record; the clinic "
+                "received each batch with its records upstream"
+            )
         jws_list = _bundle_batches(store, size)
         tmp = out.with_name(out.name + ".tmp")
         try:

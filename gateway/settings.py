@@ -50,6 +50,10 @@ class StorageSettings:
     # Below this much free space in data_dir the hub stops storing (MQTT messages stay with
     # the broker) until space returns, and `glucohub doctor` fails its disk check.
     min_free_mb: int = 256
+    # 0: keep every reading. N: remove readings older than N days once the clinic has them
+    # (the upstream broker acknowledged their batch); never below pipeline.max_past_age_days,
+    # so a replayed old reading is refused as too old rather than stored again.
+    retention_days: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,6 +316,13 @@ def _check(settings: Settings) -> None:
         )
     if not 0 <= settings.dashboard.port <= 65535:
         raise ConfigError("dashboard.port", f"must be 0..65535, got {settings.dashboard.port}")
+    retention = settings.storage.retention_days
+    if retention and retention < settings.pipeline.max_past_age_days:
+        raise ConfigError(
+            "storage.retention_days",
+            f"must be 0 (keep everything) or >= pipeline.max_past_age_days "
+            f"({settings.pipeline.max_past_age_days}), got {retention}",
+        )
     if settings.hub.log_file_backups < 0:
         raise ConfigError(
             "hub.log_file_backups", f"must be >= 0, got {settings.hub.log_file_backups}"

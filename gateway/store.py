@@ -21,9 +21,9 @@ from gateway.model import (
 from gateway.storage.contract import (
     UnsealedReading,
 )
-from gateway.storage.sqlite_alerts import SqliteAlerts
 from gateway.storage.sqlite_errors import storage_error, translate_sqlite_errors
 from gateway.storage.sqlite_migrations import migrate, require_current, schema_version
+from gateway.storage.sqlite_retention import SqliteRetention
 
 DB_FILENAME = "glucohub.sqlite3"
 
@@ -34,7 +34,7 @@ log = logging.getLogger("glucohub.store")
 
 
 @translate_sqlite_errors
-class Store(SqliteAlerts):
+class Store(SqliteRetention):
     """All durable state of one hub in one SQLite file: the contract's `HubStorage`.
     Not thread-safe: one thread per `Store`."""
 

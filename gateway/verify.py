@@ -66,6 +66,7 @@ class _Checked:
     signed_prev: str
     readings: int
     problem: str | None = None
+    pruned: bool = False  # its readings were removed by retention: records not checked
 
 
 def _check_range(
@@ -78,6 +79,7 @@ def _check_range(
     store = open_storage(data_dir, storage_url, read_only=True)
     out: list[_Checked] = []
     try:
+        pruned = store.pruned_batch_seqs(first, end)
         batches = store.batches(since_seq=first, limit=end - first)
         while True:
             try:
@@ -91,6 +93,7 @@ def _check_range(
                 _check_batch(
                     store,
                     batch.seq,
+                    batch.seq in pruned,
                     batch.jws,
                     batch.leaf_hash,
                     batch.reading_count,
@@ -123,6 +126,7 @@ def _check_batch(store: HubStorage, seq: int, *args: Any) -> _Checked:
 def _check_stored_batch(
     store: HubStorage,
     seq: int,
+    pruned: bool,
     jws: bytes,
     stored_leaf: bytes,
     reading_count: int,
@@ -136,6 +140,8 @@ def _check_stored_batch(
         body = verify_compact(jws, batch_key)
     except LedgerError as exc:
         return bad(f"signature does not verify ({exc})")
+    if pruned:
+        return _check_pruned(seq, jws, body, stored_leaf, hub_id)
     if b'"records_root":' in body[:512]:
         return _check_format_2(store, seq, jws, body, stored_leaf, reading_count, hub_id)
     records = store.batch_records(seq)
@@ -206,6 +212,38 @@ def _check_format_2(
     )
 
 
+def _check_pruned(seq: int, jws: bytes, body: bytes, stored_leaf: bytes, hub_id: str) -> _Checked:
+    """A batch whose readings retention removed: its signature (checked by the caller), who
+    signed it as which batch, its leaf and its place in the chain; not its records."""
+    try:
+        if b'"records_root":' in body[:512]:
+            payload = parse_payload(body)
+            signed_seq, signed_hub, prev = (
+                payload.batch_seq,
+                payload.hub_id,
+                payload.prev_batch_hash,
+            )
+        else:
+            signed = json.loads(body)
+            signed_seq, signed_hub = signed.get("batch_seq"), signed.get("hub_id")
+            prev = str(signed.get("prev_batch_hash"))
+    except (LedgerError, ValueError, AttributeError) as exc:
+        return _bad(seq, f"signed payload is malformed ({exc})")
+    if signed_seq != seq or signed_hub != hub_id:
+        return _bad(seq, f"signed as batch {signed_seq} of hub {signed_hub}")
+    leaf = rfc6962.leaf_hash(batch_hash(jws))
+    if leaf != stored_leaf:
+        return _bad(seq, "stored leaf hash does not match its JWS")
+    return _Checked(
+        seq=seq,
+        leaf_hash=leaf,
+        jws_hash=b64url_encode(batch_hash(jws)),
+        signed_prev=prev,
+        readings=0,
+        pruned=True,
+    )
+
+
 def _check_all(
     store: HubStorage, data_dir: Path, storage_url: str, hub_id: str, count: int, workers: int
 ) -> list[_Checked]:
@@ -237,6 +275,7 @@ def _verify(
     leaf_hashes: list[bytes] = []
     previous = ""
     total = 0
+    pruned = 0
     for expected_seq, item in enumerate(checked):
         where = f"batch {item.seq}"
         if item.seq != expected_seq:
@@ -248,6 +287,7 @@ def _verify(
         leaf_hashes.append(item.leaf_hash)
         previous = item.jws_hash
         total += item.readings
+        pruned += item.pruned
     if len(checked) != len(seqs):
         return _fail(f"batch {len(checked)} could not be read", len(checked), total)
     latest = store.latest_checkpoint()
@@ -268,6 +308,11 @@ def _verify(
     tail = f"; {unsealed} readings not yet sealed" if unsealed else ""
     if size < len(leaf_hashes):  # a running hub signs a sealing backlog at its end
         tail += f"; the newest {len(leaf_hashes) - size} batches await their checkpoint"
+    if pruned:
+        tail += (
+            f"; {pruned} batches' readings removed by retention"
+            " (their signatures, leaves and chain verified)"
+        )
     return VerifyReport(
         ok=True,
         message=f"OK: {len(leaf_hashes)} batches, {total} readings, "

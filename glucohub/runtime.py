@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from gateway.alerting import AlertService, thresholds_from
@@ -259,6 +260,39 @@ async def _service_manager(notifier: Notifier, stop: asyncio.Event) -> AsyncIter
         await asyncio.gather(pinging, return_exceptions=True)
 
 
+# Retention runs this often, each transaction removing at most this many batches' readings
+# (the writer thread is shared with ingest).
+RETENTION_INTERVAL_S = 3600.0
+RETENTION_BATCHES = 200
+
+
+def _retention(settings: Settings, running: Running, clock: Clock) -> NamedSource:
+    age = timedelta(days=settings.storage.retention_days)
+
+    async def prune() -> None:
+        store = running.writer.store
+        while True:
+            now = clock.now()
+            batches = readings = 0
+            while True:
+                done = await running.writer.run(
+                    store.prune_acknowledged, now - age, now, limit=RETENTION_BATCHES
+                )
+                batches, readings = batches + done.batches, readings + done.readings
+                if done.batches < RETENTION_BATCHES:
+                    break
+            if batches:
+                log.info(
+                    "retention: removed %d readings of %d acknowledged batches older than %s",
+                    readings,
+                    batches,
+                    now - age,
+                )
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    return NamedSource("retention", prune)
+
+
 def _clock_watch(settings: Settings, running: Running, system_clock: Clock) -> NamedSource:
     detector = ClockJumpDetector(settings.hub.clock_jump_threshold_s)
 
@@ -391,6 +425,8 @@ async def _run(
             bound += await _ble_sources(settings, running, clock)
             bound.append(_clock_watch(settings, running, clock))
             bound.append(NamedSource("disk-guard", guard.run))
+            if settings.storage.retention_days:
+                bound.append(_retention(settings, running, clock))
             bound += running.setup_sources
             announcing = asyncio.create_task(service.announce(hub), name="systemd:notify")
             try:

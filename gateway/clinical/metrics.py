@@ -57,15 +57,18 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import numpy as np
-import numpy.typing as npt
-
 from gateway.clinical.errors import MetricsInputError
 from gateway.clock import require_utc, to_rfc3339
 from gateway.model import Reading, ReadingKind
 
 if TYPE_CHECKING:
+    import numpy as np  # imported where used, as pandas is: the hub's process needs neither
+    import numpy.typing as npt
     import pandas as pd
+
+    Floats = npt.NDArray[np.float64]
+    Ints = npt.NDArray[np.int64]
+    Bools = npt.NDArray[np.bool_]
 
 GAP_MIN = 15.0  # a longer silence is a gap: not filled
 DEFAULT_INTERVAL_MIN = 5.0  # nominal interval when a patient has no interval <= GAP_MIN
@@ -73,10 +76,6 @@ EPISODE_MIN = 15.0
 SUFFICIENT_DAYS = 14
 SUFFICIENT_ACTIVE_PERCENT = 70.0
 AGP_PERCENTILES = (5, 25, 50, 75, 95)
-
-Floats = npt.NDArray[np.float64]
-Ints = npt.NDArray[np.int64]
-Bools = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +193,8 @@ def _zone(name: str, patient_id: str | None = None) -> ZoneInfo:
 def _as_arrays(
     readings: Iterable[Reading | tuple[datetime, float]], patient_id: str | None
 ) -> tuple[Ints, Floats]:
+    import numpy as np
+
     times: list[int] = []
     values: list[float] = []
     for item in readings:
@@ -229,6 +230,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC"))
 
 
 def _check_values(g: Floats, patient_id: str | None) -> None:
+    import numpy as np
+
     if g.size and not (np.isfinite(g).all() and (g > 0).all()):
         raise MetricsInputError("glucose values must be finite and > 0", patient_id=patient_id)
 
@@ -253,6 +256,7 @@ class _Core:
 
 def _weights(codes: Ints, t_ns: Ints, groups: int) -> tuple[Floats, Bools]:
     """Time weights in minutes (module docstring) and the 'next reading is near' links."""
+    import numpy as np
     import pandas as pd  # ~45 MiB: loaded only when metrics are computed
 
     n = codes.size
@@ -276,6 +280,8 @@ def _weights(codes: Ints, t_ns: Ints, groups: int) -> tuple[Floats, Bools]:
 
 def _episodes(codes: Ints, beyond: Bools, w: Floats, linked: Bools, groups: int) -> Ints:
     """Episodes per patient (module docstring): ≥ 15 min beyond to start, ≥ 15 min back to end."""
+    import numpy as np
+
     if not beyond.any():
         return np.zeros(groups, dtype=np.int64)
     # Maximal runs of readings on one side of the threshold, one patient, no gap > 15 min.
@@ -295,6 +301,8 @@ def _episodes(codes: Ints, beyond: Bools, w: Floats, linked: Bools, groups: int)
 
 def _core(codes: Ints, t_ns: Ints, g: Floats, local_day: Ints, groups: int) -> _Core:
     """`codes` 0..groups-1, sorted by (code, time) with no repeated (code, time)."""
+    import numpy as np
+
     w, linked = _weights(codes, t_ns, groups)
     v1 = np.bincount(codes, weights=w, minlength=groups).astype(np.float64)
     v2 = np.bincount(codes, weights=w * w, minlength=groups).astype(np.float64)
@@ -341,6 +349,8 @@ def _core(codes: Ints, t_ns: Ints, g: Floats, local_day: Ints, groups: int) -> _
 
 
 def _sort_dedupe(codes: Ints, t_ns: Ints, g: Floats) -> tuple[Ints, Ints, Floats]:
+    import numpy as np
+
     order = np.lexsort((t_ns, codes))
     codes, t_ns, g = codes[order], t_ns[order], g[order]
     if codes.size > 1:
@@ -352,6 +362,7 @@ def _sort_dedupe(codes: Ints, t_ns: Ints, g: Floats) -> tuple[Ints, Ints, Floats
 
 def _local_wall_ns(t_ns: Ints, zone: str) -> Ints:
     """Local wall-clock time as naive nanoseconds (for day and time-of-day arithmetic)."""
+    import numpy as np
     import pandas as pd  # ~45 MiB: loaded only when metrics are computed
 
     index = pd.DatetimeIndex(pd.to_datetime(t_ns, unit="ns", utc=True)).tz_convert(zone)
@@ -393,6 +404,8 @@ def compute_metrics(
     `MetricsInputError` for naive times, non-positive values or an unknown zone. Keep this
     name and signature stable: other modules call it.
     """
+    import numpy as np
+
     if days <= 0:
         raise MetricsInputError(f"days must be > 0, got {days}", patient_id=patient_id)
     if agp_bin_min not in (5, 10, 15, 20, 30, 60):
@@ -505,6 +518,8 @@ def _meets(band: Band, bands: Sequence[float], j: int) -> bool:
 
 
 def _agp(wall_ns: Ints, g: Floats, bin_min: int) -> tuple[AgpBin, ...]:
+    import numpy as np
+
     minute = (wall_ns % _DAY_NS) // 60_000_000_000
     bins = minute // bin_min
     out: list[AgpBin] = []
@@ -538,6 +553,8 @@ def daily_profiles(
 
     A gap > 15 minutes is marked by a `(minute, None)` point so a chart breaks its line.
     """
+    import numpy as np
+
     _zone(timezone)
     end = require_utc(now)
     start = end - timedelta(days=days)
@@ -609,6 +626,7 @@ def metrics_for_many(
     `compute_metrics` gives patient by patient. `timezones` maps patient → IANA zone (UTC when
     missing); it only changes `days_with_data`.
     """
+    import numpy as np
     import pandas as pd  # ~45 MiB: loaded only when metrics are computed
 
     missing = {"patient_id", "time", "glucose_mg_dl"} - set(frame.columns)

@@ -92,6 +92,7 @@ class BatchRecords(NamedTuple):
     patients: list[str]
     canonical: list[bytes]
     reading_times: list[str]  # as stored, of the readings (the first reading_count records)
+    pruned: bool = False  # its readings were removed by retention: the records are incomplete
 
     @property
     def reading_count(self) -> int:
@@ -223,7 +224,33 @@ class Outbox(Protocol):
     def outbox_mark_sent(self, item_id: int, now: datetime) -> None: ...
 
 
-class HubStorage(Registry, Ingest, ReadingQueries, SealSource, LogState, Alerts, Outbox, Protocol):
+class PruneResult(NamedTuple):
+    batches: int  # batches whose readings were removed
+    readings: int
+
+
+class Retention(Protocol):
+    """Readings the clinic has, removed after a while; the ledger itself is kept for good.
+
+    A batch is *acknowledged* when the upstream broker has acknowledged (MQTT PUBACK) the
+    outbox message that carried it: `outbox.sent_at` of the row its sealing added. A hub
+    without upstream never has an acknowledged batch, so it keeps every reading."""
+
+    def prune_acknowledged(self, cutoff: datetime, now: datetime, *, limit: int) -> PruneResult:
+        """Remove the readings of up to `limit` acknowledged batches whose readings are all
+        older than `cutoff`, and mark those batches pruned (`now`), in one transaction
+        (PostgreSQL also drops any whole month of such readings, whatever `limit`). The
+        batch rows (JWS, leaf hash), the tree, checkpoints and ledger events stay."""
+        ...
+
+    def pruned_batch_seqs(self, first: int, end: int) -> set[int]:
+        """The batches in [first, end) whose readings retention removed."""
+        ...
+
+
+class HubStorage(
+    Registry, Ingest, ReadingQueries, SealSource, LogState, Alerts, Outbox, Retention, Protocol
+):
     """Everything one hub stores: what a backend implements."""
 
     @property

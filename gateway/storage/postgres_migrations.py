@@ -267,6 +267,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    Migration(
+        3,
+        "batches.outbox_id/pruned_at: retention of acknowledged readings",
+        # Earlier batches: as in SQLite's migration 9, the newest batches-topic outbox row
+        # created at the batch's sealed_at.
+        """
+        ALTER TABLE batches ADD COLUMN outbox_id bigint;
+        ALTER TABLE batches ADD COLUMN pruned_at timestamptz;
+        UPDATE batches AS b SET outbox_id = o.id FROM (SELECT created_at, MAX(id) AS id
+            FROM outbox WHERE topic LIKE '%/batches' GROUP BY created_at) AS o
+            WHERE o.created_at = b.sealed_at
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

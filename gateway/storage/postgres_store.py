@@ -59,6 +59,7 @@ from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     BatchRecords,
     Message,
+    PruneResult,
     StoredDeadLetter,
     Unsealable,
     UnsealedEvent,
@@ -850,8 +851,11 @@ class PostgresStore:
         read in one snapshot."""
         with self._db.transaction():
             self._db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = self._row("SELECT record_seed FROM batches WHERE seq = %s", (batch_seq,))
+            row = self._row(
+                "SELECT record_seed, pruned_at FROM batches WHERE seq = %s", (batch_seq,)
+            )
             seed = None if row is None or row[0] is None else bytes(row[0])
+            pruned = row is not None and row[1] is not None
             patients: list[str] = []
             canonical: list[bytes] = []
             times: list[str] = []
@@ -866,7 +870,7 @@ class PostgresStore:
         for patient_id, body in events:
             patients.append(str(patient_id))
             canonical.append(canonicalize(json.loads(body)))
-        return BatchRecords(seed, patients, canonical, times)
+        return BatchRecords(seed, patients, canonical, times, pruned)
 
     def _batch_reading_rows(self, batch_seq: int) -> list[Row]:
         return self._rows(
@@ -989,9 +993,19 @@ class PostgresStore:
                 f"{len(reading_ids)} ids given"
             )
         with self._db.transaction():
+            outbox_id = None
+            if outbox is not None:
+                row = self._row(
+                    "INSERT INTO outbox (topic, payload, created_at) VALUES (%s, %s, %s) "
+                    "RETURNING id",
+                    (outbox[0], outbox[1], _stored_time(batch.sealed_at)),
+                )
+                assert row is not None
+                outbox_id = row[0]
             self._db.execute(
                 "INSERT INTO batches (seq, reading_count, first_time, last_time, sealed_at, "
-                "jws, leaf_hash, record_seed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                "jws, leaf_hash, record_seed, outbox_id) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     batch.seq,
                     batch.reading_count,
@@ -1001,6 +1015,7 @@ class PostgresStore:
                     batch.jws,
                     batch.leaf_hash,
                     record_seed,
+                    outbox_id,
                 ),
             )
             if reading_ids:
@@ -1028,11 +1043,81 @@ class PostgresStore:
                 "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
                 (tree_size, compact_tree),
             )
-            if outbox is not None:
-                self._db.execute(
-                    "INSERT INTO outbox (topic, payload, created_at) VALUES (%s, %s, %s)",
-                    (outbox[0], outbox[1], _stored_time(batch.sealed_at)),
+
+    # -- retention ----------------------------------------------------------------------
+
+    @_translated
+    def prune_acknowledged(self, cutoff: datetime, now: datetime, *, limit: int) -> PruneResult:
+        """See `Retention`. A month partition wholly before `cutoff` whose every reading is
+        in a prunable batch is dropped whole (no dead rows left to vacuum); otherwise the
+        oldest `limit` prunable batches' rows are deleted. Their `reading_keys` go too."""
+        cutoff = _utc(cutoff)
+        prunable = (
+            "SELECT b.seq FROM batches AS b JOIN outbox AS o ON o.id = b.outbox_id "
+            "WHERE b.pruned_at IS NULL AND b.reading_count > 0 "
+            "AND o.sent_at IS NOT NULL AND b.last_time < %s"
+        )
+        with self._db.transaction():
+            seqs: set[int] = set()
+            removed = 0
+            for name in self._partitions_before(cutoff):
+                kept = self._row(
+                    f"SELECT 1 FROM {name} AS r WHERE r.batch_seq IS NULL "
+                    f"OR r.batch_seq NOT IN ({prunable}) LIMIT 1",
+                    (cutoff,),
                 )
+                if kept is not None:
+                    continue
+                seqs.update(int(r[0]) for r in self._rows(f"SELECT DISTINCT batch_seq FROM {name}"))
+                removed += self._db.execute(
+                    f"DELETE FROM reading_keys WHERE id IN (SELECT id FROM {name})".encode()
+                ).rowcount
+                self._db.execute(f"ALTER TABLE readings DETACH PARTITION {name}".encode())
+                self._db.execute(f"DROP TABLE {name}".encode())
+            seqs.update(
+                int(r[0])
+                for r in self._rows(prunable + " ORDER BY b.seq LIMIT %s", (cutoff, limit))
+            )
+            chosen = sorted(seqs)
+            ids = [
+                r[0]
+                for r in self._rows(
+                    "DELETE FROM readings WHERE batch_seq = ANY(%s::bigint[]) AND time < %s "
+                    "RETURNING id",
+                    (chosen, cutoff),
+                )
+            ]
+            self._db.execute("DELETE FROM reading_keys WHERE id = ANY(%s::bigint[])", (ids,))
+            self._db.execute(
+                "UPDATE batches SET pruned_at = %s WHERE seq = ANY(%s::bigint[])",
+                (_stored_time(now), chosen),
+            )
+        return PruneResult(batches=len(chosen), readings=removed + len(ids))
+
+    def _partitions_before(self, cutoff: datetime) -> list[str]:
+        """The readings month partitions that end at or before `cutoff`, oldest first."""
+        rows = self._rows(
+            "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'readings'::regclass ORDER BY c.relname"
+        )
+        names: list[str] = []
+        for (name,) in rows:
+            try:
+                year, month = str(name).removeprefix("readings_").split("_")
+                start = datetime(int(year), int(month), 1, tzinfo=UTC)
+            except ValueError:
+                continue  # not one of ours (`ensure_month_partition` names them)
+            if month_partition(start)[2] <= cutoff:
+                names.append(str(name))
+        return names
+
+    @_translated
+    def pruned_batch_seqs(self, first: int, end: int) -> set[int]:
+        rows = self._rows(
+            "SELECT seq FROM batches WHERE seq >= %s AND seq < %s AND pruned_at IS NOT NULL",
+            (first, end),
+        )
+        return {int(str(r[0])) for r in rows}
 
     @staticmethod
     def _check_sealed(seq: int, table: str, expected: int, got: int) -> None:

@@ -152,9 +152,10 @@ class SqliteLog(SqliteQueries):
     def batch_records(self, batch_seq: int) -> BatchRecords:
         """A sealed batch's records as sealed (for disclosure, export and verification)."""
         row = self._db.execute(
-            "SELECT record_seed FROM batches WHERE seq = ?", (batch_seq,)
+            "SELECT record_seed, pruned_at FROM batches WHERE seq = ?", (batch_seq,)
         ).fetchone()
         seed = None if row is None or row[0] is None else bytes(row[0])
+        pruned = row is not None and row[1] is not None
         patients: list[str] = []
         canonical: list[bytes] = []
         times: list[str] = []
@@ -169,7 +170,7 @@ class SqliteLog(SqliteQueries):
         for patient_id, body in events:
             patients.append(str(patient_id))
             canonical.append(canonicalize(json.loads(body)))
-        return BatchRecords(seed, patients, canonical, times)
+        return BatchRecords(seed, patients, canonical, times, pruned)
 
     def batch_reading_rows(self, batch_seq: int) -> list[tuple[Any, ...]]:
         return self._db.execute(
@@ -276,9 +277,15 @@ class SqliteLog(SqliteQueries):
         payload). Refused if any of those ids is missing or already sealed."""
         self._begin()
         try:
+            outbox_id = None
+            if outbox is not None:
+                outbox_id = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
+                    (outbox[0], outbox[1], to_rfc3339(batch.sealed_at)),
+                ).lastrowid
             self._db.execute(
                 "INSERT INTO batches (seq, reading_count, first_time, last_time, sealed_at, "
-                "jws, leaf_hash, record_seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "jws, leaf_hash, record_seed, outbox_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch.seq,
                     batch.reading_count,
@@ -288,6 +295,7 @@ class SqliteLog(SqliteQueries):
                     batch.jws,
                     batch.leaf_hash,
                     record_seed,
+                    outbox_id,
                 ),
             )
             if len(reading_ids) != batch.reading_count:
@@ -313,11 +321,6 @@ class SqliteLog(SqliteQueries):
                 "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact",
                 (tree_size, compact_tree),
             )
-            if outbox is not None:
-                self._db.execute(
-                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
-                    (outbox[0], outbox[1], to_rfc3339(batch.sealed_at)),
-                )
             self._commit()
         except BaseException:
             self._rollback()

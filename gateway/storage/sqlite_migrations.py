@@ -339,6 +339,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         _has_table("nightscout_secrets"),
     ),
+    Migration(
+        9,
+        "batches.outbox_id/pruned_at: retention of acknowledged readings",
+        # Earlier batches: their outbox row is the newest on a batches topic created at the
+        # batch's sealed_at (one transaction wrote both, with that time); upstream sends and
+        # marks rows in id order, so that row sent means all of them were.
+        """
+        ALTER TABLE batches ADD COLUMN outbox_id INTEGER;
+        ALTER TABLE batches ADD COLUMN pruned_at TEXT;
+        CREATE INDEX outbox_created_tmp ON outbox (created_at);
+        UPDATE batches SET outbox_id = (SELECT MAX(o.id) FROM outbox AS o
+            WHERE o.created_at = batches.sealed_at AND o.topic LIKE '%/batches');
+        DROP INDEX outbox_created_tmp
+        """,
+        _has_column("batches", "outbox_id", "pruned_at"),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
