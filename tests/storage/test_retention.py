@@ -235,11 +235,11 @@ def test_batches_sealed_before_the_upgrade_are_acknowledged_by_their_outbox_rows
     ]
     if backend.url:
         with psycopg.connect(backend.url) as db:
-            for statement in [*undo, "DELETE FROM schema_migrations WHERE version = 2"]:
+            for statement in [*undo, "DELETE FROM schema_migrations WHERE version = 3"]:
                 db.execute(statement.encode())
     else:
         with _sqlite(backend.data_dir) as db:  # type: ignore[attr-defined]
-            for statement in [*undo, "PRAGMA user_version = 7"]:
+            for statement in [*undo, "PRAGMA user_version = 8"]:
                 db.execute(statement)
             db.commit()
     upgraded = backend.open()
