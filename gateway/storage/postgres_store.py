@@ -52,6 +52,7 @@ from gateway.model import (
     Patient,
     Reading,
     ReadingKind,
+    Treatment,
 )
 from gateway.protocols import DeadLetter, RejectReason
 from gateway.shapes import alert_to_json, json_line
@@ -60,6 +61,7 @@ from gateway.storage.contract import (
     BatchRecords,
     Message,
     StoredDeadLetter,
+    TreatmentWrite,
     Unsealable,
     UnsealedEvent,
     UnsealedReading,
@@ -75,6 +77,7 @@ from gateway.storage.postgres_migrations import (
     require_current,
     schema_version,
 )
+from gateway.storage.postgres_treatments import add_treatments, query_treatments
 from gateway.storage.rows import (
     _ALERT_COLUMNS,
     QUARANTINED,
@@ -1160,6 +1163,18 @@ class PostgresStore:
     @_translated
     def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None:
         insert_ledger_event(self._db, patient_id, body)
+
+    # -- treatments -----------------------------------------------------------------------
+
+    @_translated
+    def add_treatments(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
+        return add_treatments(self._db, treatments)
+
+    @_translated
+    def treatments(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[Treatment]:
+        return query_treatments(self._db, patient_id, since=since, until=until, limit=limit)
 
     @_translated
     def alert_engine_states(self) -> dict[str, str]:
