@@ -24,6 +24,7 @@ from gateway.model import (
     Reading,
     ReadingKind,
     Source,
+    Treatment,
 )
 
 
@@ -77,6 +78,27 @@ class IngestOutcome:
 
 
 DurableCallback = Callable[[IngestOutcome], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreatmentWrite:
+    """What storing some treatments did (`gateway.storage.contract.Treatments`)."""
+
+    added: tuple[Treatment, ...]  # new (patient, dedupe_key)s, in input order
+    replaced: tuple[Treatment, ...]  # a key already stored with other values: now these
+    duplicates: int  # a key already stored with the same values: nothing written
+
+
+class TreatmentLog(Protocol):
+    """Patients' treatments for the dashboards: stored (and sealed) off the event loop."""
+
+    async def add(self, treatments: Sequence[Treatment]) -> TreatmentWrite: ...
+
+    async def query(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[Treatment]:
+        """Newest first."""
+        ...
 
 
 class ReadingSink(Protocol):

@@ -24,7 +24,7 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DeadLetter, Origin, RejectReason
+from gateway.protocols import DeadLetter, Origin, RejectReason, TreatmentWrite
 
 # A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
 # 100 MB message must not become 100 MB of database.
@@ -223,13 +223,6 @@ class Alerts(Protocol):
     def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None: ...
     def alert_engine_states(self) -> dict[str, str]: ...
     def alerts(self, patient_id: str | None = None, *, open_only: bool = False) -> list[Alert]: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TreatmentWrite:
-    added: tuple[Treatment, ...]  # new (patient, dedupe_key)s, in input order
-    replaced: tuple[Treatment, ...]  # a key already stored with other values: now these
-    duplicates: int  # a key already stored with the same values: nothing written
 
 
 class Treatments(Protocol):

@@ -54,14 +54,13 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DeadLetter, RejectReason
+from gateway.protocols import DeadLetter, RejectReason, TreatmentWrite
 from gateway.shapes import alert_to_json, json_line
 from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     BatchRecords,
     Message,
     StoredDeadLetter,
-    TreatmentWrite,
     Unsealable,
     UnsealedEvent,
     UnsealedReading,

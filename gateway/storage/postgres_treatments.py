@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from gateway.model import Treatment
-from gateway.storage.contract import TreatmentWrite
+from gateway.protocols import TreatmentWrite
 from gateway.storage.postgres_events import insert_ledger_event
 from gateway.storage.treatment_rows import (
     VALUE_COLUMNS,

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from gateway.clock import to_rfc3339
 from gateway.model import Treatment
-from gateway.storage.contract import TreatmentWrite
+from gateway.protocols import TreatmentWrite
 from gateway.storage.sqlite_base import SqliteBase
 from gateway.storage.sqlite_errors import translate_sqlite_errors
 from gateway.storage.sqlite_events import insert_ledger_event
