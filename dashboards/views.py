@@ -50,6 +50,7 @@ from gateway.model import (
     Patient,
     Reading,
     ReadingKind,
+    Treatment,
 )
 from gateway.units import Unit
 
@@ -406,6 +407,7 @@ async def _patient_view(
             unit=user.unit,
             tz=tz,
             meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
+            treatments=await _day_treatments(d, pid, day_start, now),
         ),
         agp=agp,
         agp_days=days,
@@ -758,6 +760,7 @@ async def _my_view(request: web.Request) -> pages.MyView:
             unit=user.unit,
             tz=tz,
             meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
+            treatments=await _day_treatments(d, pid, day_start, now),
         ),
         alerts_html=pages.alert_rows(
             recent_alerts,
@@ -912,3 +915,10 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)
+
+
+async def _day_treatments(d: Deps, pid: str, since: datetime, now: datetime) -> list[Treatment]:
+    """The patient's treatments for the day chart (none when the hub keeps none)."""
+    if d.treatments is None:
+        return []
+    return await d.treatments.query(pid, since=since, until=now)

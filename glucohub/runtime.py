@@ -109,6 +109,7 @@ async def _dashboard(
                 running.reader,
                 lambda fn: running.writer.run(fn, running.writer.store),
                 running.hub.ledger_events_written,
+                clock,
             ),
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)

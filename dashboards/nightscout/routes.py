@@ -38,12 +38,11 @@ from dashboards.nightscout.entries import (
     select,
     to_entries,
 )
-from dashboards.nightscout.treatments import parse_treatments, to_nightscout
 from dashboards.nightscout.treatments import parse_query as parse_treatments_query
+from dashboards.nightscout.treatments import parse_treatments, to_nightscout
 from dashboards.nightscout.treatments import select as select_treatments
-from gateway.model import ReadingKind, Source, Treatment
+from gateway.model import ReadingKind, Source
 from gateway.protocols import DeadLetter, IngestOutcome, Origin, RejectReason
-from gateway.validation import TreatmentRules, validate_treatment
 from gateway.storage.accounts import NightscoutSecretRecord
 
 log = logging.getLogger(__name__)
@@ -344,33 +343,28 @@ async def _upload_treatments(request: web.Request, *, single: bool) -> web.Strea
     except EntriesRejected as exc:
         await _dead_letter(request, origin, body, exc.reason, exc.detail)
         return _status(400, "Bad Request", str(exc))
-    kept: list[Treatment] = []
-    refused: list[str] = []
-    rules = TreatmentRules()
-    for item in parsed:
-        reason, detail = (item.error.reason, item.error.detail) if item.error else (None, "")
-        if item.treatment is not None:
-            verdict = validate_treatment(item.treatment, now=now, rules=rules)
-            if verdict is None:
-                kept.append(item.treatment)
-                continue
-            reason, detail = verdict.reason, verdict.detail
-        assert reason is not None
-        refused.append(f"treatment {item.index}: {reason}: {detail}")
-        await _dead_letter(request, origin, item.raw, reason, f"{detail} (treatment {item.index})")
-    if kept:
-        done = await d.treatments.add(kept)  # durable (and its ledger events) before the answer
-        log.info(
-            "Nightscout treatments: %d new, %d replaced, %d again",
-            len(done.added),
-            len(done.replaced),
-            done.duplicates,
-        )
+    valid = [item for item in parsed if item.treatment is not None]
+    done = await d.treatments.add([item.treatment for item in valid if item.treatment])
+    refused: list[tuple[int, bytes, RejectReason, str]] = [
+        (item.index, item.raw, item.error.reason, item.error.detail)
+        for item in parsed
+        if item.error is not None
+    ]
+    refused += [(valid[i].index, valid[i].raw, *why) for i, why in done.refused.items()]
+    for index, raw, reason, detail in sorted(refused, key=lambda r: r[0]):
+        await _dead_letter(request, origin, raw, reason, f"{detail} (treatment {index})")
+    kept = [item.treatment for i, item in enumerate(valid) if i not in done.refused]
+    log.info(
+        "Nightscout treatments: %d new, %d replaced, %d again, %d refused",
+        len(done.added),
+        len(done.replaced),
+        done.duplicates,
+        len(refused),
+    )
     if refused and not kept:
-        return _status(400, "Bad Request", "; ".join(refused[:5]))
-    if refused:
-        log.warning("Nightscout treatments: %d of %d refused", len(refused), len(parsed))
-    shown = [to_nightscout(t) for t in kept]
+        reasons = [f"treatment {i}: {reason}: {detail}" for i, _, reason, detail in refused]
+        return _status(400, "Bad Request", "; ".join(sorted(reasons)[:5]))
+    shown = [to_nightscout(t) for t in kept if t is not None]
     return _json(shown[0] if single and len(shown) == 1 else shown)
 
 

@@ -26,14 +26,10 @@ from typing import Any
 import aiohttp
 
 from gateway.store import DB_FILENAME
-from tests.dashboards.nightscout.test_api import (  # noqa: F401 - `hub` is a fixture
-    UNAUTHORIZED,
-    Hub,
-    dead_letters,
-    get,
-    hub,
-    sha1,
-)
+from tests.dashboards.nightscout import test_api
+from tests.dashboards.nightscout.test_api import UNAUTHORIZED, Hub, dead_letters, get, sha1
+
+hub = test_api.hub  # the real hub with p1's, p1's read-only and p2's secrets (a fixture)
 
 
 def iso(at: datetime) -> str:
