@@ -155,7 +155,7 @@ def validate_treatment(
         TreatmentKind.TEMP_BASAL: ("rate_u_h", treatment.rate_u_h),
     }.get(treatment.kind)
     if required is not None and required[1] is None:
-        return Verdict(reason=RejectReason.SCHEMA, detail=f"a {treatment.kind} needs {required[0]}")
+        return Verdict(reason=RejectReason.SCHEMA, detail=f"{treatment.kind} needs {required[0]}")
     if treatment.kind is TreatmentKind.INSULIN_BOLUS and treatment.insulin_units == 0:
         return Verdict(reason=RejectReason.OUT_OF_RANGE, detail="a bolus of 0 U")
     if treatment.kind is TreatmentKind.CARBS and treatment.carbs_grams == 0:
