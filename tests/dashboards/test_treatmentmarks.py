@@ -15,15 +15,18 @@ from tests.dashboards.fakes import NOW
 SVG = ""  # the chart is inline SVG in HTML: no namespace
 
 
-def treatment(hours_ago: float, **amounts: float) -> Treatment:
+def treatment(
+    hours_ago: float, *, insulin_units: float | None = None, carbs_grams: float | None = None
+) -> Treatment:
     return Treatment(
         patient_id="p",
         time=NOW - timedelta(hours=hours_ago),
-        kind=TreatmentKind.INSULIN_BOLUS if "insulin_units" in amounts else TreatmentKind.CARBS,
+        kind=TreatmentKind.INSULIN_BOLUS if insulin_units else TreatmentKind.CARBS,
         dedupe_key=f"k{hours_ago}",
         source=Source.HTTP,
         event_type="Meal Bolus",
-        **amounts,
+        insulin_units=insulin_units,
+        carbs_grams=carbs_grams,
     )
 
 
