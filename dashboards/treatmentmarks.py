@@ -1,5 +1,6 @@
 """Treatments on the daily glucose chart, where clinicians look for them: insulin as a ▼ at
-the top with its units, carbohydrates as a ● near the bottom with their grams.
+the top with its units, carbohydrates as a ● near the bottom with their grams; and each
+treatment's kind and amounts in words, for the patient page's table (`describe`).
 
 Pure: treatments in, SVG elements out (drawn into `charts.day_chart_svg`'s plot area). Each
 mark is an image with its own accessible name and a <title> tooltip; the numbers are printed
@@ -14,7 +15,7 @@ from datetime import datetime, tzinfo
 from html import escape
 
 from dashboards.timefmt import local_text
-from gateway.model import Treatment
+from gateway.model import Treatment, TreatmentKind
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,3 +69,33 @@ def treatment_marks(treatments: Sequence[Treatment], plot: Plot, tz: tzinfo) -> 
                 f"{grams} g</text></g>"
             )
     return parts
+
+
+_KIND_WORDS = {
+    TreatmentKind.INSULIN_BOLUS: "Insulin bolus",
+    TreatmentKind.TEMP_BASAL: "Temporary basal",
+    TreatmentKind.CARBS: "Carbohydrates",
+    TreatmentKind.NOTE: "Note",
+    TreatmentKind.EXERCISE: "Exercise",
+    TreatmentKind.SENSOR_START: "Sensor start",
+    TreatmentKind.SENSOR_CHANGE: "Sensor change",
+    TreatmentKind.SITE_CHANGE: "Infusion site change",
+}
+
+
+def describe(treatment: Treatment) -> tuple[str, str]:
+    """(what, how much) in words: ("Insulin bolus", "6.5 U · 45 g"), ("Temporary basal",
+    "0.8 U/h for 30 min"); an "other" treatment is named by its uploader's event type."""
+    what = _KIND_WORDS.get(treatment.kind) or treatment.event_type or "Other"
+    amounts: list[str] = []
+    if treatment.insulin_units:
+        amounts.append(f"{amount(treatment.insulin_units)} U")
+    if treatment.carbs_grams:
+        amounts.append(f"{amount(treatment.carbs_grams)} g")
+    if treatment.rate_u_h is not None:
+        amounts.append(f"{amount(treatment.rate_u_h)} U/h")
+    if treatment.duration_min:
+        amounts.append(f"for {amount(treatment.duration_min)} min")
+    how = " · ".join(a for a in amounts if not a.startswith("for "))
+    duration = next((a for a in amounts if a.startswith("for ")), "")
+    return what, " ".join(x for x in (how, duration) if x)
