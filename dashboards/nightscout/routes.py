@@ -1,4 +1,5 @@
-"""The HTTP edge of Nightscout's API v1: uploads and follower reads of glucose entries.
+"""The HTTP edge of Nightscout's API v1: uploads and follower reads of glucose entries and
+treatments.
 
 Each request is authenticated as Nightscout does it (lib/authorization/index.js in
 nightscout/cgm-remote-monitor): the `api-secret` header (or `?secret=`) holding the SHA-1 hex of
@@ -343,17 +344,17 @@ async def _upload_treatments(request: web.Request, *, single: bool) -> web.Strea
     except EntriesRejected as exc:
         await _dead_letter(request, origin, body, exc.reason, exc.detail)
         return _status(400, "Bad Request", str(exc))
-    valid = [item for item in parsed if item.treatment is not None]
-    done = await d.treatments.add([item.treatment for item in valid if item.treatment])
-    refused: list[tuple[int, bytes, RejectReason, str]] = [
+    valid = [(item, item.treatment) for item in parsed if item.treatment is not None]
+    done = await d.treatments.add([t for _, t in valid])  # durable, ledger events too
+    refused = [
         (item.index, item.raw, item.error.reason, item.error.detail)
         for item in parsed
         if item.error is not None
     ]
-    refused += [(valid[i].index, valid[i].raw, *why) for i, why in done.refused.items()]
+    refused += [(valid[i][0].index, valid[i][0].raw, *why) for i, why in done.refused.items()]
     for index, raw, reason, detail in sorted(refused, key=lambda r: r[0]):
         await _dead_letter(request, origin, raw, reason, f"{detail} (treatment {index})")
-    kept = [item.treatment for i, item in enumerate(valid) if i not in done.refused]
+    kept = [t for i, (_, t) in enumerate(valid) if i not in done.refused]
     log.info(
         "Nightscout treatments: %d new, %d replaced, %d again, %d refused",
         len(done.added),
@@ -364,7 +365,7 @@ async def _upload_treatments(request: web.Request, *, single: bool) -> web.Strea
     if refused and not kept:
         reasons = [f"treatment {i}: {reason}: {detail}" for i, _, reason, detail in refused]
         return _status(400, "Bad Request", "; ".join(sorted(reasons)[:5]))
-    shown = [to_nightscout(t) for t in kept if t is not None]
+    shown = [to_nightscout(t) for t in kept]
     return _json(shown[0] if single and len(shown) == 1 else shown)
 
 
