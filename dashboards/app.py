@@ -43,6 +43,7 @@ from gateway.protocols import (
     LiveFeed,
     ReadingSink,
     ReadModel,
+    TreatmentLog,
 )
 from gateway.settings import DashboardSettings
 from gateway.units import glucose_unit
@@ -75,10 +76,12 @@ def create_app(
     viewer_queue_size: int = DEFAULT_VIEWER_QUEUE,
     first_run: setup.FirstRun | None = None,
     sink: ReadingSink | None = None,
+    treatments: TreatmentLog | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
     With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
-    takes Nightscout uploads (without one they are refused with 503)."""
+    takes Nightscout uploads (without one they are refused with 503); `treatments` stores and
+    shows patients' treatments."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -92,6 +95,7 @@ def create_app(
         clock=clock or SystemClock(),
         viewer_queue_size=viewer_queue_size,
         sink=sink,
+        treatments=treatments,
     )
     views.add_routes(app)
     publiclog.add_routes(app)

@@ -16,7 +16,8 @@ from dashboards.alerttext import kind_label
 from dashboards.bands import band_of
 from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose
 from dashboards.timefmt import local_text, zone_label
-from gateway.model import Alert, AlertLevel
+from dashboards.treatmentmarks import Plot, treatment_marks
+from gateway.model import Alert, AlertLevel, Treatment
 from gateway.units import Unit
 
 Y_MIN = 40.0
@@ -95,12 +96,13 @@ def day_chart_svg(
     unit: Unit,
     tz: tzinfo,
     meter: Sequence[Point] = (),
+    treatments: Sequence[Treatment] = (),
     width: int = 720,
     height: int = 260,
 ) -> str:
     """CGM glucose over [start, end] as a line with the target band, hour ticks in `tz` and
     alert markers; `meter` (fingerstick) readings as ringed dots, each titled with its value,
-    band and time. Treatments (insulin, carbohydrates) are not drawn: the model holds none."""
+    band and time; insulin and carbohydrate `treatments` as `treatmentmarks` draws them."""
     left, top, plot_w, plot_h = 44.0, 10.0, width - 54.0, height - 40.0
     meter = [p for p in meter if start <= p[0] <= end]
     label = "glucose, last 24 hours" + (", with meter readings" if meter else "")
@@ -179,5 +181,7 @@ def day_chart_svg(
             f'<path class="{cls}" d="M{x:.1f},{y - 10:.1f} l-5,10 h10 z">'
             f"<title>{label}</title></path>"
         )
+    plot = Plot(start=start, end=end, left=left, top=top, width=plot_w, height=plot_h)
+    parts.extend(treatment_marks(treatments, plot, tz))
     parts.append("</svg>")
     return "".join(parts)

@@ -18,6 +18,7 @@ from gateway.protocols import (
     LiveFeed,
     ReadingSink,
     ReadModel,
+    TreatmentLog,
 )
 from gateway.settings import DashboardSettings
 
@@ -39,6 +40,7 @@ class Deps:
     clock: Clock
     viewer_queue_size: int
     sink: ReadingSink | None = None  # where Nightscout uploads go; None: uploads are refused
+    treatments: TreatmentLog | None = None  # None: no treatments are taken or shown
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)

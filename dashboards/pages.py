@@ -13,10 +13,20 @@ from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
 from dashboards.bands import BY_NAME, GlucoseBand, band_of
 from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose, trend_words
+from dashboards.treatmentmarks import describe
 from dashboards.triage import PatientState
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
 from gateway.clinical.report import band_label, band_target
-from gateway.model import Alert, AlertLevel, AlertState, Batch, Device, Patient, Reading
+from gateway.model import (
+    Alert,
+    AlertLevel,
+    AlertState,
+    Batch,
+    Device,
+    Patient,
+    Reading,
+    Treatment,
+)
 from gateway.protocols import QuarantinedRecord
 from gateway.units import Unit
 
@@ -306,6 +316,7 @@ class PatientView:
     signed_size: int = 0  # tree size of the latest signed checkpoint
     notes: Sequence[Note] = ()
     battery_low: Mapping[str, datetime] = field(default_factory=dict)
+    treatments: Sequence[Treatment] = ()  # the last 24 hours', newest first
 
 
 def patient_live(view: PatientView) -> str:
@@ -341,6 +352,7 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str
         f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}&amp;format=pdf">'
         "PDF</a>)</p>"
         f'<div id="patient-live">{patient_live(view)}</div>'
+        f"{_treatments(view.treatments, tz)}"
         f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
         f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
         f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
@@ -352,6 +364,24 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str
     )
     return layout(
         p.display_name, body, user=user, csrf=csrf, live="patient", live_patient=p.patient_id
+    )
+
+
+def _treatments(treatments: Sequence[Treatment], tz: tzinfo) -> str:
+    """The last 24 hours' treatments, newest first (those on the chart, in words)."""
+    if not treatments:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_time(t.time, tz)}</td><td>{esc(what)}</td><td>{esc(how)}</td>"
+        f"<td>{esc(t.notes)}</td><td>{esc(t.entered_by)}</td></tr>"
+        for t in treatments
+        for what, how in (describe(t),)
+    )
+    return (
+        '<section id="treatments"><h2>Treatments, last 24 hours</h2>'
+        + _scroll("Treatments")
+        + "<table><thead><tr><th>Time</th><th>Treatment</th><th>Amount</th><th>Notes</th>"
+        f"<th>Entered by</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
 

@@ -51,6 +51,7 @@ from gateway.model import (
     Patient,
     Reading,
     ReadingKind,
+    Treatment,
 )
 from gateway.units import Unit
 
@@ -375,6 +376,7 @@ async def _patient_view(
         note = await d.ledger.checkpoint_note()
         # C2SP tlog-checkpoint: origin, then the tree size, then the root.
         signed_size = int(note.splitlines()[1]) if note else 0
+    treatments = await _day_treatments(d, pid, day_start, now)
     recent_alerts = [
         as_seen_by(a, user)
         for a in alerts
@@ -407,7 +409,9 @@ async def _patient_view(
             unit=user.unit,
             tz=tz,
             meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
+            treatments=treatments,
         ),
+        treatments=treatments[:TREATMENT_ROWS],
         agp=agp,
         agp_days=days,
         tir_bar=tir_bar,
@@ -760,6 +764,7 @@ async def _my_view(request: web.Request) -> pages.MyView:
             unit=user.unit,
             tz=tz,
             meter=[p for p in kind_points(readings, ReadingKind.GLUCOSE) if p[0] >= day_start],
+            treatments=await _day_treatments(d, pid, day_start, now),
         ),
         alerts_html=pages.alert_rows(
             recent_alerts,
@@ -914,3 +919,13 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "GET", "/consent", consent_get, own)
     add_route(app, "POST", "/consent/grant", consent_change, own)
     add_route(app, "POST", "/consent/revoke", consent_change, own)
+
+
+TREATMENT_ROWS = 50  # the patient page's treatments table: the newest of the day
+
+
+async def _day_treatments(d: Deps, pid: str, since: datetime, now: datetime) -> list[Treatment]:
+    """The patient's treatments for the day chart (none when the hub keeps none)."""
+    if d.treatments is None:
+        return []
+    return await d.treatments.query(pid, since=since, until=now)

@@ -291,3 +291,54 @@ class Alert:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, require_utc(value, name))
+
+
+class TreatmentKind(StrEnum):
+    """What a patient or their pump did, as clinicians chart it (Nightscout's `eventType`s
+    map onto these: dashboards/nightscout/treatments.py)."""
+
+    INSULIN_BOLUS = "insulin_bolus"
+    TEMP_BASAL = "temp_basal"  # a temporary basal rate (U/h) for a duration
+    CARBS = "carbs"
+    NOTE = "note"
+    EXERCISE = "exercise"
+    SENSOR_START = "sensor_start"
+    SENSOR_CHANGE = "sensor_change"
+    SITE_CHANGE = "site_change"  # an insulin pump's infusion set
+    OTHER = "other"  # an event type kept as sent (e.g. "Profile Switch"), not charted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Treatment:
+    """One treatment of one patient: insulin, carbohydrates, a note, an event.
+
+    Amounts carry their units; absent ones are None (a "Meal Bolus" may carry both insulin
+    and carbohydrates). `dedupe_key` identifies the treatment across resends: uploaders send
+    the same treatments again and again. `event_type` is the uploader's own name for it
+    (Nightscout's `eventType`), kept for reads back. Times are kept to the millisecond, as
+    stored. Physiological plausibility is `gateway.validation.validate_treatment`'s job;
+    this only refuses what is not a number or not a treatment at all.
+    """
+
+    patient_id: str
+    time: datetime
+    kind: TreatmentKind
+    dedupe_key: str
+    source: Source
+    insulin_units: float | None = None
+    carbs_grams: float | None = None
+    duration_min: float | None = None
+    rate_u_h: float | None = None
+    notes: str = ""
+    event_type: str = ""
+    entered_by: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.patient_id or not self.dedupe_key:
+            raise ValueError("patient_id and dedupe_key must be non-empty")
+        for name in ("insulin_units", "carbs_grams", "duration_min", "rate_u_h"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        time = require_utc(self.time)
+        object.__setattr__(self, "time", time.replace(microsecond=time.microsecond // 1000 * 1000))

@@ -6,9 +6,9 @@ listen to a `LiveFeed`. Each is implemented once in the gateway and faked in tes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -24,6 +24,7 @@ from gateway.model import (
     Reading,
     ReadingKind,
     Source,
+    Treatment,
 )
 
 
@@ -77,6 +78,32 @@ class IngestOutcome:
 
 
 DurableCallback = Callable[[IngestOutcome], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreatmentWrite:
+    """What storing some treatments did (`gateway.storage.contract.Treatments`)."""
+
+    added: tuple[Treatment, ...]  # new (patient, dedupe_key)s, in input order
+    replaced: tuple[Treatment, ...]  # a key already stored with other values: now these
+    duplicates: int  # a key already stored with the same values: nothing written
+    # Refused by validation (`gateway.validation.validate_treatment`), by input index:
+    # (why, what). Storage itself refuses nothing; `TreatmentLog.add` validates first.
+    refused: Mapping[int, tuple[RejectReason, str]] = field(default_factory=dict)
+
+
+class TreatmentLog(Protocol):
+    """Patients' treatments for the dashboards: stored (and sealed) off the event loop."""
+
+    async def add(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
+        """Validate, then store what passes (with its ledger events) before returning."""
+        ...
+
+    async def query(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[Treatment]:
+        """Newest first."""
+        ...
 
 
 class ReadingSink(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
@@ -21,11 +22,21 @@ from typing import ParamSpec, TypeVar
 from gateway.clock import Clock, SystemClock
 from gateway.disclosure import disclosed_for
 from gateway.errors import ConfigError, InputError
-from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
-from gateway.protocols import DisclosedBatch, QuarantinedRecord
+from gateway.model import (
+    Alert,
+    Batch,
+    Device,
+    DeviceEvent,
+    Patient,
+    Reading,
+    ReadingKind,
+    Treatment,
+)
+from gateway.protocols import DisclosedBatch, QuarantinedRecord, TreatmentWrite
 from gateway.sealing import HubKeys
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
+from gateway.validation import TreatmentRules, validate_treatment
 from ledger import rfc6962, tiles
 from ledger.checkpoint import Checkpoint
 from ledger.cosignature import CosignatureVerifier, verify_cosignature
@@ -116,6 +127,41 @@ class StoreResume:
 
     async def last_time(self, device_id: str) -> datetime | None:
         return await self._reader.run(lambda s: s.last_time(device_id))
+
+
+class StoreTreatments:
+    """`TreatmentLog` over the store: written on the hub's writer thread (the one writer),
+    read on the reader's; validated against `clock` first. `on_written(n)` hears of n new
+    ledger events, to seal them soon."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        writer_run: Callable[[Callable[[HubStorage], TreatmentWrite]], Awaitable[TreatmentWrite]],
+        on_written: Callable[[int], None],
+        clock: Clock,
+    ) -> None:
+        self._clock = clock
+        self._reader = reader
+        self._writer_run = writer_run
+        self._on_written = on_written
+
+    async def add(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
+        now, rules = self._clock.now(), TreatmentRules()
+        verdicts = [validate_treatment(t, now=now, rules=rules) for t in treatments]
+        items = [t for t, v in zip(treatments, verdicts, strict=True) if v is None]
+        refused = {i: (v.reason, v.detail) for i, v in enumerate(verdicts) if v is not None}
+        done = await self._writer_run(lambda s: s.add_treatments(items))
+        if changed := len(done.added) + len(done.replaced):
+            self._on_written(changed)
+        return dataclasses.replace(done, refused=refused)
+
+    async def query(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[Treatment]:
+        return await self._reader.run(
+            lambda s: s.treatments(patient_id, since=since, until=until, limit=limit)
+        )
 
 
 class StoreReadModel:

@@ -24,6 +24,7 @@ from gateway.storage.contract import (
 from gateway.storage.sqlite_errors import storage_error, translate_sqlite_errors
 from gateway.storage.sqlite_migrations import migrate, require_current, schema_version
 from gateway.storage.sqlite_retention import SqliteRetention
+from gateway.storage.sqlite_treatments import SqliteTreatments
 
 DB_FILENAME = "glucohub.sqlite3"
 
@@ -34,7 +35,7 @@ log = logging.getLogger("glucohub.store")
 
 
 @translate_sqlite_errors
-class Store(SqliteRetention):
+class Store(SqliteTreatments, SqliteRetention):
     """All durable state of one hub in one SQLite file: the contract's `HubStorage`.
     Not thread-safe: one thread per `Store`."""
 

@@ -14,6 +14,8 @@ from gateway.model import (
     Device,
     Reading,
     ReadingKind,
+    Treatment,
+    TreatmentKind,
 )
 from gateway.protocols import RejectReason
 
@@ -107,5 +109,80 @@ def validate(
         return Verdict(
             reason=RejectReason.TOO_OLD,
             detail=f"time {reading.time.isoformat()} is older than {rules.max_past_age.days} days",
+        )
+    return None
+
+
+# Treatment amounts beyond these are a unit or typing error, not a patient (limits are
+# inclusive). Insulin: the largest dose a pen dials is 160 U (U-200 pens; U-100 pens stop
+# at 80) and pumps cap a bolus far lower. Carbohydrates: AndroidAPS refuses more than 400 g
+# in one entry (HardLimits.MAX_CARBS). Basal: pumps stop at 35-50 U/h. Durations: a week
+# (AndroidAPS spreads carbohydrates over at most 10 h; notes and exercise may be long).
+MAX_INSULIN_UNITS = 200.0
+MAX_CARBS_GRAMS = 400.0
+MAX_BASAL_U_H = 50.0
+MAX_DURATION_MIN = 7 * 24 * 60.0
+MAX_NOTES_CHARS = 2000
+MAX_TREATMENT_TEXT = 200  # event_type, entered_by, dedupe_key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreatmentRules:
+    # Treatments may lie ahead: AndroidAPS enters extended carbohydrates up to 10 h on.
+    max_future_skew: timedelta = timedelta(hours=24)
+    max_past_age: timedelta = timedelta(days=365)
+
+
+def validate_treatment(
+    treatment: Treatment, *, now: datetime, rules: TreatmentRules
+) -> Verdict | None:
+    """None when the treatment may be stored, else why not. Duplicates are the store's job."""
+    amounts = (
+        ("insulin_units", treatment.insulin_units, MAX_INSULIN_UNITS, "U"),
+        ("carbs_grams", treatment.carbs_grams, MAX_CARBS_GRAMS, "g"),
+        ("rate_u_h", treatment.rate_u_h, MAX_BASAL_U_H, "U/h"),
+        ("duration_min", treatment.duration_min, MAX_DURATION_MIN, "min"),
+    )
+    for name, value, high, unit in amounts:
+        if value is not None and not 0.0 <= value <= high:
+            return Verdict(
+                reason=RejectReason.OUT_OF_RANGE,
+                detail=f"{name} {value:g} {unit} outside 0-{high:g} {unit}",
+            )
+    required = {
+        TreatmentKind.INSULIN_BOLUS: ("insulin_units", treatment.insulin_units),
+        TreatmentKind.CARBS: ("carbs_grams", treatment.carbs_grams),
+        TreatmentKind.TEMP_BASAL: ("rate_u_h", treatment.rate_u_h),
+    }.get(treatment.kind)
+    if required is not None and required[1] is None:
+        return Verdict(reason=RejectReason.SCHEMA, detail=f"{treatment.kind} needs {required[0]}")
+    if treatment.kind is TreatmentKind.INSULIN_BOLUS and treatment.insulin_units == 0:
+        return Verdict(reason=RejectReason.OUT_OF_RANGE, detail="a bolus of 0 U")
+    if treatment.kind is TreatmentKind.CARBS and treatment.carbs_grams == 0:
+        return Verdict(reason=RejectReason.OUT_OF_RANGE, detail="carbohydrates of 0 g")
+    if treatment.kind is TreatmentKind.TEMP_BASAL and not treatment.duration_min:
+        return Verdict(reason=RejectReason.SCHEMA, detail="a temp basal needs a duration")
+    if len(treatment.notes) > MAX_NOTES_CHARS:
+        return Verdict(
+            reason=RejectReason.OVERSIZED,
+            detail=f"notes of {len(treatment.notes)} characters (at most {MAX_NOTES_CHARS})",
+        )
+    for name in ("event_type", "entered_by", "dedupe_key"):
+        if len(getattr(treatment, name)) > MAX_TREATMENT_TEXT:
+            return Verdict(
+                reason=RejectReason.OVERSIZED,
+                detail=f"{name} longer than {MAX_TREATMENT_TEXT} characters",
+            )
+    if treatment.time > now + rules.max_future_skew:
+        ahead = (treatment.time - now).total_seconds()
+        return Verdict(
+            reason=RejectReason.FUTURE_TIME,
+            detail=f"time {treatment.time.isoformat()} is {ahead:.0f} s in the future",
+        )
+    if treatment.time < now - rules.max_past_age:
+        return Verdict(
+            reason=RejectReason.TOO_OLD,
+            detail=f"time {treatment.time.isoformat()} is older than "
+            f"{rules.max_past_age.days} days",
         )
     return None

@@ -24,7 +24,14 @@ from gateway.model import Transport
 from gateway.pipeline import Hub, Source, Writer
 from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
-from gateway.services import Reader, StoreLedgerView, StoreOutbox, StoreReadModel, StoreResume
+from gateway.services import (
+    Reader,
+    StoreLedgerView,
+    StoreOutbox,
+    StoreReadModel,
+    StoreResume,
+    StoreTreatments,
+)
 from gateway.settings import Settings
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
@@ -99,6 +106,12 @@ async def _dashboard(
             viewer_queue_size=settings.pipeline.viewer_queue_size,
             first_run=first_run,
             sink=running.hub,
+            treatments=StoreTreatments(
+                running.reader,
+                lambda fn: running.writer.run(fn, running.writer.store),
+                running.hub.ledger_events_written,
+                clock,
+            ),
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)
         running.hub.telemetry.gauge(

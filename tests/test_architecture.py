@@ -114,6 +114,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.postgres_events": ("psycopg",),
         "gateway.storage.postgres_migrations": ("psycopg",),
         "gateway.storage.postgres_store": ("psycopg",),
+        "gateway.storage.postgres_treatments": ("psycopg",),
         "gateway.supervision": ("asyncio",),
         "gateway.verify": ("multiprocessing", "concurrent.futures"),
         "ledger.witness": ("urllib.request",),
@@ -142,6 +143,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "gateway.storage.postgres_events",
             "gateway.storage.postgres_migrations",
             "gateway.storage.postgres_store",
+            "gateway.storage.postgres_treatments",
         }
     ),
     "psycopg2": frozenset(),

@@ -1,5 +1,6 @@
-"""Nightscout's API v1 over the hub: uploads and follower reads of glucose entries.
+"""Nightscout's API v1 over the hub: uploads and follower reads of glucose entries and
+treatments.
 
-`entries` is the protocol (pure: bytes in, readings out; readings in, entries out);
-`routes` is its HTTP edge on the dashboard app.
+`entries` and `treatments` are the protocol (pure: bytes in, readings or treatments out; and
+back into Nightscout's JSON); `routes` is their HTTP edge on the dashboard app.
 """

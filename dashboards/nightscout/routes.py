@@ -1,4 +1,5 @@
-"""The HTTP edge of Nightscout's API v1: uploads and follower reads of glucose entries.
+"""The HTTP edge of Nightscout's API v1: uploads and follower reads of glucose entries and
+treatments.
 
 Each request is authenticated as Nightscout does it (lib/authorization/index.js in
 nightscout/cgm-remote-monitor): the `api-secret` header (or `?secret=`) holding the SHA-1 hex of
@@ -38,6 +39,9 @@ from dashboards.nightscout.entries import (
     select,
     to_entries,
 )
+from dashboards.nightscout.treatments import parse_query as parse_treatments_query
+from dashboards.nightscout.treatments import parse_treatments, to_nightscout
+from dashboards.nightscout.treatments import select as select_treatments
 from gateway.model import ReadingKind, Source
 from gateway.protocols import DeadLetter, IngestOutcome, Origin, RejectReason
 from gateway.storage.accounts import NightscoutSecretRecord
@@ -59,6 +63,10 @@ def add_routes(app: web.Application) -> None:
     for path in ("/api/v1/status", "/api/v1/status.json"):
         add_route(app, "GET", path, status, _RULE)
     add_route(app, "GET", "/api/v1/verifyauth", verifyauth, _RULE)
+    for path in ("/api/v1/treatments", "/api/v1/treatments/", "/api/v1/treatments.json"):
+        add_route(app, "GET", path, get_treatments, _RULE)
+        add_route(app, "POST", path, post_treatments, _RULE)
+        add_route(app, "PUT", path, put_treatments, _RULE)
 
 
 def _status(status: int, message: object, description: str | None = None) -> web.Response:
@@ -287,6 +295,105 @@ async def _read(request: web.Request, what: _Read) -> web.StreamResponse:
 
     def render() -> str:  # up to MAX_COUNT entries with their arrows: off the event loop
         return json.dumps(to_entries(select(history, query), history, devices))
+
+    text = await asyncio.to_thread(render)
+    return web.Response(
+        text=text, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+# -- treatments --------------------------------------------------------------------------
+
+
+async def post_treatments(request: web.Request) -> web.StreamResponse:
+    # lib/api/treatments/index.js, post_response: the stored treatments as a JSON array
+    return await _upload_treatments(request, single=False)
+
+
+async def put_treatments(request: web.Request) -> web.StreamResponse:
+    """lib/api/treatments/index.js: PUT saves (upserts) one treatment and answers with it.
+    xDrip+ sends every treatment this way, one per request, with `_id` from its uuid."""
+    return await _upload_treatments(request, single=True)
+
+
+async def _upload_treatments(request: web.Request, *, single: bool) -> web.StreamResponse:
+    uploader = await _uploader(request)
+    if uploader is None or not uploader.can_write:
+        return _unauthorized()  # api:treatments:create / :update
+    d = deps(request)
+    if d.treatments is None or d.sink is None:
+        return _status(503, "Service Unavailable", "this hub takes no treatments")
+    origin = Origin(source=Source.HTTP, topic=request.path, raw=b"", device_id=uploader.device_id)
+    try:
+        body = await _read_body(request)
+    except _TooLarge as exc:
+        detail = f"body over {MAX_BODY_BYTES} bytes"
+        await _dead_letter(request, origin, exc.head, RejectReason.OVERSIZED, detail)
+        return _status(413, "Payload Too Large", detail)
+    except (web.HTTPException, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # a broken gzip stream or a connection cut mid-body
+        detail = f"unreadable body: {type(exc).__name__}: {exc}"
+        await _dead_letter(request, origin, b"", RejectReason.MALFORMED, detail)
+        return _status(400, "Bad Request", detail)
+    now = d.clock.now()
+    try:
+        parsed = await asyncio.to_thread(
+            parse_treatments, body, patient_id=uploader.patient_id, now=now
+        )
+    except EntriesRejected as exc:
+        await _dead_letter(request, origin, body, exc.reason, exc.detail)
+        return _status(400, "Bad Request", str(exc))
+    valid = [(item, item.treatment) for item in parsed if item.treatment is not None]
+    done = await d.treatments.add([t for _, t in valid])  # durable, ledger events too
+    refused = [
+        (item.index, item.raw, item.error.reason, item.error.detail)
+        for item in parsed
+        if item.error is not None
+    ]
+    refused += [(valid[i][0].index, valid[i][0].raw, *why) for i, why in done.refused.items()]
+    for index, raw, reason, detail in sorted(refused, key=lambda r: r[0]):
+        await _dead_letter(request, origin, raw, reason, f"{detail} (treatment {index})")
+    kept = [t for i, (_, t) in enumerate(valid) if i not in done.refused]
+    log.info(
+        "Nightscout treatments: %d new, %d replaced, %d again, %d refused",
+        len(done.added),
+        len(done.replaced),
+        done.duplicates,
+        len(refused),
+    )
+    if refused and not kept:
+        reasons = [f"treatment {i}: {reason}: {detail}" for i, _, reason, detail in refused]
+        return _status(400, "Bad Request", "; ".join(sorted(reasons)[:5]))
+    shown = [to_nightscout(t) for t in kept]
+    return _json(shown[0] if single and len(shown) == 1 else shown)
+
+
+async def get_treatments(request: web.Request) -> web.StreamResponse:
+    """lib/api/treatments/index.js, GET /treatments: newest first, `count` (100 by default,
+    1000 with a `find`), `find[created_at][$gte]` and the like (lib/server/query.js)."""
+    uploader = await _uploader(request)
+    if uploader is None:
+        return _unauthorized()
+    d = deps(request)
+    if d.treatments is None:
+        return _json([])
+    try:
+        query = parse_treatments_query(list(request.query.items()), now=d.clock.now())
+    except EntriesRejected as exc:
+        return _status(400, "Bad Request", str(exc))
+    if query.since > query.until:
+        return _json([])
+    filtered = query.event_type is not None or query.insulin_min > 0 or query.carbs_min > 0
+    found = await d.treatments.query(
+        uploader.patient_id,
+        since=query.since,
+        until=query.until,
+        limit=None if filtered else query.count,
+    )
+
+    def render() -> str:  # up to MAX_COUNT treatments: off the event loop
+        return json.dumps([to_nightscout(t) for t in select_treatments(found, query)])
 
     text = await asyncio.to_thread(render)
     return web.Response(

@@ -14,8 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
-from gateway.model import Alert, Batch, Device, DeviceEvent, Patient, Reading, ReadingKind
-from gateway.protocols import DeadLetter, Origin, RejectReason
+from gateway.model import (
+    Alert,
+    Batch,
+    Device,
+    DeviceEvent,
+    Patient,
+    Reading,
+    ReadingKind,
+    Treatment,
+)
+from gateway.protocols import DeadLetter, Origin, RejectReason, TreatmentWrite
 
 # A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
 # 100 MB message must not become 100 MB of database.
@@ -217,6 +226,24 @@ class Alerts(Protocol):
     def alerts(self, patient_id: str | None = None, *, open_only: bool = False) -> list[Alert]: ...
 
 
+class Treatments(Protocol):
+    """Insulin, carbohydrates, notes and events of patients, each sealed like readings."""
+
+    def add_treatments(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
+        """Store in one transaction. A treatment is de-duplicated by (patient_id,
+        dedupe_key): the same values again are a duplicate; other values under a stored key
+        replace it (an uploader's edit, as Nightscout's upsert does). Every added or
+        replaced treatment gets a ledger event ({"type": "treatment", "event": "added" or
+        "replaced", ...}) in the same transaction."""
+        ...
+
+    def treatments(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[Treatment]:
+        """The patient's treatments with since <= time <= until, newest first."""
+        ...
+
+
 class Outbox(Protocol):
     """Messages for upstream, added in the same transaction as what they report."""
 
@@ -249,7 +276,16 @@ class Retention(Protocol):
 
 
 class HubStorage(
-    Registry, Ingest, ReadingQueries, SealSource, LogState, Alerts, Outbox, Retention, Protocol
+    Registry,
+    Ingest,
+    ReadingQueries,
+    SealSource,
+    LogState,
+    Alerts,
+    Treatments,
+    Outbox,
+    Retention,
+    Protocol,
 ):
     """Everything one hub stores: what a backend implements."""
 

@@ -280,6 +280,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE o.created_at = b.sealed_at
         """,
     ),
+    Migration(
+        4,
+        "treatments: insulin, carbohydrates, notes and events, de-duplicated per patient",
+        """
+        CREATE TABLE treatments (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            patient_id text NOT NULL,
+            dedupe_key text NOT NULL,
+            kind text NOT NULL,
+            event_type text NOT NULL,
+            insulin_units double precision,
+            carbs_grams double precision,
+            duration_min double precision,
+            rate_u_h double precision,
+            notes text NOT NULL,
+            entered_by text NOT NULL,
+            source text NOT NULL,
+            time timestamptz NOT NULL,
+            UNIQUE (patient_id, dedupe_key)
+        );
+        CREATE INDEX treatments_patient_time ON treatments (patient_id, time)
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -52,12 +52,14 @@ from gateway.model import (
     Patient,
     Reading,
     ReadingKind,
+    Treatment,
 )
-from gateway.protocols import DeadLetter, RejectReason
+from gateway.protocols import DeadLetter, RejectReason, TreatmentWrite
 from gateway.shapes import alert_to_json, json_line
 from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     BatchRecords,
+    HubStorage,
     Message,
     PruneResult,
     StoredDeadLetter,
@@ -76,6 +78,7 @@ from gateway.storage.postgres_migrations import (
     require_current,
     schema_version,
 )
+from gateway.storage.postgres_treatments import add_treatments, query_treatments
 from gateway.storage.rows import (
     _ALERT_COLUMNS,
     QUARANTINED,
@@ -1246,6 +1249,18 @@ class PostgresStore:
     def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None:
         insert_ledger_event(self._db, patient_id, body)
 
+    # -- treatments -----------------------------------------------------------------------
+
+    @_translated
+    def add_treatments(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
+        return add_treatments(self._db, treatments)
+
+    @_translated
+    def treatments(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[Treatment]:
+        return query_treatments(self._db, patient_id, since=since, until=until, limit=limit)
+
     @_translated
     def alert_engine_states(self) -> dict[str, str]:
         rows = self._rows("SELECT patient_id, state FROM alert_engine_state")
@@ -1304,3 +1319,7 @@ def _alert_texts(row: Row) -> Row:
 
 def _pg_batch(row: Row) -> Batch:
     return _batch(tuple(to_rfc3339(_utc(v)) if isinstance(v, datetime) else v for v in row))
+
+
+def _implements_the_contract(store: PostgresStore) -> HubStorage:
+    return store  # mypy checks PostgresStore against every Protocol of the contract here

@@ -355,6 +355,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         _has_column("batches", "outbox_id", "pruned_at"),
     ),
+    Migration(
+        10,
+        "treatments: insulin, carbohydrates, notes and events, de-duplicated per patient",
+        """
+        CREATE TABLE treatments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            patient_id TEXT NOT NULL,
+            dedupe_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            insulin_units REAL,
+            carbs_grams REAL,
+            duration_min REAL,
+            rate_u_h REAL,
+            notes TEXT NOT NULL,
+            entered_by TEXT NOT NULL,
+            source TEXT NOT NULL,
+            time TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            UNIQUE (patient_id, dedupe_key)
+        );
+        CREATE INDEX treatments_patient_time ON treatments (patient_id, time_ms)
+        """,
+        _has_table("treatments"),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

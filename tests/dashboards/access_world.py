@@ -34,6 +34,8 @@ from gateway.model import (
     ReadingKind,
     Source,
     Transport,
+    Treatment,
+    TreatmentKind,
 )
 from gateway.sealing import Sealer, init_keys, load_keys
 from gateway.store import DB_FILENAME, Store
@@ -64,6 +66,7 @@ class PatientMarkers:
     live_glucose: str  # sent while a WebSocket listens; never sealed
     battery_detail: str  # a device event's detail text
     note: str  # a clinical note
+    treatment_note: str  # an insulin treatment's note (a ledger event too)
 
     def labelled(self) -> dict[str, str]:
         return {
@@ -80,6 +83,7 @@ class PatientMarkers:
             "live glucose value": self.live_glucose,
             "device event detail": self.battery_detail,
             "clinical note": self.note,
+            "treatment note": self.treatment_note,
         }
 
 
@@ -101,6 +105,7 @@ MARKERS = {
             live_glucose="38.7652",
             battery_detail="battery-aurora-cell-3v1",
             note="Aurora note: kumquat protocol 71",
+            treatment_note="bolus before persimmon 71",
         ),
         PatientMarkers(
             key="B",
@@ -117,6 +122,7 @@ MARKERS = {
             live_glucose="37.6541",
             battery_detail="battery-boreal-cell-3v2",
             note="Boreal note: quince protocol 72",
+            treatment_note="bolus before loquat 72",
         ),
         PatientMarkers(
             key="C",
@@ -133,6 +139,7 @@ MARKERS = {
             live_glucose="36.5432",
             battery_detail="battery-cobalt-cell-3v3",
             note="Cobalt note: medlar protocol 73",
+            treatment_note="bolus before tamarillo 73",
         ),
     )
 }
@@ -190,6 +197,19 @@ def _meter(m: PatientMarkers, seq: int, at: datetime) -> Reading:
         seq=seq,
         original_value=float(m.meter_mmol),
         original_unit=Unit.MMOL_L,
+    )
+
+
+def treatment(m: PatientMarkers, now: datetime) -> Treatment:
+    return Treatment(
+        patient_id=m.patient_id,
+        time=now - timedelta(minutes=10),
+        kind=TreatmentKind.INSULIN_BOLUS,
+        dedupe_key=f"identifier:{m.key}-bolus",
+        source=Source.HTTP,
+        insulin_units=3.5,
+        notes=m.treatment_note,
+        event_type="Meal Bolus",
     )
 
 
@@ -296,6 +316,7 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
         events = [battery_event(a, now), battery_event(b, now)]
         store.write(readings, events)
         alerts.feed(readings, events)
+        store.add_treatments([treatment(a, now), treatment(b, now)])
         consent(a.patient_id, DR_ALPHA, PT_A)
         consent(b.patient_id, DR_SPARE, PT_B)
         seal("AB", readings=True)
@@ -303,6 +324,7 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
         # Batch 1: C alone.
         readings, events = first_readings(c, now), [battery_event(c, now)]
         store.write(readings, events)
+        store.add_treatments([treatment(c, now)])
         alerts.feed(readings, events)
         seal("C", readings=True)
 

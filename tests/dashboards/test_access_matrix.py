@@ -631,6 +631,24 @@ ROUTES = [
         )
         for path in ("/api/v1/entries", "/api/v1/entries/", "/api/v1/entries.json")
     ],
+    *[
+        RouteCase(
+            method=method,
+            path=path,
+            access="uploader",
+            fill=one(
+                Req(
+                    method=method,
+                    path=path,
+                    about=frozenset("ABC"),
+                    body=None if method == "GET" else b"[]",
+                    shows=("treatment note",) if method == "GET" else (),
+                )
+            ),
+        )
+        for method in ("GET", "POST", "PUT")
+        for path in ("/api/v1/treatments", "/api/v1/treatments/", "/api/v1/treatments.json")
+    ],
     # the WebSocket: see test_websocket below
     RouteCase(method="GET", path="/ws", access="user", fill=lambda _: []),
 ]
@@ -648,7 +666,7 @@ def expected_status(case: RouteCase, caller: Caller, req: Req) -> int:
             return 200  # lib/api/verifyauth.js: the body says what the credential may do
         if caller.credential not in UPLOADER_CREDENTIALS:
             return 401
-        if req.method == "POST" and caller.credential != "api-secret":
+        if req.method in ("POST", "PUT") and caller.credential != "api-secret":
             return 401  # B's secret is read-only
         return req.ok
     if caller.credential in ("bad token", "nightscout bearer"):

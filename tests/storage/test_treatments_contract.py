@@ -1,0 +1,158 @@
+"""The treatments contract (gateway/storage/contract.py `Treatments`) on SQLite and PostgreSQL.
+
+Expected values are worked out by hand from the contract: resends are stored once, an edit
+under the same key replaces the row, and every stored change is a ledger event committed in
+the same transaction as the row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from gateway.errors import StorageError
+from gateway.model import Source, Treatment, TreatmentKind
+from gateway.store import DB_FILENAME
+from tests.storage.conftest import AnyStore, Backend
+
+T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+def bolus(minutes: int = 0, units: float = 4.5, key: str = "aaps-1") -> Treatment:
+    return Treatment(
+        patient_id="p1",
+        time=T0 + timedelta(minutes=minutes),
+        kind=TreatmentKind.INSULIN_BOLUS,
+        dedupe_key=key,
+        source=Source.HTTP,
+        insulin_units=units,
+        event_type="Correction Bolus",
+        entered_by="openaps://AndroidAPS",
+    )
+
+
+def carbs(minutes: int, grams: float, key: str, patient: str = "p1") -> Treatment:
+    return Treatment(
+        patient_id=patient,
+        time=T0 + timedelta(minutes=minutes),
+        kind=TreatmentKind.CARBS,
+        dedupe_key=key,
+        source=Source.HTTP,
+        carbs_grams=grams,
+        event_type="Carb Correction",
+    )
+
+
+def test_a_resend_is_stored_once_and_sealed_once(store: AnyStore) -> None:
+    first = store.add_treatments([bolus()])
+    assert first.added == (bolus(),) and first.replaced == () and first.duplicates == 0
+    again = store.add_treatments([bolus(), bolus()])
+    assert again.added == () and again.replaced == () and again.duplicates == 2
+    assert store.treatments("p1", since=T0, until=T0) == [bolus()]
+    # one ledger event, for the one treatment stored, with everything stored of it
+    events, bad = store.unsealed_events_for_seal(10)
+    assert bad == [] and [e.patient_id for e in events] == ["p1"]
+    assert events[0].canonical == (
+        '{"carbs_grams":null,"dedupe_key":"aaps-1","duration_min":null,'
+        '"entered_by":"openaps://AndroidAPS","event":"added","event_type":"Correction Bolus",'
+        '"insulin_units":4.5,"kind":"insulin_bolus","notes":"","patient_id":"p1",'
+        '"rate_u_h":null,"source":"http","time":"2026-11-24T08:00:00.000Z","type":"treatment"}'
+    )
+
+
+def test_an_edit_under_the_same_key_replaces_it_and_is_its_own_ledger_event(
+    store: AnyStore,
+) -> None:
+    store.add_treatments([bolus(units=4.5)])
+    edited = store.add_treatments([bolus(units=5.0)])
+    assert edited.added == () and edited.replaced == (bolus(units=5.0),)
+    assert store.treatments("p1", since=T0, until=T0) == [bolus(units=5.0)]
+    events, _ = store.unsealed_events_for_seal(10)
+    assert ['"event":"added"' in e.canonical for e in events] == [True, False]
+    assert (
+        '"event":"replaced"' in events[1].canonical and '"insulin_units":5,' in events[1].canonical
+    )
+
+
+def test_query_by_patient_and_time_range_newest_first(store: AnyStore) -> None:
+    store.add_treatments(
+        [
+            carbs(0, 20, "c0"),
+            carbs(30, 45, "c30"),
+            carbs(60, 12, "c60"),
+            carbs(30, 99, "other", patient="p2"),
+        ]
+    )
+    # 08:00 .. 08:30 inclusive holds c0 and c30, newest first; p2's is never p1's
+    got = store.treatments("p1", since=T0, until=T0 + timedelta(minutes=30))
+    assert [t.dedupe_key for t in got] == ["c30", "c0"]
+    assert [t.carbs_grams for t in got] == [45.0, 20.0]
+    assert [
+        t.dedupe_key
+        for t in store.treatments("p1", since=T0, until=T0 + timedelta(hours=1), limit=2)
+    ] == ["c60", "c30"]
+    assert [
+        t.dedupe_key for t in store.treatments("p2", since=T0, until=T0 + timedelta(hours=1))
+    ] == ["other"]
+    assert (
+        store.treatments("p1", since=T0 + timedelta(minutes=61), until=T0 + timedelta(hours=2))
+        == []
+    )
+
+
+def test_every_field_comes_back_as_written(store: AnyStore) -> None:
+    basal = Treatment(
+        patient_id="p1",
+        time=T0 + timedelta(milliseconds=1234, microseconds=567),  # kept to the millisecond
+        kind=TreatmentKind.TEMP_BASAL,
+        dedupe_key="tb-1",
+        source=Source.HTTP,
+        duration_min=30.0,
+        rate_u_h=0.35,
+        notes="pre-exercise",
+        event_type="Temp Basal",
+        entered_by="openaps://AndroidAPS",
+    )
+    assert basal.time == T0 + timedelta(milliseconds=1234)
+    store.add_treatments([basal])
+    [back] = store.treatments("p1", since=T0, until=T0 + timedelta(seconds=2))
+    assert back == basal
+    assert (back.rate_u_h, back.duration_min, back.insulin_units) == (0.35, 30.0, None)
+
+
+def test_a_failing_ledger_event_takes_the_treatment_with_it(
+    backend: Backend, store: AnyStore
+) -> None:
+    # A planted trigger refuses every ledger event: the treatment must not be stored either.
+    if backend.url is None:
+        db = sqlite3.connect(backend.data_dir / DB_FILENAME)
+        db.execute(
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON ledger_events"
+            " BEGIN SELECT RAISE(ABORT, 'planted failure'); END"
+        )
+        db.commit()
+        db.close()
+    else:
+        with psycopg.connect(backend.url, autocommit=True) as pg:
+            pg.execute(
+                "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'planted failure'; END $$"
+            )
+            pg.execute(
+                "CREATE TRIGGER refuse_events BEFORE INSERT ON ledger_events"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_events()"
+            )
+    with pytest.raises(StorageError):
+        store.add_treatments([carbs(0, 20, "c0"), bolus()])
+    assert store.treatments("p1", since=T0 - timedelta(days=1), until=T0 + timedelta(days=1)) == []
+    assert store.count_unsealed_events() == 0
+
+
+def test_a_read_only_store_reads_them(backend: Backend, store: AnyStore) -> None:
+    store.add_treatments([carbs(5, 30, "c5")])
+    reader = backend.open(read_only=True)
+    [back] = reader.treatments("p1", since=T0, until=T0 + timedelta(hours=1))
+    assert back == carbs(5, 30, "c5")
