@@ -306,6 +306,7 @@ class PatientView:
     signed_size: int = 0  # tree size of the latest signed checkpoint
     notes: Sequence[Note] = ()
     battery_low: Mapping[str, datetime] = field(default_factory=dict)
+    wearables: str = ""  # the heart-rate and blood-pressure section, already HTML
 
 
 def patient_live(view: PatientView) -> str:
@@ -344,6 +345,7 @@ def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str
         f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
         f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
         f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
+        f"{view.wearables}"
         "<section><h2>Devices</h2>" + _scroll("Devices") + "<table><thead><tr><th>Device</th>"
         "<th>Kind</th><th>Transport</th><th>State</th><th>Battery</th><th>Last seen</th>"
         f"</tr></thead><tbody>{devices}</tbody></table></div></section>"

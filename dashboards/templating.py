@@ -35,3 +35,9 @@ def render(
     csrf = csrf_token(request)
     frame = {"csrf": csrf, "nav": Markup(pages.nav(current_user(request), csrf))}
     return aiohttp_jinja2.render_template(name, request, {**frame, **context}, status=status)
+
+
+def fragment(request: web.Request, name: str, context: Mapping[str, object]) -> Markup:
+    """A part of a page (no frame) rendered from `name`, to place inside a page's body."""
+    template = aiohttp_jinja2.get_env(request.app).get_template(name)
+    return Markup(template.render(context))
