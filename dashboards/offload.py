@@ -23,8 +23,8 @@ from aiohttp import web
 
 from dashboards.agp import AgpReport, build_report
 from dashboards.agpcharts import PageCharts, page_charts
+from dashboards.reportfile import render_report_file
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
-from gateway.clinical.report import render_report
 from gateway.model import Patient, Reading
 from gateway.units import Unit
 
@@ -81,7 +81,7 @@ def _unpacked(chunks: Sequence[bytes]) -> list[Reading]:
 def _render(
     patient: Patient, chunks: list[bytes], *, days: int, now: datetime, fmt: str, unit: Unit
 ) -> bytes:
-    return render_report(patient, _unpacked(chunks), days=days, now=now, fmt=fmt, unit=unit)  # type: ignore[arg-type]
+    return render_report_file(patient, _unpacked(chunks), days=days, now=now, fmt=fmt, unit=unit)  # type: ignore[arg-type]
 
 
 def _report_page(
@@ -120,7 +120,7 @@ async def report(
     fmt: Literal["html", "pdf", "json"],
     unit: Unit,
 ) -> bytes:
-    """`gateway.clinical.report.render_report` in the worker process (its errors re-raised)."""
+    """`dashboards.reportfile.render_report_file` in the worker process (its errors re-raised)."""
     chunks = await _packed(readings)
     result: bytes = await _run(
         app, _render, patient, chunks, days=days, now=now, fmt=fmt, unit=unit
