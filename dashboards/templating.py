@@ -15,7 +15,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from dashboards import pages
-from dashboards.context import csrf_token, current_user
+from dashboards.context import USER, csrf_token
 
 
 def install(app: web.Application) -> None:
@@ -30,10 +30,10 @@ def install(app: web.Application) -> None:
 def render(
     name: str, request: web.Request, context: Mapping[str, object], *, status: int = 200
 ) -> web.Response:
-    """`name` filled with `context` plus what every page's frame needs: the title's user, the
-    navigation and the CSRF token."""
+    """`name` filled with `context` plus what every page's frame needs: the navigation (none on
+    a public page) and the CSRF token."""
     csrf = csrf_token(request)
-    frame = {"csrf": csrf, "nav": Markup(pages.nav(current_user(request), csrf))}
+    frame = {"csrf": csrf, "nav": Markup(pages.nav(request.get(USER), csrf))}
     return aiohttp_jinja2.render_template(name, request, {**frame, **context}, status=status)
 
 

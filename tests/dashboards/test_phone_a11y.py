@@ -154,6 +154,7 @@ async def test_every_page_fits_a_phone_and_passes_axe(
         ("/me", "08-my-glucose"),
         ("/patients/pat-b", "09-my-record"),
         ("/consent", "10-consent"),
+        ("/docs/api", "13-api-docs"),
     ):
         problems += await _check(patient, base_url, path, name, axe)
     assert not problems, "\n".join(problems)
