@@ -503,9 +503,10 @@ async def report(request: web.Request) -> web.StreamResponse:
     now = d.clock.now()
     days = _days(request)
     unit = current_user(request).unit
-    readings = await d.read_model.readings(
-        patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
-    )
+    readings = await offload.fetch_in_slices(
+        d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
+        kinds=GLUCOSE_KINDS,
+    )  # fmt: skip
     try:
         if fmt == "html":
             found, charts = await offload.report_page(
@@ -531,9 +532,10 @@ async def report_pdf(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     now = d.clock.now()
     days = _days(request)
-    readings = await d.read_model.readings(
-        patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
-    )
+    readings = await offload.fetch_in_slices(
+        d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
+        kinds=GLUCOSE_KINDS,
+    )  # fmt: skip
     try:
         body = await offload.report_pdf(
             request.app, patient, readings, days=days, now=now, unit=current_user(request).unit
