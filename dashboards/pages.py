@@ -1,5 +1,7 @@
-"""Server-rendered HTML. Every interpolated value goes through `esc` (SVG from charts.py is
-built from numbers and escaped labels). No inline scripts or styles: the CSP forbids them."""
+"""Server-rendered HTML. Pages are moving to autoescaped Jinja2 templates (`dashboards/templates`:
+the frame of every page, login, errors, clinical notes); what is still assembled here passes
+every interpolated value through `esc` (SVG from charts.py is built from numbers and escaped
+labels). No inline scripts or styles: the CSP forbids them."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from html import escape
 
-from dashboards import timefmt
+from markupsafe import Markup
+
+from dashboards import jinja, timefmt
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
 from dashboards.bands import BY_NAME, GlucoseBand, band_of
@@ -68,15 +72,17 @@ def layout(
     live: str = "",
     live_patient: str = "",
 ) -> str:
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="csrf-token" content="{esc(csrf)}">'
-        f"<title>{esc(title)} · Glucohub</title>"
-        '<link rel="stylesheet" href="/static/style.css">'
-        '<script src="/static/app.js" defer></script>'
-        f'</head><body data-live="{esc(live)}" data-patient="{esc(live_patient)}">'
-        f"{nav(user, csrf)}<main><h1>{esc(title)}</h1>{body}</main></body></html>"
+    """A page: `body` (HTML) in the frame every page shares (templates/page.html)."""
+    return jinja.render(
+        "page.html",
+        {
+            "title": title,
+            "body": Markup(body),
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": live,
+            "live_patient": live_patient,
+        },
     )
 
 
@@ -91,21 +97,25 @@ def _csrf_field(csrf: str) -> str:
 
 
 def login_page(*, csrf: str, error: str = "", username: str = "", next_path: str = "") -> str:
-    message = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
-    hidden = f'<input type="hidden" name="next" value="{esc(next_path)}">' if next_path else ""
-    body = (
-        f'{message}<form method="post" action="/login" class="login">{_csrf_field(csrf)}'
-        '<label>Username <input name="username" autocomplete="username" required '
-        f'value="{esc(username)}"></label>'
-        '<label>Password <input name="password" type="password" '
-        'autocomplete="current-password" required></label>'
-        f'{hidden}<button type="submit" id="login">Log in</button></form>'
+    return jinja.render(
+        "login.html",
+        {
+            "title": "Log in",
+            "nav": "",
+            "csrf": "",
+            "login_csrf": csrf,
+            "error": error,
+            "username": username,
+            "next_path": next_path,
+        },
     )
-    return layout("Log in", body, user=None)
 
 
 def error_page(status: int, reason: str, user: User | None = None, csrf: str = "") -> str:
-    return layout(f"{status} {reason}", '<p><a href="/">Back</a></p>', user=user, csrf=csrf)
+    return jinja.render(
+        "error.html",
+        {"title": f"{status} {reason}", "nav": Markup(nav(user, csrf)), "csrf": csrf},
+    )
 
 
 # -- triage --------------------------------------------------------------------------------
@@ -371,26 +381,15 @@ def _note_time(note: Note, tz: tzinfo) -> str:
 
 
 def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
-    """The clinical notes thread, newest first; clinicians add to it."""
-    items = (
-        "".join(
-            f'<li><p class="sub">{esc(n.author)} ({esc(n.role)}) · {_note_time(n, tz)}</p>'
-            f"<p>{esc(n.body)}</p></li>"
-            for n in view.notes
-        )
-        or "<li>No notes yet.</li>"
-    )
-    form = (
-        f'<form method="post" action="/patients/{esc(view.patient.patient_id)}/notes">'
-        f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
-        '<label for="note-body">New note</label>'
-        '<textarea id="note-body" name="body" rows="3" maxlength="4000" required></textarea>'
-        '<button type="submit">Add note</button></form>'
-        if user.role is Role.CLINICIAN
-        else ""
-    )
-    return (
-        f'<section id="notes"><h2>Clinical notes</h2>{form}<ul class="notes">{items}</ul></section>'
+    """The clinical notes thread, newest first; clinicians add to it (templates/notes.html)."""
+    return jinja.render(
+        "notes.html",
+        {
+            "notes": [(n, Markup(_note_time(n, tz))) for n in view.notes],
+            "patient_id": view.patient.patient_id,
+            "may_write": user.role is Role.CLINICIAN,
+            "csrf": csrf,
+        },
     )
 
 
@@ -433,36 +432,18 @@ def _patient_ledger(view: PatientView, user: User, tz: tzinfo) -> str:
 def consent_page(
     grants: Sequence[Grant], log: Sequence[AuditEntry], *, user: User, csrf: str, message: str = ""
 ) -> str:
-    note = f'<p class="note" role="status">{esc(message)}</p>' if message else ""
-    grant_rows = (
-        "".join(
-            f"<tr><td>{esc(g.clinician)}</td><td>{_time(g.granted_at)}</td><td>{esc(g.granted_by)}</td>"
-            f'<td><form method="post" action="/consent/revoke" class="inline">{_csrf_field(csrf)}'
-            f'<input type="hidden" name="clinician" value="{esc(g.clinician)}">'
-            '<button type="submit">Revoke</button></form></td></tr>'
-            for g in grants
-        )
-        or '<tr><td colspan="4">Nobody else can see your data.</td></tr>'
+    """Who may see the patient's data (grant, revoke) and who looked (templates/consent.html)."""
+    return jinja.render(
+        "consent.html",
+        {
+            "title": "Sharing and access log",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "message": message,
+            "grants": [(g, Markup(_time(g.granted_at))) for g in grants],
+            "log": [(e, Markup(_time(e.time))) for e in log],
+        },
     )
-    log_rows = (
-        "".join(
-            f"<tr><td>{_time(e.time)}</td><td>{esc(e.viewer)}</td><td>{esc(e.role.value)}</td>"
-            f"<td>{esc(e.action)}</td></tr>"
-            for e in log
-        )
-        or '<tr><td colspan="4">No views yet.</td></tr>'
-    )
-    body = (
-        f"{note}<section><h2>Clinicians who can see your data</h2><table><thead><tr>"
-        "<th>Clinician</th><th>Since</th><th>Granted by</th><th></th></tr></thead>"
-        f"<tbody>{grant_rows}</tbody></table>"
-        f'<form method="post" action="/consent/grant" class="grant">{_csrf_field(csrf)}'
-        '<label>Clinician username <input name="clinician" required></label>'
-        '<button type="submit">Share my data</button></form></section>'
-        "<section><h2>Who looked at your record</h2><table><thead><tr><th>When</th><th>Who</th>"
-        f"<th>Role</th><th>What</th></tr></thead><tbody>{log_rows}</tbody></table></section>"
-    )
-    return layout("Sharing and access log", body, user=user, csrf=csrf)
 
 
 # -- the patient's own view -----------------------------------------------------------------
@@ -616,53 +597,31 @@ def ledger_page(
     user: User,
     csrf: str,
 ) -> str:
-    rows = (
-        "".join(
-            f"<tr><td>{b.seq}</td><td>{b.reading_count}</td><td>{_time(b.first_time)}</td>"
-            f"<td>{_time(b.last_time)}</td><td>{_time(b.sealed_at)}</td>"
-            f"<td><code>{esc(b.leaf_hash.hex()[:16])}…</code></td>"
-            + (
-                f'<td><a href="/log/batch/{b.seq}">your records</a></td>'
-                if user.role is not Role.ADMIN  # the admin sees no health data
-                else "<td></td>"
-            )
-            + "</tr>"
-            for b in batches
-        )
-        or '<tr><td colspan="7">No batches sealed yet.</td></tr>'
+    """The ledger: the latest checkpoint and its signers, the batches, quarantined records
+    (templates/ledger.html)."""
+    return jinja.render(
+        "ledger.html",
+        {
+            "title": "Ledger",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "ledger",
+            "checkpoint": checkpoint,
+            "signers": signature_names(checkpoint or ""),
+            "verifier_key": verifier_key,
+            "batches": [
+                (
+                    b,
+                    Markup(_time(b.first_time)),
+                    Markup(_time(b.last_time)),
+                    Markup(_time(b.sealed_at)),
+                )
+                for b in batches
+            ],
+            "may_fetch": user.role is not Role.ADMIN,  # the admin sees no health data
+            "quarantined": quarantined,
+        },
     )
-    note = (
-        f'<pre class="note" id="checkpoint">{esc(checkpoint)}</pre>'
-        if checkpoint
-        else "<p>No checkpoint yet.</p>"
-    )
-    signers = signature_names(checkpoint or "")
-    names = "".join(
-        f"<li>{esc(name)}{' (this log)' if i == 0 else ' (witness cosignature)'}</li>"
-        for i, name in enumerate(signers)
-    )
-    note += f'<h3>Signatures</h3><ul id="signers">{names or "<li>none</li>"}</ul>'
-    body = (
-        f"<section><h2>Latest checkpoint</h2>{note}"
-        f"<p>Verifier key: <code>{esc(verifier_key)}</code>"
-        '</p><p>Public endpoints: <a href="/log/checkpoint">/log/checkpoint</a>, '
-        '<a href="/log/key">/log/key</a>, /log/tile/…, /log/consistency</p></section>'
-        "<section><h2>Batches</h2>" + _scroll("Batches") + "<table><thead><tr><th>Seq</th>"
-        "<th>Readings</th><th>First</th><th>Last</th><th>Sealed</th><th>Leaf hash</th><th></th>"
-        f'</tr></thead><tbody id="batch-rows">{rows}</tbody></table></div></section>'
-    )
-    if quarantined:
-        items = "".join(
-            f"<li>{esc(q.record)} {q.row_id}: {esc(q.reason)}</li>" for q in quarantined
-        )
-        body = (
-            '<section class="alarm" id="quarantine"><h2>Records kept out of the ledger</h2>'
-            f"<p>{len(quarantined)} stored record(s) could not be sealed. They are kept, "
-            "everything else is sealed; tell the hub's administrator.</p>"
-            f"<ul>{items}</ul></section>" + body
-        )
-    body = '<p id="ledger-news" class="note" hidden></p>' + body
-    return layout("Ledger", body, user=user, csrf=csrf, live="ledger")
 
 
 def signature_names(note: str) -> list[str]:

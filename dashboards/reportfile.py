@@ -14,9 +14,9 @@ from datetime import datetime
 from importlib import resources
 from typing import Literal
 
-import jinja2
 from markupsafe import Markup
 
+from dashboards import jinja
 from dashboards.agp import build_report
 from dashboards.agpcharts import page_charts
 from gateway.clinical.errors import ClinicalError
@@ -62,18 +62,11 @@ def render_report_file(
         resources.files("dashboards").joinpath("static", name).read_text(encoding="utf-8")
         for name in STYLESHEETS
     )
-    template = _environment().get_template("report_file.html")
-    page = template.render(r=report, charts=page_charts(report), css=Markup(css), standalone=True)
-    return page.encode()
-
-
-def _environment() -> jinja2.Environment:
-    # The dashboard's settings (dashboards.templating.install): autoescape, strict undefined.
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("dashboards", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
+    page = jinja.render(
+        "report_file.html",
+        {"r": report, "charts": page_charts(report), "css": Markup(css), "standalone": True},
     )
+    return page.encode()
 
 
 def report_json(

@@ -10,21 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp_jinja2
-import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
-from dashboards import pages
+from dashboards import jinja, pages
 from dashboards.context import USER, csrf_token
 
 
 def install(app: web.Application) -> None:
-    aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.PackageLoader("dashboards", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
+    aiohttp_jinja2.setup(app, **jinja.options())
 
 
 def render(
