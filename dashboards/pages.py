@@ -130,42 +130,31 @@ class TriageRow:
 
 def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
     """One row per patient, most urgent first; the row's class and its reason (in words, so
-    colour is never the only signal) come from `dashboards.triage`."""
-    if not rows:
-        return '<tr><td colspan="7">No patients have shared their data with you.</td></tr>'
-    out = []
+    colour is never the only signal) come from `dashboards.triage` (templates/triage_rows.html)."""
+    shown = []
     for row in rows:
         s = row.state
         p = s.patient
-        priority = s.priority(now)
-        latest = "—"
-        if s.latest is not None:
-            band = band_of(s.latest.value)
-            latest = (
-                f'<span class="value {band.css}" title="{esc(band.label)}">'
-                f"{format_glucose(s.latest.value, unit)}</span> <small>{esc(unit.value)}</small>"
-            )
-        since = (
-            "never"
-            if s.latest is None
-            else _time(s.latest.time, timefmt.patient_zone(p.timezone), now=now)
+        band = None if s.latest is None else band_of(s.latest.value)
+        shown.append(
+            {
+                "p": p,
+                "priority": s.priority(now),
+                "reason": s.reason(now, unit),
+                "band": band,
+                "value": None if s.latest is None else format_glucose(s.latest.value, unit),
+                "unit": unit.value,
+                "trend": row.trend,
+                "since": "never"
+                if s.latest is None
+                else Markup(_time(s.latest.time, timefmt.patient_zone(p.timezone), now=now)),
+                "sparkline": Markup(row.sparkline),
+                "tir": "—" if s.in_range_pct is None else f"{s.in_range_pct:.0f}%",
+                "tbr": "—" if s.below_range_pct is None else f"{s.below_range_pct:.1f}%",
+                "open_alerts": len(s.open_alerts),
+            }
         )
-        tir = "—" if s.in_range_pct is None else f"{s.in_range_pct:.0f}%"
-        tbr = "—" if s.below_range_pct is None else f"{s.below_range_pct:.1f}%"
-        out.append(
-            f'<tr class="patient {priority.css}" data-patient="{esc(p.patient_id)}"'
-            f' data-priority="{priority.value}">'
-            f'<td class="who"><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a>'
-            f' <span class="reason {priority.css}">{esc(s.reason(now, unit))}</span></td>'
-            f'<td class="glucose" data-label="Latest">{latest}'
-            f' <span class="trend">{esc(row.trend)}</span></td>'
-            f'<td data-label="Since">{since}</td>'
-            f'<td data-label="Last 3 h">{row.sparkline}</td>'
-            f'<td class="tir" data-label="In range, 14 d">{esc(tir)}</td>'
-            f'<td data-label="Below range, 14 d">{esc(tbr)}</td>'
-            f'<td data-label="Open alerts">{len(s.open_alerts)}</td></tr>'
-        )
-    return "".join(out)
+    return jinja.render("triage_rows.html", {"rows": shown})
 
 
 def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
@@ -194,44 +183,32 @@ def alert_rows(
     zones: Mapping[str, tzinfo],
     now: datetime,
 ) -> str:
-    """`zones`: each patient's own time zone (UTC for one not listed)."""
-    if not alerts:
-        return '<tr><td colspan="6">No alerts.</td></tr>'
-    out = []
+    """The alerts' table rows (templates/alert_rows.html); `zones`: each patient's own time
+    zone (UTC for one not listed)."""
+    rows = []
     for a in alerts:
-        actions = ""
-        if a.state is AlertState.RAISED:
-            actions = (
-                f'<form method="post" action="/alerts/{esc(a.alert_id)}/ack" class="inline">'
-                f"{_csrf_field(csrf)}"
-                f'<button type="submit" class="ack" data-ack="{esc(a.alert_id)}">'
-                "Acknowledge</button>"
-                "</form>"
-            )
-        if a.state is not AlertState.RESOLVED:
-            actions += (
-                f'<form method="post" action="/patients/{esc(a.patient_id)}/snooze" class="inline">'
-                f'{_csrf_field(csrf)}<input type="hidden" name="kind" value="{esc(a.kind.value)}">'
-                '<select name="minutes" aria-label="Snooze for how many minutes">'
-                "<option>30</option><option>60</option>"
-                "<option>120</option></select>"
-                '<button type="submit">Snooze</button></form>'
-            )
-        level = "urgent" if a.level in (AlertLevel.URGENT, AlertLevel.ESCALATED) else a.level.value
-        by = f" by {esc(a.acknowledged_by)}" if a.acknowledged_by else ""
+        by = f" by {a.acknowledged_by}" if a.acknowledged_by else ""
         if a.state is AlertState.RAISED and a.patient_acknowledged_by:
-            by = f" (seen by the patient, {esc(a.patient_acknowledged_by)})"
-        raised = _time(a.raised_at, zones.get(a.patient_id, UTC), now=now)
-        out.append(
-            f'<tr class="alert {esc(level)} {esc(a.state.value)}" data-alert="{esc(a.alert_id)}"'
-            f' data-level="{esc(a.level.value)}">'
-            f'<td><a href="/patients/{esc(a.patient_id)}">'
-            f"{esc(names.get(a.patient_id, a.patient_id))}</a></td>"
-            f"<td>{_swatch(None if a.glucose_mg_dl is None else band_of(a.glucose_mg_dl).css)}"
-            f"{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
-            f"<td>{raised}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
+            by = f" (seen by the patient, {a.patient_acknowledged_by})"
+        rows.append(
+            {
+                "a": a,
+                "level": "urgent"
+                if a.level in (AlertLevel.URGENT, AlertLevel.ESCALATED)
+                else a.level.value,
+                "name": names.get(a.patient_id, a.patient_id),
+                "swatch": Markup(
+                    _swatch(None if a.glucose_mg_dl is None else band_of(a.glucose_mg_dl).css)
+                ),
+                "kind": kind_label(a.kind),
+                "message": alert_text(a, unit),
+                "raised": Markup(_time(a.raised_at, zones.get(a.patient_id, UTC), now=now)),
+                "by": by,
+                "may_ack": a.state is AlertState.RAISED,
+                "may_snooze": a.state is not AlertState.RESOLVED,
+            }
         )
-    return "".join(out)
+    return jinja.render("alert_rows.html", {"rows": rows, "csrf": csrf})
 
 
 def alerts_table(rows_html: str) -> str:
