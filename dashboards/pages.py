@@ -306,41 +306,36 @@ def patient_live(view: PatientView) -> str:
 
 
 def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str:
+    """The patient page (templates/patient.html); the parts that arrive as HTML (charts,
+    metrics table, live section, wearables) are built from numbers and escaped text."""
     p = view.patient
-    choices = "".join(
-        f'<a href="?days={d}" class="{"on" if d == view.agp_days else ""}">{d} days</a> '
-        for d in (7, 14, 30)
-    )
-    devices = (
-        "".join(
-            f"<tr><td>{esc(d.name or d.device_id)}</td><td>{esc(d.kind.value)}</td>"
-            f"<td>{esc(d.transport.value)}</td><td>{'active' if d.active else 'inactive'}</td>"
-            f"<td>{_battery(view.battery_low.get(d.device_id), tz)}</td>"
-            f"<td>{_time(seen, tz)}</td></tr>"
-            for d, seen in view.devices
-        )
-        or '<tr><td colspan="6">No devices.</td></tr>'
-    )
-    body = (
-        f'<p class="sub">{esc(p.patient_id)} · {esc(p.timezone)}'
-        f"{' · simulated' if p.simulated else ''} · "
-        f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}">'
-        "AGP report</a> ("
-        f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}&amp;format=pdf">'
-        "PDF</a>)</p>"
-        f'<div id="patient-live">{patient_live(view)}</div>'
-        f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
-        f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
-        f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
-        f"{view.wearables}"
-        "<section><h2>Devices</h2>" + _scroll("Devices") + "<table><thead><tr><th>Device</th>"
-        "<th>Kind</th><th>Transport</th><th>State</th><th>Battery</th><th>Last seen</th>"
-        f"</tr></thead><tbody>{devices}</tbody></table></div></section>"
-        f"{_notes(view, user, csrf, tz)}"
-        f"{_patient_ledger(view, user, tz)}"
-    )
-    return layout(
-        p.display_name, body, user=user, csrf=csrf, live="patient", live_patient=p.patient_id
+    return jinja.render(
+        "patient.html",
+        {
+            "title": p.display_name,
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "patient",
+            "live_patient": p.patient_id,
+            "p": p,
+            "view": view,
+            "live_html": Markup(patient_live(view)),
+            "agp": Markup(view.agp),
+            "tir_bar": Markup(view.tir_bar),
+            "metrics": Markup(view.metrics),
+            "wearables": Markup(view.wearables),
+            "devices": [
+                (
+                    d,
+                    Markup(_battery(view.battery_low.get(d.device_id), tz)),
+                    Markup(_time(seen, tz)),
+                )
+                for d, seen in view.devices
+            ],
+            "notes": Markup(_notes(view, user, csrf, tz)),
+            "batches": [(b, Markup(_time(b.sealed_at, tz))) for b in view.batches],
+            "may_fetch": user.role is not Role.ADMIN,  # the admin receives no records
+        },
     )
 
 
@@ -367,39 +362,6 @@ def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
             "may_write": user.role is Role.CLINICIAN,
             "csrf": csrf,
         },
-    )
-
-
-def _patient_ledger(view: PatientView, user: User, tz: tzinfo) -> str:
-    """The patient's sealed batches: each either inside the signed tree (with the records
-    the viewer may see and their offline inclusion proof) or waiting for the next
-    checkpoint."""
-    may_fetch = user.role is not Role.ADMIN  # the admin receives no records
-    rows = (
-        "".join(
-            f"<tr><td>{b.seq}</td><td>{b.reading_count}</td><td>{_time(b.sealed_at, tz)}</td>"
-            + (
-                f"<td>in signed checkpoint {view.signed_size}</td>"
-                if b.seq < view.signed_size
-                else "<td>awaiting checkpoint</td>"
-            )
-            + (
-                f'<td><a href="/log/batch/{b.seq}">records</a> · '
-                f'<a href="/log/batch/{b.seq}/proof">inclusion proof</a></td>'
-                if may_fetch and b.seq < view.signed_size
-                else "<td></td>"
-            )
-            + "</tr>"
-            for b in view.batches
-        )
-        or '<tr><td colspan="5">No sealed batches yet.</td></tr>'
-    )
-    return (
-        '<section id="patient-ledger"><h2>Ledger</h2><p class="sub">Check a proof offline with '
-        "<code>glucohub ledger check-proof FILE --log-key KEY</code>.</p>"
-        + _scroll("Ledger batches")
-        + "<table><thead><tr><th>Batch</th><th>Readings</th><th>Sealed</th>"
-        f"<th>Status</th><th></th></tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
 
