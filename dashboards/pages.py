@@ -441,53 +441,6 @@ def _my_week(week: GlucoseMetrics, unit: Unit) -> str:
     )
 
 
-def _my_devices(view: MyView) -> str:
-    if not view.devices:
-        return "<p>No devices are registered for you yet.</p>"
-    items = []
-    for device, seen in view.devices:
-        low_since = view.battery_low.get(device.device_id)
-        battery = (
-            f'<span class="warn">Battery low</span> (reported {_time(low_since, view.tz)}): '
-            "change or charge it soon."
-            if low_since is not None
-            else "No battery warning."
-        )
-        last = (
-            "Nothing received yet."
-            if seen is None
-            else f"Last heard from {_time(seen, view.tz, now=view.now)}."
-        )
-        items.append(
-            f"<li><strong>{esc(device.name or device.device_id)}</strong> "
-            f"({esc(device.kind.value.replace('_', ' '))}). {last} {battery}</li>"
-        )
-    return f'<ul class="plain">{"".join(items)}</ul>'
-
-
-def _my_sharing(view: MyView) -> str:
-    if view.grants:
-        who = ", ".join(esc(g.clinician) for g in view.grants)
-        shared = f"<p>These clinicians can see your data: {who}.</p>"
-    else:
-        shared = "<p>Nobody else can see your data.</p>"
-    if view.views:
-        rows = "".join(
-            f"<li>{_time(e.time, view.tz)}: {esc(e.viewer)} ({esc(e.role.value)}) looked at "
-            f"{esc(_ACTION_WORDS.get(e.action, e.action))}</li>"
-            for e in view.views
-        )
-        looked = f'<ul class="plain">{rows}</ul>'
-    else:
-        looked = "<p>Nobody else has looked at your record yet.</p>"
-    return (
-        f"<section><h2>Who can see your data</h2>{shared}"
-        '<p><a href="/consent">Change who can see your data</a></p></section>'
-        f"<section><h2>Who looked at your record</h2>{looked}"
-        '<p><a href="/consent">The full access log</a></p></section>'
-    )
-
-
 _ACTION_WORDS = {
     "page": "your record",
     "triage": "your latest glucose in their patient list",
@@ -509,18 +462,34 @@ def my_live(view: MyView, unit: Unit) -> str:
 
 
 def my_page(view: MyView, *, user: User, csrf: str) -> str:
-    body = (
-        f'<div id="my-live">{my_live(view, user.unit)}</div>'
-        f"<section><h2>Your devices</h2>{_my_devices(view)}</section>"
-        f"{_my_sharing(view)}"
-        '<section id="download"><h2>Download my data</h2><p>Every reading stored for you:</p>'
-        '<ul class="plain"><li><a href="/me/readings.csv" download>Spreadsheet (CSV)</a>: all '
-        "readings, glucose in mg/dL, times in UTC.</li>"
-        '<li><a href="/me/glucose.fhir.json" download>HL7 FHIR (JSON)</a>: your glucose '
-        "readings as FHIR R4 Observations, for other health apps.</li></ul></section>"
-    )
-    return layout(
-        "My glucose", body, user=user, csrf=csrf, live="mine", live_patient=view.patient.patient_id
+    """The patient's own view (templates/my.html)."""
+    devices = []
+    for device, seen in view.devices:
+        low_since = view.battery_low.get(device.device_id)
+        devices.append(
+            {
+                "name": device.name or device.device_id,
+                "kind": device.kind.value.replace("_", " "),
+                "seen": None if seen is None else Markup(_time(seen, view.tz, now=view.now)),
+                "low_since": None if low_since is None else Markup(_time(low_since, view.tz)),
+            }
+        )
+    return jinja.render(
+        "my.html",
+        {
+            "title": "My glucose",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "mine",
+            "live_patient": view.patient.patient_id,
+            "live_html": Markup(my_live(view, user.unit)),
+            "devices": devices,
+            "clinicians": [g.clinician for g in view.grants],
+            "views": [
+                (e, Markup(_time(e.time, view.tz)), _ACTION_WORDS.get(e.action, e.action))
+                for e in view.views
+            ],
+        },
     )
 
 
