@@ -158,17 +158,20 @@ def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
 
 
 def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
+    """The patients list, most urgent first (templates/triage.html)."""
     low, high = format_glucose(LOW_BELOW, user.unit), format_glucose(HIGH_ABOVE, user.unit)
-    in_range = f"In range {low}–{high} {user.unit.value}, 14 d"
-    below = f"Below {low} {user.unit.value}, 14 d"
-    body = (
-        _scroll("Patients") + '<table class="triage"><thead><tr><th>Patient and why</th>'
-        "<th>Latest</th>"
-        f"<th>Since</th><th>Last 3 h</th><th>{esc(in_range)}</th><th>{esc(below)}</th>"
-        "<th>Open alerts</th>"
-        f'</tr></thead><tbody id="triage-rows">{rows_html}</tbody></table></div>'
+    return jinja.render(
+        "triage.html",
+        {
+            "title": "Patients",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "triage",
+            "in_range": f"In range {low}–{high} {user.unit.value}, 14 d",
+            "below": f"Below {low} {user.unit.value}, 14 d",
+            "rows": Markup(rows_html),
+        },
     )
-    return layout("Patients", body, user=user, csrf=csrf, live="triage")
 
 
 # -- patient --------------------------------------------------------------------------------
@@ -212,20 +215,21 @@ def alert_rows(
 
 
 def alerts_table(rows_html: str) -> str:
-    return (
-        _scroll("Alerts") + '<table class="alerts"><thead><tr><th>Patient</th><th>Kind</th>'
-        "<th>Message</th><th>Raised</th><th>State</th><th></th></tr></thead>"
-        f'<tbody id="alert-rows">{rows_html}</tbody></table></div>'
-    )
+    return jinja.render("alerts_table.html", {"rows": Markup(rows_html)})
 
 
 def alerts_page(rows_html: str, *, user: User, csrf: str) -> str:
-    body = (
-        '<p class="controls"><label><input type="checkbox" id="sound"> Sound for urgent alerts'
-        '</label> <label><input type="checkbox" id="notify"> Browser notifications</label></p>'
-        + alerts_table(rows_html)
+    """Open and recent alerts of the patients the user sees (templates/alerts.html)."""
+    return jinja.render(
+        "alerts.html",
+        {
+            "title": "Alerts",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "alerts",
+            "table": Markup(alerts_table(rows_html)),
+        },
     )
-    return layout("Alerts", body, user=user, csrf=csrf, live="alerts")
 
 
 def metrics_table(
