@@ -1,7 +1,8 @@
-"""Server-rendered HTML. Pages are moving to autoescaped Jinja2 templates (`dashboards/templates`:
-the frame of every page, login, errors, clinical notes); what is still assembled here passes
-every interpolated value through `esc` (SVG from charts.py is built from numbers and escaped
-labels). No inline scripts or styles: the CSP forbids them."""
+"""Server-rendered HTML: each page's context for its autoescaped Jinja2 template
+(`dashboards/templates`). A few small pieces are still assembled here (the live sections'
+latest value and "now", the metrics table), every interpolated value through `esc`; SVG from
+charts.py is built from numbers and escaped labels. No inline scripts or styles: the CSP
+forbids them."""
 
 from __future__ import annotations
 
@@ -35,31 +36,17 @@ def _time(t: datetime | None, tz: tzinfo = UTC, *, now: datetime | None = None) 
 
 
 def nav(user: User | None, csrf: str = "") -> str:
-    """The top navigation of every signed-in page (empty without a user)."""
+    """The top navigation of every signed-in page, empty without a user (templates/nav.html)."""
     if user is None:
         return ""
-    links = []
-    if user.role is Role.PATIENT and user.patient_id:
-        links.append('<a href="/me">My glucose</a>')
-        links.append(f'<a href="/patients/{esc(user.patient_id)}">My record</a>')
-        links.append('<a href="/consent">Sharing &amp; access log</a>')
-    else:
-        links.append('<a href="/">Patients</a>')
-    links.append('<a href="/alerts">Alerts</a>')
-    links.append('<a href="/ledger">Ledger</a>')
-    other = Unit.MMOL_L if user.unit is Unit.MG_DL else Unit.MG_DL
-    return (
-        '<nav class="top">'
-        + " ".join(links)
-        + '<span class="spacer"></span>'
-        + '<form method="post" action="/prefs" class="inline">'
-        + _csrf_field(csrf)
-        + f'<input type="hidden" name="unit" value="{esc(other.value)}">'
-        + f'<button type="submit" class="link">Show {esc(other.value)}</button></form>'
-        + f'<span class="who">{esc(user.username)} ({esc(user.role.value)})</span>'
-        + '<form method="post" action="/logout" class="inline">'
-        + _csrf_field(csrf)
-        + '<button type="submit" id="logout">Log out</button></form></nav>'
+    return jinja.render(
+        "nav.html",
+        {
+            "user": user,
+            "own_patient": user.patient_id if user.role is Role.PATIENT else None,
+            "other_unit": (Unit.MMOL_L if user.unit is Unit.MG_DL else Unit.MG_DL).value,
+            "csrf": csrf,
+        },
     )
 
 
@@ -84,12 +71,6 @@ def layout(
             "live_patient": live_patient,
         },
     )
-
-
-def _scroll(label: str) -> str:
-    """A box a wide table scrolls in, reachable and named for keyboard and screen-reader users
-    (axe: scrollable-region-focusable)."""
-    return f'<div class="scroll" tabindex="0" role="region" aria-label="{esc(label)}">'
 
 
 def _csrf_field(csrf: str) -> str:
