@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboards import fhir
+from dashboards import apidocs, fhir, templating
 from dashboards.access import Access, Rule
 from dashboards.context import add_route, current_user, deps, visible
 from dashboards.views import acknowledge_visible, visible_open_alerts
@@ -94,6 +94,21 @@ async def me(request: web.Request) -> web.StreamResponse:
 
 async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(OPENAPI)
+
+
+async def docs(request: web.Request) -> web.StreamResponse:
+    """The API's operations as a page, from the OpenAPI document."""
+    return templating.render(
+        "api_docs.html",
+        request,
+        {
+            "title": "API documentation",
+            "info_title": OPENAPI["info"]["title"],
+            "version": OPENAPI["info"]["version"],
+            "openapi": OPENAPI["openapi"],
+            "operations": apidocs.operations(OPENAPI),
+        },
+    )
 
 
 def _json(schema: dict[str, Any], description: str, media: str = "application/json") -> Any:
@@ -349,6 +364,7 @@ OPENAPI: dict[str, Any] = {
 def add_routes(app: web.Application) -> None:
     user = Rule(access=Access.USER, token_ok=True)
     add_route(app, "GET", "/api/v1/openapi.json", openapi, Rule(access=Access.PUBLIC))
+    add_route(app, "GET", "/docs/api", docs, Rule(access=Access.PUBLIC))
     add_route(app, "GET", "/api/v1/me", me, user)
     add_route(app, "GET", "/api/v1/patients", patients, user)
     add_route(

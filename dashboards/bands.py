@@ -8,8 +8,8 @@ consensus defaults of `gateway.clinical.alerts.Thresholds`, not a copy. A colour
 only signal: every use pairs the class with `label` in text.
 
 Colours are the AGP report's (very low dark red, low red, in range green, high amber, very
-high orange); they are defined once, in `gateway.clinical.report.BAND_COLOURS`, which the CLI's
-report draws with too. Pages, charts and the PDF take them from here.
+high orange); they are defined once, in `gateway.clinical.report.BAND_COLOURS`, with the AGP
+charts drawn there. Pages, charts and the PDF take them from here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""Server-rendered HTML. Every interpolated value goes through `esc` (SVG from charts.py is
-built from numbers and escaped labels). No inline scripts or styles: the CSP forbids them."""
+"""Server-rendered HTML: each page's context for its autoescaped Jinja2 template
+(`dashboards/templates`). A few small pieces are still assembled here (the live sections'
+latest value and "now", the metrics table), every interpolated value through `esc`; SVG from
+charts.py is built from numbers and escaped labels. No inline scripts or styles: the CSP
+forbids them."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from html import escape
 
-from dashboards import timefmt
+from markupsafe import Markup
+
+from dashboards import jinja, timefmt
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
 from dashboards.bands import BY_NAME, GlucoseBand, band_of
@@ -41,31 +46,17 @@ def _time(t: datetime | None, tz: tzinfo = UTC, *, now: datetime | None = None) 
 
 
 def nav(user: User | None, csrf: str = "") -> str:
-    """The top navigation of every signed-in page (empty without a user)."""
+    """The top navigation of every signed-in page, empty without a user (templates/nav.html)."""
     if user is None:
         return ""
-    links = []
-    if user.role is Role.PATIENT and user.patient_id:
-        links.append('<a href="/me">My glucose</a>')
-        links.append(f'<a href="/patients/{esc(user.patient_id)}">My record</a>')
-        links.append('<a href="/consent">Sharing &amp; access log</a>')
-    else:
-        links.append('<a href="/">Patients</a>')
-    links.append('<a href="/alerts">Alerts</a>')
-    links.append('<a href="/ledger">Ledger</a>')
-    other = Unit.MMOL_L if user.unit is Unit.MG_DL else Unit.MG_DL
-    return (
-        '<nav class="top">'
-        + " ".join(links)
-        + '<span class="spacer"></span>'
-        + '<form method="post" action="/prefs" class="inline">'
-        + _csrf_field(csrf)
-        + f'<input type="hidden" name="unit" value="{esc(other.value)}">'
-        + f'<button type="submit" class="link">Show {esc(other.value)}</button></form>'
-        + f'<span class="who">{esc(user.username)} ({esc(user.role.value)})</span>'
-        + '<form method="post" action="/logout" class="inline">'
-        + _csrf_field(csrf)
-        + '<button type="submit" id="logout">Log out</button></form></nav>'
+    return jinja.render(
+        "nav.html",
+        {
+            "user": user,
+            "own_patient": user.patient_id if user.role is Role.PATIENT else None,
+            "other_unit": (Unit.MMOL_L if user.unit is Unit.MG_DL else Unit.MG_DL).value,
+            "csrf": csrf,
+        },
     )
 
 
@@ -78,22 +69,18 @@ def layout(
     live: str = "",
     live_patient: str = "",
 ) -> str:
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="csrf-token" content="{esc(csrf)}">'
-        f"<title>{esc(title)} · Glucohub</title>"
-        '<link rel="stylesheet" href="/static/style.css">'
-        '<script src="/static/app.js" defer></script>'
-        f'</head><body data-live="{esc(live)}" data-patient="{esc(live_patient)}">'
-        f"{nav(user, csrf)}<main><h1>{esc(title)}</h1>{body}</main></body></html>"
+    """A page: `body` (HTML) in the frame every page shares (templates/page.html)."""
+    return jinja.render(
+        "page.html",
+        {
+            "title": title,
+            "body": Markup(body),
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": live,
+            "live_patient": live_patient,
+        },
     )
-
-
-def _scroll(label: str) -> str:
-    """A box a wide table scrolls in, reachable and named for keyboard and screen-reader users
-    (axe: scrollable-region-focusable)."""
-    return f'<div class="scroll" tabindex="0" role="region" aria-label="{esc(label)}">'
 
 
 def _csrf_field(csrf: str) -> str:
@@ -101,21 +88,25 @@ def _csrf_field(csrf: str) -> str:
 
 
 def login_page(*, csrf: str, error: str = "", username: str = "", next_path: str = "") -> str:
-    message = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
-    hidden = f'<input type="hidden" name="next" value="{esc(next_path)}">' if next_path else ""
-    body = (
-        f'{message}<form method="post" action="/login" class="login">{_csrf_field(csrf)}'
-        '<label>Username <input name="username" autocomplete="username" required '
-        f'value="{esc(username)}"></label>'
-        '<label>Password <input name="password" type="password" '
-        'autocomplete="current-password" required></label>'
-        f'{hidden}<button type="submit" id="login">Log in</button></form>'
+    return jinja.render(
+        "login.html",
+        {
+            "title": "Log in",
+            "nav": "",
+            "csrf": "",
+            "login_csrf": csrf,
+            "error": error,
+            "username": username,
+            "next_path": next_path,
+        },
     )
-    return layout("Log in", body, user=None)
 
 
 def error_page(status: int, reason: str, user: User | None = None, csrf: str = "") -> str:
-    return layout(f"{status} {reason}", '<p><a href="/">Back</a></p>', user=user, csrf=csrf)
+    return jinja.render(
+        "error.html",
+        {"title": f"{status} {reason}", "nav": Markup(nav(user, csrf)), "csrf": csrf},
+    )
 
 
 # -- triage --------------------------------------------------------------------------------
@@ -130,56 +121,48 @@ class TriageRow:
 
 def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
     """One row per patient, most urgent first; the row's class and its reason (in words, so
-    colour is never the only signal) come from `dashboards.triage`."""
-    if not rows:
-        return '<tr><td colspan="7">No patients have shared their data with you.</td></tr>'
-    out = []
+    colour is never the only signal) come from `dashboards.triage` (templates/triage_rows.html)."""
+    shown = []
     for row in rows:
         s = row.state
         p = s.patient
-        priority = s.priority(now)
-        latest = "—"
-        if s.latest is not None:
-            band = band_of(s.latest.value)
-            latest = (
-                f'<span class="value {band.css}" title="{esc(band.label)}">'
-                f"{format_glucose(s.latest.value, unit)}</span> <small>{esc(unit.value)}</small>"
-            )
-        since = (
-            "never"
-            if s.latest is None
-            else _time(s.latest.time, timefmt.patient_zone(p.timezone), now=now)
+        band = None if s.latest is None else band_of(s.latest.value)
+        shown.append(
+            {
+                "p": p,
+                "priority": s.priority(now),
+                "reason": s.reason(now, unit),
+                "band": band,
+                "value": None if s.latest is None else format_glucose(s.latest.value, unit),
+                "unit": unit.value,
+                "trend": row.trend,
+                "since": "never"
+                if s.latest is None
+                else Markup(_time(s.latest.time, timefmt.patient_zone(p.timezone), now=now)),
+                "sparkline": Markup(row.sparkline),
+                "tir": "—" if s.in_range_pct is None else f"{s.in_range_pct:.0f}%",
+                "tbr": "—" if s.below_range_pct is None else f"{s.below_range_pct:.1f}%",
+                "open_alerts": len(s.open_alerts),
+            }
         )
-        tir = "—" if s.in_range_pct is None else f"{s.in_range_pct:.0f}%"
-        tbr = "—" if s.below_range_pct is None else f"{s.below_range_pct:.1f}%"
-        out.append(
-            f'<tr class="patient {priority.css}" data-patient="{esc(p.patient_id)}"'
-            f' data-priority="{priority.value}">'
-            f'<td class="who"><a href="/patients/{esc(p.patient_id)}">{esc(p.display_name)}</a>'
-            f' <span class="reason {priority.css}">{esc(s.reason(now, unit))}</span></td>'
-            f'<td class="glucose" data-label="Latest">{latest}'
-            f' <span class="trend">{esc(row.trend)}</span></td>'
-            f'<td data-label="Since">{since}</td>'
-            f'<td data-label="Last 3 h">{row.sparkline}</td>'
-            f'<td class="tir" data-label="In range, 14 d">{esc(tir)}</td>'
-            f'<td data-label="Below range, 14 d">{esc(tbr)}</td>'
-            f'<td data-label="Open alerts">{len(s.open_alerts)}</td></tr>'
-        )
-    return "".join(out)
+    return jinja.render("triage_rows.html", {"rows": shown})
 
 
 def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
+    """The patients list, most urgent first (templates/triage.html)."""
     low, high = format_glucose(LOW_BELOW, user.unit), format_glucose(HIGH_ABOVE, user.unit)
-    in_range = f"In range {low}–{high} {user.unit.value}, 14 d"
-    below = f"Below {low} {user.unit.value}, 14 d"
-    body = (
-        _scroll("Patients") + '<table class="triage"><thead><tr><th>Patient and why</th>'
-        "<th>Latest</th>"
-        f"<th>Since</th><th>Last 3 h</th><th>{esc(in_range)}</th><th>{esc(below)}</th>"
-        "<th>Open alerts</th>"
-        f'</tr></thead><tbody id="triage-rows">{rows_html}</tbody></table></div>'
+    return jinja.render(
+        "triage.html",
+        {
+            "title": "Patients",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "triage",
+            "in_range": f"In range {low}–{high} {user.unit.value}, 14 d",
+            "below": f"Below {low} {user.unit.value}, 14 d",
+            "rows": Markup(rows_html),
+        },
     )
-    return layout("Patients", body, user=user, csrf=csrf, live="triage")
 
 
 # -- patient --------------------------------------------------------------------------------
@@ -194,61 +177,50 @@ def alert_rows(
     zones: Mapping[str, tzinfo],
     now: datetime,
 ) -> str:
-    """`zones`: each patient's own time zone (UTC for one not listed)."""
-    if not alerts:
-        return '<tr><td colspan="6">No alerts.</td></tr>'
-    out = []
+    """The alerts' table rows (templates/alert_rows.html); `zones`: each patient's own time
+    zone (UTC for one not listed)."""
+    rows = []
     for a in alerts:
-        actions = ""
-        if a.state is AlertState.RAISED:
-            actions = (
-                f'<form method="post" action="/alerts/{esc(a.alert_id)}/ack" class="inline">'
-                f"{_csrf_field(csrf)}"
-                f'<button type="submit" class="ack" data-ack="{esc(a.alert_id)}">'
-                "Acknowledge</button>"
-                "</form>"
-            )
-        if a.state is not AlertState.RESOLVED:
-            actions += (
-                f'<form method="post" action="/patients/{esc(a.patient_id)}/snooze" class="inline">'
-                f'{_csrf_field(csrf)}<input type="hidden" name="kind" value="{esc(a.kind.value)}">'
-                '<select name="minutes" aria-label="Snooze for how many minutes">'
-                "<option>30</option><option>60</option>"
-                "<option>120</option></select>"
-                '<button type="submit">Snooze</button></form>'
-            )
-        level = "urgent" if a.level in (AlertLevel.URGENT, AlertLevel.ESCALATED) else a.level.value
-        by = f" by {esc(a.acknowledged_by)}" if a.acknowledged_by else ""
+        by = f" by {a.acknowledged_by}" if a.acknowledged_by else ""
         if a.state is AlertState.RAISED and a.patient_acknowledged_by:
-            by = f" (seen by the patient, {esc(a.patient_acknowledged_by)})"
-        raised = _time(a.raised_at, zones.get(a.patient_id, UTC), now=now)
-        out.append(
-            f'<tr class="alert {esc(level)} {esc(a.state.value)}" data-alert="{esc(a.alert_id)}"'
-            f' data-level="{esc(a.level.value)}">'
-            f'<td><a href="/patients/{esc(a.patient_id)}">'
-            f"{esc(names.get(a.patient_id, a.patient_id))}</a></td>"
-            f"<td>{_swatch(None if a.glucose_mg_dl is None else band_of(a.glucose_mg_dl).css)}"
-            f"{esc(kind_label(a.kind))}</td><td>{esc(alert_text(a, unit))}</td>"
-            f"<td>{raised}</td><td>{esc(a.state.value)}{by}</td><td>{actions}</td></tr>"
+            by = f" (seen by the patient, {a.patient_acknowledged_by})"
+        rows.append(
+            {
+                "a": a,
+                "level": "urgent"
+                if a.level in (AlertLevel.URGENT, AlertLevel.ESCALATED)
+                else a.level.value,
+                "name": names.get(a.patient_id, a.patient_id),
+                "swatch": Markup(
+                    _swatch(None if a.glucose_mg_dl is None else band_of(a.glucose_mg_dl).css)
+                ),
+                "kind": kind_label(a.kind),
+                "message": alert_text(a, unit),
+                "raised": Markup(_time(a.raised_at, zones.get(a.patient_id, UTC), now=now)),
+                "by": by,
+                "may_ack": a.state is AlertState.RAISED,
+                "may_snooze": a.state is not AlertState.RESOLVED,
+            }
         )
-    return "".join(out)
+    return jinja.render("alert_rows.html", {"rows": rows, "csrf": csrf})
 
 
 def alerts_table(rows_html: str) -> str:
-    return (
-        _scroll("Alerts") + '<table class="alerts"><thead><tr><th>Patient</th><th>Kind</th>'
-        "<th>Message</th><th>Raised</th><th>State</th><th></th></tr></thead>"
-        f'<tbody id="alert-rows">{rows_html}</tbody></table></div>'
-    )
+    return jinja.render("alerts_table.html", {"rows": Markup(rows_html)})
 
 
 def alerts_page(rows_html: str, *, user: User, csrf: str) -> str:
-    body = (
-        '<p class="controls"><label><input type="checkbox" id="sound"> Sound for urgent alerts'
-        '</label> <label><input type="checkbox" id="notify"> Browser notifications</label></p>'
-        + alerts_table(rows_html)
+    """Open and recent alerts of the patients the user sees (templates/alerts.html)."""
+    return jinja.render(
+        "alerts.html",
+        {
+            "title": "Alerts",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "alerts",
+            "table": Markup(alerts_table(rows_html)),
+        },
     )
-    return layout("Alerts", body, user=user, csrf=csrf, live="alerts")
 
 
 def metrics_table(
@@ -317,6 +289,7 @@ class PatientView:
     notes: Sequence[Note] = ()
     battery_low: Mapping[str, datetime] = field(default_factory=dict)
     treatments: Sequence[Treatment] = ()  # the last 24 hours', newest first
+    wearables: str = ""  # the heart-rate and blood-pressure section, already HTML
 
 
 def patient_live(view: PatientView) -> str:
@@ -329,41 +302,37 @@ def patient_live(view: PatientView) -> str:
 
 
 def patient_page(view: PatientView, *, user: User, csrf: str, tz: tzinfo) -> str:
+    """The patient page (templates/patient.html); the parts that arrive as HTML (charts,
+    metrics table, live section, wearables) are built from numbers and escaped text."""
     p = view.patient
-    choices = "".join(
-        f'<a href="?days={d}" class="{"on" if d == view.agp_days else ""}">{d} days</a> '
-        for d in (7, 14, 30)
-    )
-    devices = (
-        "".join(
-            f"<tr><td>{esc(d.name or d.device_id)}</td><td>{esc(d.kind.value)}</td>"
-            f"<td>{esc(d.transport.value)}</td><td>{'active' if d.active else 'inactive'}</td>"
-            f"<td>{_battery(view.battery_low.get(d.device_id), tz)}</td>"
-            f"<td>{_time(seen, tz)}</td></tr>"
-            for d, seen in view.devices
-        )
-        or '<tr><td colspan="6">No devices.</td></tr>'
-    )
-    body = (
-        f'<p class="sub">{esc(p.patient_id)} · {esc(p.timezone)}'
-        f"{' · simulated' if p.simulated else ''} · "
-        f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}">'
-        "AGP report</a> ("
-        f'<a href="/patients/{esc(p.patient_id)}/report?days={view.agp_days}&amp;format=pdf">'
-        "PDF</a>)</p>"
-        f'<div id="patient-live">{patient_live(view)}</div>'
-        f"{_treatments(view.treatments, tz)}"
-        f'<section id="agp"><h2>Ambulatory glucose profile</h2><p class="choices">{choices}</p>'
-        f'<div class="agp-row"><div class="agp-chart">{view.agp}</div>'
-        f'<div class="tir-bar">{view.tir_bar}</div></div>{view.metrics}</section>'
-        "<section><h2>Devices</h2>" + _scroll("Devices") + "<table><thead><tr><th>Device</th>"
-        "<th>Kind</th><th>Transport</th><th>State</th><th>Battery</th><th>Last seen</th>"
-        f"</tr></thead><tbody>{devices}</tbody></table></div></section>"
-        f"{_notes(view, user, csrf, tz)}"
-        f"{_patient_ledger(view, user, tz)}"
-    )
-    return layout(
-        p.display_name, body, user=user, csrf=csrf, live="patient", live_patient=p.patient_id
+    return jinja.render(
+        "patient.html",
+        {
+            "title": p.display_name,
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "patient",
+            "live_patient": p.patient_id,
+            "p": p,
+            "view": view,
+            "live_html": Markup(patient_live(view)),
+            "treatments": Markup(_treatments(view.treatments, tz)),
+            "agp": Markup(view.agp),
+            "tir_bar": Markup(view.tir_bar),
+            "metrics": Markup(view.metrics),
+            "wearables": Markup(view.wearables),
+            "devices": [
+                (
+                    d,
+                    Markup(_battery(view.battery_low.get(d.device_id), tz)),
+                    Markup(_time(seen, tz)),
+                )
+                for d, seen in view.devices
+            ],
+            "notes": Markup(_notes(view, user, csrf, tz)),
+            "batches": [(b, Markup(_time(b.sealed_at, tz))) for b in view.batches],
+            "may_fetch": user.role is not Role.ADMIN,  # the admin receives no records
+        },
     )
 
 
@@ -379,8 +348,8 @@ def _treatments(treatments: Sequence[Treatment], tz: tzinfo) -> str:
     )
     return (
         '<section id="treatments"><h2>Treatments, last 24 hours</h2>'
-        + _scroll("Treatments")
-        + "<table><thead><tr><th>Time</th><th>Treatment</th><th>Amount</th><th>Notes</th>"
+        '<div class="scroll" tabindex="0" role="region" aria-label="Treatments">'
+        "<table><thead><tr><th>Time</th><th>Treatment</th><th>Amount</th><th>Notes</th>"
         f"<th>Entered by</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
@@ -399,59 +368,15 @@ def _note_time(note: Note, tz: tzinfo) -> str:
 
 
 def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
-    """The clinical notes thread, newest first; clinicians add to it."""
-    items = (
-        "".join(
-            f'<li><p class="sub">{esc(n.author)} ({esc(n.role)}) · {_note_time(n, tz)}</p>'
-            f"<p>{esc(n.body)}</p></li>"
-            for n in view.notes
-        )
-        or "<li>No notes yet.</li>"
-    )
-    form = (
-        f'<form method="post" action="/patients/{esc(view.patient.patient_id)}/notes">'
-        f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
-        '<label for="note-body">New note</label>'
-        '<textarea id="note-body" name="body" rows="3" maxlength="4000" required></textarea>'
-        '<button type="submit">Add note</button></form>'
-        if user.role is Role.CLINICIAN
-        else ""
-    )
-    return (
-        f'<section id="notes"><h2>Clinical notes</h2>{form}<ul class="notes">{items}</ul></section>'
-    )
-
-
-def _patient_ledger(view: PatientView, user: User, tz: tzinfo) -> str:
-    """The patient's sealed batches: each either inside the signed tree (with the records
-    the viewer may see and their offline inclusion proof) or waiting for the next
-    checkpoint."""
-    may_fetch = user.role is not Role.ADMIN  # the admin receives no records
-    rows = (
-        "".join(
-            f"<tr><td>{b.seq}</td><td>{b.reading_count}</td><td>{_time(b.sealed_at, tz)}</td>"
-            + (
-                f"<td>in signed checkpoint {view.signed_size}</td>"
-                if b.seq < view.signed_size
-                else "<td>awaiting checkpoint</td>"
-            )
-            + (
-                f'<td><a href="/log/batch/{b.seq}">records</a> · '
-                f'<a href="/log/batch/{b.seq}/proof">inclusion proof</a></td>'
-                if may_fetch and b.seq < view.signed_size
-                else "<td></td>"
-            )
-            + "</tr>"
-            for b in view.batches
-        )
-        or '<tr><td colspan="5">No sealed batches yet.</td></tr>'
-    )
-    return (
-        '<section id="patient-ledger"><h2>Ledger</h2><p class="sub">Check a proof offline with '
-        "<code>glucohub ledger check-proof FILE --log-key KEY</code>.</p>"
-        + _scroll("Ledger batches")
-        + "<table><thead><tr><th>Batch</th><th>Readings</th><th>Sealed</th>"
-        f"<th>Status</th><th></th></tr></thead><tbody>{rows}</tbody></table></div></section>"
+    """The clinical notes thread, newest first; clinicians add to it (templates/notes.html)."""
+    return jinja.render(
+        "notes.html",
+        {
+            "notes": [(n, Markup(_note_time(n, tz))) for n in view.notes],
+            "patient_id": view.patient.patient_id,
+            "may_write": user.role is Role.CLINICIAN,
+            "csrf": csrf,
+        },
     )
 
 
@@ -461,36 +386,18 @@ def _patient_ledger(view: PatientView, user: User, tz: tzinfo) -> str:
 def consent_page(
     grants: Sequence[Grant], log: Sequence[AuditEntry], *, user: User, csrf: str, message: str = ""
 ) -> str:
-    note = f'<p class="note" role="status">{esc(message)}</p>' if message else ""
-    grant_rows = (
-        "".join(
-            f"<tr><td>{esc(g.clinician)}</td><td>{_time(g.granted_at)}</td><td>{esc(g.granted_by)}</td>"
-            f'<td><form method="post" action="/consent/revoke" class="inline">{_csrf_field(csrf)}'
-            f'<input type="hidden" name="clinician" value="{esc(g.clinician)}">'
-            '<button type="submit">Revoke</button></form></td></tr>'
-            for g in grants
-        )
-        or '<tr><td colspan="4">Nobody else can see your data.</td></tr>'
+    """Who may see the patient's data (grant, revoke) and who looked (templates/consent.html)."""
+    return jinja.render(
+        "consent.html",
+        {
+            "title": "Sharing and access log",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "message": message,
+            "grants": [(g, Markup(_time(g.granted_at))) for g in grants],
+            "log": [(e, Markup(_time(e.time))) for e in log],
+        },
     )
-    log_rows = (
-        "".join(
-            f"<tr><td>{_time(e.time)}</td><td>{esc(e.viewer)}</td><td>{esc(e.role.value)}</td>"
-            f"<td>{esc(e.action)}</td></tr>"
-            for e in log
-        )
-        or '<tr><td colspan="4">No views yet.</td></tr>'
-    )
-    body = (
-        f"{note}<section><h2>Clinicians who can see your data</h2><table><thead><tr>"
-        "<th>Clinician</th><th>Since</th><th>Granted by</th><th></th></tr></thead>"
-        f"<tbody>{grant_rows}</tbody></table>"
-        f'<form method="post" action="/consent/grant" class="grant">{_csrf_field(csrf)}'
-        '<label>Clinician username <input name="clinician" required></label>'
-        '<button type="submit">Share my data</button></form></section>'
-        "<section><h2>Who looked at your record</h2><table><thead><tr><th>When</th><th>Who</th>"
-        f"<th>Role</th><th>What</th></tr></thead><tbody>{log_rows}</tbody></table></section>"
-    )
-    return layout("Sharing and access log", body, user=user, csrf=csrf)
 
 
 # -- the patient's own view -----------------------------------------------------------------
@@ -549,53 +456,6 @@ def _my_week(week: GlucoseMetrics, unit: Unit) -> str:
     )
 
 
-def _my_devices(view: MyView) -> str:
-    if not view.devices:
-        return "<p>No devices are registered for you yet.</p>"
-    items = []
-    for device, seen in view.devices:
-        low_since = view.battery_low.get(device.device_id)
-        battery = (
-            f'<span class="warn">Battery low</span> (reported {_time(low_since, view.tz)}): '
-            "change or charge it soon."
-            if low_since is not None
-            else "No battery warning."
-        )
-        last = (
-            "Nothing received yet."
-            if seen is None
-            else f"Last heard from {_time(seen, view.tz, now=view.now)}."
-        )
-        items.append(
-            f"<li><strong>{esc(device.name or device.device_id)}</strong> "
-            f"({esc(device.kind.value.replace('_', ' '))}). {last} {battery}</li>"
-        )
-    return f'<ul class="plain">{"".join(items)}</ul>'
-
-
-def _my_sharing(view: MyView) -> str:
-    if view.grants:
-        who = ", ".join(esc(g.clinician) for g in view.grants)
-        shared = f"<p>These clinicians can see your data: {who}.</p>"
-    else:
-        shared = "<p>Nobody else can see your data.</p>"
-    if view.views:
-        rows = "".join(
-            f"<li>{_time(e.time, view.tz)}: {esc(e.viewer)} ({esc(e.role.value)}) looked at "
-            f"{esc(_ACTION_WORDS.get(e.action, e.action))}</li>"
-            for e in view.views
-        )
-        looked = f'<ul class="plain">{rows}</ul>'
-    else:
-        looked = "<p>Nobody else has looked at your record yet.</p>"
-    return (
-        f"<section><h2>Who can see your data</h2>{shared}"
-        '<p><a href="/consent">Change who can see your data</a></p></section>'
-        f"<section><h2>Who looked at your record</h2>{looked}"
-        '<p><a href="/consent">The full access log</a></p></section>'
-    )
-
-
 _ACTION_WORDS = {
     "page": "your record",
     "triage": "your latest glucose in their patient list",
@@ -617,18 +477,34 @@ def my_live(view: MyView, unit: Unit) -> str:
 
 
 def my_page(view: MyView, *, user: User, csrf: str) -> str:
-    body = (
-        f'<div id="my-live">{my_live(view, user.unit)}</div>'
-        f"<section><h2>Your devices</h2>{_my_devices(view)}</section>"
-        f"{_my_sharing(view)}"
-        '<section id="download"><h2>Download my data</h2><p>Every reading stored for you:</p>'
-        '<ul class="plain"><li><a href="/me/readings.csv" download>Spreadsheet (CSV)</a>: all '
-        "readings, glucose in mg/dL, times in UTC.</li>"
-        '<li><a href="/me/glucose.fhir.json" download>HL7 FHIR (JSON)</a>: your glucose '
-        "readings as FHIR R4 Observations, for other health apps.</li></ul></section>"
-    )
-    return layout(
-        "My glucose", body, user=user, csrf=csrf, live="mine", live_patient=view.patient.patient_id
+    """The patient's own view (templates/my.html)."""
+    devices = []
+    for device, seen in view.devices:
+        low_since = view.battery_low.get(device.device_id)
+        devices.append(
+            {
+                "name": device.name or device.device_id,
+                "kind": device.kind.value.replace("_", " "),
+                "seen": None if seen is None else Markup(_time(seen, view.tz, now=view.now)),
+                "low_since": None if low_since is None else Markup(_time(low_since, view.tz)),
+            }
+        )
+    return jinja.render(
+        "my.html",
+        {
+            "title": "My glucose",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "mine",
+            "live_patient": view.patient.patient_id,
+            "live_html": Markup(my_live(view, user.unit)),
+            "devices": devices,
+            "clinicians": [g.clinician for g in view.grants],
+            "views": [
+                (e, Markup(_time(e.time, view.tz)), _ACTION_WORDS.get(e.action, e.action))
+                for e in view.views
+            ],
+        },
     )
 
 
@@ -644,53 +520,31 @@ def ledger_page(
     user: User,
     csrf: str,
 ) -> str:
-    rows = (
-        "".join(
-            f"<tr><td>{b.seq}</td><td>{b.reading_count}</td><td>{_time(b.first_time)}</td>"
-            f"<td>{_time(b.last_time)}</td><td>{_time(b.sealed_at)}</td>"
-            f"<td><code>{esc(b.leaf_hash.hex()[:16])}…</code></td>"
-            + (
-                f'<td><a href="/log/batch/{b.seq}">your records</a></td>'
-                if user.role is not Role.ADMIN  # the admin sees no health data
-                else "<td></td>"
-            )
-            + "</tr>"
-            for b in batches
-        )
-        or '<tr><td colspan="7">No batches sealed yet.</td></tr>'
+    """The ledger: the latest checkpoint and its signers, the batches, quarantined records
+    (templates/ledger.html)."""
+    return jinja.render(
+        "ledger.html",
+        {
+            "title": "Ledger",
+            "nav": Markup(nav(user, csrf)),
+            "csrf": csrf,
+            "live": "ledger",
+            "checkpoint": checkpoint,
+            "signers": signature_names(checkpoint or ""),
+            "verifier_key": verifier_key,
+            "batches": [
+                (
+                    b,
+                    Markup(_time(b.first_time)),
+                    Markup(_time(b.last_time)),
+                    Markup(_time(b.sealed_at)),
+                )
+                for b in batches
+            ],
+            "may_fetch": user.role is not Role.ADMIN,  # the admin sees no health data
+            "quarantined": quarantined,
+        },
     )
-    note = (
-        f'<pre class="note" id="checkpoint">{esc(checkpoint)}</pre>'
-        if checkpoint
-        else "<p>No checkpoint yet.</p>"
-    )
-    signers = signature_names(checkpoint or "")
-    names = "".join(
-        f"<li>{esc(name)}{' (this log)' if i == 0 else ' (witness cosignature)'}</li>"
-        for i, name in enumerate(signers)
-    )
-    note += f'<h3>Signatures</h3><ul id="signers">{names or "<li>none</li>"}</ul>'
-    body = (
-        f"<section><h2>Latest checkpoint</h2>{note}"
-        f"<p>Verifier key: <code>{esc(verifier_key)}</code>"
-        '</p><p>Public endpoints: <a href="/log/checkpoint">/log/checkpoint</a>, '
-        '<a href="/log/key">/log/key</a>, /log/tile/…, /log/consistency</p></section>'
-        "<section><h2>Batches</h2>" + _scroll("Batches") + "<table><thead><tr><th>Seq</th>"
-        "<th>Readings</th><th>First</th><th>Last</th><th>Sealed</th><th>Leaf hash</th><th></th>"
-        f'</tr></thead><tbody id="batch-rows">{rows}</tbody></table></div></section>'
-    )
-    if quarantined:
-        items = "".join(
-            f"<li>{esc(q.record)} {q.row_id}: {esc(q.reason)}</li>" for q in quarantined
-        )
-        body = (
-            '<section class="alarm" id="quarantine"><h2>Records kept out of the ledger</h2>'
-            f"<p>{len(quarantined)} stored record(s) could not be sealed. They are kept, "
-            "everything else is sealed; tell the hub's administrator.</p>"
-            f"<ul>{items}</ul></section>" + body
-        )
-    body = '<p id="ledger-news" class="note" hidden></p>' + body
-    return layout("Ledger", body, user=user, csrf=csrf, live="ledger")
 
 
 def signature_names(note: str) -> list[str]:

@@ -12,8 +12,9 @@ import secrets
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from aiohttp import web
+from markupsafe import Markup
 
-from dashboards import charts, export, fhir, offload, pages, templating, timefmt
+from dashboards import charts, export, fhir, offload, pages, templating, timefmt, wearables
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.agppdf import MissingFont
@@ -359,6 +360,7 @@ async def _patient_view(
     signed_size = 0
     notes: list[Note] = []
     battery: dict[str, datetime] = {}
+    worn = ""
     if full:
         # CGM readings only; the meter's fingersticks are counted apart, never mixed in.
         metrics = [
@@ -376,6 +378,7 @@ async def _patient_view(
         note = await d.ledger.checkpoint_note()
         # C2SP tlog-checkpoint: origin, then the tree size, then the root.
         signed_size = int(note.splitlines()[1]) if note else 0
+        worn = await _wearables(request, pid, now=now, tz=tz)
     treatments = await _day_treatments(d, pid, day_start, now)
     recent_alerts = [
         as_seen_by(a, user)
@@ -420,6 +423,7 @@ async def _patient_view(
         signed_size=signed_size,
         notes=notes,
         battery_low=battery,
+        wearables=worn,
         devices=seen,
         alerts_html=pages.alert_rows(
             recent_alerts,
@@ -429,6 +433,30 @@ async def _patient_view(
             zones={pid: tz},
             now=now,
         ),
+    )
+
+
+async def _wearables(request: web.Request, pid: str, *, now: datetime, tz: tzinfo) -> str:
+    """The heart-rate and blood-pressure section, or "" when the patient has neither."""
+    rm = deps(request).read_model
+    heart, pressure = await asyncio.gather(
+        rm.readings(pid, since=now - timedelta(hours=24), kinds=wearables.HEART_KINDS),
+        rm.readings(pid, since=now - timedelta(days=14), kinds=wearables.PRESSURE_KINDS),
+    )
+    if not heart and not pressure:
+        return ""
+    # A day of beat-to-beat intervals is ~100,000 readings: off the loop.
+    worn = await asyncio.to_thread(wearables.wearables, heart, pressure, now=now, tz=tz)
+    if worn.empty:
+        return ""
+    return templating.fragment(
+        request,
+        "wearables.html",
+        {
+            "w": worn,
+            "heart_svg": Markup(worn.heart_svg),  # drawn from numbers, labels escaped
+            "pressure_svg": Markup(worn.pressure_svg),
+        },
     )
 
 
@@ -481,9 +509,10 @@ async def report(request: web.Request) -> web.StreamResponse:
     now = d.clock.now()
     days = _days(request)
     unit = current_user(request).unit
-    readings = await d.read_model.readings(
-        patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
-    )
+    readings = await offload.fetch_in_slices(
+        d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
+        kinds=GLUCOSE_KINDS,
+    )  # fmt: skip
     try:
         if fmt == "html":
             found, charts = await offload.report_page(
@@ -509,9 +538,10 @@ async def report_pdf(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     now = d.clock.now()
     days = _days(request)
-    readings = await d.read_model.readings(
-        patient.patient_id, since=now - timedelta(days=days), kinds=GLUCOSE_KINDS
-    )
+    readings = await offload.fetch_in_slices(
+        d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
+        kinds=GLUCOSE_KINDS,
+    )  # fmt: skip
     try:
         body = await offload.report_pdf(
             request.app, patient, readings, days=days, now=now, unit=current_user(request).unit

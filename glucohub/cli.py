@@ -403,8 +403,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from gateway.clinical.report import render_report
+    from dashboards.agppdf import MissingFont
+    from dashboards.reportfile import render_report_file
     from gateway.model import ReadingKind
+    from gateway.units import glucose_unit
 
     store = _open_store(args)
     patient = store.get_patient(args.patient)
@@ -421,7 +423,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     )
     store.close()
-    body = render_report(patient, readings, days=args.days, now=now, fmt=args.format)
+    unit = glucose_unit(args.unit or _settings(args).dashboard.default_unit)
+    try:
+        body = render_report_file(
+            patient, readings, days=args.days, now=now, fmt=args.format, unit=unit
+        )
+    except MissingFont as missing:
+        print(f"glucohub report: {missing}", file=sys.stderr)
+        return 2
     if args.out is not None:
         args.out.write_bytes(body)
         print(f"wrote {args.format} report for {args.patient} to {args.out}")
@@ -872,6 +881,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient", required=True)
     p.add_argument("--days", type=_int_in(1, 366), default=14)
     p.add_argument("--format", choices=("json", "html", "pdf"), default="html")
+    p.add_argument(
+        "--unit",
+        choices=("mmol/L", "mg/dL"),
+        help="glucose unit of the HTML and PDF (default: the site's dashboard.default_unit)",
+    )
     p.add_argument("--out", type=Path, help="file to write (default: standard output)")
     p.set_defaults(func=cmd_report)
 

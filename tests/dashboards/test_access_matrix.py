@@ -407,6 +407,7 @@ ROUTES = [
     RouteCase(
         method="GET", path="/api/v1/openapi.json", access="public", fill=get("/api/v1/openapi.json")
     ),
+    RouteCase(method="GET", path="/docs/api", access="public", fill=get("/docs/api")),
     RouteCase(
         method="GET",
         path="/static",

@@ -95,6 +95,7 @@ async def test_every_route_has_an_explicit_rule(app: web.Application) -> None:
     assert public == sorted(
         [
             "/api/v1/openapi.json",
+            "/docs/api",
             "/healthz",
             "/log/checkpoint",
             "/log/consistency",

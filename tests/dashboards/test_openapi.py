@@ -100,3 +100,30 @@ async def test_responses_match_the_openapi_document(
         seen.add((method, template, response.status))
     # The cases reach the documented error statuses too, not only 200.
     assert {s for _, _, s in seen} == {200, 400, 401, 403, 404}
+
+
+def test_every_documented_response_has_a_schema() -> None:
+    for path, ops in OPENAPI["paths"].items():
+        for method, op in ops.items():
+            for status, response in op["responses"].items():
+                where = f"{method.upper()} {path} {status}"
+                assert response.get("description"), where
+                content = response.get("content")
+                assert content, f"{where}: no content"
+                for media, body in content.items():
+                    assert body.get("schema"), f"{where} {media}: no schema"
+
+
+async def test_the_docs_page_lists_every_operation_without_scripts(login: Login) -> None:
+    anonymous = await login("")
+    response = await anonymous.get("/docs/api")
+    assert response.status == 200 and response.content_type == "text/html"
+    page = await response.text()
+    for path, ops in OPENAPI["paths"].items():
+        for method in ops:
+            assert f"<h2><code>{method.upper()} {path}</code></h2>" in page
+    # one line per response, e.g. the readings' 400 and the patient list's shape
+    assert "<td>400</td><td>a malformed or out-of-range parameter</td>" in page
+    assert "patients (array of object)" in page
+    assert "<script" not in page.replace('<script src="/static/app.js" defer></script>', "")
+    assert "cdn" not in page.lower() and "http://" not in page and "https://" not in page

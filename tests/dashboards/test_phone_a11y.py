@@ -4,7 +4,7 @@ Screenshots go to test-artifacts/screenshots/ (375-*.png)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from playwright.async_api import Browser, Page, expect
@@ -38,7 +38,8 @@ _VIOLATIONS = """async () => {
 
 def _seed(world: World) -> None:
     """A page with something in every state: an urgent low to acknowledge, a meter reading
-    on Alice's chart, a low battery on Bob's CGM."""
+    on Alice's chart, her heart rate (with RR intervals) and blood pressure, a low battery on
+    Bob's CGM."""
     push_alert(world, alert("al-k", "pat-a", AlertKind.URGENT_LOW, AlertLevel.URGENT, glucose=50))
     world.model.readings_list.append(
         Reading(
@@ -52,6 +53,7 @@ def _seed(world: World) -> None:
             seq=1,
         )
     )
+    world.model.readings_list.extend(_worn())
     world.model.events.append(
         DeviceEvent(
             patient_id="pat-b",
@@ -60,6 +62,34 @@ def _seed(world: World) -> None:
             time=NOW - timedelta(hours=1),
         )
     )
+
+
+def _worn() -> list[Reading]:
+    def r(kind: ReadingKind, value: float, unit: Unit, time: datetime) -> Reading:
+        return Reading(
+            patient_id="pat-a",
+            device_id="hr-pat-a" if unit is not Unit.MMHG else "bp-pat-a",
+            kind=kind,
+            value=value,
+            unit=unit,
+            time=time,
+            source=Source.VIRTUAL,
+        )
+
+    found = [
+        r(ReadingKind.HEART_RATE, 60.0 + m % 30, Unit.BPM, NOW - timedelta(minutes=m))
+        for m in range(0, 600, 5)
+    ]
+    t = NOW - timedelta(hours=2)
+    for i in range(200):
+        rr = 900.0 + 40 * (i % 2)
+        t += timedelta(milliseconds=rr)
+        found.append(r(ReadingKind.RR_INTERVAL, rr, Unit.MS, t))
+    for day in range(3):
+        at = NOW - timedelta(days=day, hours=1)
+        found.append(r(ReadingKind.BLOOD_PRESSURE_SYSTOLIC, 130.0, Unit.MMHG, at))
+        found.append(r(ReadingKind.BLOOD_PRESSURE_DIASTOLIC, 84.0, Unit.MMHG, at))
+    return found
 
 
 async def _log_in(page: Page, url: str, username: str) -> None:
@@ -124,6 +154,7 @@ async def test_every_page_fits_a_phone_and_passes_axe(
         ("/me", "08-my-glucose"),
         ("/patients/pat-b", "09-my-record"),
         ("/consent", "10-consent"),
+        ("/docs/api", "13-api-docs"),
     ):
         problems += await _check(patient, base_url, path, name, axe)
     assert not problems, "\n".join(problems)

@@ -13,8 +13,10 @@ from typing import Literal
 
 from aiohttp import ClientResponse
 
+from dashboards import offload
+from dashboards.reportfile import render_report_file
 from gateway.clinical.metrics import compute_metrics
-from gateway.clinical.report import render_report
+from gateway.model import ReadingKind
 from tests.dashboards.conftest import Login
 from tests.dashboards.fakes import NOW, World, cgm
 
@@ -90,7 +92,7 @@ async def test_a_30_day_report_does_not_stall_the_loop(world: World, login: Logi
     for fmt in ("html", "pdf", "json"):
 
         async def inline(fmt: Literal["html", "pdf", "json"] = fmt) -> None:
-            render_report(patient, readings, days=30, now=NOW, fmt=fmt)
+            render_report_file(patient, readings, days=30, now=NOW, fmt=fmt)
 
         inline_stall = await best_of_three(inline)
         assert inline_stall > MAX_STALL_S, f"inline {fmt} stalled only {inline_stall:.3f} s"
@@ -129,3 +131,21 @@ async def test_a_90_day_fhir_summary_does_not_stall_the_loop(world: World, login
     )
     bundle = await (await dr.get("/fhir/Observation", params=params)).json()
     assert bundle["total"] == 1
+
+
+async def test_readings_fetched_in_slices_come_once_each_in_order(world: World) -> None:
+    # every 5 minutes for 30 days, and one a minute after `until` (a clock slightly behind)
+    readings_for(world, 30)
+    late = cgm("pat-a", NOW + timedelta(minutes=1), 99.0)
+    world.model.readings_list.append(late)
+    found = await offload.fetch_in_slices(
+        world.model, "pat-a", since=NOW - timedelta(days=30), until=NOW,
+        kinds=(ReadingKind.CGM_GLUCOSE,),
+    )  # fmt: skip
+    # 30 days x 288 readings a day and the one at NOW (readings_for), the readings on the
+    # 12-hour slice edges each counted once, and the late one: 8640 + 1 + 1
+    assert len(found) == 30 * 288 + 2
+    assert [r.time for r in found] == sorted({r.time for r in world.model.readings_list})
+    assert found[-1] == late
+    # the queries really were slices: 30 days / 12 h = 60 of them
+    assert world.model.calls.count("readings:pat-a") == 60
