@@ -132,6 +132,7 @@ class ClinicSettings:
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    metrics_port: int = 0  # Prometheus /metrics of the worker, on every interface; 0: off
 
     def database_url(self, storage_url: str) -> str:
         return self.url or storage_url
@@ -334,6 +335,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("clinic.url", "must be empty ([storage] url) or a postgresql:// URL")
     if not 1 <= settings.clinic.receive_maximum <= 65535:
         raise ConfigError("clinic.receive_maximum", "must be 1..65535")
+    if not 0 <= settings.clinic.metrics_port <= 65535:
+        raise ConfigError("clinic.metrics_port", "must be 0 (off) or a port 1..65535")
     if settings.clinic.session_expiry_s <= 0:
         raise ConfigError("clinic.session_expiry_s", "must be > 0: a worker's session outlives it")
     for key, url in (

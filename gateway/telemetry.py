@@ -24,12 +24,14 @@ class Telemetry:
         "glucohub_device_events_total": "Device events stored.",
         "glucohub_dashboard_dropped_events_total": "Live events dropped for slow viewers.",
     }
+    # Counters that only ever appear with labels (no unlabelled zero line).
+    _LABELLED: ClassVar[frozenset[str]] = frozenset({"glucohub_readings_rejected_total"})
 
     def __init__(self) -> None:
         self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self._gauges: dict[str, Callable[[], float]] = {}
         for name in self._HELP:
-            if name != "glucohub_readings_rejected_total":
+            if name not in self._LABELLED:
                 self._counters[(name, ())] += 0
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
@@ -57,6 +59,39 @@ class Telemetry:
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {read():g}")
         return "\n".join(lines) + "\n"
+
+
+class ClinicTelemetry(Telemetry):
+    """A clinic worker's figures (`glucohub clinic`, `clinic.metrics_port`). Its alarms are
+    about hubs' logs (a fork, a bad signature), never about a patient, so counting them by
+    kind tells no one's health; no label names a hub or a patient."""
+
+    _HELP: ClassVar[dict[str, str]] = {
+        "glucohub_clinic_items_total": "Items consumed and acknowledged, by kind.",
+        "glucohub_clinic_batches_verified_total": "Batches verified and stored.",
+        "glucohub_clinic_batches_duplicate_total": "Batches verified again: redeliveries.",
+        "glucohub_clinic_checkpoints_total": "Checkpoints verified, by outcome.",
+        "glucohub_clinic_rejected_total": "Items dead-lettered, by kind and reason.",
+        "glucohub_clinic_alarms_total": "Alarms raised (or repeated), by kind.",
+        "glucohub_clinic_records_stored_total": "Records (readings, device events) stored.",
+        "glucohub_clinic_database_retries_total": "Archive calls retried after a database error.",
+    }
+    _LABELLED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "glucohub_clinic_items_total",
+            "glucohub_clinic_checkpoints_total",
+            "glucohub_clinic_rejected_total",
+            "glucohub_clinic_alarms_total",
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Zero lines for the labels every worker has, so rate() has a start.
+        for kind in ("batches", "checkpoints"):
+            self.inc("glucohub_clinic_items_total", 0, kind=kind)
+        for outcome in ("accepted", "pending", "stale"):
+            self.inc("glucohub_clinic_checkpoints_total", 0, outcome=outcome)
 
 
 def _escape(value: str) -> str:

@@ -4,7 +4,8 @@ A worker is stateless: the archive is PostgreSQL and the work queue is the broke
 subscription. It handles one message at a time, in arrival order, on the archive's thread,
 and acknowledges each only after its transaction committed. A database failure is retried
 (capped backoff) on the same message, which stays unacknowledged meanwhile: nothing is acked
-that is not stored, and a restarted database costs time, not data.
+that is not stored, and a restarted database costs time, not data. With
+`clinic.metrics_port` it serves its figures for Prometheus (`gateway.telemetry`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import asyncio
 import logging
 import random
 import signal
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
 from device_adapters.mqtt.backoff import Backoff
@@ -26,11 +27,13 @@ from device_adapters.mqtt.client import (
     parse_broker_url,
 )
 from gateway.clinic.witness import EnrolmentError
-from gateway.clock import utc_now
+from gateway.clock import Clock, SystemClock, utc_now
 from gateway.errors import ConfigError, InputError, StorageError
 from gateway.settings import Settings
-from gateway.storage.postgres_clinic import ClinicArchive
+from gateway.storage.postgres_clinic import ClinicArchive, Handled
+from gateway.telemetry import ClinicTelemetry
 from gateway.topics import parse_hub_topic, shared_hub_subscriptions
+from glucohub.metrics_http import start_metrics
 
 log = logging.getLogger("glucohub.clinic")
 
@@ -69,14 +72,6 @@ def worker_config(settings: Settings, worker_id: str) -> BrokerConfig:
     )
 
 
-@dataclass(slots=True)
-class WorkerStats:
-    handled: int = 0
-    stored: int = 0
-    dead_letters: int = 0
-    retries: int = 0
-
-
 class ClinicWorker:
     def __init__(self, settings: Settings, worker_id: str, *, out: TextIO | None = None) -> None:
         if not worker_id:
@@ -88,8 +83,26 @@ class ClinicWorker:
         self._backoff = _DB_BACKOFF
         self._rng = random.Random()
         self._out = out
+        self._metrics_port = settings.clinic.metrics_port
+        self._clock: Clock = SystemClock()
+        # Messages taken from the connection and not yet acknowledged, oldest first: their
+        # arrival times (monotonic). Bounded by the Receive Maximum the broker honours.
+        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(settings.clinic.receive_maximum)
+        self._arrivals: deque[float] = deque()
         self.worker_id = worker_id
-        self.stats = WorkerStats()
+        self.telemetry = ClinicTelemetry()
+        self.telemetry.gauge("glucohub_clinic_in_flight_messages", lambda: len(self._arrivals))
+        self.telemetry.gauge("glucohub_clinic_oldest_unacked_age_seconds", self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        return self._clock.monotonic() - self._arrivals[0] if self._arrivals else 0.0
+
+    @property
+    def handled(self) -> int:
+        return sum(
+            self.telemetry.value("glucohub_clinic_items_total", kind=kind)
+            for kind in ("batches", "checkpoints")
+        )
 
     def _archive_now(self) -> ClinicArchive:
         if self._archive is None:
@@ -100,11 +113,19 @@ class ClinicWorker:
         loop = asyncio.get_running_loop()
         # Migrate (or fail on a bad URL) before taking any message.
         await self._retrying(lambda: loop.run_in_executor(self._executor, self._archive_now))
+        metrics = None
         try:
+            if self._metrics_port:
+                metrics = await start_metrics(
+                    self._metrics_port, self.telemetry.render, "clinic.metrics_port"
+                )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connection.run(), name="clinic:mqtt")
+                tasks.create_task(self._take(), name="clinic:take")
                 tasks.create_task(self._consume(), name="clinic:consume")
         finally:
+            if metrics is not None:
+                await metrics.cleanup()
             if self._archive is not None:
                 await loop.run_in_executor(self._executor, self._archive.close)
             self._executor.shutdown(wait=True)
@@ -117,11 +138,18 @@ class ClinicWorker:
             except StorageError as exc:
                 if not exc.transient:
                     raise
-                self.stats.retries += 1
+                self.telemetry.inc("glucohub_clinic_database_retries_total")
                 delay = self._backoff.delay(tries, self._rng)
                 log.warning("clinic archive: %s; retrying in %.1fs", exc, delay)
                 tries += 1
                 await asyncio.sleep(delay)
+
+    async def _take(self) -> None:
+        """Move messages from the connection to the inbox, noting when each arrived."""
+        while True:
+            message = await self._connection.receive()
+            self._arrivals.append(self._clock.monotonic())
+            await self._inbox.put(message)
 
     async def _consume(self) -> None:
         await self._connection.wait_connected()
@@ -130,31 +158,48 @@ class ClinicWorker:
             print(f"clinic worker {self.worker_id} consuming", file=self._out, flush=True)
         loop = asyncio.get_running_loop()
         while True:
-            message = await self._connection.receive()
-            await self._retrying(
+            message = await self._inbox.get()
+            handled = await self._retrying(
                 lambda m=message: loop.run_in_executor(self._executor, self._handle, m)  # type: ignore[misc]
             )
-            self.stats.handled += 1
+            self._count(message, handled)
             self._connection.ack(message)
+            self._arrivals.popleft()
 
-    def _handle(self, message: InboundMessage) -> None:
+    def _count(self, message: InboundMessage, handled: Handled | None) -> None:
+        """Telemetry on the event loop's thread (a scrape renders there too)."""
+        if handled is None:
+            return
+        kind = message.topic.rsplit("/", 1)[-1]
+        self.telemetry.inc("glucohub_clinic_items_total", kind=kind)
+        if handled.alarm is not None:
+            self.telemetry.inc("glucohub_clinic_alarms_total", kind=handled.alarm.value)
+        if handled.outcome == "stored":
+            self.telemetry.inc("glucohub_clinic_batches_verified_total")
+            self.telemetry.inc("glucohub_clinic_records_stored_total", handled.records)
+        elif handled.outcome == "duplicate":
+            self.telemetry.inc("glucohub_clinic_batches_duplicate_total")
+        elif handled.outcome == "dead_letter":
+            self.telemetry.inc("glucohub_clinic_rejected_total", kind=kind, reason=handled.reason)
+        else:
+            self.telemetry.inc("glucohub_clinic_checkpoints_total", outcome=handled.outcome)
+
+    def _handle(self, message: InboundMessage) -> Handled | None:
         archive = self._archive_now()
         parsed = parse_hub_topic(message.topic)
         if parsed is None:  # the subscriptions only match hub topics
             log.error("clinic: message on unexpected topic %r ignored", message.topic)
-            return
+            return None
         hub_id, kind = parsed
         handled = archive.handle(hub_id, kind, message.topic, message.payload, utc_now())
-        if handled.outcome == "stored":
-            self.stats.stored += 1
-        elif handled.outcome == "dead_letter":
-            self.stats.dead_letters += 1
+        if handled.outcome == "dead_letter":
             log.warning(
                 "clinic: %s from hub %s dead-lettered%s",
                 kind,
                 hub_id,
                 f" (alarm {handled.alarm})" if handled.alarm else "",
             )
+        return handled
 
 
 async def run_clinic(settings: Settings, worker_id: str, out: TextIO | None = None) -> None:
@@ -167,7 +212,7 @@ async def run_clinic(settings: Settings, worker_id: str, out: TextIO | None = No
     try:
         await task
     except asyncio.CancelledError:
-        log.info("clinic worker %s stopped (%d items handled)", worker_id, worker.stats.handled)
+        log.info("clinic worker %s stopped (%d items handled)", worker_id, worker.handled)
 
 
 def enrolment_command(hub_id: str, batch_jwk: str, log_key: str) -> str:

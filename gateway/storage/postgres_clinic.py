@@ -192,11 +192,14 @@ class AlarmRow:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Handled:
-    """What became of one item: `stored`, `duplicate`, `pending`, `accepted`, `stale`,
-    or `dead_letter` (then `alarm` says which alarm, if any, was raised)."""
+    """What became of one item: `stored` (its `records`), `duplicate`, `pending`,
+    `accepted`, `stale`, or `dead_letter` (its `reason`). `alarm`: the alarm handling it
+    raised, if any (a stored batch can complete a pending checkpoint that is a fork)."""
 
     outcome: str
     alarm: AlarmKind | None = None
+    records: int = 0
+    reason: str = ""
 
 
 class ClinicArchive:
@@ -406,7 +409,7 @@ class ClinicArchive:
         )
         if refusal.alarm is not None:
             self._alarm(hub_id, Alarm(kind=refusal.alarm, detail=refusal.detail), now)
-        return Handled(outcome="dead_letter", alarm=refusal.alarm)
+        return Handled(outcome="dead_letter", alarm=refusal.alarm, reason=refusal.reason)
 
     def _alarm(self, hub_id: str, alarm: Alarm, now: datetime) -> None:
         # One open alarm per hub and kind; repeats count occurrences.
@@ -440,8 +443,8 @@ class ClinicArchive:
         if hub.stopped:
             return self._refuse(hub.hub_id, topic, payload, _STOPPED, now)
         self._store_batch(opened, verdict, now)
-        self._settle_pending(hub, now)
-        return Handled(outcome="stored")
+        alarm = self._settle_pending(hub, now)
+        return Handled(outcome="stored", alarm=alarm, records=len(opened.records))
 
     def _neighbours(self, batch: VerifiedBatch) -> Neighbours:
         rows = self._db.execute(
@@ -577,8 +580,10 @@ class ClinicArchive:
                 ),
             )
 
-    def _settle_pending(self, hub: EnrolledHub, now: datetime) -> None:
-        """Decide the pending checkpoints a newly stored batch may have completed."""
+    def _settle_pending(self, hub: EnrolledHub, now: datetime) -> AlarmKind | None:
+        """Decide the pending checkpoints a newly stored batch may have completed; returns
+        the alarm that raised, if any."""
+        raised = None
         rows = self._db.execute(
             "SELECT size, root_hash, note FROM clinic_pending_checkpoints"
             " WHERE hub_id = %s ORDER BY size",
@@ -597,8 +602,10 @@ class ClinicArchive:
                     (hub.hub_id, checkpoint.size),
                 )
                 self._alarm(hub.hub_id, verdict, now)
+                raised = verdict.kind
                 continue
             self._apply_checkpoint(hub.hub_id, checkpoint, verdict, tree, now)
+        return raised
 
     # -- reading the archive (CLI and tests) ---------------------------------------------
 
