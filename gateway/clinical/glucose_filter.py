@@ -135,7 +135,18 @@ def _measure(state: FilterState, y: float, model: FilterModel) -> FilterState:
         state.x[2] + k[2] * innovation,
     )
     # P − K·S·Kᵀ = P − (P·Hᵀ)(P·Hᵀ)ᵀ / S, then symmetrised.
-    new_p: Mat = tuple(p[3 * i + j] - ph[i] * ph[j] / s for i in range(3) for j in range(3))  # type: ignore[assignment]
+    h0, h1, h2 = ph
+    new_p: Mat = (
+        p[0] - h0 * h0 / s,
+        p[1] - h0 * h1 / s,
+        p[2] - h0 * h2 / s,
+        p[3] - h1 * h0 / s,
+        p[4] - h1 * h1 / s,
+        p[5] - h1 * h2 / s,
+        p[6] - h2 * h0 / s,
+        p[7] - h2 * h1 / s,
+        p[8] - h2 * h2 / s,
+    )
     return FilterState(t_min=state.t_min, x=x, p=_symmetric(new_p))
 
 
@@ -156,10 +167,19 @@ def _mat_vec(m: Mat, v: Vec) -> Vec:
 
 
 def _mat_mul(a: Mat, b: Mat) -> Mat:
-    return tuple(  # type: ignore[return-value]
-        a[3 * i] * b[j] + a[3 * i + 1] * b[3 + j] + a[3 * i + 2] * b[6 + j]
-        for i in range(3)
-        for j in range(3)
+    # Written out: this runs for every reading on the event loop (a generator was 3x slower).
+    a0, a1, a2, a3, a4, a5, a6, a7, a8 = a
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = b
+    return (
+        a0 * b0 + a1 * b3 + a2 * b6,
+        a0 * b1 + a1 * b4 + a2 * b7,
+        a0 * b2 + a1 * b5 + a2 * b8,
+        a3 * b0 + a4 * b3 + a5 * b6,
+        a3 * b1 + a4 * b4 + a5 * b7,
+        a3 * b2 + a4 * b5 + a5 * b8,
+        a6 * b0 + a7 * b3 + a8 * b6,
+        a6 * b1 + a7 * b4 + a8 * b7,
+        a6 * b2 + a7 * b5 + a8 * b8,
     )
 
 
@@ -168,7 +188,17 @@ def _transpose(m: Mat) -> Mat:
 
 
 def _add(a: Mat, b: Mat) -> Mat:
-    return tuple(x + y for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+    return (
+        a[0] + b[0],
+        a[1] + b[1],
+        a[2] + b[2],
+        a[3] + b[3],
+        a[4] + b[4],
+        a[5] + b[5],
+        a[6] + b[6],
+        a[7] + b[7],
+        a[8] + b[8],
+    )
 
 
 def _symmetric(m: Mat) -> Mat:
