@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
 import math
+import multiprocessing
 import re
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
+from dashboards import kdf
 from dashboards.ratelimit import PER_ACCOUNT, PER_SOURCE, Backoff, source_key
 from gateway.clock import Clock, SystemClock, to_rfc3339
 from gateway.errors import InputError
@@ -185,17 +188,25 @@ def verify_password(password: str, stored: str) -> bool:
         return False
 
 
+_kdf_pool: ProcessPoolExecutor | None = None
+
+
+def hash_in_process() -> None:
+    """From now on compute scrypt in a small process of its own (`dashboards.kdf`), so the
+    calling process (the hub) never holds scrypt's memory. Callers block on the answer, as
+    they did on the computation: they are threads, never the event loop."""
+    global _kdf_pool
+    if _kdf_pool is None:
+        _kdf_pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+
+
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    # maxmem must exceed 128·N·r bytes (RFC 7914 §2) or OpenSSL refuses.
-    return hashlib.scrypt(
-        password.encode(),
-        salt=salt,
-        n=n,
-        r=r,
-        p=p,
-        maxmem=256 * n * r + 1024 * 1024,
-        dklen=_SCRYPT_DKLEN,
-    )
+    args = (password.encode(), salt, n, r, p, _SCRYPT_DKLEN)
+    if _kdf_pool is None:
+        return kdf.scrypt(*args)
+    return _kdf_pool.submit(kdf.scrypt, *args).result()
 
 
 def _b64(data: bytes) -> str:
@@ -220,7 +231,9 @@ def nightscout_secret_hash(api_secret_hex: str) -> str:
 
 # A hash of a random password, checked when the username is unknown so that a login for a
 # missing user costs the same time as one for a real user (no user enumeration by timing).
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_urlsafe(16))
 
 
 # -- the rules over the storage contract -----------------------------------------------------
@@ -327,7 +340,7 @@ class AccountRules:
     def check_password(self, username: str, password: str) -> User | None:
         stored = self._storage.password_hash(username)
         if stored is None:
-            verify_password(password, _DUMMY_HASH)
+            verify_password(password, _dummy_hash())
             return None
         if not verify_password(password, stored):
             return None

@@ -86,7 +86,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "device_adapters.mqtt.client": ("asyncio", "paho", "ssl", "threading"),
         "device_adapters.mqtt.consumer": ("asyncio",),
         "device_adapters.mqtt.upstream": ("asyncio",),
-        "dashboards.accounts": ("asyncio", "threading", "concurrent.futures"),
+        "dashboards.accounts": ("asyncio", "threading", "concurrent.futures", "multiprocessing"),
         "dashboards.api": ("aiohttp",),
         "dashboards.app": ("aiohttp", "asyncio", "ssl"),
         "dashboards.context": ("aiohttp",),
