@@ -106,8 +106,8 @@ class HubSetup:
             raise SetupProblem(pairing.advice(exc)) from None
         writer = self._writer
         if await self._read_model.get_patient(patient.patient_id) is not None:
-            known = {d.device_id for d in await self._read_model.list_devices()}
-            if device.device_id not in known:
+            active = {d.device_id for d in await self._read_model.list_devices() if d.active}
+            if device.device_id not in active:  # new, or removed and paired again
                 await writer.run(writer.store.add_device, device)
         log.info("setup: paired and registered %s (%s)", device.device_id, device.kind)
         return device

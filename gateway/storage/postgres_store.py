@@ -378,7 +378,23 @@ class PostgresStore:
                 ),
             )
         except pg_errors.UniqueViolation:
-            raise RegistryError(f"device {device.device_id!r} already exists") from None
+            # A removed device of the same patient paired again: active again, history kept.
+            cursor = self._db.execute(
+                "UPDATE devices SET kind = %s, transport = %s, name = %s, address = %s, "
+                "simulated = %s, active = true "
+                "WHERE device_id = %s AND patient_id = %s AND NOT active",
+                (
+                    device.kind.value,
+                    device.transport.value,
+                    device.name,
+                    device.address,
+                    device.simulated,
+                    device.device_id,
+                    device.patient_id,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise RegistryError(f"device {device.device_id!r} already exists") from None
 
     @_translated
     def remove_device(self, device_id: str) -> None:

@@ -68,8 +68,27 @@ class SqliteRegistry(SqliteBase):
                 ),
             )
         except sqlite3.IntegrityError:
-            raise RegistryError(f"device {device.device_id!r} already exists") from None
+            if not self._reregister(device):
+                raise RegistryError(f"device {device.device_id!r} already exists") from None
         self._devices = None
+
+    def _reregister(self, device: Device) -> bool:
+        """A removed device of the same patient paired again (a new battery, a new bond):
+        active again under its id, its history kept. False if it is active or another's."""
+        cursor = self._db.execute(
+            "UPDATE devices SET kind = ?, transport = ?, name = ?, address = ?, simulated = ?, "
+            "active = 1 WHERE device_id = ? AND patient_id = ? AND active = 0",
+            (
+                device.kind.value,
+                device.transport.value,
+                device.name,
+                device.address,
+                device.simulated,
+                device.device_id,
+                device.patient_id,
+            ),
+        )
+        return cursor.rowcount == 1
 
     def remove_device(self, device_id: str) -> None:
         """Deactivate (never delete: stored readings still name it)."""

@@ -120,6 +120,30 @@ def test_registry_refusals(store: AnyStore) -> None:
         store.remove_device("cgm-1")
 
 
+def test_a_removed_device_paired_again_is_active_with_its_history(store: AnyStore) -> None:
+    """A meter removed (a flat battery, a lost bond) and paired again: the same device id,
+    active again, its earlier readings still its own; nobody else can take its id."""
+    store.write([cgm(1), cgm(2, minutes=5)])
+    store.remove_device("cgm-1")
+    again = Device(
+        device_id="cgm-1",
+        patient_id="p1",
+        kind=DeviceKind.CGM,
+        transport=Transport.BLE,
+        name="Sensor after a battery change",
+        address="AA:BB:CC:DD:EE:01",
+    )
+    with pytest.raises(RegistryError, match="already exists"):  # not as another patient's
+        store.add_device(dataclasses.replace(again, patient_id="p2"))
+    store.add_device(again)
+    assert store.get_device("cgm-1") == again  # active, with the new name and address
+    assert [r.seq for r in store.readings(patient_id="p1")] == [1, 2]
+    store.write([cgm(3, minutes=10)])
+    assert [r.seq for r in store.readings(patient_id="p1")] == [1, 2, 3]
+    with pytest.raises(RegistryError, match="already exists"):  # active: not twice
+        store.add_device(again)
+
+
 def test_a_device_added_by_another_connection_is_seen(backend: Backend, store: AnyStore) -> None:
     assert "late" not in store.device_map()
     other = backend.open()
