@@ -13,15 +13,12 @@ once, not by each of two racing commands.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.pq import TransactionStatus
 
 from gateway.clock import to_rfc3339
 from gateway.storage.accounts import (
@@ -35,16 +32,16 @@ from gateway.storage.accounts import (
     TokenRecord,
     UserRecord,
 )
+from gateway.storage.postgres_connection import (
+    Connection,
+    PostgresConnection,
+    Row,
+    storage_error,
+    translated,
+)
 from gateway.storage.postgres_events import insert_ledger_event, last_consent_event
 from gateway.storage.postgres_migrations import migrate, redacted
-from gateway.storage.postgres_store import storage_error
 from gateway.units import Unit
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-Row = tuple[Any, ...]
-Connection = psycopg.Connection[Row]
 
 # pg_advisory_xact_lock key of consent changes: "consent" in ASCII.
 CONSENT_LOCK = 0x636F6E73656E74
@@ -82,24 +79,6 @@ def _token(row: Row) -> TokenRecord:
         last_used_at=None if row[5] is None else _utc(row[5]),
         revoked=bool(row[6]),
     )
-
-
-def _translated(
-    method: Callable[Concatenate[PostgresAccountStorage, _P], _T],
-) -> Callable[Concatenate[PostgresAccountStorage, _P], _T]:
-    """Run `method` on a live connection; psycopg's errors leave as StorageErrors."""
-
-    @functools.wraps(method)
-    def run(self: PostgresAccountStorage, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        self._connect_if_lost()
-        try:
-            return method(self, *args, **kwargs)
-        except psycopg.Error as exc:
-            raise storage_error(exc, broken=self._lost()) from exc
-        finally:
-            self._end_open_transaction()
-
-    return run
 
 
 class _PostgresConsent:
@@ -145,7 +124,7 @@ class _PostgresConsent:
         insert_ledger_event(self._db, patient_id, body)
 
 
-class PostgresAccountStorage:
+class PostgresAccountStorage(PostgresConnection):
     """`AccountStorage` on a PostgreSQL database. One thread at a time."""
 
     def __init__(self, url: str) -> None:
@@ -167,36 +146,9 @@ class PostgresAccountStorage:
         """The database, for messages (the URL without its password)."""
         return redacted(self.url)
 
-    def _open(self) -> Connection:
-        try:
-            return psycopg.connect(self.url, autocommit=True, options="-c TimeZone=UTC")
-        except psycopg.Error as exc:
-            raise storage_error(exc) from exc
-
-    def _lost(self) -> bool:
-        return self._db.closed or self._db.broken
-
-    def _connect_if_lost(self) -> None:
-        if self._lost():
-            self._db.close()
-            self._db = self._open()
-
-    def _end_open_transaction(self) -> None:
-        """Never leave a transaction open (an error inside one, a caller's interrupt)."""
-        if self._lost():
-            return
-        if self._db.info.transaction_status != TransactionStatus.IDLE:
-            try:
-                self._db.rollback()
-            except psycopg.Error:
-                self._db.close()
-
-    def close(self) -> None:
-        self._db.close()
-
     # users
 
-    @_translated
+    @translated
     def add_user(
         self,
         *,
@@ -216,7 +168,7 @@ class PostgresAccountStorage:
         except pg_errors.UniqueViolation:
             raise DuplicateUser(username) from None
 
-    @_translated
+    @translated
     def get_user(self, username: str) -> UserRecord | None:
         row = self._db.execute(
             "SELECT username, role, patient_id, unit, disabled FROM dash_users WHERE username = %s",
@@ -224,7 +176,7 @@ class PostgresAccountStorage:
         ).fetchone()
         return None if row is None else _user(row)
 
-    @_translated
+    @translated
     def list_users(self) -> list[UserRecord]:
         rows = self._db.execute(
             "SELECT username, role, patient_id, unit, disabled FROM dash_users"
@@ -232,14 +184,14 @@ class PostgresAccountStorage:
         ).fetchall()
         return [_user(r) for r in rows]
 
-    @_translated
+    @translated
     def password_hash(self, username: str) -> str | None:
         row = self._db.execute(
             "SELECT password_hash FROM dash_users WHERE username = %s", (username,)
         ).fetchone()
         return None if row is None else str(row[0])
 
-    @_translated
+    @translated
     def set_password_hash(self, username: str, password_hash: str) -> None:
         with self._db.transaction():
             self._db.execute(
@@ -248,7 +200,7 @@ class PostgresAccountStorage:
             )
             self._db.execute("DELETE FROM dash_sessions WHERE username = %s", (username,))
 
-    @_translated
+    @translated
     def set_disabled(self, username: str, disabled: bool) -> None:
         with self._db.transaction():
             self._db.execute(
@@ -260,13 +212,13 @@ class PostgresAccountStorage:
                     "UPDATE dash_tokens SET revoked = true WHERE username = %s", (username,)
                 )
 
-    @_translated
+    @translated
     def set_unit(self, username: str, unit: Unit) -> None:
         self._db.execute(
             "UPDATE dash_users SET unit = %s WHERE username = %s", (unit.value, username)
         )
 
-    @_translated
+    @translated
     def patient_name(self, patient_id: str) -> str | None:
         row = self._db.execute(
             "SELECT display_name FROM patients WHERE patient_id = %s", (patient_id,)
@@ -275,7 +227,7 @@ class PostgresAccountStorage:
 
     # sessions
 
-    @_translated
+    @translated
     def add_session(
         self,
         *,
@@ -299,7 +251,7 @@ class PostgresAccountStorage:
                 (session_hash, username, csrf_token, _ms(created_at), _ms(expires_at)),
             )
 
-    @_translated
+    @translated
     def get_session(self, session_hash: str) -> SessionRecord | None:
         row = self._db.execute(
             "SELECT username, csrf_token, expires_at FROM dash_sessions WHERE session_hash = %s",
@@ -309,13 +261,13 @@ class PostgresAccountStorage:
             return None
         return SessionRecord(username=str(row[0]), csrf_token=str(row[1]), expires_at=_utc(row[2]))
 
-    @_translated
+    @translated
     def delete_session(self, session_hash: str) -> None:
         self._db.execute("DELETE FROM dash_sessions WHERE session_hash = %s", (session_hash,))
 
     # API tokens
 
-    @_translated
+    @translated
     def add_token(
         self,
         *,
@@ -333,7 +285,7 @@ class PostgresAccountStorage:
         assert row is not None
         return int(row[0])
 
-    @_translated
+    @translated
     def unrevoked_token(self, token_hash: str) -> TokenRecord | None:
         row = self._db.execute(
             f"SELECT {_TOKEN_COLUMNS} FROM dash_tokens WHERE token_hash = %s AND NOT revoked",
@@ -341,13 +293,13 @@ class PostgresAccountStorage:
         ).fetchone()
         return None if row is None else _token(row)
 
-    @_translated
+    @translated
     def set_token_used(self, token_id: int, used_at: datetime) -> None:
         self._db.execute(
             "UPDATE dash_tokens SET last_used_at = %s WHERE id = %s", (_ms(used_at), token_id)
         )
 
-    @_translated
+    @translated
     def list_tokens(self, username: str) -> list[TokenRecord]:
         rows = self._db.execute(
             f"SELECT {_TOKEN_COLUMNS} FROM dash_tokens WHERE username = %s ORDER BY id",
@@ -355,14 +307,14 @@ class PostgresAccountStorage:
         ).fetchall()
         return [_token(r) for r in rows]
 
-    @_translated
+    @translated
     def revoke_token_id(self, token_id: int) -> bool:
         cursor = self._db.execute(
             "UPDATE dash_tokens SET revoked = true WHERE id = %s", (token_id,)
         )
         return cursor.rowcount > 0
 
-    @_translated
+    @translated
     def revoke_token_hash(self, token_hash: str) -> None:
         self._db.execute(
             "UPDATE dash_tokens SET revoked = true WHERE token_hash = %s", (token_hash,)
@@ -370,7 +322,7 @@ class PostgresAccountStorage:
 
     # Nightscout uploader secrets
 
-    @_translated
+    @translated
     def add_nightscout_secret(
         self,
         *,
@@ -390,7 +342,7 @@ class PostgresAccountStorage:
         assert row is not None
         return int(row[0])
 
-    @_translated
+    @translated
     def nightscout_secret(self, secret_hash: str) -> NightscoutSecretRecord | None:
         row = self._db.execute(
             "SELECT id, patient_id, device_id, can_write, label, created_at"
@@ -408,7 +360,7 @@ class PostgresAccountStorage:
             created_at=_utc(row[5]),
         )
 
-    @_translated
+    @translated
     def revoke_nightscout_secret(self, secret_id: int) -> bool:
         cursor = self._db.execute(
             "UPDATE nightscout_secrets SET revoked = true WHERE id = %s", (secret_id,)
@@ -429,7 +381,7 @@ class PostgresAccountStorage:
         finally:
             self._end_open_transaction()
 
-    @_translated
+    @translated
     def grants_for_patient(self, patient_id: str) -> list[GrantRecord]:
         rows = self._db.execute(
             "SELECT patient_id, clinician, granted_by, granted_at FROM dash_grants"
@@ -446,7 +398,7 @@ class PostgresAccountStorage:
             for r in rows
         ]
 
-    @_translated
+    @translated
     def granted_patients(self, clinician: str) -> list[str]:
         rows = self._db.execute(
             "SELECT patient_id FROM dash_grants WHERE clinician = %s"
@@ -457,7 +409,7 @@ class PostgresAccountStorage:
 
     # clinical notes
 
-    @_translated
+    @translated
     def add_note(
         self, *, patient_id: str, author: str, role: str, created_at: datetime, body: str
     ) -> NoteRecord:
@@ -477,7 +429,7 @@ class PostgresAccountStorage:
             body=body,
         )
 
-    @_translated
+    @translated
     def notes(self, patient_id: str, limit: int) -> list[NoteRecord]:
         rows = self._db.execute(
             "SELECT id, patient_id, author, role, created_at, body FROM dash_notes"
@@ -498,7 +450,7 @@ class PostgresAccountStorage:
 
     # access audit
 
-    @_translated
+    @translated
     def add_audit(self, entry: AuditRecord) -> None:
         self._db.execute(
             "INSERT INTO dash_audit (time, viewer, role, patient_id, action)"
@@ -506,7 +458,7 @@ class PostgresAccountStorage:
             (_ms(entry.time), entry.viewer, entry.role, entry.patient_id, entry.action),
         )
 
-    @_translated
+    @translated
     def access_log(self, patient_id: str, limit: int) -> list[AuditRecord]:
         rows = self._db.execute(
             "SELECT time, viewer, role, patient_id, action FROM dash_audit"
@@ -526,7 +478,7 @@ class PostgresAccountStorage:
 
     # login failures
 
-    @_translated
+    @translated
     def login_blocked_until(self, keys: Sequence[str]) -> float | None:
         row = self._db.execute(
             "SELECT MAX(blocked_until) FROM dash_login_failures WHERE key = ANY(%s)",
@@ -534,7 +486,7 @@ class PostgresAccountStorage:
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    @_translated
+    @translated
     def add_login_failures(
         self, keyed: Sequence[tuple[str, FailurePolicy]], now: float, *, forget_before: float
     ) -> list[int]:

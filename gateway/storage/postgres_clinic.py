@@ -44,8 +44,8 @@ from gateway.clinic.witness import (
     tree_at,
 )
 from gateway.errors import InputError
+from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_migrations import Migration, redacted
-from gateway.storage.postgres_store import storage_error
 from ledger.rfc6962 import CompactTree
 
 Row = tuple[Any, ...]

@@ -22,26 +22,20 @@ What differs from SQLite, and why (see `postgres_migrations` for the schema):
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
 
 from gateway.clock import parse_rfc3339, to_rfc3339, utc_now
 from gateway.errors import (
-    PermanentStorageError,
     RegistryError,
     StorageError,
-    TransientStorageError,
 )
 from gateway.model import (
     Alert,
@@ -67,6 +61,12 @@ from gateway.storage.contract import (
     UnsealedEvent,
     UnsealedReading,
     WriteResult,
+)
+from gateway.storage.postgres_connection import (
+    PostgresConnection,
+    Row,
+    storage_error,
+    translated,
 )
 from gateway.storage.postgres_events import insert_ledger_event
 from gateway.storage.postgres_migrations import (
@@ -100,8 +100,6 @@ from ledger.jcs import canonicalize
 
 log = logging.getLogger("glucohub.store")
 
-Row = tuple[Any, ...]
-Connection = psycopg.Connection[Row]
 
 # `time` spelled as SQLite stores it: RFC 3339 UTC, milliseconds, "Z" (see to_rfc3339).
 _TIME_TEXT = "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
@@ -113,20 +111,7 @@ _PAGE = 5000
 # pg_advisory_xact_lock(DEVICE_LOCK, hashtext(device_id)): one device's writers take turns.
 # The two-key lock space is apart from the one-key space of MIGRATION_LOCK.
 DEVICE_LOCK = 0x676C7563  # "gluc"
-CONNECT_TIMEOUT_S = 10  # unless the URL says otherwise: a dead server fails, never hangs
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-# SQLSTATEs a retry may cure. Class 08: connection exceptions; 40001/40P01: serialization
-# failure, deadlock; 40003: statement completion unknown; 55P03: lock not available;
-# 57014: statement timeout; 57P01-57P03: admin/crash shutdown, cannot connect now;
-# 53200/53300: out of memory, too many connections. 53100 (disk full) is not: an operator acts.
-_TRANSIENT = (
-    *("08", "40001", "40P01", "40003", "55P03", "57014", "57P01", "57P02", "57P03"),
-    *("53200", "53300"),
-)
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 def _stored_time(value: datetime) -> datetime:
@@ -162,37 +147,6 @@ def _dead_letter_row(letter: DeadLetter) -> tuple[object, ...]:
         len(raw),
         hashlib.sha256(raw).hexdigest(),
     )
-
-
-def storage_error(exc: psycopg.Error, *, broken: bool = False) -> StorageError:
-    """psycopg's error as ours: transient when a retry may succeed, else permanent."""
-    state = exc.sqlstate
-    transient = broken or (
-        state.startswith(_TRANSIENT)
-        if state is not None
-        else isinstance(exc, psycopg.OperationalError)
-    )
-    kind = TransientStorageError if transient else PermanentStorageError
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return kind(f"PostgreSQL: {detail}" + (f" (SQLSTATE {state})" if state else ""))
-
-
-def _translated(
-    method: Callable[Concatenate[PostgresStore, P], T],
-) -> Callable[Concatenate[PostgresStore, P], T]:
-    """Run `method` on a live connection; psycopg's errors leave as StorageErrors."""
-
-    def wrapper(self: PostgresStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        self._connect_if_lost()
-        try:
-            return method(self, *args, **kwargs)
-        except psycopg.Error as exc:
-            raise storage_error(exc, broken=self._lost()) from exc
-        finally:
-            self._end_open_transaction()
-
-    functools.update_wrapper(wrapper, method)
-    return wrapper
 
 
 class _Conflict(Exception):
@@ -247,7 +201,7 @@ def _pg_row(row: tuple[object, ...], time: datetime) -> tuple[object, ...]:
     return (*row[:5], time, *row[7:])
 
 
-class PostgresStore:
+class PostgresStore(PostgresConnection):
     """All durable state of one hub in PostgreSQL. Not thread-safe: one thread per store.
 
     `url` is a libpq connection string (postgresql://user@host:port/db). `data_dir` is
@@ -285,44 +239,6 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise storage_error(exc) from exc
 
-    def _open(self) -> Connection:
-        try:
-            given = conninfo_to_dict(self.url)
-            # Times come back in UTC whatever the server's zone; a read-only store cannot write.
-            options = [str(given.get("options") or ""), "-c TimeZone=UTC"]
-            if self.read_only:
-                options.append("-c default_transaction_read_only=on")
-            return psycopg.connect(
-                self.url,
-                autocommit=True,
-                options=" ".join(o for o in options if o),
-                connect_timeout=int(str(given.get("connect_timeout") or CONNECT_TIMEOUT_S)),
-                application_name=str(given.get("application_name") or "glucohub"),
-            )
-        except psycopg.Error as exc:
-            raise storage_error(exc) from exc
-
-    def _lost(self) -> bool:
-        return self._db.closed or self._db.broken
-
-    def _connect_if_lost(self) -> None:
-        if self._lost():
-            self._db.close()
-            self._db = self._open()
-
-    def _end_open_transaction(self) -> None:
-        """Never leave a transaction open (an error inside one, a caller's interrupt)."""
-        if self._lost():
-            return
-        if self._db.info.transaction_status != TransactionStatus.IDLE:
-            try:
-                self._db.rollback()
-            except psycopg.Error:
-                self._db.close()
-
-    def close(self) -> None:
-        self._db.close()
-
     def _rows(self, query: str, params: Sequence[object] | Mapping[str, object] = ()) -> list[Row]:
         return self._db.execute(query.encode(), params).fetchall()
 
@@ -331,7 +247,7 @@ class PostgresStore:
 
     # -- registry -----------------------------------------------------------------------
 
-    @_translated
+    @translated
     def add_patient(self, patient: Patient) -> None:
         try:
             self._db.execute(
@@ -342,7 +258,7 @@ class PostgresStore:
         except pg_errors.UniqueViolation:
             raise RegistryError(f"patient {patient.patient_id!r} already exists") from None
 
-    @_translated
+    @translated
     def get_patient(self, patient_id: str) -> Patient | None:
         row = self._row(
             "SELECT patient_id, display_name, timezone, simulated FROM patients "
@@ -351,7 +267,7 @@ class PostgresStore:
         )
         return None if row is None else _patient(row)
 
-    @_translated
+    @translated
     def list_patients(self) -> list[Patient]:
         rows = self._rows(
             "SELECT patient_id, display_name, timezone, simulated FROM patients "
@@ -359,7 +275,7 @@ class PostgresStore:
         )
         return [_patient(row) for row in rows]
 
-    @_translated
+    @translated
     def add_device(self, device: Device) -> None:
         if self.get_patient(device.patient_id) is None:
             raise RegistryError(f"unknown patient {device.patient_id!r}; add the patient first")
@@ -396,7 +312,7 @@ class PostgresStore:
             if cursor.rowcount != 1:
                 raise RegistryError(f"device {device.device_id!r} already exists") from None
 
-    @_translated
+    @translated
     def remove_device(self, device_id: str) -> None:
         """Deactivate (never delete: stored readings still name it)."""
         cursor = self._db.execute(
@@ -405,19 +321,19 @@ class PostgresStore:
         if cursor.rowcount == 0:
             raise RegistryError(f"no active device {device_id!r}")
 
-    @_translated
+    @translated
     def device_map(self) -> Mapping[str, Device]:
         """Every registered device by id, read afresh (a few rows): another process (a CLI
         `devices add`) may have changed them, and PostgreSQL has no cheap change counter."""
         rows = self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices")
         return {device.device_id: device for device in map(_device, rows)}
 
-    @_translated
+    @translated
     def get_device(self, device_id: str) -> Device | None:
         row = self._row(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = %s", (device_id,))
         return None if row is None else _device(row)
 
-    @_translated
+    @translated
     def list_devices(self, patient_id: str | None = None) -> list[Device]:
         query = f"SELECT {_DEVICE_COLUMNS} FROM devices"
         params: tuple[str, ...] = ()
@@ -443,7 +359,7 @@ class PostgresStore:
             dead_letters,
         )
 
-    @_translated
+    @translated
     def write_messages(
         self,
         messages: Sequence[Message],
@@ -692,7 +608,7 @@ class PostgresStore:
                 return
             after = (rows[-1][-1], int(rows[-1][0]))
 
-    @_translated
+    @translated
     def _reading_page(
         self, clauses: list[str], params: list[object], after: tuple[datetime, int] | None
     ) -> list[Row]:
@@ -708,7 +624,7 @@ class PostgresStore:
             values,
         )
 
-    @_translated
+    @translated
     def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
         row = self._row(
             f"SELECT {_READING_COLUMNS} FROM readings WHERE patient_id = %s "
@@ -717,12 +633,12 @@ class PostgresStore:
         )
         return None if row is None else reading_from_row(row)
 
-    @_translated
+    @translated
     def last_seq(self, device_id: str) -> int | None:
         row = self._row("SELECT MAX(seq) FROM readings WHERE device_id = %s", (device_id,))
         return None if row is None or row[0] is None else int(row[0])
 
-    @_translated
+    @translated
     def last_time(self, device_id: str) -> datetime | None:
         row = self._row(
             "SELECT time FROM readings WHERE device_id = %s ORDER BY time DESC LIMIT 1",
@@ -730,12 +646,12 @@ class PostgresStore:
         )
         return None if row is None else _utc(row[0])
 
-    @_translated
+    @translated
     def count_readings(self) -> int:
         row = self._row("SELECT COUNT(*) FROM readings")
         return 0 if row is None else int(row[0])
 
-    @_translated
+    @translated
     def dead_letters(self) -> list[StoredDeadLetter]:
         rows = self._rows(
             "SELECT id, received_at, source, topic, device_id, reason, detail, payload, "
@@ -757,12 +673,12 @@ class PostgresStore:
             for r in rows
         ]
 
-    @_translated
+    @translated
     def dead_letter_counts(self) -> dict[RejectReason, int]:
         rows = self._rows("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason")
         return {RejectReason(str(r[0])): int(r[1]) for r in rows}
 
-    @_translated
+    @translated
     def device_events(self, patient_id: str | None = None) -> list[DeviceEvent]:
         query = "SELECT patient_id, device_id, kind, time, detail, seq FROM device_events"
         params: tuple[str, ...] = ()
@@ -783,7 +699,7 @@ class PostgresStore:
 
     # -- ledger -------------------------------------------------------------------------
 
-    @_translated
+    @translated
     def unsealed_reading_rows(self, limit: int) -> list[Row]:
         return self._rows(
             f"SELECT {_READING_COLUMNS} FROM readings WHERE batch_seq IS NULL ORDER BY id LIMIT %s",
@@ -809,7 +725,7 @@ class PostgresStore:
                 bad.append(Unsealable("reading", int(row[0]), _text_or_none(row[1]), str(exc)))
         return good, bad
 
-    @_translated
+    @translated
     def unsealed_events_for_seal(self, limit: int) -> tuple[list[UnsealedEvent], list[Unsealable]]:
         """The oldest unsealed ledger events as canonical text, and those that have none."""
         good: list[UnsealedEvent] = []
@@ -830,7 +746,7 @@ class PostgresStore:
                 bad.append(Unsealable("event", int(row_id), _text_or_none(patient_id), str(exc)))
         return good, bad
 
-    @_translated
+    @translated
     def quarantine(self, items: Sequence[Unsealable], now: datetime) -> None:
         """Take records that cannot be sealed out of the unsealed set, for good: each stays
         where it is, marked QUARANTINED, and is listed with its reason."""
@@ -854,17 +770,17 @@ class PostgresStore:
                     ),
                 )
 
-    @_translated
+    @translated
     def quarantined(self) -> list[Unsealable]:
         rows = self._rows("SELECT record, row_id, patient_id, reason FROM quarantine ORDER BY id")
         return [Unsealable(str(r[0]), int(r[1]), _text_or_none(r[2]), str(r[3])) for r in rows]
 
-    @_translated
+    @translated
     def count_quarantined(self) -> int:
         row = self._row("SELECT COUNT(*) FROM quarantine")
         return 0 if row is None else int(row[0])
 
-    @_translated
+    @translated
     def batch_records(self, batch_seq: int) -> BatchRecords:
         """A sealed batch's records as sealed (for disclosure, export and verification),
         read in one snapshot."""
@@ -897,25 +813,25 @@ class PostgresStore:
             (batch_seq,),
         )
 
-    @_translated
+    @translated
     def batch_reading_rows(self, batch_seq: int) -> list[Row]:
         return self._batch_reading_rows(batch_seq)
 
-    @_translated
+    @translated
     def count_unsealed(self) -> int:
         row = self._row("SELECT COUNT(*) FROM readings WHERE batch_seq IS NULL")
         return 0 if row is None else int(row[0])
 
-    @_translated
+    @translated
     def batch_readings(self, batch_seq: int) -> list[Reading]:
         return [reading_from_row(r) for r in self._batch_reading_rows(batch_seq)]
 
-    @_translated
+    @translated
     def tree_state(self) -> tuple[int, bytes] | None:
         row = self._row("SELECT size, compact FROM tree_state WHERE id = 1")
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    @_translated
+    @translated
     def patient_batches(self, patient_id: str, limit: int) -> list[Batch]:
         """The newest batches holding records of this patient, each as this patient's part
         of it: `reading_count` and the time range count this patient's readings only."""
@@ -932,16 +848,16 @@ class PostgresStore:
         )
         return [_pg_batch(r) for r in rows]
 
-    @_translated
+    @translated
     def batch(self, seq: int) -> Batch | None:
         row = self._row(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq = %s", (seq,))
         return None if row is None else _pg_batch(row)
 
-    @_translated
+    @translated
     def batch_seqs(self) -> list[int]:
         return [int(r[0]) for r in self._rows("SELECT seq FROM batches ORDER BY seq")]
 
-    @_translated
+    @translated
     def last_batch(self) -> Batch | None:
         row = self._row(f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY seq DESC LIMIT 1")
         return None if row is None else _pg_batch(row)
@@ -964,21 +880,21 @@ class PostgresStore:
             if left is not None:
                 left -= len(rows)
 
-    @_translated
+    @translated
     def _batch_page(self, start: int, page: int) -> list[Row]:
         return self._rows(
             f"SELECT {_BATCH_COLUMNS} FROM batches WHERE seq >= %s ORDER BY seq LIMIT %s",
             (start, page),
         )
 
-    @_translated
+    @translated
     def latest_batches(self, limit: int) -> list[Batch]:
         rows = self._rows(
             f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY seq DESC LIMIT %s", (limit,)
         )
         return [_pg_batch(r) for r in rows]
 
-    @_translated
+    @translated
     def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]:
         if end is None:
             rows = self._rows(
@@ -991,7 +907,7 @@ class PostgresStore:
             )
         return [bytes(r[0]) for r in rows]
 
-    @_translated
+    @translated
     def record_sealed_batch(
         self,
         *,
@@ -1065,7 +981,7 @@ class PostgresStore:
 
     # -- retention ----------------------------------------------------------------------
 
-    @_translated
+    @translated
     def prune_acknowledged(self, cutoff: datetime, now: datetime, *, limit: int) -> PruneResult:
         """See `Retention`. A month partition wholly before `cutoff` whose every reading is
         in a prunable batch is dropped whole (no dead rows left to vacuum); otherwise the
@@ -1130,7 +1046,7 @@ class PostgresStore:
                 names.append(str(name))
         return names
 
-    @_translated
+    @translated
     def pruned_batch_seqs(self, first: int, end: int) -> set[int]:
         rows = self._rows(
             "SELECT seq FROM batches WHERE seq >= %s AND seq < %s AND pruned_at IS NOT NULL",
@@ -1146,7 +1062,7 @@ class PostgresStore:
                 "stored and unsealed"
             )
 
-    @_translated
+    @translated
     def persist_checkpoint(self, size: int, root_hash: bytes, now: datetime) -> None:
         """Record the (size, root) about to be signed; refuse a second root for a size."""
         self._db.execute(
@@ -1158,19 +1074,19 @@ class PostgresStore:
         if row is None or bytes(row[0]) != root_hash:
             raise StorageError(f"checkpoint {size}: a different root is already recorded")
 
-    @_translated
+    @translated
     def unsigned_checkpoints(self) -> list[tuple[int, bytes]]:
         rows = self._rows(
             "SELECT size, root_hash FROM checkpoints WHERE note IS NULL ORDER BY size"
         )
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
-    @_translated
+    @translated
     def checkpoint_root(self, size: int) -> bytes | None:
         row = self._row("SELECT root_hash FROM checkpoints WHERE size = %s", (size,))
         return None if row is None else bytes(row[0])
 
-    @_translated
+    @translated
     def record_checkpoint_note(
         self, size: int, note: str, outbox_topic: str | None, now: datetime
     ) -> None:
@@ -1187,7 +1103,7 @@ class PostgresStore:
                     (outbox_topic, note.encode(), _stored_time(now)),
                 )
 
-    @_translated
+    @translated
     def latest_checkpoint(self) -> tuple[int, bytes, str] | None:
         row = self._row(
             "SELECT size, root_hash, note FROM checkpoints WHERE note IS NOT NULL "
@@ -1195,7 +1111,7 @@ class PostgresStore:
         )
         return None if row is None else (int(row[0]), bytes(row[1]), str(row[2]))
 
-    @_translated
+    @translated
     def recent_checkpoints(self, limit: int) -> list[tuple[int, bytes]]:
         rows = self._rows(
             "SELECT size, root_hash FROM checkpoints WHERE note IS NOT NULL "
@@ -1204,7 +1120,7 @@ class PostgresStore:
         )
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
-    @_translated
+    @translated
     def add_cosignature(self, size: int, witness: str, line: str, received_at: datetime) -> None:
         self._db.execute(
             "INSERT INTO cosignatures (size, witness, line, received_at) "
@@ -1214,7 +1130,7 @@ class PostgresStore:
             (size, witness, line, _stored_time(received_at)),
         )
 
-    @_translated
+    @translated
     def cosignatures(self, size: int) -> list[str]:
         rows = self._rows(
             'SELECT line FROM cosignatures WHERE size = %s ORDER BY witness COLLATE "C"', (size,)
@@ -1223,7 +1139,7 @@ class PostgresStore:
 
     # -- alerts and ledger events ---------------------------------------------------------
 
-    @_translated
+    @translated
     def record_alerts(self, alerts: Sequence[Alert], engine_states: Mapping[str, str]) -> None:
         """Upsert alert values, log each transition as a ledger event, save engine states."""
         with self._db.transaction():
@@ -1261,28 +1177,28 @@ class PostgresStore:
                     list(engine_states.items()),
                 )
 
-    @_translated
+    @translated
     def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None:
         insert_ledger_event(self._db, patient_id, body)
 
     # -- treatments -----------------------------------------------------------------------
 
-    @_translated
+    @translated
     def add_treatments(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
         return add_treatments(self._db, treatments)
 
-    @_translated
+    @translated
     def treatments(
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
         return query_treatments(self._db, patient_id, since=since, until=until, limit=limit)
 
-    @_translated
+    @translated
     def alert_engine_states(self) -> dict[str, str]:
         rows = self._rows("SELECT patient_id, state FROM alert_engine_state")
         return {str(r[0]): str(r[1]) for r in rows}
 
-    @_translated
+    @translated
     def alerts(self, patient_id: str | None = None, *, open_only: bool = False) -> list[Alert]:
         clauses: list[str] = []
         params: list[object] = []
@@ -1298,21 +1214,21 @@ class PostgresStore:
         )
         return [alert_from_row(_alert_texts(r)) for r in rows]
 
-    @_translated
+    @translated
     def batch_events(self, batch_seq: int) -> list[dict[str, object]]:
         rows = self._rows(
             "SELECT body FROM ledger_events WHERE batch_seq = %s ORDER BY id", (batch_seq,)
         )
         return [json.loads(r[0]) for r in rows]
 
-    @_translated
+    @translated
     def count_unsealed_events(self) -> int:
         row = self._row("SELECT COUNT(*) FROM ledger_events WHERE batch_seq IS NULL")
         return 0 if row is None else int(row[0])
 
     # -- outbox -------------------------------------------------------------------------
 
-    @_translated
+    @translated
     def outbox_pending(self, limit: int) -> list[tuple[int, str, bytes]]:
         rows = self._rows(
             "SELECT id, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s",
@@ -1320,7 +1236,7 @@ class PostgresStore:
         )
         return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
-    @_translated
+    @translated
     def outbox_mark_sent(self, item_id: int, now: datetime) -> None:
         self._db.execute(
             "UPDATE outbox SET sent_at = %s WHERE id = %s AND sent_at IS NULL",

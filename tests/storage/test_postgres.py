@@ -25,9 +25,10 @@ from gateway.model import (
     Transport,
 )
 from gateway.sealing import Sealer, init_keys, load_keys
+from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_events import insert_ledger_event, last_consent_event
 from gateway.storage.postgres_migrations import SCHEMA_VERSION
-from gateway.storage.postgres_store import PostgresStore, storage_error
+from gateway.storage.postgres_store import PostgresStore
 from gateway.storage.sqlite_migrations import SchemaTooNew, SchemaTooOld
 from gateway.store import Store
 from gateway.units import Unit
