@@ -84,7 +84,6 @@ from gateway.storage.rows import (
     QUARANTINED,
     TIME_COLUMN,
     _batch,
-    _checked_time,
     _device,
     _patient,
     _refused,
@@ -94,8 +93,9 @@ from gateway.storage.rows import (
     reading_canonical_from_row,
     reading_from_row,
     reading_to_row,
+    sealable_events,
+    sealable_readings,
 )
-from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
 
 log = logging.getLogger("glucohub.store")
@@ -710,41 +710,17 @@ class PostgresStore(PostgresConnection):
         """The oldest unsealed readings, at most `limit`, in id order, and those among them
         that cannot be serialised canonically (to be quarantined, never sealed). A reading
         whose transaction commits later, with a lower id, is in a later call's answer."""
-        good: list[UnsealedReading] = []
-        bad: list[Unsealable] = []
-        for row in self.unsealed_reading_rows(limit):
-            try:
-                good.append(
-                    UnsealedReading(
-                        int(row[0]),
-                        _checked_time(row[TIME_COLUMN]),
-                        reading_canonical_from_row(row),
-                    )
-                )
-            except (LedgerError, ValueError, TypeError, AttributeError) as exc:
-                bad.append(Unsealable("reading", int(row[0]), _text_or_none(row[1]), str(exc)))
-        return good, bad
+        return sealable_readings(self.unsealed_reading_rows(limit))
 
     @translated
     def unsealed_events_for_seal(self, limit: int) -> tuple[list[UnsealedEvent], list[Unsealable]]:
         """The oldest unsealed ledger events as canonical text, and those that have none."""
-        good: list[UnsealedEvent] = []
-        bad: list[Unsealable] = []
         rows = self._rows(
             "SELECT id, patient_id, body FROM ledger_events WHERE batch_seq IS NULL "
             "ORDER BY id LIMIT %s",
             (limit,),
         )
-        for row_id, patient_id, body in rows:
-            try:
-                obj = json.loads(body)
-                if not isinstance(obj, dict):
-                    raise ValueError("event body is not a JSON object")
-                canonical = canonicalize(obj).decode("utf-8")
-                good.append(UnsealedEvent(int(row_id), str(patient_id), canonical))
-            except (LedgerError, ValueError, TypeError, RecursionError) as exc:
-                bad.append(Unsealable("event", int(row_id), _text_or_none(patient_id), str(exc)))
-        return good, bad
+        return sealable_events(rows)
 
     @translated
     def quarantine(self, items: Sequence[Unsealable], now: datetime) -> None:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,9 +36,12 @@ from gateway.shapes import json_number, reading_to_json
 from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     Message,
+    Unsealable,
+    UnsealedEvent,
     UnsealedReading,
 )
 from gateway.units import Unit
+from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
 
 log = logging.getLogger("glucohub.store")
@@ -346,3 +349,41 @@ def _checked_time(value: object) -> str:
 
 
 _STORED_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+
+
+def sealable_readings(
+    rows: Iterable[tuple[Any, ...]],
+) -> tuple[list[UnsealedReading], list[Unsealable]]:
+    """Stored reading rows as sealing takes them, and those with no canonical form (to be
+    quarantined, never sealed)."""
+    good: list[UnsealedReading] = []
+    bad: list[Unsealable] = []
+    for row in rows:
+        try:
+            good.append(
+                UnsealedReading(
+                    int(row[0]), _checked_time(row[TIME_COLUMN]), reading_canonical_from_row(row)
+                )
+            )
+        except (LedgerError, ValueError, TypeError, AttributeError) as exc:
+            bad.append(Unsealable("reading", int(row[0]), _text_or_none(row[1]), str(exc)))
+    return good, bad
+
+
+def sealable_events(
+    rows: Iterable[tuple[Any, ...]],
+) -> tuple[list[UnsealedEvent], list[Unsealable]]:
+    """Stored (id, patient_id, body) ledger-event rows as canonical text, and those that have
+    none."""
+    good: list[UnsealedEvent] = []
+    bad: list[Unsealable] = []
+    for row_id, patient_id, body in rows:
+        try:
+            obj = json.loads(body)
+            if not isinstance(obj, dict):
+                raise ValueError("event body is not a JSON object")
+            canonical = canonicalize(obj).decode("utf-8")
+            good.append(UnsealedEvent(int(row_id), str(patient_id), canonical))
+        except (LedgerError, ValueError, TypeError, RecursionError) as exc:
+            bad.append(Unsealable("event", int(row_id), _text_or_none(patient_id), str(exc)))
+    return good, bad

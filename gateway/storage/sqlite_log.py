@@ -28,15 +28,15 @@ from gateway.storage.rows import (
     QUARANTINED,
     TIME_COLUMN,
     _batch,
-    _checked_time,
     _text,
     _text_or_none,
     reading_canonical_from_row,
     reading_from_row,
+    sealable_events,
+    sealable_readings,
 )
 from gateway.storage.sqlite_errors import translate_sqlite_errors
 from gateway.storage.sqlite_queries import SqliteQueries
-from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
 
 log = logging.getLogger("glucohub.store")
@@ -75,40 +75,16 @@ class SqliteLog(SqliteQueries):
             and tail[count - 1].row_id == high
         ):
             return list(itertools.islice(tail, count)), []
-        good: list[UnsealedReading] = []
-        bad: list[Unsealable] = []
-        for row in self.unsealed_reading_rows(limit):
-            try:
-                good.append(
-                    UnsealedReading(
-                        int(row[0]),
-                        _checked_time(row[TIME_COLUMN]),
-                        reading_canonical_from_row(row),
-                    )
-                )
-            except (LedgerError, ValueError, TypeError, AttributeError) as exc:
-                bad.append(Unsealable("reading", int(row[0]), _text_or_none(row[1]), str(exc)))
-        return good, bad
+        return sealable_readings(self.unsealed_reading_rows(limit))
 
     def unsealed_events_for_seal(self, limit: int) -> tuple[list[UnsealedEvent], list[Unsealable]]:
         """The oldest unsealed ledger events as canonical text, and those that have none."""
-        good: list[UnsealedEvent] = []
-        bad: list[Unsealable] = []
         rows = self._db.execute(
             "SELECT id, patient_id, body FROM ledger_events WHERE batch_seq IS NULL "
             "ORDER BY id LIMIT ?",
             (limit,),
         )
-        for row_id, patient_id, body in rows:
-            try:
-                obj = json.loads(body)
-                if not isinstance(obj, dict):
-                    raise ValueError("event body is not a JSON object")
-                canonical = canonicalize(obj).decode("utf-8")
-                good.append(UnsealedEvent(int(row_id), str(patient_id), canonical))
-            except (LedgerError, ValueError, TypeError, RecursionError) as exc:
-                bad.append(Unsealable("event", int(row_id), _text_or_none(patient_id), str(exc)))
-        return good, bad
+        return sealable_events(rows)
 
     def quarantine(self, items: Sequence[Unsealable], now: datetime) -> None:
         """Take records that cannot be sealed out of the unsealed set, for good: each stays
