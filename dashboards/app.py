@@ -38,6 +38,7 @@ from dashboards.nightscout import routes as nightscout
 from gateway.clock import Clock, SystemClock
 from gateway.protocols import (
     AlertControl,
+    DeviceControl,
     HubStatus,
     LedgerView,
     LiveFeed,
@@ -77,11 +78,12 @@ def create_app(
     first_run: setup.FirstRun | None = None,
     sink: ReadingSink | None = None,
     treatments: TreatmentLog | None = None,
+    devices: DeviceControl | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
     With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
     takes Nightscout uploads (without one they are refused with 503); `treatments` stores and
-    shows patients' treatments."""
+    shows patients' treatments; `devices` lets patients forget their devices."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -96,6 +98,7 @@ def create_app(
         viewer_queue_size=viewer_queue_size,
         sink=sink,
         treatments=treatments,
+        devices=devices,
     )
     views.add_routes(app)
     publiclog.add_routes(app)

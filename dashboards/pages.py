@@ -476,13 +476,17 @@ def my_live(view: MyView, unit: Unit) -> str:
     )
 
 
-def my_page(view: MyView, *, user: User, csrf: str) -> str:
-    """The patient's own view (templates/my.html)."""
+def my_page(
+    view: MyView, *, user: User, csrf: str, message: str = "", can_forget: bool = False
+) -> str:
+    """The patient's own view (templates/my.html); `message` says what an action did,
+    `can_forget` offers to forget each device."""
     devices = []
     for device, seen in view.devices:
         low_since = view.battery_low.get(device.device_id)
         devices.append(
             {
+                "id": device.device_id,
                 "name": device.name or device.device_id,
                 "kind": device.kind.value.replace("_", " "),
                 "seen": None if seen is None else Markup(_time(seen, view.tz, now=view.now)),
@@ -493,6 +497,8 @@ def my_page(view: MyView, *, user: User, csrf: str) -> str:
         "my.html",
         {
             "title": "My glucose",
+            "message": message,
+            "can_forget": can_forget,
             "nav": Markup(nav(user, csrf)),
             "csrf": csrf,
             "live": "mine",

@@ -804,7 +804,7 @@ async def _my_view(request: web.Request) -> pages.MyView:
             zones={pid: tz},
             now=now,
         ),
-        devices=[(dev, await _last_seen(d, dev, readings)) for dev in devices],
+        devices=[(dev, await _last_seen(d, dev, readings)) for dev in devices if dev.active],
         battery_low=_battery_warnings(events, now),
         grants=grants,
         views=[e for e in log if e.viewer != user.username][:MY_VIEWS_SHOWN],
@@ -815,7 +815,34 @@ async def _my_view(request: web.Request) -> pages.MyView:
 
 async def my_page(request: web.Request) -> web.StreamResponse:
     view = await _my_view(request)
-    return html(pages.my_page(view, user=current_user(request), csrf=csrf_token(request)))
+    can_forget = deps(request).devices is not None
+    return html(
+        pages.my_page(
+            view, user=current_user(request), csrf=csrf_token(request), can_forget=can_forget
+        )
+    )
+
+
+async def forget_device(request: web.Request) -> web.StreamResponse:
+    """The patient stops a device of theirs sending (history kept; pairing again undoes it).
+    Anything but an active device of theirs is a 404, whoever's it is."""
+    user = current_user(request)
+    assert user.patient_id is not None  # Access.PATIENT guarantees it
+    control = deps(request).devices
+    if control is None:
+        raise web.HTTPNotFound()
+    device = await control.forget(user.patient_id, request.match_info["device_id"])
+    if device is None:
+        raise web.HTTPNotFound()
+    view = await _my_view(request)
+    name = device.name or device.device_id
+    message = (
+        f"{name} is forgotten: the hub no longer takes readings from it. The readings it "
+        "already sent stay in your record. To use it again, pair it again."
+    )
+    return html(
+        pages.my_page(view, user=user, csrf=csrf_token(request), message=message, can_forget=True)
+    )
 
 
 async def my_partial(request: web.Request) -> web.StreamResponse:
@@ -944,6 +971,7 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, user)
     add_route(app, "GET", "/me", my_page, own)
     add_route(app, "GET", "/me/live", my_partial, own)
+    add_route(app, "POST", "/me/devices/{device_id}/forget", forget_device, own)
     add_route(app, "GET", "/me/readings.csv", my_readings_csv, own)
     add_route(app, "GET", "/me/glucose.fhir.json", my_glucose_fhir, own)
     add_route(app, "GET", "/consent", consent_get, own)

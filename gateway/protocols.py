@@ -136,6 +136,16 @@ class DeviceRegistry(Protocol):
     def get_device(self, device_id: str) -> Device | None: ...
 
 
+class DeviceControl(Protocol):
+    """What a patient may do to their own devices from the dashboard."""
+
+    async def forget(self, patient_id: str, device_id: str) -> Device | None:
+        """Deactivate `device_id` if it is an active device of `patient_id` (its readings
+        stay; pairing it again makes it active again) and stop collecting from it. The
+        device, or None when it is not one of the patient's active devices."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReadingsStored:
     readings: tuple[Reading, ...]

@@ -21,7 +21,7 @@ from typing import ParamSpec, TypeVar
 
 from gateway.clock import Clock, SystemClock
 from gateway.disclosure import disclosed_for
-from gateway.errors import ConfigError, InputError
+from gateway.errors import ConfigError, InputError, RegistryError
 from gateway.model import (
     Alert,
     Batch,
@@ -162,6 +162,31 @@ class StoreTreatments:
         return await self._reader.run(
             lambda s: s.treatments(patient_id, since=since, until=until, limit=limit)
         )
+
+
+class StoreDevices:
+    """`DeviceControl` over the store: the change on the hub's writer thread (the one
+    writer), then `on_forgotten(device_id)` so whatever collects from it stops."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        writer_run: Callable[[Callable[[HubStorage], None]], Awaitable[None]],
+        on_forgotten: Callable[[str], None],
+    ) -> None:
+        self._reader = reader
+        self._writer_run = writer_run
+        self._on_forgotten = on_forgotten
+
+    async def forget(self, patient_id: str, device_id: str) -> Device | None:
+        devices = await self._reader.run(lambda s: s.list_devices(patient_id))
+        device = next((d for d in devices if d.device_id == device_id and d.active), None)
+        if device is None:
+            return None
+        with contextlib.suppress(RegistryError):  # removed meanwhile (the CLI): the same
+            await self._writer_run(lambda s: s.remove_device(device_id))
+        self._on_forgotten(device_id)
+        return device
 
 
 class StoreReadModel:

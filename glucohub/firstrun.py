@@ -21,6 +21,7 @@ from gateway.protocols import ReadingSink, ReadModel
 from gateway.services import Reader, StoreResume
 from gateway.settings import Settings
 from gateway.supervision import NamedSource
+from glucohub.devicestops import DeviceStops
 
 log = logging.getLogger("glucohub.setup")
 
@@ -39,7 +40,9 @@ class HubSetup:
         reader: Reader,
         sink: ReadingSink,
         clock: Clock,
+        device_stops: DeviceStops | None = None,
     ) -> None:
+        self._device_stops = device_stops or DeviceStops()
         self._writer = writer
         self._read_model = read_model
         self._reader = reader
@@ -173,7 +176,10 @@ class HubSetup:
                     tz=ZoneInfo(patient.timezone if patient else "UTC"),
                     silence_timeout_s=float(self._settings.ble.silence_watchdog_s),
                 )
-                group.create_task(adapter.run(), name=f"ble:{device.device_id}")
+                group.create_task(
+                    self._device_stops.until_forgotten(device.device_id, adapter.run),
+                    name=f"ble:{device.device_id}",
+                )
             log.info("setup: collecting from %d paired devices", len(devices))
 
 

@@ -26,6 +26,7 @@ from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
 from gateway.services import (
     Reader,
+    StoreDevices,
     StoreLedgerView,
     StoreOutbox,
     StoreReadModel,
@@ -36,6 +37,7 @@ from gateway.settings import Settings
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
 from glucohub.clockwatch import watch_clock
+from glucohub.devicestops import DeviceStops
 from glucohub.diskguard import DiskGuard
 from glucohub.systemd import Notifier, watchdog
 
@@ -56,6 +58,7 @@ class Running:
     url: str | None = None
     disk_guard: DiskGuard | None = None
     setup_sources: list[NamedSource] = dataclasses.field(default_factory=list)
+    device_stops: DeviceStops = dataclasses.field(default_factory=DeviceStops)
 
     @property
     def port(self) -> int | None:
@@ -88,6 +91,7 @@ async def _dashboard(
             reader=running.reader,
             sink=running.hub,
             clock=clock,
+            device_stops=running.device_stops,
         ),
         running.read_model,
         clock,
@@ -111,6 +115,11 @@ async def _dashboard(
                 lambda fn: running.writer.run(fn, running.writer.store),
                 running.hub.ledger_events_written,
                 clock,
+            ),
+            devices=StoreDevices(
+                running.reader,
+                lambda fn: running.writer.run(fn, running.writer.store),
+                running.device_stops.forget,
             ),
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)
@@ -211,8 +220,8 @@ async def _ble_sources(settings: Settings, running: Running, clock: Clock) -> li
             _ble_status, adapter
         )
 
-        async def serve(a: BleAdapter = adapter) -> None:
-            await a.run()
+        async def serve(a: BleAdapter = adapter, device_id: str = device.device_id) -> None:
+            await running.device_stops.until_forgotten(device_id, a.run)
 
         sources.append(NamedSource(f"ble:{device.device_id}", serve))
     log.info("BLE: %d registered devices", len(sources))

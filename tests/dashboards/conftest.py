@@ -44,6 +44,7 @@ def make_app(world: World, settings: DashboardSettings | None = None) -> web.App
         status=world.status,
         accounts=world.accounts,
         clock=world.clock,
+        devices=world.devices,
     )
 
 

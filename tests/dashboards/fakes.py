@@ -172,6 +172,20 @@ class FakeReadModel:
         )[:limit]
 
 
+class FakeDevices:
+    """`DeviceControl` over the fake read model: a forgotten device turns inactive."""
+
+    def __init__(self, model: FakeReadModel) -> None:
+        self.model = model
+
+    async def forget(self, patient_id: str, device_id: str) -> Device | None:
+        for i, device in enumerate(self.model.devices):
+            if device.device_id == device_id and device.patient_id == patient_id and device.active:
+                self.model.devices[i] = dataclasses.replace(device, active=False)
+                return device
+        return None
+
+
 class FakeAlertControl:
     def __init__(self, model: FakeReadModel, live: FakeLiveFeed, clock: FakeClock) -> None:
         self.model = model
@@ -338,6 +352,7 @@ class World:
     ledger: FakeLedger
     status: FakeStatus
     accounts: Accounts
+    devices: FakeDevices
     consent_events: list[dict[str, str]]
 
 
@@ -416,6 +431,7 @@ def build_world(db_path: Path) -> World:
         ledger=FakeLedger(model),
         status=FakeStatus(),
         accounts=accounts,
+        devices=FakeDevices(model),
         consent_events=events,
     )
 

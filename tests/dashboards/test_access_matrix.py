@@ -496,6 +496,13 @@ ROUTES = [
         access="patient",
         fill=get("/me/glucose.fhir.json"),
     ),
+    # forgetting a device nobody has: a 404 for every patient, and nothing changes
+    RouteCase(
+        method="POST",
+        path="/me/devices/{device_id}/forget",
+        access="patient",
+        fill=one(Req(method="POST", path="/me/devices/no-such-device/forget", form={}, ok=404)),
+    ),
     RouteCase(method="GET", path="/consent", access="patient", fill=get("/consent")),
     RouteCase(
         method="POST",

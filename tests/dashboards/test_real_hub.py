@@ -248,3 +248,55 @@ async def test_fuzzed_requests_to_the_real_hub_never_give_a_server_error(
 
             failures += [f"{username} {f}" for f in await fuzz(send, routes, csrf, rng, 600)]
     assert failures == [], "\n".join(failures[:40]) + f"\n({len(failures)} in all)"
+
+
+async def test_a_patient_forgets_their_device_and_its_readings_stop_counting(hub: Hub) -> None:
+    base = hub.url
+    assert hub.running is not None
+    now = datetime.now(UTC).replace(microsecond=0)
+    before = await hub.running.hub.submit(origin=ORIGIN, readings=[cgm("p1", 1, 101.0, now)])
+    assert before.accepted == 1
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as ann:
+        csrf = await login(ann, base, "ann")
+        async with ann.get(f"{base}/me") as response:
+            page = await response.text()
+        assert 'action="/me/devices/cgm-p1/forget"' in page and "cgm-p2" not in page
+
+        # Ben's device, or one that does not exist: the same 404, and nothing changes.
+        for other in ("cgm-p2", "nope"):
+            async with ann.post(
+                f"{base}/me/devices/{other}/forget", data={"csrf_token": csrf}
+            ) as response:
+                assert response.status == 404
+                assert "cgm-p2" not in await response.text()
+        async with ann.post(f"{base}/me/devices/cgm-p1/forget", data={}) as response:
+            assert response.status == 403  # no CSRF token: refused, device kept
+
+        async with ann.post(
+            f"{base}/me/devices/cgm-p1/forget", data={"csrf_token": csrf}
+        ) as response:
+            assert response.status == 200
+            page = await response.text()
+        assert "is forgotten: the hub no longer takes readings from it" in page
+        assert 'action="/me/devices/cgm-p1/forget"' not in page
+        async with ann.post(
+            f"{base}/me/devices/cgm-p1/forget", data={"csrf_token": csrf}
+        ) as response:
+            assert response.status == 404  # already forgotten
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as dr:
+        csrf = await login(dr, base, "dr")
+        async with dr.post(
+            f"{base}/me/devices/cgm-p2/forget", data={"csrf_token": csrf}
+        ) as response:
+            assert response.status == 403  # a clinician forgets nobody's device
+
+    devices = {d.device_id: d.active for d in await hub.running.read_model.list_devices()}
+    assert devices == {"cgm-p1": False, "cgm-p2": True}
+    # What it sent before stays; what it sends now is refused, not stored.
+    after = await hub.running.hub.submit(
+        origin=ORIGIN, readings=[cgm("p1", 2, 102.0, now + timedelta(minutes=1))]
+    )
+    assert after.accepted == 0 and after.rejected == 1
+    kept = await hub.running.read_model.readings("p1", since=now - timedelta(minutes=1))
+    assert [r.value for r in kept] == [101.0]
