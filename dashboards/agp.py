@@ -9,14 +9,15 @@ minutes of an average day, the AGP percentiles and one profile per day. The numb
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from dashboards import bands, timefmt
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, daily_profiles, fingersticks
 from gateway.clinical.report import meter_dots
-from gateway.model import Patient, Reading
+from gateway.clinical.treatment_summary import DayMark, TreatmentSummary, day_marks, summarise
+from gateway.model import Patient, Reading, Treatment
 from gateway.units import Unit, format_glucose
 
 MINUTES_PER_DAY = 24 * 60
@@ -74,6 +75,7 @@ class DayProfile:
     label: str  # "Mon 07 Dec"
     points: tuple[tuple[float, float | None], ...]  # (minute of the local day, mg/dL); None: gap
     meter: tuple[tuple[float, float], ...]  # fingersticks: (minute, mg/dL)
+    marks: tuple[DayMark, ...] = ()  # recorded insulin and carbohydrates
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +95,9 @@ class AgpReport:
     fingersticks: int
     metrics: GlucoseMetrics
     profiles: tuple[DayProfile, ...]
+    # Recorded insulin and carbohydrates (`gateway.clinical.treatment_summary`); None: none.
+    treatments: TreatmentSummary | None = None
+    treatment_rows: tuple[StatRow, ...] = ()
 
 
 def build_report(
@@ -102,9 +107,13 @@ def build_report(
     now: datetime,
     days: int,
     unit: Unit,
+    treatments: Sequence[Treatment] = (),
 ) -> AgpReport:
-    """The report of `patient` over `[now − days, now]`; raises `ClinicalError` on bad input."""
+    """The report of `patient` over `[now − days, now]`, with the insulin and carbohydrates
+    recorded in it; raises `ClinicalError` on bad input."""
     samples = list(readings)
+    summary = summarise(treatments, now=now, days=days, timezone=patient.timezone)
+    marks = day_marks(treatments, now=now, days=days, timezone=patient.timezone)
     metrics = compute_metrics(
         samples, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
     )
@@ -145,9 +154,34 @@ def build_report(
                 label=f"{day:%a %d %b}",
                 points=tuple(points),
                 meter=tuple(dots.get(day, ())),
+                marks=tuple(marks.get(day, ())),
             )
             for day, points in profiles
         ),
+        treatments=summary,
+        treatment_rows=_treatment_rows(summary),
+    )
+
+
+def _treatment_rows(summary: TreatmentSummary | None) -> tuple[StatRow, ...]:
+    if summary is None:
+        return ()
+    return (
+        StatRow(
+            label="Days with insulin or carbohydrates recorded",
+            value=f"{summary.days_recorded} of {summary.days}",
+        ),
+        StatRow(
+            label="Insulin, boluses and injections (per day recorded)",
+            value=f"{summary.insulin_units_per_day:.1f} U in {summary.boluses_per_day:.1f} doses",
+        ),
+        StatRow(
+            label="Carbohydrates (per day recorded)",
+            value=(
+                f"{summary.carbs_grams_per_day:.0f} g in {summary.carb_entries_per_day:.1f} entries"
+            ),
+        ),
+        StatRow(label="Temporary basal changes", value=str(summary.temp_basal_changes)),
     )
 
 

@@ -27,6 +27,8 @@ DAY_TICKS_MG_DL = (bands.LOW_BELOW, bands.HIGH_ABOVE, bands.VERY_HIGH_ABOVE)
 _TARGET_FILL = "#e3f1e5"
 _LINE = "#15427a"
 _METER = "#6a1b9a"
+_INSULIN = "#2457c5"  # the patient page's insulin marks (style.css --accent)
+_CARBS = "#f0a530"  # and its carbohydrate marks (--high)
 _GRID = "#c8c8c8"
 _MUTED = "#666666"
 
@@ -138,6 +140,15 @@ def day_chart(
     for point in profile.meter:
         px, py = xy(point)
         canvas.rect(px - 1.6, py - 1.6, 3.2, 3.2, fill=_METER)
+    for mark in profile.marks:  # insulin ▼ along the top, carbohydrates ◆ along the bottom
+        px = x(mark.minute)
+        if mark.insulin_units:
+            canvas.polygon([(px - 2.2, top + 0.5), (px + 2.2, top + 0.5), (px, top + 4.5)],
+                           fill=_INSULIN)  # fmt: skip
+        if mark.carbs_grams:
+            cy = top + ph - 3
+            canvas.polygon([(px, cy - 2.4), (px + 2.4, cy), (px, cy + 2.4), (px - 2.4, cy)],
+                           fill=_CARBS, stroke="#333333")  # fmt: skip
     canvas.rect(left, top, pw, ph, stroke="#999999", width=0.5)
     if not segments:
         canvas.text(left + pw / 2, top + ph / 2 + 3, "no CGM data", size=7, anchor="middle",

@@ -148,6 +148,7 @@ def render_pdf(report: AgpReport, fonts: Fonts | None = None) -> bytes:
         colour=MUTED,
     )
     y += 4
+    y = _treatments(pdf, report, y)
 
     _text(pdf, MARGIN, y + 10, "Daily glucose profiles", size=10, bold=True)
     y += 16
@@ -164,6 +165,25 @@ def render_pdf(report: AgpReport, fonts: Fonts | None = None) -> bytes:
         chart = agpcharts.day_chart(profile, report.unit)
         _place(pdf, chart, MARGIN + (i % columns) * cell_w, y, scale)
     return bytes(pdf.output())
+
+
+def _treatments(pdf: FPDF, report: AgpReport, y: float) -> float:
+    """The recorded insulin and carbohydrates under the AGP curve; the new `y`."""
+    y += 12
+    if not report.treatment_rows:
+        _text(pdf, MARGIN, y, "No insulin or carbohydrates were recorded in this period.",
+              size=6.8, colour=MUTED)  # fmt: skip
+        return y + 4
+    _text(pdf, MARGIN, y, "Insulin and carbohydrates", size=10, bold=True)
+    y += 13
+    for row in report.treatment_rows:
+        _text(pdf, MARGIN, y, row.label, size=7.5)
+        _text(pdf, MARGIN + 210, y, row.value, size=7.5, bold=True)
+        y += 11
+    _text(pdf, MARGIN, y, "As recorded by the pump, pen or phone app: insulin as blue triangles, "
+          "carbohydrates as orange diamonds on the daily profiles. Scheduled pump basal is not "
+          "recorded.", size=6.8, colour=MUTED)  # fmt: skip
+    return y + 4
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:

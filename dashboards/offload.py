@@ -26,7 +26,7 @@ from dashboards.agp import AgpReport, build_report
 from dashboards.agpcharts import PageCharts, page_charts
 from dashboards.reportfile import render_report_file
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
-from gateway.model import Patient, Reading, ReadingKind
+from gateway.model import Patient, Reading, ReadingKind, Treatment
 from gateway.protocols import ReadModel
 from gateway.units import Unit
 
@@ -119,27 +119,59 @@ def _unpacked(chunks: Sequence[bytes]) -> list[Reading]:
 
 
 def _render(
-    patient: Patient, chunks: list[bytes], *, days: int, now: datetime, fmt: str, unit: Unit
+    patient: Patient,
+    chunks: list[bytes],
+    *,
+    days: int,
+    now: datetime,
+    fmt: str,
+    unit: Unit,
+    treatments: Sequence[Treatment],
 ) -> bytes:
-    return render_report_file(patient, _unpacked(chunks), days=days, now=now, fmt=fmt, unit=unit)  # type: ignore[arg-type]
+    return render_report_file(
+        patient,
+        _unpacked(chunks),
+        days=days,
+        now=now,
+        fmt=fmt,  # type: ignore[arg-type]
+        unit=unit,
+        treatments=treatments,
+    )
 
 
 def _report_page(
-    patient: Patient, chunks: list[bytes], *, days: int, now: datetime, unit: Unit
+    patient: Patient,
+    chunks: list[bytes],
+    *,
+    days: int,
+    now: datetime,
+    unit: Unit,
+    treatments: Sequence[Treatment],
 ) -> tuple[AgpReport, PageCharts]:
-    report = build_report(patient, _unpacked(chunks), days=days, now=now, unit=unit)
+    report = build_report(
+        patient, _unpacked(chunks), days=days, now=now, unit=unit, treatments=treatments
+    )
     charts = page_charts(report)
     # The page shows the profiles as drawn; their points need not travel back to the loop.
-    light = tuple(dataclasses.replace(p, points=(), meter=()) for p in report.profiles)
+    light = tuple(dataclasses.replace(p, points=(), meter=(), marks=()) for p in report.profiles)
     return dataclasses.replace(report, profiles=light), charts
 
 
 def _report_pdf(
-    patient: Patient, chunks: list[bytes], *, days: int, now: datetime, unit: Unit
+    patient: Patient,
+    chunks: list[bytes],
+    *,
+    days: int,
+    now: datetime,
+    unit: Unit,
+    treatments: Sequence[Treatment],
 ) -> bytes:
     from dashboards.agppdf import render_pdf  # fpdf2 and Pillow load in the worker only
 
-    return render_pdf(build_report(patient, _unpacked(chunks), days=days, now=now, unit=unit))
+    report = build_report(
+        patient, _unpacked(chunks), days=days, now=now, unit=unit, treatments=treatments
+    )
+    return render_pdf(report)
 
 
 def _metrics(
@@ -159,12 +191,14 @@ async def report(
     now: datetime,
     fmt: Literal["html", "pdf", "json"],
     unit: Unit,
+    treatments: Sequence[Treatment] = (),
 ) -> bytes:
     """`dashboards.reportfile.render_report_file` in the worker process (its errors re-raised)."""
     chunks = await _packed(readings)
     result: bytes = await _run(
-        app, _render, patient, chunks, days=days, now=now, fmt=fmt, unit=unit
-    )
+        app, _render, patient, chunks, days=days, now=now, fmt=fmt, unit=unit,
+        treatments=list(treatments),
+    )  # fmt: skip
     return result
 
 
@@ -193,12 +227,14 @@ async def report_page(
     days: int,
     now: datetime,
     unit: Unit,
+    treatments: Sequence[Treatment] = (),
 ) -> tuple[AgpReport, PageCharts]:
     """The AGP report page's data and drawings (`dashboards.agp`), made in the worker."""
     chunks = await _packed(readings)
     result: tuple[AgpReport, PageCharts] = await _run(
-        app, _report_page, patient, chunks, days=days, now=now, unit=unit
-    )
+        app, _report_page, patient, chunks, days=days, now=now, unit=unit,
+        treatments=list(treatments),
+    )  # fmt: skip
     return result
 
 
@@ -210,9 +246,13 @@ async def report_pdf(
     days: int,
     now: datetime,
     unit: Unit,
+    treatments: Sequence[Treatment] = (),
 ) -> bytes:
     """The AGP report as PDF (`dashboards.agppdf`), made in the worker; `MissingFont` when
     its fonts are not installed."""
     chunks = await _packed(readings)
-    result: bytes = await _run(app, _report_pdf, patient, chunks, days=days, now=now, unit=unit)
+    result: bytes = await _run(
+        app, _report_pdf, patient, chunks, days=days, now=now, unit=unit,
+        treatments=list(treatments),
+    )  # fmt: skip
     return result

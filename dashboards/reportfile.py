@@ -9,7 +9,7 @@ Unicode fonts. Pure: readings in, bytes out (the PDF may raise `agppdf.MissingFo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Literal
@@ -21,8 +21,9 @@ from dashboards.agp import build_report
 from dashboards.agpcharts import page_charts
 from gateway.clinical.errors import ClinicalError
 from gateway.clinical.metrics import compute_metrics, daily_profiles, fingersticks
+from gateway.clinical.treatment_summary import in_window, summarise
 from gateway.clock import require_utc, to_rfc3339
-from gateway.model import Patient, Reading
+from gateway.model import Patient, Reading, Treatment
 from gateway.units import Unit
 
 ReportFormat = Literal["json", "html", "pdf"]
@@ -44,16 +45,18 @@ def render_report_file(
     now: datetime,
     fmt: ReportFormat = "html",
     unit: Unit = Unit.MMOL_L,
+    treatments: Sequence[Treatment] = (),
 ) -> bytes:
-    """The report of `patient` over `[now − days, now]` in the patient's zone. HTML and PDF show
-    glucose in `unit`; JSON keeps mg/dL (its keys say so)."""
+    """The report of `patient` over `[now − days, now]` in the patient's zone, with the
+    insulin and carbohydrates recorded. HTML and PDF show glucose in `unit`; JSON keeps mg/dL
+    (its keys say so)."""
     if fmt not in FORMATS:
         raise UnknownReportFormat(str(fmt))
     now = require_utc(now)
     samples = list(readings)
     if fmt == "json":
-        return report_json(patient, samples, days=days, now=now)
-    report = build_report(patient, samples, days=days, now=now, unit=unit)
+        return report_json(patient, samples, days=days, now=now, treatments=treatments)
+    report = build_report(patient, samples, days=days, now=now, unit=unit, treatments=treatments)
     if fmt == "pdf":
         from dashboards.agppdf import render_pdf  # fpdf2 and Pillow only when a PDF is made
 
@@ -75,13 +78,19 @@ def report_json(
     *,
     days: int,
     now: datetime,
+    treatments: Sequence[Treatment] = (),
 ) -> bytes:
-    """The report's data: the consensus metrics, the daily profiles and the fingersticks."""
+    """The report's data: the consensus metrics, the daily profiles, the fingersticks and the
+    recorded insulin and carbohydrates."""
     metrics = compute_metrics(
         readings, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
     )
     profiles = daily_profiles(readings, now=now, days=days, timezone=patient.timezone)
     sticks = fingersticks(readings, now=now, days=days)
+    summary = summarise(treatments, now=now, days=days, timezone=patient.timezone)
+    recorded = [
+        t for t in in_window(treatments, now=now, days=days) if t.insulin_units or t.carbs_grams
+    ]
     document = {
         "patient": {
             "patient_id": patient.patient_id,
@@ -98,6 +107,18 @@ def report_json(
             "readings": [
                 {"time": to_rfc3339(f.time), "mg_dl": f.mg_dl, "device_id": f.device_id}
                 for f in sticks
+            ],
+        },
+        "treatments": {
+            "summary": None if summary is None else summary.to_dict(),
+            "insulin_and_carbs": [
+                {
+                    "time": to_rfc3339(t.time),
+                    "kind": t.kind.value,
+                    "insulin_units": t.insulin_units,
+                    "carbs_grams": t.carbs_grams,
+                }
+                for t in recorded
             ],
         },
     }

@@ -513,11 +513,13 @@ async def report(request: web.Request) -> web.StreamResponse:
         d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
         kinds=GLUCOSE_KINDS,
     )  # fmt: skip
+    treatments = await _day_treatments(d, patient.patient_id, now - timedelta(days=days), now)
     try:
         if fmt == "html":
             found, charts = await offload.report_page(
-                request.app, patient, readings, days=days, now=now, unit=unit
-            )
+                request.app, patient, readings, days=days, now=now, unit=unit,
+                treatments=treatments,
+            )  # fmt: skip
             return templating.render(
                 "report.html",
                 request,
@@ -525,8 +527,9 @@ async def report(request: web.Request) -> web.StreamResponse:
                  "day_choices": AGP_CHOICES},
             )  # fmt: skip
         body = await offload.report(
-            request.app, patient, readings, days=days, now=now, fmt="json", unit=unit
-        )
+            request.app, patient, readings, days=days, now=now, fmt="json", unit=unit,
+            treatments=treatments,
+        )  # fmt: skip
     except ClinicalError:
         raise web.HTTPInternalServerError() from None
     return web.Response(body=body, content_type=_REPORT_TYPES[fmt])
@@ -542,10 +545,12 @@ async def report_pdf(request: web.Request) -> web.StreamResponse:
         d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
         kinds=GLUCOSE_KINDS,
     )  # fmt: skip
+    treatments = await _day_treatments(d, patient.patient_id, now - timedelta(days=days), now)
     try:
         body = await offload.report_pdf(
-            request.app, patient, readings, days=days, now=now, unit=current_user(request).unit
-        )
+            request.app, patient, readings, days=days, now=now, unit=current_user(request).unit,
+            treatments=treatments,
+        )  # fmt: skip
     except MissingFont as missing:
         log.error("%s", missing)
         raise web.HTTPServiceUnavailable(text=f"PDF report unavailable: {missing}") from None
@@ -983,7 +988,8 @@ TREATMENT_ROWS = 50  # the patient page's treatments table: the newest of the da
 
 
 async def _day_treatments(d: Deps, pid: str, since: datetime, now: datetime) -> list[Treatment]:
-    """The patient's treatments for the day chart (none when the hub keeps none)."""
+    """The patient's treatments from `since` (the day chart's, the report's), none when the
+    hub keeps none."""
     if d.treatments is None:
         return []
     return await d.treatments.query(pid, since=since, until=now)

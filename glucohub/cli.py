@@ -433,12 +433,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             kinds=[ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE],
         )
     )
+    treatments = store.treatments(args.patient, since=now - timedelta(days=args.days), until=now)
     store.close()
     unit = glucose_unit(args.unit or _settings(args).dashboard.default_unit)
     try:
         body = render_report_file(
-            patient, readings, days=args.days, now=now, fmt=args.format, unit=unit
-        )
+            patient, readings, days=args.days, now=now, fmt=args.format, unit=unit,
+            treatments=treatments,
+        )  # fmt: skip
     except MissingFont as missing:
         print(f"glucohub report: {missing}", file=sys.stderr)
         return 2

@@ -135,3 +135,42 @@ def test_reports_render_without_any_data() -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(UnknownReportFormat):
         render_report_file(PATIENT, [], now=NOW, fmt="docx")  # type: ignore[arg-type]
+
+
+def test_reports_show_the_recorded_insulin_and_carbohydrates() -> None:
+    from gateway.model import Treatment, TreatmentKind
+
+    def bolus(days_ago: int, hour: int, units: float, grams: float) -> Treatment:
+        at = NOW - timedelta(days=days_ago) + timedelta(hours=hour)
+        return Treatment(patient_id="p-7", time=at, kind=TreatmentKind.INSULIN_BOLUS,
+                         dedupe_key=f"{days_ago}-{hour}", source=Source.HTTP,
+                         insulin_units=units, carbs_grams=grams)  # fmt: skip
+
+    # Ten days (of 14) with a breakfast (4 U, 40 g) and a dinner (6 U, 70 g) bolus, in UTC
+    # hours that stay on the same Paris day: 10 U and 110 g on each of 10 recorded days.
+    treatments = [bolus(d, h, u, g) for d in range(1, 11) for h, u, g in ((7, 4, 40), (18, 6, 70))]
+    samples = two_weeks()
+    data = json.loads(
+        render_report_file(PATIENT, samples, now=NOW, fmt="json", treatments=treatments)
+    )
+    assert data["treatments"]["summary"] == {
+        "days": 14, "days_recorded": 10, "insulin_units_per_day": 10.0, "boluses_per_day": 2.0,
+        "carbs_grams_per_day": 110.0, "carb_entries_per_day": 2.0, "temp_basal_changes": 0,
+    }  # fmt: skip
+    assert len(data["treatments"]["insulin_and_carbs"]) == 20
+    assert data["metrics"]["mean_mg_dl"] == pytest.approx(
+        compute_metrics(samples, now=NOW, days=14, timezone="Europe/Paris").mean_mg_dl
+    )  # treatments never change the glucose metrics
+
+    page = render_report_file(PATIENT, samples, now=NOW, fmt="html", treatments=treatments)
+    html = page.decode()
+    assert "Insulin and carbohydrates" in html and "10 of 14" in html
+    assert "10.0 U in 2.0 doses" in html and "110 g in 2.0 entries" in html
+    assert html.count('fill="#2457c5"') == 20  # an insulin mark per bolus on the profiles
+
+    text = pdf_text(render_report_file(PATIENT, samples, now=NOW, fmt="pdf", treatments=treatments))
+    assert "Insulin and carbohydrates" in text
+    assert "10.0 U in 2.0 doses" in text and "110 g in 2.0 entries" in text
+
+    without = render_report_file(PATIENT, samples, now=NOW, fmt="html").decode()
+    assert "No insulin or carbohydrates were recorded in this period." in without
