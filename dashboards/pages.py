@@ -36,10 +36,6 @@ from gateway.protocols import QuarantinedRecord
 from gateway.units import Unit
 
 
-def esc(value: object) -> str:
-    return escape(str(value), quote=True)
-
-
 def _time(t: datetime | None, tz: tzinfo = UTC, *, now: datetime | None = None) -> str:
     """Every time on the pages: in `tz` (the patient's zone, else UTC) with the zone named."""
     return timefmt.time_html(t, tz, now=now)
@@ -81,10 +77,6 @@ def layout(
             "live_patient": live_patient,
         },
     )
-
-
-def _csrf_field(csrf: str) -> str:
-    return f'<input type="hidden" name="csrf_token" value="{esc(csrf)}">'
 
 
 def login_page(*, csrf: str, error: str = "", username: str = "", next_path: str = "") -> str:
@@ -238,33 +230,29 @@ def metrics_table(
     def glucose(value: float | None) -> str:
         return "—" if value is None else format_glucose(value, unit)
 
-    head = "".join(f"<th>{m.days} days</th>" for m in metrics)
-    rows = [
-        ("CGM readings", [f"{m.readings}" for m in metrics]),
-        ("CGM active (≥ 70%)", [pct(m.active_percent, 0) for m in metrics]),
-        (f"Mean glucose ({unit.value})", [glucose(m.mean_mg_dl) for m in metrics]),
-        ("GMI", [pct(m.gmi_percent) for m in metrics]),
-        ("CV (≤ 36%)", [pct(m.cv_percent) for m in metrics]),
+    rows: list[tuple[str, str | None, list[str]]] = [
+        ("CGM readings", None, [f"{m.readings}" for m in metrics]),
+        ("CGM active (≥ 70%)", None, [pct(m.active_percent, 0) for m in metrics]),
+        (f"Mean glucose ({unit.value})", None, [glucose(m.mean_mg_dl) for m in metrics]),
+        ("GMI", None, [pct(m.gmi_percent) for m in metrics]),
+        ("CV (≤ 36%)", None, [pct(m.cv_percent) for m in metrics]),
     ]
-    swatches: dict[str, str] = {}
     for band in BANDS[::-1]:
         target = band_target(band.name, unit)
         label = f"{BY_NAME[band.name].label} {band_label(band.name, unit)} ({target})"
-        swatches[label] = BY_NAME[band.name].css
-        rows.append((label, [pct(m.range_percent(band.name)) for m in metrics]))
+        rows.append(
+            (label, BY_NAME[band.name].css, [pct(m.range_percent(band.name)) for m in metrics])
+        )
     if fingersticks:
         rows.append(
-            ("Fingerstick readings (meter, not in the metrics)", [str(n) for n in fingersticks])
+            (
+                "Fingerstick readings (meter, not in the metrics)",
+                None,
+                [str(n) for n in fingersticks],
+            )
         )
-    body = "".join(
-        f"<tr><th>{_swatch(swatches.get(label))}{esc(label)}</th>"
-        + "".join(f"<td>{esc(v)}</td>" for v in values)
-        + "</tr>"
-        for label, values in rows
-    )
-    return (
-        f'<table class="metrics"><thead><tr><th></th>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table>"
+    return jinja.render(
+        "metrics_table.html", {"columns": [f"{m.days} days" for m in metrics], "rows": rows}
     )
 
 
@@ -340,18 +328,12 @@ def _treatments(treatments: Sequence[Treatment], tz: tzinfo) -> str:
     """The last 24 hours' treatments, newest first (those on the chart, in words)."""
     if not treatments:
         return ""
-    rows = "".join(
-        f"<tr><td>{_time(t.time, tz)}</td><td>{esc(what)}</td><td>{esc(how)}</td>"
-        f"<td>{esc(t.notes)}</td><td>{esc(t.entered_by)}</td></tr>"
+    rows = [
+        (Markup(_time(t.time, tz)), what, how, t.notes, t.entered_by)
         for t in treatments
         for what, how in (describe(t),)
-    )
-    return (
-        '<section id="treatments"><h2>Treatments, last 24 hours</h2>'
-        '<div class="scroll" tabindex="0" role="region" aria-label="Treatments">'
-        "<table><thead><tr><th>Time</th><th>Treatment</th><th>Amount</th><th>Notes</th>"
-        f"<th>Entered by</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
-    )
+    ]
+    return jinja.render("treatments_table.html", {"rows": rows})
 
 
 def _battery(low_since: datetime | None, tz: tzinfo) -> str:
@@ -364,7 +346,7 @@ def _battery(low_since: datetime | None, tz: tzinfo) -> str:
 
 def _note_time(note: Note, tz: tzinfo) -> str:
     at = timefmt.parse_stored(note.created_at)
-    return esc(note.created_at) if at is None else _time(at, tz)
+    return escape(note.created_at, quote=True) if at is None else _time(at, tz)
 
 
 def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
@@ -421,41 +403,6 @@ class MyView:
     tz: tzinfo
 
 
-def _my_now(view: MyView, unit: Unit) -> str:
-    latest = view.latest
-    if latest is None:
-        return "<p>No glucose readings yet. Once your sensor or meter sends one, it shows here.</p>"
-    band = band_of(latest.value)
-    value = format_glucose(latest.value, unit)
-    ago = timefmt.ago(latest.time, view.now)
-    return (
-        f'<p class="now">Your glucose is <span class="big {band.css}">{esc(value)}</span> '
-        f'<small>{esc(unit.value)}</small> <span class="band-word {band.css}">'
-        f"{esc(band.label)}</span> and {esc(trend_words(view.trend))} "
-        f'<span class="trend" aria-hidden="true">{esc(view.trend)}</span>.</p>'
-        f"<p>Measured {esc(ago)} ({_time(latest.time, view.tz)}).</p>"
-    )
-
-
-def _my_week(week: GlucoseMetrics, unit: Unit) -> str:
-    if not week.readings:
-        return "<p>No sensor (CGM) readings in the last 7 days, so no time in range yet.</p>"
-    low, high = format_glucose(LOW_BELOW, unit), format_glucose(HIGH_ABOVE, unit)
-    in_range = week.range_percent("in_range")
-    below = week.range_percent("very_low") + week.range_percent("low")
-    above = week.range_percent("high") + week.range_percent("very_high")
-    return (
-        '<ul class="plain">'
-        f"<li><strong>In range</strong> ({low}–{high} {esc(unit.value)}): "
-        f"<strong>{in_range:.0f}%</strong> of the time. The goal for most people is more "
-        "than 70%.</li>"
-        f"<li><strong>Low</strong> (below {low} {esc(unit.value)}): {below:.0f}%. "
-        "The goal is less than 4%.</li>"
-        f"<li><strong>High</strong> (above {high} {esc(unit.value)}): {above:.0f}%. "
-        "The goal is less than 25%.</li></ul>"
-    )
-
-
 _ACTION_WORDS = {
     "page": "your record",
     "triage": "your latest glucose in their patient list",
@@ -467,12 +414,37 @@ _ACTION_WORDS = {
 
 
 def my_live(view: MyView, unit: Unit) -> str:
-    """The part of the patient's own view that live updates refetch."""
-    return (
-        f"<section><h2>Now</h2>{_my_now(view, unit)}"
-        f'<div class="my-chart">{view.day_chart}</div></section>'
-        f"<section><h2>Time in range this week</h2>{_my_week(view.week, unit)}</section>"
-        f"<section><h2>Your alerts</h2>{alerts_table(view.alerts_html)}</section>"
+    """The part of the patient's own view that live updates refetch (templates/my_live.html)."""
+    latest = view.latest
+    now = None
+    if latest is not None:
+        now = {
+            "value": format_glucose(latest.value, unit),
+            "band": band_of(latest.value),
+            "trend": view.trend,
+            "trend_words": trend_words(view.trend),
+            "ago": timefmt.ago(latest.time, view.now),
+            "at": Markup(_time(latest.time, view.tz)),
+        }
+    week = view.week
+    in_week = None
+    if week.readings:
+        in_week = {
+            "low": format_glucose(LOW_BELOW, unit),
+            "high": format_glucose(HIGH_ABOVE, unit),
+            "in_range": week.range_percent("in_range"),
+            "below": week.range_percent("very_low") + week.range_percent("low"),
+            "above": week.range_percent("high") + week.range_percent("very_high"),
+        }
+    return jinja.render(
+        "my_live.html",
+        {
+            "latest": now,
+            "week": in_week,
+            "unit": unit.value,
+            "day_chart": Markup(view.day_chart),
+            "alerts": Markup(alerts_table(view.alerts_html)),
+        },
     )
 
 
@@ -577,10 +549,14 @@ def latest_html(
     band: GlucoseBand | None = None,
 ) -> str:
     since = "no readings" if minutes is None else timefmt.ago_minutes(minutes)
-    when = "" if at is None else f" <small>({_time(at, tz)})</small>"
-    css = "" if band is None else f" {band.css}"
-    word = "" if band is None else f' <span class="band-word{css}">{esc(band.label)}</span>'
-    return (
-        f'<span class="big{css}">{esc(value)}</span> <small>{esc(unit.value)}</small>{word} '
-        f'<span class="trend">{esc(trend)}</span> <span class="since">{esc(since)}</span>{when}'
+    return jinja.render(
+        "latest.html",
+        {
+            "value": value,
+            "unit": unit.value,
+            "band": band,
+            "trend": trend,
+            "since": since,
+            "when": None if at is None else Markup(_time(at, tz)),
+        },
     )

@@ -29,13 +29,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import segno
 from aiohttp import web
+from markupsafe import Markup
 
-from dashboards import timefmt
+from dashboards import jinja, timefmt
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Role, check_password_strength
 from dashboards.context import DEPS, add_route
 from dashboards.nightscout.links import links
-from dashboards.pages import esc, layout
 from gateway.clock import Clock
 from gateway.errors import UnknownUnit
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind
@@ -226,9 +226,25 @@ async def _form(request: web.Request, first_run: FirstRun) -> dict[str, str]:
     return form
 
 
-def _html(title: str, body: str, status: int = 200) -> web.Response:
+def _html(
+    first_run: FirstRun, step: str, title: str, status: int = 200, **context: object
+) -> web.Response:
+    """A setup page: templates/setup.html at `step`, never cached."""
+    page = jinja.render(
+        "setup.html",
+        {
+            "title": title,
+            "step": step,
+            "nav": "",
+            "csrf": "",
+            "token_field": TOKEN_FIELD,
+            "form_token": first_run.form_token,
+            "error": "",
+            **context,
+        },
+    )
     return web.Response(
-        text=layout(title, body, user=None),
+        text=page,
         status=status,
         content_type="text/html",
         charset="utf-8",
@@ -430,20 +446,15 @@ async def _phone(request: web.Request) -> web.Response:
     except SetupProblem as problem:
         return _step_page(first_run, error=str(problem))
     given = links(f"{request.scheme}://{request.host}", secret)
-    body = (
-        "<p>In xDrip+: Settings → Cloud Upload → Nightscout Sync (REST-API) → Base URL, type "
-        "this (or scan the code):</p>"
-        f'<p><code id="setup-xdrip-url">{esc(given.xdrip_url)}</code></p>'
-        f'<figure class="setup-qr">{_qr_svg(given.xdrip_url)}'
-        "<figcaption>The same address as a QR code</figcaption></figure>"
-        "<p>In Juggluco or a follower app, the Nightscout URL is "
-        f'<code id="setup-nightscout-url">{esc(given.nightscout_url)}</code> and the API '
-        f'secret is <code id="setup-secret">{esc(given.secret)}</code>.</p>'
-        "<p>This secret is shown only now: write it down or set the app up before you go on. "
-        "Anyone with it can send readings as you.</p>"
-        '<p><a href="/setup" id="setup-phone-done">Back to my devices</a></p>'
+    return _html(
+        first_run,
+        "phone",
+        "Add a phone app",
+        xdrip_url=given.xdrip_url,
+        qr_svg=Markup(_qr_svg(given.xdrip_url)),
+        nightscout_url=given.nightscout_url,
+        secret=given.secret,
     )
-    return _html("Add a phone app", body)
 
 
 def _qr_svg(text: str) -> str:
@@ -463,12 +474,7 @@ async def _finish(request: web.Request) -> web.Response:
     await _cancel_pairing(request.app)
     first_run.finish()
     await first_run.backend.finished([p.device for p in first_run.paired])
-    response = _html(
-        "Your hub is ready",
-        "<p>Setup is finished and the setup code no longer works.</p>"
-        f"<p>Sign in as <strong>{esc(username)}</strong> to see your readings.</p>"
-        '<p><a href="/login">Sign in</a></p>',
-    )
+    response = _html(first_run, "done", "Your hub is ready", username=username)
     response.del_cookie(SESSION_COOKIE, path="/setup")
     return response
 
@@ -483,39 +489,16 @@ def _code_page(
         error = (
             f"Too many wrong codes. Wait {int(retry_after) + 1} seconds, then type the code again."
         )
-    message = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
-    body = (
-        "<p>Type the setup code shown where the hub was started (its screen or its log, "
-        "“journalctl -u glucohub”). It looks like ABCD-2345.</p>"
-        f'{message}<form method="post" action="/setup/code" class="login">'
-        '<label>Setup code <input name="code" autocomplete="off" autocapitalize="characters" '
-        'spellcheck="false" required></label>'
-        '<button type="submit" id="setup-code">Continue</button></form>'
-    )
-    response = _html("Set up your hub", body, status)
+    response = _html(first_run, "code", "Set up your hub", status, error=error)
     if retry_after > 0:
         response.headers["Retry-After"] = str(int(retry_after) + 1)
     return response
 
 
 def _passkey_page(first_run: FirstRun, pending: Pending, *, error: str = "") -> web.Response:
-    message = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
-    body = (
-        f"<p>Your {esc(pending.label)} shows a number (a passkey) to confirm the pairing. "
-        "Type it here.</p>"
-        f'{message}<form method="post" action="/setup/passkey" class="login">{_token(first_run)}'
-        '<label>Number shown on the device <input name="passkey" inputmode="numeric" '
-        'pattern="[0-9 ]*" maxlength="7" autocomplete="one-time-code" required></label>'
-        '<button type="submit" id="setup-passkey">Pair</button></form>'
-        f'<form method="post" action="/setup/passkey" class="login">{_token(first_run)}'
-        '<button type="submit" name="cancel" value="1" id="setup-passkey-cancel">'
-        "Cancel</button></form>"
+    return _html(
+        first_run, "passkey", "Type the number on your device", error=error, label=pending.label
     )
-    return _html("Type the number on your device", body)
-
-
-def _token(first_run: FirstRun) -> str:
-    return f'<input type="hidden" name="{TOKEN_FIELD}" value="{esc(first_run.form_token)}">'
 
 
 def _step_page(
@@ -525,87 +508,40 @@ def _step_page(
     status: int = 200,
     values: dict[str, str] | None = None,
 ) -> web.Response:
-    message = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
-    if first_run.patient is None or not first_run.username:
+    patient = first_run.patient
+    if patient is None or not first_run.username:
+        values = values or {}
         return _html(
+            first_run,
+            "patient",
             "Step 1 of 3: who is this hub for?",
-            message + _patient_form(first_run, values or {}),
             status,
+            error=error,
+            locked=patient is not None,
+            name=patient.display_name if patient else values.get("name", ""),
+            zone=patient.timezone if patient else values.get("timezone", ""),
+            unit=values.get("unit", first_run.unit.value),
+            units=[Unit.MMOL_L.value, Unit.MG_DL.value],
+            username=values.get("username", ""),
         )
     if not first_run.clinic_done:
-        body = (
-            "<p>Your clinic can receive your readings from this hub. Clinic connections are "
-            "set up by the clinic's team for now: you can skip this step, nothing is sent "
-            "anywhere until they do.</p>"
-            f'{message}<form method="post" action="/setup/clinic" class="login">{_token(first_run)}'
-            '<button type="submit" id="setup-clinic-skip">Skip for now</button></form>'
+        return _html(
+            first_run, "clinic", "Step 2 of 3: connect to your clinic", status, error=error
         )
-        return _html("Step 2 of 3: connect to your clinic", body, status)
-    return _html("Step 3 of 3: add your devices", message + _devices(first_run), status)
-
-
-def _patient_form(first_run: FirstRun, values: dict[str, str]) -> str:
-    patient = first_run.patient
-    name = patient.display_name if patient else values.get("name", "")
-    zone = patient.timezone if patient else values.get("timezone", "")
-    unit = values.get("unit", first_run.unit.value)
-    options = "".join(
-        f'<option value="{esc(u.value)}"{" selected" if u.value == unit else ""}>{esc(u.value)}'
-        "</option>"
-        for u in (Unit.MMOL_L, Unit.MG_DL)
-    )
-    locked = " readonly" if patient else ""
-    return (
-        f'<form method="post" action="/setup/patient" class="login">{_token(first_run)}'
-        f'<label>Name of the person using the devices <input name="name" required{locked} '
-        f'autocomplete="name" value="{esc(name)}"></label>'
-        '<label>Their time zone <input name="timezone" required placeholder="Europe/London" '
-        f'spellcheck="false"{locked} value="{esc(zone)}"></label>'
-        f'<label>Glucose unit <select name="unit">{options}</select></label>'
-        "<p>A user name and password to see the readings on this hub later:</p>"
-        '<label>User name <input name="username" required autocomplete="username" '
-        f'autocapitalize="none" value="{esc(values.get("username", ""))}"></label>'
-        '<label>Password <input name="password" type="password" required '
-        'autocomplete="new-password"></label>'
-        '<button type="submit" id="setup-patient">Continue</button></form>'
-    )
-
-
-def _devices(first_run: FirstRun) -> str:
-    parts = [
-        f'<p class="setup-ok" role="status"><strong>{esc(_reading_text(first_run, p))}</strong></p>'
-        for p in first_run.paired
-        if p.downloaded
-    ]
-    parts.append(
-        "<p>Put your glucose meter or sensor in pairing mode, keep it near the hub, then look "
-        "for it. Looking takes a few seconds.</p>"
-        f'<form method="post" action="/setup/scan" class="login">{_token(first_run)}'
-        '<button type="submit" id="setup-scan">Look for devices</button></form>'
-    )
     state = {p.device.address: p.downloaded for p in first_run.paired}
-    choices = "".join(
-        f'<form method="post" action="/setup/pair" class="login">{_token(first_run)}'
-        f'<input type="hidden" name="address" value="{esc(n.address)}">'
-        '<button type="submit" class="setup-pair">'
-        f"{'Try again with' if n.address in state else 'Pair'} {esc(n.label)}</button></form>"
-        for n in first_run.nearby
-        if not state.get(n.address, False)
+    return _html(
+        first_run,
+        "devices",
+        "Step 3 of 3: add your devices",
+        status,
+        error=error,
+        working=[_reading_text(first_run, p) for p in first_run.paired if p.downloaded],
+        nearby=[
+            {"address": n.address, "label": n.label, "retry": n.address in state}
+            for n in first_run.nearby
+            if not state.get(n.address, False)
+        ],
     )
-    if choices:
-        parts.append(f'<h2>Devices nearby</h2><div class="setup-nearby">{choices}</div>')
-    parts.append(
-        "<p>A phone app that reads your sensor (xDrip+, Juggluco) can send its readings to "
-        "this hub too.</p>"
-        f'<form method="post" action="/setup/phone" class="login">{_token(first_run)}'
-        '<button type="submit" id="setup-phone">Add a phone app</button></form>'
-    )
-    parts.append(
-        "<p>When your devices are added, finish setup.</p>"
-        f'<form method="post" action="/setup/finish" class="login">{_token(first_run)}'
-        '<button type="submit" id="setup-finish">Finish setup</button></form>'
-    )
-    return "".join(parts)
 
 
 def _reading_text(first_run: FirstRun, paired: PairedDevice) -> str:
