@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Literal
@@ -149,3 +150,13 @@ async def test_readings_fetched_in_slices_come_once_each_in_order(world: World) 
     assert found[-1] == late
     # the queries really were slices: 30 days / 12 h = 60 of them
     assert world.model.calls.count("readings:pat-a") == 60
+
+
+def test_the_report_worker_runs_only_on_cpu_time_nothing_else_wants() -> None:
+    pool = offload._Pool()
+    try:
+        policy = pool.get().submit(os.sched_getscheduler, 0).result(timeout=60)
+    finally:
+        if pool.executor is not None:
+            pool.executor.shutdown()
+    assert policy == os.SCHED_IDLE  # Linux: below any nice level of the hub's own process
