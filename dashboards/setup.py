@@ -69,6 +69,9 @@ class SetupBackend(Protocol):
 
     async def add_patient(self, patient: Patient) -> None: ...
 
+    async def save_progress(self, patient: Patient, username: str, unit: Unit) -> None:
+        """Keep what step 1 set up, so a hub restarted before "Finish setup" resumes it."""
+
     async def scan(self, seconds: float) -> Sequence[NearbyDevice]: ...
 
     async def pair(
@@ -308,6 +311,7 @@ async def _patient(request: web.Request) -> web.Response:
         else:
             first_run.patient = Patient(patient_id=patient_id, display_name=name, timezone=zone)
             await first_run.backend.add_patient(first_run.patient)
+            await first_run.backend.save_progress(first_run.patient, "", unit)
     if not error and first_run.patient is not None and not first_run.username:
         accounts = request.app[DEPS].accounts
         try:
@@ -318,6 +322,7 @@ async def _patient(request: web.Request) -> web.Response:
         else:
             first_run.username = username
             first_run.unit = unit
+            await first_run.backend.save_progress(first_run.patient, username, unit)
     if error:
         return _step_page(first_run, error=error, status=400, values=form)
     return _step_page(first_run)

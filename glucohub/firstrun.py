@@ -5,10 +5,14 @@ and a source that starts collecting from the devices paired once setup is finish
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import platform
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from dashboards.setup import FirstRun, NearbyDevice, SetupProblem, shown_code
@@ -21,11 +25,53 @@ from gateway.protocols import ReadingSink, ReadModel
 from gateway.services import Reader, StoreResume
 from gateway.settings import Settings
 from gateway.supervision import NamedSource
+from gateway.units import Unit, glucose_unit
 from glucohub.devicestops import DeviceStops
 
 log = logging.getLogger("glucohub.setup")
 
 STORED_WAIT_S = 5.0  # a downloaded reading is stored within a commit delay; wait this long
+# In the data directory from step 1 until "Finish setup": a hub restarted in between (a power
+# cut, an update) serves the setup page again, at the step it had reached.
+PROGRESS_FILE = "setup-in-progress.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    patient_id: str
+    username: str  # "" until the patient's account exists
+    unit: Unit
+
+
+def read_progress(data_dir: Path) -> Progress | None:
+    """The unfinished setup's progress, or None (none, or a file that is not one)."""
+    try:
+        saved = json.loads((data_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+        return Progress(
+            patient_id=str(saved["patient_id"]),
+            username=str(saved["username"]),
+            unit=glucose_unit(str(saved["unit"])),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("setup: ignoring %s (%s)", data_dir / PROGRESS_FILE, exc)
+        return None
+
+
+def _write_progress(data_dir: Path, progress: Progress) -> None:
+    path = data_dir / PROGRESS_FILE
+    partial = path.with_suffix(".partial")
+    text = json.dumps(
+        {"patient_id": progress.patient_id, "username": progress.username,
+         "unit": progress.unit.value}
+    )  # fmt: skip
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
 
 
 class HubSetup:
@@ -43,6 +89,7 @@ class HubSetup:
         device_stops: DeviceStops | None = None,
     ) -> None:
         self._device_stops = device_stops or DeviceStops()
+        self.collecting: set[str] = set()  # device ids the hub collects from without setup
         self._writer = writer
         self._read_model = read_model
         self._reader = reader
@@ -51,6 +98,10 @@ class HubSetup:
         self._clock = clock
         self._adapter = settings.ble.adapter
         self._finished: asyncio.Queue[Sequence[Device]] = asyncio.Queue(maxsize=1)
+
+    @property
+    def data_dir(self) -> Path:
+        return self._settings.storage.data_dir
 
     async def phone_app(self, patient: Patient) -> str:
         from glucohub import uploaders
@@ -75,6 +126,10 @@ class HubSetup:
         writer = self._writer
         await writer.run(writer.store.add_patient, patient)
         log.info("setup: registered patient %s", patient.patient_id)
+
+    async def save_progress(self, patient: Patient, username: str, unit: Unit) -> None:
+        progress = Progress(patient_id=patient.patient_id, username=username, unit=unit)
+        await asyncio.to_thread(_write_progress, self._settings.storage.data_dir, progress)
 
     async def scan(self, seconds: float) -> Sequence[NearbyDevice]:
         if not self._settings.ble.enabled:
@@ -149,6 +204,8 @@ class HubSetup:
         return max(mine, key=lambda r: r.time, default=None)
 
     async def finished(self, devices: Sequence[Device]) -> None:
+        path = self._settings.storage.data_dir / PROGRESS_FILE
+        await asyncio.to_thread(path.unlink, missing_ok=True)
         log.warning("First-run setup finished: the setup code no longer works")
         self._finished.put_nowait(devices)
 
@@ -164,6 +221,8 @@ class HubSetup:
         resume = StoreResume(self._reader)
         async with asyncio.TaskGroup() as group:
             for device in devices:
+                if device.device_id in self.collecting:
+                    continue
                 patient = await self._read_model.get_patient(device.patient_id)
                 adapter = BleAdapter(
                     device=device,
@@ -184,11 +243,26 @@ class HubSetup:
 
 
 async def prepare(backend: HubSetup, read_model: ReadModel, clock: Clock) -> FirstRun | None:
-    """A first-run setup when the hub has no patient yet, else None. The caller adds
-    `source(first_run)` to the hub's sources and calls `announce` once the page listens."""
-    if await read_model.list_patients():
+    """A first-run setup when the hub has no patient yet, or an unfinished one to resume;
+    else None. The caller adds `source(first_run)` to the hub's sources and calls `announce`
+    once the page listens."""
+    patients = await read_model.list_patients()
+    if not patients:
+        return FirstRun(backend=backend, clock=clock)
+    progress = await asyncio.to_thread(read_progress, backend.data_dir)
+    patient = next((p for p in patients if progress and p.patient_id == progress.patient_id), None)
+    if progress is None or patient is None:
         return None
-    return FirstRun(backend=backend, clock=clock)
+    log.warning("First-run setup of %s was not finished: resuming it", patient.patient_id)
+    # Devices paired before the restart are already collected by the hub's own BLE sources.
+    backend.collecting = {d.device_id for d in await read_model.list_devices() if d.active}
+    return FirstRun(
+        backend=backend,
+        clock=clock,
+        patient=patient,
+        username=progress.username,
+        unit=progress.unit,
+    )
 
 
 def sources(first_run: FirstRun, settings: Settings) -> list[NamedSource]:
@@ -212,9 +286,11 @@ def announce(first_run: FirstRun, url: str) -> str:
             '%s); to set up from a phone, set dashboard.host = "0.0.0.0" and restart',
             host,
         )
+    where = "its setup was not finished" if first_run.patient else "no patient is registered yet"
     log.warning(
-        "First-run setup: no patient is registered yet. Open %s on a phone or computer on "
-        "the same network and type the setup code %s",
+        "First-run setup: %s. Open %s on a phone or computer on the same network and type the "
+        "setup code %s",
+        where,
         address,
         shown_code(code),
     )

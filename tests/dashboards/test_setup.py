@@ -317,3 +317,52 @@ async def test_a_phone_app_gets_the_hub_address_and_a_secret_that_uploads(tmp_pa
             headers={"api-secret": hashlib.sha1(b"guess").hexdigest()},
         ) as response:
             assert response.status == 401
+
+
+async def test_a_hub_restarted_in_the_middle_of_setup_resumes_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    async with first_run_hub(data_dir) as hub, setup_client(hub.url) as client:
+        await _to_devices(client, hub.code, unit="mg/dL")  # steps 1 and 2 done, no device yet
+        first_code = hub.code
+    # A power cut before "Finish setup": the page is back with a new code, at step 2, for Ann.
+    async with first_run_hub(data_dir) as hub, setup_client(hub.url) as client:
+        assert hub.code and hub.code != first_code
+        await client.post("/setup/code", code=first_code)
+        assert client.status == 403
+        await client.post("/setup/code", code=hub.code)
+        assert "Step 2 of 3" in client.html, client.html
+        await client.post("/setup/clinic")
+        assert "Step 3 of 3" in client.html
+        await client.post("/setup/finish")
+        assert "Sign in as <strong>ann</strong>" in client.html
+    with closing(Store(data_dir)) as store:
+        assert [p.patient_id for p in store.list_patients()] == ["ann-example"]
+    # Finished: a restart serves no setup at all.
+    async with first_run_hub(data_dir) as hub, setup_client(hub.url) as client:
+        assert hub.code == ""
+        await client.get()
+        assert client.status == 404
+
+
+async def test_a_restart_between_patient_and_account_asks_only_for_the_account(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "hub"
+    async with first_run_hub(data_dir) as hub, setup_client(hub.url) as client:
+        await client.get()
+        await client.post("/setup/code", code=hub.code)
+        # The patient is registered, but the user name is refused: no account yet.
+        await client.post(
+            "/setup/patient", name="Ann Example", timezone="Europe/London", unit="mmol/L",
+            username="ann example!", password=PASSWORD,
+        )  # fmt: skip
+        assert client.status == 400 and "Step 1 of 3" in client.html
+    async with first_run_hub(data_dir) as hub, setup_client(hub.url) as client:
+        await client.post("/setup/code", code=hub.code)
+        assert "Step 1 of 3" in client.html
+        assert 'value="Ann Example"' in client.html and "readonly" in client.html
+        await client.post(
+            "/setup/patient", name="Ann Example", timezone="Europe/London", unit="mmol/L",
+            username="ann", password=PASSWORD,
+        )  # fmt: skip
+        assert "Step 2 of 3" in client.html
