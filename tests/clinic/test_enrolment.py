@@ -1,0 +1,365 @@
+"""One-time enrolment tokens end to end: `glucohub hubs token` at the clinic, a real
+`glucohub hubs serve` process on a real PostgreSQL, and `glucohub enrol` on a hub; what the
+admin and the hub's installer type and see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.clinic.enrolment import EnrolmentRefused, EnrolmentRequest, Refused
+from gateway.clock import utc_now
+from gateway.settings import ENROLMENT_FILE, load_settings
+from gateway.storage.postgres_clinic import ClinicArchive
+from gateway.storage.postgres_enrolment import ClinicEnrolment
+from glucohub.cli import main
+from glucohub.clinic import clinic_database
+from glucohub.enrolment_http import serve_enrolment
+from glucohub.simulate import SimulatedHub
+from tests.clinic.hubs import make_hub, produce
+from tests.clinic.test_archive import _deliver
+from tests.support.mosquitto import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BROKER = "mqtts://clinic.example:8883"
+TOKEN_LINE = re.compile(r"^ghe1_[A-Za-z0-9_-]{43}$", re.M)
+
+
+class Endpoint:
+    """One `glucohub hubs serve` process."""
+
+    def __init__(self, tmp_path: Path, config: Path) -> None:
+        self.log = tmp_path / "enrolment.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "glucohub", "hubs", "serve", "--config", str(config)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        assert line.startswith("enrolment endpoint on http://127.0.0.1:"), self.log.read_text()
+        self.url = line.removeprefix("enrolment endpoint on ")
+
+    def stop(self) -> str:
+        """Stop it; everything it logged."""
+        self.process.terminate()
+        assert self.process.wait(timeout=20) == 0, self.log.read_text()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return self.log.read_text()
+
+
+@pytest.fixture
+def clinic(tmp_path: Path, postgres_url: str) -> Path:
+    path = tmp_path / "clinic.toml"
+    path.write_text(
+        f'[hub]\nlog_level = "INFO"\n[clinic]\nurl = "{postgres_url}"\n'
+        f'[enrolment]\nport = {free_port()}\nbroker_url = "{BROKER}"\n'
+        'clinic_name = "Riverside diabetes clinic"\n'
+    )
+    return path
+
+
+class InProcess:
+    """The same server in a thread of the test process (no interpreter to start)."""
+
+    def __init__(self, config: Path) -> None:
+        settings = load_settings(config, {})
+        database = clinic_database(settings)
+        self.url = f"http://127.0.0.1:{settings.enrolment.port}/v1/enrol"
+        self._ready = threading.Event()
+        self._stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self.failure: BaseException | None = None
+
+        async def serve() -> None:
+            stop = asyncio.Event()
+            self._stop = (asyncio.get_running_loop(), stop)
+            await serve_enrolment(settings, database, stop=stop)
+
+        def run() -> None:
+            try:
+                asyncio.run(serve())
+            except BaseException as exc:  # reported by stop()
+                self.failure = exc
+
+        self._thread = threading.Thread(target=run, name="enrolment-endpoint")
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not _listening(settings.enrolment.port):
+            assert self._thread.is_alive() and time.monotonic() < deadline, self.failure
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        assert self._stop is not None
+        loop, event = self._stop
+        loop.call_soon_threadsafe(event.set)
+        self._thread.join(20)
+        assert self.failure is None, self.failure
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def served(tmp_path: Path, clinic: Path) -> Iterator[Endpoint]:
+    running = Endpoint(tmp_path, clinic)
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+@pytest.fixture
+def endpoint(clinic: Path) -> Iterator[InProcess]:
+    running = InProcess(clinic)
+    yield running
+    running.stop()
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _token(capsys: pytest.CaptureFixture[str], clinic: Path, *extra: str) -> str:
+    code, out, _ = _run(capsys, "hubs", "token", "--config", str(clinic), *extra)
+    assert code == 0
+    [token] = TOKEN_LINE.findall(out)
+    return token
+
+
+def _hub(tmp_path: Path, hub_id: str) -> tuple[SimulatedHub, Path]:
+    """A hub with keys, and its config naming it."""
+    hub = make_hub(tmp_path, hub_id)
+    config = tmp_path / f"{hub_id}.toml"
+    config.write_text(f'[hub]\nhub_id = "{hub_id}"\n[storage]\ndata_dir = "{hub.data_dir}"\n')
+    return hub, config
+
+
+def _enrol(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[int, str, str]:
+    return _run(capsys, "enrol", "--config", str(config), *argv)
+
+
+@pytest.mark.slow
+def test_a_token_enrols_a_hub_once_whose_batches_the_clinic_then_accepts(
+    tmp_path: Path,
+    clinic: Path,
+    served: Endpoint,
+    postgres_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    endpoint = served  # `glucohub hubs serve`, a process as a trust runs it
+    token = _token(capsys, clinic)
+    hub, config = _hub(tmp_path, "home-21")
+    code, out, err = _enrol(capsys, config, endpoint.url, token)
+    assert (code, err) == (0, "")
+    assert out.startswith(
+        f"hub home-21 enrolled at the clinic (Riverside diabetes clinic): it forwards to {BROKER}"
+    )
+    # the hub's upstream now points at the clinic's broker, in a file only the hub can read
+    written = hub.data_dir / ENROLMENT_FILE
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    settings = load_settings(config, {})
+    assert settings.upstream.url == BROKER
+    # the clinic knows the hub's keys: its signed batches and checkpoints are stored
+    archive = ClinicArchive(postgres_url)
+    try:
+        outcomes = _deliver(archive, produce(hub, 2))
+        assert outcomes == ["stored", "accepted", "stored", "accepted"]
+    finally:
+        archive.close()
+    # the same token again, from another hub: refused, and that hub is not enrolled
+    other, other_config = _hub(tmp_path, "home-22")
+    code, out, err = _enrol(capsys, other_config, endpoint.url, token)
+    assert (code, out) == (2, "")
+    assert err == "glucohub: the clinic refused: this enrolment token has already been used\n"
+    assert not (other.data_dir / ENROLMENT_FILE).exists()
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(clinic))
+    assert out == "home-21\tactive\tbatches 2\tcheckpoint 2\topen alarms 0\n"
+    code, out, _ = _run(capsys, "hubs", "tokens", "--config", str(clinic))
+    assert re.fullmatch(r"token #1\tused\tany hub\tused by home-21 at [^\t]+\tmade by \S+\n", out)
+    # the token never reached the endpoint's log, which says what happened
+    logged = endpoint.stop()
+    assert token not in logged and token[5:20] not in logged
+    assert "hub home-21 enrolled with token #1" in logged
+    assert "enrolment refused from 127.0.0.1: used" in logged
+
+
+def test_the_link_form_carries_the_token_and_a_token_made_for_a_hub_is_only_for_it(
+    tmp_path: Path, clinic: Path, endpoint: InProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with clinic.open("a") as handle:
+        handle.write(f'public_url = "{endpoint.url}"\n')
+    code, out, _ = _run(capsys, "hubs", "token", "--config", str(clinic), "--hub", "home-31")
+    [link] = re.findall(r"^on the hub: glucohub enrol (\S+)$", out, re.M)
+    [token] = TOKEN_LINE.findall(out)
+    assert link == f"{endpoint.url}#{token}"
+    _, stranger_config = _hub(tmp_path, "home-32")
+    code, _, err = _enrol(capsys, stranger_config, link)
+    assert code == 2
+    assert err == "glucohub: the clinic refused: this enrolment token was made for another hub\n"
+    _, config = _hub(tmp_path, "home-31")
+    code, out, err = _enrol(capsys, config, link)
+    assert (code, err) == (0, "") and "hub home-31 enrolled" in out
+
+
+def test_expired_revoked_and_unknown_tokens_are_refused_with_their_reason(
+    tmp_path: Path,
+    clinic: Path,
+    endpoint: InProcess,
+    postgres_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = ClinicEnrolment(postgres_url, utc_now())
+    try:  # made two days ago, valid for a day
+        _, expired = store.create_token(None, timedelta(days=1), "test", utc_now() - timedelta(2))
+    finally:
+        store.close()
+    revoked = _token(capsys, clinic, "--expires", "30m")
+    outstanding = _token(capsys, clinic, "--hub", "home-41", "--expires", "7d")
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(clinic))
+    # outstanding tokens only, by number; never a token's text
+    assert re.fullmatch(
+        r"token #2\toutstanding\tany hub\texpires [^\t]+\tmade by \S+\n"
+        r"token #3\toutstanding\thub home-41\texpires [^\t]+\tmade by \S+\n",
+        out,
+    )
+    assert "ghe1_" not in out
+    code, out, _ = _run(capsys, "hubs", "revoke-token", "2", "--config", str(clinic))
+    assert (code, out) == (0, "enrolment token #2 revoked\n")
+    hub, config = _hub(tmp_path, "home-41")
+    unknown = "ghe1_" + "A" * 43
+    for token, reason in (
+        (expired, "this enrolment token has expired; ask the clinic for a new one"),
+        (revoked, "this enrolment token was revoked by the clinic"),
+        (unknown, "this enrolment token is not known to the clinic"),
+    ):
+        code, out, err = _enrol(capsys, config, endpoint.url, token)
+        assert (code, out, err) == (2, "", f"glucohub: the clinic refused: {reason}\n")
+    assert not (hub.data_dir / ENROLMENT_FILE).exists()
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(clinic))
+    assert out.startswith("token #3\toutstanding\thub home-41")  # no hub enrolled
+    # the refusals did not use up the hub's own token
+    code, _, err = _enrol(capsys, config, endpoint.url, outstanding)
+    assert (code, err) == (0, "")
+    code, out, err = _run(capsys, "hubs", "revoke-token", "3", "--config", str(clinic))
+    assert (code, out, err) == (2, "", "glucohub: enrolment token #3 was used already\n")
+
+
+def _post(url: str, body: bytes, method: str = "POST") -> tuple[int, dict[str, str] | None]:
+    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, None
+
+
+def test_the_endpoint_serves_only_redemption_and_holds_off_a_guesser(
+    tmp_path: Path, clinic: Path, endpoint: InProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = endpoint.url.removesuffix("/v1/enrol")
+    for path, method in (("/v1/enrol", "GET"), ("/", "GET"), ("/metrics", "GET"), ("/x", "POST")):
+        status, _ = _post(base + path, b"{}", method)
+        assert status in (404, 405), (path, method, status)
+    status, answer = _post(endpoint.url, b"not json")
+    assert (status, answer) == (
+        400,
+        {"error": "malformed", "message": "the request is not an enrolment request: not JSON"},
+    )
+    token = _token(capsys, clinic)
+    hub, _ = _hub(tmp_path, "home-51")
+    _, jwk, vkey = hub.enrolment
+
+    def attempt(text: str) -> tuple[int, dict[str, str] | None]:
+        request = EnrolmentRequest(token=text, hub_id="home-51", batch_jwk=jwk, log_key=vkey)
+        return _post(endpoint.url, request.to_json())
+
+    # five wrong guesses are answered; then this address waits, even with a good token
+    for n in range(5):
+        assert attempt("ghe1_" + f"{n}" * 43)[0] == 403
+    status, answer = attempt(token)
+    assert status == 429 and answer is not None
+    assert answer["message"] == "too many failed attempts from this address; try again later"
+    _, out, _ = _run(capsys, "hubs", "list", "--config", str(clinic))
+    assert out.startswith("token #1\toutstanding")
+
+
+def test_one_token_raced_by_two_hubs_enrols_exactly_one(tmp_path: Path, postgres_url: str) -> None:
+    first = ClinicEnrolment(postgres_url, utc_now())
+    _, token = first.create_token(None, timedelta(hours=1), "test", utc_now())
+    stores = [first, ClinicEnrolment(postgres_url, utc_now())]
+    hubs = [make_hub(tmp_path, f"race-{n}") for n in range(2)]
+    outcomes: list[str] = ["", ""]
+    start = threading.Barrier(2)
+
+    def redeem(n: int) -> None:
+        hub_id, jwk, vkey = hubs[n].enrolment
+        request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=jwk, log_key=vkey)
+        start.wait()
+        try:
+            outcomes[n] = stores[n].redeem(request, utc_now()).hub_id
+        except EnrolmentRefused as exc:
+            outcomes[n] = exc.refused.code
+
+    threads = [threading.Thread(target=redeem, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    assert sorted(outcomes) in (["race-0", "used"], ["race-1", "used"])
+    archive = ClinicArchive(postgres_url)
+    try:
+        assert [h.hub_id for h in archive.hubs()] == [o for o in outcomes if o != "used"]
+    finally:
+        archive.close()
+
+
+def test_a_token_for_any_hub_cannot_take_over_an_enrolled_hub_id(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    store = ClinicEnrolment(postgres_url, utc_now())
+    try:
+        original = make_hub(tmp_path / "a", "home-61")
+        impostor = make_hub(tmp_path / "b", "home-61")  # same id, its own keys
+        _, first = store.create_token(None, timedelta(hours=1), "test", utc_now())
+        _, second = store.create_token(None, timedelta(hours=1), "test", utc_now())
+        for hub, token in ((original, first), (impostor, second)):
+            hub_id, jwk, vkey = hub.enrolment
+            request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=jwk, log_key=vkey)
+            if hub is original:
+                store.redeem(request, utc_now())
+                continue
+            with pytest.raises(EnrolmentRefused) as refused:
+                store.redeem(request, utc_now())
+            assert refused.value.refused is Refused.KEYS_DIFFER
+        # refused as a whole: the second token is still outstanding
+        states = [row.state(utc_now()) for row in store.tokens()]
+        assert states == ["used", "outstanding"]
+    finally:
+        store.close()
