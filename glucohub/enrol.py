@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,10 @@ async def _post(endpoint: str, body: bytes, ca_file: str, timeout_s: float) -> t
     except aiohttp.ClientSSLError as exc:
         raise EnrolmentFailed(f"TLS failure talking to the clinic at {where}: {exc}") from None
     except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or str(exc.os_error)
+        error = exc.os_error
+        # asyncio's "Connect call failed (...)" says less than the errno's own text.
+        code = error.errno or 0
+        reason = os.strerror(code) if code > 0 else error.strerror or str(error)
         raise EnrolmentFailed(f"cannot reach the clinic at {where}: {reason}") from None
     except TimeoutError:
         raise EnrolmentFailed(

@@ -5,6 +5,8 @@ admin and the hub's installer type and see."""
 from __future__ import annotations
 
 import asyncio
+import io
+import ipaddress
 import json
 import re
 import socket
@@ -21,18 +23,20 @@ from pathlib import Path
 
 import pytest
 
+from device_adapters.mqtt.client import MqttConnection, upstream_config
+from device_adapters.mqtt.upstream import UpstreamForwarder
 from gateway.clinic.enrolment import EnrolmentRefused, EnrolmentRequest, Refused
 from gateway.clock import utc_now
 from gateway.settings import ENROLMENT_FILE, load_settings
 from gateway.storage.postgres_clinic import ClinicArchive
 from gateway.storage.postgres_enrolment import ClinicEnrolment
 from glucohub.cli import main
-from glucohub.clinic import clinic_database
+from glucohub.clinic import ClinicWorker, clinic_database
 from glucohub.enrolment_http import serve_enrolment
 from glucohub.simulate import SimulatedHub
 from tests.clinic.hubs import make_hub, produce
 from tests.clinic.test_archive import _deliver
-from tests.support.mosquitto import free_port
+from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = "mqtts://clinic.example:8883"
@@ -363,3 +367,198 @@ def test_a_token_for_any_hub_cannot_take_over_an_enrolled_hub_id(
         assert states == ["used", "outstanding"]
     finally:
         store.close()
+
+
+# -- what the hub's installer sees when it goes wrong ------------------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (a clinic's private CA, in short)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clinic test CA")])
+    now = utc_now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "clinic.crt", directory / "clinic.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_over_tls_the_hub_trusts_the_clinic_only_with_its_ca(
+    tmp_path: Path, clinic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    with clinic.open("a") as handle:
+        handle.write(f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    endpoint = InProcess(clinic)
+    try:
+        url = endpoint.url.replace("http://", "https://")
+        token = _token(capsys, clinic)
+        _, config = _hub(tmp_path, "home-71")
+        code, out, err = _enrol(capsys, config, url, token)
+        assert (code, out) == (2, "")
+        assert err.startswith("glucohub: TLS failure talking to the clinic at 127.0.0.1:")
+        assert "certificate verify failed" in err and err.count("\n") == 1
+        code, out, err = _enrol(capsys, config, url, token, "--ca-file", str(cert))
+        assert (code, err) == (0, "") and "hub home-71 enrolled" in out
+        assert load_settings(config, {}).upstream.url == BROKER
+    finally:
+        endpoint.stop()
+
+
+def test_a_clinic_out_of_reach_or_a_bad_link_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub, config = _hub(tmp_path, "home-81")
+    token = "ghe1_" + "B" * 43
+    port = free_port()  # nothing listens there
+    cases = {
+        (f"http://127.0.0.1:{port}/v1/enrol", token): (
+            f"glucohub: cannot reach the clinic at 127.0.0.1:{port}: Connection refused"
+        ),
+        ("http://clinic.example/v1/enrol", token): (
+            "glucohub: the clinic's URL must be https:// (plain http only to this machine):"
+            " http://clinic.example/v1/enrol"
+        ),
+        ("https://clinic.example/v1/enrol",): (
+            "glucohub: no token: give it after the URL, or the link ending in #ghe1_…"
+        ),
+        ("https://clinic.example/v1/enrol", "ghe1_short"): (
+            "glucohub: that is not an enrolment token (it starts with ghe1_, 48 characters)"
+        ),
+        ("clinic.example", token): (
+            "glucohub: the clinic's URL must be http:// or https://, got 'clinic.example'"
+        ),
+    }
+    for argv, line in cases.items():
+        code, out, err = _enrol(capsys, config, *argv)
+        assert (code, out) == (2, ""), argv
+        assert err.startswith(line) and err.count("\n") == 1, (argv, err)
+    assert not (hub.data_dir / ENROLMENT_FILE).exists()
+
+
+# -- a broker account of its own for each hub ---------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_hub_given_a_broker_account_forwards_through_mosquitto_to_a_worker(
+    tmp_path: Path, clinic: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passwords = tmp_path / "passwords"
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwords), "clinic-worker", "w-pass"],
+        check=True,
+        capture_output=True,
+    )
+    worker_line = passwords.read_text().strip()
+    deploy = ROOT / "deploy" / "clinic" / "mosquitto"
+    broker = Mosquitto(
+        tmp_path / "broker",
+        extra_config=(
+            f"allow_anonymous false\npassword_file {passwords}\nacl_file {deploy / 'acl'}\n"
+        ),
+    )
+    clinic.write_text(
+        f'[clinic]\nurl = "{postgres_url}"\nmqtt_url = "{broker.url}"\n'
+        'username = "clinic-worker"\npassword = "w-pass"\ngroup = "enrol"\n'
+        f'[enrolment]\nport = {free_port()}\nbroker_url = "{broker.url}"\nmqtt_passwords = true\n'
+    )
+    endpoint = InProcess(clinic)
+    try:
+        token = _token(capsys, clinic, "--hub", "home-91")
+        hub, config = _hub(tmp_path, "home-91")
+        code, out, err = _enrol(capsys, config, endpoint.url, token)
+        assert (code, err) == (0, "") and "with its own broker account" in out
+    finally:
+        endpoint.stop()
+    upstream = load_settings(config, {}).upstream
+    assert (upstream.url, upstream.username) == (broker.url, "home-91")
+    assert len(upstream.password) >= 40
+    # the clinic keeps only Mosquitto's hash; the admin merges the hubs' accounts in
+    code, out, _ = _run(
+        capsys, "hubs", "mosquitto-passwords", "--config", str(clinic), "--into", str(passwords)
+    )
+    assert out == f"{passwords}: 1 other account(s) kept, 1 hub account(s) written\n"
+    lines = passwords.read_text().splitlines()
+    assert lines[0] == worker_line and lines[1].startswith("home-91:$7$101$")
+    assert upstream.password not in passwords.read_text()
+    assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+    produce(hub, 2, sent=False)
+    with broker:
+        stored = asyncio.run(_forward_to_a_worker(hub, config, clinic, postgres_url))
+    assert stored == 2
+
+
+async def _forward_to_a_worker(
+    hub: SimulatedHub, hub_config: Path, clinic: Path, postgres_url: str
+) -> int:
+    """Run a clinic worker and the hub's forwarder (with its enrolled [upstream]) until the
+    clinic holds the hub's batches; how many it holds."""
+    hub_settings = load_settings(hub_config, {})
+    consuming = _Said("consuming")
+    worker = ClinicWorker(load_settings(clinic, {}), "enrol-w1", out=consuming)
+    connection = MqttConnection(upstream_config(hub_settings.upstream, hub_id=hub.hub_id))
+    forwarder = UpstreamForwarder(connection=connection, outbox=hub)
+    hub.attach()
+    archive = ClinicArchive(postgres_url)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(worker.run())]
+            # subscribed first: the broker keeps nothing for a group with no member yet
+            await asyncio.wait_for(consuming.wait(), 30)
+            running += [
+                tasks.create_task(connection.run()),
+                tasks.create_task(forwarder.run()),
+            ]
+            deadline = time.monotonic() + 30
+            # the worker writes to PostgreSQL in its own thread: nothing here to await
+            while archive.counts()["batches"] < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            for task in running:
+                task.cancel()
+        return archive.counts()["batches"]
+    finally:
+        archive.close()
+
+
+class _Said(io.StringIO):
+    """A text stream that notes when a word was written to it."""
+
+    def __init__(self, word: str) -> None:
+        super().__init__()
+        self._word = word
+        self._event = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        if self._word in text:
+            self._event.set()
+        return super().write(text)
+
+    async def wait(self) -> None:
+        await self._event.wait()
