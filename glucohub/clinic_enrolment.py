@@ -100,7 +100,7 @@ def hubs_revoke_token(settings: Settings, token_id: int) -> int:
 
 def mosquitto_passwords(settings: Settings, into: Path | None) -> int:
     """The `hub:hash` lines of hubs given a broker password; with `into`, merged into that
-    Mosquitto password file (other accounts kept; 0600; replaced atomically)."""
+    Mosquitto password file (its other accounts kept)."""
     store = _open(settings)
     try:
         credentials = store.broker_credentials()
@@ -119,12 +119,16 @@ def mosquitto_passwords(settings: Settings, into: Path | None) -> int:
             for line in into.read_text().splitlines()
             if line.strip() and line.split(":", 1)[0] not in hubs
         ]
-    tmp = into.with_name(f".{into.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Rewritten in place, not renamed over: a container's bind mount of this one file
+    # (deploy/clinic/compose.yaml) keeps seeing the old inode after a rename. Mosquitto reads
+    # it only at start and on SIGHUP, which the admin sends afterwards. A new file is 0600;
+    # an existing one keeps its mode and owner (the broker's user must read it).
+    fd = os.open(into, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as handle:
+        handle.truncate()
         handle.write("".join(f"{line}\n" for line in [*kept, *lines]))
-    tmp.replace(into)
+        handle.flush()
+        os.fsync(handle.fileno())
     print(f"{into}: {len(kept)} other account(s) kept, {len(lines)} hub account(s) written")
     return 0
 

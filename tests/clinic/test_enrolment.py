@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,12 +31,13 @@ from gateway.clock import utc_now
 from gateway.settings import ENROLMENT_FILE, load_settings
 from gateway.storage.postgres_clinic import ClinicArchive
 from gateway.storage.postgres_enrolment import ClinicEnrolment
-from glucohub.cli import main
+from glucohub.cli import build_parser, cmd_hubs_serve, main
 from glucohub.clinic import ClinicWorker, clinic_database
-from glucohub.enrolment_http import serve_enrolment
+from glucohub.enrolment_http import check_serving, serve_enrolment
 from glucohub.simulate import SimulatedHub
 from tests.clinic.hubs import make_hub, produce
 from tests.clinic.test_archive import _deliver
+from tests.clinic.test_deploy import DEPLOY, _environment, parse_yaml_subset
 from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +150,7 @@ def _token(capsys: pytest.CaptureFixture[str], clinic: Path, *extra: str) -> str
     code, out, _ = _run(capsys, "hubs", "token", "--config", str(clinic), *extra)
     assert code == 0
     [token] = TOKEN_LINE.findall(out)
-    return token
+    return str(token)
 
 
 def _hub(tmp_path: Path, hub_id: str) -> tuple[SimulatedHub, Path]:
@@ -477,6 +479,8 @@ def test_a_hub_given_a_broker_account_forwards_through_mosquitto_to_a_worker(
         capture_output=True,
     )
     worker_line = passwords.read_text().strip()
+    passwords.chmod(0o640)  # e.g. group-readable by the broker's user: kept so
+    inode = passwords.stat().st_ino
     deploy = ROOT / "deploy" / "clinic" / "mosquitto"
     broker = Mosquitto(
         tmp_path / "broker",
@@ -508,7 +512,8 @@ def test_a_hub_given_a_broker_account_forwards_through_mosquitto_to_a_worker(
     lines = passwords.read_text().splitlines()
     assert lines[0] == worker_line and lines[1].startswith("home-91:$7$101$")
     assert upstream.password not in passwords.read_text()
-    assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+    # the same file (a container's bind mount of it sees the change), its mode kept
+    assert (passwords.stat().st_ino, stat.S_IMODE(passwords.stat().st_mode)) == (inode, 0o640)
     produce(hub, 2, sent=False)
     with broker:
         stored = asyncio.run(_forward_to_a_worker(hub, config, clinic, postgres_url))
@@ -562,3 +567,32 @@ class _Said(io.StringIO):
 
     async def wait(self) -> None:
         await self._event.wait()
+
+
+# -- the compose file's enrolment service ---------------------------------------------------
+
+
+def test_the_compose_file_serves_enrolment_with_real_settings() -> None:
+    compose = parse_yaml_subset((DEPLOY / "compose.yaml").read_text())
+    service = compose["services"]["enrolment"]
+    args = build_parser().parse_args(service["command"])
+    assert args.func is cmd_hubs_serve
+    mounts = {}
+    for volume in service["volumes"]:
+        source, target, *_mode = volume.split(":")
+        mounts[target] = source
+    settings = load_settings(DEPLOY / mounts[str(args.config)], _environment(service))
+    check_serving(settings)  # a broker URL for the hubs, a port
+    enrolment = settings.enrolment
+    assert service["ports"] == [f"{enrolment.port}:{enrolment.port}"]
+    assert enrolment.host == "0.0.0.0"
+    assert urlsplit(clinic_database(settings)).hostname == "postgres"
+    # TLS with the broker's certificate, mounted from where the broker gets it
+    assert Path(enrolment.tls_cert).parent == Path(enrolment.tls_key).parent
+    assert mounts[str(Path(enrolment.tls_cert).parent)] == "./mosquitto/certs"
+    assert urlsplit(enrolment.public_url).port == enrolment.port
+    # the hubs' accounts go into the broker's own password file, mounted writable
+    passwords = compose["services"]["mosquitto"]["volumes"]
+    assert "./mosquitto/passwords:/mosquitto/config/passwords:ro" in passwords
+    assert mounts["/etc/glucohub/mosquitto-passwords"] == "./mosquitto/passwords"
+    assert enrolment.mqtt_passwords
