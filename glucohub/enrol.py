@@ -25,7 +25,7 @@ from gateway.clinic.enrolment import (
 )
 from gateway.errors import InputError
 from gateway.sealing import BATCH_PUBLIC_FILE, KEYS_DIR, LOG_PUBLIC_FILE, load_keys
-from gateway.settings import Settings, write_enrolled_upstream
+from gateway.settings import HubSettings, Settings, write_enrolled_upstream
 from gateway.topics import PREFIX
 
 TIMEOUT_S = 20.0
@@ -77,6 +77,12 @@ async def enrol_hub(
         raise EnrolmentFailed(str(exc)) from None
     _refuse_cleartext(endpoint)
     hub_id = settings.hub.hub_id
+    if hub_id == HubSettings().hub_id:
+        # Every hub starts with this id; at a clinic of many hubs it names none of them.
+        raise EnrolmentFailed(
+            f"this hub is still called {hub_id!r}: give it a name of its own (hub.hub_id,"
+            " the same the clinic knows it by) before enrolling"
+        )
     batch_jwk, log_key = hub_public_keys(settings)
     request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=batch_jwk, log_key=log_key)
     status, body = await _post(endpoint, request.to_json(), ca_file, timeout_s)

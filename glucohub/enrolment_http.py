@@ -101,12 +101,11 @@ def enrolment_app(
         source = source_key(_source_address(request, trust_forwarded))
         if throttle.wait_s(source) > 0:
             return refuse(Refused.TOO_MANY)
-        if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+        try:
+            body = await request.read()  # at most client_max_size, else 413
+        except web.HTTPRequestEntityTooLarge:
             return refuse(Refused.MALFORMED, "too large")
         try:
-            body = await request.content.read(MAX_REQUEST_BYTES + 1)
-            if len(body) > MAX_REQUEST_BYTES:
-                return refuse(Refused.MALFORMED, "too large")
             parsed = parse_request(body)
             password = new_broker_password() if enrolment.mqtt_passwords else ""
             hashed = mosquitto_hash(password) if password else None

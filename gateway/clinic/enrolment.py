@@ -140,10 +140,12 @@ def parse_request(body: bytes) -> EnrolmentRequest:
         raise EnrolmentRefused(Refused.MALFORMED, "not JSON") from None
     if not isinstance(data, dict):
         raise EnrolmentRefused(Refused.MALFORMED, "not a JSON object")
+    if not _encodable(data):
+        raise EnrolmentRefused(Refused.MALFORMED, "not UTF-8")
     token, hub_id, jwk, log_key = (data.get(k) for k in ("token", "hub_id", "batch_jwk", "log_key"))
     if not isinstance(token, str) or not is_token(token):
         raise EnrolmentRefused(Refused.UNKNOWN)
-    if not isinstance(hub_id, str) or not hub_id or any(c in hub_id for c in "/+#\x00"):
+    if not isinstance(hub_id, str) or not 0 < len(hub_id) <= 200 or set(hub_id) & set("/+#\0"):
         raise EnrolmentRefused(Refused.MALFORMED, "hub_id must be a hub id")
     if not isinstance(jwk, dict) or not isinstance(log_key, str):
         raise EnrolmentRefused(Refused.MALFORMED, "batch_jwk must be a JWK, log_key a string")
@@ -188,9 +190,21 @@ def parse_grant(body: bytes) -> EnrolmentGrant:
     fields = ("clinic_name", "hub_id", "broker_url", "topic_prefix", "username", "password")
     if not isinstance(data, dict) or not all(isinstance(data.get(f), str) for f in fields):
         raise ValueError("the clinic's answer is not an enrolment grant")
+    if not _encodable(data):
+        raise ValueError("the clinic's answer is not UTF-8")
     if not data["broker_url"].startswith(("mqtt://", "mqtts://")):
         raise ValueError(f"the clinic's broker URL {data['broker_url']!r} is not mqtt(s)://")
     return EnrolmentGrant(**{f: data[f] for f in fields})
+
+
+def _encodable(data: object) -> bool:
+    """JSON's `\\ud800` escapes decode to lone surrogates, which no UTF-8 file, database or
+    log line can hold."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def refusal_line(body: bytes, status: int) -> str:
@@ -200,7 +214,7 @@ def refusal_line(body: bytes, status: int) -> str:
         message = data["message"] if isinstance(data, dict) else None
     except (ValueError, UnicodeDecodeError, KeyError):
         message = None
-    if isinstance(message, str) and message.strip():
+    if isinstance(message, str) and message.strip() and _encodable(message):
         return " ".join(message.split())[:300]
     return f"the clinic answered HTTP {status}"
 

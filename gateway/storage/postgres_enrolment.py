@@ -158,7 +158,8 @@ class ClinicEnrolment(PostgresConnection):
                     replace=bound is not None,
                 )
             except InputError as exc:
-                raise EnrolmentRefused(Refused.KEYS_DIFFER, str(exc)) from None
+                detail = str(exc) if bound is not None else ""  # else: only "enrolled"
+                raise EnrolmentRefused(Refused.KEYS_DIFFER, detail) from None
             if password_hash is not None:
                 self._db.execute(
                     "INSERT INTO clinic_hub_credentials (hub_id, mosquitto_hash, issued_at)"

@@ -215,10 +215,15 @@ def test_the_link_form_carries_the_token_and_a_token_made_for_a_hub_is_only_for_
 ) -> None:
     with clinic.open("a") as handle:
         handle.write(f'public_url = "{endpoint.url}"\n')
-    code, out, _ = _run(capsys, "hubs", "token", "--config", str(clinic), "--hub", "home-31")
+    code, out, _ = _run(
+        capsys, "hubs", "token", "--config", str(clinic), "--hub", "home-31", "--qr"
+    )
     [link] = re.findall(r"^on the hub: glucohub enrol (\S+)$", out, re.M)
     [token] = TOKEN_LINE.findall(out)
     assert link == f"{endpoint.url}#{token}"
+    # and the link as a QR code for the installer's phone or the hub's setup page
+    qr = [line for line in out.splitlines()[3:] if line.strip()]
+    assert len(qr) >= 10 and all(set(line) <= set(" █▀▄") for line in qr), out
     _, stranger_config = _hub(tmp_path, "home-32")
     code, _, err = _enrol(capsys, stranger_config, link)
     assert code == 2
@@ -295,6 +300,11 @@ def test_the_endpoint_serves_only_redemption_and_holds_off_a_guesser(
     assert (status, answer) == (
         400,
         {"error": "malformed", "message": "the request is not an enrolment request: not JSON"},
+    )
+    status, answer = _post(endpoint.url, b" " * (16 * 1024 + 1))
+    assert (status, answer) == (
+        400,
+        {"error": "malformed", "message": "the request is not an enrolment request: too large"},
     )
     token = _token(capsys, clinic)
     hub, _ = _hub(tmp_path, "home-51")
@@ -462,6 +472,15 @@ def test_a_clinic_out_of_reach_or_a_bad_link_is_one_line_and_exit_2(
         assert (code, out) == (2, ""), argv
         assert err.startswith(line) and err.count("\n") == 1, (argv, err)
     assert not (hub.data_dir / ENROLMENT_FILE).exists()
+    # a hub still under the id every hub starts with
+    code, out, err = _run(
+        capsys, "enrol", "--data-dir", str(hub.data_dir), f"http://127.0.0.1:{port}", token
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        "glucohub: this hub is still called 'glucohub-local': give it a name of its own"
+        " (hub.hub_id, the same the clinic knows it by) before enrolling\n"
+    )
 
 
 # -- a broker account of its own for each hub ---------------------------------------------------

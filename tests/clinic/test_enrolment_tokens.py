@@ -115,6 +115,11 @@ def test_the_grant_travels_and_a_non_grant_is_refused() -> None:
             parse_grant(body if isinstance(body, bytes) else body.encode())
     assert refusal_line(b'{"message": "no\\nway"}', 410) == "no way"
     assert refusal_line(b"<html>bad gateway</html>", 502) == "the clinic answered HTTP 502"
+    assert refusal_line(b'{"message": "\\ud800"}', 403) == "the clinic answered HTTP 403"
+    with pytest.raises(ValueError, match="not UTF-8"):
+        parse_grant(grant.to_json().replace(b'"C"', b'"\\udc00"'))
+    with pytest.raises(EnrolmentRefused, match="not UTF-8"):
+        parse_request(_body(hub_id="\ud800"))
 
 
 def test_the_broker_password_hash_is_the_one_mosquitto_passwd_makes(tmp_path: Path) -> None:
