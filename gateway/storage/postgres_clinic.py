@@ -209,30 +209,37 @@ def enrol_keys(
     """Inside the caller's transaction: enrol a hub with checked, canonical keys. The same
     keys again change nothing; other keys replace a hub's only when `replace` and it has no
     stored batches (else `InputError`). Returns whether the hub was enrolled before."""
+    # Insert first: two first enrolments of one id at once meet at the primary key (the
+    # second waits for the first's commit, then conflicts), never both "new".
+    inserted = db.execute(
+        "INSERT INTO clinic_hubs (hub_id, batch_jwk, log_key, enrolled_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (hub_id) DO NOTHING RETURNING hub_id",
+        (hub_id, batch_jwk, log_key, now),
+    ).fetchone()
+    if inserted is not None:
+        return False
     row = db.execute(
         "SELECT batch_jwk, log_key FROM clinic_hubs WHERE hub_id = %s FOR UPDATE",
         (hub_id,),
     ).fetchone()
-    if row is not None:
-        if (row[0], row[1]) == (batch_jwk, log_key):
-            return True
-        if not replace:
-            raise InputError(f"hub {hub_id} is enrolled with other keys")
-        stored = db.execute(
-            "SELECT 1 FROM clinic_batches WHERE hub_id = %s LIMIT 1", (hub_id,)
-        ).fetchone()
-        if stored is not None:
-            raise InputError(
-                f"hub {hub_id} is enrolled with other keys and has stored batches;"
-                " a hub's keys are not replaced"
-            )
+    assert row is not None  # it conflicted, and hubs are never deleted
+    if (row[0], row[1]) == (batch_jwk, log_key):
+        return True
+    if not replace:
+        raise InputError(f"hub {hub_id} is enrolled with other keys")
+    stored = db.execute(
+        "SELECT 1 FROM clinic_batches WHERE hub_id = %s LIMIT 1", (hub_id,)
+    ).fetchone()
+    if stored is not None:
+        raise InputError(
+            f"hub {hub_id} is enrolled with other keys and has stored batches;"
+            " a hub's keys are not replaced"
+        )
     db.execute(
-        "INSERT INTO clinic_hubs (hub_id, batch_jwk, log_key, enrolled_at)"
-        " VALUES (%s, %s, %s, %s) ON CONFLICT (hub_id) DO UPDATE"
-        " SET batch_jwk = excluded.batch_jwk, log_key = excluded.log_key",
-        (hub_id, batch_jwk, log_key, now),
+        "UPDATE clinic_hubs SET batch_jwk = %s, log_key = %s WHERE hub_id = %s",
+        (batch_jwk, log_key, hub_id),
     )
-    return row is not None
+    return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

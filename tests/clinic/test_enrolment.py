@@ -324,36 +324,69 @@ def test_the_endpoint_serves_only_redemption_and_holds_off_a_guesser(
     assert out.startswith("token #1\toutstanding")
 
 
-def test_one_token_raced_by_two_hubs_enrols_exactly_one(tmp_path: Path, postgres_url: str) -> None:
-    first = ClinicEnrolment(postgres_url, utc_now())
-    _, token = first.create_token(None, timedelta(hours=1), "test", utc_now())
-    stores = [first, ClinicEnrolment(postgres_url, utc_now())]
-    hubs = [make_hub(tmp_path, f"race-{n}") for n in range(2)]
-    outcomes: list[str] = ["", ""]
-    start = threading.Barrier(2)
+def _race(postgres_url: str, requests: list[EnrolmentRequest]) -> list[str]:
+    """Redeem the requests at once, each on its own connection: the hub id each enrolled,
+    or the code of its refusal."""
+    stores = [ClinicEnrolment(postgres_url, utc_now()) for _ in requests]
+    outcomes = [""] * len(requests)
+    start = threading.Barrier(len(requests))
 
     def redeem(n: int) -> None:
-        hub_id, jwk, vkey = hubs[n].enrolment
-        request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=jwk, log_key=vkey)
         start.wait()
         try:
-            outcomes[n] = stores[n].redeem(request, utc_now()).hub_id
+            outcomes[n] = stores[n].redeem(requests[n], utc_now()).hub_id
         except EnrolmentRefused as exc:
             outcomes[n] = exc.refused.code
 
-    threads = [threading.Thread(target=redeem, args=(n,)) for n in range(2)]
+    threads = [threading.Thread(target=redeem, args=(n,)) for n in range(len(requests))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     for store in stores:
         store.close()
+    return outcomes
+
+
+def _request(hub: SimulatedHub, token: str) -> EnrolmentRequest:
+    hub_id, jwk, vkey = hub.enrolment
+    return EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=jwk, log_key=vkey)
+
+
+def _new_token(postgres_url: str) -> str:
+    store = ClinicEnrolment(postgres_url, utc_now())
+    try:
+        return store.create_token(None, timedelta(hours=1), "test", utc_now())[1]
+    finally:
+        store.close()
+
+
+def test_one_token_raced_by_two_hubs_enrols_exactly_one(tmp_path: Path, postgres_url: str) -> None:
+    token = _new_token(postgres_url)
+    hubs = [make_hub(tmp_path, f"race-{n}") for n in range(2)]
+    outcomes = _race(postgres_url, [_request(hub, token) for hub in hubs])
     assert sorted(outcomes) in (["race-0", "used"], ["race-1", "used"])
     archive = ClinicArchive(postgres_url)
     try:
         assert [h.hub_id for h in archive.hubs()] == [o for o in outcomes if o != "used"]
     finally:
         archive.close()
+
+
+def test_two_hubs_of_one_id_racing_with_two_tokens_enrol_one_set_of_keys(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    hubs = [make_hub(tmp_path / str(n), "twin") for n in range(2)]  # one id, two key pairs
+    requests = [_request(hub, _new_token(postgres_url)) for hub in hubs]
+    outcomes = _race(postgres_url, requests)
+    assert sorted(outcomes) == ["keys_differ", "twin"]
+    winner = requests[outcomes.index("twin")]
+    archive = ClinicArchive(postgres_url)
+    try:
+        [(jwk,)] = archive.rows("SELECT batch_jwk FROM clinic_hubs WHERE hub_id = 'twin'")
+    finally:
+        archive.close()
+    assert jwk == winner.batch_jwk
 
 
 def test_a_token_for_any_hub_cannot_take_over_an_enrolled_hub_id(
