@@ -87,7 +87,8 @@ async def enrol_hub(
     request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=batch_jwk, log_key=log_key)
     status, body = await _post(endpoint, request.to_json(), ca_file, timeout_s)
     if status != 200:
-        raise EnrolmentFailed(f"the clinic refused: {refusal_line(body, status)}")
+        verb = "could not enrol this hub" if status >= 500 else "refused"
+        raise EnrolmentFailed(f"the clinic {verb}: {refusal_line(body, status)}")
     try:
         grant = parse_grant(body)
     except ValueError as exc:

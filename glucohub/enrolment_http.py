@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ from gateway.clinic.enrolment import (
     parse_request,
 )
 from gateway.clock import Clock, SystemClock, utc_now
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StorageError
 from gateway.settings import Settings
 from gateway.storage.postgres_enrolment import ClinicEnrolment, Redeemed
 from gateway.topics import PREFIX
@@ -80,7 +81,7 @@ Redeem = Callable[[EnrolmentRequest, str | None], Redeemed]
 def enrolment_app(
     settings: Settings,
     redeem: Redeem,
-    run: Callable[[Callable[[], Redeemed]], asyncio.Future[Redeemed]],
+    run: Callable[[Callable[[], Redeemed]], Awaitable[Redeemed]],
     *,
     clock: Clock | None = None,
     trust_forwarded: bool = False,
@@ -89,18 +90,19 @@ def enrolment_app(
     enrolment = settings.enrolment
     throttle = FailureThrottle(clock or SystemClock())
 
-    def refuse(refused: Refused, detail: str = "") -> web.Response:
+    def refuse(refused: Refused, detail: str = "", retry_after_s: float = 0) -> web.Response:
         message = f"{refused.message}{': ' + detail if detail else ''}"
         response = web.json_response({"error": refused.code, "message": message})
         response.set_status(refused.status)
-        if refused is Refused.TOO_MANY:
-            response.headers["Retry-After"] = "60"
+        if retry_after_s:
+            response.headers["Retry-After"] = str(math.ceil(retry_after_s))
         return response
 
     async def enrol(request: web.Request) -> web.StreamResponse:
         source = source_key(_source_address(request, trust_forwarded))
-        if throttle.wait_s(source) > 0:
-            return refuse(Refused.TOO_MANY)
+        wait = throttle.wait_s(source)
+        if wait > 0:
+            return refuse(Refused.TOO_MANY, retry_after_s=wait)
         try:
             body = await request.read()  # at most client_max_size, else 413
         except web.HTTPRequestEntityTooLarge:
@@ -115,6 +117,9 @@ def enrolment_app(
                 throttle.failed(source)
             log.info("enrolment refused from %s: %s", source, exc.refused.code)
             return refuse(exc.refused, exc.detail)
+        except StorageError as exc:  # nothing was consumed: the hub may simply try again
+            log.error("enrolment from %s not possible: %s", source, exc)
+            return refuse(Refused.UNAVAILABLE, retry_after_s=30)
         log.info(
             "enrolment: hub %s %s with token #%d from %s",
             redeemed.hub_id,

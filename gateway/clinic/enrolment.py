@@ -92,6 +92,7 @@ class Refused(Enum):
     REVOKED = (410, "this enrolment token was revoked by the clinic")
     KEYS_DIFFER = (409, "this hub id is already enrolled at the clinic with other keys")
     TOO_MANY = (429, "too many failed attempts from this address; try again later")
+    UNAVAILABLE = (503, "the clinic cannot enrol hubs just now; try again later")
 
     @property
     def status(self) -> int:

@@ -7,14 +7,17 @@ import base64
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.clinic.enrolment import (
     EnrolmentGrant,
     EnrolmentRefused,
+    EnrolmentRequest,
     Refused,
     enrolment_link,
     is_token,
@@ -27,7 +30,10 @@ from gateway.clinic.enrolment import (
     split_link,
     token_digest,
 )
-from glucohub.enrolment_http import FailureThrottle
+from gateway.errors import TransientStorageError
+from gateway.settings import Settings
+from gateway.storage.postgres_enrolment import Redeemed
+from glucohub.enrolment_http import FailureThrottle, enrolment_app
 
 
 def test_a_token_is_256_random_bits_and_only_its_sha256_is_kept() -> None:
@@ -165,3 +171,24 @@ def test_a_source_that_keeps_failing_waits_longer_each_time_then_is_forgotten() 
     assert throttle.wait_s("10.0.0.1") == 0
     throttle.failed("10.0.0.1")  # counted from zero again
     assert throttle.wait_s("10.0.0.1") == 0
+
+
+async def test_a_database_outage_is_a_503_to_try_again_and_no_guess() -> None:
+    clock = _Clock()
+
+    def redeem(_request: EnrolmentRequest, _hash: str | None) -> Redeemed:
+        raise TransientStorageError("PostgreSQL: connection refused")
+
+    async def run(call: Callable[[], Redeemed]) -> Redeemed:
+        return call()
+
+    app = enrolment_app(Settings(), redeem, run, clock=clock)
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(6):  # not counted as guesses: never held off
+            response = await client.post("/v1/enrol", data=_body())
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "30"
+            assert await response.json() == {
+                "error": "unavailable",
+                "message": "the clinic cannot enrol hubs just now; try again later",
+            }
