@@ -76,6 +76,7 @@ async def enrol_hub(
     except ValueError as exc:
         raise EnrolmentFailed(str(exc)) from None
     _refuse_cleartext(endpoint)
+    batch_jwk, log_key = hub_public_keys(settings)
     hub_id = settings.hub.hub_id
     if hub_id == HubSettings().hub_id:
         # Every hub starts with this id; at a clinic of many hubs it names none of them.
@@ -83,7 +84,6 @@ async def enrol_hub(
             f"this hub is still called {hub_id!r}: give it a name of its own (hub.hub_id,"
             " the same the clinic knows it by) before enrolling"
         )
-    batch_jwk, log_key = hub_public_keys(settings)
     request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=batch_jwk, log_key=log_key)
     status, body = await _post(endpoint, request.to_json(), ca_file, timeout_s)
     if status != 200:
