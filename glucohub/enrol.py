@@ -84,6 +84,12 @@ async def enrol_hub(
             f"this hub is still called {hub_id!r}: give it a name of its own (hub.hub_id,"
             " the same the clinic knows it by) before enrolling"
         )
+    data_dir = settings.storage.data_dir
+    if not os.access(data_dir, os.W_OK):
+        # Found out after the POST, the token would be spent and its answer lost.
+        raise EnrolmentFailed(
+            f"cannot write to {data_dir}: run glucohub enrol as the hub's own user"
+        )
     request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=batch_jwk, log_key=log_key)
     status, body = await _post(endpoint, request.to_json(), ca_file, timeout_s)
     if status != 200:
@@ -101,7 +107,7 @@ async def enrol_hub(
     upstream = {"url": grant.broker_url}
     if grant.password:
         upstream |= {"username": grant.username, "password": grant.password}
-    written = write_enrolled_upstream(settings.storage.data_dir, upstream)
+    written = write_enrolled_upstream(data_dir, upstream)
     return Enrolled(
         clinic_name=grant.clinic_name,
         hub_id=hub_id,
