@@ -26,7 +26,7 @@ from gateway.clinic.enrolment import (
 from gateway.errors import InputError
 from gateway.sealing import BATCH_PUBLIC_FILE, KEYS_DIR, LOG_PUBLIC_FILE, load_keys
 from gateway.settings import HubSettings, Settings, write_enrolled_upstream
-from gateway.topics import PREFIX
+from gateway.topics import hub_topic_prefix
 
 TIMEOUT_S = 20.0
 _MAX_ANSWER_BYTES = 64 * 1024
@@ -99,10 +99,10 @@ async def enrol_hub(
         grant = parse_grant(body)
     except ValueError as exc:
         raise EnrolmentFailed(f"{exc} (is {endpoint} the clinic's enrolment URL?)") from None
-    if grant.hub_id != hub_id or grant.topic_prefix != f"{PREFIX}/hubs/{hub_id}":
+    if grant.hub_id != hub_id or grant.topic_prefix != hub_topic_prefix(hub_id):
         raise EnrolmentFailed(
             f"the clinic enrolled hub {grant.hub_id!r} under {grant.topic_prefix!r}; this hub"
-            f" is {hub_id!r} and publishes under {PREFIX}/hubs/{hub_id}"
+            f" is {hub_id!r} and publishes under {hub_topic_prefix(hub_id)}"
         )
     upstream = {"url": grant.broker_url}
     if grant.password:

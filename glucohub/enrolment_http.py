@@ -43,7 +43,7 @@ from gateway.clock import Clock, SystemClock, utc_now
 from gateway.errors import ConfigError, StorageError
 from gateway.settings import Settings
 from gateway.storage.postgres_enrolment import ClinicEnrolment, Redeemed
-from gateway.topics import PREFIX
+from gateway.topics import hub_topic_prefix
 
 log = logging.getLogger("glucohub.enrolment")
 
@@ -131,7 +131,7 @@ def enrolment_app(
             clinic_name=enrolment.clinic_name,
             hub_id=redeemed.hub_id,
             broker_url=enrolment.broker_url,
-            topic_prefix=f"{PREFIX}/hubs/{redeemed.hub_id}",
+            topic_prefix=hub_topic_prefix(redeemed.hub_id),
             username=redeemed.hub_id if password else "",
             password=password,
         )
