@@ -648,3 +648,27 @@ def test_the_compose_file_serves_enrolment_with_real_settings() -> None:
     assert "./mosquitto/passwords:/mosquitto/config/passwords:ro" in passwords
     assert mounts["/etc/glucohub/mosquitto-passwords"] == "./mosquitto/passwords"
     assert enrolment.mqtt_passwords
+
+
+def test_a_hub_that_never_ran_enrols_with_the_keys_keys_init_made(
+    tmp_path: Path,
+    clinic: Path,
+    endpoint: InProcess,
+    postgres_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data_dir = tmp_path / "fresh"
+    config = tmp_path / "fresh.toml"
+    config.write_text(f'[hub]\nhub_id = "fresh-1"\n[storage]\ndata_dir = "{data_dir}"\n')
+    assert _run(capsys, "keys", "init", "--config", str(config))[0] == 0
+    assert not (data_dir / "keys" / "log-key.vkey").exists()  # written on first use
+    code, out, err = _enrol(capsys, config, endpoint.url, _token(capsys, clinic))
+    assert (code, err) == (0, "") and "hub fresh-1 enrolled" in out
+    _, shown, _ = _run(capsys, "keys", "show", "--config", str(config))
+    # the clinic holds exactly what `glucohub keys show` prints
+    archive = ClinicArchive(postgres_url)
+    try:
+        [(jwk, vkey)] = archive.rows("SELECT batch_jwk, log_key FROM clinic_hubs")
+    finally:
+        archive.close()
+    assert shown == f"log-key: {vkey}\nbatch-key: {jwk}\n"
