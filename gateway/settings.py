@@ -8,6 +8,7 @@ with a `ConfigError` naming the key. No other module reads `os.environ`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -139,6 +140,26 @@ class ClinicSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EnrolmentSettings:
+    """The clinic's enrolment endpoint (`glucohub hubs serve`) and its tokens."""
+
+    host: str = "127.0.0.1"  # behind the trust's reverse proxy; "0.0.0.0" to face hubs
+    port: int = 8443
+    tls_cert: str = ""  # empty: plain HTTP (a proxy in front terminates TLS)
+    tls_key: str = ""
+    # Behind a reverse proxy: throttle by the last X-Forwarded-For hop, not the proxy.
+    trust_forwarded: bool = False
+    # The endpoint's address as hubs reach it, e.g. "https://clinic.example/v1/enrol":
+    # `glucohub hubs token` prints it with the token as one link (and a QR code).
+    public_url: str = ""
+    clinic_name: str = ""  # shown on the hub ("enrolled at ...")
+    broker_url: str = ""  # the hubs' [upstream] url, e.g. "mqtts://clinic.example:8883"
+    # Give each hub an MQTT password of its own when it enrols (username: its hub id); the
+    # broker learns it from `glucohub hubs mosquitto-passwords`.
+    mqtt_passwords: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BleSettings:
     enabled: bool = False
     adapter: str = ""  # e.g. hci0; empty is the system default
@@ -178,6 +199,7 @@ class Settings:
     mqtt: MqttSettings = MqttSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     clinic: ClinicSettings = ClinicSettings()
+    enrolment: EnrolmentSettings = EnrolmentSettings()
     ble: BleSettings = BleSettings()
     alerts: AlertSettings = AlertSettings()
     demo: DemoSettings = DemoSettings()
@@ -192,30 +214,96 @@ class Settings:
         return dataclasses.replace(self, **{section: dataclasses.replace(current, **changes)})
 
 
-def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Build `Settings` from an optional TOML file and environment overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with path.open("rb") as handle:
-                raw = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError("--config", f"file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:  # tomllib decodes the whole file before parsing
-            raise ConfigError("--config", f"{path} is not UTF-8 text: {exc.reason}") from None
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    data_dir: Path | None = None,
+) -> Settings:
+    """Build `Settings` from an optional TOML file, the data directory's enrolment file
+    (`ENROLMENT_FILE`, written by `glucohub enrol`) and environment overrides, in that order
+    of precedence (the environment wins). `data_dir` overrides `storage.data_dir`."""
     merged: dict[str, dict[str, Any]] = {}
-    for section, values in raw.items():
-        if not isinstance(values, dict):
-            raise ConfigError(section, "must be a [section] table")
-        merged[section] = dict(values)
+    if path is not None:
+        _merge(merged, _read_toml(path, "--config"))
+    env: dict[str, dict[str, Any]] = {}
     for name, text in (environ or {}).items():
         if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
             continue
         section, key = name[len(ENV_PREFIX) :].lower().split("__", 1)
-        merged.setdefault(section, {})[key] = _EnvText(text)
+        env.setdefault(section, {})[key] = _EnvText(text)
+    if data_dir is not None:
+        env.setdefault("storage", {})["data_dir"] = str(data_dir)
+    where = env.get("storage", {}).get("data_dir") or merged.get("storage", {}).get("data_dir")
+    enrolled = Path(str(where or StorageSettings().data_dir)) / ENROLMENT_FILE
+    if enrolled.is_file():
+        raw = _read_toml(enrolled, "storage.data_dir")
+        if set(raw) - {"upstream"}:
+            raise ConfigError("storage.data_dir", f"{enrolled} may hold only an [upstream] table")
+        _merge(merged, raw)
+    _merge(merged, env)
     return _build(merged)
+
+
+# Written by `glucohub enrol` into the data directory (0600: it may hold the hub's broker
+# password). The hub's config file usually belongs to root and is read-only to the hub
+# (deploy/glucohub.service), while the data directory is the hub's own.
+ENROLMENT_FILE = "upstream.toml"
+
+
+def _read_toml(path: Path, key: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(key, f"file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(key, f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file before parsing
+        raise ConfigError(key, f"{path} is not UTF-8 text: {exc.reason}") from None
+
+
+def _merge(merged: dict[str, dict[str, Any]], raw: Mapping[str, Any]) -> None:
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(section, "must be a [section] table")
+        merged.setdefault(section, {}).update(values)
+
+
+def write_enrolled_upstream(data_dir: Path, upstream: Mapping[str, str]) -> Path:
+    """Write the hub's `[upstream]` keys given by its clinic into `data_dir`'s enrolment
+    file: 0600 from its first byte, replaced atomically, refused for a key `[upstream]`
+    does not have."""
+    known = typing.get_type_hints(UpstreamSettings)
+    lines = ["# Written by `glucohub enrol`: the clinic this hub forwards to.", "[upstream]"]
+    for key, value in upstream.items():
+        if known.get(key) is not str:
+            raise ConfigError(f"upstream.{key}", "not a text key of [upstream]")
+        lines.append(f"{key} = {toml_string(value)}")
+    path = data_dir / ENROLMENT_FILE
+    tmp = path.with_name(f".{ENROLMENT_FILE}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string (TOML 1.0 §String: escape quote, backslash and the control
+    characters but tab)."""
+    out = []
+    for char in value:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif (ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 class _EnvText(str):

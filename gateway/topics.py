@@ -15,12 +15,17 @@ def readings_topic(patient_id: str, device_id: str) -> str:
     return f"{PREFIX}/{_level('patient_id', patient_id)}/{_level('device_id', device_id)}/readings"
 
 
+def hub_topic_prefix(hub_id: str) -> str:
+    """Where a hub's upstream items go (what enrolment tells a hub)."""
+    return f"{PREFIX}/hubs/{_level('hub_id', hub_id)}"
+
+
 def batches_topic(hub_id: str) -> str:
-    return f"{PREFIX}/hubs/{_level('hub_id', hub_id)}/batches"
+    return f"{hub_topic_prefix(hub_id)}/batches"
 
 
 def checkpoints_topic(hub_id: str) -> str:
-    return f"{PREFIX}/hubs/{_level('hub_id', hub_id)}/checkpoints"
+    return f"{hub_topic_prefix(hub_id)}/checkpoints"
 
 
 def _level(name: str, value: str) -> str:

@@ -32,11 +32,8 @@ log = logging.getLogger("glucohub")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(getattr(args, "config", None), os.environ)
     data_dir = getattr(args, "data_dir", None)
-    if data_dir is not None:
-        settings = settings.replace("storage", data_dir=data_dir)
-    return settings
+    return load_settings(getattr(args, "config", None), os.environ, data_dir=data_dir)
 
 
 def _data_dir(args: argparse.Namespace, *, need_database: bool = True) -> Path:
@@ -1020,6 +1017,13 @@ def _clinic_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--open", action="store_true", help="only unresolved alarms")
     p.set_defaults(func=cmd_hubs_alarms)
+    _enrolment_commands(hubs)
+    p = sub.add_parser("enrol", help="enrol this hub at a clinic with a one-time token")
+    _common(p)
+    p.add_argument("url", help="the clinic's enrolment URL, or its link ending in #TOKEN")
+    p.add_argument("token", nargs="?", help="the token (ghe1_...) unless in the link")
+    p.add_argument("--ca-file", help="the CA certificate of the clinic's endpoint, if private")
+    p.set_defaults(func=cmd_enrol)
     p = sub.add_parser("simulate", help="load generator: simulated hubs forwarding upstream")
     p.add_argument("--hubs", type=_int_in(1, 100_000), required=True)
     p.add_argument("--patients-per-hub", type=_int_in(1, 10_000), default=1)
@@ -1031,6 +1035,82 @@ def _clinic_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--enrol-file", type=Path, help="write the `hubs add` lines here")
     p.add_argument("--enrol-into", default="", help="enrol the hubs in this clinic database")
     p.set_defaults(func=cmd_simulate)
+
+
+def _enrolment_commands(hubs: argparse._SubParsersAction[_Parser]) -> None:
+    """One-time enrolment tokens at the clinic (glucohub/clinic_enrolment.py)."""
+    p = hubs.add_parser("token", help="make a one-time enrolment token (shown once)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--hub", help="only this hub id may use it (default: any new hub)")
+    p.add_argument("--expires", default="24h", help="lifetime: 30m, 24h, 7d (at most 30d)")
+    p.add_argument("--by", default=os.environ.get("USER", "admin"), help="who made it")
+    p.add_argument("--qr", action="store_true", help="also print the link as a QR code")
+    p.set_defaults(func=cmd_hubs_token)
+    p = hubs.add_parser("tokens", help="enrolment tokens and their state (never the tokens)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.set_defaults(func=cmd_hubs_tokens)
+    p = hubs.add_parser("revoke-token", help="revoke an unused enrolment token by its number")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("token_id", type=_int_in(1, 2**63 - 1))
+    p.set_defaults(func=cmd_hubs_revoke_token)
+    p = hubs.add_parser(
+        "mosquitto-passwords", help="the broker accounts enrolment gave hubs, for Mosquitto"
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--into", type=Path, help="merge into this Mosquitto password file")
+    p.set_defaults(func=cmd_hubs_mosquitto_passwords)
+    p = hubs.add_parser("serve", help="serve the enrolment endpoint hubs redeem tokens at")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.set_defaults(func=cmd_hubs_serve)
+
+
+def cmd_hubs_token(args: argparse.Namespace) -> int:
+    from glucohub.clinic_enrolment import hubs_token
+
+    return hubs_token(_settings(args), args.hub, args.expires, args.by, qr=args.qr)
+
+
+def cmd_hubs_tokens(args: argparse.Namespace) -> int:
+    from glucohub.clinic_enrolment import hubs_tokens
+
+    return hubs_tokens(_settings(args))
+
+
+def cmd_hubs_revoke_token(args: argparse.Namespace) -> int:
+    from glucohub.clinic_enrolment import hubs_revoke_token
+
+    return hubs_revoke_token(_settings(args), args.token_id)
+
+
+def cmd_hubs_mosquitto_passwords(args: argparse.Namespace) -> int:
+    from glucohub.clinic_enrolment import mosquitto_passwords
+
+    return mosquitto_passwords(_settings(args), args.into)
+
+
+def cmd_hubs_serve(args: argparse.Namespace) -> int:
+    from glucohub.clinic_enrolment import serve
+
+    settings = _settings(args)
+    _setup_logging(settings)
+    return serve(settings)
+
+
+def cmd_enrol(args: argparse.Namespace) -> int:
+    from glucohub.enrol import run_enrol
+
+    enrolled = run_enrol(_settings(args), args.url, args.token, args.ca_file or "")
+    where = f" ({enrolled.clinic_name})" if enrolled.clinic_name else ""
+    account = (
+        "with its own broker account"
+        if enrolled.with_password
+        else "with its configured broker account"
+    )
+    print(
+        f"hub {enrolled.hub_id} enrolled at the clinic{where}: it forwards to"
+        f" {enrolled.broker_url} {account}; settings in {enrolled.written} (restart the hub)"
+    )
+    return 0
 
 
 def cmd_clinic(args: argparse.Namespace) -> int:
@@ -1050,8 +1130,12 @@ def cmd_hubs_add(args: argparse.Namespace) -> int:
 
 def cmd_hubs_list(args: argparse.Namespace) -> int:
     from glucohub.clinic import hubs_list
+    from glucohub.clinic_enrolment import print_tokens
 
-    return hubs_list(_settings(args))
+    settings = _settings(args)
+    code = hubs_list(settings)
+    print_tokens(settings, outstanding_only=True, out=sys.stdout)
+    return code
 
 
 def cmd_hubs_resolve(args: argparse.Namespace) -> int:

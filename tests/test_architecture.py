@@ -71,6 +71,9 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "glucohub.simulate": ("asyncio",),
         "glucohub.clockwatch": ("asyncio",),
         "glucohub.metrics_http": ("aiohttp",),
+        "glucohub.enrolment_http": ("aiohttp", "asyncio", "concurrent.futures", "signal", "ssl"),
+        "glucohub.enrol": ("aiohttp", "asyncio", "ssl"),
+        "glucohub.clinic_enrolment": ("asyncio",),
         "glucohub.demo": ("asyncio",),
         "glucohub.diskguard": ("asyncio",),
         "glucohub.doctor": ("asyncio", "dbus_fast", "socket", "ssl"),
@@ -363,9 +366,14 @@ def test_io_libraries_live_in_one_module(library: str, home: tuple[str, ...]) ->
 
 
 def test_aiohttp_only_at_the_web_edge() -> None:
-    # The dashboards, and the /metrics port of a process that has no dashboard (a worker).
+    # The dashboards, the /metrics port of a process that has no dashboard (a worker), and
+    # enrolment: the clinic's endpoint and the hub's request to it.
     users = {m for m, libs in io_used(MODULES).items() if "aiohttp" in libs}
-    edge = {m for m in users if m.startswith("dashboards")} | {"glucohub.metrics_http"}
+    edge = {m for m in users if m.startswith("dashboards")} | {
+        "glucohub.metrics_http",
+        "glucohub.enrolment_http",
+        "glucohub.enrol",
+    }
     assert users and users <= edge, sorted(users - edge)
 
 

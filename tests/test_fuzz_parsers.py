@@ -42,6 +42,7 @@ from device_adapters.ble.registry import PARSERS, decode
 from device_adapters.ble.uuids import normalize_uuid
 from device_adapters.mqtt.errors import PayloadRejected
 from device_adapters.mqtt.payload import decode_readings
+from gateway.clinic.enrolment import EnrolmentRefused, parse_grant, parse_request, refusal_line
 from gateway.errors import ConfigError
 from gateway.settings import load_settings
 from ledger.batch import open_batch, seal_batch, seal_records
@@ -594,3 +595,42 @@ def test_settings_files(toml: bytes, tmp_path_factory: pytest.TempPathFactory) -
     path = tmp_path_factory.getbasetemp() / "fuzz-glucohub.toml"
     path.write_bytes(toml)
     expect(ConfigError, lambda: load_settings(path, {}))
+
+
+# -- enrolment: the clinic reads a hub's request, the hub reads the clinic's answer ----------
+
+
+def _enrolment_request_seed() -> dict[str, Any]:
+    return {
+        "token": "ghe1_" + "A" * 43,
+        "hub_id": "home-1",
+        "batch_jwk": public_jwk(BATCH_KEY.public_key(), kid="b1"),
+        "log_key": "glucohub.local/home-1+00000000+AQ==",
+    }
+
+
+_GRANT_SEED = {
+    "clinic_name": "C",
+    "hub_id": "home-1",
+    "broker_url": "mqtts://c:8883",
+    "topic_prefix": "glucohub/v1/hubs/home-1",
+    "username": "home-1",
+    "password": "p",
+}
+
+
+@FUZZ
+@given(
+    request=st.one_of(
+        mutated_json([_enrolment_request_seed()]).map(str.encode),
+        mutated_bytes([json.dumps(_enrolment_request_seed()).encode()]),
+    ),
+    grant=st.one_of(
+        mutated_json([_GRANT_SEED]).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        mutated_bytes([json.dumps(_GRANT_SEED).encode()]),
+    ),
+)
+def test_enrolment_requests_and_grants(request: bytes, grant: bytes) -> None:
+    expect(EnrolmentRefused, lambda: parse_request(request))
+    expect(ValueError, lambda: parse_grant(grant))
+    expect(ValueError, lambda: refusal_line(grant, 400))

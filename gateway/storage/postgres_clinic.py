@@ -126,8 +126,30 @@ CREATE TABLE clinic_dead_letters (
 )
 """
 
+# One-time enrolment tokens (`gateway.storage.postgres_enrolment`): only their SHA-256 is
+# kept. A hub's MQTT password, when the clinic gives it one, only as Mosquitto's hash.
+_ENROLMENT_TOKENS = """
+CREATE TABLE clinic_enrolment_tokens (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    token_sha256 bytea NOT NULL UNIQUE,
+    hub_id text,
+    created_at timestamptz NOT NULL,
+    created_by text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    used_at timestamptz,
+    used_by_hub text,
+    revoked_at timestamptz
+);
+CREATE TABLE clinic_hub_credentials (
+    hub_id text PRIMARY KEY REFERENCES clinic_hubs (hub_id),
+    mosquitto_hash text NOT NULL,
+    issued_at timestamptz NOT NULL
+)
+"""
+
 CLINIC_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clinic archive: hubs, batches, records, checkpoints, alarms", _SCHEMA),
+    Migration(2, "clinic enrolment tokens and hubs' broker credentials", _ENROLMENT_TOKENS),
 )
 CLINIC_SCHEMA_VERSION = CLINIC_MIGRATIONS[-1].version
 
@@ -168,6 +190,56 @@ def migrate_clinic(db: Connection, now: datetime) -> list[int]:
             )
             applied.append(migration.version)
     return applied
+
+
+def canonical_jwk(batch_jwk: str) -> str:
+    """One spelling per key, so enrolling the same keys again is recognised as such."""
+    return json.dumps(json.loads(batch_jwk), sort_keys=True, separators=(",", ":"))
+
+
+def enrol_keys(
+    db: Connection,
+    hub_id: str,
+    batch_jwk: str,
+    log_key: str,
+    now: datetime,
+    *,
+    replace: bool = True,
+) -> bool:
+    """Inside the caller's transaction: enrol a hub with checked, canonical keys. The same
+    keys again change nothing; other keys replace a hub's only when `replace` and it has no
+    stored batches (else `InputError`). Returns whether the hub was enrolled before."""
+    # Insert first: two first enrolments of one id at once meet at the primary key (the
+    # second waits for the first's commit, then conflicts), never both "new".
+    inserted = db.execute(
+        "INSERT INTO clinic_hubs (hub_id, batch_jwk, log_key, enrolled_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (hub_id) DO NOTHING RETURNING hub_id",
+        (hub_id, batch_jwk, log_key, now),
+    ).fetchone()
+    if inserted is not None:
+        return False
+    row = db.execute(
+        "SELECT batch_jwk, log_key FROM clinic_hubs WHERE hub_id = %s FOR UPDATE",
+        (hub_id,),
+    ).fetchone()
+    assert row is not None  # it conflicted, and hubs are never deleted
+    if (row[0], row[1]) == (batch_jwk, log_key):
+        return True
+    if not replace:
+        raise InputError(f"hub {hub_id} is enrolled with other keys")
+    stored = db.execute(
+        "SELECT 1 FROM clinic_batches WHERE hub_id = %s LIMIT 1", (hub_id,)
+    ).fetchone()
+    if stored is not None:
+        raise InputError(
+            f"hub {hub_id} is enrolled with other keys and has stored batches;"
+            " a hub's keys are not replaced"
+        )
+    db.execute(
+        "UPDATE clinic_hubs SET batch_jwk = %s, log_key = %s WHERE hub_id = %s",
+        (batch_jwk, log_key, hub_id),
+    )
+    return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,33 +321,11 @@ class ClinicArchive:
     def enrol(self, hub_id: str, batch_jwk: str, log_key: str, now: datetime) -> None:
         """Enrol a hub (or replace the keys of one with no stored batches)."""
         enrolled_hub(hub_id, batch_jwk, log_key)  # refuses unusable keys
-        # One spelling per key, so enrolling the same keys again is recognised as such.
-        jwk = json.dumps(json.loads(batch_jwk), sort_keys=True, separators=(",", ":"))
-        self._call(self._enrol, hub_id, jwk, log_key.strip(), now)
+        self._call(self._enrol, hub_id, canonical_jwk(batch_jwk), log_key.strip(), now)
 
     def _enrol(self, hub_id: str, batch_jwk: str, log_key: str, now: datetime) -> None:
         with self._db.transaction():
-            row = self._db.execute(
-                "SELECT batch_jwk, log_key FROM clinic_hubs WHERE hub_id = %s FOR UPDATE",
-                (hub_id,),
-            ).fetchone()
-            if row is not None:
-                if (row[0], row[1]) == (batch_jwk, log_key):
-                    return
-                stored = self._db.execute(
-                    "SELECT 1 FROM clinic_batches WHERE hub_id = %s LIMIT 1", (hub_id,)
-                ).fetchone()
-                if stored is not None:
-                    raise InputError(
-                        f"hub {hub_id} is enrolled with other keys and has stored batches;"
-                        " a hub's keys are not replaced"
-                    )
-            self._db.execute(
-                "INSERT INTO clinic_hubs (hub_id, batch_jwk, log_key, enrolled_at)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (hub_id) DO UPDATE"
-                " SET batch_jwk = excluded.batch_jwk, log_key = excluded.log_key",
-                (hub_id, batch_jwk, log_key, now),
-            )
+            enrol_keys(self._db, hub_id, batch_jwk, log_key, now)
 
     def hubs(self) -> list[HubRow]:
         rows: list[Row] = self._call(

@@ -316,6 +316,18 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
     "hubs list": {"no clinic database": ()},
     "hubs resolve": {"no hub": (), "no clinic database": ("h1",)},
     "hubs alarms": {"no clinic database": ("--open",)},
+    "hubs token": {"no clinic database": (), "expiry not a duration": ("--expires", "soon")},
+    "hubs tokens": {"no clinic database": ()},
+    "hubs revoke-token": {"no clinic database": ("1",), "id not a number": ("first",)},
+    "hubs mosquitto-passwords": {"no clinic database": ("--into", "{tmp}/passwords")},
+    "hubs serve": {"no clinic database": ()},
+    "enrol": {
+        "missing data dir": ("http://127.0.0.1:9/v1/enrol", "ghe1_" + "A" * 43, *TYPO),
+        "no keys": ("http://127.0.0.1:9/v1/enrol", "ghe1_" + "A" * 43, *EMPTY),
+        "no token": ("https://clinic.example/v1/enrol", *HUB),
+        "not https": ("http://clinic.example/v1/enrol", "ghe1_" + "A" * 43, *HUB),
+        "hub under the default id": ("http://127.0.0.1:9/v1/enrol", "ghe1_" + "A" * 43, *HUB),
+    },
     "simulate": {
         "no --hubs": ("--mqtt-url", "mqtt://127.0.0.1:1"),
         "rate zero": ("--hubs", "1", "--rate", "0", "--mqtt-url", "mqtt://127.0.0.1:1"),

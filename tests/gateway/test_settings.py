@@ -1,9 +1,19 @@
+import stat
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
-from gateway.settings import Settings, load_settings
+from gateway.settings import (
+    ENROLMENT_FILE,
+    Settings,
+    load_settings,
+    toml_string,
+    write_enrolled_upstream,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -114,3 +124,48 @@ def test_storage_url_takes_postgresql_only_and_hides_its_password() -> None:
     with pytest.raises(ConfigError, match=r"storage\.url.*mysql") as caught:
         load_settings(None, {"GLUCOHUB_STORAGE__URL": "mysql://hub:s3cret-pw@db/glucohub"})
     assert "s3cret-pw" not in str(caught.value)
+
+
+# -- the enrolment file: the [upstream] a clinic gave this hub (`glucohub enrol`) ----------------
+
+
+def test_the_enrolled_upstream_overrides_the_file_and_the_environment_overrides_both(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    path = write(
+        tmp_path,
+        f'[storage]\ndata_dir = "{data}"\n[upstream]\nurl = ""\nusername = "old"\n'
+        'client_id = "mine"\n',
+    )
+    written = write_enrolled_upstream(
+        data, {"url": "mqtts://clinic.example:8883", "username": "home-1", "password": "p"}
+    )
+    assert written == data / ENROLMENT_FILE
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    s = load_settings(path, {})
+    assert (s.upstream.url, s.upstream.username, s.upstream.password) == (
+        "mqtts://clinic.example:8883",
+        "home-1",
+        "p",
+    )
+    assert s.upstream.client_id == "mine"  # what the clinic did not say stays the file's
+    s = load_settings(path, {"GLUCOHUB_UPSTREAM__USERNAME": "ops"})
+    assert s.upstream.username == "ops"
+    # --data-dir elsewhere: that directory's enrolment (none) counts, not this one's
+    assert load_settings(path, {}, data_dir=tmp_path).upstream.url == ""
+
+
+def test_an_enrolment_file_holds_only_upstream(tmp_path: Path) -> None:
+    (tmp_path / ENROLMENT_FILE).write_text("[dashboard]\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"may hold only an \[upstream\] table"):
+        load_settings(None, {}, data_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"upstream\.max_inflight"):
+        write_enrolled_upstream(tmp_path, {"max_inflight": "5"})
+
+
+@given(st.text())
+def test_any_text_survives_a_toml_round_trip(text: str) -> None:
+    assume(not any(0xD800 <= ord(c) <= 0xDFFF for c in text))  # not UTF-8 encodable
+    assert tomllib.loads(f"key = {toml_string(text)}\n") == {"key": text}
