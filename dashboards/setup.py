@@ -93,6 +93,10 @@ class SetupBackend(Protocol):
     async def phone_app(self, patient: Patient) -> str:
         """Register the patient's Nightscout uploader and make it a secret (returned once)."""
 
+    async def enrol(self, link: str) -> str:
+        """Redeem the clinic's enrolment link (`URL#TOKEN`) and start forwarding to the
+        clinic; its name."""
+
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
@@ -142,6 +146,7 @@ class FirstRun:
     username: str = ""
     unit: Unit = Unit.MMOL_L
     clinic_done: bool = False
+    clinic_name: str = ""  # enrolled with this clinic during setup
     nearby: list[NearbyDevice] = field(default_factory=list)
     paired: list[PairedDevice] = field(default_factory=list)
     pending: Pending | None = None
@@ -330,7 +335,17 @@ async def _patient(request: web.Request) -> web.Response:
 
 async def _clinic(request: web.Request) -> web.Response:
     first_run = _state(request)
-    await _form(request, first_run)
+    form = await _form(request, first_run)
+    if first_run.patient is None or not first_run.username:
+        return _step_page(first_run, error="Say who the hub is for first.")
+    link = "".join(form.get("link", "").split())  # a pasted link may break across lines
+    if "skip" not in form and not first_run.clinic_name:
+        if not link:
+            return _step_page(first_run, error="Paste the link your clinic gave you, or skip.")
+        try:
+            first_run.clinic_name = await first_run.backend.enrol(link) or "your clinic"
+        except SetupProblem as exc:
+            return _step_page(first_run, error=str(exc), status=400)
     first_run.clinic_done = True
     return _step_page(first_run)
 
@@ -533,6 +548,7 @@ def _step_page(
         return _html(
             first_run, "clinic", "Step 2 of 3: connect to your clinic", status, error=error
         )
+    connected = f"Connected to {first_run.clinic_name}." if first_run.clinic_name else ""
     state = {p.device.address: p.downloaded for p in first_run.paired}
     return _html(
         first_run,
@@ -540,6 +556,7 @@ def _step_page(
         "Step 3 of 3: add your devices",
         status,
         error=error,
+        connected=connected,
         working=[_reading_text(first_run, p) for p in first_run.paired if p.downloaded],
         nearby=[
             {"address": n.address, "label": n.label, "retry": n.address in state}

@@ -5,10 +5,12 @@ and a source that starts collecting from the devices paired once setup is finish
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import platform
+import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,11 +21,12 @@ from dashboards.setup import FirstRun, NearbyDevice, SetupProblem, shown_code
 from device_adapters.ble import pairing
 from device_adapters.ble.errors import BleError
 from gateway.clock import Clock
+from gateway.errors import GlucohubError
 from gateway.model import Device, Patient, Reading
 from gateway.pipeline import Writer
 from gateway.protocols import ReadingSink, ReadModel
 from gateway.services import Reader, StoreResume
-from gateway.settings import Settings
+from gateway.settings import ENROLMENT_FILE, Settings, UpstreamSettings
 from gateway.supervision import NamedSource
 from gateway.units import Unit, glucose_unit
 from glucohub.devicestops import DeviceStops
@@ -87,7 +90,9 @@ class HubSetup:
         sink: ReadingSink,
         clock: Clock,
         device_stops: DeviceStops | None = None,
+        on_enrolled: Callable[[UpstreamSettings], None] | None = None,
     ) -> None:
+        self._on_enrolled = on_enrolled
         self._device_stops = device_stops or DeviceStops()
         self.collecting: set[str] = set()  # device ids the hub collects from without setup
         self._writer = writer
@@ -98,6 +103,25 @@ class HubSetup:
         self._clock = clock
         self._adapter = settings.ble.adapter
         self._finished: asyncio.Queue[Sequence[Device]] = asyncio.Queue(maxsize=1)
+
+    async def enrol(self, link: str) -> str:
+        from glucohub.enrol import enrol_hub
+
+        try:
+            enrolled = await enrol_hub(self._settings, link)
+        except (GlucohubError, OSError) as exc:  # EnrolmentFailed says it in one line
+            log.warning("setup: enrolment failed: %s", exc)
+            raise SetupProblem(f"The hub could not connect to the clinic: {exc}.") from None
+        log.warning("setup: enrolled with %s as hub %s", enrolled.clinic_name, enrolled.hub_id)
+        if self._on_enrolled is not None:
+            self._on_enrolled(await asyncio.to_thread(self._enrolled_upstream))
+        return enrolled.clinic_name
+
+    def _enrolled_upstream(self) -> UpstreamSettings:
+        """The hub's [upstream] with what enrolment wrote (`glucohub.enrol`) over it."""
+        with (self.data_dir / ENROLMENT_FILE).open("rb") as handle:
+            given = tomllib.load(handle).get("upstream", {})
+        return dataclasses.replace(self._settings.upstream, **given)
 
     @property
     def data_dir(self) -> Path:

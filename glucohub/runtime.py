@@ -33,7 +33,7 @@ from gateway.services import (
     StoreResume,
     StoreTreatments,
 )
-from gateway.settings import Settings
+from gateway.settings import Settings, UpstreamSettings
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
 from glucohub.clockwatch import watch_clock
@@ -59,6 +59,10 @@ class Running:
     disk_guard: DiskGuard | None = None
     setup_sources: list[NamedSource] = dataclasses.field(default_factory=list)
     device_stops: DeviceStops = dataclasses.field(default_factory=DeviceStops)
+    # Set by the setup page's enrolment: the [upstream] settings to forward with.
+    enrolled: asyncio.Future[UpstreamSettings] = dataclasses.field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
     @property
     def port(self) -> int | None:
@@ -92,12 +96,15 @@ async def _dashboard(
             sink=running.hub,
             clock=clock,
             device_stops=running.device_stops,
+            on_enrolled=running.enrolled.set_result,
         ),
         running.read_model,
         clock,
     )
     if first_run is not None:
         running.setup_sources += firstrun.sources(first_run, settings)
+        if not settings.upstream.url:
+            running.setup_sources.append(_upstream_after_setup(settings, running, clock))
     try:
         app = create_app(
             settings=settings.dashboard,
@@ -136,9 +143,8 @@ async def _dashboard(
 
 def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[NamedSource]:
     """The MQTT consumer and the upstream forwarder, when their URLs are configured."""
-    from device_adapters.mqtt.client import MqttConnection, consumer_config, upstream_config
+    from device_adapters.mqtt.client import MqttConnection, consumer_config
     from device_adapters.mqtt.consumer import MqttConsumer
-    from device_adapters.mqtt.upstream import UpstreamForwarder
 
     sources: list[NamedSource] = []
     if settings.mqtt.url:
@@ -158,26 +164,48 @@ def _mqtt_sources(settings: Settings, running: Running, clock: Clock) -> list[Na
             NamedSource("mqtt:consumer", consumer.run),
         ]
     if settings.upstream.url:
-        outbound = MqttConnection(upstream_config(settings.upstream, hub_id=settings.hub.hub_id))
-        outbox = StoreOutbox(
-            running.reader,
-            lambda fn: running.writer.run(fn, running.writer.store),
-            running.hub.outbox_added,
-            clock,
-        )
-        forwarder = UpstreamForwarder(
-            connection=outbound, outbox=outbox, window=settings.upstream.max_inflight
-        )
-        running.hub.status_probes["upstream"] = lambda: {
-            "state": outbound.state.value,
-            "sent": forwarder.sent,
-            "last_error": forwarder.last_error,
-        }
-        sources += [
-            NamedSource("upstream:connection", outbound.run),
-            NamedSource("upstream:forwarder", forwarder.run),
-        ]
+        sources += _upstream_sources(settings.upstream, settings.hub.hub_id, running, clock)
     return sources
+
+
+def _upstream_sources(
+    upstream: UpstreamSettings, hub_id: str, running: Running, clock: Clock
+) -> list[NamedSource]:
+    """The connection to the clinic's broker and the forwarder of the outbox over it."""
+    from device_adapters.mqtt.client import MqttConnection, upstream_config
+    from device_adapters.mqtt.upstream import UpstreamForwarder
+
+    outbound = MqttConnection(upstream_config(upstream, hub_id=hub_id))
+    outbox = StoreOutbox(
+        running.reader,
+        lambda fn: running.writer.run(fn, running.writer.store),
+        running.hub.outbox_added,
+        clock,
+    )
+    forwarder = UpstreamForwarder(connection=outbound, outbox=outbox, window=upstream.max_inflight)
+    running.hub.status_probes["upstream"] = lambda: {
+        "state": outbound.state.value,
+        "sent": forwarder.sent,
+        "last_error": forwarder.last_error,
+    }
+    return [
+        NamedSource("upstream:connection", outbound.run),
+        NamedSource("upstream:forwarder", forwarder.run),
+    ]
+
+
+def _upstream_after_setup(settings: Settings, running: Running, clock: Clock) -> NamedSource:
+    """A hub enrolled from its setup page forwards from then on, without a restart."""
+
+    async def run() -> None:
+        upstream = await running.enrolled
+        sources = _upstream_sources(upstream, settings.hub.hub_id, running, clock)
+        log.info("upstream: forwarding to %s, enrolled during setup", upstream.url)
+        async with asyncio.TaskGroup() as group:
+            for source in sources:
+                group.create_task(source.run(), name=source.name)
+
+    return NamedSource("upstream:after-setup", run)
 
 
 def _ble_status(adapter: Any) -> dict[str, object]:

@@ -75,6 +75,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "glucohub.enrol": ("aiohttp", "asyncio", "ssl"),
         "glucohub.clinic_enrolment": ("asyncio",),
         "glucohub.demo": ("asyncio",),
+        "glucohub.devicestops": ("asyncio",),
         "glucohub.diskguard": ("asyncio",),
         "glucohub.doctor": ("asyncio", "dbus_fast", "socket", "ssl"),
         "glucohub.runtime": ("asyncio", "signal"),

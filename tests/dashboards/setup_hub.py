@@ -27,6 +27,7 @@ class FirstRunHub:
     code: str
     data_dir: Path
     log: list[str]
+    running: Running
 
 
 class _Lines(logging.Handler):
@@ -39,16 +40,18 @@ class _Lines(logging.Handler):
 
 
 @asynccontextmanager
-async def first_run_hub(data_dir: Path, *, ble: bool = True) -> AsyncIterator[FirstRunHub]:
-    settings = load_settings(
-        None,
-        {
-            "GLUCOHUB_STORAGE__DATA_DIR": str(data_dir),
-            "GLUCOHUB_DASHBOARD__PORT": "0",
-            "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "0.2",
-            "GLUCOHUB_BLE__ENABLED": "true" if ble else "false",
-        },
-    )
+async def first_run_hub(
+    data_dir: Path, *, ble: bool = True, hub_id: str = ""
+) -> AsyncIterator[FirstRunHub]:
+    environ = {
+        "GLUCOHUB_STORAGE__DATA_DIR": str(data_dir),
+        "GLUCOHUB_DASHBOARD__PORT": "0",
+        "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "0.2",
+        "GLUCOHUB_BLE__ENABLED": "true" if ble else "false",
+    }
+    if hub_id:
+        environ["GLUCOHUB_HUB__HUB_ID"] = hub_id
+    settings = load_settings(None, environ)
     lines = _Lines()
     logger = logging.getLogger("glucohub.setup")
     logger.addHandler(lines)
@@ -61,7 +64,11 @@ async def first_run_hub(data_dir: Path, *, ble: bool = True) -> AsyncIterator[Fi
         assert running.url is not None
         found = [m.group(1) for line in lines.lines if (m := CODE_RE.search(line))]
         yield FirstRunHub(
-            url=running.url, code=found[-1] if found else "", data_dir=data_dir, log=lines.lines
+            url=running.url,
+            code=found[-1] if found else "",
+            data_dir=data_dir,
+            log=lines.lines,
+            running=running,
         )
     finally:
         stop.set()

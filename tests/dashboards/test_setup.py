@@ -112,7 +112,7 @@ async def _to_devices(client: object, code: str, unit: str = "mmol/L") -> None:
         password=PASSWORD,
     )
     assert "Step 2 of 3" in client.html, client.html
-    await client.post("/setup/clinic")
+    await client.post("/setup/clinic", skip="1")
     assert "Step 3 of 3" in client.html
 
 
@@ -331,7 +331,7 @@ async def test_a_hub_restarted_in_the_middle_of_setup_resumes_it(tmp_path: Path)
         assert client.status == 403
         await client.post("/setup/code", code=hub.code)
         assert "Step 2 of 3" in client.html, client.html
-        await client.post("/setup/clinic")
+        await client.post("/setup/clinic", skip="1")
         assert "Step 3 of 3" in client.html
         await client.post("/setup/finish")
         assert "Sign in as <strong>ann</strong>" in client.html
@@ -366,3 +366,63 @@ async def test_a_restart_between_patient_and_account_asks_only_for_the_account(
             username="ann", password=PASSWORD,
         )  # fmt: skip
         assert "Step 2 of 3" in client.html
+
+
+async def test_the_clinic_step_enrols_the_hub_and_it_forwards_without_a_restart(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.settings import ENROLMENT_FILE
+    from gateway.storage.postgres_clinic import ClinicArchive
+    from glucohub.cli import main
+    from tests.clinic.test_enrolment import TOKEN_LINE, InProcess
+    from tests.support.mosquitto import Mosquitto, free_port
+
+    broker = Mosquitto(tmp_path / "broker")
+    clinic = tmp_path / "clinic.toml"
+    clinic.write_text(
+        f'[clinic]\nurl = "{postgres_url}"\n[enrolment]\nport = {free_port()}\n'
+        f'broker_url = "{broker.url}"\nclinic_name = "Riverside diabetes clinic"\n'
+    )
+    endpoint = InProcess(clinic)
+    try:
+        assert main(["hubs", "token", "--config", str(clinic)]) == 0
+        [token] = TOKEN_LINE.findall(capsys.readouterr().out)
+        data_dir = tmp_path / "hub"
+        with broker:
+            async with (
+                first_run_hub(data_dir, hub_id="home-setup-1") as hub,
+                setup_client(hub.url) as client,
+            ):
+                await client.get()
+                await client.post("/setup/code", code=hub.code)
+                await client.post(
+                    "/setup/patient", name="Ann Example", timezone="Europe/London",
+                    unit="mmol/L", username="ann", password=PASSWORD,
+                )  # fmt: skip
+                assert "Step 2 of 3" in client.html
+                # Not a link from a clinic: said in words, nothing spent.
+                await client.post("/setup/clinic", link="https://clinic.example/v1/enrol#hello")
+                assert client.status == 400 and "not an enrolment token" in client.html
+                assert "Step 2 of 3" in client.html
+                # The link as a patient pastes it: broken across two lines.
+                link = f"{endpoint.url}#{token[:20]}\n{token[20:]}"
+                await client.post("/setup/clinic", link=link)
+                assert "Step 3 of 3" in client.html, client.html
+                assert "Connected to Riverside diabetes clinic." in client.html
+                written = data_dir / ENROLMENT_FILE
+                assert written.stat().st_mode & 0o777 == 0o600
+                assert broker.url in written.read_text()
+                # Forwarding starts now, not at the next restart.
+                deadline = time.monotonic() + 15
+                while "upstream" not in hub.running.hub.status_probes or (
+                    hub.running.hub.status_probes["upstream"]()["state"] != "connected"
+                ):
+                    assert time.monotonic() < deadline, hub.running.hub.health()
+                    await asyncio.sleep(0.1)
+    finally:
+        endpoint.stop()
+    archive = ClinicArchive(postgres_url)
+    try:
+        assert [h.hub_id for h in archive.hubs()] == ["home-setup-1"]
+    finally:
+        archive.close()
