@@ -1,10 +1,12 @@
 """The clinic worker (`glucohub clinic`) and the clinic admin commands (`glucohub hubs`).
 
 A worker is stateless: the archive is PostgreSQL and the work queue is the broker's shared
-subscription. It handles one message at a time, in arrival order, on the archive's thread,
-and acknowledges each only after its transaction committed. A database failure is retried
-(capped backoff) on the same message, which stays unacknowledged meanwhile: nothing is acked
-that is not stored, and a restarted database costs time, not data. With
+subscription. It takes the messages that have arrived (up to `GROUP_MAX_ITEMS`, waiting at
+most `GROUP_WAIT_S` for more after the first), handles them in arrival order in one
+transaction on the archive's thread, and acknowledges each only after that transaction
+committed. A database failure is retried (capped backoff) on the same group, which stays
+unacknowledged meanwhile: nothing is acked that is not stored, and a restarted database
+costs time, not data. With
 `clinic.metrics_port` it serves its figures for Prometheus (`gateway.telemetry`).
 """
 
@@ -30,7 +32,8 @@ from gateway.clinic.witness import EnrolmentError
 from gateway.clock import Clock, SystemClock, utc_now
 from gateway.errors import ConfigError, InputError, StorageError
 from gateway.settings import Settings
-from gateway.storage.postgres_clinic import ClinicArchive, Handled
+from gateway.storage.postgres_clinic import ClinicArchive
+from gateway.storage.postgres_clinic_group import Handled, Item
 from gateway.telemetry import ClinicTelemetry
 from gateway.topics import parse_hub_topic, shared_hub_subscriptions
 from glucohub.metrics_http import start_metrics
@@ -40,6 +43,12 @@ log = logging.getLogger("glucohub.clinic")
 T = TypeVar("T")
 # Database retries: quick enough to catch up soon after a PostgreSQL restart.
 _DB_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
+# One transaction (one commit, one fsync) for up to this many messages; the broker sends at
+# most `clinic.receive_maximum` unacknowledged ones, which bounds a group too.
+GROUP_MAX_ITEMS = 500
+# After the first message of a group, how long to wait for company when none is queued: a
+# fraction of a commit's cost, so a lone message is not held back for long.
+GROUP_WAIT_S = 0.005
 
 
 def clinic_database(settings: Settings) -> str:
@@ -158,13 +167,32 @@ class ClinicWorker:
             print(f"clinic worker {self.worker_id} consuming", file=self._out, flush=True)
         loop = asyncio.get_running_loop()
         while True:
-            message = await self._inbox.get()
+            group = await self._next_group()
             handled = await self._retrying(
-                lambda m=message: loop.run_in_executor(self._executor, self._handle, m)  # type: ignore[misc]
+                lambda g=group: loop.run_in_executor(self._executor, self._handle, g)  # type: ignore[misc]
             )
-            self._count(message, handled)
-            self._connection.ack(message)
-            self._arrivals.popleft()
+            for message, outcome in zip(group, handled, strict=True):
+                self._count(message, outcome)
+                self._connection.ack(message)
+                self._arrivals.popleft()
+
+    async def _next_group(self) -> list[InboundMessage]:
+        """The first message to arrive, then whatever else is queued (up to
+        `GROUP_MAX_ITEMS`), waiting at most `GROUP_WAIT_S` for more when none is."""
+        group = [await self._inbox.get()]
+        deadline = asyncio.get_running_loop().time() + GROUP_WAIT_S
+        while len(group) < GROUP_MAX_ITEMS:
+            if not self._inbox.empty():
+                group.append(self._inbox.get_nowait())
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                group.append(await asyncio.wait_for(self._inbox.get(), remaining))
+            except TimeoutError:
+                break
+        return group
 
     def _count(self, message: InboundMessage, handled: Handled | None) -> None:
         """Telemetry on the event loop's thread (a scrape renders there too)."""
@@ -184,22 +212,30 @@ class ClinicWorker:
         else:
             self.telemetry.inc("glucohub_clinic_checkpoints_total", outcome=handled.outcome)
 
-    def _handle(self, message: InboundMessage) -> Handled | None:
-        archive = self._archive_now()
-        parsed = parse_hub_topic(message.topic)
-        if parsed is None:  # the subscriptions only match hub topics
-            log.error("clinic: message on unexpected topic %r ignored", message.topic)
-            return None
-        hub_id, kind = parsed
-        handled = archive.handle(hub_id, kind, message.topic, message.payload, utc_now())
-        if handled.outcome == "dead_letter":
-            log.warning(
-                "clinic: %s from hub %s dead-lettered%s",
-                kind,
-                hub_id,
-                f" (alarm {handled.alarm})" if handled.alarm else "",
-            )
-        return handled
+    def _handle(self, group: list[InboundMessage]) -> list[Handled | None]:
+        parsed = [parse_hub_topic(message.topic) for message in group]
+        items = [
+            Item(hub_id=hub[0], kind=hub[1], topic=message.topic, payload=message.payload)
+            for message, hub in zip(group, parsed, strict=True)
+            if hub is not None
+        ]
+        outcomes = iter(self._archive_now().handle_group(items, utc_now()) if items else ())
+        out: list[Handled | None] = []
+        for message, hub in zip(group, parsed, strict=True):
+            if hub is None:  # the subscriptions only match hub topics
+                log.error("clinic: message on unexpected topic %r ignored", message.topic)
+                out.append(None)
+                continue
+            handled = next(outcomes)
+            out.append(handled)
+            if handled.outcome == "dead_letter":
+                log.warning(
+                    "clinic: %s from hub %s dead-lettered%s",
+                    hub[1],
+                    hub[0],
+                    f" (alarm {handled.alarm})" if handled.alarm else "",
+                )
+        return out
 
 
 async def run_clinic(settings: Settings, worker_id: str, out: TextIO | None = None) -> None:
