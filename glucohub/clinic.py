@@ -2,12 +2,12 @@
 
 A worker is stateless: the archive is PostgreSQL and the work queue is the broker's shared
 subscription. It takes the messages that have arrived (up to `GROUP_MAX_ITEMS`, waiting at
-most `GROUP_WAIT_S` for more after the first), handles them in arrival order in one
-transaction on the archive's thread, and acknowledges each only after that transaction
-committed. A database failure is retried (capped backoff) on the same group, which stays
-unacknowledged meanwhile: nothing is acked that is not stored, and a restarted database
-costs time, not data. With
-`clinic.metrics_port` it serves its figures for Prometheus (`gateway.telemetry`).
+most `GROUP_WAIT_S` for more after the first), verifies them on one thread while the
+previous group is written on the archive's, stores them in arrival order in one
+transaction, and acknowledges each only after that transaction committed. A database
+failure is retried (capped backoff) on the same group, which stays unacknowledged
+meanwhile: nothing is acked that is not stored, and a restarted database costs time, not
+data. With `clinic.metrics_port` it serves its figures for Prometheus (`gateway.telemetry`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
 from device_adapters.mqtt.backoff import Backoff
@@ -33,7 +34,7 @@ from gateway.clock import Clock, SystemClock, utc_now
 from gateway.errors import ConfigError, InputError, StorageError
 from gateway.settings import Settings
 from gateway.storage.postgres_clinic import ClinicArchive
-from gateway.storage.postgres_clinic_group import Handled, Item
+from gateway.storage.postgres_clinic_group import Handled, Item, Prepared
 from gateway.telemetry import ClinicTelemetry
 from gateway.topics import parse_hub_topic, shared_hub_subscriptions
 from glucohub.metrics_http import start_metrics
@@ -81,6 +82,17 @@ def worker_config(settings: Settings, worker_id: str) -> BrokerConfig:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Group:
+    """Messages taken together: their hubs and kinds (None: not a hub topic), the items of
+    those that are, and the items as opened before the transaction."""
+
+    messages: list[InboundMessage]
+    hubs: list[tuple[str, str] | None]
+    items: list[Item]
+    prepared: list[Prepared | None]
+
+
 class ClinicWorker:
     def __init__(self, settings: Settings, worker_id: str, *, out: TextIO | None = None) -> None:
         if not worker_id:
@@ -88,6 +100,9 @@ class ClinicWorker:
         self._url = clinic_database(settings)
         self._connection = MqttConnection(worker_config(settings, worker_id))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinic-archive")
+        # Verifies the next group while the archive's thread writes the previous one (the
+        # database waits release the interpreter lock).
+        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinic-verify")
         self._archive: ClinicArchive | None = None
         self._backoff = _DB_BACKOFF
         self._rng = random.Random()
@@ -121,7 +136,10 @@ class ClinicWorker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # Migrate (or fail on a bad URL) before taking any message.
-        await self._retrying(lambda: loop.run_in_executor(self._executor, self._archive_now))
+        archive = await self._retrying(
+            lambda: loop.run_in_executor(self._executor, self._archive_now)
+        )
+        verified: asyncio.Queue[_Group] = asyncio.Queue(1)
         metrics = None
         try:
             if self._metrics_port:
@@ -131,10 +149,12 @@ class ClinicWorker:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connection.run(), name="clinic:mqtt")
                 tasks.create_task(self._take(), name="clinic:take")
-                tasks.create_task(self._consume(), name="clinic:consume")
+                tasks.create_task(self._verify(archive, verified), name="clinic:verify")
+                tasks.create_task(self._consume(verified), name="clinic:consume")
         finally:
             if metrics is not None:
                 await metrics.cleanup()
+            self._verifier.shutdown(wait=True)
             if self._archive is not None:
                 await loop.run_in_executor(self._executor, self._archive.close)
             self._executor.shutdown(wait=True)
@@ -160,18 +180,33 @@ class ClinicWorker:
             self._arrivals.append(self._clock.monotonic())
             await self._inbox.put(message)
 
-    async def _consume(self) -> None:
+    async def _verify(self, archive: ClinicArchive, verified: asyncio.Queue[_Group]) -> None:
+        """Take each group as it arrives and open its items (signatures, records) on the
+        verifier's thread; hand it on in order."""
+        loop = asyncio.get_running_loop()
+        while True:
+            messages = await self._next_group()
+            hubs = [parse_hub_topic(message.topic) for message in messages]
+            items = [
+                Item(hub_id=hub[0], kind=hub[1], topic=message.topic, payload=message.payload)
+                for message, hub in zip(messages, hubs, strict=True)
+                if hub is not None
+            ]
+            prepared = await loop.run_in_executor(self._verifier, archive.prepare, items)
+            await verified.put(_Group(messages=messages, hubs=hubs, items=items, prepared=prepared))
+
+    async def _consume(self, verified: asyncio.Queue[_Group]) -> None:
         await self._connection.wait_connected()
         log.info("clinic worker %s consuming", self.worker_id)
         if self._out is not None:
             print(f"clinic worker {self.worker_id} consuming", file=self._out, flush=True)
         loop = asyncio.get_running_loop()
         while True:
-            group = await self._next_group()
+            group = await verified.get()
             handled = await self._retrying(
                 lambda g=group: loop.run_in_executor(self._executor, self._handle, g)  # type: ignore[misc]
             )
-            for message, outcome in zip(group, handled, strict=True):
+            for message, outcome in zip(group.messages, handled, strict=True):
                 self._count(message, outcome)
                 self._connection.ack(message)
                 self._arrivals.popleft()
@@ -212,16 +247,12 @@ class ClinicWorker:
         else:
             self.telemetry.inc("glucohub_clinic_checkpoints_total", outcome=handled.outcome)
 
-    def _handle(self, group: list[InboundMessage]) -> list[Handled | None]:
-        parsed = [parse_hub_topic(message.topic) for message in group]
-        items = [
-            Item(hub_id=hub[0], kind=hub[1], topic=message.topic, payload=message.payload)
-            for message, hub in zip(group, parsed, strict=True)
-            if hub is not None
-        ]
-        outcomes = iter(self._archive_now().handle_group(items, utc_now()) if items else ())
+    def _handle(self, group: _Group) -> list[Handled | None]:
+        outcomes = iter(
+            self._archive_now().store(group.items, group.prepared, utc_now()) if group.items else ()
+        )
         out: list[Handled | None] = []
-        for message, hub in zip(group, parsed, strict=True):
+        for message, hub in zip(group.messages, group.hubs, strict=True):
             if hub is None:  # the subscriptions only match hub topics
                 log.error("clinic: message on unexpected topic %r ignored", message.topic)
                 out.append(None)

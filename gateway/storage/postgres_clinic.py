@@ -8,9 +8,9 @@ Items are handled in groups, each group in one transaction that first locks its 
 (`FOR UPDATE`, in hub order; `postgres_clinic_group`): the workers of a shared subscription
 take turns per hub, so the chain and checkpoint checks of `gateway.clinic.witness` always
 see every batch committed before them, and `UNIQUE (hub_id, batch_seq)` keeps a batch
-stored once even so. Signatures and records are verified before the transaction, with the
-hub's keys parsed once and kept while its row holds the same key text. The caller
-acknowledges the MQTT messages only after `handle_group` returns (the commit).
+stored once even so. Signatures and records are verified before the transaction
+(`prepare`), with the hub's keys parsed once and kept while its row holds the same key
+text. The caller acknowledges the MQTT messages only after `store` returns (the commit).
 """
 
 from __future__ import annotations
@@ -366,11 +366,34 @@ class ClinicArchive:
         return self.handle_group([item], now)[0]
 
     def handle_group(self, items: Sequence[Item], now: datetime) -> list[Handled]:
-        """Verify, judge and store `items` in one transaction; one outcome per item, in
-        order. A refused item (a bad signature, an unknown or stopped hub) is dead-lettered
-        beside the others. If writing the group fails for a reason a retry cannot cure, each
-        item is tried in a transaction of its own, so one such item keeps no other out."""
-        prepared = self._prepare(items)
+        """Verify, judge and store `items` in one transaction: `store(items,
+        prepare(items), now)`."""
+        return self.store(items, self.prepare(items), now)
+
+    def prepare(self, items: Sequence[Item]) -> list[Prepared | None]:
+        """Open every item whose hub's keys this archive has seen (the CPU part: signatures,
+        records root, notes), before and outside the transaction; None for the others,
+        which `store` opens. Touches nothing but the key cache, so it may run on another
+        thread than the archive's other calls (a worker verifies one group while the
+        previous one is written)."""
+        out: list[Prepared | None] = []
+        for item in items:
+            keys = self._keys.get(item.hub_id)
+            if keys is None:
+                out.append(None)
+            else:
+                opened = self._open_item(item, keys.batch_jwk, keys.log_key)
+                out.append(Prepared(batch_jwk=keys.batch_jwk, log_key=keys.log_key, opened=opened))
+        return out
+
+    def store(
+        self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
+    ) -> list[Handled]:
+        """Judge and store `items` (as `prepare` opened them) in one transaction; one
+        outcome per item, in order. A refused item (a bad signature, an unknown or stopped
+        hub) is dead-lettered beside the others. If writing the group fails for a reason a
+        retry cannot cure, each item is tried in a transaction of its own, so one such item
+        keeps no other out."""
         try:
             result: list[Handled] = self._call(self._handle_group, items, prepared, now)
         except PermanentStorageError as exc:
@@ -382,29 +405,6 @@ class ClinicArchive:
                 for item, ready in zip(items, prepared, strict=True)
             ]
         return result
-
-    def _prepare(self, items: Sequence[Item]) -> list[Prepared | None]:
-        """Open every item whose hub's keys are known, outside the transaction (the CPU part:
-        signatures, records root, notes). Hubs not seen before have their keys read first."""
-        unseen = sorted({item.hub_id for item in items} - self._keys.keys())
-        if unseen:
-            rows: list[Row] = self._call(
-                lambda: self._db.execute(
-                    "SELECT hub_id, batch_jwk, log_key FROM clinic_hubs WHERE hub_id = ANY(%s)",
-                    (unseen,),
-                ).fetchall()
-            )
-            for hub_id, batch_jwk, log_key in rows:
-                self._enrolled(hub_id, batch_jwk, log_key)
-        out: list[Prepared | None] = []
-        for item in items:
-            keys = self._keys.get(item.hub_id)
-            if keys is None:
-                out.append(None)
-            else:
-                opened = self._open_item(item, keys.batch_jwk, keys.log_key)
-                out.append(Prepared(batch_jwk=keys.batch_jwk, log_key=keys.log_key, opened=opened))
-        return out
 
     def _enrolled(self, hub_id: str, batch_jwk: str, log_key: str) -> EnrolledHub:
         """The hub's parsed keys, parsed again only when its key text changed."""

@@ -92,8 +92,11 @@ class Prepared:
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    jws: str
-    prev_batch_hash: str
+    """A stored batch; `jws` and `prev_batch_hash` None when only its leaf was read (a
+    tree rebuilt from leaf 0 needs no more of thousands of batches)."""
+
+    jws: str | None
+    prev_batch_hash: str | None
     leaf_hash: bytes
 
 
@@ -127,12 +130,14 @@ class _Hub:
     stopped_before: bool = False
     batches: dict[int, _Stored] = field(default_factory=dict)
     new: dict[int, _NewBatch] = field(default_factory=dict)
-    loaded: list[tuple[int, int]] = field(default_factory=list)  # seq ranges [lo, hi) read
+    # seq ranges [lo, hi) read from the database: whole rows, and leaves (whole rows too)
+    read_whole: list[tuple[int, int]] = field(default_factory=list)
+    read_leaves: list[tuple[int, int]] = field(default_factory=list)
 
-    def missing(self, lo: int, hi: int) -> list[tuple[int, int]]:
+    def missing(self, lo: int, hi: int, *, whole: bool) -> list[tuple[int, int]]:
         """The parts of seqs [lo, hi) not read from the database yet."""
         gaps, cursor = [], lo
-        for start, end in sorted(self.loaded):
+        for start, end in sorted(self.read_whole if whole else self.read_leaves):
             if end <= cursor:
                 continue
             if start >= hi:
@@ -229,49 +234,58 @@ class Group:
     def _prefetch(self, items: Sequence[Item], prepared: Sequence[Prepared | None]) -> None:
         """Read at once the stored batches the items will ask for: each batch's neighbours,
         the leaves under each checkpoint and under the smallest pending one."""
-        wanted: list[tuple[_Hub, int, int]] = []
+        wanted: list[tuple[_Hub, int, int, bool]] = []
         for item, ready in zip(items, prepared, strict=True):
             hub = self._hubs.get(item.hub_id)
             if hub is None or ready is None:
                 continue
             opened = ready.opened
             if isinstance(opened, VerifiedBatch):
-                wanted.append((hub, max(opened.batch_seq - 1, 0), opened.batch_seq + 2))
+                wanted.append((hub, max(opened.batch_seq - 1, 0), opened.batch_seq + 2, True))
                 if hub.pending:
                     size = min(hub.pending)
-                    wanted.append((hub, leaves_from(size, hub.accepted), size))
+                    wanted.append((hub, leaves_from(size, hub.accepted), size, False))
             elif isinstance(opened, VerifiedCheckpoint):
-                wanted.append((hub, leaves_from(opened.size, hub.accepted), opened.size))
+                size = opened.size
+                wanted.append((hub, leaves_from(size, hub.accepted), size, False))
         self._load(wanted)
 
-    def _ensure(self, hub: _Hub, lo: int, hi: int) -> None:
-        self._load([(hub, lo, hi)])
-
-    def _load(self, wanted: Sequence[tuple[_Hub, int, int]]) -> None:
-        ranges: list[tuple[_Hub, int, int]] = []
-        for hub, lo, hi in wanted:
-            for start, end in hub.missing(lo, hi):
-                hub.loaded.append((start, end))  # before the next range of the same hub
-                ranges.append((hub, start, end))
+    def _load(self, wanted: Sequence[tuple[_Hub, int, int, bool]]) -> None:
+        """Read the stored batches of seqs [lo, hi) of each hub not read yet (`whole`: with
+        their JWS and link, else their leaf hash only)."""
+        ranges: list[tuple[_Hub, int, int, bool]] = []
+        for hub, lo, hi, whole in wanted:
+            for start, end in hub.missing(lo, hi, whole=whole):
+                # noted before the hub's next range, so no two ranges overlap
+                (hub.read_whole if whole else hub.read_leaves).append((start, end))
+                if whole:
+                    hub.read_leaves.append((start, end))
+                ranges.append((hub, start, end, whole))
         if not ranges:
             return
         rows = self._db.execute(
-            "SELECT b.hub_id, b.batch_seq, b.jws, b.prev_batch_hash, b.leaf_hash"
-            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS w(hub_id, lo, hi)"
-            " JOIN clinic_batches b"
+            "SELECT b.hub_id, b.batch_seq, CASE WHEN w.whole THEN b.jws END,"
+            " CASE WHEN w.whole THEN b.prev_batch_hash END, b.leaf_hash"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::boolean[])"
+            " AS w(hub_id, lo, hi, whole) JOIN clinic_batches b"
             " ON b.hub_id = w.hub_id AND b.batch_seq >= w.lo AND b.batch_seq < w.hi",
             (
-                [h.hub_id for h, _, _ in ranges],
-                [lo for _, lo, _ in ranges],
-                [hi for _, _, hi in ranges],
+                [h.hub_id for h, _, _, _ in ranges],
+                [lo for _, lo, _, _ in ranges],
+                [hi for _, _, hi, _ in ranges],
+                [whole for _, _, _, whole in ranges],
             ),
         ).fetchall()
         for hub_id, seq, jws, prev, leaf in rows:
-            self._hubs[hub_id].batches.setdefault(int(seq), _Stored(jws, prev, bytes(leaf)))
+            hub, seq = self._hubs[hub_id], int(seq)
+            if seq in hub.new:  # cannot be: the table lacked it when the group stored it
+                continue
+            if jws is not None or seq not in hub.batches:
+                hub.batches[seq] = _Stored(jws, prev, bytes(leaf))
 
     def _leaves(self, hub: _Hub, start: int, end: int) -> list[bytes]:
         """Leaf hashes of seqs start..end-1, stopping at the first gap."""
-        self._ensure(hub, start, end)
+        self._load([(hub, start, end, False)])
         leaves: list[bytes] = []
         for seq in range(start, end):
             stored = hub.batches.get(seq)
@@ -314,7 +328,7 @@ class Group:
 
     def _batch(self, hub: _Hub, item: Item, batch: VerifiedBatch) -> Handled:
         seq = batch.batch_seq
-        self._ensure(hub, max(seq - 1, 0), seq + 2)
+        self._load([(hub, max(seq - 1, 0), seq + 2, True)])
         same, previous, successor = (hub.batches.get(s) for s in (seq, seq - 1, seq + 1))
         held = Neighbours(
             same_seq_jws=None if same is None else same.jws,
