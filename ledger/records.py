@@ -180,9 +180,12 @@ def disclosed_to_json(item: Disclosed) -> dict[str, Any]:
     return out
 
 
+_DISCLOSED_KEYS = frozenset({"index", "salt", "record"})
+
+
 def disclosed_from_json(obj: object) -> Disclosed:
     """Parse one disclosed record; RecordError when the JSON is not of that shape."""
-    if not isinstance(obj, dict) or not {"index", "salt", "record"} <= obj.keys():
+    if not isinstance(obj, dict) or not obj.keys() >= _DISCLOSED_KEYS:
         raise RecordError(None, "a disclosed record needs index, salt and record")
     index = obj["index"]
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
@@ -197,6 +200,8 @@ def disclosed_from_json(obj: object) -> Disclosed:
     if len(salt) != SALT_BYTES:
         raise RecordError(index, f"salt is not {SALT_BYTES} base64url bytes")
     path = obj.get("audit_path", [])
+    if path == []:  # no audit path (the usual case: a batch disclosed whole): none to check
+        return Disclosed(index=index, salt=salt, record=obj["record"])
     if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
         raise RecordError(index, "audit_path is not a list of base64 strings")
     try:
