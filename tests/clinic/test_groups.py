@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,6 +129,61 @@ def test_a_database_error_mid_group_stores_nothing_and_the_retry_stores_everythi
         "duplicate", "duplicate",
     ]  # fmt: skip
     assert archive.counts()["records"] == 12
+
+
+def test_two_workers_storing_groups_of_many_hubs_at_once_neither_deadlock_nor_double(
+    tmp_path: Path, archive: ClinicArchive, postgres_url: str
+) -> None:
+    hubs = [make_hub(tmp_path, f"h{i}") for i in range(5)]
+    for hub in hubs:
+        archive.enrol(*hub.enrolment, NOW)
+    items = _items([item for hub in hubs for item in produce(hub, 6)])
+    other = ClinicArchive(postgres_url)
+    # Both get every item, in groups of 12 that span several hubs, in opposite orders: each
+    # group locks its hubs in hub order, so neither waits for the other in a cycle (a
+    # deadlock would surface here as an error, there is no retry in this test).
+    forward = [items[i : i + 12] for i in range(0, len(items), 12)]
+    backward = [list(reversed(g)) for g in reversed(forward)]
+    errors: list[BaseException] = []
+
+    def deliver(target: ClinicArchive, groups: list[list[Item]]) -> None:
+        try:
+            for group in groups:
+                target.handle_group(group, NOW)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=deliver, args=(archive, forward)),
+        threading.Thread(target=deliver, args=(other, backward)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other.close()
+    assert errors == []
+    assert archive.counts()["batches"] == 30 and archive.counts()["records"] == 60
+    assert {h.checkpoint_size for h in archive.hubs()} == {6}
+    assert archive.rows("SELECT count(*) FROM clinic_batches WHERE NOT linked") == [(0,)]
+    assert archive.alarms() == []
+
+
+def test_a_hub_enrolled_again_is_verified_with_its_new_keys_by_a_worker_that_knew_the_old(
+    tmp_path: Path, archive: ClinicArchive, postgres_url: str
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    impostor = make_hub(tmp_path / "elsewhere", "h1")  # the same id, other keys
+    archive.enrol(*impostor.enrolment, NOW)  # an admin pasted the wrong keys
+    sent = produce(hub, 1)
+    items = _items(sent)
+    # this worker has now parsed (and kept) the wrong keys
+    assert [h.outcome for h in archive.handle_group(items, NOW)] == ["dead_letter"] * 2
+    admin = ClinicArchive(postgres_url)
+    admin.enrol(*hub.enrolment, NOW)  # nothing stored yet, so the keys may be replaced
+    admin.close()
+    assert [h.outcome for h in archive.handle_group(items, NOW)] == ["stored", "accepted"]
+    assert _stored(archive, "h1") == _records(sent)
 
 
 # -- through a worker and a real broker --------------------------------------------------
