@@ -127,7 +127,7 @@ class ClinicSettings:
     # but not acknowledged is redelivered when a worker with its id connects again.
     client_id: str = ""
     session_expiry_s: int = 86_400
-    receive_maximum: int = 100
+    receive_maximum: int = 1000
     username: str = ""
     password: str = field(default="", repr=False)
     ca_file: str = ""

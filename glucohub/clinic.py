@@ -1,11 +1,13 @@
 """The clinic worker (`glucohub clinic`) and the clinic admin commands (`glucohub hubs`).
 
 A worker is stateless: the archive is PostgreSQL and the work queue is the broker's shared
-subscription. It handles one message at a time, in arrival order, on the archive's thread,
-and acknowledges each only after its transaction committed. A database failure is retried
-(capped backoff) on the same message, which stays unacknowledged meanwhile: nothing is acked
-that is not stored, and a restarted database costs time, not data. With
-`clinic.metrics_port` it serves its figures for Prometheus (`gateway.telemetry`).
+subscription. It takes the messages that have arrived (up to `GROUP_MAX_ITEMS`, waiting at
+most `GROUP_WAIT_S` for more after the first), verifies them on one thread while the
+previous group is written on the archive's, stores them in arrival order in one
+transaction, and acknowledges each only after that transaction committed. A database
+failure is retried (capped backoff) on the same group, which stays unacknowledged
+meanwhile: nothing is acked that is not stored, and a restarted database costs time, not
+data. With `clinic.metrics_port` it serves its figures for Prometheus (`gateway.telemetry`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
 from device_adapters.mqtt.backoff import Backoff
@@ -30,7 +33,8 @@ from gateway.clinic.witness import EnrolmentError
 from gateway.clock import Clock, SystemClock, utc_now
 from gateway.errors import ConfigError, InputError, StorageError
 from gateway.settings import Settings
-from gateway.storage.postgres_clinic import ClinicArchive, Handled
+from gateway.storage.postgres_clinic import ClinicArchive
+from gateway.storage.postgres_clinic_group import Handled, Item, Prepared
 from gateway.telemetry import ClinicTelemetry
 from gateway.topics import parse_hub_topic, shared_hub_subscriptions
 from glucohub.metrics_http import start_metrics
@@ -40,6 +44,12 @@ log = logging.getLogger("glucohub.clinic")
 T = TypeVar("T")
 # Database retries: quick enough to catch up soon after a PostgreSQL restart.
 _DB_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
+# One transaction (one commit, one fsync) for up to this many messages; the broker sends at
+# most `clinic.receive_maximum` unacknowledged ones, which bounds a group too.
+GROUP_MAX_ITEMS = 500
+# After the first message of a group, how long to wait for company when none is queued: a
+# fraction of a commit's cost, so a lone message is not held back for long.
+GROUP_WAIT_S = 0.005
 
 
 def clinic_database(settings: Settings) -> str:
@@ -72,6 +82,17 @@ def worker_config(settings: Settings, worker_id: str) -> BrokerConfig:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Group:
+    """Messages taken together: their hubs and kinds (None: not a hub topic), the items of
+    those that are, and the items as opened before the transaction."""
+
+    messages: list[InboundMessage]
+    hubs: list[tuple[str, str] | None]
+    items: list[Item]
+    prepared: list[Prepared | None]
+
+
 class ClinicWorker:
     def __init__(self, settings: Settings, worker_id: str, *, out: TextIO | None = None) -> None:
         if not worker_id:
@@ -79,6 +100,9 @@ class ClinicWorker:
         self._url = clinic_database(settings)
         self._connection = MqttConnection(worker_config(settings, worker_id))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinic-archive")
+        # Verifies the next group while the archive's thread writes the previous one (the
+        # database waits release the interpreter lock).
+        self._verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinic-verify")
         self._archive: ClinicArchive | None = None
         self._backoff = _DB_BACKOFF
         self._rng = random.Random()
@@ -112,7 +136,10 @@ class ClinicWorker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # Migrate (or fail on a bad URL) before taking any message.
-        await self._retrying(lambda: loop.run_in_executor(self._executor, self._archive_now))
+        archive = await self._retrying(
+            lambda: loop.run_in_executor(self._executor, self._archive_now)
+        )
+        verified: asyncio.Queue[_Group] = asyncio.Queue(1)
         metrics = None
         try:
             if self._metrics_port:
@@ -122,10 +149,12 @@ class ClinicWorker:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connection.run(), name="clinic:mqtt")
                 tasks.create_task(self._take(), name="clinic:take")
-                tasks.create_task(self._consume(), name="clinic:consume")
+                tasks.create_task(self._verify(archive, verified), name="clinic:verify")
+                tasks.create_task(self._consume(verified), name="clinic:consume")
         finally:
             if metrics is not None:
                 await metrics.cleanup()
+            self._verifier.shutdown(wait=True)
             if self._archive is not None:
                 await loop.run_in_executor(self._executor, self._archive.close)
             self._executor.shutdown(wait=True)
@@ -151,20 +180,54 @@ class ClinicWorker:
             self._arrivals.append(self._clock.monotonic())
             await self._inbox.put(message)
 
-    async def _consume(self) -> None:
+    async def _verify(self, archive: ClinicArchive, verified: asyncio.Queue[_Group]) -> None:
+        """Take each group as it arrives and open its items (signatures, records) on the
+        verifier's thread; hand it on in order."""
+        loop = asyncio.get_running_loop()
+        while True:
+            messages = await self._next_group()
+            hubs = [parse_hub_topic(message.topic) for message in messages]
+            items = [
+                Item(hub_id=hub[0], kind=hub[1], topic=message.topic, payload=message.payload)
+                for message, hub in zip(messages, hubs, strict=True)
+                if hub is not None
+            ]
+            prepared = await loop.run_in_executor(self._verifier, archive.prepare, items)
+            await verified.put(_Group(messages=messages, hubs=hubs, items=items, prepared=prepared))
+
+    async def _consume(self, verified: asyncio.Queue[_Group]) -> None:
         await self._connection.wait_connected()
         log.info("clinic worker %s consuming", self.worker_id)
         if self._out is not None:
             print(f"clinic worker {self.worker_id} consuming", file=self._out, flush=True)
         loop = asyncio.get_running_loop()
         while True:
-            message = await self._inbox.get()
+            group = await verified.get()
             handled = await self._retrying(
-                lambda m=message: loop.run_in_executor(self._executor, self._handle, m)  # type: ignore[misc]
+                lambda g=group: loop.run_in_executor(self._executor, self._handle, g)  # type: ignore[misc]
             )
-            self._count(message, handled)
-            self._connection.ack(message)
-            self._arrivals.popleft()
+            for message, outcome in zip(group.messages, handled, strict=True):
+                self._count(message, outcome)
+                self._connection.ack(message)
+                self._arrivals.popleft()
+
+    async def _next_group(self) -> list[InboundMessage]:
+        """The first message to arrive, then whatever else is queued (up to
+        `GROUP_MAX_ITEMS`), waiting at most `GROUP_WAIT_S` for more when none is."""
+        group = [await self._inbox.get()]
+        deadline = asyncio.get_running_loop().time() + GROUP_WAIT_S
+        while len(group) < GROUP_MAX_ITEMS:
+            if not self._inbox.empty():
+                group.append(self._inbox.get_nowait())
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                group.append(await asyncio.wait_for(self._inbox.get(), remaining))
+            except TimeoutError:
+                break
+        return group
 
     def _count(self, message: InboundMessage, handled: Handled | None) -> None:
         """Telemetry on the event loop's thread (a scrape renders there too)."""
@@ -184,22 +247,26 @@ class ClinicWorker:
         else:
             self.telemetry.inc("glucohub_clinic_checkpoints_total", outcome=handled.outcome)
 
-    def _handle(self, message: InboundMessage) -> Handled | None:
-        archive = self._archive_now()
-        parsed = parse_hub_topic(message.topic)
-        if parsed is None:  # the subscriptions only match hub topics
-            log.error("clinic: message on unexpected topic %r ignored", message.topic)
-            return None
-        hub_id, kind = parsed
-        handled = archive.handle(hub_id, kind, message.topic, message.payload, utc_now())
-        if handled.outcome == "dead_letter":
-            log.warning(
-                "clinic: %s from hub %s dead-lettered%s",
-                kind,
-                hub_id,
-                f" (alarm {handled.alarm})" if handled.alarm else "",
-            )
-        return handled
+    def _handle(self, group: _Group) -> list[Handled | None]:
+        outcomes = iter(
+            self._archive_now().store(group.items, group.prepared, utc_now()) if group.items else ()
+        )
+        out: list[Handled | None] = []
+        for message, hub in zip(group.messages, group.hubs, strict=True):
+            if hub is None:  # the subscriptions only match hub topics
+                log.error("clinic: message on unexpected topic %r ignored", message.topic)
+                out.append(None)
+                continue
+            handled = next(outcomes)
+            out.append(handled)
+            if handled.outcome == "dead_letter":
+                log.warning(
+                    "clinic: %s from hub %s dead-lettered%s",
+                    hub[1],
+                    hub[0],
+                    f" (alarm {handled.alarm})" if handled.alarm else "",
+                )
+        return out
 
 
 async def run_clinic(settings: Settings, worker_id: str, out: TextIO | None = None) -> None:

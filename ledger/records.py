@@ -40,12 +40,14 @@ __all__ = [
     "SEED_BYTES",
     "VIEW_FORMAT",
     "Disclosed",
+    "OpenedView",
     "batch_view_json",
     "disclose",
     "disclosed_from_json",
     "disclosed_to_json",
     "new_seed",
     "open_batch_view",
+    "read_batch_view",
     "record_leaf_hashes",
     "record_salt",
     "records_root",
@@ -125,8 +127,9 @@ def disclose(
 
 def verify_disclosed(
     records_root_hash: bytes, record_count: int, disclosed: Sequence[Disclosed]
-) -> None:
-    """Check disclosed records against a batch's signed root and count.
+) -> list[bytes]:
+    """Check disclosed records against a batch's signed root and count; returns each
+    record's canonical bytes (what its leaf hashes), in the order given.
 
     Every record disclosed without paths: they must be exactly records 0..count-1 and hash
     to the root. Otherwise each needs its audit path. Raises RecordError naming the record.
@@ -149,7 +152,7 @@ def verify_disclosed(
         leaves = [_leaf(d.salt, c) for d, c in zip(disclosed, canon, strict=True)]
         if root_from_hashes(leaves) != records_root_hash:
             raise RecordError(None, "the records do not hash to the signed records root")
-        return
+        return canon
     for item, c in zip(disclosed, canon, strict=True):
         try:
             verify_inclusion(
@@ -163,6 +166,7 @@ def verify_disclosed(
             raise RecordError(
                 item.index, "record is not the one the batch signed (audit path fails)"
             ) from None
+    return canon
 
 
 def disclosed_to_json(item: Disclosed) -> dict[str, Any]:
@@ -176,9 +180,12 @@ def disclosed_to_json(item: Disclosed) -> dict[str, Any]:
     return out
 
 
+_DISCLOSED_KEYS = frozenset({"index", "salt", "record"})
+
+
 def disclosed_from_json(obj: object) -> Disclosed:
     """Parse one disclosed record; RecordError when the JSON is not of that shape."""
-    if not isinstance(obj, dict) or not {"index", "salt", "record"} <= obj.keys():
+    if not isinstance(obj, dict) or not obj.keys() >= _DISCLOSED_KEYS:
         raise RecordError(None, "a disclosed record needs index, salt and record")
     index = obj["index"]
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
@@ -193,6 +200,8 @@ def disclosed_from_json(obj: object) -> Disclosed:
     if len(salt) != SALT_BYTES:
         raise RecordError(index, f"salt is not {SALT_BYTES} base64url bytes")
     path = obj.get("audit_path", [])
+    if path == []:  # no audit path (the usual case: a batch disclosed whole): none to check
+        return Disclosed(index=index, salt=salt, record=obj["record"])
     if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
         raise RecordError(index, "audit_path is not a list of base64 strings")
     try:
@@ -222,11 +231,29 @@ def batch_view_json(batch_seq: int, jws: bytes | str, disclosed: Sequence[Disclo
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenedView:
+    """A verified batch view: the signed payload, the JWS as sent, the disclosed records
+    and their canonical bytes (what each leaf hashes; empty for a format-1 batch)."""
+
+    payload: BatchPayload
+    jws: str
+    records: list[Disclosed]
+    canonical: list[bytes]
+
+
 def open_batch_view(
     text: str | bytes, public_key: Ed25519PublicKey
 ) -> tuple[BatchPayload, list[Disclosed]]:
     """Verify a served batch view with the hub's batch public key: the JWS signature, and
     every disclosed record against the signed root. Returns (BatchPayload, records)."""
+    view = read_batch_view(text, public_key)
+    return view.payload, view.records
+
+
+def read_batch_view(text: str | bytes, public_key: Ed25519PublicKey) -> OpenedView:
+    """`open_batch_view`, keeping what an archive stores: the JWS text and the records'
+    canonical bytes (each record parsed and canonicalised once)."""
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -238,15 +265,15 @@ def open_batch_view(
         raise RecordError(None, "batch view needs a jws string and a records list")
     payload = open_batch(jws, public_key)
     disclosed = [disclosed_from_json(item) for item in items]
-    verify_payload_records(payload, disclosed)
-    return payload, disclosed
+    canonical = verify_payload_records(payload, disclosed)
+    return OpenedView(payload=payload, jws=jws, records=disclosed, canonical=canonical)
 
 
-def verify_payload_records(payload: BatchPayload, disclosed: Sequence[Disclosed]) -> None:
-    """`verify_disclosed` against an opened batch; a format-1 batch has its records inline
-    and discloses none separately."""
+def verify_payload_records(payload: BatchPayload, disclosed: Sequence[Disclosed]) -> list[bytes]:
+    """`verify_disclosed` against an opened batch (returning the same canonical bytes); a
+    format-1 batch has its records inline and discloses none separately."""
     if payload.records_root is None:
         if disclosed:
             raise RecordError(None, "a format-1 batch holds its records inline")
-        return
-    verify_disclosed(payload.records_root, payload.record_count, disclosed)
+        return []
+    return verify_disclosed(payload.records_root, payload.record_count, disclosed)

@@ -116,6 +116,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.sqlite_migrations": ("sqlite3",),
         "gateway.storage.postgres_accounts": ("psycopg",),
         "gateway.storage.postgres_clinic": ("psycopg",),
+        "gateway.storage.postgres_clinic_group": ("psycopg",),
         "gateway.storage.postgres_connection": ("psycopg",),
         "gateway.storage.postgres_events": ("psycopg",),
         "gateway.storage.postgres_migrations": ("psycopg",),
@@ -146,6 +147,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
         {
             "gateway.storage.postgres_accounts",
             "gateway.storage.postgres_clinic",
+            "gateway.storage.postgres_clinic_group",
             "gateway.storage.postgres_connection",
             "gateway.storage.postgres_events",
             "gateway.storage.postgres_migrations",

@@ -26,20 +26,20 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.sealing import log_origin
-from ledger.batch import BatchPayload, batch_hash
+from ledger.batch import batch_hash
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import LedgerError
 from ledger.jcs import canonicalize
 from ledger.keys import jwk_public_key
 from ledger.note import NoteVerifier
-from ledger.records import open_batch_view
+from ledger.records import OpenedView, read_batch_view
 from ledger.rfc6962 import CompactTree, leaf_hash
 
 
@@ -113,37 +113,42 @@ class VerifiedBatch:
 def open_batch_item(hub: EnrolledHub, payload: bytes) -> VerifiedBatch | Refusal:
     """Verify a batch view (`gateway.sealing.batch_message`) against the enrolled key."""
     try:
-        opened, disclosed = open_batch_view(payload, hub.batch_key)
-        records = _records(opened, [d.record for d in disclosed])
+        view = read_batch_view(payload, hub.batch_key)
+        records = _records(view)
     except LedgerError as exc:
         return Refusal(reason="bad_signature", detail=str(exc), alarm=AlarmKind.BAD_SIGNATURE)
+    opened = view.payload
     if opened.hub_id != hub.hub_id:
         detail = f"batch signed for hub {opened.hub_id!r} arrived on hub {hub.hub_id!r}'s topic"
         return Refusal(reason="bad_signature", detail=detail, alarm=AlarmKind.BAD_SIGNATURE)
-    jws = json.loads(payload)["jws"]  # open_batch_view has checked it is a string
     return VerifiedBatch(
         hub_id=hub.hub_id,
         batch_seq=opened.batch_seq,
-        jws=jws,
-        leaf_hash=leaf_hash(batch_hash(jws.encode("ascii"))),
+        jws=view.jws,
+        leaf_hash=leaf_hash(batch_hash(view.jws.encode("ascii"))),
         prev_batch_hash=opened.prev_batch_hash,
         records=records,
     )
 
 
-def _records(opened: BatchPayload, disclosed: Sequence[object]) -> tuple[ClinicRecord, ...]:
-    # Format 1 batches carry their records inline; format 2 discloses them beside the JWS.
-    items = (
-        list(disclosed) if opened.records_root is not None else [*opened.readings, *opened.events]
-    )
+def _records(view: OpenedView) -> tuple[ClinicRecord, ...]:
+    # Format 1 batches carry their records inline; format 2 discloses them beside the JWS,
+    # and their canonical bytes are the ones the records root was just recomputed from.
+    opened = view.payload
+    if opened.records_root is not None:
+        items: list[Mapping[str, object]] = [d.record for d in view.records]
+        canonical = view.canonical
+    else:
+        items = [*opened.readings, *opened.events]
+        canonical = [canonicalize(item) for item in items]
     out = []
-    for index, item in enumerate(items):
-        patient = item.get("patient_id") if isinstance(item, dict) else None
+    for index, (item, text) in enumerate(zip(items, canonical, strict=True)):
+        patient = item.get("patient_id")
         out.append(
             ClinicRecord(
                 index=index,
                 patient_id=patient if isinstance(patient, str) else None,
-                canonical=canonicalize(item).decode("utf-8"),
+                canonical=text.decode("utf-8"),
             )
         )
     return tuple(out)

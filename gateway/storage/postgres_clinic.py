@@ -4,17 +4,19 @@ last accepted checkpoint of each hub, alarms and dead letters.
 Its own numbered migrations, in `clinic_schema_migrations` under their own advisory lock,
 so the archive lives in the hub schema's database or in a database of its own.
 
-Every item is handled in one transaction that first locks its hub's row (`FOR UPDATE`):
-the workers of a shared subscription take turns per hub, so the chain and checkpoint checks
-of `gateway.clinic.witness` always see every batch committed before them, and
-`UNIQUE (hub_id, batch_seq)` with `ON CONFLICT DO NOTHING` keeps a batch stored once even so.
-The caller acknowledges the MQTT message only after `handle` returns (the commit).
+Items are handled in groups, each group in one transaction that first locks its hubs' rows
+(`FOR UPDATE`, in hub order; `postgres_clinic_group`): the workers of a shared subscription
+take turns per hub, so the chain and checkpoint checks of `gateway.clinic.witness` always
+see every batch committed before them, and `UNIQUE (hub_id, batch_seq)` keeps a batch
+stored once even so. Signatures and records are verified before the transaction
+(`prepare`), with the hub's keys parsed once and kept while its row holds the same key
+text. The caller acknowledges the MQTT messages only after `store` returns (the commit).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,37 +26,32 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from gateway.clinic.witness import (
-    Accept,
-    AcceptedCheckpoint,
-    Alarm,
-    AlarmKind,
-    CheckpointVerdict,
-    Duplicate,
     EnrolledHub,
-    Neighbours,
-    Refusal,
-    VerifiedBatch,
-    VerifiedCheckpoint,
     enrolled_hub,
-    judge_batch,
-    judge_checkpoint,
-    leaves_from,
     open_batch_item,
     open_checkpoint_item,
-    tree_at,
 )
-from gateway.errors import InputError
+from gateway.errors import InputError, PermanentStorageError
+from gateway.storage.postgres_clinic_group import (
+    STOPPED,
+    Group,
+    Handled,
+    Item,
+    Opened,
+    Prepared,
+)
 from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_migrations import Migration, redacted
-from ledger.rfc6962 import CompactTree
+
+log = logging.getLogger("glucohub.clinic")
 
 Row = tuple[Any, ...]
 Connection = psycopg.Connection[Row]
 
 # pg_advisory_xact_lock key of the clinic schema's migrations: "clinic" in ASCII.
 CLINIC_MIGRATION_LOCK = 0x636C696E6963
-# A dead letter keeps this much of its payload (plus its length and SHA-256).
-DEAD_LETTER_MAX_BYTES = 1024 * 1024
+# Parsed enrolled keys kept by one archive; beyond this many hubs the cache starts over.
+KEY_CACHE_MAX = 100_000
 
 _SCHEMA = """
 CREATE TABLE clinic_hubs (
@@ -262,16 +259,11 @@ class AlarmRow:
     resolved: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Handled:
-    """What became of one item: `stored` (its `records`), `duplicate`, `pending`,
-    `accepted`, `stale`, or `dead_letter` (its `reason`). `alarm`: the alarm handling it
-    raised, if any (a stored batch can complete a pending checkpoint that is a fork)."""
-
-    outcome: str
-    alarm: AlarmKind | None = None
-    records: int = 0
-    reason: str = ""
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    batch_jwk: str
+    log_key: str
+    hub: EnrolledHub
 
 
 class ClinicArchive:
@@ -280,6 +272,7 @@ class ClinicArchive:
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self._url = url
+        self._keys: dict[str, _Keys] = {}
         try:
             self._db = self._open()
             if migrate:
@@ -386,13 +379,13 @@ class ClinicArchive:
                 "DELETE FROM clinic_dead_letters WHERE id = (SELECT id FROM clinic_dead_letters"
                 " WHERE hub_id = %s AND reason = %s AND payload_bytes = length(payload)"
                 " AND id <= %s ORDER BY id LIMIT 1) RETURNING topic, payload",
-                (hub_id, _STOPPED.reason, last),
+                (hub_id, STOPPED.reason, last),
             ).fetchone()
             if row is None:
                 return None
             topic, payload = str(row[0]), bytes(row[1])
-            kind = topic.rsplit("/", 1)[-1]
-            return self._handle(hub_id, kind, topic, payload, now)
+            item = Item(hub_id=hub_id, kind=topic.rsplit("/", 1)[-1], topic=topic, payload=payload)
+            return self._handle_group([item], [None], now)[0]
 
     def alarms(self, *, open_only: bool = False) -> list[AlarmRow]:
         where = " WHERE resolved_at IS NULL" if open_only else ""
@@ -419,243 +412,72 @@ class ClinicArchive:
 
     def handle(self, hub_id: str, kind: str, topic: str, payload: bytes, now: datetime) -> Handled:
         """Verify, judge and store one upstream item in one transaction."""
-        result: Handled = self._call(self._handle, hub_id, kind, topic, payload, now)
+        item = Item(hub_id=hub_id, kind=kind, topic=topic, payload=payload)
+        return self.handle_group([item], now)[0]
+
+    def handle_group(self, items: Sequence[Item], now: datetime) -> list[Handled]:
+        """Verify, judge and store `items` in one transaction: `store(items,
+        prepare(items), now)`."""
+        return self.store(items, self.prepare(items), now)
+
+    def prepare(self, items: Sequence[Item]) -> list[Prepared | None]:
+        """Open every item whose hub's keys this archive has seen (the CPU part: signatures,
+        records root, notes), before and outside the transaction; None for the others,
+        which `store` opens. Touches nothing but the key cache, so it may run on another
+        thread than the archive's other calls (a worker verifies one group while the
+        previous one is written)."""
+        out: list[Prepared | None] = []
+        for item in items:
+            keys = self._keys.get(item.hub_id)
+            if keys is None:
+                out.append(None)
+            else:
+                opened = self._open_item(item, keys.batch_jwk, keys.log_key)
+                out.append(Prepared(batch_jwk=keys.batch_jwk, log_key=keys.log_key, opened=opened))
+        return out
+
+    def store(
+        self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
+    ) -> list[Handled]:
+        """Judge and store `items` (as `prepare` opened them) in one transaction; one
+        outcome per item, in order. A refused item (a bad signature, an unknown or stopped
+        hub) is dead-lettered beside the others. If writing the group fails for a reason a
+        retry cannot cure, each item is tried in a transaction of its own, so one such item
+        keeps no other out."""
+        try:
+            result: list[Handled] = self._call(self._handle_group, items, prepared, now)
+        except PermanentStorageError as exc:
+            if len(items) == 1:
+                raise
+            log.warning("clinic archive: a group of %d failed (%s); one by one", len(items), exc)
+            return [
+                self._call(self._handle_group, [item], [ready], now)[0]
+                for item, ready in zip(items, prepared, strict=True)
+            ]
         return result
 
-    def _handle(self, hub_id: str, kind: str, topic: str, payload: bytes, now: datetime) -> Handled:
+    def _enrolled(self, hub_id: str, batch_jwk: str, log_key: str) -> EnrolledHub:
+        """The hub's parsed keys, parsed again only when its key text changed."""
+        cached = self._keys.get(hub_id)
+        if cached is not None and (cached.batch_jwk, cached.log_key) == (batch_jwk, log_key):
+            return cached.hub
+        if len(self._keys) >= KEY_CACHE_MAX:
+            self._keys.clear()
+        hub = enrolled_hub(hub_id, batch_jwk, log_key)
+        self._keys[hub_id] = _Keys(batch_jwk, log_key, hub)
+        return hub
+
+    def _open_item(self, item: Item, batch_jwk: str, log_key: str) -> Opened:
+        hub = self._enrolled(item.hub_id, batch_jwk, log_key)
+        if item.kind == "batches":
+            return open_batch_item(hub, item.payload)
+        return open_checkpoint_item(hub, item.payload)
+
+    def _handle_group(
+        self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
+    ) -> list[Handled]:
         with self._db.transaction():
-            row = self._db.execute(
-                "SELECT batch_jwk, log_key, state FROM clinic_hubs WHERE hub_id = %s FOR UPDATE",
-                (hub_id,),
-            ).fetchone()
-            if row is None:
-                refusal = Refusal(
-                    reason="unknown_hub",
-                    detail=f"no hub {hub_id} is enrolled",
-                    alarm=AlarmKind.UNKNOWN_HUB,
-                )
-                return self._refuse(hub_id, topic, payload, refusal, now)
-            hub = enrolled_hub(hub_id, row[0], row[1], stopped=row[2] == "stopped")
-            if kind == "batches":
-                return self._batch(hub, topic, payload, now)
-            return self._checkpoint(hub, topic, payload, now)
-
-    def _refuse(
-        self, hub_id: str, topic: str, payload: bytes, refusal: Refusal, now: datetime
-    ) -> Handled:
-        self._db.execute(
-            "INSERT INTO clinic_dead_letters (received_at, topic, hub_id, reason, detail,"
-            " payload, payload_bytes, payload_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                now,
-                topic,
-                hub_id,
-                refusal.reason,
-                refusal.detail,
-                payload[:DEAD_LETTER_MAX_BYTES],
-                len(payload),
-                hashlib.sha256(payload).hexdigest(),
-            ),
-        )
-        if refusal.alarm is not None:
-            self._alarm(hub_id, Alarm(kind=refusal.alarm, detail=refusal.detail), now)
-        return Handled(outcome="dead_letter", alarm=refusal.alarm, reason=refusal.reason)
-
-    def _alarm(self, hub_id: str, alarm: Alarm, now: datetime) -> None:
-        # One open alarm per hub and kind; repeats count occurrences.
-        self._db.execute(
-            "INSERT INTO clinic_alarms (hub_id, kind, detail, raised_at) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (hub_id, kind) WHERE resolved_at IS NULL"
-            " DO UPDATE SET occurrences = clinic_alarms.occurrences + 1",
-            (hub_id, alarm.kind.value, alarm.detail, now),
-        )
-        if alarm.kind.stops_hub:
-            self._db.execute(
-                "UPDATE clinic_hubs SET state = 'stopped' WHERE hub_id = %s", (hub_id,)
-            )
-
-    def _batch(self, hub: EnrolledHub, topic: str, payload: bytes, now: datetime) -> Handled:
-        opened = open_batch_item(hub, payload)
-        if isinstance(opened, Refusal):
-            return self._refuse(hub.hub_id, topic, payload, opened, now)
-        held = self._neighbours(opened)
-        verdict = judge_batch(opened, held)
-        if isinstance(verdict, Duplicate):
-            return Handled(outcome="duplicate")
-        if isinstance(verdict, Alarm):
-            return self._refuse(
-                hub.hub_id,
-                topic,
-                payload,
-                Refusal(reason=verdict.kind.value, detail=verdict.detail, alarm=verdict.kind),
-                now,
-            )
-        if hub.stopped:
-            return self._refuse(hub.hub_id, topic, payload, _STOPPED, now)
-        self._store_batch(opened, verdict, now)
-        alarm = self._settle_pending(hub, now)
-        return Handled(outcome="stored", alarm=alarm, records=len(opened.records))
-
-    def _neighbours(self, batch: VerifiedBatch) -> Neighbours:
-        rows = self._db.execute(
-            "SELECT batch_seq, jws, prev_batch_hash FROM clinic_batches"
-            " WHERE hub_id = %s AND batch_seq BETWEEN %s AND %s",
-            (batch.hub_id, batch.batch_seq - 1, batch.batch_seq + 1),
-        ).fetchall()
-        by_seq = {int(r[0]): r for r in rows}
-        seq = batch.batch_seq
-        return Neighbours(
-            same_seq_jws=by_seq[seq][1] if seq in by_seq else None,
-            previous_jws=by_seq[seq - 1][1] if seq - 1 in by_seq else None,
-            next_prev_hash=by_seq[seq + 1][2] if seq + 1 in by_seq else None,
-        )
-
-    def _store_batch(self, batch: VerifiedBatch, verdict: Accept, now: datetime) -> None:
-        inserted = self._db.execute(
-            "INSERT INTO clinic_batches (hub_id, batch_seq, jws, leaf_hash, prev_batch_hash,"
-            " record_count, linked, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (hub_id, batch_seq) DO NOTHING",
-            (
-                batch.hub_id,
-                batch.batch_seq,
-                batch.jws,
-                batch.leaf_hash,
-                batch.prev_batch_hash,
-                len(batch.records),
-                verdict.linked,
-                now,
-            ),
-        )
-        if inserted.rowcount == 0:  # cannot happen under the hub's row lock; never twice
-            return
-        with self._db.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO clinic_records (hub_id, batch_seq, record_index, patient_id,"
-                " canonical) VALUES (%s, %s, %s, %s, %s)",
-                [
-                    (batch.hub_id, batch.batch_seq, r.index, r.patient_id, r.canonical)
-                    for r in batch.records
-                ],
-            )
-        if verdict.links_next:
-            self._db.execute(
-                "UPDATE clinic_batches SET linked = true WHERE hub_id = %s AND batch_seq = %s",
-                (batch.hub_id, batch.batch_seq + 1),
-            )
-
-    def _leaves(self, hub_id: str, start: int, end: int) -> list[bytes]:
-        """Stored leaf hashes of seqs start..end-1, stopping at the first gap."""
-        rows = self._db.execute(
-            "SELECT batch_seq, leaf_hash FROM clinic_batches"
-            " WHERE hub_id = %s AND batch_seq >= %s AND batch_seq < %s ORDER BY batch_seq",
-            (hub_id, start, end),
-        ).fetchall()
-        leaves: list[bytes] = []
-        for seq, leaf in rows:
-            if int(seq) != start + len(leaves):
-                break
-            leaves.append(bytes(leaf))
-        return leaves
-
-    def _accepted(self, hub_id: str) -> AcceptedCheckpoint | None:
-        row = self._db.execute(
-            "SELECT size, root_hash, compact_tree FROM clinic_checkpoints WHERE hub_id = %s",
-            (hub_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        tree = CompactTree.from_bytes(bytes(row[2]))
-        return AcceptedCheckpoint(size=int(row[0]), root_hash=bytes(row[1]), tree=tree)
-
-    def _tree_at(
-        self, hub_id: str, size: int, accepted: AcceptedCheckpoint | None
-    ) -> CompactTree | None:
-        start = leaves_from(size, accepted)
-        return tree_at(size, accepted, self._leaves(hub_id, start, size))
-
-    def _checkpoint(self, hub: EnrolledHub, topic: str, payload: bytes, now: datetime) -> Handled:
-        opened = open_checkpoint_item(hub, payload)
-        if isinstance(opened, Refusal):
-            return self._refuse(hub.hub_id, topic, payload, opened, now)
-        pending = self._db.execute(
-            "SELECT root_hash FROM clinic_pending_checkpoints WHERE hub_id = %s AND size = %s",
-            (hub.hub_id, opened.size),
-        ).fetchone()
-        accepted = self._accepted(hub.hub_id)
-        tree = self._tree_at(hub.hub_id, opened.size, accepted)
-        pending_root = None if pending is None else bytes(pending[0])
-        verdict = judge_checkpoint(opened, accepted, tree, pending_root)
-        if isinstance(verdict, Alarm):
-            refusal = Refusal(reason=verdict.kind.value, detail=verdict.detail, alarm=verdict.kind)
-            return self._refuse(hub.hub_id, topic, payload, refusal, now)
-        if hub.stopped and verdict in (CheckpointVerdict.ACCEPT, CheckpointVerdict.PENDING):
-            return self._refuse(hub.hub_id, topic, payload, _STOPPED, now)
-        self._apply_checkpoint(hub.hub_id, opened, verdict, tree, now)
-        return Handled(outcome=verdict.value)
-
-    def _apply_checkpoint(
-        self,
-        hub_id: str,
-        checkpoint: VerifiedCheckpoint,
-        verdict: CheckpointVerdict,
-        tree: CompactTree | None,
-        now: datetime,
-    ) -> None:
-        if verdict is CheckpointVerdict.PENDING:
-            self._db.execute(
-                "INSERT INTO clinic_pending_checkpoints (hub_id, size, root_hash, note,"
-                " received_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (hub_id, checkpoint.size, checkpoint.root_hash, checkpoint.note, now),
-            )
-            return
-        self._db.execute(
-            "DELETE FROM clinic_pending_checkpoints WHERE hub_id = %s AND size = %s",
-            (hub_id, checkpoint.size),
-        )
-        if verdict is CheckpointVerdict.ACCEPT:
-            assert tree is not None  # accepted: the clinic built the tree at this size
-            self._db.execute(
-                "INSERT INTO clinic_checkpoints (hub_id, size, root_hash, note, compact_tree,"
-                " accepted_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (hub_id) DO UPDATE SET"
-                " size = excluded.size, root_hash = excluded.root_hash, note = excluded.note,"
-                " compact_tree = excluded.compact_tree, accepted_at = excluded.accepted_at"
-                " WHERE clinic_checkpoints.size < excluded.size",
-                (
-                    hub_id,
-                    checkpoint.size,
-                    checkpoint.root_hash,
-                    checkpoint.note,
-                    tree.to_bytes(),
-                    now,
-                ),
-            )
-
-    def _settle_pending(self, hub: EnrolledHub, now: datetime) -> AlarmKind | None:
-        """Decide the pending checkpoints a newly stored batch may have completed; returns
-        the alarm that raised, if any."""
-        raised = None
-        rows = self._db.execute(
-            "SELECT size, root_hash, note FROM clinic_pending_checkpoints"
-            " WHERE hub_id = %s ORDER BY size",
-            (hub.hub_id,),
-        ).fetchall()
-        for size, root, note in rows:
-            checkpoint = VerifiedCheckpoint(size=int(size), root_hash=bytes(root), note=note)
-            accepted = self._accepted(hub.hub_id)
-            tree = self._tree_at(hub.hub_id, checkpoint.size, accepted)
-            if tree is None:
-                break  # a larger one lacks at least the same batch
-            verdict = judge_checkpoint(checkpoint, accepted, tree)
-            if isinstance(verdict, Alarm):
-                self._db.execute(
-                    "DELETE FROM clinic_pending_checkpoints WHERE hub_id = %s AND size = %s",
-                    (hub.hub_id, checkpoint.size),
-                )
-                self._alarm(hub.hub_id, verdict, now)
-                raised = verdict.kind
-                continue
-            self._apply_checkpoint(hub.hub_id, checkpoint, verdict, tree, now)
-        return raised
+            return Group(self._db, now).run(items, prepared, self._open_item)
 
     # -- reading the archive (CLI and tests) ---------------------------------------------
 
@@ -679,10 +501,3 @@ class ClinicArchive:
         """A read-only query, for `glucohub` reports and tests."""
         result: list[Row] = self._call(lambda: self._db.execute(query.encode(), params).fetchall())
         return result
-
-
-_STOPPED = Refusal(
-    reason="hub_stopped",
-    detail="the hub is stopped by an alarm until an admin resolves it",
-    alarm=None,
-)
