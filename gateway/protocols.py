@@ -92,6 +92,21 @@ class TreatmentWrite:
     refused: Mapping[int, tuple[RejectReason, str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredTreatment:
+    """A treatment with the hub's own times of it: when it was first stored and when it last
+    changed (Nightscout API v3's `srvCreated` and `srvModified`, lib/api3/generic/create/
+    insert.js and update/replace.js)."""
+
+    treatment: Treatment
+    created: datetime
+    modified: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "created", require_utc(self.created))
+        object.__setattr__(self, "modified", require_utc(self.modified))
+
+
 class TreatmentLog(Protocol):
     """Patients' treatments for the dashboards: stored (and sealed) off the event loop."""
 
@@ -104,6 +119,20 @@ class TreatmentLog(Protocol):
     ) -> list[Treatment]:
         """Newest first."""
         ...
+
+    async def records(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[StoredTreatment]:
+        """`query` with the hub's times of each treatment. Newest first."""
+        ...
+
+    async def modified_after(
+        self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
+    ) -> list[StoredTreatment]:
+        """The treatments stored or changed after `after`, oldest change first."""
+        ...
+
+    async def by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None: ...
 
 
 class ReadingSink(Protocol):

@@ -32,7 +32,7 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DisclosedBatch, QuarantinedRecord, TreatmentWrite
+from gateway.protocols import DisclosedBatch, QuarantinedRecord, StoredTreatment, TreatmentWrite
 from gateway.sealing import HubKeys
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
@@ -151,7 +151,7 @@ class StoreTreatments:
         verdicts = [validate_treatment(t, now=now, rules=rules) for t in treatments]
         items = [t for t, v in zip(treatments, verdicts, strict=True) if v is None]
         refused = {i: (v.reason, v.detail) for i, v in enumerate(verdicts) if v is not None}
-        done = await self._writer_run(lambda s: s.add_treatments(items))
+        done = await self._writer_run(lambda s: s.add_treatments(items, at=now))
         if changed := len(done.added) + len(done.replaced):
             self._on_written(changed)
         return dataclasses.replace(done, refused=refused)
@@ -162,6 +162,25 @@ class StoreTreatments:
         return await self._reader.run(
             lambda s: s.treatments(patient_id, since=since, until=until, limit=limit)
         )
+
+    async def records(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[StoredTreatment]:
+        return await self._reader.run(
+            lambda s: s.treatment_records(patient_id, since=since, until=until, limit=limit)
+        )
+
+    async def modified_after(
+        self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
+    ) -> list[StoredTreatment]:
+        return await self._reader.run(
+            lambda s: s.treatments_modified_after(
+                patient_id, after=after, limit=limit, newest_first=newest_first
+            )
+        )
+
+    async def by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        return await self._reader.run(lambda s: s.treatment_by_key(patient_id, dedupe_key))
 
 
 class StoreReadModel:

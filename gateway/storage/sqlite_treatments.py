@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from gateway.clock import to_rfc3339
 from gateway.model import Treatment
-from gateway.protocols import TreatmentWrite
+from gateway.protocols import StoredTreatment, TreatmentWrite
 from gateway.storage.sqlite_base import SqliteBase
 from gateway.storage.sqlite_errors import translate_sqlite_errors
 from gateway.storage.sqlite_events import insert_ledger_event
@@ -26,9 +26,28 @@ def _time_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
+def _from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+_RECORD = f"SELECT {_COLUMNS}, time, srv_created_ms, srv_modified_ms FROM treatments"
+
+
+def _record(row: Sequence[object]) -> StoredTreatment:
+    created, modified = row[-2], row[-1]
+    assert isinstance(created, int) and isinstance(modified, int)
+    return StoredTreatment(
+        treatment=treatment_from_row(row[:-3], str(row[-3])),
+        created=_from_ms(created),
+        modified=_from_ms(modified),
+    )
+
+
 @translate_sqlite_errors
 class SqliteTreatments(SqliteBase):
-    def add_treatments(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
+    def add_treatments(
+        self, treatments: Sequence[Treatment], *, at: datetime | None = None
+    ) -> TreatmentWrite:
         added: list[Treatment] = []
         replaced: list[Treatment] = []
         duplicates = 0
@@ -42,11 +61,13 @@ class SqliteTreatments(SqliteBase):
                 ).fetchone()
                 values = treatment_values(treatment)
                 when = (to_rfc3339(treatment.time), _time_ms(treatment.time))
+                stored_ms = _time_ms(at if at is not None else treatment.time)
                 if row is None:
                     self._db.execute(
-                        f"INSERT INTO treatments ({_COLUMNS}, time, time_ms)"
-                        f" VALUES ({', '.join('?' * len(VALUE_COLUMNS))}, ?, ?)",
-                        (*values, *when),
+                        f"INSERT INTO treatments ({_COLUMNS}, time, time_ms,"
+                        " srv_created_ms, srv_modified_ms)"
+                        f" VALUES ({', '.join('?' * len(VALUE_COLUMNS))}, ?, ?, ?, ?)",
+                        (*values, *when, stored_ms, stored_ms),
                     )
                     insert_ledger_event(
                         self._db, treatment.patient_id, treatment_event(treatment, "added")
@@ -56,8 +77,9 @@ class SqliteTreatments(SqliteBase):
                     duplicates += 1
                 else:
                     self._db.execute(
-                        f"UPDATE treatments SET {_SET}, time = ?, time_ms = ? WHERE id = ?",
-                        (*values, *when, row[0]),
+                        f"UPDATE treatments SET {_SET}, time = ?, time_ms = ?,"
+                        " srv_modified_ms = ? WHERE id = ?",
+                        (*values, *when, stored_ms, row[0]),
                     )
                     insert_ledger_event(
                         self._db, treatment.patient_id, treatment_event(treatment, "replaced")
@@ -79,3 +101,30 @@ class SqliteTreatments(SqliteBase):
             (patient_id, _time_ms(since), _time_ms(until), -1 if limit is None else limit),
         )
         return [treatment_from_row(r[:-1], str(r[-1])) for r in rows]
+
+    def treatment_records(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[StoredTreatment]:
+        rows = self._db.execute(
+            f"{_RECORD} WHERE patient_id = ? AND time_ms BETWEEN ? AND ?"
+            " ORDER BY time_ms DESC, id DESC LIMIT ?",
+            (patient_id, _time_ms(since), _time_ms(until), -1 if limit is None else limit),
+        )
+        return [_record(r) for r in rows]
+
+    def treatments_modified_after(
+        self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
+    ) -> list[StoredTreatment]:
+        order = "DESC" if newest_first else "ASC"
+        rows = self._db.execute(
+            f"{_RECORD} WHERE patient_id = ? AND srv_modified_ms > ?"
+            f" ORDER BY srv_modified_ms {order}, id {order} LIMIT ?",
+            (patient_id, _time_ms(after), limit),
+        )
+        return [_record(r) for r in rows]
+
+    def treatment_by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        row = self._db.execute(
+            f"{_RECORD} WHERE patient_id = ? AND dedupe_key = ?", (patient_id, dedupe_key)
+        ).fetchone()
+        return None if row is None else _record(row)
