@@ -1,0 +1,115 @@
+"""Nightscout API v3's pure parts (dashboards/nightscout/api3.py), against Nightscout 15's
+lib/api3 behaviour worked out by hand.
+
+The identifier vectors were computed apart from this code, with Node's crypto module as
+RFC 4122 §4.3 says (SHA-1 of the namespace's 16 bytes "NightscoutRocks!" then the name; version
+5, RFC 4122 variant), for the names operationTools.calculateIdentifier builds in JavaScript
+(`doc.device + '_' + doc.date [+ '_' + doc.eventType]`).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboards.nightscout.api3 import (
+    Api3Error,
+    Filter,
+    calculate_identifier,
+    history_after,
+    parse_dates,
+    parse_moment,
+    parse_search,
+    search,
+    time_window,
+)
+
+JAN_1_2026_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        # no device: JavaScript writes `undefined`
+        (
+            {"date": JAN_1_2026_MS, "eventType": "Meal Bolus"},
+            "6fb6e79f-08b1-54c3-9a48-fdc1f5172c59",
+        ),
+        (
+            {"device": "Dexcom G6 Native", "date": JAN_1_2026_MS},
+            "24c55127-42ea-53d7-ab04-88e3312813d5",
+        ),
+        # a null device is "null"; a float date with no fraction is written as an integer
+        ({"device": None, "date": float(JAN_1_2026_MS)}, "eb4d10be-9bed-52a0-b636-4ff505e189e5"),
+    ],
+)
+def test_the_identifier_is_nightscouts_uuid_v5(doc: dict[str, object], expected: str) -> None:
+    assert calculate_identifier(doc) == expected
+
+
+def test_dates_are_read_as_nightscout_reads_them() -> None:
+    # ms; seconds (anything before 2000 as ms); a numeric string; ISO 8601 keeping its offset
+    assert parse_moment(JAN_1_2026_MS) is not None
+    assert parse_moment(JAN_1_2026_MS).ms == JAN_1_2026_MS  # type: ignore[union-attr]
+    assert parse_moment(JAN_1_2026_MS // 1000).ms == JAN_1_2026_MS  # type: ignore[union-attr]
+    assert parse_moment(str(JAN_1_2026_MS)).ms == JAN_1_2026_MS  # type: ignore[union-attr]
+    cet = parse_moment("2026-01-01T01:00:00+01:00")
+    assert cet is not None and (cet.ms, cet.utc_offset_min) == (JAN_1_2026_MS, 60)
+    for nothing in (0, "0", None, "", "yesterday", 946_684_799, True):
+        assert parse_moment(nothing) is None, nothing
+    # parseDate: date from created_at when missing; utcOffset from the string's offset
+    doc: dict[str, object] = {"created_at": "2026-01-01T01:00:00+01:00"}
+    parse_dates(doc)
+    assert doc == {
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "date": JAN_1_2026_MS,
+        "utcOffset": 60,
+    }
+    sent: dict[str, object] = {"date": JAN_1_2026_MS, "utcOffset": 120}
+    parse_dates(sent)
+    assert sent["utcOffset"] == 120  # the client's own offset stays
+
+
+def test_history_starts_after_the_url_time_or_at_the_header_second() -> None:
+    assert history_after(str(JAN_1_2026_MS), None) == JAN_1_2026_MS
+    # the header: floored to the second, documents at or after it
+    header = "Thu, 01 Jan 2026 00:00:00 GMT"
+    assert history_after(None, header) == JAN_1_2026_MS - 1
+    for bad in (("nope", None), (None, None), (None, "not a date")):
+        with pytest.raises(Api3Error) as caught:
+            history_after(*bad)
+        assert caught.value.status == 400
+
+
+def _docs() -> list[dict[str, object]]:
+    return [
+        {"identifier": "a", "type": "sgv", "sgv": 100, "date": 3},
+        {"identifier": "b", "type": "mbg", "mbg": 90, "date": 2},
+        {"identifier": "c", "type": "sgv", "sgv": 180, "date": 1},
+        {"identifier": "d", "type": "sgv", "sgv": 140, "date": 4},
+    ]
+
+
+def test_search_filters_sorts_skips_limits_and_projects() -> None:
+    query = parse_search([("sort", "date"), ("type", "sgv"), ("limit", "2")])
+    assert [d["identifier"] for d in search(_docs(), query)] == ["c", "a"]
+    query = parse_search([("sort$desc", "date"), ("sgv$gte", "140"), ("fields", "sgv")])
+    assert search(_docs(), query) == [
+        {"identifier": "d", "sgv": 140},
+        {"identifier": "c", "sgv": 180},
+    ]
+    query = parse_search([("sort", "date"), ("skip", "1"), ("type$in", "sgv|mbg")])
+    assert [d["identifier"] for d in search(_docs(), query)] == ["b", "a", "d"]
+    query = parse_search([("type$ne", "sgv"), ("token", "x"), ("now", "1")])
+    assert [d["identifier"] for d in search(_docs(), query)] == ["b"]
+    # a number never matches a string (MongoDB compares one type with itself)
+    query = parse_search([("identifier$gt", "5")])
+    assert search(_docs(), query) == []
+
+
+def test_the_store_is_asked_only_for_the_time_the_filters_allow() -> None:
+    filters = parse_search([("date$gt", "1000"), ("date$lte", "5000")]).filters
+    assert time_window(filters, "date") == (1001, 5000)
+    created = parse_search([("created_at$gte", "2026-01-01T01:00:00+01:00")]).filters
+    assert created == (Filter("created_at", "gte", "2026-01-01T00:00:00.000Z"),)
+    assert time_window(created, "created_at") == (JAN_1_2026_MS, None)
+    assert time_window(created, "date") == (None, None)
