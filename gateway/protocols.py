@@ -101,10 +101,13 @@ class StoredTreatment:
     treatment: Treatment
     created: datetime
     modified: datetime
+    deleted: datetime | None = None  # deleted then (kept, sealed, shown by history only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "created", require_utc(self.created))
         object.__setattr__(self, "modified", require_utc(self.modified))
+        if self.deleted is not None:
+            object.__setattr__(self, "deleted", require_utc(self.deleted))
 
 
 class TreatmentLog(Protocol):
@@ -129,10 +132,14 @@ class TreatmentLog(Protocol):
     async def modified_after(
         self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
     ) -> list[StoredTreatment]:
-        """The treatments stored or changed after `after`, oldest change first."""
+        """The treatments stored, changed or deleted after `after`, oldest change first."""
         ...
 
     async def by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None: ...
+
+    async def delete(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        """Mark the treatment deleted (a ledger event); None if there is none."""
+        ...
 
 
 class ReadingSink(Protocol):

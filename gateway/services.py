@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from gateway.clock import Clock, SystemClock
 from gateway.disclosure import disclosed_for
@@ -129,6 +129,15 @@ class StoreResume:
         return await self._reader.run(lambda s: s.last_time(device_id))
 
 
+_Done = TypeVar("_Done")
+
+
+class WriterRun(Protocol):
+    """Runs a write on the hub's writer thread (the one writer) and returns its result."""
+
+    def __call__(self, fn: Callable[[HubStorage], _Done], /) -> Awaitable[_Done]: ...
+
+
 class StoreTreatments:
     """`TreatmentLog` over the store: written on the hub's writer thread (the one writer),
     read on the reader's; validated against `clock` first. `on_written(n)` hears of n new
@@ -137,7 +146,7 @@ class StoreTreatments:
     def __init__(
         self,
         reader: Reader,
-        writer_run: Callable[[Callable[[HubStorage], TreatmentWrite]], Awaitable[TreatmentWrite]],
+        writer_run: WriterRun,
         on_written: Callable[[int], None],
         clock: Clock,
     ) -> None:
@@ -181,6 +190,14 @@ class StoreTreatments:
 
     async def by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
         return await self._reader.run(lambda s: s.treatment_by_key(patient_id, dedupe_key))
+
+    async def delete(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        now = self._clock.now()
+        before = await self.by_key(patient_id, dedupe_key)
+        done = await self._writer_run(lambda s: s.delete_treatment(patient_id, dedupe_key, at=now))
+        if done is not None and before is not None and before.deleted is None:
+            self._on_written(1)  # its ledger event
+        return done
 
 
 class StoreReadModel:

@@ -209,13 +209,21 @@ class Entries:
             if patch:
                 raise Api3Error(404)
             return await self.create(write, {**doc, "identifier": identifier})
-        raise Api3Error(422, READ_ONLY)
+        raise _sealed()
 
     async def delete(self, write: Write, identifier: str) -> None:
         demand(write.caller, self.name, "delete")
         if await self.read(write.patient_id, identifier) is None:
             raise Api3Error(404)
-        raise Api3Error(422, READ_ONLY)
+        raise _sealed()
+
+
+def _sealed() -> Api3Error:
+    """A reading is sealed in the ledger: never changed or removed. Nightscout answers a
+    read-only document's change with 422, which stops NSClientV3's upload queue for good
+    (NSClientV3Plugin: any status but 200, 201, 400, 404 ends the sync round, and the same
+    record comes first again); a 400 with the same message lets it log and go on."""
+    return Api3Error(400, READ_ONLY)
 
 
 def _ms(doc: Doc) -> int:
@@ -266,15 +274,17 @@ def _treatment_doc(record: StoredTreatment) -> Doc:
         date=out["mills"],
         srvCreated=epoch_ms(record.created),
         srvModified=epoch_ms(record.modified),
-        isValid=True,
+        isValid=record.deleted is None,  # delete/operation.js markAsDeleted: isValid false
     )
     return doc
 
 
-def _as_kept(record: StoredTreatment) -> Doc:
-    """The stored document's fields the hub keeps as sent: `utcOffset` is not kept (reads
-    show 0), so a resend's own offset cannot be compared."""
-    return {k: v for k, v in _treatment_doc(record).items() if k != "utcOffset"}
+def _check_change(change: Doc, record: StoredTreatment) -> None:
+    """update/validate.js against the stored fields the hub keeps as sent (`utcOffset` is
+    not kept: reads show 0). A deleted document may be changed without restriction."""
+    if record.deleted is None:
+        kept = {k: v for k, v in _treatment_doc(record).items() if k != "utcOffset"}
+        check_immutable(change, kept)
 
 
 class Treatments:
@@ -321,6 +331,8 @@ class Treatments:
 
     async def read(self, patient_id: str, identifier: str) -> Doc | None:
         found = await self._find(patient_id, identifier)
+        if found is not None and found.deleted is not None:
+            raise Api3Error(410)  # read/operation.js: a deleted document is Gone
         return None if found is None else _treatment_doc(found)
 
     async def _same_time_and_type(self, patient_id: str, doc: Doc) -> StoredTreatment | None:
@@ -343,7 +355,7 @@ class Treatments:
         if existing is not None:
             demand(write.caller, self.name, "update")
             change = {k: v for k, v in doc.items() if k != "identifier"}
-            check_immutable(change, _as_kept(existing))
+            _check_change(change, existing)
         return await self._store(write, doc, existing, sent=sent)
 
     async def update(self, write: Write, identifier: str, doc: Doc, *, patch: bool) -> Stored:
@@ -352,8 +364,10 @@ class Treatments:
         if patch:
             if existing is None:
                 raise Api3Error(404)
+            if existing.deleted is not None:
+                raise Api3Error(410)  # patch/operation.js
             stored_doc = _treatment_doc(existing)
-            check_immutable(doc, _as_kept(existing))
+            _check_change(doc, existing)
             validate_common(doc, patching=True)
             merged = {k: v for k, v in {**stored_doc, **doc}.items() if k not in _SERVER_FIELDS}
             return await self._store(write, merged, existing, sent=identifier)
@@ -364,14 +378,19 @@ class Treatments:
         if existing is None:
             demand(write.caller, self.name, "create")
         else:
-            check_immutable(doc, _as_kept(existing))
+            _check_change(doc, existing)
         return await self._store(write, doc, existing, sent=identifier)
 
     async def delete(self, write: Write, identifier: str) -> None:
+        """delete/operation.js markAsDeleted: kept, `isValid: false`, srvModified now (and
+        a ledger event); HISTORY shows it so that followers drop it."""
         demand(write.caller, self.name, "delete")
-        if await self._find(write.patient_id, identifier) is None:
+        found = await self._find(write.patient_id, identifier)
+        if (
+            found is None
+            or await self._log.delete(write.patient_id, found.treatment.dedupe_key) is None
+        ):
             raise Api3Error(404)
-        raise Api3Error(422, READ_ONLY)
 
     async def _store(
         self, write: Write, doc: Doc, existing: StoredTreatment | None, *, sent: str
@@ -392,6 +411,8 @@ class Treatments:
         if done.refused:
             reason, detail = done.refused[0]
             raise Api3Error(400, detail, reason)
+        if doc.get("isValid") is False:  # uploaded already deleted (Nightscout keeps it so)
+            await self._log.delete(write.patient_id, treatment.dedupe_key)
         record = await self._log.by_key(write.patient_id, treatment.dedupe_key)
         assert record is not None
         mine = treatment_identifier(record.treatment)

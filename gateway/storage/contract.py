@@ -249,13 +249,15 @@ class Treatments(Protocol):
         replaced treatment gets a ledger event ({"type": "treatment", "event": "added" or
         "replaced", ...}) in the same transaction. `at` is the hub's time of this write: an
         added treatment is created and modified then, a replaced one modified then (a
-        duplicate changes nothing); without `at`, the treatment's own time."""
+        duplicate changes nothing); without `at`, the treatment's own time. A deleted
+        treatment sent again is stored again (replaced), as Nightscout's upsert does."""
         ...
 
     def treatments(
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
-        """The patient's treatments with since <= time <= until, newest first."""
+        """The patient's treatments with since <= time <= until, newest first; deleted ones
+        left out."""
         ...
 
     def treatment_records(
@@ -268,10 +270,22 @@ class Treatments(Protocol):
         self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
     ) -> list[StoredTreatment]:
         """The patient's treatments modified strictly after `after`, in order of their
-        modification (then of storing), oldest first unless `newest_first`."""
+        modification (then of storing), oldest first unless `newest_first`; deleted ones
+        too (a deletion is a modification)."""
         ...
 
-    def treatment_by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None: ...
+    def treatment_by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        """The treatment under that key, deleted or not."""
+        ...
+
+    def delete_treatment(
+        self, patient_id: str, dedupe_key: str, *, at: datetime
+    ) -> StoredTreatment | None:
+        """Mark a stored treatment deleted at `at` (also its modification time), with a ledger
+        event ({"type": "treatment", "event": "deleted", ...}) in the same transaction, and
+        return it; one already deleted is returned unchanged; None if there is none (Nightscout
+        API v3 DELETE marks documents `isValid: false` and keeps them)."""
+        ...
 
 
 class Outbox(Protocol):

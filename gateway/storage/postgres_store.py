@@ -80,6 +80,7 @@ from gateway.storage.postgres_migrations import (
 )
 from gateway.storage.postgres_treatments import (
     add_treatments,
+    delete_treatment,
     query_treatment_by_key,
     query_treatment_records,
     query_treatments,
@@ -1194,6 +1195,12 @@ class PostgresStore(PostgresConnection):
     @translated
     def treatment_by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
         return query_treatment_by_key(self._db, patient_id, dedupe_key)
+
+    @translated
+    def delete_treatment(
+        self, patient_id: str, dedupe_key: str, *, at: datetime
+    ) -> StoredTreatment | None:
+        return delete_treatment(self._db, patient_id, dedupe_key, at=at)
 
     @translated
     def alert_engine_states(self) -> dict[str, str]:

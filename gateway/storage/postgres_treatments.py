@@ -48,16 +48,16 @@ def add_treatments(
                 added.append(treatment)
                 continue
             row = db.execute(
-                f"SELECT id, {_COLUMNS}, {_TIME_TEXT} FROM treatments"
+                f"SELECT id, {_COLUMNS}, {_TIME_TEXT}, deleted FROM treatments"
                 " WHERE patient_id = %s AND dedupe_key = %s FOR UPDATE".encode(),
                 (treatment.patient_id, treatment.dedupe_key),
             ).fetchone()
-            assert row is not None  # the conflict's row: rows are never deleted
-            if treatment_from_row(row[1:-1], str(row[-1])) == treatment:
+            assert row is not None  # the conflict's row: rows are never removed
+            if row[-1] is None and treatment_from_row(row[1:-2], str(row[-2])) == treatment:
                 duplicates += 1
                 continue
             db.execute(
-                f"UPDATE treatments SET {_SET}, time = %s, srv_modified = %s"
+                f"UPDATE treatments SET {_SET}, time = %s, srv_modified = %s, deleted = NULL"
                 " WHERE id = %s".encode(),
                 (*values, treatment.time, stored, row[0]),
             )
@@ -71,19 +71,22 @@ def query_treatments(
 ) -> list[Treatment]:
     rows = db.execute(
         f"SELECT {_COLUMNS}, {_TIME_TEXT} FROM treatments"
-        " WHERE patient_id = %s AND time BETWEEN %s AND %s"
+        " WHERE patient_id = %s AND time BETWEEN %s AND %s AND deleted IS NULL"
         " ORDER BY time DESC, id DESC LIMIT %s".encode(),
         (patient_id, since, until, limit),
     ).fetchall()
     return [treatment_from_row(r[:-1], str(r[-1])) for r in rows]
 
 
-_RECORD = f"SELECT {_COLUMNS}, {_TIME_TEXT}, srv_created, srv_modified FROM treatments"
+_RECORD = f"SELECT {_COLUMNS}, {_TIME_TEXT}, srv_created, srv_modified, deleted FROM treatments"
 
 
 def _record(row: Sequence[Any]) -> StoredTreatment:
     return StoredTreatment(
-        treatment=treatment_from_row(row[:-3], str(row[-3])), created=row[-2], modified=row[-1]
+        treatment=treatment_from_row(row[:-4], str(row[-4])),
+        created=row[-3],
+        modified=row[-2],
+        deleted=row[-1],
     )
 
 
@@ -91,7 +94,7 @@ def query_treatment_records(
     db: Connection, patient_id: str, *, since: datetime, until: datetime, limit: int | None
 ) -> list[StoredTreatment]:
     rows = db.execute(
-        f"{_RECORD} WHERE patient_id = %s AND time BETWEEN %s AND %s"
+        f"{_RECORD} WHERE patient_id = %s AND time BETWEEN %s AND %s AND deleted IS NULL"
         " ORDER BY time DESC, id DESC LIMIT %s".encode(),
         (patient_id, since, until, limit),
     ).fetchall()
@@ -117,3 +120,25 @@ def query_treatment_by_key(
         f"{_RECORD} WHERE patient_id = %s AND dedupe_key = %s".encode(), (patient_id, dedupe_key)
     ).fetchone()
     return None if row is None else _record(row)
+
+
+def delete_treatment(
+    db: Connection, patient_id: str, dedupe_key: str, *, at: datetime
+) -> StoredTreatment | None:
+    with db.transaction():
+        row = db.execute(
+            f"{_RECORD} WHERE patient_id = %s AND dedupe_key = %s FOR UPDATE".encode(),
+            (patient_id, dedupe_key),
+        ).fetchone()
+        if row is None:
+            return None
+        found = _record(row)
+        if found.deleted is not None:
+            return found
+        db.execute(
+            "UPDATE treatments SET deleted = %s, srv_modified = %s"
+            " WHERE patient_id = %s AND dedupe_key = %s",
+            (at, at, patient_id, dedupe_key),
+        )
+        insert_ledger_event(db, patient_id, treatment_event(found.treatment, "deleted"))
+    return query_treatment_by_key(db, patient_id, dedupe_key)

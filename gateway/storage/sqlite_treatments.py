@@ -30,16 +30,18 @@ def _from_ms(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1000, UTC)
 
 
-_RECORD = f"SELECT {_COLUMNS}, time, srv_created_ms, srv_modified_ms FROM treatments"
+_RECORD = f"SELECT {_COLUMNS}, time, srv_created_ms, srv_modified_ms, deleted_ms FROM treatments"
 
 
 def _record(row: Sequence[object]) -> StoredTreatment:
-    created, modified = row[-2], row[-1]
+    created, modified, deleted = row[-3], row[-2], row[-1]
     assert isinstance(created, int) and isinstance(modified, int)
+    assert deleted is None or isinstance(deleted, int)
     return StoredTreatment(
-        treatment=treatment_from_row(row[:-3], str(row[-3])),
+        treatment=treatment_from_row(row[:-4], str(row[-4])),
         created=_from_ms(created),
         modified=_from_ms(modified),
+        deleted=None if deleted is None else _from_ms(deleted),
     )
 
 
@@ -55,7 +57,7 @@ class SqliteTreatments(SqliteBase):
         try:
             for treatment in treatments:
                 row = self._db.execute(
-                    f"SELECT id, {_COLUMNS}, time FROM treatments"
+                    f"SELECT id, {_COLUMNS}, time, deleted_ms FROM treatments"
                     " WHERE patient_id = ? AND dedupe_key = ?",
                     (treatment.patient_id, treatment.dedupe_key),
                 ).fetchone()
@@ -73,12 +75,12 @@ class SqliteTreatments(SqliteBase):
                         self._db, treatment.patient_id, treatment_event(treatment, "added")
                     )
                     added.append(treatment)
-                elif treatment_from_row(row[1:-1], str(row[-1])) == treatment:
+                elif row[-1] is None and treatment_from_row(row[1:-2], str(row[-2])) == treatment:
                     duplicates += 1
                 else:
                     self._db.execute(
                         f"UPDATE treatments SET {_SET}, time = ?, time_ms = ?,"
-                        " srv_modified_ms = ? WHERE id = ?",
+                        " srv_modified_ms = ?, deleted_ms = NULL WHERE id = ?",
                         (*values, *when, stored_ms, row[0]),
                     )
                     insert_ledger_event(
@@ -96,7 +98,7 @@ class SqliteTreatments(SqliteBase):
     ) -> list[Treatment]:
         rows = self._db.execute(
             f"SELECT {_COLUMNS}, time FROM treatments"
-            " WHERE patient_id = ? AND time_ms BETWEEN ? AND ?"
+            " WHERE patient_id = ? AND time_ms BETWEEN ? AND ? AND deleted_ms IS NULL"
             " ORDER BY time_ms DESC, id DESC LIMIT ?",
             (patient_id, _time_ms(since), _time_ms(until), -1 if limit is None else limit),
         )
@@ -106,7 +108,7 @@ class SqliteTreatments(SqliteBase):
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[StoredTreatment]:
         rows = self._db.execute(
-            f"{_RECORD} WHERE patient_id = ? AND time_ms BETWEEN ? AND ?"
+            f"{_RECORD} WHERE patient_id = ? AND time_ms BETWEEN ? AND ? AND deleted_ms IS NULL"
             " ORDER BY time_ms DESC, id DESC LIMIT ?",
             (patient_id, _time_ms(since), _time_ms(until), -1 if limit is None else limit),
         )
@@ -128,3 +130,25 @@ class SqliteTreatments(SqliteBase):
             f"{_RECORD} WHERE patient_id = ? AND dedupe_key = ?", (patient_id, dedupe_key)
         ).fetchone()
         return None if row is None else _record(row)
+
+    def delete_treatment(
+        self, patient_id: str, dedupe_key: str, *, at: datetime
+    ) -> StoredTreatment | None:
+        self._begin()
+        try:
+            found = self.treatment_by_key(patient_id, dedupe_key)
+            if found is not None and found.deleted is None:
+                self._db.execute(
+                    "UPDATE treatments SET deleted_ms = ?, srv_modified_ms = ?"
+                    " WHERE patient_id = ? AND dedupe_key = ?",
+                    (_time_ms(at), _time_ms(at), patient_id, dedupe_key),
+                )
+                insert_ledger_event(
+                    self._db, patient_id, treatment_event(found.treatment, "deleted")
+                )
+                found = self.treatment_by_key(patient_id, dedupe_key)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return found

@@ -202,3 +202,38 @@ def test_treatments_modified_after_a_time_in_the_order_they_changed(store: AnySt
     ] == ["d", "b"]
     newest = store.treatments_modified_after("p1", after=T0, limit=1, newest_first=True)
     assert [r.treatment.dedupe_key for r in newest] == ["a"]
+
+
+def test_a_deleted_treatment_is_kept_sealed_and_shown_only_to_history(store: AnyStore) -> None:
+    at = T0 + timedelta(hours=1)
+    store.add_treatments([bolus(), carbs(1, 20, "c")], at=at)
+    gone_at = at + timedelta(minutes=5)
+    deleted = store.delete_treatment("p1", "aaps-1", at=gone_at)
+    assert deleted is not None and deleted.treatment == bolus()
+    assert (deleted.created, deleted.modified, deleted.deleted) == (at, gone_at, gone_at)
+    # left out of reads by time; kept, and found by key and by history
+    assert store.treatments("p1", since=T0, until=T0 + timedelta(minutes=5)) == [carbs(1, 20, "c")]
+    assert [
+        r.treatment.dedupe_key
+        for r in store.treatment_records("p1", since=T0, until=T0 + timedelta(minutes=5))
+    ] == ["c"]
+    found = store.treatment_by_key("p1", "aaps-1")
+    assert found is not None and found.deleted == gone_at
+    history = store.treatments_modified_after("p1", after=at, limit=10)
+    assert [(r.treatment.dedupe_key, r.deleted) for r in history] == [("aaps-1", gone_at)]
+    # deleting again changes nothing; another patient's or an unknown key is not there
+    again = store.delete_treatment("p1", "aaps-1", at=gone_at + timedelta(minutes=1))
+    assert again is not None and again.modified == gone_at
+    assert store.delete_treatment("p2", "aaps-1", at=gone_at) is None
+    assert store.delete_treatment("p1", "nothing", at=gone_at) is None
+    # the deletion is its own ledger event, after the two additions
+    events, _ = store.unsealed_events_for_seal(10)
+    assert ['"event":"deleted"' in e.canonical for e in events] == [False, False, True]
+    assert '"dedupe_key":"aaps-1"' in events[2].canonical
+    # sent again, it is stored again (Nightscout's upsert replaces a deleted document)
+    revived = store.add_treatments([bolus()], at=gone_at + timedelta(minutes=2))
+    assert revived.replaced == (bolus(),)
+    back = store.treatment_by_key("p1", "aaps-1")
+    assert back is not None and back.deleted is None
+    assert back.modified == gone_at + timedelta(minutes=2)
+    assert store.treatments("p1", since=T0, until=T0) == [bolus()]

@@ -235,16 +235,17 @@ async def test_nsclientv3_uploads_sgvs_resends_them_and_reads_them_back(hub: Hub
             http, hub, "GET", "entries", "p1", **{"sort$desc": "date", "type": "sgv"}
         )
         assert [d["identifier"] for d in body["result"]] == ids[::-1]
-        # READ one; entries are sealed readings: read-only documents
+        # READ one; entries are sealed readings: read-only documents. Changing one is
+        # refused with 400, not Nightscout's 422, which would stop NSClientV3's queue
         status, body, _ = await call(http, hub, "GET", f"entries/{ids[0]}", "p1")
         assert status == 200 and body["result"]["sgv"] == 120 and body["result"]["isReadOnly"]
+        read_only = {"status": 400, "message": "Trying to modify read-only document"}
         status, body, _ = await call(http, hub, "PATCH", f"entries/{ids[0]}", "p1", {"sgv": 99})
-        assert (status, body) == (
-            422,
-            {"status": 422, "message": "Trying to modify read-only document"},
-        )
+        assert (status, body) == (400, read_only)
         status, body, _ = await call(http, hub, "DELETE", f"entries/{ids[0]}", "p1")
-        assert status == 422
+        assert (status, body) == (400, read_only)
+        status, body, _ = await call(http, hub, "GET", f"entries/{ids[0]}", "p1")
+        assert status == 200 and body["result"]["sgv"] == 120
         status, body, _ = await call(http, hub, "GET", "entries/no-such-id", "p1")
         assert (status, body) == (404, {"status": 404})
         # lastModified: the newest reading
@@ -502,3 +503,47 @@ async def test_collections_and_queries_the_hub_does_not_serve_are_answered_as_ni
                 400,
                 {"status": 400, "message": "Bad or missing Last-Modified header/parameter"},
             )
+
+
+async def test_nsclientv3_deletes_a_treatment_and_followers_see_it_go(hub: Hub) -> None:
+    """updateTreatment of an invalidated record: DELETE /v3/treatments/{identifier}
+    (delete/operation.js markAsDeleted: kept with isValid false, srvModified now)."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=15)
+    async with aiohttp.ClientSession() as http:
+        _, wrong, _ = await call(http, hub, "POST", "treatments", "p1", aaps_carbs(at, 50.0))
+        _, kept, _ = await call(
+            http, hub, "POST", "treatments", "p1", aaps_carbs(at + timedelta(minutes=1), 9.0)
+        )
+        status, body, _ = await call(http, hub, "DELETE", f"treatments/{wrong['identifier']}", "p1")
+        assert (status, body) == (200, {"status": 200})
+        status, body, _ = await call(http, hub, "GET", f"treatments/{wrong['identifier']}", "p1")
+        assert (status, body) == (410, {"status": 410})
+        # history tells followers (and AndroidAPS on other phones) it is gone
+        _, body, _ = await call(
+            http, hub, "GET", f"treatments/history/{kept['lastModified']}", "p1"
+        )
+        assert [(d["identifier"], d["isValid"]) for d in body["result"]] == [
+            (wrong["identifier"], False)
+        ]
+        assert body["result"][0]["srvModified"] > kept["lastModified"]
+        # searches and API v1 (the dashboard's chart reads the same) no longer show it
+        _, body, _ = await call(http, hub, "GET", "treatments", "p1", eventType="Carb Correction")
+        assert [d["carbs"] for d in body["result"]] == [9.0]
+        async with http.get(
+            f"{hub.url}/api/v1/treatments.json", headers={"api-secret": sha1(hub.secrets["p1"])}
+        ) as response:
+            assert [t.get("carbs") for t in await response.json()] == [9.0]
+        status, body, _ = await call(http, hub, "DELETE", "treatments/no-such-identifier", "p1")
+        assert (status, body) == (404, {"status": 404})
+        # a record AndroidAPS invalidated before it was ever uploaded arrives deleted
+        status, body, _ = await call(
+            http,
+            hub,
+            "POST",
+            "treatments",
+            "p1",
+            {**aaps_carbs(at + timedelta(minutes=2), 30.0), "isValid": False},
+        )
+        assert status == 201
+        _, found, _ = await call(http, hub, "GET", f"treatments/{body['identifier']}", "p1")
+        assert found == {"status": 410}
