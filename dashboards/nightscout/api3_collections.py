@@ -356,7 +356,7 @@ class Treatments:
             demand(write.caller, self.name, "update")
             change = {k: v for k, v in doc.items() if k != "identifier"}
             _check_change(change, existing)
-        return await self._store(write, doc, existing, sent=sent)
+        return await self._store(write, doc, existing, sent=sent, found_again=existing is not None)
 
     async def update(self, write: Write, identifier: str, doc: Doc, *, patch: bool) -> Stored:
         demand(write.caller, self.name, "update")
@@ -370,7 +370,7 @@ class Treatments:
             _check_change(doc, existing)
             validate_common(doc, patching=True)
             merged = {k: v for k, v in {**stored_doc, **doc}.items() if k not in _SERVER_FIELDS}
-            return await self._store(write, merged, existing, sent=identifier)
+            return await self._store(write, merged, existing, sent=identifier, found_again=False)
         # update/operation.js: PUT replaces, or inserts under the URL's identifier
         parse_dates(doc)
         doc["identifier"] = identifier
@@ -379,7 +379,7 @@ class Treatments:
             demand(write.caller, self.name, "create")
         else:
             _check_change(doc, existing)
-        return await self._store(write, doc, existing, sent=identifier)
+        return await self._store(write, doc, existing, sent=identifier, found_again=False)
 
     async def delete(self, write: Write, identifier: str) -> None:
         """delete/operation.js markAsDeleted: kept, `isValid: false`, srvModified now (and
@@ -393,7 +393,13 @@ class Treatments:
             raise Api3Error(404)
 
     async def _store(
-        self, write: Write, doc: Doc, existing: StoredTreatment | None, *, sent: str
+        self,
+        write: Write,
+        doc: Doc,
+        existing: StoredTreatment | None,
+        *,
+        sent: str,
+        found_again: bool,
     ) -> Stored:
         now = self._deps.clock.now()
         body = json.dumps(doc).encode()
@@ -420,8 +426,8 @@ class Treatments:
             status=201 if existing is None else 200,
             identifier=mine,
             last_modified_ms=epoch_ms(record.modified),
-            deduplicated=existing is not None,
-            deduplicated_identifier=mine if existing is not None and mine != sent else None,
+            deduplicated=found_again,
+            deduplicated_identifier=mine if found_again and mine != sent else None,
         )
 
 

@@ -23,6 +23,7 @@ sendJSON/sendJSONStatus envelopes), worked out by hand for each request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.store import Store
 from tests.dashboards.nightscout import test_api
 from tests.dashboards.nightscout.test_api import Hub, dead_letters, sha1
 
@@ -73,6 +75,18 @@ async def call(
             await response.json(),
             {k.lower(): v for k, v in response.headers.items()},
         )
+
+
+async def all_events_sealed(hub: Hub, within_s: float = 10.0) -> bool:
+    for _ in range(int(within_s / 0.1)):
+        store = Store(hub.data_dir)
+        try:
+            if store.count_unsealed_events() == 0:
+                return True
+        finally:
+            store.close()
+        await asyncio.sleep(0.1)
+    return False
 
 
 def aaps_sgv(at: datetime, sgv: float, direction: str) -> dict[str, object]:
@@ -535,6 +549,8 @@ async def test_nsclientv3_deletes_a_treatment_and_followers_see_it_go(hub: Hub) 
             assert [t.get("carbs") for t in await response.json()] == [9.0]
         status, body, _ = await call(http, hub, "DELETE", "treatments/no-such-identifier", "p1")
         assert (status, body) == (404, {"status": 404})
+        # the deletion is a ledger event, sealed soon like the additions (batches: 0.2 s)
+        assert await all_events_sealed(hub)
         # a record AndroidAPS invalidated before it was ever uploaded arrives deleted
         status, body, _ = await call(
             http,
@@ -547,3 +563,33 @@ async def test_nsclientv3_deletes_a_treatment_and_followers_see_it_go(hub: Hub) 
         assert status == 201
         _, found, _ = await call(http, hub, "GET", f"treatments/{body['identifier']}", "p1")
         assert found == {"status": 410}
+
+
+async def test_put_upserts_under_the_urls_identifier_and_history_takes_the_header(
+    hub: Hub,
+) -> None:
+    """update/operation.js: PUT inserts (201) or replaces (200); history/operation.js: without
+    a time in the URL, the Last-Modified header, floored to the second, at or after it."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    note = {"date": ms(at), "utcOffset": 0, "app": "AAPS", "eventType": "Note", "notes": "a"}
+    async with aiohttp.ClientSession() as http:
+        status, body, headers = await call(http, hub, "PUT", "treatments/my-note-1", "p1", note)
+        assert (status, body["identifier"]) == (201, "my-note-1")
+        assert headers["location"] == "/api/v3/treatments/my-note-1"
+        status, body, _ = await call(
+            http, hub, "PUT", "treatments/my-note-1", "p1", {**note, "notes": "b"}
+        )
+        assert status == 200 and set(body) == {"status", "lastModified"}
+        changed = body["lastModified"]
+        _, body, _ = await call(http, hub, "GET", "treatments/my-note-1", "p1")
+        assert body["result"]["notes"] == "b"
+        # the header's second: Last-Modified as an HTTP date
+        second = datetime.fromtimestamp(changed // 1000, UTC)
+        header = second.strftime("%a, %d %b %Y %H:%M:%S GMT")
+        async with http.get(
+            f"{hub.url}/api/v3/treatments/history",
+            headers={"Authorization": f"Bearer {bearer(hub, 'p1')}", "Last-Modified": header},
+        ) as response:
+            assert response.status == 200
+            found = (await response.json())["result"]
+        assert [(d["identifier"], d["srvModified"]) for d in found] == [("my-note-1", changed)]
