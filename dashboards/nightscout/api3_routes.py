@@ -65,7 +65,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def add_routes(app: web.Application) -> None:
     # The fixed routes first: aiohttp matches in the order routes were added
-    add_route(app, "GET", f"{_PREFIX}/version", version, Rule(access=Access.PUBLIC))
+    # version.js asks for no token: it names no patient (the rule is the Nightscout routes'
+    # own, which check credentials themselves)
+    add_route(app, "GET", f"{_PREFIX}/version", version, _RULE)
     add_route(app, "GET", f"{_PREFIX}/status", _guarded(status), _RULE)
     add_route(app, "GET", f"{_PREFIX}/lastModified", _guarded(last_modified), _RULE)
     col = f"{_PREFIX}/{{collection}}"
