@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -593,3 +594,29 @@ async def test_put_upserts_under_the_urls_identifier_and_history_takes_the_heade
             assert response.status == 200
             found = (await response.json())["result"]
         assert [(d["identifier"], d["srvModified"]) for d in found] == [("my-note-1", changed)]
+
+
+async def test_mangled_uploads_never_get_a_500(hub: Hub) -> None:
+    """NSClientV3-shaped documents with fields dropped, retyped or out of range, and raw
+    garbage: every answer is Nightscout's `{status, ...}` with a status below 500."""
+    rng = random.Random(20261206)
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    oddities: list[object] = [None, "", "x", -1, 0, 1e308, True, [], {}, "2026-13-45", 10**30]
+    async with aiohttp.ClientSession() as http:
+        for i in range(60):
+            collection = rng.choice(["entries", "treatments"])
+            base = (
+                aaps_sgv(at + timedelta(minutes=i), 100.0, "Flat")
+                if collection == "entries"
+                else aaps_bolus(at + timedelta(minutes=i), 1.0)
+            )
+            doc: dict[str, object] = dict(base)
+            for field in rng.sample(sorted(doc), k=rng.randint(1, 3)):
+                if rng.random() < 0.3:
+                    del doc[field]
+                else:
+                    doc[field] = rng.choice(oddities)
+            method, path = rng.choice([("POST", collection), ("PATCH", f"{collection}/x")])
+            sent: object = doc if rng.random() < 0.9 else bytes(rng.randbytes(40))
+            status, body, _ = await call(http, hub, method, path, "p1", sent)
+            assert status < 500 and body["status"] == status, (method, path, sent, body)

@@ -10,6 +10,8 @@ RFC 4122 §4.3 says (SHA-1 of the namespace's 16 bytes "NightscoutRocks!" then t
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dashboards.nightscout.api3 import (
     Api3Error,
@@ -21,6 +23,7 @@ from dashboards.nightscout.api3 import (
     parse_search,
     search,
     time_window,
+    validate_create,
 )
 
 JAN_1_2026_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -113,3 +116,52 @@ def test_the_store_is_asked_only_for_the_time_the_filters_allow() -> None:
     assert created == (Filter("created_at", "gte", "2026-01-01T00:00:00.000Z"),)
     assert time_window(created, "created_at") == (JAN_1_2026_MS, None)
     assert time_window(created, "date") == (None, None)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+)
+_FIELDS = st.sampled_from(
+    ["date", "created_at", "utcOffset", "app", "identifier", "device", "eventType", "sgv"]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(doc=st.dictionaries(_FIELDS | st.text(max_size=8), _JSON, max_size=8))
+def test_any_document_is_read_or_refused_with_a_nightscout_error(doc: dict[str, object]) -> None:
+    """What a client sends goes through the create steps without any other exception."""
+    parse_dates(doc)
+    if not doc.get("identifier"):
+        assert len(calculate_identifier(doc)) == 36
+    try:
+        validate_create(doc)
+    except Api3Error as exc:
+        assert exc.status == 400 and exc.message
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    params=st.lists(
+        st.tuples(
+            st.sampled_from(["sort", "sort$desc", "limit", "skip", "fields", "date$gt"])
+            | st.text(max_size=12),
+            st.text(max_size=30),
+        ),
+        max_size=6,
+    ),
+    docs=st.lists(st.dictionaries(_FIELDS, _JSON, max_size=5), max_size=5),
+)
+def test_any_query_string_is_searched_or_refused_with_a_nightscout_error(
+    params: list[tuple[str, str]], docs: list[dict[str, object]]
+) -> None:
+    try:
+        query = parse_search(params)
+    except Api3Error as exc:
+        assert exc.status == 400 and exc.message
+        return
+    found = search(docs, query)
+    assert len(found) <= query.limit
+    for field in ("date", "created_at"):
+        time_window(query.filters, field)
