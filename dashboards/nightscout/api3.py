@@ -406,12 +406,22 @@ def time_window(filters: Sequence[Filter], field: str) -> tuple[int | None, int 
     return since, until
 
 
-def search(docs: Sequence[Doc], query: SearchQuery) -> list[Doc]:
-    """The documents `query` asks for: filtered, sorted, skipped, limited, projected."""
+def select(docs: Sequence[Doc], query: SearchQuery) -> list[Doc]:
+    """The documents `query` asks for: filtered, sorted, skipped, limited (not projected)."""
     chosen = [d for d in docs if matches(d, query.filters)]
     for field, direction in reversed(query.sort):  # stable sorts: the first key last
         chosen.sort(key=lambda d, f=field: _rank(d.get(f)), reverse=direction < 0)  # type: ignore[misc]
-    return [project(d, query.fields) for d in chosen[query.skip : query.skip + query.limit]]
+    return chosen[query.skip : query.skip + query.limit]
+
+
+def search(docs: Sequence[Doc], query: SearchQuery) -> list[Doc]:
+    """`select`, then projected to the fields asked for."""
+    return [project(d, query.fields) for d in select(docs, query)]
+
+
+def fields_used(query: SearchQuery) -> set[str]:
+    """The document fields the query's filters and sort look at."""
+    return {f.field for f in query.filters} | {field for field, _ in query.sort}
 
 
 def project(doc: Doc, fields: Sequence[str] | None) -> Doc:

@@ -24,10 +24,15 @@ from dashboards.nightscout.api3 import (
     READ_ONLY,
     Api3Error,
     Doc,
+    SearchQuery,
     check_immutable,
+    fields_used,
     from_ms,
     parse_dates,
+    project,
     resolve_identifier,
+    search,
+    select,
     validate_common,
     validate_create,
 )
@@ -36,6 +41,7 @@ from dashboards.nightscout.entries import (
     MAX_WINDOW,
     TREND_LOOKBACK,
     EntriesRejected,
+    EntryType,
     entry_id,
     epoch_ms,
     parse_upload,
@@ -84,8 +90,11 @@ class Stored:
 class Collection(Protocol):
     name: str
 
-    async def documents(self, patient_id: str, *, since: datetime, until: datetime) -> list[Doc]:
-        """The patient's documents whose own time (`date`) is within [since, until]."""
+    async def search(
+        self, patient_id: str, query: SearchQuery, *, since: datetime, until: datetime
+    ) -> list[Doc]:
+        """`query` over the patient's documents whose own time (`date`) is within
+        [since, until]."""
         ...
 
     async def history(self, patient_id: str, *, after_ms: int, limit: int) -> list[Doc]:
@@ -123,7 +132,10 @@ class Entries:
         self._request = request
         self._deps = deps(request)
 
-    async def _docs(self, patient_id: str, since: datetime, until: datetime | None) -> list[Doc]:
+    async def _readings(
+        self, patient_id: str, since: datetime, until: datetime | None
+    ) -> tuple[list[Reading], _Trends]:
+        """The readings with since <= time <= until, and what rendering them needs."""
         d = self._deps
         history = await d.read_model.readings(  # `until` is exclusive there
             patient_id,
@@ -131,28 +143,35 @@ class Entries:
             until=None if until is None else until + _MS,
             kinds=_GLUCOSE,
         )
-        chosen = [r for r in history if r.time >= since]
         devices = {dev.device_id: dev.name for dev in await d.read_model.list_devices(patient_id)}
+        return [r for r in history if r.time >= since], _Trends(history, devices)
 
-        def render() -> list[Doc]:
-            docs: list[Doc] = []
-            for reading, entry in zip(chosen, to_entries(chosen, history, devices), strict=True):
-                docs.append(_entry_doc(reading, entry))
-            return docs
+    async def search(
+        self, patient_id: str, query: SearchQuery, *, since: datetime, until: datetime
+    ) -> list[Doc]:
+        readings, trends = await self._readings(patient_id, since, until)
 
-        return await asyncio.to_thread(render)
+        def run() -> list[Doc]:
+            # Arrows cost most (a regression per reading): a query that looks only at the
+            # fields `_light` has is answered on those, then only its readings are rendered.
+            if fields_used(query) <= _LIGHT_FIELDS:
+                light = [_light(r) for r in readings]
+                by_id = {id(doc): r for doc, r in zip(light, readings, strict=True)}
+                picked = [by_id[id(doc)] for doc in select(light, query)]
+                return [project(doc, query.fields) for doc in trends.render(picked)]
+            return search(trends.render(readings), query)
 
-    async def documents(self, patient_id: str, *, since: datetime, until: datetime) -> list[Doc]:
-        return await self._docs(patient_id, since, until)
+        return await asyncio.to_thread(run)
 
     async def history(self, patient_id: str, *, after_ms: int, limit: int) -> list[Doc]:
         # srvModified is the reading's time (reading_modified): readings after it, at most
         # MAX_WINDOW back
         now = self._deps.clock.now()
         since = max(from_ms(after_ms + 1), now - MAX_WINDOW)
-        docs = [d for d in await self._docs(patient_id, since, None) if _ms(d) > after_ms]
-        docs.sort(key=_ms)
-        return docs[:limit]
+        readings, trends = await self._readings(patient_id, since, None)
+        changed = [r for r in readings if epoch_ms(reading_modified(r)) > after_ms]
+        changed.sort(key=lambda r: (reading_modified(r), r.time))
+        return await asyncio.to_thread(trends.render, changed[:limit])
 
     async def last_modified(self, patient_id: str) -> int | None:
         latest = await self._deps.read_model.latest_reading(patient_id, _GLUCOSE)
@@ -161,8 +180,9 @@ class Entries:
     async def read(self, patient_id: str, identifier: str) -> Doc | None:
         # identifiers are hashes: looked for among the last MAX_WINDOW of readings
         now = self._deps.clock.now()
-        docs = await self._docs(patient_id, now - MAX_WINDOW, None)
-        return next((d for d in docs if d["identifier"] == identifier), None)
+        readings, trends = await self._readings(patient_id, now - MAX_WINDOW, None)
+        found = [r for r in readings if entry_id(r) == identifier]
+        return trends.render(found[:1])[0] if found else None
 
     async def create(self, write: Write, doc: Doc) -> Stored:
         demand(write.caller, self.name, "create")
@@ -218,18 +238,45 @@ class Entries:
         raise _sealed()
 
 
+@dataclass(frozen=True, slots=True)
+class _Trends:
+    """A patient's readings around some chosen ones, and device names: what entries need."""
+
+    history: list[Reading]
+    devices: dict[str, str]
+
+    def render(self, chosen: list[Reading]) -> list[Doc]:
+        entries = to_entries(chosen, self.history, self.devices)
+        return [_entry_doc(r, e) for r, e in zip(chosen, entries, strict=True)]
+
+
+_LIGHT_FIELDS = frozenset(
+    {"identifier", "date", "type", "sgv", "mbg", "srvModified", "srvCreated", "created_at"}
+)
+
+
+def _light(reading: Reading) -> Doc:
+    """The `_LIGHT_FIELDS` of a reading's entry, as `_entry_doc(to_entries(...))` has them
+    (a test holds the two together); `created_at` entries do not have."""
+    stored = epoch_ms(reading_modified(reading))
+    glucose = reading.kind is ReadingKind.CGM_GLUCOSE
+    kind = EntryType.SGV if glucose else EntryType.MBG
+    return {
+        "identifier": entry_id(reading),
+        "date": epoch_ms(reading.time),
+        "type": kind.value,
+        kind.value: round(reading.value),
+        "srvModified": stored,
+        "srvCreated": stored,
+    }
+
+
 def _sealed() -> Api3Error:
     """A reading is sealed in the ledger: never changed or removed. Nightscout answers a
     read-only document's change with 422, which stops NSClientV3's upload queue for good
     (NSClientV3Plugin: any status but 200, 201, 400, 404 ends the sync round, and the same
     record comes first again); a 400 with the same message lets it log and go on."""
     return Api3Error(400, READ_ONLY)
-
-
-def _ms(doc: Doc) -> int:
-    value = doc["srvModified"]
-    assert isinstance(value, int)
-    return value
 
 
 def _entry_doc(reading: Reading, entry: dict[str, object]) -> Doc:
@@ -305,9 +352,11 @@ class Treatments:
             raise Api3Error(404, "this hub keeps no treatments")
         return log
 
-    async def documents(self, patient_id: str, *, since: datetime, until: datetime) -> list[Doc]:
+    async def search(
+        self, patient_id: str, query: SearchQuery, *, since: datetime, until: datetime
+    ) -> list[Doc]:
         records = await self._log.records(patient_id, since=since, until=until)
-        return [_treatment_doc(r) for r in records]
+        return search([_treatment_doc(r) for r in records], query)
 
     async def history(self, patient_id: str, *, after_ms: int, limit: int) -> list[Doc]:
         records = await self._log.modified_after(patient_id, after=from_ms(after_ms), limit=limit)
@@ -441,7 +490,9 @@ class Unstored:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    async def documents(self, patient_id: str, *, since: datetime, until: datetime) -> list[Doc]:
+    async def search(
+        self, patient_id: str, query: SearchQuery, *, since: datetime, until: datetime
+    ) -> list[Doc]:
         return []
 
     async def history(self, patient_id: str, *, after_ms: int, limit: int) -> list[Doc]:

@@ -37,7 +37,6 @@ from dashboards.nightscout.api3 import (
     http_date,
     parse_limit,
     parse_search,
-    search,
     status_body,
     time_window,
 )
@@ -128,8 +127,8 @@ async def search_operation(request: web.Request) -> web.StreamResponse:
     since = until - MAX_WINDOW if low is None else max(from_ms(low), until - MAX_WINDOW)
     if since > until:
         return _json(envelope([]))
-    docs = await col.documents(caller.patient_id, since=since, until=until)
-    return _json(envelope(search(docs, query)))
+    found = await col.search(caller.patient_id, query, since=since, until=until)
+    return _json(envelope(found))
 
 
 async def history_operation(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,8 @@ RFC 4122 §4.3 says (SHA-1 of the namespace's 16 bytes "NightscoutRocks!" then t
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +27,9 @@ from dashboards.nightscout.api3 import (
     time_window,
     validate_create,
 )
+from dashboards.nightscout.api3_collections import _LIGHT_FIELDS, _light, _Trends
+from gateway.model import Reading, ReadingKind, Source
+from gateway.units import Unit
 
 JAN_1_2026_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -165,3 +170,33 @@ def test_any_query_string_is_searched_or_refused_with_a_nightscout_error(
     assert len(found) <= query.limit
     for field in ("date", "created_at"):
         time_window(query.filters, field)
+
+
+def test_a_readings_light_fields_are_those_of_its_full_entry() -> None:
+    """Searches that look only at these fields are answered on them before the arrows are
+    computed (api3_collections._light): they must be the entry's own values."""
+    at = datetime(2026, 1, 1, 8, 0, 7, 123_000, tzinfo=UTC)
+    readings = [
+        Reading(
+            patient_id="p1",
+            device_id="cgm",
+            kind=kind,
+            value=value,
+            unit=Unit.MG_DL,
+            time=at + timedelta(minutes=5 * i),
+            source=Source.HTTP,
+        )
+        for i, (kind, value) in enumerate(
+            [
+                (ReadingKind.CGM_GLUCOSE, 120.4),
+                (ReadingKind.GLUCOSE, 99.6),
+                (ReadingKind.CGM_GLUCOSE, 130.5),
+            ]
+        )
+    ]
+    full = _Trends(readings, {"cgm": "Dexcom"}).render(readings)
+    for reading, doc in zip(readings, full, strict=True):
+        light = _light(reading)
+        assert light == {k: doc[k] for k in light}
+        assert _LIGHT_FIELDS - {"created_at", "sgv", "mbg"} <= set(light) <= _LIGHT_FIELDS
+        assert "created_at" not in doc  # the sort's tie-breaker: absent from both
