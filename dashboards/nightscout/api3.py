@@ -70,15 +70,21 @@ Doc = dict[str, object]
 
 class Api3Error(Exception):
     """A request Nightscout answers with `{status, message}` (sendJSONStatus). A 400 to an
-    upload is kept as a dead letter with `reason`."""
+    upload is kept as a dead letter with `reason`, unless the pipeline `dead_lettered` it."""
 
     def __init__(
-        self, status: int, message: str | None = None, reason: RejectReason = RejectReason.SCHEMA
+        self,
+        status: int,
+        message: str | None = None,
+        reason: RejectReason = RejectReason.SCHEMA,
+        *,
+        dead_lettered: bool = False,
     ) -> None:
         super().__init__(message or str(status))
         self.status = status
         self.message = message
         self.reason = reason
+        self.dead_lettered = dead_lettered
 
 
 def envelope(result: object, status: int = 200) -> Doc:

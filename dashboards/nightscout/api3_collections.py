@@ -50,7 +50,7 @@ from dashboards.nightscout.entries import (
 from dashboards.nightscout.routes import _ingest
 from dashboards.nightscout.treatments import parse_treatments, to_nightscout, treatment_id
 from gateway.model import Reading, ReadingKind, Source, Treatment
-from gateway.protocols import Origin, RejectReason, StoredTreatment, TreatmentLog
+from gateway.protocols import Origin, StoredTreatment, TreatmentLog
 from gateway.storage.accounts import NightscoutSecretRecord
 
 _GLUCOSE = (ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE)
@@ -212,10 +212,12 @@ class Entries:
                 return _found_again(same[0], sent)
         if entry.error is not None:
             await _ingest(write.request, write.origin(entry.raw), [entry])  # the dead letter
-            raise Api3Error(400, str(entry.error), entry.error.reason)
+            raise Api3Error(400, str(entry.error), entry.error.reason, dead_lettered=True)
         (outcome,) = await _ingest(write.request, write.origin(entry.raw), [entry])
         if outcome.rejected:
-            raise Api3Error(400, "refused by validation (see dead letters)", RejectReason.SCHEMA)
+            raise Api3Error(  # the pipeline kept it as a dead letter
+                400, "refused by validation (see dead letters)", dead_lettered=True
+            )
         if reading is None:  # a `cal`, which is not kept, or a CGM error code (an event)
             return Stored(status=201, identifier=sent, last_modified_ms=now_ms)
         if outcome.duplicates:

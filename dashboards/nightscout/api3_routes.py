@@ -236,7 +236,7 @@ async def _writing(
     try:
         return await act(write, doc)
     except Api3Error as exc:
-        if exc.status == 400 and doc is not None:
+        if exc.status == 400 and doc is not None and not exc.dead_lettered:
             await _dead_letter(request, write.origin(raw), raw, exc.reason, str(exc))
         raise
 
