@@ -41,7 +41,9 @@ from dashboards.nightscout.api3 import (
     time_window,
 )
 from dashboards.nightscout.api3_auth import authenticate, demand, permission_letters
-from dashboards.nightscout.api3_collections import COLLECTIONS, Collection, Stored, Write
+from dashboards.nightscout.api3_collections import Collection, Stored, Unstored, Write
+from dashboards.nightscout.api3_entries import Entries
+from dashboards.nightscout.api3_treatments import Treatments
 from dashboards.nightscout.entries import MAX_WINDOW, epoch_ms
 from dashboards.nightscout.routes import (
     API_VERSION,
@@ -60,6 +62,16 @@ _AHEAD = timedelta(days=1)  # treatments may be up to a day ahead (extended carb
 _PREFIX = "/api/v3"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# lib/api3/index.js enabledCollections: every name NSClientV3 reads or writes
+COLLECTIONS: dict[str, Callable[[web.Request], Collection]] = {
+    "entries": Entries,
+    "treatments": Treatments,
+    "devicestatus": lambda _: Unstored("devicestatus"),
+    "profile": lambda _: Unstored("profile"),
+    "food": lambda _: Unstored("food"),
+    "settings": lambda _: Unstored("settings"),
+}
 
 
 def add_routes(app: web.Application) -> None:

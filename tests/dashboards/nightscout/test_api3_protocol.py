@@ -27,7 +27,7 @@ from dashboards.nightscout.api3 import (
     time_window,
     validate_create,
 )
-from dashboards.nightscout.api3_collections import _LIGHT_FIELDS, _light, _Trends
+from dashboards.nightscout.api3_entries import _LIGHT_FIELDS, _light, _Trends
 from gateway.model import Reading, ReadingKind, Source
 from gateway.units import Unit
 
