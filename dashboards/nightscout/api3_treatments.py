@@ -51,6 +51,12 @@ def _treatment_doc(record: StoredTreatment) -> Doc:
         srvModified=epoch_ms(record.modified),
         isValid=record.deleted is None,  # delete/operation.js markAsDeleted: isValid false
     )
+    minutes = record.treatment.duration_min
+    if minutes is not None:
+        # NSClientV3 reads `duration` into a Kotlin Long (RemoteTreatment.kt): a fraction
+        # would fail Gson's parse of the whole answer. The exact length is in ms.
+        doc["duration"] = round(minutes)
+        doc["durationInMilliseconds"] = round(minutes * 60_000)
     return doc
 
 

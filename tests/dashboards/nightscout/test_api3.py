@@ -621,3 +621,29 @@ async def test_mangled_uploads_never_get_a_500(hub: Hub) -> None:
             sent: object = doc if rng.random() < 0.9 else bytes(rng.randbytes(40))
             status, body, _ = await call(http, hub, method, path, "p1", sent)
             assert status < 500 and body["status"] == status, (method, path, sent, body)
+
+
+async def test_durations_read_back_as_nsclientv3_parses_them(hub: Hub) -> None:
+    """RemoteTreatment.duration is a Kotlin Long: Gson refuses 20.5 and with it the whole
+    history answer. TemporaryBasalExtension sends minutes and the exact milliseconds."""
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=40)
+    basal = {
+        "date": ms(at),
+        "utcOffset": 60,
+        "app": "AAPS",
+        "isValid": True,
+        "eventType": "Temp Basal",
+        "duration": 20,
+        "durationInMilliseconds": 1_234_567,
+        "rate": 0.8,
+        "absolute": 0.8,
+        "type": "NORMAL",
+    }
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await call(http, hub, "POST", "treatments", "p1", basal)
+        assert status == 201
+        _, found, _ = await call(http, hub, "GET", f"treatments/{body['identifier']}", "p1")
+    doc = found["result"]
+    # 1,234,567 ms is 20.58 minutes: 21 whole minutes, the ms kept exactly
+    assert (doc["duration"], doc["durationInMilliseconds"]) == (21, 1_234_567)
+    assert isinstance(doc["duration"], int) and doc["absolute"] == 0.8
