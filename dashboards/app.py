@@ -34,6 +34,7 @@ from dashboards.context import (
     add_route,
 )
 from dashboards.live import DEFAULT_VIEWER_QUEUE, Viewer, message_patient
+from dashboards.nightscout import api3_routes as nightscout_v3
 from dashboards.nightscout import routes as nightscout
 from gateway.clock import Clock, SystemClock
 from gateway.protocols import (
@@ -106,6 +107,7 @@ def create_app(
     if first_run is not None:
         setup.add_routes(app, first_run)
     nightscout.add_routes(app)
+    nightscout_v3.add_routes(app)
     add_route(app, "GET", "/ws", _websocket, Rule(access=Access.USER))
     static = app.router.add_static("/static/", STATIC_DIR, append_version=False)
     for route in static:

@@ -92,6 +92,24 @@ class TreatmentWrite:
     refused: Mapping[int, tuple[RejectReason, str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredTreatment:
+    """A treatment with the hub's own times of it: when it was first stored and when it last
+    changed (Nightscout API v3's `srvCreated` and `srvModified`, lib/api3/generic/create/
+    insert.js and update/replace.js)."""
+
+    treatment: Treatment
+    created: datetime
+    modified: datetime
+    deleted: datetime | None = None  # deleted then (kept, sealed, shown by history only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "created", require_utc(self.created))
+        object.__setattr__(self, "modified", require_utc(self.modified))
+        if self.deleted is not None:
+            object.__setattr__(self, "deleted", require_utc(self.deleted))
+
+
 class TreatmentLog(Protocol):
     """Patients' treatments for the dashboards: stored (and sealed) off the event loop."""
 
@@ -103,6 +121,24 @@ class TreatmentLog(Protocol):
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
         """Newest first."""
+        ...
+
+    async def records(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[StoredTreatment]:
+        """`query` with the hub's times of each treatment. Newest first."""
+        ...
+
+    async def modified_after(
+        self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
+    ) -> list[StoredTreatment]:
+        """The treatments stored, changed or deleted after `after`, oldest change first."""
+        ...
+
+    async def by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None: ...
+
+    async def delete(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        """Mark the treatment deleted (a ledger event); None if there is none."""
         ...
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from gateway.clock import Clock, SystemClock
 from gateway.disclosure import disclosed_for
@@ -32,7 +32,7 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DisclosedBatch, QuarantinedRecord, TreatmentWrite
+from gateway.protocols import DisclosedBatch, QuarantinedRecord, StoredTreatment, TreatmentWrite
 from gateway.sealing import HubKeys
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
@@ -129,6 +129,15 @@ class StoreResume:
         return await self._reader.run(lambda s: s.last_time(device_id))
 
 
+_Done = TypeVar("_Done")
+
+
+class WriterRun(Protocol):
+    """Runs a write on the hub's writer thread (the one writer) and returns its result."""
+
+    def __call__(self, fn: Callable[[HubStorage], _Done], /) -> Awaitable[_Done]: ...
+
+
 class StoreTreatments:
     """`TreatmentLog` over the store: written on the hub's writer thread (the one writer),
     read on the reader's; validated against `clock` first. `on_written(n)` hears of n new
@@ -137,7 +146,7 @@ class StoreTreatments:
     def __init__(
         self,
         reader: Reader,
-        writer_run: Callable[[Callable[[HubStorage], TreatmentWrite]], Awaitable[TreatmentWrite]],
+        writer_run: WriterRun,
         on_written: Callable[[int], None],
         clock: Clock,
     ) -> None:
@@ -151,7 +160,7 @@ class StoreTreatments:
         verdicts = [validate_treatment(t, now=now, rules=rules) for t in treatments]
         items = [t for t, v in zip(treatments, verdicts, strict=True) if v is None]
         refused = {i: (v.reason, v.detail) for i, v in enumerate(verdicts) if v is not None}
-        done = await self._writer_run(lambda s: s.add_treatments(items))
+        done = await self._writer_run(lambda s: s.add_treatments(items, at=now))
         if changed := len(done.added) + len(done.replaced):
             self._on_written(changed)
         return dataclasses.replace(done, refused=refused)
@@ -162,6 +171,33 @@ class StoreTreatments:
         return await self._reader.run(
             lambda s: s.treatments(patient_id, since=since, until=until, limit=limit)
         )
+
+    async def records(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[StoredTreatment]:
+        return await self._reader.run(
+            lambda s: s.treatment_records(patient_id, since=since, until=until, limit=limit)
+        )
+
+    async def modified_after(
+        self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
+    ) -> list[StoredTreatment]:
+        return await self._reader.run(
+            lambda s: s.treatments_modified_after(
+                patient_id, after=after, limit=limit, newest_first=newest_first
+            )
+        )
+
+    async def by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        return await self._reader.run(lambda s: s.treatment_by_key(patient_id, dedupe_key))
+
+    async def delete(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        now = self._clock.now()
+        before = await self.by_key(patient_id, dedupe_key)
+        done = await self._writer_run(lambda s: s.delete_treatment(patient_id, dedupe_key, at=now))
+        if done is not None and before is not None and before.deleted is None:
+            self._on_written(1)  # its ledger event
+        return done
 
 
 class StoreDevices:

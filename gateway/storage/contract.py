@@ -24,7 +24,13 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DeadLetter, Origin, RejectReason, TreatmentWrite
+from gateway.protocols import (
+    DeadLetter,
+    Origin,
+    RejectReason,
+    StoredTreatment,
+    TreatmentWrite,
+)
 
 # A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
 # 100 MB message must not become 100 MB of database.
@@ -234,18 +240,51 @@ class Alerts(Protocol):
 class Treatments(Protocol):
     """Insulin, carbohydrates, notes and events of patients, each sealed like readings."""
 
-    def add_treatments(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
+    def add_treatments(
+        self, treatments: Sequence[Treatment], *, at: datetime | None = None
+    ) -> TreatmentWrite:
         """Store in one transaction. A treatment is de-duplicated by (patient_id,
         dedupe_key): the same values again are a duplicate; other values under a stored key
         replace it (an uploader's edit, as Nightscout's upsert does). Every added or
         replaced treatment gets a ledger event ({"type": "treatment", "event": "added" or
-        "replaced", ...}) in the same transaction."""
+        "replaced", ...}) in the same transaction. `at` is the hub's time of this write: an
+        added treatment is created and modified then, a replaced one modified then (a
+        duplicate changes nothing); without `at`, the treatment's own time. A deleted
+        treatment sent again is stored again (replaced), as Nightscout's upsert does."""
         ...
 
     def treatments(
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
-        """The patient's treatments with since <= time <= until, newest first."""
+        """The patient's treatments with since <= time <= until, newest first; deleted ones
+        left out."""
+        ...
+
+    def treatment_records(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[StoredTreatment]:
+        """`treatments` with the hub's created and modified times of each."""
+        ...
+
+    def treatments_modified_after(
+        self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
+    ) -> list[StoredTreatment]:
+        """The patient's treatments modified strictly after `after`, in order of their
+        modification (then of storing), oldest first unless `newest_first`; deleted ones
+        too (a deletion is a modification)."""
+        ...
+
+    def treatment_by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        """The treatment under that key, deleted or not."""
+        ...
+
+    def delete_treatment(
+        self, patient_id: str, dedupe_key: str, *, at: datetime
+    ) -> StoredTreatment | None:
+        """Mark a stored treatment deleted at `at` (also its modification time), with a ledger
+        event ({"type": "treatment", "event": "deleted", ...}) in the same transaction, and
+        return it; one already deleted is returned unchanged; None if there is none (Nightscout
+        API v3 DELETE marks documents `isValid: false` and keeps them)."""
         ...
 
 

@@ -303,6 +303,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX treatments_patient_time ON treatments (patient_id, time)
         """,
     ),
+    Migration(
+        5,
+        "treatments.srv_created/srv_modified/deleted: server times and deletion for"
+        " Nightscout API v3",
+        # Nightscout API v3 (lib/api3/generic/collection.js, resolveDates): a document stored
+        # before srvModified existed is modified at its own date, so the backfill is `time`.
+        """
+        ALTER TABLE treatments ADD COLUMN srv_created timestamptz;
+        ALTER TABLE treatments ADD COLUMN srv_modified timestamptz;
+        ALTER TABLE treatments ADD COLUMN deleted timestamptz;
+        UPDATE treatments SET srv_created = time, srv_modified = time;
+        CREATE INDEX treatments_patient_modified ON treatments (patient_id, srv_modified)
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -48,7 +48,7 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DeadLetter, RejectReason, TreatmentWrite
+from gateway.protocols import DeadLetter, RejectReason, StoredTreatment, TreatmentWrite
 from gateway.shapes import alert_to_json, json_line
 from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
@@ -78,7 +78,14 @@ from gateway.storage.postgres_migrations import (
     require_current,
     schema_version,
 )
-from gateway.storage.postgres_treatments import add_treatments, query_treatments
+from gateway.storage.postgres_treatments import (
+    add_treatments,
+    delete_treatment,
+    query_treatment_by_key,
+    query_treatment_records,
+    query_treatments,
+    query_treatments_modified_after,
+)
 from gateway.storage.rows import (
     _ALERT_COLUMNS,
     QUARANTINED,
@@ -1160,14 +1167,40 @@ class PostgresStore(PostgresConnection):
     # -- treatments -----------------------------------------------------------------------
 
     @translated
-    def add_treatments(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
-        return add_treatments(self._db, treatments)
+    def add_treatments(
+        self, treatments: Sequence[Treatment], *, at: datetime | None = None
+    ) -> TreatmentWrite:
+        return add_treatments(self._db, treatments, at=at)
 
     @translated
     def treatments(
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
         return query_treatments(self._db, patient_id, since=since, until=until, limit=limit)
+
+    @translated
+    def treatment_records(
+        self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
+    ) -> list[StoredTreatment]:
+        return query_treatment_records(self._db, patient_id, since=since, until=until, limit=limit)
+
+    @translated
+    def treatments_modified_after(
+        self, patient_id: str, *, after: datetime, limit: int, newest_first: bool = False
+    ) -> list[StoredTreatment]:
+        return query_treatments_modified_after(
+            self._db, patient_id, after=after, limit=limit, newest_first=newest_first
+        )
+
+    @translated
+    def treatment_by_key(self, patient_id: str, dedupe_key: str) -> StoredTreatment | None:
+        return query_treatment_by_key(self._db, patient_id, dedupe_key)
+
+    @translated
+    def delete_treatment(
+        self, patient_id: str, dedupe_key: str, *, at: datetime
+    ) -> StoredTreatment | None:
+        return delete_treatment(self._db, patient_id, dedupe_key, at=at)
 
     @translated
     def alert_engine_states(self) -> dict[str, str]:

@@ -380,6 +380,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         _has_table("treatments"),
     ),
+    Migration(
+        11,
+        "treatments.srv_created_ms/srv_modified_ms/deleted_ms: server times and deletion"
+        " for Nightscout API v3",
+        # Nightscout API v3 (lib/api3/generic/collection.js, resolveDates): a document stored
+        # before srvModified existed is modified at its own date, so the backfill is time_ms.
+        """
+        ALTER TABLE treatments ADD COLUMN srv_created_ms INTEGER;
+        ALTER TABLE treatments ADD COLUMN srv_modified_ms INTEGER;
+        ALTER TABLE treatments ADD COLUMN deleted_ms INTEGER;
+        UPDATE treatments SET srv_created_ms = time_ms, srv_modified_ms = time_ms;
+        CREATE INDEX treatments_patient_modified ON treatments (patient_id, srv_modified_ms)
+        """,
+        _has_column("treatments", "srv_modified_ms"),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -235,7 +235,7 @@ Fill = Callable[[Served], list[Req]]
 class RouteCase:
     method: str
     path: str  # as the router spells it
-    access: str  # "public", "user", "clinician", "patient", "uploader": the route's rule
+    access: str  # "public", "user", "clinician", "patient", "uploader", "uploader3" (v3)
     token_ok: bool = False
     fill: Fill
 
@@ -657,9 +657,111 @@ ROUTES = [
         for method in ("GET", "POST", "PUT")
         for path in ("/api/v1/treatments", "/api/v1/treatments/", "/api/v1/treatments.json")
     ],
+    # Nightscout API v3: only a Bearer uploader secret (B's, read-only) gets in; it reads
+    # B's own data and may not write
+    RouteCase(method="GET", path="/api/v3/version", access="public", fill=get("/api/v3/version")),
+    *[
+        RouteCase(
+            method="GET",
+            path=path,
+            access="uploader3",
+            fill=one(Req(method="GET", path=path, about=frozenset("ABC"))),
+        )
+        for path in ("/api/v3/status", "/api/v3/lastModified")
+    ],
+    RouteCase(
+        method="GET",
+        path="/api/v3/{collection}",
+        access="uploader3",
+        fill=lambda _: [
+            Req(
+                method="GET",
+                path=f"/api/v3/{collection}?sort$desc=date",
+                about=frozenset("ABC"),
+                shows=shows,
+            )
+            for collection, shows in (
+                ("entries", ("CGM device id",)),
+                ("treatments", ("treatment note",)),
+                ("devicestatus", ()),
+            )
+        ],
+    ),
+    RouteCase(
+        method="POST",
+        path="/api/v3/{collection}",
+        access="uploader3",
+        fill=lambda _: [
+            Req(method="POST", path=f"/api/v3/{collection}", about=frozenset("ABC"), body=body)
+            for collection, body in (("treatments", _V3_NOTE), ("entries", _V3_SGV))
+        ],
+    ),
+    RouteCase(
+        method="GET",
+        path="/api/v3/{collection}/history",
+        access="uploader3",
+        # without a Last-Modified header: Nightscout's 400 (history/operation.js)
+        fill=one(Req(method="GET", path="/api/v3/treatments/history", ok=400)),
+    ),
+    RouteCase(
+        method="GET",
+        path="/api/v3/{collection}/history/{lastModified}",
+        access="uploader3",
+        fill=lambda _: [
+            Req(
+                method="GET",
+                path=f"/api/v3/{collection}/history/{_days_ago_ms(3)}",
+                about=frozenset("ABC"),
+                shows=shows,
+            )
+            for collection, shows in (
+                ("entries", ("CGM device id",)),
+                ("treatments", ("treatment note",)),
+            )
+        ],
+    ),
+    RouteCase(
+        method="GET",
+        path="/api/v3/{collection}/{identifier}",
+        access="uploader3",
+        fill=lambda _: [
+            Req(
+                method="GET", path=f"/api/v3/{c}/no-such-identifier", about=frozenset("ABC"), ok=404
+            )
+            for c in ("entries", "treatments")
+        ],
+    ),
+    *[
+        RouteCase(
+            method=method,
+            path="/api/v3/{collection}/{identifier}",
+            access="uploader3",
+            fill=one(
+                Req(
+                    method=method,
+                    path="/api/v3/treatments/no-such-identifier",
+                    about=frozenset("ABC"),
+                    body=None if method == "DELETE" else b'{"insulin": 1.0}',
+                    ok=404,
+                )
+            ),
+        )
+        for method in ("PUT", "PATCH", "DELETE")
+    ],
     # the WebSocket: see test_websocket below
     RouteCase(method="GET", path="/ws", access="user", fill=lambda _: []),
 ]
+
+
+def _days_ago_ms(days: int) -> int:
+    return int((datetime.now(UTC) - timedelta(days=days)).timestamp() * 1000)
+
+
+_V3_NOTE = (
+    b'{"date": 1767225600000, "utcOffset": 0, "app": "AAPS", "eventType": "Note",'
+    b' "notes": "matrix"}'
+)
+_V3_SGV = b'{"type": "sgv", "sgv": 120.0, "date": 1767225600000, "utcOffset": 0, "app": "AAPS"}'
 
 
 # -- the rule -----------------------------------------------------------------------------
@@ -669,6 +771,11 @@ def expected_status(case: RouteCase, caller: Caller, req: Req) -> int:
     """The access rule, written out: the status `caller` must get for `req`."""
     if case.access == "public":
         return req.ok  # public routes ignore every credential
+    if case.access == "uploader3":
+        # lib/api3/security.js: a Bearer token or 401; a missing permission is 403
+        if caller.credential != "nightscout bearer":
+            return 401
+        return 403 if req.method != "GET" else req.ok
     if case.access == "uploader":
         if req.path == "/api/v1/verifyauth":
             return 200  # lib/api/verifyauth.js: the body says what the credential may do

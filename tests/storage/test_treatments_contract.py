@@ -156,3 +156,84 @@ def test_a_read_only_store_reads_them(backend: Backend, store: AnyStore) -> None
     reader = backend.open(read_only=True)
     [back] = reader.treatments("p1", since=T0, until=T0 + timedelta(hours=1))
     assert back == carbs(5, 30, "c5")
+
+
+def test_the_hub_times_of_a_treatment_are_when_it_was_stored_and_last_changed(
+    store: AnyStore,
+) -> None:
+    # Nightscout API v3 srvCreated/srvModified: an insert sets both, a replace only the
+    # second, a resend of the same values neither
+    stored_at = T0 + timedelta(hours=2)
+    store.add_treatments([bolus(units=4.5)], at=stored_at)
+    store.add_treatments([bolus(units=4.5)], at=stored_at + timedelta(minutes=5))
+    found = store.treatment_by_key("p1", "aaps-1")
+    assert found is not None
+    assert (found.treatment, found.created, found.modified) == (bolus(), stored_at, stored_at)
+    store.add_treatments([bolus(units=5.0)], at=stored_at + timedelta(minutes=9))
+    found = store.treatment_by_key("p1", "aaps-1")
+    assert found is not None and found.treatment == bolus(units=5.0)
+    assert (found.created, found.modified) == (stored_at, stored_at + timedelta(minutes=9))
+    assert store.treatment_by_key("p1", "other") is None
+    assert store.treatment_by_key("p2", "aaps-1") is None
+    records = store.treatment_records("p1", since=T0, until=T0)
+    assert [(r.treatment, r.modified) for r in records] == [
+        (bolus(units=5.0), stored_at + timedelta(minutes=9))
+    ]
+
+
+def test_treatments_modified_after_a_time_in_the_order_they_changed(store: AnyStore) -> None:
+    at = T0 + timedelta(hours=1)
+    store.add_treatments([carbs(0, 10, "a")], at=at)
+    store.add_treatments([carbs(-30, 20, "b"), carbs(5, 30, "c", patient="p2")], at=at)
+    store.add_treatments([carbs(0, 15, "a")], at=at + timedelta(minutes=1))  # an edit of a
+    store.add_treatments([carbs(10, 40, "d")])  # without `at`: modified at its own time
+    since = store.treatments_modified_after("p1", after=T0, limit=10)
+    # d (08:10) first, then b (09:00), then a (edited 09:01); never p2's
+    assert [(r.treatment.dedupe_key, r.modified) for r in since] == [
+        ("d", T0 + timedelta(minutes=10)),
+        ("b", at),
+        ("a", at + timedelta(minutes=1)),
+    ]
+    # strictly after; a limit keeps the oldest changes; newest_first turns the order round
+    after_b = store.treatments_modified_after("p1", after=at, limit=10)
+    assert [r.treatment.dedupe_key for r in after_b] == ["a"]
+    assert [
+        r.treatment.dedupe_key for r in store.treatments_modified_after("p1", after=T0, limit=2)
+    ] == ["d", "b"]
+    newest = store.treatments_modified_after("p1", after=T0, limit=1, newest_first=True)
+    assert [r.treatment.dedupe_key for r in newest] == ["a"]
+
+
+def test_a_deleted_treatment_is_kept_sealed_and_shown_only_to_history(store: AnyStore) -> None:
+    at = T0 + timedelta(hours=1)
+    store.add_treatments([bolus(), carbs(1, 20, "c")], at=at)
+    gone_at = at + timedelta(minutes=5)
+    deleted = store.delete_treatment("p1", "aaps-1", at=gone_at)
+    assert deleted is not None and deleted.treatment == bolus()
+    assert (deleted.created, deleted.modified, deleted.deleted) == (at, gone_at, gone_at)
+    # left out of reads by time; kept, and found by key and by history
+    assert store.treatments("p1", since=T0, until=T0 + timedelta(minutes=5)) == [carbs(1, 20, "c")]
+    assert [
+        r.treatment.dedupe_key
+        for r in store.treatment_records("p1", since=T0, until=T0 + timedelta(minutes=5))
+    ] == ["c"]
+    found = store.treatment_by_key("p1", "aaps-1")
+    assert found is not None and found.deleted == gone_at
+    history = store.treatments_modified_after("p1", after=at, limit=10)
+    assert [(r.treatment.dedupe_key, r.deleted) for r in history] == [("aaps-1", gone_at)]
+    # deleting again changes nothing; another patient's or an unknown key is not there
+    again = store.delete_treatment("p1", "aaps-1", at=gone_at + timedelta(minutes=1))
+    assert again is not None and again.modified == gone_at
+    assert store.delete_treatment("p2", "aaps-1", at=gone_at) is None
+    assert store.delete_treatment("p1", "nothing", at=gone_at) is None
+    # the deletion is its own ledger event, after the two additions
+    events, _ = store.unsealed_events_for_seal(10)
+    assert ['"event":"deleted"' in e.canonical for e in events] == [False, False, True]
+    assert '"dedupe_key":"aaps-1"' in events[2].canonical
+    # sent again, it is stored again (Nightscout's upsert replaces a deleted document)
+    revived = store.add_treatments([bolus()], at=gone_at + timedelta(minutes=2))
+    assert revived.replaced == (bolus(),)
+    back = store.treatment_by_key("p1", "aaps-1")
+    assert back is not None and back.deleted is None
+    assert back.modified == gone_at + timedelta(minutes=2)
+    assert store.treatments("p1", since=T0, until=T0) == [bolus()]
