@@ -26,6 +26,7 @@ from device_adapters.mqtt.client import (
     MqttConnection,
     parse_broker_url,
 )
+from gateway.alerting import thresholds_from
 from gateway.clinic.witness import EnrolmentError
 from gateway.clock import Clock, SystemClock, utc_now
 from gateway.errors import ConfigError, InputError, StorageError
@@ -38,6 +39,7 @@ from glucohub.metrics_http import start_metrics
 log = logging.getLogger("glucohub.clinic")
 
 T = TypeVar("T")
+ALERT_TICK_S = 15.0
 # Database retries: quick enough to catch up soon after a PostgreSQL restart.
 _DB_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 
@@ -77,6 +79,7 @@ class ClinicWorker:
         if not worker_id:
             raise ConfigError("clinic.client_id", "each worker needs a fixed id (--worker-id)")
         self._url = clinic_database(settings)
+        self._thresholds = thresholds_from(settings.alerts, settings.ble)
         self._connection = MqttConnection(worker_config(settings, worker_id))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinic-archive")
         self._archive: ClinicArchive | None = None
@@ -106,7 +109,7 @@ class ClinicWorker:
 
     def _archive_now(self) -> ClinicArchive:
         if self._archive is None:
-            self._archive = ClinicArchive(self._url)
+            self._archive = ClinicArchive(self._url, thresholds=self._thresholds)
         return self._archive
 
     async def run(self) -> None:
@@ -123,6 +126,7 @@ class ClinicWorker:
                 tasks.create_task(self._connection.run(), name="clinic:mqtt")
                 tasks.create_task(self._take(), name="clinic:take")
                 tasks.create_task(self._consume(), name="clinic:consume")
+                tasks.create_task(self._tick(), name="clinic:alert-tick")
         finally:
             if metrics is not None:
                 await metrics.cleanup()
@@ -165,6 +169,18 @@ class ClinicWorker:
             self._count(message, handled)
             self._connection.ack(message)
             self._arrivals.popleft()
+
+    async def _tick(self) -> None:
+        """The alert engines' time-driven rules (escalation, stale data). Every worker
+        ticks; each patient's engine is claimed by one of them at a time (SKIP LOCKED)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ALERT_TICK_S)
+            await self._retrying(
+                lambda: loop.run_in_executor(
+                    self._executor, lambda: self._archive_now().tick(utc_now())
+                )
+            )
 
     def _count(self, message: InboundMessage, handled: Handled | None) -> None:
         """Telemetry on the event loop's thread (a scrape renders there too)."""

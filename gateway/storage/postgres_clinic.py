@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from gateway.clinic.projection import SEPARATOR
 from gateway.clinic.witness import (
     Accept,
     AcceptedCheckpoint,
@@ -31,6 +32,7 @@ from gateway.clinic.witness import (
     CheckpointVerdict,
     Duplicate,
     EnrolledHub,
+    EnrolmentError,
     Neighbours,
     Refusal,
     VerifiedBatch,
@@ -43,9 +45,13 @@ from gateway.clinic.witness import (
     open_checkpoint_item,
     tree_at,
 )
+from gateway.clinical.alerts import Thresholds
 from gateway.errors import InputError
+from gateway.storage.postgres_clinic_alerts import tick as tick_alerts
+from gateway.storage.postgres_clinic_projection import Projected, project_batch
 from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_migrations import Migration, redacted
+from gateway.storage.postgres_migrations import migrate as migrate_hub_schema
 from ledger.rfc6962 import CompactTree
 
 Row = tuple[Any, ...]
@@ -126,8 +132,25 @@ CREATE TABLE clinic_dead_letters (
 )
 """
 
+# The hub schema's tables in the clinic database hold the projection of every verified
+# batch (`postgres_clinic_projection`); these rules are the clinic's own.
+_DASHBOARDS = """
+CREATE TABLE clinic_consent (
+    patient_id text NOT NULL,
+    clinician text NOT NULL,
+    granted boolean NOT NULL,
+    batch_seq bigint NOT NULL,
+    record_index integer NOT NULL,
+    changed_by text NOT NULL,
+    changed_at timestamptz NOT NULL,
+    PRIMARY KEY (patient_id, clinician)
+);
+CREATE UNIQUE INDEX alerts_one_open ON alerts (patient_id, kind) WHERE state <> 'resolved'
+"""
+
 CLINIC_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clinic archive: hubs, batches, records, checkpoints, alarms", _SCHEMA),
+    Migration(2, "clinic dashboards: consent from the hubs' ledgers, one open alert", _DASHBOARDS),
 )
 CLINIC_SCHEMA_VERSION = CLINIC_MIGRATIONS[-1].version
 
@@ -200,17 +223,24 @@ class Handled:
     alarm: AlarmKind | None = None
     records: int = 0
     reason: str = ""
+    alerts: int = 0  # transitions of the clinic's alert engine
 
 
 class ClinicArchive:
     """One connection; synchronous, not thread-safe (give it a thread). psycopg's errors
     leave as `StorageError`s; a lost connection is reopened by the next call."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, migrate: bool = True, thresholds: Thresholds | None = None
+    ) -> None:
         self._url = url
+        self._thresholds = thresholds or Thresholds()
+        self._months: set[str] = set()  # readings partitions known to exist
         try:
             self._db = self._open()
             if migrate:
+                # The hub schema first: the projection's tables, which clinic migrations use.
+                migrate_hub_schema(self._db, datetime.now(UTC), url=url)
                 migrate_clinic(self._db, datetime.now(UTC))
         except psycopg.Error as exc:
             raise storage_error(exc) from exc
@@ -248,6 +278,9 @@ class ClinicArchive:
 
     def enrol(self, hub_id: str, batch_jwk: str, log_key: str, now: datetime) -> None:
         """Enrol a hub (or replace the keys of one with no stored batches)."""
+        if SEPARATOR in hub_id:
+            # It separates hub and patient in the clinic-wide ids (gateway.clinic.projection).
+            raise EnrolmentError(f"hub {hub_id}: a hub id cannot contain {SEPARATOR!r}")
         enrolled_hub(hub_id, batch_jwk, log_key)  # refuses unusable keys
         # One spelling per key, so enrolling the same keys again is recognised as such.
         jwk = json.dumps(json.loads(batch_jwk), sort_keys=True, separators=(",", ":"))
@@ -442,9 +475,14 @@ class ClinicArchive:
             )
         if hub.stopped:
             return self._refuse(hub.hub_id, topic, payload, _STOPPED, now)
-        self._store_batch(opened, verdict, now)
+        projected = self._store_batch(opened, verdict, now)
         alarm = self._settle_pending(hub, now)
-        return Handled(outcome="stored", alarm=alarm, records=len(opened.records))
+        return Handled(
+            outcome="stored",
+            alarm=alarm,
+            records=len(opened.records),
+            alerts=len(projected.alerts) if projected else 0,
+        )
 
     def _neighbours(self, batch: VerifiedBatch) -> Neighbours:
         rows = self._db.execute(
@@ -460,7 +498,9 @@ class ClinicArchive:
             next_prev_hash=by_seq[seq + 1][2] if seq + 1 in by_seq else None,
         )
 
-    def _store_batch(self, batch: VerifiedBatch, verdict: Accept, now: datetime) -> None:
+    def _store_batch(
+        self, batch: VerifiedBatch, verdict: Accept, now: datetime
+    ) -> Projected | None:
         inserted = self._db.execute(
             "INSERT INTO clinic_batches (hub_id, batch_seq, jws, leaf_hash, prev_batch_hash,"
             " record_count, linked, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -477,7 +517,7 @@ class ClinicArchive:
             ),
         )
         if inserted.rowcount == 0:  # cannot happen under the hub's row lock; never twice
-            return
+            return None
         with self._db.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO clinic_records (hub_id, batch_seq, record_index, patient_id,"
@@ -492,6 +532,9 @@ class ClinicArchive:
                 "UPDATE clinic_batches SET linked = true WHERE hub_id = %s AND batch_seq = %s",
                 (batch.hub_id, batch.batch_seq + 1),
             )
+        return project_batch(
+            self._db, batch, thresholds=self._thresholds, months=self._months, now=now
+        )
 
     def _leaves(self, hub_id: str, start: int, end: int) -> list[bytes]:
         """Stored leaf hashes of seqs start..end-1, stopping at the first gap."""
@@ -606,6 +649,14 @@ class ClinicArchive:
                 continue
             self._apply_checkpoint(hub.hub_id, checkpoint, verdict, tree, now)
         return raised
+
+    # -- the clinic's alert engine ------------------------------------------------------
+
+    def tick(self, now: datetime) -> int:
+        """Run the engines' time-driven rules (escalation, stale data); returns the
+        transitions written."""
+        changed: list[object] = self._call(tick_alerts, self._db, self._thresholds, now)
+        return len(changed)
 
     # -- reading the archive (CLI and tests) ---------------------------------------------
 
