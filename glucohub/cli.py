@@ -1047,9 +1047,11 @@ def cmd_clinic(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from glucohub.clinic import clinic_database
     from glucohub.clinic_dashboard import run_clinic_dashboard
 
     settings = _settings(args)
+    clinic_database(settings)  # a missing database URL is a one-line error before anything starts
     if args.port is not None:
         settings = settings.replace("dashboard", port=args.port)
     _setup_logging(settings)

@@ -309,6 +309,11 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "unknown patient": ("AA:BB:CC:DD:EE:FF", "--patient", "nobody", *HUB),
     },
     "clinic": {"no clinic database": (), "config file missing": ("--config", "{tmp}/nope.toml")},
+    "dashboard": {
+        "no clinic database": (),
+        "config file missing": ("--config", "{tmp}/nope.toml"),
+        "port not a number": ("--port", "x"),
+    },
     "hubs add": {
         "no clinic database": ("--hub", "h1", "--batch-key", "{jwk}", "--log-key", "{vkey}"),
         "no --hub": ("--batch-key", "{jwk}", "--log-key", "{vkey}"),
