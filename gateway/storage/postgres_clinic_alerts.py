@@ -30,7 +30,7 @@ from gateway.alerting import snooze_event
 from gateway.clinical.alerts import PatientAlertEngine, Thresholds
 from gateway.clinical.errors import ClinicalError
 from gateway.errors import InputError
-from gateway.model import Alert, AlertKind, Reading
+from gateway.model import Alert, AlertKind, AlertState, Reading
 from gateway.storage.postgres_alerts import write_alerts
 from gateway.storage.postgres_connection import PostgresConnection, connect, translated
 from gateway.storage.postgres_events import insert_ledger_event
@@ -76,8 +76,29 @@ def lock_engines(
 def save(db: Connection, alerts: Sequence[Alert], engines: dict[str, PatientAlertEngine]) -> None:
     """Write the transitions and the engines' state, and notify the dashboards."""
     states = {p: json.dumps(e.state_to_json()) for p, e in engines.items()}
+    for alert in alerts:
+        if alert.state is not AlertState.RESOLVED:
+            _supersede_unknown(db, alert)
     write_alerts(db, alerts, states)
     notify_alerts(db, alerts)
+
+
+def _supersede_unknown(db: Connection, alert: Alert) -> None:
+    """Resolve an open alert of the same patient and kind that the engine does not know.
+
+    Under the engine row locks that happens only when an engine's stored state was unusable
+    and it started afresh: its first alert would otherwise break `alerts_one_open` in every
+    retry, and the worker could never store that batch."""
+    resolved = db.execute(
+        "UPDATE alerts SET state = 'resolved', resolved_at = %s, updated_at = %s,"
+        " message = message || ' (resolved: superseded after the alert state was reset)'"
+        " WHERE patient_id = %s AND kind = %s AND state <> 'resolved' AND alert_id <> %s",
+        (alert.updated_at, alert.updated_at, alert.patient_id, alert.kind.value, alert.alert_id),
+    )
+    if resolved.rowcount:
+        log.warning(
+            "%s: an open %s alert unknown to its engine resolved", alert.patient_id, alert.kind
+        )
 
 
 def on_readings(

@@ -250,3 +250,24 @@ def test_a_clinicians_acknowledgement_is_stored_for_every_process(
     later = now + timedelta(minutes=5)
     deliver(archive, seal(hub, [cgm(hub, 0, 47.0, later, 1)], later), later)
     assert _open_alerts(postgres_url, "h1:h1-p0") == [("urgent_low", "acknowledged")]
+
+
+def test_an_unusable_engine_state_never_blocks_the_patients_batches(
+    tmp_path: Path, open_archive: Callable[[], ClinicArchive], postgres_url: str
+) -> None:
+    now = utc_now()
+    hub = make_hub(tmp_path, "h1", patients=1)
+    archive = open_archive()
+    enrol(archive, hub)
+    deliver(archive, seal(hub, [cgm(hub, 0, 62.0, now, 0)], now), now)
+    assert _open_alerts(postgres_url, "h1:h1-p0") == [("low", "raised")]
+    with psycopg.connect(postgres_url) as db:
+        db.execute("UPDATE alert_engine_state SET state = '{not json'")
+    # The engine starts afresh and raises the low again: stored, the old one resolved.
+    later = now + timedelta(minutes=5)
+    handled = [
+        archive.handle(t.split("/")[3], t.split("/")[4], t, p, later).outcome
+        for t, p in seal(hub, [cgm(hub, 0, 61.0, later, 1)], later)
+    ]
+    assert handled == ["stored", "accepted"]
+    assert _open_alerts(postgres_url, "h1:h1-p0") == [("low", "raised")]
