@@ -1020,6 +1020,11 @@ def _clinic_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("hub")
     p.add_argument("--by", default=os.environ.get("USER", "admin"), help="who decided")
     p.set_defaults(func=cmd_hubs_resolve)
+    p = hubs.add_parser(
+        "reproject", help="project every stored batch for the dashboards again (idempotent)"
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.set_defaults(func=cmd_hubs_reproject)
     p = hubs.add_parser("alarms", help="the clinic's alarms, oldest first")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--open", action="store_true", help="only unresolved alarms")
@@ -1063,6 +1068,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     with _port_in_use(settings, "choose another with --port"):
         asyncio.run(run_clinic_dashboard(settings, on_ready=ready))
     return 0
+
+
+def cmd_hubs_reproject(args: argparse.Namespace) -> int:
+    from glucohub.clinic import hubs_reproject
+
+    return hubs_reproject(_settings(args))
 
 
 def cmd_hubs_add(args: argparse.Namespace) -> int:

@@ -284,6 +284,16 @@ def hubs_resolve(settings: Settings, hub_id: str, by: str) -> int:
     return 0
 
 
+def hubs_reproject(settings: Settings) -> int:
+    archive = ClinicArchive(clinic_database(settings))
+    try:
+        batches, readings = archive.reproject(utc_now())
+    finally:
+        archive.close()
+    print(f"{batches} stored batches projected for the dashboards ({readings} readings new)")
+    return 0
+
+
 def alarms_list(settings: Settings, open_only: bool) -> int:
     archive = ClinicArchive(clinic_database(settings))
     try:

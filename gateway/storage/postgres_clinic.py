@@ -30,6 +30,7 @@ from gateway.clinic.witness import (
     Alarm,
     AlarmKind,
     CheckpointVerdict,
+    ClinicRecord,
     Duplicate,
     EnrolledHub,
     EnrolmentError,
@@ -649,6 +650,54 @@ class ClinicArchive:
                 continue
             self._apply_checkpoint(hub.hub_id, checkpoint, verdict, tree, now)
         return raised
+
+    # -- the projection for the dashboards ----------------------------------------------
+
+    def reproject(self, now: datetime) -> tuple[int, int]:
+        """Project every stored batch again, each hub's in seq order, one transaction per
+        batch under its hub's lock: what an archive stored before the projection existed
+        (or a projection lost) reaches the dashboards. Writes de-duplicate, so batches
+        projected already change nothing. Returns (batches, readings newly projected)."""
+        keys: list[Row] = self._call(
+            lambda: self._db.execute(
+                "SELECT hub_id, batch_seq FROM clinic_batches ORDER BY hub_id, batch_seq"
+            ).fetchall()
+        )
+        readings = 0
+        for hub_id, seq in keys:
+            projected: Projected | None = self._call(self._reproject, str(hub_id), int(seq), now)
+            readings += 0 if projected is None else projected.readings
+        return len(keys), readings
+
+    def _reproject(self, hub_id: str, seq: int, now: datetime) -> Projected | None:
+        with self._db.transaction():
+            self._db.execute("SELECT 1 FROM clinic_hubs WHERE hub_id = %s FOR UPDATE", (hub_id,))
+            row = self._db.execute(
+                "SELECT jws, leaf_hash, prev_batch_hash FROM clinic_batches"
+                " WHERE hub_id = %s AND batch_seq = %s",
+                (hub_id, seq),
+            ).fetchone()
+            if row is None:
+                return None
+            records = self._db.execute(
+                "SELECT record_index, patient_id, canonical FROM clinic_records"
+                " WHERE hub_id = %s AND batch_seq = %s ORDER BY record_index",
+                (hub_id, seq),
+            ).fetchall()
+            batch = VerifiedBatch(
+                hub_id=hub_id,
+                batch_seq=seq,
+                jws=str(row[0]),
+                leaf_hash=bytes(row[1]),
+                prev_batch_hash=str(row[2]),
+                records=tuple(
+                    ClinicRecord(index=int(i), patient_id=p, canonical=str(c))
+                    for i, p, c in records
+                ),
+            )
+            return project_batch(
+                self._db, batch, thresholds=self._thresholds, months=self._months, now=now
+            )
 
     # -- the clinic's alert engine ------------------------------------------------------
 

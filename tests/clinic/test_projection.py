@@ -22,6 +22,7 @@ from gateway.storage.postgres_clinic_alerts import ClinicAlerts
 from gateway.storage.postgres_store import PostgresStore
 from gateway.store import DB_FILENAME
 from glucohub import accounts
+from glucohub.cli import main
 from glucohub.simulate import SimulatedHub
 from tests.clinic.hubs import cgm, make_hub, seal
 
@@ -271,3 +272,47 @@ def test_an_unusable_engine_state_never_blocks_the_patients_batches(
     ]
     assert handled == ["stored", "accepted"]
     assert _open_alerts(postgres_url, "h1:h1-p0") == [("low", "raised")]
+
+
+def test_reprojecting_brings_back_what_the_archive_holds_once(
+    tmp_path: Path,
+    open_archive: Callable[[], ClinicArchive],
+    postgres_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    now = utc_now()
+    hub = make_hub(tmp_path, "h1")
+    hub_grants(hub, "dr-ada", 1)
+    archive = open_archive()
+    enrol(archive, hub)
+    for step in range(2):
+        t = now - timedelta(minutes=5 * step)
+        deliver(archive, seal(hub, [cgm(hub, p, 100.0, t, step) for p in (0, 1)], now), now)
+    # An archive from before the projection: batches and records, none of the hub tables.
+    with psycopg.connect(postgres_url) as db:
+        for table in ("readings", "reading_keys", "devices", "patients", "dash_grants"):
+            db.execute(f"DELETE FROM {table}".encode())
+        db.execute("DELETE FROM clinic_consent")
+    config = tmp_path / "clinic.toml"
+    config.write_text(f'[clinic]\nurl = "{postgres_url}"\n')
+    assert main(["hubs", "reproject", "--config", str(config)]) == 0
+    assert (
+        capsys.readouterr().out
+        == "2 stored batches projected for the dashboards (4 readings new)\n"
+    )
+    assert main(["hubs", "reproject", "--config", str(config)]) == 0
+    assert (
+        capsys.readouterr().out
+        == "2 stored batches projected for the dashboards (0 readings new)\n"
+    )
+    store = PostgresStore(postgres_url)
+    try:
+        assert store.count_readings() == 4
+        assert [p.patient_id for p in store.list_patients()] == ["h1:h1-p0", "h1:h1-p1"]
+    finally:
+        store.close()
+    clinic = accounts.open_account_storage(postgres_url)
+    try:
+        assert clinic.granted_patients("dr-ada") == ["h1:h1-p1"]
+    finally:
+        clinic.close()

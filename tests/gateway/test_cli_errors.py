@@ -321,6 +321,7 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
     "hubs list": {"no clinic database": ()},
     "hubs resolve": {"no hub": (), "no clinic database": ("h1",)},
     "hubs alarms": {"no clinic database": ("--open",)},
+    "hubs reproject": {"no clinic database": ()},
     "simulate": {
         "no --hubs": ("--mqtt-url", "mqtt://127.0.0.1:1"),
         "rate zero": ("--hubs", "1", "--rate", "0", "--mqtt-url", "mqtt://127.0.0.1:1"),
