@@ -54,9 +54,12 @@ def write_alerts(
             (alert.patient_id, json_line({"type": "alert", **row})),
         )
     if engine_states:
-        with db.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO alert_engine_state (patient_id, state) VALUES (%s, %s) "
-                "ON CONFLICT (patient_id) DO UPDATE SET state = excluded.state",
-                list(engine_states.items()),
-            )
+        # One statement for every patient (a clinic worker saves a batch's patients at once);
+        # binary arrays: in text, psycopg would escape every quote of the JSON states.
+        patients = sorted(engine_states)
+        db.execute(
+            "INSERT INTO alert_engine_state (patient_id, state) "
+            "SELECT * FROM unnest(%b::text[], %b::text[]) "
+            "ON CONFLICT (patient_id) DO UPDATE SET state = excluded.state",
+            (patients, [engine_states[p] for p in patients]),
+        )

@@ -48,6 +48,7 @@ from gateway.clinic.witness import (
 )
 from gateway.clinical.alerts import Thresholds
 from gateway.errors import InputError
+from gateway.storage.postgres_clinic_alerts import EngineCache
 from gateway.storage.postgres_clinic_alerts import tick as tick_alerts
 from gateway.storage.postgres_clinic_projection import Projected, project_batch
 from gateway.storage.postgres_connection import storage_error
@@ -237,6 +238,7 @@ class ClinicArchive:
         self._url = url
         self._thresholds = thresholds or Thresholds()
         self._months: set[str] = set()  # readings partitions known to exist
+        self._engines = EngineCache()
         try:
             self._db = self._open()
             if migrate:
@@ -534,7 +536,12 @@ class ClinicArchive:
                 (batch.hub_id, batch.batch_seq + 1),
             )
         return project_batch(
-            self._db, batch, thresholds=self._thresholds, months=self._months, now=now
+            self._db,
+            batch,
+            thresholds=self._thresholds,
+            months=self._months,
+            now=now,
+            engines=self._engines,
         )
 
     def _leaves(self, hub_id: str, start: int, end: int) -> list[bytes]:
@@ -696,7 +703,12 @@ class ClinicArchive:
                 ),
             )
             return project_batch(
-                self._db, batch, thresholds=self._thresholds, months=self._months, now=now
+                self._db,
+                batch,
+                thresholds=self._thresholds,
+                months=self._months,
+                now=now,
+                engines=self._engines,
             )
 
     # -- the clinic's alert engine ------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -43,6 +43,30 @@ Connection = psycopg.Connection[tuple[object, ...]]
 TICK_PAGE = 500  # engines claimed per tick transaction
 
 
+class EngineCache:
+    """Engines this connection last saved, each with the state text it saved: when the
+    locked row still holds that text, the engine is reused rather than rebuilt from JSON
+    (the engine's largest cost per batch). Any other text — another worker fed the patient
+    since, or the transaction that saved it rolled back — rebuilds it from the row, so the
+    database stays the only truth. Bounded: the least recently used engine goes first."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._capacity = capacity
+        self._engines: OrderedDict[str, tuple[str, PatientAlertEngine]] = OrderedDict()
+
+    def get(self, patient_id: str, state: str) -> PatientAlertEngine | None:
+        found = self._engines.pop(patient_id, None)
+        if found is None or found[0] != state:
+            return None
+        return found[1]
+
+    def put(self, patient_id: str, state: str, engine: PatientAlertEngine) -> None:
+        self._engines[patient_id] = (state, engine)
+        self._engines.move_to_end(patient_id)
+        while len(self._engines) > self._capacity:
+            self._engines.popitem(last=False)
+
+
 def _engine(patient_id: str, state: str, thresholds: Thresholds) -> PatientAlertEngine:
     if state:
         try:
@@ -53,29 +77,46 @@ def _engine(patient_id: str, state: str, thresholds: Thresholds) -> PatientAlert
 
 
 def lock_engines(
-    db: Connection, patient_ids: Iterable[str], thresholds: Thresholds
+    db: Connection,
+    patient_ids: Iterable[str],
+    thresholds: Thresholds,
+    cache: EngineCache | None = None,
 ) -> dict[str, PatientAlertEngine]:
     """The engines of these patients, their rows locked until the transaction ends (a
     patient seen for the first time gets an empty row first, so there is a row to lock)."""
     ids = sorted(set(patient_ids))
     if not ids:
         return {}
-    db.execute(
-        "INSERT INTO alert_engine_state (patient_id, state) "
-        "SELECT p, '' FROM unnest(%s::text[]) AS p ORDER BY p ON CONFLICT DO NOTHING",
-        (ids,),
-    )
-    rows = db.execute(
+    select = (
         "SELECT patient_id, state FROM alert_engine_state WHERE patient_id = ANY(%s::text[]) "
-        "ORDER BY patient_id FOR UPDATE",
-        (ids,),
-    ).fetchall()
-    return {str(p): _engine(str(p), str(s), thresholds) for p, s in rows}
+        "ORDER BY patient_id FOR UPDATE"
+    )
+    rows = db.execute(select, (ids,)).fetchall()
+    if len(rows) < len(ids):  # a patient's first readings: make the rows, then lock them all
+        db.execute(
+            "INSERT INTO alert_engine_state (patient_id, state) "
+            "SELECT p, '' FROM unnest(%s::text[]) AS p ORDER BY p ON CONFLICT DO NOTHING",
+            (ids,),
+        )
+        rows = db.execute(select, (ids,)).fetchall()
+    engines = {}
+    for patient, state in rows:
+        cached = None if cache is None else cache.get(str(patient), str(state))
+        engines[str(patient)] = cached or _engine(str(patient), str(state), thresholds)
+    return engines
 
 
-def save(db: Connection, alerts: Sequence[Alert], engines: dict[str, PatientAlertEngine]) -> None:
+def save(
+    db: Connection,
+    alerts: Sequence[Alert],
+    engines: dict[str, PatientAlertEngine],
+    cache: EngineCache | None = None,
+) -> None:
     """Write the transitions and the engines' state, and notify the dashboards."""
     states = {p: json.dumps(e.state_to_json()) for p, e in engines.items()}
+    if cache is not None:
+        for patient_id, engine in engines.items():
+            cache.put(patient_id, states[patient_id], engine)
     for alert in alerts:
         if alert.state is not AlertState.RESOLVED:
             _supersede_unknown(db, alert)
@@ -102,7 +143,11 @@ def _supersede_unknown(db: Connection, alert: Alert) -> None:
 
 
 def on_readings(
-    db: Connection, readings: Sequence[Reading], thresholds: Thresholds, now: datetime
+    db: Connection,
+    readings: Sequence[Reading],
+    thresholds: Thresholds,
+    now: datetime,
+    cache: EngineCache | None = None,
 ) -> list[Alert]:
     """Feed stored readings to their patients' engines (inside the caller's transaction)."""
     by_patient: dict[str, list[Reading]] = defaultdict(list)
@@ -111,13 +156,13 @@ def on_readings(
             by_patient[reading.patient_id].append(reading)
     if not by_patient:
         return []
-    engines = lock_engines(db, by_patient, thresholds)
+    engines = lock_engines(db, by_patient, thresholds, cache)
     changed: list[Alert] = []
     for patient_id in sorted(by_patient):
         engine = engines[patient_id]
         for reading in sorted(by_patient[patient_id], key=lambda r: r.time):
             changed.extend(engine.on_reading(reading, now))
-    save(db, changed, engines)
+    save(db, changed, engines, cache)
     return changed
 
 

@@ -22,7 +22,7 @@ from gateway.clinic.projection import ConsentChange, project
 from gateway.clinic.witness import VerifiedBatch
 from gateway.clinical.alerts import Thresholds
 from gateway.model import Alert, Device, Reading, Source
-from gateway.storage.postgres_clinic_alerts import on_readings
+from gateway.storage.postgres_clinic_alerts import EngineCache, on_readings
 from gateway.storage.postgres_migrations import (
     PARTITION_EXISTS,
     ensure_month_partition,
@@ -54,15 +54,16 @@ def project_batch(
     thresholds: Thresholds,
     months: set[str],
     now: datetime,
+    engines: EngineCache | None = None,
 ) -> Projected:
     """Project `batch` inside the caller's transaction. `months`: the readings partitions
-    this connection has seen exist (a cache, filled here)."""
+    this connection has seen exist (a cache, filled here); `engines`: its alert engines."""
     projection = project(batch.hub_id, batch.batch_seq, batch.records)
     _register(db, projection.readings, projection.devices, projection.consent)
     new = _insert_readings(db, projection.readings, batch.batch_seq, months)
     for change in projection.consent:
         _apply_consent(db, batch.hub_id, change)
-    alerts = on_readings(db, new, thresholds, now)
+    alerts = on_readings(db, new, thresholds, now, engines)
     return Projected(readings=len(new), alerts=tuple(alerts))
 
 
