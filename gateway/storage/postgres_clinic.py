@@ -225,7 +225,6 @@ class Handled:
     alarm: AlarmKind | None = None
     records: int = 0
     reason: str = ""
-    alerts: int = 0  # transitions of the clinic's alert engine
 
 
 class ClinicArchive:
@@ -478,14 +477,9 @@ class ClinicArchive:
             )
         if hub.stopped:
             return self._refuse(hub.hub_id, topic, payload, _STOPPED, now)
-        projected = self._store_batch(opened, verdict, now)
+        self._store_batch(opened, verdict, now)
         alarm = self._settle_pending(hub, now)
-        return Handled(
-            outcome="stored",
-            alarm=alarm,
-            records=len(opened.records),
-            alerts=len(projected.alerts) if projected else 0,
-        )
+        return Handled(outcome="stored", alarm=alarm, records=len(opened.records))
 
     def _neighbours(self, batch: VerifiedBatch) -> Neighbours:
         rows = self._db.execute(
