@@ -145,6 +145,7 @@ async def login(session: aiohttp.ClientSession, base: str, username: str) -> Non
         assert response.status == 200 and META_RE.search(await response.text())
 
 
+@pytest.mark.slow
 async def test_two_hubs_readings_reach_a_consented_clinician_and_no_other(
     tmp_path: Path, postgres_url: str
 ) -> None:

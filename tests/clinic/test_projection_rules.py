@@ -128,7 +128,7 @@ _readings = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(_readings)
 def test_a_reading_read_back_from_its_sealed_json_is_the_same_reading(reading: Reading) -> None:
     assert reading_from_json(json.loads(json.dumps(reading_to_json(reading)))) == reading
