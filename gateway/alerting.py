@@ -11,7 +11,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from gateway.clinical.alerts import PatientAlertEngine, Thresholds
 from gateway.clinical.errors import ClinicalError
@@ -38,6 +38,21 @@ def thresholds_from(settings: AlertSettings, ble: BleSettings) -> Thresholds:
         predicted_low_min_fall_mg_dl_min=settings.predicted_low_min_fall_mg_dl_min,
         disconnect_watchdog_min=ble.silence_watchdog_s / 60.0,
     )
+
+
+def snooze_event(
+    patient_id: str, kind: AlertKind, minutes: int, *, by: str, by_patient: bool, at: datetime
+) -> dict[str, object]:
+    """The ledger event of a snooze: the snooze itself is a clinical decision."""
+    return {
+        "type": "snooze",
+        "patient_id": patient_id,
+        "kind": kind.value,
+        "minutes": minutes,
+        "by": by,
+        "by_patient": by_patient,
+        "at": to_rfc3339(at),
+    }
 
 
 class AlertService:
@@ -170,15 +185,6 @@ class AlertService:
         except ClinicalError as exc:
             raise InputError(str(exc)) from None
         await self._persist(alerts, {patient_id}, force=True)  # a snooze must outlive a crash
-        # The snooze itself is a clinical decision: a ledger event of its own.
-        event = {
-            "type": "snooze",
-            "patient_id": patient_id,
-            "kind": kind.value,
-            "minutes": minutes,
-            "by": by,
-            "by_patient": by_patient,
-            "at": to_rfc3339(now),
-        }
+        event = snooze_event(patient_id, kind, minutes, by=by, by_patient=by_patient, at=now)
         await self._writer_run(lambda store: store.add_ledger_event(patient_id, event))
         self._changed_by_a_person(alerts, len(alerts) + 1)

@@ -10,10 +10,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway.clock import to_rfc3339
-from gateway.model import Alert, Reading
+from gateway.clock import parse_rfc3339, to_rfc3339
+from gateway.model import Alert, AlertKind, AlertLevel, AlertState, Reading, ReadingKind, Source
+from gateway.units import Unit
 
-__all__ = ["alert_to_json", "json_number", "reading_to_json"]
+__all__ = [
+    "alert_from_json",
+    "alert_to_json",
+    "json_number",
+    "reading_from_json",
+    "reading_to_json",
+]
 
 
 def json_number(value: float | None) -> float | int | None:
@@ -39,6 +46,32 @@ def reading_to_json(reading: Reading) -> dict[str, object]:
     }
 
 
+def reading_from_json(obj: Mapping[str, Any]) -> Reading:
+    """The inverse of `reading_to_json` (a sealed reading record, as a clinic receives it);
+    KeyError, TypeError or ValueError when `obj` is not one."""
+    original_unit = obj.get("original_unit")
+    original_value = obj.get("original_value")
+    seq = obj.get("seq")
+    status = obj.get("status", [])
+    if not isinstance(status, list) or not all(isinstance(s, str) for s in status):
+        raise ValueError("status must be a list of strings")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+        raise ValueError("seq must be an integer")
+    return Reading(
+        patient_id=str(obj["patient_id"]),
+        device_id=str(obj["device_id"]),
+        kind=ReadingKind(obj["kind"]),
+        value=float(obj["value"]),
+        unit=Unit(obj["unit"]),
+        time=parse_rfc3339(str(obj["time"])),
+        source=Source(obj["source"]),
+        seq=seq,
+        original_value=None if original_value is None else float(original_value),
+        original_unit=None if original_unit is None else Unit(original_unit),
+        status=tuple(status),
+    )
+
+
 def alert_to_json(alert: Alert) -> dict[str, Any]:
     def ts(value: datetime | None) -> str | None:
         return None if value is None else to_rfc3339(value)
@@ -61,6 +94,35 @@ def alert_to_json(alert: Alert) -> dict[str, Any]:
         "patient_acknowledged_by": alert.patient_acknowledged_by,
         "patient_acknowledged_at": ts(alert.patient_acknowledged_at),
     }
+
+
+def alert_from_json(obj: Mapping[str, Any]) -> Alert:
+    """The inverse of `alert_to_json`; KeyError or ValueError when `obj` is not one."""
+
+    def when(name: str) -> datetime | None:
+        value = obj.get(name)
+        return None if value is None else parse_rfc3339(str(value))
+
+    raised, updated = when("raised_at"), when("updated_at")
+    if raised is None or updated is None:
+        raise ValueError("an alert has raised_at and updated_at")
+    glucose = obj.get("glucose_mg_dl")
+    return Alert(
+        alert_id=str(obj["alert_id"]),
+        patient_id=str(obj["patient_id"]),
+        kind=AlertKind(obj["kind"]),
+        level=AlertLevel(obj["level"]),
+        state=AlertState(obj["state"]),
+        raised_at=raised,
+        updated_at=updated,
+        message=str(obj["message"]),
+        glucose_mg_dl=None if glucose is None else float(glucose),
+        acknowledged_by=obj.get("acknowledged_by"),
+        acknowledged_at=when("acknowledged_at"),
+        resolved_at=when("resolved_at"),
+        patient_acknowledged_by=obj.get("patient_acknowledged_by"),
+        patient_acknowledged_at=when("patient_acknowledged_at"),
+    )
 
 
 def json_line(obj: Mapping[str, object]) -> str:

@@ -996,6 +996,12 @@ def _clinic_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--worker-id", help="this worker's fixed MQTT client id (clinic.client_id)")
     p.set_defaults(func=cmd_clinic)
+    p = sub.add_parser(
+        "dashboard", help="serve the dashboards on the clinic archive (one of several processes)"
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--port", type=_port, help="dashboard port (default: dashboard.port)")
+    p.set_defaults(func=cmd_dashboard)
     hubs = sub.add_parser("hubs", help="the hubs enrolled at this clinic").add_subparsers(
         dest="hubs_command", required=True, metavar="ACTION"
     )
@@ -1013,6 +1019,11 @@ def _clinic_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("hub")
     p.add_argument("--by", default=os.environ.get("USER", "admin"), help="who decided")
     p.set_defaults(func=cmd_hubs_resolve)
+    p = hubs.add_parser(
+        "reproject", help="project every stored batch for the dashboards again (idempotent)"
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.set_defaults(func=cmd_hubs_reproject)
     p = hubs.add_parser("alarms", help="the clinic's alarms, oldest first")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--open", action="store_true", help="only unresolved alarms")
@@ -1120,6 +1131,31 @@ def cmd_clinic(args: argparse.Namespace) -> int:
     _setup_logging(settings)
     asyncio.run(run_clinic(settings, args.worker_id or settings.clinic.client_id, sys.stdout))
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from glucohub.clinic import clinic_database
+    from glucohub.clinic_dashboard import run_clinic_dashboard
+
+    settings = _settings(args)
+    clinic_database(settings)  # a missing database URL is a one-line error before anything starts
+    if args.port is not None:
+        settings = settings.replace("dashboard", port=args.port)
+    _setup_logging(settings)
+    _hash_passwords_apart(settings)
+
+    def ready(url: str) -> None:
+        print(f"clinic dashboard on {url}", flush=True)
+
+    with _port_in_use(settings, "choose another with --port"):
+        asyncio.run(run_clinic_dashboard(settings, on_ready=ready))
+    return 0
+
+
+def cmd_hubs_reproject(args: argparse.Namespace) -> int:
+    from glucohub.clinic import hubs_reproject
+
+    return hubs_reproject(_settings(args))
 
 
 def cmd_hubs_add(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from device_adapters.mqtt.client import (
     MqttConnection,
     parse_broker_url,
 )
+from gateway.alerting import thresholds_from
 from gateway.clinic.witness import EnrolmentError
 from gateway.clock import Clock, SystemClock, utc_now
 from gateway.errors import ConfigError, InputError, StorageError
@@ -42,6 +43,7 @@ from glucohub.metrics_http import start_metrics
 log = logging.getLogger("glucohub.clinic")
 
 T = TypeVar("T")
+ALERT_TICK_S = 15.0
 # Database retries: quick enough to catch up soon after a PostgreSQL restart.
 _DB_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 # One transaction (one commit, one fsync) for up to this many messages; the broker sends at
@@ -98,6 +100,7 @@ class ClinicWorker:
         if not worker_id:
             raise ConfigError("clinic.client_id", "each worker needs a fixed id (--worker-id)")
         self._url = clinic_database(settings)
+        self._thresholds = thresholds_from(settings.alerts, settings.ble)
         self._connection = MqttConnection(worker_config(settings, worker_id))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinic-archive")
         # Verifies the next group while the archive's thread writes the previous one (the
@@ -130,7 +133,7 @@ class ClinicWorker:
 
     def _archive_now(self) -> ClinicArchive:
         if self._archive is None:
-            self._archive = ClinicArchive(self._url)
+            self._archive = ClinicArchive(self._url, thresholds=self._thresholds)
         return self._archive
 
     async def run(self) -> None:
@@ -151,6 +154,7 @@ class ClinicWorker:
                 tasks.create_task(self._take(), name="clinic:take")
                 tasks.create_task(self._verify(archive, verified), name="clinic:verify")
                 tasks.create_task(self._consume(verified), name="clinic:consume")
+                tasks.create_task(self._tick(), name="clinic:alert-tick")
         finally:
             if metrics is not None:
                 await metrics.cleanup()
@@ -228,6 +232,18 @@ class ClinicWorker:
             except TimeoutError:
                 break
         return group
+
+    async def _tick(self) -> None:
+        """The alert engines' time-driven rules (escalation, stale data). Every worker
+        ticks; each patient's engine is claimed by one of them at a time (SKIP LOCKED)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ALERT_TICK_S)
+            await self._retrying(
+                lambda: loop.run_in_executor(
+                    self._executor, lambda: self._archive_now().tick(utc_now())
+                )
+            )
 
     def _count(self, message: InboundMessage, handled: Handled | None) -> None:
         """Telemetry on the event loop's thread (a scrape renders there too)."""
@@ -332,6 +348,16 @@ def hubs_resolve(settings: Settings, hub_id: str, by: str) -> int:
         f"hub {hub_id}: {resolved} alarm(s) resolved; its items are accepted again"
         f" ({replayed} held while it was stopped replayed)"
     )
+    return 0
+
+
+def hubs_reproject(settings: Settings) -> int:
+    archive = ClinicArchive(clinic_database(settings))
+    try:
+        batches, readings = archive.reproject(utc_now())
+    finally:
+        archive.close()
+    print(f"{batches} stored batches projected for the dashboards ({readings} readings new)")
     return 0
 
 

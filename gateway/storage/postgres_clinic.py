@@ -25,13 +25,20 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from gateway.clinic.projection import SEPARATOR
 from gateway.clinic.witness import (
+    ClinicRecord,
     EnrolledHub,
+    EnrolmentError,
+    VerifiedBatch,
     enrolled_hub,
     open_batch_item,
     open_checkpoint_item,
 )
+from gateway.clinical.alerts import Thresholds
 from gateway.errors import InputError, PermanentStorageError
+from gateway.storage.postgres_clinic_alerts import EngineCache
+from gateway.storage.postgres_clinic_alerts import tick as tick_alerts
 from gateway.storage.postgres_clinic_group import (
     STOPPED,
     Group,
@@ -40,8 +47,10 @@ from gateway.storage.postgres_clinic_group import (
     Opened,
     Prepared,
 )
+from gateway.storage.postgres_clinic_projection import Projected, project_batch
 from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_migrations import Migration, redacted
+from gateway.storage.postgres_migrations import migrate as migrate_hub_schema
 
 log = logging.getLogger("glucohub.clinic")
 
@@ -142,11 +151,29 @@ CREATE TABLE clinic_hub_credentials (
     mosquitto_hash text NOT NULL,
     issued_at timestamptz NOT NULL
 )
+
+"""
+
+# The hub schema's tables in the clinic database hold the projection of every verified
+# batch (`postgres_clinic_projection`); these rules are the clinic's own.
+_DASHBOARDS = """
+CREATE TABLE clinic_consent (
+    patient_id text NOT NULL,
+    clinician text NOT NULL,
+    granted boolean NOT NULL,
+    batch_seq bigint NOT NULL,
+    record_index integer NOT NULL,
+    changed_by text NOT NULL,
+    changed_at timestamptz NOT NULL,
+    PRIMARY KEY (patient_id, clinician)
+);
+CREATE UNIQUE INDEX alerts_one_open ON alerts (patient_id, kind) WHERE state <> 'resolved'
 """
 
 CLINIC_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clinic archive: hubs, batches, records, checkpoints, alarms", _SCHEMA),
     Migration(2, "clinic enrolment tokens and hubs' broker credentials", _ENROLMENT_TOKENS),
+    Migration(3, "clinic dashboards: consent from the hubs' ledgers, one open alert", _DASHBOARDS),
 )
 CLINIC_SCHEMA_VERSION = CLINIC_MIGRATIONS[-1].version
 
@@ -270,12 +297,19 @@ class ClinicArchive:
     """One connection; synchronous, not thread-safe (give it a thread). psycopg's errors
     leave as `StorageError`s; a lost connection is reopened by the next call."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, migrate: bool = True, thresholds: Thresholds | None = None
+    ) -> None:
         self._url = url
         self._keys: dict[str, _Keys] = {}
+        self._thresholds = thresholds or Thresholds()
+        self._months: set[str] = set()  # readings partitions known to exist
+        self._engines = EngineCache()
         try:
             self._db = self._open()
             if migrate:
+                # The hub schema first: the projection's tables, which clinic migrations use.
+                migrate_hub_schema(self._db, datetime.now(UTC), url=url)
                 migrate_clinic(self._db, datetime.now(UTC))
         except psycopg.Error as exc:
             raise storage_error(exc) from exc
@@ -313,6 +347,9 @@ class ClinicArchive:
 
     def enrol(self, hub_id: str, batch_jwk: str, log_key: str, now: datetime) -> None:
         """Enrol a hub (or replace the keys of one with no stored batches)."""
+        if SEPARATOR in hub_id:
+            # It separates hub and patient in the clinic-wide ids (gateway.clinic.projection).
+            raise EnrolmentError(f"hub {hub_id}: a hub id cannot contain {SEPARATOR!r}")
         enrolled_hub(hub_id, batch_jwk, log_key)  # refuses unusable keys
         self._call(self._enrol, hub_id, canonical_jwk(batch_jwk), log_key.strip(), now)
 
@@ -477,7 +514,80 @@ class ClinicArchive:
         self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
     ) -> list[Handled]:
         with self._db.transaction():
-            return Group(self._db, now).run(items, prepared, self._open_item)
+            group = Group(self._db, now, project=lambda batch: self._project(batch, now))
+            return group.run(items, prepared, self._open_item)
+
+    def _project(self, batch: VerifiedBatch, now: datetime) -> None:
+        """A newly stored batch into the dashboards' tables, in the same transaction."""
+        project_batch(
+            self._db,
+            batch,
+            thresholds=self._thresholds,
+            months=self._months,
+            now=now,
+            engines=self._engines,
+        )
+
+    # -- the projection for the dashboards ----------------------------------------------
+
+    def reproject(self, now: datetime) -> tuple[int, int]:
+        """Project every stored batch again, each hub's in seq order, one transaction per
+        batch under its hub's lock: what an archive stored before the projection existed
+        (or a projection lost) reaches the dashboards. Writes de-duplicate, so batches
+        projected already change nothing. Returns (batches, readings newly projected)."""
+        keys: list[Row] = self._call(
+            lambda: self._db.execute(
+                "SELECT hub_id, batch_seq FROM clinic_batches ORDER BY hub_id, batch_seq"
+            ).fetchall()
+        )
+        readings = 0
+        for hub_id, seq in keys:
+            projected: Projected | None = self._call(self._reproject, str(hub_id), int(seq), now)
+            readings += 0 if projected is None else projected.readings
+        return len(keys), readings
+
+    def _reproject(self, hub_id: str, seq: int, now: datetime) -> Projected | None:
+        with self._db.transaction():
+            self._db.execute("SELECT 1 FROM clinic_hubs WHERE hub_id = %s FOR UPDATE", (hub_id,))
+            row = self._db.execute(
+                "SELECT jws, leaf_hash, prev_batch_hash FROM clinic_batches"
+                " WHERE hub_id = %s AND batch_seq = %s",
+                (hub_id, seq),
+            ).fetchone()
+            if row is None:
+                return None
+            records = self._db.execute(
+                "SELECT record_index, patient_id, canonical FROM clinic_records"
+                " WHERE hub_id = %s AND batch_seq = %s ORDER BY record_index",
+                (hub_id, seq),
+            ).fetchall()
+            batch = VerifiedBatch(
+                hub_id=hub_id,
+                batch_seq=seq,
+                jws=str(row[0]),
+                leaf_hash=bytes(row[1]),
+                prev_batch_hash=str(row[2]),
+                records=tuple(
+                    ClinicRecord(index=int(i), patient_id=p, canonical=str(c))
+                    for i, p, c in records
+                ),
+            )
+            return project_batch(
+                self._db,
+                batch,
+                thresholds=self._thresholds,
+                months=self._months,
+                now=now,
+                engines=self._engines,
+            )
+
+    # -- the clinic's alert engine ------------------------------------------------------
+
+    def tick(self, now: datetime) -> int:
+        """Run the engines' time-driven rules (escalation, stale data); returns the
+        transitions written."""
+        changed: list[object] = self._call(tick_alerts, self._db, self._thresholds, now)
+        return len(changed)
 
     # -- reading the archive (CLI and tests) ---------------------------------------------
 

@@ -155,7 +155,14 @@ class _Hub:
 class Group:
     """Judge and store a group of items on `db`, inside a transaction the caller opened."""
 
-    def __init__(self, db: Connection, now: datetime) -> None:
+    def __init__(
+        self,
+        db: Connection,
+        now: datetime,
+        *,
+        project: Callable[[VerifiedBatch], None] | None = None,
+    ) -> None:
+        self._project = project
         self._db = db
         self._now = now
         self._hubs: dict[str, _Hub] = {}
@@ -438,6 +445,9 @@ class Group:
                             )
                         )
                 self._store_records(cursor, [n.batch for _hub, n in new])
+            if self._project is not None:  # each hub's batches in its log's order
+                for _hub, n in sorted(new, key=lambda hn: (hn[0].hub_id, hn[1].batch.batch_seq)):
+                    self._project(n.batch)
         if self._link_stored:
             db.execute(
                 "UPDATE clinic_batches b SET linked = true"

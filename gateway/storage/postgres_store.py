@@ -49,7 +49,6 @@ from gateway.model import (
     Treatment,
 )
 from gateway.protocols import DeadLetter, RejectReason, StoredTreatment, TreatmentWrite
-from gateway.shapes import alert_to_json, json_line
 from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     BatchRecords,
@@ -62,6 +61,7 @@ from gateway.storage.contract import (
     UnsealedReading,
     WriteResult,
 )
+from gateway.storage.postgres_alerts import write_alerts
 from gateway.storage.postgres_connection import (
     PostgresConnection,
     Row,
@@ -1126,39 +1126,7 @@ class PostgresStore(PostgresConnection):
     def record_alerts(self, alerts: Sequence[Alert], engine_states: Mapping[str, str]) -> None:
         """Upsert alert values, log each transition as a ledger event, save engine states."""
         with self._db.transaction():
-            for alert in alerts:
-                row = alert_to_json(alert)
-                values = [
-                    _stored_time(parse_rfc3339(row[c]))
-                    if c.endswith("_at") and row[c] is not None
-                    else row[c]
-                    for c in _ALERT_COLUMNS
-                ]
-                self._db.execute(
-                    "INSERT INTO alerts (alert_id, patient_id, kind, level, state, raised_at, "
-                    "updated_at, message, glucose_mg_dl, acknowledged_by, acknowledged_at, "
-                    "resolved_at, patient_acknowledged_by, patient_acknowledged_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (alert_id) DO UPDATE SET level = excluded.level, "
-                    "state = excluded.state, updated_at = excluded.updated_at, "
-                    "message = excluded.message, glucose_mg_dl = excluded.glucose_mg_dl, "
-                    "acknowledged_by = excluded.acknowledged_by, "
-                    "acknowledged_at = excluded.acknowledged_at, "
-                    "resolved_at = excluded.resolved_at, "
-                    "patient_acknowledged_by = excluded.patient_acknowledged_by, "
-                    "patient_acknowledged_at = excluded.patient_acknowledged_at",
-                    values,
-                )
-                self._db.execute(
-                    "INSERT INTO ledger_events (patient_id, body) VALUES (%s, %s)",
-                    (alert.patient_id, json_line({"type": "alert", **row})),
-                )
-            with self._db.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO alert_engine_state (patient_id, state) VALUES (%s, %s) "
-                    "ON CONFLICT (patient_id) DO UPDATE SET state = excluded.state",
-                    list(engine_states.items()),
-                )
+            write_alerts(self._db, alerts, engine_states)
 
     @translated
     def add_ledger_event(self, patient_id: str, body: Mapping[str, object]) -> None:

@@ -20,12 +20,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.settings import ENV_PREFIX, load_settings
 from gateway.topics import batches_topic, checkpoints_topic, shared_hub_subscriptions
-from glucohub.cli import build_parser, cmd_clinic
+from glucohub.cli import build_parser, cmd_clinic, cmd_dashboard
+from glucohub.clinic import clinic_database
 from tests.support.mosquitto import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "clinic"
 WORKERS = ("worker-1", "worker-2")
+DASHBOARDS = ("dashboard-1", "dashboard-2")
 
 
 # -- a small YAML reader: the block subset compose.yaml is written in ------------------------
@@ -111,7 +113,7 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_the_clinic_has_a_broker_a_database_and_two_workers(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) >= {"mosquitto", "postgres", *WORKERS}
+    assert set(services) >= {"mosquitto", "postgres", *WORKERS, *DASHBOARDS, "proxy"}
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
     assert services["postgres"]["image"].startswith("postgres:")
     assert set(compose["volumes"]) == {"mosquitto-data", "postgres-data"}
@@ -148,6 +150,50 @@ def test_each_worker_runs_the_clinic_command_with_real_settings(
     assert clinic.metrics_port != 0
     assert f":{clinic.metrics_port}/metrics" in " ".join(service["healthcheck"]["test"])
     assert set(service["depends_on"]) == {"postgres", "mosquitto"}
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> the repository path (relative to deploy/clinic) mounted there."""
+    return {v.split(":")[1]: v.split(":")[0] for v in service.get("volumes", [])}
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_each_dashboard_process_serves_the_archive_over_tls(
+    compose: dict[str, Any], name: str
+) -> None:
+    service = compose["services"][name]
+    args = build_parser().parse_args(service["command"])
+    assert args.func is cmd_dashboard
+    mounts = _mounts(service)
+    settings = load_settings(DEPLOY / mounts[str(args.config)], _environment(service))
+    database = urlsplit(clinic_database(settings))
+    assert (database.hostname, database.path) == ("postgres", "/clinic")
+    # `glucohub users add` run in the container acts on the same database's accounts.
+    assert settings.storage.url == clinic_database(settings)
+    dashboard = settings.dashboard
+    for path in (dashboard.tls_cert, dashboard.tls_key):
+        directory = str(Path(path).parent)
+        assert (DEPLOY / mounts[directory]).is_dir(), path
+    assert f"https://127.0.0.1:{dashboard.port}/healthz" in " ".join(service["healthcheck"]["test"])
+    assert set(service["depends_on"]) == {"postgres"}
+
+
+def test_the_proxy_spreads_over_every_dashboard_process(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    caddyfile = (DEPLOY / _mounts(proxy)["/etc/caddy/Caddyfile"]).read_text()
+    upstreams = set(re.findall(r"https://([\w-]+):(\d+)", caddyfile))
+    ports = set()
+    for name in DASHBOARDS:
+        service = compose["services"][name]
+        config = _mounts(service)[build_parser().parse_args(service["command"]).config.as_posix()]
+        ports.add(str(load_settings(DEPLOY / config, _environment(service)).dashboard.port))
+    assert upstreams == {(name, port) for name in DASHBOARDS for port in ports}
+    assert set(proxy["depends_on"]) == set(DASHBOARDS)
+    # The certificates it serves are the directory the dashboards mount.
+    assert (
+        _mounts(proxy)["/certs"]
+        == _mounts(compose["services"]["dashboard-1"])["/etc/glucohub/certs"]
+    )
 
 
 def test_the_files_the_compose_file_mounts_are_in_the_repository(compose: dict[str, Any]) -> None:

@@ -309,6 +309,11 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "unknown patient": ("AA:BB:CC:DD:EE:FF", "--patient", "nobody", *HUB),
     },
     "clinic": {"no clinic database": (), "config file missing": ("--config", "{tmp}/nope.toml")},
+    "dashboard": {
+        "no clinic database": (),
+        "config file missing": ("--config", "{tmp}/nope.toml"),
+        "port not a number": ("--port", "x"),
+    },
     "hubs add": {
         "no clinic database": ("--hub", "h1", "--batch-key", "{jwk}", "--log-key", "{vkey}"),
         "no --hub": ("--batch-key", "{jwk}", "--log-key", "{vkey}"),
@@ -328,6 +333,7 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "not https": ("http://clinic.example/v1/enrol", "ghe1_" + "A" * 43, *HUB),
         "hub under the default id": ("http://127.0.0.1:9/v1/enrol", "ghe1_" + "A" * 43, *HUB),
     },
+    "hubs reproject": {"no clinic database": ()},
     "simulate": {
         "no --hubs": ("--mqtt-url", "mqtt://127.0.0.1:1"),
         "rate zero": ("--hubs", "1", "--rate", "0", "--mqtt-url", "mqtt://127.0.0.1:1"),

@@ -1,0 +1,163 @@
+"""What one hub's verified batch becomes in the clinic's copy of the hub schema (pure).
+
+The clinic keeps every record as the hub signed it (`clinic_records`); the dashboards read
+the hub's storage contract, so each verified batch is also *projected* into the hub's
+tables in the clinic database, under clinic-wide ids:
+
+- a patient or device id becomes ``<hub>:<id>``. A hub id cannot hold ":" (the clinic
+  refuses it at enrolment), so the first ":" splits the two and two hubs' ids never collide;
+  ":" needs no escaping in a URL path, where the dashboards put patient ids;
+- readings keep every sealed field; their device is registered on first sight, its kind
+  taken from what it measures and its transport from how the reading reached the hub
+  (hubs do not seal names: the clinic shows the clinic-wide id, or the name a clinic admin
+  gives with `glucohub patients add` before or after the hub's first batch);
+- consent events (``{"type": "consent", "event": "consent_granted" | "consent_revoked"}``)
+  become grants of the clinic account named by the event's ``clinician``: a hub grants its
+  own patients only, since the patient id is prefixed with the hub's. Each change carries
+  its position in the hub's log, (batch seq, record index), so a revocation that arrives
+  before the grant it revokes (a shared subscription reorders batches) still wins.
+
+Other sealed events (the hub's own alert transitions, snoozes, treatments, clock jumps)
+stay in the archive only: the clinic runs its own alert engine over the readings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.clinic.witness import ClinicRecord
+from gateway.clock import parse_rfc3339
+from gateway.model import (
+    DEVICE_READING_KINDS,
+    Device,
+    DeviceKind,
+    Reading,
+    ReadingKind,
+    Source,
+    Transport,
+)
+from gateway.shapes import reading_from_json
+
+SEPARATOR = ":"
+
+
+def clinic_id(hub_id: str, hub_local_id: str) -> str:
+    """The clinic-wide id of a hub's patient or device."""
+    return f"{hub_id}{SEPARATOR}{hub_local_id}"
+
+
+def hub_of(clinic_wide_id: str) -> str:
+    """The hub a clinic-wide patient or device id belongs to."""
+    return clinic_wide_id.partition(SEPARATOR)[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentChange:
+    patient_id: str  # clinic-wide
+    clinician: str  # the clinic account it names
+    granted: bool
+    by: str  # who made the change on the hub, as the hub names them
+    time: datetime
+    position: tuple[int, int]  # (batch seq, record index) in the hub's log
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Projection:
+    readings: tuple[Reading, ...]
+    devices: tuple[Device, ...]  # one per device first seen in this batch's readings
+    consent: tuple[ConsentChange, ...]
+    unreadable: int  # records that are neither a reading nor an event (kept in the archive)
+
+
+_TRANSPORT_OF_SOURCE = {
+    Source.BLE: Transport.BLE,
+    Source.MQTT: Transport.MQTT,
+    Source.HTTP: Transport.HTTP,
+    Source.VIRTUAL: Transport.VIRTUAL,
+    Source.IMPORT: Transport.HTTP,
+}
+
+
+def device_kind_of(kind: ReadingKind) -> DeviceKind:
+    """The device kind that measures `kind` (an uploader only when no profile does)."""
+    for device_kind, kinds in DEVICE_READING_KINDS.items():
+        if device_kind is not DeviceKind.UPLOADER and kind in kinds:
+            return device_kind
+    return DeviceKind.UPLOADER
+
+
+def project(hub_id: str, batch_seq: int, records: Sequence[ClinicRecord]) -> Projection:
+    readings: list[Reading] = []
+    devices: dict[str, Device] = {}
+    consent: list[ConsentChange] = []
+    unreadable = 0
+    for record in records:
+        try:
+            obj = json.loads(record.canonical)
+            if not isinstance(obj, dict):
+                raise ValueError("a record is a JSON object")
+            if "type" in obj:
+                change = _consent(hub_id, obj, (batch_seq, record.index))
+                if change is not None:
+                    consent.append(change)
+                continue
+            hub_reading = reading_from_json(obj)
+        except (KeyError, TypeError, ValueError):
+            unreadable += 1
+            continue
+        reading = _clinic_reading(hub_id, hub_reading)
+        readings.append(reading)
+        if reading.device_id not in devices:
+            devices[reading.device_id] = Device(
+                device_id=reading.device_id,
+                patient_id=reading.patient_id,
+                kind=device_kind_of(reading.kind),
+                transport=_TRANSPORT_OF_SOURCE[reading.source],
+                simulated=reading.source is Source.VIRTUAL,
+            )
+    return Projection(
+        readings=tuple(readings),
+        devices=tuple(devices.values()),
+        consent=tuple(consent),
+        unreadable=unreadable,
+    )
+
+
+def _clinic_reading(hub_id: str, reading: Reading) -> Reading:
+    return Reading(
+        patient_id=clinic_id(hub_id, reading.patient_id),
+        device_id=clinic_id(hub_id, reading.device_id),
+        kind=reading.kind,
+        value=reading.value,
+        unit=reading.unit,
+        time=reading.time,
+        source=reading.source,
+        seq=reading.seq,
+        original_value=reading.original_value,
+        original_unit=reading.original_unit,
+        status=reading.status,
+    )
+
+
+def _consent(
+    hub_id: str, obj: dict[str, object], position: tuple[int, int]
+) -> ConsentChange | None:
+    if obj.get("type") != "consent":
+        return None
+    event = obj.get("event")
+    if event not in ("consent_granted", "consent_revoked"):
+        raise ValueError(f"unknown consent event {event!r}")
+    patient, clinician = obj.get("patient_id"), obj.get("clinician")
+    if not isinstance(patient, str) or not patient or not isinstance(clinician, str):
+        raise ValueError("a consent event names its patient and clinician")
+    return ConsentChange(
+        patient_id=clinic_id(hub_id, patient),
+        clinician=clinician,
+        granted=event == "consent_granted",
+        by=str(obj.get("by", "")),
+        time=parse_rfc3339(str(obj["time"])),
+        position=position,
+    )
