@@ -34,10 +34,12 @@ from dashboards.context import (
     add_route,
 )
 from dashboards.live import DEFAULT_VIEWER_QUEUE, Viewer, message_patient
+from dashboards.nightscout import document_routes as nightscout_documents
 from dashboards.nightscout import routes as nightscout
 from gateway.clock import Clock, SystemClock
 from gateway.protocols import (
     AlertControl,
+    DocumentLog,
     HubStatus,
     LedgerView,
     LiveFeed,
@@ -77,11 +79,12 @@ def create_app(
     first_run: setup.FirstRun | None = None,
     sink: ReadingSink | None = None,
     treatments: TreatmentLog | None = None,
+    documents: DocumentLog | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
     With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
     takes Nightscout uploads (without one they are refused with 503); `treatments` stores and
-    shows patients' treatments."""
+    shows patients' treatments; `documents` keeps Nightscout devicestatus and profiles."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -96,6 +99,7 @@ def create_app(
         viewer_queue_size=viewer_queue_size,
         sink=sink,
         treatments=treatments,
+        documents=documents,
     )
     views.add_routes(app)
     publiclog.add_routes(app)
@@ -103,6 +107,7 @@ def create_app(
     if first_run is not None:
         setup.add_routes(app, first_run)
     nightscout.add_routes(app)
+    nightscout_documents.add_routes(app)
     add_route(app, "GET", "/ws", _websocket, Rule(access=Access.USER))
     static = app.router.add_static("/static/", STATIC_DIR, append_version=False)
     for route in static:

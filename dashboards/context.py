@@ -13,6 +13,7 @@ from dashboards.live import Broadcaster
 from gateway.clock import Clock
 from gateway.protocols import (
     AlertControl,
+    DocumentLog,
     HubStatus,
     LedgerView,
     LiveFeed,
@@ -41,6 +42,7 @@ class Deps:
     viewer_queue_size: int
     sink: ReadingSink | None = None  # where Nightscout uploads go; None: uploads are refused
     treatments: TreatmentLog | None = None  # None: no treatments are taken or shown
+    documents: DocumentLog | None = None  # Nightscout devicestatus, profiles, deletions
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)

@@ -26,6 +26,7 @@ from gateway.protocols import ReadingSink
 from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
 from gateway.services import (
     Reader,
+    StoreDocuments,
     StoreLedgerView,
     StoreOutbox,
     StoreReadModel,
@@ -107,6 +108,12 @@ async def _dashboard(
             first_run=first_run,
             sink=running.hub,
             treatments=StoreTreatments(
+                running.reader,
+                lambda fn: running.writer.run(fn, running.writer.store),
+                running.hub.ledger_events_written,
+                clock,
+            ),
+            documents=StoreDocuments(
                 running.reader,
                 lambda fn: running.writer.run(fn, running.writer.store),
                 running.hub.ledger_events_written,
