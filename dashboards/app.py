@@ -39,7 +39,6 @@ from dashboards.nightscout import routes as nightscout
 from gateway.clock import Clock, SystemClock
 from gateway.protocols import (
     AlertControl,
-    DocumentLog,
     HubStatus,
     LedgerView,
     LiveFeed,
@@ -48,6 +47,7 @@ from gateway.protocols import (
     TreatmentLog,
 )
 from gateway.settings import DashboardSettings
+from gateway.storage.document_log import DocumentLog
 from gateway.units import glucose_unit
 
 log = logging.getLogger(__name__)

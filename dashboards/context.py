@@ -13,7 +13,6 @@ from dashboards.live import Broadcaster
 from gateway.clock import Clock
 from gateway.protocols import (
     AlertControl,
-    DocumentLog,
     HubStatus,
     LedgerView,
     LiveFeed,
@@ -22,6 +21,7 @@ from gateway.protocols import (
     TreatmentLog,
 )
 from gateway.settings import DashboardSettings
+from gateway.storage.document_log import DocumentLog
 
 SESSION_COOKIE = "gh_session"
 LOGIN_COOKIE = "gh_login"  # the login form's CSRF token, before there is a session

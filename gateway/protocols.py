@@ -11,7 +11,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.clock import require_utc
 from gateway.model import (
@@ -26,9 +26,6 @@ from gateway.model import (
     Source,
     Treatment,
 )
-
-if TYPE_CHECKING:  # the storage contract imports this module
-    from gateway.storage.contract import DocumentCollection, DocumentWrite, NightscoutDocument
 
 
 class RejectReason(StrEnum):
@@ -107,33 +104,6 @@ class TreatmentLog(Protocol):
     ) -> list[Treatment]:
         """Newest first."""
         ...
-
-
-class DocumentLog(Protocol):
-    """Nightscout devicestatus and profile documents, and Nightscout deletions, for the
-    dashboards: stored off the event loop (`gateway.storage.contract.NightscoutDocuments`)."""
-
-    async def add(self, documents: Sequence[NightscoutDocument]) -> DocumentWrite: ...
-
-    async def query(
-        self,
-        patient_id: str,
-        collection: DocumentCollection,
-        *,
-        since: datetime,
-        until: datetime,
-        limit: int | None = None,
-    ) -> list[NightscoutDocument]:
-        """Newest first, deleted ones left out."""
-        ...
-
-    async def delete(
-        self, patient_id: str, collection: DocumentCollection, record_keys: Sequence[str]
-    ) -> int:
-        """Hide the records and seal the deletion; the count newly hidden."""
-        ...
-
-    async def deleted(self, patient_id: str, collection: DocumentCollection) -> frozenset[str]: ...
 
 
 class ReadingSink(Protocol):

@@ -71,11 +71,14 @@ async def _jwt_holder(request: web.Request, token: str) -> NightscoutSecretRecor
 
 async def authorization_request(request: web.Request) -> web.StreamResponse:
     """GET /api/v2/authorization/request/<accessToken> (lib/authorization/endpoints.js and
-    `authorize`): a JWT for the token, with who it is, what it may do, `iat` and `exp` in
-    seconds; 401 Unauthorized for an unknown token."""
+    `authorize`): a JWT for the token (or for the token of a JWT still valid), with who it
+    is, what it may do, `iat` and `exp` in seconds; 401 Unauthorized for an unknown token."""
     d = deps(request)
     access_token = request.match_info["token"]
-    found = await d.accounts.nightscout_uploader(api_secret(access_token))
+    if jwt.looks_like_jwt(access_token):  # a JWT of this hub is traded for a fresh one
+        found = await _jwt_holder(request, access_token)
+    else:
+        found = await d.accounts.nightscout_uploader(api_secret(access_token))
     if found is None or not found.roles:  # an uploader secret is no access token
         return web.json_response(
             {"status": 401, "message": "Unauthorized", "description": "Invalid/Missing"},

@@ -40,9 +40,9 @@ from dashboards.nightscout.entries import (
     iso_time,
     parse_time,
 )
+from gateway.clinical.therapy_profile import ProfileError, ProfileSet, parse_profile_set
 from gateway.protocols import RejectReason
 from gateway.storage.contract import DocumentCollection, NightscoutDocument
-from gateway.therapy_profile import ProfileError, ProfileSet, parse_profile_set
 
 MAX_DOCUMENTS = 100  # in one upload: AndroidAPS sends one, Loop a few
 MAX_DOCUMENT_BYTES = {  # one document as compact JSON

@@ -88,6 +88,11 @@ async def test_a_readable_tokens_jwt_reads_its_patient_only_and_cannot_write(hub
         # the access token itself as ?token= (Nightguard, xDrip+ followers)
         status, seen = await call(http, hub, "GET", "/api/v1/devicestatus", token=readable)
         assert [d["device"] for d in seen] == ["openaps://p1-phone"]
+        # the JWT as ?token= too, and the token's SHA-1 as api-secret (lib/authorization)
+        status, seen = await call(http, hub, "GET", "/api/v1/devicestatus", token=jwt)
+        assert [d["device"] for d in seen] == ["openaps://p1-phone"]
+        status, seen = await call(http, hub, "GET", "/api/v1/devicestatus", secret=sha1(readable))
+        assert [d["device"] for d in seen] == ["openaps://p1-phone"]
         status, auth = await call(http, hub, "GET", "/api/v1/verifyauth", bearer=jwt)
         assert auth["message"]["canRead"] is True and auth["message"]["canWrite"] is False
         # read-only: no uploads, no deletions (Nightscout v1: 401 Unauthorized)
@@ -125,6 +130,9 @@ async def test_a_careportal_tokens_jwt_uploads_and_revoking_the_token_ends_its_j
         )
         assert status == 200 and stored[0]["notes"] == "from a token"
 
+        # a JWT still valid is traded for a fresh one (lib/authorization/index.js, authorize)
+        status, renewed = await call(http, hub, "GET", f"/api/v2/authorization/request/{jwt}")
+        assert status == 200 and renewed["sub"] == "AAPS" and renewed["exp"] >= granted["exp"]
         code, out, _ = run_cli(hub.data_dir, "list", "--patient", "p1")
         rows = [line.split("\t") for line in out.splitlines()]
         assert code == 0 and len(rows) == 3  # p1's two secrets and this token

@@ -1,5 +1,5 @@
-"""The typed profile of a Nightscout profile document (gateway/therapy_profile.py): what the
-forecast helper reads. Expected values are read off the schedules by hand."""
+"""The typed profile of a Nightscout profile document (gateway/clinical/therapy_profile.py):
+what the forecast helper reads. Expected values are read off the schedules by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.therapy_profile import ProfileError, parse_profile_set
+from gateway.clinical.therapy_profile import ProfileError, parse_profile_set
 from gateway.units import Unit
 
 
