@@ -195,14 +195,8 @@ async def _list(request: web.Request, collection: DocumentCollection) -> web.Str
     if query.since > query.until:
         return _json([])
     found = await d.documents.query(
-        uploader.patient_id,
-        collection,
-        since=query.since,
-        until=query.until,
-        limit=None if query.doc_id else query.count,
+        uploader.patient_id, collection, since=query.since, until=query.until, limit=query.count
     )
-    if query.doc_id is not None:
-        found = [doc for doc in found if doc.doc_id == query.doc_id][: query.count]
 
     def render() -> str:  # up to MAX_COUNT documents of up to 64 KiB: off the event loop
         return json.dumps([to_nightscout(doc) for doc in found])

@@ -136,9 +136,11 @@ def _document(
             raise EntriesRejected(RejectReason.SCHEMA, str(exc)) from None
     time = _time(item, collection, now)
     kept = {k: v for k, v in item.items() if k not in _SERVER_FIELDS}
-    kept["created_at"] = kept.get("created_at") or iso_time(time)
-    if collection is DocumentCollection.PROFILE:
+    if collection is DocumentCollection.PROFILE:  # lib/server/profile.js: kept as sent
+        kept["created_at"] = kept.get("created_at") or iso_time(time)
         kept.setdefault("startDate", iso_time(time))
+    else:  # lib/server/devicestatus.js: `created_at` rewritten as toISOString()
+        kept["created_at"] = iso_time(time)
     text = json.dumps(kept, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if given_id is None:
         digest = hashlib.sha256(f"{patient_id}|{collection}|{text}".encode()).hexdigest()
@@ -203,20 +205,18 @@ class DocumentsQuery:
     count: int
     since: datetime
     until: datetime
-    doc_id: str | None = None
 
 
 def parse_query(
     params: Sequence[tuple[str, str]], *, now: datetime, dated_by_default: bool = True
 ) -> DocumentsQuery:
     """GET /api/v1/devicestatus or /profile: `count` and `find[created_at][$op]` (ISO 8601
-    or ms), `find[_id]`. Without a date filter, devicestatus looks four days back
-    (lib/server/query.js); profiles (`dated_by_default=False`) are listed whatever their age
-    (lib/server/profile.js, list)."""
+    or ms). Without a date filter, devicestatus looks four days back (lib/server/query.js);
+    profiles (`dated_by_default=False`) are listed whatever their age within MAX_WINDOW
+    (lib/server/profile.js, list). Other filters are refused rather than ignored."""
     since = datetime(2000, 1, 1, tzinfo=UTC)
     until = now + timedelta(days=1)
     dated = False
-    doc_id: str | None = None
     asked: int | None = None
     for key, value in params:
         if key == "count":
@@ -237,13 +237,10 @@ def parse_query(
                 until = min(until, at)
             if op == "$lt":
                 until = min(until, at - step)
-        elif field == "_id" and op == "$eq":
-            doc_id = value
         else:
             raise EntriesRejected(RejectReason.SCHEMA, f"unsupported filter {key}")
-    if not dated and doc_id is None and dated_by_default:
+    if not dated and dated_by_default:
         since = now - DEFAULT_WINDOW
-    if doc_id is None:
-        since = max(since, until - MAX_WINDOW)
+    since = max(since, until - MAX_WINDOW)
     count = min(asked, MAX_COUNT) if asked else DEFAULT_COUNT
-    return DocumentsQuery(count=count, since=since, until=until, doc_id=doc_id)
+    return DocumentsQuery(count=count, since=since, until=until)
