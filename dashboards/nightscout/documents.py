@@ -141,7 +141,10 @@ def _document(
         kept.setdefault("startDate", iso_time(time))
     else:  # lib/server/devicestatus.js: `created_at` rewritten as toISOString()
         kept["created_at"] = iso_time(time)
-    text = json.dumps(kept, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text = json.dumps(kept, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # Python's json reads NaN and Infinity; JSON has neither
+        raise EntriesRejected(RejectReason.SCHEMA, "NaN or Infinity is not a JSON number") from None
     if given_id is None:
         digest = hashlib.sha256(f"{patient_id}|{collection}|{text}".encode()).hexdigest()
         given_id = digest[:24]

@@ -277,6 +277,7 @@ async def test_bad_bodies_get_nightscouts_400_and_a_dead_letter_never_a_500(hub:
         ("/api/v1/devicestatus", [{**aaps_status(now), "created_at": "yesterday"}], "ISO 8601"),
         ("/api/v1/devicestatus", [huge], "oversized"),
         ("/api/v1/devicestatus", [{"a": [[[[[[[[[[[[[1]]]]]]]]]]]]]}], "nested deeper"),
+        ("/api/v1/devicestatus", b'[{"device": "x", "uploaderBattery": NaN}]', "NaN"),
         ("/api/v1/profile", no_store, "non-empty `store`"),
         ("/api/v1/profile", [1, 2], "must be an object"),
     ]
@@ -296,9 +297,9 @@ async def test_bad_bodies_get_nightscouts_400_and_a_dead_letter_never_a_500(hub:
         assert status == 200 and [d["device"] for d in kept] == ["loop://iPhone"]
     letters = dead_letters(hub)[before:]
     # one each, two for [1, 2] (each document its own), one for "oops"
-    assert len(letters) == 7 + 2 + 1
+    assert len(letters) == 8 + 2 + 1
     assert letters[0].payload == b"{not json" and letters[0].reason == "malformed"
-    assert json.loads(letters[6].payload) == json.loads(json.dumps(no_store))
+    assert json.loads(letters[7].payload) == json.loads(json.dumps(no_store))
     assert letters[-1].payload == b'"oops"' and letters[-1].topic == "/api/v1/devicestatus"
 
 
