@@ -54,6 +54,7 @@ DEFAULT_COUNT = 10  # lib/api/devicestatus/index.js; PROFILES_DEFAULT_COUNT
 MAX_COUNT = 1000
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: parse_time's bound
 # Fields the server sets on reads: an uploader's own values for them are not kept.
 _SERVER_FIELDS = ("_id", "mills", "utcOffset")
 
@@ -176,6 +177,8 @@ def _time(item: Mapping[str, object], collection: DocumentCollection, now: datet
     if date is not None:
         if isinstance(date, bool) or not isinstance(date, int | float) or not math.isfinite(date):
             raise EntriesRejected(RejectReason.SCHEMA, "date must be ms since the epoch")
+        if not 0 <= date < _LATEST_MS:
+            raise EntriesRejected(RejectReason.SCHEMA, f"date {date!r} is out of range")
         return parse_time(iso_time(_EPOCH + timedelta(milliseconds=int(date))))
     return now
 

@@ -77,7 +77,7 @@ def zone(name: str) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe", a long name
         pass
     fixed = _FIXED.fullmatch(name.strip())
     if fixed is None:

@@ -47,6 +47,13 @@ def test_created_at_with_an_offset_is_served_in_utc_and_a_missing_one_is_now() -
     assert served[2]["created_at"] == "2025-12-01T09:06:40.000Z"
 
 
+@pytest.mark.parametrize("date", [2**70, -1, 1e300, "1764580000000", True])
+def test_a_date_that_is_no_time_is_refused(date: object) -> None:
+    body = json.dumps([{"device": "a", "date": date}]).encode()
+    [parsed] = parse_documents(body, collection=STATUS, patient_id="p1", now=NOW)
+    assert parsed.document is None and parsed.error is not None
+
+
 def test_the_same_document_gets_the_same_id_and_a_given_id_is_kept() -> None:
     body = {"device": "a", "created_at": "2026-12-01T09:00:00Z", "uploaderBattery": 50}
     first, again, other = parse([body, body, {**body, "uploaderBattery": 49}])

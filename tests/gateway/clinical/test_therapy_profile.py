@@ -88,3 +88,13 @@ def test_a_profile_without_nightscouts_shape_is_refused(change: Any, says: str) 
     change(profile)
     with pytest.raises(ProfileError, match=says):
         parse_profile_set(profile)
+
+
+@pytest.mark.parametrize("name", ["Europe", "a" * 300, "../../etc/passwd", "Nowhere/City", ""])
+def test_a_time_zone_that_is_no_zone_reads_as_utc(name: str) -> None:
+    profile = aaps_store()
+    profile["store"]["Day"]["timezone"] = name
+    active = parse_profile_set(profile).active
+    # 11:30 UTC taken as UTC: the 06:00 ISF, the midnight carb ratio (12:00 starts at noon)
+    at = datetime(2026, 12, 1, 11, 30, tzinfo=UTC)
+    assert (active.carb_ratio_at(at), active.isf_mg_dl_at(at)) == (10.0, pytest.approx(36.03118))
