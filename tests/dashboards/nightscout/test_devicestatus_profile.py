@@ -7,9 +7,12 @@ ledger), with the bodies the apps upload, taken from their public source:
   store of LocalProfilePlugin: `defaultProfile`, `date`, `created_at`, `startDate`, `store`).
   Its v1 client sends these over socket.io (`dbAdd`); here they are POSTed as the same JSON,
   as Nightscout's REST API takes them.
-- Loop (LoopKit/NightscoutKit, DeviceStatus and ProfileSet `dictionaryRepresentation`):
-  arrays, `device` "loop://…", `uploader` {name, timestamp, battery}, `loop` {iob, cob,
-  predicted}; a profile with text `mills`, `loopSettings` and mg/dL schedules.
+- Loop (NightscoutUploadKit, ps2/rileylink_ios DeviceStatus/DeviceStatus.swift and
+  PumpStatus.swift, later LoopKit/NightscoutKit; DeviceStatus and ProfileSet
+  `dictionaryRepresentation`): arrays, `device` "loop://…", `created_at`, `pump` {clock,
+  pumpID, reservoir, suspended, bolusing, secondsFromGMT}, `uploader` {name, timestamp,
+  battery}, `loop` {iob, cob, predicted}; a profile with text `mills`, `loopSettings` and
+  mg/dL schedules.
 - xDrip+ (NightscoutFoundation/xDrip, NightscoutUploader.java, uploadDeviceStatus): one
   gzipped object {device, uploader {battery, batteryVoltage, temperature}}, no time.
 
@@ -80,6 +83,7 @@ def loop_status(at: datetime) -> dict[str, Any]:
             "reservoir": 50,
             "suspended": False,
             "bolusing": False,
+            "secondsFromGMT": -21600,
         },
         "uploader": {"name": "iPhone", "timestamp": iso(at), "battery": 85},
         "loop": {

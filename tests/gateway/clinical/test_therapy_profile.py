@@ -98,3 +98,26 @@ def test_a_time_zone_that_is_no_zone_reads_as_utc(name: str) -> None:
     # 11:30 UTC taken as UTC: the 06:00 ISF, the midnight carb ratio (12:00 starts at noon)
     at = datetime(2026, 12, 1, 11, 30, tzinfo=UTC)
     assert (active.carb_ratio_at(at), active.isf_mg_dl_at(at)) == (10.0, pytest.approx(36.03118))
+
+
+def test_older_androidaps_text_values_are_numbers() -> None:
+    """Older AndroidAPS profiles carry every number as text ("dia": "5", "value": "4.5",
+    "timeAsSeconds": "0": nightscout/AndroidAPS, the in-silico and DanaR profile stores)."""
+    text = [
+        {"time": "00:00", "value": "3", "timeAsSeconds": "0"},
+        {"time": "06:00", "value": "2.5", "timeAsSeconds": "21600"},
+    ]
+    profile = {
+        "defaultProfile": "InSilico",
+        "store": {
+            "InSilico": {
+                "units": "mmol",
+                "dia": "5",
+                **{k: text for k in ("carbratio", "sens", "basal", "target_low", "target_high")},
+            }
+        },
+    }
+    active = parse_profile_set(profile).active  # no time zone: UTC
+    assert active.dia_hours == 5.0
+    assert active.carb_ratio_at(datetime(2026, 12, 1, 5, 59, tzinfo=UTC)) == 3.0
+    assert active.carb_ratio_at(datetime(2026, 12, 1, 6, 0, tzinfo=UTC)) == 2.5
