@@ -376,7 +376,8 @@ class PostgresAccountStorage(PostgresConnection):
 
     def _nightscout_secret_where(self, where: str, value: object) -> NightscoutSecretRecord | None:
         row = self._db.execute(
-            f"SELECT {_NS_COLUMNS} FROM nightscout_secrets WHERE {where} AND NOT revoked", (value,)
+            f"SELECT {_NS_COLUMNS} FROM nightscout_secrets WHERE {where} AND NOT revoked".encode(),
+            (value,),
         ).fetchone()
         return None if row is None else _ns_record(row)
 
@@ -386,7 +387,7 @@ class PostgresAccountStorage(PostgresConnection):
     ) -> list[NightscoutSecretRecord]:
         rows = self._db.execute(
             f"SELECT {_NS_COLUMNS} FROM nightscout_secrets WHERE NOT revoked"
-            " AND (%s::text IS NULL OR patient_id = %s) ORDER BY id",
+            " AND (%s::text IS NULL OR patient_id = %s) ORDER BY id".encode(),
             (patient_id, patient_id),
         ).fetchall()
         return [_ns_record(r) for r in rows]
