@@ -236,6 +236,12 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
+# Nightscout's roles (lib/authorization/storage.js) a hub access token may have, and whether
+# each lets it upload. Two levels only: "readable" reads; "careportal" (Nightscout: create
+# treatments) and "admin" read and upload everything of their patient.
+NIGHTSCOUT_ROLES = {"readable": False, "careportal": True, "admin": True}
+
+
 # -- the rules over the storage contract -----------------------------------------------------
 
 
@@ -246,6 +252,7 @@ class AccountRules:
     def __init__(self, storage: AccountStorage, clock: Clock) -> None:
         self._storage = storage
         self._clock = clock
+        self._jwt_key: bytes | None = None
         # Glucose unit of users who have not chosen one; the dashboard sets it from
         # `dashboard.default_unit`.
         self.default_unit = Unit.MMOL_L
@@ -536,6 +543,44 @@ class AccountRules:
     def nightscout_uploader(self, api_secret_hex: str) -> NightscoutSecretRecord | None:
         return self._storage.nightscout_secret(nightscout_secret_hash(api_secret_hex))
 
+    def create_nightscout_token(
+        self, patient_id: str, device_id: str, *, subject: str, roles: Sequence[str]
+    ) -> tuple[int, str]:
+        """A Nightscout access token of the patient with `roles`: (its id, the token).
+        Shaped as Nightscout's (`<subject abbreviated>-<hex>`, lib/authorization/storage.js)
+        but with 128 random bits; shown once, stored as `nightscout_secret_hash` of it."""
+        self._require_patient(patient_id)
+        unknown = sorted(set(roles) - set(NIGHTSCOUT_ROLES))
+        if not roles or unknown:
+            raise AccountError(
+                f"roles must be some of {', '.join(NIGHTSCOUT_ROLES)}, not {', '.join(unknown)}"
+            )
+        abbrev = re.sub(r"[^a-z0-9]", "", subject.lower())[:10] or "token"
+        token = f"{abbrev}-{secrets.token_hex(16)}"
+        token_id = self._storage.add_nightscout_secret(
+            secret_hash=nightscout_secret_hash(api_secret(token)),
+            patient_id=patient_id,
+            device_id=device_id,
+            can_write=any(NIGHTSCOUT_ROLES[r] for r in roles),
+            label=subject,
+            created_at=self._clock.now(),
+            roles=sorted(set(roles)),
+        )
+        return token_id, token
+
+    def nightscout_uploader_by_id(self, secret_id: int) -> NightscoutSecretRecord | None:
+        return self._storage.nightscout_secret_by_id(secret_id)
+
+    def list_nightscout_secrets(
+        self, patient_id: str | None = None
+    ) -> list[NightscoutSecretRecord]:
+        return self._storage.list_nightscout_secrets(patient_id)
+
+    def nightscout_jwt_key(self) -> bytes:
+        if self._jwt_key is None:
+            self._jwt_key = self._storage.nightscout_jwt_key(secrets.token_bytes(32))
+        return self._jwt_key
+
     def revoke_nightscout_secret(self, secret_id: int) -> None:
         if not self._storage.revoke_nightscout_secret(secret_id):
             raise AccountError(f"no Nightscout secret {secret_id}")
@@ -771,6 +816,14 @@ class Accounts:
         """The uploader whose secret's SHA-1 hex is `api_secret_hex`, unless revoked."""
         return await self._run(lambda: self._tables.nightscout_uploader(api_secret_hex))
 
+    async def nightscout_uploader_by_id(self, secret_id: int) -> NightscoutSecretRecord | None:
+        """The unrevoked uploader secret or access token with this id."""
+        return await self._run(lambda: self._tables.nightscout_uploader_by_id(secret_id))
+
+    async def nightscout_jwt_key(self) -> bytes:
+        """The hub's key for Nightscout JWTs (made on first use, shared by clinic workers)."""
+        return await self._run(self._tables.nightscout_jwt_key)
+
 
 # -- synchronous functions for the CLI ----------------------------------------------------
 
@@ -847,6 +900,22 @@ def nightscout_secret_create(
     return _rules(storage).create_nightscout_secret(
         patient_id, device_id, can_write=can_write, label=label
     )
+
+
+def nightscout_token_create(
+    storage: AccountStorage, patient_id: str, device_id: str, *, subject: str, roles: Sequence[str]
+) -> tuple[int, str]:
+    """`glucohub nightscout token`: (id, token) of a new access token, shown once."""
+    return _rules(storage).create_nightscout_token(
+        patient_id, device_id, subject=subject, roles=roles
+    )
+
+
+def nightscout_secrets_list(
+    storage: AccountStorage, patient_id: str | None = None
+) -> list[NightscoutSecretRecord]:
+    """Unrevoked uploader secrets and access tokens, oldest first (never the secrets)."""
+    return _rules(storage).list_nightscout_secrets(patient_id)
 
 
 def nightscout_secret_revoke(storage: AccountStorage, secret_id: int) -> None:

@@ -35,6 +35,7 @@ from dashboards.context import (
 )
 from dashboards.live import DEFAULT_VIEWER_QUEUE, Viewer, message_patient
 from dashboards.nightscout import api3_routes as nightscout_v3
+from dashboards.nightscout import document_routes as nightscout_documents
 from dashboards.nightscout import routes as nightscout
 from gateway.clock import Clock, SystemClock
 from gateway.protocols import (
@@ -48,6 +49,7 @@ from gateway.protocols import (
     TreatmentLog,
 )
 from gateway.settings import DashboardSettings
+from gateway.storage.document_log import DocumentLog
 from gateway.units import glucose_unit
 
 log = logging.getLogger(__name__)
@@ -80,11 +82,13 @@ def create_app(
     sink: ReadingSink | None = None,
     treatments: TreatmentLog | None = None,
     devices: DeviceControl | None = None,
+    documents: DocumentLog | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
     With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
     takes Nightscout uploads (without one they are refused with 503); `treatments` stores and
-    shows patients' treatments; `devices` lets patients forget their devices."""
+    shows patients' treatments; `devices` lets patients forget their devices; `documents`
+    keeps Nightscout devicestatus and profiles."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -100,6 +104,7 @@ def create_app(
         sink=sink,
         treatments=treatments,
         devices=devices,
+        documents=documents,
     )
     views.add_routes(app)
     publiclog.add_routes(app)
@@ -108,6 +113,7 @@ def create_app(
         setup.add_routes(app, first_run)
     nightscout.add_routes(app)
     nightscout_v3.add_routes(app)
+    nightscout_documents.add_routes(app)
     add_route(app, "GET", "/ws", _websocket, Rule(access=Access.USER))
     static = app.router.add_static("/static/", STATIC_DIR, append_version=False)
     for route in static:

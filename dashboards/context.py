@@ -22,6 +22,7 @@ from gateway.protocols import (
     TreatmentLog,
 )
 from gateway.settings import DashboardSettings
+from gateway.storage.document_log import DocumentLog
 
 SESSION_COOKIE = "gh_session"
 LOGIN_COOKIE = "gh_login"  # the login form's CSRF token, before there is a session
@@ -43,6 +44,7 @@ class Deps:
     sink: ReadingSink | None = None  # where Nightscout uploads go; None: uploads are refused
     treatments: TreatmentLog | None = None  # None: no treatments are taken or shown
     devices: DeviceControl | None = None  # None: patients cannot forget devices here
+    documents: DocumentLog | None = None  # Nightscout devicestatus, profiles, deletions
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)

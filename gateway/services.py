@@ -34,7 +34,12 @@ from gateway.model import (
 )
 from gateway.protocols import DisclosedBatch, QuarantinedRecord, StoredTreatment, TreatmentWrite
 from gateway.sealing import HubKeys
-from gateway.storage.contract import HubStorage
+from gateway.storage.contract import (
+    DocumentCollection,
+    DocumentWrite,
+    HubStorage,
+    NightscoutDocument,
+)
 from gateway.storage.opening import open_storage
 from gateway.validation import TreatmentRules, validate_treatment
 from ledger import rfc6962, tiles
@@ -223,6 +228,58 @@ class StoreDevices:
             await self._writer_run(lambda s: s.remove_device(device_id))
         self._on_forgotten(device_id)
         return device
+
+
+class StoreDocuments:
+    """`DocumentLog` over the store: written on the hub's writer thread, read on the
+    reader's. `on_written(n)` hears of n new ledger events (profiles, deletions)."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        writer_run: Callable[[Callable[[HubStorage], object]], Awaitable[object]],
+        on_written: Callable[[int], None],
+        clock: Clock,
+    ) -> None:
+        self._reader = reader
+        self._writer_run = writer_run
+        self._on_written = on_written
+        self._clock = clock
+
+    async def add(self, documents: Sequence[NightscoutDocument]) -> DocumentWrite:
+        done = await self._writer_run(lambda s: s.add_documents(documents))
+        assert isinstance(done, DocumentWrite)
+        if sealed := sum(d.collection is DocumentCollection.PROFILE for d in done.added):
+            self._on_written(sealed)
+        return done
+
+    async def query(
+        self,
+        patient_id: str,
+        collection: DocumentCollection,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int | None = None,
+    ) -> list[NightscoutDocument]:
+        return await self._reader.run(
+            lambda s: s.documents(patient_id, collection, since=since, until=until, limit=limit)
+        )
+
+    async def delete(
+        self, patient_id: str, collection: DocumentCollection, record_keys: Sequence[str]
+    ) -> int:
+        now = self._clock.now()
+        count = await self._writer_run(
+            lambda s: s.delete_records(patient_id, collection, record_keys, now=now)
+        )
+        assert isinstance(count, int)
+        if count:
+            self._on_written(1)
+        return count
+
+    async def deleted(self, patient_id: str, collection: DocumentCollection) -> frozenset[str]:
+        return await self._reader.run(lambda s: s.deleted_keys(patient_id, collection))
 
 
 class StoreReadModel:

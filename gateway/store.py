@@ -21,6 +21,7 @@ from gateway.model import (
 from gateway.storage.contract import (
     UnsealedReading,
 )
+from gateway.storage.sqlite_documents import SqliteDocuments
 from gateway.storage.sqlite_errors import storage_error, translate_sqlite_errors
 from gateway.storage.sqlite_migrations import migrate, require_current, schema_version
 from gateway.storage.sqlite_retention import SqliteRetention
@@ -35,7 +36,7 @@ log = logging.getLogger("glucohub.store")
 
 
 @translate_sqlite_errors
-class Store(SqliteTreatments, SqliteRetention):
+class Store(SqliteTreatments, SqliteDocuments, SqliteRetention):
     """All durable state of one hub in one SQLite file: the contract's `HubStorage`.
     Not thread-safe: one thread per `Store`."""
 

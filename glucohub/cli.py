@@ -620,6 +620,42 @@ def cmd_nightscout_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nightscout_token(args: argparse.Namespace) -> int:
+    from glucohub import accounts, uploaders
+
+    store = _open_store(args)
+    try:
+        device_id = uploaders.ensure_uploader_device(store, args.patient)
+    finally:
+        store.close()
+    roles = args.role or ["readable"]
+    token_id, token = accounts.nightscout_token_create(
+        _db_path(args), args.patient, device_id, subject=args.name, roles=roles
+    )
+    print(f"token: {token}")
+    print(
+        f"(shown once: token {token_id}, roles {', '.join(sorted(set(roles)))}, for patient"
+        f" {args.patient}; apps take it as ?token= or trade it for a JWT at"
+        f" /api/v2/authorization/request/<token>; `glucohub nightscout revoke {token_id}`"
+        " ends it)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_nightscout_list(args: argparse.Namespace) -> int:
+    from glucohub import accounts
+
+    for found in accounts.nightscout_secrets_list(_db_path(args), args.patient):
+        kind = f"token {','.join(found.roles)}" if found.roles else "secret"
+        access = "read-write" if found.can_write else "read-only"
+        print(
+            f"{found.secret_id}\t{found.patient_id}\t{kind}\t{access}\t{found.label}"
+            f"\t{found.created_at.isoformat()}"
+        )
+    return 0
+
+
 def cmd_nightscout_revoke(args: argparse.Namespace) -> int:
     from glucohub import accounts
 
@@ -960,7 +996,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="uploader", help="what it is for, e.g. the app's name")
     p.add_argument("--url", help="the hub's address as phones reach it, e.g. https://hub:8080")
     p.set_defaults(func=cmd_nightscout_secret)
-    p = nightscout.add_parser("revoke", help="revoke one uploader secret by its id")
+    p = nightscout.add_parser(
+        "token", help="create a patient's access token with Nightscout roles (shown once)"
+    )
+    _common(p)
+    p.add_argument("--patient", required=True)
+    p.add_argument("--name", required=True, help="who uses it (Nightscout's subject name)")
+    p.add_argument(
+        "--role",
+        action="append",
+        choices=("readable", "careportal", "admin"),
+        help="readable reads; careportal and admin also upload and delete (repeatable;"
+        " default readable)",
+    )
+    p.set_defaults(func=cmd_nightscout_token)
+    p = nightscout.add_parser("list", help="list unrevoked uploader secrets and access tokens")
+    _common(p)
+    p.add_argument("--patient")
+    p.set_defaults(func=cmd_nightscout_list)
+    p = nightscout.add_parser("revoke", help="revoke one uploader secret or token by its id")
     _common(p)
     p.add_argument("secret_id", type=_int_in(1, _MAX_SQLITE_INT))
     p.set_defaults(func=cmd_nightscout_revoke)

@@ -27,6 +27,7 @@ from gateway.sealing import HubKeys, Sealer, init_keys, load_keys
 from gateway.services import (
     Reader,
     StoreDevices,
+    StoreDocuments,
     StoreLedgerView,
     StoreOutbox,
     StoreReadModel,
@@ -127,6 +128,12 @@ async def _dashboard(
                 running.reader,
                 lambda fn: running.writer.run(fn, running.writer.store),
                 running.device_stops.forget,
+            ),
+            documents=StoreDocuments(
+                running.reader,
+                lambda fn: running.writer.run(fn, running.writer.store),
+                running.hub.ledger_events_written,
+                clock,
             ),
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)

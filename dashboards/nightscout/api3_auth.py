@@ -7,9 +7,9 @@ JWT", and a permission the role lacks is 403 "Missing permission api:<collection
 AndroidAPS's NSClientV3 first sends an empty Bearer, and on a 401 or 403 asks
 `/api/v2/authorization/request/<token>` for a JWT, which it then sends.
 
-Here the bearer is, for now, the patient's uploader secret itself (as the v1 routes take it);
-a v2 JWT plugs in here and nowhere else. The credential alone decides whose data a request
-reads or writes.
+Here the bearer is a JWT this hub signed (`dashboards.nightscout.auth`, the v1 routes' own
+lookup), or a patient's uploader secret or access token itself. The credential alone decides
+whose data a request reads or writes.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from dashboards.accounts import api_secret
-from dashboards.context import deps
+from dashboards.nightscout import auth
 from dashboards.nightscout.api3 import BAD_TOKEN, MISSING_TOKEN, Api3Error, missing_permission
 from gateway.storage.accounts import NightscoutSecretRecord
 
@@ -35,7 +34,7 @@ async def authenticate(request: web.Request) -> NightscoutSecretRecord:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Api3Error(401, MISSING_TOKEN)
-    found = await deps(request).accounts.nightscout_uploader(api_secret(token))
+    found = await auth.uploader(request)
     if found is None:
         log.info("Nightscout v3 request with an unknown token: %s %s", request.method, request.path)
         raise Api3Error(401, BAD_TOKEN)

@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from dashboards.access import Access, Rule
-from dashboards.accounts import api_secret
 from dashboards.context import add_route, deps
+from dashboards.nightscout import auth
 from dashboards.nightscout.entries import (
     TREND_LOOKBACK,
     EntriesRejected,
@@ -45,12 +44,12 @@ from dashboards.nightscout.treatments import select as select_treatments
 from gateway.model import ReadingKind, Source
 from gateway.protocols import DeadLetter, IngestOutcome, Origin, RejectReason
 from gateway.storage.accounts import NightscoutSecretRecord
+from gateway.storage.contract import DocumentCollection
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # after gzip is undone: MAX_ENTRIES of ~250 bytes fit
 API_VERSION = "15.0.0"  # the Nightscout release whose API v1 this follows
-_SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
 _RULE = Rule(access=Access.UPLOADER)
 
 
@@ -85,29 +84,8 @@ def _json(body: object) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-def _credential(request: web.Request) -> str | None:
-    """The SHA-1 hex the request authenticates with, as lib/authorization/index.js finds it:
-    a Bearer or `?token=` access token (here: the uploader secret itself), else the
-    `?secret=` or `api-secret` value (already SHA-1 hex). py-nightscout sends a token as
-    `api-secret: token=<token>`."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    token = value.strip() if scheme == "Bearer" else request.query.get("token", "")
-    if token:
-        return api_secret(token)
-    given = request.query.get("secret") or request.headers.get("api-secret") or ""
-    if given.startswith("token="):
-        return api_secret(given.removeprefix("token="))
-    return given if _SHA1_HEX.fullmatch(given) else None
-
-
 async def _uploader(request: web.Request) -> NightscoutSecretRecord | None:
-    sha1 = _credential(request)
-    if sha1 is None:
-        return None
-    found = await deps(request).accounts.nightscout_uploader(sha1)
-    if found is None:
-        log.info("Nightscout request with an unknown secret: %s %s", request.method, request.path)
-    return found
+    return await auth.uploader(request)  # a secret, an access token or this hub's JWT
 
 
 # -- uploads -----------------------------------------------------------------------------
@@ -291,6 +269,10 @@ async def _read(request: web.Request, what: _Read) -> web.StreamResponse:
         until=query.until,
         kinds=(ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE),
     )
+    if d.documents is not None and (
+        deleted := await d.documents.deleted(patient, DocumentCollection.ENTRIES)
+    ):  # hidden by a Nightscout DELETE (dashboards/nightscout/document_routes.py)
+        history = [r for r in history if entry_id(r) not in deleted]
     devices = {dev.device_id: dev.name for dev in await d.read_model.list_devices(patient)}
 
     def render() -> str:  # up to MAX_COUNT entries with their arrows: off the event loop

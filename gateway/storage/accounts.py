@@ -109,6 +109,9 @@ class NightscoutSecretRecord:
     can_write: bool
     label: str
     created_at: datetime
+    # An access token's Nightscout roles ("readable", "careportal", "admin"); none for an
+    # uploader secret, which is its patient's API_SECRET.
+    roles: tuple[str, ...] = ()
 
 
 class FailurePolicy(Protocol):
@@ -208,14 +211,27 @@ class NightscoutSecretStorage(Protocol):
         can_write: bool,
         label: str,
         created_at: datetime,
+        roles: Sequence[str] = (),
     ) -> int:
         """The new secret's id."""
 
     def nightscout_secret(self, secret_hash: str) -> NightscoutSecretRecord | None:
         """The unrevoked secret with this hash."""
 
+    def nightscout_secret_by_id(self, secret_id: int) -> NightscoutSecretRecord | None:
+        """The unrevoked secret with this id."""
+
+    def list_nightscout_secrets(
+        self, patient_id: str | None = None
+    ) -> list[NightscoutSecretRecord]:
+        """The unrevoked secrets and tokens (of one patient, or all), oldest first."""
+
     def revoke_nightscout_secret(self, secret_id: int) -> bool:
         """False when there is no secret with this id."""
+
+    def nightscout_jwt_key(self, candidate: bytes) -> bytes:
+        """The key the hub signs Nightscout JWTs with: `candidate` stored if there is none
+        yet (the first caller wins, so every clinic worker signs alike)."""
 
 
 class ConsentTransaction(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 from gateway.model import (
@@ -257,7 +258,7 @@ class Treatments(Protocol):
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
         """The patient's treatments with since <= time <= until, newest first; deleted ones
-        left out."""
+        (`delete_treatment`, `NightscoutDocuments.delete_records`) left out."""
         ...
 
     def treatment_records(
@@ -285,6 +286,75 @@ class Treatments(Protocol):
         event ({"type": "treatment", "event": "deleted", ...}) in the same transaction, and
         return it; one already deleted is returned unchanged; None if there is none (Nightscout
         API v3 DELETE marks documents `isValid: false` and keeps them)."""
+        ...
+
+
+class DocumentCollection(StrEnum):
+    """Nightscout collections kept as validated JSON documents (and the ones whose records
+    a deletion can hide)."""
+
+    DEVICESTATUS = "devicestatus"  # loop, pump and phone status: telemetry, not sealed
+    PROFILE = "profile"  # therapy settings: each new one sealed as a ledger event
+    ENTRIES = "entries"  # deletions only: readings uploaded over Nightscout, hidden there
+    TREATMENTS = "treatments"  # deletions only: hidden from every read of treatments
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NightscoutDocument:
+    """One devicestatus or profile document of one patient, as an uploader sent it (validated
+    by dashboards/nightscout): `body` is a JSON object's text without `_id`."""
+
+    patient_id: str
+    collection: DocumentCollection
+    doc_id: str  # 24 hex: the uploader's `_id`, else derived from the body
+    created_at: datetime
+    body: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DocumentWrite:
+    added: tuple[NightscoutDocument, ...]  # new (patient, collection, doc_id)s, input order
+    duplicates: int  # already stored: the first one stored stays
+
+
+class NightscoutDocuments(Protocol):
+    """Nightscout's devicestatus and profile documents per patient, and deletions: the
+    records a Nightscout DELETE hides (nothing stored or sealed is removed)."""
+
+    def add_documents(self, documents: Sequence[NightscoutDocument]) -> DocumentWrite:
+        """Store in one transaction, de-duplicated by (patient_id, collection, doc_id). A new
+        profile gets a ledger event ({"type": "profile", "sha256": ... of its body}) in the
+        same transaction; devicestatus gets none."""
+        ...
+
+    def documents(
+        self,
+        patient_id: str,
+        collection: DocumentCollection,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int | None = None,
+    ) -> list[NightscoutDocument]:
+        """The patient's documents with since <= created_at <= until, newest first (the
+        later stored first among equal times), deleted ones left out."""
+        ...
+
+    def delete_records(
+        self,
+        patient_id: str,
+        collection: DocumentCollection,
+        record_keys: Sequence[str],
+        *,
+        now: datetime,
+    ) -> int:
+        """Hide these records (treatments: dedupe keys; entries and documents: their `_id`)
+        and seal one ledger event naming them ({"type": "nightscout_deletion", ...}), in one
+        transaction. The count of keys not already deleted; none new: nothing written."""
+        ...
+
+    def deleted_keys(self, patient_id: str, collection: DocumentCollection) -> frozenset[str]:
+        """The record keys of the patient's deleted records of `collection`."""
         ...
 
 
@@ -327,6 +397,7 @@ class HubStorage(
     LogState,
     Alerts,
     Treatments,
+    NightscoutDocuments,
     Outbox,
     Retention,
     Protocol,

@@ -59,6 +59,21 @@ def _utc(value: object) -> datetime:
     return value.astimezone(UTC)
 
 
+_NS_COLUMNS = "id, patient_id, device_id, can_write, label, created_at, roles"
+
+
+def _ns_record(row: Sequence[object]) -> NightscoutSecretRecord:
+    return NightscoutSecretRecord(
+        secret_id=int(str(row[0])),
+        patient_id=str(row[1]),
+        device_id=str(row[2]),
+        can_write=bool(row[3]),
+        label=str(row[4]),
+        created_at=_utc(row[5]),
+        roles=tuple(r for r in str(row[6]).split(",") if r),
+    )
+
+
 def _user(row: Row) -> UserRecord:
     return UserRecord(
         username=str(row[0]),
@@ -332,33 +347,50 @@ class PostgresAccountStorage(PostgresConnection):
         can_write: bool,
         label: str,
         created_at: datetime,
+        roles: Sequence[str] = (),
     ) -> int:
         row = self._db.execute(
             "INSERT INTO nightscout_secrets"
-            " (secret_hash, patient_id, device_id, can_write, label, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-            (secret_hash, patient_id, device_id, can_write, label, _ms(created_at)),
+            " (secret_hash, patient_id, device_id, can_write, label, created_at, roles)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (
+                secret_hash,
+                patient_id,
+                device_id,
+                can_write,
+                label,
+                _ms(created_at),
+                ",".join(roles),
+            ),
         ).fetchone()
         assert row is not None
         return int(row[0])
 
     @translated
     def nightscout_secret(self, secret_hash: str) -> NightscoutSecretRecord | None:
+        return self._nightscout_secret_where("secret_hash = %s", secret_hash)
+
+    @translated
+    def nightscout_secret_by_id(self, secret_id: int) -> NightscoutSecretRecord | None:
+        return self._nightscout_secret_where("id = %s", secret_id)
+
+    def _nightscout_secret_where(self, where: str, value: object) -> NightscoutSecretRecord | None:
         row = self._db.execute(
-            "SELECT id, patient_id, device_id, can_write, label, created_at"
-            " FROM nightscout_secrets WHERE secret_hash = %s AND NOT revoked",
-            (secret_hash,),
+            f"SELECT {_NS_COLUMNS} FROM nightscout_secrets WHERE {where} AND NOT revoked".encode(),
+            (value,),
         ).fetchone()
-        if row is None:
-            return None
-        return NightscoutSecretRecord(
-            secret_id=int(row[0]),
-            patient_id=str(row[1]),
-            device_id=str(row[2]),
-            can_write=bool(row[3]),
-            label=str(row[4]),
-            created_at=_utc(row[5]),
-        )
+        return None if row is None else _ns_record(row)
+
+    @translated
+    def list_nightscout_secrets(
+        self, patient_id: str | None = None
+    ) -> list[NightscoutSecretRecord]:
+        rows = self._db.execute(
+            f"SELECT {_NS_COLUMNS} FROM nightscout_secrets WHERE NOT revoked"
+            " AND (%s::text IS NULL OR patient_id = %s) ORDER BY id".encode(),
+            (patient_id, patient_id),
+        ).fetchall()
+        return [_ns_record(r) for r in rows]
 
     @translated
     def revoke_nightscout_secret(self, secret_id: int) -> bool:
@@ -366,6 +398,16 @@ class PostgresAccountStorage(PostgresConnection):
             "UPDATE nightscout_secrets SET revoked = true WHERE id = %s", (secret_id,)
         )
         return cursor.rowcount > 0
+
+    @translated
+    def nightscout_jwt_key(self, candidate: bytes) -> bytes:
+        self._db.execute(
+            "INSERT INTO nightscout_jwt_key (id, key) VALUES (1, %s) ON CONFLICT (id) DO NOTHING",
+            (candidate,),
+        )
+        row = self._db.execute("SELECT key FROM nightscout_jwt_key WHERE id = 1").fetchone()
+        assert row is not None
+        return bytes(row[0])
 
     # consent
 

@@ -317,6 +317,36 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX treatments_patient_modified ON treatments (patient_id, srv_modified)
         """,
     ),
+    Migration(
+        6,
+        "Nightscout devicestatus and profiles, deletions, and access tokens with roles",
+        """
+        CREATE TABLE nightscout_documents (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            patient_id text NOT NULL,
+            collection text NOT NULL,
+            doc_id text NOT NULL,
+            body text NOT NULL,
+            created_at timestamptz NOT NULL,
+            UNIQUE (patient_id, collection, doc_id)
+        );
+        CREATE INDEX nightscout_documents_time
+            ON nightscout_documents (patient_id, collection, created_at);
+        CREATE TABLE nightscout_deletions (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            patient_id text NOT NULL,
+            collection text NOT NULL,
+            record_key text NOT NULL,
+            deleted_at timestamptz NOT NULL,
+            UNIQUE (patient_id, collection, record_key)
+        );
+        ALTER TABLE nightscout_secrets ADD COLUMN roles text NOT NULL DEFAULT '';
+        CREATE TABLE nightscout_jwt_key (
+            id integer PRIMARY KEY CHECK (id = 1),
+            key bytea NOT NULL
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

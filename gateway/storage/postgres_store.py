@@ -52,8 +52,11 @@ from gateway.protocols import DeadLetter, RejectReason, StoredTreatment, Treatme
 from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     BatchRecords,
+    DocumentCollection,
+    DocumentWrite,
     HubStorage,
     Message,
+    NightscoutDocument,
     PruneResult,
     StoredDeadLetter,
     Unsealable,
@@ -67,6 +70,12 @@ from gateway.storage.postgres_connection import (
     Row,
     storage_error,
     translated,
+)
+from gateway.storage.postgres_documents import (
+    add_documents,
+    delete_records,
+    deleted_keys,
+    query_documents,
 )
 from gateway.storage.postgres_events import insert_ledger_event
 from gateway.storage.postgres_migrations import (
@@ -1145,6 +1154,41 @@ class PostgresStore(PostgresConnection):
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
         return query_treatments(self._db, patient_id, since=since, until=until, limit=limit)
+
+    # -- Nightscout documents and deletions -----------------------------------------------
+
+    @translated
+    def add_documents(self, documents: Sequence[NightscoutDocument]) -> DocumentWrite:
+        return add_documents(self._db, documents)
+
+    @translated
+    def documents(
+        self,
+        patient_id: str,
+        collection: DocumentCollection,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int | None = None,
+    ) -> list[NightscoutDocument]:
+        return query_documents(
+            self._db, patient_id, collection, since=since, until=until, limit=limit
+        )
+
+    @translated
+    def delete_records(
+        self,
+        patient_id: str,
+        collection: DocumentCollection,
+        record_keys: Sequence[str],
+        *,
+        now: datetime,
+    ) -> int:
+        return delete_records(self._db, patient_id, collection, record_keys, now=now)
+
+    @translated
+    def deleted_keys(self, patient_id: str, collection: DocumentCollection) -> frozenset[str]:
+        return deleted_keys(self._db, patient_id, collection)
 
     @translated
     def treatment_records(

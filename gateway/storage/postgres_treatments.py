@@ -70,8 +70,11 @@ def query_treatments(
     db: Connection, patient_id: str, *, since: datetime, until: datetime, limit: int | None
 ) -> list[Treatment]:
     rows = db.execute(
-        f"SELECT {_COLUMNS}, {_TIME_TEXT} FROM treatments"
+        f"SELECT {_COLUMNS}, {_TIME_TEXT} FROM treatments AS t"
         " WHERE patient_id = %s AND time BETWEEN %s AND %s AND deleted IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM nightscout_deletions AS x"
+        "  WHERE x.patient_id = t.patient_id AND x.collection = 'treatments'"
+        "  AND x.record_key = t.dedupe_key)"
         " ORDER BY time DESC, id DESC LIMIT %s".encode(),
         (patient_id, since, until, limit),
     ).fetchall()

@@ -65,6 +65,21 @@ def _time(value: datetime) -> str:
     return to_rfc3339(value)
 
 
+_NS_COLUMNS = "id, patient_id, device_id, can_write, label, created_at, roles"
+
+
+def _ns_record(row: Sequence[object]) -> NightscoutSecretRecord:
+    return NightscoutSecretRecord(
+        secret_id=int(str(row[0])),
+        patient_id=str(row[1]),
+        device_id=str(row[2]),
+        can_write=bool(row[3]),
+        label=str(row[4]),
+        created_at=parse_rfc3339(str(row[5])),
+        roles=tuple(r for r in str(row[6]).split(",") if r),
+    )
+
+
 def _user(row: sqlite3.Row | tuple[object, ...]) -> UserRecord:
     return UserRecord(
         username=str(row[0]),
@@ -359,33 +374,49 @@ class SqliteAccountStorage:
         can_write: bool,
         label: str,
         created_at: datetime,
+        roles: Sequence[str] = (),
     ) -> int:
         cursor = self._db.execute(
             "INSERT INTO nightscout_secrets"
-            " (secret_hash, patient_id, device_id, can_write, label, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (secret_hash, patient_id, device_id, int(can_write), label, _time(created_at)),
+            " (secret_hash, patient_id, device_id, can_write, label, created_at, roles)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                secret_hash,
+                patient_id,
+                device_id,
+                int(can_write),
+                label,
+                _time(created_at),
+                ",".join(roles),
+            ),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     @_translated
     def nightscout_secret(self, secret_hash: str) -> NightscoutSecretRecord | None:
+        return self._nightscout_secret_where("secret_hash = ?", secret_hash)
+
+    @_translated
+    def nightscout_secret_by_id(self, secret_id: int) -> NightscoutSecretRecord | None:
+        return self._nightscout_secret_where("id = ?", secret_id)
+
+    def _nightscout_secret_where(self, where: str, value: object) -> NightscoutSecretRecord | None:
         row = self._db.execute(
-            "SELECT id, patient_id, device_id, can_write, label, created_at"
-            " FROM nightscout_secrets WHERE secret_hash = ? AND revoked = 0",
-            (secret_hash,),
+            f"SELECT {_NS_COLUMNS} FROM nightscout_secrets WHERE {where} AND revoked = 0", (value,)
         ).fetchone()
-        if row is None:
-            return None
-        return NightscoutSecretRecord(
-            secret_id=int(row[0]),
-            patient_id=str(row[1]),
-            device_id=str(row[2]),
-            can_write=bool(row[3]),
-            label=str(row[4]),
-            created_at=parse_rfc3339(str(row[5])),
-        )
+        return None if row is None else _ns_record(row)
+
+    @_translated
+    def list_nightscout_secrets(
+        self, patient_id: str | None = None
+    ) -> list[NightscoutSecretRecord]:
+        rows = self._db.execute(
+            f"SELECT {_NS_COLUMNS} FROM nightscout_secrets WHERE revoked = 0"
+            " AND (? IS NULL OR patient_id = ?) ORDER BY id",
+            (patient_id, patient_id),
+        ).fetchall()
+        return [_ns_record(r) for r in rows]
 
     @_translated
     def revoke_nightscout_secret(self, secret_id: int) -> bool:
@@ -393,6 +424,15 @@ class SqliteAccountStorage:
             "UPDATE nightscout_secrets SET revoked = 1 WHERE id = ?", (secret_id,)
         )
         return cursor.rowcount > 0
+
+    @_translated
+    def nightscout_jwt_key(self, candidate: bytes) -> bytes:
+        self._db.execute(
+            "INSERT INTO nightscout_jwt_key (id, key) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+            (candidate,),
+        )
+        row = self._db.execute("SELECT key FROM nightscout_jwt_key WHERE id = 1").fetchone()
+        return bytes(row[0])
 
     # consent
 

@@ -395,6 +395,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         _has_column("treatments", "srv_modified_ms"),
     ),
+    Migration(
+        12,
+        "Nightscout devicestatus and profiles, deletions, and access tokens with roles",
+        """
+        CREATE TABLE nightscout_documents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            patient_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            doc_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            UNIQUE (patient_id, collection, doc_id)
+        );
+        CREATE INDEX nightscout_documents_time
+            ON nightscout_documents (patient_id, collection, created_ms);
+        CREATE TABLE nightscout_deletions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            patient_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            record_key TEXT NOT NULL,
+            deleted_at TEXT NOT NULL,
+            UNIQUE (patient_id, collection, record_key)
+        );
+        ALTER TABLE nightscout_secrets ADD COLUMN roles TEXT NOT NULL DEFAULT '';
+        CREATE TABLE nightscout_jwt_key (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            key BLOB NOT NULL
+        )
+        """,
+        _has_table("nightscout_documents"),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -97,8 +97,11 @@ class SqliteTreatments(SqliteBase):
         self, patient_id: str, *, since: datetime, until: datetime, limit: int | None = None
     ) -> list[Treatment]:
         rows = self._db.execute(
-            f"SELECT {_COLUMNS}, time FROM treatments"
+            f"SELECT {_COLUMNS}, time FROM treatments AS t"
             " WHERE patient_id = ? AND time_ms BETWEEN ? AND ? AND deleted_ms IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM nightscout_deletions AS x"
+            "  WHERE x.patient_id = t.patient_id AND x.collection = 'treatments'"
+            "  AND x.record_key = t.dedupe_key)"
             " ORDER BY time_ms DESC, id DESC LIMIT ?",
             (patient_id, _time_ms(since), _time_ms(until), -1 if limit is None else limit),
         )

@@ -38,6 +38,7 @@ from gateway.model import (
     TreatmentKind,
 )
 from gateway.sealing import Sealer, init_keys, load_keys
+from gateway.storage.contract import DocumentCollection, NightscoutDocument
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
 from glucohub import accounts as hub_accounts
@@ -213,6 +214,33 @@ def treatment(m: PatientMarkers, now: datetime) -> Treatment:
     )
 
 
+def nightscout_documents(m: PatientMarkers, now: datetime) -> list[NightscoutDocument]:
+    """A devicestatus and a profile whose bodies name the patient's battery detail marker."""
+    status = {"device": m.battery_detail, "uploaderBattery": 71}
+    day = [{"time": "00:00", "value": 10}]
+    profile = {
+        "defaultProfile": m.battery_detail,
+        "store": {
+            m.battery_detail: {
+                "dia": 5,
+                **{k: day for k in ("carbratio", "sens", "basal", "target_low", "target_high")},
+            }
+        },
+    }
+    return [
+        NightscoutDocument(
+            patient_id=m.patient_id,
+            collection=collection,
+            doc_id=f"{m.key.lower() * 23}{n}",
+            created_at=now - timedelta(minutes=15),
+            body=json.dumps(body),
+        )
+        for n, (collection, body) in enumerate(
+            ((DocumentCollection.DEVICESTATUS, status), (DocumentCollection.PROFILE, profile))
+        )
+    ]
+
+
 def first_readings(m: PatientMarkers, now: datetime) -> list[Reading]:
     return [
         _reading(m, 1, m.glucose, now - timedelta(minutes=20)),
@@ -317,6 +345,7 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
         store.write(readings, events)
         alerts.feed(readings, events)
         store.add_treatments([treatment(a, now), treatment(b, now)])
+        store.add_documents(nightscout_documents(a, now) + nightscout_documents(b, now))
         consent(a.patient_id, DR_ALPHA, PT_A)
         consent(b.patient_id, DR_SPARE, PT_B)
         seal("AB", readings=True)
@@ -325,6 +354,7 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
         readings, events = first_readings(c, now), [battery_event(c, now)]
         store.write(readings, events)
         store.add_treatments([treatment(c, now)])
+        store.add_documents(nightscout_documents(c, now))
         alerts.feed(readings, events)
         seal("C", readings=True)
 

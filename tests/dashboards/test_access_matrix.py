@@ -748,6 +748,65 @@ ROUTES = [
         )
         for method in ("PUT", "PATCH", "DELETE")
     ],
+    *[
+        RouteCase(
+            method="GET",
+            path=path,
+            access="uploader",
+            fill=one(
+                Req(method="GET", path=path, about=frozenset("ABC"), shows=("device event detail",))
+            ),
+        )
+        for path in (
+            "/api/v1/devicestatus",
+            "/api/v1/devicestatus/",
+            "/api/v1/devicestatus.json",
+            "/api/v1/profile",
+            "/api/v1/profile/",
+            "/api/v1/profile.json",
+            "/api/v1/profile/current",
+        )
+    ],
+    *[
+        RouteCase(
+            method="POST",
+            path=path,
+            access="uploader",
+            fill=one(Req(method="POST", path=path, about=frozenset("ABC"), body=b"[]")),
+        )
+        for path in (
+            "/api/v1/devicestatus",
+            "/api/v1/devicestatus/",
+            "/api/v1/devicestatus.json",
+            "/api/v1/profile",
+            "/api/v1/profile/",
+            "/api/v1/profile.json",
+        )
+    ],
+    # DELETEs whose filters match nothing: the world's records stay for the other rows
+    *[
+        RouteCase(
+            method="DELETE",
+            path=route,
+            access="uploader",
+            fill=one(Req(method="DELETE", path=path, about=frozenset("ABC"))),
+        )
+        for route, path in (
+            ("/api/v1/entries", "/api/v1/entries?find[sgv][$gt]=1000"),
+            ("/api/v1/entries/", "/api/v1/entries/?find[sgv][$gt]=1000"),
+            ("/api/v1/entries/{spec}", "/api/v1/entries/sgv?find[sgv][$gt]=1000"),
+            ("/api/v1/treatments", "/api/v1/treatments?find[eventType]=Nothing"),
+            ("/api/v1/treatments/", "/api/v1/treatments/?find[eventType]=Nothing"),
+            ("/api/v1/treatments/{id}", "/api/v1/treatments/ffffffffffffffffffffffff"),
+        )
+    ],
+    RouteCase(
+        method="GET",
+        path="/api/v2/authorization/request/{token}",
+        access="uploader",
+        # no access token in the world: refused for everyone (test_authorization.py grants)
+        fill=one(Req(method="GET", path="/api/v2/authorization/request/nobody-0000", ok=401)),
+    ),
     # the WebSocket: see test_websocket below
     RouteCase(method="GET", path="/ws", access="user", fill=lambda _: []),
 ]
@@ -781,7 +840,7 @@ def expected_status(case: RouteCase, caller: Caller, req: Req) -> int:
             return 200  # lib/api/verifyauth.js: the body says what the credential may do
         if caller.credential not in UPLOADER_CREDENTIALS:
             return 401
-        if req.method in ("POST", "PUT") and caller.credential != "api-secret":
+        if req.method in ("POST", "PUT", "DELETE") and caller.credential != "api-secret":
             return 401  # B's secret is read-only
         return req.ok
     if caller.credential in ("bad token", "nightscout bearer"):

@@ -286,6 +286,14 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "no --patient": HUB,
         "unknown patient": ("--patient", "nope", *HUB),
     },
+    "nightscout token": {
+        "missing data dir": ("--patient", "p1", "--name", "x", *TYPO),
+        "data dir without a hub": ("--patient", "p1", "--name", "x", *EMPTY),
+        "no --name": ("--patient", "p1", *HUB),
+        "unknown role": ("--patient", "p1", "--name", "x", "--role", "god", *HUB),
+        "unknown patient": ("--patient", "nope", "--name", "x", *HUB),
+    },
+    "nightscout list": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
     "nightscout revoke": {
         "missing data dir": ("1", *TYPO),
         "id not a number": ("first", *HUB),

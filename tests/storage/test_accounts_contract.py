@@ -613,3 +613,40 @@ def test_a_grant_killed_before_its_ledger_event_leaves_neither(
     assert child.returncode == -signal.SIGKILL
     assert storage.grants_for_patient("p1") == []
     assert accounts_db.ledger_bodies() == []
+
+
+def test_access_tokens_keep_their_roles_are_listed_and_found_by_id(
+    accounts_db: AccountBackend, storage: AccountStorage
+) -> None:
+    accounts_db.register_patient("p2", "Ben")
+    rules = AccountRules(storage, FakeClock(T0))
+    secret_id, _ = rules.create_nightscout_secret("p1", "nightscout-p1", can_write=True, label="x")
+    read_id, read = rules.create_nightscout_token(
+        "p1", "nightscout-p1", subject="Mum's phone", roles=["readable"]
+    )
+    write_id, _ = rules.create_nightscout_token(
+        "p2", "nightscout-p2", subject="AAPS", roles=["careportal", "readable"]
+    )
+    # Nightscout's token shape: the subject abbreviated (lower case, letters and digits), "-"
+    assert read.startswith("mumsphone-") and len(read) == len("mumsphone-") + 32
+    found = rules.nightscout_uploader(hashlib.sha1(read.encode()).hexdigest())
+    assert found is not None and found.secret_id == read_id
+    assert (found.roles, found.can_write, found.label) == (("readable",), False, "Mum's phone")
+    by_id = rules.nightscout_uploader_by_id(write_id)
+    assert by_id is not None and by_id.roles == ("careportal", "readable") and by_id.can_write
+    assert [r.secret_id for r in rules.list_nightscout_secrets()] == [secret_id, read_id, write_id]
+    assert [r.roles for r in rules.list_nightscout_secrets("p1")] == [(), ("readable",)]
+    storage.revoke_nightscout_secret(read_id)
+    assert rules.nightscout_uploader_by_id(read_id) is None
+    assert [r.secret_id for r in rules.list_nightscout_secrets("p1")] == [secret_id]
+
+
+def test_the_jwt_key_is_made_once_and_shared(accounts_db: AccountBackend) -> None:
+    first, second = accounts_db.open(), accounts_db.open()
+    try:
+        key = first.nightscout_jwt_key(b"k" * 32)
+        assert key == b"k" * 32
+        assert second.nightscout_jwt_key(b"other" * 8) == b"k" * 32  # the first one wins
+    finally:
+        first.close()
+        second.close()

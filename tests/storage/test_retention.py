@@ -231,6 +231,10 @@ def test_batches_sealed_before_the_upgrade_are_acknowledged_by_their_outbox_rows
     # Back to the schema before retention, as an older release left it.
     undo = [  # and what came after it
         "DROP TABLE treatments",
+        "DROP TABLE nightscout_documents",
+        "DROP TABLE nightscout_deletions",
+        "DROP TABLE nightscout_jwt_key",
+        "ALTER TABLE nightscout_secrets DROP COLUMN roles",
         "ALTER TABLE batches DROP COLUMN outbox_id",
         "ALTER TABLE batches DROP COLUMN pruned_at",
     ]

@@ -647,3 +647,46 @@ async def test_durations_read_back_as_nsclientv3_parses_them(hub: Hub) -> None:
     # 1,234,567 ms is 20.58 minutes: 21 whole minutes, the ms kept exactly
     assert (doc["duration"], doc["durationInMilliseconds"]) == (21, 1_234_567)
     assert isinstance(doc["duration"], int) and doc["absolute"] == 0.8
+
+
+async def test_nsclientv3_trades_its_access_token_for_a_jwt_and_uploads_with_it(
+    hub: Hub,
+) -> None:
+    from tests.dashboards.nightscout.test_authorization import make_token
+
+    token = make_token(hub, "p1", "AndroidAPS", "admin")
+    reader = make_token(hub, "p2", "Follower", "readable")
+    now = datetime.now(UTC).replace(microsecond=0)
+    async with aiohttp.ClientSession() as http:
+
+        async def jwt_of(access_token: str) -> str:
+            async with http.get(f"{hub.url}/api/v2/authorization/request/{access_token}") as r:
+                assert r.status == 200
+                return str((await r.json())["token"])
+
+        async def v3(method: str, path: str, jwt: str, body: object = None) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {jwt}", "Date": str(ms(now))}
+            async with http.request(
+                method, f"{hub.url}/api/v3/{path}", headers=headers, json=body
+            ) as r:
+                return r.status, await r.json()
+
+        # NSClientV3's first call carries an empty bearer: refused, so it asks for a JWT.
+        status, _ = await v3("GET", "status", "")
+        assert status == 401
+        signed = await jwt_of(token)
+        assert signed.count(".") == 2 and token not in signed
+        bolus = {
+            "eventType": "Correction Bolus", "insulin": 1.25, "date": ms(now),
+            "identifier": str(uuid.uuid4()), "app": "AAPS", "isValid": True,
+        }  # fmt: skip
+        status, answer = await v3("POST", "treatments", signed, bolus)
+        assert status == 201, answer
+        status, answer = await v3("GET", f"treatments/{bolus['identifier']}", signed)
+        assert status == 200 and answer["result"]["insulin"] == 1.25
+        # Another patient's read-only JWT: nothing of p1's, and no writing.
+        other = await jwt_of(reader)
+        status, answer = await v3("GET", f"treatments/{bolus['identifier']}", other)
+        assert status == 404 and "1.25" not in json.dumps(answer)
+        status, _ = await v3("POST", "treatments", other, {**bolus, "identifier": "x"})
+        assert status == 403
