@@ -5,6 +5,7 @@ process, and as two `glucohub dashboard` processes driven by a real Chromium).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -198,6 +199,61 @@ async def test_two_hubs_readings_reach_a_consented_clinician_and_no_other(
             for patient in ("h1:h1-p0", "h2:h2-p1"):
                 async with bob.get(f"{base}/patients/{patient}") as response:
                     assert response.status == 404
+
+
+@pytest.mark.slow
+async def test_the_clinic_serves_the_nightscout_api_for_every_enrolled_patient(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A follower app (or a clinician's tool) reads a patient of any enrolled hub from the
+    clinic's Nightscout API with a token made at the clinic: that patient's readings as the
+    hub sealed them, nobody else's; the clinic takes no uploads (data come from hubs)."""
+    from glucohub.cli import main
+
+    now = utc_now()
+    hub = make_hub(tmp_path / "hubs", "h1")
+    items = []
+    for step in range(3):
+        t = now - timedelta(minutes=10 - 5 * step)
+        items += seal(hub, [cgm(hub, p, 100.0 + 10 * p + step, t, step) for p in (0, 1)], now)
+    archive = ClinicArchive(postgres_url)
+    try:
+        archive.enrol(*hub.enrolment, now)
+        deliver(archive, items, now)
+    finally:
+        archive.close()
+    config = clinic_config(tmp_path, postgres_url)
+    # The dashboards' storage is the archive's database (as deploy/clinic/compose.yaml sets).
+    config.write_text(
+        config.read_text().replace("[storage]\n", f'[storage]\nurl = "{postgres_url}"\n')
+    )
+    tokens = {}
+    for patient in ("h1:h1-p0", "h1:h1-p1"):
+        out = tmp_path / f"{patient}.out"
+        with out.open("w") as sink, contextlib.redirect_stdout(sink):
+            assert main(["nightscout", "token", "--patient", patient, "--name", "follower",
+                         "--config", str(config)]) == 0  # fmt: skip
+        tokens[patient] = out.read_text().removeprefix("token: ").strip()
+
+    settings = load_settings(config, {})
+    async with serving(settings) as base, aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{base}/api/v1/entries.json", params={"token": tokens["h1:h1-p1"], "count": "10"}
+        ) as response:
+            assert response.status == 200
+            entries = await response.json()
+        # patient 1's 110, 111, 112 mg/dL, newest first; nothing of patient 0 (100-102)
+        assert [e["sgv"] for e in entries] == [112, 111, 110]
+        async with http.get(
+            f"{base}/api/v1/entries/current.json", params={"token": tokens["h1:h1-p0"]}
+        ) as response:
+            assert [e["sgv"] for e in await response.json()] == [102]
+        async with http.post(
+            f"{base}/api/v1/entries",
+            params={"token": tokens["h1:h1-p0"]},
+            json=[{"type": "sgv", "sgv": 99, "date": int(now.timestamp() * 1000)}],
+        ) as response:
+            assert response.status == 401  # a readable token writes nothing
 
 
 # -- two dashboard processes, one browser ----------------------------------------------
