@@ -186,8 +186,10 @@ CREATE TABLE IF NOT EXISTS clinic_schema_migrations (
 """
 
 
-def migrate_clinic(db: Connection, now: datetime) -> list[int]:
-    """Apply the clinic migrations `db` lacks, each in a transaction under the lock."""
+def migrate_clinic(db: Connection, now: datetime, *, url: str) -> list[int]:
+    """Apply the hub schema's migrations (the projection's tables, which clinic migrations
+    use), then the clinic migrations `db` lacks, each in a transaction under the lock."""
+    migrate_hub_schema(db, now, url=url)
     applied: list[int] = []
     for migration in CLINIC_MIGRATIONS:
         with db.transaction():
@@ -308,9 +310,7 @@ class ClinicArchive:
         try:
             self._db = self._open()
             if migrate:
-                # The hub schema first: the projection's tables, which clinic migrations use.
-                migrate_hub_schema(self._db, datetime.now(UTC), url=url)
-                migrate_clinic(self._db, datetime.now(UTC))
+                migrate_clinic(self._db, datetime.now(UTC), url=url)
         except psycopg.Error as exc:
             raise storage_error(exc) from exc
 

@@ -61,11 +61,15 @@ class ClinicEnrolment(PostgresConnection):
     def __init__(self, url: str, now: datetime) -> None:
         self.url = url
         self._db = connect(url)
-        self._migrate(now)
+        try:
+            self._migrate(now)
+        except BaseException:
+            self._db.close()
+            raise
 
     @translated
     def _migrate(self, now: datetime) -> None:
-        migrate_clinic(self._db, now)
+        migrate_clinic(self._db, now, url=self.url)
 
     @translated
     def create_token(
