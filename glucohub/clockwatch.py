@@ -1,10 +1,14 @@
-"""Watch the hub's wall clock for jumps (`gateway.clockjump`) and record each one."""
+"""Watch the hub's wall clock for jumps (`gateway.clockjump`) and record each one; ask the
+system whether its clock is synchronized (`gateway.clocklag` weighs readings ahead of it)."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from gateway.clock import Clock
 from gateway.clockjump import ClockJump, ClockJumpDetector
@@ -33,4 +37,41 @@ async def watch_clock(
                 jump.expected.isoformat(),
             )
             await record(jump)
+        await asyncio.sleep(interval_s)
+
+
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronized
+
+
+def adjtimex_synchronized() -> bool | None:
+    """The kernel's view (adjtimex(2) with modes 0, which only reads): None if unknown."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        buffer = ctypes.create_string_buffer(512)  # struct timex is 208 bytes on 64-bit Linux
+        state = int(libc.adjtimex(buffer))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
+
+
+def clock_synchronized() -> bool | None:
+    """systemd-timesyncd's flag file, else the kernel's NTP state; None when unknown."""
+    return True if TIMESYNC_FLAG.exists() else adjtimex_synchronized()
+
+
+async def watch_sync(
+    probe: Callable[[], bool | None],
+    report: Callable[[bool | None], None],
+    *,
+    interval_s: float = 10.0,
+) -> None:
+    """`report` the clock's synchronization state every `interval_s` until cancelled."""
+    while True:
+        report(await asyncio.to_thread(probe))
         await asyncio.sleep(interval_s)
