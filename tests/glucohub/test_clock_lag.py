@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,8 @@ import pytest
 from gateway.model import Device, DeviceKind, Patient, Reading, ReadingKind, Source, Transport
 from gateway.protocols import IngestOutcome, Origin, ReadingSink
 from gateway.settings import Settings, load_settings
-from gateway.store import DB_FILENAME, Store
+from gateway.storage.opening import open_storage
+from gateway.store import Store
 from gateway.units import Unit
 from gateway.verify import verify_data_dir
 from glucohub.cli import main
@@ -52,8 +52,8 @@ class HubClock:
         self._stepped += by
 
 
-def register(data_dir: Path) -> None:
-    store = Store(data_dir)
+def register(data_dir: Path, url: str = "") -> None:
+    store = open_storage(data_dir, url)
     store.add_patient(Patient(patient_id="p1", display_name="One"))
     for device, kind in (("cgm-1", DeviceKind.CGM), ("meter-1", DeviceKind.METER)):
         store.add_device(
@@ -62,16 +62,24 @@ def register(data_dir: Path) -> None:
     store.close()
 
 
-def settings(data_dir: Path) -> Settings:
+def settings(data_dir: Path, url: str = "") -> Settings:
     return load_settings(
         None,
         {
             "GLUCOHUB_STORAGE__DATA_DIR": str(data_dir),
+            "GLUCOHUB_STORAGE__URL": url,
             "GLUCOHUB_DASHBOARD__ENABLED": "false",
             "GLUCOHUB_LEDGER__BATCH_MAX_SECONDS": "0.3",
             "GLUCOHUB_HUB__CLOCK_JUMP_THRESHOLD_S": "5",
         },
     )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return ""
+    return str(request.getfixturevalue("postgres_url"))
 
 
 def reading(device: str, at: datetime, seq: int) -> Reading:
@@ -101,10 +109,13 @@ def day_of_readings() -> list[Reading]:
 
 @pytest.mark.slow
 async def test_a_hub_three_days_behind_stores_a_day_and_keeps_it_through_the_ntp_step(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    storage_url: str,
 ) -> None:
     data_dir = tmp_path / "hub"
-    register(data_dir)
+    register(data_dir, storage_url)
     clock = HubClock(TRUE_START - BEHIND)
     stop = asyncio.Event()
     outcomes: list[IngestOutcome] = []
@@ -113,27 +124,26 @@ async def test_a_hub_three_days_behind_stores_a_day_and_keeps_it_through_the_ntp
         reading("cgm-1", TRUE_START + timedelta(days=1, minutes=5 * i), 288 + i) for i in range(3)
     ]
 
-    async def send(sink: ReadingSink, one: Reading) -> None:
-        # the hub's clock runs on as the day goes by, always three days behind the devices
-        clock.advance((one.time - (clock.now() + BEHIND)).total_seconds())
+    async def send(sink: ReadingSink, one: Reading, behind: timedelta) -> None:
+        # the hub's clock runs on as the devices' time goes by, `behind` them
+        clock.advance((one.time - (clock.now() + behind)).total_seconds())
         outcomes.append(await sink.submit(origin=Origin(source=Source.MQTT), readings=[one]))
 
     async def devices(sink: ReadingSink, _clock: object) -> None:
         for one in day:
-            await send(sink, one)
+            await send(sink, one, BEHIND)
         await asyncio.sleep(0.5)  # the day's last batch seals
         clock.step(BEHIND)  # NTP answers: the clock steps three days forward
         clock.synchronized = True
         await asyncio.sleep(2.5)  # the watch looks once a second
         for one in after_ntp:
-            clock.advance((one.time - clock.now()).total_seconds())
-            outcomes.append(await sink.submit(origin=Origin(source=Source.MQTT), readings=[one]))
+            await send(sink, one, timedelta(0))
         await asyncio.sleep(1.0)
         stop.set()
 
     await asyncio.wait_for(
         run_hub(
-            settings(data_dir),
+            settings(data_dir, storage_url),
             sources=[devices],
             stop=stop,
             clock=clock,
@@ -143,47 +153,44 @@ async def test_a_hub_three_days_behind_stores_a_day_and_keeps_it_through_the_ntp
     )
 
     sent = [*day, *after_ntp]
-    assert outcomes == [IngestOutcome(accepted=1)] * len(sent) == [IngestOutcome(accepted=1)] * 299
-    db = sqlite3.connect(f"file:{data_dir / DB_FILENAME}?mode=ro", uri=True)
+    assert len(sent) == 299 and outcomes == [IngestOutcome(accepted=1)] * 299
+    store = open_storage(data_dir, storage_url, read_only=True)
     try:
-        rows = db.execute(
-            "SELECT device_id, seq, time, received_at, batch_seq FROM readings ORDER BY id"
-        ).fetchall()
-        events = db.execute("SELECT patient_id, body, batch_seq FROM ledger_events ORDER BY id")
-        clock_events = [(p, json.loads(b), s) for p, b, s in events if '"hub_clock_jump"' in b]
-        dead = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+        sealed: list[Reading] = []
+        events: list[dict[str, object]] = []
+        for seq in store.batch_seqs():
+            sealed += store.batch_readings(seq)
+            events += store.batch_events(seq)
+        shown = list(store.readings(patient_id="p1"))
+        dead = store.dead_letters()
     finally:
-        db.close()
-    assert dead == 0
-    # stored in arrival order, each with its device's own time, all sealed
-    assert [(r[0], r[1]) for r in rows] == [(r.device_id, r.seq) for r in sent]
-    assert [r[2] for r in rows] == [
-        r.time.isoformat(timespec="milliseconds").replace("+00:00", "Z") for r in sent
-    ]
-    assert all(r[4] is not None for r in rows), "every reading sealed"
+        store.close()
+    assert dead == []
+    # sealed in arrival order, each with its device's own time (equality: time, value, seq)
+    assert sealed == sent
+    assert shown == sent  # and by time, the same order: the day is intact
     # received by the hub's clock: three days "before" the devices' times during the day,
-    # on time after the step (to within the second the hub took)
-    lags = [datetime.fromisoformat(r[2]) - datetime.fromisoformat(r[3]) for r in rows]
+    # on time after the step (to within the seconds the hub took)
+    lags = [r.time - r.received_at for r in shown if r.received_at is not None]
+    assert len(lags) == 299
     assert all(BEHIND - timedelta(seconds=5) < lag <= BEHIND for lag in lags[:296])
     assert all(timedelta(seconds=-5) < lag <= timedelta(0) for lag in lags[296:])
 
     # the ledger says so: the hub found behind by the devices' times, then the step forward
-    assert [(p, body["direction"]) for p, body, _ in clock_events] == [
-        ("", "behind"),
-        ("", "forward"),
-    ]
-    behind, forward = clock_events[0][1], clock_events[1][1]
+    clock_events = [e for e in events if e["type"] == "hub_clock_jump"]
+    assert [e["direction"] for e in clock_events] == ["behind", "forward"]
+    behind, forward = clock_events
     assert behind["expected"] == "2026-12-05T06:00:00.000Z"  # the first CGM reading's time
-    assert abs(float(behind["jump_s"]) + BEHIND.total_seconds()) < 5
+    assert abs(float(str(behind["jump_s"])) + BEHIND.total_seconds()) < 5
     assert behind["evidence"] == "the kernel reports the clock unsynchronized; device cgm-1"
-    assert abs(float(forward["jump_s"]) - BEHIND.total_seconds()) < 5
-    assert all(s is not None for _, _, s in clock_events), "both sealed in the ledger"
+    assert abs(float(str(forward["jump_s"])) - BEHIND.total_seconds()) < 5
 
-    report = verify_data_dir(data_dir, "glucohub-local")
+    report = verify_data_dir(data_dir, "glucohub-local", storage_url=storage_url)
     assert report.ok, report.message
     assert report.readings == 299
 
     # the export lists the day in its order, each reading with both times
+    monkeypatch.setenv("GLUCOHUB_STORAGE__URL", storage_url)
     assert main(["export", "--data-dir", str(data_dir)]) == 0
     exported = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["device_id"], e["seq"]) for e in exported] == [(r.device_id, r.seq) for r in sent]
@@ -224,10 +231,12 @@ async def test_a_device_two_years_ahead_is_refused_while_the_other_agrees_with_t
     store = Store(data_dir)
     try:
         (letter,) = store.dead_letters()
+        assert store.count_unsealed_events() == 0  # all sealed at shutdown
         clock_events = [
-            b
-            for _, b in store._db.execute("SELECT patient_id, body FROM ledger_events")
-            if "hub_clock_jump" in b
+            e
+            for seq in store.batch_seqs()
+            for e in store.batch_events(seq)
+            if e["type"] == "hub_clock_jump"
         ]
     finally:
         store.close()
