@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,7 +30,7 @@ from gateway.clockjump import ClockJump
 from gateway.clocklag import ClockLagJudge
 from gateway.errors import StorageError
 from gateway.fanout import FanOut
-from gateway.model import Alert, DeviceEvent, Reading
+from gateway.model import Alert, Device, DeviceEvent, Reading
 from gateway.protocols import (
     AlertChanged,
     BatchSealed,
@@ -459,7 +459,11 @@ class Hub:
             letter: DeadLetter | None = None
             newest = max(envelope.readings, key=lambda r: r.time, default=None)
             judged_now, note = valid_now, ""
-            if newest is not None and newest.time > valid_now + self._rules.max_future_skew:
+            if (
+                newest is not None
+                and newest.time > valid_now + self._rules.max_future_skew
+                and _registered(newest, devices)  # a stranger's clock is no evidence
+            ):
                 lag = self._clock_lag.judge(
                     newest.device_id,
                     newest.time,
@@ -659,6 +663,11 @@ def _letter(
         reason=reason,
         detail=detail,
     )
+
+
+def _registered(reading: Reading, devices: Mapping[str, Device]) -> bool:
+    device = devices.get(reading.device_id)
+    return device is not None and device.active and device.patient_id == reading.patient_id
 
 
 def _resolve(future: asyncio.Future[IngestOutcome], outcome: IngestOutcome) -> None:

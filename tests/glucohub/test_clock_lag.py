@@ -6,6 +6,7 @@ devices confirm is still refused, saying why."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -212,7 +213,9 @@ async def test_a_device_two_years_ahead_is_refused_while_the_other_agrees_with_t
     async def devices(sink: ReadingSink, _clock: object) -> None:
         on_time = reading("cgm-1", clock.now() - timedelta(seconds=30), 1)
         far = reading("meter-1", clock.now() + timedelta(days=730), 1)
-        for one in (on_time, far):
+        # an unregistered device saying the same is no second opinion
+        stranger = dataclasses.replace(far, device_id="meter-x")
+        for one in (on_time, stranger, far):
             outcomes.append(await sink.submit(origin=Origin(source=Source.MQTT), readings=[one]))
         stop.set()
 
@@ -227,10 +230,10 @@ async def test_a_device_two_years_ahead_is_refused_while_the_other_agrees_with_t
         timeout=60,
     )
 
-    assert outcomes == [IngestOutcome(accepted=1), IngestOutcome(rejected=1)]
+    assert outcomes == [IngestOutcome(accepted=1)] + [IngestOutcome(rejected=1)] * 2
     store = Store(data_dir)
     try:
-        (letter,) = store.dead_letters()
+        unknown, letter = store.dead_letters()
         assert store.count_unsealed_events() == 0  # all sealed at shutdown
         clock_events = [
             e
@@ -240,6 +243,7 @@ async def test_a_device_two_years_ahead_is_refused_while_the_other_agrees_with_t
         ]
     finally:
         store.close()
+    assert unknown.reason == "unknown_device" and unknown.device_id == "meter-x"
     assert letter.reason == "future_time" and letter.device_id == "meter-1"
     assert letter.detail.endswith(" s in the future (device cgm-1 agrees with the hub's clock)")
     assert clock_events == []
