@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -44,13 +45,24 @@ TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronized
 
 
-def adjtimex_synchronized() -> bool | None:
-    """The kernel's view (adjtimex(2) with modes 0, which only reads): None if unknown."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """Found once: find_library runs `ldconfig -p`, too dear for every look."""
+    name = ctypes.util.find_library("c")
+    if name is None:
         return None
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def adjtimex_synchronized() -> bool | None:
+    """The kernel's view (adjtimex(2) with modes 0, which only reads): None if unknown."""
+    libc = _libc()
+    if libc is None:
+        return None
+    try:
         buffer = ctypes.create_string_buffer(512)  # struct timex is 208 bytes on 64-bit Linux
         state = int(libc.adjtimex(buffer))
     except (OSError, AttributeError):

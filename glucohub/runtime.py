@@ -415,7 +415,6 @@ async def _run(
         # a backward clock step must not make readings on the earlier timeline "future"
         validation_clock=FurthestClock(clock),
     )
-    hub.clock_synchronized = await asyncio.to_thread(clock_sync)
     reader = Reader(data_dir, settings.storage.url)
     running = Running(
         hub=hub,
@@ -439,6 +438,7 @@ async def _run(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        hub.clock_synchronized = await asyncio.to_thread(clock_sync)  # before any input
         await guard.check()  # a hub started on a full disk stores nothing from the start
         async with _dashboard(settings, running, clock) as url:
             running.url = url
