@@ -174,6 +174,9 @@ def observation(reading: Reading) -> dict[str, Any]:
         "code": {"coding": [{"system": LOINC, "code": code.loinc, "display": code.display}]},
         "subject": {"reference": f"Patient/{reading.patient_id}"},
         "effectiveDateTime": to_rfc3339(reading.time),
+        # FHIR R4 Observation.issued: when it was made available, i.e. the hub's clock as
+        # the hub received it (the device's own time is effectiveDateTime).
+        **({"issued": to_rfc3339(reading.received_at)} if reading.received_at else {}),
         "valueQuantity": {"value": round(reading.value, 1), **code.unit},
         "device": {"display": reading.device_id},
     }

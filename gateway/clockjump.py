@@ -22,14 +22,19 @@ LEDGER_EVENT_TYPE = "hub_clock_jump"
 class ClockJump:
     expected: datetime  # where the wall clock should have been, by the monotonic clock
     found: datetime  # where it was
+    # Set when the devices' times (not the monotonic clock) showed the hub's clock to be
+    # behind (`gateway.clocklag`): what showed it. The direction is then "behind".
+    evidence: str = ""
 
     @property
     def seconds(self) -> float:
-        """Positive: the clock jumped forward (later); negative: backward."""
+        """Positive: the clock jumped forward (later); negative: backward (or is behind)."""
         return (self.found - self.expected).total_seconds()
 
     @property
     def direction(self) -> str:
+        if self.evidence:
+            return "behind"
         return "forward" if self.seconds > 0 else "backward"
 
     def ledger_event(self) -> dict[str, object]:
@@ -39,6 +44,7 @@ class ClockJump:
             "jump_s": round(self.seconds, 3),
             "expected": to_rfc3339(self.expected),
             "found": to_rfc3339(self.found),
+            **({"evidence": self.evidence} if self.evidence else {}),
         }
 
 

@@ -114,7 +114,10 @@ class Reading:
 
     `value` is canonical (glucose in mg/dL); `original_value`/`original_unit` keep what
     the device said. `seq` is the device's own sequence number when it has one: it is
-    the de-duplication key together with `device_id`.
+    the de-duplication key together with `device_id`. `time` is the device's; `received_at`
+    the hub's own clock when the hub received the input (None: not yet received, or stored
+    before the hub kept it). It is provenance, not identity: equality ignores it, and the
+    sealed ledger record leaves it out (the hub's clock may be wrong; see README "The clock").
     """
 
     patient_id: str
@@ -128,6 +131,7 @@ class Reading:
     original_value: float | None = None
     original_unit: Unit | None = None
     status: tuple[str, ...] = ()
+    received_at: datetime | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.patient_id or not self.device_id:
@@ -141,6 +145,8 @@ class Reading:
         if self.seq is not None and self.seq < 0:
             raise ValueError(f"seq must be >= 0, got {self.seq}")
         object.__setattr__(self, "time", require_utc(self.time))
+        if self.received_at is not None:
+            object.__setattr__(self, "received_at", require_utc(self.received_at, "received_at"))
         if self.original_value is None:
             object.__setattr__(self, "original_value", self.value)
             object.__setattr__(self, "original_unit", self.unit)

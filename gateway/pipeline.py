@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,9 +26,11 @@ from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.clock import Clock
+from gateway.clockjump import ClockJump
+from gateway.clocklag import ClockLagJudge
 from gateway.errors import StorageError
 from gateway.fanout import FanOut
-from gateway.model import Alert, DeviceEvent, Reading
+from gateway.model import Alert, Device, DeviceEvent, Reading
 from gateway.protocols import (
     AlertChanged,
     BatchSealed,
@@ -65,6 +67,7 @@ class _Envelope:
     events: Sequence[DeviceEvent]
     dead_letters: Sequence[DeadLetter]
     on_durable: DurableCallback | None
+    received_at: datetime  # the hub's clock as the input arrived: stored with its readings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +75,7 @@ class _Written:
     result: WriteResult
     outcomes: list[IngestOutcome]
     rejected_reasons: list[str]
+    clock_events: tuple[ClockJump, ...] = ()  # the hub's clock found behind (in the ledger)
 
 
 class AlertStage(Protocol):
@@ -180,6 +184,10 @@ class Hub:
             max_future_skew=timedelta(seconds=settings.pipeline.max_future_skew_s),
             max_past_age=timedelta(days=settings.pipeline.max_past_age_days),
         )
+        # Readings ahead of the hub's clock: accepted when it is the clock that is behind.
+        self._clock_lag = ClockLagJudge(self._rules.max_future_skew)
+        # The kernel's view of the clock (None: unknown); the runtime keeps it current.
+        self.clock_synchronized: bool | None = None
         self._stopping = False
         self._ingest_finished = False
         self._unsigned_batches = False
@@ -221,6 +229,7 @@ class Hub:
                 events=events,
                 dead_letters=dead_letters,
                 on_durable=on_durable,
+                received_at=self._clock.now(),
             )
         )
 
@@ -423,6 +432,7 @@ class Hub:
             ),
             outcomes=[o for p in parts for o in p.outcomes],
             rejected_reasons=[r for p in parts for r in p.rejected_reasons],
+            clock_events=tuple(e for p in parts for e in p.clock_events),
         )
 
     def _write_unstorable(self, envelope: _Envelope, now: datetime, exc: Exception) -> _Written:
@@ -443,19 +453,48 @@ class Hub:
         events: list[DeviceEvent] = []
         dead: list[DeadLetter] = []
         refused_here: list[bool] = []
+        clock_events: list[ClockJump] = []
+        mono = self._clock.monotonic()
         for envelope in chunk:
             letter: DeadLetter | None = None
+            newest = max(envelope.readings, key=lambda r: r.time, default=None)
+            judged_now, note = valid_now, ""
+            if (
+                newest is not None
+                and newest.time > valid_now + self._rules.max_future_skew
+                and _registered(newest, devices)  # a stranger's clock is no evidence
+            ):
+                lag = self._clock_lag.judge(
+                    newest.device_id,
+                    newest.time,
+                    wall=valid_now,
+                    mono=mono,
+                    synchronized=self.clock_synchronized,
+                )
+                judged_now, note = lag.now, lag.detail
+                if lag.event is not None:
+                    store.add_ledger_event("", lag.event.ledger_event())  # hub-wide
+                    clock_events.append(lag.event)
             for position, reading in enumerate(envelope.readings):
                 device = devices.get(reading.device_id)
-                verdict = validate(reading, device, now=valid_now, rules=self._rules)
+                verdict = validate(reading, device, now=judged_now, rules=self._rules)
                 if verdict is not None:
-                    letter = _letter(envelope, position, now, verdict.reason, verdict.detail)
+                    detail = f"{verdict.detail} ({note})" if note else verdict.detail
+                    letter = _letter(envelope, position, now, verdict.reason, detail)
                     break
+            if letter is None and newest is not None:
+                self._clock_lag.stored(newest.device_id, newest.time, mono)
             if letter is not None:
                 dead.append(letter)
                 messages.append(Message(origin=envelope.origin, readings=()))
             else:
-                messages.append(Message(origin=envelope.origin, readings=envelope.readings))
+                messages.append(
+                    Message(
+                        origin=envelope.origin,
+                        readings=envelope.readings,
+                        received_at=envelope.received_at,
+                    )
+                )
             refused_here.append(letter is not None)
             events.extend(envelope.events)
             dead.extend(envelope.dead_letters)
@@ -474,7 +513,12 @@ class Hub:
                 )
             )
         reasons = [d.reason.value for d in dead] + [d.reason.value for d in result.refused.values()]
-        return _Written(result=result, outcomes=outcomes, rejected_reasons=reasons)
+        return _Written(
+            result=result,
+            outcomes=outcomes,
+            rejected_reasons=reasons,
+            clock_events=tuple(clock_events),
+        )
 
     async def _process(self, chunk: list[_Envelope]) -> None:
         written = await self._writer.run(self._validate_and_write, chunk)
@@ -490,6 +534,15 @@ class Hub:
             t.inc("glucohub_readings_rejected_total", reason=reason)
         for letter_reason in set(written.rejected_reasons):
             log.warning("rejected input: %s", letter_reason)
+        for jump in written.clock_events:
+            log.warning(
+                "the hub's clock is %.0f s behind its devices' (%s): their readings are stored"
+                " with their own times; recorded in the ledger",
+                -jump.seconds,
+                jump.evidence,
+            )
+        if written.clock_events:
+            self.ledger_events_written(len(written.clock_events))
         if result.stored:
             self._batcher.add(len(result.stored), self._clock.monotonic())
             self._new_readings.set()
@@ -610,6 +663,11 @@ def _letter(
         reason=reason,
         detail=detail,
     )
+
+
+def _registered(reading: Reading, devices: Mapping[str, Device]) -> bool:
+    device = devices.get(reading.device_id)
+    return device is not None and device.active and device.patient_id == reading.patient_id
 
 
 def _resolve(future: asyncio.Future[IngestOutcome], outcome: IngestOutcome) -> None:

@@ -132,10 +132,24 @@ def json_line(obj: Mapping[str, object]) -> str:
 
 # The columns of a readings export (`glucohub export`, a patient's "download my data"): values
 # as stored (glucose in mg/dL), times RFC 3339 UTC, so a file from either opens the same way.
-EXPORT_FIELDS = ("patient_id", "device_id", "kind", "time", "value", "unit", "seq", "source")
+# `time` is the device's, `received_at` the hub's clock when it received the reading (empty
+# for readings stored before the hub kept it).
+EXPORT_FIELDS = (
+    "patient_id",
+    "device_id",
+    "kind",
+    "time",
+    "value",
+    "unit",
+    "seq",
+    "source",
+    "received_at",
+)
 
 
 def export_record(reading: Reading) -> dict[str, object]:
     """One reading as an export row, keyed by `EXPORT_FIELDS` (None where absent)."""
     row = reading_to_json(reading)
+    received = reading.received_at
+    row["received_at"] = None if received is None else to_rfc3339(received)
     return {field: row[field] for field in EXPORT_FIELDS}

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import pwd
 import shutil
@@ -27,6 +25,7 @@ from gateway.sealing import BATCH_KEY_FILE, KEYS_DIR, LOG_KEY_FILE
 from gateway.settings import MqttSettings, Settings, UpstreamSettings
 from gateway.storage.sqlite_migrations import SCHEMA_VERSION
 from gateway.store import DB_FILENAME, inspect_file
+from glucohub.clockwatch import adjtimex_synchronized
 
 TIMEOUT_S = 5.0
 SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
@@ -215,24 +214,6 @@ def _database(data_dir: Path) -> list[Check]:
 
 
 # -- clock -----------------------------------------------------------------------------------
-
-_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronized
-
-
-def adjtimex_synchronized() -> bool | None:
-    """The kernel's view (adjtimex(2) with modes 0, which only reads): None if unknown."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        buffer = ctypes.create_string_buffer(512)  # struct timex is 208 bytes on 64-bit Linux
-        state = int(libc.adjtimex(buffer))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return state != _TIME_ERROR
 
 
 def _clock(host: Host) -> Check:

@@ -37,7 +37,7 @@ from gateway.services import (
 from gateway.settings import Settings, UpstreamSettings
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
-from glucohub.clockwatch import watch_clock
+from glucohub.clockwatch import clock_synchronized, watch_clock, watch_sync
 from glucohub.devicestops import DeviceStops
 from glucohub.diskguard import DiskGuard
 from glucohub.systemd import Notifier, watchdog
@@ -363,6 +363,13 @@ def _clock_watch(settings: Settings, running: Running, system_clock: Clock) -> N
     )
 
 
+def _clock_sync(running: Running, probe: Callable[[], bool | None]) -> NamedSource:
+    def report(synchronized: bool | None) -> None:
+        running.hub.clock_synchronized = synchronized
+
+    return NamedSource("clock-sync", functools.partial(watch_sync, probe, report))
+
+
 async def run_hub(
     settings: Settings,
     *,
@@ -372,6 +379,7 @@ async def run_hub(
     on_ready: Callable[[Running], None] | None = None,
     source_backoff: Backoff | None = None,
     notifier: Notifier | None = None,
+    clock_sync: Callable[[], bool | None] = clock_synchronized,
 ) -> None:
     """Run the whole gateway until SIGINT/SIGTERM (or `stop`), then shut down cleanly.
 
@@ -380,11 +388,19 @@ async def run_hub(
 
     Each source (`sources`, MQTT, BLE) runs supervised: restarted after a failure with
     `source_backoff` (default `Backoff()`), never ending the hub. `sources` given as a
-    mapping are logged and reported under their keys (say "ble:<device id>")."""
+    mapping are logged and reported under their keys (say "ble:<device id>").
+    `clock_sync` says whether the system clock is synchronized (None: unknown)."""
     stop = stop or asyncio.Event()
     async with _service_manager(notifier or Notifier(), stop) as service:
         await _run(
-            settings, sources, stop, clock or SystemClock(), on_ready, source_backoff, service
+            settings,
+            sources,
+            stop,
+            clock or SystemClock(),
+            on_ready,
+            source_backoff,
+            service,
+            clock_sync,
         )
 
 
@@ -396,6 +412,7 @@ async def _run(
     on_ready: Callable[[Running], None] | None,
     source_backoff: Backoff | None,
     service: _Service,
+    clock_sync: Callable[[], bool | None],
 ) -> None:
     data_dir = settings.storage.data_dir
     # Health data: owner-only (init_keys would create it with the umask's mode otherwise).
@@ -465,6 +482,7 @@ async def _run(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        hub.clock_synchronized = await asyncio.to_thread(clock_sync)  # before any input
         await guard.check()  # a hub started on a full disk stores nothing from the start
         async with _dashboard(settings, running, clock) as url:
             running.url = url
@@ -481,6 +499,7 @@ async def _run(
             bound += _mqtt_sources(settings, running, clock)
             bound += await _ble_sources(settings, running, clock)
             bound.append(_clock_watch(settings, running, clock))
+            bound.append(_clock_sync(running, clock_sync))
             bound.append(NamedSource("disk-guard", guard.run))
             if settings.storage.retention_days:
                 bound.append(_retention(settings, running, clock))

@@ -186,6 +186,7 @@ PURE_CORES = (
     "gateway.validation",
     "gateway.batcher",
     "gateway.clockjump",
+    "gateway.clocklag",
     "gateway.telemetry",
     "gateway.clinic.witness",
     "gateway.clinic.projection",

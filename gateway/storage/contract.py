@@ -43,10 +43,12 @@ class Message:
     """One input's readings (an MQTT message, a BLE notification), stored all or nothing.
 
     `origin` (its raw bytes) is what a refused message's dead letter keeps; without one the
-    dead letter holds the refused reading's JSON."""
+    dead letter holds the refused reading's JSON. `received_at` is when the hub received it
+    (its own clock), stored with each reading; None: the write's `now`."""
 
     origin: Origin | None
     readings: Sequence[Reading]
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,7 +37,7 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 # already (by their hub), so none counts as unsealed at the clinic.
 _COPY = (
     b"COPY readings (id, patient_id, device_id, kind, value, unit, time, seq, source, "
-    b"original_value, original_unit, status, dedupe_key, batch_seq) FROM STDIN"
+    b"original_value, original_unit, status, dedupe_key, received_at, batch_seq) FROM STDIN"
 )
 
 
@@ -136,7 +136,8 @@ def _insert_readings(
             row_id = ids.pop((str(row[1]), str(row[12])), None)
             if row_id is None:
                 continue  # projected before (or the same key twice in one batch)
-            copy.write_row((row_id, *_pg_row(row, time), batch_seq))
+            # The hub does not seal when it received a reading: not known at the clinic.
+            copy.write_row((row_id, *_pg_row(row, time, None), batch_seq))
             new.append(reading)
     return new
 

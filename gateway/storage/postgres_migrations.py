@@ -347,6 +347,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    Migration(
+        7,
+        "readings.received_at: the hub's clock when it received each reading",
+        # As SQLite's migration 11: earlier readings stay NULL. On the partitioned parent
+        # the column reaches every month's partition.
+        "ALTER TABLE readings ADD COLUMN received_at timestamptz",
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -183,12 +183,12 @@ _KEYS_INSERT = (
 )
 _READINGS_COPY = (
     "COPY readings (id, patient_id, device_id, kind, value, unit, time, seq, source, "
-    "original_value, original_unit, status, dedupe_key) FROM STDIN"
+    "original_value, original_unit, status, dedupe_key, received_at) FROM STDIN"
 )
 _READING_INSERT = (
     "INSERT INTO readings (id, patient_id, device_id, kind, value, unit, time, seq, source, "
-    "original_value, original_unit, status, dedupe_key) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "original_value, original_unit, status, dedupe_key, received_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _DEVICE_COLUMNS = "device_id, patient_id, kind, transport, name, address, simulated, active"
 _BATCH_COLUMNS = "seq, reading_count, first_time, last_time, sealed_at, jws, leaf_hash"
@@ -212,9 +212,17 @@ def _check_canonical(row: tuple[object, ...]) -> None:
     )
 
 
-def _pg_row(row: tuple[object, ...], time: datetime) -> tuple[object, ...]:
-    """`reading_to_row` as PostgreSQL stores it: the time as timestamptz, no time_ms."""
-    return (*row[:5], time, *row[7:])
+def _pg_row(
+    row: tuple[object, ...], time: datetime, received: datetime | None
+) -> tuple[object, ...]:
+    """`reading_to_row` as PostgreSQL stores it: the time as timestamptz, no time_ms, then
+    when the hub received it (None: not known, as at the clinic)."""
+    return (*row[:5], time, *row[7:], received)
+
+
+def _received(message: Message, received: datetime) -> datetime:
+    """When the hub received `message` (the write's time when it does not say), as stored."""
+    return _stored_time(message.received_at or received)
 
 
 class PostgresStore(PostgresConnection):
@@ -473,7 +481,7 @@ class PostgresStore(PostgresConnection):
         readings = [reading for message in messages for reading in message.readings]
         if not readings:
             return (), {}, []
-        if not self._last_write_had_duplicates and self._insert_all_new(readings):
+        if not self._last_write_had_duplicates and self._insert_all_new(messages, received):
             return tuple(readings), {}, []
         stored: list[Reading] = []
         refused: dict[int, DeadLetter] = {}
@@ -483,7 +491,7 @@ class PostgresStore(PostgresConnection):
                 continue
             try:
                 with self._db.transaction():
-                    new = self._insert_message(message)
+                    new = self._insert_message(message, received)
             except _Conflict as conflict:
                 refused[index] = _refused(
                     message, conflict.position, received, RejectReason.CONFLICT, conflict.detail
@@ -513,12 +521,14 @@ class PostgresStore(PostgresConnection):
         self._last_write_had_duplicates = len(stored) < len(readings)
         return tuple(stored), refused, flags
 
-    def _insert_all_new(self, readings: Sequence[Reading]) -> bool:
+    def _insert_all_new(self, messages: Sequence[Message], received: datetime) -> bool:
         """Insert every reading in a savepoint if none is a duplicate and all can be
         stored; otherwise undo and return False (the slow path sorts them out)."""
+        readings = [reading for message in messages for reading in message.readings]
         try:
             rows = [reading_to_row(reading) for reading in readings]
             times = [_stored_time(reading.time) for reading in readings]
+            arrivals = [_received(m, received) for m in messages for _ in m.readings]
             for row in rows:
                 _check_canonical(row)
         except Exception:  # the slow path refuses the message that raised
@@ -539,8 +549,9 @@ class PostgresStore(PostgresConnection):
                     raise _Conflict(0, readings[0], "duplicates: take the slow path")
                 ids = {(str(device), str(key)): int(row_id) for row_id, device, key in got}
                 with self._db.cursor() as cursor, cursor.copy(_READINGS_COPY.encode()) as copy:
-                    for row, time in zip(rows, times, strict=True):
-                        copy.write_row((ids[(str(row[1]), str(row[12]))], *_pg_row(row, time)))
+                    for row, time, arrival in zip(rows, times, arrivals, strict=True):
+                        key = (str(row[1]), str(row[12]))
+                        copy.write_row((ids[key], *_pg_row(row, time, arrival)))
         except _Conflict:
             return False
         except (psycopg.OperationalError, psycopg.InternalError, psycopg.ProgrammingError):
@@ -552,9 +563,10 @@ class PostgresStore(PostgresConnection):
             return False
         return True
 
-    def _insert_message(self, message: Message) -> list[Reading]:
+    def _insert_message(self, message: Message, received: datetime) -> list[Reading]:
         """Insert one message's rows; the first conflict found raises `_Conflict`."""
         stored: list[Reading] = []
+        arrival = _received(message, received)
         for position, reading in enumerate(message.readings):
             row = reading_to_row(reading)
             time = _stored_time(reading.time)
@@ -566,7 +578,7 @@ class PostgresStore(PostgresConnection):
                 (row[1], row[12], time, row[3], row[4]),
             )
             if got is not None:
-                self._db.execute(_READING_INSERT, (int(got[0]), *_pg_row(row, time)))
+                self._db.execute(_READING_INSERT, (int(got[0]), *_pg_row(row, time, arrival)))
                 stored.append(reading)
                 continue
             existing = self._row(
@@ -635,7 +647,7 @@ class PostgresStore(PostgresConnection):
             values.extend(after)
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
         return self._rows(
-            f"SELECT {_READING_COLUMNS}, time FROM readings{sql_where} "
+            f"SELECT {_READING_COLUMNS}, received_at, time FROM readings{sql_where} "
             f"ORDER BY time, id LIMIT {_PAGE}",
             values,
         )
@@ -643,7 +655,7 @@ class PostgresStore(PostgresConnection):
     @translated
     def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
         row = self._row(
-            f"SELECT {_READING_COLUMNS} FROM readings WHERE patient_id = %s "
+            f"SELECT {_READING_COLUMNS}, received_at FROM readings WHERE patient_id = %s "
             "AND kind = ANY(%s::text[]) ORDER BY time DESC, id DESC LIMIT 1",
             (patient_id, [k.value for k in kinds]),
         )

@@ -85,7 +85,10 @@ def reading_to_row(reading: Reading) -> tuple[object, ...]:
 
 
 def reading_from_row(row: tuple[Any, ...]) -> Reading:
-    (_, patient_id, device_id, kind, value, unit, time, seq, source, ov, ou, status) = row
+    """A reading from a `_READING_COLUMNS` row, optionally followed by `received_at` (RFC
+    3339 text, a datetime, or NULL: stored before the hub kept receive times)."""
+    (_, patient_id, device_id, kind, value, unit, time, seq, source, ov, ou, status) = row[:12]
+    received = row[12] if len(row) > 12 else None
     return Reading(
         patient_id=str(patient_id),
         device_id=str(device_id),
@@ -98,7 +101,14 @@ def reading_from_row(row: tuple[Any, ...]) -> Reading:
         original_value=None if ov is None else float(ov),
         original_unit=None if ou is None else Unit(str(ou)),
         status=tuple(s for s in str(status).split(",") if s),
+        received_at=None if received is None else _when(received),
     )
+
+
+def _when(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def reading_json_from_row(row: tuple[Any, ...]) -> dict[str, object]:

@@ -36,8 +36,8 @@ _TAIL_MAX = 10_000
 
 _INSERT_READING = (
     "INSERT INTO readings (patient_id, device_id, kind, value, unit, time, time_ms, "
-    "seq, source, original_value, original_unit, status, dedupe_key) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "seq, source, original_value, original_unit, status, dedupe_key, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (device_id, dedupe_key) DO NOTHING"
 )
 
@@ -129,7 +129,11 @@ class SqliteIngest(SqliteRegistry):
         if not self._last_write_had_duplicates:
             self._db.execute("SAVEPOINT readings")
             try:
-                rows = [reading_to_row(reading) for reading in readings]
+                rows = [
+                    (*reading_to_row(reading), _received(message, received))
+                    for message in messages
+                    for reading in message.readings
+                ]
                 (highest,) = self._db.execute(
                     "SELECT COALESCE(MAX(id), 0) FROM readings"
                 ).fetchone()
@@ -159,7 +163,7 @@ class SqliteIngest(SqliteRegistry):
                 continue
             self._db.execute("SAVEPOINT message")
             try:
-                new, entries, conflict = self._insert_message(message)
+                new, entries, conflict = self._insert_message(message, received)
             except sqlite3.OperationalError:
                 self._db.execute("ROLLBACK TO message")
                 self._db.execute("RELEASE message")
@@ -197,14 +201,15 @@ class SqliteIngest(SqliteRegistry):
         return tuple(stored), tail, refused, flags
 
     def _insert_message(
-        self, message: Message
+        self, message: Message, received: datetime
     ) -> tuple[list[Reading], list[UnsealedReading], tuple[int, Reading, str] | None]:
         """Insert one message's rows; the first conflict found stops it."""
         stored: list[Reading] = []
         ids: list[int] = []
         new_rows: list[tuple[object, ...]] = []
+        received_text = _received(message, received)
         for position, reading in enumerate(message.readings):
-            row = reading_to_row(reading)
+            row = (*reading_to_row(reading), received_text)
             cursor = self._db.execute(_INSERT_READING, row)
             if cursor.rowcount == 1:
                 assert cursor.lastrowid is not None
@@ -224,3 +229,8 @@ class SqliteIngest(SqliteRegistry):
                 )
                 return stored, [], (position, reading, detail)
         return stored, _tail_entries(ids, new_rows), None
+
+
+def _received(message: Message, received: datetime) -> str:
+    """When the hub received `message` (the write's time when it does not say), as stored."""
+    return to_rfc3339(message.received_at or received)

@@ -427,6 +427,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         _has_table("nightscout_documents"),
     ),
+    Migration(
+        13,
+        "readings.received_at: the hub's clock when it received each reading",
+        # Earlier readings stay NULL: when they arrived was never kept, and their device
+        # time is not it (a meter's history arrives days after it was measured).
+        "ALTER TABLE readings ADD COLUMN received_at TEXT",
+        _has_column("readings", "received_at"),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -55,14 +55,15 @@ class SqliteQueries(SqliteIngest):
             clauses.append(f"kind IN ({','.join('?' * len(kinds))})")
             params.extend(k.value for k in kinds)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT {_READING_COLUMNS} FROM readings{where} ORDER BY time_ms, id"
+        query = f"SELECT {_READING_COLUMNS}, received_at FROM readings{where} ORDER BY time_ms, id"
         for row in self._db.execute(query, params):
             yield reading_from_row(row)
 
     def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
         marks = ",".join("?" * len(kinds))
         row = self._db.execute(
-            f"SELECT {_READING_COLUMNS} FROM readings WHERE patient_id = ? AND kind IN ({marks}) "
+            f"SELECT {_READING_COLUMNS}, received_at FROM readings "
+            f"WHERE patient_id = ? AND kind IN ({marks}) "
             "ORDER BY time_ms DESC, id DESC LIMIT 1",
             (patient_id, *(k.value for k in kinds)),
         ).fetchone()

@@ -6,6 +6,7 @@ and R4B 4.3.0 in every element we emit)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -52,6 +53,18 @@ def summary() -> dict[str, Any]:
 def test_each_observation_is_a_valid_fhir_observation() -> None:
     for reading in readings()[:5] + readings()[-1:]:
         Observation.model_validate(observation(reading))
+
+
+def test_the_hubs_receive_time_is_the_observations_valid_issued_instant() -> None:
+    """FHIR R4 Observation.issued (an instant): when the hub received the reading; the
+    device's own time stays effectiveDateTime. Absent when the hub never received it."""
+    reading = replace(readings()[-1], received_at=NOW + timedelta(seconds=3, milliseconds=250))
+    parsed = Observation.model_validate(observation(reading))
+    assert observation(reading)["issued"] == "2026-01-15T12:00:03.250Z"
+    assert parsed.issued is not None and parsed.issued - parsed.effectiveDateTime == timedelta(
+        seconds=3.25
+    )
+    assert "issued" not in observation(readings()[-1])
 
 
 def test_the_searchset_bundle_is_valid() -> None:

@@ -62,13 +62,15 @@ async def test_download_my_readings_as_csv_holds_only_mine(login: Login) -> None
     assert response.status == 200 and response.content_type == "text/csv"
     assert "attachment" in response.headers["Content-Disposition"]
     rows = list(csv.reader(io.StringIO(await response.text())))
-    assert rows[0] == ["patient_id", "device_id", "kind", "time", "value", "unit", "seq", "source"]
+    assert rows[0] == [
+        "patient_id", "device_id", "kind", "time", "value", "unit", "seq", "source", "received_at"
+    ]  # fmt: skip
     assert len(rows) == 1 + 14 * 288 + 1  # every 5 min over 14 days, both ends
     assert {r[0] for r in rows[1:]} == {"pat-a"}
     first = datetime(2026, 1, 1, 12, tzinfo=UTC)  # NOW − 14 days; 130 + 30·sin(0) = 130
     assert rows[1] == [
         "pat-a", "cgm-pat-a", "cgm_glucose", "2026-01-01T12:00:00.000Z", "130", "mg/dL",
-        str(int(first.timestamp()) // 300), "virtual",
+        str(int(first.timestamp()) // 300), "virtual", "",  # simulated: never received
     ]  # fmt: skip
 
 

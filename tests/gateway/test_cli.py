@@ -123,7 +123,12 @@ def test_export_jsonl_lists_every_reading(
         "unit",
         "seq",
         "source",
+        "received_at",
     }
+    # the hub's clock as it received them: after the sensor dated them, not after now
+    received = [datetime.fromisoformat(r["received_at"]) for r in rows]
+    assert max(datetime.fromisoformat(r["time"]) for r in rows) < min(received)
+    assert max(received) <= datetime.now(UTC)
     assert {(r["device_id"], r["seq"]) for r in rows} == {
         (d, i) for i in range(6) for d in ("cgm-1", "cgm-2")
     }

@@ -51,7 +51,9 @@ def reading(seq: int, value: float = 120, **changes: Any) -> dict[str, Any]:
         "kind": "cgm_glucose",
         "value": value,
         "unit": "mg/dL",
-        "time": (BASE + timedelta(seconds=15 * seq)).isoformat(),
+        # bad messages are numbered from 5000: dated like the first good ones, in the past
+        # (readings ahead of the hub's clock are tests/glucohub/test_clock_lag.py's)
+        "time": (BASE + timedelta(seconds=15 * (seq % 5000))).isoformat(),
         "seq": seq,
     }
     doc.update(changes)
@@ -160,7 +162,8 @@ def bad_messages(rng: random.Random, good: list[bytes]) -> list[tuple[str, bytes
     out.append((CGM, b'{"kind":' * 7_000, None))
     out.append((CGM, b"", None))
     out.append((CGM, b"[]", None))
-    out.append((CGM, encode([reading(seq := seq + 1), reading(seq + 1, value=5000)]), None))
+    two = [reading(seq := seq + 1), reading(seq + 1, value=5000)]
+    out.append((CGM, encode(two), "out_of_range"))
     out.append((CGM, encode(reading(seq := seq + 2, value=5)), "out_of_range"))
     out.append((UNKNOWN, encode(reading(seq := seq + 1)), "unknown_device"))
     out.append((STRANGER, encode(reading(seq := seq + 1)), "wrong_patient"))

@@ -237,6 +237,7 @@ def test_batches_sealed_before_the_upgrade_are_acknowledged_by_their_outbox_rows
         "ALTER TABLE nightscout_secrets DROP COLUMN roles",
         "ALTER TABLE batches DROP COLUMN outbox_id",
         "ALTER TABLE batches DROP COLUMN pruned_at",
+        "ALTER TABLE readings DROP COLUMN received_at",
     ]
     if backend.url:
         with psycopg.connect(backend.url) as db:
