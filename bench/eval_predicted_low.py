@@ -27,7 +27,7 @@ Methods, on the same traces:
 The last two run with the previous engine's gating (raised while the reading is >= 70 and
 no low is open; resolved when the forecast is >= 75 for 10 min or a low is raised).
 
-Run: `.venv/bin/python -m bench.eval_predicted_low [--tune]`
+Run: `.venv/bin/python -m bench.eval_predicted_low [--tune [--tune-treatments]]`
 """
 
 from __future__ import annotations
@@ -296,8 +296,14 @@ def _summary(t: Tally) -> str:
     )
 
 
-def tune(traces: dict[Cohort, list[SimTrace]]) -> None:
+def tune(traces: dict[Cohort, list[SimTrace]], *, cgm_only: bool = True) -> None:
     """The search behind the engine's defaults, on the TUNE set."""
+    if cgm_only:
+        tune_cgm_only(traces)
+    tune_treatments(traces)
+
+
+def tune_cgm_only(traces: dict[Cohort, list[SimTrace]]) -> None:
     print("tuning grid on the TUNE set (kalman, CGM only): horizon, persistence, minimum fall")
     for horizon, persistence, fall in itertools.product((30, 35, 40), (1, 2), (0.3, 0.6)):
         th = Thresholds(
@@ -307,6 +313,9 @@ def tune(traces: dict[Cohort, list[SimTrace]]) -> None:
         )
         t = evaluate(traces, lambda tr, th=th: run_engine(tr, th))["overall"]  # type: ignore[misc]
         print(f"  h={horizon} k={persistence} fall>={fall}: {_summary(t)}", flush=True)
+
+
+def tune_treatments(traces: dict[Cohort, list[SimTrace]]) -> None:
     print(
         "kalman + treatments (h=35, k=2): prior treatment gain, its drift a day, carbohydrate"
         " absorption time, minimum expected fall over the horizon"
@@ -346,7 +355,8 @@ def main() -> None:
         "Nightscout AR2": lambda tr: run_rule(tr, ar2),
     }
     if "--tune" in sys.argv[1:]:
-        tune(simulate_set(TUNE_SEEDS))
+        # --tune-treatments: only the treatment grid (the CGM-only one is unchanged)
+        tune(simulate_set(TUNE_SEEDS), cgm_only="--tune-treatments" not in sys.argv[1:])
         return
     for label, seeds in (("TEST", TEST_SEEDS), ("TUNE", TUNE_SEEDS)):
         traces = simulate_set(seeds)

@@ -36,6 +36,12 @@ the low alert covers it); after one predicted low it is not
 raised again until the estimated blood glucose has been back above `low` +
 `predicted_low_rearm_mg_dl` (one alert per episode).
 
+With the patient's recorded treatments (`on_treatments`: boluses, carbohydrates, exercise)
+the forecast adds what insulin and carbohydrates on board will still do
+(`gateway.clinical.treatment_effect`, learned gains in the filter), and "falling" becomes
+"the forecast falls at least `predicted_low_treated_fall_mg_dl_min` on average over the
+horizon": insulin on board makes a slow fall believable that the CGM alone would not be.
+
 Against alarm fatigue: one open alert per kind per patient (de-dup); the milder sibling is
 resolved ("superseded") when the more severe one is raised and is not raised while it is open
 (low under urgent_low or sustained_low, predicted_low under any low, high under urgent_high or
@@ -124,7 +130,7 @@ class Thresholds:
     predicted_low_min_fall_mg_dl_min: float = 0.6  # estimated fall at least this fast
     # ... or, with recorded treatments, the expected mean fall over the horizon at least this
     # (insulin on board makes a slow fall believable; see `gateway.clinical.treatment_effect`)
-    predicted_low_treated_fall_mg_dl_min: float = 0.35
+    predicted_low_treated_fall_mg_dl_min: float = 0.5
     sustained_high_min: float = 120.0
     sustained_low_min: float = 15.0
     hysteresis_mg_dl: float = 5.0

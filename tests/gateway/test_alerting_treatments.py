@@ -62,12 +62,12 @@ async def predicted_lows(store: Store, treatments: dict[str, list[Treatment]]) -
     )
     raised = []
     bolus_at = NOW - timedelta(minutes=150)
-    # 6 U at about 20 mg/dL per unit, read 8 minutes late: 160 sliding towards 40.
+    # 7 U at about 20 mg/dL per unit, read 8 minutes late: 160 sliding towards 20.
     for minutes in range(-240, 60, 5):
         at = NOW + timedelta(minutes=minutes)
         since = (at - bolus_at).total_seconds() / 60 - 8
         clock.at = at
-        value = float(round(160 - 120 * insulin_acted(since, CURVE)))
+        value = float(round(160 - 140 * insulin_acted(since, CURVE)))
         for alert in await service.on_stored([reading(at, value)], []):
             if alert.kind is AlertKind.PREDICTED_LOW and alert.state is AlertState.RAISED:
                 raised.append(at)
@@ -86,7 +86,7 @@ async def test_treatments_stored_before_a_restart_feed_the_forecast(tmp_path: Pa
                     kind=TreatmentKind.INSULIN_BOLUS,
                     dedupe_key="aaps-1",
                     source=Source.HTTP,
-                    insulin_units=6.0,
+                    insulin_units=7.0,
                 ),
                 Treatment(  # older than the forecast looks back: not read
                     patient_id="p1",
@@ -104,6 +104,6 @@ async def test_treatments_stored_before_a_restart_feed_the_forecast(tmp_path: Pa
         without = await predicted_lows(store, {})
     finally:
         store.close()
-    # Blood glucose crosses 70 when 75 % has acted, about 175 minutes after the bolus.
-    assert len(with_them) == 1 and with_them[0] <= NOW + timedelta(minutes=5)
+    # Blood glucose crosses 70 when 64 % has acted, 150 minutes after the bolus (NOW).
+    assert len(with_them) == 1 and with_them[0] <= NOW - timedelta(minutes=20)
     assert without == [] or with_them[0] < without[0]

@@ -24,9 +24,9 @@ from tests.dashboards.nightscout.test_treatments_api import iso, ms
 
 hub = test_api.hub  # the real hub with p1's and p2's secrets (a fixture)
 
-BOLUS_U = 6.0
-# What the glucose of someone given 6 U does with 20 mg/dL per unit, read 8 minutes late:
-# 160 down to 40 over the insulin's action, on the published rapid-acting curve (oref0).
+BOLUS_U = 7.0
+# What the glucose of someone given 7 U does with 20 mg/dL per unit, read 8 minutes late:
+# 160 down to 20 over the insulin's action, on the published rapid-acting curve (oref0).
 CURVE = EffectModel(insulin_peak_min=75.0, insulin_duration_min=360.0)
 
 
@@ -44,7 +44,7 @@ async def test_a_bolus_uploaded_before_the_readings_brings_the_predicted_low_for
     hub: Hub,
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
-    bolus_at = now - timedelta(minutes=145)
+    bolus_at = now - timedelta(minutes=115)
     # AndroidAPS BolusExtension.toJson for a correction (nightscout/AndroidAPS, public source).
     bolus = {
         "eventType": "Correction Bolus",
@@ -65,10 +65,10 @@ async def test_a_bolus_uploaded_before_the_readings_brings_the_predicted_low_for
             assert response.status == 200
         for patient in ("p1", "p2"):
             assert (await xdrip_upload(http, hub, hub.secrets[patient], entries))[0] == 200
-    # Now 84 mg/dL, down about 0.5 mg/dL/min: the CGM alone does not call that a low; the
-    # insulin still to act says blood glucose is below 70 within 35 minutes (below 70 once
-    # 75 % has acted, about 175 minutes after the bolus, half an hour from now).
-    assert entries[-1]["sgv"] == 84
+    # Now 92 mg/dL, down about 0.8 mg/dL/min: the CGM alone does not (yet) call that a low;
+    # the insulin still to act says blood glucose is below 70 within 35 minutes (below 70
+    # once 64 % has acted, about 150 minutes after the bolus, half an hour from now).
+    assert entries[-1]["sgv"] == 92
     async with asyncio.timeout(10):
         while AlertKind.PREDICTED_LOW not in await alert_kinds(hub, "p1"):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
