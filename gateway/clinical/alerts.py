@@ -165,11 +165,9 @@ class Thresholds:
                 raise ConfigError(f"alerts.{name}", "must be > 0")
         if self.predicted_low_persistence < 1:
             raise ConfigError("alerts.predicted_low_persistence", "must be >= 1")
-        if (
-            self.predicted_low_min_fall_mg_dl_min < 0
-            or self.predicted_low_treated_fall_mg_dl_min < 0
-        ):
-            raise ConfigError("alerts.predicted_low_min_fall_mg_dl_min", "must be >= 0")
+        for name in ("predicted_low_min_fall_mg_dl_min", "predicted_low_treated_fall_mg_dl_min"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"alerts.{name}", "must be >= 0")
         if self.predicted_low_rearm_mg_dl < 0:
             raise ConfigError("alerts.predicted_low_rearm_mg_dl", "must be >= 0")
         if self.hysteresis_mg_dl < 0 or self.rate_hysteresis_mg_dl_min < 0:

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from gateway.clinical.alerts import PatientAlertEngine
+from gateway.clinical.alerts import PatientAlertEngine, Thresholds
 from gateway.clinical.glucose_filter import FilterModel, update, with_treatment_gains
 from gateway.clinical.treatment_effect import EffectModel, insulin_acted
+from gateway.errors import ConfigError
 from gateway.model import Source, Treatment, TreatmentKind
 from tests.gateway.clinical.test_alerts import P, at
 from tests.gateway.clinical.test_predicted_low import feed, raised_at
@@ -123,3 +124,9 @@ def test_the_learned_gains_survive_a_restart() -> None:
     again = PatientAlertEngine.from_state(saved, effect_model=EFFECTS, filter_model=RIGHT)
     again.on_treatments([bolus(0, 2.5)])  # the hub reloads stored treatments at start
     assert before + feed(again, trace[40:]) == expected
+
+
+def test_a_negative_treated_fall_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Thresholds(predicted_low_treated_fall_mg_dl_min=-0.1)
+    assert "predicted_low_treated_fall_mg_dl_min" in str(caught.value)
