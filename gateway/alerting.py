@@ -2,7 +2,10 @@
 
 Engines are pure; this module feeds them stored readings and device events, saves every
 transition (alerts table + the ledger event stream) and the engines' state, so snoozes
-and open alerts survive a restart.
+and open alerts survive a restart. Patients' recorded treatments (insulin, carbohydrates,
+exercise) feed the predicted-low forecast: those stored when the hub starts
+(`recent_treatments`, read on the writer's thread) and each one stored since
+(`on_treatments`, called by the treatment log once it is written).
 """
 
 from __future__ import annotations
@@ -10,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from gateway.clinical.alerts import PatientAlertEngine, Thresholds
+from gateway.clinical.alerts import TREATMENT_HISTORY, PatientAlertEngine, Thresholds
 from gateway.clinical.errors import ClinicalError
 from gateway.clock import Clock, to_rfc3339
 from gateway.errors import InputError
-from gateway.model import Alert, AlertKind, DeviceEvent, Reading
+from gateway.model import Alert, AlertKind, DeviceEvent, Reading, Treatment
 from gateway.settings import AlertSettings, BleSettings
 from gateway.storage.contract import HubStorage
 
@@ -55,6 +58,17 @@ def snooze_event(
     }
 
 
+def recent_treatments(store: HubStorage, now: datetime) -> dict[str, list[Treatment]]:
+    """Every patient's treatments the forecast still uses (run on a storage thread)."""
+    since, until = now - TREATMENT_HISTORY, now + timedelta(hours=1)
+    found: dict[str, list[Treatment]] = {}
+    for patient in store.list_patients():
+        treatments = store.treatments(patient.patient_id, since=since, until=until)
+        if treatments:
+            found[patient.patient_id] = treatments
+    return found
+
+
 class AlertService:
     """Implements the pipeline's alert stage and `AlertControl` for dashboards."""
 
@@ -65,6 +79,7 @@ class AlertService:
         clock: Clock,
         writer_run: Callable[[Callable[[HubStorage], None]], Awaitable[None]],
         states: dict[str, str],
+        treatments: Mapping[str, Sequence[Treatment]] | None = None,
     ) -> None:
         self._thresholds = thresholds
         self._clock = clock
@@ -83,6 +98,8 @@ class AlertService:
                 )
             except (ClinicalError, ValueError) as exc:
                 log.error("alert state of %s unusable, starting afresh: %s", patient_id, exc)
+        for found in (treatments or {}).values():
+            self.on_treatments(found)
 
     def _engine(self, patient_id: str) -> PatientAlertEngine:
         engine = self._engines.get(patient_id)
@@ -125,6 +142,15 @@ class AlertService:
                 else:
                     changed.extend(engine.on_event(item, now))
         return await self._persist(changed, set(by_patient))
+
+    def on_treatments(self, treatments: Sequence[Treatment]) -> None:
+        """Stored treatments, for their patients' forecasts (cheap: no I/O, no alerts)."""
+        by_patient: dict[str, list[Treatment]] = defaultdict(list)
+        for treatment in treatments:
+            by_patient[treatment.patient_id].append(treatment)
+        for patient_id, items in by_patient.items():
+            self._engine(patient_id).on_treatments(items)
+            self._dirty.add(patient_id)
 
     async def flush(self) -> None:
         """Save the engine state of every patient changed since the last save."""

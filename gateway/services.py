@@ -146,7 +146,8 @@ class WriterRun(Protocol):
 class StoreTreatments:
     """`TreatmentLog` over the store: written on the hub's writer thread (the one writer),
     read on the reader's; validated against `clock` first. `on_written(n)` hears of n new
-    ledger events, to seal them soon."""
+    ledger events, to seal them soon; `on_stored` of the treatments added or replaced (the
+    alert engine's forecast uses them)."""
 
     def __init__(
         self,
@@ -154,11 +155,13 @@ class StoreTreatments:
         writer_run: WriterRun,
         on_written: Callable[[int], None],
         clock: Clock,
+        on_stored: Callable[[Sequence[Treatment]], None] | None = None,
     ) -> None:
         self._clock = clock
         self._reader = reader
         self._writer_run = writer_run
         self._on_written = on_written
+        self._on_stored = on_stored
 
     async def add(self, treatments: Sequence[Treatment]) -> TreatmentWrite:
         now, rules = self._clock.now(), TreatmentRules()
@@ -168,6 +171,8 @@ class StoreTreatments:
         done = await self._writer_run(lambda s: s.add_treatments(items, at=now))
         if changed := len(done.added) + len(done.replaced):
             self._on_written(changed)
+            if self._on_stored is not None:
+                self._on_stored([*done.added, *done.replaced])
         return dataclasses.replace(done, refused=refused)
 
     async def query(

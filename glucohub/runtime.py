@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from gateway.alerting import AlertService, thresholds_from
+from gateway.alerting import AlertService, recent_treatments, thresholds_from
 from gateway.clock import Clock, FurthestClock, SystemClock
 from gateway.clockjump import ClockJump, ClockJumpDetector
 from gateway.fanout import FanOut
@@ -123,6 +123,7 @@ async def _dashboard(
                 lambda fn: running.writer.run(fn, running.writer.store),
                 running.hub.ledger_events_written,
                 clock,
+                on_stored=running.alerts.on_treatments,
             ),
             devices=StoreDevices(
                 running.reader,
@@ -446,6 +447,7 @@ async def _run(
         clock=clock,
         writer_run=lambda fn: writer.run(fn, store),
         states=await writer.run(store.alert_engine_states),
+        treatments=await writer.run(recent_treatments, store, clock.now()),
     )
     hub = Hub(
         settings=settings,

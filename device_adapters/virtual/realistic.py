@@ -57,6 +57,15 @@ The sensor, blood glucose (BG) -> CGM reading:
    the noise is scaled by NOISE_SCALE so the overall MARD against blood glucose, lag and
    calibration error included, is about 10 % as for current sensors (measured by `mard`).
 Readings are 5-minutely, rounded to 1 mg/dL and clipped to 40-400, with warm-ups and gaps.
+
+What the phone or pump records (`SimTrace.treatments`, as AndroidAPS or xDrip+ would upload
+them): every bolus exactly as dosed (meal boluses carry the carbohydrates the person
+*counted*, i.e. the estimate with the cohort's counting error, log-normal sigma 0.22-0.30,
+not what was eaten; a late bolus is recorded apart from its meal). Not recorded: meals whose
+bolus was forgotten and snacks eaten without a bolus (unannounced), half of the fast
+carbohydrate taken for lows, and 30 % of exercise sessions. Basal insulin is not a
+treatment (the pump's programmed rate). This recording draws from its own random stream,
+so the physiology and the sensor are the same as without it.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from device_adapters.virtual.physiology import CgmSample
+from gateway.model import Source, Treatment, TreatmentKind
 
 # --- Dalla Man 2007, Table I (normal subject averages); units per kg body weight, minutes.
 VG, K1, K2 = 1.88, 0.065, 0.079  # dl/kg, 1/min, 1/min
@@ -188,6 +198,7 @@ class SimTrace:
     interstitial_mg_dl: tuple[float, ...]
     cgm: tuple[CgmSample, ...]  # every 5 minutes; None during warm-up and gaps
     sensor_noise_mg_dl: tuple[float, ...]  # the Johnson noise term of each CGM sample
+    treatments: tuple[Treatment, ...] = ()  # what the phone or pump recorded (docstring)
 
     @property
     def days(self) -> float:
@@ -361,6 +372,7 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
     """`days` of life for person `p`: blood glucose, interstitial glucose and CGM readings."""
     start = start or datetime(2026, 3, 1, tzinfo=UTC)
     rng = random.Random(f"life:{p.cohort.value}:{p.seed}")
+    recorded = _Recorder(p, start)
     sensor_rng = random.Random(f"sensor:{p.cohort.value}:{p.seed}")
     tr = p.traits
     state, kp1, true_basal = _initial_state(p)
@@ -387,7 +399,7 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
     low_since: int | None = None
     pending: list[tuple[int, float]] = []  # (minute, grams) the person starts eating
     eating: list[tuple[int, float]] = []  # (end minute, grams per minute) being eaten
-    boluses: list[tuple[int, float]] = []  # (minute, estimated grams) to bolus for
+    boluses: list[tuple[int, float, int]] = []  # (minute, estimated grams, delay) to bolus
     exercise_plan: tuple[int, int, float] | None = None
     sens_today = p.sensitivity
     for minute in range(n):
@@ -400,16 +412,20 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
                 pending.append((at, meal.carbs_g))
                 if meal.bolus:
                     estimate = meal.carbs_g * math.exp(rng.gauss(0, tr.carb_count_error))
-                    boluses.append((at + meal.bolus_delay_min, estimate))
+                    boluses.append((at + meal.bolus_delay_min, estimate, meal.bolus_delay_min))
+                    if meal.bolus_delay_min:
+                        recorded.carbs(at, estimate)
         started = sum(g for at, g in pending if at == minute)
         if started:
             state.last_meal_mg = started * 1000.0
             eating.append((minute + 10, started / 10.0))  # a meal takes 10 minutes
         carbs_mg_min = 1000.0 * sum(rate for end, rate in eating if minute < end)
         units = 0.0
-        for at, grams in boluses:
+        meal_grams: float | None = None
+        for at, grams, delay in boluses:
             if at == minute:
                 units += grams / ratio
+                meal_grams = None if delay else (meal_grams or 0.0) + grams
                 reading = cgm[-1].glucose_mg_dl if cgm else None
                 if reading is not None and reading > 150:
                     units += (reading - target) / correction
@@ -420,12 +436,15 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
             units += (reading - target) / correction  # a correction between meals
         if units > 0:
             last_bolus = minute
+            recorded.bolus(minute, units, meal_grams)
             state.isc1 += units * PMOL_PER_UNIT / p.weight_kg
         exercise = 0.0
         if exercise_plan is not None:
             ex_start, ex_len, intensity = exercise_plan
             if ex_start <= mod < ex_start + ex_len:
                 exercise = intensity
+            if mod == ex_start:
+                recorded.exercise(minute, ex_len)
         # Dawn phenomenon: more endogenous glucose production early in the morning.
         dawn = 1.0 + 0.12 * math.exp(-0.5 * ((mod - 330) / 60.0) ** 2)
         for _ in range(int(1 / STEP_MIN)):
@@ -480,10 +499,11 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
             grams = rng.uniform(15, 20)
             delay = int(rng.uniform(2, 10))
             pending.append((minute + delay, grams))
+            recorded.hypo_carbs(minute + delay, grams)
         if minute % 60 == 0:
             pending = [(at, g) for at, g in pending if at > minute]
             eating = [(end, rate) for end, rate in eating if end > minute]
-            boluses = [(at, g) for at, g in boluses if at > minute]
+            boluses = [b for b in boluses if b[0] > minute]
     return SimTrace(
         patient=p,
         start=start,
@@ -491,7 +511,63 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
         interstitial_mg_dl=tuple(inter),
         cgm=tuple(cgm),
         sensor_noise_mg_dl=tuple(noise_out),
+        treatments=tuple(sorted(recorded.treatments, key=lambda t: t.time)),
     )
+
+
+class _Recorder:
+    """The treatments the person's phone or pump records (module docstring)."""
+
+    HYPO_RECORDED = 0.5
+    EXERCISE_RECORDED = 0.7
+
+    def __init__(self, p: VirtualPatient, start: datetime) -> None:
+        self._rng = random.Random(f"record:{p.cohort.value}:{p.seed}")
+        self._start = start
+        self._patient_id = f"virt-{p.cohort.value}-{p.seed}"
+        self.treatments: list[Treatment] = []
+
+    def _add(
+        self,
+        minute: int,
+        kind: TreatmentKind,
+        *,
+        units: float | None = None,
+        grams: float | None = None,
+        duration_min: float | None = None,
+    ) -> None:
+        self.treatments.append(
+            Treatment(
+                patient_id=self._patient_id,
+                time=self._start + timedelta(minutes=minute),
+                kind=kind,
+                dedupe_key=f"sim:{kind.value}:{minute}",
+                source=Source.VIRTUAL,
+                insulin_units=units,
+                carbs_grams=grams,
+                duration_min=duration_min,
+            )
+        )
+
+    def bolus(self, minute: int, units: float, carbs_g: float | None) -> None:
+        # Pumps deliver (and record) in 0.05 U steps; people enter whole grams.
+        self._add(
+            minute,
+            TreatmentKind.INSULIN_BOLUS,
+            units=max(0.05, round(units * 20) / 20),
+            grams=None if carbs_g is None else float(round(carbs_g)),
+        )
+
+    def carbs(self, minute: int, grams: float) -> None:
+        self._add(minute, TreatmentKind.CARBS, grams=float(round(grams)))
+
+    def hypo_carbs(self, minute: int, grams: float) -> None:
+        if self._rng.random() < self.HYPO_RECORDED:
+            self.carbs(minute, grams)
+
+    def exercise(self, minute: int, duration_min: int) -> None:
+        if self._rng.random() < self.EXERCISE_RECORDED:
+            self._add(minute, TreatmentKind.EXERCISE, duration_min=float(duration_min))
 
 
 def _sensor_coefficients(rng: random.Random) -> tuple[float, float, float, float, float]:

@@ -36,6 +36,12 @@ the low alert covers it); after one predicted low it is not
 raised again until the estimated blood glucose has been back above `low` +
 `predicted_low_rearm_mg_dl` (one alert per episode).
 
+With the patient's recorded treatments (`on_treatments`: boluses, carbohydrates, exercise)
+the forecast adds what insulin and carbohydrates on board will still do
+(`gateway.clinical.treatment_effect`, learned gains in the filter), and "falling" becomes
+"the forecast falls at least `predicted_low_treated_fall_mg_dl_min` on average over the
+horizon": insulin on board makes a slow fall believable that the CGM alone would not be.
+
 Against alarm fatigue: one open alert per kind per patient (de-dup); the milder sibling is
 resolved ("superseded") when the more severe one is raised and is not raised while it is open
 (low under urgent_low or sustained_low, predicted_low under any low, high under urgent_high or
@@ -68,7 +74,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -80,8 +86,10 @@ from gateway.clinical.glucose_filter import (
     FilterState,
     blood_now,
     forecast_blood,
+    with_treatment_gains,
 )
 from gateway.clinical.glucose_filter import update as filter_update
+from gateway.clinical.treatment_effect import EffectModel, TreatmentEffects
 from gateway.clock import require_utc
 from gateway.errors import ConfigError
 from gateway.model import (
@@ -93,6 +101,7 @@ from gateway.model import (
     DeviceEventKind,
     Reading,
     ReadingKind,
+    Treatment,
 )
 
 STATE_VERSION = 1
@@ -119,6 +128,9 @@ class Thresholds:
     predicted_low_persistence: int = 2  # consecutive forecasts below `low`
     predicted_low_rearm_mg_dl: float = 15.0  # back above low + this before a new one
     predicted_low_min_fall_mg_dl_min: float = 0.6  # estimated fall at least this fast
+    # ... or, with recorded treatments, the expected mean fall over the horizon at least this
+    # (insulin on board makes a slow fall believable; see `gateway.clinical.treatment_effect`)
+    predicted_low_treated_fall_mg_dl_min: float = 0.5
     sustained_high_min: float = 120.0
     sustained_low_min: float = 15.0
     hysteresis_mg_dl: float = 5.0
@@ -153,8 +165,9 @@ class Thresholds:
                 raise ConfigError(f"alerts.{name}", "must be > 0")
         if self.predicted_low_persistence < 1:
             raise ConfigError("alerts.predicted_low_persistence", "must be >= 1")
-        if self.predicted_low_min_fall_mg_dl_min < 0:
-            raise ConfigError("alerts.predicted_low_min_fall_mg_dl_min", "must be >= 0")
+        for name in ("predicted_low_min_fall_mg_dl_min", "predicted_low_treated_fall_mg_dl_min"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"alerts.{name}", "must be >= 0")
         if self.predicted_low_rearm_mg_dl < 0:
             raise ConfigError("alerts.predicted_low_rearm_mg_dl", "must be >= 0")
         if self.hysteresis_mg_dl < 0 or self.rate_hysteresis_mg_dl_min < 0:
@@ -217,6 +230,8 @@ _FLAG_MESSAGES: dict[AlertKind, str] = {
 }
 
 _HISTORY = timedelta(minutes=35)  # CGM points kept: the 15-minute rate fit plus slack
+# Treatments kept: enough meal boluses to estimate the carbohydrate ratio from.
+TREATMENT_HISTORY = timedelta(days=14)
 
 
 def make_alert_id(patient_id: str, kind: AlertKind, raised_at: datetime) -> str:
@@ -259,13 +274,17 @@ class PatientAlertEngine:
         thresholds: Thresholds | None = None,
         *,
         filter_model: FilterModel | None = None,
+        effect_model: EffectModel | None = None,
     ) -> None:
         if not patient_id:
             raise ValueError("patient_id must be non-empty")
         self.patient_id = patient_id
         self.thresholds = thresholds or Thresholds()
         self.filter_model = filter_model or FilterModel()
+        self.effect_model = effect_model or EffectModel()
         self._filter: FilterState | None = None
+        self._treatments: dict[str, Treatment] = {}  # by dedupe_key
+        self._effects: TreatmentEffects | None = None
         self._predicted_low_streak = 0
         self._predicted_low_latched = False
         self._open: dict[AlertKind, _Open] = {}
@@ -309,7 +328,7 @@ class PatientAlertEngine:
             in_order = self._last_cgm_time is None or t > self._last_cgm_time
             self._record_cgm(t, g)
             if in_order:
-                self._filter = filter_update(self._filter, _epoch_minutes(t), g, self.filter_model)
+                self._feed_filter(_epoch_minutes(t), g)
             if in_order and not backfill:
                 out += self._resolve(AlertKind.STALE_DATA, now, "CGM readings resumed")
         if backfill or not in_order:
@@ -553,6 +572,60 @@ class PatientAlertEngine:
         out += self._predicted_low(t, g, now)
         return out
 
+    def on_treatments(self, treatments: Sequence[Treatment]) -> None:
+        """Take in the patient's recorded treatments (insulin, carbohydrates, exercise).
+
+        They feed the predicted-low forecast from the next reading on. A treatment sent
+        again (same dedupe key) replaces the earlier one; others' patients are ignored.
+        """
+        changed = False
+        for treatment in treatments:
+            if treatment.patient_id == self.patient_id:
+                self._treatments[treatment.dedupe_key] = treatment
+                changed = True
+        if not changed:
+            return
+        newest = max(t.time for t in self._treatments.values())
+        if self._last_cgm_time is not None:
+            newest = max(newest, self._last_cgm_time)
+        self._treatments = {
+            k: t for k, t in self._treatments.items() if t.time >= newest - TREATMENT_HISTORY
+        }
+        effects = TreatmentEffects(list(self._treatments.values()), self.effect_model)
+        self._effects = effects if effects else None
+        if self._effects is not None and self._filter is not None:
+            self._filter = with_treatment_gains(self._filter, self.filter_model)
+
+    def _feed_filter(self, t_min: float, g: float) -> None:
+        effects, state, model = self._effects, self._filter, self.filter_model
+        if effects is None or state is None:
+            self._filter = filter_update(state, t_min, g, model)
+            if effects is not None:
+                self._filter = with_treatment_gains(self._filter, model)
+            return
+        # The sensor sees blood glucose about `lag_min` late (glucose_filter docstring).
+        (i0, c0), (i1, c1) = (
+            effects.at(state.t_min - model.lag_min),
+            effects.at(t_min - model.lag_min),
+        )
+        effect = (i1 - i0, c1 - c0)
+        self._filter = filter_update(state, t_min, g, model, effect=effect)
+
+    def _treatment_outlook(
+        self, state: FilterState, horizon: float
+    ) -> tuple[tuple[float, float], float]:
+        """The expected (insulin, carbohydrate) change of blood glucose from `lag_min` before
+        the state's time to `horizon` after it, and the expected rate now (gains applied)."""
+        effects = self._effects
+        if effects is None or state.gains is None:
+            return (0.0, 0.0), 0.0
+        lag, t = self.filter_model.lag_min, state.t_min
+        (i0, c0), (i1, c1), (i2, c2) = effects.at(t - lag), effects.at(t), effects.at(t + horizon)
+        k_i, k_c = state.gains
+        # The rate now: the mean over the last `lag` minutes (one evaluation fewer).
+        rate = (k_i * (i1 - i0) + k_c * (c1 - c0)) / lag
+        return (i2 - i0, c2 - c0), rate
+
     def _predicted_low(self, t: datetime, g: float, now: datetime) -> list[Alert]:
         """Persistence, hysteresis and one alert per episode over the filter's forecast."""
         th = self.thresholds
@@ -560,14 +633,20 @@ class PatientAlertEngine:
         if state is None:
             return []
         horizon = th.predicted_low_horizon_min
-        predicted, _ = forecast_blood(state, horizon, self.filter_model)
-        falling = state.x[1] <= -th.predicted_low_min_fall_mg_dl_min
+        effect, treatment_rate = self._treatment_outlook(state, horizon)
+        predicted, _ = forecast_blood(state, horizon, self.filter_model, effect=effect)
+        if state.gains is None or self._effects is None:
+            falling = state.x[1] <= -th.predicted_low_min_fall_mg_dl_min
+        else:
+            now_bg = blood_now(state, self.filter_model, rate=treatment_rate)
+            falling = (predicted - now_bg) / horizon <= -th.predicted_low_treated_fall_mg_dl_min
         below = g >= th.low_mg_dl and predicted < th.low_mg_dl and falling
         self._predicted_low_streak = self._predicted_low_streak + 1 if below else 0
         if (
             self._predicted_low_latched
             and AlertKind.PREDICTED_LOW not in self._open
-            and blood_now(state, self.filter_model) >= th.low_mg_dl + th.predicted_low_rearm_mg_dl
+            and blood_now(state, self.filter_model, rate=treatment_rate)
+            >= th.low_mg_dl + th.predicted_low_rearm_mg_dl
         ):
             self._predicted_low_latched = False
         out = self._step(
@@ -776,6 +855,11 @@ class PatientAlertEngine:
                 "t_min": self._filter.t_min,
                 "x": list(self._filter.x),
                 "p": list(self._filter.p),
+                **(
+                    {}
+                    if self._filter.gains is None or self._filter.full is None
+                    else {"gains": list(self._filter.gains), "full": list(self._filter.full)}
+                ),
             },
             "predicted_low_streak": self._predicted_low_streak,
             "predicted_low_latched": self._predicted_low_latched,
@@ -788,6 +872,7 @@ class PatientAlertEngine:
         thresholds: Thresholds | None = None,
         *,
         filter_model: FilterModel | None = None,
+        effect_model: EffectModel | None = None,
     ) -> PatientAlertEngine:
         """Rebuild an engine from `state_to_json()` output; `EngineStateError` if it is unusable.
 
@@ -799,7 +884,7 @@ class PatientAlertEngine:
         reader = _StateReader(patient_id)
         if state.get("version") != STATE_VERSION:
             raise EngineStateError(patient_id, "version", f"expected {STATE_VERSION}")
-        engine = cls(patient_id, thresholds, filter_model=filter_model)
+        engine = cls(patient_id, thresholds, filter_model=filter_model, effect_model=effect_model)
         try:
             for i, item in enumerate(reader.seq(state, "open")):
                 key = f"open[{i}]"
@@ -944,10 +1029,22 @@ class _StateReader:
                 if not math.isfinite(item):
                     raise self.fail(f"filter.{name}", "expected finite numbers")
         assert t_min is not None and isinstance(x, list) and isinstance(p, list)
+        gains, full = entry.get("gains"), entry.get("full")
+        if gains is not None or full is not None:
+            for name, seq, size in (("gains", gains, 2), ("full", full, 25)):
+                if not isinstance(seq, list) or len(seq) != size:
+                    raise self.fail(f"filter.{name}", f"expected {size} numbers")
+                for item in seq:
+                    if isinstance(item, bool) or not isinstance(item, int | float):
+                        raise self.fail(f"filter.{name}", "expected numbers")
+                    if not math.isfinite(item):
+                        raise self.fail(f"filter.{name}", "expected finite numbers")
         return FilterState(
             t_min=t_min,
             x=(float(x[0]), float(x[1]), float(x[2])),
             p=tuple(float(v) for v in p),  # type: ignore[arg-type]
+            gains=None if gains is None else (float(gains[0]), float(gains[1])),
+            full=None if full is None else tuple(float(v) for v in full),
         )
 
     def time_or_none(self, entry: Mapping[str, Any], name: str, key: str) -> datetime | None:

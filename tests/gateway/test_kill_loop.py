@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +70,22 @@ def glucohub(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def wait_ready(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Until the hub logs that ingest runs (its signal handlers are in place by then); its
+    log is drained on a thread from here on."""
+    assert process.stderr is not None
+    stream = process.stderr
+    ready = threading.Event()
+
+    def drain() -> None:
+        for line in stream:
+            if b"ready: " in line:
+                ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    assert ready.wait(timeout_s), "the hub never said it was ready"
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
@@ -207,7 +224,7 @@ def test_a_hub_killed_at_random_points_loses_nothing_and_its_ledger_always_verif
             while integrity(data_dir)[2] < FIXTURE_READINGS + total:
                 assert hub.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-            time.sleep(0.5)
+            wait_ready(hub)  # a SIGTERM before its handlers exist would end it with -15
             hub.send_signal(signal.SIGTERM)
             assert hub.wait(timeout=60) == 0
             if hub.stderr is not None:

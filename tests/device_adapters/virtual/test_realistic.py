@@ -94,3 +94,29 @@ def test_every_cohort_has_hypoglycaemia_from_its_therapy() -> None:
         below = sum(g < 70 for g in blood) / len(blood)
         # Time below range in type 1 diabetes is typically a few percent, rarely above 10.
         assert 0.005 < below < 0.15, cohort
+
+
+def test_the_phone_records_the_boluses_and_the_counted_carbohydrates(
+    traces: list[SimTrace],
+) -> None:
+    """What a pump or phone would upload: every bolus (pumps step in 0.05 U), meal boluses
+    with the grams the person counted, some exercise; never more than was dosed or eaten."""
+    from gateway.model import TreatmentKind
+
+    for trace in traces:
+        recorded = trace.treatments
+        assert recorded and [t.time for t in recorded] == sorted(t.time for t in recorded)
+        assert len({t.patient_id for t in recorded}) == 1
+        boluses = [t for t in recorded if t.kind is TreatmentKind.INSULIN_BOLUS]
+        # Three meals a day, most with a bolus, plus corrections: 2-6 boluses a day.
+        assert 2 * trace.days <= len(boluses) <= 6 * trace.days
+        for bolus in boluses:
+            assert bolus.insulin_units is not None and bolus.insulin_units > 0
+            assert abs(bolus.insulin_units * 20 - round(bolus.insulin_units * 20)) < 1e-9
+        meals = [b.carbs_grams for b in boluses if b.carbs_grams]
+        assert len(meals) >= 2 * trace.days
+        for t in recorded:
+            if t.kind is TreatmentKind.EXERCISE:
+                assert t.duration_min is not None and 30 <= t.duration_min <= 90
+    again = simulate(traces[0].patient, 7)
+    assert again.blood_mg_dl == traces[0].blood_mg_dl and again.treatments == traces[0].treatments
