@@ -100,6 +100,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "dashboards.nightscout.routes": ("aiohttp", "asyncio"),
         "dashboards.nightscout.api3_auth": ("aiohttp",),
         "dashboards.nightscout.api3_collections": ("aiohttp",),
+        "dashboards.nightscout.api3_documents": ("aiohttp",),
         "dashboards.nightscout.api3_entries": ("aiohttp", "asyncio"),
         "dashboards.nightscout.api3_treatments": ("aiohttp",),
         "dashboards.nightscout.api3_routes": ("aiohttp",),

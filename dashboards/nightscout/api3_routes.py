@@ -42,6 +42,7 @@ from dashboards.nightscout.api3 import (
 )
 from dashboards.nightscout.api3_auth import authenticate, demand, permission_letters
 from dashboards.nightscout.api3_collections import Collection, Stored, Unstored, Write
+from dashboards.nightscout.api3_documents import Documents
 from dashboards.nightscout.api3_entries import Entries
 from dashboards.nightscout.api3_treatments import Treatments
 from dashboards.nightscout.entries import MAX_WINDOW, epoch_ms
@@ -54,6 +55,7 @@ from dashboards.nightscout.routes import (
 )
 from gateway.protocols import RejectReason
 from gateway.storage.accounts import NightscoutSecretRecord
+from gateway.storage.contract import DocumentCollection
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COLLECTIONS: dict[str, Callable[[web.Request], Collection]] = {
     "entries": Entries,
     "treatments": Treatments,
-    "devicestatus": lambda _: Unstored("devicestatus"),
-    "profile": lambda _: Unstored("profile"),
+    "devicestatus": lambda r: Documents(r, DocumentCollection.DEVICESTATUS),
+    "profile": lambda r: Documents(r, DocumentCollection.PROFILE),
     "food": lambda _: Unstored("food"),
     "settings": lambda _: Unstored("settings"),
 }

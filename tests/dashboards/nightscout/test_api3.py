@@ -488,16 +488,16 @@ async def test_collections_and_queries_the_hub_does_not_serve_are_answered_as_ni
     async with aiohttp.ClientSession() as http:
         status, body, _ = await call(http, hub, "GET", "nonsense", "p1")
         assert (status, body) == (404, {"status": 404, "message": "Bad operation or collection"})
-        # no devicestatus or profile storage here yet: reads find none, writes are refused
+        # no food or settings storage here: reads find none, writes are refused
         since = str(ms(datetime.now(UTC) - timedelta(days=1)))
-        status, body, _ = await call(http, hub, "GET", f"devicestatus/history/{since}", "p1")
+        status, body, _ = await call(http, hub, "GET", f"food/history/{since}", "p1")
         assert (status, body) == (200, {"status": 200, "result": []})
         status, body, _ = await call(
-            http, hub, "GET", "profile", "p1", **{"sort$desc": "date", "limit": "1"}
+            http, hub, "GET", "settings", "p1", **{"sort$desc": "date", "limit": "1"}
         )
         assert (status, body) == (200, {"status": 200, "result": []})
         status, body, _ = await call(
-            http, hub, "POST", "devicestatus", "p1", {"date": ms(datetime.now(UTC)), "app": "AAPS"}
+            http, hub, "POST", "food", "p1", {"date": ms(datetime.now(UTC)), "app": "AAPS"}
         )
         assert status == 404 and body["status"] == 404
         for params, message in (
@@ -690,3 +690,56 @@ async def test_nsclientv3_trades_its_access_token_for_a_jwt_and_uploads_with_it(
         assert status == 404 and "1.25" not in json.dumps(answer)
         status, _ = await v3("POST", "treatments", other, {**bolus, "identifier": "x"})
         assert status == 403
+
+
+async def test_nsclientv3_devicestatus_and_profile_are_kept_found_again_and_private(
+    hub: Hub,
+) -> None:
+    from tests.dashboards.nightscout.test_devicestatus_profile import aaps_profile, aaps_status
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    status_doc = {**aaps_status(now), "date": ms(now), "app": "AAPS"}
+    profile_doc = {**aaps_profile(now), "app": "AAPS", "identifier": str(uuid.uuid4())}
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await call(http, hub, "POST", "devicestatus", "p1", status_doc)
+        assert status == 201, body
+        identifier = body["identifier"]
+        # uuid v5 of device and date, as Nightscout makes one (no identifier was sent)
+        assert uuid.UUID(identifier).version == 5
+        status, body, _ = await call(http, hub, "POST", "devicestatus", "p1", status_doc)
+        assert status == 200 and body["isDeduplication"] is True
+        status, body, _ = await call(http, hub, "POST", "profile", "p1", profile_doc)
+        assert status == 201, body
+
+        status, body, _ = await call(http, hub, "GET", f"devicestatus/{identifier}", "p1")
+        assert status == 200
+        found = body["result"]
+        assert found["pump"]["reservoir"] == 112.4 and found["date"] == ms(now)
+        assert found["openaps"]["suggested"]["IOB"] == 1.2 and found["isValid"] is True
+        status, body, _ = await call(http, hub, "GET", f"devicestatus/history/{ms(now) - 1}", "p1")
+        assert [d["identifier"] for d in body["result"]] == [identifier]
+        status, body, _ = await call(http, hub, "GET", "profile", "p1", **{"sort$desc": "date"})
+        assert [d["identifier"] for d in body["result"]] == [profile_doc["identifier"]]
+        assert body["result"][0]["store"]["Day"]["dia"] == 5
+        # v1 readers see the same documents
+        async with http.get(
+            f"{hub.url}/api/v1/devicestatus.json", params={"token": hub.secrets["p1-read"]}
+        ) as response:
+            assert [d["pump"]["reservoir"] for d in await response.json()] == [112.4]
+
+        # another patient: nothing of p1's, by search, by identifier or in history
+        status, body, _ = await call(http, hub, "GET", "devicestatus", "p2")
+        assert status == 200 and "112.4" not in json.dumps(body)
+        status, _, _ = await call(http, hub, "GET", f"devicestatus/{identifier}", "p2")
+        assert status == 404
+        # a stored report is not changed; a read-only token changes nothing at all
+        status, _, _ = await call(
+            http, hub, "PUT", f"devicestatus/{identifier}", "p1", {**status_doc, "x": 1}
+        )
+        assert status == 400
+        status, _, _ = await call(http, hub, "DELETE", f"devicestatus/{identifier}", "p1-read")
+        assert status == 403
+        status, _, _ = await call(http, hub, "DELETE", f"devicestatus/{identifier}", "p1")
+        assert status == 200
+        status, _, _ = await call(http, hub, "GET", f"devicestatus/{identifier}", "p1")
+        assert status == 404
