@@ -108,10 +108,30 @@ class BatchRecords(NamedTuple):
         return len(self.reading_times)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriageSummary:
+    """What the triage list needs of one patient, kept up to date as data are written: the
+    write paths (`Ingest.write`, `write_messages`) keep the latest glucose reading and the
+    low-battery reports; the 14-day shares are computed elsewhere (they need every reading of
+    14 days) and stored with `set_triage_ranges`, stamped with the write count they saw."""
+
+    patient: Patient
+    latest: Reading | None  # the latest CGM or meter glucose reading
+    battery_low: Mapping[str, datetime]  # device_id -> its latest low-battery report
+    below_range_pct: float | None  # % of 14-day CGM time < 70 mg/dL; None: none or not yet
+    in_range_pct: float | None  # % of 14-day CGM time 70-180 mg/dL
+    ranges_at: datetime | None  # when the shares were computed; None: never
+    writes: int  # glucose writes so far (a write with several readings counts once)
+
+
 class Registry(Protocol):
     """Patients and their devices."""
 
     def add_patient(self, patient: Patient) -> None: ...
+    def assign_patient(self, patient_id: str, *, team: str | None, ward: str | None) -> None:
+        """Set the patient's care team and ward (None clears); RegistryError if unknown."""
+        ...
+
     def get_patient(self, patient_id: str) -> Patient | None: ...
     def list_patients(self) -> list[Patient]: ...
     def add_device(self, device: Device) -> None:
@@ -163,6 +183,48 @@ class ReadingQueries(Protocol):
     def dead_letters(self) -> list[StoredDeadLetter]: ...
     def dead_letter_counts(self) -> dict[RejectReason, int]: ...
     def device_events(self, patient_id: str | None = None) -> list[DeviceEvent]: ...
+
+
+class TriageSummaries(Protocol):
+    """The clinician's patient list at clinic scale: one indexed query for the summaries,
+    never a scan of readings."""
+
+    def triage_summaries(
+        self, *, team: str | None = None, ward: str | None = None, search: str = ""
+    ) -> list[TriageSummary]:
+        """Every patient (with or without data) in the team and ward given, whose display
+        name or id contains `search` (case-insensitive), in patient id order."""
+        ...
+
+    def triage_ranges_due(
+        self, *, changed_before: datetime, computed_before: datetime, limit: int
+    ) -> list[TriageSummary]:
+        """Up to `limit` summaries of patients with glucose whose 14-day shares are due: never
+        computed, or computed before `changed_before` with glucose written since, or computed
+        before `computed_before` (the window moves on); the longest due first."""
+        ...
+
+    def set_triage_ranges(
+        self,
+        patient_id: str,
+        *,
+        below_range_pct: float | None,
+        in_range_pct: float | None,
+        computed_at: datetime,
+        writes: int,
+    ) -> None:
+        """Store the shares computed at `computed_at` from the data of `writes` glucose
+        writes (`TriageSummary.writes` as read before reading the readings)."""
+        ...
+
+    def recent_glucose(self, patient_ids: Sequence[str], since: datetime) -> list[Reading]:
+        """These patients' glucose readings (CGM and meter) at or after `since`, in time
+        order: the sparklines and trends of one page of the list, in one query."""
+        ...
+
+    def care_units(self) -> list[tuple[str, str | None, str | None]]:
+        """(patient_id, team, ward) of every patient with a team or a ward."""
+        ...
 
 
 class SealSource(Protocol):
@@ -284,6 +346,7 @@ class HubStorage(
     Registry,
     Ingest,
     ReadingQueries,
+    TriageSummaries,
     SealSource,
     LogState,
     Alerts,
