@@ -97,6 +97,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "dashboards.publiclog": ("aiohttp",),
         "dashboards.setup": ("aiohttp", "asyncio"),
         "dashboards.templating": ("aiohttp",),
+        "dashboards.triageranges": ("aiohttp", "asyncio"),
         "dashboards.views": ("aiohttp", "asyncio"),
         "gateway.fanout": ("asyncio",),
         "gateway.pipeline": ("asyncio", "concurrent.futures"),
@@ -117,6 +118,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.postgres_migrations": ("psycopg",),
         "gateway.storage.postgres_store": ("psycopg",),
         "gateway.storage.postgres_treatments": ("psycopg",),
+        "gateway.storage.postgres_triage": ("psycopg",),
         "gateway.supervision": ("asyncio",),
         "gateway.verify": ("multiprocessing", "concurrent.futures"),
         "ledger.witness": ("urllib.request",),
@@ -147,6 +149,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "gateway.storage.postgres_migrations",
             "gateway.storage.postgres_store",
             "gateway.storage.postgres_treatments",
+            "gateway.storage.postgres_triage",
         }
     ),
     "psycopg2": frozenset(),

@@ -24,7 +24,7 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DeadLetter, Origin, RejectReason, TreatmentWrite
+from gateway.protocols import DeadLetter, Origin, RejectReason, TreatmentWrite, TriageSummary
 
 # A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
 # 100 MB message must not become 100 MB of database.
@@ -106,22 +106,6 @@ class BatchRecords(NamedTuple):
     @property
     def reading_count(self) -> int:
         return len(self.reading_times)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TriageSummary:
-    """What the triage list needs of one patient, kept up to date as data are written: the
-    write paths (`Ingest.write`, `write_messages`) keep the latest glucose reading and the
-    low-battery reports; the 14-day shares are computed elsewhere (they need every reading of
-    14 days) and stored with `set_triage_ranges`, stamped with the write count they saw."""
-
-    patient: Patient
-    latest: Reading | None  # the latest CGM or meter glucose reading
-    battery_low: Mapping[str, datetime]  # device_id -> its latest low-battery report
-    below_range_pct: float | None  # % of 14-day CGM time < 70 mg/dL; None: none or not yet
-    in_range_pct: float | None  # % of 14-day CGM time 70-180 mg/dL
-    ranges_at: datetime | None  # when the shares were computed; None: never
-    writes: int  # glucose writes so far (a write with several readings counts once)
 
 
 class Registry(Protocol):

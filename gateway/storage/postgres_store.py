@@ -48,7 +48,7 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DeadLetter, RejectReason, TreatmentWrite
+from gateway.protocols import DeadLetter, RejectReason, TreatmentWrite, TriageSummary
 from gateway.shapes import alert_to_json, json_line
 from gateway.storage import postgres_triage
 from gateway.storage.contract import (
@@ -58,7 +58,6 @@ from gateway.storage.contract import (
     Message,
     PruneResult,
     StoredDeadLetter,
-    TriageSummary,
     Unsealable,
     UnsealedEvent,
     UnsealedReading,

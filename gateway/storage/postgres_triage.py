@@ -11,7 +11,7 @@ import psycopg
 
 from gateway.clock import parse_rfc3339
 from gateway.model import DeviceEvent, Reading
-from gateway.storage.contract import TriageSummary
+from gateway.protocols import TriageSummary
 from gateway.storage.rows import _READING_COLUMNS, reading_from_row
 from gateway.storage.triage_rows import (
     GLUCOSE_KINDS,

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from gateway.clock import to_rfc3339
 from gateway.model import DeviceEvent, Reading
-from gateway.storage.contract import TriageSummary
+from gateway.protocols import TriageSummary
 from gateway.storage.rows import _READING_COLUMNS, _time_ms, reading_from_row
 from gateway.storage.sqlite_errors import translate_sqlite_errors
 from gateway.storage.sqlite_registry import SqliteRegistry

@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.model import DeviceEvent, DeviceEventKind, Reading, ReadingKind
-from gateway.storage.contract import TriageSummary
+from gateway.protocols import TriageSummary
 from gateway.storage.rows import _patient, reading_from_row, reading_to_row
 
 GLUCOSE_KINDS = (ReadingKind.CGM_GLUCOSE.value, ReadingKind.GLUCOSE.value)

@@ -231,6 +231,12 @@ def test_batches_sealed_before_the_upgrade_are_acknowledged_by_their_outbox_rows
     # Back to the schema before retention, as an older release left it.
     undo = [  # and what came after it
         "DROP TABLE treatments",
+        "DROP TABLE triage_summary",
+        "DROP INDEX alerts_open",
+        "DROP INDEX patients_team",
+        "DROP INDEX patients_ward",
+        "ALTER TABLE patients DROP COLUMN team",
+        "ALTER TABLE patients DROP COLUMN ward",
         "ALTER TABLE batches DROP COLUMN outbox_id",
         "ALTER TABLE batches DROP COLUMN pruned_at",
     ]
