@@ -177,9 +177,8 @@ class FakeReadModel:
 
     # -- the triage list: summaries derived from the lists above, as the stores keep them --
 
-    def _summary(self, patient: Patient) -> TriageSummary:
+    def _summary(self, patient: Patient, glucose: list[Reading]) -> TriageSummary:
         pid = patient.patient_id
-        glucose = [r for r in self.readings_list if r.patient_id == pid and r.kind.is_glucose]
         battery: dict[str, datetime] = {}
         for e in self.events:
             if e.patient_id == pid and e.kind is DeviceEventKind.BATTERY_LOW:
@@ -200,8 +199,12 @@ class FakeReadModel:
     ) -> list[TriageSummary]:
         self.calls.append("triage_summaries")
         wanted = search.casefold()
+        glucose: dict[str, list[Reading]] = {}
+        for r in self.readings_list:
+            if r.kind.is_glucose:
+                glucose.setdefault(r.patient_id, []).append(r)
         return [
-            self._summary(p)
+            self._summary(p, glucose.get(p.patient_id, []))
             for p in sorted(self.patients.values(), key=lambda p: p.patient_id)
             if (team is None or p.team == team)
             and (ward is None or p.ward == ward)
