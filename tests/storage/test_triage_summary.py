@@ -5,10 +5,13 @@ Expected values are worked out from the readings written here, by hand."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
+from gateway.clock import to_rfc3339
 from gateway.errors import RegistryError
 from gateway.model import (
     DeviceEvent,
@@ -19,6 +22,10 @@ from gateway.model import (
     Source,
 )
 from gateway.storage.contract import Message
+from gateway.storage.postgres_migrations import ensure_month_partition
+from gateway.storage.postgres_migrations import migrate as postgres_migrate
+from gateway.storage.sqlite_migrations import migrate as sqlite_migrate
+from gateway.store import DB_FILENAME
 from gateway.units import Unit
 from tests.storage.conftest import AnyStore, Backend
 
@@ -198,3 +205,91 @@ def test_recent_glucose_is_one_query_over_a_page_of_patients(store: AnyStore) ->
     assert [(r.patient_id, r.value) for r in found] == [("p1", 100), ("p2", 150), ("p1", 101)]
     assert store.recent_glucose(["p2"], T0) == [found[1]]
     assert store.recent_glucose([], T0) == []
+
+
+def _unit(kind: str) -> str:
+    return "bpm" if kind == "heart_rate" else "mg/dL"
+
+
+def test_an_upgraded_database_starts_its_summaries_from_what_is_stored(
+    backend: Backend,
+) -> None:
+    """Made at the schema before summaries (SQLite 10, PostgreSQL 4), holding readings and a
+    low-battery report: the upgrade fills each patient's latest glucose and battery."""
+    rows = [
+        ("p1", "cgm-1", "cgm_glucose", 100.0, T0, 1),
+        ("p1", "cgm-1", "cgm_glucose", 140.0, T0 + timedelta(minutes=10), 3),
+        ("p1", "cgm-1", "cgm_glucose", 120.0, T0 + timedelta(minutes=5), 2),
+        ("p1", "hr-1", "heart_rate", 70.0, T0 + timedelta(minutes=20), 1),
+        ("p2", "meter-2", "glucose", 90.0, T0 + timedelta(minutes=1), 1),
+    ]
+    battery = T0 + timedelta(minutes=7)
+    if backend.url is None:
+        backend.data_dir.mkdir(parents=True)
+        db = sqlite3.connect(backend.data_dir / DB_FILENAME, isolation_level=None)
+        sqlite_migrate(db, T0, upto=10)
+        db.executemany(
+            "INSERT INTO patients (patient_id, display_name, timezone) VALUES (?, ?, 'UTC')",
+            [("p1", "One"), ("p2", "Two"), ("p3", "Three")],
+        )
+        db.executemany(
+            "INSERT INTO readings (patient_id, device_id, kind, value, unit, time, time_ms, "
+            "seq, source, status, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'mqtt', '', ?)",
+            [
+                (
+                    p,
+                    d,
+                    k,
+                    v,
+                    "bpm" if k == "heart_rate" else "mg/dL",
+                    to_rfc3339(t),
+                    int(t.timestamp() * 1000),
+                    seq,
+                    f"seq:{k}:{seq}",
+                )
+                for p, d, k, v, t, seq in rows
+            ],
+        )
+        db.execute(
+            "INSERT INTO device_events (patient_id, device_id, kind, time) "
+            "VALUES ('p1', 'cgm-1', 'battery_low', ?)",
+            (to_rfc3339(battery),),
+        )
+        db.close()
+    else:
+        with psycopg.connect(backend.url, autocommit=True) as db:
+            postgres_migrate(db, T0, upto=4)
+            for row in rows:
+                ensure_month_partition(db, row[4])
+            db.execute(
+                "INSERT INTO patients (patient_id, display_name, timezone) VALUES "
+                "('p1', 'One', 'UTC'), ('p2', 'Two', 'UTC'), ('p3', 'Three', 'UTC')"
+            )
+            for n, (p, d, k, v, t, seq) in enumerate(rows):
+                db.execute(
+                    "INSERT INTO readings (id, patient_id, device_id, kind, value, unit, time, "
+                    "seq, source, dedupe_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'mqtt', %s)",
+                    (n + 1, p, d, k, v, _unit(k), t, seq, f"seq:{k}:{seq}"),
+                )
+            db.execute(
+                "INSERT INTO device_events (patient_id, device_id, kind, time) "
+                "VALUES ('p1', 'cgm-1', 'battery_low', %s)",
+                (battery,),
+            )
+    store = backend.open()
+    found = {s.patient.patient_id: s for s in store.triage_summaries()}
+    p1, p2, p3 = found["p1"], found["p2"], found["p3"]
+    assert p1.latest is not None and (p1.latest.value, p1.latest.time) == (
+        140.0,
+        T0 + timedelta(minutes=10),
+    )
+    assert dict(p1.battery_low) == {"cgm-1": battery}
+    assert p2.latest is not None and (p2.latest.kind, p2.latest.value) == (
+        ReadingKind.GLUCOSE,
+        90.0,
+    )
+    assert (p3.latest, dict(p3.battery_low), p3.writes) == (None, {}, 0)
+    assert p1.ranges_at is None  # due: the background task computes them
+    store.write([cgm(30, 150, 4)])
+    p1 = next(s for s in store.triage_summaries() if s.patient.patient_id == "p1")
+    assert p1.latest is not None and p1.latest.value == 150 and p1.writes == 2
