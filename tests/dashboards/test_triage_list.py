@@ -75,6 +75,10 @@ async def test_the_list_is_fifty_a_page_most_urgent_first(
     assert "Patients 1–50 of 122, most urgent first" in first
     assert "Page 1 of 3" in first and 'href="/?page=2" rel="next"' in first
     assert 'rel="prev"' not in first
+    # The page audits a view of each patient it shows, and of no other.
+    on_first = await world.accounts.access_log(rows(first)[0])
+    assert [(e.viewer, e.action) for e in on_first] == [("dr-grant", "triage")]
+    assert await world.accounts.access_log("clinic-119") == []  # on page 3: not yet shown
     third = await (await dr.get("/?page=3")).text()
     assert len(rows(third)) == 22 and "Patients 101–122 of 122" in third
     assert 'href="/?page=2" rel="prev"' in third and 'rel="next"' not in third
