@@ -17,6 +17,7 @@ from gateway.storage.triage_rows import (
     GLUCOSE_KINDS,
     LATEST_COLUMNS,
     SUMMARY_SELECT,
+    ascii_prefilter,
     battery_reports,
     latest_glucose,
     latest_values,
@@ -83,6 +84,13 @@ def triage_summaries(
     if ward is not None:
         clauses.append("p.ward = %s")
         params.append(ward)
+    pattern = ascii_prefilter(search)
+    if pattern is not None:
+        clauses.append(
+            "(lower(p.display_name) LIKE %s ESCAPE '!' OR lower(p.patient_id) LIKE %s "
+            "ESCAPE '!' OR p.display_name ~ '[^ -~]' OR p.patient_id ~ '[^ -~]')"
+        )
+        params.extend([pattern, pattern])
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = db.execute(
         f'SELECT {SUMMARY_SELECT} {_FROM}{where} ORDER BY p.patient_id COLLATE "C"'.encode(),

@@ -15,6 +15,7 @@ from gateway.storage.triage_rows import (
     GLUCOSE_KINDS,
     LATEST_COLUMNS,
     SUMMARY_SELECT,
+    ascii_prefilter,
     battery_reports,
     latest_glucose,
     latest_values,
@@ -71,6 +72,13 @@ class SqliteTriage(SqliteRegistry):
         if ward is not None:
             clauses.append("p.ward = ?")
             params.append(ward)
+        pattern = ascii_prefilter(search)
+        if pattern is not None:
+            clauses.append(
+                "(lower(p.display_name) LIKE ? ESCAPE '!' OR lower(p.patient_id) LIKE ? "
+                "ESCAPE '!' OR p.display_name GLOB '*[^ -~]*' OR p.patient_id GLOB '*[^ -~]*')"
+            )
+            params.extend([pattern, pattern])
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
             f"SELECT {SUMMARY_SELECT} {_FROM}{where} ORDER BY p.patient_id", params

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from gateway.clock import parse_rfc3339, to_rfc3339
@@ -85,6 +86,17 @@ def merge_battery(stored: str | None, new: Mapping[str, datetime]) -> str:
     return json.dumps({k: to_rfc3339(v) for k, v in sorted(merged.items())})
 
 
+def ascii_prefilter(search: str) -> str | None:
+    """A LIKE pattern that narrows the rows in SQL before `matching`, for a search in ASCII
+    (whose casefold is its lower case), its own % and _ taken literally (ESCAPE '!'); None
+    otherwise. Names with other characters are passed on to `matching` whatever the
+    pattern says: SQL's lower() does not casefold them."""
+    wanted = search.casefold()
+    if not wanted or not wanted.isascii():
+        return None
+    return "%" + wanted.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
 def matching(summaries: list[TriageSummary], search: str) -> list[TriageSummary]:
     """Those whose display name or id contains `search`, any case (Unicode casefolding, which
     neither SQLite's nor a C-locale PostgreSQL's lower() does; 5,000 names take ~1 ms)."""
@@ -108,7 +120,7 @@ def summary_from_row(row: Sequence[Any]) -> TriageSummary:
     return TriageSummary(
         patient=patient,
         latest=latest,
-        battery_low={k: parse_rfc3339(v) for k, v in json.loads(battery or "{}").items()},
+        battery_low=_battery(battery),
         below_range_pct=None if below is None else float(below),
         in_range_pct=None if in_range is None else float(in_range),
         ranges_at=None if ranges_at is None else _as_time(ranges_at),
@@ -116,7 +128,18 @@ def summary_from_row(row: Sequence[Any]) -> TriageSummary:
     )
 
 
+_NO_BATTERY: Mapping[str, datetime] = MappingProxyType({})
+
+
+def _battery(stored: str | None) -> Mapping[str, datetime]:
+    if not stored or stored == "{}":  # most patients: no report to parse
+        return _NO_BATTERY
+    return {k: parse_rfc3339(v) for k, v in json.loads(stored).items()}
+
+
 def _as_time(value: object) -> datetime:
+    """UTC, to the millisecond, as both backends keep times."""
     if isinstance(value, datetime):
-        return parse_rfc3339(to_rfc3339(value))
+        utc = value.astimezone(UTC)
+        return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
     return parse_rfc3339(str(value))

@@ -165,11 +165,12 @@ def test_team_ward_and_search_filter_the_list(backend: Backend) -> None:
     store.add_patient(Patient(patient_id="b-2", display_name="Bob Ng", team="Adults", ward="W1"))
     store.add_patient(Patient(patient_id="c-3", display_name="Cy 100%_x", team="Adults"))
     store.add_patient(Patient(patient_id="hub7/d-4", display_name="Émile Dupont"))
+    store.add_patient(Patient(patient_id="e-5", display_name="Jürgen Straße"))
 
     def ids(**query: str | None) -> list[str]:
         return [s.patient.patient_id for s in store.triage_summaries(**query)]  # type: ignore[arg-type]
 
-    assert ids() == ["a-1", "b-2", "c-3", "hub7/d-4"]
+    assert ids() == ["a-1", "b-2", "c-3", "e-5", "hub7/d-4"]
     assert ids(team="Adults") == ["b-2", "c-3"]
     assert ids(ward="W1") == ["a-1", "b-2"]
     assert ids(team="Adults", ward="W1") == ["b-2"]
@@ -178,6 +179,9 @@ def test_team_ward_and_search_filter_the_list(backend: Backend) -> None:
     assert ids(search="hub7/") == ["hub7/d-4"]
     assert ids(search="%_") == ["c-3"]  # taken literally, not as LIKE wildcards
     assert ids(search="émile") == ["hub7/d-4"]
+    assert ids(search="MILE d") == ["hub7/d-4"]
+    assert ids(search="strasse") == ["e-5"]  # ß casefolds to ss
+    assert ids(search="b") == ["b-2", "hub7/d-4"]  # "Bob", "b-2", "hub7/…"
     assert ids(search="nobody") == []
     store.assign_patient("hub7/d-4", team="Paeds", ward=None)
     store.assign_patient("a-1", team=None, ward=None)
