@@ -226,18 +226,17 @@ def _referer_path(request: web.Request) -> str | None:
 
 
 async def _triage_rows(
-    app: web.Application, states: list[PatientState], now: datetime
+    app: web.Application,
+    states: list[PatientState],
+    never: list[TriageSummary],
+    now: datetime,
 ) -> list[pages.TriageRow]:
-    """The page's rows: shares never computed yet computed now (a new or just-migrated
-    patient), sparklines and trends from one query over the page's patients, and the
-    devices of battery warnings named."""
+    """The page's rows: the shares of the page's patients in `never` (never computed: a new
+    or just-migrated patient) computed now, sparklines and trends from one query over the
+    page's patients, and the devices of battery warnings named."""
     rm = app[DEPS].read_model
-    missing = [s for s in states if s.latest is not None and s.in_range_pct is None]
-    if missing:
-        fresh = {
-            s.patient.patient_id: await triageranges.refresh(app, s, now)
-            for s in await _unranged(app, missing)
-        }
+    if never:
+        fresh = {s.patient.patient_id: await triageranges.refresh(app, s, now) for s in never}
         states = rank(
             [
                 dataclasses.replace(
@@ -280,13 +279,6 @@ async def _triage_rows(
     return rows
 
 
-async def _unranged(app: web.Application, states: list[PatientState]) -> list[TriageSummary]:
-    """The summaries (with their write counts) of `states` whose shares are missing."""
-    wanted = {s.patient.patient_id for s in states}
-    found = await app[DEPS].read_model.triage_summaries()
-    return [s for s in found if s.patient.patient_id in wanted and s.ranges_at is None]
-
-
 async def _triage_view(
     request: web.Request,
 ) -> tuple[str, triagelist.Paged, triagelist.TriageQuery]:
@@ -300,7 +292,13 @@ async def _triage_view(
     paged = triagelist.ranked_page(
         summaries, open_alerts, allowed=visible(request), page=query.page, now=now
     )
-    rows = await _triage_rows(request.app, paged.states, now)
+    shown = {s.patient.patient_id for s in paged.states}
+    never = [
+        s
+        for s in summaries
+        if s.patient.patient_id in shown and s.latest is not None and s.ranges_at is None
+    ]
+    rows = await _triage_rows(request.app, paged.states, never, now)
     empty = (
         "No patients match this search or filter."
         if query.filtered
