@@ -489,6 +489,22 @@ class AccountRules:
             )
         )
 
+    def record_views(self, user: User, patient_ids: Sequence[str], action: str) -> None:
+        """`record_view` of each patient, in one transaction (a page of the triage list)."""
+        now = self._clock.now()
+        self._storage.add_audits(
+            [
+                AuditRecord(
+                    time=now,
+                    viewer=user.username,
+                    role=user.role.value,
+                    patient_id=pid,
+                    action=action,
+                )
+                for pid in patient_ids
+            ]
+        )
+
     def access_log(self, patient_id: str, limit: int) -> list[AuditEntry]:
         return [
             AuditEntry(
@@ -795,6 +811,9 @@ class Accounts:
 
     async def record_view(self, user: User, patient_id: str, action: str) -> None:
         await self._run(lambda: self._tables.record_view(user, patient_id, action))
+
+    async def record_views(self, user: User, patient_ids: Sequence[str], action: str) -> None:
+        await self._run(lambda: self._tables.record_views(user, patient_ids, action))
 
     async def access_log(self, patient_id: str, limit: int = 200) -> list[AuditEntry]:
         return await self._run(lambda: self._tables.access_log(patient_id, limit))

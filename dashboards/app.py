@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 
-from dashboards import api, pages, publiclog, setup, views
+from dashboards import api, pages, publiclog, setup, triageranges, views
 from dashboards.access import Access, Rule, role_allows
 from dashboards.accounts import Accounts, Session, User
 from dashboards.context import (
@@ -120,6 +120,7 @@ def create_app(
         app[DEPS].rules[route] = Rule(access=Access.PUBLIC)
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_live_pump)
+    app.cleanup_ctx.append(triageranges.keep_fresh)
     app.on_shutdown.append(_close_sockets)
     return app
 

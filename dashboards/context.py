@@ -48,8 +48,6 @@ class Deps:
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
-    # patient_id -> (monotonic time, % below 70, % in range) over 14 days, for the triage list
-    ranges_cache: dict[str, tuple[float, float | None, float | None]] = field(default_factory=dict)
 
     @property
     def secure_cookies(self) -> bool:

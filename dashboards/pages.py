@@ -20,6 +20,7 @@ from dashboards.bands import BY_NAME, GlucoseBand, band_of
 from dashboards.glycemia import HIGH_ABOVE, LOW_BELOW, format_glucose, trend_words
 from dashboards.treatmentmarks import describe
 from dashboards.triage import PatientState
+from dashboards.triagelist import Paged, TriageQuery
 from gateway.clinical.metrics import BANDS, GlucoseMetrics
 from gateway.clinical.report import band_label, band_target
 from gateway.model import (
@@ -111,7 +112,13 @@ class TriageRow:
     sparkline: str
 
 
-def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
+def triage_rows(
+    rows: Sequence[TriageRow],
+    *,
+    now: datetime,
+    unit: Unit,
+    empty: str = "No patients have shared their data with you.",
+) -> str:
     """One row per patient, most urgent first; the row's class and its reason (in words, so
     colour is never the only signal) come from `dashboards.triage` (templates/triage_rows.html)."""
     shown = []
@@ -137,11 +144,21 @@ def triage_rows(rows: Sequence[TriageRow], *, now: datetime, unit: Unit) -> str:
                 "open_alerts": len(s.open_alerts),
             }
         )
-    return jinja.render("triage_rows.html", {"rows": shown})
+    return jinja.render("triage_rows.html", {"rows": shown, "empty": empty})
 
 
-def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
-    """The patients list, most urgent first (templates/triage.html)."""
+def triage_page(
+    rows_html: str,
+    *,
+    user: User,
+    csrf: str,
+    paged: Paged,
+    query: TriageQuery,
+    teams: Sequence[str],
+    wards: Sequence[str],
+) -> str:
+    """The patients list, most urgent first, a page at a time, with the search and the team
+    and ward filters (templates/triage.html)."""
     low, high = format_glucose(LOW_BELOW, user.unit), format_glucose(HIGH_ABOVE, user.unit)
     return jinja.render(
         "triage.html",
@@ -153,6 +170,13 @@ def triage_page(rows_html: str, *, user: User, csrf: str) -> str:
             "in_range": f"In range {low}–{high} {user.unit.value}, 14 d",
             "below": f"Below {low} {user.unit.value}, 14 d",
             "rows": Markup(rows_html),
+            "paged": paged,
+            "query": query,
+            "teams": teams,
+            "wards": wards,
+            "previous": query.url(paged.number - 1) if paged.number > 1 else None,
+            "next": query.url(paged.number + 1) if paged.number < paged.pages else None,
+            "clear": "/" if query.filtered else None,
         },
     )
 

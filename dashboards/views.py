@@ -14,7 +14,18 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from aiohttp import web
 from markupsafe import Markup
 
-from dashboards import charts, export, fhir, offload, pages, templating, timefmt, wearables
+from dashboards import (
+    charts,
+    export,
+    fhir,
+    offload,
+    pages,
+    templating,
+    timefmt,
+    triagelist,
+    triageranges,
+    wearables,
+)
 from dashboards.access import Access, Rule
 from dashboards.accounts import AccountError, Note, Role, TooManyAttempts, User
 from dashboards.agppdf import MissingFont
@@ -54,13 +65,13 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
+from gateway.protocols import TriageSummary
 from gateway.units import Unit
 
 log = logging.getLogger(__name__)
 
 GLUCOSE_KINDS = (ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE)
 AGP_CHOICES = (7, 14, 30)
-RANGES_CACHE_S = 300.0
 
 _DEVICE_KINDS: dict[DeviceKind, tuple[ReadingKind, ...]] = {
     DeviceKind.CGM: (ReadingKind.CGM_GLUCOSE,),
@@ -214,92 +225,115 @@ def _referer_path(request: web.Request) -> str | None:
 # -- triage -------------------------------------------------------------------------------
 
 
-async def _ranges_14d(
-    app: web.Application, patient: Patient, now: datetime
-) -> tuple[float | None, float | None]:
-    """(% below 70, % in range) over 14 days, cached for RANGES_CACHE_S per patient.
-
-    A 14-day share moves by well under a percentage point in a few minutes, and the live
-    triage list is refetched on every new reading: recomputing it each time is waste.
-    """
-    d = app[DEPS]
-    cached = d.ranges_cache.get(patient.patient_id)
-    mono = d.clock.monotonic()
-    if cached is not None and mono - cached[0] < RANGES_CACHE_S:
-        return cached[1], cached[2]
-    readings = await d.read_model.readings(
-        patient.patient_id, since=now - timedelta(days=14), kinds=GLUCOSE_KINDS
-    )
-    result: tuple[float | None, float | None] = (None, None)
-    if readings:
-        metrics = await _metrics(app, readings, now=now, days=14, patient=patient)
-        if metrics.readings:
-            result = (metrics.below_70_percent, metrics.range_percent("in_range"))
-    d.ranges_cache[patient.patient_id] = (mono, *result)
-    return result
-
-
-async def _triage_row(app: web.Application, patient: Patient, now: datetime) -> pages.TriageRow:
+async def _triage_rows(
+    app: web.Application,
+    states: list[PatientState],
+    never: list[TriageSummary],
+    now: datetime,
+) -> list[pages.TriageRow]:
+    """The page's rows: the shares of the page's patients in `never` (never computed: a new
+    or just-migrated patient) computed now, sparklines and trends from one query over the
+    page's patients, and the devices of battery warnings named."""
     rm = app[DEPS].read_model
+    if never:
+        fresh = {s.patient.patient_id: await triageranges.refresh(app, s, now) for s in never}
+        states = rank(
+            [
+                dataclasses.replace(
+                    s,
+                    below_range_pct=fresh[pid].below_range_pct,
+                    in_range_pct=fresh[pid].in_range_pct,
+                )
+                if (pid := s.patient.patient_id) in fresh
+                else s
+                for s in states
+            ],
+            now,
+        )
     spark_start = now - timedelta(hours=3)
-    readings, latest, open_alerts, (below, in_range), devices, events = await asyncio.gather(
-        rm.readings(patient.patient_id, since=spark_start, kinds=GLUCOSE_KINDS),
-        rm.latest_reading(patient.patient_id, GLUCOSE_KINDS),
-        rm.alerts(patient.patient_id, open_only=True),
-        _ranges_14d(app, patient, now),
-        rm.list_devices(patient.patient_id),
-        rm.device_events(patient.patient_id),
-    )
-    names = {dev.device_id: dev.name or dev.device_id for dev in devices}
-    points = glucose_points(readings)
-    spark = charts.sparkline_svg(
-        [p for p in points if p[0] >= spark_start], start=spark_start, end=now
-    )
-    state = PatientState(
-        patient=patient,
-        latest=latest,
-        open_alerts=tuple(a for a in open_alerts if a.state is not AlertState.RESOLVED),
-        below_range_pct=below,
-        in_range_pct=in_range,
-        battery_low=tuple(
-            names.get(device_id, device_id) for device_id in sorted(_battery_warnings(events, now))
-        ),
-    )
-    recent = [
-        p for p in points if latest is not None and p[0] >= latest.time - timedelta(minutes=15)
-    ]
-    return pages.TriageRow(
-        state=state, trend=trend_arrow(slope_mg_dl_per_min(recent)), sparkline=spark
-    )
+    recent = await rm.recent_glucose([s.patient.patient_id for s in states], spark_start)
+    by_patient: dict[str, list[Reading]] = {}
+    for reading in recent:
+        by_patient.setdefault(reading.patient_id, []).append(reading)
+    rows = []
+    for state in states:
+        if state.battery_low:
+            names = {
+                dev.device_id: dev.name or dev.device_id
+                for dev in await rm.list_devices(state.patient.patient_id)
+            }
+            state = dataclasses.replace(
+                state, battery_low=tuple(names.get(d, d) for d in state.battery_low)
+            )
+        points = glucose_points(by_patient.get(state.patient.patient_id, []))
+        spark = charts.sparkline_svg(points, start=spark_start, end=now)
+        latest = state.latest
+        near = [
+            p for p in points if latest is not None and p[0] >= latest.time - timedelta(minutes=15)
+        ]
+        rows.append(
+            pages.TriageRow(
+                state=state, trend=trend_arrow(slope_mg_dl_per_min(near)), sparkline=spark
+            )
+        )
+    return rows
 
 
-async def _visible_patients(request: web.Request) -> list[Patient]:
-    allowed = visible(request)
-    return [p for p in await deps(request).read_model.list_patients() if p.patient_id in allowed]
-
-
-async def _triage_rows_html(request: web.Request) -> tuple[str, list[Patient]]:
+async def _triage_view(
+    request: web.Request,
+) -> tuple[str, triagelist.Paged, triagelist.TriageQuery]:
     d = deps(request)
     now = d.clock.now()
-    patients = await _visible_patients(request)
-    rows = await asyncio.gather(*(_triage_row(request.app, p, now) for p in patients))
-    by_id = {r.state.patient.patient_id: r for r in rows}
-    ordered = [by_id[s.patient.patient_id] for s in rank([r.state for r in rows], now)]
-    return pages.triage_rows(ordered, now=now, unit=current_user(request).unit), patients
+    query = triagelist.TriageQuery.parse(request.query)
+    summaries, open_alerts = await asyncio.gather(
+        d.read_model.triage_summaries(team=query.team, ward=query.ward, search=query.search),
+        d.read_model.alerts(open_only=True),
+    )
+    paged = triagelist.ranked_page(
+        summaries, open_alerts, allowed=visible(request), page=query.page, now=now
+    )
+    shown = {s.patient.patient_id for s in paged.states}
+    never = [
+        s
+        for s in summaries
+        if s.patient.patient_id in shown and s.latest is not None and s.ranges_at is None
+    ]
+    rows = await _triage_rows(request.app, paged.states, never, now)
+    empty = (
+        "No patients match this search or filter."
+        if query.filtered
+        else "No patients have shared their data with you."
+    )
+    rows_html = pages.triage_rows(rows, now=now, unit=current_user(request).unit, empty=empty)
+    return rows_html, paged, query
 
 
 async def triage(request: web.Request) -> web.StreamResponse:
     user = current_user(request)
     if user.role is Role.PATIENT and user.patient_id:
         raise web.HTTPSeeOther("/me")
-    rows_html, patients = await _triage_rows_html(request)
-    for p in patients:  # the list shows each patient's latest glucose: a view of their record
-        await deps(request).accounts.record_view(user, p.patient_id, "triage")
-    return html(pages.triage_page(rows_html, user=user, csrf=csrf_token(request)))
+    d = deps(request)
+    (rows_html, paged, query), units = await asyncio.gather(
+        _triage_view(request), d.read_model.care_units()
+    )
+    # The list shows each patient's latest glucose: a view of each, recorded in one commit.
+    await d.accounts.record_views(user, [s.patient.patient_id for s in paged.states], "triage")
+    teams, wards = triagelist.care_unit_choices(units, visible(request))
+    return html(
+        pages.triage_page(
+            rows_html,
+            user=user,
+            csrf=csrf_token(request),
+            paged=paged,
+            query=query,
+            teams=teams,
+            wards=wards,
+        )
+    )
 
 
 async def triage_partial(request: web.Request) -> web.StreamResponse:
-    rows_html, _ = await _triage_rows_html(request)
+    rows_html, _, _ = await _triage_view(request)
     return html(rows_html)
 
 
@@ -322,12 +356,11 @@ async def _patient(request: web.Request) -> Patient:
 
 
 LEDGER_ROWS = 20  # the patient's newest batches on their page
-BATTERY_WARNING_DAYS = 7  # a device's battery-low report is shown this long
 
 
 def _battery_warnings(events: list[DeviceEvent], now: datetime) -> dict[str, datetime]:
     """device_id -> when it last reported a low battery (within the last week)."""
-    since = now - timedelta(days=BATTERY_WARNING_DAYS)
+    since = now - timedelta(days=triagelist.BATTERY_WARNING_DAYS)
     found: dict[str, datetime] = {}
     for event in events:
         if event.kind is DeviceEventKind.BATTERY_LOW and event.time >= since:
@@ -613,6 +646,11 @@ async def visible_open_alerts(request: web.Request) -> list[Alert]:
         key=lambda a: (a.state is not AlertState.RAISED, a.level.value != "urgent", a.raised_at)
     )
     return mine
+
+
+async def _visible_patients(request: web.Request) -> list[Patient]:
+    allowed = visible(request)
+    return [p for p in await deps(request).read_model.list_patients() if p.patient_id in allowed]
 
 
 async def _alert_rows_html(request: web.Request) -> str:

@@ -200,6 +200,8 @@ class Patient:
     display_name: str
     timezone: str = "UTC"  # IANA name; day boundaries in metrics use it
     simulated: bool = False
+    team: str | None = None  # the care team that looks after the patient (triage filter)
+    ward: str | None = None  # the ward or clinic the patient belongs to (triage filter)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -209,6 +209,22 @@ class LiveFeed(Protocol):
     def subscribe(self) -> AsyncIterator[LiveEvent]: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriageSummary:
+    """What the triage list needs of one patient, kept up to date as data are written: the
+    write paths (`Ingest.write`, `write_messages`) keep the latest glucose reading and the
+    low-battery reports; the 14-day shares are computed elsewhere (they need every reading of
+    14 days) and stored with `set_triage_ranges`, stamped with the write count they saw."""
+
+    patient: Patient
+    latest: Reading | None  # the latest CGM or meter glucose reading
+    battery_low: Mapping[str, datetime]  # device_id -> its latest low-battery report
+    below_range_pct: float | None  # % of 14-day CGM time < 70 mg/dL; None: none or not yet
+    in_range_pct: float | None  # % of 14-day CGM time 70-180 mg/dL
+    ranges_at: datetime | None  # when the shares were computed; None: never
+    writes: int  # glucose writes so far (a write with several readings counts once)
+
+
 class ReadModel(Protocol):
     """What dashboards may read. Implementations run blocking I/O off the event loop.
     Access control is the caller's job: these return whatever is asked for."""
@@ -248,6 +264,33 @@ class ReadModel(Protocol):
         """The newest batches that hold records of this patient, each counting only this
         patient's readings (count and time range)."""
         ...
+
+    # The triage list (`gateway.storage.contract.TriageSummaries`).
+    async def triage_summaries(
+        self, *, team: str | None = None, ward: str | None = None, search: str = ""
+    ) -> list[TriageSummary]: ...
+
+    async def triage_ranges_due(
+        self, *, changed_before: datetime, computed_before: datetime, limit: int
+    ) -> list[TriageSummary]: ...
+
+    async def set_triage_ranges(
+        self,
+        patient_id: str,
+        *,
+        below_range_pct: float | None,
+        in_range_pct: float | None,
+        computed_at: datetime,
+        writes: int,
+    ) -> None:
+        """The one write of the read side: the 14-day shares, derived from stored readings."""
+        ...
+
+    async def recent_glucose(
+        self, patient_ids: Sequence[str], since: datetime
+    ) -> list[Reading]: ...
+
+    async def care_units(self) -> list[tuple[str, str | None, str | None]]: ...
 
 
 class AlertControl(Protocol):

@@ -32,7 +32,13 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DisclosedBatch, QuarantinedRecord, StoredTreatment, TreatmentWrite
+from gateway.protocols import (
+    DisclosedBatch,
+    QuarantinedRecord,
+    StoredTreatment,
+    TreatmentWrite,
+    TriageSummary,
+)
 from gateway.sealing import HubKeys
 from gateway.storage.contract import (
     DocumentCollection,
@@ -335,6 +341,49 @@ class StoreReadModel:
 
     async def batch_readings(self, seq: int) -> list[Reading]:
         return await self._reader.run(lambda s: s.batch_readings(seq))
+
+    async def triage_summaries(
+        self, *, team: str | None = None, ward: str | None = None, search: str = ""
+    ) -> list[TriageSummary]:
+        return await self._reader.run(
+            lambda s: s.triage_summaries(team=team, ward=ward, search=search)
+        )
+
+    async def triage_ranges_due(
+        self, *, changed_before: datetime, computed_before: datetime, limit: int
+    ) -> list[TriageSummary]:
+        return await self._reader.run(
+            lambda s: s.triage_ranges_due(
+                changed_before=changed_before, computed_before=computed_before, limit=limit
+            )
+        )
+
+    async def set_triage_ranges(
+        self,
+        patient_id: str,
+        *,
+        below_range_pct: float | None,
+        in_range_pct: float | None,
+        computed_at: datetime,
+        writes: int,
+    ) -> None:
+        # On the read connection: derived data, outside the writer's order; SQLite's busy
+        # timeout makes it wait for a write in progress.
+        await self._reader.run(
+            lambda s: s.set_triage_ranges(
+                patient_id,
+                below_range_pct=below_range_pct,
+                in_range_pct=in_range_pct,
+                computed_at=computed_at,
+                writes=writes,
+            )
+        )
+
+    async def recent_glucose(self, patient_ids: Sequence[str], since: datetime) -> list[Reading]:
+        return await self._reader.run(lambda s: s.recent_glucose(patient_ids, since))
+
+    async def care_units(self) -> list[tuple[str, str | None, str | None]]:
+        return await self._reader.run(lambda s: s.care_units())
 
 
 class _LogHashes:

@@ -283,15 +283,33 @@ def cmd_patients_add(args: argparse.Namespace) -> int:
             patient_id=args.patient_id,
             display_name=args.name or args.patient_id,
             timezone=args.timezone,
+            team=args.team or None,
+            ward=args.ward or None,
         )
     )
     print(f"added patient {args.patient_id}")
     return 0
 
 
+def cmd_patients_assign(args: argparse.Namespace) -> int:
+    """Move a patient to another care team or ward; an option left out keeps its value."""
+    store = _open_store(args)
+    patient = store.get_patient(args.patient_id)
+    if patient is None:
+        raise InputError(f"unknown patient {args.patient_id!r}: see `glucohub patients list`")
+    team = patient.team if args.team is None else args.team or None
+    ward = patient.ward if args.ward is None else args.ward or None
+    store.assign_patient(args.patient_id, team=team, ward=ward)
+    print(f"patient {args.patient_id}: team {team or '-'}, ward {ward or '-'}")
+    return 0
+
+
 def cmd_patients_list(args: argparse.Namespace) -> int:
     for patient in _open_store(args).list_patients():
-        print(f"{patient.patient_id}\t{patient.display_name}\t{patient.timezone}")
+        print(
+            f"{patient.patient_id}\t{patient.display_name}\t{patient.timezone}"
+            f"\t{patient.team or '-'}\t{patient.ward or '-'}"
+        )
     return 0
 
 
@@ -862,7 +880,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("patient_id")
     p.add_argument("--name", help="display name")
     p.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
+    p.add_argument("--team", help="care team (the triage list filters by it)")
+    p.add_argument("--ward", help="ward or clinic (the triage list filters by it)")
     p.set_defaults(func=cmd_patients_add)
+    p = patients.add_parser("assign", help="change a patient's care team or ward")
+    _common(p)
+    p.add_argument("patient_id")
+    p.add_argument("--team", help="new care team ('' clears it; left out: unchanged)")
+    p.add_argument("--ward", help="new ward ('' clears it; left out: unchanged)")
+    p.set_defaults(func=cmd_patients_assign)
     p = patients.add_parser("list", help="list patients")
     _common(p)
     p.set_defaults(func=cmd_patients_list)

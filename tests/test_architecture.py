@@ -110,6 +110,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "dashboards.publiclog": ("aiohttp",),
         "dashboards.setup": ("aiohttp", "asyncio"),
         "dashboards.templating": ("aiohttp",),
+        "dashboards.triageranges": ("aiohttp", "asyncio"),
         "dashboards.views": ("aiohttp", "asyncio"),
         "gateway.clinic.services": ("asyncio", "concurrent.futures"),
         "gateway.fanout": ("asyncio",),
@@ -137,6 +138,7 @@ IO_MODULES: dict[str, frozenset[str]] = {
         "gateway.storage.postgres_store": ("psycopg",),
         "gateway.storage.postgres_treatments": ("psycopg",),
         "gateway.storage.postgres_documents": ("psycopg",),
+        "gateway.storage.postgres_triage": ("psycopg",),
         "gateway.supervision": ("asyncio",),
         "gateway.verify": ("multiprocessing", "concurrent.futures"),
         "ledger.witness": ("urllib.request",),
@@ -173,6 +175,7 @@ DATABASE_DRIVERS: dict[str, frozenset[str]] = {
             "gateway.storage.postgres_store",
             "gateway.storage.postgres_treatments",
             "gateway.storage.postgres_documents",
+            "gateway.storage.postgres_triage",
         }
     ),
     "psycopg2": frozenset(),

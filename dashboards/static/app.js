@@ -20,7 +20,9 @@
     if (!spec) return;
     clearTimeout(timer);
     timer = setTimeout(async function () {
-      const response = await fetch(spec[0], { credentials: "same-origin" });
+      // The triage list keeps its page, search and filters (the page's own query string).
+      const url = live === "triage" ? spec[0] + window.location.search : spec[0];
+      const response = await fetch(url, { credentials: "same-origin" });
       if (response.status === 401 || response.redirected) { window.location = "/login"; return; }
       if (!response.ok) return;
       const target = document.getElementById(spec[1]);

@@ -276,6 +276,9 @@ class NoteStorage(Protocol):
 class AuditStorage(Protocol):
     def add_audit(self, entry: AuditRecord) -> None: ...
 
+    def add_audits(self, entries: Sequence[AuditRecord]) -> None:
+        """All of `entries` in one transaction, in order (a page of a list: one commit)."""
+
     def access_log(self, patient_id: str, limit: int) -> list[AuditRecord]:
         """The newest `limit` entries about the patient, in the reverse order of writing."""
 

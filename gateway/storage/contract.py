@@ -31,6 +31,7 @@ from gateway.protocols import (
     RejectReason,
     StoredTreatment,
     TreatmentWrite,
+    TriageSummary,
 )
 
 # A dead letter keeps this much of its input, plus the whole input's length and SHA-256: a
@@ -121,6 +122,10 @@ class Registry(Protocol):
     """Patients and their devices."""
 
     def add_patient(self, patient: Patient) -> None: ...
+    def assign_patient(self, patient_id: str, *, team: str | None, ward: str | None) -> None:
+        """Set the patient's care team and ward (None clears); RegistryError if unknown."""
+        ...
+
     def get_patient(self, patient_id: str) -> Patient | None: ...
     def list_patients(self) -> list[Patient]: ...
     def add_device(self, device: Device) -> None:
@@ -172,6 +177,48 @@ class ReadingQueries(Protocol):
     def dead_letters(self) -> list[StoredDeadLetter]: ...
     def dead_letter_counts(self) -> dict[RejectReason, int]: ...
     def device_events(self, patient_id: str | None = None) -> list[DeviceEvent]: ...
+
+
+class TriageSummaries(Protocol):
+    """The clinician's patient list at clinic scale: one indexed query for the summaries,
+    never a scan of readings."""
+
+    def triage_summaries(
+        self, *, team: str | None = None, ward: str | None = None, search: str = ""
+    ) -> list[TriageSummary]:
+        """Every patient (with or without data) in the team and ward given, whose display
+        name or id contains `search` (case-insensitive), in patient id order."""
+        ...
+
+    def triage_ranges_due(
+        self, *, changed_before: datetime, computed_before: datetime, limit: int
+    ) -> list[TriageSummary]:
+        """Up to `limit` summaries of patients with glucose whose 14-day shares are due: never
+        computed, or computed before `changed_before` with glucose written since, or computed
+        before `computed_before` (the window moves on); the longest due first."""
+        ...
+
+    def set_triage_ranges(
+        self,
+        patient_id: str,
+        *,
+        below_range_pct: float | None,
+        in_range_pct: float | None,
+        computed_at: datetime,
+        writes: int,
+    ) -> None:
+        """Store the shares computed at `computed_at` from the data of `writes` glucose
+        writes (`TriageSummary.writes` as read before reading the readings)."""
+        ...
+
+    def recent_glucose(self, patient_ids: Sequence[str], since: datetime) -> list[Reading]:
+        """These patients' glucose readings (CGM and meter) at or after `since`, in time
+        order: the sparklines and trends of one page of the list, in one query."""
+        ...
+
+    def care_units(self) -> list[tuple[str, str | None, str | None]]:
+        """(patient_id, team, ward) of every patient with a team or a ward."""
+        ...
 
 
 class SealSource(Protocol):
@@ -395,6 +442,7 @@ class HubStorage(
     Registry,
     Ingest,
     ReadingQueries,
+    TriageSummaries,
     SealSource,
     LogState,
     Alerts,

@@ -493,6 +493,15 @@ class PostgresAccountStorage(PostgresConnection):
     # access audit
 
     @translated
+    def add_audits(self, entries: Sequence[AuditRecord]) -> None:
+        with self._db.transaction(), self._db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO dash_audit (time, viewer, role, patient_id, action)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                [(_ms(e.time), e.viewer, e.role, e.patient_id, e.action) for e in entries],
+            )
+
+    @translated
     def add_audit(self, entry: AuditRecord) -> None:
         self._db.execute(
             "INSERT INTO dash_audit (time, viewer, role, patient_id, action)"

@@ -29,6 +29,7 @@ from gateway.storage.postgres_migrations import (
     month_partition,
 )
 from gateway.storage.postgres_store import _KEYS_INSERT, _pg_row, _stored_time
+from gateway.storage.postgres_triage import update_triage
 from gateway.storage.rows import reading_to_row
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -61,6 +62,7 @@ def project_batch(
     projection = project(batch.hub_id, batch.batch_seq, batch.records)
     _register(db, projection.readings, projection.devices, projection.consent)
     new = _insert_readings(db, projection.readings, batch.batch_seq, months)
+    update_triage(db, new, ())  # the triage summaries, as the hub's write path keeps them
     for change in projection.consent:
         _apply_consent(db, batch.hub_id, change)
     alerts = on_readings(db, new, thresholds, now, engines)

@@ -354,6 +354,50 @@ MIGRATIONS: tuple[Migration, ...] = (
         # the column reaches every month's partition.
         "ALTER TABLE readings ADD COLUMN received_at timestamptz",
     ),
+    Migration(
+        8,
+        "patients.team/ward and triage_summary: the patient list at clinic scale",
+        # As SQLite's migration 11: the summary starts from what is stored.
+        """
+        ALTER TABLE patients ADD COLUMN team text;
+        ALTER TABLE patients ADD COLUMN ward text;
+        CREATE INDEX patients_team ON patients (team);
+        CREATE INDEX patients_ward ON patients (ward);
+        CREATE INDEX alerts_open ON alerts (patient_id) WHERE state <> 'resolved';
+        CREATE TABLE triage_summary (
+            patient_id text PRIMARY KEY,
+            glucose_device_id text,
+            glucose_kind text,
+            glucose_value double precision,
+            glucose_unit text,
+            glucose_time timestamptz,
+            glucose_seq bigint,
+            glucose_source text,
+            glucose_original_value double precision,
+            glucose_original_unit text,
+            glucose_status text,
+            glucose_writes bigint NOT NULL DEFAULT 0,
+            battery_low text NOT NULL DEFAULT '{}',
+            below_range_pct double precision,
+            in_range_pct double precision,
+            ranges_at timestamptz,
+            ranges_writes bigint NOT NULL DEFAULT 0
+        );
+        INSERT INTO triage_summary (patient_id, glucose_device_id, glucose_kind, glucose_value,
+            glucose_unit, glucose_time, glucose_seq, glucose_source, glucose_original_value,
+            glucose_original_unit, glucose_status, glucose_writes)
+        SELECT DISTINCT ON (patient_id) patient_id, device_id, kind, value, unit, time, seq,
+            source, original_value, original_unit, status, 1
+        FROM readings WHERE kind IN ('cgm_glucose', 'glucose')
+        ORDER BY patient_id, time DESC, id DESC;
+        INSERT INTO triage_summary (patient_id, battery_low)
+        SELECT patient_id, json_object_agg(device_id, to_char(t AT TIME ZONE 'UTC',
+            'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text
+        FROM (SELECT patient_id, device_id, MAX(time) AS t FROM device_events
+            WHERE kind = 'battery_low' GROUP BY patient_id, device_id) AS b GROUP BY patient_id
+        ON CONFLICT (patient_id) DO UPDATE SET battery_low = excluded.battery_low
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -48,7 +48,14 @@ from gateway.model import (
     ReadingKind,
     Treatment,
 )
-from gateway.protocols import DeadLetter, RejectReason, StoredTreatment, TreatmentWrite
+from gateway.protocols import (
+    DeadLetter,
+    RejectReason,
+    StoredTreatment,
+    TreatmentWrite,
+    TriageSummary,
+)
+from gateway.storage import postgres_triage
 from gateway.storage.contract import (
     DEAD_LETTER_PREFIX_BYTES,
     BatchRecords,
@@ -97,6 +104,7 @@ from gateway.storage.postgres_treatments import (
 )
 from gateway.storage.rows import (
     _ALERT_COLUMNS,
+    PATIENT_COLUMNS,
     QUARANTINED,
     TIME_COLUMN,
     _batch,
@@ -275,28 +283,39 @@ class PostgresStore(PostgresConnection):
     def add_patient(self, patient: Patient) -> None:
         try:
             self._db.execute(
-                "INSERT INTO patients (patient_id, display_name, timezone, simulated) "
-                "VALUES (%s, %s, %s, %s)",
-                (patient.patient_id, patient.display_name, patient.timezone, patient.simulated),
+                f"INSERT INTO patients ({PATIENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    patient.patient_id,
+                    patient.display_name,
+                    patient.timezone,
+                    patient.simulated,
+                    patient.team,
+                    patient.ward,
+                ),
             )
         except pg_errors.UniqueViolation:
             raise RegistryError(f"patient {patient.patient_id!r} already exists") from None
 
     @translated
+    def assign_patient(self, patient_id: str, *, team: str | None, ward: str | None) -> None:
+        cursor = self._db.execute(
+            "UPDATE patients SET team = %s, ward = %s WHERE patient_id = %s",
+            (team, ward, patient_id),
+        )
+        if cursor.rowcount != 1:
+            raise RegistryError(f"unknown patient {patient_id!r}")
+
+    @translated
     def get_patient(self, patient_id: str) -> Patient | None:
         row = self._row(
-            "SELECT patient_id, display_name, timezone, simulated FROM patients "
-            "WHERE patient_id = %s",
+            f"SELECT {PATIENT_COLUMNS} FROM patients WHERE patient_id = %s",
             (patient_id,),
         )
         return None if row is None else _patient(row)
 
     @translated
     def list_patients(self) -> list[Patient]:
-        rows = self._rows(
-            "SELECT patient_id, display_name, timezone, simulated FROM patients "
-            'ORDER BY patient_id COLLATE "C"'
-        )
+        rows = self._rows(f'SELECT {PATIENT_COLUMNS} FROM patients ORDER BY patient_id COLLATE "C"')
         return [_patient(row) for row in rows]
 
     @translated
@@ -428,6 +447,7 @@ class PostgresStore(PostgresConnection):
                         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                         [_dead_letter_row(d) for d in letters],
                     )
+            postgres_triage.update_triage(self._db, stored, all_events)
         total = sum(len(m.readings) for m in messages)
         refused_count = sum(len(messages[i].readings) for i in refused)
         return WriteResult(
@@ -1140,6 +1160,49 @@ class PostgresStore(PostgresConnection):
             'SELECT line FROM cosignatures WHERE size = %s ORDER BY witness COLLATE "C"', (size,)
         )
         return [str(r[0]) for r in rows]
+
+    # -- triage summaries -----------------------------------------------------------------
+
+    @translated
+    def triage_summaries(
+        self, *, team: str | None = None, ward: str | None = None, search: str = ""
+    ) -> list[TriageSummary]:
+        return postgres_triage.triage_summaries(self._db, team=team, ward=ward, search=search)
+
+    @translated
+    def triage_ranges_due(
+        self, *, changed_before: datetime, computed_before: datetime, limit: int
+    ) -> list[TriageSummary]:
+        return postgres_triage.triage_ranges_due(
+            self._db, changed_before=changed_before, computed_before=computed_before, limit=limit
+        )
+
+    @translated
+    def set_triage_ranges(
+        self,
+        patient_id: str,
+        *,
+        below_range_pct: float | None,
+        in_range_pct: float | None,
+        computed_at: datetime,
+        writes: int,
+    ) -> None:
+        postgres_triage.set_triage_ranges(
+            self._db,
+            patient_id,
+            below_range_pct=below_range_pct,
+            in_range_pct=in_range_pct,
+            computed_at=computed_at,
+            writes=writes,
+        )
+
+    @translated
+    def recent_glucose(self, patient_ids: Sequence[str], since: datetime) -> list[Reading]:
+        return postgres_triage.recent_glucose(self._db, patient_ids, _ms_bound(since))
+
+    @translated
+    def care_units(self) -> list[tuple[str, str | None, str | None]]:
+        return postgres_triage.care_units(self._db)
 
     # -- alerts and ledger events ---------------------------------------------------------
 

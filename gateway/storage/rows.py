@@ -290,7 +290,12 @@ def _patient(row: tuple[Any, ...]) -> Patient:
         display_name=str(row[1]),
         timezone=_known_zone(str(row[0]), str(row[2])),
         simulated=bool(row[3]),
+        team=None if row[4] is None else str(row[4]),
+        ward=None if row[5] is None else str(row[5]),
     )
+
+
+PATIENT_COLUMNS = "patient_id, display_name, timezone, simulated, team, ward"
 
 
 @functools.cache

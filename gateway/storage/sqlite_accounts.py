@@ -513,6 +513,15 @@ class SqliteAccountStorage:
     # access audit
 
     @_translated
+    def add_audits(self, entries: Sequence[AuditRecord]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO dash_audit (time, viewer, role, patient_id, action)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(_time(e.time), e.viewer, e.role, e.patient_id, e.action) for e in entries],
+            )
+
+    @_translated
     def add_audit(self, entry: AuditRecord) -> None:
         self._db.execute(
             "INSERT INTO dash_audit (time, viewer, role, patient_id, action)"

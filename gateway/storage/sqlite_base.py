@@ -1,6 +1,6 @@
 """The SQLite backend's shared state: one connection, its transactions, and what the store
 remembers between calls (recently written unsealed readings, the device map). The table
-groups build on it: sqlite_registry → sqlite_ingest → sqlite_queries → sqlite_log →
+groups build on it: sqlite_registry → sqlite_triage → sqlite_ingest → sqlite_queries → sqlite_log →
 sqlite_alerts, and `gateway.store.Store` is the whole."""
 
 from __future__ import annotations

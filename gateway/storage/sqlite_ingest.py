@@ -26,7 +26,7 @@ from gateway.storage.rows import (
     reading_to_row,
 )
 from gateway.storage.sqlite_errors import translate_sqlite_errors
-from gateway.storage.sqlite_registry import SqliteRegistry
+from gateway.storage.sqlite_triage import SqliteTriage
 
 log = logging.getLogger("glucohub.store")
 
@@ -43,7 +43,7 @@ _INSERT_READING = (
 
 
 @translate_sqlite_errors
-class SqliteIngest(SqliteRegistry):
+class SqliteIngest(SqliteTriage):
     # -- ingest -------------------------------------------------------------------------
 
     def write(
@@ -94,6 +94,7 @@ class SqliteIngest(SqliteRegistry):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_dead_letter_row(d) for d in letters],
             )
+            self._update_triage(stored, all_events)
             self._commit()
         except BaseException:
             self._rollback()

@@ -435,6 +435,53 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE readings ADD COLUMN received_at TEXT",
         _has_column("readings", "received_at"),
     ),
+    Migration(
+        14,
+        "patients.team/ward and triage_summary: the patient list at clinic scale",
+        # The summary starts from what is stored: each patient's latest glucose reading and
+        # each device's latest low-battery report; the 14-day shares are computed when due.
+        """
+        ALTER TABLE patients ADD COLUMN team TEXT;
+        ALTER TABLE patients ADD COLUMN ward TEXT;
+        CREATE INDEX patients_team ON patients (team);
+        CREATE INDEX patients_ward ON patients (ward);
+        CREATE INDEX alerts_open ON alerts (patient_id) WHERE state != 'resolved';
+        CREATE TABLE triage_summary (
+            patient_id TEXT PRIMARY KEY,
+            glucose_device_id TEXT,
+            glucose_kind TEXT,
+            glucose_value REAL,
+            glucose_unit TEXT,
+            glucose_time TEXT,
+            glucose_time_ms INTEGER,
+            glucose_seq INTEGER,
+            glucose_source TEXT,
+            glucose_original_value REAL,
+            glucose_original_unit TEXT,
+            glucose_status TEXT,
+            glucose_writes INTEGER NOT NULL DEFAULT 0,
+            battery_low TEXT NOT NULL DEFAULT '{}',
+            below_range_pct REAL,
+            in_range_pct REAL,
+            ranges_at TEXT,
+            ranges_writes INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO triage_summary (patient_id, glucose_device_id, glucose_kind, glucose_value,
+            glucose_unit, glucose_time, glucose_time_ms, glucose_seq, glucose_source,
+            glucose_original_value, glucose_original_unit, glucose_status, glucose_writes)
+        SELECT r.patient_id, r.device_id, r.kind, r.value, r.unit, r.time, r.time_ms, r.seq,
+            r.source, r.original_value, r.original_unit, r.status, 1
+        FROM (SELECT DISTINCT patient_id FROM readings) AS p
+        JOIN readings AS r ON r.id = (SELECT id FROM readings WHERE patient_id = p.patient_id
+            AND kind IN ('cgm_glucose', 'glucose') ORDER BY time_ms DESC, id DESC LIMIT 1);
+        INSERT INTO triage_summary (patient_id, battery_low)
+        SELECT patient_id, json_group_object(device_id, t) FROM (SELECT patient_id, device_id,
+            MAX(time) AS t FROM device_events WHERE kind = 'battery_low'
+            GROUP BY patient_id, device_id) GROUP BY patient_id HAVING true
+        ON CONFLICT (patient_id) DO UPDATE SET battery_low = excluded.battery_low
+        """,
+        _has_table("triage_summary"),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -12,6 +12,7 @@ from gateway.model import (
     Patient,
 )
 from gateway.storage.rows import (
+    PATIENT_COLUMNS,
     _device,
     _patient,
 )
@@ -28,25 +29,36 @@ class SqliteRegistry(SqliteBase):
     def add_patient(self, patient: Patient) -> None:
         try:
             self._db.execute(
-                "INSERT INTO patients (patient_id, display_name, timezone, simulated) "
-                "VALUES (?, ?, ?, ?)",
-                (patient.patient_id, patient.display_name, patient.timezone, patient.simulated),
+                f"INSERT INTO patients ({PATIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    patient.patient_id,
+                    patient.display_name,
+                    patient.timezone,
+                    patient.simulated,
+                    patient.team,
+                    patient.ward,
+                ),
             )
         except sqlite3.IntegrityError:
             raise RegistryError(f"patient {patient.patient_id!r} already exists") from None
 
+    def assign_patient(self, patient_id: str, *, team: str | None, ward: str | None) -> None:
+        cursor = self._db.execute(
+            "UPDATE patients SET team = ?, ward = ? WHERE patient_id = ?",
+            (team, ward, patient_id),
+        )
+        if cursor.rowcount != 1:
+            raise RegistryError(f"unknown patient {patient_id!r}")
+
     def get_patient(self, patient_id: str) -> Patient | None:
         row = self._db.execute(
-            "SELECT patient_id, display_name, timezone, simulated FROM patients "
-            "WHERE patient_id = ?",
+            f"SELECT {PATIENT_COLUMNS} FROM patients WHERE patient_id = ?",
             (patient_id,),
         ).fetchone()
         return None if row is None else _patient(row)
 
     def list_patients(self) -> list[Patient]:
-        rows = self._db.execute(
-            "SELECT patient_id, display_name, timezone, simulated FROM patients ORDER BY patient_id"
-        )
+        rows = self._db.execute(f"SELECT {PATIENT_COLUMNS} FROM patients ORDER BY patient_id")
         return [_patient(row) for row in rows]
 
     def add_device(self, device: Device) -> None:

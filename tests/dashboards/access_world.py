@@ -88,6 +88,11 @@ class PatientMarkers:
         }
 
 
+# Every patient in one team; A and B on one ward, C alone on another: a triage filter must not
+# show a clinician the ward of a patient they may not see.
+CARE_TEAM = "Diabetes Outreach"
+WARDS = {"A": "Ward Larch", "B": "Ward Larch", "C": "Ward Cedar"}
+
 MARKERS = {
     m.key: m
     for m in (
@@ -291,7 +296,14 @@ def build(data_dir: Path, now: datetime) -> AccessWorld:
     store = Store(data_dir)
     try:
         for m in (a, b, c):
-            store.add_patient(Patient(patient_id=m.patient_id, display_name=m.display_name))
+            store.add_patient(
+                Patient(
+                    patient_id=m.patient_id,
+                    display_name=m.display_name,
+                    team=CARE_TEAM,
+                    ward=WARDS[m.key],
+                )
+            )
             for device_id, kind in ((m.cgm_id, DeviceKind.CGM), (m.meter_id, DeviceKind.METER)):
                 store.add_device(
                     Device(

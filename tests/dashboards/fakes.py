@@ -27,6 +27,7 @@ from gateway.model import (
     Batch,
     Device,
     DeviceEvent,
+    DeviceEventKind,
     DeviceKind,
     Patient,
     Reading,
@@ -40,6 +41,7 @@ from gateway.protocols import (
     LiveEvent,
     QuarantinedRecord,
     ReadingsStored,
+    TriageSummary,
 )
 from gateway.store import DB_FILENAME, Store
 from gateway.units import Unit
@@ -105,6 +107,8 @@ class FakeReadModel:
         self.batch_members: dict[int, list[Reading]] = {}
         self.events: list[DeviceEvent] = []
         self.calls: list[str] = []
+        # patient -> (% below, % in range, computed at, writes seen): set_triage_ranges
+        self.ranges: dict[str, tuple[float | None, float | None, datetime | None, int]] = {}
 
     async def list_patients(self) -> list[Patient]:
         return list(self.patients.values())
@@ -170,6 +174,89 @@ class FakeReadModel:
             (dataclasses.replace(self.batches[s], reading_count=n) for s, n in mine.items() if n),
             key=lambda b: -b.seq,
         )[:limit]
+
+    # -- the triage list: summaries derived from the lists above, as the stores keep them --
+
+    def _summary(self, patient: Patient, glucose: list[Reading]) -> TriageSummary:
+        pid = patient.patient_id
+        battery: dict[str, datetime] = {}
+        for e in self.events:
+            if e.patient_id == pid and e.kind is DeviceEventKind.BATTERY_LOW:
+                battery[e.device_id] = max(e.time, battery.get(e.device_id, e.time))
+        below, in_range, at, _ = self.ranges.get(pid, (None, None, None, 0))
+        return TriageSummary(
+            patient=patient,
+            latest=max(glucose, key=lambda r: r.time) if glucose else None,
+            battery_low=battery,
+            below_range_pct=below,
+            in_range_pct=in_range,
+            ranges_at=at,
+            writes=len(glucose),
+        )
+
+    async def triage_summaries(
+        self, *, team: str | None = None, ward: str | None = None, search: str = ""
+    ) -> list[TriageSummary]:
+        self.calls.append("triage_summaries")
+        wanted = search.casefold()
+        glucose: dict[str, list[Reading]] = {}
+        for r in self.readings_list:
+            if r.kind.is_glucose:
+                glucose.setdefault(r.patient_id, []).append(r)
+        return [
+            self._summary(p, glucose.get(p.patient_id, []))
+            for p in sorted(self.patients.values(), key=lambda p: p.patient_id)
+            if (team is None or p.team == team)
+            and (ward is None or p.ward == ward)
+            and (wanted in p.display_name.casefold() or wanted in p.patient_id.casefold())
+        ]
+
+    async def triage_ranges_due(
+        self, *, changed_before: datetime, computed_before: datetime, limit: int
+    ) -> list[TriageSummary]:
+        due = []
+        for s in await self.triage_summaries():
+            stored = self.ranges.get(s.patient.patient_id)
+            at = None if stored is None else stored[2]
+            if s.latest is None:
+                continue
+            if (
+                at is None
+                or at < computed_before
+                or (stored is not None and stored[3] != s.writes and at < changed_before)
+            ):
+                due.append(s)
+        return due[:limit]
+
+    async def set_triage_ranges(
+        self,
+        patient_id: str,
+        *,
+        below_range_pct: float | None,
+        in_range_pct: float | None,
+        computed_at: datetime,
+        writes: int,
+    ) -> None:
+        self.calls.append(f"set_triage_ranges:{patient_id}")
+        self.ranges[patient_id] = (below_range_pct, in_range_pct, computed_at, writes)
+
+    async def recent_glucose(self, patient_ids: Sequence[str], since: datetime) -> list[Reading]:
+        self.calls.append(f"recent_glucose:{len(patient_ids)}")
+        return sorted(
+            (
+                r
+                for r in self.readings_list
+                if r.patient_id in patient_ids and r.kind.is_glucose and r.time >= since
+            ),
+            key=lambda r: r.time,
+        )
+
+    async def care_units(self) -> list[tuple[str, str | None, str | None]]:
+        return [
+            (p.patient_id, p.team, p.ward)
+            for p in sorted(self.patients.values(), key=lambda p: p.patient_id)
+            if p.team is not None or p.ward is not None
+        ]
 
 
 class FakeDevices:

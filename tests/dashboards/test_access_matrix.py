@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import aiohttp
 import pytest
@@ -41,6 +42,7 @@ from glucohub.accounts import open_accounts
 from glucohub.runtime import Running, run_hub
 from tests.dashboards.access_world import (
     ADMIN,
+    CARE_TEAM,
     DR_ALPHA,
     DR_NONE,
     DR_SPARE,
@@ -49,6 +51,7 @@ from tests.dashboards.access_world import (
     PASSWORD,
     PT_A,
     PT_B,
+    WARDS,
     AccessWorld,
     build,
 )
@@ -292,6 +295,24 @@ def get(path: str, *, patient_ok: int | None = None) -> Fill:
     return one(Req(method="GET", path=path, patient_ok=patient_ok))
 
 
+def _triage_queries() -> list[str]:
+    """The triage list's query strings: each patient searched by name and by id, the team,
+    each ward, pages and malformed values (read as not given)."""
+    names = [f"?q={quote(m.display_name.split()[1].lower())}" for m in MARKERS.values()]
+    ids = [f"?q={quote(m.patient_id)}" for m in MARKERS.values()]
+    units = [
+        f"?team={quote(CARE_TEAM)}",
+        *(f"?ward={quote(w)}" for w in sorted(set(WARDS.values()))),
+    ]
+    return ["", *names, *ids, *units, "?page=2", "?page=-1&q=", "?page=x&team=&ward="]
+
+
+def _triage(path: str, *, patient_ok: int | None = None) -> Fill:
+    return lambda _: [
+        Req(method="GET", path=path + q, patient_ok=patient_ok) for q in _triage_queries()
+    ]
+
+
 def _tiles(s: Served) -> list[Req]:
     n = s.tile_size
     return [
@@ -436,8 +457,10 @@ ROUTES = [
         access="user",
         fill=one(Req(method="POST", path="/prefs", form={"unit": Unit.MG_DL.value}, ok=303)),
     ),
-    RouteCase(method="GET", path="/", access="user", fill=get("/", patient_ok=303)),
-    RouteCase(method="GET", path="/partials/triage", access="user", fill=get("/partials/triage")),
+    RouteCase(method="GET", path="/", access="user", fill=_triage("/", patient_ok=303)),
+    RouteCase(
+        method="GET", path="/partials/triage", access="user", fill=_triage("/partials/triage")
+    ),
     RouteCase(method="GET", path="/alerts", access="user", fill=get("/alerts")),
     RouteCase(method="GET", path="/partials/alerts", access="user", fill=get("/partials/alerts")),
     RouteCase(method="POST", path="/alerts/{alert_id}/ack", access="user", fill=each_alert(_ack)),
@@ -1063,6 +1086,54 @@ async def test_a_patients_downloads_hold_their_own_record(
         wanted = {label: labelled[label] for label in shows}
         found = {label for label, _, _ in find_markers(body, wanted)}
         assert found == set(shows), (path, caller.name, set(shows) - found)
+
+
+def _triage_matches(query: str) -> set[str]:
+    """The patient keys a triage query selects, worked out from the world's data."""
+    matches = set(MARKERS)
+    for part in query.lstrip("?").split("&"):
+        name, _, value = part.partition("=")
+        value = unquote(value)
+        if name == "q" and value:
+            matches &= {
+                k
+                for k, m in MARKERS.items()
+                if value.casefold() in m.display_name.casefold() or value in m.patient_id
+            }
+        elif name == "team" and value:
+            matches &= set(MARKERS) if value == CARE_TEAM else set()
+        elif name == "ward" and value:
+            matches &= {k for k in MARKERS if WARDS[k] == value}
+    return matches
+
+
+@pytest.mark.parametrize("path", ["/", "/partials/triage"])
+async def test_triage_queries_show_exactly_the_visible_matches(served: Served, path: str) -> None:
+    """test_route proves no hidden patient's data is on the list; this, that each visible
+    patient a search or filter selects is there, and no ward of a hidden patient is offered."""
+    problems = []
+    for caller in CALLERS:
+        if caller.credential != "cookie" or (path == "/" and caller.role == "patient"):
+            continue
+        for query in _triage_queries():
+            status, body = await send(served, caller, Req(method="GET", path=path + query))
+            if status != 200:
+                problems.append(f"{caller.name} {path}{query}: status {status}")
+                continue
+            text = body.decode()
+            wanted = _triage_matches(query) & caller.sees
+            shown = {k for k, m in MARKERS.items() if m.display_name in text}
+            if shown != wanted:
+                problems.append(f"{caller.name} {path}{query}: shows {shown}, expected {wanted}")
+            if path == "/":
+                offered = {w for w in set(WARDS.values()) if f"<option>{w}</option>" in text}
+                offered |= {
+                    w for w in set(WARDS.values()) if f"<option selected>{w}</option>" in text
+                }
+                expected_wards = {WARDS[k] for k in caller.sees}
+                if offered != expected_wards:
+                    problems.append(f"{caller.name} {query}: wards offered {offered}")
+    assert not problems, "\n".join(problems)
 
 
 async def test_the_world_has_the_batches_the_matrix_needs(served: Served) -> None:

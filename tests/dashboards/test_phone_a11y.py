@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/screenshots/ (375-*.png)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, expect
@@ -21,6 +22,7 @@ from gateway.model import (
 from gateway.units import Unit
 from tests.dashboards.fakes import NOW, PASSWORD, World, alert, push_alert
 from tests.dashboards.test_browser import base_url, browser, shot  # noqa: F401 (fixtures)
+from tests.dashboards.test_triage_list import add_clinic
 from tests.support.axe import BLOCKING, AxeMissing, axe_source
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -121,12 +123,14 @@ async def test_every_page_fits_a_phone_and_passes_axe(
     browser: Browser,  # noqa: F811
     base_url: str,  # noqa: F811
     world: World,
+    tmp_path: Path,
 ) -> None:
     try:
         axe = axe_source()
     except AxeMissing as missing:
         pytest.fail(str(missing))
     _seed(world)
+    add_clinic(world, tmp_path, 60)  # two pages for dr-grant, teams and wards to filter by
     problems: list[str] = []
     anonymous = await browser.new_page(viewport=PHONE)
     problems += await _check(anonymous, base_url, "/login", "01-login", axe)
@@ -134,6 +138,8 @@ async def test_every_page_fits_a_phone_and_passes_axe(
     await _log_in(clinician, base_url, "dr-grant")
     for path, name in (
         ("/", "02-triage"),
+        ("/?page=2", "02b-triage-page-2"),
+        ("/?q=patient&team=Red&ward=Ward+1", "02c-triage-filtered"),
         ("/alerts", "03-alerts"),
         ("/patients/pat-a", "04-patient"),
         ("/patients/pat-a?days=30", "05-patient-30d"),

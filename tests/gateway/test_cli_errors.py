@@ -219,6 +219,10 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "data dir is a file": ("p9", "--data-dir", "{file}"),
     },
     "patients list": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
+    "patients assign": {
+        "missing data dir": ("p1", "--team", "Red", *TYPO),
+        "unknown patient": ("nobody", "--ward", "W1", *HUB),
+    },
     "devices add": {
         "missing data dir": ("d9", "--patient", "p1", "--kind", "cgm", "--transport", "ble", *TYPO),
         "unknown patient": (
@@ -441,7 +445,7 @@ def test_a_time_zone_must_be_in_the_iana_database(
     code = main(["patients", "add", "paris", "--timezone", "Europe/Paris", "--data-dir", str(d)])
     assert code == 0
     main(["patients", "list", "--data-dir", str(d)])
-    assert capsys.readouterr().out.splitlines()[-1] == "paris\tparis\tEurope/Paris"
+    assert capsys.readouterr().out.splitlines()[-1] == "paris\tparis\tEurope/Paris\t-\t-"
 
 
 def test_users_list_shows_accounts_never_secrets(

@@ -465,6 +465,21 @@ def test_the_access_log_is_in_reverse_order_of_writing(storage: AccountStorage) 
     assert [e.viewer for e in storage.access_log("p2", 10)] == ["x"]
 
 
+def test_a_page_of_views_is_logged_in_order(storage: AccountStorage) -> None:
+    storage.add_audits(
+        [
+            AuditRecord(time=T0, viewer="dr-a", role="clinician", patient_id=p, action="triage")
+            for p in ("p1", "p2", "p1")
+        ]
+    )
+    storage.add_audits([])
+    assert [(e.viewer, e.action, e.time) for e in storage.access_log("p1", 10)] == [
+        ("dr-a", "triage", T0),
+        ("dr-a", "triage", T0),
+    ]
+    assert len(storage.access_log("p2", 10)) == 1
+
+
 # -- login failures -------------------------------------------------------------------------
 
 
