@@ -180,6 +180,10 @@ async def test_two_hubs_readings_reach_a_consented_clinician_and_no_other(
                 triage = await page.text()
             for seen in ("h1:h1-p0", "h2:h2-p1"):
                 assert f'data-patient="{seen}"' in triage
+            # the latest glucose on the list, from the summaries the projection keeps:
+            # h2's patient 1 sent 152 mg/dL last, 8.4 mmol/L (152 / 18.016)
+            row = triage.split('data-patient="h2:h2-p1"', 1)[1].split("</tr>", 1)[0]
+            assert ">8.4<" in row, row
             for unseen in ("h1:h1-p1", "h2:h2-p0"):
                 assert unseen not in triage
             async with ada.get(f"{base}/api/v1/patients/h2:h2-p1/readings") as response:
