@@ -523,18 +523,16 @@ async def fetch_report(session: aiohttp.ClientSession, base: str) -> tuple[float
 
 
 BURN = (
-    "import os, time\nos.nice({nice})\n"
+    "import time\nfrom dashboards.offload import lower_priority\nlower_priority()\n"
     "end = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
 )
 
 
 async def burn(seconds: float) -> tuple[float, float]:
     """The control for a report: a process that only spends `seconds` of CPU, at the report
-    worker's priority (`dashboards.offload.WORKER_NICENESS`), touching nothing of the hub."""
-    from dashboards.offload import WORKER_NICENESS
-
+    worker's priority (`dashboards.offload.lower_priority`), touching nothing of the hub."""
     start = time.perf_counter()
-    code = BURN.format(nice=WORKER_NICENESS, seconds=seconds)
+    code = BURN.format(seconds=seconds)
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
     await process.wait()
     return start, time.perf_counter()

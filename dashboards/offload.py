@@ -40,7 +40,7 @@ WORKERS = 1
 WORKER_NICENESS = 10
 
 
-def _lower_priority() -> None:
+def lower_priority() -> None:
     """The worker's initializer: the lowest CPU priority the system offers it."""
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
@@ -63,7 +63,7 @@ class _Pool:
             self.executor = ProcessPoolExecutor(
                 max_workers=WORKERS,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
+                initializer=lower_priority,
             )
         return self.executor
 

@@ -98,24 +98,28 @@ def test_rfc9864_fully_specified_alg_is_accepted() -> None:
 GOOD = sign_compact(b"payload", KEY, "k")
 
 
+MALFORMED: list[tuple[str | bytes, str]] = [
+    (b"abc.def", "3 parts"),
+    (GOOD + b".x", "3 parts"),
+    (b"", "3 parts"),
+    ("é.b.c", "ASCII"),
+    (make({"alg": "none"}, b"p"), "alg"),
+    (make({"alg": "HS256"}, b"p"), "alg"),
+    (make({"kid": "k"}, b"p"), "alg"),
+    (make({"alg": "EdDSA", "crit": ["exp"]}, b"p"), "critical"),
+    (make([1, 2], b"p"), "not a JSON object"),  # type: ignore[arg-type]
+    (_replace_part(GOOD, 0, b64url_encode(b'{"alg":"EdDSA","alg":"EdDSA"}').encode()), "dup"),
+    (_replace_part(GOOD, 0, b64url_encode(b"\xff\xfe").encode()), "UTF-8 JSON"),
+    (_replace_part(GOOD, 0, b"e30="), "base64url"),  # padded "{}"
+    (_replace_part(GOOD, 2, GOOD.split(b".")[2][:-2]), "64 bytes"),
+    (_replace_part(GOOD, 2, b"/" + GOOD.split(b".")[2][1:]), "base64url"),
+]
+
+
+# Signed tokens differ on every import (a fresh key): cases are named by position and
+# reason, the same in every pytest-xdist worker.
 @pytest.mark.parametrize(
-    ("token", "why"),
-    [
-        (b"abc.def", "3 parts"),
-        (GOOD + b".x", "3 parts"),
-        (b"", "3 parts"),
-        ("é.b.c", "ASCII"),
-        (make({"alg": "none"}, b"p"), "alg"),
-        (make({"alg": "HS256"}, b"p"), "alg"),
-        (make({"kid": "k"}, b"p"), "alg"),
-        (make({"alg": "EdDSA", "crit": ["exp"]}, b"p"), "critical"),
-        (make([1, 2], b"p"), "not a JSON object"),  # type: ignore[arg-type]
-        (_replace_part(GOOD, 0, b64url_encode(b'{"alg":"EdDSA","alg":"EdDSA"}').encode()), "dup"),
-        (_replace_part(GOOD, 0, b64url_encode(b"\xff\xfe").encode()), "UTF-8 JSON"),
-        (_replace_part(GOOD, 0, b"e30="), "base64url"),  # padded "{}"
-        (_replace_part(GOOD, 2, GOOD.split(b".")[2][:-2]), "64 bytes"),
-        (_replace_part(GOOD, 2, b"/" + GOOD.split(b".")[2][1:]), "base64url"),
-    ],
+    ("token", "why"), MALFORMED, ids=[f"{n}-{why}" for n, (_, why) in enumerate(MALFORMED)]
 )
 def test_malformed_tokens(token: bytes | str, why: str) -> None:
     with pytest.raises(MalformedJws, match=why if why != "dup" else "duplicate"):
