@@ -48,10 +48,9 @@ from dashboards.nightscout.api3_treatments import Treatments
 from dashboards.nightscout.entries import MAX_WINDOW, epoch_ms
 from dashboards.nightscout.routes import (
     API_VERSION,
-    MAX_BODY_BYTES,
+    UnreadableBody,
     _dead_letter,
-    _read_body,
-    _TooLarge,
+    read_upload,
 )
 from gateway.protocols import RejectReason
 from gateway.storage.accounts import NightscoutSecretRecord
@@ -216,17 +215,10 @@ async def status(request: web.Request) -> web.StreamResponse:
 async def _body(request: web.Request, write: Write) -> tuple[Doc, bytes]:
     """The JSON object a write carries (gzip undone); refused bodies become dead letters."""
     try:
-        raw = await _read_body(request)
-    except _TooLarge as exc:
-        detail = f"body over {MAX_BODY_BYTES} bytes"
-        await _dead_letter(request, write.origin(), exc.head, RejectReason.OVERSIZED, detail)
-        raise Api3Error(413, "Payload Too Large") from None
-    except web.HTTPException:
-        raise
-    except Exception as exc:  # a broken gzip stream or a connection cut mid-body
-        detail = f"unreadable body: {type(exc).__name__}: {exc}"
-        await _dead_letter(request, write.origin(), b"", RejectReason.MALFORMED, detail)
-        raise Api3Error(400, BAD_BODY) from None
+        raw = await read_upload(request, write.origin())
+    except UnreadableBody as unreadable:
+        message = "Payload Too Large" if unreadable.status == 413 else BAD_BODY
+        raise Api3Error(unreadable.status, message) from None
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):

@@ -38,19 +38,18 @@ from dashboards.nightscout.entries import (
 )
 from dashboards.nightscout.entries import parse_query as parse_entries_query
 from dashboards.nightscout.routes import (
-    MAX_BODY_BYTES,
+    UnreadableBody,
     _dead_letter,
     _json,
-    _read_body,
     _status,
-    _TooLarge,
     _unauthorized,
+    read_upload,
 )
 from dashboards.nightscout.treatments import parse_query as parse_treatments_query
 from dashboards.nightscout.treatments import select as select_treatments
 from dashboards.nightscout.treatments import treatment_id
 from gateway.model import ReadingKind, Source
-from gateway.protocols import Origin, RejectReason
+from gateway.protocols import Origin
 from gateway.storage.accounts import NightscoutSecretRecord
 from gateway.storage.contract import DocumentCollection
 
@@ -104,17 +103,9 @@ async def _upload(request: web.Request, collection: DocumentCollection) -> web.S
         return _status(503, "Service Unavailable", f"this hub takes no {collection}")
     origin = Origin(source=Source.HTTP, topic=request.path, raw=b"", device_id=uploader.device_id)
     try:
-        body = await _read_body(request)
-    except _TooLarge as exc:
-        detail = f"body over {MAX_BODY_BYTES} bytes"
-        await _dead_letter(request, origin, exc.head, RejectReason.OVERSIZED, detail)
-        return _status(413, "Payload Too Large", detail)
-    except (web.HTTPException, asyncio.CancelledError):
-        raise
-    except Exception as exc:  # a broken gzip stream or a connection cut mid-body
-        detail = f"unreadable body: {type(exc).__name__}: {exc}"
-        await _dead_letter(request, origin, b"", RejectReason.MALFORMED, detail)
-        return _status(400, "Bad Request", detail)
+        body = await read_upload(request, origin)
+    except UnreadableBody as unreadable:
+        return unreadable.response()
     try:
         parsed = await asyncio.to_thread(
             parse_documents,

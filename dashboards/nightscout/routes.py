@@ -109,6 +109,37 @@ async def _read_body(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
+class UnreadableBody(Exception):
+    """An upload's body refused before parsing, already kept as a dead letter: too large
+    (413) or unreadable (400: a broken gzip stream, a connection cut mid-body)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+    def response(self) -> web.Response:
+        message = "Payload Too Large" if self.status == 413 else "Bad Request"
+        return _status(self.status, message, self.detail)
+
+
+async def read_upload(request: web.Request, origin: Origin) -> bytes:
+    """The body of an upload (`_read_body`); `UnreadableBody` once a refused one is a dead
+    letter."""
+    try:
+        return await _read_body(request)
+    except _TooLarge as exc:
+        detail = f"body over {MAX_BODY_BYTES} bytes"
+        await _dead_letter(request, origin, exc.head, RejectReason.OVERSIZED, detail)
+        raise UnreadableBody(413, detail) from None
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a broken gzip stream or a connection cut mid-body
+        detail = f"unreadable body: {type(exc).__name__}: {exc}"
+        await _dead_letter(request, origin, b"", RejectReason.MALFORMED, detail)
+        raise UnreadableBody(400, detail) from None
+
+
 async def post_entries(request: web.Request) -> web.StreamResponse:
     uploader = await _uploader(request)
     if uploader is None or not uploader.can_write:
@@ -118,17 +149,9 @@ async def post_entries(request: web.Request) -> web.StreamResponse:
         return _status(503, "Service Unavailable", "this hub takes no uploads")
     origin = Origin(source=Source.HTTP, topic=request.path, raw=b"", device_id=uploader.device_id)
     try:
-        body = await _read_body(request)
-    except _TooLarge as exc:
-        detail = f"body over {MAX_BODY_BYTES} bytes"
-        await _dead_letter(request, origin, exc.head, RejectReason.OVERSIZED, detail)
-        return _status(413, "Payload Too Large", detail)
-    except (web.HTTPException, asyncio.CancelledError):
-        raise
-    except Exception as exc:  # a broken gzip stream or a connection cut mid-body
-        detail = f"unreadable body: {type(exc).__name__}: {exc}"
-        await _dead_letter(request, origin, b"", RejectReason.MALFORMED, detail)
-        return _status(400, "Bad Request", detail)
+        body = await read_upload(request, origin)
+    except UnreadableBody as unreadable:
+        return unreadable.response()
     try:  # up to 4 MiB of JSON and 12,000 entries: parsed off the event loop
         parsed = await asyncio.to_thread(
             parse_upload, body, patient_id=uploader.patient_id, device_id=uploader.device_id
@@ -307,17 +330,9 @@ async def _upload_treatments(request: web.Request, *, single: bool) -> web.Strea
         return _status(503, "Service Unavailable", "this hub takes no treatments")
     origin = Origin(source=Source.HTTP, topic=request.path, raw=b"", device_id=uploader.device_id)
     try:
-        body = await _read_body(request)
-    except _TooLarge as exc:
-        detail = f"body over {MAX_BODY_BYTES} bytes"
-        await _dead_letter(request, origin, exc.head, RejectReason.OVERSIZED, detail)
-        return _status(413, "Payload Too Large", detail)
-    except (web.HTTPException, asyncio.CancelledError):
-        raise
-    except Exception as exc:  # a broken gzip stream or a connection cut mid-body
-        detail = f"unreadable body: {type(exc).__name__}: {exc}"
-        await _dead_letter(request, origin, b"", RejectReason.MALFORMED, detail)
-        return _status(400, "Bad Request", detail)
+        body = await read_upload(request, origin)
+    except UnreadableBody as unreadable:
+        return unreadable.response()
     now = d.clock.now()
     try:
         parsed = await asyncio.to_thread(
