@@ -610,14 +610,21 @@ def cmd_users_revoke_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_nightscout_secret(args: argparse.Namespace) -> int:
+def _uploader_device(args: argparse.Namespace) -> str:
+    """The patient's Nightscout uploader device (registered on first use), as its id."""
     from glucohub import uploaders
 
     store = _open_store(args)
     try:
-        device_id = uploaders.ensure_uploader_device(store, args.patient)
+        return uploaders.ensure_uploader_device(store, args.patient)
     finally:
         store.close()
+
+
+def cmd_nightscout_secret(args: argparse.Namespace) -> int:
+    from glucohub import uploaders
+
+    device_id = _uploader_device(args)
     secret_id, secret = uploaders.create_secret(
         _db_path(args), args.patient, device_id, read_only=args.read_only, label=args.label
     )
@@ -639,13 +646,9 @@ def cmd_nightscout_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_nightscout_token(args: argparse.Namespace) -> int:
-    from glucohub import accounts, uploaders
+    from glucohub import accounts
 
-    store = _open_store(args)
-    try:
-        device_id = uploaders.ensure_uploader_device(store, args.patient)
-    finally:
-        store.close()
+    device_id = _uploader_device(args)
     roles = args.role or ["readable"]
     token_id, token = accounts.nightscout_token_create(
         _db_path(args), args.patient, device_id, subject=args.name, roles=roles
