@@ -3,8 +3,8 @@ the clinic database.
 
 The workers project every verified batch into the hub schema of the clinic database
 (clinic-wide ids ``<hub>:<patient>``), so the dashboards read it through the same storage
-contract as on a hub. What differs is wiring only: live alert transitions come from
-PostgreSQL LISTEN/NOTIFY (every process hears every committed transition once), alert
+contract as on a hub. What differs is wiring only: live alert transitions and new readings
+come from PostgreSQL LISTEN/NOTIFY (every process hears every committed change once), alert
 actions lock the patient's engine in the database, and the accounts (sessions, consent,
 throttling) live in the clinic database, so any process serves any session: run several
 behind a reverse proxy.

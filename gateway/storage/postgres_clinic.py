@@ -49,6 +49,7 @@ from gateway.storage.postgres_clinic_group import (
 )
 from gateway.storage.postgres_clinic_projection import Projected, project_batch
 from gateway.storage.postgres_connection import storage_error
+from gateway.storage.postgres_live import NewReadings, notify_readings
 from gateway.storage.postgres_migrations import Migration, redacted
 from gateway.storage.postgres_migrations import migrate as migrate_hub_schema
 
@@ -514,11 +515,15 @@ class ClinicArchive:
         self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
     ) -> list[Handled]:
         with self._db.transaction():
-            group = Group(self._db, now, project=lambda batch: self._project(batch, now))
-            return group.run(items, prepared, self._open_item)
+            new = NewReadings()
+            group = Group(self._db, now, project=lambda batch: self._project(batch, now, new))
+            handled = group.run(items, prepared, self._open_item)
+            notify_readings(self._db, new)  # one notification per group, sent on commit
+            return handled
 
-    def _project(self, batch: VerifiedBatch, now: datetime) -> None:
-        """A newly stored batch into the dashboards' tables, in the same transaction."""
+    def _project(self, batch: VerifiedBatch, now: datetime, new: NewReadings) -> None:
+        """A newly stored batch into the dashboards' tables, in the same transaction; its
+        new readings noted in `new`."""
         project_batch(
             self._db,
             batch,
@@ -526,6 +531,7 @@ class ClinicArchive:
             months=self._months,
             now=now,
             engines=self._engines,
+            announce=new,
         )
 
     # -- the projection for the dashboards ----------------------------------------------
@@ -572,14 +578,18 @@ class ClinicArchive:
                     for i, p, c in records
                 ),
             )
-            return project_batch(
+            new = NewReadings()
+            projected = project_batch(
                 self._db,
                 batch,
                 thresholds=self._thresholds,
                 months=self._months,
                 now=now,
                 engines=self._engines,
+                announce=new,
             )
+            notify_readings(self._db, new)
+            return projected
 
     # -- the clinic's alert engine ------------------------------------------------------
 

@@ -6,7 +6,8 @@ the dashboards' tables never hold a record the archive lacks, nor lack one it ho
 Every write de-duplicates (patients and devices `ON CONFLICT DO NOTHING`, readings through
 `reading_keys`, consent by its position in the hub's log), so projecting a batch again
 (a resolved hub replayed, a rebuild) changes nothing. New readings are fed to the clinic's
-alert engine (`postgres_clinic_alerts`) in the same transaction.
+alert engine (`postgres_clinic_alerts`) in the same transaction, and noted for the
+notification that tells the dashboards (`postgres_live.notify_readings`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.clinic.witness import VerifiedBatch
 from gateway.clinical.alerts import Thresholds
 from gateway.model import Alert, Device, Reading, Source
 from gateway.storage.postgres_clinic_alerts import EngineCache, on_readings
+from gateway.storage.postgres_live import NewReadings
 from gateway.storage.postgres_migrations import (
     PARTITION_EXISTS,
     ensure_month_partition,
@@ -56,12 +58,14 @@ def project_batch(
     months: set[str],
     now: datetime,
     engines: EngineCache | None = None,
+    announce: NewReadings | None = None,
 ) -> Projected:
     """Project `batch` inside the caller's transaction. `months`: the readings partitions
-    this connection has seen exist (a cache, filled here); `engines`: its alert engines."""
+    this connection has seen exist (a cache, filled here); `engines`: its alert engines;
+    `announce`: where the new readings are noted for the transaction's notification."""
     projection = project(batch.hub_id, batch.batch_seq, batch.records)
     _register(db, projection.readings, projection.devices, projection.consent)
-    new = _insert_readings(db, projection.readings, batch.batch_seq, months)
+    new = _insert_readings(db, projection.readings, batch.batch_seq, months, announce)
     update_triage(db, new, ())  # the triage summaries, as the hub's write path keeps them
     for change in projection.consent:
         _apply_consent(db, batch.hub_id, change)
@@ -108,7 +112,11 @@ def _register(
 
 
 def _insert_readings(
-    db: Connection, readings: Sequence[Reading], batch_seq: int, months: set[str]
+    db: Connection,
+    readings: Sequence[Reading],
+    batch_seq: int,
+    months: set[str],
+    announce: NewReadings | None,
 ) -> list[Reading]:
     """Store the readings not stored yet (by device and dedupe key); return those."""
     if not readings:
@@ -141,6 +149,8 @@ def _insert_readings(
             # The hub does not seal when it received a reading: not known at the clinic.
             copy.write_row((row_id, *_pg_row(row, time, None), batch_seq))
             new.append(reading)
+            if announce is not None:
+                announce.add(reading.patient_id, row_id, time)
     return new
 
 
