@@ -13,13 +13,25 @@
     patient: ["/patients/" + encodeURIComponent(patient) + "/live", "patient-live"],
     mine: ["/me/live", "my-live"],
   };
+  // A refresh comes 250 ms after the first message that asks for it, whatever follows, and
+  // one request at a time (a message during it asks for one more after it): a clinician who
+  // may see a whole clinic gets a message every few milliseconds, so a refresh that waited
+  // for a pause would never come, and overlapping ones could land out of order.
   let timer = null;
+  let loading = false;
+  let again = false;
 
   function refresh() {
-    const spec = fragments[live];
-    if (!spec) return;
-    clearTimeout(timer);
-    timer = setTimeout(async function () {
+    if (!fragments[live]) return;
+    if (loading) { again = true; return; }
+    if (timer === null) timer = setTimeout(load, 250);
+  }
+
+  async function load() {
+    timer = null;
+    loading = true;
+    try {
+      const spec = fragments[live];
       // The triage list keeps its page, search and filters (the page's own query string).
       const url = live === "triage" ? spec[0] + window.location.search : spec[0];
       const response = await fetch(url, { credentials: "same-origin" });
@@ -30,7 +42,10 @@
         target.innerHTML = await response.text();
         body.dataset.refreshed = String(Number(body.dataset.refreshed || "0") + 1);
       }
-    }, 250);
+    } finally {
+      loading = false;
+      if (again) { again = false; refresh(); }
+    }
   }
 
   function beep() {
