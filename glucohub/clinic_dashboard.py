@@ -45,11 +45,17 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
     reader = Reader(settings.storage.data_dir, url)
     alerts = ClinicAlertControl(url, thresholds_from(settings.alerts, settings.ble), clock)
     status = DashboardStatus(clock)
+
+    def consent_changed() -> None:
+        # A worker applied a hub's consent change: live viewers re-read their patients
+        # before their next message, as after a grant or revocation in this process.
+        accounts.consent_version += 1
+
     try:
         app = create_app(
             settings=settings.dashboard,
             read_model=StoreReadModel(reader),
-            live=PostgresLiveFeed(url),
+            live=PostgresLiveFeed(url, on_consent=consent_changed),
             alerts=alerts,
             ledger=ArchiveLedger(),
             status=status,

@@ -24,7 +24,7 @@ from gateway.clinic.witness import VerifiedBatch
 from gateway.clinical.alerts import Thresholds
 from gateway.model import Alert, Device, Reading, Source
 from gateway.storage.postgres_clinic_alerts import EngineCache, on_readings
-from gateway.storage.postgres_live import NewReadings
+from gateway.storage.postgres_live import NewReadings, notify_consent
 from gateway.storage.postgres_migrations import (
     PARTITION_EXISTS,
     ensure_month_partition,
@@ -68,7 +68,8 @@ def project_batch(
     new = _insert_readings(db, projection.readings, batch.batch_seq, months, announce)
     update_triage(db, new, ())  # the triage summaries, as the hub's write path keeps them
     for change in projection.consent:
-        _apply_consent(db, batch.hub_id, change)
+        if _apply_consent(db, batch.hub_id, change):
+            notify_consent(db)  # before this batch's alerts and the group's readings
     alerts = on_readings(db, new, thresholds, now, engines)
     return Projected(readings=len(new), alerts=tuple(alerts))
 
@@ -154,8 +155,9 @@ def _insert_readings(
     return new
 
 
-def _apply_consent(db: Connection, hub_id: str, change: ConsentChange) -> None:
-    """Apply a consent change unless a later one (in the hub's log) is already applied."""
+def _apply_consent(db: Connection, hub_id: str, change: ConsentChange) -> bool:
+    """Apply a consent change unless a later one (in the hub's log) is already applied;
+    whether it was applied."""
     seq, index = change.position
     applied = db.execute(
         "INSERT INTO clinic_consent (patient_id, clinician, granted, batch_seq, record_index,"
@@ -169,7 +171,7 @@ def _apply_consent(db: Connection, hub_id: str, change: ConsentChange) -> None:
         (change.patient_id, change.clinician, change.granted, seq, index, change.by, change.time),
     ).fetchone()
     if applied is None:
-        return  # a later change of this grant is already applied
+        return False  # a later change of this grant is already applied
     if change.granted:
         db.execute(
             "INSERT INTO dash_grants (patient_id, clinician, granted_by, granted_at)"
@@ -181,3 +183,4 @@ def _apply_consent(db: Connection, hub_id: str, change: ConsentChange) -> None:
             "DELETE FROM dash_grants WHERE patient_id = %s AND clinician = %s",
             (change.patient_id, change.clinician),
         )
+    return True

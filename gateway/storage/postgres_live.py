@@ -8,7 +8,11 @@ every dashboard process hears each committed change exactly once and never one t
 rolled back. `PostgresLiveFeed` is a dashboard process's listening connection, as the
 `LiveFeed` the dashboards already take: alerts arrive as `AlertChanged`, new readings as
 `ReadingsStored`, the events a hub's pipeline publishes, so the dashboards filter them per
-viewer (`dashboards.live`) and refresh their fragments exactly as on a hub.
+viewer (`dashboards.live`) and refresh their fragments exactly as on a hub. A worker that
+applies a hub's consent change calls `notify_consent` there and then, so each listener has
+its viewers' patients re-read (`on_consent`) before it passes on anything stored after it:
+a revocation stops a clinician's stream at once, not within the second the dashboards
+otherwise allow for a revocation made elsewhere.
 
 A notification is shorter than 8,000 bytes (PostgreSQL's limit): an alert's JSON is well
 under. A group's readings are announced, not carried: their patients and the smallest
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,6 +62,13 @@ def notify_alerts(db: psycopg.Connection[tuple[object, ...]], alerts: Sequence[A
     for alert in alerts:
         payload = json.dumps({"type": "alert", "alert": alert_to_json(alert)})
         db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+def notify_consent(db: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Queue the notification that who may see whom changed (the caller owns the
+    transaction). PostgreSQL delivers identical notifications of one transaction once, at
+    the first one's place."""
+    db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps({"type": "consent"})))
 
 
 @dataclass(slots=True)
@@ -117,7 +128,12 @@ class Announcement:
     patients: tuple[str, ...] | None
 
 
-Message = AlertChanged | Announcement
+@dataclass(frozen=True, slots=True)
+class ConsentChanged:
+    """Who may see whom changed in the database."""
+
+
+Message = AlertChanged | Announcement | ConsentChanged
 
 
 def message_from_payload(payload: str) -> Message | None:
@@ -127,6 +143,8 @@ def message_from_payload(payload: str) -> Message | None:
         kind = message.get("type")
         if kind == "alert":
             return AlertChanged(alert=alert_from_json(message["alert"]))
+        if kind == "consent":
+            return ConsentChanged()
         if kind == "readings":
             first, last = (int(i) for i in message["ids"])
             earliest, latest = (datetime.fromisoformat(str(t)) for t in message["times"])
@@ -174,12 +192,20 @@ async def announced_readings(
 
 class PostgresLiveFeed:
     """A `LiveFeed` from LISTEN on `CHANNEL`: one connection per subscription, which also
-    reads the readings each notification announces. A lost connection ends the
+    reads the readings each notification announces. `on_consent` is called, before the
+    next event is yielded, when a consent change was committed. A lost connection ends the
     subscription with a StorageError (the dashboard resubscribes)."""
 
-    def __init__(self, url: str, *, readings_max: int = ANNOUNCED_READINGS_MAX) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        readings_max: int = ANNOUNCED_READINGS_MAX,
+        on_consent: Callable[[], None] | None = None,
+    ) -> None:
         self._url = url
         self._readings_max = readings_max
+        self._on_consent = on_consent
 
     async def subscribe(self) -> AsyncIterator[LiveEvent]:
         try:
@@ -200,6 +226,9 @@ class PostgresLiveFeed:
                         readings = await announced_readings(conn, message, limit=self._readings_max)
                         if readings:
                             yield ReadingsStored(readings=tuple(readings))
+                    elif isinstance(message, ConsentChanged):
+                        if self._on_consent is not None:
+                            self._on_consent()
                     elif message is not None:
                         yield message
         except psycopg.Error as exc:

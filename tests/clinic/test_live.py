@@ -35,6 +35,8 @@ from gateway.storage.postgres_live import (
     announced_readings,
     readings_payload,
 )
+from gateway.store import DB_FILENAME
+from glucohub import accounts
 from glucohub.clinic_dashboard import serving
 from glucohub.simulate import SimulatedHub, forward_until_sent
 from tests.clinic.hubs import cgm, make_hub, seal
@@ -74,7 +76,7 @@ def at_clinic(hub: SimulatedHub, readings: list[Reading]) -> list[tuple[str, str
     ]
 
 
-def seen(event: LiveEvent) -> list[tuple[str, str, float, datetime]]:
+def seen(event: object) -> list[tuple[str, str, float, datetime]]:
     assert isinstance(event, ReadingsStored), event
     return [(r.patient_id, r.device_id, r.value, r.time) for r in event.readings]
 
@@ -143,6 +145,43 @@ async def test_a_group_announces_its_new_readings_once_to_every_process(
             event = await asyncio.wait_for(queue.get(), 5.0)
             assert seen(event) == [("h1:h1-p0", "h1:h1-p0-cgm", 102.0, now)]
             assert queue.empty()
+
+
+async def test_a_hub_s_consent_change_reaches_listeners_before_what_was_stored_with_it(
+    tmp_path: Path, postgres_url: str, archive: ClinicArchive
+) -> None:
+    """The dashboards re-read who may see whom before they pass on the readings stored in
+    the same transaction as a consent change (the feed calls `on_consent` first)."""
+    now = ms(utc_now())
+    hub = make_hub(tmp_path, "h1", patients=1)
+    archive.enrol(*hub.enrolment, now)
+    hub_grants(hub, "dr-ada", 0)  # sealed with the next batch
+    items = seal(hub, [cgm(hub, 0, 120.0, now, 0)], now)
+    plain = seal(hub, [cgm(hub, 0, 121.0, now + timedelta(minutes=1), 1)], now)
+    happened: asyncio.Queue[object] = asyncio.Queue()
+
+    async def pump() -> None:
+        feed = PostgresLiveFeed(postgres_url, on_consent=lambda: happened.put_nowait("consent"))
+        async for event in feed.subscribe():
+            happened.put_nowait(event)
+
+    task = asyncio.create_task(pump())
+    try:
+        await wait_for(lambda: count(postgres_url, LISTENING) == 1, "the feed listening")
+        await asyncio.to_thread(archive.handle_group, as_items(items), now)
+        await asyncio.to_thread(archive.handle_group, as_items(items), now)  # redelivered
+        await asyncio.to_thread(archive.handle_group, as_items(plain), now)
+        got = [await asyncio.wait_for(happened.get(), 5.0) for _ in range(3)]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # The grant, then its batch's reading; the redelivery nothing; then a batch without
+    # consent changes: its reading only.
+    assert got[0] == "consent"
+    assert seen(got[1]) == [("h1:h1-p0", "h1:h1-p0-cgm", 120.0, now)]
+    assert seen(got[2]) == [("h1:h1-p0", "h1:h1-p0-cgm", 121.0, now + timedelta(minutes=1))]
+    assert happened.empty()
 
 
 async def test_an_announcement_names_only_its_group_s_patients(
@@ -293,7 +332,8 @@ async def test_a_worker_s_readings_reach_the_dashboard_socket_of_who_may_see_the
 ) -> None:
     """dr-ada may see the hub's patient 0, dr-bob its patient 1. A batch with readings of
     both reaches ada's WebSocket as patient 0's reading within a second, and bob's as
-    patient 1's: neither stream carries anything of the other patient."""
+    patient 1's: neither stream carries anything of the other patient. Once the hub revokes
+    ada's consent, nothing of patient 0 reaches her."""
     hub = make_hub(tmp_path / "hubs", "h1")
     enrol(postgres_url, hub)
     hub_grants(hub, "dr-ada", 0)
@@ -336,6 +376,20 @@ async def test_a_worker_s_readings_reach_the_dashboard_socket_of_who_may_see_the
             seal(hub, [cgm(hub, 1, 68.0, utc_now(), 2)], utc_now(), sent=False)
             await forward_until_sent([hub], broker.url)
             await until(bob_got, '"value": 68.0', 5.0)
+
+            # The hub revokes ada's consent and seals it with a reading of her (former)
+            # patient, just after she was sent one: the dashboard re-reads her patients
+            # before the next message (not only once a second), so that reading never
+            # reaches her.
+            seal(hub, [cgm(hub, 0, 140.0, utc_now(), 2)], utc_now(), sent=False)
+            await forward_until_sent([hub], broker.url)
+            await until(ada_got, '"value": 140.0', 5.0)
+            accounts.revoke(hub.data_dir / DB_FILENAME, "h1-p0", "dr-ada", by="hub-admin")
+            then = utc_now()
+            seal(hub, [cgm(hub, 0, 150.0, then, 3), cgm(hub, 1, 70.0, then, 3)], then, sent=False)
+            await forward_until_sent([hub], broker.url)
+            await until(bob_got, '"value": 70.0', 5.0)
+            await asyncio.sleep(1.5)  # what ada's socket would have been sent by now
             await ada_ws.close()
             await bob_ws.close()
     latencies = (ada_at - started, bob_at - started)
@@ -348,10 +402,12 @@ async def test_a_worker_s_readings_reach_the_dashboard_socket_of_who_may_see_the
     # Nothing of patient 1 on ada's socket, nothing of patient 0 on bob's, in any field.
     assert all("h1-p1" not in text and "67.0" not in text for _t, text in ada_got), ada_got
     assert all("h1-p0" not in text and "231.0" not in text for _t, text in bob_got), bob_got
+    assert all("150.0" not in text for _t, text in ada_got), ada_got
     bob_readings = [json.loads(t) for _t, t in bob_got if '"readings"' in t]
     assert [(m["patient_id"], [r["value"] for r in m["readings"]]) for m in bob_readings] == [
         ("h1:h1-p1", [67.0]),
         ("h1:h1-p1", [68.0]),
+        ("h1:h1-p1", [70.0]),
     ]
 
 
