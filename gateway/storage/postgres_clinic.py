@@ -170,10 +170,22 @@ CREATE TABLE clinic_consent (
 CREATE UNIQUE INDEX alerts_one_open ON alerts (patient_id, kind) WHERE state <> 'resolved'
 """
 
+# Each hub's log as the dashboards serve it (`postgres_clinic_ledger`): a record's salt lets
+# the clinic disclose it on, provable against its batch's signed root (NULL: format 1, or
+# stored before this migration: such a batch is listed but not disclosed); a patient's
+# newest batches and the newest of all are read from indexes.
+_LEDGER = """
+ALTER TABLE clinic_records ADD COLUMN salt bytea;
+DROP INDEX clinic_records_patient;
+CREATE INDEX clinic_records_patient ON clinic_records (hub_id, patient_id, batch_seq);
+CREATE INDEX clinic_batches_received ON clinic_batches (received_at)
+"""
+
 CLINIC_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clinic archive: hubs, batches, records, checkpoints, alarms", _SCHEMA),
     Migration(2, "clinic enrolment tokens and hubs' broker credentials", _ENROLMENT_TOKENS),
     Migration(3, "clinic dashboards: consent from the hubs' ledgers, one open alert", _DASHBOARDS),
+    Migration(4, "clinic ledger view: records' salts, batches by patient and by time", _LEDGER),
 )
 CLINIC_SCHEMA_VERSION = CLINIC_MIGRATIONS[-1].version
 

@@ -483,12 +483,14 @@ class Group:
     def _store_records(cursor: psycopg.Cursor[Row], batches: Sequence[VerifiedBatch]) -> None:
         """The records of newly stored batches (each with its hub and patient)."""
         with cursor.copy(
-            "COPY clinic_records (hub_id, batch_seq, record_index, patient_id, canonical)"
+            "COPY clinic_records (hub_id, batch_seq, record_index, patient_id, canonical, salt)"
             " FROM STDIN"
         ) as copy:
             for b in batches:
                 for r in b.records:
-                    copy.write_row((b.hub_id, b.batch_seq, r.index, r.patient_id, r.canonical))
+                    copy.write_row(
+                        (b.hub_id, b.batch_seq, r.index, r.patient_id, r.canonical, r.salt)
+                    )
 
     def _write_checkpoints(self) -> None:
         db, now = self._db, self._now
