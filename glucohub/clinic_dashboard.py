@@ -5,7 +5,8 @@ The workers project every verified batch into the hub schema of the clinic datab
 (clinic-wide ids ``<hub>:<patient>``), so the dashboards read it through the same storage
 contract as on a hub. What differs is wiring only: live alert transitions come from
 PostgreSQL LISTEN/NOTIFY (every process hears every committed transition once), alert
-actions lock the patient's engine in the database, and the accounts (sessions, consent,
+actions lock the patient's engine in the database, the ledger pages show each hub's log
+from the archive (`gateway.clinic.hub_logs`), and the accounts (sessions, consent,
 throttling) live in the clinic database, so any process serves any session: run several
 behind a reverse proxy.
 """
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 
 from dashboards.app import create_app, live_stats, serve
 from gateway.alerting import thresholds_from
+from gateway.clinic.hub_logs import ArchivedLogs
 from gateway.clinic.services import ArchiveLedger, ClinicAlertControl, DashboardStatus
 from gateway.clock import Clock, SystemClock
 from gateway.services import Reader, StoreReadModel
@@ -45,6 +47,7 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
     reader = Reader(settings.storage.data_dir, url)
     alerts = ClinicAlertControl(url, thresholds_from(settings.alerts, settings.ble), clock)
     status = DashboardStatus(clock)
+    hub_logs = ArchivedLogs(url)
     try:
         app = create_app(
             settings=settings.dashboard,
@@ -52,6 +55,7 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
             live=PostgresLiveFeed(url),
             alerts=alerts,
             ledger=ArchiveLedger(),
+            hub_logs=hub_logs,
             status=status,
             accounts=accounts,
             clock=clock,
@@ -63,6 +67,7 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
             yield base
     finally:
         await asyncio.to_thread(alerts.close)
+        await asyncio.to_thread(hub_logs.close)
         await asyncio.to_thread(reader.close)
         await asyncio.to_thread(accounts.close)
 
