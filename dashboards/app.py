@@ -41,6 +41,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.protocols import (
     AlertControl,
     DeviceControl,
+    HubLogs,
     HubStatus,
     LedgerView,
     LiveFeed,
@@ -83,12 +84,14 @@ def create_app(
     treatments: TreatmentLog | None = None,
     devices: DeviceControl | None = None,
     documents: DocumentLog | None = None,
+    hub_logs: HubLogs | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
     With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
     takes Nightscout uploads (without one they are refused with 503); `treatments` stores and
     shows patients' treatments; `devices` lets patients forget their devices; `documents`
-    keeps Nightscout devicestatus and profiles."""
+    keeps Nightscout devicestatus and profiles; `hub_logs` (a clinic) serves the log of each
+    hub it witnesses, its batches keyed by hub and seq."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -105,6 +108,7 @@ def create_app(
         treatments=treatments,
         devices=devices,
         documents=documents,
+        hub_logs=hub_logs,
     )
     views.add_routes(app)
     publiclog.add_routes(app)

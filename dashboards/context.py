@@ -14,6 +14,7 @@ from gateway.clock import Clock
 from gateway.protocols import (
     AlertControl,
     DeviceControl,
+    HubLogs,
     HubStatus,
     LedgerView,
     LiveFeed,
@@ -45,6 +46,7 @@ class Deps:
     treatments: TreatmentLog | None = None  # None: no treatments are taken or shown
     devices: DeviceControl | None = None  # None: patients cannot forget devices here
     documents: DocumentLog | None = None  # Nightscout devicestatus, profiles, deletions
+    hub_logs: HubLogs | None = None  # a clinic's: every hub's log; None: a hub's own (ledger)
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)

@@ -298,6 +298,9 @@ class PatientView:
     alerts_html: str
     batches: Sequence[Batch] = ()
     signed_size: int = 0  # tree size of the latest signed checkpoint
+    batch_path: str = "/log/batch"  # its batches: {batch_path}/{seq}[/proof]
+    log_key: str = ""  # the log's verifier key, where the page names it (a clinic)
+    archived: bool = False  # a batch's time is when a clinic archived it, not sealed it
     notes: Sequence[Note] = ()
     battery_low: Mapping[str, datetime] = field(default_factory=dict)
     treatments: Sequence[Treatment] = ()  # the last 24 hours', newest first

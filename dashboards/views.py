@@ -18,6 +18,7 @@ from dashboards import (
     charts,
     export,
     fhir,
+    hublogs,
     offload,
     pages,
     templating,
@@ -391,6 +392,7 @@ async def _patient_view(
     seen: list[tuple[Device, datetime | None]] = []
     batches: list[Batch] = []
     signed_size = 0
+    batch_path, log_key = "/log/batch", ""
     notes: list[Note] = []
     battery: dict[str, datetime] = {}
     worn = ""
@@ -405,12 +407,17 @@ async def _patient_view(
         sticks = [len(fingersticks(readings, now=now, days=n)) for n in AGP_CHOICES]
         metrics_html = pages.metrics_table(metrics, user.unit, fingersticks=sticks)
         seen = [(dev, await _last_seen(d, dev, readings)) for dev in devices]
-        batches = await rm.patient_batches(pid, LEDGER_ROWS)
+        if d.hub_logs is None:
+            batches = await rm.patient_batches(pid, LEDGER_ROWS)
+            note = await d.ledger.checkpoint_note()
+            # C2SP tlog-checkpoint: origin, then the tree size, then the root.
+            signed_size = int(note.splitlines()[1]) if note else 0
+        else:  # a clinic: the patient's batches of their hub's log
+            held = await hublogs.patient_ledger(d.hub_logs, pid, LEDGER_ROWS)
+            batches, signed_size = held.batches, held.signed_size
+            batch_path, log_key = held.batch_path, held.log_key
         notes = await d.accounts.notes(pid)
         battery = _battery_warnings(await rm.device_events(pid), now)
-        note = await d.ledger.checkpoint_note()
-        # C2SP tlog-checkpoint: origin, then the tree size, then the root.
-        signed_size = int(note.splitlines()[1]) if note else 0
         worn = await _wearables(request, pid, now=now, tz=tz)
     treatments = await _day_treatments(d, pid, day_start, now)
     recent_alerts = [
@@ -454,6 +461,9 @@ async def _patient_view(
         metrics=metrics_html,
         batches=batches,
         signed_size=signed_size,
+        batch_path=batch_path,
+        log_key=log_key,
+        archived=d.hub_logs is not None,
         notes=notes,
         battery_low=battery,
         wearables=worn,
@@ -1005,13 +1015,16 @@ def add_routes(app: web.Application) -> None:
         app, "POST", "/patients/{id}/notes", add_note,
         Rule(access=Access.CLINICIAN, patient_from="match:id"),
     )  # fmt: skip
-    add_route(app, "GET", "/ledger", ledger_page, user)
-    # A batch number is 1 to 18 ASCII digits (it fits SQLite's INTEGER); any other path
-    # segment is a 404 from the router, like a batch that does not exist. Any signed-in
-    # user: what is served is filtered to the patients they may see.
-    seq = "{seq:[0-9]{1,18}}"
-    add_route(app, "GET", f"/log/batch/{seq}", batch_body, user)
-    add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, user)
+    if app[DEPS].hub_logs is not None:  # a clinic: each hub's log, batches by hub and seq
+        hublogs.add_routes(app)
+    else:
+        add_route(app, "GET", "/ledger", ledger_page, user)
+        # A batch number is 1 to 18 ASCII digits (it fits SQLite's INTEGER); any other path
+        # segment is a 404 from the router, like a batch that does not exist. Any signed-in
+        # user: what is served is filtered to the patients they may see.
+        seq = "{seq:[0-9]{1,18}}"
+        add_route(app, "GET", f"/log/batch/{seq}", batch_body, user)
+        add_route(app, "GET", f"/log/batch/{seq}/proof", batch_proof, user)
     add_route(app, "GET", "/me", my_page, own)
     add_route(app, "GET", "/me/live", my_partial, own)
     add_route(app, "POST", "/me/devices/{device_id}/forget", forget_device, own)

@@ -373,6 +373,57 @@ class LedgerView(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubLog:
+    """One hub's log as a clinic witnesses it: the key enrolled for it and the latest
+    checkpoint the clinic accepted (verified with that key against the batches it holds)."""
+
+    hub_id: str
+    verifier_key: str  # the enrolled signed-note verifier key of the hub's log
+    checkpoint: str | None  # the accepted signed checkpoint note; None: none accepted yet
+    size: int  # the accepted checkpoint's tree size (0: none)
+    stopped: bool  # an alarm stopped the hub until an admin resolves it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubBatch:
+    """A batch of one hub's log; its `sealed_at` is when the clinic archived it (a hub
+    does not sign when it sealed)."""
+
+    hub_id: str
+    batch: Batch
+
+
+class HubLogs(Protocol):
+    """The logs of the hubs a clinic witnesses, from its archive; a hub serves its own log
+    through `LedgerView` and has none of these. A batch is keyed by (hub, seq). `patients`
+    are the clinic-wide ids (`<hub>:<patient>`) a reader may see; what is served discloses
+    their records only, exactly as the hub's `LedgerView` would to a reader of those."""
+
+    async def logs(self, patients: AbstractSet[str] | None, limit: int) -> tuple[list[HubLog], int]:
+        """The logs of the hubs of `patients` (None: every hub), by hub id, at most
+        `limit`; and how many there are."""
+        ...
+
+    async def batches(self, patients: AbstractSet[str] | None, limit: int) -> list[HubBatch]:
+        """The newest archived batches holding records of `patients`, each counting only
+        their readings (count and time range); None: the newest of every hub, whole."""
+        ...
+
+    async def batch_view(
+        self, hub_id: str, seq: int, patients: AbstractSet[str]
+    ) -> DisclosedBatch | None:
+        """`LedgerView.batch_view` of batch `seq` of hub `hub_id`."""
+        ...
+
+    async def inclusion_proof_file(
+        self, hub_id: str, seq: int, patients: AbstractSet[str]
+    ) -> DisclosedBatch | None:
+        """`LedgerView.inclusion_proof_file` of batch `seq` of hub `hub_id`, proven against
+        the hub's checkpoint the clinic accepted; InputError when none covers the batch."""
+        ...
+
+
 class HubStatus(Protocol):
     def health(self) -> dict[str, object]:
         """status ("ok"/"degraded"), uptime_s, queue depths, source states."""
@@ -388,6 +439,9 @@ __all__ = [
     "DeadLetter",
     "DeviceRegistry",
     "DurableCallback",
+    "HubBatch",
+    "HubLog",
+    "HubLogs",
     "HubStatus",
     "IngestOutcome",
     "LedgerView",

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import ParamSpec, Protocol, TypeVar
 
 from gateway.clock import Clock, SystemClock
-from gateway.disclosure import disclosed_for
+from gateway.disclosure import disclosure
 from gateway.errors import ConfigError, InputError, RegistryError
+from gateway.log_hashes import LogHashes
 from gateway.model import (
     Alert,
     Batch,
@@ -386,42 +387,6 @@ class StoreReadModel:
         return await self._reader.run(lambda s: s.care_units())
 
 
-class _LogHashes:
-    """MTH of any range of the log's leaves, read from the store as needed.
-
-    Each complete run of 256 leaves (aligned) never changes once sealed, so its hash is
-    kept (32 bytes per 256 batches): a proof over a long log then reads only the leaves
-    at its edges, not every leaf. Used from the reader thread only.
-    """
-
-    RUN = 256
-
-    def __init__(self) -> None:
-        self._runs: dict[int, bytes] = {}
-
-    def range_hash(self, store: HubStorage, start: int, end: int) -> bytes:
-        n = end - start
-        if n == self.RUN and start % self.RUN == 0:
-            cached = self._runs.get(start // self.RUN)
-            if cached is None:
-                cached = self._runs[start // self.RUN] = self._read(store, start, end)
-            return cached
-        if n <= self.RUN:
-            return self._read(store, start, end)
-        # RFC 6962 splits at the largest power of two below n: runs stay aligned.
-        k = 1 << ((n - 1).bit_length() - 1)
-        return rfc6962.node_hash(
-            self.range_hash(store, start, start + k), self.range_hash(store, start + k, end)
-        )
-
-    @staticmethod
-    def _read(store: HubStorage, start: int, end: int) -> bytes:
-        leaves = store.leaf_hashes(start, end)
-        if len(leaves) != end - start:
-            raise InputError(f"the log has no leaves {start}..{end - 1}")
-        return rfc6962.root_from_hashes(leaves)
-
-
 class StoreLedgerView:
     """Serves the log: checkpoint with cosignatures, tiles, proofs; takes cosignatures."""
 
@@ -437,7 +402,7 @@ class StoreLedgerView:
         self._keys = keys
         self._clock = clock or SystemClock()
         self._writer_run = writer_run
-        self._hashes = _LogHashes()
+        self._hashes = LogHashes()
         try:
             self._witnesses = [CosignatureVerifier.parse(k) for k in witness_keys]
         except LedgerError as exc:
@@ -487,7 +452,7 @@ class StoreLedgerView:
             if not 0 <= old_size <= new_size <= (0 if state is None else state[0]):
                 raise InputError(f"no consistency proof from {old_size} to {new_size}")
             return rfc6962.consistency_proof_with(
-                lambda a, b: self._hashes.range_hash(store, a, b), old_size, new_size
+                lambda a, b: self._hashes.range_hash(store.leaf_hashes, a, b), old_size, new_size
             )
 
         return await self._reader.run(read)
@@ -549,7 +514,7 @@ class StoreLedgerView:
 
     def _inclusion_path(self, store: HubStorage, seq: int, size: int) -> list[bytes]:
         return rfc6962.inclusion_proof_with(
-            lambda a, b: self._hashes.range_hash(store, a, b), seq, size
+            lambda a, b: self._hashes.range_hash(store.leaf_hashes, a, b), seq, size
         )
 
     async def add_cosignature(self, text: str) -> None:
@@ -585,12 +550,7 @@ def _disclosed(
     batch = store.batch(seq)
     if batch is None:
         return None
-    records = store.batch_records(seq)
-    disclosed = disclosed_for(batch.jws, records, patients)
-    if disclosed is None:
+    found = disclosure(batch.jws, store.batch_records(seq), patients)
+    if found is None:
         return None
-    if records.seed is None:  # format 1: every record is of `patients` (disclosed_for)
-        who = frozenset(p for p in records.patients if p in patients) or frozenset(patients)
-    else:
-        who = frozenset(records.patients[d.index] for d in disclosed)
-    return batch, who, disclosed
+    return batch, *found

@@ -5,7 +5,8 @@ The workers project every verified batch into the hub schema of the clinic datab
 (clinic-wide ids ``<hub>:<patient>``), so the dashboards read it through the same storage
 contract as on a hub. What differs is wiring only: live alert transitions and new readings
 come from PostgreSQL LISTEN/NOTIFY (every process hears every committed change once), alert
-actions lock the patient's engine in the database, and the accounts (sessions, consent,
+actions lock the patient's engine in the database, the ledger pages show each hub's log
+from the archive (`gateway.clinic.hub_logs`), and the accounts (sessions, consent,
 throttling) live in the clinic database, so any process serves any session: run several
 behind a reverse proxy.
 """
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 
 from dashboards.app import create_app, live_stats, serve
 from gateway.alerting import thresholds_from
+from gateway.clinic.hub_logs import ArchivedLogs
 from gateway.clinic.services import ArchiveLedger, ClinicAlertControl, DashboardStatus
 from gateway.clock import Clock, SystemClock
 from gateway.services import Reader, StoreReadModel
@@ -51,6 +53,7 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
         # before their next message, as after a grant or revocation in this process.
         accounts.consent_version += 1
 
+    hub_logs = ArchivedLogs(url)
     try:
         app = create_app(
             settings=settings.dashboard,
@@ -58,6 +61,7 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
             live=PostgresLiveFeed(url, on_consent=consent_changed),
             alerts=alerts,
             ledger=ArchiveLedger(),
+            hub_logs=hub_logs,
             status=status,
             accounts=accounts,
             clock=clock,
@@ -69,6 +73,7 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
             yield base
     finally:
         await asyncio.to_thread(alerts.close)
+        await asyncio.to_thread(hub_logs.close)
         await asyncio.to_thread(reader.close)
         await asyncio.to_thread(accounts.close)
 

@@ -43,6 +43,7 @@ __all__ = [
     "OpenedView",
     "batch_view_json",
     "disclose",
+    "disclose_salted",
     "disclosed_from_json",
     "disclosed_to_json",
     "new_seed",
@@ -109,15 +110,33 @@ def disclose(
     with_paths: bool = True,
 ) -> list[Disclosed]:
     """Disclose the records at `indices` (records given as their canonical bytes)."""
-    leaves = record_leaf_hashes(seed, canonical_records) if with_paths else []
     stream = _salt_stream(seed, len(canonical_records))
+    salts = [stream[SALT_BYTES * i : SALT_BYTES * (i + 1)] for i in range(len(canonical_records))]
+    return disclose_salted(salts, canonical_records, indices, with_paths=with_paths)
+
+
+def disclose_salted(
+    salts: Sequence[bytes],
+    canonical_records: Sequence[bytes],
+    indices: Iterable[int],
+    *,
+    with_paths: bool = True,
+) -> list[Disclosed]:
+    """`disclose` by a holder of every record's salt but not the batch's seed: an archive
+    that received the batch with every record disclosed (a clinic) discloses some of them
+    on, each provable against the same signed root."""
+    if len(salts) != len(canonical_records):
+        raise ValueError("one salt per record")
+    leaves = (
+        [_leaf(s, c) for s, c in zip(salts, canonical_records, strict=True)] if with_paths else []
+    )
     out: list[Disclosed] = []
     for index in sorted(set(indices)):
         path = inclusion_proof_from_hashes(leaves, index) if with_paths else []
         out.append(
             Disclosed(
                 index=index,
-                salt=stream[SALT_BYTES * index : SALT_BYTES * (index + 1)],
+                salt=salts[index],
                 record=json.loads(canonical_records[index]),
                 audit_path=tuple(path),
             )

@@ -23,6 +23,7 @@ stay in the archive only: the clinic runs its own alert engine over the readings
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,6 +125,47 @@ def project(hub_id: str, batch_seq: int, records: Sequence[ClinicRecord]) -> Pro
         consent=tuple(consent),
         unreadable=unreadable,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PatientPart:
+    """One patient's part of a batch, as the ledger pages list it: their readings' count and
+    time range (None without readings: events only), under the hub's own patient id."""
+
+    patient_id: str
+    readings: int
+    first: datetime | None
+    last: datetime | None
+
+
+def patient_parts(records: Sequence[ClinicRecord]) -> list[PatientPart]:
+    """Each patient's part of a batch, by patient id. A record is a reading unless it has
+    a "type" (events do); one whose time does not parse is counted without a time."""
+    parts: dict[str, list[datetime]] = {}
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.patient_id is None:
+            continue
+        counts.setdefault(record.patient_id, 0)
+        times = parts.setdefault(record.patient_id, [])
+        try:
+            obj = json.loads(record.canonical)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or "type" in obj:
+            continue
+        counts[record.patient_id] += 1
+        with contextlib.suppress(ValueError):
+            times.append(parse_rfc3339(str(obj.get("time"))))
+    return [
+        PatientPart(
+            patient_id=patient,
+            readings=counts[patient],
+            first=min(times) if times else None,
+            last=max(times) if times else None,
+        )
+        for patient, times in sorted(parts.items())
+    ]
 
 
 def _clinic_reading(hub_id: str, reading: Reading) -> Reading:

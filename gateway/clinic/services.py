@@ -1,6 +1,7 @@
 """What a clinic dashboard process serves besides the hub's read side: alert actions on the
 clinic's engines (`ClinicAlertControl`), a ledger view for a site that keeps no log of its
-own (`ArchiveLedger`), and its health (`DashboardStatus`)."""
+own (`ArchiveLedger`; each hub's is `gateway.clinic.hub_logs`), and its health
+(`DashboardStatus`)."""
 
 from __future__ import annotations
 
@@ -69,9 +70,9 @@ class ClinicAlertControl:
 
 
 class ArchiveLedger:
-    """The clinic signs no log of its own: each hub's log is verified into the archive
-    (`glucohub hubs list` shows each hub's accepted checkpoint). The dashboards' log routes
-    answer "none" and the ledger page lists no batch."""
+    """The clinic signs no log of its own: each hub's log is verified into the archive, and
+    the dashboards serve it through `gateway.clinic.hub_logs.ArchivedLogs`. The public log
+    routes of this site (`/log/checkpoint`, tiles, cosignatures) answer "none"."""
 
     def verifier_key(self) -> str:
         return ""

@@ -98,6 +98,9 @@ class ClinicRecord:
     index: int
     patient_id: str | None
     canonical: str  # RFC 8785 text, exactly what the hub committed to
+    # Format 2: the salt its leaf in the records tree hashes (the hub sends each record's,
+    # never the batch's seed); the clinic discloses records on with it. None: format 1.
+    salt: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,20 +138,26 @@ def _records(view: OpenedView) -> tuple[ClinicRecord, ...]:
     # Format 1 batches carry their records inline; format 2 discloses them beside the JWS,
     # and their canonical bytes are the ones the records root was just recomputed from.
     opened = view.payload
+    salts: list[bytes | None]
     if opened.records_root is not None:
         items: list[Mapping[str, object]] = [d.record for d in view.records]
         canonical = view.canonical
+        indices = [d.index for d in view.records]
+        salts = [d.salt for d in view.records]
     else:
         items = [*opened.readings, *opened.events]
         canonical = [canonicalize(item) for item in items]
+        indices = list(range(len(items)))
+        salts = [None] * len(items)
     out = []
-    for index, (item, text) in enumerate(zip(items, canonical, strict=True)):
+    for index, item, text, salt in zip(indices, items, canonical, salts, strict=True):
         patient = item.get("patient_id")
         out.append(
             ClinicRecord(
                 index=index,
                 patient_id=patient if isinstance(patient, str) else None,
                 canonical=text.decode("utf-8"),
+                salt=salt,
             )
         )
     return tuple(out)

@@ -107,15 +107,23 @@ class BatchRecords(NamedTuple):
     """What a sealed batch's records are, as the hub stores them: readings (id order),
     then ledger events (id order), each with its patient."""
 
-    seed: bytes | None  # None for a format-1 batch (records inline in the JWS)
+    seed: bytes | None  # None for a format-1 batch (records inline in the JWS), or salts
     patients: list[str]
     canonical: list[bytes]
     reading_times: list[str]  # as stored, of the readings (the first reading_count records)
     pruned: bool = False  # its readings were removed by retention: the records are incomplete
+    # Each record's salt, where the seed is not known: a clinic archive receives every
+    # record with its salt, never the seed (None with a seed, and for a format-1 batch).
+    salts: tuple[bytes, ...] | None = None
 
     @property
     def reading_count(self) -> int:
         return len(self.reading_times)
+
+    @property
+    def inline(self) -> bool:
+        """A format-1 batch: its records are inline in the JWS, which discloses them all."""
+        return self.seed is None and self.salts is None
 
 
 class Registry(Protocol):

@@ -171,10 +171,50 @@ CREATE TABLE clinic_consent (
 CREATE UNIQUE INDEX alerts_one_open ON alerts (patient_id, kind) WHERE state <> 'resolved'
 """
 
+# Each hub's log as the dashboards serve it (`postgres_clinic_ledger`). A record's salt lets
+# the clinic disclose it on, provable against its batch's signed root (NULL: format 1, or
+# stored before this migration: such a batch is listed but not disclosed). Each patient's
+# part of each batch (their readings' count and time range), written with the batch: the
+# newest batches of a reader's patients come from an index, counted already, never from
+# parsing records per request; the newest of every hub from `clinic_batches_received`.
+_LEDGER = """
+ALTER TABLE clinic_records ADD COLUMN salt bytea;
+CREATE INDEX clinic_batches_received ON clinic_batches (received_at);
+CREATE TABLE clinic_patient_batches (
+    hub_id text NOT NULL,
+    patient_id text NOT NULL,
+    batch_seq bigint NOT NULL,
+    readings integer NOT NULL,
+    first_time timestamptz,
+    last_time timestamptz,
+    received_at timestamptz NOT NULL,
+    PRIMARY KEY (hub_id, batch_seq, patient_id),
+    FOREIGN KEY (hub_id, batch_seq) REFERENCES clinic_batches (hub_id, batch_seq)
+);
+CREATE INDEX clinic_patient_batches_newest
+    ON clinic_patient_batches (hub_id, patient_id, received_at, batch_seq);
+INSERT INTO clinic_patient_batches
+    (hub_id, patient_id, batch_seq, readings, first_time, last_time, received_at)
+SELECT hub_id, patient_id, batch_seq, count(*) FILTER (WHERE reading),
+    min(time) FILTER (WHERE reading), max(time) FILTER (WHERE reading), received_at
+FROM (
+    SELECT r.hub_id, r.patient_id, r.batch_seq, b.received_at,
+        NOT r.canonical::jsonb ? 'type' AS reading,
+        CASE WHEN r.canonical::jsonb ->> 'time'
+            ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9]{2}:[0-9]{2})$'
+        THEN (r.canonical::jsonb ->> 'time')::timestamptz END AS time
+    FROM clinic_records r
+    JOIN clinic_batches b ON b.hub_id = r.hub_id AND b.batch_seq = r.batch_seq
+    WHERE r.patient_id IS NOT NULL
+) AS parts
+GROUP BY hub_id, patient_id, batch_seq, received_at
+"""
+
 CLINIC_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clinic archive: hubs, batches, records, checkpoints, alarms", _SCHEMA),
     Migration(2, "clinic enrolment tokens and hubs' broker credentials", _ENROLMENT_TOKENS),
     Migration(3, "clinic dashboards: consent from the hubs' ledgers, one open alert", _DASHBOARDS),
+    Migration(4, "clinic ledger view: records' salts, each patient's part of each batch", _LEDGER),
 )
 CLINIC_SCHEMA_VERSION = CLINIC_MIGRATIONS[-1].version
 

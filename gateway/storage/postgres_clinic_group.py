@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from gateway.clinic.projection import patient_parts
 from gateway.clinic.witness import (
     Accept,
     AcceptedCheckpoint,
@@ -445,6 +446,7 @@ class Group:
                             )
                         )
                 self._store_records(cursor, [n.batch for _hub, n in new])
+                self._store_parts(cursor, [n.batch for _hub, n in new], now)
             if self._project is not None:  # each hub's batches in its log's order
                 for _hub, n in sorted(new, key=lambda hn: (hn[0].hub_id, hn[1].batch.batch_seq)):
                     self._project(n.batch)
@@ -483,12 +485,30 @@ class Group:
     def _store_records(cursor: psycopg.Cursor[Row], batches: Sequence[VerifiedBatch]) -> None:
         """The records of newly stored batches (each with its hub and patient)."""
         with cursor.copy(
-            "COPY clinic_records (hub_id, batch_seq, record_index, patient_id, canonical)"
+            "COPY clinic_records (hub_id, batch_seq, record_index, patient_id, canonical, salt)"
             " FROM STDIN"
         ) as copy:
             for b in batches:
                 for r in b.records:
-                    copy.write_row((b.hub_id, b.batch_seq, r.index, r.patient_id, r.canonical))
+                    copy.write_row(
+                        (b.hub_id, b.batch_seq, r.index, r.patient_id, r.canonical, r.salt)
+                    )
+
+    @staticmethod
+    def _store_parts(
+        cursor: psycopg.Cursor[Row], batches: Sequence[VerifiedBatch], now: datetime
+    ) -> None:
+        """Each patient's part of the newly stored batches, for the ledger pages."""
+        with cursor.copy(
+            "COPY clinic_patient_batches (hub_id, patient_id, batch_seq, readings, first_time,"
+            " last_time, received_at) FROM STDIN"
+        ) as copy:
+            for b in batches:
+                for part in patient_parts(b.records):
+                    copy.write_row(
+                        (b.hub_id, part.patient_id, b.batch_seq, part.readings, part.first,
+                         part.last, now)
+                    )  # fmt: skip
 
     def _write_checkpoints(self) -> None:
         db, now = self._db, self._now

@@ -5,7 +5,7 @@ transaction, and psycopg's errors turned into the contract's."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
@@ -45,14 +45,16 @@ def storage_error(exc: psycopg.Error, *, broken: bool = False) -> StorageError:
     return kind(f"PostgreSQL: {detail}" + (f" (SQLSTATE {state})" if state else ""))
 
 
-def connect(url: str, *, read_only: bool = False) -> Connection:
-    """An autocommit connection to `url`; StorageError if there is none."""
+def connect(url: str, *, read_only: bool = False, settings: Sequence[str] = ()) -> Connection:
+    """An autocommit connection to `url`, with these session `settings` ("name=value");
+    StorageError if there is none."""
     try:
         given = conninfo_to_dict(url)
         # Times come back in UTC whatever the server's zone; a read-only store cannot write.
         options = [str(given.get("options") or ""), "-c TimeZone=UTC"]
         if read_only:
             options.append("-c default_transaction_read_only=on")
+        options += [f"-c {setting}" for setting in settings]
         return psycopg.connect(
             url,
             autocommit=True,

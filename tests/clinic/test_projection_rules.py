@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clinic.projection import clinic_id, device_kind_of, hub_of, project
+from gateway.clinic.projection import (
+    PatientPart,
+    clinic_id,
+    device_kind_of,
+    hub_of,
+    patient_parts,
+    project,
+)
 from gateway.clinic.witness import ClinicRecord
 from gateway.model import (
     Alert,
@@ -149,3 +156,23 @@ def test_an_alert_read_back_from_its_json_is_the_same_alert() -> None:
         acknowledged_at=T,
     )
     assert alert_from_json(json.loads(json.dumps(alert_to_json(alert)))) == alert
+
+
+def test_each_patients_part_of_a_batch_counts_their_readings_only() -> None:
+    """The ledger pages' rows: per patient, readings (not events) and their time range."""
+    late = {**heart_rate("p1", 61.0), "time": "2026-03-01T08:05:00.000Z"}
+    parts = patient_parts(
+        [
+            record(0, heart_rate("p1", 60.0)),  # 08:00
+            record(1, late),
+            record(2, heart_rate("p2", 70.0)),
+            record(3, consent("consent_granted", "p1", "dr-ada")),
+            record(4, consent("consent_granted", "p3", "dr-ada")),  # p3: an event only
+            record(5, {"type": "clock_jump", "device_id": "d"}),  # nobody's
+        ]
+    )
+    assert parts == [
+        PatientPart(patient_id="p1", readings=2, first=T, last=T.replace(minute=5)),
+        PatientPart(patient_id="p2", readings=1, first=T, last=T),
+        PatientPart(patient_id="p3", readings=0, first=None, last=None),
+    ]

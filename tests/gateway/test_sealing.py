@@ -221,7 +221,7 @@ def test_sealing_what_the_hub_remembers_equals_sealing_what_storage_holds(
 def test_proofs_served_from_remembered_runs_equal_proofs_from_every_leaf(hub: Path) -> None:
     """The hub answers proof requests keeping the hash of each complete run of 256
     batches instead of reading every leaf: past 256 batches, the proofs must not change."""
-    from gateway.services import _LogHashes
+    from gateway.log_hashes import LogHashes
 
     store = Store(hub)
     sealer = Sealer(
@@ -232,10 +232,10 @@ def test_proofs_served_from_remembered_runs_equal_proofs_from_every_leaf(hub: Pa
         pass
     leaves = store.leaf_hashes()
     assert len(leaves) == 600
-    hashes = _LogHashes()
+    hashes = LogHashes()
 
     def range_hash(a: int, b: int) -> bytes:
-        return hashes.range_hash(store, a, b)
+        return hashes.range_hash(store.leaf_hashes, a, b)
 
     for size in (257, 512, 513, 600):
         for index in (i for i in (0, 255, 256, 300, size - 1) if i < size):

@@ -19,6 +19,7 @@ from ledger.jws import sign_compact
 from ledger.records import (
     Disclosed,
     disclose,
+    disclose_salted,
     disclosed_from_json,
     disclosed_to_json,
     record_leaf_hashes,
@@ -96,6 +97,26 @@ def test_one_patients_records_verify_without_the_others() -> None:
     verify_disclosed(
         payload.records_root, payload.record_count, [disclosed_from_json(o) for o in wire]
     )
+
+
+def test_a_holder_of_the_salts_alone_discloses_what_the_seed_holder_does() -> None:
+    """A clinic receives every record with its salt, never the seed: disclosing one
+    patient's records on gives the same records, salts and audit paths, verifying against
+    the signed root."""
+    payload = open_batch(_sealed(RECORDS), KEY.public_key())
+    assert payload.records_root is not None
+    # salt_i is bytes [16i, 16i+16) of SHAKE-256(seed), as the module defines it
+    stream = hashlib.shake_256(SEED).digest(48)
+    salts = [stream[0:16], stream[16:32], stream[32:48]]
+    for indices in ([0], [1, 2], [0, 1, 2]):
+        shown = disclose_salted(salts, _canon(RECORDS), indices)
+        assert shown == disclose(SEED, _canon(RECORDS), indices)
+        verify_disclosed(payload.records_root, 3, shown)
+    with pytest.raises(ValueError, match="one salt per record"):
+        disclose_salted(salts[:2], _canon(RECORDS), [0])
+    wrong = disclose_salted([bytes(16), *salts[1:]], _canon(RECORDS), [0])
+    with pytest.raises(RecordError):
+        verify_disclosed(payload.records_root, 3, wrong)
 
 
 @pytest.mark.parametrize(
