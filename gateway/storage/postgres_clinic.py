@@ -47,7 +47,7 @@ from gateway.storage.postgres_clinic_group import (
     Opened,
     Prepared,
 )
-from gateway.storage.postgres_clinic_projection import Projected, project_batch
+from gateway.storage.postgres_clinic_projection import Projected, project_batch, project_batches
 from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_migrations import Migration, redacted
 from gateway.storage.postgres_migrations import migrate as migrate_hub_schema
@@ -514,14 +514,14 @@ class ClinicArchive:
         self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
     ) -> list[Handled]:
         with self._db.transaction():
-            group = Group(self._db, now, project=lambda batch: self._project(batch, now))
+            group = Group(self._db, now, project=lambda batches: self._project(batches, now))
             return group.run(items, prepared, self._open_item)
 
-    def _project(self, batch: VerifiedBatch, now: datetime) -> None:
-        """A newly stored batch into the dashboards' tables, in the same transaction."""
-        project_batch(
+    def _project(self, batches: Sequence[VerifiedBatch], now: datetime) -> None:
+        """Newly stored batches into the dashboards' tables, in the same transaction."""
+        project_batches(
             self._db,
-            batch,
+            batches,
             thresholds=self._thresholds,
             months=self._months,
             now=now,

@@ -160,7 +160,7 @@ class Group:
         db: Connection,
         now: datetime,
         *,
-        project: Callable[[VerifiedBatch], None] | None = None,
+        project: Callable[[Sequence[VerifiedBatch]], None] | None = None,
     ) -> None:
         self._project = project
         self._db = db
@@ -446,8 +446,8 @@ class Group:
                         )
                 self._store_records(cursor, [n.batch for _hub, n in new])
             if self._project is not None:  # each hub's batches in its log's order
-                for _hub, n in sorted(new, key=lambda hn: (hn[0].hub_id, hn[1].batch.batch_seq)):
-                    self._project(n.batch)
+                ordered = sorted(new, key=lambda hn: (hn[0].hub_id, hn[1].batch.batch_seq))
+                self._project([n.batch for _hub, n in ordered])
         if self._link_stored:
             db.execute(
                 "UPDATE clinic_batches b SET linked = true"

@@ -7,6 +7,11 @@ Every write de-duplicates (patients and devices `ON CONFLICT DO NOTHING`, readin
 `reading_keys`, consent by its position in the hub's log), so projecting a batch again
 (a resolved hub replayed, a rebuild) changes nothing. New readings are fed to the clinic's
 alert engine (`postgres_clinic_alerts`) in the same transaction.
+
+A worker's group of batches is projected with one set of statements (`project_batches`),
+with the outcome of projecting them one by one in log order: a patient or device takes its
+flags from the first batch that names it, a reading key stored twice keeps its first
+reading, and the alert engines take each batch's readings after the previous batch's.
 """
 
 from __future__ import annotations
@@ -59,22 +64,49 @@ def project_batch(
 ) -> Projected:
     """Project `batch` inside the caller's transaction. `months`: the readings partitions
     this connection has seen exist (a cache, filled here); `engines`: its alert engines."""
-    projection = project(batch.hub_id, batch.batch_seq, batch.records)
-    _register(db, projection.readings, projection.devices, projection.consent)
-    new = _insert_readings(db, projection.readings, batch.batch_seq, months)
+    return project_batches(
+        db, [batch], thresholds=thresholds, months=months, now=now, engines=engines
+    )
+
+
+def project_batches(
+    db: Connection,
+    batches: Sequence[VerifiedBatch],
+    *,
+    thresholds: Thresholds,
+    months: set[str],
+    now: datetime,
+    engines: EngineCache | None = None,
+) -> Projected:
+    """`project_batch` for several batches at once, each hub's in its log's order."""
+    readings: list[Reading] = []
+    seqs: list[int] = []
+    simulated: dict[str, bool] = {}
+    devices: dict[str, Device] = {}
+    consent: list[tuple[str, ConsentChange]] = []
+    for batch in batches:
+        projection = project(batch.hub_id, batch.batch_seq, batch.records)
+        readings += projection.readings
+        seqs += [batch.batch_seq] * len(projection.readings)
+        for patient, flag in _simulated(projection.readings, projection.consent).items():
+            simulated.setdefault(patient, flag)
+        for device in projection.devices:
+            devices.setdefault(device.device_id, device)
+        consent += [(batch.hub_id, change) for change in projection.consent]
+    _register(db, simulated, list(devices.values()))
+    fresh = _insert_readings(db, readings, seqs, months)
+    new = [readings[i] for i in fresh]
     update_triage(db, new, ())  # the triage summaries, as the hub's write path keeps them
-    for change in projection.consent:
-        _apply_consent(db, batch.hub_id, change)
-    alerts = on_readings(db, new, thresholds, now, engines)
+    for hub_id, change in consent:
+        _apply_consent(db, hub_id, change)
+    # A patient's readings are one hub's: each batch's in time order, batch after batch.
+    fed = sorted(fresh, key=lambda i: (seqs[i], readings[i].time))
+    alerts = on_readings(db, [readings[i] for i in fed], thresholds, now, engines, in_order=True)
     return Projected(readings=len(new), alerts=tuple(alerts))
 
 
-def _register(
-    db: Connection,
-    readings: Sequence[Reading],
-    devices: Sequence[Device],
-    consent: Sequence[ConsentChange],
-) -> None:
+def _simulated(readings: Sequence[Reading], consent: Sequence[ConsentChange]) -> dict[str, bool]:
+    """Each patient a batch names: simulated when one of its readings is."""
     simulated: dict[str, bool] = {}
     for reading in readings:
         simulated[reading.patient_id] = (
@@ -82,6 +114,10 @@ def _register(
         )
     for change in consent:
         simulated.setdefault(change.patient_id, False)
+    return simulated
+
+
+def _register(db: Connection, simulated: dict[str, bool], devices: Sequence[Device]) -> None:
     if simulated:
         ids = sorted(simulated)
         # Hubs seal no names: the clinic-wide id is the name until an admin gives one.
@@ -108,9 +144,10 @@ def _register(
 
 
 def _insert_readings(
-    db: Connection, readings: Sequence[Reading], batch_seq: int, months: set[str]
-) -> list[Reading]:
-    """Store the readings not stored yet (by device and dedupe key); return those."""
+    db: Connection, readings: Sequence[Reading], batch_seqs: Sequence[int], months: set[str]
+) -> list[int]:
+    """Store the readings not stored yet (by device and dedupe key), each with its batch's
+    seq; return the indices of those."""
     if not readings:
         return []
     for reading in readings:
@@ -132,15 +169,15 @@ def _insert_readings(
         ),
     ).fetchall()
     ids = {(str(device), str(key)): int(row_id) for row_id, device, key in got}
-    new: list[Reading] = []
+    new: list[int] = []
     with db.cursor() as cursor, cursor.copy(_COPY) as copy:
-        for reading, row, time in zip(readings, rows, times, strict=True):
+        for index, (row, time, seq) in enumerate(zip(rows, times, batch_seqs, strict=True)):
             row_id = ids.pop((str(row[1]), str(row[12])), None)
             if row_id is None:
-                continue  # projected before (or the same key twice in one batch)
+                continue  # projected before (or the same key twice in one group)
             # The hub does not seal when it received a reading: not known at the clinic.
-            copy.write_row((row_id, *_pg_row(row, time, None), batch_seq))
-            new.append(reading)
+            copy.write_row((row_id, *_pg_row(row, time, None), seq))
+            new.append(index)
     return new
 
 
