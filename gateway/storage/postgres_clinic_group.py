@@ -174,25 +174,30 @@ class Group:
         self, items: Sequence[Item], prepared: Sequence[Prepared | None], opener: Opener
     ) -> list[Handled]:
         """One outcome per item, in order. An item not prepared, or prepared with keys
-        other than its hub's locked row holds (enrolled again meanwhile), is opened here."""
+        other than its hub's locked row holds (enrolled again meanwhile), is opened here
+        (before the reads, so they cover it too)."""
         self._lock_and_read(sorted({item.hub_id for item in items}))
-        self._prefetch(items, prepared)
-        out = []
+        opened_items: list[Opened | None] = []
         for item, ready in zip(items, prepared, strict=True):
             hub = self._hubs.get(item.hub_id)
             if hub is None:
+                opened_items.append(None)
+            elif ready is None or (ready.batch_jwk, ready.log_key) != (hub.batch_jwk, hub.log_key):
+                opened_items.append(opener(item, hub.batch_jwk, hub.log_key))
+            else:
+                opened_items.append(ready.opened)
+        self._prefetch(items, opened_items)
+        out = []
+        for item, opened in zip(items, opened_items, strict=True):
+            hub = self._hubs.get(item.hub_id)
+            if hub is None or opened is None:
                 refusal = Refusal(
                     reason="unknown_hub",
                     detail=f"no hub {item.hub_id} is enrolled",
                     alarm=AlarmKind.UNKNOWN_HUB,
                 )
                 out.append(self._refuse(item.hub_id, item, refusal))
-                continue
-            if ready is None or (ready.batch_jwk, ready.log_key) != (hub.batch_jwk, hub.log_key):
-                opened = opener(item, hub.batch_jwk, hub.log_key)
-            else:
-                opened = ready.opened
-            if isinstance(opened, Refusal):
+            elif isinstance(opened, Refusal):
                 out.append(self._refuse(hub.hub_id, item, opened))
             elif isinstance(opened, VerifiedBatch):
                 out.append(self._batch(hub, item, opened))
@@ -238,15 +243,14 @@ class Group:
         for hub in self._hubs.values():
             hub.pending_before = frozenset(hub.pending)
 
-    def _prefetch(self, items: Sequence[Item], prepared: Sequence[Prepared | None]) -> None:
+    def _prefetch(self, items: Sequence[Item], opened_items: Sequence[Opened | None]) -> None:
         """Read at once the stored batches the items will ask for: each batch's neighbours,
         the leaves under each checkpoint and under the smallest pending one."""
         wanted: list[tuple[_Hub, int, int, bool]] = []
-        for item, ready in zip(items, prepared, strict=True):
+        for item, opened in zip(items, opened_items, strict=True):
             hub = self._hubs.get(item.hub_id)
-            if hub is None or ready is None:
+            if hub is None:
                 continue
-            opened = ready.opened
             if isinstance(opened, VerifiedBatch):
                 wanted.append((hub, max(opened.batch_seq - 1, 0), opened.batch_seq + 2, True))
                 if hub.pending:

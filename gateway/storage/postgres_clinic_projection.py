@@ -150,7 +150,10 @@ def _insert_readings(
     seq; return the indices of those."""
     if not readings:
         return []
+    firsts: dict[tuple[int, int], Reading] = {}  # one reading of each (UTC) month
     for reading in readings:
+        firsts.setdefault((reading.time.year, reading.time.month), reading)
+    for reading in firsts.values():
         name = month_partition(reading.time)[0]
         if name not in months:
             if db.execute(PARTITION_EXISTS, (name,)).fetchone() is None:

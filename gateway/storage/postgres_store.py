@@ -32,7 +32,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors as pg_errors
 
-from gateway.clock import parse_rfc3339, to_rfc3339, utc_now
+from gateway.clock import require_utc, to_rfc3339, utc_now
 from gateway.errors import (
     RegistryError,
     StorageError,
@@ -139,8 +139,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _stored_time(value: datetime) -> datetime:
-    """The instant SQLite's text keeps: UTC, truncated to the millisecond."""
-    return parse_rfc3339(to_rfc3339(value))
+    """The instant SQLite's text keeps (`to_rfc3339`): UTC, truncated to the millisecond."""
+    utc = require_utc(value)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
 def _ms_bound(value: datetime) -> datetime:
