@@ -96,7 +96,7 @@ def project(hub_id: str, batch_seq: int, records: Sequence[ClinicRecord]) -> Pro
     unreadable = 0
     for record in records:
         try:
-            obj = json.loads(record.canonical)
+            obj = json.loads(record.canonical) if record.value is None else record.value
             if not isinstance(obj, dict):
                 raise ValueError("a record is a JSON object")
             if "type" in obj:

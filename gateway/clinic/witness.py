@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,7 +36,7 @@ from gateway.sealing import log_origin
 from ledger.batch import batch_hash
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import LedgerError
-from ledger.jcs import canonicalize
+from ledger.jcs import canonical_value
 from ledger.keys import jwk_public_key
 from ledger.note import NoteVerifier
 from ledger.records import OpenedView, read_batch_view
@@ -98,6 +98,8 @@ class ClinicRecord:
     index: int
     patient_id: str | None
     canonical: str  # RFC 8785 text, exactly what the hub committed to
+    # `canonical` parsed, when verification has it (`jcs.canonical_value`); None: parse it.
+    value: object = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,19 +138,19 @@ def _records(view: OpenedView) -> tuple[ClinicRecord, ...]:
     # and their canonical bytes are the ones the records root was just recomputed from.
     opened = view.payload
     if opened.records_root is not None:
-        items: list[Mapping[str, object]] = [d.record for d in view.records]
-        canonical = view.canonical
+        canonical, values = view.canonical, view.values
     else:
-        items = [*opened.readings, *opened.events]
-        canonical = [canonicalize(item) for item in items]
+        pairs = [canonical_value(item) for item in (*opened.readings, *opened.events)]
+        canonical, values = [c for c, _ in pairs], [v for _, v in pairs]
     out = []
-    for index, (item, text) in enumerate(zip(items, canonical, strict=True)):
-        patient = item.get("patient_id")
+    for index, (text, value) in enumerate(zip(canonical, values, strict=True)):
+        patient = value.get("patient_id") if isinstance(value, dict) else None
         out.append(
             ClinicRecord(
                 index=index,
                 patient_id=patient if isinstance(patient, str) else None,
                 canonical=text.decode("utf-8"),
+                value=value,
             )
         )
     return tuple(out)
