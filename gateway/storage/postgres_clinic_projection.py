@@ -33,18 +33,38 @@ from gateway.storage.postgres_migrations import (
     ensure_month_partition,
     month_partition,
 )
-from gateway.storage.postgres_store import _KEYS_INSERT, _pg_row, _stored_time
+from gateway.storage.postgres_store import _KEYS_INSERT, _pg_reading_row, _stored_time
 from gateway.storage.postgres_triage import update_triage
-from gateway.storage.rows import reading_to_row
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 # The hub's COPY of readings, with the hub's batch seq: projected readings are sealed
-# already (by their hub), so none counts as unsealed at the clinic.
+# already (by their hub), so none counts as unsealed at the clinic. Binary, as are the
+# reading keys' arrays (text ones cost several times the CPU to write): the values must
+# have exactly the columns' types.
 _COPY = (
     b"COPY readings (id, patient_id, device_id, kind, value, unit, time, seq, source, "
-    b"original_value, original_unit, status, dedupe_key, received_at, batch_seq) FROM STDIN"
+    b"original_value, original_unit, status, dedupe_key, received_at, batch_seq) "
+    b"FROM STDIN (FORMAT BINARY)"
 )
+_COPY_TYPES = [
+    "int8",
+    "text",
+    "text",
+    "text",
+    "float8",
+    "text",
+    "timestamptz",
+    "int8",
+    "text",
+    "float8",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "int8",
+]
+_KEYS_INSERT_BINARY = _KEYS_INSERT.replace("%s", "%b")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,27 +179,27 @@ def _insert_readings(
             if db.execute(PARTITION_EXISTS, (name,)).fetchone() is None:
                 ensure_month_partition(db, reading.time)  # a savepoint of this transaction
             months.add(name)
-    rows = [reading_to_row(r) for r in readings]
-    times = [_stored_time(r.time) for r in readings]
+    # The hub does not seal when it received a reading: not known at the clinic.
+    rows = [_pg_reading_row(r, _stored_time(r.time), None) for r in readings]
     got = db.execute(
-        _KEYS_INSERT,
+        _KEYS_INSERT_BINARY,
         (
             [r[1] for r in rows],
-            [r[12] for r in rows],
-            times,
-            [r[3] for r in rows],
+            [r[11] for r in rows],
+            [r[5] for r in rows],
+            [float(r.value) for r in readings],  # a float8[]: no int may hide in it
             [r[4] for r in rows],
         ),
     ).fetchall()
     ids = {(str(device), str(key)): int(row_id) for row_id, device, key in got}
     new: list[int] = []
     with db.cursor() as cursor, cursor.copy(_COPY) as copy:
-        for index, (row, time, seq) in enumerate(zip(rows, times, batch_seqs, strict=True)):
-            row_id = ids.pop((str(row[1]), str(row[12])), None)
+        copy.set_types(_COPY_TYPES)
+        for index, (row, seq) in enumerate(zip(rows, batch_seqs, strict=True)):
+            row_id = ids.pop((str(row[1]), str(row[11])), None)
             if row_id is None:
                 continue  # projected before (or the same key twice in one group)
-            # The hub does not seal when it received a reading: not known at the clinic.
-            copy.write_row((row_id, *_pg_row(row, time, None), seq))
+            copy.write_row((row_id, *row, seq))
             new.append(index)
     return new
 
