@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import json
 import math
-from json.encoder import encode_basestring  # C-accelerated when _json is available
+from collections.abc import Callable
+from json.encoder import (  # type: ignore[attr-defined]  # C-accelerated when _json is available
+    c_make_encoder,
+    encode_basestring,
+)
 
 from ledger.errors import CanonicalizationError
 
-__all__ = ["canonicalize", "es6_number"]
+__all__ = ["canonical_value", "canonicalize", "es6_number"]
 
 # RFC 8785 §3.2.2.3 serialises numbers as IEEE 754 doubles; ints within ±2**53 are exact
 # doubles whose ES6 text is their decimal digits.
@@ -41,7 +45,21 @@ _PASS_THROUGH = frozenset({str, bool, type(None)})
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 )
-_encode = _ENCODER.encode
+
+
+def _encoder() -> Callable[[object], str]:
+    """`_ENCODER.encode`, or the C encoder it would build on every call, built once (the
+    arguments `JSONEncoder.iterencode` passes it; no circular check: `_prepare` copies the
+    value first and would recurse without end on a cycle before it)."""
+    if c_make_encoder is None:
+        return _ENCODER.encode
+    chunks = c_make_encoder(
+        None, _ENCODER.default, encode_basestring, None, ":", ",", True, False, False
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode = _encoder()
 
 
 class _NeedsExactPath(Exception):
@@ -63,6 +81,19 @@ def canonicalize(obj: object) -> bytes:
         return "".join(_exact(obj, "$")).encode("utf-8")
 
 
+def canonical_value(obj: object) -> tuple[bytes, object]:
+    """`canonicalize(obj)` and the JSON value those bytes parse back to: equal to their
+    `json.loads` in value and in type (ints stay ints, integral floats become ints), object
+    members possibly in another order. For a caller that needs both, so nothing is parsed
+    twice. Raises as `canonicalize` does."""
+    try:
+        prepared = _prepare(obj)
+        return _encode(prepared).encode("utf-8"), prepared
+    except (_NeedsExactPath, UnicodeEncodeError, TypeError):
+        text = "".join(_exact(obj, "$")).encode("utf-8")
+        return text, json.loads(text)
+
+
 def _prepare(obj: object) -> object:
     """Copy `obj` with integral floats as ints; raise _NeedsExactPath for anything unusual.
 
@@ -73,7 +104,15 @@ def _prepare(obj: object) -> object:
         d: dict[str, object] = obj  # type: ignore[assignment]
         if not all(map(str.isascii, d)) and max("".join(d)) > "\uffff":
             raise _NeedsExactPath  # a key above the BMP: code point order != UTF-16 order
-        return {k: v if type(v) in _PASS_THROUGH else _prepare(v) for k, v in d.items()}
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            tv = type(v)
+            # The usual members inline (a record's strings and small ints), the rest walked.
+            if tv in _PASS_THROUGH or (tv is int and -_MAX_EXACT_INT <= v <= _MAX_EXACT_INT):  # type: ignore[operator]
+                out[k] = v
+            else:
+                out[k] = _prepare(v)
+        return out
     if t is float:
         x: float = obj  # type: ignore[assignment]
         if -_MAX_EXACT_INT < x < _MAX_EXACT_INT:  # False for NaN and infinities

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ledger._b64 import b64url_decode, b64url_encode
 from ledger.batch import BatchPayload, open_batch
 from ledger.errors import LedgerError, RecordError
-from ledger.jcs import canonicalize
+from ledger.jcs import canonical_value, canonicalize
 from ledger.rfc6962 import inclusion_proof_from_hashes, root_from_hashes, verify_inclusion
 
 __all__ = [
@@ -252,13 +252,16 @@ def batch_view_json(batch_seq: int, jws: bytes | str, disclosed: Sequence[Disclo
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpenedView:
-    """A verified batch view: the signed payload, the JWS as sent, the disclosed records
-    and their canonical bytes (what each leaf hashes; empty for a format-1 batch)."""
+    """A verified batch view: the signed payload, the JWS as sent, and each disclosed
+    record's index in the batch, salt, canonical bytes (what its leaf hashes) and JSON value
+    (those bytes parsed, as `jcs.canonical_value` gives it); all empty for a format-1 batch."""
 
     payload: BatchPayload
     jws: str
-    records: list[Disclosed]
+    indices: list[int]
+    salts: list[bytes]
     canonical: list[bytes]
+    values: list[Any]
 
 
 def open_batch_view(
@@ -266,13 +269,36 @@ def open_batch_view(
 ) -> tuple[BatchPayload, list[Disclosed]]:
     """Verify a served batch view with the hub's batch public key: the JWS signature, and
     every disclosed record against the signed root. Returns (BatchPayload, records)."""
-    view = read_batch_view(text, public_key)
-    return view.payload, view.records
+    jws, items = _view_parts(text)
+    payload = open_batch(jws, public_key)
+    disclosed = [disclosed_from_json(item) for item in items]
+    verify_payload_records(payload, disclosed)
+    return payload, disclosed
 
 
 def read_batch_view(text: str | bytes, public_key: Ed25519PublicKey) -> OpenedView:
     """`open_batch_view`, keeping what an archive stores: the JWS text and the records'
-    canonical bytes (each record parsed and canonicalised once)."""
+    canonical bytes and values. A view of every record in order without audit paths (what
+    a hub sends upstream) is checked in one pass, each record canonicalised once; any other
+    view as `open_batch_view` checks it. Both accept and refuse the same views."""
+    jws, items = _view_parts(text)
+    payload = open_batch(jws, public_key)
+    whole = _whole_view(payload, items)
+    if whole is not None:
+        salts, canonical, values = whole
+        indices = list(range(len(canonical)))
+    else:
+        disclosed = [disclosed_from_json(i) for i in items]
+        canonical = verify_payload_records(payload, disclosed)
+        values = [json.loads(c) for c in canonical]
+        indices = [d.index for d in disclosed]
+        salts = [d.salt for d in disclosed]
+    return OpenedView(
+        payload=payload, jws=jws, indices=indices, salts=salts, canonical=canonical, values=values
+    )
+
+
+def _view_parts(text: str | bytes) -> tuple[str, list[Any]]:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -282,10 +308,46 @@ def read_batch_view(text: str | bytes, public_key: Ed25519PublicKey) -> OpenedVi
     jws, items = obj.get("jws"), obj.get("records")
     if not isinstance(jws, str) or not isinstance(items, list):
         raise RecordError(None, "batch view needs a jws string and a records list")
-    payload = open_batch(jws, public_key)
-    disclosed = [disclosed_from_json(item) for item in items]
-    canonical = verify_payload_records(payload, disclosed)
-    return OpenedView(payload=payload, jws=jws, records=disclosed, canonical=canonical)
+    return jws, items
+
+
+_WHOLE_KEYS = frozenset({"index", "salt", "record"})
+
+
+def _whole_view(
+    payload: BatchPayload, items: list[Any]
+) -> tuple[list[bytes], list[bytes], list[Any]] | None:
+    """The salts, canonical bytes and values of records 0..n-1 disclosed in order without audit
+    paths, once their leaves give the signed root; None for a view of another shape (left
+    to the general path, which then finds the same records or refuses with its reason)."""
+    root = payload.records_root
+    if root is None or len(items) != payload.record_count:
+        return None
+    salts: list[bytes] = []
+    canonical: list[bytes] = []
+    values: list[Any] = []
+    leaves: list[bytes] = []
+    sha = hashlib.sha256
+    for index, item in enumerate(items):
+        if type(item) is not dict or item.keys() != _WHOLE_KEYS:
+            return None
+        position, salt_text, record = item["index"], item["salt"], item["record"]
+        if type(position) is not int or position != index or type(record) is not dict:
+            return None
+        try:
+            salt = b64url_decode(salt_text) if type(salt_text) is str else b""
+            text, value = canonical_value(record)
+        except (ValueError, LedgerError):
+            return None
+        if len(salt) != SALT_BYTES:
+            return None
+        salts.append(salt)
+        canonical.append(text)
+        values.append(value)
+        leaves.append(sha(b"\x00" + salt + text).digest())
+    if root_from_hashes(leaves) != root:
+        raise RecordError(None, "the records do not hash to the signed records root")
+    return salts, canonical, values
 
 
 def verify_payload_records(payload: BatchPayload, disclosed: Sequence[Disclosed]) -> list[bytes]:

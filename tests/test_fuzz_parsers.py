@@ -61,7 +61,13 @@ from ledger.jws import compact_header, sign_compact, verify_compact
 from ledger.keys import jwk_public_key, public_jwk
 from ledger.note import NoteSigner, NoteVerifier, open_note, parse_signature_line, sign_note
 from ledger.proof import check_inclusion_bundle, make_inclusion_bundle
-from ledger.records import batch_view_json, disclose, open_batch_view, record_leaf_hashes
+from ledger.records import (
+    batch_view_json,
+    disclose,
+    open_batch_view,
+    read_batch_view,
+    record_leaf_hashes,
+)
 from ledger.rfc6962 import inclusion_proof_from_hashes, root_from_hashes
 from ledger.tiles import entry_bundle, entry_bundle_path, parse_entry_bundle, parse_tile_path
 from ledger.tiles import tile_path as make_tile_path
@@ -524,6 +530,7 @@ def _batch_seeds() -> dict[str, Any]:
         "bundle": "".join(lines),
         "proof": proofs,
         "view": batch_view_json(2, third.jws, mine),
+        "whole_view": batch_view_json(2, third.jws, whole),
     }
 
 
@@ -577,6 +584,25 @@ def test_open_batch_view(data: st.DataObject) -> None:
     seed = _batch_seeds()["view"]
     text = data.draw(st.one_of(mutated_text([seed]), mutated_json([json.loads(seed)])))
     expect(LedgerError, lambda: open_batch_view(text, BATCH_KEY.public_key()))
+
+
+@FUZZ
+@given(data=st.data())
+def test_read_batch_view_finds_what_open_batch_view_finds(data: st.DataObject) -> None:
+    # The archive's one-pass reading of a whole view accepts and refuses as the general one.
+    seeds = _batch_seeds()
+    views = [seeds["whole_view"], seeds["view"]]
+    text = data.draw(st.one_of(mutated_text(views), mutated_json([json.loads(v) for v in views])))
+    key = BATCH_KEY.public_key()
+    try:
+        opened = read_batch_view(text, key)
+    except LedgerError as exc:
+        with pytest.raises(LedgerError) as general:
+            open_batch_view(text, key)
+        assert str(general.value) == str(exc)
+        return
+    _payload, shown = open_batch_view(text, key)
+    assert opened.canonical == [canonicalize(d.record) for d in shown]
 
 
 # -- settings (TOML) ---------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def project(hub_id: str, batch_seq: int, records: Sequence[ClinicRecord]) -> Pro
     unreadable = 0
     for record in records:
         try:
-            obj = json.loads(record.canonical)
+            obj = json.loads(record.canonical) if record.value is None else record.value
             if not isinstance(obj, dict):
                 raise ValueError("a record is a JSON object")
             if "type" in obj:
@@ -105,11 +105,10 @@ def project(hub_id: str, batch_seq: int, records: Sequence[ClinicRecord]) -> Pro
                 if change is not None:
                     consent.append(change)
                 continue
-            hub_reading = reading_from_json(obj)
+            reading = reading_from_json(_with_clinic_ids(hub_id, obj))
         except (KeyError, TypeError, ValueError):
             unreadable += 1
             continue
-        reading = _clinic_reading(hub_id, hub_reading)
         readings.append(reading)
         if reading.device_id not in devices:
             devices[reading.device_id] = Device(
@@ -168,20 +167,13 @@ def patient_parts(records: Sequence[ClinicRecord]) -> list[PatientPart]:
     ]
 
 
-def _clinic_reading(hub_id: str, reading: Reading) -> Reading:
-    return Reading(
-        patient_id=clinic_id(hub_id, reading.patient_id),
-        device_id=clinic_id(hub_id, reading.device_id),
-        kind=reading.kind,
-        value=reading.value,
-        unit=reading.unit,
-        time=reading.time,
-        source=reading.source,
-        seq=reading.seq,
-        original_value=reading.original_value,
-        original_unit=reading.original_unit,
-        status=reading.status,
-    )
+def _with_clinic_ids(hub_id: str, obj: dict[str, object]) -> dict[str, object]:
+    """A sealed reading's JSON with its patient and device under clinic-wide ids (an empty
+    id stays empty, so the reading is refused as it would be at the hub)."""
+    patient, device = str(obj["patient_id"]), str(obj["device_id"])
+    if not patient or not device:
+        raise ValueError("patient_id and device_id must be non-empty")
+    return {**obj, "patient_id": clinic_id(hub_id, patient), "device_id": clinic_id(hub_id, device)}
 
 
 def _consent(

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,7 +36,7 @@ from gateway.sealing import log_origin
 from ledger.batch import batch_hash
 from ledger.checkpoint import open_checkpoint
 from ledger.errors import LedgerError
-from ledger.jcs import canonicalize
+from ledger.jcs import canonical_value
 from ledger.keys import jwk_public_key
 from ledger.note import NoteVerifier
 from ledger.records import OpenedView, read_batch_view
@@ -101,6 +101,8 @@ class ClinicRecord:
     # Format 2: the salt its leaf in the records tree hashes (the hub sends each record's,
     # never the batch's seed); the clinic discloses records on with it. None: format 1.
     salt: bytes | None = None
+    # `canonical` parsed, when verification has it (`jcs.canonical_value`); None: parse it.
+    value: object = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,24 +142,24 @@ def _records(view: OpenedView) -> tuple[ClinicRecord, ...]:
     opened = view.payload
     salts: list[bytes | None]
     if opened.records_root is not None:
-        items: list[Mapping[str, object]] = [d.record for d in view.records]
-        canonical = view.canonical
-        indices = [d.index for d in view.records]
-        salts = [d.salt for d in view.records]
+        canonical, values = view.canonical, view.values
+        indices: list[int] = view.indices
+        salts = list(view.salts)
     else:
-        items = [*opened.readings, *opened.events]
-        canonical = [canonicalize(item) for item in items]
-        indices = list(range(len(items)))
-        salts = [None] * len(items)
+        pairs = [canonical_value(item) for item in (*opened.readings, *opened.events)]
+        canonical, values = [c for c, _ in pairs], [v for _, v in pairs]
+        indices = list(range(len(pairs)))
+        salts = [None] * len(pairs)
     out = []
-    for index, item, text, salt in zip(indices, items, canonical, salts, strict=True):
-        patient = item.get("patient_id")
+    for index, text, value, salt in zip(indices, canonical, values, salts, strict=True):
+        patient = value.get("patient_id") if isinstance(value, dict) else None
         out.append(
             ClinicRecord(
                 index=index,
                 patient_id=patient if isinstance(patient, str) else None,
                 canonical=text.decode("utf-8"),
                 salt=salt,
+                value=value,
             )
         )
     return tuple(out)

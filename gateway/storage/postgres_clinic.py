@@ -47,7 +47,7 @@ from gateway.storage.postgres_clinic_group import (
     Opened,
     Prepared,
 )
-from gateway.storage.postgres_clinic_projection import Projected, project_batch
+from gateway.storage.postgres_clinic_projection import Projected, project_batch, project_batches
 from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_live import NewReadings, notify_readings
 from gateway.storage.postgres_migrations import Migration, redacted
@@ -556,17 +556,17 @@ class ClinicArchive:
     ) -> list[Handled]:
         with self._db.transaction():
             new = NewReadings()
-            group = Group(self._db, now, project=lambda batch: self._project(batch, now, new))
+            group = Group(self._db, now, project=lambda batches: self._project(batches, now, new))
             handled = group.run(items, prepared, self._open_item)
             notify_readings(self._db, new)  # one notification per group, sent on commit
             return handled
 
-    def _project(self, batch: VerifiedBatch, now: datetime, new: NewReadings) -> None:
-        """A newly stored batch into the dashboards' tables, in the same transaction; its
+    def _project(self, batches: Sequence[VerifiedBatch], now: datetime, new: NewReadings) -> None:
+        """Newly stored batches into the dashboards' tables, in the same transaction; their
         new readings noted in `new`."""
-        project_batch(
+        project_batches(
             self._db,
-            batch,
+            batches,
             thresholds=self._thresholds,
             months=self._months,
             now=now,

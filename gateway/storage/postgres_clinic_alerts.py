@@ -148,8 +148,11 @@ def on_readings(
     thresholds: Thresholds,
     now: datetime,
     cache: EngineCache | None = None,
+    *,
+    in_order: bool = False,
 ) -> list[Alert]:
-    """Feed stored readings to their patients' engines (inside the caller's transaction)."""
+    """Feed stored readings to their patients' engines (inside the caller's transaction),
+    each patient's in time order, or in the order given when `in_order`."""
     by_patient: dict[str, list[Reading]] = defaultdict(list)
     for reading in readings:
         if reading.kind.is_glucose:
@@ -160,7 +163,8 @@ def on_readings(
     changed: list[Alert] = []
     for patient_id in sorted(by_patient):
         engine = engines[patient_id]
-        for reading in sorted(by_patient[patient_id], key=lambda r: r.time):
+        mine = by_patient[patient_id]
+        for reading in mine if in_order else sorted(mine, key=lambda r: r.time):
             changed.extend(engine.on_reading(reading, now))
     save(db, changed, engines, cache)
     return changed

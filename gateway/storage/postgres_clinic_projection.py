@@ -8,6 +8,11 @@ Every write de-duplicates (patients and devices `ON CONFLICT DO NOTHING`, readin
 (a resolved hub replayed, a rebuild) changes nothing. New readings are fed to the clinic's
 alert engine (`postgres_clinic_alerts`) in the same transaction, and noted for the
 notification that tells the dashboards (`postgres_live.notify_readings`).
+
+A worker's group of batches is projected with one set of statements (`project_batches`),
+with the outcome of projecting them one by one in log order: a patient or device takes its
+flags from the first batch that names it, a reading key stored twice keeps its first
+reading, and the alert engines take each batch's readings after the previous batch's.
 """
 
 from __future__ import annotations
@@ -30,18 +35,38 @@ from gateway.storage.postgres_migrations import (
     ensure_month_partition,
     month_partition,
 )
-from gateway.storage.postgres_store import _KEYS_INSERT, _pg_row, _stored_time
+from gateway.storage.postgres_store import _KEYS_INSERT, _pg_reading_row, _stored_time
 from gateway.storage.postgres_triage import update_triage
-from gateway.storage.rows import reading_to_row
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 # The hub's COPY of readings, with the hub's batch seq: projected readings are sealed
-# already (by their hub), so none counts as unsealed at the clinic.
+# already (by their hub), so none counts as unsealed at the clinic. Binary, as are the
+# reading keys' arrays (text ones cost several times the CPU to write): the values must
+# have exactly the columns' types.
 _COPY = (
     b"COPY readings (id, patient_id, device_id, kind, value, unit, time, seq, source, "
-    b"original_value, original_unit, status, dedupe_key, received_at, batch_seq) FROM STDIN"
+    b"original_value, original_unit, status, dedupe_key, received_at, batch_seq) "
+    b"FROM STDIN (FORMAT BINARY)"
 )
+_COPY_TYPES = [
+    "int8",
+    "text",
+    "text",
+    "text",
+    "float8",
+    "text",
+    "timestamptz",
+    "int8",
+    "text",
+    "float8",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "int8",
+]
+_KEYS_INSERT_BINARY = _KEYS_INSERT.replace("%s", "%b")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,23 +88,59 @@ def project_batch(
     """Project `batch` inside the caller's transaction. `months`: the readings partitions
     this connection has seen exist (a cache, filled here); `engines`: its alert engines;
     `announce`: where the new readings are noted for the transaction's notification."""
-    projection = project(batch.hub_id, batch.batch_seq, batch.records)
-    _register(db, projection.readings, projection.devices, projection.consent)
-    new = _insert_readings(db, projection.readings, batch.batch_seq, months, announce)
+    return project_batches(
+        db,
+        [batch],
+        thresholds=thresholds,
+        months=months,
+        now=now,
+        engines=engines,
+        announce=announce,
+    )
+
+
+def project_batches(
+    db: Connection,
+    batches: Sequence[VerifiedBatch],
+    *,
+    thresholds: Thresholds,
+    months: set[str],
+    now: datetime,
+    engines: EngineCache | None = None,
+    announce: NewReadings | None = None,
+) -> Projected:
+    """`project_batch` for several batches at once, each hub's in its log's order."""
+    readings: list[Reading] = []
+    seqs: list[int] = []
+    simulated: dict[str, bool] = {}
+    devices: dict[str, Device] = {}
+    consent: list[tuple[str, ConsentChange]] = []
+    for batch in batches:
+        projection = project(batch.hub_id, batch.batch_seq, batch.records)
+        readings += projection.readings
+        seqs += [batch.batch_seq] * len(projection.readings)
+        for patient, flag in _simulated(projection.readings, projection.consent).items():
+            simulated.setdefault(patient, flag)
+        for device in projection.devices:
+            devices.setdefault(device.device_id, device)
+        consent += [(batch.hub_id, change) for change in projection.consent]
+    _register(db, simulated, list(devices.values()))
+    fresh = _insert_readings(db, readings, seqs, months, announce)
+    new = [readings[i] for i in fresh]
     update_triage(db, new, ())  # the triage summaries, as the hub's write path keeps them
-    for change in projection.consent:
-        if _apply_consent(db, batch.hub_id, change):
-            notify_consent(db)  # before this batch's alerts and the group's readings
-    alerts = on_readings(db, new, thresholds, now, engines)
+    changed = False
+    for hub_id, change in consent:
+        changed = _apply_consent(db, hub_id, change) or changed
+    if changed:
+        notify_consent(db)  # before the group's alerts and readings
+    # A patient's readings are one hub's: each batch's in time order, batch after batch.
+    fed = sorted(fresh, key=lambda i: (seqs[i], readings[i].time))
+    alerts = on_readings(db, [readings[i] for i in fed], thresholds, now, engines, in_order=True)
     return Projected(readings=len(new), alerts=tuple(alerts))
 
 
-def _register(
-    db: Connection,
-    readings: Sequence[Reading],
-    devices: Sequence[Device],
-    consent: Sequence[ConsentChange],
-) -> None:
+def _simulated(readings: Sequence[Reading], consent: Sequence[ConsentChange]) -> dict[str, bool]:
+    """Each patient a batch names: simulated when one of its readings is."""
     simulated: dict[str, bool] = {}
     for reading in readings:
         simulated[reading.patient_id] = (
@@ -87,6 +148,10 @@ def _register(
         )
     for change in consent:
         simulated.setdefault(change.patient_id, False)
+    return simulated
+
+
+def _register(db: Connection, simulated: dict[str, bool], devices: Sequence[Device]) -> None:
     if simulated:
         ids = sorted(simulated)
         # Hubs seal no names: the clinic-wide id is the name until an admin gives one.
@@ -115,43 +180,48 @@ def _register(
 def _insert_readings(
     db: Connection,
     readings: Sequence[Reading],
-    batch_seq: int,
+    batch_seqs: Sequence[int],
     months: set[str],
-    announce: NewReadings | None,
-) -> list[Reading]:
-    """Store the readings not stored yet (by device and dedupe key); return those."""
+    announce: NewReadings | None = None,
+) -> list[int]:
+    """Store the readings not stored yet (by device and dedupe key), each with its batch's
+    seq, noting them in `announce`; return the indices of those."""
     if not readings:
         return []
+    firsts: dict[tuple[int, int], Reading] = {}  # one reading of each (UTC) month
     for reading in readings:
+        firsts.setdefault((reading.time.year, reading.time.month), reading)
+    for reading in firsts.values():
         name = month_partition(reading.time)[0]
         if name not in months:
             if db.execute(PARTITION_EXISTS, (name,)).fetchone() is None:
                 ensure_month_partition(db, reading.time)  # a savepoint of this transaction
             months.add(name)
-    rows = [reading_to_row(r) for r in readings]
+    # The hub does not seal when it received a reading: not known at the clinic.
     times = [_stored_time(r.time) for r in readings]
+    rows = [_pg_reading_row(r, time, None) for r, time in zip(readings, times, strict=True)]
     got = db.execute(
-        _KEYS_INSERT,
+        _KEYS_INSERT_BINARY,
         (
             [r[1] for r in rows],
-            [r[12] for r in rows],
-            times,
-            [r[3] for r in rows],
+            [r[11] for r in rows],
+            [r[5] for r in rows],
+            [float(r.value) for r in readings],  # a float8[]: no int may hide in it
             [r[4] for r in rows],
         ),
     ).fetchall()
     ids = {(str(device), str(key)): int(row_id) for row_id, device, key in got}
-    new: list[Reading] = []
+    new: list[int] = []
     with db.cursor() as cursor, cursor.copy(_COPY) as copy:
-        for reading, row, time in zip(readings, rows, times, strict=True):
-            row_id = ids.pop((str(row[1]), str(row[12])), None)
+        copy.set_types(_COPY_TYPES)
+        for index, (row, seq) in enumerate(zip(rows, batch_seqs, strict=True)):
+            row_id = ids.pop((str(row[1]), str(row[11])), None)
             if row_id is None:
-                continue  # projected before (or the same key twice in one batch)
-            # The hub does not seal when it received a reading: not known at the clinic.
-            copy.write_row((row_id, *_pg_row(row, time, None), batch_seq))
-            new.append(reading)
+                continue  # projected before (or the same key twice in one group)
+            copy.write_row((row_id, *row, seq))
+            new.append(index)
             if announce is not None:
-                announce.add(reading.patient_id, row_id, time)
+                announce.add(readings[index].patient_id, row_id, times[index])
     return new
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors as pg_errors
 
-from gateway.clock import parse_rfc3339, to_rfc3339, utc_now
+from gateway.clock import require_utc, to_rfc3339, utc_now
 from gateway.errors import (
     RegistryError,
     StorageError,
@@ -119,6 +119,7 @@ from gateway.storage.rows import (
     reading_to_row,
     sealable_events,
     sealable_readings,
+    status_text,
 )
 from ledger.jcs import canonicalize
 
@@ -139,8 +140,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _stored_time(value: datetime) -> datetime:
-    """The instant SQLite's text keeps: UTC, truncated to the millisecond."""
-    return parse_rfc3339(to_rfc3339(value))
+    """The instant SQLite's text keeps (`to_rfc3339`): UTC, truncated to the millisecond."""
+    utc = require_utc(value)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
 def _ms_bound(value: datetime) -> datetime:
@@ -226,6 +228,28 @@ def _pg_row(
     """`reading_to_row` as PostgreSQL stores it: the time as timestamptz, no time_ms, then
     when the hub received it (None: not known, as at the clinic)."""
     return (*row[:5], time, *row[7:], received)
+
+
+def _pg_reading_row(
+    reading: Reading, time: datetime, received: datetime | None
+) -> tuple[object, ...]:
+    """`_pg_row(reading_to_row(reading), time, received)`, without first making the two
+    columns only SQLite keeps (the time's text and milliseconds)."""
+    return (
+        reading.patient_id,
+        reading.device_id,
+        reading.kind.value,
+        reading.value,
+        reading.unit.value,
+        time,
+        reading.seq,
+        reading.source.value,
+        reading.original_value,
+        reading.original_unit.value if reading.original_unit else None,
+        status_text(reading),
+        reading.dedupe_key(),
+        received,
+    )
 
 
 def _received(message: Message, received: datetime) -> datetime:

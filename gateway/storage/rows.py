@@ -61,12 +61,18 @@ def _time_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def reading_to_row(reading: Reading) -> tuple[object, ...]:
-    """The row of a reading; ValueError when a status flag holds the "," that joins them
-    (validation refuses those, so this guards other callers)."""
+def status_text(reading: Reading) -> str:
+    """A reading's status flags as stored; ValueError when a flag holds the "," that joins
+    them (validation refuses those, so this guards other callers)."""
     for flag in reading.status:
         if "," in flag or not flag:
             raise ValueError(f"status flag {flag!r} cannot be stored: flags are joined by ','")
+    return ",".join(reading.status)
+
+
+def reading_to_row(reading: Reading) -> tuple[object, ...]:
+    """The row of a reading; ValueError for a status flag `status_text` refuses."""
+    status = status_text(reading)
     return (
         reading.patient_id,
         reading.device_id,
@@ -79,7 +85,7 @@ def reading_to_row(reading: Reading) -> tuple[object, ...]:
         reading.source.value,
         reading.original_value,
         reading.original_unit.value if reading.original_unit else None,
-        ",".join(reading.status),
+        status,
         reading.dedupe_key(),
     )
 

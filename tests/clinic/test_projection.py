@@ -16,15 +16,26 @@ import pytest
 from gateway.clinic.witness import EnrolmentError
 from gateway.clinical.alerts import Thresholds
 from gateway.clock import utc_now
-from gateway.model import AlertKind, AlertLevel, AlertState, DeviceKind
+from gateway.model import (
+    AlertKind,
+    AlertLevel,
+    AlertState,
+    DeviceKind,
+    Reading,
+    ReadingKind,
+    Source,
+)
 from gateway.storage.postgres_clinic import ClinicArchive
 from gateway.storage.postgres_clinic_alerts import ClinicAlerts
+from gateway.storage.postgres_clinic_group import Item
 from gateway.storage.postgres_store import PostgresStore
 from gateway.store import DB_FILENAME
+from gateway.units import Unit
 from glucohub import accounts
 from glucohub.cli import main
 from glucohub.simulate import SimulatedHub
 from tests.clinic.hubs import cgm, make_hub, seal
+from tests.support.postgres import Postgres
 
 PASSWORD = "quartz lantern meadow 7319 violet"
 
@@ -316,3 +327,74 @@ def test_reprojecting_brings_back_what_the_archive_holds_once(
         assert clinic.granted_patients("dr-ada") == ["h1:h1-p1"]
     finally:
         clinic.close()
+
+
+def _projected(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """What the projection wrote, without the ids and times a run draws afresh."""
+    queries = {
+        "patients": "SELECT patient_id, simulated FROM patients ORDER BY 1",
+        "devices": "SELECT device_id, patient_id, kind, transport, simulated FROM devices"
+        " ORDER BY 1",
+        "readings": "SELECT patient_id, device_id, value, time, batch_seq FROM readings"
+        " ORDER BY id",
+        "alerts": "SELECT patient_id, kind, level, state, glucose_mg_dl FROM alerts ORDER BY 1, 2",
+        "consent": "SELECT patient_id, clinician, granted, batch_seq, record_index"
+        " FROM clinic_consent ORDER BY 1, 2",
+        "grants": "SELECT patient_id, clinician FROM dash_grants ORDER BY 1, 2",
+    }
+    with psycopg.connect(url) as db:
+        return {name: db.execute(sql.encode()).fetchall() for name, sql in queries.items()}
+
+
+def test_a_group_of_batches_is_projected_as_the_batches_one_by_one(
+    tmp_path: Path, postgres_server: Postgres
+) -> None:
+    t = utc_now().replace(microsecond=0) - timedelta(minutes=10)
+    hub = make_hub(tmp_path, "h1")
+    p1 = f"{hub.hub_id}-p1"
+    # Batch 0: p0 at 80 mg/dL at t + 10 min, and a reading of p1 from a real meter (BLE).
+    meter = Reading(
+        patient_id=p1,
+        device_id=f"{p1}-cgm",
+        kind=ReadingKind.CGM_GLUCOSE,
+        value=150.0,
+        unit=Unit.MG_DL,
+        time=t,
+        source=Source.BLE,
+        seq=0,
+    )
+    items = seal(hub, [cgm(hub, 0, 80.0, t + timedelta(minutes=10), 0), meter], t)
+    hub_grants(hub, "dr-ada", 1)
+    hub_grants(hub, "dr-bob", 1)
+    accounts.revoke(hub.data_dir / DB_FILENAME, p1, "dr-bob", by="patient")
+    # Batch 1: p0's backfilled 50 mg/dL from before batch 0's reading (the engine takes it
+    # after 80, out of time order: no urgent low), p1 from the simulator, and the consent.
+    items += seal(hub, [cgm(hub, 0, 50.0, t, 1), cgm(hub, 1, 160.0, t, 1)], t)
+    now = t + timedelta(minutes=10)
+
+    one_by_one = postgres_server.create_database("t_one_by_one")
+    grouped = postgres_server.create_database("t_grouped")
+    for url in (one_by_one, grouped):
+        archive = ClinicArchive(url)
+        enrol(archive, hub)
+        if url == one_by_one:
+            deliver(archive, items, now)
+        else:
+            group = [Item(hub_id="h1", kind=t.split("/")[4], topic=t, payload=p) for t, p in items]
+            handled = archive.handle_group(group, now)
+            assert [h.outcome for h in handled] == ["stored", "accepted"] * 2
+        archive.close()
+
+    expected = _projected(one_by_one)
+    assert _projected(grouped) == expected
+    # Worked out from the scenario: p1 takes its flag from its first batch (a meter's
+    # reading), the engine saw 50 after 80, and only dr-ada keeps her grant.
+    assert expected["patients"] == [("h1:h1-p0", True), ("h1:h1-p1", False)]
+    assert [r[2:5] for r in expected["readings"]] == [
+        (80.0, t + timedelta(minutes=10), 0),
+        (150.0, t, 0),
+        (50.0, t, 1),
+        (160.0, t, 1),
+    ]
+    assert expected["alerts"] == []
+    assert expected["grants"] == [("h1:h1-p1", "dr-ada")]

@@ -9,11 +9,11 @@ from enum import StrEnum
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ledger.errors import CanonicalizationError
-from ledger.jcs import _exact, canonicalize, es6_number
+from ledger.jcs import _exact, canonical_value, canonicalize, es6_number
 
 DATA = Path(__file__).parent.parent / "data" / "ledger" / "jcs"
 VECTOR_NAMES = sorted(p.stem for p in (DATA / "output").glob("*.json"))
@@ -158,6 +158,24 @@ def test_canonical_form_is_a_fixed_point(value: object) -> None:
 @given(json_values)
 def test_fast_path_agrees_with_exact_path(value: object) -> None:
     assert canonicalize(value) == "".join(_exact(value, "$")).encode("utf-8")
+
+
+def _typed(value: object) -> object:
+    """`value` with its JSON types spelled out, so that 1, 1.0 and True differ."""
+    if isinstance(value, dict):
+        return ("object", sorted((k, _typed(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("array", [_typed(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@given(json_values)
+@example({"value": 80.0, "seq": -0.0, "status": [2**53, 0.5]})
+@example([1e-7, 80.0])
+def test_canonical_value_is_what_the_canonical_bytes_parse_to(value: object) -> None:
+    text, parsed = canonical_value(value)
+    assert text == canonicalize(value)
+    assert _typed(parsed) == _typed(json.loads(text))
 
 
 def _utf16_units(key: str) -> list[int]:

@@ -13,15 +13,18 @@ from hypothesis import strategies as st
 
 from ledger._b64 import b64url_decode
 from ledger.batch import open_batch, seal_records, verify_batch_chain
-from ledger.errors import BatchVerificationError, MalformedBatch, RecordError
+from ledger.errors import BatchVerificationError, LedgerError, MalformedBatch, RecordError
 from ledger.jcs import canonicalize
 from ledger.jws import sign_compact
 from ledger.records import (
     Disclosed,
+    batch_view_json,
     disclose,
     disclose_salted,
     disclosed_from_json,
     disclosed_to_json,
+    open_batch_view,
+    read_batch_view,
     record_leaf_hashes,
     record_salt,
     records_root,
@@ -217,3 +220,122 @@ def test_a_malformed_format_2_payload_is_refused(change: dict[str, Any], message
     jws = sign_compact(canonicalize(payload), KEY, "k")
     with pytest.raises(MalformedBatch, match=message):
         open_batch(jws, KEY.public_key())
+
+
+# -- the archive's reading of a whole view (read_batch_view) against open_batch_view ------
+
+
+def _view(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A hub's upstream view of a sealed batch: every record, in order, no audit paths."""
+    jws = _sealed(records)
+    shown = disclose(SEED, _canon(records), range(len(records)), with_paths=False)
+    return json.loads(batch_view_json(0, jws, shown))  # type: ignore[no-any-return]
+
+
+def _read_both(view: dict[str, Any]) -> list[bytes] | str:
+    """The canonical records both readers find, or the error both raise (they must agree)."""
+    text = json.dumps(view)
+    try:
+        opened = read_batch_view(text, KEY.public_key())
+    except LedgerError as exc:
+        with pytest.raises(type(exc)) as general:
+            open_batch_view(text, KEY.public_key())
+        assert str(general.value) == str(exc)
+        return str(exc)
+    _payload, shown = open_batch_view(text, KEY.public_key())
+    assert opened.canonical == [canonicalize(d.record) for d in shown]
+    assert opened.values == [json.loads(c) for c in opened.canonical]
+    return opened.canonical
+
+
+def test_a_view_as_the_hub_sends_it_gives_each_records_canonical_bytes() -> None:
+    assert _read_both(_view(RECORDS)) == _canon(RECORDS)
+
+
+def _reordered_keys(view: dict[str, Any]) -> None:
+    record = view["records"][1]["record"]
+    view["records"][1]["record"] = dict(reversed(record.items()))
+
+
+def _integral_float(view: dict[str, Any]) -> None:
+    view["records"][0]["record"]["value"] = 61.0  # spelled 61.0: JCS writes 61
+
+
+def _audit_path_empty(view: dict[str, Any]) -> None:
+    view["records"][2]["audit_path"] = []
+
+
+def _extra_member(view: dict[str, Any]) -> None:
+    view["records"][0]["note"] = "ignored by readers"
+
+
+@pytest.mark.parametrize(
+    "respell", [_reordered_keys, _integral_float, _audit_path_empty, _extra_member]
+)
+def test_a_view_spelled_otherwise_is_accepted_as_the_records_the_hub_signed(respell: Any) -> None:
+    # JCS is the commitment, not the view's spelling: what is stored is the canonical text.
+    view = _view(RECORDS)
+    respell(view)
+    assert _read_both(view) == _canon(RECORDS)
+
+
+def _changed_value(view: dict[str, Any]) -> None:
+    view["records"][0]["record"]["value"] = 62
+
+
+def _float_value(view: dict[str, Any]) -> None:
+    view["records"][0]["record"]["value"] = 61.5
+
+
+def _swapped(view: dict[str, Any]) -> None:
+    records = view["records"]
+    records[0]["record"], records[1]["record"] = records[1]["record"], records[0]["record"]
+
+
+def _out_of_order(view: dict[str, Any]) -> None:
+    view["records"].reverse()
+
+
+def _missing(view: dict[str, Any]) -> None:
+    view["records"].pop()
+
+
+def _wrong_salt(view: dict[str, Any]) -> None:
+    view["records"][1]["salt"] = view["records"][0]["salt"]
+
+
+def _padded_salt(view: dict[str, Any]) -> None:
+    view["records"][1]["salt"] += "=="
+
+
+def _index_true(view: dict[str, Any]) -> None:
+    view["records"][1]["index"] = True
+
+
+def _duplicate(view: dict[str, Any]) -> None:
+    view["records"][2] = view["records"][1]
+
+
+def _no_canonical_form(view: dict[str, Any]) -> None:
+    view["records"][0]["record"]["value"] = 2**60
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _changed_value,
+        _float_value,
+        _swapped,
+        _out_of_order,
+        _missing,
+        _wrong_salt,
+        _padded_salt,
+        _index_true,
+        _duplicate,
+        _no_canonical_form,
+    ],
+)
+def test_a_view_of_records_other_than_the_signed_ones_is_refused(tamper: Any) -> None:
+    view = _view(RECORDS)
+    tamper(view)
+    assert isinstance(_read_both(view), str)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg import errors as pg_errors
 
 from gateway import verify
+from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.errors import PermanentStorageError, StorageError, TransientStorageError
 from gateway.model import (
     CANONICAL_UNIT,
@@ -28,7 +31,13 @@ from gateway.sealing import Sealer, init_keys, load_keys
 from gateway.storage.postgres_connection import storage_error
 from gateway.storage.postgres_events import insert_ledger_event, last_consent_event
 from gateway.storage.postgres_migrations import SCHEMA_VERSION
-from gateway.storage.postgres_store import PostgresStore
+from gateway.storage.postgres_store import (
+    PostgresStore,
+    _pg_reading_row,
+    _pg_row,
+    _stored_time,
+)
+from gateway.storage.rows import reading_to_row
 from gateway.storage.sqlite_migrations import SchemaTooNew, SchemaTooOld
 from gateway.store import Store
 from gateway.units import Unit
@@ -549,3 +558,62 @@ def test_a_new_month_does_not_wait_for_readers_of_the_old_ones(
         result = store.write([reading("cgm-1", 2, datetime(2027, 3, 1, tzinfo=UTC))])
         reader.rollback()
     assert len(result.stored) == 1
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1000, 1, 2),
+        max_value=datetime(2999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    )
+)
+def test_a_stored_time_is_the_instant_of_its_rfc3339_text(value: datetime) -> None:
+    # The instant SQLite keeps as text: what the readings' PostgreSQL columns must hold too.
+    stored = _stored_time(value)
+    assert stored == parse_rfc3339(to_rfc3339(value))
+    assert stored.tzinfo is UTC
+    assert stored.microsecond % 1000 == 0 and value - stored < timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize(
+    "reading",
+    [
+        Reading(
+            patient_id="p1",
+            device_id="cgm-1",
+            kind=ReadingKind.CGM_GLUCOSE,
+            value=101.0,
+            unit=Unit.MG_DL,
+            time=T0,
+            source=Source.BLE,
+            seq=7,
+            status=("sensor_temperature_high", "device_battery_low"),
+        ),
+        Reading(
+            patient_id="p1",
+            device_id="meter-1",
+            kind=ReadingKind.GLUCOSE,
+            value=99.0,
+            unit=Unit.MG_DL,
+            time=T0 + timedelta(microseconds=1500),
+            source=Source.HTTP,
+            original_value=5.5,
+            original_unit=Unit.MMOL_L,
+        ),
+        Reading(
+            patient_id="p2",
+            device_id="hr-1",
+            kind=ReadingKind.HEART_RATE,
+            value=61.0,
+            unit=Unit.BPM,
+            time=T0,
+            source=Source.VIRTUAL,
+        ),
+    ],
+    ids=["seq-and-status", "mmol-no-seq", "heart-rate"],
+)
+def test_a_readings_postgresql_row_is_its_sqlite_row_less_the_sqlite_columns(
+    reading: Reading,
+) -> None:
+    time = _stored_time(reading.time)
+    assert _pg_reading_row(reading, time, NOW) == _pg_row(reading_to_row(reading), time, NOW)
