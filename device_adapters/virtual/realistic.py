@@ -65,7 +65,10 @@ not what was eaten; a late bolus is recorded apart from its meal). Not recorded:
 bolus was forgotten and snacks eaten without a bolus (unannounced), half of the fast
 carbohydrate taken for lows, and 30 % of exercise sessions. Basal insulin is not a
 treatment (the pump's programmed rate). This recording draws from its own random stream,
-so the physiology and the sensor are the same as without it.
+so the physiology and the sensor are the same as without it. `simulate(..., exact_record=
+True)` records instead what no phone knows: every meal's carbohydrates as eaten, every hypo
+treatment and every exercise session (an upper bound for what treatments can tell a
+forecast; `bench.eval_predicted_low --ceiling`).
 """
 
 from __future__ import annotations
@@ -199,6 +202,9 @@ class SimTrace:
     cgm: tuple[CgmSample, ...]  # every 5 minutes; None during warm-up and gaps
     sensor_noise_mg_dl: tuple[float, ...]  # the Johnson noise term of each CGM sample
     treatments: tuple[Treatment, ...] = ()  # what the phone or pump recorded (docstring)
+    # Each CGM sample's calibration error, (gain - 1)·IG + offset (0 without a reading): the
+    # reading is round(IG + this + the noise term), clipped to 40-400.
+    calibration_mg_dl: tuple[float, ...] = ()
 
     @property
     def days(self) -> float:
@@ -368,11 +374,16 @@ def _johnson(e: float) -> float:
     return JOHNSON_XI + JOHNSON_LAMBDA * math.sinh((e - JOHNSON_GAMMA) / JOHNSON_DELTA)
 
 
-def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> SimTrace:
-    """`days` of life for person `p`: blood glucose, interstitial glucose and CGM readings."""
+def simulate(
+    p: VirtualPatient, days: int, *, start: datetime | None = None, exact_record: bool = False
+) -> SimTrace:
+    """`days` of life for person `p`: blood glucose, interstitial glucose and CGM readings.
+
+    `exact_record`: the treatments recorded are all of them, meals as eaten (module docstring).
+    """
     start = start or datetime(2026, 3, 1, tzinfo=UTC)
     rng = random.Random(f"life:{p.cohort.value}:{p.seed}")
-    recorded = _Recorder(p, start)
+    recorded = _Recorder(p, start, exact=exact_record)
     sensor_rng = random.Random(f"sensor:{p.cohort.value}:{p.seed}")
     tr = p.traits
     state, kp1, true_basal = _initial_state(p)
@@ -392,6 +403,7 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
     e_innov = e_sd * math.sqrt(1 - phi * phi)
     cgm: list[CgmSample] = []
     noise_out: list[float] = []
+    calibration_out: list[float] = []
     sensor_start = -sensor_rng.randrange(0, SENSOR_LIFE_MIN)
     coeffs = _sensor_coefficients(sensor_rng)
     gap_until = -1
@@ -410,10 +422,12 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
             for meal in meals:
                 at = day * 1440 + meal.minute
                 pending.append((at, meal.carbs_g))
+                if recorded.exact:
+                    recorded.carbs(at, meal.carbs_g)
                 if meal.bolus:
                     estimate = meal.carbs_g * math.exp(rng.gauss(0, tr.carb_count_error))
                     boluses.append((at + meal.bolus_delay_min, estimate, meal.bolus_delay_min))
-                    if meal.bolus_delay_min:
+                    if meal.bolus_delay_min and not recorded.exact:
                         recorded.carbs(at, estimate)
         started = sum(g for at, g in pending if at == minute)
         if started:
@@ -436,7 +450,7 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
             units += (reading - target) / correction  # a correction between meals
         if units > 0:
             last_bolus = minute
-            recorded.bolus(minute, units, meal_grams)
+            recorded.bolus(minute, units, None if recorded.exact else meal_grams)
             state.isc1 += units * PMOL_PER_UNIT / p.weight_kg
         exercise = 0.0
         if exercise_plan is not None:
@@ -468,6 +482,7 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
             if age < WARMUP_MIN:
                 cgm.append(CgmSample(time=t, glucose_mg_dl=None, warmup=True))
                 noise_out.append(0.0)
+                calibration_out.append(0.0)
             else:
                 if gap_until < minute and sensor_rng.random() < 0.3 / 288:
                     gap_until = minute + int(sensor_rng.uniform(20, 90))
@@ -477,6 +492,7 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
                 offset = coeffs[3] + coeffs[4] * d
                 value = min(MAX_MG_DL, max(MIN_MG_DL, round(gain * ig + offset + noise)))
                 noise_out.append(noise)
+                calibration_out.append((gain - 1) * ig + offset)
                 if minute < gap_until:
                     cgm.append(CgmSample(time=t, glucose_mg_dl=None))
                 else:
@@ -512,6 +528,7 @@ def simulate(p: VirtualPatient, days: int, *, start: datetime | None = None) -> 
         cgm=tuple(cgm),
         sensor_noise_mg_dl=tuple(noise_out),
         treatments=tuple(sorted(recorded.treatments, key=lambda t: t.time)),
+        calibration_mg_dl=tuple(calibration_out),
     )
 
 
@@ -521,7 +538,8 @@ class _Recorder:
     HYPO_RECORDED = 0.5
     EXERCISE_RECORDED = 0.7
 
-    def __init__(self, p: VirtualPatient, start: datetime) -> None:
+    def __init__(self, p: VirtualPatient, start: datetime, *, exact: bool = False) -> None:
+        self.exact = exact
         self._rng = random.Random(f"record:{p.cohort.value}:{p.seed}")
         self._start = start
         self._patient_id = f"virt-{p.cohort.value}-{p.seed}"
@@ -562,11 +580,11 @@ class _Recorder:
         self._add(minute, TreatmentKind.CARBS, grams=float(round(grams)))
 
     def hypo_carbs(self, minute: int, grams: float) -> None:
-        if self._rng.random() < self.HYPO_RECORDED:
+        if self._rng.random() < self.HYPO_RECORDED or self.exact:
             self.carbs(minute, grams)
 
     def exercise(self, minute: int, duration_min: int) -> None:
-        if self._rng.random() < self.EXERCISE_RECORDED:
+        if self._rng.random() < self.EXERCISE_RECORDED or self.exact:
             self._add(minute, TreatmentKind.EXERCISE, duration_min=float(duration_min))
 
 

@@ -120,3 +120,29 @@ def test_the_phone_records_the_boluses_and_the_counted_carbohydrates(
                 assert t.duration_min is not None and 30 <= t.duration_min <= 90
     again = simulate(traces[0].patient, 7)
     assert again.blood_mg_dl == traces[0].blood_mg_dl and again.treatments == traces[0].treatments
+
+
+def test_an_exact_record_holds_every_meal_as_eaten_and_changes_nothing_else() -> None:
+    """`exact_record`: the same person, glucose and sensor; every meal recorded with the
+    grams eaten (meals are 10-115 g, snacks 10-25 g), every exercise session; the boluses as
+    dosed, without the counted grams."""
+    from gateway.model import TreatmentKind
+
+    phone = simulate(patient(Cohort.ADOLESCENTS, 4), 7)
+    exact = simulate(patient(Cohort.ADOLESCENTS, 4), 7, exact_record=True)
+    assert exact.blood_mg_dl == phone.blood_mg_dl and exact.cgm == phone.cgm
+
+    def of(trace: SimTrace, kind: TreatmentKind) -> list[tuple[object, ...]]:
+        return [
+            (t.time, t.insulin_units, t.duration_min) for t in trace.treatments if t.kind is kind
+        ]
+
+    assert of(exact, TreatmentKind.INSULIN_BOLUS) == of(phone, TreatmentKind.INSULIN_BOLUS)
+    assert all(
+        t.carbs_grams is None for t in exact.treatments if t.kind is TreatmentKind.INSULIN_BOLUS
+    )
+    assert set(of(phone, TreatmentKind.EXERCISE)) <= set(of(exact, TreatmentKind.EXERCISE))
+    carbs = [t.carbs_grams for t in exact.treatments if t.kind is TreatmentKind.CARBS]
+    # Three meals a day plus snacks and hypo treatments (15-20 g).
+    assert len(carbs) >= 3 * 7
+    assert all(g is not None and 10 <= g <= 115 for g in carbs)
