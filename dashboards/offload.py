@@ -10,12 +10,15 @@ block the loop for tens of milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import pickle
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
@@ -25,6 +28,7 @@ from aiohttp import web
 from dashboards.agp import AgpReport, build_report
 from dashboards.agpcharts import PageCharts, page_charts
 from dashboards.reportfile import render_report_file
+from gateway.clinical.errors import MetricsInputError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.model import Patient, Reading, ReadingKind, Treatment
 from gateway.protocols import ReadModel
@@ -267,4 +271,82 @@ async def report_pdf(
         app, _report_pdf, patient, chunks, days=days, now=now, unit=unit,
         treatments=list(treatments),
     )  # fmt: skip
+    return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CgmPoints:
+    """Several patients' CGM readings packed for the worker: three flat arrays, one entry a
+    reading (`codes` index `patient_ids`), so they cross in a few copies, not 400,000 objects."""
+
+    patient_ids: tuple[str, ...]
+    codes: bytes  # int32
+    times_ms: bytes  # int64, ms since the epoch
+    values: bytes  # float64, mg/dL
+
+
+def pack_points(
+    patient_ids: Sequence[str], parts: Sequence[Sequence[tuple[str, int, float]]]
+) -> CgmPoints:
+    index = {pid: i for i, pid in enumerate(patient_ids)}
+    codes, times, values = array("i"), array("q"), array("d")
+    for part in parts:
+        codes.extend(index[p] for p, _, _ in part)
+        times.extend(t for _, t, _ in part)
+        values.extend(v for _, _, v in part)
+    return CgmPoints(
+        patient_ids=tuple(patient_ids),
+        codes=codes.tobytes(),
+        times_ms=times.tobytes(),
+        values=values.tobytes(),
+    )
+
+
+Shares = dict[str, tuple[float, float]]
+
+
+def _shares_table(frame: Any, now: datetime, days: int) -> Shares:
+    from gateway.clinical.metrics import metrics_for_many
+
+    table = metrics_for_many(frame, now=now, days=days)
+    found = table[table["readings"] > 0]
+    below = (found["very_low_percent"] + found["low_percent"]).tolist()
+    in_range = found["in_range_percent"].tolist()
+    return {
+        str(pid): (float(b), float(r))
+        for pid, b, r in zip(found.index.tolist(), below, in_range, strict=True)
+    }
+
+
+def _shares(points: CgmPoints, *, now: datetime, days: int) -> Shares:
+    import numpy as np
+    import pandas as pd
+
+    codes = np.frombuffer(points.codes, np.int32)
+    frame = pd.DataFrame(
+        {
+            "patient_id": pd.Categorical.from_codes(codes, categories=pd.Index(points.patient_ids)),
+            "time": pd.to_datetime(np.frombuffer(points.times_ms, np.int64), unit="ms", utc=True),
+            "glucose_mg_dl": np.frombuffer(points.values, np.float64),
+        }
+    )
+    try:
+        return _shares_table(frame, now, days)
+    except MetricsInputError:
+        pass  # one patient's unusable values: the others still get theirs
+    found: Shares = {}
+    for code in range(len(points.patient_ids)):
+        with contextlib.suppress(MetricsInputError):
+            found.update(_shares_table(frame[codes == code], now, days))
+    return found
+
+
+async def cgm_shares(
+    app: web.Application, points: CgmPoints, *, now: datetime, days: int
+) -> Shares:
+    """patient -> (% of CGM time below 70 mg/dL, % in range 70-180) over `[now − days, now]`
+    for each patient with CGM readings in it: `metrics_for_many` in the worker process, the
+    same numbers `compute_metrics` gives patient by patient. A patient whose values the
+    metrics refuse is left out (and, batched with others, costs them one pass each)."""
+    result: Shares = await _run(app, _shares, points, now=now, days=days)
     return result

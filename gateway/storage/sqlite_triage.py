@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 
 from gateway.clock import to_rfc3339
 from gateway.model import DeviceEvent, Reading
-from gateway.protocols import TriageSummary
-from gateway.storage.rows import _READING_COLUMNS, _time_ms, reading_from_row
+from gateway.protocols import TriagePage, TriageRanges, TriageSummary
+from gateway.storage import triage_order
+from gateway.storage.rows import (
+    _ALERT_COLUMNS,
+    _READING_COLUMNS,
+    _time_ms,
+    alert_from_row,
+    reading_from_row,
+)
 from gateway.storage.sqlite_errors import translate_sqlite_errors
 from gateway.storage.sqlite_registry import SqliteRegistry
 from gateway.storage.triage_rows import (
@@ -17,6 +26,7 @@ from gateway.storage.triage_rows import (
     SUMMARY_SELECT,
     ascii_prefilter,
     battery_reports,
+    care_unit_names,
     latest_glucose,
     latest_values,
     matching,
@@ -55,10 +65,12 @@ class SqliteTriage(SqliteRegistry):
             row = self._db.execute(
                 "SELECT battery_low FROM triage_summary WHERE patient_id = ?", (pid,)
             ).fetchone()
+            merged, newest = merge_battery(None if row is None else row[0], devices)
             self._db.execute(
-                "INSERT INTO triage_summary (patient_id, battery_low) VALUES (?, ?) "
-                "ON CONFLICT (patient_id) DO UPDATE SET battery_low = excluded.battery_low",
-                (pid, merge_battery(None if row is None else row[0], devices)),
+                "INSERT INTO triage_summary (patient_id, battery_low, battery_low_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (patient_id) DO UPDATE SET "
+                "battery_low = excluded.battery_low, battery_low_at = excluded.battery_low_at",
+                (pid, merged, to_rfc3339(newest)),
             )
 
     def triage_summaries(
@@ -106,11 +118,101 @@ class SqliteTriage(SqliteRegistry):
         computed_at: datetime,
         writes: int,
     ) -> None:
-        self._db.execute(
-            "UPDATE triage_summary SET below_range_pct = ?, in_range_pct = ?, ranges_at = ?, "
-            "ranges_writes = ? WHERE patient_id = ?",
-            (below_range_pct, in_range_pct, to_rfc3339(computed_at), writes, patient_id),
+        self.store_triage_ranges(
+            [
+                TriageRanges(
+                    patient_id=patient_id,
+                    below_range_pct=below_range_pct,
+                    in_range_pct=in_range_pct,
+                    computed_at=computed_at,
+                    writes=writes,
+                )
+            ]
         )
+
+    def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
+        self._begin()
+        try:
+            self._db.executemany(
+                "UPDATE triage_summary SET below_range_pct = ?, in_range_pct = ?, "
+                "ranges_at = ?, ranges_writes = ? WHERE patient_id = ?",
+                [
+                    (
+                        r.below_range_pct,
+                        r.in_range_pct,
+                        to_rfc3339(r.computed_at),
+                        r.writes,
+                        r.patient_id,
+                    )
+                    for r in ranges
+                ],
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def triage_page(
+        self,
+        *,
+        allowed: AbstractSet[str],
+        now: datetime,
+        offset: int,
+        limit: int,
+        team: str | None = None,
+        ward: str | None = None,
+        search: str = "",
+    ) -> TriagePage:
+        rows, total, offset = triage_order.fetch_page(
+            triage_order.SQLITE,
+            lambda query, params: self._db.execute(query, params).fetchall(),
+            SUMMARY_SELECT,
+            triage_order.Wanted(team=team, ward=ward, search=search),
+            allowed=json.dumps(sorted(allowed)),
+            now=now,
+            offset=offset,
+            limit=limit,
+        )
+        summaries = tuple(summary_from_row(r) for r in rows)
+        ids = [s.patient.patient_id for s in summaries]
+        alerts = self._db.execute(
+            f"SELECT {', '.join(_ALERT_COLUMNS)} FROM alerts WHERE state != 'resolved' "
+            f"AND patient_id IN ({', '.join('?' * len(ids))}) ORDER BY raised_at, alert_id",
+            ids,
+        )
+        return TriagePage(
+            summaries=summaries,
+            open_alerts=tuple(alert_from_row(tuple(r)) for r in alerts),
+            total=total,
+            offset=offset,
+        )
+
+    def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]:
+        rows = self._db.execute(
+            "SELECT DISTINCT team, ward FROM patients WHERE (team IS NOT NULL OR ward IS NOT NULL) "
+            "AND patient_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(allowed)),),
+        ).fetchall()
+        return care_unit_names(rows)
+
+    def cgm_points(
+        self, patient_ids: Sequence[str], since: datetime
+    ) -> list[tuple[str, int, float]]:
+        if not patient_ids:
+            return []
+        rows = self._db.execute(
+            "SELECT patient_id, time_ms, value FROM readings "
+            f"WHERE patient_id IN ({', '.join('?' * len(patient_ids))}) "
+            "AND kind = 'cgm_glucose' AND time_ms >= ?",
+            (*patient_ids, _time_ms(since)),
+        )
+        return [(str(p), int(t), float(v)) for p, t, v in rows]
+
+    def claim_triage_refresh(self) -> bool:
+        return True  # one dashboard process per hub file
+
+    def release_triage_refresh(self) -> None:
+        pass
 
     def recent_glucose(self, patient_ids: Sequence[str], since: datetime) -> list[Reading]:
         if not patient_ids:
