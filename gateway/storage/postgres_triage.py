@@ -3,6 +3,7 @@ in its error translation): kept by the ingest transaction, read by the patient l
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
@@ -149,7 +150,7 @@ def triage_page(
         lambda query, params: db.execute(query.encode(), params).fetchall(),
         SUMMARY_SELECT,
         triage_order.Wanted(team=team, ward=ward, search=search),
-        allowed=sorted(allowed),
+        allowed=allowed,
         now=now,
         offset=offset,
         limit=limit,
@@ -176,8 +177,8 @@ def _as_text_times(row: Sequence[Any]) -> tuple[Any, ...]:
 def care_unit_names_of(db: Connection, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]:
     rows = db.execute(
         "SELECT DISTINCT team, ward FROM patients WHERE (team IS NOT NULL OR ward IS NOT NULL) "
-        "AND patient_id = ANY(%s::text[])",
-        (sorted(allowed),),
+        "AND patient_id IN (SELECT json_array_elements_text(%s::json))",
+        (json.dumps(list(allowed)),),
     ).fetchall()
     return care_unit_names(rows)
 

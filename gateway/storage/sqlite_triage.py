@@ -168,7 +168,7 @@ class SqliteTriage(SqliteRegistry):
             lambda query, params: self._db.execute(query, params).fetchall(),
             SUMMARY_SELECT,
             triage_order.Wanted(team=team, ward=ward, search=search),
-            allowed=json.dumps(sorted(allowed)),
+            allowed=allowed,
             now=now,
             offset=offset,
             limit=limit,
@@ -191,7 +191,7 @@ class SqliteTriage(SqliteRegistry):
         rows = self._db.execute(
             "SELECT DISTINCT team, ward FROM patients WHERE (team IS NOT NULL OR ward IS NOT NULL) "
             "AND patient_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(sorted(allowed)),),
+            (json.dumps(list(allowed)),),
         ).fetchall()
         return care_unit_names(rows)
 

@@ -6,8 +6,9 @@ test_triage_order.py checks the two agree on generated patients at arbitrary tim
 depends on `now` only through comparisons of stored times with it (is the latest reading
 stale, is a battery report recent, how long has an alert been open, how long the silence),
 so it is an ORDER BY over each patient's summary row and the open alerts, evaluated in the
-database; only the page's rows are read back. Times are compared as whole microseconds
-since the epoch, exactly as Python compares datetimes.
+database; only the page's rows are read back. Times are compared to the microsecond, as
+Python compares datetimes (PostgreSQL's timestamptz and interval; SQLite's text times as
+whole microseconds since the epoch).
 
 Each row gets, in this order (ascending is urgent):
 1. its priority: the most urgent of its open alerts' (`ALERT_PRIORITY`) and of its own data:
@@ -23,7 +24,9 @@ Each row gets, in this order (ascending is urgent):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,28 +48,49 @@ _US = timedelta(microseconds=1)
 @dataclass(frozen=True, slots=True)
 class Dialect:
     param: Callable[[str], str]  # a named parameter's placeholder
-    time_us: Callable[[str], str]  # a stored time -> whole microseconds since the epoch
-    in_set: Callable[[str], str]  # "column IN the set given as parameter `name`"
+    time: Callable[[str], str]  # a stored time, as this dialect compares and subtracts it
+    moment: Callable[[datetime], object]  # a time given as a parameter, the same way
+    span: Callable[[timedelta], object]  # a duration given as a parameter
+    zero: str  # a duration of nothing; `time - time` gives durations
+    tiny: str  # a positive duration (ranks "never" after every silence)
+    # "column IN the set given as parameter `name`", a JSON array of text: a few thousand
+    # ids cross as one string (psycopg dumps a text[] element by element, in Python).
+    in_set: Callable[[str], str]
     contains: Callable[[str, str], str]  # (column, parameter name) -> substring test
     binary: str  # appended to text columns to order them by code point
+
+
+def micros(at: datetime) -> int:
+    """Whole microseconds since the epoch, exactly (no float on the way)."""
+    return (at - _EPOCH) // _US
 
 
 SQLITE = Dialect(
     param=lambda name: f":{name}",
     # SQLite keeps a time as RFC 3339 text to the millisecond; julianday() holds whole
     # milliseconds (2.1e14 of them since -4713, exact in a double after rounding).
-    time_us=lambda col: (
+    # Compared as whole microseconds since the epoch, as Python compares datetimes.
+    time=lambda col: (
         f"((CAST(round(julianday({col}) * 86400000.0) AS INTEGER) - 210866760000000) * 1000)"
     ),
+    moment=micros,
+    span=lambda span: span // _US,
+    zero="0",
+    tiny="1",
     in_set=lambda name: f"IN (SELECT value FROM json_each(:{name}))",
     contains=lambda col, name: f"instr({col}, :{name}) > 0",
     binary="",  # BINARY, SQLite's default: memcmp of UTF-8, i.e. code point order
 )
 
+# timestamptz and interval: microseconds, compared exactly (an interval by its total length).
 POSTGRES = Dialect(
     param=lambda name: f"%({name})s",
-    time_us=lambda col: f"(extract(epoch FROM {col}) * 1000000)::bigint",  # numeric: exact
-    in_set=lambda name: f"= ANY(%({name})s::text[])",
+    time=lambda col: col,
+    moment=lambda at: at,
+    span=lambda span: span,
+    zero="interval '0'",
+    tiny="interval '1 microsecond'",
+    in_set=lambda name: f"IN (SELECT json_array_elements_text(%({name})s::json))",
     contains=lambda col, name: f"strpos({col}, %({name})s) > 0",
     binary=' COLLATE "C"',
 )
@@ -113,43 +137,44 @@ def _count_query(d: Dialect, wanted: Wanted) -> str:
 
 
 def page_query(d: Dialect, select: str, wanted: Wanted) -> str:
-    """`select` (columns of `patients AS p` and `triage_summary AS s`) of one page."""
-    now = d.param("now")
+    """`select` (columns of `patients AS p` and `triage_summary AS s`) of one page, then the
+    number of patients on every page. The ranking reads a few columns of every patient the
+    filters keep; the page's whole rows are read for its patients only."""
+    now, zero = d.param("now"), d.zero
     data, in_range = int(Priority.DATA), int(Priority.IN_RANGE)
     highs = ", ".join(str(int(p)) for p in sorted(HIGHER_IS_WORSE))
     kinds = ", ".join(f"'{kind.value}'" for kind in ALERT_PRIORITY)
-    where = _filters(d, wanted)
+    keys = ", ".join(f"k.{k}" for k in ("k1", "k2", "k3", "k4", "k5"))
     b = d.binary
     return f"""
 WITH open_alert AS (
-    SELECT a.patient_id, a.alert_id, a.glucose_mg_dl, {d.time_us("a.raised_at")} AS raised_us,
+    SELECT a.patient_id, a.alert_id, a.glucose_mg_dl, {d.time("a.raised_at")} AS raised,
         {_alert_priority_case("a.kind")} AS prio
     FROM alerts AS a
     WHERE a.state <> 'resolved' AND a.kind IN ({kinds}) AND a.patient_id {d.in_set("allowed")}
 ), first_alert AS (
-    SELECT patient_id, prio, raised_us, glucose_mg_dl FROM (
+    SELECT patient_id, prio, raised, glucose_mg_dl FROM (
         SELECT o.*, ROW_NUMBER() OVER (
-            PARTITION BY o.patient_id, o.prio ORDER BY o.raised_us, o.alert_id{b}) AS n
+            PARTITION BY o.patient_id, o.prio ORDER BY o.raised, o.alert_id{b}) AS n
         FROM open_alert AS o) AS numbered
     WHERE n = 1
 ), alerted AS (
     SELECT patient_id, min(prio) AS prio FROM first_alert GROUP BY patient_id
 ), mine AS (
     SELECT p.patient_id, p.name_fold, s.glucose_value AS v, s.below_range_pct AS below,
-        {d.time_us("s.glucose_time")} AS t_us, {d.time_us("s.battery_low_at")} AS b_us,
+        {d.time("s.glucose_time")} AS t, {d.time("s.battery_low_at")} AS battery,
         al.prio AS alerted
     FROM patients AS p LEFT JOIN triage_summary AS s ON s.patient_id = p.patient_id
     LEFT JOIN alerted AS al ON al.patient_id = p.patient_id
-    WHERE {where}
+    WHERE {_filters(d, wanted)}
 ), placed AS (
     SELECT m.*,
-        CASE WHEN m.t_us IS NULL OR {now} - m.t_us > {d.param("stale_us")} THEN 1 ELSE 0 END
-            AS stale,
+        CASE WHEN m.t IS NULL OR {now} - m.t > {d.param("stale")} THEN 1 ELSE 0 END AS stale,
         {_band_case("m.v")} AS band
     FROM mine AS m
 ), own AS (
     SELECT pl.*,
-        CASE WHEN pl.stale = 1 OR pl.b_us >= {d.param("battery_since_us")} THEN {data}
+        CASE WHEN pl.stale = 1 OR pl.battery >= {d.param("battery_since")} THEN {data}
             ELSE pl.band END AS own
     FROM placed AS pl
 ), ranked AS (
@@ -157,40 +182,42 @@ WITH open_alert AS (
         CASE WHEN o.alerted IS NOT NULL AND o.alerted < o.own THEN o.alerted ELSE o.own END
             AS prio
     FROM own AS o
+), keyed AS (
+    SELECT r.patient_id, r.prio AS k1,
+        CASE WHEN r.prio = {data} THEN
+                CASE WHEN r.t IS NULL THEN {d.tiny} WHEN {now} > r.t THEN r.t - {now}
+                    ELSE {zero} END
+            WHEN r.prio = {in_range} THEN {zero}
+            ELSE COALESCE(f.raised - {now}, {zero}) END AS k2,
+        CASE WHEN r.prio = {data} THEN 0
+            WHEN r.prio = {in_range} THEN -COALESCE(r.below, 0)
+            ELSE (CASE WHEN r.prio IN ({highs}) THEN -1 ELSE 1 END) * (
+                CASE WHEN r.stale = 0 AND r.band = r.prio THEN r.v
+                    WHEN f.raised IS NOT NULL THEN COALESCE(f.glucose_mg_dl, 0)
+                    ELSE COALESCE(r.v, 0) END) END AS k3,
+        r.v IS NULL AS k4, r.v AS k5, r.name_fold AS k6
+    FROM ranked AS r
+    LEFT JOIN first_alert AS f ON f.patient_id = r.patient_id AND f.prio = r.prio
+), page AS (
+    SELECT k.*, count(*) OVER () AS total FROM keyed AS k
+    ORDER BY {keys}, k.k6{b}, k.patient_id{b}
+    LIMIT {d.param("limit")} OFFSET {d.param("offset")}
 )
-SELECT {select}
-FROM ranked AS r
-JOIN patients AS p ON p.patient_id = r.patient_id
-LEFT JOIN triage_summary AS s ON s.patient_id = r.patient_id
-LEFT JOIN first_alert AS f ON f.patient_id = r.patient_id AND f.prio = r.prio
-ORDER BY r.prio,
-    CASE WHEN r.prio = {data} THEN
-            CASE WHEN r.t_us IS NULL THEN 1 WHEN {now} > r.t_us THEN r.t_us - {now} ELSE 0 END
-        WHEN r.prio = {in_range} THEN 0
-        ELSE COALESCE(f.raised_us - {now}, 0) END,
-    CASE WHEN r.prio = {data} THEN 0
-        WHEN r.prio = {in_range} THEN -COALESCE(r.below, 0)
-        ELSE (CASE WHEN r.prio IN ({highs}) THEN -1 ELSE 1 END) * (
-            CASE WHEN r.stale = 0 AND r.band = r.prio THEN r.v
-                WHEN f.raised_us IS NOT NULL THEN COALESCE(f.glucose_mg_dl, 0)
-                ELSE COALESCE(r.v, 0) END) END,
-    r.v IS NULL, r.v, r.name_fold{b}, r.patient_id{b}
-LIMIT {d.param("limit")} OFFSET {d.param("offset")}"""
-
-
-def micros(at: datetime) -> int:
-    """Whole microseconds since the epoch, exactly (no float on the way)."""
-    return (at - _EPOCH) // _US
+SELECT {select}, k.total
+FROM page AS k
+JOIN patients AS p ON p.patient_id = k.patient_id
+LEFT JOIN triage_summary AS s ON s.patient_id = k.patient_id
+ORDER BY {keys}, k.k6{b}, k.patient_id{b}"""
 
 
 def _params(
-    allowed: object, wanted: Wanted, *, now: datetime, offset: int, limit: int
+    d: Dialect, allowed: str, wanted: Wanted, *, now: datetime, offset: int, limit: int
 ) -> dict[str, object]:
     params: dict[str, object] = {
         "allowed": allowed,
-        "now": micros(now),
-        "stale_us": STALE_AFTER // _US,
-        "battery_since_us": micros(now - BATTERY_WARNING),
+        "now": d.moment(now),
+        "stale": d.span(STALE_AFTER),
+        "battery_since": d.moment(now - BATTERY_WARNING),
         "offset": offset,
         "limit": limit,
     }
@@ -210,16 +237,15 @@ def fetch_page(
     select: str,
     wanted: Wanted,
     *,
-    allowed: object,
+    allowed: AbstractSet[str],
     now: datetime,
     offset: int,
     limit: int,
 ) -> tuple[Rows, int, int]:
     """(the page's rows of `select`, the total matching, the page's offset): one query,
-    or three when `offset` is at or past the end (count, then the last page). `allowed`
-    as the dialect's `in_set` takes it."""
-    params = _params(allowed, wanted, now=now, offset=offset, limit=limit)
-    query = page_query(d, f"{select}, count(*) OVER ()", wanted)
+    or three when `offset` is at or past the end (count, then the last page)."""
+    params = _params(d, json.dumps(list(allowed)), wanted, now=now, offset=offset, limit=limit)
+    query = page_query(d, select, wanted)
     rows = execute(query, params)
     if rows:
         return [r[:-1] for r in rows], int(rows[0][-1]), offset
