@@ -15,10 +15,8 @@ import dataclasses
 import multiprocessing
 import os
 import pickle
-from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
@@ -31,7 +29,7 @@ from dashboards.reportfile import render_report_file
 from gateway.clinical.errors import MetricsInputError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.model import Patient, Reading, ReadingKind, Treatment
-from gateway.protocols import ReadModel
+from gateway.protocols import CgmSeries, ReadModel
 from gateway.units import Unit
 
 CHUNK = 500  # readings pickled per slice of loop time (~2 ms)
@@ -274,35 +272,25 @@ async def report_pdf(
     return result
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CgmPoints:
-    """Several patients' CGM readings packed for the worker: three flat arrays, one entry a
-    reading (`codes` index `patient_ids`), so they cross in a few copies, not 400,000 objects."""
-
-    patient_ids: tuple[str, ...]
-    codes: bytes  # int32
-    times_ms: bytes  # int64, ms since the epoch
-    values: bytes  # float64, mg/dL
-
-
-def pack_points(
-    patient_ids: Sequence[str], parts: Sequence[Sequence[tuple[str, int, float]]]
-) -> CgmPoints:
-    index = {pid: i for i, pid in enumerate(patient_ids)}
-    codes, times, values = array("i"), array("q"), array("d")
-    for part in parts:
-        codes.extend(index[p] for p, _, _ in part)
-        times.extend(t for _, t, _ in part)
-        values.extend(v for _, _, v in part)
-    return CgmPoints(
-        patient_ids=tuple(patient_ids),
-        codes=codes.tobytes(),
-        times_ms=times.tobytes(),
-        values=values.tobytes(),
-    )
-
-
 Shares = dict[str, tuple[float, float]]
+
+
+def _frame(series: Sequence[CgmSeries]) -> Any:
+    """`metrics_for_many`'s frame: the patients as a categorical over their ids."""
+    import numpy as np
+    import pandas as pd
+
+    times = [np.frombuffer(s.times_ms, ">i8").astype(np.int64) for s in series]
+    values = [np.frombuffer(s.values, ">f8").astype(np.float64) for s in series]
+    codes = np.repeat(np.arange(len(series), dtype=np.int32), [len(t) for t in times])
+    ids = pd.Index([s.patient_id for s in series])
+    return pd.DataFrame(
+        {
+            "patient_id": pd.Categorical.from_codes(codes, categories=ids),
+            "time": pd.to_datetime(np.concatenate(times), unit="ms", utc=True),
+            "glucose_mg_dl": np.concatenate(values),
+        }
+    )
 
 
 def _shares_table(frame: Any, now: datetime, days: int) -> Shares:
@@ -318,35 +306,26 @@ def _shares_table(frame: Any, now: datetime, days: int) -> Shares:
     }
 
 
-def _shares(points: CgmPoints, *, now: datetime, days: int) -> Shares:
-    import numpy as np
-    import pandas as pd
-
-    codes = np.frombuffer(points.codes, np.int32)
-    frame = pd.DataFrame(
-        {
-            "patient_id": pd.Categorical.from_codes(codes, categories=pd.Index(points.patient_ids)),
-            "time": pd.to_datetime(np.frombuffer(points.times_ms, np.int64), unit="ms", utc=True),
-            "glucose_mg_dl": np.frombuffer(points.values, np.float64),
-        }
-    )
+def _shares(series: Sequence[CgmSeries], *, now: datetime, days: int) -> Shares:
+    if not series:
+        return {}
     try:
-        return _shares_table(frame, now, days)
+        return _shares_table(_frame(series), now, days)
     except MetricsInputError:
         pass  # one patient's unusable values: the others still get theirs
     found: Shares = {}
-    for code in range(len(points.patient_ids)):
+    for one in series:
         with contextlib.suppress(MetricsInputError):
-            found.update(_shares_table(frame[codes == code], now, days))
+            found.update(_shares_table(_frame([one]), now, days))
     return found
 
 
 async def cgm_shares(
-    app: web.Application, points: CgmPoints, *, now: datetime, days: int
+    app: web.Application, series: Sequence[CgmSeries], *, now: datetime, days: int
 ) -> Shares:
     """patient -> (% of CGM time below 70 mg/dL, % in range 70-180) over `[now − days, now]`
     for each patient with CGM readings in it: `metrics_for_many` in the worker process, the
     same numbers `compute_metrics` gives patient by patient. A patient whose values the
     metrics refuse is left out (and, batched with others, costs them one pass each)."""
-    result: Shares = await _run(app, _shares, points, now=now, days=days)
+    result: Shares = await _run(app, _shares, list(series), now=now, days=days)
     return result

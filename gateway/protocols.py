@@ -236,6 +236,17 @@ class TriagePage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CgmSeries:
+    """One patient's CGM glucose readings as two packed arrays, big-endian as PostgreSQL's
+    int8send and float8send write them: what the 14-day shares are computed from, in a few
+    bytes objects rather than an object per reading. In no given order."""
+
+    patient_id: str
+    times_ms: bytes  # int64, ms since the epoch
+    values: bytes  # float64, mg/dL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TriageRanges:
     """A patient's 14-day shares computed at `computed_at` from the data of `writes` glucose
     writes (`TriageSummary.writes` as read before reading the readings)."""
@@ -328,9 +339,7 @@ class ReadModel(Protocol):
 
     async def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]: ...
 
-    async def cgm_points(
-        self, patient_ids: Sequence[str], since: datetime
-    ) -> list[tuple[str, int, float]]: ...
+    async def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]: ...
 
     async def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
         """The 14-day shares of several patients, in one transaction."""

@@ -33,6 +33,7 @@ from gateway.model import (
     Treatment,
 )
 from gateway.protocols import (
+    CgmSeries,
     DisclosedBatch,
     QuarantinedRecord,
     StoredTreatment,
@@ -413,10 +414,8 @@ class StoreReadModel:
     async def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]:
         return await self._reader.run(lambda s: s.care_unit_names(allowed))
 
-    async def cgm_points(
-        self, patient_ids: Sequence[str], since: datetime
-    ) -> list[tuple[str, int, float]]:
-        return await self._reader.run(lambda s: s.cgm_points(patient_ids, since))
+    async def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        return await self._reader.run(lambda s: s.cgm_series(patient_ids, since))
 
     async def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
         await self._reader.run(lambda s: s.store_triage_ranges(ranges))  # as set_triage_ranges

@@ -27,6 +27,7 @@ from gateway.model import (
     Treatment,
 )
 from gateway.protocols import (
+    CgmSeries,
     DeadLetter,
     Origin,
     RejectReason,
@@ -245,12 +246,9 @@ class TriageSummaries(Protocol):
         """The distinct teams and wards of the patients in `allowed`, in no given order."""
         ...
 
-    def cgm_points(
-        self, patient_ids: Sequence[str], since: datetime
-    ) -> list[tuple[str, int, float]]:
-        """(patient_id, ms since the epoch, mg/dL) of these patients' CGM glucose readings at
-        or after `since`: what their 14-day shares are computed from, without building a
-        `Reading` per row."""
+    def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        """These patients' CGM glucose readings at or after `since`, packed (one entry per
+        patient with any): what their 14-day shares are computed from."""
         ...
 
     def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:

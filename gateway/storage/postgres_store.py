@@ -50,6 +50,7 @@ from gateway.model import (
     Treatment,
 )
 from gateway.protocols import (
+    CgmSeries,
     DeadLetter,
     RejectReason,
     StoredTreatment,
@@ -1240,10 +1241,8 @@ class PostgresStore(PostgresConnection):
         return postgres_triage.care_unit_names_of(self._db, allowed)
 
     @translated
-    def cgm_points(
-        self, patient_ids: Sequence[str], since: datetime
-    ) -> list[tuple[str, int, float]]:
-        return postgres_triage.cgm_points(self._db, patient_ids, since)
+    def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        return postgres_triage.cgm_series(self._db, patient_ids, since)
 
     @translated
     def claim_triage_refresh(self) -> bool:

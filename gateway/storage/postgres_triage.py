@@ -13,7 +13,7 @@ import psycopg
 
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.model import DeviceEvent, Reading
-from gateway.protocols import TriagePage, TriageRanges, TriageSummary
+from gateway.protocols import CgmSeries, TriagePage, TriageRanges, TriageSummary
 from gateway.storage import triage_order
 from gateway.storage.rows import _ALERT_COLUMNS, _READING_COLUMNS, alert_from_row, reading_from_row
 from gateway.storage.triage_rows import (
@@ -183,17 +183,19 @@ def care_unit_names_of(db: Connection, allowed: AbstractSet[str]) -> tuple[list[
     return care_unit_names(rows)
 
 
-def cgm_points(
-    db: Connection, patient_ids: Sequence[str], since: datetime
-) -> list[tuple[str, int, float]]:
+def cgm_series(db: Connection, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
     if not patient_ids:
         return []
+    # date_part is a double: ms since the epoch to within 1e-6 ms for this millennium, so
+    # rounding to bigint gives the stored millisecond exactly.
     rows = db.execute(
-        "SELECT patient_id, (extract(epoch FROM time) * 1000)::bigint, value FROM readings "
-        "WHERE patient_id = ANY(%s::text[]) AND kind = 'cgm_glucose' AND time >= %s",
+        "SELECT patient_id, string_agg(int8send((date_part('epoch', time) * 1000)::bigint), "
+        "''::bytea), string_agg(float8send(value), ''::bytea) FROM readings "
+        "WHERE patient_id = ANY(%s::text[]) AND kind = 'cgm_glucose' AND time >= %s "
+        "GROUP BY patient_id",
         (list(patient_ids), since),
     ).fetchall()
-    return [(str(p), int(t), float(v)) for p, t, v in rows]
+    return [CgmSeries(patient_id=str(p), times_ms=bytes(t), values=bytes(v)) for p, t, v in rows]
 
 
 def claim_triage_refresh(db: Connection) -> bool:

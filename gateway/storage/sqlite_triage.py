@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from array import array
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime
 
 from gateway.clock import to_rfc3339
 from gateway.model import DeviceEvent, Reading
-from gateway.protocols import TriagePage, TriageRanges, TriageSummary
+from gateway.protocols import CgmSeries, TriagePage, TriageRanges, TriageSummary
 from gateway.storage import triage_order
 from gateway.storage.rows import (
     _ALERT_COLUMNS,
@@ -195,9 +197,7 @@ class SqliteTriage(SqliteRegistry):
         ).fetchall()
         return care_unit_names(rows)
 
-    def cgm_points(
-        self, patient_ids: Sequence[str], since: datetime
-    ) -> list[tuple[str, int, float]]:
+    def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
         if not patient_ids:
             return []
         rows = self._db.execute(
@@ -206,7 +206,15 @@ class SqliteTriage(SqliteRegistry):
             "AND kind = 'cgm_glucose' AND time_ms >= ?",
             (*patient_ids, _time_ms(since)),
         )
-        return [(str(p), int(t), float(v)) for p, t, v in rows]
+        found: dict[str, tuple[array[int], array[float]]] = {}
+        for pid, time_ms, value in rows:
+            times, values = found.setdefault(str(pid), (array("q"), array("d")))
+            times.append(int(time_ms))
+            values.append(float(value))
+        return [
+            CgmSeries(patient_id=pid, times_ms=_big_endian(t), values=_big_endian(v))
+            for pid, (t, v) in found.items()
+        ]
 
     def claim_triage_refresh(self) -> bool:
         return True  # one dashboard process per hub file
@@ -232,3 +240,10 @@ class SqliteTriage(SqliteRegistry):
             "WHERE team IS NOT NULL OR ward IS NOT NULL ORDER BY patient_id"
         )
         return [(str(r[0]), r[1], r[2]) for r in rows]
+
+
+def _big_endian(values: array[int] | array[float]) -> bytes:
+    """As PostgreSQL's int8send/float8send: `CgmSeries` arrays are big-endian."""
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values.tobytes()

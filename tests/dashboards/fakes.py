@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -38,6 +39,7 @@ from gateway.model import (
 )
 from gateway.protocols import (
     AlertChanged,
+    CgmSeries,
     DisclosedBatch,
     LiveEvent,
     QuarantinedRecord,
@@ -290,14 +292,25 @@ class FakeReadModel:
         mine = [p for p in self.patients.values() if p.patient_id in allowed]
         return [p.team for p in mine if p.team], [p.ward for p in mine if p.ward]
 
-    async def cgm_points(
-        self, patient_ids: Sequence[str], since: datetime
-    ) -> list[tuple[str, int, float]]:
-        self.calls.append(f"cgm_points:{len(patient_ids)}")
+    async def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        self.calls.append(f"cgm_series:{len(patient_ids)}")
+        found: dict[str, list[Reading]] = {}
+        for r in self.readings_list:
+            if (
+                r.patient_id in patient_ids
+                and r.kind is ReadingKind.CGM_GLUCOSE
+                and r.time >= since
+            ):
+                found.setdefault(r.patient_id, []).append(r)
         return [
-            (r.patient_id, (r.time - EPOCH) // timedelta(milliseconds=1), r.value)
-            for r in self.readings_list
-            if r.patient_id in patient_ids and r.kind is ReadingKind.CGM_GLUCOSE and r.time >= since
+            CgmSeries(
+                patient_id=pid,
+                times_ms=struct.pack(
+                    f">{len(rs)}q", *((r.time - EPOCH) // timedelta(milliseconds=1) for r in rs)
+                ),
+                values=struct.pack(f">{len(rs)}d", *(r.value for r in rs)),
+            )
+            for pid, rs in found.items()
         ]
 
     async def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:

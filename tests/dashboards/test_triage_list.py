@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import datetime, timedelta
+import struct
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from dashboards import offload, triageranges
 from dashboards.accounts import AccountRules
 from dashboards.context import DEPS
 from gateway.model import Patient, Reading, ReadingKind, Source
+from gateway.protocols import CgmSeries
 from gateway.services import Reader, StoreReadModel
 from gateway.storage.postgres_store import PostgresStore
 from gateway.store import DB_FILENAME, Store
@@ -276,14 +278,20 @@ def test_a_patient_whose_values_the_metrics_refuse_leaves_the_others_their_share
     """In the worker: p1 at 60 mg/dL, 5 minutes later 120 (each holds 5 minutes, the last for
     the interval that led up to it: below 70 half the time, in range the other half); p2
     holds a 0, which the metrics refuse: left out, p1 kept."""
-    t = int(NOW.timestamp() * 1000)
-    points = offload.pack_points(
-        ["p1", "p2"],
-        [
-            [("p1", t - 300_000, 60.0), ("p1", t, 120.0)],
-            [("p2", t - 300_000, 0.0), ("p2", t, 100.0)],
-        ],
-    )
-    shares = offload._shares(points, now=NOW, days=14)
+    t = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    series = [
+        CgmSeries(
+            patient_id="p1",
+            times_ms=struct.pack(">2q", t - 300_000, t),
+            values=struct.pack(">2d", 60.0, 120.0),
+        ),
+        CgmSeries(
+            patient_id="p2",
+            times_ms=struct.pack(">2q", t - 300_000, t),
+            values=struct.pack(">2d", 0.0, 100.0),
+        ),
+    ]
+    shares = offload._shares(series, now=NOW, days=14)
     assert list(shares) == ["p1"]
     assert shares["p1"] == pytest.approx((50.0, 50.0))
+    assert offload._shares(series[:1], now=NOW, days=14) == shares  # the same alone
