@@ -280,14 +280,14 @@ def _frame(series: Sequence[CgmSeries]) -> Any:
     import numpy as np
     import pandas as pd
 
-    times = [np.frombuffer(s.times_ms, ">i8").astype(np.int64) for s in series]
+    times = [np.frombuffer(s.times_us, ">i8").astype(np.int64) for s in series]
     values = [np.frombuffer(s.values, ">f8").astype(np.float64) for s in series]
     codes = np.repeat(np.arange(len(series), dtype=np.int32), [len(t) for t in times])
     ids = pd.Index([s.patient_id for s in series])
     return pd.DataFrame(
         {
             "patient_id": pd.Categorical.from_codes(codes, categories=ids),
-            "time": pd.to_datetime(np.concatenate(times), unit="ms", utc=True),
+            "time": pd.to_datetime(np.concatenate(times), unit="us", utc=True),
             "glucose_mg_dl": np.concatenate(values),
         }
     )

@@ -242,7 +242,7 @@ class CgmSeries:
     bytes objects rather than an object per reading. In no given order."""
 
     patient_id: str
-    times_ms: bytes  # int64, ms since the epoch
+    times_us: bytes  # int64, µs since the epoch
     values: bytes  # float64, mg/dL
 
 

@@ -186,16 +186,16 @@ def care_unit_names_of(db: Connection, allowed: AbstractSet[str]) -> tuple[list[
 def cgm_series(db: Connection, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
     if not patient_ids:
         return []
-    # date_part is a double: ms since the epoch to within 1e-6 ms for this millennium, so
-    # rounding to bigint gives the stored millisecond exactly.
+    # date_part is a double: seconds since the epoch to within 0.2 µs in this century, so
+    # rounding to bigint gives the stored microsecond exactly.
     rows = db.execute(
-        "SELECT patient_id, string_agg(int8send((date_part('epoch', time) * 1000)::bigint), "
+        "SELECT patient_id, string_agg(int8send((date_part('epoch', time) * 1e6)::bigint), "
         "''::bytea), string_agg(float8send(value), ''::bytea) FROM readings "
         "WHERE patient_id = ANY(%s::text[]) AND kind = 'cgm_glucose' AND time >= %s "
         "GROUP BY patient_id",
         (list(patient_ids), since),
     ).fetchall()
-    return [CgmSeries(patient_id=str(p), times_ms=bytes(t), values=bytes(v)) for p, t, v in rows]
+    return [CgmSeries(patient_id=str(p), times_us=bytes(t), values=bytes(v)) for p, t, v in rows]
 
 
 def claim_triage_refresh(db: Connection) -> bool:

@@ -209,10 +209,10 @@ class SqliteTriage(SqliteRegistry):
         found: dict[str, tuple[array[int], array[float]]] = {}
         for pid, time_ms, value in rows:
             times, values = found.setdefault(str(pid), (array("q"), array("d")))
-            times.append(int(time_ms))
+            times.append(int(time_ms) * 1000)
             values.append(float(value))
         return [
-            CgmSeries(patient_id=pid, times_ms=_big_endian(t), values=_big_endian(v))
+            CgmSeries(patient_id=pid, times_us=_big_endian(t), values=_big_endian(v))
             for pid, (t, v) in found.items()
         ]
 

@@ -305,8 +305,8 @@ class FakeReadModel:
         return [
             CgmSeries(
                 patient_id=pid,
-                times_ms=struct.pack(
-                    f">{len(rs)}q", *((r.time - EPOCH) // timedelta(milliseconds=1) for r in rs)
+                times_us=struct.pack(
+                    f">{len(rs)}q", *((r.time - EPOCH) // timedelta(microseconds=1) for r in rs)
                 ),
                 values=struct.pack(f">{len(rs)}d", *(r.value for r in rs)),
             )

@@ -278,16 +278,16 @@ def test_a_patient_whose_values_the_metrics_refuse_leaves_the_others_their_share
     """In the worker: p1 at 60 mg/dL, 5 minutes later 120 (each holds 5 minutes, the last for
     the interval that led up to it: below 70 half the time, in range the other half); p2
     holds a 0, which the metrics refuse: left out, p1 kept."""
-    t = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    t = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     series = [
         CgmSeries(
             patient_id="p1",
-            times_ms=struct.pack(">2q", t - 300_000, t),
+            times_us=struct.pack(">2q", t - 300_000_000, t),
             values=struct.pack(">2d", 60.0, 120.0),
         ),
         CgmSeries(
             patient_id="p2",
-            times_ms=struct.pack(">2q", t - 300_000, t),
+            times_us=struct.pack(">2q", t - 300_000_000, t),
             values=struct.pack(">2d", 0.0, 100.0),
         ),
     ]

@@ -310,10 +310,10 @@ def test_cgm_series_are_each_patients_cgm_readings_packed(store: AnyStore) -> No
         ]
     )
     (series,) = store.cgm_series(["p1", "p2"], T0)
-    t0 = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    t0 = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     pairs = zip(
-        struct.unpack(">2q", series.times_ms), struct.unpack(">2d", series.values), strict=True
+        struct.unpack(">2q", series.times_us), struct.unpack(">2d", series.values), strict=True
     )
     assert series.patient_id == "p1"
-    assert sorted(pairs) == [(t0, 100.0), (t0 + 300_000, 101.25)]
+    assert sorted(pairs) == [(t0, 100.0), (t0 + 300_000_000, 101.25)]
     assert store.cgm_series(["p2"], T0) == [] and store.cgm_series([], T0) == []
