@@ -146,20 +146,21 @@ def page_query(d: Dialect, select: str, wanted: Wanted) -> str:
     kinds = ", ".join(f"'{kind.value}'" for kind in ALERT_PRIORITY)
     keys = ", ".join(f"k.{k}" for k in ("k1", "k2", "k3", "k4", "k5"))
     b = d.binary
+    # Open alerts that place a patient, in the `ALERT_PRIORITY` of their kind.
+    open_alerts = f"FROM alerts AS a WHERE a.state <> 'resolved' AND a.kind IN ({kinds})"
+    prio = _alert_priority_case("a.kind")
+    # Of a patient in an alert priority: that priority's open alert raised first (ties by
+    # id), when and at what glucose. Per patient, through the index of open alerts, and
+    # only for the few in an alert priority (a join would meet every open alert with every
+    # patient when the planner misjudges the rows, as it does those of a CTE).
+    first = (
+        f"{open_alerts} AND a.patient_id = r.patient_id AND {prio} = r.prio "
+        f"ORDER BY {d.time('a.raised_at')}, a.alert_id{b} LIMIT 1"
+    )
+    by_alert = f"r.prio NOT IN ({data}, {in_range})"
     return f"""
-WITH open_alert AS (
-    SELECT a.patient_id, a.alert_id, a.glucose_mg_dl, {d.time("a.raised_at")} AS raised,
-        {_alert_priority_case("a.kind")} AS prio
-    FROM alerts AS a
-    WHERE a.state <> 'resolved' AND a.kind IN ({kinds}) AND a.patient_id {d.in_set("allowed")}
-), first_alert AS (
-    SELECT patient_id, prio, raised, glucose_mg_dl FROM (
-        SELECT o.*, ROW_NUMBER() OVER (
-            PARTITION BY o.patient_id, o.prio ORDER BY o.raised, o.alert_id{b}) AS n
-        FROM open_alert AS o) AS numbered
-    WHERE n = 1
-), alerted AS (
-    SELECT patient_id, min(prio) AS prio FROM first_alert GROUP BY patient_id
+WITH alerted AS (
+    SELECT a.patient_id, min({prio}) AS prio {open_alerts} GROUP BY a.patient_id
 ), mine AS (
     SELECT p.patient_id, p.name_fold, s.glucose_value AS v, s.below_range_pct AS below,
         {d.time("s.glucose_time")} AS t, {d.time("s.battery_low_at")} AS battery,
@@ -182,22 +183,26 @@ WITH open_alert AS (
         CASE WHEN o.alerted IS NOT NULL AND o.alerted < o.own THEN o.alerted ELSE o.own END
             AS prio
     FROM own AS o
+), evidence AS (
+    SELECT r.*,
+        CASE WHEN {by_alert} THEN (SELECT {d.time("a.raised_at")} {first}) END AS raised,
+        CASE WHEN {by_alert} THEN (SELECT a.glucose_mg_dl {first}) END AS glucose
+    FROM ranked AS r
 ), keyed AS (
     SELECT r.patient_id, r.prio AS k1,
         CASE WHEN r.prio = {data} THEN
                 CASE WHEN r.t IS NULL THEN {d.tiny} WHEN {now} > r.t THEN r.t - {now}
                     ELSE {zero} END
             WHEN r.prio = {in_range} THEN {zero}
-            ELSE COALESCE(f.raised - {now}, {zero}) END AS k2,
+            ELSE COALESCE(r.raised - {now}, {zero}) END AS k2,
         CASE WHEN r.prio = {data} THEN 0
             WHEN r.prio = {in_range} THEN -COALESCE(r.below, 0)
             ELSE (CASE WHEN r.prio IN ({highs}) THEN -1 ELSE 1 END) * (
                 CASE WHEN r.stale = 0 AND r.band = r.prio THEN r.v
-                    WHEN f.raised IS NOT NULL THEN COALESCE(f.glucose_mg_dl, 0)
+                    WHEN r.raised IS NOT NULL THEN COALESCE(r.glucose, 0)
                     ELSE COALESCE(r.v, 0) END) END AS k3,
         r.v IS NULL AS k4, r.v AS k5, r.name_fold AS k6
-    FROM ranked AS r
-    LEFT JOIN first_alert AS f ON f.patient_id = r.patient_id AND f.prio = r.prio
+    FROM evidence AS r
 ), page AS (
     SELECT k.*, count(*) OVER () AS total FROM keyed AS k
     ORDER BY {keys}, k.k6{b}, k.patient_id{b}
