@@ -10,6 +10,7 @@ block the loop for tens of milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -25,9 +26,10 @@ from aiohttp import web
 from dashboards.agp import AgpReport, build_report
 from dashboards.agpcharts import PageCharts, page_charts
 from dashboards.reportfile import render_report_file
+from gateway.clinical.errors import MetricsInputError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.model import Patient, Reading, ReadingKind, Treatment
-from gateway.protocols import ReadModel
+from gateway.protocols import CgmSeries, ReadModel
 from gateway.units import Unit
 
 CHUNK = 500  # readings pickled per slice of loop time (~2 ms)
@@ -267,4 +269,63 @@ async def report_pdf(
         app, _report_pdf, patient, chunks, days=days, now=now, unit=unit,
         treatments=list(treatments),
     )  # fmt: skip
+    return result
+
+
+Shares = dict[str, tuple[float, float]]
+
+
+def _frame(series: Sequence[CgmSeries]) -> Any:
+    """`metrics_for_many`'s frame: the patients as a categorical over their ids."""
+    import numpy as np
+    import pandas as pd
+
+    times = [np.frombuffer(s.times_us, ">i8").astype(np.int64) for s in series]
+    values = [np.frombuffer(s.values, ">f8").astype(np.float64) for s in series]
+    codes = np.repeat(np.arange(len(series), dtype=np.int32), [len(t) for t in times])
+    ids = pd.Index([s.patient_id for s in series])
+    return pd.DataFrame(
+        {
+            "patient_id": pd.Categorical.from_codes(codes, categories=ids),
+            "time": pd.to_datetime(np.concatenate(times), unit="us", utc=True),
+            "glucose_mg_dl": np.concatenate(values),
+        }
+    )
+
+
+def _shares_table(frame: Any, now: datetime, days: int) -> Shares:
+    from gateway.clinical.metrics import metrics_for_many
+
+    table = metrics_for_many(frame, now=now, days=days)
+    found = table[table["readings"] > 0]
+    below = (found["very_low_percent"] + found["low_percent"]).tolist()
+    in_range = found["in_range_percent"].tolist()
+    return {
+        str(pid): (float(b), float(r))
+        for pid, b, r in zip(found.index.tolist(), below, in_range, strict=True)
+    }
+
+
+def _shares(series: Sequence[CgmSeries], *, now: datetime, days: int) -> Shares:
+    if not series:
+        return {}
+    try:
+        return _shares_table(_frame(series), now, days)
+    except MetricsInputError:
+        pass  # one patient's unusable values: the others still get theirs
+    found: Shares = {}
+    for one in series:
+        with contextlib.suppress(MetricsInputError):
+            found.update(_shares_table(_frame([one]), now, days))
+    return found
+
+
+async def cgm_shares(
+    app: web.Application, series: Sequence[CgmSeries], *, now: datetime, days: int
+) -> Shares:
+    """patient -> (% of CGM time below 70 mg/dL, % in range 70-180) over `[now − days, now]`
+    for each patient with CGM readings in it: `metrics_for_many` in the worker process, the
+    same numbers `compute_metrics` gives patient by patient. A patient whose values the
+    metrics refuse is left out (and, batched with others, costs them one pass each)."""
+    result: Shares = await _run(app, _shares, list(series), now=now, days=days)
     return result

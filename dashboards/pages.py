@@ -13,7 +13,7 @@ from html import escape
 
 from markupsafe import Markup
 
-from dashboards import jinja, timefmt
+from dashboards import jinja, timefmt, triage
 from dashboards.accounts import AuditEntry, Grant, Note, Role, User
 from dashboards.alerttext import alert_text, kind_label
 from dashboards.bands import BY_NAME, GlucoseBand, band_of
@@ -126,10 +126,12 @@ def triage_rows(
         s = row.state
         p = s.patient
         band = None if s.latest is None else band_of(s.latest.value)
+        priority = s.priority(now)
         shown.append(
             {
                 "p": p,
-                "priority": s.priority(now),
+                "priority": priority,
+                "css": triage.css(priority),
                 "reason": s.reason(now, unit),
                 "band": band,
                 "value": None if s.latest is None else format_glucose(s.latest.value, unit),

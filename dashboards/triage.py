@@ -13,46 +13,46 @@ Each patient gets the most urgent of these (`Priority`, most urgent first):
    sensor-error or battery alert;
 7. in range.
 Bands are those of `dashboards.bands` (the consensus thresholds). Ties: the patient in
-that state for longer comes first (the open alert raised earliest), then the further out of
-range (lower for lows, higher for highs); among data problems the longest silence first (a
-patient who never sent a reading last: a device not set up yet); among patients in range the
-worst 14-day time below range first. Then display name, so the order is total and stable.
+that state for longer comes first (the open alert raised earliest, ties by alert id), then
+the further out of range (lower for lows, higher for highs); among data problems the longest
+silence first (a patient who never sent a reading last: a device not set up yet); among
+patients in range the worst 14-day time below range first. Then the latest value (none
+last), the display name (casefolded) and the patient id, so the order is total.
+
+The rules' data (which alert and band is which priority, staleness, battery age) are
+`gateway.clinical.urgency`; this module is the specification of the order: the stores page
+the list in SQL (`gateway.storage.triage_order`), and tests/storage/test_triage_order.py
+checks their order equals `rank` here on generated patients at arbitrary times.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from enum import IntEnum
+from datetime import datetime, timedelta
 
 from dashboards.alerttext import kind_label
-from dashboards.bands import band_of
 from dashboards.timefmt import ago_minutes
+from gateway.clinical.urgency import (
+    ALERT_PRIORITY,
+    HIGHER_IS_WORSE,
+    STALE_AFTER,
+    Priority,
+    band_priority,
+)
 from gateway.model import Alert, AlertKind, AlertState, Patient, Reading
 from gateway.units import Unit, format_glucose
 
-# Consumer CGM apps warn about signal loss after 20 min; with 5-minute readings three missed
-# readings (15 min) already means the clinician is looking at old numbers.
-STALE_AFTER_MIN = 15.0
+STALE_AFTER_MIN = STALE_AFTER / timedelta(minutes=1)
 
 
-class Priority(IntEnum):
-    VERY_LOW = 0
-    LOW = 1
-    PREDICTED_LOW = 2
-    VERY_HIGH = 3
-    HIGH = 4
-    DATA = 5
-    IN_RANGE = 6
+def label(priority: Priority) -> str:
+    return _LABELS[priority]
 
-    @property
-    def label(self) -> str:
-        return _LABELS[self]
 
-    @property
-    def css(self) -> str:
-        return "triage-" + self.name.lower().replace("_", "-")
+def css(priority: Priority) -> str:
+    """The row's class (style.css colours it; the reason says it in words)."""
+    return "triage-" + priority.name.lower().replace("_", "-")
 
 
 _LABELS = {
@@ -63,28 +63,6 @@ _LABELS = {
     Priority.HIGH: "High",
     Priority.DATA: "Data or device problem",
     Priority.IN_RANGE: "In range",
-}
-
-_BY_ALERT = {
-    AlertKind.URGENT_LOW: Priority.VERY_LOW,
-    AlertKind.LOW: Priority.LOW,
-    AlertKind.SUSTAINED_LOW: Priority.LOW,
-    AlertKind.PREDICTED_LOW: Priority.PREDICTED_LOW,
-    AlertKind.URGENT_HIGH: Priority.VERY_HIGH,
-    AlertKind.HIGH: Priority.HIGH,
-    AlertKind.SUSTAINED_HIGH: Priority.HIGH,
-    AlertKind.STALE_DATA: Priority.DATA,
-    AlertKind.DEVICE_DISCONNECTED: Priority.DATA,
-    AlertKind.SENSOR_ERROR: Priority.DATA,
-    AlertKind.BATTERY_LOW: Priority.DATA,
-}
-
-_BY_BAND = {
-    "very_low": Priority.VERY_LOW,
-    "low": Priority.LOW,
-    "in_range": Priority.IN_RANGE,
-    "high": Priority.HIGH,
-    "very_high": Priority.VERY_HIGH,
 }
 
 
@@ -110,24 +88,24 @@ class PatientState:
         return [a for a in self.open_alerts if a.state is not AlertState.RESOLVED]
 
     def priority(self, now: datetime) -> Priority:
-        found = [_BY_ALERT[a.kind] for a in self._open() if a.kind in _BY_ALERT]
+        found = [ALERT_PRIORITY[a.kind] for a in self._open() if a.kind in ALERT_PRIORITY]
         if self.stale(now) or self.battery_low:
             found.append(Priority.DATA)
         elif self.latest is not None:
-            found.append(_BY_BAND[band_of(self.latest.value).name])
+            found.append(band_priority(self.latest.value))
         return min(found, default=Priority.DATA)
 
     def alerts_for(self, priority: Priority) -> list[Alert]:
         return sorted(
-            (a for a in self._open() if _BY_ALERT.get(a.kind) is priority),
-            key=lambda a: a.raised_at,
+            (a for a in self._open() if ALERT_PRIORITY.get(a.kind) is priority),
+            key=lambda a: (a.raised_at, a.alert_id),
         )
 
     def evidence(self, priority: Priority, now: datetime) -> tuple[float | None, datetime | None]:
         """The glucose value that puts the patient in `priority`, and when it was seen."""
         latest = self.latest
         fresh = latest is not None and not self.stale(now)
-        if fresh and latest is not None and _BY_BAND[band_of(latest.value).name] is priority:
+        if fresh and latest is not None and band_priority(latest.value) is priority:
             return latest.value, latest.time
         alerts = self.alerts_for(priority)
         if alerts:
@@ -151,7 +129,7 @@ class PatientState:
                 f"{ago_minutes((now - latest.time).total_seconds() / 60)}{self._silence(now)}"
             )
         shown = "" if value is None else f" {format_glucose(value, unit)} {unit.value}"
-        return f"{priority.label}{shown}{when}{self._silence(now)}"
+        return f"{label(priority)}{shown}{when}{self._silence(now)}"
 
     def _silence(self, now: datetime) -> str:
         """A glucose alert still open while no data arrive is the worst case: say both."""
@@ -177,23 +155,27 @@ class PatientState:
         return "; ".join(dict.fromkeys(parts)) or "Data or device problem"
 
 
-def urgency_key(state: PatientState, now: datetime) -> tuple[int, float, float, float, str]:
-    """(priority, −minutes in that state, severity, latest value, name): ascending is urgent."""
+Key = tuple[int, float, float, float, str, str]
+
+
+def urgency_key(state: PatientState, now: datetime) -> Key:
+    """(priority, −minutes in that state, severity, latest value, name, id): ascending is
+    urgent."""
     priority = state.priority(now)
-    name = state.patient.display_name.casefold()
+    who = (state.patient.display_name.casefold(), state.patient.patient_id)
     latest = state.latest.value if state.latest is not None else float("inf")
     if priority is Priority.DATA:
         silence = state.minutes_since(now)
-        return (priority, 1.0 if silence is None else -silence, 0.0, latest, name)
+        return (priority, 1.0 if silence is None else -silence, 0.0, latest, *who)
     if priority is Priority.IN_RANGE:
-        return (priority, 0.0, -(state.below_range_pct or 0.0), latest, name)
+        return (priority, 0.0, -(state.below_range_pct or 0.0), latest, *who)
     alerts = state.alerts_for(priority)
     duration = (now - alerts[0].raised_at).total_seconds() / 60 if alerts else 0.0
     value, _ = state.evidence(priority, now)
     severity = 0.0 if value is None else value
-    if priority in (Priority.VERY_HIGH, Priority.HIGH):
+    if priority in HIGHER_IS_WORSE:
         severity = -severity
-    return (priority, -duration, severity, latest, name)
+    return (priority, -duration, severity, latest, *who)
 
 
 def rank(states: Sequence[PatientState], now: datetime) -> list[PatientState]:

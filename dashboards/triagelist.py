@@ -1,27 +1,30 @@
 """The triage list at clinic scale: what a request asks for (page, search, team, ward), and
-the ranked, paged patients from the store's summaries. Pure: no I/O, `now` given.
+the page's patients as `PatientState`s. Pure: no I/O, `now` given.
 
-Ranking is `dashboards.triage.rank` over every patient the viewer may see that matches the
-filters, from one summary row each (a few thousand rows take milliseconds); only the page
-shown then reads readings (its sparklines) — see `dashboards.views.triage`.
+The store ranks and pages the list in SQL (`ReadModel.triage_page`, by the rules of
+`gateway.clinical.urgency`), so a request reads back only the page's summaries and their
+open alerts; only the page shown then reads readings (its sparklines) — see
+`dashboards.views.triage`. `reference_page` is the same page worked out in Python from every
+summary with `dashboards.triage.rank`: what the tests hold the stores to.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlencode
 
 from dashboards.triage import PatientState, rank
+from gateway.clinical.urgency import BATTERY_WARNING
 from gateway.model import Alert, AlertState
-from gateway.protocols import TriageSummary
+from gateway.protocols import TriagePage, TriageSummary
 
 PAGE_SIZE = 50
 SEARCH_MAX = 100  # characters of a search kept
-BATTERY_WARNING_DAYS = 7  # a device's battery-low report is shown this long
+BATTERY_WARNING_DAYS = BATTERY_WARNING.days  # a device's battery-low report is shown this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +58,10 @@ class TriageQuery:
     def filtered(self) -> bool:
         return bool(self.search or self.team or self.ward)
 
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * PAGE_SIZE
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Paged:
@@ -74,48 +81,77 @@ class Paged:
 
 
 def battery_ids(summary: TriageSummary, now: datetime) -> tuple[str, ...]:
-    since = now - timedelta(days=BATTERY_WARNING_DAYS)
+    since = now - BATTERY_WARNING
     return tuple(sorted(d for d, at in summary.battery_low.items() if at >= since))
 
 
-def ranked_page(
-    summaries: Iterable[TriageSummary],
-    open_alerts: Iterable[Alert],
-    *,
-    allowed: Collection[str],
-    page: int,
-    now: datetime,
-) -> Paged:
-    """The viewer's patients (`allowed`) among `summaries`, ranked, and page `page` of them.
-    `PatientState.battery_low` holds device ids here; the caller names the page's devices."""
-    mine = [s for s in summaries if s.patient.patient_id in allowed]
+def _state(summary: TriageSummary, alerts: Iterable[Alert], now: datetime) -> PatientState:
+    return PatientState(
+        patient=summary.patient,
+        latest=summary.latest,
+        open_alerts=tuple(alerts),
+        below_range_pct=summary.below_range_pct,
+        in_range_pct=summary.in_range_pct,
+        battery_low=battery_ids(summary, now),
+    )
+
+
+def _open_by_patient(open_alerts: Iterable[Alert]) -> dict[str, list[Alert]]:
     alerts: dict[str, list[Alert]] = defaultdict(list)
     for alert in open_alerts:
         if alert.state is not AlertState.RESOLVED:
             alerts[alert.patient_id].append(alert)
-    states = [
-        PatientState(
-            patient=s.patient,
-            latest=s.latest,
-            open_alerts=tuple(alerts.get(s.patient.patient_id, ())),
-            below_range_pct=s.below_range_pct,
-            in_range_pct=s.in_range_pct,
-            battery_low=battery_ids(s, now),
-        )
-        for s in mine
-    ]
-    pages = max(1, math.ceil(len(states) / PAGE_SIZE))
-    number = min(page, pages)
-    ordered = rank(states, now)
-    shown = ordered[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
-    return Paged(states=shown, number=number, pages=pages, total=len(states))
+    return alerts
 
 
-def care_unit_choices(
-    units: Sequence[tuple[str, str | None, str | None]], allowed: Collection[str]
-) -> tuple[list[str], list[str]]:
-    """The teams and the wards of the viewer's patients, sorted: the filter's choices."""
-    mine = [(team, ward) for pid, team, ward in units if pid in allowed]
-    teams = sorted({t for t, _ in mine if t}, key=str.casefold)
-    wards = sorted({w for _, w in mine if w}, key=str.casefold)
-    return teams, wards
+def paged(page: TriagePage, now: datetime) -> Paged:
+    """The store's page as the list shows it, in the store's order. `PatientState.battery_low`
+    holds device ids here; the caller names the page's devices."""
+    alerts = _open_by_patient(page.open_alerts)
+    states = [_state(s, alerts.get(s.patient.patient_id, ()), now) for s in page.summaries]
+    return Paged(
+        states=states,
+        number=page.offset // PAGE_SIZE + 1,
+        pages=max(1, math.ceil(page.total / PAGE_SIZE)),
+        total=page.total,
+    )
+
+
+def reference_page(
+    summaries: Iterable[TriageSummary],
+    open_alerts: Iterable[Alert],
+    *,
+    allowed: Collection[str],
+    now: datetime,
+    offset: int,
+    limit: int,
+) -> TriagePage:
+    """What `ReadModel.triage_page` answers for these (already filtered) summaries, worked
+    out in Python with `dashboards.triage.rank`: the reference of tests and fakes."""
+    mine = {s.patient.patient_id: s for s in summaries if s.patient.patient_id in allowed}
+    alerts = _open_by_patient(open_alerts)
+    ordered = rank([_state(s, alerts.get(pid, ()), now) for pid, s in mine.items()], now)
+    if offset >= len(ordered):
+        offset = max(0, (len(ordered) - 1) // limit * limit)
+    shown = [state.patient.patient_id for state in ordered[offset : offset + limit]]
+    return TriagePage(
+        summaries=tuple(mine[pid] for pid in shown),
+        open_alerts=tuple(
+            sorted(
+                (a for pid in shown for a in alerts.get(pid, ())),
+                key=lambda a: (a.raised_at, a.alert_id),
+            )
+        ),
+        total=len(ordered),
+        offset=offset,
+    )
+
+
+def care_unit_choices(names: tuple[list[str], list[str]]) -> tuple[list[str], list[str]]:
+    """The teams and the wards of the viewer's patients (`ReadModel.care_unit_names`),
+    sorted: the filter's choices."""
+    teams, wards = names
+    return (
+        sorted({t for t in teams if t}, key=str.casefold),
+        sorted({w for w in wards if w}, key=str.casefold),
+    )

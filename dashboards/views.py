@@ -237,7 +237,7 @@ async def _triage_rows(
     page's patients, and the devices of battery warnings named."""
     rm = app[DEPS].read_model
     if never:
-        fresh = {s.patient.patient_id: await triageranges.refresh(app, s, now) for s in never}
+        fresh = await triageranges.refresh(app, never, now)
         states = rank(
             [
                 dataclasses.replace(
@@ -286,19 +286,19 @@ async def _triage_view(
     d = deps(request)
     now = d.clock.now()
     query = triagelist.TriageQuery.parse(request.query)
-    summaries, open_alerts = await asyncio.gather(
-        d.read_model.triage_summaries(team=query.team, ward=query.ward, search=query.search),
-        d.read_model.alerts(open_only=True),
+    # Ranked and paged by the store, over the patients this viewer may see: nobody else is
+    # on the page, in the count or in the number of pages.
+    page = await d.read_model.triage_page(
+        allowed=visible(request),
+        now=now,
+        offset=query.offset,
+        limit=triagelist.PAGE_SIZE,
+        team=query.team,
+        ward=query.ward,
+        search=query.search,
     )
-    paged = triagelist.ranked_page(
-        summaries, open_alerts, allowed=visible(request), page=query.page, now=now
-    )
-    shown = {s.patient.patient_id for s in paged.states}
-    never = [
-        s
-        for s in summaries
-        if s.patient.patient_id in shown and s.latest is not None and s.ranges_at is None
-    ]
+    paged = triagelist.paged(page, now)
+    never = [s for s in page.summaries if s.latest is not None and s.ranges_at is None]
     rows = await _triage_rows(request.app, paged.states, never, now)
     empty = (
         "No patients match this search or filter."
@@ -314,12 +314,12 @@ async def triage(request: web.Request) -> web.StreamResponse:
     if user.role is Role.PATIENT and user.patient_id:
         raise web.HTTPSeeOther("/me")
     d = deps(request)
-    (rows_html, paged, query), units = await asyncio.gather(
-        _triage_view(request), d.read_model.care_units()
+    (rows_html, paged, query), names = await asyncio.gather(
+        _triage_view(request), d.read_model.care_unit_names(visible(request))
     )
     # The list shows each patient's latest glucose: a view of each, recorded in one commit.
     await d.accounts.record_views(user, [s.patient.patient_id for s in paged.states], "triage")
-    teams, wards = triagelist.care_unit_choices(units, visible(request))
+    teams, wards = triagelist.care_unit_choices(names)
     return html(
         pages.triage_page(
             rows_html,

@@ -225,6 +225,39 @@ class TriageSummary:
     writes: int  # glucose writes so far (a write with several readings counts once)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriagePage:
+    """One page of the triage list as the store ranks and pages it (`triage_page`)."""
+
+    summaries: tuple[TriageSummary, ...]  # most urgent first
+    open_alerts: tuple[Alert, ...]  # these patients' alerts that are not resolved
+    total: int  # patients matching, over all pages
+    offset: int  # 0-based position of the first summary (past the end: the last page's)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CgmSeries:
+    """One patient's CGM glucose readings as two packed arrays, big-endian as PostgreSQL's
+    int8send and float8send write them: what the 14-day shares are computed from, in a few
+    bytes objects rather than an object per reading. In no given order."""
+
+    patient_id: str
+    times_us: bytes  # int64, µs since the epoch
+    values: bytes  # float64, mg/dL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriageRanges:
+    """A patient's 14-day shares computed at `computed_at` from the data of `writes` glucose
+    writes (`TriageSummary.writes` as read before reading the readings)."""
+
+    patient_id: str
+    below_range_pct: float | None
+    in_range_pct: float | None
+    computed_at: datetime
+    writes: int
+
+
 class ReadModel(Protocol):
     """What dashboards may read. Implementations run blocking I/O off the event loop.
     Access control is the caller's job: these return whatever is asked for."""
@@ -291,6 +324,30 @@ class ReadModel(Protocol):
     ) -> list[Reading]: ...
 
     async def care_units(self) -> list[tuple[str, str | None, str | None]]: ...
+
+    async def triage_page(
+        self,
+        *,
+        allowed: AbstractSet[str],
+        now: datetime,
+        offset: int,
+        limit: int,
+        team: str | None = None,
+        ward: str | None = None,
+        search: str = "",
+    ) -> TriagePage: ...
+
+    async def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]: ...
+
+    async def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]: ...
+
+    async def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
+        """The 14-day shares of several patients, in one transaction."""
+        ...
+
+    async def claim_triage_refresh(self) -> bool: ...
+
+    async def release_triage_refresh(self) -> None: ...
 
 
 class AlertControl(Protocol):

@@ -34,10 +34,13 @@ from gateway.model import (
     Treatment,
 )
 from gateway.protocols import (
+    CgmSeries,
     DisclosedBatch,
     QuarantinedRecord,
     StoredTreatment,
     TreatmentWrite,
+    TriagePage,
+    TriageRanges,
     TriageSummary,
 )
 from gateway.sealing import HubKeys
@@ -385,6 +388,44 @@ class StoreReadModel:
 
     async def care_units(self) -> list[tuple[str, str | None, str | None]]:
         return await self._reader.run(lambda s: s.care_units())
+
+    async def triage_page(
+        self,
+        *,
+        allowed: AbstractSet[str],
+        now: datetime,
+        offset: int,
+        limit: int,
+        team: str | None = None,
+        ward: str | None = None,
+        search: str = "",
+    ) -> TriagePage:
+        return await self._reader.run(
+            lambda s: s.triage_page(
+                allowed=allowed,
+                now=now,
+                offset=offset,
+                limit=limit,
+                team=team,
+                ward=ward,
+                search=search,
+            )
+        )
+
+    async def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]:
+        return await self._reader.run(lambda s: s.care_unit_names(allowed))
+
+    async def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        return await self._reader.run(lambda s: s.cgm_series(patient_ids, since))
+
+    async def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
+        await self._reader.run(lambda s: s.store_triage_ranges(ranges))  # as set_triage_ranges
+
+    async def claim_triage_refresh(self) -> bool:
+        return await self._reader.run(lambda s: s.claim_triage_refresh())
+
+    async def release_triage_refresh(self) -> None:
+        await self._reader.run(lambda s: s.release_triage_refresh())
 
 
 class StoreLedgerView:

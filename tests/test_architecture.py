@@ -200,6 +200,8 @@ PURE_CORES = (
     "gateway.clinical.forecast",
     "gateway.clinical.glucose_filter",
     "gateway.clinical.metrics",
+    "gateway.clinical.urgency",
+    "gateway.storage.triage_order",
     "device_adapters.virtual.physiology",
     "device_adapters.virtual.realistic",
     "device_adapters.mqtt.payload",

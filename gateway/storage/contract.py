@@ -10,6 +10,7 @@ A storage object is synchronous and not thread-safe: the hub gives each one a th
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -26,11 +27,14 @@ from gateway.model import (
     Treatment,
 )
 from gateway.protocols import (
+    CgmSeries,
     DeadLetter,
     Origin,
     RejectReason,
     StoredTreatment,
     TreatmentWrite,
+    TriagePage,
+    TriageRanges,
     TriageSummary,
 )
 
@@ -227,6 +231,45 @@ class TriageSummaries(Protocol):
     def care_units(self) -> list[tuple[str, str | None, str | None]]:
         """(patient_id, team, ward) of every patient with a team or a ward."""
         ...
+
+    def triage_page(
+        self,
+        *,
+        allowed: AbstractSet[str],
+        now: datetime,
+        offset: int,
+        limit: int,
+        team: str | None = None,
+        ward: str | None = None,
+        search: str = "",
+    ) -> TriagePage:
+        """Up to `limit` of the patients in `allowed` that match the filters (as
+        `triage_summaries`), from position `offset` of the list ranked at `now` by the rules
+        of `gateway.clinical.urgency` in the order `dashboards.triage.rank` specifies; an
+        offset at or past the end gives the last page. Ranked and paged in SQL: only the
+        page's rows (and their open alerts) are read back."""
+        ...
+
+    def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]:
+        """The distinct teams and wards of the patients in `allowed`, in no given order."""
+        ...
+
+    def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        """These patients' CGM glucose readings at or after `since`, packed (one entry per
+        patient with any): what their 14-day shares are computed from."""
+        ...
+
+    def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
+        """`set_triage_ranges` for each, in one transaction."""
+        ...
+
+    def claim_triage_refresh(self) -> bool:
+        """Whether this connection may refresh the shares now: at most one at a time among
+        the processes sharing the database (PostgreSQL: a session advisory lock, released
+        by `release_triage_refresh` or when the connection ends). SQLite: always."""
+        ...
+
+    def release_triage_refresh(self) -> None: ...
 
 
 class SealSource(Protocol):

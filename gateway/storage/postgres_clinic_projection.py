@@ -156,10 +156,11 @@ def _register(db: Connection, simulated: dict[str, bool], devices: Sequence[Devi
         ids = sorted(simulated)
         # Hubs seal no names: the clinic-wide id is the name until an admin gives one.
         db.execute(
-            "INSERT INTO patients (patient_id, display_name, timezone, simulated) "
-            "SELECT p, p, 'UTC', s FROM unnest(%s::text[], %s::boolean[]) AS x(p, s) "
+            "INSERT INTO patients (patient_id, display_name, timezone, simulated, name_fold, "
+            "id_fold) SELECT p, p, 'UTC', s, f, f "
+            "FROM unnest(%s::text[], %s::boolean[], %s::text[]) AS x(p, s, f) "
             "ORDER BY p ON CONFLICT (patient_id) DO NOTHING",
-            (ids, [simulated[p] for p in ids]),
+            (ids, [simulated[p] for p in ids], [p.casefold() for p in ids]),
         )
     if devices:
         ordered = sorted(devices, key=lambda d: d.device_id)

@@ -23,6 +23,7 @@ two processes starting at once take turns, and the second finds the work done.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -40,6 +41,17 @@ class Migration:
     version: int
     summary: str
     script: str  # statements separated by ";" at the end of a line; no parameters
+    # After the script, in its transaction: what SQL cannot compute (Python's casefold).
+    backfill: Callable[[psycopg.Connection[tuple[object, ...]]], None] | None = None
+
+
+def _fold_patient_names(db: psycopg.Connection[tuple[object, ...]]) -> None:
+    rows = db.execute("SELECT patient_id, display_name FROM patients").fetchall()
+    with db.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE patients SET name_fold = %s, id_fold = %s WHERE patient_id = %s",
+            [(str(name).casefold(), str(pid).casefold(), pid) for pid, name in rows],
+        )
 
 
 _SCHEMA = """
@@ -398,6 +410,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         ON CONFLICT (patient_id) DO UPDATE SET battery_low = excluded.battery_low
         """,
     ),
+    Migration(
+        9,
+        "patients.name_fold/id_fold and triage_summary.battery_low_at: triage ranked in SQL",
+        # As SQLite's migration 15.
+        """
+        ALTER TABLE patients ADD COLUMN name_fold text;
+        ALTER TABLE patients ADD COLUMN id_fold text;
+        ALTER TABLE triage_summary ADD COLUMN battery_low_at timestamptz;
+        UPDATE triage_summary SET battery_low_at =
+            (SELECT max(value::timestamptz) FROM json_each_text(battery_low::json))
+        """,
+        _fold_patient_names,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -476,6 +501,8 @@ def migrate(
                 continue
             for statement in _statements(migration.script):
                 db.execute(statement.encode())
+            if migration.backfill is not None:
+                migration.backfill(db)
             db.execute(
                 "INSERT INTO schema_migrations (version, summary, applied_at) VALUES (%s, %s, %s)",
                 (migration.version, migration.summary, when),

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,10 +50,13 @@ from gateway.model import (
     Treatment,
 )
 from gateway.protocols import (
+    CgmSeries,
     DeadLetter,
     RejectReason,
     StoredTreatment,
     TreatmentWrite,
+    TriagePage,
+    TriageRanges,
     TriageSummary,
 )
 from gateway.storage import postgres_triage
@@ -269,6 +273,7 @@ class PostgresStore(PostgresConnection):
         self.data_dir = data_dir
         self.read_only = read_only
         self._last_write_had_duplicates = False
+        self._leads_triage_refresh = False  # holds the refresh lock (this connection's)
         self._db = self._open()
         try:
             if read_only:
@@ -307,7 +312,8 @@ class PostgresStore(PostgresConnection):
     def add_patient(self, patient: Patient) -> None:
         try:
             self._db.execute(
-                f"INSERT INTO patients ({PATIENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO patients ({PATIENT_COLUMNS}, name_fold, id_fold) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     patient.patient_id,
                     patient.display_name,
@@ -315,6 +321,9 @@ class PostgresStore(PostgresConnection):
                     patient.simulated,
                     patient.team,
                     patient.ward,
+                    # The triage list orders and searches by these (Python's casefold).
+                    patient.display_name.casefold(),
+                    patient.patient_id.casefold(),
                 ),
             )
         except pg_errors.UniqueViolation:
@@ -1211,14 +1220,65 @@ class PostgresStore(PostgresConnection):
         computed_at: datetime,
         writes: int,
     ) -> None:
-        postgres_triage.set_triage_ranges(
+        postgres_triage.store_triage_ranges(
             self._db,
-            patient_id,
-            below_range_pct=below_range_pct,
-            in_range_pct=in_range_pct,
-            computed_at=computed_at,
-            writes=writes,
+            [
+                TriageRanges(
+                    patient_id=patient_id,
+                    below_range_pct=below_range_pct,
+                    in_range_pct=in_range_pct,
+                    computed_at=computed_at,
+                    writes=writes,
+                )
+            ],
         )
+
+    @translated
+    def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
+        postgres_triage.store_triage_ranges(self._db, ranges)
+
+    @translated
+    def triage_page(
+        self,
+        *,
+        allowed: AbstractSet[str],
+        now: datetime,
+        offset: int,
+        limit: int,
+        team: str | None = None,
+        ward: str | None = None,
+        search: str = "",
+    ) -> TriagePage:
+        return postgres_triage.triage_page(
+            self._db,
+            allowed=allowed,
+            now=now,
+            offset=offset,
+            limit=limit,
+            team=team,
+            ward=ward,
+            search=search,
+        )
+
+    @translated
+    def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]:
+        return postgres_triage.care_unit_names_of(self._db, allowed)
+
+    @translated
+    def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        return postgres_triage.cgm_series(self._db, patient_ids, since)
+
+    @translated
+    def claim_triage_refresh(self) -> bool:
+        if not self._leads_triage_refresh:  # a session lock counts each time it is taken
+            self._leads_triage_refresh = postgres_triage.claim_triage_refresh(self._db)
+        return self._leads_triage_refresh
+
+    @translated
+    def release_triage_refresh(self) -> None:
+        if self._leads_triage_refresh:
+            self._leads_triage_refresh = False
+            postgres_triage.release_triage_refresh(self._db)
 
     @translated
     def recent_glucose(self, patient_ids: Sequence[str], since: datetime) -> list[Reading]:

@@ -49,6 +49,16 @@ class Migration:
     summary: str
     script: str  # statements separated by ";" at the end of a line; named parameters allowed
     present: Probe | None = None  # at user_version 0: is this change already there?
+    # After the script, in its transaction: what SQL cannot compute (Python's casefold).
+    backfill: Callable[[sqlite3.Connection], None] | None = None
+
+
+def _fold_patient_names(db: sqlite3.Connection) -> None:
+    rows = db.execute("SELECT patient_id, display_name FROM patients").fetchall()
+    db.executemany(
+        "UPDATE patients SET name_fold = ?, id_fold = ? WHERE patient_id = ?",
+        [(str(name).casefold(), str(pid).casefold(), pid) for pid, name in rows],
+    )
 
 
 def _has_column(table: str, *columns: str) -> Probe:
@@ -482,6 +492,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         _has_table("triage_summary"),
     ),
+    Migration(
+        15,
+        "patients.name_fold/id_fold and triage_summary.battery_low_at: triage ranked in SQL",
+        # The casefolded name and id (Python's str.casefold, which SQL's lower() is not) order
+        # and search the list; the newest battery report says whether one is recent.
+        """
+        ALTER TABLE patients ADD COLUMN name_fold TEXT;
+        ALTER TABLE patients ADD COLUMN id_fold TEXT;
+        ALTER TABLE triage_summary ADD COLUMN battery_low_at TEXT;
+        UPDATE triage_summary SET battery_low_at =
+            (SELECT max(value) FROM json_each(triage_summary.battery_low))
+        """,
+        _has_column("patients", "name_fold", "id_fold"),
+        backfill=_fold_patient_names,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -538,6 +563,8 @@ def migrate(
                 if not (unversioned and migration.present is not None and migration.present(db)):
                     for statement in _statements(migration.script):
                         db.execute(statement, params)
+                    if migration.backfill is not None:
+                        migration.backfill(db)
                     applied.append(migration.version)
                 db.execute(f"PRAGMA user_version = {migration.version}")
             db.execute("COMMIT")

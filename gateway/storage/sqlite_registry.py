@@ -29,7 +29,8 @@ class SqliteRegistry(SqliteBase):
     def add_patient(self, patient: Patient) -> None:
         try:
             self._db.execute(
-                f"INSERT INTO patients ({PATIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO patients ({PATIENT_COLUMNS}, name_fold, id_fold) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     patient.patient_id,
                     patient.display_name,
@@ -37,6 +38,9 @@ class SqliteRegistry(SqliteBase):
                     patient.simulated,
                     patient.team,
                     patient.ward,
+                    # The triage list orders and searches by these (Python's casefold).
+                    patient.display_name.casefold(),
+                    patient.patient_id.casefold(),
                 ),
             )
         except sqlite3.IntegrityError:

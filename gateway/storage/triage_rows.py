@@ -77,13 +77,15 @@ def battery_reports(events: Iterable[DeviceEvent]) -> dict[str, dict[str, dateti
     return found
 
 
-def merge_battery(stored: str | None, new: Mapping[str, datetime]) -> str:
-    """The stored battery JSON ({device: RFC 3339}) with `new` reports, keeping the latest."""
+def merge_battery(stored: str | None, new: Mapping[str, datetime]) -> tuple[str, datetime]:
+    """The stored battery JSON ({device: RFC 3339}) with `new` reports, keeping each
+    device's latest; and the newest report of all (`battery_low_at`), to the millisecond."""
     merged = {k: parse_rfc3339(v) for k, v in json.loads(stored or "{}").items()}
     for device_id, when in new.items():
         held = merged.get(device_id)
         merged[device_id] = when if held is None else max(held, when)
-    return json.dumps({k: to_rfc3339(v) for k, v in sorted(merged.items())})
+    text = {k: to_rfc3339(v) for k, v in sorted(merged.items())}
+    return json.dumps(text), parse_rfc3339(max(text.values()))
 
 
 def ascii_prefilter(search: str) -> str | None:
@@ -108,6 +110,13 @@ def matching(summaries: list[TriageSummary], search: str) -> list[TriageSummary]
         for s in summaries
         if wanted in s.patient.display_name.casefold() or wanted in s.patient.patient_id.casefold()
     ]
+
+
+def care_unit_names(rows: Sequence[Sequence[object]]) -> tuple[list[str], list[str]]:
+    """(team, ward) rows -> the distinct teams and the distinct wards among them."""
+    teams = {str(t) for t, _ in rows if t is not None}
+    wards = {str(w) for _, w in rows if w is not None}
+    return sorted(teams), sorted(wards)
 
 
 def summary_from_row(row: Sequence[Any]) -> TriageSummary:

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dashboards.accounts import AccountRules, Accounts, Role
+from dashboards.triagelist import reference_page
 from gateway.errors import InputError
 from gateway.model import (
     Alert,
@@ -37,10 +39,13 @@ from gateway.model import (
 )
 from gateway.protocols import (
     AlertChanged,
+    CgmSeries,
     DisclosedBatch,
     LiveEvent,
     QuarantinedRecord,
     ReadingsStored,
+    TriagePage,
+    TriageRanges,
     TriageSummary,
 )
 from gateway.store import DB_FILENAME, Store
@@ -48,6 +53,7 @@ from gateway.units import Unit
 from glucohub.accounts import open_account_storage, open_accounts
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PASSWORD = "correct horse battery"
 
 
@@ -257,6 +263,71 @@ class FakeReadModel:
             for p in sorted(self.patients.values(), key=lambda p: p.patient_id)
             if p.team is not None or p.ward is not None
         ]
+
+    async def triage_page(
+        self,
+        *,
+        allowed: AbstractSet[str],
+        now: datetime,
+        offset: int,
+        limit: int,
+        team: str | None = None,
+        ward: str | None = None,
+        search: str = "",
+    ) -> TriagePage:
+        """The stores rank in SQL; the fake by the reference they are tested against."""
+        self.calls.append("triage_page")
+        summaries = await self.triage_summaries(team=team, ward=ward, search=search)
+        self.calls.remove("triage_summaries")
+        return reference_page(
+            summaries,
+            await self.alerts(open_only=True),
+            allowed=allowed,
+            now=now,
+            offset=offset,
+            limit=limit,
+        )
+
+    async def care_unit_names(self, allowed: AbstractSet[str]) -> tuple[list[str], list[str]]:
+        mine = [p for p in self.patients.values() if p.patient_id in allowed]
+        return [p.team for p in mine if p.team], [p.ward for p in mine if p.ward]
+
+    async def cgm_series(self, patient_ids: Sequence[str], since: datetime) -> list[CgmSeries]:
+        self.calls.append(f"cgm_series:{len(patient_ids)}")
+        found: dict[str, list[Reading]] = {}
+        for r in self.readings_list:
+            if (
+                r.patient_id in patient_ids
+                and r.kind is ReadingKind.CGM_GLUCOSE
+                and r.time >= since
+            ):
+                found.setdefault(r.patient_id, []).append(r)
+        return [
+            CgmSeries(
+                patient_id=pid,
+                times_us=struct.pack(
+                    f">{len(rs)}q", *((r.time - EPOCH) // timedelta(microseconds=1) for r in rs)
+                ),
+                values=struct.pack(f">{len(rs)}d", *(r.value for r in rs)),
+            )
+            for pid, rs in found.items()
+        ]
+
+    async def store_triage_ranges(self, ranges: Sequence[TriageRanges]) -> None:
+        for r in ranges:
+            await self.set_triage_ranges(
+                r.patient_id,
+                below_range_pct=r.below_range_pct,
+                in_range_pct=r.in_range_pct,
+                computed_at=r.computed_at,
+                writes=r.writes,
+            )
+
+    async def claim_triage_refresh(self) -> bool:
+        return True
+
+    async def release_triage_refresh(self) -> None:
+        pass
 
 
 class FakeDevices:

@@ -1136,6 +1136,14 @@ async def test_triage_queries_show_exactly_the_visible_matches(served: Served, p
             if shown != wanted:
                 problems.append(f"{caller.name} {path}{query}: shows {shown}, expected {wanted}")
             if path == "/":
+                # The count and the pages are of the visible matches only (ranked in SQL).
+                count = (
+                    f"Patients 1–{len(wanted)} of {len(wanted)}, most urgent first"
+                    if wanted
+                    else "No patients"
+                )
+                if f'<p class="sub" id="triage-count">{count}</p>' not in text:
+                    problems.append(f"{caller.name} {query}: not counted as {count!r}")
                 offered = {w for w in set(WARDS.values()) if f"<option>{w}</option>" in text}
                 offered |= {
                     w for w in set(WARDS.values()) if f"<option selected>{w}</option>" in text

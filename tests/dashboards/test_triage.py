@@ -5,7 +5,8 @@ from datetime import timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboards.triage import PatientState, rank
+from dashboards.bands import band_of
+from dashboards.triage import PatientState, label, rank
 from gateway.model import Alert, AlertKind, AlertLevel, Patient
 from gateway.units import Unit
 from tests.dashboards.fakes import NOW, alert, cgm
@@ -162,8 +163,10 @@ def test_band_edges_place_patients_as_the_consensus_does() -> None:
     # < 54 very low, 54-69 low, 70-180 in range, 181-250 high, > 250 very high (mg/dL)
     cases = {53.9: "Very low", 54: "Low", 69.9: "Low", 70: "In range", 180: "In range",
              180.5: "High", 250: "High", 250.5: "Very high"}  # fmt: skip
-    for value, label in cases.items():
-        assert state("p", value=value).priority(NOW).label == label, value
+    for value, words in cases.items():
+        assert label(state("p", value=value).priority(NOW)) == words, value
+        # The rules' band table (gateway.clinical.urgency, also the SQL's) is the display's.
+        assert band_of(value).label == words, value
 
 
 def test_an_open_low_alert_without_fresh_data_says_both() -> None:
@@ -184,7 +187,7 @@ def test_an_open_low_alert_without_fresh_data_says_both() -> None:
     )
     # Still low by the open alert (62 mg/dL = 3.44 mmol/L, raised 45 min ago), and the
     # clinician is told no reading has come for 40 minutes.
-    assert silent.priority(NOW).label == "Low"
+    assert label(silent.priority(NOW)) == "Low"
     assert (
         silent.reason(NOW, Unit.MMOL_L)
         == "Low 3.4 mmol/L, 45 min ago; no recent data: last reading 40 min ago"

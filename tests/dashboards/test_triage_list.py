@@ -5,17 +5,20 @@ Expected orders and shares are worked out by hand from the data each test writes
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from datetime import datetime, timedelta
+import struct
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from dashboards import triageranges
+from dashboards import offload, triageranges
 from dashboards.accounts import AccountRules
 from dashboards.context import DEPS
 from gateway.model import Patient, Reading, ReadingKind, Source
+from gateway.protocols import CgmSeries
 from gateway.services import Reader, StoreReadModel
 from gateway.storage.postgres_store import PostgresStore
 from gateway.store import DB_FILENAME, Store
@@ -202,3 +205,93 @@ async def test_stored_shares_equal_a_recomputation_from_the_readings(
     finally:
         reader.close()
         store.close()
+
+
+def _days_of(pid: str, device: str, day: list[float], now: datetime) -> list[Reading]:
+    """14 days of 5-minute readings repeating `day` (288 values), the newest at `now`."""
+    return [
+        Reading(
+            patient_id=pid,
+            device_id=device,
+            kind=ReadingKind.CGM_GLUCOSE,
+            value=day[k % 288],
+            unit=Unit.MG_DL,
+            time=now - timedelta(minutes=5 * k),
+            source=Source.MQTT,
+            seq=k,
+        )
+        for k in range(14 * 288)
+    ]
+
+
+async def test_patients_are_refreshed_in_batches_by_one_dashboard_process_at_a_time(
+    world: World, tmp_path: Path, postgres_url: str
+) -> None:
+    """Two dashboard processes on one clinic database (two apps, each with its own read
+    connection): while one holds the refresh, the other computes nothing; the batch gives
+    each patient the shares worked out by hand. p1's day: 12 readings at 60 mg/dL, 24 at 200,
+    252 at 120 (below 70: 12/288 = 4.1667 %, in range 252/288 = 87.5 %); p2's all at 200 (0 %
+    and 0 %); p3 has only meter readings, which the CGM shares do not count (none)."""
+    now = world.clock.now()
+    store = PostgresStore(postgres_url)
+    readers = [Reader(tmp_path, postgres_url), Reader(tmp_path, postgres_url)]
+    runners = []
+    try:
+        for pid in ("p1", "p2", "p3"):
+            store.add_patient(Patient(patient_id=pid, display_name=pid.upper()))
+        store.write(_days_of("p1", "cgm-1", [60.0] * 12 + [200.0] * 24 + [120.0] * 252, now))
+        store.write(_days_of("p2", "cgm-2", [200.0] * 288, now))
+        meter = _days_of("p3", "meter-3", [90.0] * 288, now)[:3]
+        store.write([dataclasses.replace(r, kind=ReadingKind.GLUCOSE) for r in meter])
+        apps = []
+        for reader in readers:
+            app = make_app(world)
+            app[DEPS].read_model = StoreReadModel(reader)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            runners.append(runner)
+            apps.append(app)
+        a, b = apps
+        assert await b[DEPS].read_model.claim_triage_refresh()
+        assert await triageranges.refresh_due(a) == 0  # b holds it: a leaves it to b
+        assert {s.ranges_at for s in store.triage_summaries()} == {None}
+        await b[DEPS].read_model.release_triage_refresh()
+        assert await triageranges.refresh_due(a) == 3  # one batch
+        assert await triageranges.refresh_due(b) == 0  # nothing left due for b
+        found = {
+            s.patient.patient_id: (s.below_range_pct, s.in_range_pct, s.ranges_at)
+            for s in store.triage_summaries()
+        }
+        assert found["p1"][:2] == pytest.approx((100 * 12 / 288, 100 * 252 / 288))
+        assert found["p2"] == (0.0, 0.0, now)
+        assert found["p3"] == (None, None, now)
+        assert found["p1"][2] == now
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        for reader in readers:
+            reader.close()
+        store.close()
+
+
+def test_a_patient_whose_values_the_metrics_refuse_leaves_the_others_their_shares() -> None:
+    """In the worker: p1 at 60 mg/dL, 5 minutes later 120 (each holds 5 minutes, the last for
+    the interval that led up to it: below 70 half the time, in range the other half); p2
+    holds a 0, which the metrics refuse: left out, p1 kept."""
+    t = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    series = [
+        CgmSeries(
+            patient_id="p1",
+            times_us=struct.pack(">2q", t - 300_000_000, t),
+            values=struct.pack(">2d", 60.0, 120.0),
+        ),
+        CgmSeries(
+            patient_id="p2",
+            times_us=struct.pack(">2q", t - 300_000_000, t),
+            values=struct.pack(">2d", 0.0, 100.0),
+        ),
+    ]
+    shares = offload._shares(series, now=NOW, days=14)
+    assert list(shares) == ["p1"]
+    assert shares["p1"] == pytest.approx((50.0, 50.0))
+    assert offload._shares(series[:1], now=NOW, days=14) == shares  # the same alone

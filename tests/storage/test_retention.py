@@ -235,6 +235,8 @@ def test_batches_sealed_before_the_upgrade_are_acknowledged_by_their_outbox_rows
         "DROP TABLE nightscout_deletions",
         "DROP TABLE nightscout_jwt_key",
         "ALTER TABLE nightscout_secrets DROP COLUMN roles",
+        "ALTER TABLE patients DROP COLUMN name_fold",
+        "ALTER TABLE patients DROP COLUMN id_fold",
         "DROP TABLE triage_summary",
         "DROP INDEX alerts_open",
         "DROP INDEX patients_team",

@@ -6,6 +6,7 @@ Expected values are worked out from the readings written here, by hand."""
 from __future__ import annotations
 
 import sqlite3
+import struct
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -297,3 +298,22 @@ def test_an_upgraded_database_starts_its_summaries_from_what_is_stored(
     store.write([cgm(30, 150, 4)])
     p1 = next(s for s in store.triage_summaries() if s.patient.patient_id == "p1")
     assert p1.latest is not None and p1.latest.value == 150 and p1.writes == 2
+
+
+def test_cgm_series_are_each_patients_cgm_readings_packed(store: AnyStore) -> None:
+    store.write(
+        [
+            cgm(0, 100, 1),
+            cgm(5, 101.25, 2),
+            cgm(-60, 90, 3),  # before `since`
+            glucose("p2", "meter-2", 3, 150, ReadingKind.GLUCOSE, 1),  # a meter: not CGM
+        ]
+    )
+    (series,) = store.cgm_series(["p1", "p2"], T0)
+    t0 = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    pairs = zip(
+        struct.unpack(">2q", series.times_us), struct.unpack(">2d", series.values), strict=True
+    )
+    assert series.patient_id == "p1"
+    assert sorted(pairs) == [(t0, 100.0), (t0 + 300_000_000, 101.25)]
+    assert store.cgm_series(["p2"], T0) == [] and store.cgm_series([], T0) == []
