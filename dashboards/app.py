@@ -50,6 +50,7 @@ from gateway.protocols import (
 )
 from gateway.settings import DashboardSettings
 from gateway.storage.document_log import DocumentLog
+from gateway.storage.opening import StorageLocation
 from gateway.units import glucose_unit
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,14 @@ def create_app(
     treatments: TreatmentLog | None = None,
     devices: DeviceControl | None = None,
     documents: DocumentLog | None = None,
+    storage: StorageLocation | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
     With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
     takes Nightscout uploads (without one they are refused with 503); `treatments` stores and
     shows patients' treatments; `devices` lets patients forget their devices; `documents`
-    keeps Nightscout devicestatus and profiles."""
+    keeps Nightscout devicestatus and profiles; `storage` is where the report worker reads
+    readings itself (without it they are read here and sent to it)."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -105,6 +108,7 @@ def create_app(
         treatments=treatments,
         devices=devices,
         documents=documents,
+        storage=storage,
     )
     views.add_routes(app)
     publiclog.add_routes(app)
