@@ -39,6 +39,7 @@ from gateway.storage.opening import StorageLocation
 from gateway.units import Unit
 
 CHUNK = 500  # readings pickled per slice of loop time (~2 ms)
+Samples = Sequence[Reading | tuple[datetime, float]]  # what the report and metrics take
 WORKERS = 1
 # The worker's CPU priority below the hub's: on a small box (2 cores) a report would otherwise
 # take a core from the process forwarding readings to the dashboards and acknowledging MQTT.
@@ -142,26 +143,33 @@ def _unpacked(chunks: Sequence[bytes]) -> list[Reading]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stored:
-    """Readings the worker reads itself: the patient's, of `kinds`, from `since` on (as
-    `fetch_in_slices` gives them)."""
+    """Readings the worker reads itself: the patient's, of `kinds`, from `since` on (what
+    `fetch_in_slices` gives). CGM readings come as `(time, mg/dL)` pairs, which is all the
+    report takes of them (`gateway.clinical.metrics`), without building 8,640 `Reading`s."""
 
     storage: StorageLocation
     patient_id: str
     since: datetime
     kinds: tuple[ReadingKind, ...]
 
-    def load(self) -> list[Reading]:
+    def load(self) -> Samples:
         store = _STORES.get(self.storage)
         if store is None:
             store = _STORES[self.storage] = self.storage.open(read_only=True)
+        found: list[Reading | tuple[datetime, float]] = []
+        others = [k for k in self.kinds if k is not ReadingKind.CGM_GLUCOSE]
         try:
-            return list(
-                store.readings(patient_id=self.patient_id, since=self.since, kinds=self.kinds)
-            )
+            if ReadingKind.CGM_GLUCOSE in self.kinds:
+                found += store.reading_points(
+                    patient_id=self.patient_id, since=self.since, kind=ReadingKind.CGM_GLUCOSE
+                )
+            if others:
+                found += store.readings(patient_id=self.patient_id, since=self.since, kinds=others)
         except BaseException:
             del _STORES[self.storage]  # a dropped connection: the next report opens another
             store.close()
             raise
+        return found
 
 
 _STORES: dict[StorageLocation, HubStorage] = {}  # the worker's read-only connections, kept
@@ -173,7 +181,7 @@ class Packed:
 
     chunks: tuple[bytes, ...]
 
-    def load(self) -> list[Reading]:
+    def load(self) -> Samples:
         return _unpacked(self.chunks)
 
 

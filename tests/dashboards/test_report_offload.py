@@ -285,14 +285,17 @@ def test_the_worker_reads_a_patients_readings_from_either_backend(
             (r for r in written if r.patient_id == "pat-a" and r.time >= since),
             key=lambda r: r.time,
         )
-        for kinds in ((ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE), (ReadingKind.GLUCOSE,)):
-            found = offload.Stored(
-                storage=where, patient_id="pat-a", since=since, kinds=kinds
-            ).load()
-            assert found == [r for r in wanted if r.kind in kinds]
-        assert len(offload.Stored(
-            storage=where, patient_id="pat-a", since=since, kinds=(ReadingKind.GLUCOSE,)
-        ).load()) == 2  # fmt: skip
+        cgm_points = [(r.time, r.value) for r in wanted if r.kind is ReadingKind.CGM_GLUCOSE]
+        sticks = [r for r in wanted if r.kind is ReadingKind.GLUCOSE]
+        assert len(cgm_points) == 2 * 288 + 1 and len(sticks) == 2  # the 60-hour one is older
+        both = (ReadingKind.CGM_GLUCOSE, ReadingKind.GLUCOSE)
+        for kinds, expected in (
+            (both, [*cgm_points, *sticks]),  # CGM as (time, mg/dL) pairs, the rest as readings
+            ((ReadingKind.CGM_GLUCOSE,), cgm_points),
+            ((ReadingKind.GLUCOSE,), sticks),
+        ):
+            found = offload.Stored(storage=where, patient_id="pat-a", since=since, kinds=kinds)
+            assert found.load() == expected, kinds
     finally:
         opened = offload._STORES.pop(where, None)
         if opened is not None:
