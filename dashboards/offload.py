@@ -141,6 +141,9 @@ def _unpacked(chunks: Sequence[bytes]) -> list[Reading]:
     return [r for chunk in chunks for r in pickle.loads(chunk)]
 
 
+_STORES: dict[StorageLocation, HubStorage] = {}  # the worker's read-only connections, kept
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stored:
     """Readings the worker reads itself: the patient's, of `kinds`, from `since` on (what
@@ -170,9 +173,6 @@ class Stored:
             store.close()
             raise
         return found
-
-
-_STORES: dict[StorageLocation, HubStorage] = {}  # the worker's read-only connections, kept
 
 
 @dataclass(frozen=True, slots=True)
