@@ -474,6 +474,19 @@ class Live:
     dashboard: dict[str, float] = field(default_factory=dict)
     publish_rate: float = 0.0
     reports: list[tuple[float, float]] = field(default_factory=list)  # (start, end) perf_counter
+    stretches: list[Stretch] = field(default_factory=list)  # phase 4 and its control
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stretch:
+    """A stretch of phase 4 (or of its control), with reports (burns) back to back or none:
+    how long it lasted and the CPU time the hub process and the report worker (the burner)
+    spent in it."""
+
+    reports: bool
+    wall_s: float
+    hub_cpu_s: float
+    helper_cpu_s: float
 
 
 async def login(session: aiohttp.ClientSession, base: str) -> None:
@@ -522,20 +535,54 @@ async def fetch_report(session: aiohttp.ClientSession, base: str) -> tuple[float
     return start, time.perf_counter()
 
 
-BURN = (
-    "import time\nfrom dashboards.offload import lower_priority\nlower_priority()\n"
-    "end = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+BURNER = (
+    "import sys, time\nfrom dashboards.offload import lower_priority\nlower_priority()\n"
+    "print(flush=True)\n"
+    "for line in sys.stdin:\n"
+    "    end = time.monotonic() + float(line)\n"
+    "    while time.monotonic() < end: pass\n"
+    "    print(flush=True)\n"
 )
 
 
-async def burn(seconds: float) -> tuple[float, float]:
-    """The control for a report: a process that only spends `seconds` of CPU, at the report
-    worker's priority (`dashboards.offload.lower_priority`), touching nothing of the hub."""
-    start = time.perf_counter()
-    code = BURN.format(seconds=seconds)
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
-    await process.wait()
-    return start, time.perf_counter()
+class Burner:
+    """The control for the report worker: one process, started before the phase and lowered
+    to the worker's priority (`dashboards.offload.lower_priority`) before it burns anything,
+    that spins for as long as asked, touching nothing of the hub. (A process started per burn
+    would spend its start and imports, ~0.5 s of CPU, at normal priority.)"""
+
+    def __init__(self) -> None:
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", BURNER, cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await self._done()
+
+    async def _done(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        if not await self.process.stdout.readline():
+            raise BenchError("the control burner exited")
+
+    async def burn(self, seconds: float) -> tuple[float, float]:
+        assert self.process is not None and self.process.stdin is not None
+        start = time.perf_counter()
+        self.process.stdin.write(f"{seconds}\n".encode())
+        await self.process.stdin.drain()
+        await self._done()
+        return start, time.perf_counter()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.stdin is not None:
+            self.process.stdin.close()
+            await self.process.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
 
 async def reports_until(
@@ -543,17 +590,34 @@ async def reports_until(
     base: str,
     stop: asyncio.Event,
     live: Live,
-    burn_s: float | None = None,
+    cpu: Callable[[], tuple[float, float]],
+    control: tuple[Burner, float] | None = None,
 ) -> None:
     """REPORT_ON_S of reports back to back, REPORT_OFF_S of none, and again, until `stop`;
-    with `burn_s`, the control: CPU burners of that length instead of reports."""
+    with `control` (a burner and a length), CPU burns of that length instead of reports.
+    Each stretch is kept in `live` with the CPU times `cpu` gives (hub, worker or burner)."""
+    last = (time.perf_counter(), *cpu())
+
+    def mark(reports: bool) -> None:
+        nonlocal last
+        now = (time.perf_counter(), *cpu())
+        wall, hub, helper = (b - a for a, b in zip(last, now, strict=True))
+        live.stretches.append(
+            Stretch(reports=reports, wall_s=wall, hub_cpu_s=hub, helper_cpu_s=helper)
+        )
+        last = now
+
     while not stop.is_set():
         stretch = time.perf_counter()
         while not stop.is_set() and time.perf_counter() - stretch < REPORT_ON_S:
-            work = fetch_report(session, base) if burn_s is None else burn(burn_s)
-            live.reports.append(await work)
+            if control is None:
+                live.reports.append(await fetch_report(session, base))
+            else:
+                live.reports.append(await control[0].burn(control[1]))
+        mark(True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), REPORT_OFF_S)
+        mark(False)
 
 
 async def live_latency(
@@ -565,8 +629,11 @@ async def live_latency(
     burn_s: float | None = None,
 ) -> Live:
     """Phase 3; with `reports` phase 4 (30-day reports requested while publishing); with
-    `burn_s` too, its control (CPU burners instead of reports)."""
+    `burn_s` instead, its control (CPU burns of that length instead of reports). Counts the
+    CPU time the hub process and the burner or the hub's children (the report worker) spend
+    while the readings are published."""
     live = Live()
+    burner = Burner()
     keys = {key for key, _, _ in messages}
     count = len(messages)
 
@@ -607,9 +674,23 @@ async def live_latency(
                 await asyncio.sleep(0.2)  # the viewer is registered once the upgrade is done
                 stop = asyncio.Event()
                 reporter = None
-                if reports:
+                helpers: list[int] = []  # the report worker, or the control's burner
+
+                def cpu() -> tuple[float, float]:
+                    return cpu_seconds(hub.pid), sum(map(cpu_seconds, helpers))
+
+                if burn_s is not None:
+                    await burner.start()
+                    helpers = [burner.pid]
+                    reporter = asyncio.create_task(
+                        reports_until(session, hub.base_url, stop, live, cpu, (burner, burn_s))
+                    )
+                elif reports:
                     await fetch_report(session, hub.base_url)  # starts the report worker
-                    reporter = asyncio.create_task(reports_until(session, hub.base_url, stop, live))
+                    helpers = child_pids(hub.pid)
+                    reporter = asyncio.create_task(
+                        reports_until(session, hub.base_url, stop, live, cpu)
+                    )
                 await asyncio.to_thread(paced_publisher, port, messages, LIVE_RATE, live)
                 stop.set()
                 if reporter is not None:
@@ -628,7 +709,27 @@ async def live_latency(
     finally:
         bare.disconnect()
         bare.loop_stop()
+        await burner.stop()
     return live
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a live process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
 
 
 def latencies_ms(published: dict[str, float], received: dict[str, float]) -> list[float]:
@@ -679,9 +780,7 @@ def main() -> None:
             busy = asyncio.run(live_latency(hub, broker.port, busy_load, reports=True))
             burn_s = statistics.median(end - start for start, end in busy.reports)
             control_load = load.messages(TRIALS * rounds + 2 * live_rounds, live_rounds)
-            control = asyncio.run(
-                live_latency(hub, broker.port, control_load, reports=True, burn_s=burn_s)
-            )
+            control = asyncio.run(live_latency(hub, broker.port, control_load, burn_s=burn_s))
         finally:
             hub.stop()
             broker.kill()
@@ -727,11 +826,37 @@ def main() -> None:
         f"   ratio to bare paho p50 {d50 / b50:.1f}  p99 {d99 / b99:.1f}"
     )
     rise = report_latency(busy, "a report in flight")
+    print(cpu_per_report(busy, "report worker"))
     control_rise = report_latency(control, "a CPU burner running")
+    print(cpu_per_report(control, "burner"))
     print(
-        f"  control: a process doing nothing but {burn_s * 1000:.0f} ms of CPU at the report "
-        f"worker's priority raises the p99 by {control_rise:+.2f} ms on this machine; the "
-        f"report's own rise beyond it: {rise - control_rise:+.2f} ms"
+        f"  control: a process spinning for {burn_s * 1000:.0f} ms at a time (a report's "
+        f"median) at the report worker's priority raises the p99 by {control_rise:+.2f} ms on "
+        f"this machine; the report's own rise beyond it: {rise - control_rise:+.2f} ms"
+    )
+
+
+def cpu_per_report(busy: Live, helper: str) -> str:
+    """The CPU time a report (or a burn) costs the hub process and the process rendering it:
+    their CPU rates in the stretches with reports against those in the stretches without
+    (the same ingest, the same background work of the hub), over the reports' time."""
+    count = len(busy.reports)
+    on = [s for s in busy.stretches if s.reports]
+    off = [s for s in busy.stretches if not s.reports]
+    on_s, off_s = sum(s.wall_s for s in on), sum(s.wall_s for s in off)
+
+    def extra(cpu: Callable[[Stretch], float]) -> tuple[float, float, float]:
+        """(CPU s per report, rate with, rate without)"""
+        with_rate = sum(map(cpu, on)) / on_s
+        without = sum(map(cpu, off)) / off_s
+        return (with_rate - without) * on_s / count, with_rate, without
+
+    hub, hub_on, hub_off = extra(lambda s: s.hub_cpu_s)
+    other, _, _ = extra(lambda s: s.helper_cpu_s)
+    return (
+        f"  CPU: the hub process {hub_on * 1000:.0f} ms/s with, {hub_off * 1000:.0f} ms/s "
+        f"without, so {hub * 1000:+.0f} ms per report; the {helper} {other * 1000:+.0f} ms "
+        f"per report ({count} in {on_s:.1f} s of {on_s + off_s:.1f} s)"
     )
 
 

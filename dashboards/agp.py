@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from dashboards import bands, timefmt
-from gateway.clinical.metrics import GlucoseMetrics, compute_metrics, daily_profiles, fingersticks
+from gateway.clinical.metrics import (
+    GlucoseMetrics,
+    cgm_series,
+    compute_metrics,
+    daily_profiles,
+    fingersticks,
+)
 from gateway.clinical.report import meter_dots
 from gateway.clinical.treatment_summary import DayMark, TreatmentSummary, day_marks, summarise
 from gateway.model import Patient, Reading, Treatment
@@ -114,13 +120,14 @@ def build_report(
     samples = list(readings)
     summary = summarise(treatments, now=now, days=days, timezone=patient.timezone)
     marks = day_marks(treatments, now=now, days=days, timezone=patient.timezone)
+    cgm = cgm_series(samples, patient.patient_id)
     metrics = compute_metrics(
-        samples, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
+        cgm, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
     )
     tz = timefmt.patient_zone(patient.timezone)
     sticks = fingersticks(samples, now=now, days=days)
     dots = meter_dots(sticks, patient.timezone)
-    profiles = daily_profiles(samples, now=now, days=days, timezone=patient.timezone)[-days:]
+    profiles = daily_profiles(cgm, now=now, days=days, timezone=patient.timezone)[-days:]
     shown = (sum(1 for _, points in profiles if points), len(profiles))
     start, end = metrics.start.astimezone(tz), metrics.end.astimezone(tz)
     return AgpReport(

@@ -51,6 +51,7 @@ from gateway.protocols import (
 )
 from gateway.settings import DashboardSettings
 from gateway.storage.document_log import DocumentLog
+from gateway.storage.opening import StorageLocation
 from gateway.units import glucose_unit
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,15 @@ def create_app(
     devices: DeviceControl | None = None,
     documents: DocumentLog | None = None,
     hub_logs: HubLogs | None = None,
+    storage: StorageLocation | None = None,
 ) -> web.Application:
     """The dashboard application. The caller owns `accounts` (and closes it after the app).
     With `first_run` (a hub with no patient yet) it also serves the /setup pages. `sink`
     takes Nightscout uploads (without one they are refused with 503); `treatments` stores and
     shows patients' treatments; `devices` lets patients forget their devices; `documents`
     keeps Nightscout devicestatus and profiles; `hub_logs` (a clinic) serves the log of each
-    hub it witnesses, its batches keyed by hub and seq."""
+    hub it witnesses, its batches keyed by hub and seq; `storage` is where the report worker
+    reads readings itself (without it they are read here and sent to it)."""
     app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
@@ -109,6 +112,7 @@ def create_app(
         devices=devices,
         documents=documents,
         hub_logs=hub_logs,
+        storage=storage,
     )
     views.add_routes(app)
     publiclog.add_routes(app)

@@ -24,6 +24,7 @@ from gateway.protocols import (
 )
 from gateway.settings import DashboardSettings
 from gateway.storage.document_log import DocumentLog
+from gateway.storage.opening import StorageLocation
 
 SESSION_COOKIE = "gh_session"
 LOGIN_COOKIE = "gh_login"  # the login form's CSRF token, before there is a session
@@ -47,6 +48,7 @@ class Deps:
     devices: DeviceControl | None = None  # None: patients cannot forget devices here
     documents: DocumentLog | None = None  # Nightscout devicestatus, profiles, deletions
     hub_logs: HubLogs | None = None  # a clinic's: every hub's log; None: a hub's own (ledger)
+    storage: StorageLocation | None = None  # where the report worker reads readings itself
     broadcaster: Broadcaster = field(default_factory=Broadcaster)
     rules: dict[web.AbstractRoute, Rule] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)

@@ -1,38 +1,47 @@
 """Reports and FHIR summaries computed in a worker process, off the event loop.
 
-Rendering a 30-day AGP report takes 0.1–0.3 s of pure-Python and numpy work that holds the
-GIL, so a thread would still stall the loop that serves the dashboards (and, in the hub, sends
-MQTT acknowledgements). One spawned worker process does it instead. The readings are pickled
-in small chunks with a yield to the loop between them: pickling 30 days at once would itself
-block the loop for tens of milliseconds.
+Rendering a 30-day AGP report is numpy and pure-Python work that holds the GIL, so a thread
+would still stall the loop that serves the dashboards (and, in the hub, sends MQTT
+acknowledgements). One spawned worker process does it instead. Where the app is given its
+storage's location (`StorageLocation`), the worker reads a report's readings too, over a
+read-only connection of its own: decoding 30 days of rows into `Reading`s and pickling them
+cost the hub's process more CPU than the report itself did in the worker, time in which the
+loop waited for the GIL. Without one (a read model only, as in tests with fakes), the
+readings are fetched here in slices and pickled in small chunks with a yield to the loop
+between them: pickling 30 days at once would itself block the loop for tens of milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import multiprocessing
 import os
 import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
 from aiohttp import web
+from markupsafe import Markup
 
-from dashboards.agp import AgpReport, build_report
-from dashboards.agpcharts import PageCharts, page_charts
+from dashboards import jinja
+from dashboards.agp import build_report
+from dashboards.agpcharts import page_charts
 from dashboards.reportfile import render_report_file
 from gateway.clinical.errors import MetricsInputError
 from gateway.clinical.metrics import GlucoseMetrics, compute_metrics
 from gateway.model import Patient, Reading, ReadingKind, Treatment
 from gateway.protocols import CgmSeries, ReadModel
+from gateway.storage.contract import HubStorage
+from gateway.storage.opening import StorageLocation
 from gateway.units import Unit
 
 CHUNK = 500  # readings pickled per slice of loop time (~2 ms)
+Samples = Sequence[Reading | tuple[datetime, float]]  # what the report and metrics take
 WORKERS = 1
 # The worker's CPU priority below the hub's: on a small box (2 cores) a report would otherwise
 # take a core from the process forwarding readings to the dashboards and acknowledging MQTT.
@@ -54,10 +63,12 @@ def lower_priority() -> None:
 
 
 class _Pool:
-    """The app's worker process, started on first use and shut down with the app."""
+    """The app's worker process, started on first use and shut down with the app; `storage`,
+    where it reads readings itself (None: they are sent to it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: StorageLocation | None = None) -> None:
         self.executor: ProcessPoolExecutor | None = None
+        self.storage = storage
 
     def get(self) -> ProcessPoolExecutor:
         if self.executor is None:
@@ -78,8 +89,8 @@ class _Pool:
 POOL = web.AppKey("offload_pool", _Pool)
 
 
-def install(app: web.Application) -> None:
-    pool = _Pool()
+def install(app: web.Application, storage: StorageLocation | None = None) -> None:
+    pool = _Pool(storage)
     app[POOL] = pool
     app.on_cleanup.append(pool.close)
 
@@ -132,9 +143,74 @@ def _unpacked(chunks: Sequence[bytes]) -> list[Reading]:
     return [r for chunk in chunks for r in pickle.loads(chunk)]
 
 
+_STORES: dict[StorageLocation, HubStorage] = {}  # the worker's read-only connections, kept
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stored:
+    """Readings the worker reads itself: the patient's, of `kinds`, from `since` on (what
+    `fetch_in_slices` gives). CGM readings come as `(time, mg/dL)` pairs, which is all the
+    report takes of them (`gateway.clinical.metrics`), without building 8,640 `Reading`s."""
+
+    storage: StorageLocation
+    patient_id: str
+    since: datetime
+    kinds: tuple[ReadingKind, ...]
+
+    def load(self) -> Samples:
+        store = _STORES.get(self.storage)
+        if store is None:
+            store = _STORES[self.storage] = self.storage.open(read_only=True)
+        found: list[Reading | tuple[datetime, float]] = []
+        others = [k for k in self.kinds if k is not ReadingKind.CGM_GLUCOSE]
+        try:
+            if ReadingKind.CGM_GLUCOSE in self.kinds:
+                found += store.reading_points(
+                    patient_id=self.patient_id, since=self.since, kind=ReadingKind.CGM_GLUCOSE
+                )
+            if others:
+                found += store.readings(patient_id=self.patient_id, since=self.since, kinds=others)
+        except BaseException:
+            del _STORES[self.storage]  # a dropped connection: the next report opens another
+            store.close()
+            raise
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """Readings the hub read and pickled in chunks (`_packed`)."""
+
+    chunks: tuple[bytes, ...]
+
+    def load(self) -> Samples:
+        return _unpacked(self.chunks)
+
+
+Source = Stored | Packed
+
+
+async def source(
+    app: web.Application,
+    read_model: ReadModel,
+    patient_id: str,
+    *,
+    since: datetime,
+    until: datetime,
+    kinds: Sequence[ReadingKind],
+) -> Source:
+    """Where the worker finds the patient's readings from `since` on: the store itself when the
+    app knows where it is, else the readings fetched here (`fetch_in_slices`) and packed."""
+    storage = app[POOL].storage
+    if storage is not None:
+        return Stored(storage=storage, patient_id=patient_id, since=since, kinds=tuple(kinds))
+    found = await fetch_in_slices(read_model, patient_id, since=since, until=until, kinds=kinds)
+    return Packed(tuple(await _packed(found)))
+
+
 def _render(
     patient: Patient,
-    chunks: list[bytes],
+    readings: Source,
     *,
     days: int,
     now: datetime,
@@ -144,7 +220,7 @@ def _render(
 ) -> bytes:
     return render_report_file(
         patient,
-        _unpacked(chunks),
+        readings.load(),
         days=days,
         now=now,
         fmt=fmt,  # type: ignore[arg-type]
@@ -155,25 +231,24 @@ def _render(
 
 def _report_page(
     patient: Patient,
-    chunks: list[bytes],
+    readings: Source,
     *,
     days: int,
     now: datetime,
     unit: Unit,
     treatments: Sequence[Treatment],
-) -> tuple[AgpReport, PageCharts]:
+    day_choices: Sequence[int],
+) -> str:
     report = build_report(
-        patient, _unpacked(chunks), days=days, now=now, unit=unit, treatments=treatments
+        patient, readings.load(), days=days, now=now, unit=unit, treatments=treatments
     )
-    charts = page_charts(report)
-    # The page shows the profiles as drawn; their points need not travel back to the loop.
-    light = tuple(dataclasses.replace(p, points=(), meter=(), marks=()) for p in report.profiles)
-    return dataclasses.replace(report, profiles=light), charts
+    context = {"r": report, "charts": page_charts(report), "day_choices": day_choices}
+    return jinja.render("agp_article.html", context)
 
 
 def _report_pdf(
     patient: Patient,
-    chunks: list[bytes],
+    readings: Source,
     *,
     days: int,
     now: datetime,
@@ -183,23 +258,23 @@ def _report_pdf(
     from dashboards.agppdf import render_pdf  # fpdf2 and Pillow load in the worker only
 
     report = build_report(
-        patient, _unpacked(chunks), days=days, now=now, unit=unit, treatments=treatments
+        patient, readings.load(), days=days, now=now, unit=unit, treatments=treatments
     )
     return render_pdf(report)
 
 
 def _metrics(
-    chunks: list[bytes], *, now: datetime, days: int, timezone: str, patient_id: str
+    readings: Source, *, now: datetime, days: int, timezone: str, patient_id: str
 ) -> GlucoseMetrics:
     return compute_metrics(
-        _unpacked(chunks), now=now, days=days, timezone=timezone, patient_id=patient_id
+        readings.load(), now=now, days=days, timezone=timezone, patient_id=patient_id
     )
 
 
 async def report(
     app: web.Application,
     patient: Patient,
-    readings: Sequence[Reading],
+    readings: Source,
     *,
     days: int,
     now: datetime,
@@ -208,9 +283,8 @@ async def report(
     treatments: Sequence[Treatment] = (),
 ) -> bytes:
     """`dashboards.reportfile.render_report_file` in the worker process (its errors re-raised)."""
-    chunks = await _packed(readings)
     result: bytes = await _run(
-        app, _render, patient, chunks, days=days, now=now, fmt=fmt, unit=unit,
+        app, _render, patient, readings, days=days, now=now, fmt=fmt, unit=unit,
         treatments=list(treatments),
     )  # fmt: skip
     return result
@@ -226,9 +300,9 @@ async def metrics(
     patient_id: str,
 ) -> GlucoseMetrics:
     """`compute_metrics` in the worker process (its errors re-raised)."""
-    chunks = await _packed(readings)
+    packed = Packed(tuple(await _packed(readings)))
     result: GlucoseMetrics = await _run(
-        app, _metrics, chunks, now=now, days=days, timezone=timezone, patient_id=patient_id
+        app, _metrics, packed, now=now, days=days, timezone=timezone, patient_id=patient_id
     )
     return result
 
@@ -236,26 +310,27 @@ async def metrics(
 async def report_page(
     app: web.Application,
     patient: Patient,
-    readings: Sequence[Reading],
+    readings: Source,
     *,
     days: int,
     now: datetime,
     unit: Unit,
+    day_choices: Sequence[int],
     treatments: Sequence[Treatment] = (),
-) -> tuple[AgpReport, PageCharts]:
-    """The AGP report page's data and drawings (`dashboards.agp`), made in the worker."""
-    chunks = await _packed(readings)
-    result: tuple[AgpReport, PageCharts] = await _run(
-        app, _report_page, patient, chunks, days=days, now=now, unit=unit,
-        treatments=list(treatments),
+) -> Markup:
+    """The AGP report page's article (`templates/agp_article.html`, autoescaped, its drawings
+    inline), made in the worker: the loop only places it in the page's frame."""
+    result: str = await _run(
+        app, _report_page, patient, readings, days=days, now=now, unit=unit,
+        treatments=list(treatments), day_choices=tuple(day_choices),
     )  # fmt: skip
-    return result
+    return Markup(result)
 
 
 async def report_pdf(
     app: web.Application,
     patient: Patient,
-    readings: Sequence[Reading],
+    readings: Source,
     *,
     days: int,
     now: datetime,
@@ -264,9 +339,8 @@ async def report_pdf(
 ) -> bytes:
     """The AGP report as PDF (`dashboards.agppdf`), made in the worker; `MissingFont` when
     its fonts are not installed."""
-    chunks = await _packed(readings)
     result: bytes = await _run(
-        app, _report_pdf, patient, chunks, days=days, now=now, unit=unit,
+        app, _report_pdf, patient, readings, days=days, now=now, unit=unit,
         treatments=list(treatments),
     )  # fmt: skip
     return result

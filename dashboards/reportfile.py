@@ -20,7 +20,7 @@ from dashboards import jinja
 from dashboards.agp import build_report
 from dashboards.agpcharts import page_charts
 from gateway.clinical.errors import ClinicalError
-from gateway.clinical.metrics import compute_metrics, daily_profiles, fingersticks
+from gateway.clinical.metrics import cgm_series, compute_metrics, daily_profiles, fingersticks
 from gateway.clinical.treatment_summary import in_window, summarise
 from gateway.clock import require_utc, to_rfc3339
 from gateway.model import Patient, Reading, Treatment
@@ -82,10 +82,11 @@ def report_json(
 ) -> bytes:
     """The report's data: the consensus metrics, the daily profiles, the fingersticks and the
     recorded insulin and carbohydrates."""
+    cgm = cgm_series(readings, patient.patient_id)
     metrics = compute_metrics(
-        readings, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
+        cgm, now=now, days=days, timezone=patient.timezone, patient_id=patient.patient_id
     )
-    profiles = daily_profiles(readings, now=now, days=days, timezone=patient.timezone)
+    profiles = daily_profiles(cgm, now=now, days=days, timezone=patient.timezone)
     sticks = fingersticks(readings, now=now, days=days)
     summary = summarise(treatments, now=now, days=days, timezone=patient.timezone)
     recorded = [

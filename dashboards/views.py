@@ -552,23 +552,22 @@ async def report(request: web.Request) -> web.StreamResponse:
     now = d.clock.now()
     days = _days(request)
     unit = current_user(request).unit
-    readings = await offload.fetch_in_slices(
-        d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
-        kinds=GLUCOSE_KINDS,
+    readings = await offload.source(
+        request.app, d.read_model, patient.patient_id, since=now - timedelta(days=days),
+        until=now, kinds=GLUCOSE_KINDS,
     )  # fmt: skip
     treatments = await _day_treatments(d, patient.patient_id, now - timedelta(days=days), now)
     try:
         if fmt == "html":
-            found, charts = await offload.report_page(
+            article = await offload.report_page(
                 request.app, patient, readings, days=days, now=now, unit=unit,
-                treatments=treatments,
+                treatments=treatments, day_choices=AGP_CHOICES,
             )  # fmt: skip
             return templating.render(
                 "report.html",
                 request,
-                {"title": f"AGP report: {patient.display_name}", "r": found, "charts": charts,
-                 "day_choices": AGP_CHOICES},
-            )  # fmt: skip
+                {"title": f"AGP report: {patient.display_name}", "article": article},
+            )
         body = await offload.report(
             request.app, patient, readings, days=days, now=now, fmt="json", unit=unit,
             treatments=treatments,
@@ -584,9 +583,9 @@ async def report_pdf(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     now = d.clock.now()
     days = _days(request)
-    readings = await offload.fetch_in_slices(
-        d.read_model, patient.patient_id, since=now - timedelta(days=days), until=now,
-        kinds=GLUCOSE_KINDS,
+    readings = await offload.source(
+        request.app, d.read_model, patient.patient_id, since=now - timedelta(days=days),
+        until=now, kinds=GLUCOSE_KINDS,
     )  # fmt: skip
     treatments = await _day_treatments(d, patient.patient_id, now - timedelta(days=days), now)
     try:
@@ -986,7 +985,7 @@ def add_routes(app: web.Application) -> None:
     user = Rule(access=Access.USER)
     own = Rule(access=Access.PATIENT)
     scoped = Rule(access=Access.USER, patient_from="match:id")
-    offload.install(app)  # the worker process for reports and FHIR summaries
+    offload.install(app, app[DEPS].storage)  # the worker process for reports and FHIR summaries
     templating.install(app)
     add_route(app, "GET", "/login", login_get, public)
     add_route(app, "POST", "/login", login_post, public)

@@ -26,6 +26,7 @@ from gateway.clinic.services import ArchiveLedger, ClinicAlertControl, Dashboard
 from gateway.clock import Clock, SystemClock
 from gateway.services import Reader, StoreReadModel
 from gateway.settings import Settings
+from gateway.storage.opening import StorageLocation
 from gateway.storage.postgres_clinic import ClinicArchive
 from gateway.storage.postgres_live import PostgresLiveFeed
 from glucohub.accounts import open_accounts
@@ -66,6 +67,7 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
             accounts=accounts,
             clock=clock,
             viewer_queue_size=settings.pipeline.viewer_queue_size,
+            storage=StorageLocation(settings.storage.data_dir, url),
         )
         status.live = lambda: live_stats(app)
         async with serve(app, settings.dashboard) as base:

@@ -35,6 +35,7 @@ from gateway.services import (
     StoreTreatments,
 )
 from gateway.settings import Settings, UpstreamSettings
+from gateway.storage.opening import StorageLocation
 from gateway.supervision import Backoff, NamedSource
 from gateway.telemetry import Telemetry
 from glucohub.clockwatch import clock_synchronized, watch_clock, watch_sync
@@ -136,6 +137,7 @@ async def _dashboard(
                 running.hub.ledger_events_written,
                 clock,
             ),
+            storage=StorageLocation(settings.storage.data_dir, settings.storage.url),
         )
         running.hub.status_probes["dashboard"] = lambda: live_stats(app)
         running.hub.telemetry.gauge(

@@ -190,11 +190,28 @@ def _zone(name: str, patient_id: str | None = None) -> ZoneInfo:
         raise MetricsInputError(f"unknown time zone {name!r}", patient_id=patient_id) from None
 
 
-def _as_arrays(
-    readings: Iterable[Reading | tuple[datetime, float]], patient_id: str | None
-) -> tuple[Ints, Floats]:
+Samples = Iterable[Reading | tuple[datetime, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class CgmSeries:
+    """The CGM glucose of some readings as arrays (UTC nanoseconds, mg/dL) in their order:
+    `cgm_series` converts them once for the several computations of one report."""
+
+    t_ns: Ints
+    g: Floats
+
+
+def cgm_series(readings: Samples, patient_id: str | None = None) -> CgmSeries:
+    """What `compute_metrics` and `daily_profiles` take of `readings`, for either of them."""
+    return CgmSeries(*_as_arrays(readings, patient_id))
+
+
+def _as_arrays(readings: Samples | CgmSeries, patient_id: str | None) -> tuple[Ints, Floats]:
     import numpy as np
 
+    if isinstance(readings, CgmSeries):
+        return readings.t_ns, readings.g
     times: list[int] = []
     values: list[float] = []
     for item in readings:
@@ -387,7 +404,7 @@ def _opt(value: float) -> float | None:
 
 
 def compute_metrics(
-    readings: Iterable[Reading | tuple[datetime, float]],
+    readings: Samples | CgmSeries,
     *,
     now: datetime,
     days: int = 14,
@@ -402,7 +419,8 @@ def compute_metrics(
     `Reading`s count (meter glucose and other kinds are skipped, see `fingersticks`);
     `(time, mg/dL)` pairs with aware times are taken as CGM readings. Raises
     `MetricsInputError` for naive times, non-positive values or an unknown zone. Keep this
-    name and signature stable: other modules call it.
+    name and signature stable: other modules call it. (A `CgmSeries` of the readings gives
+    the same result, without converting them again.)
     """
     import numpy as np
 
@@ -541,7 +559,7 @@ def _agp(wall_ns: Ints, g: Floats, bin_min: int) -> tuple[AgpBin, ...]:
 
 
 def daily_profiles(
-    readings: Iterable[Reading | tuple[datetime, float]],
+    readings: Samples | CgmSeries,
     *,
     now: datetime,
     days: int = 14,
@@ -569,10 +587,11 @@ def daily_profiles(
     for day in range(int(first_day), int(last_day) + 1):
         pick = day_of == day
         minutes = (wall[pick] % _DAY_NS) / 60e9
-        times = t_ns[pick]
+        after_gap = np.zeros(minutes.size, dtype=bool)
+        after_gap[1:] = np.diff(t_ns[pick]) / 60e9 > GAP_MIN
         points: list[tuple[float, float | None]] = []
-        for k, (m, v) in enumerate(zip(minutes.tolist(), g[pick].tolist(), strict=True)):
-            if k and (times[k] - times[k - 1]) / 60e9 > GAP_MIN:
+        for m, v, gap in zip(minutes.tolist(), g[pick].tolist(), after_gap.tolist(), strict=True):
+            if gap:
                 points.append((m, None))
             points.append((m, v))
         out.append((date(1970, 1, 1) + timedelta(days=day), points))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import ConfigError
@@ -36,6 +37,18 @@ def open_storage(data_dir: Path, url: str = "", *, read_only: bool = False) -> H
 def storage_opener(data_dir: Path, url: str = "", *, read_only: bool = False) -> StorageOpener:
     """`open_storage` with its arguments bound, for threads that open their own."""
     return lambda: open_storage(data_dir, url, read_only=read_only)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLocation:
+    """Where the hub's storage is, as a value another process can be handed (it pickles) to
+    open a connection of its own: the report worker reads readings this way."""
+
+    data_dir: Path
+    url: str = ""
+
+    def open(self, *, read_only: bool = False) -> HubStorage:
+        return open_storage(self.data_dir, self.url, read_only=read_only)
 
 
 def is_postgresql(url: str) -> bool:

@@ -706,6 +706,17 @@ class PostgresStore(PostgresConnection):
         )
 
     @translated
+    def reading_points(
+        self, *, patient_id: str, since: datetime, kind: ReadingKind
+    ) -> list[tuple[datetime, float]]:
+        rows = self._rows(
+            "SELECT time, value FROM readings WHERE patient_id = %s AND time >= %s AND kind = %s "
+            "ORDER BY time, id",
+            (patient_id, _ms_bound(since), kind.value),
+        )
+        return [(_utc(time), float(value)) for time, value in rows]
+
+    @translated
     def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
         row = self._row(
             f"SELECT {_READING_COLUMNS}, received_at FROM readings WHERE patient_id = %s "

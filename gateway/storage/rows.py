@@ -98,17 +98,24 @@ def reading_from_row(row: tuple[Any, ...]) -> Reading:
     return Reading(
         patient_id=str(patient_id),
         device_id=str(device_id),
-        kind=ReadingKind(str(kind)),
+        kind=_KINDS.get(kind) or ReadingKind(str(kind)),
         value=float(value),
-        unit=Unit(str(unit)),
+        unit=_UNITS.get(unit) or Unit(str(unit)),
         time=datetime.fromisoformat(str(time).replace("Z", "+00:00")),
         seq=None if seq is None else int(seq),
-        source=Source(str(source)),
+        source=_SOURCES.get(source) or Source(str(source)),
         original_value=None if ov is None else float(ov),
-        original_unit=None if ou is None else Unit(str(ou)),
+        original_unit=None if ou is None else _UNITS.get(ou) or Unit(str(ou)),
         status=tuple(s for s in str(status).split(",") if s),
         received_at=None if received is None else _when(received),
     )
+
+
+# Stored text -> member by a dict: calling each enum was a fifth of a row's decoding time (a
+# 30-day report reads 8,640 rows). An unknown value still gets the enum's own ValueError.
+_KINDS = {k.value: k for k in ReadingKind}
+_UNITS = {u.value: u for u in Unit}
+_SOURCES = {s.value: s for s in Source}
 
 
 def _when(value: object) -> datetime:

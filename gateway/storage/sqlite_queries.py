@@ -59,6 +59,17 @@ class SqliteQueries(SqliteIngest):
         for row in self._db.execute(query, params):
             yield reading_from_row(row)
 
+    def reading_points(
+        self, *, patient_id: str, since: datetime, kind: ReadingKind
+    ) -> list[tuple[datetime, float]]:
+        rows = self._db.execute(
+            "SELECT time, value FROM readings WHERE patient_id = ? AND time_ms >= ? AND kind = ? "
+            "ORDER BY time_ms, id",
+            (patient_id, _time_ms(since), kind.value),
+        ).fetchall()
+        parse = datetime.fromisoformat
+        return [(parse(time.replace("Z", "+00:00")), float(value)) for time, value in rows]
+
     def latest_reading(self, patient_id: str, kinds: Sequence[ReadingKind]) -> Reading | None:
         marks = ",".join("?" * len(kinds))
         row = self._db.execute(

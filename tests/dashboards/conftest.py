@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from dashboards import accounts as accounts_module
 from dashboards.app import create_app
 from gateway.settings import DashboardSettings
+from gateway.storage.opening import StorageLocation
 from tests.dashboards.fakes import PASSWORD, World, build_world
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -34,7 +35,11 @@ def world(tmp_path: Path) -> World:
     w.accounts.close()
 
 
-def make_app(world: World, settings: DashboardSettings | None = None) -> web.Application:
+def make_app(
+    world: World,
+    settings: DashboardSettings | None = None,
+    storage: StorageLocation | None = None,
+) -> web.Application:
     return create_app(
         settings=settings or DashboardSettings(port=0),
         read_model=world.model,
@@ -45,6 +50,7 @@ def make_app(world: World, settings: DashboardSettings | None = None) -> web.App
         accounts=world.accounts,
         clock=world.clock,
         devices=world.devices,
+        storage=storage,
     )
 
 

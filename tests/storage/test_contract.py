@@ -286,6 +286,26 @@ def test_times_keep_milliseconds_only(store: AnyStore) -> None:
     assert len(list(store.readings(since=T0 + timedelta(microseconds=123_900)))) == 1
 
 
+def test_reading_points_are_the_times_and_values_of_one_kind(store: AnyStore) -> None:
+    late = T0 + timedelta(minutes=10, microseconds=123_456)
+    store.write(
+        [cgm(1, 100.0, 0), cgm(2, 110.0, 5), dataclasses.replace(cgm(3, 120.0), time=late),
+         cgm(4, 130.0, 5), meter(150.0, 7)]
+    )  # fmt: skip
+    since = T0 + timedelta(minutes=5)
+    points = store.reading_points(patient_id="p1", since=since, kind=ReadingKind.CGM_GLUCOSE)
+    # from `since` on (inclusive), in time order and then as written; milliseconds kept
+    assert points == [
+        (T0 + timedelta(minutes=5), 110.0),
+        (T0 + timedelta(minutes=5), 130.0),
+        (T0 + timedelta(minutes=10, milliseconds=123), 120.0),
+    ]
+    assert all(time.tzinfo is UTC for time, _ in points)
+    assert store.reading_points(patient_id="p1", since=T0, kind=ReadingKind.GLUCOSE) == []
+    meter_points = store.reading_points(patient_id="p2", since=T0, kind=ReadingKind.GLUCOSE)
+    assert meter_points == [(T0 + timedelta(minutes=7), 150.0)]
+
+
 # -- sealing -------------------------------------------------------------------------------
 
 
