@@ -263,8 +263,9 @@ async def test_a_report_read_by_the_worker_costs_the_hub_process_little_cpu(
             for _ in range(3):
                 await page()
             cpu[name] = (time.process_time() - before) / 3
-    # measured here: ~85 ms a report when the hub reads and sends the readings, ~5 ms when not
-    assert cpu["stored"] < 0.025, cpu
+    # measured here: ~85 ms a report when the hub reads and sends the readings, ~5 ms when
+    # not (up to 25 ms on a machine loaded 4-fold: hence the margin)
+    assert cpu["stored"] < 0.05, cpu
     assert cpu["sent"] > 2 * cpu["stored"], cpu
 
 
