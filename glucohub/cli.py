@@ -56,7 +56,11 @@ def _open_store(args: argparse.Namespace, *, create: bool = False) -> HubStorage
     storage = _settings(args).storage
     if create:  # on PostgreSQL too: the data directory holds the ledger keys
         storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return open_storage(storage.data_dir if create else _data_dir(args), storage.url)
+    elif not storage.url:
+        _data_dir(args)
+    # On PostgreSQL the data directory holds only a hub's keys, which these commands never
+    # read: a clinic has none.
+    return open_storage(storage.data_dir, storage.url)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -498,8 +502,12 @@ def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path | str:
     never the directory."""
     from glucohub.accounts import account_location
 
-    data_dir = _data_dir(args, need_database=not create)
     storage = _settings(args).storage
+    if storage.url:  # the accounts are in that database; a clinic has no data directory
+        if create:
+            open_storage(storage.data_dir, storage.url).close()
+        return storage.url
+    data_dir = _data_dir(args, need_database=not create)
     if create:
         open_storage(data_dir, storage.url).close()
     return account_location(dataclasses.replace(storage, data_dir=data_dir))
@@ -512,7 +520,8 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         raise InputError(
             "a patient account needs --patient with the patient's id; other roles take none"
         )
-    _data_dir(args, need_database=False)  # a mistyped --data-dir fails before the prompt
+    if not _settings(args).storage.url:  # a mistyped --data-dir fails before the prompt
+        _data_dir(args, need_database=False)
     password = _password(args)
     accounts.users_add(
         _db_path(args, create=True), args.username, args.role, password, args.patient

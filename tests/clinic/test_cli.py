@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,29 @@ def test_a_worker_without_a_broker_or_an_id_says_which_key_to_set(
     config.write_text(config.read_text() + 'mqtt_url = "mqtt://127.0.0.1:1"\n')
     code, _, err = _run(capsys, "clinic", "--config", str(config))
     assert code == 2 and "--worker-id" in err and err.count("\n") == 1
+
+
+def test_clinic_accounts_need_no_data_directory(
+    tmp_path: Path,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The README's clinic.toml names the archive and nothing else: the account commands
+    # work from any directory and leave no data directory behind.
+    config = tmp_path / "clinic.toml"
+    config.write_text(f'[clinic]\nurl = "{postgres_url}"\n[storage]\nurl = "{postgres_url}"\n')
+    workdir = tmp_path / "anywhere"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    for name in ("dr-ada", "dr-bob"):
+        monkeypatch.setattr("sys.stdin", io.StringIO("a long clinic passphrase 2026\n"))
+        code, out, err = _run(
+            capsys, "users", "add", name, "--role", "clinician", "--password-stdin",
+            "--config", str(config),
+        )  # fmt: skip
+        assert (code, out, err) == (0, f"added clinician {name}\n", "")
+    code, out, err = _run(capsys, "users", "list", "--config", str(config))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == ["dr-ada\tclinician\t-\tno", "dr-bob\tclinician\t-\tno"]
+    assert list(workdir.iterdir()) == []
