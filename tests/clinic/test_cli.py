@@ -53,7 +53,7 @@ def test_an_admin_enrols_lists_and_resolves_a_hub(
     assert (code, out) == (
         0,
         "hub home-17: 1 alarm(s) resolved; its items are accepted again"
-        " (0 held while it was stopped replayed)\n",
+        " (0 held while it was stopped or not yet enrolled replayed)\n",
     )
     code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
     assert out == "home-17\tactive\tbatches 1\tcheckpoint 1\topen alarms 0\n"
@@ -106,3 +106,42 @@ def test_clinic_accounts_need_no_data_directory(
     assert (code, err) == (0, "")
     assert out.splitlines()[1:] == ["dr-ada\tclinician\t-\tno", "dr-bob\tclinician\t-\tno"]
     assert list(workdir.iterdir()) == []
+
+
+def test_what_a_hub_sent_before_it_was_added_is_taken_in_by_resolve(
+    tmp_path: Path, config: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The hub forwards before the admin types `hubs add`: its first items are dead-lettered
+    # (unknown hub) and the hub never sends them again.
+    hub = make_hub(tmp_path, "home-17")
+    early, late = produce(hub, 2), produce(hub, 1, start_minute=10)
+    archive = ClinicArchive(postgres_url)
+    try:
+        assert _deliver(archive, early) == ["dead_letter"] * 4
+    finally:
+        archive.close()
+    hub_id, jwk, vkey = hub.enrolment
+    code, out, _ = _run(
+        capsys, "hubs", "add", "--config", str(config), "--hub", hub_id,
+        "--batch-key", jwk, "--log-key", vkey,
+    )  # fmt: skip
+    assert (code, out) == (
+        0,
+        "enrolled hub home-17\n4 item(s) it sent before it was enrolled are held;"
+        " `glucohub hubs resolve home-17` takes them in\n",
+    )
+    archive = ClinicArchive(postgres_url)
+    try:
+        _deliver(archive, late)
+    finally:
+        archive.close()
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
+    assert out == "home-17\tactive\tbatches 1\tcheckpoint -\topen alarms 1\n"
+    code, out, _ = _run(capsys, "hubs", "resolve", "home-17", "--config", str(config))
+    assert (code, out) == (
+        0,
+        "hub home-17: 1 alarm(s) resolved; its items are accepted again"
+        " (4 held while it was stopped or not yet enrolled replayed)\n",
+    )
+    code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
+    assert out == "home-17\tactive\tbatches 3\tcheckpoint 3\topen alarms 0\n"
