@@ -22,7 +22,7 @@ from typing import NoReturn
 from gateway.clock import parse_rfc3339, utc_now
 from gateway.errors import GlucohubError, InputError
 from gateway.model import Device, DeviceKind, Patient, Transport
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, StorageSettings, load_settings
 from gateway.shapes import EXPORT_FIELDS, export_record, json_line
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
@@ -52,8 +52,16 @@ def _data_dir(args: argparse.Namespace, *, need_database: bool = True) -> Path:
     return data_dir
 
 
+def _registry_storage(args: argparse.Namespace) -> StorageSettings:
+    """Where the registry and account commands act: `[storage]`, or at a clinic whose
+    config names only `clinic.url` the archive, as its dashboards do."""
+    settings = _settings(args)
+    url = settings.storage.url or settings.clinic.url
+    return dataclasses.replace(settings.storage, url=url)
+
+
 def _open_store(args: argparse.Namespace, *, create: bool = False) -> HubStorage:
-    storage = _settings(args).storage
+    storage = _registry_storage(args)
     if create:  # on PostgreSQL too: the data directory holds the ledger keys
         storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     elif not storage.url:
@@ -502,7 +510,7 @@ def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path | str:
     never the directory."""
     from glucohub.accounts import account_location
 
-    storage = _settings(args).storage
+    storage = _registry_storage(args)
     if storage.url:  # the accounts are in that database; a clinic has no data directory
         if create:
             open_storage(storage.data_dir, storage.url).close()
@@ -520,7 +528,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         raise InputError(
             "a patient account needs --patient with the patient's id; other roles take none"
         )
-    if not _settings(args).storage.url:  # a mistyped --data-dir fails before the prompt
+    if not _registry_storage(args).url:  # a mistyped --data-dir fails before the prompt
         _data_dir(args, need_database=False)
     password = _password(args)
     accounts.users_add(

@@ -82,7 +82,7 @@ def test_a_worker_without_a_broker_or_an_id_says_which_key_to_set(
     assert code == 2 and "--worker-id" in err and err.count("\n") == 1
 
 
-def test_clinic_accounts_need_no_data_directory(
+def test_clinic_accounts_are_the_dashboards_and_need_no_data_directory(
     tmp_path: Path,
     postgres_url: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -95,16 +95,27 @@ def test_clinic_accounts_need_no_data_directory(
     workdir = tmp_path / "anywhere"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
-    for name in ("dr-ada", "dr-bob"):
+    # the dashboards' database: `[clinic] url` alone names it for them and for these commands
+    alone = tmp_path / "clinic-alone.toml"
+    alone.write_text(f'[clinic]\nurl = "{postgres_url}"\n')
+    for name, file in (("dr-ada", config), ("dr-bob", alone)):
         monkeypatch.setattr("sys.stdin", io.StringIO("a long clinic passphrase 2026\n"))
         code, out, err = _run(
             capsys, "users", "add", name, "--role", "clinician", "--password-stdin",
-            "--config", str(config),
+            "--config", str(file),
         )  # fmt: skip
         assert (code, out, err) == (0, f"added clinician {name}\n", "")
     code, out, err = _run(capsys, "users", "list", "--config", str(config))
     assert (code, err) == (0, "")
     assert out.splitlines()[1:] == ["dr-ada\tclinician\t-\tno", "dr-bob\tclinician\t-\tno"]
+    # a data directory that exists (a hub's, the default var/data) changes nothing
+    (workdir / "var" / "data").mkdir(parents=True)
+    code, out, err = _run(capsys, "users", "list", "--config", str(alone))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == ["dr-ada\tclinician\t-\tno", "dr-bob\tclinician\t-\tno"]
+    assert list((workdir / "var" / "data").iterdir()) == []
+    (workdir / "var" / "data").rmdir()
+    (workdir / "var").rmdir()
     assert list(workdir.iterdir()) == []
 
 
