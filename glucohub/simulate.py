@@ -168,6 +168,7 @@ async def simulate(
     """Each hub seals a batch every 1/`rate` seconds, `batches` times (0: until cancelled),
     and forwards them; returns once everything sealed has been acknowledged by the broker."""
     rng = random.Random(seed)
+    sealed_before = sum(hub.sealer.tree_size for hub in hubs)  # hubs reused from a --data-dir
 
     async def one(hub: SimulatedHub, offset: float) -> None:
         await asyncio.sleep(offset)  # spread the hubs over one period
@@ -185,7 +186,7 @@ async def simulate(
     await forward_until_sent(hubs, mqtt_url, produce_all())
     return SimulationResult(
         hubs=len(hubs),
-        batches=sum(hub.sealer.tree_size for hub in hubs),
+        batches=sum(hub.sealer.tree_size for hub in hubs) - sealed_before,
         readings=sum(hub.readings for hub in hubs),
     )
 
