@@ -10,7 +10,7 @@ import pytest
 from gateway.storage.postgres_clinic import ClinicArchive
 from glucohub.cli import main
 from tests.clinic.hubs import copy_hub, make_hub, produce
-from tests.clinic.test_archive import _deliver
+from tests.clinic.test_archive import NOW, _deliver
 
 
 @pytest.fixture
@@ -156,3 +156,55 @@ def test_what_a_hub_sent_before_it_was_added_is_taken_in_by_resolve(
     )
     code, out, _ = _run(capsys, "hubs", "list", "--config", str(config))
     assert out == "home-17\tactive\tbatches 3\tcheckpoint 3\topen alarms 0\n"
+
+
+def test_an_admin_names_a_patient_the_hubs_batches_registered(
+    tmp_path: Path,
+    config: Path,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    hub = make_hub(tmp_path, "home-17")
+    archive = ClinicArchive(postgres_url)
+    try:
+        archive.enrol(*hub.enrolment, NOW)
+        _deliver(archive, produce(hub, 1))
+    finally:
+        archive.close()
+    code, out, _ = _run(capsys, "patients", "list", "--config", str(config))
+    first = out.splitlines()[0].split("\t")
+    patient_id = first[0]
+    assert patient_id.startswith("home-17:") and first[1:3] == [patient_id, "UTC"]
+    code, out, err = _run(
+        capsys, "patients", "add", patient_id, "--name", "Ada Lovelace", "--config", str(config)
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        f"glucohub: patient {patient_id!r} already exists; change its name or time zone with"
+        f" `glucohub patients assign {patient_id} --name NAME --timezone ZONE`\n"
+    )
+    code, out, err = _run(
+        capsys, "patients", "assign", patient_id, "--name", "Ada Lovelace",
+        "--timezone", "Europe/London", "--config", str(config),
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert (
+        out.splitlines()[0] == f"patient {patient_id}: name Ada Lovelace, time zone Europe/London"
+    )
+    code, _, err = _run(
+        capsys, "patients", "assign", patient_id, "--timezone", "London", "--config", str(config)
+    )
+    assert (code, err) == (
+        2,
+        "glucohub: unknown time zone 'London': give an IANA zone such as Europe/London\n",
+    )
+    # the hub's next batch keeps the name
+    archive = ClinicArchive(postgres_url)
+    try:
+        _deliver(archive, produce(hub, 1, start_minute=5))
+    finally:
+        archive.close()
+    code, out, _ = _run(capsys, "patients", "list", "--config", str(config))
+    assert out.splitlines()[0].split("\t")[:3] == [patient_id, "Ada Lovelace", "Europe/London"]
