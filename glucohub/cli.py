@@ -62,12 +62,13 @@ def _registry_storage(args: argparse.Namespace) -> StorageSettings:
 
 def _open_store(args: argparse.Namespace, *, create: bool = False) -> HubStorage:
     storage = _registry_storage(args)
-    if create:  # on PostgreSQL too: the data directory holds the ledger keys
-        storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    elif not storage.url:
-        _data_dir(args)
     # On PostgreSQL the data directory holds only a hub's keys, which these commands never
-    # read: a clinic has none.
+    # read (`keys init` and `run` make it): a clinic has none.
+    if not storage.url:
+        if create:
+            storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            _data_dir(args)
     return open_storage(storage.data_dir, storage.url)
 
 

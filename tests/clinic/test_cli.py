@@ -208,3 +208,7 @@ def test_an_admin_names_a_patient_the_hubs_batches_registered(
         archive.close()
     code, out, _ = _run(capsys, "patients", "list", "--config", str(config))
     assert out.splitlines()[0].split("\t")[:3] == [patient_id, "Ada Lovelace", "Europe/London"]
+    # registering one at the clinic leaves no data directory behind
+    code, out, _ = _run(capsys, "patients", "add", "home-17:p9", "--config", str(config))
+    assert (code, out) == (0, "added patient home-17:p9\n")
+    assert not (tmp_path / "var").exists()
