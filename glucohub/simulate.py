@@ -232,7 +232,7 @@ def run_simulate(
             lines = [enrolment_command(*hub.enrolment) for hub in simulated]
             if enrol_file is not None:
                 enrol_file.write_text("".join(line + "\n" for line in lines))
-            else:
+            elif not enrol_into:  # enrolled below: the lines would only be noise to paste
                 print("\n".join(lines), flush=True)
             if enrol_into:
                 from gateway.storage.postgres_clinic import ClinicArchive
@@ -243,6 +243,7 @@ def run_simulate(
                         archive.enrol(*hub.enrolment, utc_now())
                 finally:
                     archive.close()
+                print(f"enrolled {len(simulated)} hubs in the clinic archive", flush=True)
             return asyncio.run(simulate(simulated, mqtt_url=mqtt_url, rate=rate, batches=batches))
         finally:
             for hub in simulated:
