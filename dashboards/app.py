@@ -95,7 +95,9 @@ def create_app(
     keeps Nightscout devicestatus and profiles; `hub_logs` (a clinic) serves the log of each
     hub it witnesses, its batches keyed by hub and seq; `storage` is where the report worker
     reads readings itself (without it they are read here and sent to it)."""
-    app = web.Application(middlewares=[_errors, _decode_body, _guard], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[_public_address, _errors, _decode_body, _guard], client_max_size=64 * 1024
+    )
     accounts.default_unit = glucose_unit(settings.default_unit)
     app[DEPS] = Deps(
         settings=settings,
@@ -173,6 +175,18 @@ def _wants_json(request: web.Request) -> bool:
     return request.path.startswith(
         ("/api/", "/fhir/")
     ) or "application/json" in request.headers.get("Accept", "")
+
+
+@web.middleware
+async def _public_address(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Behind a reverse proxy (`dashboard.public_url`), every request is seen at the address
+    browsers use, not the proxy's upstream one: the WebSocket's Origin check, the way back
+    to a referring page and the FHIR `fullUrl`s then match what the browser has."""
+    origin = request.app[DEPS].settings.public_origin()
+    if not origin:
+        return await handler(request)
+    scheme, _, host = origin.partition("://")
+    return await handler(request.clone(scheme=scheme, host=host))
 
 
 @web.middleware
@@ -355,6 +369,15 @@ def _same_origin(request: web.Request) -> bool:
 async def _websocket(request: web.Request) -> web.StreamResponse:
     """Live events of the patients this user may see, as JSON text messages."""
     if not _same_origin(request):  # cross-site WebSocket hijacking
+        # Also what a reverse proxy without dashboard.public_url gets: pages load, live
+        # updates never arrive. Say so where the admin looks.
+        log.warning(
+            "live updates refused to a page from %r: this dashboard answers as %s://%s"
+            " (behind a reverse proxy, dashboard.public_url is the address browsers use)",
+            request.headers.get("Origin", "")[:200],
+            request.scheme,
+            request.host[:200],
+        )
         raise web.HTTPForbidden()
     d = request.app[DEPS]
     user = request[USER]

@@ -55,7 +55,7 @@ class Deps:
 
     @property
     def secure_cookies(self) -> bool:
-        return bool(self.settings.tls_cert)
+        return bool(self.settings.tls_cert) or self.settings.public_url.startswith("https://")
 
 
 DEPS = web.AppKey("deps", Deps)

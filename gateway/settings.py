@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError, UnknownUnit
 from gateway.topics import READINGS_SUBSCRIPTION
@@ -82,6 +83,21 @@ class DashboardSettings:
     tls_key: str = ""
     # Glucose unit for users who have not chosen one: "mmol/L" (UK, most of Europe) or "mg/dL".
     default_unit: str = "mmol/L"
+    # Behind a reverse proxy: the address browsers use (https://clinic.example). Its origin
+    # may open the live WebSocket, and https makes the cookies Secure.
+    public_url: str = ""
+
+    def public_origin(self) -> str:
+        """`public_url` as a browser's Origin header spells it; empty when unset."""
+        if not self.public_url:
+            return ""
+        parts = urlsplit(self.public_url)
+        default = 443 if parts.scheme == "https" else 80
+        host = (parts.hostname or "").lower()
+        if ":" in host:
+            host = f"[{host}]"
+        port = "" if parts.port in (None, default) else f":{parts.port}"
+        return f"{parts.scheme}://{host}{port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -446,5 +462,25 @@ def _check(settings: Settings) -> None:
             "dashboard.default_unit",
             f"must be mmol/L or mg/dL, got {settings.dashboard.default_unit!r}",
         ) from None
+    public = settings.dashboard.public_url
+    if public:
+        try:
+            parts = urlsplit(public)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path.strip("/")
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ConfigError(
+                "dashboard.public_url",
+                f"must be the address browsers use, https://host[:port], got {public!r}",
+            )
     if bool(settings.dashboard.tls_cert) != bool(settings.dashboard.tls_key):
         raise ConfigError("dashboard.tls_cert", "tls_cert and tls_key go together")

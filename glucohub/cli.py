@@ -22,7 +22,7 @@ from typing import NoReturn
 from gateway.clock import parse_rfc3339, utc_now
 from gateway.errors import GlucohubError, InputError
 from gateway.model import Device, DeviceKind, Patient, Transport
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, StorageSettings, load_settings
 from gateway.shapes import EXPORT_FIELDS, export_record, json_line
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
@@ -52,11 +52,24 @@ def _data_dir(args: argparse.Namespace, *, need_database: bool = True) -> Path:
     return data_dir
 
 
+def _registry_storage(args: argparse.Namespace) -> StorageSettings:
+    """Where the registry and account commands act: `[storage]`, or at a clinic whose
+    config names only `clinic.url` the archive, as its dashboards do."""
+    settings = _settings(args)
+    url = settings.storage.url or settings.clinic.url
+    return dataclasses.replace(settings.storage, url=url)
+
+
 def _open_store(args: argparse.Namespace, *, create: bool = False) -> HubStorage:
-    storage = _settings(args).storage
-    if create:  # on PostgreSQL too: the data directory holds the ledger keys
-        storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return open_storage(storage.data_dir if create else _data_dir(args), storage.url)
+    storage = _registry_storage(args)
+    # On PostgreSQL the data directory holds only a hub's keys, which these commands never
+    # read (`keys init` and `run` make it): a clinic has none.
+    if not storage.url:
+        if create:
+            storage.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            _data_dir(args)
+    return open_storage(storage.data_dir, storage.url)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -272,40 +285,59 @@ def cmd_witness(args: argparse.Namespace) -> int:
     return witness.main(argv)
 
 
+def _time_zone(name: str) -> str:
+    if name not in zoneinfo.available_timezones():
+        raise InputError(f"unknown time zone {name!r}: give an IANA zone such as Europe/London")
+    return name
+
+
 def cmd_patients_add(args: argparse.Namespace) -> int:
-    if args.timezone not in zoneinfo.available_timezones():
-        raise InputError(
-            f"unknown time zone {args.timezone!r}: give an IANA zone such as Europe/London"
+    _time_zone(args.timezone)
+    with contextlib.closing(_open_store(args, create=True)) as store:
+        if store.get_patient(args.patient_id) is not None:
+            # At a clinic, the usual case: the hub's first batch registered the patient.
+            raise InputError(
+                f"patient {args.patient_id!r} already exists; change its name or time zone"
+                f" with `glucohub patients assign {args.patient_id} --name NAME --timezone ZONE`"
+            )
+        store.add_patient(
+            Patient(
+                patient_id=args.patient_id,
+                display_name=args.name or args.patient_id,
+                timezone=args.timezone,
+                team=args.team or None,
+                ward=args.ward or None,
+            )
         )
-    store = _open_store(args, create=True)
-    store.add_patient(
-        Patient(
-            patient_id=args.patient_id,
-            display_name=args.name or args.patient_id,
-            timezone=args.timezone,
-            team=args.team or None,
-            ward=args.ward or None,
-        )
-    )
     print(f"added patient {args.patient_id}")
     return 0
 
 
 def cmd_patients_assign(args: argparse.Namespace) -> int:
-    """Move a patient to another care team or ward; an option left out keeps its value."""
-    store = _open_store(args)
-    patient = store.get_patient(args.patient_id)
-    if patient is None:
-        raise InputError(f"unknown patient {args.patient_id!r}: see `glucohub patients list`")
-    team = patient.team if args.team is None else args.team or None
-    ward = patient.ward if args.ward is None else args.ward or None
-    store.assign_patient(args.patient_id, team=team, ward=ward)
+    """Rename a patient, or move them to another time zone, care team or ward; an option
+    left out keeps its value."""
+    if args.timezone is not None:
+        _time_zone(args.timezone)
+    with contextlib.closing(_open_store(args)) as store:
+        patient = store.get_patient(args.patient_id)
+        if patient is None:
+            raise InputError(f"unknown patient {args.patient_id!r}: see `glucohub patients list`")
+        if args.name is not None or args.timezone is not None:
+            name = args.name or patient.display_name
+            zone = args.timezone or patient.timezone
+            store.rename_patient(args.patient_id, display_name=name, timezone=zone)
+            print(f"patient {args.patient_id}: name {name}, time zone {zone}")
+        team = patient.team if args.team is None else args.team or None
+        ward = patient.ward if args.ward is None else args.ward or None
+        store.assign_patient(args.patient_id, team=team, ward=ward)
     print(f"patient {args.patient_id}: team {team or '-'}, ward {ward or '-'}")
     return 0
 
 
 def cmd_patients_list(args: argparse.Namespace) -> int:
-    for patient in _open_store(args).list_patients():
+    with contextlib.closing(_open_store(args)) as store:
+        patients = store.list_patients()
+    for patient in patients:
         print(
             f"{patient.patient_id}\t{patient.display_name}\t{patient.timezone}"
             f"\t{patient.team or '-'}\t{patient.ward or '-'}"
@@ -498,8 +530,12 @@ def _db_path(args: argparse.Namespace, *, create: bool = False) -> Path | str:
     never the directory."""
     from glucohub.accounts import account_location
 
+    storage = _registry_storage(args)
+    if storage.url:  # the accounts are in that database; a clinic has no data directory
+        if create:
+            open_storage(storage.data_dir, storage.url).close()
+        return storage.url
     data_dir = _data_dir(args, need_database=not create)
-    storage = _settings(args).storage
     if create:
         open_storage(data_dir, storage.url).close()
     return account_location(dataclasses.replace(storage, data_dir=data_dir))
@@ -512,7 +548,8 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         raise InputError(
             "a patient account needs --patient with the patient's id; other roles take none"
         )
-    _data_dir(args, need_database=False)  # a mistyped --data-dir fails before the prompt
+    if not _registry_storage(args).url:  # a mistyped --data-dir fails before the prompt
+        _data_dir(args, need_database=False)
     password = _password(args)
     accounts.users_add(
         _db_path(args, create=True), args.username, args.role, password, args.patient
@@ -886,9 +923,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--team", help="care team (the triage list filters by it)")
     p.add_argument("--ward", help="ward or clinic (the triage list filters by it)")
     p.set_defaults(func=cmd_patients_add)
-    p = patients.add_parser("assign", help="change a patient's care team or ward")
+    p = patients.add_parser("assign", help="change a patient's name, time zone, care team or ward")
     _common(p)
     p.add_argument("patient_id")
+    p.add_argument("--name", help="new display name (left out: unchanged)")
+    p.add_argument("--timezone", help="new IANA time zone (left out: unchanged)")
     p.add_argument("--team", help="new care team ('' clears it; left out: unchanged)")
     p.add_argument("--ward", help="new ward ('' clears it; left out: unchanged)")
     p.set_defaults(func=cmd_patients_assign)

@@ -315,11 +315,17 @@ def hubs_add(settings: Settings, hub_id: str, batch_key: str, log_key: str) -> i
     archive = ClinicArchive(clinic_database(settings))
     try:
         archive.enrol(hub_id, batch_key, log_key, utc_now())
+        held = archive.held_before_enrolment(hub_id)
     except EnrolmentError as exc:
         raise InputError(str(exc)) from None
     finally:
         archive.close()
     print(f"enrolled hub {hub_id}")
+    if held:
+        print(
+            f"{held} item(s) it sent before it was enrolled are held;"
+            f" `glucohub hubs resolve {hub_id}` takes them in"
+        )
     return 0
 
 
@@ -346,7 +352,7 @@ def hubs_resolve(settings: Settings, hub_id: str, by: str) -> int:
         archive.close()
     print(
         f"hub {hub_id}: {resolved} alarm(s) resolved; its items are accepted again"
-        f" ({replayed} held while it was stopped replayed)"
+        f" ({replayed} held while it was stopped or not yet enrolled replayed)"
     )
     return 0
 

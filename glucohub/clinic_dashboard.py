@@ -29,7 +29,7 @@ from gateway.settings import Settings
 from gateway.storage.opening import StorageLocation
 from gateway.storage.postgres_clinic import ClinicArchive
 from gateway.storage.postgres_live import PostgresLiveFeed
-from glucohub.accounts import open_accounts
+from glucohub.accounts import account_storage, open_accounts
 from glucohub.clinic import clinic_database
 
 log = logging.getLogger("glucohub.clinic.dashboard")
@@ -44,6 +44,11 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
     # Create or upgrade the archive's schema (and the hub schema beneath it): a dashboard
     # may start before any worker.
     await asyncio.to_thread(lambda: ClinicArchive(url).close())
+    if not await asyncio.to_thread(_has_accounts, url):
+        log.warning(
+            "the clinic has no dashboard accounts yet, so nobody can sign in: create them"
+            " with `glucohub users add NAME --role admin|clinician --config FILE`"
+        )
     accounts = await asyncio.to_thread(open_accounts, url)
     reader = Reader(settings.storage.data_dir, url)
     alerts = ClinicAlertControl(url, thresholds_from(settings.alerts, settings.ble), clock)
@@ -78,6 +83,11 @@ async def serving(settings: Settings, clock: Clock | None = None) -> AsyncIterat
         await asyncio.to_thread(hub_logs.close)
         await asyncio.to_thread(reader.close)
         await asyncio.to_thread(accounts.close)
+
+
+def _has_accounts(url: str) -> bool:
+    with account_storage(url) as storage:
+        return bool(storage.list_users())
 
 
 async def run_clinic_dashboard(

@@ -13,10 +13,12 @@ from typing import TextIO
 import segno
 
 from gateway.clinic.enrolment import enrolment_link, parse_expiry
+from gateway.clinic.projection import SEPARATOR
 from gateway.clock import utc_now
 from gateway.errors import InputError
 from gateway.settings import Settings
 from gateway.storage.postgres_enrolment import ClinicEnrolment, TokenRow
+from gateway.topics import hub_topic_prefix
 from glucohub.clinic import clinic_database
 
 
@@ -29,8 +31,13 @@ def hubs_token(
 ) -> int:
     try:
         lifetime = parse_expiry(expires)
+        if hub_id is not None:
+            hub_topic_prefix(hub_id)  # refuses an id no topic can carry
+            if SEPARATOR in hub_id:
+                raise ValueError(f"hub_id {hub_id!r} cannot contain {SEPARATOR!r}")
     except ValueError as exc:
-        raise InputError(str(exc)) from None
+        # A token no hub could ever redeem.
+        raise InputError(f"{exc}; no token made") from None
     now = utc_now()
     store = _open(settings)
     try:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.errors import StorageError
+from gateway.errors import ConfigError, StorageError
 from gateway.sealing import BATCH_KEY_FILE, KEYS_DIR, LOG_KEY_FILE
 from gateway.settings import MqttSettings, Settings, UpstreamSettings
-from gateway.storage.sqlite_migrations import SCHEMA_VERSION
+from gateway.storage.sqlite_migrations import SCHEMA_VERSION, SchemaTooNew, SchemaTooOld
 from gateway.store import DB_FILENAME, inspect_file
 from glucohub.clockwatch import adjtimex_synchronized
 
@@ -63,7 +63,7 @@ def run_checks(settings: Settings, host: Host | None = None) -> list[Check]:
         (("data directory",), lambda: _data_dir(data_dir, uid)),
         (("disk space",), lambda: _disk_space(data_dir, settings.storage.min_free_mb)),
         (("key files",), lambda: _key_files(data_dir, uid)),
-        (("database", "schema"), lambda: _database(data_dir)),
+        (("database", "schema"), lambda: _database(data_dir, settings.storage.url)),
         (("clock",), lambda: _clock(host)),
         (("bluetooth adapter", "bluez"), lambda: _bluetooth(settings, host)),
         (("broker",), lambda: _broker("broker", "mqtt", settings.mqtt)),
@@ -178,7 +178,9 @@ def _key_files(data_dir: Path, uid: int) -> Check:
     return Check(name, True, f"{BATCH_KEY_FILE} and {LOG_KEY_FILE} mode 0600, owner {_user(uid)}")
 
 
-def _database(data_dir: Path) -> list[Check]:
+def _database(data_dir: Path, url: str) -> list[Check]:
+    if url:
+        return _postgres_database(data_dir, url)
     path = data_dir / DB_FILENAME
     if not path.is_file():
         missing = Check(
@@ -211,6 +213,42 @@ def _database(data_dir: Path) -> list[Check]:
     else:
         schema = Check("schema", True, f"version {version}, current")
     return [integrity, schema]
+
+
+def _postgres_database(data_dir: Path, url: str) -> list[Check]:
+    """`[storage] url`: the server answers and holds this version's schema (a read-only
+    open, which never migrates; the connect timeout bounds it)."""
+    from gateway.storage.opening import open_storage
+
+    try:
+        # psycopg is imported only here: a SQLite hub may not have it.
+        from gateway.storage.postgres_migrations import redacted
+
+        where = redacted(url)
+        open_storage(data_dir, url, read_only=True).close()
+    except (SchemaTooOld, SchemaTooNew) as exc:
+        reached = Check("database", True, f"{where} answers")
+        if isinstance(exc, SchemaTooNew):
+            fix = "install the Glucohub version that wrote it (or restore a backup)"
+        else:
+            fix = "back up the database, then: glucohub migrate (the hub also upgrades at start)"
+        return [
+            reached,
+            Check("schema", False, f"version {exc.found}, this Glucohub's is {exc.expected}", fix),
+        ]
+    except ModuleNotFoundError:
+        fix = "pip install 'glucohub[postgresql]'"
+        return [
+            Check("database", False, "storage.url is PostgreSQL, but psycopg is missing", fix),
+            Check("schema", False, "no database", fix),
+        ]
+    except (StorageError, ConfigError) as exc:
+        fix = "start PostgreSQL or correct storage.url"
+        return [
+            Check("database", False, str(exc), fix),
+            Check("schema", False, "no database", "start the hub once"),
+        ]
+    return [Check("database", True, f"{where} answers"), Check("schema", True, "current")]
 
 
 # -- clock -----------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ async def enrol_hub(
         )
     request = EnrolmentRequest(token=token, hub_id=hub_id, batch_jwk=batch_jwk, log_key=log_key)
     status, body = await _post(endpoint, request.to_json(), ca_file, timeout_s)
+    if status in (404, 405) and refusal_line(body, status) == refusal_line(b"", status):
+        # Not the endpoint's own refusal (those carry a message): the URL's path is wrong.
+        raise EnrolmentFailed(
+            f"{endpoint} answered HTTP {status}: it is not the clinic's enrolment endpoint"
+            " (the link the clinic gave ends in /v1/enrol#ghe1_…)"
+        )
     if status != 200:
         verb = "could not enrol this hub" if status >= 500 else "refused"
         raise EnrolmentFailed(f"the clinic {verb}: {refusal_line(body, status)}")

@@ -6,6 +6,7 @@ hub's: what it serves must carry no hub or patient identity (`gateway.telemetry`
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 
@@ -38,6 +39,14 @@ async def start_metrics(port: int, render: Callable[[], str], config_key: str) -
         await web.TCPSite(runner, port=port).start()
     except OSError as exc:
         await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            # Most often a second worker started on this machine with the same config.
+            env = "GLUCOHUB_" + config_key.upper().replace(".", "__")
+            raise ConfigError(
+                config_key,
+                f"port {port} is already in use; give each process on this machine its own"
+                f" (e.g. {env}={port + 1})",
+            ) from None
         raise ConfigError(config_key, f"cannot listen on port {port}: {exc}") from None
     log.info("metrics on port %d (/metrics)", port)
     return runner

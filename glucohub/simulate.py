@@ -168,6 +168,7 @@ async def simulate(
     """Each hub seals a batch every 1/`rate` seconds, `batches` times (0: until cancelled),
     and forwards them; returns once everything sealed has been acknowledged by the broker."""
     rng = random.Random(seed)
+    sealed_before = sum(hub.sealer.tree_size for hub in hubs)  # hubs reused from a --data-dir
 
     async def one(hub: SimulatedHub, offset: float) -> None:
         await asyncio.sleep(offset)  # spread the hubs over one period
@@ -185,7 +186,7 @@ async def simulate(
     await forward_until_sent(hubs, mqtt_url, produce_all())
     return SimulationResult(
         hubs=len(hubs),
-        batches=sum(hub.sealer.tree_size for hub in hubs),
+        batches=sum(hub.sealer.tree_size for hub in hubs) - sealed_before,
         readings=sum(hub.readings for hub in hubs),
     )
 
@@ -231,7 +232,7 @@ def run_simulate(
             lines = [enrolment_command(*hub.enrolment) for hub in simulated]
             if enrol_file is not None:
                 enrol_file.write_text("".join(line + "\n" for line in lines))
-            else:
+            elif not enrol_into:  # enrolled below: the lines would only be noise to paste
                 print("\n".join(lines), flush=True)
             if enrol_into:
                 from gateway.storage.postgres_clinic import ClinicArchive
@@ -242,6 +243,7 @@ def run_simulate(
                         archive.enrol(*hub.enrolment, utc_now())
                 finally:
                     archive.close()
+                print(f"enrolled {len(simulated)} hubs in the clinic archive", flush=True)
             return asyncio.run(simulate(simulated, mqtt_url=mqtt_url, rate=rate, batches=batches))
         finally:
             for hub in simulated:

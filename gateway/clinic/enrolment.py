@@ -29,6 +29,7 @@ TOKEN_PREFIX = "ghe1_"
 _TOKEN_BYTES = 32
 _TOKEN_RE = re.compile(r"ghe1_[A-Za-z0-9_-]{43}")
 ENROL_PATH = "/v1/enrol"
+MIN_EXPIRY = timedelta(minutes=30)  # time to carry the token to the hub
 MAX_EXPIRY = timedelta(days=30)
 MAX_REQUEST_BYTES = 16 * 1024  # two public keys and an id: far below this
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
@@ -49,13 +50,15 @@ def is_token(text: str) -> bool:
 
 
 def parse_expiry(text: str) -> timedelta:
-    """`30m`, `24h`, `7d`: a token's lifetime, at most 30 days."""
+    """`30m`, `24h`, `7d`: a token's lifetime, 30 minutes to 30 days."""
     match = re.fullmatch(r"([1-9][0-9]{0,5})([mhd])", text.strip())
     if match is None:
         raise ValueError(f"expiry {text!r} is not a number and a unit, e.g. 30m, 24h or 7d")
     lifetime = timedelta(seconds=int(match[1]) * _UNITS[match[2]])
     if lifetime > MAX_EXPIRY:
         raise ValueError(f"expiry {text!r} is longer than the longest allowed, 30d")
+    if lifetime < MIN_EXPIRY:
+        raise ValueError(f"expiry {text!r} is shorter than the shortest allowed, 30m")
     return lifetime
 
 

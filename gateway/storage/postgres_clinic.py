@@ -41,6 +41,7 @@ from gateway.storage.postgres_clinic_alerts import EngineCache
 from gateway.storage.postgres_clinic_alerts import tick as tick_alerts
 from gateway.storage.postgres_clinic_group import (
     STOPPED,
+    UNKNOWN_HUB,
     Group,
     Handled,
     Item,
@@ -398,6 +399,17 @@ class ClinicArchive:
         with self._db.transaction():
             enrol_keys(self._db, hub_id, batch_jwk, log_key, now)
 
+    def held_before_enrolment(self, hub_id: str) -> int:
+        """The hub's items dead-lettered because it was not enrolled yet (what `resolve`
+        replays once it is)."""
+        rows: list[Row] = self._call(
+            lambda: self._db.execute(
+                "SELECT count(*) FROM clinic_dead_letters WHERE hub_id = %s AND reason = %s",
+                (hub_id, UNKNOWN_HUB),
+            ).fetchall()
+        )
+        return int(rows[0][0])
+
     def hubs(self) -> list[HubRow]:
         rows: list[Row] = self._call(
             lambda: self._db.execute(
@@ -422,8 +434,9 @@ class ClinicArchive:
 
     def resolve(self, hub_id: str, by: str, now: datetime) -> tuple[int, int]:
         """Resolve the hub's open alarms and accept its items again, then replay the items
-        of the hub dead-lettered only because it was stopped (oldest first). Returns the
-        alarms resolved and the items replayed."""
+        of the hub dead-lettered only because it was stopped or not yet enrolled (oldest
+        first; an enrolled hub's items are verified with its keys now). Returns the alarms
+        resolved and the items replayed."""
         resolved = int(self._call(self._resolve, hub_id, by, now))
         # Only what was held before now: a replayed fork stops the hub again, and what it
         # holds then waits for the next resolution instead of being replayed in a loop.
@@ -455,9 +468,11 @@ class ClinicArchive:
         with self._db.transaction():
             row = self._db.execute(
                 "DELETE FROM clinic_dead_letters WHERE id = (SELECT id FROM clinic_dead_letters"
-                " WHERE hub_id = %s AND reason = %s AND payload_bytes = length(payload)"
-                " AND id <= %s ORDER BY id LIMIT 1) RETURNING topic, payload",
-                (hub_id, STOPPED.reason, last),
+                " WHERE hub_id = %s AND payload_bytes = length(payload) AND id <= %s"
+                " AND (reason = %s OR (reason = %s"
+                "  AND EXISTS (SELECT 1 FROM clinic_hubs WHERE hub_id = %s)))"
+                " ORDER BY id LIMIT 1) RETURNING topic, payload",
+                (hub_id, last, STOPPED.reason, UNKNOWN_HUB, hub_id),
             ).fetchone()
             if row is None:
                 return None

@@ -54,6 +54,8 @@ _BATCH_TYPES = ["text", "int8", "text", "bytea", "text", "int4", "bool", "timest
 _RECORD_TYPES = ["text", "int8", "int4", "text", "text", "bytea"]
 _PART_TYPES = ["text", "text", "int8", "int4", "timestamptz", "timestamptz", "timestamptz"]
 
+UNKNOWN_HUB = "unknown_hub"  # the dead letters' reason for a hub not (yet) enrolled
+
 STOPPED = Refusal(
     reason="hub_stopped",
     detail="the hub is stopped by an alarm until an admin resolves it",
@@ -199,7 +201,7 @@ class Group:
             hub = self._hubs.get(item.hub_id)
             if hub is None or opened is None:
                 refusal = Refusal(
-                    reason="unknown_hub",
+                    reason=UNKNOWN_HUB,
                     detail=f"no hub {item.hub_id} is enrolled",
                     alarm=AlarmKind.UNKNOWN_HUB,
                 )

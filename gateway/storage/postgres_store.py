@@ -339,6 +339,16 @@ class PostgresStore(PostgresConnection):
             raise RegistryError(f"unknown patient {patient_id!r}")
 
     @translated
+    def rename_patient(self, patient_id: str, *, display_name: str, timezone: str) -> None:
+        cursor = self._db.execute(
+            "UPDATE patients SET display_name = %s, timezone = %s, name_fold = %s"
+            " WHERE patient_id = %s",
+            (display_name, timezone, display_name.casefold(), patient_id),
+        )
+        if cursor.rowcount != 1:
+            raise RegistryError(f"unknown patient {patient_id!r}")
+
+    @translated
     def get_patient(self, patient_id: str) -> Patient | None:
         row = self._row(
             f"SELECT {PATIENT_COLUMNS} FROM patients WHERE patient_id = %s",

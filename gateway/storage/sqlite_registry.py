@@ -54,6 +54,15 @@ class SqliteRegistry(SqliteBase):
         if cursor.rowcount != 1:
             raise RegistryError(f"unknown patient {patient_id!r}")
 
+    def rename_patient(self, patient_id: str, *, display_name: str, timezone: str) -> None:
+        cursor = self._db.execute(
+            "UPDATE patients SET display_name = ?, timezone = ?, name_fold = ?"
+            " WHERE patient_id = ?",
+            (display_name, timezone, display_name.casefold(), patient_id),
+        )
+        if cursor.rowcount != 1:
+            raise RegistryError(f"unknown patient {patient_id!r}")
+
     def get_patient(self, patient_id: str) -> Patient | None:
         row = self._db.execute(
             f"SELECT {PATIENT_COLUMNS} FROM patients WHERE patient_id = ?",

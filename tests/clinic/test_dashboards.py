@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -144,6 +145,26 @@ async def login(session: aiohttp.ClientSession, base: str, username: str) -> Non
     form = {"username": username, "password": PASSWORD, "csrf_token": token.group(1)}
     async with session.post(f"{base}/login", data=form) as response:
         assert response.status == 200 and META_RE.search(await response.text())
+
+
+async def test_a_dashboard_on_a_clinic_without_accounts_says_how_to_make_one(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(clinic_config(tmp_path, postgres_url), {})
+    with caplog.at_level(logging.WARNING, logger="glucohub.clinic.dashboard"):
+        async with serving(settings):
+            pass
+    [record] = [r for r in caplog.records if r.name == "glucohub.clinic.dashboard"]
+    assert record.getMessage() == (
+        "the clinic has no dashboard accounts yet, so nobody can sign in: create them"
+        " with `glucohub users add NAME --role admin|clinician --config FILE`"
+    )
+    clinic_user(postgres_url, "dr-ada")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="glucohub.clinic.dashboard"):
+        async with serving(settings):
+            pass
+    assert [r for r in caplog.records if r.name == "glucohub.clinic.dashboard"] == []
 
 
 @pytest.mark.slow

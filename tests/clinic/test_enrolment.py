@@ -516,6 +516,36 @@ def test_a_clinic_out_of_reach_or_a_bad_link_is_one_line_and_exit_2(
     )
 
 
+def test_a_token_for_a_hub_id_no_hub_can_have_is_not_made(
+    clinic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = {
+        "h1:p1": "glucohub: hub_id 'h1:p1' cannot contain ':'; no token made\n",
+        "ward/7": "glucohub: hub_id 'ward/7' cannot be an MQTT topic level; no token made\n",
+    }
+    for hub_id, line in cases.items():
+        code, out, err = _run(capsys, "hubs", "token", "--config", str(clinic), "--hub", hub_id)
+        assert (code, out, err) == (2, "", line)
+    code, out, _ = _run(capsys, "hubs", "tokens", "--config", str(clinic))
+    assert (code, out) == (0, "")
+
+
+def test_a_wrong_path_to_the_clinic_says_it_is_not_the_enrolment_endpoint(
+    tmp_path: Path, endpoint: InProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub, config = _hub(tmp_path, "home-82")
+    token = "ghe1_" + "C" * 43
+    base = endpoint.url.removesuffix("/v1/enrol")
+    for url in (base, f"{base}/", f"{base}/enrol", f"{base}/v1/enrol/"):
+        code, out, err = _enrol(capsys, config, url, token)
+        assert (code, out) == (2, ""), url
+        assert err == (
+            f"glucohub: {url} answered HTTP 404: it is not the clinic's enrolment endpoint"
+            " (the link the clinic gave ends in /v1/enrol#ghe1_…)\n"
+        )
+    assert not (hub.data_dir / ENROLMENT_FILE).exists()
+
+
 # -- a broker account of its own for each hub ---------------------------------------------------
 
 

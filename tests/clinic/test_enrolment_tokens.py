@@ -56,7 +56,7 @@ def test_expiry_is_a_number_and_a_unit(text: str, lifetime: timedelta) -> None:
     assert parse_expiry(text) == lifetime
 
 
-@pytest.mark.parametrize("text", ["", "24", "0h", "-1h", "1w", "31d", "1.5h", "721h"])
+@pytest.mark.parametrize("text", ["", "24", "0h", "-1h", "1w", "31d", "1.5h", "721h", "1m", "29m"])
 def test_other_expiries_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="expiry"):
         parse_expiry(text)

@@ -8,13 +8,14 @@ from datetime import timedelta
 
 import pytest
 from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from dashboards.access import Access
 from dashboards.context import DEPS
 from gateway.model import AlertKind, AlertLevel, AlertState
 from gateway.protocols import QuarantinedRecord
-from tests.dashboards.conftest import CSRF_RE, Login, csrf_of, login_as
+from tests.dashboards.conftest import CSRF_RE, META_RE, Login, csrf_of, login_as
 from tests.dashboards.fakes import NOW, PASSWORD, World, alert, cgm, push_alert, push_readings
 
 ROLES = ("", "alice", "bob", "dr-grant", "dr-none", "root")
@@ -429,6 +430,74 @@ async def test_websocket_needs_a_session_and_same_origin(login: Login) -> None:
         },
     )
     assert cross.status == 403
+
+
+async def test_behind_a_proxy_the_public_url_may_open_the_websocket(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A TLS proxy talking plain HTTP to the dashboard: the browser's Origin is the proxy's
+    # https address, never this server's own http one.
+    from gateway.settings import DashboardSettings
+    from tests.dashboards.conftest import make_app
+
+    app = make_app(world, DashboardSettings(port=0, public_url="https://Clinic.Example:443/"))
+    async with TestClient(TestServer(app)) as client:
+        # The browser sends the proxy its Secure cookies over https; the proxy passes them
+        # on over http (a test client's jar would keep them back from plain http).
+        page = await client.get("/login")
+        login_cookie = page.headers["Set-Cookie"]
+        assert "Secure" in login_cookie
+        token = CSRF_RE.search(await page.text())
+        assert token is not None
+        response = await client.post(
+            "/login",
+            data={"username": "dr-grant", "password": PASSWORD, "csrf_token": token.group(1)},
+            headers={"Cookie": login_cookie.split(";")[0]},
+            allow_redirects=False,
+        )
+        cookie = response.headers["Set-Cookie"]
+        assert response.status == 303 and "Secure" in cookie and "gh_session=" in cookie
+        session = {"Cookie": cookie.split(";")[0]}
+        # the proxy's address, as the browser spells it
+        async with client.ws_connect(
+            "/ws", headers={"Origin": "https://clinic.example", **session}
+        ) as ws:
+            await _wait_for_viewers(app, 1)
+            assert not ws.closed
+        with caplog.at_level("WARNING", logger="dashboards.app"):
+            cross = await client.get(
+                "/ws",
+                headers={
+                    "Origin": "https://evil.example",
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    **session,
+                },
+            )
+        assert cross.status == 403
+        [record] = [r for r in caplog.records if r.name == "dashboards.app"]
+        assert record.getMessage() == (
+            "live updates refused to a page from 'https://evil.example': this dashboard"
+            " answers as https://clinic.example (behind a reverse proxy, dashboard.public_url"
+            " is the address browsers use)"
+        )
+        # the way back to the page the browser was on
+        prefs = await client.post(
+            "/prefs",
+            data={"unit": "mg/dL", "csrf_token": await _csrf(client, session)},
+            headers={"Referer": "https://clinic.example/alerts", **session},
+            allow_redirects=False,
+        )
+        assert (prefs.status, prefs.headers["Location"]) == (303, "/alerts")
+
+
+async def _csrf(client: TestClient[web.Request, web.Application], cookie: dict[str, str]) -> str:
+    page = await client.get("/alerts", headers=cookie)
+    found = META_RE.search(await page.text())
+    assert found is not None
+    return found.group(1)
 
 
 async def test_websocket_follows_consent_revocation(

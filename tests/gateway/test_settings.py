@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from gateway.errors import ConfigError
 from gateway.settings import (
     ENROLMENT_FILE,
+    DashboardSettings,
     Settings,
     load_settings,
     toml_string,
@@ -65,6 +66,9 @@ def test_unrelated_environment_is_ignored() -> None:
         ('[mqtt]\nurl = "http://x"\n', {}, "mqtt.url"),
         ("", {"GLUCOHUB_STORAGE__COMMIT_MAX_READINGS": "many"}, "storage.commit_max_readings"),
         ("[alerts]\nlow_mg_dl = 50.0\n", {}, "alerts"),
+        ('[dashboard]\npublic_url = "clinic.example"\n', {}, "dashboard.public_url"),
+        ('[dashboard]\npublic_url = "https://clinic.example/ward"\n', {}, "dashboard.public_url"),
+        ('[dashboard]\npublic_url = "https://clinic.example:x"\n', {}, "dashboard.public_url"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
@@ -72,6 +76,23 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str],
         load_settings(write(tmp_path, text), env)
     assert info.value.key == key
     assert repr(key) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("public_url", "origin"),
+    [
+        ("", ""),
+        ("https://clinic.example", "https://clinic.example"),
+        ("https://Clinic.Example:443/", "https://clinic.example"),
+        ("https://clinic.example:8443", "https://clinic.example:8443"),
+        ("http://10.0.0.7:80", "http://10.0.0.7"),
+        ("https://[::1]:9443", "https://[::1]:9443"),
+    ],
+)
+def test_the_public_url_is_the_origin_a_browser_sends(public_url: str, origin: str) -> None:
+    # The WebSocket's Origin check compares strings: RFC 6454 §6.1 serialisation, the
+    # scheme's default port left out, the host in lower case.
+    assert DashboardSettings(public_url=public_url).public_origin() == origin
 
 
 def test_broken_toml_is_reported(tmp_path: Path) -> None:

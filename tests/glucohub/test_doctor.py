@@ -15,6 +15,8 @@ import pytest
 
 from gateway.sealing import init_keys
 from gateway.settings import Settings, load_settings
+from gateway.storage.postgres_migrations import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from gateway.storage.postgres_store import PostgresStore
 from gateway.storage.sqlite_migrations import SCHEMA_VERSION
 from gateway.store import DB_FILENAME, Store
 from glucohub.cli import main
@@ -22,6 +24,7 @@ from glucohub.doctor import Check, Host, adjtimex_synchronized, report, run_chec
 from tests.support import bluez
 from tests.support.bluez import BluezMock, PrivateSystemBus
 from tests.support.mosquitto import Mosquitto, free_port
+from tests.support.postgres import Postgres
 
 
 @pytest.fixture
@@ -183,6 +186,36 @@ def test_a_schema_not_current(hub_dir: Path, host: Host, version: int, fix: str)
     line = failed(run_checks(settings_for(hub_dir), host), "schema")
     assert f"version {version}" in line and fix in line
     assert (hub_dir / DB_FILENAME).read_bytes() == before, "read-only: nothing migrated"
+
+
+def test_a_hub_on_postgresql_is_checked_there(
+    hub_dir: Path, host: Host, postgres_server: Postgres, postgres_url: str
+) -> None:
+    # A hub whose [storage] url is PostgreSQL keeps only its keys in the data directory.
+    (hub_dir / DB_FILENAME).unlink()
+    PostgresStore(postgres_url).close()
+    checks = run_checks(settings_for(hub_dir, storage__url=postgres_url), host)
+    assert only(checks, "database").line() == f"ok    database: {postgres_url} answers"
+    assert only(checks, "schema").line() == "ok    schema: current"
+    # older than this code: read-only, nothing migrated
+    database = postgres_url.rsplit("/", 1)[1]
+    postgres_server.psql(
+        "DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM"
+        " schema_migrations)",
+        database,
+    )
+    line = failed(run_checks(settings_for(hub_dir, storage__url=postgres_url), host), "schema")
+    assert line.startswith(f"FAIL  schema: version {PG_SCHEMA_VERSION - 1}, this Glucohub's")
+    assert "glucohub migrate" in line
+    assert postgres_server.psql("SELECT max(version) FROM schema_migrations", database) == str(
+        PG_SCHEMA_VERSION - 1
+    )
+    # a server that is not there
+    gone = f"postgresql://glucohub:secret@127.0.0.1:{free_port()}/hub"
+    checks = run_checks(settings_for(hub_dir, storage__url=gone), host)
+    line = failed(checks, "database")
+    assert "connection failed" in line and "correct storage.url" in line
+    assert "secret" not in report(checks)[0]
 
 
 def test_a_clock_not_synchronized(hub_dir: Path, host: Host) -> None:

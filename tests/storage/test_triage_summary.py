@@ -197,6 +197,21 @@ def test_team_ward_and_search_filter_the_list(backend: Backend) -> None:
         store.assign_patient("nobody", team="Paeds", ward=None)
 
 
+def test_a_renamed_patient_is_listed_and_found_under_the_new_name(backend: Backend) -> None:
+    # A clinic's projection registers a hub's patient under its id, in UTC; the admin names
+    # them afterwards.
+    store = backend.open()
+    store.add_patient(Patient(patient_id="h1:p1", display_name="h1:p1", team="Paeds"))
+    store.rename_patient("h1:p1", display_name="Ada Lovelace", timezone="Europe/London")
+    assert store.get_patient("h1:p1") == Patient(
+        patient_id="h1:p1", display_name="Ada Lovelace", timezone="Europe/London", team="Paeds"
+    )
+    found = store.triage_summaries(team=None, ward=None, search="LOVELACE")
+    assert [s.patient.display_name for s in found] == ["Ada Lovelace"]
+    with pytest.raises(RegistryError):
+        store.rename_patient("nobody", display_name="X", timezone="UTC")
+
+
 def test_recent_glucose_is_one_query_over_a_page_of_patients(store: AnyStore) -> None:
     store.write(
         [
