@@ -499,12 +499,22 @@ class Hub:
             events.extend(envelope.events)
             dead.extend(envelope.dead_letters)
         result = store.write_messages(messages, events, dead, now=now)
-        stored_ids = {id(reading) for reading in result.stored}
+        # Without duplicates every reading handed to the store and not refused was stored
+        # (the usual chunk): no need to look each one up.
+        stored_ids = {id(reading) for reading in result.stored} if result.duplicates else None
         outcomes: list[IngestOutcome] = []
+        same: dict[tuple[int, int], IngestOutcome] = {}  # (accepted, rejected) -> outcome
         for index, envelope in enumerate(chunk):
             total = len(envelope.readings)
             if refused_here[index] or index in result.refused:
                 outcomes.append(IngestOutcome(rejected=total + len(envelope.dead_letters)))
+                continue
+            if stored_ids is None:
+                key = (total, len(envelope.dead_letters))
+                outcome = same.get(key)
+                if outcome is None:
+                    outcome = same[key] = IngestOutcome(accepted=total, rejected=key[1])
+                outcomes.append(outcome)
                 continue
             new = sum(1 for reading in envelope.readings if id(reading) in stored_ids)
             outcomes.append(
