@@ -10,15 +10,16 @@ goes to paho's own code, as before, so they only need to be right for what they 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 PUBLISH = 0x30  # MQTT 5 §2.1.2: packet type 3 in the high nibble
 PUBACK = 0x40  # packet type 4, no flags
 _MAX_LENGTH_BYTES = 4  # MQTT 5 §1.5.5: a Variable Byte Integer has at most four bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Frame:
+# NamedTuples, not dataclasses: one of each is made per message, and a tuple is built
+# several times faster than a frozen dataclass.
+class Frame(NamedTuple):
     """One whole packet found in a buffer: its first byte, and where its body lies."""
 
     header: int  # packet type and flags (MQTT 5 §2.1.1)
@@ -26,8 +27,7 @@ class Frame:
     end: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlainPublish:
+class PlainPublish(NamedTuple):
     """A PUBLISH at QoS 0 or 1 that carries no properties."""
 
     topic: str
