@@ -455,15 +455,23 @@ class Hub:
         refused_here: list[bool] = []
         clock_events: list[ClockJump] = []
         mono = self._clock.monotonic()
+        ahead = valid_now + self._rules.max_future_skew  # later than this is in the future
+        stored_newest: dict[str, datetime] = {}  # device -> its newest reading stored here
         for envelope in chunk:
             letter: DeadLetter | None = None
-            newest = max(envelope.readings, key=lambda r: r.time, default=None)
+            readings = envelope.readings
+            newest = (
+                readings[0]
+                if len(readings) == 1
+                else max(readings, key=lambda r: r.time, default=None)
+            )
             judged_now, note = valid_now, ""
             if (
                 newest is not None
-                and newest.time > valid_now + self._rules.max_future_skew
+                and newest.time > ahead
                 and _registered(newest, devices)  # a stranger's clock is no evidence
             ):
+                self._tell_stored(stored_newest, mono)  # the judge weighs what is stored
                 lag = self._clock_lag.judge(
                     newest.device_id,
                     newest.time,
@@ -483,7 +491,9 @@ class Hub:
                     letter = _letter(envelope, position, now, verdict.reason, detail)
                     break
             if letter is None and newest is not None:
-                self._clock_lag.stored(newest.device_id, newest.time, mono)
+                held = stored_newest.get(newest.device_id)
+                if held is None or newest.time > held:
+                    stored_newest[newest.device_id] = newest.time
             if letter is not None:
                 dead.append(letter)
                 messages.append(Message(origin=envelope.origin, readings=()))
@@ -498,13 +508,24 @@ class Hub:
             refused_here.append(letter is not None)
             events.extend(envelope.events)
             dead.extend(envelope.dead_letters)
+        self._tell_stored(stored_newest, mono)
         result = store.write_messages(messages, events, dead, now=now)
-        stored_ids = {id(reading) for reading in result.stored}
+        # Without duplicates every reading handed to the store and not refused was stored
+        # (the usual chunk): no need to look each one up.
+        stored_ids = {id(reading) for reading in result.stored} if result.duplicates else None
         outcomes: list[IngestOutcome] = []
+        same: dict[tuple[int, int], IngestOutcome] = {}  # (accepted, rejected) -> outcome
         for index, envelope in enumerate(chunk):
             total = len(envelope.readings)
             if refused_here[index] or index in result.refused:
                 outcomes.append(IngestOutcome(rejected=total + len(envelope.dead_letters)))
+                continue
+            if stored_ids is None:
+                key = (total, len(envelope.dead_letters))
+                outcome = same.get(key)
+                if outcome is None:
+                    outcome = same[key] = IngestOutcome(accepted=total, rejected=key[1])
+                outcomes.append(outcome)
                 continue
             new = sum(1 for reading in envelope.readings if id(reading) in stored_ids)
             outcomes.append(
@@ -519,6 +540,13 @@ class Hub:
             rejected_reasons=reasons,
             clock_events=tuple(clock_events),
         )
+
+    def _tell_stored(self, newest: dict[str, datetime], mono: float) -> None:
+        """Tell the clock-lag judge each device's newest reading stored (and forget them).
+        All at one `mono`: once per device with its newest is the same as once per input."""
+        for device_id, at in newest.items():
+            self._clock_lag.stored(device_id, at, mono)
+        newest.clear()
 
     async def _process(self, chunk: list[_Envelope]) -> None:
         written = await self._writer.run(self._validate_and_write, chunk)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -47,6 +48,7 @@ from device_adapters.mqtt.errors import (
     MqttOperationRefused,
     NotConnected,
 )
+from device_adapters.mqtt.frames import PlainPublish, next_frame, plain_publish, puback
 from gateway.clock import utc_now
 from gateway.errors import ConfigError
 from gateway.settings import MqttSettings, UpstreamSettings
@@ -219,9 +221,17 @@ class _BufferedClient(paho.Client):
     registered for writing), and a socket is flushed before paho closes it (so a
     DISCONNECT goes out).
 
-    These override paho 2.x internals (`_sock_recv`, `_sock_send`, `_packet_write`,
-    `_sock_close`): pyproject.toml keeps paho-mqtt below 3, and the tests against a real
-    Mosquitto go through every one of them.
+    Decoding: a plain PUBLISH (QoS 0 or 1, no properties: what devices send) that lies
+    whole in the read buffer is decoded by `frames` and handed to `on_plain_publish`,
+    without paho's per-message `MQTTMessage`, `Properties`, topic matching and debug
+    logging (together more work than the rest of the hub's per-message work on the loop).
+    Every other packet, and a PUBLISH cut by the end of the buffer, goes through paho.
+    Likewise `send_puback` gathers a PUBACK's four bytes without paho's packet queue.
+
+    These override paho 2.x internals (`_sock_recv`, `_sock_send`, `_packet_read`,
+    `_packet_write`, `_sock_close`, and the `_in_packet` and `_last_bytes_received` they
+    keep): pyproject.toml keeps paho-mqtt below 3, and the tests against a real Mosquitto
+    go through every one of them.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -229,9 +239,23 @@ class _BufferedClient(paho.Client):
         self._rx = b""
         self._rx_pos = 0
         self._tx = bytearray()
+        self.on_plain_publish: Callable[[PlainPublish], None] | None = None
 
     def buffered(self) -> bool:
         return self._rx_pos < len(self._rx)
+
+    def _packet_read(self) -> MQTTErrorCode:
+        if self._in_packet["command"] == 0 and self.on_plain_publish is not None:
+            frame = next_frame(self._rx, self._rx_pos)
+            if frame is not None:
+                publish = plain_publish(frame.header, self._rx[frame.start : frame.end])
+                if publish is not None:
+                    self._rx_pos = frame.end
+                    with self._msgtime_mutex:  # the keep-alive's view of the connection
+                        self._last_bytes_received = paho.time_func()
+                    self.on_plain_publish(publish)
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._packet_read()
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rx_pos >= len(self._rx):
@@ -251,14 +275,29 @@ class _BufferedClient(paho.Client):
         self._tx += buf
         return len(buf)
 
+    def send_puback(self, mid: int) -> MQTTErrorCode:
+        """Acknowledge a QoS 1 message (what `ack(mid, 1)` does, with less work): gathered
+        and sent when the socket is writable. While paho has packets of its own queued,
+        through its queue, so that every packet leaves in the order it was sent."""
+        if self._out_packet or self._sock is None:
+            return self.ack(mid, 1)
+        self._tx += puback(mid)
+        self._call_socket_register_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def _flush(self) -> None:
         """Send what `_sock_send` gathered, as far as the socket takes it."""
+        sent_any = False
         while self._tx:
             try:
                 sent = super()._sock_send(self._tx)
             except BlockingIOError:
-                return  # paho has asked to be told when the socket is writable again
+                break  # paho has asked to be told when the socket is writable again
             del self._tx[:sent]
+            sent_any = True
+        if sent_any:
+            with self._msgtime_mutex:  # the keep-alive's view: we have sent something
+                self._last_msg_out = paho.time_func()
 
     def _packet_write(self) -> MQTTErrorCode:
         rc = super()._packet_write()
@@ -417,6 +456,7 @@ class MqttConnection:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_plain_publish = functools.partial(self._on_plain_publish, gen)
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
@@ -579,15 +619,37 @@ class MqttConnection:
         gen.events += 1
         if gen.closed:
             return
-        inbound = InboundMessage(
-            topic=message.topic,
-            payload=bytes(message.payload),
-            qos=message.qos,
-            mid=message.mid,
-            duplicate=bool(message.dup),
-            retain=bool(message.retain),
-            generation=gen.number,
+        self._deliver(
+            gen,
+            InboundMessage(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                qos=message.qos,
+                mid=message.mid,
+                duplicate=bool(message.dup),
+                retain=bool(message.retain),
+                generation=gen.number,
+            ),
         )
+
+    def _on_plain_publish(self, gen: _Generation, publish: PlainPublish) -> None:
+        gen.events += 1
+        if gen.closed:
+            return
+        self._deliver(
+            gen,
+            InboundMessage(
+                topic=publish.topic,
+                payload=publish.payload,
+                qos=publish.qos,
+                mid=publish.mid,
+                duplicate=publish.dup,
+                retain=publish.retain,
+                generation=gen.number,
+            ),
+        )
+
+    def _deliver(self, gen: _Generation, inbound: InboundMessage) -> None:
         gen.unacked_bytes += len(inbound.payload)
         try:
             self._queue.put_nowait(inbound)
@@ -766,7 +828,10 @@ class MqttConnection:
         self._resume_if_caught_up(gen)
         if message.qos == 0:
             return True
-        rc = gen.client.ack(message.mid, message.qos)
+        if message.qos == 1:
+            rc = gen.client.send_puback(message.mid)
+        else:
+            rc = gen.client.ack(message.mid, message.qos)
         return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def start_publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:

@@ -97,15 +97,24 @@ def decode_readings(topic: str, payload: bytes, *, received_at: datetime) -> Dec
         )
     address = parse_readings_topic(topic)
     document = _parse_json(topic, payload)
-    if isinstance(document, list):
-        if not document:
-            raise PayloadRejected(RejectReason.SCHEMA, "empty array", topic=topic)
-        indexed: list[tuple[_Shape, int | None]] = [
-            (_check_shape(element, topic, position), position)
-            for position, element in enumerate(document)
-        ]
-    else:
-        indexed = [(_check_shape(document, topic, None), None)]
+    if not isinstance(document, list):  # one reading: what nearly every device sends
+        reading = _to_reading(
+            _check_shape(document, topic, None),
+            patient_id=address.patient_id,
+            device_id=address.device_id,
+            received_at=received_at,
+            topic=topic,
+            index=None,
+        )
+        return DecodedMessage(
+            patient_id=address.patient_id, device_id=address.device_id, readings=(reading,)
+        )
+    if not document:
+        raise PayloadRejected(RejectReason.SCHEMA, "empty array", topic=topic)
+    indexed = [
+        (_check_shape(element, topic, position), position)
+        for position, element in enumerate(document)
+    ]
     readings = tuple(
         _to_reading(
             shape,

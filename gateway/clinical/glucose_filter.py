@@ -254,13 +254,28 @@ def _predict(state: FilterState, dt: float, model: FilterModel) -> FilterState:
     tau_r, tau_v = model.rate_reversion_min, model.sensor_corr_min
     phi = math.exp(-dt / tau_r)
     psi = math.exp(-dt / tau_v)
-    f: Mat = (1.0, tau_r * (1.0 - phi), 0.0, 0.0, phi, 0.0, 0.0, 0.0, psi)
+    a = tau_r * (1.0 - phi)  # F = [[1, a, 0], [0, φ, 0], [0, 0, ψ]]
     g, r, v = state.x
-    x: Vec = (g + f[1] * r, phi * r, psi * v)
+    x: Vec = (g + a * r, phi * r, psi * v)
     q_r = model.rate_sd**2 * (1.0 - phi * phi)
     q_v = model.sensor_sd_mg_dl**2 * (1.0 - psi * psi)
-    q: Mat = (q_r * dt * dt / 3, q_r * dt / 2, 0.0, q_r * dt / 2, q_r, 0.0, 0.0, 0.0, q_v)
-    p = _add(_mat_mul(_mat_mul(f, state.p), _transpose(f)), q)
+    # F·P·Fᵀ + Q written out for this F (it runs for every CGM reading, on the event loop):
+    # the terms a general product would add are exact zeros and the products by 1 exact,
+    # so this is bit for bit the product (tests check it against a general one).
+    p0, p1, p2, p3, p4, p5, p6, p7, p8 = state.p
+    m0, m1, m2 = p0 + a * p3, p1 + a * p4, p2 + a * p5  # F·P, row 0; rows 1 and 2 scale
+    m3, m4, m5, m6, m7, m8 = phi * p3, phi * p4, phi * p5, psi * p6, psi * p7, psi * p8
+    p = (
+        m0 + m1 * a + q_r * dt * dt / 3,
+        m1 * phi + q_r * dt / 2,
+        m2 * psi + 0.0,
+        m3 + m4 * a + q_r * dt / 2,
+        m4 * phi + q_r,
+        m5 * psi + 0.0,
+        m6 + m7 * a + 0.0,
+        m7 * phi + 0.0,
+        m8 * psi + q_v,
+    )
     return FilterState(t_min=state.t_min + dt, x=x, p=_symmetric(p))
 
 
@@ -305,41 +320,6 @@ def _mat_vec(m: Mat, v: Vec) -> Vec:
         m[0] * v[0] + m[1] * v[1] + m[2] * v[2],
         m[3] * v[0] + m[4] * v[1] + m[5] * v[2],
         m[6] * v[0] + m[7] * v[1] + m[8] * v[2],
-    )
-
-
-def _mat_mul(a: Mat, b: Mat) -> Mat:
-    # Written out: this runs for every reading on the event loop (a generator was 3x slower).
-    a0, a1, a2, a3, a4, a5, a6, a7, a8 = a
-    b0, b1, b2, b3, b4, b5, b6, b7, b8 = b
-    return (
-        a0 * b0 + a1 * b3 + a2 * b6,
-        a0 * b1 + a1 * b4 + a2 * b7,
-        a0 * b2 + a1 * b5 + a2 * b8,
-        a3 * b0 + a4 * b3 + a5 * b6,
-        a3 * b1 + a4 * b4 + a5 * b7,
-        a3 * b2 + a4 * b5 + a5 * b8,
-        a6 * b0 + a7 * b3 + a8 * b6,
-        a6 * b1 + a7 * b4 + a8 * b7,
-        a6 * b2 + a7 * b5 + a8 * b8,
-    )
-
-
-def _transpose(m: Mat) -> Mat:
-    return (m[0], m[3], m[6], m[1], m[4], m[7], m[2], m[5], m[8])
-
-
-def _add(a: Mat, b: Mat) -> Mat:
-    return (
-        a[0] + b[0],
-        a[1] + b[1],
-        a[2] + b[2],
-        a[3] + b[3],
-        a[4] + b[4],
-        a[5] + b[5],
-        a[6] + b[6],
-        a[7] + b[7],
-        a[8] + b[8],
     )
 
 

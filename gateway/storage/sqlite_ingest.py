@@ -34,11 +34,13 @@ log = logging.getLogger("glucohub.store")
 # most this many, a few MiB: enough for sealing to keep up without reading them back.
 _TAIL_MAX = 10_000
 
-_INSERT_READING = (
+_INSERT_READINGS = (
     "INSERT INTO readings (patient_id, device_id, kind, value, unit, time, time_ms, "
-    "seq, source, original_value, original_unit, status, dedupe_key, received_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (device_id, dedupe_key) DO NOTHING"
+    "seq, source, original_value, original_unit, status, dedupe_key, received_at)"
+)
+_ON_DUPLICATE = "ON CONFLICT (device_id, dedupe_key) DO NOTHING"
+_INSERT_READING = (
+    f"{_INSERT_READINGS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {_ON_DUPLICATE}"
 )
 
 
@@ -139,7 +141,7 @@ class SqliteIngest(SqliteTriage):
                     "SELECT COALESCE(MAX(id), 0) FROM readings"
                 ).fetchone()
                 before = self._db.total_changes
-                self._db.executemany(_INSERT_READING, rows)
+                self._insert_rows(_INSERT_READINGS, _ON_DUPLICATE, rows)
                 if self._db.total_changes - before == len(rows):
                     (last,) = self._db.execute("SELECT last_insert_rowid()").fetchone()
                     # n new rows, each id above `highest`, none above `last`: exactly those.

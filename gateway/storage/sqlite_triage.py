@@ -39,9 +39,11 @@ from gateway.storage.triage_rows import (
 _FROM = "FROM patients AS p LEFT JOIN triage_summary AS s ON s.patient_id = p.patient_id"
 _NEWER = "excluded.glucose_time_ms >= triage_summary.glucose_time_ms"
 # The latest reading is replaced only by one at least as new; the write count always moves.
-_UPSERT_LATEST = (
+_INSERT_LATEST = (
     f"INSERT INTO triage_summary (patient_id, {', '.join(LATEST_COLUMNS)}, glucose_time_ms, "
-    f"glucose_writes) VALUES (?, {', '.join('?' * len(LATEST_COLUMNS))}, ?, 1) "
+    "glucose_writes)"
+)
+_OR_UPDATE_LATEST = (
     "ON CONFLICT (patient_id) DO UPDATE SET "
     + ", ".join(
         f"{c} = CASE WHEN triage_summary.glucose_time_ms IS NULL OR {_NEWER} "
@@ -56,10 +58,11 @@ _UPSERT_LATEST = (
 class SqliteTriage(SqliteRegistry):
     def _update_triage(self, stored: Sequence[Reading], events: Sequence[DeviceEvent]) -> None:
         """Inside the ingest transaction: fold the new readings and events into summaries."""
-        self._db.executemany(
-            _UPSERT_LATEST,
+        self._insert_rows(
+            _INSERT_LATEST,
+            _OR_UPDATE_LATEST,
             [
-                (pid, *latest_values(reading), _time_ms(reading.time))
+                (pid, *latest_values(reading), _time_ms(reading.time), 1)
                 for pid, reading in latest_glucose(stored).items()
             ],
         )

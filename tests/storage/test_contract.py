@@ -165,6 +165,23 @@ def test_a_replay_is_counted_as_a_duplicate_and_not_stored_twice(store: AnyStore
     assert store.count_readings() == 3
 
 
+def test_a_large_write_stores_every_reading_once_in_input_order(store: AnyStore) -> None:
+    # 1,000 = 3 x 256 + 128 + 64 + 32 + 8: every statement size the SQLite writer uses.
+    seqs = [(n * 7919) % 1000 for n in range(1000)]  # a permutation of 0..999
+    readings = [cgm(seq, 40.0 + seq % 300, minutes=seq) for seq in seqs]
+    result = store.write(readings)
+    assert (len(result.stored), result.duplicates) == (1000, 0)
+    rows, bad = store.unsealed_for_seal(1000)
+    assert bad == []
+    assert [r.time for r in rows] == [
+        f"{(T0 + timedelta(minutes=seq)).strftime('%Y-%m-%dT%H:%M')}:00.000Z" for seq in seqs
+    ]
+    assert [r.seq for r in store.readings()] == list(range(1000))  # by time
+    again = store.write([*readings[500:], cgm(1000, minutes=1000)])
+    assert (again.stored, again.duplicates) == ((cgm(1000, minutes=1000),), 500)
+    assert store.count_readings() == 1001
+
+
 def test_a_repeat_within_one_write_is_stored_once(store: AnyStore) -> None:
     result = store.write([cgm(7), cgm(7)])
     assert (len(result.stored), result.duplicates) == (1, 1)
