@@ -34,6 +34,7 @@ from gateway.clinic.witness import (
     enrolled_hub,
     open_batch_item,
     open_checkpoint_item,
+    read_checkpoint_item,
 )
 from gateway.clinical.alerts import Thresholds
 from gateway.errors import InputError, PermanentStorageError
@@ -501,17 +502,29 @@ class ClinicArchive:
     def prepare(self, items: Sequence[Item]) -> list[Prepared | None]:
         """Open every item whose hub's keys this archive has seen (the CPU part: signatures,
         records root, notes), before and outside the transaction; None for the others,
-        which `store` opens. Touches nothing but the key cache, so it may run on another
-        thread than the archive's other calls (a worker verifies one group while the
-        previous one is written)."""
-        out: list[Prepared | None] = []
-        for item in items:
+        which `store` opens. A checkpoint followed in `items` by a larger one of its hub is
+        only read (`witness.read_checkpoint_item`): the group verifies it if it is not
+        superseded. Touches nothing but the key cache, so it may run on another thread
+        than the archive's other calls (a worker verifies one group while the previous one
+        is written)."""
+        out: list[Prepared | None] = [None] * len(items)
+        later: dict[str, int] = {}  # each hub's largest checkpoint size read further on
+        for position in range(len(items) - 1, -1, -1):
+            item = items[position]
             keys = self._keys.get(item.hub_id)
             if keys is None:
-                out.append(None)
-            else:
+                continue
+            opened: Opened | None = None
+            if item.kind == "checkpoints":
+                read = read_checkpoint_item(keys.hub, item.payload)
+                if read is not None:
+                    larger = later.get(item.hub_id, -1)
+                    later[item.hub_id] = max(larger, read.size)
+                    if read.size < larger:
+                        opened = read
+            if opened is None:
                 opened = self._open_item(item, keys.batch_jwk, keys.log_key)
-                out.append(Prepared(batch_jwk=keys.batch_jwk, log_key=keys.log_key, opened=opened))
+            out[position] = Prepared(batch_jwk=keys.batch_jwk, log_key=keys.log_key, opened=opened)
         return out
 
     def store(
