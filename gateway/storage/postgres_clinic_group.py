@@ -12,7 +12,7 @@ transaction. What the group decided is written at the end: batches and records w
 the rest set-wise. Under the hub locks nothing else can change those hubs meanwhile, so the
 state read is the truth, and a batch the state does not hold is not in the table.
 
-A checkpoint prepared unchecked (`witness.read_checkpoint_item`: a larger one of its hub
+A checkpoint opened unchecked (`witness.read_checkpoint_item`: a larger one of its hub
 follows in the group) is judged as if its signature verified. When the group is judged,
 one that was accepted and then replaced by a later accepted checkpoint is acknowledged as
 `superseded`: never stored, and its root was the clinic's own tree at its size. Every
@@ -94,9 +94,10 @@ class Handled:
 
 
 Opened = VerifiedBatch | VerifiedCheckpoint | UncheckedCheckpoint | Refusal
-# Opens an item with the hub's keys as enrolled in its locked row (batch_jwk, log_key);
-# never returns an UncheckedCheckpoint.
-Opener = Callable[[Item, str, str], Opened]
+# Opens each item with the keys beside it (its hub's as enrolled in its locked row:
+# batch_jwk, log_key; None: not opened, None out), reading only a checkpoint a larger one
+# among them follows (an UncheckedCheckpoint); one item alone is opened in full.
+Opener = Callable[[Sequence[Item], Sequence[tuple[str, str] | None]], list[Opened | None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,15 +198,25 @@ class Group:
         (before the reads, so they cover it too)."""
         hub_ids = sorted({item.hub_id for item in items})
         self._lock_and_read(hub_ids)
-        opened_items: list[Opened | None] = []
+        keys: list[tuple[str, str] | None] = []
         for item, ready in zip(items, prepared, strict=True):
             hub = self._hubs.get(item.hub_id)
-            if hub is None:
-                opened_items.append(None)
-            elif ready is None or (ready.batch_jwk, ready.log_key) != (hub.batch_jwk, hub.log_key):
-                opened_items.append(opener(item, hub.batch_jwk, hub.log_key))
+            if hub is None or (
+                ready is not None
+                and (ready.batch_jwk, ready.log_key) == (hub.batch_jwk, hub.log_key)
+            ):
+                keys.append(None)
             else:
-                opened_items.append(ready.opened)
+                keys.append((hub.batch_jwk, hub.log_key))
+        fresh = opener(items, keys) if any(keys) else [None] * len(items)
+        opened_items: list[Opened | None] = []
+        for item, ready, hub_keys, opened in zip(items, prepared, keys, fresh, strict=True):
+            if hub_keys is not None:
+                opened_items.append(opened)
+            else:  # an unknown hub's item, or one prepared with the locked row's keys
+                opened_items.append(
+                    None if ready is None or item.hub_id not in self._hubs else ready.opened
+                )
         self._prefetch(items, opened_items)
         out = self._judge(items, opened_items)
         while self._check_unchecked(items, opened_items, out, opener):
@@ -253,7 +264,7 @@ class Group:
             if out[position].outcome == CheckpointVerdict.ACCEPT and hub.accepted_by != position:
                 out[position] = Handled(outcome="superseded")
                 continue
-            verified = opener(item, hub.batch_jwk, hub.log_key)
+            verified = opener([item], [(hub.batch_jwk, hub.log_key)])[0]
             opened_items[position] = verified
             if not isinstance(verified, VerifiedCheckpoint) or (
                 verified.size,
