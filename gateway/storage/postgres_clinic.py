@@ -30,7 +30,9 @@ from gateway.clinic.witness import (
     ClinicRecord,
     EnrolledHub,
     EnrolmentError,
+    UncheckedCheckpoint,
     VerifiedBatch,
+    VerifiedCheckpoint,
     enrolled_hub,
     open_batch_item,
     open_checkpoint_item,
@@ -555,26 +557,25 @@ class ClinicArchive:
         only read (`witness.read_checkpoint_item`): the group verifies it unless it is
         superseded. One item alone is always opened in full."""
         out: list[Opened | None] = [None] * len(items)
-        later: dict[str, int] = {}  # each hub's largest checkpoint size read further on
+        later: dict[str, int] = {}  # each hub's largest checkpoint size opened further on
         for position in range(len(items) - 1, -1, -1):
             item, hub_keys = items[position], keys[position]
             if hub_keys is None:
                 continue
             hub = self._enrolled(item.hub_id, *hub_keys)
             opened: Opened | None = None
-            if item.kind == "checkpoints":
+            if item.kind == "checkpoints" and item.hub_id in later:
                 read = read_checkpoint_item(hub, item.payload)
-                if read is not None:
-                    larger = later.get(item.hub_id, -1)
-                    later[item.hub_id] = max(larger, read.size)
-                    if read.size < larger:
-                        opened = read
+                if read is not None and read.size < later[item.hub_id]:
+                    opened = read
             if opened is None:
                 opened = (
                     open_batch_item(hub, item.payload)
                     if item.kind == "batches"
                     else open_checkpoint_item(hub, item.payload)
                 )
+            if isinstance(opened, VerifiedCheckpoint | UncheckedCheckpoint):
+                later[item.hub_id] = max(later.get(item.hub_id, -1), opened.size)
             out[position] = opened
         return out
 
