@@ -148,7 +148,7 @@ def patient_parts(records: Sequence[ClinicRecord]) -> list[PatientPart]:
         counts.setdefault(record.patient_id, 0)
         times = parts.setdefault(record.patient_id, [])
         try:
-            obj = json.loads(record.canonical)
+            obj = json.loads(record.canonical) if record.value is None else record.value
         except ValueError:
             continue
         if not isinstance(obj, dict) or "type" in obj:

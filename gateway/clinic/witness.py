@@ -20,6 +20,16 @@ transaction that will store the outcome, under the hub's row lock):
 Bad signatures and unknown hubs are alarms too, but do not stop a hub: anyone who can
 publish to the broker can produce them, whereas a fork, rollback or chain break is signed
 by the hub's own key and stops it until an admin resolves the alarm.
+
+A checkpoint followed in the same group of items by a larger one of the same hub may be
+*read* instead (`read_checkpoint_item`: its note parsed, its signature not checked) and
+judged like an opened one. If it is accepted and then replaced by a later accepted
+checkpoint of the group, it is never stored: its root equals the clinic's own tree at its
+size, so it says nothing the clinic has not checked, and it is acknowledged as
+superseded without its signature verified. Any other outcome (stored as the accepted or a
+pending checkpoint, an alarm, a dead letter) waits for its signature, and a bad one makes
+it the bad-signature dead letter it would have been
+(`gateway.storage.postgres_clinic_group`).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.sealing import log_origin
 from ledger.batch import batch_hash
-from ledger.checkpoint import open_checkpoint
+from ledger.checkpoint import open_checkpoint, parse_checkpoint
 from ledger.errors import LedgerError
 from ledger.jcs import canonical_value
 from ledger.keys import jwk_public_key
@@ -234,6 +244,35 @@ def open_checkpoint_item(hub: EnrolledHub, payload: bytes) -> VerifiedCheckpoint
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UncheckedCheckpoint:
+    """A checkpoint note as `read_checkpoint_item` parsed it: its signature NOT verified."""
+
+    size: int
+    root_hash: bytes
+    note: str
+
+
+def read_checkpoint_item(hub: EnrolledHub, payload: bytes) -> UncheckedCheckpoint | None:
+    """What `open_checkpoint_item` returns when the note's signature verifies (the same
+    size, root and note text), without verifying it; None for a note whose text does not
+    parse as the hub's checkpoint (`open_checkpoint_item` refuses it with its reason)."""
+    try:
+        note = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    cut = note.rfind("\n\n")  # signed-note: the text ends at the last blank line
+    if cut < 0:
+        return None
+    try:
+        checkpoint = parse_checkpoint(note[: cut + 1])
+    except LedgerError:
+        return None
+    if checkpoint.origin != log_origin(hub.hub_id):
+        return None
+    return UncheckedCheckpoint(size=checkpoint.size, root_hash=checkpoint.root_hash, note=note)
+
+
 class CheckpointVerdict(StrEnum):
     ACCEPT = "accepted"  # the new latest checkpoint of the hub
     STALE = "stale"  # an older one, consistent with what is held: a redelivery
@@ -268,13 +307,14 @@ def tree_at(
 
 
 def judge_checkpoint(
-    checkpoint: VerifiedCheckpoint,
+    checkpoint: VerifiedCheckpoint | UncheckedCheckpoint,
     accepted: AcceptedCheckpoint | None,
     tree: CompactTree | None,
     pending_root: bytes | None = None,
 ) -> CheckpointVerdict | Alarm:
     """`tree`: the clinic's tree at the checkpoint's size (`tree_at`), None when a batch is
-    missing; `pending_root`: the root of a pending checkpoint of the same size."""
+    missing; `pending_root`: the root of a pending checkpoint of the same size. An
+    unchecked checkpoint is judged as if its signature verified."""
     size, root = checkpoint.size, checkpoint.root_hash
     if accepted is not None and size == accepted.size:
         if root == accepted.root_hash:

@@ -30,10 +30,13 @@ from gateway.clinic.witness import (
     ClinicRecord,
     EnrolledHub,
     EnrolmentError,
+    UncheckedCheckpoint,
     VerifiedBatch,
+    VerifiedCheckpoint,
     enrolled_hub,
     open_batch_item,
     open_checkpoint_item,
+    read_checkpoint_item,
 )
 from gateway.clinical.alerts import Thresholds
 from gateway.errors import InputError, PermanentStorageError
@@ -516,18 +519,19 @@ class ClinicArchive:
     def prepare(self, items: Sequence[Item]) -> list[Prepared | None]:
         """Open every item whose hub's keys this archive has seen (the CPU part: signatures,
         records root, notes), before and outside the transaction; None for the others,
-        which `store` opens. Touches nothing but the key cache, so it may run on another
-        thread than the archive's other calls (a worker verifies one group while the
-        previous one is written)."""
-        out: list[Prepared | None] = []
+        which `store` opens (`_open_items`). Touches nothing but the key cache, so it may
+        run on another thread than the archive's other calls (a worker verifies one group
+        while the previous one is written)."""
+        keys: list[tuple[str, str] | None] = []
         for item in items:
-            keys = self._keys.get(item.hub_id)
-            if keys is None:
-                out.append(None)
-            else:
-                opened = self._open_item(item, keys.batch_jwk, keys.log_key)
-                out.append(Prepared(batch_jwk=keys.batch_jwk, log_key=keys.log_key, opened=opened))
-        return out
+            cached = self._keys.get(item.hub_id)
+            keys.append(None if cached is None else (cached.batch_jwk, cached.log_key))
+        return [
+            None
+            if k is None or opened is None
+            else Prepared(batch_jwk=k[0], log_key=k[1], opened=opened)
+            for k, opened in zip(keys, self._open_items(items, keys), strict=True)
+        ]
 
     def store(
         self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
@@ -560,11 +564,35 @@ class ClinicArchive:
         self._keys[hub_id] = _Keys(batch_jwk, log_key, hub)
         return hub
 
-    def _open_item(self, item: Item, batch_jwk: str, log_key: str) -> Opened:
-        hub = self._enrolled(item.hub_id, batch_jwk, log_key)
-        if item.kind == "batches":
-            return open_batch_item(hub, item.payload)
-        return open_checkpoint_item(hub, item.payload)
+    def _open_items(
+        self, items: Sequence[Item], keys: Sequence[tuple[str, str] | None]
+    ) -> list[Opened | None]:
+        """Open each item with the hub keys beside it (batch_jwk, log_key; None: left
+        unopened). A checkpoint followed among those opened by a larger one of its hub is
+        only read (`witness.read_checkpoint_item`): the group verifies it unless it is
+        superseded. One item alone is always opened in full."""
+        out: list[Opened | None] = [None] * len(items)
+        later: dict[str, int] = {}  # each hub's largest checkpoint size opened further on
+        for position in range(len(items) - 1, -1, -1):
+            item, hub_keys = items[position], keys[position]
+            if hub_keys is None:
+                continue
+            hub = self._enrolled(item.hub_id, *hub_keys)
+            opened: Opened | None = None
+            if item.kind == "checkpoints" and item.hub_id in later:
+                read = read_checkpoint_item(hub, item.payload)
+                if read is not None and read.size < later[item.hub_id]:
+                    opened = read
+            if opened is None:
+                opened = (
+                    open_batch_item(hub, item.payload)
+                    if item.kind == "batches"
+                    else open_checkpoint_item(hub, item.payload)
+                )
+            if isinstance(opened, VerifiedCheckpoint | UncheckedCheckpoint):
+                later[item.hub_id] = max(later.get(item.hub_id, -1), opened.size)
+            out[position] = opened
+        return out
 
     def _handle_group(
         self, items: Sequence[Item], prepared: Sequence[Prepared | None], now: datetime
@@ -572,7 +600,7 @@ class ClinicArchive:
         with self._db.transaction():
             new = NewReadings()
             group = Group(self._db, now, project=lambda batches: self._project(batches, now, new))
-            handled = group.run(items, prepared, self._open_item)
+            handled = group.run(items, prepared, self._open_items)
             notify_readings(self._db, new)  # one notification per group, sent on commit
             return handled
 

@@ -11,6 +11,13 @@ alarm raised by item 3 stops the hub for item 7), exactly as if each had its own
 transaction. What the group decided is written at the end: batches and records with `COPY`,
 the rest set-wise. Under the hub locks nothing else can change those hubs meanwhile, so the
 state read is the truth, and a batch the state does not hold is not in the table.
+
+A checkpoint opened unchecked (`witness.read_checkpoint_item`: a larger one of its hub
+follows in the group) is judged as if its signature verified. When the group is judged,
+one that was accepted and then replaced by a later accepted checkpoint is acknowledged as
+`superseded`: never stored, and its root was the clinic's own tree at its size. Every
+other one is verified then; if one fails, the group is judged again from the state read,
+with that one refused, so the outcomes are those of verifying every item first.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from gateway.clinic.witness import (
     Duplicate,
     Neighbours,
     Refusal,
+    UncheckedCheckpoint,
     VerifiedBatch,
     VerifiedCheckpoint,
     judge_batch,
@@ -76,8 +84,10 @@ class Item:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Handled:
     """What became of one item: `stored` (its `records`), `duplicate`, `pending`,
-    `accepted`, `stale`, or `dead_letter` (its `reason`). `alarm`: the alarm handling it
-    raised, if any (a stored batch can complete a pending checkpoint that is a fork)."""
+    `accepted`, `superseded` (a checkpoint the group's next accepted one replaced before
+    anything stored it), `stale`, or `dead_letter` (its `reason`). `alarm`: the alarm
+    handling it raised, if any (a stored batch can complete a pending checkpoint that is a
+    fork)."""
 
     outcome: str
     alarm: AlarmKind | None = None
@@ -85,9 +95,11 @@ class Handled:
     reason: str = ""
 
 
-Opened = VerifiedBatch | VerifiedCheckpoint | Refusal
-# Opens an item with the hub's keys as enrolled in its locked row (batch_jwk, log_key).
-Opener = Callable[[Item, str, str], Opened]
+Opened = VerifiedBatch | VerifiedCheckpoint | UncheckedCheckpoint | Refusal
+# Opens each item with the keys beside it (its hub's as enrolled in its locked row:
+# batch_jwk, log_key; None: not opened, None out), reading only a checkpoint a larger one
+# among them follows (an UncheckedCheckpoint); one item alone is opened in full.
+Opener = Callable[[Sequence[Item], Sequence[tuple[str, str] | None]], list[Opened | None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +146,7 @@ class _Hub:
     accepted: AcceptedCheckpoint | None = None
     accepted_note: str = ""
     accepted_changed: bool = False
+    accepted_by: int | None = None  # the group's item that `accepted` is, if one is
     pending: dict[int, _Pending] = field(default_factory=dict)
     pending_before: frozenset[int] = frozenset()
     stopped_before: bool = False
@@ -185,19 +198,40 @@ class Group:
         """One outcome per item, in order. An item not prepared, or prepared with keys
         other than its hub's locked row holds (enrolled again meanwhile), is opened here
         (before the reads, so they cover it too)."""
-        self._lock_and_read(sorted({item.hub_id for item in items}))
-        opened_items: list[Opened | None] = []
+        hub_ids = sorted({item.hub_id for item in items})
+        self._lock_and_read(hub_ids)
+        keys: list[tuple[str, str] | None] = []
         for item, ready in zip(items, prepared, strict=True):
             hub = self._hubs.get(item.hub_id)
-            if hub is None:
-                opened_items.append(None)
-            elif ready is None or (ready.batch_jwk, ready.log_key) != (hub.batch_jwk, hub.log_key):
-                opened_items.append(opener(item, hub.batch_jwk, hub.log_key))
+            if hub is None or (
+                ready is not None
+                and (ready.batch_jwk, ready.log_key) == (hub.batch_jwk, hub.log_key)
+            ):
+                keys.append(None)
             else:
-                opened_items.append(ready.opened)
+                keys.append((hub.batch_jwk, hub.log_key))
+        fresh = opener(items, keys) if any(keys) else [None] * len(items)
+        opened_items: list[Opened | None] = []
+        for item, ready, hub_keys, opened in zip(items, prepared, keys, fresh, strict=True):
+            if hub_keys is not None:
+                opened_items.append(opened)
+            else:  # an unknown hub's item, or one prepared with the locked row's keys
+                opened_items.append(
+                    None if ready is None or item.hub_id not in self._hubs else ready.opened
+                )
         self._prefetch(items, opened_items)
+        out = self._judge(items, opened_items)
+        while self._check_unchecked(items, opened_items, out, opener):
+            self._hubs, self._dead_letters, self._alarms, self._link_stored = {}, [], {}, []
+            self._lock_and_read(hub_ids)
+            self._prefetch(items, opened_items)
+            out = self._judge(items, opened_items)
+        self._write()
+        return out
+
+    def _judge(self, items: Sequence[Item], opened_items: Sequence[Opened | None]) -> list[Handled]:
         out = []
-        for item, opened in zip(items, opened_items, strict=True):
+        for position, (item, opened) in enumerate(zip(items, opened_items, strict=True)):
             hub = self._hubs.get(item.hub_id)
             if hub is None or opened is None:
                 refusal = Refusal(
@@ -211,9 +245,36 @@ class Group:
             elif isinstance(opened, VerifiedBatch):
                 out.append(self._batch(hub, item, opened))
             else:
-                out.append(self._checkpoint(hub, item, opened))
-        self._write()
+                out.append(self._checkpoint(hub, item, opened, position))
         return out
+
+    def _check_unchecked(
+        self,
+        items: Sequence[Item],
+        opened_items: list[Opened | None],
+        out: list[Handled],
+        opener: Opener,
+    ) -> bool:
+        """Settle the unchecked checkpoints once the group is judged: `superseded` when
+        accepted and replaced since, else verified now (kept opened for a next round).
+        Whether one failed to verify as it was read (the group must be judged again)."""
+        failed = False
+        for position, (item, opened) in enumerate(zip(items, opened_items, strict=True)):
+            if not isinstance(opened, UncheckedCheckpoint):
+                continue
+            hub = self._hubs[item.hub_id]  # an unchecked item's hub is enrolled
+            if out[position].outcome == CheckpointVerdict.ACCEPT and hub.accepted_by != position:
+                out[position] = Handled(outcome="superseded")
+                continue
+            verified = opener([item], [(hub.batch_jwk, hub.log_key)])[0]
+            opened_items[position] = verified
+            if not isinstance(verified, VerifiedCheckpoint) or (
+                verified.size,
+                verified.root_hash,
+                verified.note,
+            ) != (opened.size, opened.root_hash, opened.note):
+                failed = True
+        return failed
 
     # -- reading -------------------------------------------------------------------------
 
@@ -265,7 +326,7 @@ class Group:
                 if hub.pending:
                     size = min(hub.pending)
                     wanted.append((hub, leaves_from(size, hub.accepted), size, False))
-            elif isinstance(opened, VerifiedCheckpoint):
+            elif isinstance(opened, VerifiedCheckpoint | UncheckedCheckpoint):
                 size = opened.size
                 wanted.append((hub, leaves_from(size, hub.accepted), size, False))
         self._load(wanted)
@@ -378,7 +439,13 @@ class Group:
             else:
                 self._link_stored.append((hub.hub_id, seq + 1))
 
-    def _checkpoint(self, hub: _Hub, item: Item, checkpoint: VerifiedCheckpoint) -> Handled:
+    def _checkpoint(
+        self,
+        hub: _Hub,
+        item: Item,
+        checkpoint: VerifiedCheckpoint | UncheckedCheckpoint,
+        position: int,
+    ) -> Handled:
         pending = hub.pending.get(checkpoint.size)
         tree = self._tree_at(hub, checkpoint.size)
         pending_root = None if pending is None else pending.root_hash
@@ -388,16 +455,18 @@ class Group:
             return self._refuse(hub.hub_id, item, refusal)
         if hub.stopped and verdict in (CheckpointVerdict.ACCEPT, CheckpointVerdict.PENDING):
             return self._refuse(hub.hub_id, item, STOPPED)
-        self._apply_checkpoint(hub, checkpoint, verdict, tree)
+        self._apply_checkpoint(hub, checkpoint, verdict, tree, position)
         return Handled(outcome=verdict.value)
 
     def _apply_checkpoint(
         self,
         hub: _Hub,
-        checkpoint: VerifiedCheckpoint,
+        checkpoint: VerifiedCheckpoint | UncheckedCheckpoint,
         verdict: CheckpointVerdict,
         tree: CompactTree | None,
+        position: int | None,
     ) -> None:
+        """`position`: the group's item `checkpoint` is (None: a pending one, stored)."""
         if verdict is CheckpointVerdict.PENDING:
             hub.pending.setdefault(
                 checkpoint.size, _Pending(checkpoint.root_hash, checkpoint.note, self._now)
@@ -412,6 +481,7 @@ class Group:
                 )
                 hub.accepted_note = checkpoint.note
                 hub.accepted_changed = True
+                hub.accepted_by = position
 
     def _settle_pending(self, hub: _Hub) -> AlarmKind | None:
         """Decide the pending checkpoints a newly stored batch may have completed; returns
@@ -429,7 +499,7 @@ class Group:
                 self._alarm(hub.hub_id, verdict)
                 raised = verdict.kind
                 continue
-            self._apply_checkpoint(hub, checkpoint, verdict, tree)
+            self._apply_checkpoint(hub, checkpoint, verdict, tree, None)
         return raised
 
     # -- writing -------------------------------------------------------------------------

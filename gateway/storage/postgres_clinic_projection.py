@@ -213,6 +213,7 @@ def _insert_readings(
     ).fetchall()
     ids = {(str(device), str(key)): int(row_id) for row_id, device, key in got}
     new: list[int] = []
+    new_ids: list[int] = []
     with db.cursor() as cursor, cursor.copy(_COPY) as copy:
         copy.set_types(_COPY_TYPES)
         for index, (row, seq) in enumerate(zip(rows, batch_seqs, strict=True)):
@@ -221,8 +222,9 @@ def _insert_readings(
                 continue  # projected before (or the same key twice in one group)
             copy.write_row((row_id, *row, seq))
             new.append(index)
-            if announce is not None:
-                announce.add(readings[index].patient_id, row_id, times[index])
+            new_ids.append(row_id)
+    if announce is not None:
+        announce.add_all([readings[i].patient_id for i in new], new_ids, [times[i] for i in new])
     return new
 
 

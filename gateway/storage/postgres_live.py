@@ -80,6 +80,24 @@ class NewReadings:
     ids: tuple[int, int] | None = None
     times: tuple[datetime, datetime] | None = None
 
+    def add_all(
+        self, patient_ids: Sequence[str], reading_ids: Sequence[int], times: Sequence[datetime]
+    ) -> None:
+        """`add` each (patient, reading id, time) of the three sequences."""
+        if not reading_ids:
+            return
+        self.patients.update(patient_ids)
+        low, high = min(reading_ids), max(reading_ids)
+        first, last = min(times), max(times)
+        self.ids = (
+            (low, high) if self.ids is None else (min(self.ids[0], low), max(self.ids[1], high))
+        )
+        self.times = (
+            (first, last)
+            if self.times is None
+            else (min(self.times[0], first), max(self.times[1], last))
+        )
+
     def add(self, patient_id: str, reading_id: int, time: datetime) -> None:
         self.patients.add(patient_id)
         self.ids = (

@@ -4,6 +4,7 @@ acknowledgement for each. Real PostgreSQL; the worker tests also a real Mosquitt
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -14,13 +15,14 @@ import psycopg
 import pytest
 
 from device_adapters.mqtt.client import InboundMessage
+from gateway.clinic.witness import AlarmKind
 from gateway.errors import TransientStorageError
 from gateway.settings import load_settings
 from gateway.storage.postgres_clinic import ClinicArchive
 from gateway.storage.postgres_clinic_group import Item
 from glucohub.clinic import ClinicWorker
 from glucohub.simulate import SimulatedHub, forward_until_sent
-from tests.clinic.hubs import make_hub, produce
+from tests.clinic.hubs import copy_hub, make_hub, produce
 from tests.support.mosquitto import Mosquitto
 
 NOW = datetime(2026, 3, 2, tzinfo=UTC)
@@ -90,11 +92,12 @@ def test_one_tampered_batch_in_a_group_is_dead_lettered_and_the_others_stored(
     bad = _tampered(first[2])  # h1's batch 1 with another glucose value
     group = [*first[:2], *second[:3], bad, *first[2:], *second[3:]]
     outcomes = [h.outcome for h in archive.handle_group(_items(group), NOW)]
-    # each hub: batch, checkpoint, batch, checkpoint, batch, checkpoint
+    # each hub: batch, checkpoint, batch, checkpoint, batch, checkpoint; each checkpoint
+    # but its hub's last is replaced by the next before anything stores it
     assert outcomes == [
-        "stored", "accepted", "stored", "accepted", "stored",
+        "stored", "superseded", "stored", "superseded", "stored",
         "dead_letter",
-        "stored", "accepted", "stored", "accepted", "accepted", "stored", "accepted",
+        "stored", "superseded", "stored", "accepted", "superseded", "stored", "accepted",
     ]  # fmt: skip
     assert _stored(archive, "h1") == _records(first)
     assert _stored(archive, "h2") == _records(second)
@@ -120,7 +123,11 @@ def test_a_database_error_mid_group_stores_nothing_and_the_retry_stores_everythi
         with pytest.raises(TransientStorageError, match="injected failure"):
             archive.handle_group(items, NOW)
         assert archive.counts()["batches"] == 0  # the group's batches went with it
-    assert [h.outcome for h in archive.handle_group(items, NOW)] == ["stored", "accepted"] * 4
+    # this archive knows the hub's keys now: the checkpoints the group's next one replaces
+    # are acknowledged as superseded, only the last one is verified and stored
+    assert [h.outcome for h in archive.handle_group(items, NOW)] == [
+        *(["stored", "superseded"] * 3), "stored", "accepted",
+    ]  # fmt: skip
     assert archive.counts()["records"] == 12
     assert archive.hubs()[0].checkpoint_size == 4
     # the same messages again (a group whose acknowledgements were lost): nothing twice
@@ -184,6 +191,132 @@ def test_a_hub_enrolled_again_is_verified_with_its_new_keys_by_a_worker_that_kne
     admin.close()
     assert [h.outcome for h in archive.handle_group(items, NOW)] == ["stored", "accepted"]
     assert _stored(archive, "h1") == _records(sent)
+
+
+# -- checkpoints a later one of the group replaces -------------------------------------
+
+
+def _resigned(checkpoint: tuple[str, bytes], *, root: bytes | None = None) -> tuple[str, bytes]:
+    """The checkpoint with its signature bytes changed (a forgery by someone who can
+    publish on the hub's topic), and with `root` as its root hash if given."""
+    text, _, signature = checkpoint[1].decode().rpartition("\n\n")
+    name, blob = signature.removeprefix("\u2014 ").rstrip("\n").split(" ")
+    raw = bytearray(base64.b64decode(blob))
+    raw[-1] ^= 1
+    if root is not None:
+        lines = text.split("\n")
+        lines[2] = base64.b64encode(root).decode()
+        text = "\n".join(lines)
+    forged = f"{text}\n\n\u2014 {name} {base64.b64encode(bytes(raw)).decode()}\n"
+    return checkpoint[0], forged.encode()
+
+
+def _warm(archive: ClinicArchive, hub: SimulatedHub) -> list[tuple[str, bytes]]:
+    """Enrol the hub and store its batch 0 and checkpoint 1: the archive knows its keys,
+    as a running worker does after its first message, so groups are opened in `prepare`
+    (a worker's verifying thread), not in `store`."""
+    archive.enrol(*hub.enrolment, NOW)
+    first = produce(hub, 1)
+    assert [h.outcome for h in archive.handle_group(_items(first), NOW)] == [
+        "stored",
+        "accepted",
+    ]
+    return first
+
+
+def _note(archive: ClinicArchive) -> tuple[int, str]:
+    [(size, note)] = archive.rows("SELECT size, note FROM clinic_checkpoints")
+    return int(size), str(note)
+
+
+def test_a_replaced_checkpoint_is_superseded_and_only_the_groups_last_is_stored(
+    tmp_path: Path, archive: ClinicArchive
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    _warm(archive, hub)
+    sent = produce(hub, 3, start_minute=10)  # batches 1-3, checkpoints 2-4
+    assert [h.outcome for h in archive.handle_group(_items(sent), NOW)] == [
+        "stored", "superseded", "stored", "superseded", "stored", "accepted",
+    ]  # fmt: skip
+    assert _note(archive) == (4, sent[5][1].decode())
+    assert archive.alarms() == [] and archive.counts()["dead_letters"] == 0
+
+
+def test_a_forged_checkpoint_that_states_the_clinics_own_tree_is_only_superseded(
+    tmp_path: Path, archive: ClinicArchive
+) -> None:
+    # Its root is the one the clinic computed from the hub's verified batches, and it is
+    # never stored: nothing it says is taken on its word, so it is not verified.
+    hub = make_hub(tmp_path, "h1")
+    _warm(archive, hub)
+    b1, c2, b2, c3 = produce(hub, 2, start_minute=10)
+    handled = archive.handle_group(_items([b1, _resigned(c2), b2, c3]), NOW)
+    assert [h.outcome for h in handled] == ["stored", "superseded", "stored", "accepted"]
+    assert _note(archive) == (3, c3[1].decode())
+    assert archive.alarms() == []
+
+
+def test_a_forged_checkpoint_of_another_root_is_a_bad_signature_even_when_replaced(
+    tmp_path: Path, archive: ClinicArchive
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    _warm(archive, hub)
+    b1, c2, b2, c3 = produce(hub, 2, start_minute=10)
+    forged = _resigned(c2, root=bytes(32))
+    handled = archive.handle_group(_items([b1, forged, b2, c3]), NOW)
+    assert [h.outcome for h in handled] == ["stored", "dead_letter", "stored", "accepted"]
+    assert handled[1].alarm is AlarmKind.BAD_SIGNATURE
+    assert [(a.kind, a.occurrences) for a in archive.alarms()] == [("bad_signature", 1)]
+    assert archive.hubs()[0].state == "active"
+    [(reason, raw)] = archive.rows("SELECT reason, payload FROM clinic_dead_letters")
+    assert (reason, bytes(raw)) == ("bad_signature", forged[1])
+    assert _note(archive) == (3, c3[1].decode())
+
+
+def test_a_signed_fork_among_replaced_checkpoints_still_stops_the_hub(
+    tmp_path: Path, archive: ClinicArchive
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    _warm(archive, hub)
+    twin = copy_hub(hub, tmp_path / "twin")  # the same key and log, at size 1
+    b1, c2, b2, c3 = produce(hub, 2, start_minute=10)
+    their_c2 = produce(twin, 1, start_minute=20)[1]  # signed, another batch 1 under it
+    handled = archive.handle_group(_items([b1, their_c2, c2, b2, c3]), NOW)
+    # the fork stops the hub: what follows waits for an admin, dead-lettered
+    assert [h.outcome for h in handled] == ["stored"] + ["dead_letter"] * 4
+    assert handled[1].alarm is AlarmKind.FORK
+    assert {a.kind for a in archive.alarms()} == {"fork"}
+    assert archive.hubs()[0].state == "stopped"
+    assert _note(archive)[0] == 1
+
+
+def test_when_the_groups_last_checkpoint_is_refused_the_one_before_is_verified_and_stored(
+    tmp_path: Path, archive: ClinicArchive
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    _warm(archive, hub)
+    b1, c2, b2, c3 = produce(hub, 2, start_minute=10)
+    handled = archive.handle_group(_items([b1, c2, b2, _resigned(c3)]), NOW)
+    assert [h.outcome for h in handled] == ["stored", "accepted", "stored", "dead_letter"]
+    assert _note(archive) == (2, c2[1].decode())
+    assert [a.kind for a in archive.alarms()] == ["bad_signature"]
+
+
+def test_a_replaced_checkpoint_kept_pending_is_verified_first(
+    tmp_path: Path, archive: ClinicArchive
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    _warm(archive, hub)
+    b1, c2, b2, c3 = produce(hub, 2, start_minute=10)
+    # both checkpoints before their batches: each would be kept pending, so the forged
+    # one is verified (and refused) although the group's next checkpoint replaces it
+    handled = archive.handle_group(_items([_resigned(c2), c3, b1, b2]), NOW)
+    assert [h.outcome for h in handled] == ["dead_letter", "pending", "stored", "stored"]
+    assert [a.kind for a in archive.alarms()] == ["bad_signature"]
+    assert _note(archive) == (3, c3[1].decode())
+    genuine = archive.handle_group(_items([c2, c3]), NOW)  # redelivered: older, the same
+    assert [h.outcome for h in genuine] == ["stale", "duplicate"]
+    assert archive.counts()["pending_checkpoints"] == 0
 
 
 # -- through a worker and a real broker --------------------------------------------------

@@ -18,6 +18,7 @@ from gateway.clinic.witness import (
     EnrolmentError,
     Neighbours,
     Refusal,
+    UncheckedCheckpoint,
     VerifiedBatch,
     VerifiedCheckpoint,
     enrolled_hub,
@@ -26,6 +27,7 @@ from gateway.clinic.witness import (
     leaves_from,
     open_batch_item,
     open_checkpoint_item,
+    read_checkpoint_item,
     tree_at,
 )
 from glucohub.simulate import SimulatedHub
@@ -87,6 +89,34 @@ def test_a_changed_record_another_hubs_key_or_a_forged_note_is_refused_as_bad_si
     note = checkpoints[0].decode().replace("\n1\n", "\n2\n", 1)
     refused = open_checkpoint_item(_enrolled(hub), note.encode())
     assert isinstance(refused, Refusal) and refused.alarm is AlarmKind.BAD_SIGNATURE
+
+
+def test_a_checkpoint_read_unchecked_says_what_it_says_opened_whatever_its_signature(
+    tmp_path: Path,
+) -> None:
+    hub = make_hub(tmp_path, "h1")
+    _, checkpoints = _split(produce(hub, 2))
+    enrolled = _enrolled(hub)
+    opened = _checkpoint(enrolled, checkpoints[1])
+    read = read_checkpoint_item(enrolled, checkpoints[1])
+    assert read == UncheckedCheckpoint(size=2, root_hash=opened.root_hash, note=opened.note)
+    # a signature nobody checked: read as it states, refused when opened
+    text = checkpoints[1].decode()
+    forged = (text[:-10] + ("A" if text[-10] != "A" else "B") + text[-9:]).encode()
+    refused = open_checkpoint_item(enrolled, forged)
+    assert isinstance(refused, Refusal) and "signature" in refused.detail
+    assert read_checkpoint_item(enrolled, forged) == UncheckedCheckpoint(
+        size=2, root_hash=opened.root_hash, note=forged.decode()
+    )
+    # what does not parse as this hub's checkpoint is left to open_checkpoint_item
+    other = _enrolled(make_hub(tmp_path, "h2"))
+    for payload, who in (
+        (checkpoints[1], other),
+        (b"glucohub.local/h1\n2\n", enrolled),
+        (b"\xff\n\n", enrolled),
+        (text.replace("\n2\n", "\n02\n", 1).encode(), enrolled),
+    ):
+        assert read_checkpoint_item(who, payload) is None
 
 
 def test_enrolment_refuses_a_log_key_of_another_hub(tmp_path: Path) -> None:
