@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -147,6 +148,18 @@ async def test_snooze_form_is_scoped_to_visible_patients(world: World, login: Lo
     ok = await dr.post("/patients/pat-a/snooze", data=form, allow_redirects=False)
     assert ok.status == 303
     assert world.alerts.snoozes == [("pat-a", AlertKind.LOW, 30, "dr-grant")]
+
+
+async def test_snooze_choices_say_their_unit(world: World, login: Login) -> None:
+    push_alert(world, alert("al-a", "pat-a", AlertKind.LOW, AlertLevel.WARNING))
+    dr = await login("dr-grant")
+    page = await (await dr.get("/alerts")).text()
+    select = page[page.index('<select name="minutes"') :]
+    select = select[: select.index("</select>")]
+    shown = re.findall(r"<option[^>]*>([^<]*)</option>", select)
+    values = re.findall(r'<option value="(\d+)"', select)
+    assert shown == ["30 min", "1 hour", "2 hours"]
+    assert values == ["30", "60", "120"]
 
 
 # -- CSRF and sessions ----------------------------------------------------------------------
