@@ -143,6 +143,7 @@ async def test_every_page_fits_a_phone_and_passes_axe(
         ("/alerts", "03-alerts"),
         ("/patients/pat-a", "04-patient"),
         ("/patients/pat-a?days=30", "05-patient-30d"),
+        ("/patients/pat-a/report", "05b-agp-report"),
         ("/ledger", "06-ledger"),
         ("/patients/nobody", "07-not-found"),
     ):
