@@ -434,6 +434,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gateway.model import ReadingKind
     from gateway.units import glucose_unit
 
+    if args.format == "pdf" and args.out is None and sys.stdout.isatty():
+        print(
+            "glucohub: a PDF is not for the terminal; write it to a file with --out FILE",
+            file=sys.stderr,
+        )
+        return 2
     store = _open_store(args)
     patient = store.get_patient(args.patient)
     if patient is None:
