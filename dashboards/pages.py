@@ -199,9 +199,17 @@ def alert_rows(
     zone (UTC for one not listed)."""
     rows = []
     for a in alerts:
-        by = f" by {a.acknowledged_by}" if a.acknowledged_by else ""
+        zone = zones.get(a.patient_id, UTC)
+        by = Markup()
+        if a.acknowledged_by:
+            by = Markup(" by {}").format(a.acknowledged_by)
+            if a.acknowledged_at is not None:
+                by += Markup(", ") + Markup(_time(a.acknowledged_at, zone, now=now))
         if a.state is AlertState.RAISED and a.patient_acknowledged_by:
-            by = f" (seen by the patient, {a.patient_acknowledged_by})"
+            by = Markup(" (seen by the patient, {}").format(a.patient_acknowledged_by)
+            if a.patient_acknowledged_at is not None:
+                by += Markup(", ") + Markup(_time(a.patient_acknowledged_at, zone, now=now))
+            by += Markup(")")
         rows.append(
             {
                 "a": a,
@@ -214,7 +222,7 @@ def alert_rows(
                 ),
                 "kind": kind_label(a.kind),
                 "message": alert_text(a, unit),
-                "raised": Markup(_time(a.raised_at, zones.get(a.patient_id, UTC), now=now)),
+                "raised": Markup(_time(a.raised_at, zone, now=now)),
                 "by": by,
                 "may_ack": a.state is AlertState.RAISED,
                 "may_snooze": a.state is not AlertState.RESOLVED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from datetime import timedelta
@@ -160,6 +161,36 @@ async def test_snooze_choices_say_their_unit(world: World, login: Login) -> None
     values = re.findall(r'<option value="(\d+)"', select)
     assert shown == ["30 min", "1 hour", "2 hours"]
     assert values == ["30", "60", "120"]
+
+
+async def test_an_acknowledged_alert_says_who_and_when(world: World, login: Login) -> None:
+    raised = alert("al-a", "pat-a", AlertKind.LOW, AlertLevel.WARNING, glucose=65)
+    push_alert(
+        world,
+        dataclasses.replace(
+            raised,
+            state=AlertState.ACKNOWLEDGED,
+            acknowledged_by="dr-grant",
+            acknowledged_at=NOW - timedelta(minutes=4),
+            updated_at=NOW - timedelta(minutes=4),
+        ),
+    )
+    dr = await login("dr-grant")
+    page = await (await dr.get("/alerts")).text()
+    row = page[page.index('data-alert="al-a"') :]
+    row = re.sub(r"<[^>]+>", "", row[: row.index("</tr>")])
+    # NOW is 12:00 UTC; pat-a lives in Europe/Berlin (CET, UTC+1): acknowledged 12:56 CET.
+    assert "acknowledged by dr-grant, 2026-01-15 12:56 CET · 4 min ago" in row, row
+    seen = dataclasses.replace(
+        alert("al-b", "pat-a", AlertKind.HIGH, AlertLevel.WARNING, glucose=200),
+        patient_acknowledged_by="alice",
+        patient_acknowledged_at=NOW - timedelta(minutes=2),
+    )
+    push_alert(world, seen)
+    page = await (await dr.get("/alerts")).text()
+    row = page[page.index('data-alert="al-b"') :]
+    row = re.sub(r"<[^>]+>", "", row[: row.index("</tr>")])
+    assert "raised (seen by the patient, alice, 2026-01-15 12:58 CET · 2 min ago)" in row, row
 
 
 # -- CSRF and sessions ----------------------------------------------------------------------
