@@ -515,6 +515,8 @@ def my_page(
             "live_html": Markup(my_live(view, user.unit)),
             "devices": devices,
             "clinicians": [g.clinician for g in view.grants],
+            "unit": user.unit.value,
+            "zone": timefmt.zone_name(view.tz),
             "views": [
                 (e, Markup(_time(e.time, view.tz)), _ACTION_WORDS.get(e.action, e.action))
                 for e in view.views

@@ -906,7 +906,9 @@ async def my_readings_csv(request: web.Request) -> web.StreamResponse:
     """Every reading stored for the signed-in patient, as CSV (never anyone else's)."""
     patient = await _own_patient(request)
     readings = await deps(request).read_model.readings(patient.patient_id, since=_EPOCH)
-    text = await asyncio.to_thread(export.readings_csv, readings)
+    text = await asyncio.to_thread(
+        export.readings_csv, readings, tz=patient_tz(patient), unit=current_user(request).unit
+    )
     name = f"glucohub-{patient.patient_id}-readings.csv".replace('"', "")
     return web.Response(
         text=text,
