@@ -190,3 +190,30 @@ async def test_acknowledge_an_alert_with_the_keyboard_alone(
     await expect(row).to_have_class("alert urgent acknowledged")
     assert world.model.alerts_by_id["al-k"].acknowledged_by == "dr-grant"
     await shot(page, "375-12-ack-done")
+
+
+async def test_alert_actions_are_on_the_phone_screen(
+    browser: Browser,  # noqa: F811
+    base_url: str,  # noqa: F811
+    world: World,
+) -> None:
+    """On a phone the alerts are read down the screen, with Acknowledge and Snooze in view,
+    not hidden to the right of a table that scrolls sideways."""
+    _seed(world)
+    problems = []
+    for user, path in (("dr-grant", "/alerts"), ("dr-grant", "/patients/pat-a"), ("alice", "/me")):
+        page = await browser.new_page(viewport=PHONE)
+        await _log_in(page, base_url, user)
+        await page.goto(f"{base_url}{path}")
+        row = page.locator('tr[data-alert="al-k"]')
+        for control in ("button.ack", 'select[name="minutes"]', "text=Snooze"):
+            box = await row.locator(control).first.bounding_box()
+            assert box is not None, f"{path}: no {control}"
+            if box["x"] < 0 or box["x"] + box["width"] > PHONE["width"]:
+                problems.append(
+                    f"{user} {path}: {control} at x {box['x']:.0f}-{box['x'] + box['width']:.0f}"
+                )
+        await expect(row).to_contain_text("Urgent low")
+        await shot(page, f"375-13-alerts-{user}-{path.strip('/').replace('/', '-')}")
+        await page.close()
+    assert not problems, "\n".join(problems)
