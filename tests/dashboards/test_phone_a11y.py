@@ -217,3 +217,27 @@ async def test_alert_actions_are_on_the_phone_screen(
         await shot(page, f"375-13-alerts-{user}-{path.strip('/').replace('/', '-')}")
         await page.close()
     assert not problems, "\n".join(problems)
+
+
+async def test_a_low_battery_is_on_the_phone_screen(
+    browser: Browser,  # noqa: F811
+    base_url: str,  # noqa: F811
+    world: World,
+) -> None:
+    """The patient page's devices on a phone: every cell in view (the battery warning, when
+    last heard from), none off the right of the screen."""
+    _seed(world)
+    page = await browser.new_page(viewport=PHONE)
+    await _log_in(page, base_url, "bob")
+    await page.goto(f"{base_url}/patients/pat-b")
+    devices = page.locator("section", has=page.locator("h2", has_text="Devices"))
+    await expect(devices.locator(".warn").first).to_contain_text("low")
+    cells = devices.locator("tbody td")
+    outside = []
+    for i in range(await cells.count()):
+        box = await cells.nth(i).bounding_box()
+        assert box is not None
+        if box["x"] < 0 or box["x"] + box["width"] > PHONE["width"]:
+            outside.append(await cells.nth(i).inner_text())
+    assert not outside, outside
+    await shot(page, "375-14-devices-battery")
