@@ -26,7 +26,7 @@ Client = TestClient[web.Request, web.Application]
 
 PAGES = ("/", "/patients/pat-a", "/alerts", "/patients/pat-a/report")
 ALERT_ROW = re.compile(r'<tr class="alert[^"]*" data-alert="[^"]+"[^>]*>(.*?)</tr>', re.S)
-CELL = re.compile(r"<td>(.*?)</td>", re.S)
+CELL = re.compile(r"<td[^>]*>(.*?)</td>", re.S)
 
 
 def engine_low_alert() -> Alert:
