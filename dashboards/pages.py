@@ -403,9 +403,16 @@ def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
 
 
 def consent_page(
-    grants: Sequence[Grant], log: Sequence[AuditEntry], *, user: User, csrf: str, message: str = ""
+    grants: Sequence[Grant],
+    log: Sequence[AuditEntry],
+    *,
+    user: User,
+    csrf: str,
+    tz: tzinfo,
+    message: str = "",
 ) -> str:
-    """Who may see the patient's data (grant, revoke) and who looked (templates/consent.html)."""
+    """Who may see the patient's data (grant, revoke) and who looked (templates/consent.html),
+    times on the patient's clock (`tz`) and what was looked at in words, as on their own page."""
     return jinja.render(
         "consent.html",
         {
@@ -413,8 +420,10 @@ def consent_page(
             "nav": Markup(nav(user, csrf)),
             "csrf": csrf,
             "message": message,
-            "grants": [(g, Markup(_time(g.granted_at))) for g in grants],
-            "log": [(e, Markup(_time(e.time))) for e in log],
+            "grants": [(g, Markup(_time(g.granted_at, tz))) for g in grants],
+            "log": [
+                (e, Markup(_time(e.time, tz)), _ACTION_WORDS.get(e.action, e.action)) for e in log
+            ],
         },
     )
 

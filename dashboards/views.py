@@ -952,8 +952,12 @@ async def consent_page(
     d = deps(request)
     grants = await d.accounts.grants_for_patient(user.patient_id)
     log = await d.accounts.access_log(user.patient_id)
+    patient = await d.read_model.get_patient(user.patient_id)
+    tz = UTC if patient is None else patient_tz(patient)
     return html(
-        pages.consent_page(grants, log, user=user, csrf=csrf_token(request), message=message),
+        pages.consent_page(
+            grants, log, user=user, csrf=csrf_token(request), tz=tz, message=message
+        ),
         status,
     )
 

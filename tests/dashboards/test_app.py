@@ -327,7 +327,9 @@ async def test_views_are_audited_and_shown_to_the_patient(login: Login) -> None:
     assert (await dr.get("/patients/pat-b")).status == 404  # refused views log nothing for B
     alice = await login("alice")
     page = await (await alice.get("/consent")).text()
-    assert "dr-grant" in page and ">page<" in page and ">api.readings<" in page
+    # In words, as on her own page, and at 13:00 on her clock (Europe/Berlin), not 12:00 UTC.
+    assert "dr-grant" in page and ">your record<" in page and ">your readings (API)<" in page
+    assert "2026-01-15 13:00 CET" in page and "UTC" not in page
     bob = await login("bob")
     bob_page = await (await bob.get("/consent")).text()
     assert "dr-grant" not in bob_page
