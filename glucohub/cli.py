@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
@@ -129,8 +130,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return code
 
 
+def _require_patient(store: HubStorage, patient_id: str | None) -> None:
+    """Refuse a --patient the registry does not hold (a typo would otherwise print nothing)."""
+    if patient_id is not None and store.get_patient(patient_id) is None:
+        store.close()
+        raise InputError(f"unknown patient {patient_id!r}: see `glucohub patients list`")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     store = _open_store(args)
+    _require_patient(store, args.patient)
     since: datetime | None = args.since
     out = sys.stdout
     writer = csv.writer(out) if args.format == "csv" else None
@@ -272,7 +281,16 @@ def cmd_witness(args: argparse.Namespace) -> int:
     return witness.main(argv)
 
 
+# A patient id is a level of the MQTT readings topic and a segment of the pages' URLs.
+_PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def cmd_patients_add(args: argparse.Namespace) -> int:
+    if not _PATIENT_ID.fullmatch(args.patient_id):
+        raise InputError(
+            f"patient id {args.patient_id!r}: use 1-64 of A-Z a-z 0-9 . _ - starting with "
+            "a letter or digit (it goes into MQTT topics and web addresses)"
+        )
     if args.timezone not in zoneinfo.available_timezones():
         raise InputError(
             f"unknown time zone {args.timezone!r}: give an IANA zone such as Europe/London"
@@ -412,6 +430,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from gateway.shapes import alert_to_json
 
     store = _open_store(args)
+    _require_patient(store, args.patient)
     alerts = store.alerts(args.patient, open_only=args.open)
     store.close()
     for alert in reversed(alerts):  # oldest first

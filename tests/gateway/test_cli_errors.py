@@ -119,6 +119,7 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "--since not a date": ("--since", "2026-11-31", *HUB),
         "--since without offset": ("--since", "2026-11-30T08:00", *HUB),
         "unknown format": ("--format", "xml", *HUB),
+        "unknown patient": ("--patient", "nobody", *HUB),
     },
     "migrate": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
     # A missing or empty data dir is one of the doctor's findings (exit 1), not a mistake.
@@ -216,6 +217,12 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "unknown time zone": ("p9", "--timezone", "Mars/Olympus", *TYPO),
         "empty time zone": ("p9", "--timezone", "", *HUB),
         "duplicate id": ("p1", *HUB),
+        # an id is a level of the MQTT topic and a path segment of the pages' URLs
+        "empty id": ("", *HUB),
+        "id with a slash": ("ward/p9", *HUB),
+        "id with an MQTT wildcard": ("p#", *HUB),
+        "id with a space": ("p 9", *HUB),
+        "id that is a path step": ("..", *HUB),
         "data dir is a file": ("p9", "--data-dir", "{file}"),
     },
     "patients list": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
@@ -245,7 +252,11 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "passphrase without a terminal": ("--passphrase", *TYPO),
     },
     "keys show": {"missing data dir": TYPO, "no keys": EMPTY},
-    "alerts": {"missing data dir": TYPO, "unknown format": ("--format", "xml", *HUB)},
+    "alerts": {
+        "missing data dir": TYPO,
+        "unknown format": ("--format", "xml", *HUB),
+        "unknown patient": ("--patient", "nobody", *HUB),
+    },
     "report": {
         "missing data dir": ("--patient", "p1", *TYPO),
         "unknown patient": ("--patient", "nobody", *HUB),
