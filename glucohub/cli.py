@@ -1332,7 +1332,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _misplaced_common_flag(argv: Sequence[str]) -> str | None:
+    """The one line for `glucohub --data-dir D COMMAND …` (or --config): those flags belong to
+    each command, so argparse would take D for the command, or the flag for an unknown one."""
+    if not argv:
+        return None
+    flag, _, value = argv[0].partition("=")
+    if flag not in ("--data-dir", "--config"):
+        return None
+    given = [argv[0]] if value else list(argv[:2])
+    rest = list(argv[len(given) :])
+    words = []
+    while rest and not rest[0].startswith("-"):
+        words.append(rest.pop(0))
+    command = " ".join([*words, *given, *rest]) if words else f"COMMAND {' '.join(given)}"
+    return f"glucohub: {flag} goes after the command: glucohub {command}"
+
+
 def _dispatch(argv: Sequence[str] | None) -> int:
+    misplaced = _misplaced_common_flag(sys.argv[1:] if argv is None else argv)
+    if misplaced is not None:
+        print(misplaced, file=sys.stderr)
+        return EXIT_ERROR
     try:
         args = build_parser().parse_args(argv)
         result: int = args.func(args)

@@ -419,6 +419,38 @@ def test_usage_errors_name_the_flag_and_help(capsys: pytest.CaptureFixture[str])
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--data-dir", "/var/lib/glucohub", "patients", "list"],
+            "glucohub: --data-dir goes after the command: "
+            "glucohub patients list --data-dir /var/lib/glucohub\n",
+        ),
+        (
+            ["--config=hub.toml", "run"],
+            "glucohub: --config goes after the command: glucohub run --config=hub.toml\n",
+        ),
+        (  # "demo" is a command too: it must not start the demo
+            ["--data-dir", "demo", "users", "list"],
+            "glucohub: --data-dir goes after the command: glucohub users list --data-dir demo\n",
+        ),
+    ],
+)
+def test_a_common_flag_before_the_command_says_where_it_goes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    expected: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", expected)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_data_dir_is_named_and_nothing_created(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
