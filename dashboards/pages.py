@@ -112,6 +112,13 @@ class TriageRow:
     sparkline: str
 
 
+def _range_labels(unit: Unit) -> tuple[str, str]:
+    """The triage list's 14-day columns, named with their limits in the viewer's unit: the
+    table's headings and, on a phone, each card's labels."""
+    low, high = format_glucose(LOW_BELOW, unit), format_glucose(HIGH_ABOVE, unit)
+    return f"In range {low}–{high} {unit.value}, 14 d", f"Below {low} {unit.value}, 14 d"
+
+
 def triage_rows(
     rows: Sequence[TriageRow],
     *,
@@ -146,7 +153,10 @@ def triage_rows(
                 "open_alerts": len(s.open_alerts),
             }
         )
-    return jinja.render("triage_rows.html", {"rows": shown, "empty": empty})
+    in_range, below = _range_labels(unit)
+    return jinja.render(
+        "triage_rows.html", {"rows": shown, "empty": empty, "in_range": in_range, "below": below}
+    )
 
 
 def triage_page(
@@ -161,7 +171,7 @@ def triage_page(
 ) -> str:
     """The patients list, most urgent first, a page at a time, with the search and the team
     and ward filters (templates/triage.html)."""
-    low, high = format_glucose(LOW_BELOW, user.unit), format_glucose(HIGH_ABOVE, user.unit)
+    in_range, below = _range_labels(user.unit)
     return jinja.render(
         "triage.html",
         {
@@ -169,8 +179,8 @@ def triage_page(
             "nav": Markup(nav(user, csrf)),
             "csrf": csrf,
             "live": "triage",
-            "in_range": f"In range {low}–{high} {user.unit.value}, 14 d",
-            "below": f"Below {low} {user.unit.value}, 14 d",
+            "in_range": in_range,
+            "below": below,
             "rows": Markup(rows_html),
             "paged": paged,
             "query": query,
