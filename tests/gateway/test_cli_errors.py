@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -544,6 +545,36 @@ def test_demo_on_a_busy_port_names_it_and_the_way_out(
         f"glucohub: dashboard port 127.0.0.1:{busy_port} is already in use;"
         " choose another with --port, e.g. --port 8081\n"
     )
+
+
+def test_a_second_hub_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """`glucohub demo` (or `run`) twice on one data directory, on different ports: the second
+    would seal the same log as the first; it stops at once in one line, the first goes on."""
+    data = tmp_path / "demo"
+    argv = [sys.executable, "-m", "glucohub", "demo", "--patients", "1", "--history-days", "0"]
+    first = subprocess.Popen(
+        [*argv, "--port", "0", "--data-dir", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().startswith("Glucohub demo running")
+        second = subprocess.run(
+            [*argv, "--port", "0", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2, second
+        assert "running" not in second.stdout
+        assert second.stderr == (
+            f"glucohub: another hub is running on data directory {data}; stop it first\n"
+        )
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+        if first.stdout is not None:
+            first.stdout.close()
+    assert first.returncode == 0
 
 
 def test_run_on_a_busy_port_says_which_setting(
