@@ -157,8 +157,14 @@ def day_chart_svg(
             f'<circle class="meter {band.css}" cx="{x:.1f}" cy="{y:.1f}" r="5">'
             f"<title>{title}</title></circle>"
         )
+    plot = Plot(start=start, end=end, left=left, top=top, width=plot_w, height=plot_h)
     if meter:
+        # Top right, unless insulin marks (drawn along the top) are there: then top left.
+        doses = [plot.x(t.time) for t in treatments if t.insulin_units and start <= t.time <= end]
         lx = left + plot_w - 130
+        crowded = any(lx - 10 <= x <= lx + 120 for x in doses)
+        if crowded and not any(left <= x <= left + 130 for x in doses):
+            lx = left + 8
         parts.append(
             '<g class="legend">'
             f'<line class="line" x1="{lx:.1f}" x2="{lx + 16:.1f}" y1="18" y2="18"/>'
@@ -181,7 +187,6 @@ def day_chart_svg(
             f'<path class="{cls}" d="M{x:.1f},{y - 10:.1f} l-5,10 h10 z">'
             f"<title>{label}</title></path>"
         )
-    plot = Plot(start=start, end=end, left=left, top=top, width=plot_w, height=plot_h)
     parts.extend(treatment_marks(treatments, plot, tz))
     parts.append("</svg>")
     return "".join(parts)

@@ -112,6 +112,13 @@ class TriageRow:
     sparkline: str
 
 
+def _range_labels(unit: Unit) -> tuple[str, str]:
+    """The triage list's 14-day columns, named with their limits in the viewer's unit: the
+    table's headings and, on a phone, each card's labels."""
+    low, high = format_glucose(LOW_BELOW, unit), format_glucose(HIGH_ABOVE, unit)
+    return f"In range {low}–{high} {unit.value}, 14 d", f"Below {low} {unit.value}, 14 d"
+
+
 def triage_rows(
     rows: Sequence[TriageRow],
     *,
@@ -146,7 +153,10 @@ def triage_rows(
                 "open_alerts": len(s.open_alerts),
             }
         )
-    return jinja.render("triage_rows.html", {"rows": shown, "empty": empty})
+    in_range, below = _range_labels(unit)
+    return jinja.render(
+        "triage_rows.html", {"rows": shown, "empty": empty, "in_range": in_range, "below": below}
+    )
 
 
 def triage_page(
@@ -161,7 +171,7 @@ def triage_page(
 ) -> str:
     """The patients list, most urgent first, a page at a time, with the search and the team
     and ward filters (templates/triage.html)."""
-    low, high = format_glucose(LOW_BELOW, user.unit), format_glucose(HIGH_ABOVE, user.unit)
+    in_range, below = _range_labels(user.unit)
     return jinja.render(
         "triage.html",
         {
@@ -169,8 +179,8 @@ def triage_page(
             "nav": Markup(nav(user, csrf)),
             "csrf": csrf,
             "live": "triage",
-            "in_range": f"In range {low}–{high} {user.unit.value}, 14 d",
-            "below": f"Below {low} {user.unit.value}, 14 d",
+            "in_range": in_range,
+            "below": below,
             "rows": Markup(rows_html),
             "paged": paged,
             "query": query,
@@ -199,9 +209,17 @@ def alert_rows(
     zone (UTC for one not listed)."""
     rows = []
     for a in alerts:
-        by = f" by {a.acknowledged_by}" if a.acknowledged_by else ""
+        zone = zones.get(a.patient_id, UTC)
+        by = Markup()
+        if a.acknowledged_by:
+            by = Markup(" by {}").format(a.acknowledged_by)
+            if a.acknowledged_at is not None:
+                by += Markup(", ") + Markup(_time(a.acknowledged_at, zone, now=now))
         if a.state is AlertState.RAISED and a.patient_acknowledged_by:
-            by = f" (seen by the patient, {a.patient_acknowledged_by})"
+            by = Markup(" (seen by the patient, {}").format(a.patient_acknowledged_by)
+            if a.patient_acknowledged_at is not None:
+                by += Markup(", ") + Markup(_time(a.patient_acknowledged_at, zone, now=now))
+            by += Markup(")")
         rows.append(
             {
                 "a": a,
@@ -214,7 +232,7 @@ def alert_rows(
                 ),
                 "kind": kind_label(a.kind),
                 "message": alert_text(a, unit),
-                "raised": Markup(_time(a.raised_at, zones.get(a.patient_id, UTC), now=now)),
+                "raised": Markup(_time(a.raised_at, zone, now=now)),
                 "by": by,
                 "may_ack": a.state is AlertState.RAISED,
                 "may_snooze": a.state is not AlertState.RESOLVED,
@@ -395,9 +413,16 @@ def _notes(view: PatientView, user: User, csrf: str, tz: tzinfo) -> str:
 
 
 def consent_page(
-    grants: Sequence[Grant], log: Sequence[AuditEntry], *, user: User, csrf: str, message: str = ""
+    grants: Sequence[Grant],
+    log: Sequence[AuditEntry],
+    *,
+    user: User,
+    csrf: str,
+    tz: tzinfo,
+    message: str = "",
 ) -> str:
-    """Who may see the patient's data (grant, revoke) and who looked (templates/consent.html)."""
+    """Who may see the patient's data (grant, revoke) and who looked (templates/consent.html),
+    times on the patient's clock (`tz`) and what was looked at in words, as on their own page."""
     return jinja.render(
         "consent.html",
         {
@@ -405,8 +430,10 @@ def consent_page(
             "nav": Markup(nav(user, csrf)),
             "csrf": csrf,
             "message": message,
-            "grants": [(g, Markup(_time(g.granted_at))) for g in grants],
-            "log": [(e, Markup(_time(e.time))) for e in log],
+            "grants": [(g, Markup(_time(g.granted_at, tz))) for g in grants],
+            "log": [
+                (e, Markup(_time(e.time, tz)), _ACTION_WORDS.get(e.action, e.action)) for e in log
+            ],
         },
     )
 
@@ -507,6 +534,8 @@ def my_page(
             "live_html": Markup(my_live(view, user.unit)),
             "devices": devices,
             "clinicians": [g.clinician for g in view.grants],
+            "unit": user.unit.value,
+            "zone": timefmt.zone_name(view.tz),
             "views": [
                 (e, Markup(_time(e.time, view.tz)), _ACTION_WORDS.get(e.action, e.action))
                 for e in view.views

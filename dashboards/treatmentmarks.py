@@ -45,6 +45,10 @@ def treatment_marks(treatments: Sequence[Treatment], plot: Plot, tz: tzinfo) -> 
     parts: list[str] = []
     insulin_y = plot.top + 1
     carbs_y = plot.top + plot.height - 20
+    # A label closer than this to the one before it goes one line further from the mark.
+    gap = 36.0
+    last_insulin: tuple[float, int] | None = None  # x and line of the previous label
+    last_carbs: tuple[float, int] | None = None
     for t in sorted(treatments, key=lambda t: t.time):
         if not plot.start <= t.time <= plot.end:
             continue
@@ -53,22 +57,34 @@ def treatment_marks(treatments: Sequence[Treatment], plot: Plot, tz: tzinfo) -> 
         if t.insulin_units:
             units = amount(t.insulin_units)
             label = escape(f"Insulin {units} U at {when}")
+            line = _line(x, last_insulin, gap)
+            last_insulin = (x, line)
             parts.append(
                 f'<g class="treat insulin" role="img" aria-label="{label}"><title>{label}</title>'
                 f'<path d="M{x - 5:.1f},{insulin_y:.1f} h10 l-5,9 z"/>'
-                f'<text class="tick" x="{x:.1f}" y="{insulin_y + 19:.1f}" text-anchor="middle">'
-                f"{units} U</text></g>"
+                f'<text class="tick" x="{x:.1f}" y="{insulin_y + 19 + 11 * line:.1f}" '
+                f'text-anchor="middle">{units} U</text></g>'
             )
         if t.carbs_grams:
             grams = amount(t.carbs_grams)
             label = escape(f"Carbohydrates {grams} g at {when}")
+            line = _line(x, last_carbs, gap)
+            last_carbs = (x, line)
             parts.append(
                 f'<g class="treat carbs" role="img" aria-label="{label}"><title>{label}</title>'
                 f'<circle cx="{x:.1f}" cy="{carbs_y:.1f}" r="4.5"/>'
-                f'<text class="tick" x="{x:.1f}" y="{carbs_y - 7:.1f}" text-anchor="middle">'
-                f"{grams} g</text></g>"
+                f'<text class="tick" x="{x:.1f}" y="{carbs_y - 7 - 11 * line:.1f}" '
+                f'text-anchor="middle">{grams} g</text></g>'
             )
     return parts
+
+
+def _line(x: float, previous: tuple[float, int] | None, gap: float) -> int:
+    """0 for a label clear of the previous one, else the other of two lines (three doses
+    within a label's width of each other would still touch)."""
+    if previous is None or x - previous[0] >= gap:
+        return 0
+    return (previous[1] + 1) % 2
 
 
 _KIND_WORDS = {

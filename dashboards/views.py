@@ -906,7 +906,9 @@ async def my_readings_csv(request: web.Request) -> web.StreamResponse:
     """Every reading stored for the signed-in patient, as CSV (never anyone else's)."""
     patient = await _own_patient(request)
     readings = await deps(request).read_model.readings(patient.patient_id, since=_EPOCH)
-    text = await asyncio.to_thread(export.readings_csv, readings)
+    text = await asyncio.to_thread(
+        export.readings_csv, readings, tz=patient_tz(patient), unit=current_user(request).unit
+    )
     name = f"glucohub-{patient.patient_id}-readings.csv".replace('"', "")
     return web.Response(
         text=text,
@@ -950,8 +952,12 @@ async def consent_page(
     d = deps(request)
     grants = await d.accounts.grants_for_patient(user.patient_id)
     log = await d.accounts.access_log(user.patient_id)
+    patient = await d.read_model.get_patient(user.patient_id)
+    tz = UTC if patient is None else patient_tz(patient)
     return html(
-        pages.consent_page(grants, log, user=user, csrf=csrf_token(request), message=message),
+        pages.consent_page(
+            grants, log, user=user, csrf=csrf_token(request), tz=tz, message=message
+        ),
         status,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -98,7 +99,12 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
                 f"{data_dir / 'glucohub.sqlite3'} exists; --force replaces it (stop the hub first)"
             )
         passphrase = _passphrase(args, twice=False)
-        report = restore(args.file, data_dir, passphrase, force=args.force, published=published)
+        from glucohub.runtime import one_hub  # the hub's lock: never restore under a running hub
+
+        # A running hub has made D/hub.lock; without one, none runs (and none is made here).
+        lock_file = (data_dir / "hub.lock").exists()
+        with one_hub(data_dir) if lock_file else contextlib.nullcontext():
+            report = restore(args.file, data_dir, passphrase, force=args.force, published=published)
         keys = "keys restored" if report.keys_restored else "no private keys in the backup"
         print(
             f"restored {report.readings} readings and a log of {report.tree_size} batches "

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
@@ -142,8 +143,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return code
 
 
+def _require_patient(store: HubStorage, patient_id: str | None) -> None:
+    """Refuse a --patient the registry does not hold (a typo would otherwise print nothing)."""
+    if patient_id is not None and store.get_patient(patient_id) is None:
+        store.close()
+        raise InputError(f"unknown patient {patient_id!r}: see `glucohub patients list`")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     store = _open_store(args)
+    _require_patient(store, args.patient)
     since: datetime | None = args.since
     out = sys.stdout
     writer = csv.writer(out) if args.format == "csv" else None
@@ -291,7 +300,16 @@ def _time_zone(name: str) -> str:
     return name
 
 
+# A patient id is a level of the MQTT readings topic and a segment of the pages' URLs.
+_PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def cmd_patients_add(args: argparse.Namespace) -> int:
+    if not _PATIENT_ID.fullmatch(args.patient_id):
+        raise InputError(
+            f"patient id {args.patient_id!r}: use 1-64 of A-Z a-z 0-9 . _ - starting with "
+            "a letter or digit (it goes into MQTT topics and web addresses)"
+        )
     _time_zone(args.timezone)
     with contextlib.closing(_open_store(args, create=True)) as store:
         if store.get_patient(args.patient_id) is not None:
@@ -444,6 +462,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from gateway.shapes import alert_to_json
 
     store = _open_store(args)
+    _require_patient(store, args.patient)
     alerts = store.alerts(args.patient, open_only=args.open)
     store.close()
     for alert in reversed(alerts):  # oldest first
@@ -466,6 +485,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gateway.model import ReadingKind
     from gateway.units import glucose_unit
 
+    if args.format == "pdf" and args.out is None and sys.stdout.isatty():
+        print(
+            "glucohub: a PDF is not for the terminal; write it to a file with --out FILE",
+            file=sys.stderr,
+        )
+        return 2
     store = _open_store(args)
     patient = store.get_patient(args.patient)
     if patient is None:
@@ -1346,7 +1371,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _misplaced_common_flag(argv: Sequence[str]) -> str | None:
+    """The one line for `glucohub --data-dir D COMMAND …` (or --config): those flags belong to
+    each command, so argparse would take D for the command, or the flag for an unknown one."""
+    if not argv:
+        return None
+    flag, _, value = argv[0].partition("=")
+    if flag not in ("--data-dir", "--config"):
+        return None
+    given = [argv[0]] if value else list(argv[:2])
+    rest = list(argv[len(given) :])
+    words = []
+    while rest and not rest[0].startswith("-"):
+        words.append(rest.pop(0))
+    command = " ".join([*words, *given, *rest]) if words else f"COMMAND {' '.join(given)}"
+    return f"glucohub: {flag} goes after the command: glucohub {command}"
+
+
 def _dispatch(argv: Sequence[str] | None) -> int:
+    misplaced = _misplaced_common_flag(sys.argv[1:] if argv is None else argv)
+    if misplaced is not None:
+        print(misplaced, file=sys.stderr)
+        return EXIT_ERROR
     try:
         args = build_parser().parse_args(argv)
         result: int = args.func(args)

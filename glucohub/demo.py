@@ -20,7 +20,7 @@ from gateway.services import Reader, StoreResume
 from gateway.settings import Settings, StorageSettings
 from gateway.storage.contract import HubStorage
 from gateway.storage.opening import open_storage
-from glucohub.runtime import Running, SourceFactory, run_hub
+from glucohub.runtime import Running, SourceFactory, one_hub, run_hub
 
 log = logging.getLogger("glucohub.demo")
 
@@ -120,7 +120,11 @@ def _patient_source(
 
 async def run_demo(settings: Settings, clock: Clock | None = None) -> None:
     settings = demo_settings(settings)
-    clock = clock or SystemClock()
+    with one_hub(settings.storage.data_dir):  # before seeding it or resetting the login
+        await _run_demo(settings, clock or SystemClock())
+
+
+async def _run_demo(settings: Settings, clock: Clock) -> None:
     patients = demo_patients(settings.demo.patients, settings.demo.seed)
     store = open_storage(settings.storage.data_dir, settings.storage.url)
     try:

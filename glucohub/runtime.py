@@ -8,17 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from gateway.alerting import AlertService, recent_treatments, thresholds_from
 from gateway.clock import Clock, FurthestClock, SystemClock
 from gateway.clockjump import ClockJump, ClockJumpDetector
+from gateway.errors import GlucohubError
 from gateway.fanout import FanOut
 from gateway.model import Transport
 from gateway.pipeline import Hub, Source, Writer
@@ -394,17 +398,53 @@ async def run_hub(
     mapping are logged and reported under their keys (say "ble:<device id>").
     `clock_sync` says whether the system clock is synchronized (None: unknown)."""
     stop = stop or asyncio.Event()
-    async with _service_manager(notifier or Notifier(), stop) as service:
-        await _run(
-            settings,
-            sources,
-            stop,
-            clock or SystemClock(),
-            on_ready,
-            source_backoff,
-            service,
-            clock_sync,
-        )
+    with one_hub(settings.storage.data_dir):
+        async with _service_manager(notifier or Notifier(), stop) as service:
+            await _run(
+                settings,
+                sources,
+                stop,
+                clock or SystemClock(),
+                on_ready,
+                source_backoff,
+                service,
+                clock_sync,
+            )
+
+
+class HubRunning(GlucohubError):
+    """Another hub holds the data directory."""
+
+
+_HELD: set[Path] = set()  # data directories this process holds (the demo, then its hub)
+
+
+@contextlib.contextmanager
+def one_hub(data_dir: Path) -> Iterator[None]:
+    """One hub per data directory: a second (another `run` or `demo` on it, say on another
+    port) would seal the same log, and the two would fork it. The lock is the kernel's
+    (flock(2)), so a hub that dies, even by SIGKILL, lets go of it; within one process it
+    may be taken again (the demo holds it while it seeds, then runs the hub)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = data_dir.resolve()
+    if key in _HELD:
+        yield
+        return
+    fd = os.open(data_dir / "hub.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HubRunning(
+                f"another hub is running on data directory {data_dir}; stop it first"
+            ) from None
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+    finally:
+        os.close(fd)
 
 
 async def _run(

@@ -127,6 +127,15 @@ def agp_canvas(
     return canvas
 
 
+def _whole_percent(percent: float) -> str:
+    """A share to the whole percent, never rounding some time to none or all of it."""
+    if 0 < percent < 1:
+        return "<1%"
+    if 99 < percent < 100:
+        return ">99%"
+    return f"{percent:.0f}%"
+
+
 def tir_bar_canvas(
     metrics: GlucoseMetrics, *, width: float = 250, height: float = 260, unit: Unit = Unit.MG_DL
 ) -> Canvas:
@@ -148,7 +157,7 @@ def tir_bar_canvas(
         ty = top + row_h * i + row_h / 2
         canvas.rect(bar_x + bar_w + 8, ty - 8, 10, 10, fill=BAND_COLOURS[share.name])
         canvas.text(bar_x + bar_w + 24, ty, band_label(share.name, unit), size=9)
-        canvas.text(width - 6, ty, f"{share.percent:.0f}%", size=11, anchor="end", bold=True)
+        canvas.text(width - 6, ty, _whole_percent(share.percent), size=11, anchor="end", bold=True)
         # Green when the target is met, red when not, grey without data.
         colour = _MUTED if not metrics.readings else _TARGET if share.meets_target else "#c62828"
         canvas.text(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -150,6 +152,48 @@ async def test_snooze_form_is_scoped_to_visible_patients(world: World, login: Lo
     assert world.alerts.snoozes == [("pat-a", AlertKind.LOW, 30, "dr-grant")]
 
 
+async def test_snooze_choices_say_their_unit(world: World, login: Login) -> None:
+    push_alert(world, alert("al-a", "pat-a", AlertKind.LOW, AlertLevel.WARNING))
+    dr = await login("dr-grant")
+    page = await (await dr.get("/alerts")).text()
+    select = page[page.index('<select name="minutes"') :]
+    select = select[: select.index("</select>")]
+    shown = re.findall(r"<option[^>]*>([^<]*)</option>", select)
+    values = re.findall(r'<option value="(\d+)"', select)
+    assert shown == ["30 min", "1 hour", "2 hours"]
+    assert values == ["30", "60", "120"]
+
+
+async def test_an_acknowledged_alert_says_who_and_when(world: World, login: Login) -> None:
+    raised = alert("al-a", "pat-a", AlertKind.LOW, AlertLevel.WARNING, glucose=65)
+    push_alert(
+        world,
+        dataclasses.replace(
+            raised,
+            state=AlertState.ACKNOWLEDGED,
+            acknowledged_by="dr-grant",
+            acknowledged_at=NOW - timedelta(minutes=4),
+            updated_at=NOW - timedelta(minutes=4),
+        ),
+    )
+    dr = await login("dr-grant")
+    page = await (await dr.get("/alerts")).text()
+    row = page[page.index('data-alert="al-a"') :]
+    row = re.sub(r"<[^>]+>", "", row[: row.index("</tr>")])
+    # NOW is 12:00 UTC; pat-a lives in Europe/Berlin (CET, UTC+1): acknowledged 12:56 CET.
+    assert "acknowledged by dr-grant, 2026-01-15 12:56 CET · 4 min ago" in row, row
+    seen = dataclasses.replace(
+        alert("al-b", "pat-a", AlertKind.HIGH, AlertLevel.WARNING, glucose=200),
+        patient_acknowledged_by="alice",
+        patient_acknowledged_at=NOW - timedelta(minutes=2),
+    )
+    push_alert(world, seen)
+    page = await (await dr.get("/alerts")).text()
+    row = page[page.index('data-alert="al-b"') :]
+    row = re.sub(r"<[^>]+>", "", row[: row.index("</tr>")])
+    assert "raised (seen by the patient, alice, 2026-01-15 12:58 CET · 2 min ago)" in row, row
+
+
 # -- CSRF and sessions ----------------------------------------------------------------------
 
 
@@ -284,7 +328,9 @@ async def test_views_are_audited_and_shown_to_the_patient(login: Login) -> None:
     assert (await dr.get("/patients/pat-b")).status == 404  # refused views log nothing for B
     alice = await login("alice")
     page = await (await alice.get("/consent")).text()
-    assert "dr-grant" in page and ">page<" in page and ">api.readings<" in page
+    # In words, as on her own page, and at 13:00 on her clock (Europe/Berlin), not 12:00 UTC.
+    assert "dr-grant" in page and ">your record<" in page and ">your readings (API)<" in page
+    assert "2026-01-15 13:00 CET" in page and "UTC" not in page
     bob = await login("bob")
     bob_page = await (await bob.get("/consent")).text()
     assert "dr-grant" not in bob_page

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import ClientResponse
 
-from tests.dashboards.conftest import Login, login_as
+from tests.dashboards.conftest import Login, csrf_of, login_as
 from tests.dashboards.fakes import World
 
 
@@ -62,16 +62,34 @@ async def test_download_my_readings_as_csv_holds_only_mine(login: Login) -> None
     assert response.status == 200 and response.content_type == "text/csv"
     assert "attachment" in response.headers["Content-Disposition"]
     rows = list(csv.reader(io.StringIO(await response.text())))
-    assert rows[0] == [
+    assert rows[0][:9] == [
         "patient_id", "device_id", "kind", "time", "value", "unit", "seq", "source", "received_at"
     ]  # fmt: skip
     assert len(rows) == 1 + 14 * 288 + 1  # every 5 min over 14 days, both ends
     assert {r[0] for r in rows[1:]} == {"pat-a"}
     first = datetime(2026, 1, 1, 12, tzinfo=UTC)  # NOW − 14 days; 130 + 30·sin(0) = 130
-    assert rows[1] == [
+    assert rows[1][:9] == [
         "pat-a", "cgm-pat-a", "cgm_glucose", "2026-01-01T12:00:00.000Z", "130", "mg/dL",
         str(int(first.timestamp()) // 300), "virtual", "",  # simulated: never received
     ]  # fmt: skip
+
+
+async def test_my_csv_gives_glucose_in_my_unit_and_times_in_my_zone(login: Login) -> None:
+    """The export's columns stay as they are (mg/dL, UTC); after them each row says its time
+    on the patient's clock (pat-a lives in Europe/Berlin) and glucose in the viewer's unit."""
+    alice = await login("alice")
+    rows = list(csv.reader(io.StringIO(await (await alice.get("/me/readings.csv")).text())))
+    assert rows[0][9:] == ["local_time", "time_zone", "glucose_mmol_l"]
+    # 2026-01-01 12:00 UTC is 13:00 CET; 130 mg/dL / 18.016 = 7.2 mmol/L
+    assert rows[1][3:6] == ["2026-01-01T12:00:00.000Z", "130", "mg/dL"]
+    assert rows[1][9:] == ["2026-01-01 13:00:00", "CET", "7.2"]
+    token = await csrf_of(alice)
+    await alice.post("/prefs", data={"csrf_token": token, "unit": "mg/dL"})
+    rows = list(csv.reader(io.StringIO(await (await alice.get("/me/readings.csv")).text())))
+    assert rows[0][9:] == ["local_time", "time_zone", "glucose_mg_dl"]
+    assert rows[1][9:] == ["2026-01-01 13:00:00", "CET", "130"]
+    page = await (await alice.get("/me")).text()
+    assert "glucose also in mg/dL and times also in your time zone" in page
 
 
 async def test_download_my_glucose_as_fhir_holds_only_mine(login: Login) -> None:

@@ -198,7 +198,7 @@ async def test_dashboard_on_the_real_hub(hub: Hub) -> None:
         await login(ann, base, "ann")
         async with ann.get(f"{base}/consent") as response:
             text = await response.text()
-        assert ">dr<" in text and ">page<" in text  # Ann sees that dr looked at her record
+        assert ">dr<" in text and ">your record<" in text  # Ann sees that dr looked at it
         async with ann.get(f"{base}/patients/p2") as response:
             assert response.status == 404
 

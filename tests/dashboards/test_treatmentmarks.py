@@ -78,3 +78,32 @@ def test_insulin_and_carbohydrates_are_marked_with_their_amounts_and_local_time(
 
 def test_a_chart_without_treatments_has_no_marks() -> None:
     assert marks(chart([])) == []
+
+
+def test_recent_doses_are_not_drawn_over_the_legend_or_each_other() -> None:
+    """Doses in the last hour, 10 min apart, on a chart with meter readings (and so a legend
+    in its top right corner): the legend moves out of their way, and the second label sits
+    below the first instead of printed over it."""
+    svg = day_chart_svg(
+        [],
+        [],
+        start=NOW - timedelta(hours=24),
+        end=NOW,
+        unit=Unit.MG_DL,
+        tz=ZoneInfo("Europe/Berlin"),
+        meter=[(NOW - timedelta(hours=5), 120.0)],
+        treatments=[treatment(0.8, insulin_units=4.5), treatment(0.65, insulin_units=1.5)],
+    )
+    root = ET.fromstring(svg)
+    legend = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "legend")
+    legend_xs = [float(e.get(a, "")) for e in legend for a in ("x", "x1", "x2", "cx") if e.get(a)]
+    # the legend is 110 px wide at most ("CGM", a dot, "meter")
+    span = (min(legend_xs) - 8, max(legend_xs) + 40)
+    doses = [g for g in root.iter(f"{SVG}g") if g.get("class") == "treat insulin"]
+    labels = [d.find(f"{SVG}text") for d in doses]
+    xs = [float(t.get("x", "")) for t in labels if t is not None]
+    ys = [float(t.get("y", "")) for t in labels if t is not None]
+    # 48 and 39 min ago: x = 44 + 666 * (1 - 0.8/24) = 687.8 and 44 + 666 * (1 - 0.65/24) = 692.0
+    assert [round(x, 1) for x in xs] == [687.8, 692.0]
+    assert all(not span[0] <= x <= span[1] for x in xs), (span, xs)
+    assert abs(ys[1] - ys[0]) >= 10, ys

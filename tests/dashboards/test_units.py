@@ -26,7 +26,7 @@ Client = TestClient[web.Request, web.Application]
 
 PAGES = ("/", "/patients/pat-a", "/alerts", "/patients/pat-a/report")
 ALERT_ROW = re.compile(r'<tr class="alert[^"]*" data-alert="[^"]+"[^>]*>(.*?)</tr>', re.S)
-CELL = re.compile(r"<td>(.*?)</td>", re.S)
+CELL = re.compile(r"<td[^>]*>(.*?)</td>", re.S)
 
 
 def engine_low_alert() -> Alert:
@@ -102,6 +102,27 @@ async def test_site_default_mg_dl_shows_no_mmol(world: World) -> None:
     finally:
         await client.close()
         await server.close()
+
+
+async def test_triage_row_labels_name_the_range_in_the_viewers_unit(world: World) -> None:
+    """On a phone each triage row is a card whose labels stand in for the table's headings:
+    they name the range and the unit as the headings do, and the time column says what it is."""
+    label = re.compile(r'data-label="([^"]*)"')
+    for unit, in_range, below in (
+        ("mmol/L", "In range 3.9–10.0 mmol/L, 14 d", "Below 3.9 mmol/L, 14 d"),
+        ("mg/dL", "In range 70–180 mg/dL, 14 d", "Below 70 mg/dL, 14 d"),
+    ):
+        server, client = await clinician(world, DashboardSettings(port=0, default_unit=unit))
+        try:
+            page = await main_text(client, "/")
+            partial = await main_text(client, "/partials/triage")  # the live refresh's rows
+            for html in (page, partial):
+                labels = set(label.findall(html))
+                assert {in_range, below, "Measured"} <= labels, labels
+            assert f"<th>{in_range}</th>" in page and "<th>Measured</th>" in page
+        finally:
+            await client.close()
+            await server.close()
 
 
 async def test_a_users_choice_overrides_the_site_default(world: World) -> None:

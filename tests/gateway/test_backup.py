@@ -356,6 +356,41 @@ def test_restore_never_overwrites_without_force(
     ledger_verify(other)
 
 
+def test_restore_never_replaces_the_database_under_a_running_hub(
+    sealed_hub: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--force` with the hub still running on the directory: refused in one line, nothing
+    replaced (a running hub holds D/hub.lock, as `glucohub run` takes it)."""
+    backup_file = tmp_path / "hub.backup"
+    make_backup(capsys, monkeypatch, sealed_hub, backup_file)
+    other = tmp_path / "other"
+    new_hub(other)
+    before = (other / "glucohub.sqlite3").read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)",
+         str(other / "hub.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        argv = ("restore", str(backup_file), "--data-dir", str(other), "--passphrase-stdin")
+        code, _, err = cli(capsys, monkeypatch, *argv, "--force", stdin=PASS + "\n")
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert code == 2
+    assert err == f"glucohub: another hub is running on data directory {other}; stop it first\n"
+    assert (other / "glucohub.sqlite3").read_bytes() == before
+
+
 def test_backup_refuses_a_postgresql_hub_in_one_line(
     sealed_hub: Path,
     tmp_path: Path,

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -119,6 +120,7 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "--since not a date": ("--since", "2026-11-31", *HUB),
         "--since without offset": ("--since", "2026-11-30T08:00", *HUB),
         "unknown format": ("--format", "xml", *HUB),
+        "unknown patient": ("--patient", "nobody", *HUB),
     },
     "migrate": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
     # A missing or empty data dir is one of the doctor's findings (exit 1), not a mistake.
@@ -216,6 +218,12 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "unknown time zone": ("p9", "--timezone", "Mars/Olympus", *TYPO),
         "empty time zone": ("p9", "--timezone", "", *HUB),
         "duplicate id": ("p1", *HUB),
+        # an id is a level of the MQTT topic and a path segment of the pages' URLs
+        "empty id": ("", *HUB),
+        "id with a slash": ("ward/p9", *HUB),
+        "id with an MQTT wildcard": ("p#", *HUB),
+        "id with a space": ("p 9", *HUB),
+        "id that is a path step": ("..", *HUB),
         "data dir is a file": ("p9", "--data-dir", "{file}"),
     },
     "patients list": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
@@ -245,7 +253,11 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "passphrase without a terminal": ("--passphrase", *TYPO),
     },
     "keys show": {"missing data dir": TYPO, "no keys": EMPTY},
-    "alerts": {"missing data dir": TYPO, "unknown format": ("--format", "xml", *HUB)},
+    "alerts": {
+        "missing data dir": TYPO,
+        "unknown format": ("--format", "xml", *HUB),
+        "unknown patient": ("--patient", "nobody", *HUB),
+    },
     "report": {
         "missing data dir": ("--patient", "p1", *TYPO),
         "unknown patient": ("--patient", "nobody", *HUB),
@@ -408,6 +420,38 @@ def test_usage_errors_name_the_flag_and_help(capsys: pytest.CaptureFixture[str])
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--data-dir", "/var/lib/glucohub", "patients", "list"],
+            "glucohub: --data-dir goes after the command: "
+            "glucohub patients list --data-dir /var/lib/glucohub\n",
+        ),
+        (
+            ["--config=hub.toml", "run"],
+            "glucohub: --config goes after the command: glucohub run --config=hub.toml\n",
+        ),
+        (  # "demo" is a command too: it must not start the demo
+            ["--data-dir", "demo", "users", "list"],
+            "glucohub: --data-dir goes after the command: glucohub users list --data-dir demo\n",
+        ),
+    ],
+)
+def test_a_common_flag_before_the_command_says_where_it_goes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    expected: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", expected)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_data_dir_is_named_and_nothing_created(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -501,6 +545,36 @@ def test_demo_on_a_busy_port_names_it_and_the_way_out(
         f"glucohub: dashboard port 127.0.0.1:{busy_port} is already in use;"
         " choose another with --port, e.g. --port 8081\n"
     )
+
+
+def test_a_second_hub_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """`glucohub demo` (or `run`) twice on one data directory, on different ports: the second
+    would seal the same log as the first; it stops at once in one line, the first goes on."""
+    data = tmp_path / "demo"
+    argv = [sys.executable, "-m", "glucohub", "demo", "--patients", "1", "--history-days", "0"]
+    first = subprocess.Popen(
+        [*argv, "--port", "0", "--data-dir", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().startswith("Glucohub demo running")
+        second = subprocess.run(
+            [*argv, "--port", "0", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2, second
+        assert "running" not in second.stdout
+        assert second.stderr == (
+            f"glucohub: another hub is running on data directory {data}; stop it first\n"
+        )
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+        if first.stdout is not None:
+            first.stdout.close()
+    assert first.returncode == 0
 
 
 def test_run_on_a_busy_port_says_which_setting(

@@ -89,3 +89,16 @@ def test_canvas_svg_escapes_text_and_pdf_maps_symbols() -> None:
         pdf_objects(pdf)[4].split(b"stream\n", 1)[1].rsplit(b"\nendstream", 1)[0]
     )
     assert b">= 70 <b>".hex().encode() in content  # no glyph for ≥ in WinAnsi: spelled out
+
+
+def test_tir_bar_never_rounds_some_time_to_none() -> None:
+    """5 minutes a day at 60 mg/dL is 0.35 % of the time: the bar says "<1%", not "0%" (and
+    in range ">99%", not "100%"); a band with no time at all still says "0%"."""
+    samples = [(t, 60.0 if t.hour == 2 and t.minute < 5 else 120.0) for t, _ in two_weeks()]
+    metrics = compute_metrics(samples, now=NOW, timezone="UTC")
+    low = next(s for s in metrics.ranges if s.name == "low")
+    assert 0 < low.percent < 1
+    texts = [t.text or "" for t in ET.fromstring(tir_bar_svg(metrics)).iter(f"{SVG}text")]
+    percents = [t for t in texts if t.endswith("%") and not t.startswith("target")]
+    # very high, high, in range, low, very low (top to bottom)
+    assert percents == ["0%", "0%", ">99%", "<1%", "0%"]
