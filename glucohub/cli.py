@@ -300,15 +300,18 @@ def _time_zone(name: str) -> str:
     return name
 
 
-# A patient id is a level of the MQTT readings topic and a segment of the pages' URLs.
-_PATIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A patient id is a level of the MQTT readings topic and a segment of the pages' URLs; at a
+# clinic, the hub's id and ':' come before it (gateway.clinic.projection.clinic_id).
+_ID_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_PATIENT_ID = re.compile(rf"(?:{_ID_PART}:)?{_ID_PART}")
 
 
 def cmd_patients_add(args: argparse.Namespace) -> int:
     if not _PATIENT_ID.fullmatch(args.patient_id):
         raise InputError(
             f"patient id {args.patient_id!r}: use 1-64 of A-Z a-z 0-9 . _ - starting with "
-            "a letter or digit (it goes into MQTT topics and web addresses)"
+            "a letter or digit (it goes into MQTT topics and web addresses; at a clinic, "
+            "HUB:ID)"
         )
     _time_zone(args.timezone)
     with contextlib.closing(_open_store(args, create=True)) as store:

@@ -224,6 +224,7 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "id with an MQTT wildcard": ("p#", *HUB),
         "id with a space": ("p 9", *HUB),
         "id that is a path step": ("..", *HUB),
+        "id with two hub prefixes": ("a:b:c", *HUB),
         "data dir is a file": ("p9", "--data-dir", "{file}"),
     },
     "patients list": {"missing data dir": TYPO, "data dir without a hub": EMPTY},
