@@ -578,12 +578,25 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         )
     if not _registry_storage(args).url:  # a mistyped --data-dir fails before the prompt
         _data_dir(args, need_database=False)
+    _refuse_taken_username(args)
     password = _password(args)
     accounts.users_add(
         _db_path(args, create=True), args.username, args.role, password, args.patient
     )
     print(f"added {args.role} {args.username}")
     return 0
+
+
+def _refuse_taken_username(args: argparse.Namespace) -> None:
+    """A name already taken is said before the password is asked for (and typed twice)."""
+    from glucohub import accounts
+
+    try:
+        location = _db_path(args)
+    except GlucohubError:
+        return  # no database yet: no accounts either
+    if any(user.username == args.username for user in accounts.users_list(location)):
+        raise InputError(f"user {args.username!r} already exists")
 
 
 def cmd_users_passwd(args: argparse.Namespace) -> int:

@@ -306,6 +306,13 @@ def test_users_add_reads_the_password_from_stdin(
         str(hub_dir),
     )
     assert code == 2 and err.count("\n") == 1
+    # The name is taken: said before any password is asked for (here: no terminal to ask).
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, out, err = run(
+        capsys, "users", "add", "nurse1", "--role", "clinician", "--data-dir", str(hub_dir)
+    )
+    assert (code, out) == (2, "")
+    assert err == "glucohub: user 'nurse1' already exists\n"
 
 
 def test_report_html_has_the_agp_chart(
