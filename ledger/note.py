@@ -278,6 +278,12 @@ def _split(note: str | bytes) -> tuple[str, list[str]]:
     return text, lines
 
 
+def unverified_text(note: str | bytes) -> str:
+    """The text of a well-formed note, its signatures NOT verified (`open_note` verifies).
+    Raises MalformedNote as `open_note` does for a note that is not well formed."""
+    return _split(note)[0]
+
+
 def add_signatures(note: str, lines: Iterable[str]) -> str:
     """Append signature lines (e.g. witness cosignatures) to a signed note.
 

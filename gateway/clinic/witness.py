@@ -48,7 +48,7 @@ from ledger.checkpoint import open_checkpoint, parse_checkpoint
 from ledger.errors import LedgerError
 from ledger.jcs import canonical_value
 from ledger.keys import jwk_public_key
-from ledger.note import NoteVerifier
+from ledger.note import NoteVerifier, unverified_text
 from ledger.records import OpenedView, read_batch_view
 from ledger.rfc6962 import CompactTree, leaf_hash
 
@@ -259,14 +259,8 @@ def read_checkpoint_item(hub: EnrolledHub, payload: bytes) -> UncheckedCheckpoin
     parse as the hub's checkpoint (`open_checkpoint_item` refuses it with its reason)."""
     try:
         note = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    cut = note.rfind("\n\n")  # signed-note: the text ends at the last blank line
-    if cut < 0:
-        return None
-    try:
-        checkpoint = parse_checkpoint(note[: cut + 1])
-    except LedgerError:
+        checkpoint = parse_checkpoint(unverified_text(note))
+    except (UnicodeDecodeError, LedgerError):
         return None
     if checkpoint.origin != log_origin(hub.hub_id):
         return None
