@@ -146,25 +146,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _require_patient(store: HubStorage, patient_id: str | None) -> None:
     """Refuse a --patient the registry does not hold (a typo would otherwise print nothing)."""
     if patient_id is not None and store.get_patient(patient_id) is None:
-        store.close()
         raise InputError(f"unknown patient {patient_id!r}: see `glucohub patients list`")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    _require_patient(store, args.patient)
     since: datetime | None = args.since
     out = sys.stdout
-    writer = csv.writer(out) if args.format == "csv" else None
-    if writer is not None:
-        writer.writerow(EXPORT_FIELDS)
-    for reading in store.readings(patient_id=args.patient, since=since):
-        record = export_record(reading)
+    with contextlib.closing(_open_store(args)) as store:
+        _require_patient(store, args.patient)
+        writer = csv.writer(out) if args.format == "csv" else None
         if writer is not None:
-            writer.writerow(["" if v is None else v for v in record.values()])
-        else:
-            out.write(json_line(record) + "\n")
-    store.close()
+            writer.writerow(EXPORT_FIELDS)
+        for reading in store.readings(patient_id=args.patient, since=since):
+            record = export_record(reading)
+            if writer is not None:
+                writer.writerow(["" if v is None else v for v in record.values()])
+            else:
+                out.write(json_line(record) + "\n")
     return 0
 
 
@@ -464,10 +462,9 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from gateway.shapes import alert_to_json
 
-    store = _open_store(args)
-    _require_patient(store, args.patient)
-    alerts = store.alerts(args.patient, open_only=args.open)
-    store.close()
+    with contextlib.closing(_open_store(args)) as store:
+        _require_patient(store, args.patient)
+        alerts = store.alerts(args.patient, open_only=args.open)
     for alert in reversed(alerts):  # oldest first
         if args.format == "jsonl":
             print(json_line(alert_to_json(alert)))
